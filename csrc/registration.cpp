@@ -1,0 +1,12 @@
+// The one place where the C++ ops are declared. Kernels register their CPU
+// implementations next to their code with TORCH_LIBRARY_IMPL(tts_kernels_C, CPU, m).
+// The public ops (torch.ops.tts_kernels.*) are defined in tts_kernels/ops.py and
+// call these on CPU when the library is built.
+#include <torch/library.h>
+
+TORCH_LIBRARY(tts_kernels_C, m) {
+  m.def(
+      "sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
+      "Tensor seed, Tensor offset, Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end) "
+      "-> (Tensor, Tensor)");
+}

@@ -1,0 +1,43 @@
+"""Loads the optional C++ extension (``tts_kernels/_C*.so``) built by CMake.
+
+The package works without it: every op then falls back to its PyTorch
+reference on CPU. Set ``TTS_KERNELS_DISABLE_EXT=1`` to ignore a built library.
+"""
+from __future__ import annotations
+
+import glob
+import os
+
+import torch
+
+_loaded: bool | None = None
+load_error: str | None = None
+
+
+def library_path() -> str | None:
+    here = os.path.dirname(os.path.abspath(__file__))
+    for pattern in ("_C*.so", "_C*.pyd", "_C*.dylib", "lib_C*.so"):
+        hits = sorted(glob.glob(os.path.join(here, pattern)))
+        if hits:
+            return hits[0]
+    return None
+
+
+def available() -> bool:
+    """True when the C++ ops (``torch.ops.tts_kernels_C.*``) are loaded."""
+    global _loaded, load_error
+    if _loaded is None:
+        _loaded = False
+        if os.environ.get("TTS_KERNELS_DISABLE_EXT", "0") not in ("", "0"):
+            load_error = "disabled by TTS_KERNELS_DISABLE_EXT"
+            return False
+        path = library_path()
+        if path is None:
+            load_error = "extension not built (no tts_kernels/_C*.so)"
+            return False
+        try:
+            torch.ops.load_library(path)
+            _loaded = True
+        except OSError as exc:  # e.g. built against another torch
+            load_error = f"failed to load {path}: {exc}"
+    return _loaded

@@ -1,0 +1,136 @@
+"""Public sampling API: :func:`sample`."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+
+from .. import _checks
+from . import impls
+from .budget import BudgetState
+
+_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+_INF = float("inf")
+
+
+class SampleOutput(NamedTuple):
+    """Result of :func:`sample`."""
+
+    token_ids: torch.Tensor
+    """int64 [B]: the emitted token of each row (-1 for an invalid row when check_nan=False)."""
+    logprobs: torch.Tensor
+    """float32 [B]: ``log_softmax(logits.float())[b, token]`` of the unmodified logits."""
+
+
+def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset=None,
+           budget=None, check_nan=True, *, validate=True, backend="auto") -> SampleOutput:
+    """Draw one token per row with budget forcing and temperature/top-k/top-p/min-p, in one op.
+
+    Parameters
+    ----------
+    logits : Tensor
+        ``[B, V]`` float32, bfloat16 or float16, on CPU or CUDA.
+    temperature : float or Tensor
+        Softmax temperature, ``>= 0``; 0 means greedy (argmax, first index on ties) for the row.
+    top_k : int or Tensor
+        Keep the ``top_k`` most likely tokens (ties at the threshold kept); 0 = off.
+    top_p : float or Tensor
+        In ``(0, 1]``. After top-k, keep the most likely tokens down to the first
+        whose renormalised cumulative probability reaches ``top_p``; 1 = off.
+    min_p : float or Tensor
+        In ``[0, 1]``. Drop tokens whose probability is below ``min_p`` times the
+        largest; 0 = off.
+    seed, offset : int or Tensor, optional
+        Per-row Philox key and counter (int64). The draw of a row is a pure
+        function of (seed, offset, its logits and parameters): identical rows
+        with identical seed and offset draw the same token, so give each
+        sequence its own seed and advance ``offset`` (e.g. its position) every
+        step. ``seed=None`` draws one seed per row from torch's default
+        generator of the logits' device; ``offset=None`` means 0.
+    budget : BudgetState, optional
+        Budget-forcing state from :meth:`BudgetForcing.init_state`; updated in place.
+    check_nan : bool
+        Raise ``ValueError`` for a row with a NaN or +inf logit or no finite
+        logit. Costs one extra read of the logits and a host sync; pass
+        ``False`` inside decode loops and CUDA graphs, where such a row gets
+        token -1 (logprob NaN, budget row untouched) and other rows are unaffected.
+    validate : bool, keyword-only
+        Check the values of tensor-valued parameters (a host sync on CUDA).
+        Python scalars are always checked. Every check is skipped while
+        compiling or capturing a CUDA graph.
+    backend : {"auto", "reference", "cpp", "triton"}, keyword-only
+        ``auto`` calls the registered op ``torch.ops.tts_kernels.sample``, which
+        runs the C++ kernel on CPU (reference when not built) and Triton on CUDA.
+
+    Returns
+    -------
+    SampleOutput
+        ``token_ids`` int64 [B] and ``logprobs`` float32 [B].
+
+    Examples
+    --------
+    >>> bf = BudgetForcing(end_think_ids=[7], wait_ids=[9], answer_prefix_ids=[3, 4])
+    >>> state = bf.init_state(2, min_tokens=4, max_tokens=16)
+    >>> out = sample(torch.randn(2, 32), temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2]),
+    ...              offset=0, budget=state)
+    """
+    checking = _checks.checks_enabled()
+    if checking:
+        _checks.check_tensor("logits", logits, dim=2, dtypes=_checks.FLOAT_DTYPES)
+        if logits.shape[1] == 0:
+            raise ValueError("logits must have at least one column (vocabulary size V >= 1)")
+        if not isinstance(check_nan, bool):
+            raise TypeError(f"check_nan must be a bool, got {check_nan!r}")
+        for name, value, lo, hi, lo_open, hi_open in (
+                ("temperature", temperature, 0.0, _INF, False, True),
+                ("top_k", top_k, 0, None, False, False),
+                ("top_p", top_p, 0.0, 1.0, True, False),
+                ("min_p", min_p, 0.0, 1.0, False, False)):
+            _checks.check_range(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, enabled=validate)
+    B, V = logits.shape
+    dev = logits.device
+    logits = logits.contiguous()
+    temperature = _checks.per_row("temperature", temperature, B, dev, torch.float32, integer=False)
+    top_k = _checks.per_row("top_k", top_k, B, dev, torch.int32, integer=True)
+    top_p = _checks.per_row("top_p", top_p, B, dev, torch.float32, integer=False)
+    min_p = _checks.per_row("min_p", min_p, B, dev, torch.float32, integer=False)
+    if seed is None:
+        seed = torch.randint(_INT64_MIN, _INT64_MAX, (B,), device=dev, dtype=torch.int64)
+    seed = _checks.per_row("seed", seed, B, dev, torch.int64, integer=True)
+    offset = _checks.per_row("offset", 0 if offset is None else offset, B, dev, torch.int64, integer=True)
+
+    state = forced = None
+    num_wait = num_end = 0
+    if budget is not None:
+        if checking:
+            _check_budget(budget, B, V, dev)
+        state = budget.data
+        forced = budget.forced_ids_tensor(dev)
+        num_wait = len(budget.forcing.wait_ids)
+        num_end = len(budget.forcing.end_think_ids)
+
+    if checking and check_nan and B > 0:
+        bad = torch.isnan(logits).any(1) | torch.isposinf(logits).any(1) | ~torch.isfinite(logits).any(1)
+        if bool(bad.any()):
+            i = int(bad.nonzero()[0, 0])
+            raise ValueError(f"logits row {i} has a NaN or +inf entry or no finite entry "
+                             f"(pass check_nan=False to get token -1 for such rows instead)")
+
+    fn = torch.ops.tts_kernels.sample if backend == "auto" else impls.get(backend)
+    token_ids, logprobs = fn(logits, temperature, top_k, top_p, min_p, seed, offset,
+                             state, forced, num_wait, num_end)
+    return SampleOutput(token_ids, logprobs)
+
+
+def _check_budget(budget, batch_size, vocab_size, device):
+    if not isinstance(budget, BudgetState):
+        raise TypeError(f"budget must be a BudgetState from BudgetForcing.init_state, got {type(budget).__name__}")
+    if budget.batch_size != batch_size:
+        raise ValueError(f"budget has {budget.batch_size} rows but logits have {batch_size}")
+    if budget.device != device:
+        raise ValueError(f"budget is on {budget.device} but logits are on {device}")
+    f = budget.forcing
+    for name in ("end_think_ids", "wait_ids", "answer_prefix_ids"):
+        ids = getattr(f, name)
+        if ids and max(ids) >= vocab_size:
+            raise ValueError(f"budget.forcing.{name} has token id {max(ids)} outside [0, {vocab_size})")

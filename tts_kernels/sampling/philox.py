@@ -1,0 +1,73 @@
+"""Counter-based random numbers shared by every sampler implementation.
+
+All three implementations (pure PyTorch, C++ CPU, Triton) draw the same
+uniforms from the same counters, so their tokens agree except where two
+Gumbel scores are within float rounding of each other.
+
+Stream layout (Philox4x32-10, Salmon et al. 2011):
+
+* key     = (seed & 0xFFFFFFFF, (seed >> 32) & 0xFFFFFFFF)   (seed: int64, two's complement)
+* counter = (v >> 2, offset & 0xFFFFFFFF, (offset >> 32) & 0xFFFFFFFF, 0)
+* token ``v`` of a row uses output word ``v & 3`` of that counter.
+* uniform ``u = (2 * (word >> 9) + 1) * 2**-24``: an odd multiple of 2**-24,
+  so ``0 < u < 1`` exactly and the float32 value is exact everywhere.
+* Gumbel noise ``g = -log(-log(u))`` (float32).
+
+Nothing here depends on the batch: a row's noise is a function of
+(seed, offset, v) only, which is what makes sampling batch invariant.
+"""
+from __future__ import annotations
+
+import torch
+
+PHILOX_M0 = 0xD2511F53
+PHILOX_M1 = 0xCD9E8D57
+PHILOX_W0 = 0x9E3779B9
+PHILOX_W1 = 0xBB67AE85
+PHILOX_ROUNDS = 10
+_MASK32 = 0xFFFFFFFF
+_TWO_POW_M24 = 2.0 ** -24
+
+
+def _mulhilo(m: int, c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(hi, lo) 32-bit halves of the 64-bit product m * c, in int64 without overflow."""
+    a = m * (c >> 16)          # < 2**48
+    b = m * (c & 0xFFFF)       # < 2**48
+    t = ((a & 0xFFFF) << 16) + b
+    return (a >> 16) + (t >> 32), t & _MASK32
+
+
+def philox4x32(c0, c1, c2, c3, k0, k1):
+    """Philox4x32-10 on int64 tensors holding uint32 values (broadcasting)."""
+    k0 = k0 & _MASK32
+    k1 = k1 & _MASK32
+    for _ in range(PHILOX_ROUNDS):
+        hi0, lo0 = _mulhilo(PHILOX_M0, c0)
+        hi1, lo1 = _mulhilo(PHILOX_M1, c2)
+        c0, c1, c2, c3 = (hi1 ^ c1 ^ k0), lo1, (hi0 ^ c3 ^ k1), lo0
+        k0 = (k0 + PHILOX_W0) & _MASK32
+        k1 = (k1 + PHILOX_W1) & _MASK32
+    return c0, c1, c2, c3
+
+
+def uniforms(seed: torch.Tensor, offset: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """float32 [B, V] uniforms in (0, 1) for per-row int64 ``seed`` and ``offset``."""
+    dev = seed.device
+    seed = seed.to(torch.int64).view(-1, 1)
+    offset = offset.to(torch.int64).view(-1, 1)
+    n_ctr = (vocab_size + 3) // 4
+    c0 = torch.arange(n_ctr, device=dev, dtype=torch.int64).view(1, -1)
+    c1 = offset & _MASK32
+    c2 = (offset >> 32) & _MASK32
+    zero = torch.zeros_like(c0)
+    k0 = seed & _MASK32
+    k1 = (seed >> 32) & _MASK32
+    c0, c1, c2, zero = torch.broadcast_tensors(c0, c1, c2, zero)
+    words = torch.stack(philox4x32(c0, c1, c2, zero, k0, k1), dim=-1)  # [B, n_ctr, 4]
+    words = words.reshape(seed.shape[0], -1)[:, :vocab_size]
+    return ((words >> 9) * 2 + 1).to(torch.float32) * _TWO_POW_M24
+
+
+def gumbel(seed: torch.Tensor, offset: torch.Tensor, vocab_size: int) -> torch.Tensor:
+    """float32 [B, V] Gumbel(0, 1) noise ``-log(-log(u))``."""
+    return -torch.log(-torch.log(uniforms(seed, offset, vocab_size)))
