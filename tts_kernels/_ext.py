@@ -41,3 +41,13 @@ def available() -> bool:
         except OSError as exc:  # e.g. built against another torch
             load_error = f"failed to load {path}: {exc}"
     return _loaded
+
+
+def has_kernel(op: str, dispatch_key: str = "CPU") -> bool:
+    """True when the built library registers ``op`` (e.g. "tts_kernels_C::sample_cpu") for ``dispatch_key``."""
+    if not available():
+        return False
+    try:
+        return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
+    except RuntimeError:
+        return False

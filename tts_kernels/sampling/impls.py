@@ -15,8 +15,8 @@ BACKENDS = ("reference", "cpp", "triton")
 
 
 def sample_cpp(*args):
-    if not _ext.available():
-        raise RuntimeError(f"the C++ sampler is not available: {_ext.load_error}")
+    if not _ext.has_kernel("tts_kernels_C::sample_cpu"):
+        raise RuntimeError(f"the C++ sampler is not available: {_ext.load_error or 'kernel not in the built library'}")
     return torch.ops.tts_kernels_C.sample_cpu(*args)
 
 
@@ -39,7 +39,7 @@ def get(name: str):
 def default_for(device: torch.device):
     """Implementation the registered op uses on ``device``."""
     if device.type == "cpu":
-        return sample_cpp if _ext.available() else sample_reference
+        return sample_cpp if _ext.has_kernel("tts_kernels_C::sample_cpu") else sample_reference
     if device.type == "cuda":
         try:
             import triton  # noqa: F401

@@ -64,7 +64,7 @@ def uniforms(seed: torch.Tensor, offset: torch.Tensor, vocab_size: int) -> torch
     k1 = (seed >> 32) & _MASK32
     c0, c1, c2, zero = torch.broadcast_tensors(c0, c1, c2, zero)
     words = torch.stack(philox4x32(c0, c1, c2, zero, k0, k1), dim=-1)  # [B, n_ctr, 4]
-    words = words.reshape(seed.shape[0], -1)[:, :vocab_size]
+    words = words.reshape(seed.shape[0], 4 * n_ctr)[:, :vocab_size]
     return ((words >> 9) * 2 + 1).to(torch.float32) * _TWO_POW_M24
 
 

@@ -1,0 +1,87 @@
+"""Helpers shared by the sampler tests: backends, random inputs, reference scores."""
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+import tts_kernels as tk
+from tts_kernels.sampling import philox
+from tts_kernels.sampling.reference import filter_mask, row_validity
+
+from conftest import require_extension, require_triton
+
+BACKENDS = ("reference", "cpp", "triton")
+
+
+def require_backend(name: str) -> None:
+    """Skip (or fail in CI, see conftest) when a backend is not usable here."""
+    if name == "cpp":
+        require_extension()
+        from tts_kernels import _ext
+
+        if not _ext.has_kernel("tts_kernels_C::sample_cpu"):
+            _missing("the C++ sampler kernel is not registered in the built extension")
+    elif name == "triton":
+        require_triton()
+        try:
+            import tts_kernels.sampling.triton_kernel  # noqa: F401
+        except ImportError as exc:
+            _missing(f"the Triton sampler is not importable: {exc}")
+
+
+def _missing(reason: str) -> None:
+    if os.environ.get("TTS_KERNELS_REQUIRE_ALL_BACKENDS", "0") == "1":
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def is_small(backend: str) -> bool:
+    """The Triton interpreter is slow on CPU: keep its shapes small."""
+    return backend == "triton" and not torch.cuda.is_available()
+
+
+def random_logits(b, v, *, gen, dtype=torch.float32, device="cpu", scale=3.0, neg_inf_frac=0.1):
+    x = torch.randn(b, v, generator=gen) * scale
+    x[torch.rand(b, v, generator=gen) < neg_inf_frac] = float("-inf")
+    x[:, 0] = x[:, 0].clamp(min=-1e4)  # keep one finite entry per row whatever the mask did
+    return x.to(dtype=dtype, device=device)
+
+
+def mixed_params(b, v, *, gen, device="cpu"):
+    """Per-row parameters covering every filter alone, combined, off, and greedy rows."""
+    choice = torch.randint(0, 6, (b,), generator=gen)
+    temperature = torch.rand(b, generator=gen) * 1.5 + 0.3
+    temperature[choice == 5] = 0.0  # greedy
+    top_k = torch.where((choice == 1) | (choice == 4), torch.randint(1, max(2, v // 3), (b,), generator=gen), 0)
+    top_p = torch.where((choice == 2) | (choice == 4), torch.rand(b, generator=gen) * 0.9 + 0.05, 1.0)
+    min_p = torch.where((choice == 3) | (choice == 4), torch.rand(b, generator=gen) * 0.3, 0.0)
+    seed = torch.randint(-(2 ** 62), 2 ** 62, (b,), generator=gen)
+    offset = torch.randint(0, 2 ** 40, (b,), generator=gen)
+    d = dict(temperature=temperature.float(), top_k=top_k.int(), top_p=top_p.float(), min_p=min_p.float(),
+             seed=seed, offset=offset)
+    return {k: t.to(device) for k, t in d.items()}
+
+
+def reference_scores(logits, temperature, top_k, top_p, min_p, seed, offset):
+    """float64 [B, V] Gumbel scores of the kept tokens (-inf elsewhere), as the reference defines them."""
+    x = logits.float().cpu()
+    t = temperature.cpu()
+    greedy = t <= 0
+    z = x / torch.where(greedy, torch.ones_like(t), t).view(-1, 1)
+    keep = filter_mask(z, top_k.cpu(), top_p.cpu(), min_p.cpu()) & torch.isfinite(z)
+    s = torch.where(keep, z + philox.gumbel(seed.cpu(), offset.cpu(), x.shape[1]), float("-inf"))
+    s = torch.where(greedy.view(-1, 1), x, s)
+    return s.double(), keep
+
+
+def decisive_rows(scores, rel=1e-5):
+    """bool [B]: rows whose best score beats the runner-up by more than float rounding."""
+    top2 = torch.topk(scores, 2, dim=1).values
+    gap = top2[:, 0] - top2[:, 1]
+    return (gap > rel * top2[:, 0].abs().clamp(min=1.0)) | torch.isinf(top2[:, 1])
+
+
+def call(backend, logits, **kw):
+    return tk.sample(logits, backend=backend, **kw)

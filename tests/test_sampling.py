@@ -1,0 +1,332 @@
+"""The fused sampler: every backend against the reference, statistics, determinism, budget forcing.
+
+Backends: ``reference`` (pure PyTorch), ``cpp`` (C++ CPU kernel), ``triton``
+(on CPU through TRITON_INTERPRET=1 when no GPU is present).
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from scipy import stats
+
+import tts_kernels as tk
+from tts_kernels.sampling.reference import filter_mask
+
+from sampling_utils import (BACKENDS, call, decisive_rows, is_small, mixed_params, random_logits,
+                            reference_scores, require_backend)
+
+DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request):
+    require_backend(request.param)
+    return request.param
+
+
+# ---------------------------------------------------------------------------
+# Agreement with the reference
+# ---------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+@pytest.mark.parametrize("shape", [(37, 1000), (5, 4099), (64, 257)])
+def test_matches_reference(backend, dtype, shape):
+    b, v = shape
+    if is_small(backend):
+        b, v = min(b, 12), min(v, 300)
+    gen = torch.Generator().manual_seed(b * 7919 + v)
+    logits = random_logits(b, v, gen=gen, dtype=dtype)
+    params = mixed_params(b, v, gen=gen)
+    out = call(backend, logits, **params)
+    ref = call("reference", logits, **params)
+    assert out.token_ids.dtype == torch.int64 and out.logprobs.dtype == torch.float32
+    assert out.token_ids.shape == (b,) and out.logprobs.shape == (b,)
+
+    scores, keep = reference_scores(logits, **params)
+    greedy = params["temperature"] == 0
+    decisive = decisive_rows(scores) | greedy
+    assert decisive.float().mean() > 0.9, "too few decisive rows: the comparison would be vacuous"
+    assert torch.equal(out.token_ids[decisive], ref.token_ids[decisive])
+    # undecided rows (float near-ties) must still draw a kept token
+    rows = torch.arange(b)
+    assert keep[rows[~greedy], out.token_ids[~greedy]].all()
+    torch.testing.assert_close(out.logprobs[decisive], ref.logprobs[decisive], rtol=1e-5, atol=1e-5)
+
+
+def test_reference_logprob_is_log_softmax_of_unmodified_logits():
+    gen = torch.Generator().manual_seed(1)
+    logits = random_logits(16, 333, gen=gen)
+    out = tk.sample(logits, temperature=0.5, top_k=3, seed=torch.arange(16), backend="reference")
+    expect = torch.log_softmax(logits, dim=1).gather(1, out.token_ids.view(-1, 1)).squeeze(1)
+    torch.testing.assert_close(out.logprobs, expect)
+
+
+def test_auto_dispatch_matches_selected_backend():
+    gen = torch.Generator().manual_seed(2)
+    logits = random_logits(8, 500, gen=gen)
+    params = mixed_params(8, 500, gen=gen)
+    from tts_kernels import _ext
+
+    expected = "cpp" if _ext.has_kernel("tts_kernels_C::sample_cpu") else "reference"
+    a, b = call("auto", logits, **params), call(expected, logits, **params)
+    assert torch.equal(a.token_ids, b.token_ids) and torch.equal(a.logprobs, b.logprobs)
+
+
+# ---------------------------------------------------------------------------
+# Statistics: empirical frequencies against the reference distribution
+# ---------------------------------------------------------------------------
+def expected_probs(logits_row, temperature, top_k, top_p, min_p):
+    z = logits_row.float().view(1, -1) / temperature
+    keep = filter_mask(z, torch.tensor([top_k]), torch.tensor([top_p]), torch.tensor([min_p]))[0]
+    keep &= torch.isfinite(z[0])
+    p = torch.softmax(z[0].double(), dim=0) * keep
+    return p / p.sum(), keep
+
+
+@pytest.mark.parametrize("config", [
+    dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.0),
+    dict(temperature=0.7, top_k=6, top_p=1.0, min_p=0.0),
+    dict(temperature=1.3, top_k=0, top_p=0.8, min_p=0.0),
+    dict(temperature=1.0, top_k=0, top_p=1.0, min_p=0.1),
+    dict(temperature=0.9, top_k=10, top_p=0.9, min_p=0.02),
+], ids=["plain", "top_k", "top_p", "min_p", "all"])
+def test_frequencies_match_distribution(backend, config):
+    v = 24
+    n = 1500 if is_small(backend) else 6000
+    gen = torch.Generator().manual_seed(11)
+    row = torch.randn(v, generator=gen) * 1.5
+    row[[3, 17]] = float("-inf")
+    logits = row.expand(n, v).contiguous()
+    out = call(backend, logits, seed=torch.arange(n) * 7 + 1, offset=5, **config)
+    p, keep = expected_probs(row, **config)
+    counts = torch.bincount(out.token_ids, minlength=v).double()
+    assert counts[~keep].sum() == 0, "a filtered-out or -inf token was drawn"
+    exp = p[keep] * n
+    obs = counts[keep]
+    big = exp >= 5  # pool small bins so the chi-square approximation holds
+    f_obs = torch.cat([obs[big], obs[~big].sum().view(1)]) if (~big).any() else obs
+    f_exp = torch.cat([exp[big], exp[~big].sum().view(1)]) if (~big).any() else exp
+    _, pvalue = stats.chisquare(f_obs.numpy(), f_exp.numpy())
+    assert pvalue > 1e-4, f"frequencies differ from the distribution (p={pvalue:.2e})"
+
+
+def test_frequencies_over_offsets_with_one_seed(backend):
+    """Successive offsets of one seed behave like independent draws."""
+    v, n = 8, (800 if is_small(backend) else 4000)
+    row = torch.tensor([2.0, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, float("-inf")])
+    logits = row.expand(n, v).contiguous()
+    out = call(backend, logits, seed=1234, offset=torch.arange(n))
+    p = torch.softmax(row.double(), 0)
+    counts = torch.bincount(out.token_ids, minlength=v).double()
+    assert counts[7] == 0
+    _, pvalue = stats.chisquare(counts[:7].numpy(), (p[:7] * n).numpy())
+    assert pvalue > 1e-4
+
+
+def test_top_k_one_and_tiny_top_p_are_argmax(backend):
+    gen = torch.Generator().manual_seed(3)
+    logits = random_logits(10, 200, gen=gen)
+    am = torch.argmax(logits, dim=1)
+    for kw in (dict(top_k=1), dict(top_p=1e-6), dict(min_p=1.0)):
+        out = call(backend, logits, temperature=1.0, seed=torch.arange(10), **kw)
+        assert torch.equal(out.token_ids, am), kw
+
+
+def test_greedy_ties_take_lowest_index(backend):
+    logits = torch.zeros(3, 50)
+    logits[0, [7, 30]] = 5.0
+    logits[1, [0, 49]] = 1.0
+    logits[2] = float("-inf")
+    logits[2, [11, 12]] = -3.0
+    out = call(backend, logits, temperature=0.0, seed=0)
+    assert out.token_ids.tolist() == [7, 0, 11]
+
+
+# ---------------------------------------------------------------------------
+# Determinism and batch invariance
+# ---------------------------------------------------------------------------
+def test_same_inputs_same_tokens(backend):
+    gen = torch.Generator().manual_seed(4)
+    b, v = (6, 300) if is_small(backend) else (32, 3001)
+    logits = random_logits(b, v, gen=gen)
+    params = mixed_params(b, v, gen=gen)
+    a, c = call(backend, logits, **params), call(backend, logits, **params)
+    assert torch.equal(a.token_ids, c.token_ids)
+    torch.manual_seed(0)
+    d = call(backend, logits, temperature=1.0)
+    torch.manual_seed(0)
+    e = call(backend, logits, temperature=1.0)
+    assert torch.equal(d.token_ids, e.token_ids), "seed=None must follow torch's default generator"
+
+
+def test_row_does_not_depend_on_batch(backend):
+    gen = torch.Generator().manual_seed(5)
+    b, v = (7, 250) if is_small(backend) else (40, 2000)
+    logits = random_logits(b, v, gen=gen)
+    params = mixed_params(b, v, gen=gen)
+    full = call(backend, logits, **params)
+    perm = torch.randperm(b, generator=gen)
+    shuffled = call(backend, logits[perm], **{k: t[perm] for k, t in params.items()})
+    assert torch.equal(shuffled.token_ids, full.token_ids[perm])
+    for i in (0, b // 2, b - 1):
+        alone = call(backend, logits[i:i + 1], **{k: t[i:i + 1] for k, t in params.items()})
+        assert alone.token_ids.item() == full.token_ids[i].item()
+
+
+def test_different_seeds_give_different_draws(backend):
+    logits = torch.zeros(64, 100)
+    out = call(backend, logits, seed=torch.arange(64))
+    assert out.token_ids.unique().numel() > 30
+
+
+def test_empty_batch(backend):
+    out = call(backend, torch.zeros(0, 10))
+    assert out.token_ids.shape == (0,) and out.logprobs.shape == (0,)
+
+
+# ---------------------------------------------------------------------------
+# Invalid rows
+# ---------------------------------------------------------------------------
+def _bad_rows_logits():
+    gen = torch.Generator().manual_seed(6)
+    logits = random_logits(6, 77, gen=gen)
+    logits[1, 5] = float("nan")
+    logits[3] = float("nan")
+    logits[4] = float("-inf")
+    logits[5, 9] = float("inf")
+    return logits
+
+
+def test_nan_rows_raise_with_check(backend):
+    with pytest.raises(ValueError, match="logits row 1"):
+        call(backend, _bad_rows_logits(), seed=0)
+
+
+def test_nan_rows_give_minus_one_without_check(backend):
+    logits = _bad_rows_logits()
+    bf = tk.BudgetForcing(end_think_ids=[2], wait_ids=[3])
+    state = bf.init_state(6, min_tokens=0, max_tokens=0)
+    before = state.data.clone()
+    seeds = torch.arange(6)
+    out = call(backend, logits, seed=seeds, budget=state, check_nan=False)
+    bad = torch.tensor([False, True, False, True, True, True])
+    assert (out.token_ids[bad] == -1).all() and torch.isnan(out.logprobs[bad]).all()
+    assert torch.equal(state.data[bad], before[bad]), "an invalid row's budget state changed"
+    assert (out.token_ids[~bad] == 2).all(), "valid rows at max_tokens=0 must emit the end token"
+    good = call(backend, logits[~bad], seed=seeds[~bad], check_nan=False)
+    plain = call(backend, logits, seed=seeds, check_nan=False)
+    assert torch.equal(plain.token_ids[~bad], good.token_ids)
+
+
+# ---------------------------------------------------------------------------
+# Budget forcing
+# ---------------------------------------------------------------------------
+END, WAIT, ANSWER = [5, 6], [7, 8, 9], [10, 11, 12]
+V_BF = 48
+
+
+def run_budget(backend, min_tokens, max_tokens, min_waits, end_bias, steps, *, forcing=None, seed=0):
+    """Decode ``steps`` tokens from a scripted model; returns (tokens [B, steps], state)."""
+    b = len(min_tokens)
+    forcing = forcing or tk.BudgetForcing(end_think_ids=END, wait_ids=WAIT, answer_prefix_ids=ANSWER)
+    state = forcing.init_state(b, min_tokens=torch.tensor(min_tokens), max_tokens=torch.tensor(max_tokens),
+                               min_waits=torch.tensor(min_waits))
+    gen = torch.Generator().manual_seed(seed)
+    seeds = torch.arange(b) + 100 * seed
+    tokens = []
+    for step in range(steps):
+        logits = torch.randn(b, V_BF, generator=gen)
+        logits[:, forcing.end_think_ids[0]] += torch.tensor(end_bias, dtype=torch.float32)
+        for t in set(forcing.forced_ids):  # the model never produces forced tokens itself...
+            if t != forcing.end_think_ids[0]:
+                logits[:, t] = float("-inf")
+        out = call(backend, logits, temperature=1.0, top_p=0.95, seed=seeds, offset=step, budget=state)
+        tokens.append(out.token_ids)
+    return torch.stack(tokens, 1), state
+
+
+def thinking_length(row_tokens, end0):
+    hits = (row_tokens == end0).nonzero()
+    return int(hits[0, 0]) if hits.numel() else None
+
+
+# rows: eager to end early / never ends (end logit -inf) / neutral; mixed budgets
+BF_MIN = [0, 4, 10, 3, 0, 6, 2, 0]
+BF_MAX = [6, 12, 10, 20, 0, 30, 15, -1]
+BF_WAITS = [0, 2, 0, 1, 0, 3, 0, 0]
+BF_BIAS = [8.0, 8.0, float("-inf"), 0.0, 0.0, 8.0, float("-inf"), 3.0]
+
+
+def test_budget_forcing_rules(backend):
+    tokens, state = run_budget(backend, BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=40)
+    for i in range(len(BF_MIN)):
+        row = tokens[i]
+        if BF_MAX[i] < 0:
+            continue
+        t = thinking_length(row, END[0])
+        assert t is not None, f"row {i} never ended thinking"
+        assert t <= BF_MAX[i], f"row {i} thought {t} > max {BF_MAX[i]}"
+        thinking = row[:t].tolist()
+        waits = [j for j, tok in enumerate(thinking) if tok == WAIT[0]]
+        for j in waits:  # Wait sequences whole, unless the maximum cut them
+            assert thinking[j:j + len(WAIT)] == WAIT[:min(len(WAIT), t - j)], f"row {i}: broken Wait at {j}"
+        if t == BF_MAX[i] and BF_BIAS[i] == float("-inf"):
+            # forced at the maximum even though the model gives the delimiter -inf
+            assert row[t:t + len(END) + len(ANSWER)].tolist() == END + ANSWER
+        if t < BF_MAX[i]:
+            assert t >= BF_MIN[i], f"row {i} ended at {t} before min {BF_MIN[i]}"
+            assert len(waits) >= BF_WAITS[i], f"row {i} ended with {len(waits)} < {BF_WAITS[i]} waits"
+            assert row[t:t + len(END)].tolist() == END
+        assert int(state.num_thinking[i]) == t and int(state.phase[i]) == 2
+    eager = [i for i in range(len(BF_MIN)) if BF_BIAS[i] > 5 and BF_MIN[i] + BF_WAITS[i] > 0]
+    assert any(int(state.waits_used[i]) > 0 for i in eager), "no Wait was ever inserted: test is vacuous"
+
+
+def test_budget_rows_without_budget_are_untouched(backend):
+    with_budget, _ = run_budget(backend, BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=25)
+    none = [-1] * len(BF_MIN)
+    without, state = run_budget(backend, [0] * len(BF_MIN), none, [0] * len(BF_MIN), BF_BIAS, steps=25)
+    assert torch.equal(with_budget[-1], without[-1])
+    assert (state.num_thinking == 0).all() and (state.phase == 2).all()
+
+
+def test_budget_matches_reference(backend):
+    got, s1 = run_budget(backend, BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=30, seed=3)
+    ref, s2 = run_budget("reference", BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=30, seed=3)
+    assert torch.equal(got, ref)
+    assert torch.equal(s1.data, s2.data)
+
+
+def test_budget_exact_max_without_natural_end(backend):
+    """A row that never ends on its own thinks exactly max_tokens tokens, Waits included."""
+    maxes = [0, 1, 5, 9]
+    tokens, state = run_budget(backend, [0, 1, 3, 9], maxes, [0, 0, 2, 0], [float("-inf")] * 4, steps=16)
+    for i, m in enumerate(maxes):
+        assert tokens[i, :m].ne(END[0]).all()
+        assert tokens[i, m:m + 5].tolist() == END + ANSWER
+        assert int(state.num_thinking[i]) == m
+
+
+def test_budget_max_drops_pending_wait(backend):
+    """min_waits forces a Wait at step 2; the 3-token Wait is cut by max_tokens=3."""
+    tokens, _ = run_budget(backend, [0], [3], [1], [50.0], steps=8)
+    assert tokens[0].tolist()[:2] == [WAIT[0], WAIT[1]] or tokens[0, 0].item() == WAIT[0]
+    t = thinking_length(tokens[0], END[0])
+    assert t == 3 and tokens[0, 3:8].tolist() == END + ANSWER
+
+
+def test_budget_without_wait_ids_masks_early_end(backend):
+    forcing = tk.BudgetForcing(end_think_ids=[END[0]], wait_ids=[], answer_prefix_ids=[])
+    tokens, state = run_budget(backend, [5, 0], [8, 8], [0, 0], [12.0, 12.0], steps=10, forcing=forcing)
+    assert thinking_length(tokens[0], END[0]) == 5, "early end must get probability 0 until min_tokens"
+    assert thinking_length(tokens[1], END[0]) == 0
+    assert int(state.waits_used.sum()) == 0
+
+
+def test_budget_state_fork_with_index_select():
+    bf = tk.BudgetForcing(end_think_ids=[1], wait_ids=[2])
+    st = bf.init_state(2, min_tokens=torch.tensor([1, 2]), max_tokens=torch.tensor([5, 6]))
+    st.data[:, 3] = torch.tensor([3, 4], dtype=torch.int32)
+    forked = st.index_select(torch.tensor([1, 1, 0]))
+    assert forked.num_thinking.tolist() == [4, 4, 3] and forked.batch_size == 3
+    forked.data[0, 3] = 0
+    assert st.num_thinking.tolist() == [3, 4], "forked state must not alias the original"
