@@ -73,5 +73,6 @@ setup(
         "cuda": ["triton>=3.0"],
         "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark"],
     },
+    entry_points={"console_scripts": ["tts-kernels = tts_kernels.cli:main"]},
     zip_safe=False,
 )
