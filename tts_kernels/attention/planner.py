@@ -1,0 +1,260 @@
+"""The tree-attention planner: block tables -> :class:`TreeAttentionPlan`.
+
+Rows whose block tables start with the same block ids form a trie; each run of
+KV blocks shared by a set of rows becomes chunks that are read once for all of
+them. The planner is a handful of vectorised torch ops over the ``[N, M]``
+block table (no Python loop over rows, blocks or tokens) and runs on the device
+of its inputs. It syncs with the host a few times (the plan's sizes are data
+dependent), so build it once per decode step, outside any CUDA graph, and reuse
+it for every layer.
+
+Algorithm (``N`` rows, ``M`` block-table columns, ``bs`` tokens per block):
+
+1. ``key[i, j]`` = (block id, tokens row ``i`` uses in that block) for the
+   blocks a row uses, ``-1`` past its end. Rows that share a block but use a
+   different number of its tokens (a partial last block) do not share it.
+2. Sort rows lexicographically by ``key`` (columns equal in every row are
+   dropped first: they do not change the order); rows with a common prefix are
+   then contiguous.
+3. ``newgroup[r, j]`` = sorted row ``r`` differs from row ``r - 1`` in some
+   column ``<= j`` (cumulative OR of "differs from previous row" along the
+   columns). At column ``j`` the rows between two consecutive ``newgroup``
+   flags are exactly the rows that share the prefix ``[0, j]``: a trie node.
+4. A node's first row (its *leader*) leads it at every later column too, so a
+   *segment* (a run of columns with the same row set) starts where a row
+   becomes a leader or its group shrinks; it ends at the next start on the
+   same row or at the row's last block.
+5. Segments are split into chunks of at most ``chunk_size`` tokens; each chunk
+   lists its rows (pairs), and pairs are sorted per row into CSR form.
+"""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+import torch
+
+from .. import _checks
+from .plan import TreeAttentionPlan
+
+DEFAULT_CHUNK_SIZE = 512
+
+_I32 = torch.int32
+
+
+def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, block_size: int, *,
+                        chunk_size: Optional[int] = None, sharing: bool = True,
+                        capacity: Optional[Tuple[int, int]] = None,
+                        out: Optional[TreeAttentionPlan] = None,
+                        validate: bool = True) -> TreeAttentionPlan:
+    """Plan tree attention for one decode step (reusable by every layer).
+
+    Parameters
+    ----------
+    block_tables : Tensor
+        int32 ``[N, M]``: the KV block ids of each row (entries past a row's
+        last block are ignored).
+    seq_lens : Tensor
+        int32 ``[N]``: tokens of each row, in ``[1, M * block_size]``.
+    block_size : int
+        Tokens per KV block (``k_cache.shape[1]``).
+    chunk_size : int, optional
+        Most tokens per chunk (rounded down to a multiple of ``block_size``,
+        at least one block); default 512. Smaller chunks give the GPU more
+        parallelism but more partial results to merge.
+    sharing : bool
+        ``False`` plans every row on its own (no KV read is shared): the
+        "sharing disabled" baseline.
+    capacity : (int, int), optional
+        ``(capacity_chunks, capacity_pairs)``: pad the plan to this fixed size
+        (for CUDA graphs, see plan.py); ``max_chunk_len`` is then the chunk
+        size and ``max_rows_per_chunk`` is ``N`` so that the plan's scalars do
+        not change between steps. Raises ``ValueError`` if the plan needs more.
+        Bounds that always suffice: chunks and pairs ``<= sum_i ceil(seq_lens[i] / block_size)``.
+    out : TreeAttentionPlan, optional
+        A fixed-capacity plan (same N, block size and capacity) whose tensors
+        are overwritten in place, e.g. the buffers a captured CUDA graph reads.
+    validate : bool
+        Check the values of ``seq_lens`` (a host sync on CUDA; planning syncs anyway).
+    """
+    if _checks.checks_enabled():
+        _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate)
+    if out is not None and capacity is None:
+        capacity = (out.num_chunks, out.num_pairs)
+    cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+    cs = max(block_size, cs // block_size * block_size)
+    plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing))
+    if capacity is not None:
+        plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs)
+    if out is not None:
+        for name in ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows", "row_pair_ptr", "row_pairs"):
+            getattr(out, name).copy_(getattr(plan, name))
+        out.max_chunk_len = plan.max_chunk_len
+        out.max_rows_per_chunk = plan.max_rows_per_chunk
+        return out
+    return plan
+
+
+def pad_plan(plan: TreeAttentionPlan, capacity_chunks: int, capacity_pairs: int, *,
+             max_chunk_len: Optional[int] = None) -> TreeAttentionPlan:
+    """Pad ``plan`` to ``capacity_chunks`` chunks and ``capacity_pairs`` pairs (see plan.py)."""
+    C, P = plan.num_chunks, plan.num_pairs
+    if capacity_chunks < C or capacity_pairs < P:
+        raise ValueError(f"capacity ({capacity_chunks} chunks, {capacity_pairs} pairs) is too small for this "
+                         f"step's plan ({C} chunks, {P} pairs)")
+    dc, dp = capacity_chunks - C, capacity_pairs - P
+
+    def pad(t, n, value):
+        return torch.cat([t, t.new_full((n,), value)]) if n else t
+
+    return TreeAttentionPlan(
+        block_size=plan.block_size, num_rows=plan.num_rows,
+        chunk_row=pad(plan.chunk_row, dc, 0),
+        chunk_start=pad(plan.chunk_start, dc, 0),
+        chunk_len=pad(plan.chunk_len, dc, 0),
+        chunk_q_ptr=pad(plan.chunk_q_ptr, dc, P),
+        q_rows=pad(plan.q_rows, dp, 0),
+        row_pair_ptr=plan.row_pair_ptr,
+        row_pairs=pad(plan.row_pairs, dp, 0),
+        max_chunk_len=max(plan.max_chunk_len, max_chunk_len or 0),
+        max_rows_per_chunk=max(plan.max_rows_per_chunk, plan.num_rows),
+    )
+
+
+def _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate):
+    _checks.check_tensor("block_tables", block_tables, dim=2, dtypes=(torch.int32,))
+    _checks.check_tensor("seq_lens", seq_lens, dim=1, dtypes=(torch.int32,), device=block_tables.device)
+    if seq_lens.shape[0] != block_tables.shape[0]:
+        raise ValueError(f"seq_lens must have shape [{block_tables.shape[0]}] (one entry per block_tables row), "
+                         f"got {tuple(seq_lens.shape)}")
+    if isinstance(block_size, bool) or not isinstance(block_size, int) or block_size < 1:
+        raise ValueError(f"block_size must be a positive int, got {block_size!r}")
+    if chunk_size is not None and (isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1):
+        raise ValueError(f"chunk_size must be a positive int, got {chunk_size!r}")
+    if not isinstance(sharing, bool):
+        raise TypeError(f"sharing must be a bool, got {sharing!r}")
+    if capacity is not None:
+        if (not isinstance(capacity, (tuple, list)) or len(capacity) != 2
+                or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in capacity)):
+            raise ValueError(f"capacity must be a pair of non-negative ints (chunks, pairs), got {capacity!r}")
+    if out is not None:
+        if not isinstance(out, TreeAttentionPlan):
+            raise TypeError(f"out must be a TreeAttentionPlan, got {type(out).__name__}")
+        if out.num_rows != block_tables.shape[0] or out.block_size != block_size:
+            raise ValueError(f"out was planned for {out.num_rows} rows and block size {out.block_size}, "
+                             f"not {block_tables.shape[0]} rows and block size {block_size}")
+        if out.chunk_row.device != block_tables.device:
+            raise ValueError(f"out is on {out.chunk_row.device} but block_tables are on {block_tables.device}")
+        if capacity is not None and tuple(capacity) != (out.num_chunks, out.num_pairs):
+            raise ValueError(f"capacity {tuple(capacity)} differs from out's ({out.num_chunks}, {out.num_pairs})")
+    if validate:
+        check_seq_lens(seq_lens, block_tables.shape[1] * block_size)
+
+
+def check_seq_lens(seq_lens, max_tokens):
+    """seq_lens must lie in [1, max_tokens] (max_tokens = block_tables columns * block_size)."""
+    if seq_lens.numel() == 0:
+        return
+    bad = (seq_lens <= 0) | (seq_lens > max_tokens)
+    if bool(bad.any()):
+        i = int(bad.nonzero()[0, 0])
+        v = int(seq_lens[i])
+        if v <= 0:
+            raise ValueError(f"seq_lens[{i}] = {v} must be positive")
+        raise ValueError(f"seq_lens[{i}] = {v} exceeds the {max_tokens} tokens that block_tables' "
+                         f"columns can hold")
+
+
+def _lexsort_rows(key: torch.Tensor) -> torch.Tensor:
+    """Permutation that sorts the rows of an int64 [N, M] tensor lexicographically."""
+    N = key.shape[0]
+    if N <= 1:
+        return torch.arange(N, device=key.device)
+    differs = (key != key[:1]).any(0)  # columns equal in all rows do not change the order
+    key = key[:, differs]
+    if key.shape[1] == 0:
+        return torch.arange(N, device=key.device)
+    _, inverse = torch.unique(key, dim=0, return_inverse=True)  # ranks of rows in lexicographic order
+    return torch.argsort(inverse, stable=True)
+
+
+def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
+    dev = block_tables.device
+    N, M = block_tables.shape
+    if N == 0 or M == 0:
+        z = torch.zeros(0, dtype=_I32, device=dev)
+        return TreeAttentionPlan(bs, N, z, z, z, torch.zeros(1, dtype=_I32, device=dev), z,
+                                 torch.zeros(N + 1, dtype=_I32, device=dev), z, 0, 0)
+    sl = seq_lens.to(torch.int64)
+    nb = (sl + bs - 1) // bs                                   # blocks used by each row
+    col = torch.arange(M, device=dev)
+    valid = col[None, :] < nb[:, None]                         # [N, M]
+    used = (sl[:, None] - col[None, :] * bs).clamp(0, bs)      # tokens used of each block
+    ridx = torch.arange(N, device=dev)
+
+    if sharing:
+        key = torch.where(valid, block_tables.to(torch.int64) * (bs + 1) + used, -1)
+        order = _lexsort_rows(key)
+        key = key[order]
+        diff = (key[1:] != key[:-1]).to(torch.uint8)
+        newgroup = torch.cat([torch.ones(1, M, dtype=torch.uint8, device=dev),
+                              torch.cummax(diff, dim=1).values]).bool()
+    else:
+        order = ridx
+        newgroup = torch.ones(N, M, dtype=torch.bool, device=dev)
+    valid = valid[order]
+    used = used[order]
+    nb = nb[order]
+
+    # Group size of each leader: next row that starts a group at this column, minus the leader's row.
+    starts_at = torch.where(newgroup, ridx[:, None], N)
+    next_start = torch.flip(torch.cummin(torch.flip(starts_at, (0,)), dim=0).values, (0,))
+    next_start = torch.cat([next_start[1:], torch.full((1, M), N, device=dev, dtype=next_start.dtype)])
+    size = next_start - ridx[:, None]
+    leader = newgroup & valid
+    seg_start = leader.clone()
+    seg_start[:, 1:] &= ~leader[:, :-1] | (size[:, 1:] != size[:, :-1])
+
+    sr, sj = seg_start.nonzero(as_tuple=True)                  # row-major: rows, then columns ascending
+    same_row_next = torch.cat([sr[1:] == sr[:-1], sr.new_zeros(1, dtype=torch.bool)])
+    sj_next = torch.cat([sj[1:], sj.new_zeros(1)])
+    ej = torch.where(same_row_next, sj_next, nb[sr])           # exclusive end column
+    tok0 = sj * bs
+    tok1 = (ej - 1) * bs + used[sr, ej - 1]
+    nrows = size[sr, sj]
+
+    # Split segments into chunks of at most cs tokens.
+    nchunk = (tok1 - tok0 + cs - 1) // cs
+    C = int(nchunk.sum())
+    seg_of = torch.repeat_interleave(torch.arange(sr.shape[0], device=dev), nchunk, output_size=C)
+    first = torch.cumsum(nchunk, 0) - nchunk
+    k = torch.arange(C, device=dev) - first[seg_of]
+    c_start = tok0[seg_of] + k * cs
+    c_len = torch.minimum(tok1[seg_of] - c_start, torch.full_like(c_start, cs))
+    c_leader = sr[seg_of]
+    c_rows = nrows[seg_of]
+
+    # Pairs: every chunk with each of its rows.
+    q_ptr = torch.cat([c_rows.new_zeros(1), torch.cumsum(c_rows, 0)])
+    P = int(q_ptr[-1])
+    pair_chunk = torch.repeat_interleave(torch.arange(C, device=dev), c_rows, output_size=P)
+    within = torch.arange(P, device=dev) - q_ptr[:-1][pair_chunk]
+    q_rows = order[c_leader[pair_chunk] + within]
+
+    # CSR by row, each row's pairs by position.
+    pair_key = q_rows * (int(M) * bs + 1) + c_start[pair_chunk]
+    row_pairs = torch.argsort(pair_key)
+    counts = torch.bincount(q_rows, minlength=N)
+    row_ptr = torch.cat([counts.new_zeros(1), torch.cumsum(counts, 0)])
+
+    return TreeAttentionPlan(
+        block_size=bs, num_rows=N,
+        chunk_row=order[c_leader].to(_I32),
+        chunk_start=c_start.to(_I32),
+        chunk_len=c_len.to(_I32),
+        chunk_q_ptr=q_ptr.to(_I32),
+        q_rows=q_rows.to(_I32),
+        row_pair_ptr=row_ptr.to(_I32),
+        row_pairs=row_pairs.to(_I32),
+        max_chunk_len=int(c_len.max()) if C else 0,
+        max_rows_per_chunk=int(c_rows.max()) if C else 0,
+    )
