@@ -1,0 +1,353 @@
+"""Triton kernel of the fused sampler (budget forcing + temperature/top-k/top-p/min-p).
+
+Semantics: ``reference.py``; random stream: ``philox.py``; budget rules: ``budget.py``.
+
+Design (one launch, one program per row, grid ``(B,)``; no host sync, no
+data-dependent allocation or grid, so the op is CUDA-graph capturable):
+
+1. **Stats pass** (always, one read of the row, tiles of ``BLOCK``): NaN/+inf
+   and "any finite" flags, the running max / sum of ``exp`` of the unmodified
+   logits (logsumexp, for the logprob), the first-index argmax of the
+   (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
+   that draw, the first-index argmax of ``z + gumbel`` over *all* tokens.
+   Philox runs once per 4 tokens: a tile is laid out as ``[BLOCK/4, 4]`` and
+   the 4 output words of a counter fill one row of the tile.
+   Plain temperature sampling and greedy rows are done after this pass.
+2. **Threshold search** (only rows with top-k and/or top-p on): radix select
+   over order-preserving uint32 keys of ``z``, 4-bit digits, most significant
+   first: each pass builds a 16-bin count and mass (``exp(z - zmax)``)
+   histogram of the tokens that share the prefix chosen so far and picks the
+   next digit. Top-k selects by count (exits early once the chosen bucket is
+   exactly the rest of the top-k set), top-p by mass against
+   ``top_p * mass(top-k set)`` (exits early once the chosen bucket holds one
+   token). At most 8 passes each; the kept set is ``key(z) >= T`` (ties kept).
+3. **Filtered draw** (only when needed): the filters only remove tokens, so if
+   the unfiltered Gumbel winner of pass 1 is kept by top-k/top-p/min-p, it is
+   the answer; otherwise one more pass takes the Gumbel argmax over the kept
+   tokens. Min-p alone therefore costs a second pass only with probability
+   equal to the mass it removes.
+4. Budget rules 1-3 and the state update are scalar code per row.
+
+bf16/fp16 logits are read natively and upcast in registers.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+# tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
+_BLOCK = 2048    # stats pass and filtered draw (Philox + logs per element)
+_HBLOCK = 1024   # histogram passes ([HBLOCK, 16] one-hot per tile)
+_NUM_WARPS = 8
+
+
+@triton.jit
+def _philox_gumbel(ctr, c1, c2, k0, k1):
+    """Gumbel noise [R, 4] for the counters ``ctr`` (uint32 [R]); word j of counter r -> [r, j]."""
+    m0 = tl.full([], 0xD2511F53, tl.uint32)
+    m1 = tl.full([], 0xCD9E8D57, tl.uint32)
+    w0 = tl.full([], 0x9E3779B9, tl.uint32)
+    w1 = tl.full([], 0xBB67AE85, tl.uint32)
+    x0 = ctr
+    x1 = tl.zeros_like(ctr) + c1
+    x2 = tl.zeros_like(ctr) + c2
+    x3 = tl.zeros_like(ctr)
+    a = k0
+    b = k1
+    for _ in tl.static_range(10):
+        hi0 = tl.umulhi(x0, m0)
+        lo0 = x0 * m0
+        hi1 = tl.umulhi(x2, m1)
+        lo1 = x2 * m1
+        x0 = hi1 ^ x1 ^ a
+        x1 = lo1
+        x2 = hi0 ^ x3 ^ b
+        x3 = lo0
+        a = a + w0
+        b = b + w1
+    col = tl.arange(0, 4)[None, :]
+    w = tl.where(col == 0, x0[:, None],
+                 tl.where(col == 1, x1[:, None], tl.where(col == 2, x2[:, None], x3[:, None])))
+    u = ((w >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
+    return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _order_key(z):
+    """uint32 key with the order of the float32 ``z`` (z has no NaN; -0 must be canonicalised to +0)."""
+    b = z.to(tl.int32, bitcast=True)
+    k = b ^ ((b >> 31) & 0x7FFFFFFF)          # signed-int order of the floats
+    return (k ^ (-2147483648)).to(tl.uint32, bitcast=True)  # to unsigned order
+
+
+@triton.jit
+def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
+    """z = (end-masked logits) / T in float32, -0 -> +0; out-of-row entries -inf."""
+    x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+    x = tl.where(mask_end & (offs == end0), float("-inf"), x)
+    z = x / Tz
+    return tl.where(z == 0.0, 0.0, z)
+
+
+@triton.jit
+def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass,
+                  BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
+    """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
+    ``kk`` = k) or the top-p set (BY_MASS True: the largest value whose mass from the top
+    reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the whole row).
+    Returns (T, mass of the kept set)."""
+    bins = tl.arange(0, 16)
+    ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
+    gt = bins[None, :] > bins[:, None]
+    offs0 = tl.arange(0, HBLOCK)
+    prefix = tl.full([], 0, tl.uint32)        # digits chosen so far
+    above_cnt = tl.full([], 0, tl.int32)      # tokens with a larger prefix (all kept)
+    above_mass = tl.full([], 0.0, tl.float32)
+    sel_mass = tl.full([], 0.0, tl.float32)
+    target = p * base_mass
+    lvl = 0
+    done = tl.full([], 0, tl.int32)
+    while (lvl < 8) & (done == 0):
+        shift = 28 - 4 * lvl
+        cnt = tl.zeros([16], tl.int32)
+        mass = tl.zeros([16], tl.float32)
+        for start in range(0, V, HBLOCK):
+            offs = start + offs0
+            inb = offs < V
+            z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
+            key = _order_key(z)
+            e = tl.exp(z - zmax)
+            hi = key >> shift
+            match = inb & ((hi >> 4) == prefix)
+            d = (hi & 15).to(tl.int32)
+            oh = (d[:, None] == bins[None, :]) & match[:, None]
+            cnt += tl.sum(oh.to(tl.int32), 0)
+            mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
+        ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
+        ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
+        if BY_MASS:
+            if lvl == 0:
+                target = tl.where(base_mass < 0, p * tl.sum(mass, 0), target)
+            cond = (above_mass + ge_mass) >= target
+        else:
+            cond = (above_cnt + ge_cnt) >= kk
+        # the largest digit that still reaches the target; never below the lowest non-empty
+        # bin (guards against float rounding of the mass sums)
+        b_sel = tl.maximum(tl.max(tl.where(cond, bins, -1), 0), tl.min(tl.where(cnt > 0, bins, 16), 0))
+        c_sel = tl.sum(tl.where(bins == b_sel, cnt, 0), 0)
+        sel_mass = tl.sum(tl.where(bins == b_sel, mass, 0.0), 0)
+        above_cnt += tl.sum(tl.where(bins > b_sel, cnt, 0), 0)
+        above_mass += tl.sum(tl.where(bins > b_sel, mass, 0.0), 0)
+        prefix = (prefix << 4) | b_sel.to(tl.uint32)
+        lvl += 1
+        if BY_MASS:
+            done = (c_sel <= 1).to(tl.int32)
+        else:
+            done = (c_sel <= kk - above_cnt).to(tl.int32)
+    t = prefix << (32 - 4 * lvl)
+    return t, above_mass + sel_mass
+
+
+@triton.jit
+def _sample_kernel(
+        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr,
+        V, stride_row, num_wait, num_end, num_forced,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    temp = tl.load(temp_ptr + row)
+    top_k = tl.load(topk_ptr + row)
+    top_p = tl.load(topp_ptr + row)
+    min_p = tl.load(minp_ptr + row)
+    seed = tl.load(seed_ptr + row)
+    off = tl.load(offset_ptr + row)
+
+    # ---- budget rules 1 and 2 (forced tokens), rule 3's end masking -------------------
+    if HAS_BUDGET:
+        bp = budget_ptr + row.to(tl.int64) * 8
+        mn = tl.load(bp + 0)
+        mx = tl.load(bp + 1)
+        mw = tl.load(bp + 2)
+        nt = tl.load(bp + 3)
+        wu = tl.load(bp + 4)
+        ph = tl.load(bp + 5)
+        pos = tl.load(bp + 6)
+        stop = tl.load(bp + 7)
+        end0 = tl.load(forced_ptr + num_wait)
+        has = (mx >= 0) & (ph != 2)
+        force_end = has & (ph == 0) & (nt >= mx)
+        pending = has & (force_end == 0) & (pos < stop)
+        free = has & (force_end == 0) & (pending == 0)
+        need = free & ((nt < mn) | (wu < mw))
+        mask_end = need & (num_wait == 0)
+        safe_pos = tl.minimum(tl.maximum(pos, 0), num_forced - 1)
+        pend_tok = tl.load(forced_ptr + safe_pos)
+        forced_tok = tl.where(force_end, end0, tl.where(pending, pend_tok, -1))
+    else:
+        end0 = -1
+        mask_end = top_k != top_k  # False
+        forced_tok = -1
+
+    greedy = temp <= 0.0
+    Tz = tl.where(greedy, 1.0, temp)
+    do_draw = (temp > 0.0) & (forced_tok < 0)
+    k_on = (top_k > 0) & (top_k < V)
+    p_on = top_p < 1.0
+    m_on = min_p > 0.0
+
+    # Philox key and the counter words that do not depend on the token
+    k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+    k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    c1 = (off & 0xFFFFFFFF).to(tl.uint32)
+    c2 = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+
+    R: tl.constexpr = BLOCK // 4
+    ridx = tl.arange(0, R)
+    idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]       # [R, 4] token index in tile
+
+    # ---- pass 1: validity, logsumexp, greedy argmax, unfiltered Gumbel argmax -----------
+    bad = tl.zeros([R, 4], tl.int1)
+    fin = tl.zeros([R, 4], tl.int1)
+    m_run = tl.full([], float("-inf"), tl.float32)
+    s_vec = tl.zeros([R, 4], tl.float32)
+    g_val = tl.full([R, 4], float("-inf"), tl.float32)
+    g_idx = tl.zeros([R, 4], tl.int32)
+    s_val = tl.full([R, 4], float("-inf"), tl.float32)
+    s_idx = tl.zeros([R, 4], tl.int32)
+    for start in range(0, V, BLOCK):
+        offs = start + idx2
+        inb = offs < V
+        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+        bad |= (x != x) | (x == float("inf"))
+        # logsumexp of the unmodified logits (per-lane sums, one max per tile)
+        m_new = tl.maximum(m_run, tl.max(x))
+        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
+        s_vec = s_vec * tl.exp(m_run - m_safe) + tl.exp(x - m_safe)
+        m_run = m_new
+        # greedy argmax of the end-masked logits (strict > keeps each lane's first index)
+        xm = tl.where(mask_end & (offs == end0), float("-inf"), x)
+        fin |= (xm > float("-inf")) & (xm < float("inf"))
+        upd = xm > g_val
+        g_val = tl.where(upd, xm, g_val)
+        g_idx = tl.where(upd, offs, g_idx)
+        if do_draw:
+            g = _philox_gumbel((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
+            sc = xm / Tz + g
+            upd2 = sc > s_val
+            s_val = tl.where(upd2, sc, s_val)
+            s_idx = tl.where(upd2, offs, s_idx)
+
+    valid = (tl.max(bad.to(tl.int32)) == 0) & (tl.max(fin.to(tl.int32)) > 0)
+    lse = m_run + tl.log(tl.sum(s_vec))
+    xmax = tl.max(g_val)
+    g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
+    s_best = tl.max(s_val)
+    s_tok = tl.min(tl.where(s_val == s_best, s_idx, 2147483647))
+    zmax = xmax / Tz
+
+    # ---- filters: threshold search, then the filtered draw if pass 1's winner is dropped --
+    if valid & do_draw & (k_on | p_on | m_on):
+        t_key = tl.full([], 0, tl.uint32)      # keep all
+        mass_k = tl.full([], -1.0, tl.float32)  # < 0: the whole row
+        if k_on:
+            t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
+                                        False, HBLOCK)
+            t_key = t_k
+        if p_on:
+            t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
+                                         True, HBLOCK)
+            t_key = tl.maximum(t_key, t_p)
+        # is pass 1's winner kept?
+        xw = tl.load(row_ptr + s_tok).to(tl.float32)
+        zw = xw / Tz
+        zw = tl.where(zw == 0.0, 0.0, zw)
+        # (exp(.) >= min_p is always true when min_p <= 0: min-p off needs no test)
+        ok = (_order_key(zw) >= t_key) & (tl.exp(zw - zmax) >= min_p)
+        if ok == 0:
+            f_val = tl.full([R, 4], float("-inf"), tl.float32)
+            f_idx = tl.zeros([R, 4], tl.int32)
+            for start in range(0, V, BLOCK):
+                offs = start + idx2
+                inb = offs < V
+                z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
+                keep = (_order_key(z) >= t_key) & (tl.exp(z - zmax) >= min_p)
+                g = _philox_gumbel((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
+                sc = tl.where(keep & inb, z + g, float("-inf"))
+                upd3 = sc > f_val
+                f_val = tl.where(upd3, sc, f_val)
+                f_idx = tl.where(upd3, offs, f_idx)
+            f_best = tl.max(f_val)
+            s_tok = tl.min(tl.where(f_val == f_best, f_idx, 2147483647))
+
+    drawn = tl.where(greedy, g_tok, s_tok)
+    tok = tl.where(forced_tok >= 0, forced_tok, drawn)
+
+    # ---- budget rule 3 and the state update ----------------------------------------------
+    if HAS_BUDGET:
+        freev = free & valid
+        needv = need & valid
+        is_end = freev & (tok == end0)
+        replace = is_end & needv
+        natural_end = is_end & (needv == 0)
+        wait0 = tl.load(forced_ptr)  # only used when num_wait > 0
+        tok = tl.where(replace & (num_wait > 0), wait0, tok)
+        fpw = pending & (ph == 0)
+        nt2 = nt + (freev & (natural_end == 0)).to(tl.int32) + fpw.to(tl.int32)
+        wu2 = wu + replace.to(tl.int32)
+        new_pos = tl.where(pending, pos + 1, pos)
+        new_pos = tl.where(force_end | natural_end, num_wait + 1, new_pos)
+        new_stop = tl.where(force_end, num_forced, stop)
+        new_stop = tl.where(natural_end, num_wait + num_end, new_stop)
+        new_pos = tl.where(replace, 1, new_pos)
+        new_stop = tl.where(replace, num_wait, new_stop)
+        ph2 = tl.where(force_end | natural_end, 1, ph)
+        ph2 = tl.where((ph2 == 1) & (new_pos >= new_stop), 2, ph2)
+        tl.store(bp + 3, nt2, mask=valid)
+        tl.store(bp + 4, wu2, mask=valid)
+        tl.store(bp + 5, ph2, mask=valid)
+        tl.store(bp + 6, new_pos, mask=valid)
+        tl.store(bp + 7, new_stop, mask=valid)
+
+    tok_safe = tl.minimum(tl.maximum(tok, 0), V - 1)
+    xt = tl.load(row_ptr + tok_safe).to(tl.float32)
+    logp = tl.where(valid, xt - lse, float("nan"))
+    tok = tl.where(valid, tok, -1)
+    tl.store(tok_ptr + row, tok.to(tl.int64))
+    tl.store(logp_ptr + row, logp)
+
+
+def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
+                  budget=None, forced_ids=None, num_wait=0, num_end=0):
+    """Triton implementation of the fused sampler (same contract as ``sample_reference``)."""
+    B, V = logits.shape
+    dev = logits.device
+    tok = torch.empty(B, dtype=torch.int64, device=dev)
+    logp = torch.empty(B, dtype=torch.float32, device=dev)
+    if B == 0:
+        return tok, logp
+    logits = logits.contiguous()
+    temperature = temperature.to(torch.float32).contiguous()
+    top_k = top_k.to(torch.int32).contiguous()
+    top_p = top_p.to(torch.float32).contiguous()
+    min_p = min_p.to(torch.float32).contiguous()
+    seed = seed.to(torch.int64).contiguous()
+    offset = offset.to(torch.int64).contiguous()
+    has_budget = budget is not None
+    if has_budget:
+        assert budget.dtype == torch.int32 and budget.is_contiguous() and budget.shape == (B, 8)
+        forced = forced_ids.to(torch.int32).contiguous()
+        num_forced = forced.numel()
+    else:
+        budget = tok  # dummy pointers, never dereferenced
+        forced = tok
+        num_forced = 1
+    block = min(_BLOCK, max(16, triton.next_power_of_2(V)))
+    hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
+    _sample_kernel[(B,)](
+        logits, temperature, top_k, top_p, min_p, seed, offset,
+        budget, forced, tok, logp,
+        V, logits.stride(0), int(num_wait), int(num_end), num_forced,
+        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, num_warps=_NUM_WARPS)
+    return tok, logp
