@@ -9,4 +9,5 @@ TORCH_LIBRARY(tts_kernels_C, m) {
       "sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
       "Tensor seed, Tensor offset, Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end) "
       "-> (Tensor, Tensor)");
+  m.def("tree_attention_cpu(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, Tensor chunk_row, Tensor chunk_start, Tensor chunk_len, Tensor chunk_q_ptr, Tensor q_rows, Tensor row_pair_ptr, Tensor row_pairs, float scale) -> (Tensor, Tensor)");
 }
