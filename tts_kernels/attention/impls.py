@@ -21,13 +21,13 @@ BACKENDS = ("reference", "cpp", "triton")
 
 def cpp_available() -> bool:
     """The extension is built and contains the tree-attention kernel."""
-    return _ext.available() and hasattr(torch.ops.tts_kernels_C, "tree_attention_cpu")
+    return _ext.has_kernel("tts_kernels_C::tree_attention_cpu")
 
 
 def cpp_unavailable_reason() -> str:
     if not _ext.available():
         return f"the C++ extension is not available: {_ext.load_error}"
-    return "the C++ extension was built without tree_attention_cpu"
+    return "the built C++ extension has no CPU kernel for tts_kernels_C::tree_attention_cpu"
 
 
 def triton_available() -> bool:

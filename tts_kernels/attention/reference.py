@@ -83,22 +83,24 @@ def chunk_partials(q, k_cache, v_cache, block_tables, plan: TreeAttentionPlan, s
     col = torch.where(inside, pos // bs, 0)
     blocks = block_tables.long()[plan.chunk_row.long()[:, None], col]                   # [C, Lmax]
     slots = torch.where(inside, blocks * bs + pos % bs, 0)
+    q_rows = plan.q_rows[:n_real].long()
     kf = k_cache.reshape(-1, *k_cache.shape[2:])
     vf = v_cache.reshape(-1, *v_cache.shape[2:])
     # Pairs in batches so that the expanded KV stays small.
     step = max(1, max_pairs * 256 // Lmax)
     for p0 in range(0, n_real, step):
-        pc = pair_chunk[p0:p0 + step]
+        p1 = min(p0 + step, n_real)
+        pc = pair_chunk[p0:p1]
         k = kf[slots[pc]].float()                                     # [B, Lmax, Hkv, D]
         v = vf[slots[pc]].float()
-        qq = q[plan.q_rows[p0:p0 + step].long()].float()
+        qq = q[q_rows[p0:p1]].float()
         s = _gqa_scores(qq, k, scale)
         s = s.masked_fill(~inside[pc][:, None, None, :], float("-inf"))
         lse = torch.logsumexp(s, dim=-1)
         p = torch.exp(s - lse[..., None])
         o = torch.einsum("bhgl,blhd->bhgd", p, v)
-        out_p[p0:p0 + step] = o.reshape(-1, Hq, D)
-        lse_p[p0:p0 + step] = lse.reshape(-1, Hq)
+        out_p[p0:p1] = o.reshape(-1, Hq, D)
+        lse_p[p0:p1] = lse.reshape(-1, Hq)
     return out_p, lse_p
 
 
