@@ -8,24 +8,29 @@ of its inputs. It syncs with the host a few times (the plan's sizes are data
 dependent), so build it once per decode step, outside any CUDA graph, and reuse
 it for every layer.
 
-Algorithm (``N`` rows, ``M`` block-table columns, ``bs`` tokens per block):
+Algorithm (``N`` rows, ``M`` block-table columns, ``bs`` tokens per block).
+A row's *key* at column ``j`` is (block id, tokens of it the row uses) for the
+blocks it uses; rows that share a block but use different numbers of its
+tokens (a partial last block) do not share it.
 
-1. ``key[i, j]`` = (block id, tokens row ``i`` uses in that block) for the
-   blocks a row uses, ``-1`` past its end. Rows that share a block but use a
-   different number of its tokens (a partial last block) do not share it.
-2. Sort rows lexicographically by ``key`` (columns equal in every row are
-   dropped first: they do not change the order); rows with a common prefix are
-   then contiguous.
-3. ``newgroup[r, j]`` = sorted row ``r`` differs from row ``r - 1`` in some
-   column ``<= j`` (cumulative OR of "differs from previous row" along the
-   columns). At column ``j`` the rows between two consecutive ``newgroup``
-   flags are exactly the rows that share the prefix ``[0, j]``: a trie node.
-4. A node's first row (its *leader*) leads it at every later column too, so a
-   *segment* (a run of columns with the same row set) starts where a row
-   becomes a leader or its group shrinks; it ends at the next start on the
-   same row or at the row's last block.
-5. Segments are split into chunks of at most ``chunk_size`` tokens; each chunk
+1. Sort rows lexicographically by their block ids (``-1`` past a row's end),
+   ties broken by ``seq_len`` (columns equal in every row are dropped first:
+   they do not change the order). Rows sharing a key prefix are then contiguous.
+2. ``lcp[r]`` = first column where sorted row ``r``'s key differs from row
+   ``r - 1`` ("differs from previous row" flags, first set flag per row).
+   Row ``r`` starts a new group at column ``j`` iff ``lcp[r] <= j``: the rows
+   between two consecutive group starts share the prefix ``[0, j]`` (a trie node).
+3. Groups only change at *breakpoint* columns (an ``lcp`` or a row's end), at
+   most ``2N + 1`` of them; the group starts, sizes and validity are evaluated
+   on that ``[N, K]`` grid only. A node's first row (its *leader*) leads it at
+   every later column too, so a *segment* (a run of columns with the same row
+   set) starts where a row becomes a leader or its group shrinks, and ends at
+   the next start on the same row or at the row's last block.
+4. Segments are split into chunks of at most ``chunk_size`` tokens; each chunk
    lists its rows (pairs), and pairs are sorted per row into CSR form.
+
+Cost: a few elementwise ops over the ``[N, M]`` table plus a row sort; the rest
+is linear in breakpoints, chunks and pairs.
 """
 from __future__ import annotations
 
@@ -165,12 +170,11 @@ def check_seq_lens(seq_lens, max_tokens):
 
 
 def _lexsort_rows(key: torch.Tensor) -> torch.Tensor:
-    """Permutation that sorts the rows of an int64 [N, M] tensor lexicographically."""
+    """Permutation that sorts the rows of an integer [N, K] tensor lexicographically."""
     N = key.shape[0]
     if N <= 1:
         return torch.arange(N, device=key.device)
-    differs = (key != key[:1]).any(0)  # columns equal in all rows do not change the order
-    key = key[:, differs]
+    key = key[:, (key != key[:1]).any(0)]  # columns equal in all rows do not change the order
     if key.shape[1] == 0:
         return torch.arange(N, device=key.device)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)  # ranks of rows in lexicographic order
@@ -186,41 +190,51 @@ def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
                                  torch.zeros(N + 1, dtype=_I32, device=dev), z, 0, 0)
     sl = seq_lens.to(torch.int64)
     nb = (sl + bs - 1) // bs                                   # blocks used by each row
-    col = torch.arange(M, device=dev)
-    valid = col[None, :] < nb[:, None]                         # [N, M]
-    used = (sl[:, None] - col[None, :] * bs).clamp(0, bs)      # tokens used of each block
     ridx = torch.arange(N, device=dev)
 
     if sharing:
-        key = torch.where(valid, block_tables.to(torch.int64) * (bs + 1) + used, -1)
-        order = _lexsort_rows(key)
-        key = key[order]
-        diff = (key[1:] != key[:-1]).to(torch.uint8)
-        newgroup = torch.cat([torch.ones(1, M, dtype=torch.uint8, device=dev),
-                              torch.cummax(diff, dim=1).values]).bool()
+        # Rows sorted by (block ids, -1 past the end), ties broken by seq_len: rows sharing a trie
+        # node (same block ids and same tokens used of each) are then contiguous.
+        col = torch.arange(M, device=dev, dtype=torch.int32)
+        masked = torch.where(col[None, :] < nb.to(torch.int32)[:, None], block_tables, -1)
+        order = _lexsort_rows(torch.cat([masked, seq_lens[:, None]], 1))
+        masked, sl, nb = masked[order], sl[order], nb[order]
+        # lcp[r]: first column where sorted row r's key differs from row r - 1 (M: never).
+        diff = masked[1:] != masked[:-1]
+        fd = torch.where(diff.any(1), diff.to(torch.uint8).argmax(1), M)
+        m = torch.minimum(nb[1:], nb[:-1])                      # both rows use columns < m
+        used_a = (sl[1:] - (m - 1) * bs).clamp(max=bs)          # tokens used of column m - 1
+        used_b = (sl[:-1] - (m - 1) * bs).clamp(max=bs)
+        partial_differs = (fd >= m) & (used_a != used_b)
+        lcp = torch.where(partial_differs, m - 1, fd)
+        lcp = torch.cat([lcp.new_zeros(1), lcp])                # row 0 starts a group everywhere
     else:
         order = ridx
-        newgroup = torch.ones(N, M, dtype=torch.bool, device=dev)
-    valid = valid[order]
-    used = used[order]
-    nb = nb[order]
+        lcp = torch.zeros(N, dtype=torch.int64, device=dev)
+
+    # Group membership only changes at breakpoint columns: an lcp or a row's end.
+    X = torch.unique(torch.cat([lcp.clamp(max=M), nb, lcp.new_zeros(1)]))   # sorted
+    X = X[X < M]
+    newgroup = lcp[:, None] <= X[None, :]                     # [N, K]
+    valid = X[None, :] < nb[:, None]
+    K = X.shape[0]
 
     # Group size of each leader: next row that starts a group at this column, minus the leader's row.
     starts_at = torch.where(newgroup, ridx[:, None], N)
     next_start = torch.flip(torch.cummin(torch.flip(starts_at, (0,)), dim=0).values, (0,))
-    next_start = torch.cat([next_start[1:], torch.full((1, M), N, device=dev, dtype=next_start.dtype)])
+    next_start = torch.cat([next_start[1:], torch.full((1, K), N, device=dev, dtype=next_start.dtype)])
     size = next_start - ridx[:, None]
     leader = newgroup & valid
     seg_start = leader.clone()
     seg_start[:, 1:] &= ~leader[:, :-1] | (size[:, 1:] != size[:, :-1])
 
-    sr, sj = seg_start.nonzero(as_tuple=True)                  # row-major: rows, then columns ascending
+    sr, sx = seg_start.nonzero(as_tuple=True)                  # row-major: rows, then columns ascending
     same_row_next = torch.cat([sr[1:] == sr[:-1], sr.new_zeros(1, dtype=torch.bool)])
-    sj_next = torch.cat([sj[1:], sj.new_zeros(1)])
-    ej = torch.where(same_row_next, sj_next, nb[sr])           # exclusive end column
+    sj = X[sx]
+    ej = torch.where(same_row_next, torch.cat([sj[1:], sj.new_zeros(1)]), nb[sr])   # exclusive end column
     tok0 = sj * bs
-    tok1 = (ej - 1) * bs + used[sr, ej - 1]
-    nrows = size[sr, sj]
+    tok1 = torch.minimum(ej * bs, sl[sr])
+    nrows = size[sr, sx]
 
     # Split segments into chunks of at most cs tokens.
     nchunk = (tok1 - tok0 + cs - 1) // cs

@@ -1,0 +1,221 @@
+"""The tree-attention planner: plan invariants, maximal sharing, fixed capacity, bad input."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+import tts_kernels as tk
+from tts_kernels.attention.planner import DEFAULT_CHUNK_SIZE
+
+from test_attention_helpers import random_forest
+
+KINDS = ("forest", "singletons", "chain", "identical")
+
+
+def _check_invariants(plan, bt, sl, bs, chunk_size):
+    """Structural invariants every plan must satisfy (see plan.py)."""
+    N = bt.shape[0]
+    C, P = plan.num_chunks, plan.num_pairs
+    for name in ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows", "row_pair_ptr", "row_pairs"):
+        t = getattr(plan, name)
+        assert t.dtype == torch.int32 and t.dim() == 1, name
+    assert plan.num_rows == N and plan.block_size == bs
+    start, length, crow = plan.chunk_start.long(), plan.chunk_len.long(), plan.chunk_row.long()
+    qptr = plan.chunk_q_ptr.long()
+    assert qptr[0] == 0 and bool((qptr[1:] >= qptr[:-1]).all())
+    assert bool((start % bs == 0).all())
+    assert bool((length <= chunk_size).all()) and int(length.max()) <= plan.max_chunk_len
+    assert int((qptr[1:] - qptr[:-1]).max()) <= plan.max_rows_per_chunk
+    n_real = int(qptr[-1])
+    pair_chunk = torch.repeat_interleave(torch.arange(C), qptr[1:] - qptr[:-1])
+    # Every pair's row contains the chunk's blocks (same ids as the representative row) and its tokens.
+    for p in range(n_real):
+        c, r = int(pair_chunk[p]), int(plan.q_rows[p])
+        s, L = int(start[c]), int(length[c])
+        assert L > 0
+        assert int(sl[r]) >= s + L
+        cols = slice(s // bs, (s + L - 1) // bs + 1)
+        assert torch.equal(bt[r, cols], bt[int(crow[c]), cols])
+    # Each row's pairs cover [0, seq_len) exactly once, in increasing position order.
+    rptr = plan.row_pair_ptr.long()
+    assert rptr.shape == (N + 1,) and rptr[0] == 0 and int(rptr[-1]) == n_real
+    listed = plan.row_pairs[:n_real].long()
+    assert sorted(listed.tolist()) == list(range(n_real))  # each pair listed exactly once
+    for i in range(N):
+        pos = 0
+        for p in listed[rptr[i]:rptr[i + 1]].tolist():
+            assert int(plan.q_rows[p]) == i
+            c = int(pair_chunk[p])
+            assert int(start[c]) == pos
+            pos += int(length[c])
+        assert pos == int(sl[i])
+
+
+def _nodes(bt, sl, bs):
+    """Trie nodes of the batch: (prefix of (block id, tokens used) up to a column) -> rows under it."""
+    nodes = {}
+    for i in range(bt.shape[0]):
+        L = int(sl[i])
+        key = ()
+        for j in range((L + bs - 1) // bs):
+            key += ((int(bt[i, j]), min(bs, L - j * bs)),)
+            nodes.setdefault(key, set()).add(i)
+    return nodes
+
+
+@pytest.mark.parametrize("bs,chunk_size", [(1, 4), (4, 8), (4, 4), (16, 512)])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("seed", range(3))
+def test_plan_invariants_and_maximal_sharing(kind, seed, bs, chunk_size):
+    gen = torch.Generator().manual_seed(seed)
+    bt, sl, _ = random_forest(kind, 9, bs, 12, gen)
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=chunk_size)
+    _check_invariants(plan, bt, sl, bs, chunk_size)
+    # Sharing: every trie node (a KV block as reached by its set of rows) is read by exactly one
+    # chunk, and that chunk lists exactly the rows under the node.
+    nodes = _nodes(bt, sl, bs)
+    covered = {}
+    qptr = plan.chunk_q_ptr.tolist()
+    for c in range(plan.num_chunks):
+        r = int(plan.chunk_row[c])
+        s, L = int(plan.chunk_start[c]), int(plan.chunk_len[c])
+        rows = set(plan.q_rows[qptr[c]:qptr[c + 1]].tolist())
+        for j in range(s // bs, (s + L - 1) // bs + 1):
+            key = tuple((int(bt[r, t]), min(bs, int(sl[r]) - t * bs)) for t in range(j + 1))
+            covered[key] = covered.get(key, 0) + 1
+            assert rows == nodes[key], "a chunk must list exactly the rows that share its blocks"
+    # A block split across chunks (chunk_size < bs cannot happen) would be counted twice.
+    assert set(covered) == set(nodes) and all(n == 1 for n in covered.values())
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_sharing_disabled_plans_rows_alone(kind):
+    gen = torch.Generator().manual_seed(5)
+    bt, sl, _ = random_forest(kind, 7, 4, 10, gen)
+    plan = tk.plan_tree_attention(bt, sl, 4, chunk_size=8, sharing=False)
+    _check_invariants(plan, bt, sl, 4, 8)
+    assert plan.num_pairs == plan.num_chunks and plan.max_rows_per_chunk == 1
+    assert torch.equal(plan.q_rows, plan.chunk_row)
+    assert plan.num_chunks == int(((sl.long() + 7) // 8).sum())
+
+
+def test_identical_rows_share_everything():
+    bt = torch.tensor([[3, 1, 2]] * 5, dtype=torch.int32)
+    sl = torch.full((5,), 10, dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, 4, chunk_size=64)
+    assert plan.num_chunks == 1 and plan.num_pairs == 5 and int(plan.chunk_len[0]) == 10
+
+
+def test_partial_block_belongs_to_rows_containing_it():
+    # Rows 0 and 1 share block 7 but row 0 uses 2 of its tokens and row 1 all 4: the full blocks
+    # [5] are shared, block 7 is read separately for each length.
+    bt = torch.tensor([[5, 7, 0], [5, 7, 9], [5, 7, 9]], dtype=torch.int32)
+    sl = torch.tensor([6, 9, 10], dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, 4, chunk_size=4)
+    _check_invariants(plan, bt, sl, 4, 4)
+    qptr = plan.chunk_q_ptr.tolist()
+    got = sorted((int(plan.chunk_start[c]), int(plan.chunk_len[c]), tuple(sorted(plan.q_rows[qptr[c]:qptr[c + 1]].tolist())))
+                 for c in range(plan.num_chunks))
+    assert got == [(0, 4, (0, 1, 2)), (4, 2, (0,)), (4, 4, (1, 2)), (8, 1, (1,)), (8, 2, (2,))]
+
+
+def test_long_shared_prefix_is_chunked():
+    N, prefix_blocks, bs = 16, 64, 16
+    bt = torch.cat([torch.arange(prefix_blocks).repeat(N, 1), 1000 + torch.arange(N)[:, None]], 1).int()
+    sl = torch.full((N,), prefix_blocks * bs + 5, dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=256)
+    _check_invariants(plan, bt, sl, bs, 256)
+    assert plan.num_chunks == prefix_blocks * bs // 256 + N
+    assert plan.num_pairs == N * (prefix_blocks * bs // 256 + 1)
+    assert plan.max_rows_per_chunk == N
+
+
+def test_default_chunk_size_and_rounding():
+    bt, sl = torch.arange(200).view(1, 200).int(), torch.tensor([200 * 3], dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, 3)
+    assert plan.max_chunk_len == DEFAULT_CHUNK_SIZE // 3 * 3
+    plan = tk.plan_tree_attention(bt, sl, 3, chunk_size=2)  # below one block: one block per chunk
+    assert plan.max_chunk_len == 3
+
+
+def test_fixed_capacity_padding_and_out():
+    gen = torch.Generator().manual_seed(3)
+    bt, sl, _ = random_forest("forest", 6, 4, 8, gen)
+    plan = tk.plan_tree_attention(bt, sl, 4, chunk_size=8)
+    C, P = plan.num_chunks, plan.num_pairs
+    cap = (C + 4, P + 6)
+    padded = tk.plan_tree_attention(bt, sl, 4, chunk_size=8, capacity=cap)
+    assert (padded.num_chunks, padded.num_pairs) == cap
+    assert padded.max_chunk_len == 8 and padded.max_rows_per_chunk == 6  # static scalars
+    assert torch.equal(padded.chunk_len[C:], torch.zeros(4, dtype=torch.int32))
+    assert torch.equal(padded.chunk_q_ptr[C:], torch.full((5,), P, dtype=torch.int32))
+    assert torch.equal(padded.row_pair_ptr, plan.row_pair_ptr)
+    for name in ("chunk_row", "chunk_start", "chunk_len", "q_rows", "row_pairs"):
+        n = C if name.startswith("chunk") else P
+        assert torch.equal(getattr(padded, name)[:n], getattr(plan, name))
+    # Re-planning a later step into the same buffers (what a captured CUDA graph reads).
+    buffers = {n: getattr(padded, n) for n in ("chunk_row", "q_rows", "row_pairs")}
+    sl2 = sl.clone()
+    sl2[0] = max(1, int(sl2[0]) - 1)
+    again = tk.plan_tree_attention(bt, sl2, 4, chunk_size=8, out=padded)
+    assert again is padded and all(getattr(padded, n) is t for n, t in buffers.items())
+    n_real = int(padded.chunk_q_ptr[-1])
+    fresh = tk.plan_tree_attention(bt, sl2, 4, chunk_size=8, capacity=cap)
+    for name in ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "row_pair_ptr"):
+        assert torch.equal(getattr(padded, name), getattr(fresh, name))
+    assert torch.equal(padded.q_rows[:n_real], fresh.q_rows[:n_real])
+    with pytest.raises(ValueError, match="capacity"):
+        tk.plan_tree_attention(bt, sl, 4, chunk_size=8, capacity=(C - 1, P))
+    with pytest.raises(ValueError, match="capacity"):
+        tk.plan_tree_attention(bt, sl, 4, chunk_size=8, capacity=(C, P - 1))
+
+
+def test_empty_batch_plan():
+    plan = tk.plan_tree_attention(torch.zeros(0, 3, dtype=torch.int32), torch.zeros(0, dtype=torch.int32), 4)
+    assert plan.num_chunks == 0 and plan.num_pairs == 0 and plan.row_pair_ptr.tolist() == [0]
+
+
+def test_planner_is_vectorised_for_large_batches():
+    """N=256 rows sharing a 32k-token prefix (block 16) plans quickly (the benchmark reports its time)."""
+    N, bs, prefix = 256, 16, 32768
+    pb = prefix // bs
+    bt = torch.cat([torch.arange(pb).repeat(N, 1), pb + torch.arange(N * 4).view(N, 4)], 1).int()
+    sl = torch.full((N,), prefix + 50, dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, bs)
+    assert plan.num_chunks == prefix // DEFAULT_CHUNK_SIZE + N
+    assert plan.max_rows_per_chunk == N
+
+
+BS = 4
+
+
+def _bt(n=2, m=3):
+    return torch.zeros(n, m, dtype=torch.int32)
+
+
+BAD_PLANS = [
+    ("block_tables not a tensor", lambda: dict(block_tables=[[0]]), TypeError, "block_tables"),
+    ("block_tables int64", lambda: dict(block_tables=_bt().long()), TypeError, "block_tables"),
+    ("block_tables 1-D", lambda: dict(block_tables=torch.zeros(3, dtype=torch.int32)), ValueError, "block_tables"),
+    ("seq_lens float", lambda: dict(seq_lens=torch.ones(2)), TypeError, "seq_lens"),
+    ("seq_lens wrong length", lambda: dict(seq_lens=torch.ones(3, dtype=torch.int32)), ValueError, "seq_lens"),
+    ("seq_lens other device", lambda: dict(seq_lens=torch.ones(2, dtype=torch.int32, device="meta")), ValueError,
+     "seq_lens"),
+    ("seq_lens zero", lambda: dict(seq_lens=torch.tensor([1, 0], dtype=torch.int32)), ValueError, r"seq_lens\[1\]"),
+    ("seq_lens too long", lambda: dict(seq_lens=torch.tensor([13, 1], dtype=torch.int32)), ValueError,
+     r"seq_lens\[0\]"),
+    ("block_size zero", lambda: dict(block_size=0), ValueError, "block_size"),
+    ("block_size float", lambda: dict(block_size=4.0), ValueError, "block_size"),
+    ("chunk_size zero", lambda: dict(chunk_size=0), ValueError, "chunk_size"),
+    ("sharing not bool", lambda: dict(sharing=1), TypeError, "sharing"),
+    ("capacity malformed", lambda: dict(capacity=(3,)), ValueError, "capacity"),
+    ("out not a plan", lambda: dict(out="plan"), TypeError, "out"),
+]
+
+
+@pytest.mark.parametrize("desc,make,exc,match", BAD_PLANS, ids=[c[0] for c in BAD_PLANS])
+def test_bad_planner_input(desc, make, exc, match):
+    kwargs = dict(block_tables=_bt(), seq_lens=torch.tensor([5, 12], dtype=torch.int32), block_size=BS)
+    kwargs.update(make())
+    with pytest.raises(exc, match=match):
+        tk.plan_tree_attention(kwargs.pop("block_tables"), kwargs.pop("seq_lens"), kwargs.pop("block_size"), **kwargs)
