@@ -1,0 +1,149 @@
+"""Engine: fork / extend / free over the shared paged KV pool, out-of-blocks, determinism, stop sets.
+
+Uses a random-weight model built directly from a ModelConfig (no transformers needed).
+"""
+import pytest
+import torch
+
+import tts_kernels as tk
+from tts_kernels.decode import Engine, Model, ModelConfig
+
+
+def _random_model(dtype=torch.float32, arch="llama", seed=0):
+    cfg = ModelConfig(arch=arch, vocab_size=61, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+                      num_kv_heads=2, head_dim=8, qkv_bias=arch == "qwen2", tie_word_embeddings=True,
+                      eos_token_ids=(60,))
+    g = torch.Generator().manual_seed(seed)
+    w = {k: torch.randn(shape, generator=g) * (0.3 if len(shape) == 2 else 0.1) + (1.0 if "norm" in k else 0.0)
+         for k, shape in cfg.expected_shapes().items()}
+    return Model(cfg, w, dtype=dtype)
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.set_num_threads(1)
+    return _random_model()
+
+
+def _pool_kv(eng, sid):
+    slots = eng.pool.slot_mapping(sid)
+    return [(eng.pool.k_cache(i).flatten(0, 1)[slots], eng.pool.v_cache(i).flatten(0, 1)[slots])
+            for i in range(eng.model.cfg.num_layers)]
+
+
+@pytest.mark.parametrize("attention", ["tree", "tree-noshare", "torch"])
+def test_forked_kv_equals_fresh_prefill(model, attention):
+    eng = Engine(model, num_blocks=256, block_size=4, attention=attention, seed=1)
+    root = eng.add(list(range(1, 11)), temperature=1.0)     # 10 tokens: a partial last block
+    eng.generate([root], max_new_tokens=3)
+    kids = eng.fork(root, 5)
+    grand = eng.fork(kids[0], 3)
+    eng.generate(kids + grand, max_new_tokens=9)
+    assert len({tuple(eng.tokens(k)) for k in kids + grand}) > 1    # their own seeds: they diverge
+    for sid in [root] + kids + grand:
+        ids = eng.prompt_tokens(sid) + eng.tokens(sid)
+        assert eng.pool.seq_len(sid) == len(ids)
+        logits, fresh = model.prefill(torch.tensor(ids), last_only=True)
+        for (k, v), (fk, fv) in zip(_pool_kv(eng, sid), fresh):
+            torch.testing.assert_close(k, fk, atol=1e-4, rtol=1e-4)
+            torch.testing.assert_close(v, fv, atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(eng.next_logits(sid), logits[-1], atol=1e-4, rtol=1e-4)
+    # children share the parent's full blocks
+    assert eng.pool.block_ids(kids[1])[:2] == eng.pool.block_ids(root)[:2]
+    eng.free([root] + kids + grand)
+    assert eng.pool.num_free_blocks == eng.pool.num_blocks and eng.live == []
+
+
+def test_free_returns_every_block_many_sequences(model):
+    eng = Engine(model, num_blocks=512, block_size=4, seed=2)
+    roots = [eng.add([5 + i] * (3 + 2 * i), temperature=0.8) for i in range(4)]
+    alive = list(roots)
+    for r in roots:
+        alive += eng.fork(r, 6)
+    g = torch.Generator().manual_seed(0)
+    for round_ in range(4):
+        eng.generate(alive, max_new_tokens=3)
+        drop = [alive[i] for i in torch.randperm(len(alive), generator=g)[:len(alive) // 3].tolist()]
+        eng.free(drop)
+        alive = [s for s in alive if s not in drop]
+        alive += eng.fork(alive[0], 4)
+        used = sum(1 for b in range(eng.pool.num_blocks) if eng.pool.ref_count(b) > 0)
+        assert used == eng.pool.num_used_blocks
+    eng.free(alive)
+    assert eng.pool.num_free_blocks == eng.pool.num_blocks
+    with pytest.raises(KeyError, match="no live sequence"):
+        eng.step([alive[0]])
+
+
+def test_out_of_blocks_leaves_sequences_intact(model):
+    big = Engine(model, num_blocks=256, block_size=4, seed=3)
+    small = Engine(model, num_blocks=14, block_size=4, seed=3)
+    results = {}
+    for eng in (big, small):
+        r = eng.add(list(range(1, 8)), temperature=1.0)        # 2 blocks
+        kids = eng.fork(r, 4)
+        eng.free(r)
+        raised = False
+        for _ in range(12):
+            try:
+                eng.step(kids)
+            except tk.OutOfBlocksError as exc:
+                raised = True
+                assert "out of blocks" in str(exc)
+                before = {k: (eng.tokens(k), eng.pool.seq_len(k), eng.next_logits(k).clone(),
+                              eng.thinking_tokens(k)) for k in kids}
+                free_before = eng.pool.num_free_blocks
+                with pytest.raises(tk.OutOfBlocksError):
+                    eng.step(kids)
+                assert eng.pool.num_free_blocks == free_before
+                for k in kids:
+                    t, n, lg, th = before[k]
+                    assert eng.tokens(k) == t and eng.pool.seq_len(k) == n and eng.thinking_tokens(k) == th
+                    assert torch.equal(eng.next_logits(k), lg)
+                results.setdefault("partial", {k: list(eng.tokens(k)) for k in kids})
+                # finishing half of them lets the rest continue
+                eng.free(kids[2:])
+                kids = kids[:2]
+        results[eng is small] = ({k: eng.tokens(k) for k in kids}, raised)
+    assert results[True][1] and not results[False][1]
+    # the survivors' tokens are exactly what they would have been in an ample pool
+    for k, toks in results[True][0].items():
+        assert big.tokens(k)[:len(toks)] == toks and len(toks) >= 8
+
+
+def test_batch_invariance_and_determinism(model):
+    def run(order, extra):
+        eng = Engine(model, num_blocks=256, block_size=4, seed=7)
+        sids = [eng.add([3, 4, 5, 6], temperature=1.0, top_p=0.9) for _ in range(3)]
+        others = [eng.add([9] * n, temperature=0.7) for n in range(1, extra + 1)]
+        eng.generate([sids[i] for i in order] + others, max_new_tokens=8)
+        return [eng.tokens(s) for s in sids]
+    a = run([0, 1, 2], 0)
+    assert run([2, 0, 1], 3) == a
+    assert len({tuple(x) for x in a}) > 1
+
+
+def test_greedy_extend_and_budget_without_tokenizer(model):
+    eng = Engine(model, num_blocks=64, block_size=4)
+    sid = eng.add([1, 2, 3], temperature=0.0)
+    eng.extend(sid, [7, 8])
+    eng.generate([sid], max_new_tokens=5)
+    ids = [1, 2, 3, 7, 8] + eng.tokens(sid)[2:]
+    assert eng.tokens(sid)[2:] == model.greedy([1, 2, 3, 7, 8], 5, eos=60)[:len(ids) - 5]
+    assert torch.isnan(torch.tensor(eng.logprobs(sid)[:2])).all()
+    with pytest.raises(ValueError, match="budget forcing needs a tokenizer"):
+        eng.add([1, 2], max_thinking=5)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.add([1, 200])
+    with pytest.raises(ValueError, match="text input needs a tokenizer"):
+        eng.add("hello")
+
+
+def test_bf16_engine_runs(model):
+    m = _random_model(torch.bfloat16, arch="qwen2")
+    eng = Engine(m, num_blocks=64, block_size=8)
+    sid = eng.add([1, 2, 3, 4, 5], temperature=0.0)
+    kids = eng.fork(sid, 3)
+    eng.generate(kids, max_new_tokens=6)
+    assert len({tuple(eng.tokens(k)) for k in kids}) == 1
+    assert eng.pool.k_cache(0).dtype == torch.bfloat16

@@ -1,0 +1,1 @@
+"""Synthetic tasks with exact checkers (the embedded model's chained arithmetic)."""

@@ -1,0 +1,107 @@
+"""Synthetic chained arithmetic: the task of the embedded tiny reasoning model.
+
+A problem is a start value and a chain of additions/subtractions whose
+intermediate values all stay in ``[0, 99]``::
+
+    prompt:      "37+45-12+8=?<think>"
+    completion:  "37+45=82\\n\\n82-12=70\\n\\n70+8=78\\n\\n</think>Final Answer: 78<|eos|>"
+
+Steps are separated by ``"\\n\\n"`` (the step delimiter of step-level search),
+thinking is closed by ``"</think>"``, then ``"Final Answer: N"``. Some training
+completions re-check the last step after a ``"Wait"`` before closing, so the
+model knows how to continue after a forced Wait (budget forcing).
+
+Everything is a pure function of a seed (:func:`make_problems`), and
+:func:`is_correct` is the exact checker: the last ``Final Answer:`` integer of
+a completion must equal the true value.
+"""
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass
+from typing import List, Optional
+
+THINK, END_THINK, EOS = "<think>", "</think>", "<|eos|>"
+STEP_DELIMITER = "\n\n"
+WAIT = "Wait"
+ANSWER_PREFIX = "Final Answer:"
+MAX_VALUE = 99
+_ANSWER_RE = re.compile(r"Final Answer:\s*(-?\d+)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    start: int
+    ops: tuple        # ((sign, operand), ...), sign in "+-"
+
+    @property
+    def prompt(self) -> str:
+        return str(self.start) + "".join(f"{s}{b}" for s, b in self.ops) + "=?" + THINK
+
+    @property
+    def answer(self) -> int:
+        return self.values[-1]
+
+    @property
+    def values(self) -> List[int]:
+        v = [self.start]
+        for s, b in self.ops:
+            v.append(v[-1] + b if s == "+" else v[-1] - b)
+        return v
+
+    def steps(self) -> List[str]:
+        v = self.values
+        return [f"{v[i]}{s}{b}={v[i + 1]}" for i, (s, b) in enumerate(self.ops)]
+
+    def completion(self, wait: bool = False) -> str:
+        """The reference reasoning trace (with ``wait``: re-check the last step after "Wait")."""
+        steps = self.steps()
+        body = STEP_DELIMITER.join(steps) + STEP_DELIMITER
+        if wait:
+            body += WAIT + STEP_DELIMITER + steps[-1] + STEP_DELIMITER
+        return body + END_THINK + f"{ANSWER_PREFIX} {self.answer}" + EOS
+
+
+def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6) -> Problem:
+    start = rng.randint(0, MAX_VALUE)
+    ops, v = [], start
+    for _ in range(rng.randint(min_steps, max_steps)):
+        sign = rng.choice("+-")
+        if sign == "+" and v >= MAX_VALUE:
+            sign = "-"
+        if sign == "-" and v <= 0:
+            sign = "+"
+        b = rng.randint(1, MAX_VALUE - v) if sign == "+" else rng.randint(1, v)
+        v = v + b if sign == "+" else v - b
+        ops.append((sign, b))
+    return Problem(start, tuple(ops))
+
+
+def make_problems(n: int, seed: int, min_steps: int = 3, max_steps: int = 6) -> List[Problem]:
+    """``n`` problems, a pure function of ``seed``."""
+    rng = random.Random(seed)
+    return [make_problem(rng, min_steps, max_steps) for _ in range(n)]
+
+
+def extract_answer(completion: str) -> Optional[int]:
+    """The integer after the last ``Final Answer:`` of ``completion`` (None if there is none)."""
+    found = _ANSWER_RE.findall(completion)
+    return int(found[-1]) if found else None
+
+
+def is_correct(problem: Problem, completion: str) -> bool:
+    """Exact check: the completion's final answer equals the true value of the chain."""
+    return extract_answer(completion) == problem.answer
+
+
+def check_steps(problem: Problem, completion: str) -> List[bool]:
+    """Per step of the completion's thinking: is ``a±b=c`` arithmetically right (a process check)?"""
+    thinking = completion.split(END_THINK)[0]
+    out = []
+    for step in thinking.split(STEP_DELIMITER):
+        m = re.fullmatch(r"(\d+)([+-])(\d+)=(-?\d+)", step.strip())
+        if m:
+            a, s, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
+            out.append((a + b if s == "+" else a - b) == c)
+    return out
