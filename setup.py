@@ -71,8 +71,10 @@ setup(
     install_requires=["torch>=2.5", "numpy"],
     extras_require={
         "cuda": ["triton>=3.0"],
-        "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark"],
+        "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark", "transformers"],
     },
-    entry_points={"console_scripts": ["tts-kernels = tts_kernels.cli:main"]},
+    entry_points={"console_scripts": ["tts-kernels = tts_kernels.cli:main"],
+                  "vllm.logits_processors": [
+                      "tts_kernels_budget_forcing = tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor"]},
     zip_safe=False,
 )
