@@ -1,0 +1,865 @@
+// Fused CPU sampler: budget forcing + temperature / top-k / top-p / min-p
+// sampling with Philox Gumbel-max, one row at a time.
+//
+// Semantics: tts_kernels/sampling/reference.py (this kernel must agree with it).
+//
+// Per row (x = float32 logits, z = x / T):
+//   1. stats pass: max, NaN/+inf detection, maxima of 64-token blocks
+//   2. logsumexp pass of the unmodified logits (for the logprob)
+//   3. budget rules 1-2 (forced tokens) and rule 3's masking of end[0]
+//   4. draw:
+//      - greedy: first index of the maximum
+//      - top-k: the k-th largest block maximum bounds the k-th largest logit
+//        from below; only logits >= that bound (about k of them) are gathered
+//        and the threshold is selected among them (nth_element). Small kept
+//        sets then finish on the gathered list (sort of <= 4096 values for
+//        top-p, scalar Philox + Gumbel for the survivors).
+//      - top-p over a large set: one pass computes e = exp(z - zmax) and a
+//        4096-bin histogram of the mass over (zmax - z); the bin where the
+//        cumulative mass reaches top_p is located, only its tokens are sorted.
+//      - the Gumbel pass: 8 Philox counters (32 tokens) at a time, keep mask
+//        (z >= threshold, min-p), argmax of z + g; 32-token blocks whose
+//        maximum cannot beat the best score so far (z + max Gumbel) or lies
+//        below the keep threshold are skipped without computing noise.
+//   5. budget state update (rule 3 and the state machine), in place.
+// Rows run in parallel (at::parallel_for); with fewer rows than threads the
+// passes of a row are split into chunks that run in parallel instead.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <c10/util/BFloat16.h>
+#include <c10/util/Half.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <tuple>
+#include <vector>
+
+#include "sampler_math.h"
+
+namespace tts_sampling {
+namespace {
+
+constexpr int kNumBins = 4096;       // histogram of zmax - z for top-p
+constexpr float kBinScale = 128.0f;  // bins of width 1/128 over [0, 32)
+constexpr int64_t kBlock = 64;       // block of the block maxima (top-k bound)
+constexpr int64_t kSmallSet = 4096;  // top-k sets up to this size finish on the list
+constexpr int kThinking = 0, kEnding = 1, kDone = 2;
+
+struct Best {
+  float s = -kInf;
+  int64_t i = -1;
+};
+
+static inline void merge_best(Best& a, const Best& b) {
+  if (b.i < 0) return;
+  if (a.i < 0 || b.s > a.s || (b.s == a.s && b.i < a.i)) a = b;
+}
+
+// Arguments of the Gumbel pass.
+struct GumbelArgs {
+  const float* x;
+  float T, zmax, thr;  // keep z >= thr
+  bool minp_on;
+  float min_p, minp_zlo;  // tokens with z < minp_zlo surely fail min-p
+  float prune0;           // a score some kept token reaches
+  PhiloxKey key;
+};
+
+// ---------------------------------------------------------------------------
+// Generic (portable) passes
+// ---------------------------------------------------------------------------
+static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) {
+  float m = -kInf;
+  bool n = false;
+  for (int64_t s = b; s < e; s += kBlock) {
+    const int64_t t = std::min(e, s + kBlock);
+    float bm = -kInf;
+    for (int64_t i = s; i < t; ++i) {
+      const float v = x[i];
+      n |= (v != v);
+      bm = v > bm ? v : bm;
+    }
+    bmax[s / kBlock] = bm;
+    m = bm > m ? bm : m;
+  }
+  mx = m;
+  nan = n;
+}
+
+static double sumexp_generic(const float* x, int64_t b, int64_t e, float shift) {
+  double acc = 0.0;
+  for (int64_t i = b; i < e; ++i) acc += static_cast<double>(std::exp(x[i] - shift));
+  return acc;
+}
+
+static inline int bin_of(float d) {
+  const float f = std::min(d * kBinScale, static_cast<float>(kNumBins - 1));
+  return static_cast<int>(f);
+}
+
+static void hist_generic(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf,
+                         uint16_t* bins, double* hist, int32_t* cnt) {
+  for (int64_t i = b; i < e; ++i) {
+    const float z = x[i] / T;
+    int bi = kNumBins;
+    float ev = 0.0f;
+    if (z >= tk) {
+      ev = std::exp(z - zmax);
+      bi = bin_of(zmax - z);
+    }
+    ebuf[i] = ev;
+    bins[i] = static_cast<uint16_t>(bi);
+    hist[bi] += ev;
+    cnt[bi] += 1;
+  }
+}
+
+static Best gumbel_generic(const GumbelArgs& a, int64_t b, int64_t e) {
+  Best best;
+  float prune = a.prune0;
+  const float lo = a.minp_on ? std::max(a.thr, a.minp_zlo) : a.thr;
+  int64_t cached = -1;
+  uint32_t w[4];
+  for (int64_t v = b; v < e; ++v) {
+    const float z = a.x[v] / a.T;
+    if (z < lo || z < prune - kGumbelMax) continue;
+    if (a.minp_on && !(std::exp(z - a.zmax) >= a.min_p)) continue;
+    if ((v >> 2) != cached) {
+      cached = v >> 2;
+      philox_scalar(static_cast<uint32_t>(cached), a.key, w);
+    }
+    const float s = z + gumbel_of_word(w[v & 3]);
+    if (s > best.s) {
+      best.s = s;
+      best.i = v;
+      prune = std::max(prune, s);
+    }
+  }
+  return best;
+}
+
+static int64_t find_first_generic(const float* x, int64_t V, float val) {
+  for (int64_t i = 0; i < V; ++i)
+    if (x[i] == val) return i;
+  return -1;
+}
+
+static void collect_ge_generic(const float* x, int64_t V, float lo, std::vector<int32_t>& out) {
+  for (int64_t i = 0; i < V; ++i)
+    if (x[i] >= lo) out.push_back(static_cast<int32_t>(i));
+}
+
+// ---------------------------------------------------------------------------
+// AVX2 passes
+// ---------------------------------------------------------------------------
+TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) {
+  __m256 vmax = _mm256_set1_ps(-kInf);
+  __m256 vnan = _mm256_setzero_ps();
+  int64_t s = b;
+  for (; s + kBlock <= e; s += kBlock) {
+    const float* p = x + s;
+    const __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8), a2 = _mm256_loadu_ps(p + 16),
+                 a3 = _mm256_loadu_ps(p + 24), a4 = _mm256_loadu_ps(p + 32), a5 = _mm256_loadu_ps(p + 40),
+                 a6 = _mm256_loadu_ps(p + 48), a7 = _mm256_loadu_ps(p + 56);
+    const __m256 u = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(a0, a1, _CMP_UNORD_Q), _mm256_cmp_ps(a2, a3, _CMP_UNORD_Q)),
+                                  _mm256_or_ps(_mm256_cmp_ps(a4, a5, _CMP_UNORD_Q), _mm256_cmp_ps(a6, a7, _CMP_UNORD_Q)));
+    vnan = _mm256_or_ps(vnan, u);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)),
+                                   _mm256_max_ps(_mm256_max_ps(a4, a5), _mm256_max_ps(a6, a7)));
+    bmax[s / kBlock] = hmax8(m);
+    vmax = _mm256_max_ps(vmax, m);
+  }
+  float m = hmax8(vmax);
+  bool n = _mm256_movemask_ps(vnan) != 0;
+  if (s < e) {
+    float bm = -kInf;
+    for (int64_t i = s; i < e; ++i) {
+      const float v = x[i];
+      n |= (v != v);
+      bm = v > bm ? v : bm;
+    }
+    bmax[s / kBlock] = bm;
+    m = bm > m ? bm : m;
+  }
+  mx = m;
+  nan = n;
+}
+
+TTS_AVX2 static double sumexp_avx2(const float* x, int64_t b, int64_t e, float shift) {
+  const __m256 sh = _mm256_set1_ps(shift);
+  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) {
+    const __m256 ev = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
+  }
+  if (i < e) {
+    alignas(32) float tmp[8];
+    for (int l = 0; l < 8; ++l) tmp[l] = i + l < e ? x[i + l] : -kInf;
+    const __m256 ev = exp_avx2(_mm256_sub_ps(_mm256_load_ps(tmp), sh));
+    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
+    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
+  }
+  return hsum4d(_mm256_add_pd(acc0, acc1));
+}
+
+TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf,
+                               uint16_t* bins, double* hist, int32_t* cnt) {
+  const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vtk = _mm256_set1_ps(tk);
+  const __m256 vscale = _mm256_set1_ps(kBinScale), vlast = _mm256_set1_ps(static_cast<float>(kNumBins - 1));
+  const __m256i vnb = _mm256_set1_epi32(kNumBins);
+  alignas(32) float tx[8];
+  alignas(32) float te[8];
+  alignas(32) int32_t tb[8];
+  for (int64_t i = b; i < e; i += 8) {
+    const int64_t n = std::min<int64_t>(8, e - i);
+    __m256 xv;
+    if (n == 8) {
+      xv = _mm256_loadu_ps(x + i);
+    } else {
+      for (int l = 0; l < 8; ++l) tx[l] = l < n ? x[i + l] : -kInf;
+      xv = _mm256_load_ps(tx);
+    }
+    const __m256 z = _mm256_div_ps(xv, vT);
+    const __m256 nd = _mm256_sub_ps(z, vzmax);
+    const __m256 in = _mm256_cmp_ps(z, vtk, _CMP_GE_OQ);
+    const __m256 ev = _mm256_and_ps(exp_avx2(nd), in);
+    const __m256 bf = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(vzmax, z), vscale), vlast);
+    const __m256i bi = _mm256_blendv_epi8(vnb, _mm256_cvttps_epi32(bf), _mm256_castps_si256(in));
+    _mm256_store_ps(te, ev);
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tb), bi);
+    for (int l = 0; l < n; ++l) {
+      const int32_t k = tb[l];
+      ebuf[i + l] = te[l];
+      bins[i + l] = static_cast<uint16_t>(k);
+      hist[k] += te[l];
+      cnt[k] += 1;
+    }
+  }
+}
+
+TTS_AVX2 static Best gumbel_pass_avx2(const GumbelArgs& a, int64_t b, int64_t e) {
+  const __m256 vT = _mm256_set1_ps(a.T), vzmax = _mm256_set1_ps(a.zmax), vthr = _mm256_set1_ps(a.thr);
+  const __m256 vminp = _mm256_set1_ps(a.min_p), ninf = _mm256_set1_ps(-kInf);
+  const float static_lo = a.minp_on ? std::max(a.thr, a.minp_zlo) : a.thr;
+  __m256 best = ninf;
+  __m256i bidx = _mm256_set1_epi32(-1);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
+  float prune = a.prune0;
+  alignas(32) float tx[32];
+  for (int64_t v0 = b; v0 < e; v0 += 32) {
+    const float* p = a.x + v0;
+    if (v0 + 32 > e) {
+      for (int64_t l = 0; l < 32; ++l) tx[l] = v0 + l < e ? p[l] : -kInf;
+      p = tx;
+    }
+    __m256 z[4];
+    for (int j = 0; j < 4; ++j) z[j] = _mm256_div_ps(_mm256_loadu_ps(p + 8 * j), vT);
+    const __m256 zm = _mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3]));
+    const float bound = std::max(static_lo, prune - kGumbelMax);
+    if (_mm256_movemask_ps(_mm256_cmp_ps(zm, _mm256_set1_ps(bound), _CMP_GE_OQ)) == 0) continue;
+    __m256i w[4];
+    philox8_tokens(static_cast<uint32_t>(v0 >> 2), a.key, w);
+    for (int j = 0; j < 4; ++j) {
+      __m256 keep = _mm256_cmp_ps(z[j], vthr, _CMP_GE_OQ);
+      if (a.minp_on)
+        keep = _mm256_and_ps(keep, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z[j], vzmax)), vminp, _CMP_GE_OQ));
+      const __m256 s = _mm256_blendv_ps(ninf, _mm256_add_ps(z[j], gumbel_avx2(w[j])), keep);
+      const __m256 upd = _mm256_cmp_ps(s, best, _CMP_GT_OQ);
+      best = _mm256_blendv_ps(best, s, upd);
+      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(v0 + 8 * j)), lane);
+      bidx = _mm256_blendv_epi8(bidx, idx, _mm256_castps_si256(upd));
+    }
+    prune = std::max(prune, hmax8(best));
+  }
+  alignas(32) float bs[8];
+  alignas(32) int32_t bi[8];
+  _mm256_store_ps(bs, best);
+  _mm256_store_si256(reinterpret_cast<__m256i*>(bi), bidx);
+  Best r;
+  for (int l = 0; l < 8; ++l) {
+    if (bi[l] < 0) continue;
+    merge_best(r, Best{bs[l], bi[l]});
+  }
+  return r;
+}
+
+TTS_AVX2 static int64_t find_first_avx2(const float* x, int64_t V, float val) {
+  const __m256 vv = _mm256_set1_ps(val);
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    const int m = _mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vv, _CMP_EQ_OQ));
+    if (m) return i + __builtin_ctz(m);
+  }
+  for (; i < V; ++i)
+    if (x[i] == val) return i;
+  return -1;
+}
+
+TTS_AVX2 static void collect_ge_avx2(const float* x, int64_t V, float lo, std::vector<int32_t>& out) {
+  const __m256 vlo = _mm256_set1_ps(lo);
+  int64_t i = 0;
+  for (; i + 8 <= V; i += 8) {
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(_mm256_loadu_ps(x + i), vlo, _CMP_GE_OQ)));
+    while (m) {
+      out.push_back(static_cast<int32_t>(i + __builtin_ctz(m)));
+      m &= m - 1;
+    }
+  }
+  for (; i < V; ++i)
+    if (x[i] >= lo) out.push_back(static_cast<int32_t>(i));
+}
+
+TTS_AVX2 static void bf16_to_f32_avx2(const uint16_t* src, float* dst, int64_t b, int64_t e) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8) {
+    const __m256i v = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i)));
+    _mm256_storeu_ps(dst + i, _mm256_castsi256_ps(_mm256_slli_epi32(v, 16)));
+  }
+  for (; i < e; ++i) {
+    const uint32_t u = static_cast<uint32_t>(src[i]) << 16;
+    std::memcpy(dst + i, &u, 4);
+  }
+}
+
+TTS_AVX2 static void f16_to_f32_avx2(const uint16_t* src, float* dst, int64_t b, int64_t e) {
+  int64_t i = b;
+  for (; i + 8 <= e; i += 8)
+    _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(src + i))));
+  for (; i < e; ++i) dst[i] = static_cast<float>(c10::Half(src[i], c10::Half::from_bits()));
+}
+
+// ---------------------------------------------------------------------------
+// Dispatch
+// ---------------------------------------------------------------------------
+static bool cpu_has_avx2() {
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
+  }();
+  return has;
+}
+
+// TTS_KERNELS_CPU_ISA=generic forces the portable code (testing).
+static bool use_avx2() {
+  const char* env = std::getenv("TTS_KERNELS_CPU_ISA");
+  if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
+  return cpu_has_avx2();
+}
+
+struct Ops {
+  bool avx2;
+  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) const {
+    avx2 ? stats_avx2(x, b, e, bmax, mx, nan) : stats_generic(x, b, e, bmax, mx, nan);
+  }
+  double sumexp(const float* x, int64_t b, int64_t e, float shift) const {
+    return avx2 ? sumexp_avx2(x, b, e, shift) : sumexp_generic(x, b, e, shift);
+  }
+  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf, uint16_t* bins,
+            double* h, int32_t* c) const {
+    avx2 ? hist_avx2(x, b, e, T, zmax, tk, ebuf, bins, h, c) : hist_generic(x, b, e, T, zmax, tk, ebuf, bins, h, c);
+  }
+  Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const {
+    return avx2 ? gumbel_pass_avx2(a, b, e) : gumbel_generic(a, b, e);
+  }
+  int64_t find_first(const float* x, int64_t V, float val) const {
+    return avx2 ? find_first_avx2(x, V, val) : find_first_generic(x, V, val);
+  }
+  void collect_ge(const float* x, int64_t V, float lo, std::vector<int32_t>& out) const {
+    avx2 ? collect_ge_avx2(x, V, lo, out) : collect_ge_generic(x, V, lo, out);
+  }
+  void to_float(at::ScalarType dt, const void* src, float* dst, int64_t b, int64_t e) const {
+    const uint16_t* s = static_cast<const uint16_t*>(src);
+    if (avx2) {
+      dt == at::kBFloat16 ? bf16_to_f32_avx2(s, dst, b, e) : f16_to_f32_avx2(s, dst, b, e);
+      return;
+    }
+    if (dt == at::kBFloat16) {
+      for (int64_t i = b; i < e; ++i) dst[i] = static_cast<float>(c10::BFloat16(s[i], c10::BFloat16::from_bits()));
+    } else {
+      for (int64_t i = b; i < e; ++i) dst[i] = static_cast<float>(c10::Half(s[i], c10::Half::from_bits()));
+    }
+  }
+};
+
+// ---------------------------------------------------------------------------
+// Chunking of one row's passes (parallel when the batch is smaller than the pool)
+// ---------------------------------------------------------------------------
+struct Chunks {
+  int64_t n, size, count;
+  template <class F>
+  void run(F&& f) const {  // f(chunk, begin, end)
+    if (count == 1) {
+      f(int64_t{0}, int64_t{0}, n);
+      return;
+    }
+    at::parallel_for(0, count, 1, [&](int64_t cb, int64_t ce) {
+      for (int64_t c = cb; c < ce; ++c) f(c, c * size, std::min(n, (c + 1) * size));
+    });
+  }
+};
+
+static Chunks make_chunks(int64_t n, bool par) {
+  if (!par) return {n, std::max<int64_t>(n, 1), 1};
+  const int64_t nt = std::max(1, at::get_num_threads());
+  int64_t size = (n + 4 * nt - 1) / (4 * nt);
+  size = std::max<int64_t>(size, 8192);
+  size = (size + kBlock - 1) / kBlock * kBlock;
+  return {n, size, (n + size - 1) / size};
+}
+
+struct Scratch {
+  std::vector<float> xf, bmax, ebuf, fvals;
+  std::vector<uint16_t> bins;
+  std::vector<int32_t> idx, kept;
+  std::vector<double> hist;
+  std::vector<int32_t> cnt;
+  std::vector<std::pair<float, int32_t>> pairs;
+};
+
+static Scratch& scratch() {
+  thread_local Scratch s;
+  return s;
+}
+
+struct Ctx {
+  at::ScalarType dtype;
+  const void* logits;
+  int64_t V;
+  const float* temperature;
+  const int32_t* top_k;
+  const float* top_p;
+  const float* min_p;
+  const int64_t* seed;
+  const int64_t* offset;
+  int32_t* budget;
+  const int32_t* forced;
+  int64_t L, num_wait, num_end;
+  int64_t* out_tok;
+  float* out_lp;
+  Ops ops;
+};
+
+static float logit_at(const Ctx& c, int64_t r, int64_t i) {
+  const int64_t o = r * c.V + i;
+  switch (c.dtype) {
+    case at::kFloat: return static_cast<const float*>(c.logits)[o];
+    case at::kBFloat16: return static_cast<float>(static_cast<const c10::BFloat16*>(c.logits)[o]);
+    default: return static_cast<float>(static_cast<const c10::Half*>(c.logits)[o]);
+  }
+}
+
+// max, NaN flag and block maxima of x (into s.bmax).
+static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch, float& mx, bool& nan) {
+  const int64_t nblocks = (c.V + kBlock - 1) / kBlock;
+  s.bmax.resize(nblocks);
+  std::vector<float> pm(ch.count);
+  std::vector<char> pn(ch.count);
+  float* bm = s.bmax.data();
+  ch.run([&](int64_t k, int64_t b, int64_t e) {
+    bool n = false;
+    c.ops.stats(x, b, e, bm, pm[k], n);
+    pn[k] = n;
+  });
+  mx = -kInf;
+  nan = false;
+  for (int64_t k = 0; k < ch.count; ++k) {
+    mx = std::max(mx, pm[k]);
+    nan |= pn[k] != 0;
+  }
+}
+
+// Argmax of z + gumbel among the listed tokens (kept already decided).
+static Best gumbel_list(const float* x, float T, const int32_t* ids, int64_t n, const PhiloxKey& key) {
+  Best best;
+  for (int64_t j = 0; j < n; ++j) {
+    const int64_t v = ids[j];
+    const float s = x[v] / T + gumbel_scalar(v, key);
+    merge_best(best, Best{s, v});
+  }
+  return best;
+}
+
+// Top-p threshold on a list of (z, e) sorted by z descending: first z whose
+// cumulative mass (double, compared in float) reaches target.
+static float top_p_walk(const std::vector<std::pair<float, int32_t>>& zs, const float* es, double cum0, float target) {
+  double cum = cum0;
+  for (size_t j = 0; j < zs.size(); ++j) {
+    cum += es[j];
+    if (static_cast<float>(cum) >= target) return zs[j].first;
+  }
+  return zs.empty() ? kInf : zs.back().first;
+}
+
+// Sampled row on a small explicit set S (all with z >= t_k), indices in s.idx.
+static int64_t finish_small(const Ctx& c, Scratch& s, const float* x, float T, float zmax, float p, bool p_on,
+                            float mp, bool m_on, const PhiloxKey& key) {
+  auto& pr = s.pairs;
+  pr.clear();
+  for (int32_t v : s.idx) pr.emplace_back(x[v] / T, v);
+  std::sort(pr.begin(), pr.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+  s.fvals.resize(pr.size());
+  double total = 0.0;
+  for (size_t j = 0; j < pr.size(); ++j) {
+    s.fvals[j] = std::exp(pr[j].first - zmax);
+    total += s.fvals[j];
+  }
+  float tp = -kInf;
+  if (p_on) tp = top_p_walk(pr, s.fvals.data(), 0.0, p * static_cast<float>(total));
+  s.kept.clear();
+  for (size_t j = 0; j < pr.size(); ++j) {
+    if (pr[j].first < tp) break;
+    if (m_on && !(s.fvals[j] >= mp)) continue;
+    s.kept.push_back(pr[j].second);
+  }
+  Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
+  return b.i < 0 ? 0 : b.i;
+}
+
+// Draw of a sampled row (T > 0) from float logits x with maximum xmax.
+static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, float xmax, const Chunks& ch) {
+  const int64_t V = c.V;
+  const float T = c.temperature[r];
+  const int64_t k = c.top_k[r];
+  const float p = c.top_p[r];
+  const float mp = c.min_p[r];
+  const bool k_on = k > 0 && k < V;
+  const bool p_on = p < 1.0f;
+  const bool m_on = mp > 0.0f;
+  const PhiloxKey key = make_key(c.seed[r], c.offset[r]);
+  const float zmax = xmax / T;
+
+  // ---- top-k threshold -----------------------------------------------------
+  float tk = -kInf;
+  if (k_on) {
+    const int64_t nblocks = static_cast<int64_t>(s.bmax.size());
+    float xk;
+    bool have_set = false;
+    if (k <= nblocks) {
+      // The k-th largest block maximum is <= the k-th largest logit.
+      s.fvals.assign(s.bmax.begin(), s.bmax.end());
+      std::nth_element(s.fvals.begin(), s.fvals.begin() + (k - 1), s.fvals.end(), std::greater<float>());
+      const float lo = s.fvals[k - 1];
+      s.idx.clear();
+      c.ops.collect_ge(x, V, lo, s.idx);
+      s.fvals.resize(s.idx.size());
+      for (size_t j = 0; j < s.idx.size(); ++j) s.fvals[j] = x[s.idx[j]];
+      std::nth_element(s.fvals.begin(), s.fvals.begin() + (k - 1), s.fvals.end(), std::greater<float>());
+      xk = s.fvals[k - 1];
+      tk = xk / T;
+      if (lo / T >= tk) {
+        // z ties at the threshold may lie below the bound: take the full set.
+        s.idx.clear();
+        for (int64_t i = 0; i < V; ++i)
+          if (x[i] / T >= tk) s.idx.push_back(static_cast<int32_t>(i));
+      } else {
+        size_t m = 0;
+        for (int32_t v : s.idx)
+          if (x[v] / T >= tk) s.idx[m++] = v;
+        s.idx.resize(m);
+      }
+      have_set = true;
+    } else {
+      s.fvals.assign(x, x + V);
+      std::nth_element(s.fvals.begin(), s.fvals.begin() + (k - 1), s.fvals.end(), std::greater<float>());
+      xk = s.fvals[k - 1];
+      tk = xk / T;
+    }
+    if (have_set && static_cast<int64_t>(s.idx.size()) <= kSmallSet)
+      return finish_small(c, s, x, T, zmax, p, p_on, mp, m_on, key);
+  }
+
+  // ---- top-p threshold over a large set ---------------------------------------
+  float thr = tk;
+  if (p_on) {
+    s.ebuf.resize(V);
+    s.bins.resize(V);
+    const int64_t nh = kNumBins + 1;
+    s.hist.assign(ch.count * nh, 0.0);
+    s.cnt.assign(ch.count * nh, 0);
+    float* eb = s.ebuf.data();
+    uint16_t* bb = s.bins.data();
+    double* hh = s.hist.data();
+    int32_t* cc = s.cnt.data();
+    ch.run([&](int64_t q, int64_t b, int64_t e) { c.ops.hist(x, b, e, T, zmax, tk, eb, bb, hh + q * nh, cc + q * nh); });
+    for (int64_t q = 1; q < ch.count; ++q)
+      for (int i = 0; i < kNumBins; ++i) {
+        hh[i] += hh[q * nh + i];
+        cc[i] += cc[q * nh + i];
+      }
+    double total = 0.0;
+    for (int i = 0; i < kNumBins; ++i) total += hh[i];
+    const float target = p * static_cast<float>(total);
+    double cum = 0.0;
+    int bsel = -1;
+    int64_t above = 0;  // tokens in bins before bsel
+    for (int i = 0; i < kNumBins; ++i) {
+      if (cc[i] == 0) continue;
+      if (static_cast<float>(cum + hh[i]) >= target) {
+        bsel = i;
+        break;
+      }
+      cum += hh[i];
+      above += cc[i];
+    }
+    if (bsel < 0) {  // rounding: take the last non-empty bin
+      cum = 0.0;
+      above = 0;
+      for (int i = 0; i < kNumBins; ++i)
+        if (cc[i]) bsel = i;
+      for (int i = 0; i < bsel; ++i) {
+        cum += hh[i];
+        above += cc[i];
+      }
+    }
+    // Tokens of the crossing bin, sorted by z descending.
+    auto& pr = s.pairs;
+    pr.clear();
+    for (int64_t i = 0; i < V; ++i)
+      if (bb[i] == bsel) pr.emplace_back(x[i] / T, static_cast<int32_t>(i));
+    std::sort(pr.begin(), pr.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
+    s.fvals.resize(pr.size());
+    for (size_t j = 0; j < pr.size(); ++j) s.fvals[j] = eb[pr[j].second];
+    const float tp = top_p_walk(pr, s.fvals.data(), cum, target);
+    thr = std::max(tp, tk);
+    int64_t nkeep = above;
+    for (const auto& q : pr) nkeep += q.first >= tp;
+    if (nkeep <= std::max<int64_t>(1024, V / 16)) {
+      s.kept.clear();
+      for (int64_t i = 0; i < V; ++i) {
+        const int bi = bb[i];
+        const bool in = bi < bsel || (bi == bsel && x[i] / T >= tp);
+        if (in && (!m_on || eb[i] >= mp)) s.kept.push_back(static_cast<int32_t>(i));
+      }
+      Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
+      return b.i < 0 ? 0 : b.i;
+    }
+  }
+
+  // ---- Gumbel pass ----------------------------------------------------------------
+  GumbelArgs a;
+  a.x = x;
+  a.T = T;
+  a.zmax = zmax;
+  a.thr = thr;
+  a.minp_on = m_on;
+  a.min_p = mp;
+  a.minp_zlo = m_on ? zmax + std::log(mp) - (1e-3f + 1e-6f * std::fabs(zmax)) : -kInf;
+  a.key = key;
+  const int64_t imax = c.ops.find_first(x, V, xmax);
+  a.prune0 = imax >= 0 ? zmax + gumbel_scalar(imax, key) : -kInf;
+  std::vector<Best> parts(ch.count);
+  ch.run([&](int64_t q, int64_t b, int64_t e) { parts[q] = c.ops.gumbel(a, b, e); });
+  Best best;
+  for (const auto& b : parts) merge_best(best, b);
+  return best.i < 0 ? 0 : best.i;
+}
+
+static void process_row(const Ctx& c, int64_t r, bool par) {
+  Scratch& s = scratch();
+  const int64_t V = c.V;
+  const Chunks ch = make_chunks(V, par);
+
+  // ---- float row, stats, validity, logsumexp --------------------------------------
+  const float* x;
+  if (c.dtype == at::kFloat) {
+    x = static_cast<const float*>(c.logits) + r * V;
+  } else {
+    s.xf.resize(V);
+    const char* src = static_cast<const char*>(c.logits) + r * V * 2;
+    float* dst = s.xf.data();
+    ch.run([&](int64_t, int64_t b, int64_t e) { c.ops.to_float(c.dtype, src, dst, b, e); });
+    x = dst;
+  }
+  float xmax;
+  bool nan;
+  row_stats(c, s, x, ch, xmax, nan);
+  bool valid = !nan && xmax > -kInf && xmax < kInf;
+  if (!valid) {
+    c.out_tok[r] = -1;
+    c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
+    return;
+  }
+  std::vector<double> ps(ch.count);
+  ch.run([&](int64_t q, int64_t b, int64_t e) { ps[q] = c.ops.sumexp(x, b, e, xmax); });
+  double se = 0.0;
+  for (double v : ps) se += v;
+  const float lse = xmax + static_cast<float>(std::log(se));
+
+  // ---- budget rules 1 and 2, rule 3's masking -----------------------------------------
+  int32_t* st = c.budget != nullptr ? c.budget + r * 8 : nullptr;
+  bool pending = false, free_ = false, need = false, force_end = false;
+  int64_t forced_tok = -1, end0 = -1;
+  if (st != nullptr) {
+    end0 = c.forced[c.num_wait];
+    const int32_t mn = st[0], mx = st[1], mw = st[2], nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
+    const bool active = mx >= 0 && ph != kDone;  // valid already
+    force_end = active && ph == kThinking && nt >= mx;
+    pending = active && !force_end && pos < stop;
+    free_ = active && !force_end && !pending;
+    need = free_ && (nt < mn || wu < mw);
+    if (force_end) {
+      forced_tok = end0;
+    } else if (pending) {
+      const int64_t sp = std::min<int64_t>(std::max<int64_t>(pos, 0), c.L - 1);
+      forced_tok = c.forced[sp];
+    }
+  }
+
+  int64_t tok = forced_tok;
+  if (tok < 0) {
+    const float* xd = x;
+    float dmax = xmax;
+    if (need && c.num_wait == 0) {  // an early end gets probability 0
+      if (x != s.xf.data()) {
+        s.xf.resize(V);
+        std::memcpy(s.xf.data(), x, V * sizeof(float));
+      }
+      s.xf[end0] = -kInf;
+      xd = s.xf.data();
+      bool n2;
+      row_stats(c, s, xd, ch, dmax, n2);
+      if (!(dmax > -kInf)) {  // nothing finite left: invalid row, budget untouched
+        c.out_tok[r] = -1;
+        c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
+        return;
+      }
+    }
+    const float T = c.temperature[r];
+    if (!(T > 0.0f)) {
+      tok = c.ops.find_first(xd, V, dmax);
+    } else {
+      tok = draw_row(c, s, r, xd, dmax, ch);
+    }
+  }
+
+  // ---- budget rule 3 and state update ---------------------------------------------------------
+  if (st != nullptr) {
+    const int32_t mn = st[0], mx = st[1], mw = st[2];
+    int32_t nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
+    (void)mn;
+    (void)mx;
+    (void)mw;
+    const bool is_end = free_ && tok == end0;
+    const bool replace = is_end && need;
+    const bool natural_end = is_end && !need;
+    if (c.num_wait > 0 && replace) tok = c.forced[0];
+    const bool forced_pending_wait = pending && ph == kThinking;
+    nt += static_cast<int32_t>(free_ && !natural_end) + static_cast<int32_t>(forced_pending_wait);
+    wu += static_cast<int32_t>(replace);
+    const int32_t lw = static_cast<int32_t>(c.num_wait), le = static_cast<int32_t>(c.num_end);
+    const int32_t la = static_cast<int32_t>(c.L) - lw - le;
+    int32_t new_pos = pending ? pos + 1 : pos;
+    int32_t new_stop = stop;
+    if (force_end || natural_end) new_pos = lw + 1;
+    if (force_end) new_stop = lw + le + la;
+    if (natural_end) new_stop = lw + le;
+    if (replace) {
+      new_pos = 1;
+      new_stop = lw;
+    }
+    if (force_end || natural_end) ph = kEnding;
+    if (ph == kEnding && new_pos >= new_stop) ph = kDone;
+    st[3] = nt;
+    st[4] = wu;
+    st[5] = ph;
+    st[6] = new_pos;
+    st[7] = new_stop;
+  }
+
+  c.out_tok[r] = tok;
+  c.out_lp[r] = logit_at(c, r, tok) - lse;
+}
+
+static void check_row_param(const at::Tensor& t, const char* name, at::ScalarType dt, int64_t B) {
+  TORCH_CHECK(t.device().is_cpu(), "sample_cpu: ", name, " must be a CPU tensor");
+  TORCH_CHECK(t.scalar_type() == dt, "sample_cpu: ", name, " must have dtype ", dt, ", got ", t.scalar_type());
+  TORCH_CHECK(t.dim() == 1 && t.size(0) == B, "sample_cpu: ", name, " must have shape [", B, "], got ", t.sizes());
+  TORCH_CHECK(t.is_contiguous(), "sample_cpu: ", name, " must be contiguous");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at::Tensor& temperature,
+                                              const at::Tensor& top_k, const at::Tensor& top_p,
+                                              const at::Tensor& min_p, const at::Tensor& seed,
+                                              const at::Tensor& offset, const std::optional<at::Tensor>& budget,
+                                              const std::optional<at::Tensor>& forced_ids, int64_t num_wait,
+                                              int64_t num_end) {
+  TORCH_CHECK(logits.device().is_cpu(), "sample_cpu: logits must be a CPU tensor");
+  TORCH_CHECK(logits.dim() == 2, "sample_cpu: logits must be [B, V], got ", logits.sizes());
+  const auto dt = logits.scalar_type();
+  TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
+              "sample_cpu: logits must be float32, bfloat16 or float16, got ", dt);
+  TORCH_CHECK(logits.is_contiguous(), "sample_cpu: logits must be contiguous");
+  const int64_t B = logits.size(0), V = logits.size(1);
+  TORCH_CHECK(V >= 1, "sample_cpu: logits must have at least one column");
+  TORCH_CHECK(V < (int64_t{1} << 31) - 64, "sample_cpu: vocabulary too large");
+  check_row_param(temperature, "temperature", at::kFloat, B);
+  check_row_param(top_k, "top_k", at::kInt, B);
+  check_row_param(top_p, "top_p", at::kFloat, B);
+  check_row_param(min_p, "min_p", at::kFloat, B);
+  check_row_param(seed, "seed", at::kLong, B);
+  check_row_param(offset, "offset", at::kLong, B);
+
+  Ctx c;
+  c.dtype = dt;
+  c.logits = logits.data_ptr();
+  c.V = V;
+  c.temperature = temperature.data_ptr<float>();
+  c.top_k = top_k.data_ptr<int32_t>();
+  c.top_p = top_p.data_ptr<float>();
+  c.min_p = min_p.data_ptr<float>();
+  c.seed = seed.data_ptr<int64_t>();
+  c.offset = offset.data_ptr<int64_t>();
+  c.budget = nullptr;
+  c.forced = nullptr;
+  c.L = 0;
+  c.num_wait = num_wait;
+  c.num_end = num_end;
+  if (budget.has_value() && budget->defined()) {
+    const at::Tensor& bt = *budget;
+    TORCH_CHECK(bt.device().is_cpu(), "sample_cpu: budget must be a CPU tensor");
+    TORCH_CHECK(bt.scalar_type() == at::kInt, "sample_cpu: budget must be int32, got ", bt.scalar_type());
+    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == B && bt.size(1) == 8, "sample_cpu: budget must be [", B,
+                ", 8], got ", bt.sizes());
+    TORCH_CHECK(bt.is_contiguous(), "sample_cpu: budget must be contiguous");
+    TORCH_CHECK(forced_ids.has_value() && forced_ids->defined(), "sample_cpu: forced_ids required with budget");
+    const at::Tensor& f = *forced_ids;
+    TORCH_CHECK(f.device().is_cpu() && f.scalar_type() == at::kInt && f.dim() == 1 && f.is_contiguous(),
+                "sample_cpu: forced_ids must be a contiguous int32 CPU vector");
+    c.L = f.size(0);
+    TORCH_CHECK(num_wait >= 0 && num_end >= 1 && num_wait + num_end <= c.L,
+                "sample_cpu: need 0 <= num_wait, 1 <= num_end, num_wait + num_end <= len(forced_ids)");
+    const int32_t* fp = f.data_ptr<int32_t>();
+    for (int64_t i = 0; i < c.L; ++i)
+      TORCH_CHECK(fp[i] >= 0 && fp[i] < V, "sample_cpu: forced_ids[", i, "] = ", fp[i], " outside [0, ", V, ")");
+    c.budget = bt.data_ptr<int32_t>();
+    c.forced = fp;
+  }
+
+  at::Tensor tok = at::empty({B}, logits.options().dtype(at::kLong));
+  at::Tensor lp = at::empty({B}, logits.options().dtype(at::kFloat));
+  c.out_tok = tok.data_ptr<int64_t>();
+  c.out_lp = lp.data_ptr<float>();
+  c.ops = Ops{use_avx2()};
+  if (B == 0) return {tok, lp};
+
+  const int64_t nt = at::get_num_threads();
+  if (B >= nt || V < 32768 || nt == 1) {
+    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
+      for (int64_t r = b; r < e; ++r) process_row(c, r, false);
+    });
+  } else {
+    for (int64_t r = 0; r < B; ++r) process_row(c, r, true);
+  }
+  return {tok, lp};
+}
+
+}  // namespace tts_sampling
+
+TORCH_LIBRARY_IMPL(tts_kernels_C, CPU, m) { m.impl("sample_cpu", &tts_sampling::sample_cpu); }

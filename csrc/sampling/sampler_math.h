@@ -1,0 +1,209 @@
+// Math building blocks of the fused CPU sampler: Philox4x32-10 (scalar and
+// 8-wide AVX2), float32 log/exp approximations (8-wide AVX2) and small helpers.
+//
+// Everything AVX2 here is compiled with __attribute__((target(...))) so the
+// library keeps the portable baseline ISA; callers dispatch at run time.
+// All functions are `static` (internal linkage): no code compiled for AVX2 can
+// be merged with baseline code by the linker.
+#pragma once
+
+#include <immintrin.h>
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+
+namespace tts_sampling {
+
+#define TTS_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+constexpr uint32_t kPhiloxM0 = 0xD2511F53u;
+constexpr uint32_t kPhiloxM1 = 0xCD9E8D57u;
+constexpr uint32_t kPhiloxW0 = 0x9E3779B9u;
+constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
+constexpr int kPhiloxRounds = 10;
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+// Largest Gumbel value -log(-log(u)) for u <= 1 - 2^-24 is 16.6355; the margin
+// absorbs rounding of the approximations when used as a pruning bound.
+constexpr float kGumbelMax = 16.7f;
+
+// Per-row Philox key and the constant counter words (c1, c2); c3 is 0.
+struct PhiloxKey {
+  uint32_t k0, k1, c1, c2;
+};
+
+static inline PhiloxKey make_key(int64_t seed, int64_t offset) {
+  const uint64_t s = static_cast<uint64_t>(seed);
+  const uint64_t o = static_cast<uint64_t>(offset);
+  return {static_cast<uint32_t>(s), static_cast<uint32_t>(s >> 32), static_cast<uint32_t>(o),
+          static_cast<uint32_t>(o >> 32)};
+}
+
+// Philox4x32-10 of counter (ctr, c1, c2, 0).
+static inline void philox_scalar(uint32_t ctr, const PhiloxKey& key, uint32_t out[4]) {
+  uint32_t c0 = ctr, c1 = key.c1, c2 = key.c2, c3 = 0u;
+  uint32_t k0 = key.k0, k1 = key.k1;
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
+    const uint64_t p1 = static_cast<uint64_t>(kPhiloxM1) * c2;
+    const uint32_t hi0 = static_cast<uint32_t>(p0 >> 32), lo0 = static_cast<uint32_t>(p0);
+    const uint32_t hi1 = static_cast<uint32_t>(p1 >> 32), lo1 = static_cast<uint32_t>(p1);
+    const uint32_t n0 = hi1 ^ c1 ^ k0;
+    const uint32_t n2 = hi0 ^ c3 ^ k1;
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  out[0] = c0;
+  out[1] = c1;
+  out[2] = c2;
+  out[3] = c3;
+}
+
+// u = (2 * (w >> 9) + 1) * 2^-24, exact in float32.
+static inline float word_to_uniform(uint32_t w) {
+  return static_cast<float>(((w >> 9) << 1) | 1u) * 0x1p-24f;
+}
+
+static inline float gumbel_of_word(uint32_t w) {
+  const float u = word_to_uniform(w);
+  return -std::log(-std::log(u));
+}
+
+// Gumbel noise of token v of a row (scalar; one Philox call per token).
+static inline float gumbel_scalar(int64_t v, const PhiloxKey& key) {
+  uint32_t w[4];
+  philox_scalar(static_cast<uint32_t>(v >> 2), key, w);
+  return gumbel_of_word(w[v & 3]);
+}
+
+// ---------------------------------------------------------------------------
+// AVX2
+// ---------------------------------------------------------------------------
+TTS_AVX2 static inline float hmax8(__m256 v) {
+  __m128 m = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  m = _mm_max_ps(m, _mm_movehl_ps(m, m));
+  m = _mm_max_ss(m, _mm_movehdup_ps(m));
+  return _mm_cvtss_f32(m);
+}
+
+TTS_AVX2 static inline double hsum4d(__m256d v) {
+  __m128d s = _mm_add_pd(_mm256_castpd256_pd128(v), _mm256_extractf128_pd(v, 1));
+  s = _mm_add_sd(s, _mm_unpackhi_pd(s, s));
+  return _mm_cvtsd_f64(s);
+}
+
+// (hi, lo) 32-bit halves of a * m for 8 lanes (m broadcast).
+TTS_AVX2 static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i& lo) {
+  const __m256i pe = _mm256_mul_epu32(a, m);
+  const __m256i po = _mm256_mul_epu32(_mm256_srli_epi64(a, 32), m);
+  lo = _mm256_blend_epi32(pe, _mm256_slli_epi64(po, 32), 0xAA);
+  hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
+}
+
+// Philox of the 8 counters (c0 + lane, c1, c2, 0); returns the 32 words in token
+// order: out[j] holds tokens 4*c0 + 8*j + lane.
+TTS_AVX2 static inline void philox8_tokens(uint32_t c0_base, const PhiloxKey& key, __m256i out[4]) {
+  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0_base)),
+                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  __m256i c1 = _mm256_set1_epi32(static_cast<int>(key.c1));
+  __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.c2));
+  __m256i c3 = _mm256_setzero_si256();
+  const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
+  const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  uint32_t k0 = key.k0, k1 = key.k1;
+#pragma GCC unroll 10
+  for (int r = 0; r < kPhiloxRounds; ++r) {
+    __m256i hi0, lo0, hi1, lo1;
+    mulhilo8(c0, m0, hi0, lo0);
+    mulhilo8(c2, m1, hi1, lo1);
+    const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
+    const __m256i n2 = _mm256_xor_si256(_mm256_xor_si256(hi0, c3), _mm256_set1_epi32(static_cast<int>(k1)));
+    c0 = n0;
+    c1 = lo1;
+    c2 = n2;
+    c3 = lo0;
+    k0 += kPhiloxW0;
+    k1 += kPhiloxW1;
+  }
+  // 4x8 transpose: words (counter i, word j) -> token 4 i + j.
+  const __m256i a = _mm256_unpacklo_epi32(c0, c1);
+  const __m256i b = _mm256_unpacklo_epi32(c2, c3);
+  const __m256i c = _mm256_unpackhi_epi32(c0, c1);
+  const __m256i d = _mm256_unpackhi_epi32(c2, c3);
+  const __m256i t0 = _mm256_unpacklo_epi64(a, b);  // counters 0 | 4
+  const __m256i t1 = _mm256_unpackhi_epi64(a, b);  // counters 1 | 5
+  const __m256i t2 = _mm256_unpacklo_epi64(c, d);  // counters 2 | 6
+  const __m256i t3 = _mm256_unpackhi_epi64(c, d);  // counters 3 | 7
+  out[0] = _mm256_permute2x128_si256(t0, t1, 0x20);
+  out[1] = _mm256_permute2x128_si256(t2, t3, 0x20);
+  out[2] = _mm256_permute2x128_si256(t0, t1, 0x31);
+  out[3] = _mm256_permute2x128_si256(t2, t3, 0x31);
+}
+
+// Natural log for positive normal finite inputs (Cephes-style range reduction
+// to [sqrt(1/2), sqrt(2)) and a degree-8 polynomial for log1p; ~1 ulp).
+TTS_AVX2 static inline __m256 log_avx2(__m256 x) {
+  const __m256i bits = _mm256_castps_si256(x);
+  __m256i ei = _mm256_sub_epi32(_mm256_srli_epi32(bits, 23), _mm256_set1_epi32(127));
+  __m256 m = _mm256_castsi256_ps(_mm256_or_si256(_mm256_and_si256(bits, _mm256_set1_epi32(0x7fffff)),
+                                                 _mm256_set1_epi32(0x3f800000)));
+  const __m256 big = _mm256_cmp_ps(m, _mm256_set1_ps(1.41421356237f), _CMP_GT_OQ);
+  m = _mm256_blendv_ps(m, _mm256_mul_ps(m, _mm256_set1_ps(0.5f)), big);
+  ei = _mm256_sub_epi32(ei, _mm256_castps_si256(big));  // +1 where halved
+  const __m256 e = _mm256_cvtepi32_ps(ei);
+  const __m256 f = _mm256_sub_ps(m, _mm256_set1_ps(1.0f));
+  const __m256 f2 = _mm256_mul_ps(f, f);
+  __m256 p = _mm256_set1_ps(7.0376836292e-2f);
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.1514610310e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.1676998740e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.2420140846e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(1.4249322787e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-1.6668057665e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(2.0000714765e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(-2.4999993993e-1f));
+  p = _mm256_fmadd_ps(p, f, _mm256_set1_ps(3.3333331174e-1f));
+  __m256 y = _mm256_mul_ps(_mm256_mul_ps(p, f), f2);
+  y = _mm256_fmadd_ps(e, _mm256_set1_ps(-2.12194440e-4f), y);
+  y = _mm256_fnmadd_ps(_mm256_set1_ps(0.5f), f2, y);
+  __m256 r = _mm256_add_ps(f, y);
+  r = _mm256_fmadd_ps(e, _mm256_set1_ps(0.693359375f), r);
+  return r;
+}
+
+// exp for inputs <= ~0 (z - zmax); -inf and anything below -87 give 0.
+TTS_AVX2 static inline __m256 exp_avx2(__m256 x) {
+  const __m256 lo = _mm256_set1_ps(-87.0f);
+  const __m256 xc = _mm256_max_ps(x, lo);
+  const __m256 n = _mm256_round_ps(_mm256_mul_ps(xc, _mm256_set1_ps(1.44269504089f)),
+                                   _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), xc);
+  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
+  __m256 p = _mm256_set1_ps(1.9875691500e-4f);
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073e-3f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894e-2f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459e-1f));
+  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201e-1f));
+  __m256 y = _mm256_fmadd_ps(p, _mm256_mul_ps(r, r), r);
+  y = _mm256_add_ps(y, _mm256_set1_ps(1.0f));
+  const __m256i pw = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
+  y = _mm256_mul_ps(y, _mm256_castsi256_ps(pw));
+  return _mm256_andnot_ps(_mm256_cmp_ps(x, lo, _CMP_LT_OQ), y);
+}
+
+// Gumbel noise -log(-log(u)) of 8 Philox words.
+TTS_AVX2 static inline __m256 gumbel_avx2(__m256i w) {
+  const __m256i k = _mm256_or_si256(_mm256_slli_epi32(_mm256_srli_epi32(w, 9), 1), _mm256_set1_epi32(1));
+  const __m256 u = _mm256_mul_ps(_mm256_cvtepi32_ps(k), _mm256_set1_ps(0x1p-24f));
+  const __m256 sign = _mm256_set1_ps(-0.0f);
+  const __m256 t = _mm256_xor_ps(log_avx2(u), sign);
+  return _mm256_xor_ps(log_avx2(t), sign);
+}
+
+}  // namespace tts_sampling
