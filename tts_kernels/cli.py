@@ -7,6 +7,9 @@ demo
     rows with mixed budgets), then the fused sampler's time per backend on a
     [batch, vocab] logits tensor against the PyTorch reference and against
     softmax + torch.multinomial.
+generate
+    Sample N continuations of a prompt with the decode engine (budget forcing
+    options; the embedded tiny model when no --model is given); prints tokens/s.
 """
 from __future__ import annotations
 
@@ -89,7 +92,12 @@ def main(argv=None) -> None:
     demo.add_argument("--rows", type=int, default=256, help="rows of the budget-forcing demo")
     demo.add_argument("--reps", type=int, default=5)
     demo.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    from .decode import cli as decode_cli
+    gen = sub.add_parser("generate", help="sample with the decode engine (default: embedded tiny model)")
+    decode_cli.add_arguments(gen)
     args = parser.parse_args(argv)
+    if args.command == "generate":
+        return decode_cli.run(args)
     device = torch.device(args.device)
     _budget_demo(args.rows, 64, device)
     _speed_demo(args.batch, args.vocab, device, args.reps)
