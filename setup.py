@@ -66,6 +66,9 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["tts_kernels", "tts_kernels.*"]),
+    # the embedded tiny reasoning model (HF format; tts_kernels/models/ is data, not a package)
+    package_data={"tts_kernels": ["models/tiny-arith/*.json", "models/tiny-arith/*.safetensors",
+                                  "models/tiny-arith/*.md"]},
     ext_modules=[CMakeExtension("tts_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["torch>=2.5", "numpy"],
