@@ -6,8 +6,8 @@ Design (one launch, one program per row, grid ``(B,)``; no host sync, no
 data-dependent allocation or grid, so the op is CUDA-graph capturable):
 
 1. **Stats pass** (always, one read of the row, tiles of ``BLOCK``): NaN/+inf
-   and "any finite" flags, the running max / sum of ``exp`` of the unmodified
-   logits (logsumexp, for the logprob), the first-index argmax of the
+   and "any finite" flags, per-lane online max / sum of ``exp`` of the
+   unmodified logits (logsumexp, for the logprob; one exp per element), the first-index argmax of the
    (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
    that draw, the first-index argmax of ``z + gumbel`` over *all* tokens.
    Philox runs once per 4 tokens: a tile is laid out as ``[BLOCK/4, 4]`` and
@@ -210,7 +210,7 @@ def _sample_kernel(
     # ---- pass 1: validity, logsumexp, greedy argmax, unfiltered Gumbel argmax -----------
     bad = tl.zeros([R, 4], tl.int1)
     fin = tl.zeros([R, 4], tl.int1)
-    m_run = tl.full([], float("-inf"), tl.float32)
+    m_vec = tl.full([R, 4], float("-inf"), tl.float32)
     s_vec = tl.zeros([R, 4], tl.float32)
     g_val = tl.full([R, 4], float("-inf"), tl.float32)
     g_idx = tl.zeros([R, 4], tl.int32)
@@ -221,11 +221,11 @@ def _sample_kernel(
         inb = offs < V
         x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
         bad |= (x != x) | (x == float("inf"))
-        # logsumexp of the unmodified logits (per-lane sums, one max per tile)
-        m_new = tl.maximum(m_run, tl.max(x))
-        m_safe = tl.where(m_new == float("-inf"), 0.0, m_new)
-        s_vec = s_vec * tl.exp(m_run - m_safe) + tl.exp(x - m_safe)
-        m_run = m_new
+        # logsumexp of the unmodified logits: per-lane online max/sum, one exp per element
+        m_new = tl.maximum(m_vec, x)
+        d = tl.where(m_new == float("-inf"), 0.0, tl.exp(tl.minimum(m_vec, x) - m_new))
+        s_vec = tl.where(x > m_vec, s_vec * d + 1.0, s_vec + d)
+        m_vec = m_new
         # greedy argmax of the end-masked logits (strict > keeps each lane's first index)
         xm = tl.where(mask_end & (offs == end0), float("-inf"), x)
         fin |= (xm > float("-inf")) & (xm < float("inf"))
@@ -240,7 +240,8 @@ def _sample_kernel(
             s_idx = tl.where(upd2, offs, s_idx)
 
     valid = (tl.max(bad.to(tl.int32)) == 0) & (tl.max(fin.to(tl.int32)) > 0)
-    lse = m_run + tl.log(tl.sum(s_vec))
+    m_row = tl.max(m_vec)
+    lse = m_row + tl.log(tl.sum(s_vec * tl.exp(m_vec - m_row)))
     xmax = tl.max(g_val)
     g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
     s_best = tl.max(s_val)

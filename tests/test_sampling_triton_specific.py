@@ -1,0 +1,281 @@
+"""Triton-only checks of the fused sampler kernel against the PyTorch reference.
+
+Runs on CUDA when present, else on CPU tensors through the Triton interpreter
+(``TRITON_INTERPRET=1``, set by conftest). Shapes are small because the
+interpreter is slow.
+"""
+import math
+
+import pytest
+import torch
+
+from conftest import require_triton
+from tts_kernels.sampling import philox
+from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
+from tts_kernels.sampling.reference import filter_mask, sample_reference
+
+require_triton()
+pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # interpreter: -inf - -inf in masked lanes
+from tts_kernels.sampling.triton_kernel import sample_triton  # noqa: E402
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _params(B, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset=None):
+    def vec(v, dtype):
+        if isinstance(v, torch.Tensor):
+            return v.to(device=DEV, dtype=dtype)
+        if isinstance(v, (list, tuple)):
+            return torch.tensor(v, dtype=dtype, device=DEV)
+        return torch.full((B,), v, dtype=dtype, device=DEV)
+
+    if seed is None:
+        seed = torch.arange(B) * 1000003 + 17
+    if offset is None:
+        offset = torch.arange(B) * 5 + 1
+    return (vec(temperature, torch.float32), vec(top_k, torch.int32), vec(top_p, torch.float32),
+            vec(min_p, torch.float32), vec(seed, torch.int64), vec(offset, torch.int64))
+
+
+def _near_tie_rows(logits, temperature, top_k, top_p, min_p, seed, offset):
+    """bool [B]: rows whose two best kept Gumbel scores are within float rounding (reference)."""
+    x = logits.float().cpu()
+    t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature).cpu().view(-1, 1)
+    z = x / t
+    keep = filter_mask(z, top_k.cpu(), top_p.cpu(), min_p.cpu())
+    s = torch.where(keep, z + philox.gumbel(seed.cpu(), offset.cpu(), x.shape[1]), float("-inf"))
+    top2 = s.topk(min(2, x.shape[1]), dim=1).values
+    if top2.shape[1] < 2:
+        return torch.zeros(x.shape[0], dtype=torch.bool)
+    gap = (top2[:, 0] - top2[:, 1]).abs()
+    return gap <= 1e-5 * top2[:, 0].abs().clamp(min=1.0)
+
+
+def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allow_ties=True):
+    b_ref = budget.clone() if budget is not None else None
+    b_tri = budget.clone() if budget is not None else None
+    tok_r, lp_r = sample_reference(logits, *params, b_ref, forced, num_wait, num_end)
+    tok_t, lp_t = sample_triton(logits, *params, b_tri, forced, num_wait, num_end)
+    assert tok_t.dtype == torch.int64 and lp_t.dtype == torch.float32
+    assert tok_t.shape == tok_r.shape and lp_t.shape == lp_r.shape
+    tok_r, lp_r, tok_t, lp_t = tok_r.cpu(), lp_r.cpu(), tok_t.cpu(), lp_t.cpu()
+    diff = tok_r != tok_t
+    if diff.any():
+        ties = _near_tie_rows(logits, *params) if allow_ties else torch.zeros_like(diff)
+        bad = diff & ~ties
+        assert not bad.any(), f"rows {bad.nonzero().flatten().tolist()}: triton {tok_t[bad].tolist()} " \
+                              f"reference {tok_r[bad].tolist()}"
+    same = ~diff
+    assert torch.equal(torch.isnan(lp_r), torch.isnan(lp_t))
+    torch.testing.assert_close(lp_t[same], lp_r[same], rtol=1e-5, atol=1e-5, equal_nan=True)
+    if budget is not None and not diff.any():
+        assert torch.equal(b_ref.cpu(), b_tri.cpu()), f"{b_ref}\n{b_tri}"
+    return tok_t, lp_t, b_tri
+
+
+def test_philox_stream_plain_temperature():
+    # flat logits: the token is the argmax of the Gumbel noise itself (checks the Philox words,
+    # their interleaving, 64-bit seeds and offsets past 2**32)
+    B, V = 6, 523
+    seed = torch.tensor([0, 1, -1, 2 ** 62 + 12345, -(2 ** 63), 987654321987], dtype=torch.int64)
+    offset = torch.tensor([0, 2 ** 32 + 7, 3, 2 ** 40 - 1, 5, -3], dtype=torch.int64)
+    logits = torch.zeros(B, V, device=DEV)
+    params = _params(B, seed=seed, offset=offset)
+    tok, lp = sample_triton(logits, *params, None, None, 0, 0)
+    want = philox.gumbel(seed, offset, V).argmax(1)
+    assert torch.equal(tok.cpu(), want)
+    torch.testing.assert_close(lp.cpu(), torch.full((B,), -math.log(V)), rtol=1e-5, atol=1e-5)
+
+
+def test_mixed_rows_float32():
+    torch.manual_seed(0)
+    B, V = 16, 600
+    logits = torch.randn(B, V, device=DEV) * 3
+    logits[3, ::7] = float("-inf")
+    logits[9, 100:] = float("-inf")
+    logits[12] = torch.round(logits[12] * 2) / 2  # many exact ties at the thresholds
+    logits[13] = torch.round(logits[13])
+    temperature = [1.0, 0.7, 0.0, 1.3, 1.0, 0.5, 1.0, 2.0, 0.0, 1.0, 0.8, 1.1, 1.0, 1.0, 0.9, 1.0]
+    top_k = [0, 5, 0, 0, 50, 0, 3, 0, 7, 20, 1, 599, 6, 40, 600, 2]
+    top_p = [1.0, 1.0, 1.0, 0.9, 0.8, 1.0, 0.5, 0.95, 0.3, 0.6, 1.0, 0.2, 0.7, 0.5, 0.05, 1.0]
+    min_p = [0.0, 0.0, 0.0, 0.0, 0.0, 0.1, 0.0, 0.05, 0.2, 0.3, 0.0, 0.0, 0.5, 0.0, 0.0, 0.9]
+    _check(logits, _params(B, temperature, top_k, top_p, min_p))
+
+
+def test_strong_filters_many_seeds():
+    # strong filters reject pass 1's winner often: exercises the filtered draw pass
+    torch.manual_seed(1)
+    B, V = 8, 257
+    logits = (torch.randn(1, V, device=DEV) * 0.5).expand(B, V).contiguous()
+    for cfg in ((3, 1.0, 0.0), (0, 0.3, 0.0), (0, 1.0, 0.7), (10, 0.5, 0.3)):
+        tok, _, _ = _check(logits, _params(B, 1.0, *cfg, seed=torch.arange(B) + 100 * cfg[0]))
+        x = logits[0].float().cpu()
+        keep = filter_mask(x.view(1, -1), torch.tensor([cfg[0]]), torch.tensor([cfg[1]]),
+                           torch.tensor([cfg[2]]))[0]
+        assert keep[tok.cpu()].all()
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_dtypes(dtype):
+    torch.manual_seed(2)
+    B, V = 8, 300
+    logits = (torch.randn(B, V, device=DEV) * 4).to(dtype)  # half rounding gives ties
+    logits[2, :50] = float("-inf")
+    _check(logits, _params(B, [1.0, 0.0, 0.6, 1.0, 1.5, 1.0, 0.9, 0.0], [0, 0, 10, 4, 0, 30, 0, 5],
+                           [1.0, 1.0, 0.9, 1.0, 0.7, 0.85, 1.0, 0.5], [0.0, 0.0, 0.0, 0.1, 0.0, 0.05, 0.2, 0.0]))
+
+
+def test_invalid_rows():
+    torch.manual_seed(3)
+    B, V = 8, 130
+    logits = torch.randn(B, V, device=DEV)
+    logits[1, 5] = float("nan")
+    logits[3, 129] = float("inf")
+    logits[4] = float("-inf")
+    logits[6, 0] = float("nan")
+    logits[6, 1] = float("inf")
+    params = _params(B, [1.0, 1.0, 0.0, 0.0, 1.0, 0.7, 1.0, 0.0], 5, 0.9, 0.0)
+    tok, lp, _ = _check(logits, params)
+    assert tok.tolist()[1] == -1 and tok.tolist()[3] == -1 and tok.tolist()[4] == -1 and tok.tolist()[6] == -1
+    assert torch.isnan(lp[[1, 3, 4, 6]]).all() and not torch.isnan(lp[[0, 2, 5, 7]]).any()
+
+
+def test_long_row_multi_tile():
+    torch.manual_seed(4)
+    B, V = 4, 4099
+    logits = torch.randn(B, V, device=DEV) * 2
+    logits[1, 4098] = 12.0  # maximum in the last, partial tile
+    logits[2, :2048] = float("-inf")
+    _check(logits, _params(B, [1.0, 0.8, 1.2, 0.0], [100, 0, 37, 0], [0.9, 0.95, 1.0, 1.0], [0.0, 0.02, 0.0, 0.0]))
+
+
+def _budget_case(forcing, rows, V, device=DEV):
+    """rows: list of (min_tokens, max_tokens, min_waits, num_thinking, waits_used, phase, pos, stop)."""
+    data = torch.tensor(rows, dtype=torch.int32, device=device)
+    return data, torch.tensor(forcing.forced_ids, dtype=torch.int32, device=device)
+
+
+@pytest.mark.parametrize("with_wait", [True, False])
+def test_budget_mid_sequence(with_wait):
+    torch.manual_seed(5)
+    V = 64
+    end, waits, answer = [7, 8], ([9, 10, 11] if with_wait else []), [3, 4]
+    f = BudgetForcing(end_think_ids=end, wait_ids=waits, answer_prefix_ids=answer)
+    lw, le, L = len(waits), len(end), len(f.forced_ids)
+    rows = [
+        (0, -1, 0, 0, 0, DONE, 0, 0),            # no budget
+        (4, 16, 0, 16, 0, THINKING, 0, 0),       # max reached: end forced
+        (4, 16, 0, 3, 0, THINKING, 0, 0),        # min not reached, end likely drawn
+        (4, 16, 0, 10, 0, THINKING, 0, 0),       # free, end allowed
+        (0, 16, 2, 10, 1, THINKING, 1 if with_wait else 0, lw),  # pending Wait run (or not)
+        (0, 16, 0, 12, 0, ENDING, lw + 1, L),    # pending end + answer run
+        (0, 16, 0, 12, 0, ENDING, L - 1, L),     # last forced token: becomes done
+        (0, 16, 0, 12, 0, DONE, L, L),           # done: samples normally
+        (4, 16, 0, 3, 0, THINKING, 0, 0),        # greedy, end is the argmax, min not reached
+        (4, 16, 0, 16, 0, THINKING, 0, 0),       # forced end with a -inf logit
+        (4, 16, 0, 3, 0, THINKING, 0, 0),        # invalid row: untouched
+        (0, 16, 0, 12, 0, ENDING, lw + 1, L),    # forced token with a -inf logit
+    ]
+    budget, forced = _budget_case(f, rows, V)
+    logits = torch.randn(len(rows), V, device=DEV)
+    logits[[2, 3, 8], end[0]] = 30.0  # the end token dominates
+    logits[9, end[0]] = float("-inf")
+    logits[10, 3] = float("nan")
+    logits[11, end[1]] = float("-inf")
+    temperature = [1.0] * len(rows)
+    temperature[8] = 0.0
+    params = _params(len(rows), temperature, [0, 5, 0, 3, 0, 0, 0, 10, 0, 0, 0, 0],
+                     [1.0, 0.9, 1.0, 1.0, 0.8, 1.0, 1.0, 0.9, 1.0, 1.0, 1.0, 1.0], 0.0)
+    tok, lp, state = _check(logits, params, budget, forced, lw, le, allow_ties=False)
+    tok = tok.tolist()
+    assert tok[1] == end[0] and tok[9] == end[0] and lp[9] == float("-inf")
+    assert tok[10] == -1 and torch.equal(state[10].cpu(), budget[10].cpu())
+    assert tok[11] == end[1]
+    if with_wait:
+        assert tok[2] == waits[0] and tok[4] == waits[1] and tok[8] == waits[0]
+    else:
+        assert tok[2] != end[0] and tok[8] != end[0]
+
+
+def test_budget_decode_loop():
+    # several steps in a row, state fed back: the whole state machine against the reference
+    torch.manual_seed(6)
+    B, V = 6, 40
+    f = BudgetForcing(end_think_ids=[5, 6], wait_ids=[7, 8], answer_prefix_ids=[9])
+    st = f.init_state(B, min_tokens=torch.tensor([0, 2, 3, 0, 1, 0]), max_tokens=torch.tensor([3, 5, 6, -1, 4, 2]),
+                      min_waits=torch.tensor([0, 1, 0, 0, 2, 0]), device=DEV)
+    forced = st.forced_ids_tensor(DEV)
+    b_ref, b_tri = st.data.clone(), st.data.clone()
+    for step in range(7):
+        logits = torch.randn(B, V, device=DEV)
+        logits[:, 5] += 2.5  # the end is drawn often
+        params = _params(B, [1.0, 0.0, 0.9, 1.0, 1.2, 1.0], [0, 0, 5, 0, 0, 3], [1.0, 1.0, 1.0, 0.9, 1.0, 1.0],
+                         0.0, offset=torch.full((B,), step))
+        tr, lr = sample_reference(logits, *params, b_ref, forced, 2, 2)
+        tt, lt = sample_triton(logits, *params, b_tri, forced, 2, 2)
+        assert torch.equal(tr.cpu(), tt.cpu()), step
+        torch.testing.assert_close(lt, lr, rtol=1e-5, atol=1e-5)
+        assert torch.equal(b_ref, b_tri), step
+
+
+def test_tiny_vocab_and_single_row():
+    for V in (1, 2, 5):
+        logits = torch.randn(3, V, device=DEV)
+        _check(logits, _params(3, [1.0, 0.0, 0.5], [1, 0, 2], [0.5, 1.0, 0.9], [0.0, 0.0, 0.5]))
+    logits = torch.randn(1, 77, device=DEV)
+    _check(logits, _params(1, 0.8, 4, 0.9, 0.1))
+    tok, lp = sample_triton(torch.randn(0, 9, device=DEV), *_params(0), None, None, 0, 0)
+    assert tok.shape == (0,) and lp.shape == (0,)
+
+
+# ---- the threshold search on its own: kept set {key(z) >= T} vs the reference filter ----------
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from tts_kernels.sampling.triton_kernel import _radix_select  # noqa: E402
+
+
+@triton.jit
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, out_ptr, V, HBLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    row_ptr = z_ptr + row * V
+    offs = tl.arange(0, HBLOCK)
+    zmax = tl.full([], float("-inf"), tl.float32)
+    for start in range(0, V, HBLOCK):
+        zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
+                                               other=float("-inf"))))
+    k = tl.load(k_ptr + row)
+    p = tl.load(p_ptr + row)
+    t_key = tl.full([], 0, tl.uint32)
+    mass_k = tl.full([], -1.0, tl.float32)
+    if (k > 0) & (k < V):
+        t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, False, HBLOCK)
+    if p < 1.0:
+        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, True, HBLOCK)
+        t_key = tl.maximum(t_key, t_p)
+    tl.store(out_ptr + row, t_key.to(tl.int64))
+
+
+def _keys(z):
+    b = z.contiguous().view(torch.int32).to(torch.int64)
+    k = torch.where(b < 0, b ^ 0x7FFFFFFF, b)
+    return k + 2 ** 31  # unsigned order
+
+
+@pytest.mark.parametrize("quantize", [False, True])
+def test_threshold_search_exact(quantize):
+    torch.manual_seed(7)
+    B, V = 16, 333
+    z = torch.randn(B, V, device=DEV) * 2
+    if quantize:
+        z = torch.round(z * 4) / 4  # ties at the thresholds
+    z[0, 10:] = float("-inf")
+    z[1, :] = 1.5
+    z = torch.where(z == 0, torch.zeros_like(z), z)  # -0 -> +0 as the kernel does
+    top_k = torch.tensor([3, 5, 1, 2, 17, 100, 0, 0, 0, 8, 40, 332, 0, 250, 7, 1], dtype=torch.int32)
+    top_p = torch.tensor([1.0, 0.5, 1.0, 0.9, 1.0, 0.8, 0.5, 0.95, 0.01, 0.9, 0.99, 1.0, 0.3, 0.999, 1.0, 0.2])
+    out = torch.empty(B, dtype=torch.int64, device=DEV)
+    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), out, V, HBLOCK=128)
+    kept = _keys(z.cpu()) >= out.cpu().view(-1, 1)
+    want = filter_mask(z.cpu(), top_k, top_p, torch.zeros(B))
+    assert torch.equal(kept, want), (kept != want).any(1).nonzero().flatten().tolist()
