@@ -249,9 +249,10 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, out_ptr, V, HBLOCK: tl.constexpr):
     t_key = tl.full([], 0, tl.uint32)
     mass_k = tl.full([], -1.0, tl.float32)
     if (k > 0) & (k < V):
-        t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, False, HBLOCK)
+        t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
+                                      False, HBLOCK)
     if p < 1.0:
-        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, True, HBLOCK)
+        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, True, HBLOCK)
         t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
 

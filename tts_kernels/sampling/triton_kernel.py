@@ -91,22 +91,22 @@ def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
 
 
 @triton.jit
-def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass,
+def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass,
                   BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
     """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
     ``kk`` = k) or the top-p set (BY_MASS True: the largest value whose mass from the top
     reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the whole row).
-    Returns (T, mass of the kept set)."""
+    Returns (T, mass of the kept set); with BY_MASS False the masses are only accumulated
+    when ``need_mass`` (a runtime flag: top-p follows)."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
-    gt = bins[None, :] > bins[:, None]
     offs0 = tl.arange(0, HBLOCK)
     prefix = tl.full([], 0, tl.uint32)        # digits chosen so far
     above_cnt = tl.full([], 0, tl.int32)      # tokens with a larger prefix (all kept)
     above_mass = tl.full([], 0.0, tl.float32)
     sel_mass = tl.full([], 0.0, tl.float32)
     target = p * base_mass
-    lvl = 0
+    lvl = tl.full([], 0, tl.int32)           # a tensor: loop-carried in a while loop
     done = tl.full([], 0, tl.int32)
     while (lvl < 8) & (done == 0):
         shift = 28 - 4 * lvl
@@ -117,13 +117,14 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass,
             inb = offs < V
             z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
             key = _order_key(z)
-            e = tl.exp(z - zmax)
             hi = key >> shift
             match = inb & ((hi >> 4) == prefix)
             d = (hi & 15).to(tl.int32)
             oh = (d[:, None] == bins[None, :]) & match[:, None]
             cnt += tl.sum(oh.to(tl.int32), 0)
-            mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
+            if need_mass:
+                e = tl.exp(z - zmax)
+                mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         if BY_MASS:
@@ -254,11 +255,11 @@ def _sample_kernel(
         mass_k = tl.full([], -1.0, tl.float32)  # < 0: the whole row
         if k_on:
             t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                        False, HBLOCK)
+                                        p_on, False, HBLOCK)
             t_key = t_k
         if p_on:
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         True, HBLOCK)
+                                         p_on, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
         # is pass 1's winner kept?
         xw = tl.load(row_ptr + s_tok).to(tl.float32)
