@@ -8,7 +8,7 @@ import torch
 from .. import _checks
 from . import impls
 from .plan import TreeAttentionPlan
-from .planner import check_seq_lens, plan_tree_attention
+from .planner import check_seq_lens, plan_tree_attention, segment_ids
 
 _PLAN_TENSORS = ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows", "row_pair_ptr", "row_pairs")
 
@@ -177,10 +177,9 @@ def _check_plan_covers(plan, seq_lens):
     pairs = plan.row_pairs[:n_listed].long()
     if n_listed and (bool((pairs < 0).any()) or bool((pairs >= plan.num_pairs).any())):
         raise ValueError("plan.row_pairs has pair ids outside [0, num_pairs)")
-    rows = torch.repeat_interleave(torch.arange(N, device=seq_lens.device), counts, output_size=n_listed)
+    rows = segment_ids(counts, n_listed)
     counts_c = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).long()
-    pair_chunk = torch.repeat_interleave(torch.arange(plan.num_chunks, device=seq_lens.device), counts_c,
-                                         output_size=int(plan.chunk_q_ptr[-1]))
+    pair_chunk = segment_ids(counts_c, int(plan.chunk_q_ptr[-1]))
     if n_listed and bool((pairs >= pair_chunk.shape[0]).any()):
         raise ValueError("plan.row_pairs lists pairs beyond plan.chunk_q_ptr")
     if n_listed and bool((plan.q_rows.long()[pairs] != rows).any()):

@@ -169,12 +169,23 @@ def check_seq_lens(seq_lens, max_tokens):
                          f"columns can hold")
 
 
+def segment_ids(counts: torch.Tensor, total: int) -> torch.Tensor:
+    """``repeat_interleave(arange(len(counts)), counts)`` (int64, ``total`` = counts.sum()).
+
+    By binary search over the cumulative counts: torch's CPU repeat_interleave
+    costs tens of milliseconds per call regardless of size.
+    """
+    return torch.searchsorted(torch.cumsum(counts, 0), torch.arange(total, device=counts.device), right=True)
+
+
 def _lexsort_rows(key: torch.Tensor) -> torch.Tensor:
     """Permutation that sorts the rows of an integer [N, K] tensor lexicographically."""
     N = key.shape[0]
     if N <= 1:
         return torch.arange(N, device=key.device)
     key = key[:, (key != key[:1]).any(0)]  # columns equal in all rows do not change the order
+    if key.shape[1] == 1:
+        return torch.argsort(key[:, 0], stable=True)
     if key.shape[1] == 0:
         return torch.arange(N, device=key.device)
     _, inverse = torch.unique(key, dim=0, return_inverse=True)  # ranks of rows in lexicographic order
@@ -194,14 +205,20 @@ def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
 
     if sharing:
         # Rows sorted by (block ids, -1 past the end), ties broken by seq_len: rows sharing a trie
-        # node (same block ids and same tokens used of each) are then contiguous.
+        # node (same block ids and same tokens used of each) are then contiguous. Columns equal in
+        # every row change neither the order nor where rows first differ: only the others are kept.
         col = torch.arange(M, device=dev, dtype=torch.int32)
         masked = torch.where(col[None, :] < nb.to(torch.int32)[:, None], block_tables, -1)
+        cols = (masked != masked[:1]).any(0).nonzero()[:, 0]
+        masked = masked[:, cols]
         order = _lexsort_rows(torch.cat([masked, seq_lens[:, None]], 1))
         masked, sl, nb = masked[order], sl[order], nb[order]
         # lcp[r]: first column where sorted row r's key differs from row r - 1 (M: never).
         diff = masked[1:] != masked[:-1]
-        fd = torch.where(diff.any(1), diff.to(torch.uint8).argmax(1), M)
+        if cols.numel():
+            fd = torch.where(diff.any(1), cols[diff.to(torch.uint8).argmax(1)], M)
+        else:
+            fd = torch.full((N - 1,), M, dtype=torch.int64, device=dev)
         m = torch.minimum(nb[1:], nb[:-1])                      # both rows use columns < m
         used_a = (sl[1:] - (m - 1) * bs).clamp(max=bs)          # tokens used of column m - 1
         used_b = (sl[:-1] - (m - 1) * bs).clamp(max=bs)
@@ -239,7 +256,7 @@ def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
     # Split segments into chunks of at most cs tokens.
     nchunk = (tok1 - tok0 + cs - 1) // cs
     C = int(nchunk.sum())
-    seg_of = torch.repeat_interleave(torch.arange(sr.shape[0], device=dev), nchunk, output_size=C)
+    seg_of = segment_ids(nchunk, C)
     first = torch.cumsum(nchunk, 0) - nchunk
     k = torch.arange(C, device=dev) - first[seg_of]
     c_start = tok0[seg_of] + k * cs
@@ -250,7 +267,7 @@ def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
     # Pairs: every chunk with each of its rows.
     q_ptr = torch.cat([c_rows.new_zeros(1), torch.cumsum(c_rows, 0)])
     P = int(q_ptr[-1])
-    pair_chunk = torch.repeat_interleave(torch.arange(C, device=dev), c_rows, output_size=P)
+    pair_chunk = segment_ids(c_rows, P)
     within = torch.arange(P, device=dev) - q_ptr[:-1][pair_chunk]
     q_rows = order[c_leader[pair_chunk] + within]
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import torch
 
 from .plan import TreeAttentionPlan
+from .planner import segment_ids
 
 
 def _gqa_scores(q, k, scale):
@@ -76,7 +77,7 @@ def chunk_partials(q, k_cache, v_cache, block_tables, plan: TreeAttentionPlan, s
         return out_p, lse_p
     counts = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).long()
     n_real = int(plan.chunk_q_ptr[-1])
-    pair_chunk = torch.repeat_interleave(torch.arange(C, device=dev), counts, output_size=n_real)
+    pair_chunk = segment_ids(counts, n_real)
     Lmax = max(int(plan.chunk_len.max()), 1)
     pos = plan.chunk_start.long()[:, None] + torch.arange(Lmax, device=dev)[None, :]   # [C, Lmax]
     inside = pos < (plan.chunk_start + plan.chunk_len).long()[:, None]
@@ -110,7 +111,7 @@ def merge_partials(out_p, lse_p, plan: TreeAttentionPlan, num_rows):
     counts = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).long()
     n_listed = int(plan.row_pair_ptr[-1])
     pairs = plan.row_pairs[:n_listed].long()
-    rows = torch.repeat_interleave(torch.arange(num_rows, device=dev), counts, output_size=n_listed)
+    rows = segment_ids(counts, n_listed)
     Hq, D = out_p.shape[1:]
     lse_sel = lse_p[pairs]                                            # [P, Hq]
     m = torch.full((num_rows, Hq), float("-inf"), device=dev)
