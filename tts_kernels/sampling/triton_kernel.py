@@ -7,8 +7,8 @@ data-dependent allocation or grid, so the op is CUDA-graph capturable):
 
 1. **Stats pass** (always, one read of the row, tiles of ``BLOCK``): NaN/+inf
    and "any finite" flags, per-lane online max / sum of ``exp`` of the
-   unmodified logits (logsumexp, for the logprob; one exp per element), the first-index argmax of the
-   (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
+   unmodified logits (logsumexp, for the logprob; one exp per element), the
+   first-index argmax of the (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
    that draw, the first-index argmax of ``z + gumbel`` over *all* tokens.
    Philox runs once per 4 tokens: a tile is laid out as ``[BLOCK/4, 4]`` and
    the 4 output words of a counter fill one row of the tile.
