@@ -203,17 +203,22 @@ def paged_attention(q, k_cache, v_cache, block_tables, seq_lens, scale, dtype):
     group = hq // hkv
     out = torch.empty(n, hq, d, dtype=dtype)
     lse = torch.empty(n, hq, dtype=torch.float64)
-    for i in range(n):
-        L = int(seq_lens[i])
-        pos = torch.arange(L)
-        blk = block_tables[i].long()[pos // bs]
-        off = pos % bs
-        k = k_cache[blk, off].to(dtype).repeat_interleave(group, dim=1)  # [L, hq, d]
-        v = v_cache[blk, off].to(dtype).repeat_interleave(group, dim=1)
-        s = torch.einsum("hd,lhd->hl", q[i].to(dtype), k) * scale
-        lse[i] = torch.logsumexp(s.double() if dtype == torch.float64 else s.float(), dim=-1).double()
-        p = torch.softmax(s, dim=-1)
-        out[i] = torch.einsum("hl,lhd->hd", p, v)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # tiny ops: intra-op threads only add latency (and noise on a busy machine)
+    try:
+        for i in range(n):
+            L = int(seq_lens[i])
+            pos = torch.arange(L)
+            blk = block_tables[i].long()[pos // bs]
+            off = pos % bs
+            k = k_cache[blk, off].to(dtype).repeat_interleave(group, dim=1).transpose(0, 1)  # [hq, L, d]
+            v = v_cache[blk, off].to(dtype).repeat_interleave(group, dim=1).transpose(0, 1)
+            s = torch.bmm(k, q[i].to(dtype)[:, :, None])[:, :, 0] * scale  # [hq, L]
+            lse[i] = torch.logsumexp(s.double() if dtype == torch.float64 else s.float(), dim=-1).double()
+            p = torch.softmax(s, dim=-1)
+            out[i] = torch.bmm(p[:, None, :], v)[:, 0]
+    finally:
+        torch.set_num_threads(threads)
     return out, lse
 
 

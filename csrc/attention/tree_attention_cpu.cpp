@@ -369,11 +369,13 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   float* op = out_partial.data_ptr<float>();
   float* lp = lse_partial.data_ptr<float>();
 
-  // Work items: (chunk, kv head, row tile). A tile holds at most ~128 query
-  // vectors (acc = 128 x D floats stays in L2); tiles shrink while there are
-  // too few items to keep every thread busy.
+  // Work items: (chunk, kv head, row tile). A tile holds at most 16384 / D
+  // query vectors (128 at D = 128: the Q and acc tiles, 64 KiB each, stay in
+  // L2 while each K/V tile sits in L1); tiles shrink while there are too few
+  // items to keep every thread busy. Every row tile re-reads the chunk's K/V.
   const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
-  int64_t rows_per_tile = std::max<int64_t>(1, 128 / G);
+  const int64_t max_q = std::max<int64_t>(16, 16384 / D);
+  int64_t rows_per_tile = std::max<int64_t>(1, max_q / G);
   auto count_items = [&](int64_t rpt) {
     int64_t n = 0;
     for (int64_t c = 0; c < C; ++c) {
