@@ -232,10 +232,18 @@ def main(argv=None):
                     2048 + torch.arange(256 * 4, dtype=torch.int32).view(256, 4)], 1).to(device)
     sl = torch.full((256,), 32768 + 50, dtype=torch.int32, device=device)
     plan_big = timeit(lambda: tk.plan_tree_attention(bt, sl, 16), device, 1.0, 20)
-    log(f"planning N=256, 32k-token shared prefix, block 16: {fmt_time(plan_big)}")
+    plan_big_1t = None
+    if device.type == "cpu":  # planning is many small ops: on a busy machine, threads mostly wait for each other
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        plan_big_1t = timeit(lambda: tk.plan_tree_attention(bt, sl, 16), device, 1.0, 20)
+        torch.set_num_threads(threads)
+    log(f"planning N=256, 32k-token shared prefix, block 16: {fmt_time(plan_big)}"
+        + (f" ({fmt_time(plan_big_1t)} with 1 CPU thread)" if plan_big_1t is not None else ""))
     meta["load_after"] = list(__import__("os").getloadavg())
     payload = dict(meta=meta, sweep={k: (str(v) if k == "dtype" else v) for k, v in sweep.items()},
-                   block_size=args.block_size, planning_N256_prefix32k_bs16_s=plan_big, records=records)
+                   block_size=args.block_size, planning_N256_prefix32k_bs16_s=plan_big,
+                   planning_N256_prefix32k_bs16_1thread_s=plan_big_1t, records=records)
     if args.out != "none":
         path = save_results(args.out or f"tree_attention_{device.type}", payload)
         log(f"wrote {path}")
