@@ -70,7 +70,7 @@ def _check_rows(out, proc, beams=False):
     return results
 
 
-@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("seed", [0, 1])
 def test_hf_sampling(model, prompts, seed):
     bf = tk.BudgetForcing(END, WAIT, ANS)
     kw = dict(do_sample=True, temperature=0.9, top_k=50, top_p=0.95)
