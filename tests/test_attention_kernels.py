@@ -8,6 +8,7 @@ plans.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 
@@ -250,9 +251,16 @@ def run_cpp(q, k, v, bt, lens, plan, scale):
 
 
 def run_triton(q, k, v, bt, lens, plan, scale):
+    """The Triton kernel: on the GPU when there is one, else on the CPU through the interpreter."""
     from tts_kernels.attention.triton_kernel import tree_attention_triton
 
-    return tree_attention_triton(q, k, v, bt, lens, plan, scale, True)
+    if not torch.cuda.is_available():
+        return tree_attention_triton(q, k, v, bt, lens, plan, scale, True)
+    dev = torch.device("cuda")
+    plan = dataclasses.replace(plan, **{f.name: getattr(plan, f.name).to(dev) for f in dataclasses.fields(plan)
+                                        if isinstance(getattr(plan, f.name), torch.Tensor)})
+    out, lse = tree_attention_triton(q.to(dev), k.to(dev), v.to(dev), bt.to(dev), lens.to(dev), plan, scale, True)
+    return out.cpu(), lse.cpu()
 
 
 KERNELS = ["cpp", "triton"]
@@ -342,6 +350,19 @@ def test_cpp_head_dims(d):
     plan = simple_plan(bt, lens, 16)
     scale = 1.0 / math.sqrt(d)
     out, lse = run_cpp(q, k, v, bt, lens, plan, scale)
+    check_against_oracle(out, lse, q, k, v, bt, lens, scale)
+
+
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_triton_head_dims(d):
+    require_triton()
+    if d > 64 and not torch.cuda.is_available():
+        pytest.skip("large head dims only on the GPU (the interpreter is slow)")
+    n = 5 if not torch.cuda.is_available() else 16
+    q, k, v, bt, lens = make_inputs("forest", n, 16, 8, 2, d, torch.bfloat16, seed=d + 1)
+    plan = simple_plan(bt, lens, 16)
+    scale = 1.0 / math.sqrt(d)
+    out, lse = run_triton(q, k, v, bt, lens, plan, scale)
     check_against_oracle(out, lse, q, k, v, bt, lens, scale)
 
 

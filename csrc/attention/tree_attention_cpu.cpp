@@ -29,6 +29,7 @@
 #include <cstring>
 #include <limits>
 #include <tuple>
+#include <type_traits>
 #include <vector>
 
 #if defined(__x86_64__) || defined(_M_X64)
@@ -87,15 +88,15 @@ void qk_generic(const float* Q, const float* KT, float* S, int64_t nq, int64_t D
   }
 }
 
-// acc[q][:] += sum_t P[q][t] * V[t][:]   (P: [nq][kTile], V: [kTile][D])
-void pv_generic(const float* P, const float* V, float* acc, int64_t nq, int64_t D, int tl) {
+// acc[q][:] += sum_t P[q][t] * V[t][:]   (P: [nq][kTile], V: kTile row pointers of D floats)
+void pv_generic(const float* P, const float* const* V, float* acc, int64_t nq, int64_t D, int tl) {
   for (int64_t q = 0; q < nq; ++q) {
     float* a = acc + q * D;
     const float* p = P + q * kTile;
     for (int t = 0; t < tl; ++t) {
       const float w = p[t];
       if (w == 0.f) continue;
-      const float* v = V + t * D;
+      const float* v = V[t];
       for (int64_t d = 0; d < D; ++d) a[d] += w * v[d];
     }
   }
@@ -206,7 +207,7 @@ TTS_AVX2 void qk_avx2(const float* Q, const float* KT, float* S, int64_t nq, int
   }
 }
 
-TTS_AVX2 void pv_avx2(const float* P, const float* V, float* acc, int64_t nq, int64_t D, int tl) {
+TTS_AVX2 void pv_avx2(const float* P, const float* const* V, float* acc, int64_t nq, int64_t D, int tl) {
   int64_t q = 0;
   for (; q + 2 <= nq; q += 2) {
     const float* p0 = P + q * kTile;
@@ -220,7 +221,7 @@ TTS_AVX2 void pv_avx2(const float* P, const float* V, float* acc, int64_t nq, in
       __m256 b0 = _mm256_loadu_ps(c1 + d), b1 = _mm256_loadu_ps(c1 + d + 8),
              b2 = _mm256_loadu_ps(c1 + d + 16), b3 = _mm256_loadu_ps(c1 + d + 24);
       for (int t = 0; t < tl; ++t) {
-        const float* v = V + t * D + d;
+        const float* v = V[t] + d;
         const __m256 v0 = _mm256_loadu_ps(v), v1 = _mm256_loadu_ps(v + 8), v2 = _mm256_loadu_ps(v + 16),
                      v3 = _mm256_loadu_ps(v + 24);
         const __m256 x = _mm256_broadcast_ss(p0 + t);
@@ -246,7 +247,7 @@ TTS_AVX2 void pv_avx2(const float* P, const float* V, float* acc, int64_t nq, in
     for (; d < D; d += 8) {
       __m256 a = _mm256_loadu_ps(c0 + d), b = _mm256_loadu_ps(c1 + d);
       for (int t = 0; t < tl; ++t) {
-        const __m256 v = _mm256_loadu_ps(V + t * D + d);
+        const __m256 v = _mm256_loadu_ps(V[t] + d);
         a = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), v, a);
         b = _mm256_fmadd_ps(_mm256_broadcast_ss(p1 + t), v, b);
       }
@@ -260,7 +261,7 @@ TTS_AVX2 void pv_avx2(const float* P, const float* V, float* acc, int64_t nq, in
     for (int64_t d = 0; d < D; d += 8) {
       __m256 a = _mm256_loadu_ps(c0 + d);
       for (int t = 0; t < tl; ++t)
-        a = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), _mm256_loadu_ps(V + t * D + d), a);
+        a = _mm256_fmadd_ps(_mm256_broadcast_ss(p0 + t), _mm256_loadu_ps(V[t] + d), a);
       _mm256_storeu_ps(c0 + d, a);
     }
   }
@@ -315,18 +316,63 @@ TTS_AVX2 void softmax_avx2(float* S, float* m, float* l, float* acc, int64_t nq,
 }
 #endif  // TTS_X86
 
+#if TTS_X86
+// KT[d][t] = rows[t][d] for t < tl, 0 for tl <= t < kTile; 8 x 8 register transposes.
+TTS_AVX2 void transpose_avx2(const float* const* rows, int tl, int64_t D, float* KT) {
+  for (int t0 = 0; t0 < kTile; t0 += 8) {
+    if (t0 >= tl) {
+      for (int64_t d = 0; d < D; ++d) _mm256_storeu_ps(KT + d * kTile + t0, _mm256_setzero_ps());
+      continue;
+    }
+    for (int64_t d0 = 0; d0 < D; d0 += 8) {
+      __m256 r[8];
+      for (int j = 0; j < 8; ++j) r[j] = t0 + j < tl ? _mm256_loadu_ps(rows[t0 + j] + d0) : _mm256_setzero_ps();
+      const __m256 a0 = _mm256_unpacklo_ps(r[0], r[1]), a1 = _mm256_unpackhi_ps(r[0], r[1]);
+      const __m256 a2 = _mm256_unpacklo_ps(r[2], r[3]), a3 = _mm256_unpackhi_ps(r[2], r[3]);
+      const __m256 a4 = _mm256_unpacklo_ps(r[4], r[5]), a5 = _mm256_unpackhi_ps(r[4], r[5]);
+      const __m256 a6 = _mm256_unpacklo_ps(r[6], r[7]), a7 = _mm256_unpackhi_ps(r[6], r[7]);
+      const __m256 b0 = _mm256_shuffle_ps(a0, a2, 0x44), b1 = _mm256_shuffle_ps(a0, a2, 0xEE);
+      const __m256 b2 = _mm256_shuffle_ps(a1, a3, 0x44), b3 = _mm256_shuffle_ps(a1, a3, 0xEE);
+      const __m256 b4 = _mm256_shuffle_ps(a4, a6, 0x44), b5 = _mm256_shuffle_ps(a4, a6, 0xEE);
+      const __m256 b6 = _mm256_shuffle_ps(a5, a7, 0x44), b7 = _mm256_shuffle_ps(a5, a7, 0xEE);
+      float* o = KT + d0 * kTile + t0;
+      _mm256_storeu_ps(o + 0 * kTile, _mm256_permute2f128_ps(b0, b4, 0x20));
+      _mm256_storeu_ps(o + 1 * kTile, _mm256_permute2f128_ps(b1, b5, 0x20));
+      _mm256_storeu_ps(o + 2 * kTile, _mm256_permute2f128_ps(b2, b6, 0x20));
+      _mm256_storeu_ps(o + 3 * kTile, _mm256_permute2f128_ps(b3, b7, 0x20));
+      _mm256_storeu_ps(o + 4 * kTile, _mm256_permute2f128_ps(b0, b4, 0x31));
+      _mm256_storeu_ps(o + 5 * kTile, _mm256_permute2f128_ps(b1, b5, 0x31));
+      _mm256_storeu_ps(o + 6 * kTile, _mm256_permute2f128_ps(b2, b6, 0x31));
+      _mm256_storeu_ps(o + 7 * kTile, _mm256_permute2f128_ps(b3, b7, 0x31));
+    }
+  }
+}
+#endif
+
+void transpose_generic(const float* const* rows, int tl, int64_t D, float* KT) {
+  for (int t = 0; t < kTile; ++t) {
+    if (t < tl) {
+      const float* r = rows[t];
+      for (int64_t d = 0; d < D; ++d) KT[d * kTile + t] = r[d];
+    } else {
+      for (int64_t d = 0; d < D; ++d) KT[d * kTile + t] = 0.f;
+    }
+  }
+}
+
 struct Kernels {
   void (*qk)(const float*, const float*, float*, int64_t, int64_t);
-  void (*pv)(const float*, const float*, float*, int64_t, int64_t, int);
+  void (*pv)(const float*, const float* const*, float*, int64_t, int64_t, int);
   void (*softmax)(float*, float*, float*, float*, int64_t, int64_t, int);
+  void (*transpose)(const float* const*, int, int64_t, float*);
 };
 
 Kernels pick_kernels(int64_t D) {
 #if TTS_X86
   static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has_avx2 && D % 8 == 0) return {qk_avx2, pv_avx2, softmax_avx2};
+  if (has_avx2 && D % 8 == 0) return {qk_avx2, pv_avx2, softmax_avx2, transpose_avx2};
 #endif
-  return {qk_generic, pv_generic, softmax_generic};
+  return {qk_generic, pv_generic, softmax_generic, transpose_generic};
 }
 
 // ---------------------------------------------------------------------------
@@ -423,7 +469,11 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
 
   at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
     std::vector<float> Qb(max_nq * D), acc(max_nq * D), S(max_nq * kTile), m(max_nq), l(max_nq);
-    std::vector<float> KT(D * kTile), V(kTile * D), krow(D);
+    // float32 caches are read in place; bf16/f16 token rows are converted into Kr/Vr.
+    constexpr bool kInPlace = std::is_same<T, float>::value;
+    std::vector<float> KT(D * kTile), Kr(kInPlace ? 0 : kTile * D), Vr(kInPlace ? 0 : kTile * D);
+    const float* krows[kTile];
+    const float* vrows[kTile];
     for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) {
       const WorkItem& it = items[i];
       const int64_t c = it.chunk, h = it.kv_head;
@@ -453,18 +503,22 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
             blk = 0;
           }
           const int64_t off = pos % block_size;
-          load_row<T>(kp + blk * ks0 + off * ks1 + h * ks2, krow.data(), D);
-          for (int64_t d = 0; d < D; ++d) KT[d * kTile + t] = krow[d];
-          load_row<T>(vp + blk * vs0 + off * vs1 + h * vs2, V.data() + t * D, D);
+          const T* ksrc = kp + blk * ks0 + off * ks1 + h * ks2;
+          const T* vsrc = vp + blk * vs0 + off * vs1 + h * vs2;
+          if constexpr (kInPlace) {
+            krows[t] = reinterpret_cast<const float*>(ksrc);
+            vrows[t] = reinterpret_cast<const float*>(vsrc);
+          } else {
+            load_row<T>(ksrc, Kr.data() + t * D, D);
+            load_row<T>(vsrc, Vr.data() + t * D, D);
+            krows[t] = Kr.data() + t * D;
+            vrows[t] = Vr.data() + t * D;
+          }
         }
-        if (tl < kTile) {
-          for (int64_t d = 0; d < D; ++d)
-            for (int t = tl; t < kTile; ++t) KT[d * kTile + t] = 0.f;
-          std::fill(V.begin() + tl * D, V.end(), 0.f);
-        }
+        kern.transpose(krows, tl, D, KT.data());
         kern.qk(Qb.data(), KT.data(), S.data(), nq, D);
         kern.softmax(S.data(), m.data(), l.data(), acc.data(), nq, D, tl);
-        kern.pv(S.data(), V.data(), acc.data(), nq, D, tl);
+        kern.pv(S.data(), vrows, acc.data(), nq, D, tl);
       }
       for (int64_t r = 0; r < nr; ++r) {
         const int64_t pair = pair0 + r;
