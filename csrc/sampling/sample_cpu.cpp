@@ -4,10 +4,10 @@
 // Semantics: tts_kernels/sampling/reference.py (this kernel must agree with it).
 //
 // Per row (x = float32 logits, z = x / T):
-//   1. stats pass: max, NaN/+inf detection, maxima of 64-token blocks
-//   2. logsumexp pass of the unmodified logits (for the logprob)
-//   3. budget rules 1-2 (forced tokens) and rule 3's masking of end[0]
-//   4. draw:
+//   1. one stats pass: max, NaN/+inf detection, maxima of 64-token blocks and
+//      the sum of exp(x - max) (running max, rescaled when it grows) for the logprob
+//   2. budget rules 1-2 (forced tokens) and rule 3's masking of end[0]
+//   3. draw:
 //      - greedy: first index of the maximum
 //      - top-k: the k-th largest block maximum bounds the k-th largest logit
 //        from below; only logits >= that bound (about k of them) are gathered
@@ -21,7 +21,7 @@
 //        (z >= threshold, min-p), argmax of z + g; 32-token blocks whose
 //        maximum cannot beat the best score so far (z + max Gumbel) or lies
 //        below the keep threshold are skipped without computing noise.
-//   5. budget state update (rule 3 and the state machine), in place.
+//   4. budget state update (rule 3 and the state machine), in place.
 // Rows run in parallel (at::parallel_for); with fewer rows than threads the
 // passes of a row are split into chunks that run in parallel instead.
 #include <ATen/ATen.h>
@@ -71,8 +71,19 @@ struct GumbelArgs {
 // ---------------------------------------------------------------------------
 // Generic (portable) passes
 // ---------------------------------------------------------------------------
-static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) {
-  float m = -kInf;
+// Online rescaling of a sum of exp(x - M) when the running max M grows.
+static inline void raise_max(float& M, double& sum, float bm) {
+  if (bm > M) {
+    sum = M > -kInf ? sum * std::exp(static_cast<double>(M) - static_cast<double>(bm)) : 0.0;
+    M = bm;
+  }
+}
+
+// max, NaN flag, sum of exp(x - max) and the maxima of 64-token blocks of
+// x[b, e) (b a multiple of 64).
+static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) {
+  float M = -kInf;
+  double acc = 0.0;
   bool n = false;
   for (int64_t s = b; s < e; s += kBlock) {
     const int64_t t = std::min(e, s + kBlock);
@@ -83,16 +94,13 @@ static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, flo
       bm = v > bm ? v : bm;
     }
     bmax[s / kBlock] = bm;
-    m = bm > m ? bm : m;
+    raise_max(M, acc, bm);
+    if (M > -kInf && M < kInf)
+      for (int64_t i = s; i < t; ++i) acc += static_cast<double>(std::exp(x[i] - M));
   }
-  mx = m;
+  mx = M;
   nan = n;
-}
-
-static double sumexp_generic(const float* x, int64_t b, int64_t e, float shift) {
-  double acc = 0.0;
-  for (int64_t i = b; i < e; ++i) acc += static_cast<double>(std::exp(x[i] - shift));
-  return acc;
+  sum = acc;
 }
 
 static inline int bin_of(float d) {
@@ -100,20 +108,38 @@ static inline int bin_of(float d) {
   return static_cast<int>(f);
 }
 
-static void hist_generic(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf,
-                         uint16_t* bins, double* hist, int32_t* cnt) {
+static void hist_generic(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist,
+                         int32_t* cnt) {
   for (int64_t i = b; i < e; ++i) {
     const float z = x[i] / T;
-    int bi = kNumBins;
-    float ev = 0.0f;
-    if (z >= tk) {
-      ev = std::exp(z - zmax);
-      bi = bin_of(zmax - z);
-    }
-    ebuf[i] = ev;
-    bins[i] = static_cast<uint16_t>(bi);
-    hist[bi] += ev;
+    if (!(z >= tk)) continue;
+    const int bi = bin_of(zmax - z);
+    hist[bi] += std::exp(z - zmax);
     cnt[bi] += 1;
+  }
+}
+
+struct Cand {
+  float z;
+  float e;
+  int32_t i;
+};
+
+// Tokens with z >= tk in histogram bin bsel, with their z and e.
+static void collect_bin_generic(const float* x, int64_t V, float T, float zmax, float tk, int bsel,
+                                std::vector<Cand>& out) {
+  for (int64_t i = 0; i < V; ++i) {
+    const float z = x[i] / T;
+    if (z >= tk && bin_of(zmax - z) == bsel) out.push_back({z, std::exp(z - zmax), static_cast<int32_t>(i)});
+  }
+}
+
+// Tokens with z >= thr (and exp(z - zmax) >= min_p when on).
+static void collect_kept_generic(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                                 std::vector<int32_t>& out) {
+  for (int64_t i = 0; i < V; ++i) {
+    const float z = x[i] / T;
+    if (z >= thr && (!m_on || std::exp(z - zmax) >= mp)) out.push_back(static_cast<int32_t>(i));
   }
 }
 
@@ -155,24 +181,39 @@ static void collect_ge_generic(const float* x, int64_t V, float lo, std::vector<
 // ---------------------------------------------------------------------------
 // AVX2 passes
 // ---------------------------------------------------------------------------
-TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) {
-  __m256 vmax = _mm256_set1_ps(-kInf);
+TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan,
+                                double& sum) {
   __m256 vnan = _mm256_setzero_ps();
+  __m256d acc = _mm256_setzero_pd();
+  float M = -kInf;
   int64_t s = b;
   for (; s + kBlock <= e; s += kBlock) {
     const float* p = x + s;
-    const __m256 a0 = _mm256_loadu_ps(p), a1 = _mm256_loadu_ps(p + 8), a2 = _mm256_loadu_ps(p + 16),
-                 a3 = _mm256_loadu_ps(p + 24), a4 = _mm256_loadu_ps(p + 32), a5 = _mm256_loadu_ps(p + 40),
-                 a6 = _mm256_loadu_ps(p + 48), a7 = _mm256_loadu_ps(p + 56);
-    const __m256 u = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(a0, a1, _CMP_UNORD_Q), _mm256_cmp_ps(a2, a3, _CMP_UNORD_Q)),
-                                  _mm256_or_ps(_mm256_cmp_ps(a4, a5, _CMP_UNORD_Q), _mm256_cmp_ps(a6, a7, _CMP_UNORD_Q)));
+    __m256 a[8];
+    for (int j = 0; j < 8; ++j) a[j] = _mm256_loadu_ps(p + 8 * j);
+    const __m256 u = _mm256_or_ps(_mm256_or_ps(_mm256_cmp_ps(a[0], a[1], _CMP_UNORD_Q), _mm256_cmp_ps(a[2], a[3], _CMP_UNORD_Q)),
+                                  _mm256_or_ps(_mm256_cmp_ps(a[4], a[5], _CMP_UNORD_Q), _mm256_cmp_ps(a[6], a[7], _CMP_UNORD_Q)));
     vnan = _mm256_or_ps(vnan, u);
-    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a0, a1), _mm256_max_ps(a2, a3)),
-                                   _mm256_max_ps(_mm256_max_ps(a4, a5), _mm256_max_ps(a6, a7)));
-    bmax[s / kBlock] = hmax8(m);
-    vmax = _mm256_max_ps(vmax, m);
+    const __m256 m = _mm256_max_ps(_mm256_max_ps(_mm256_max_ps(a[0], a[1]), _mm256_max_ps(a[2], a[3])),
+                                   _mm256_max_ps(_mm256_max_ps(a[4], a[5]), _mm256_max_ps(a[6], a[7])));
+    const float bm = hmax8(m);
+    bmax[s / kBlock] = bm;
+    if (bm > M) {
+      acc = M > -kInf ? _mm256_mul_pd(acc, _mm256_set1_pd(std::exp(static_cast<double>(M) - static_cast<double>(bm))))
+                      : _mm256_setzero_pd();
+      M = bm;
+    }
+    if (M > -kInf && M < kInf) {
+      const __m256 vm = _mm256_set1_ps(M);
+      __m256 t[8];
+      for (int j = 0; j < 8; ++j) t[j] = exp_avx2(_mm256_sub_ps(a[j], vm));
+      const __m256 q = _mm256_add_ps(_mm256_add_ps(_mm256_add_ps(t[0], t[1]), _mm256_add_ps(t[2], t[3])),
+                                     _mm256_add_ps(_mm256_add_ps(t[4], t[5]), _mm256_add_ps(t[6], t[7])));
+      acc = _mm256_add_pd(acc, _mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(q)),
+                                             _mm256_cvtps_pd(_mm256_extractf128_ps(q, 1))));
+    }
   }
-  float m = hmax8(vmax);
+  double total = hsum4d(acc);
   bool n = _mm256_movemask_ps(vnan) != 0;
   if (s < e) {
     float bm = -kInf;
@@ -182,62 +223,85 @@ TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bma
       bm = v > bm ? v : bm;
     }
     bmax[s / kBlock] = bm;
-    m = bm > m ? bm : m;
+    raise_max(M, total, bm);
+    if (M > -kInf && M < kInf)
+      for (int64_t i = s; i < e; ++i) total += static_cast<double>(std::exp(x[i] - M));
   }
-  mx = m;
+  mx = M;
   nan = n;
+  sum = total;
 }
 
-TTS_AVX2 static double sumexp_avx2(const float* x, int64_t b, int64_t e, float shift) {
-  const __m256 sh = _mm256_set1_ps(shift);
-  __m256d acc0 = _mm256_setzero_pd(), acc1 = _mm256_setzero_pd();
-  int64_t i = b;
-  for (; i + 8 <= e; i += 8) {
-    const __m256 ev = exp_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), sh));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
-  }
-  if (i < e) {
-    alignas(32) float tmp[8];
-    for (int l = 0; l < 8; ++l) tmp[l] = i + l < e ? x[i + l] : -kInf;
-    const __m256 ev = exp_avx2(_mm256_sub_ps(_mm256_load_ps(tmp), sh));
-    acc0 = _mm256_add_pd(acc0, _mm256_cvtps_pd(_mm256_castps256_ps128(ev)));
-    acc1 = _mm256_add_pd(acc1, _mm256_cvtps_pd(_mm256_extractf128_ps(ev, 1)));
-  }
-  return hsum4d(_mm256_add_pd(acc0, acc1));
+// Histogram bins of d = zmax - z (identical in every pass that uses them).
+TTS_AVX2 static inline __m256i bins_avx2(__m256 z, __m256 vzmax) {
+  const __m256 bf = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(vzmax, z), _mm256_set1_ps(kBinScale)),
+                                  _mm256_set1_ps(static_cast<float>(kNumBins - 1)));
+  return _mm256_cvttps_epi32(bf);
 }
 
-TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf,
-                               uint16_t* bins, double* hist, int32_t* cnt) {
+TTS_AVX2 static inline __m256 load8_padded(const float* x, int64_t i, int64_t e) {
+  if (i + 8 <= e) return _mm256_loadu_ps(x + i);
+  alignas(32) float t[8];
+  for (int l = 0; l < 8; ++l) t[l] = i + l < e ? x[i + l] : -kInf;
+  return _mm256_load_ps(t);
+}
+
+TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist,
+                               int32_t* cnt) {
   const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vtk = _mm256_set1_ps(tk);
-  const __m256 vscale = _mm256_set1_ps(kBinScale), vlast = _mm256_set1_ps(static_cast<float>(kNumBins - 1));
-  const __m256i vnb = _mm256_set1_epi32(kNumBins);
-  alignas(32) float tx[8];
   alignas(32) float te[8];
   alignas(32) int32_t tb[8];
   for (int64_t i = b; i < e; i += 8) {
-    const int64_t n = std::min<int64_t>(8, e - i);
-    __m256 xv;
-    if (n == 8) {
-      xv = _mm256_loadu_ps(x + i);
-    } else {
-      for (int l = 0; l < 8; ++l) tx[l] = l < n ? x[i + l] : -kInf;
-      xv = _mm256_load_ps(tx);
-    }
-    const __m256 z = _mm256_div_ps(xv, vT);
-    const __m256 nd = _mm256_sub_ps(z, vzmax);
+    const __m256 z = _mm256_div_ps(load8_padded(x, i, e), vT);
     const __m256 in = _mm256_cmp_ps(z, vtk, _CMP_GE_OQ);
-    const __m256 ev = _mm256_and_ps(exp_avx2(nd), in);
-    const __m256 bf = _mm256_min_ps(_mm256_mul_ps(_mm256_sub_ps(vzmax, z), vscale), vlast);
-    const __m256i bi = _mm256_blendv_epi8(vnb, _mm256_cvttps_epi32(bf), _mm256_castps_si256(in));
+    const __m256 ev = exp_avx2(_mm256_sub_ps(z, vzmax));
     _mm256_store_ps(te, ev);
-    _mm256_store_si256(reinterpret_cast<__m256i*>(tb), bi);
-    for (int l = 0; l < n; ++l) {
-      const int32_t k = tb[l];
-      ebuf[i + l] = te[l];
-      bins[i + l] = static_cast<uint16_t>(k);
-      hist[k] += te[l];
-      cnt[k] += 1;
+    _mm256_store_si256(reinterpret_cast<__m256i*>(tb), bins_avx2(z, vzmax));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    while (m) {
+      const int l = __builtin_ctz(m);
+      m &= m - 1;
+      hist[tb[l]] += te[l];
+      cnt[tb[l]] += 1;
+    }
+  }
+}
+
+TTS_AVX2 static void collect_bin_avx2(const float* x, int64_t V, float T, float zmax, float tk, int bsel,
+                                      std::vector<Cand>& out) {
+  const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vtk = _mm256_set1_ps(tk);
+  const __m256i vb = _mm256_set1_epi32(bsel);
+  for (int64_t i = 0; i < V; i += 8) {
+    const __m256 z = _mm256_div_ps(load8_padded(x, i, V), vT);
+    const __m256 in = _mm256_and_ps(_mm256_cmp_ps(z, vtk, _CMP_GE_OQ),
+                                    _mm256_castsi256_ps(_mm256_cmpeq_epi32(bins_avx2(z, vzmax), vb)));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    if (!m) continue;
+    alignas(32) float tz[8];
+    alignas(32) float te[8];
+    _mm256_store_ps(tz, z);
+    _mm256_store_ps(te, exp_avx2(_mm256_sub_ps(z, vzmax)));
+    while (m) {
+      const int l = __builtin_ctz(m);
+      m &= m - 1;
+      out.push_back({tz[l], te[l], static_cast<int32_t>(i + l)});
+    }
+  }
+}
+
+TTS_AVX2 static void collect_kept_avx2(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                                       std::vector<int32_t>& out) {
+  const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vthr = _mm256_set1_ps(thr),
+               vmp = _mm256_set1_ps(mp);
+  for (int64_t i = 0; i < V; i += 8) {
+    const __m256 z = _mm256_div_ps(load8_padded(x, i, V), vT);
+    __m256 in = _mm256_cmp_ps(z, vthr, _CMP_GE_OQ);
+    if (_mm256_movemask_ps(in) == 0) continue;
+    if (m_on) in = _mm256_and_ps(in, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z, vzmax)), vmp, _CMP_GE_OQ));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    while (m) {
+      out.push_back(static_cast<int32_t>(i + __builtin_ctz(m)));
+      m &= m - 1;
     }
   }
 }
@@ -259,11 +323,22 @@ TTS_AVX2 static Best gumbel_pass_avx2(const GumbelArgs& a, int64_t b, int64_t e)
     }
     __m256 z[4];
     for (int j = 0; j < 4; ++j) z[j] = _mm256_div_ps(_mm256_loadu_ps(p + 8 * j), vT);
-    const __m256 zm = _mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3]));
-    const float bound = std::max(static_lo, prune - kGumbelMax);
-    if (_mm256_movemask_ps(_mm256_cmp_ps(zm, _mm256_set1_ps(bound), _CMP_GE_OQ)) == 0) continue;
+    const float zb = hmax8(_mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3])));
+    // Skip blocks that are all dropped, or that cannot beat the best score even
+    // with the largest possible noise.
+    if (!(zb >= std::max(static_lo, prune - kGumbelMax))) continue;
     __m256i w[4];
     philox8_tokens(static_cast<uint32_t>(v0 >> 2), a.key, w);
+    // Tighter: the block's largest z plus the Gumbel value of its largest uniform.
+    {
+      const __m256i wm = _mm256_max_epu32(_mm256_max_epu32(w[0], w[1]), _mm256_max_epu32(w[2], w[3]));
+      alignas(32) uint32_t ws[8];
+      _mm256_store_si256(reinterpret_cast<__m256i*>(ws), wm);
+      uint32_t wx = ws[0];
+      for (int l = 1; l < 8; ++l) wx = ws[l] > wx ? ws[l] : wx;
+      const double g = -std::log(-std::log(static_cast<double>(word_to_uniform(wx))));
+      if (static_cast<double>(zb) + g + (1e-4 + 1e-5 * std::fabs(static_cast<double>(prune))) < prune) continue;
+    }
     for (int j = 0; j < 4; ++j) {
       __m256 keep = _mm256_cmp_ps(z[j], vthr, _CMP_GE_OQ);
       if (a.minp_on)
@@ -353,15 +428,19 @@ static bool use_avx2() {
 
 struct Ops {
   bool avx2;
-  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan) const {
-    avx2 ? stats_avx2(x, b, e, bmax, mx, nan) : stats_generic(x, b, e, bmax, mx, nan);
+  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const {
+    avx2 ? stats_avx2(x, b, e, bmax, mx, nan, sum) : stats_generic(x, b, e, bmax, mx, nan, sum);
   }
-  double sumexp(const float* x, int64_t b, int64_t e, float shift) const {
-    return avx2 ? sumexp_avx2(x, b, e, shift) : sumexp_generic(x, b, e, shift);
+  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h, int32_t* c) const {
+    avx2 ? hist_avx2(x, b, e, T, zmax, tk, h, c) : hist_generic(x, b, e, T, zmax, tk, h, c);
   }
-  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, float* ebuf, uint16_t* bins,
-            double* h, int32_t* c) const {
-    avx2 ? hist_avx2(x, b, e, T, zmax, tk, ebuf, bins, h, c) : hist_generic(x, b, e, T, zmax, tk, ebuf, bins, h, c);
+  void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const {
+    avx2 ? collect_bin_avx2(x, V, T, zmax, tk, bsel, out) : collect_bin_generic(x, V, T, zmax, tk, bsel, out);
+  }
+  void collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                    std::vector<int32_t>& out) const {
+    avx2 ? collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out)
+         : collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out);
   }
   Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const {
     return avx2 ? gumbel_pass_avx2(a, b, e) : gumbel_generic(a, b, e);
@@ -413,12 +492,11 @@ static Chunks make_chunks(int64_t n, bool par) {
 }
 
 struct Scratch {
-  std::vector<float> xf, bmax, ebuf, fvals;
-  std::vector<uint16_t> bins;
+  std::vector<float> xf, bmax, fvals;
+  std::vector<Cand> cands;
   std::vector<int32_t> idx, kept;
   std::vector<double> hist;
   std::vector<int32_t> cnt;
-  std::vector<std::pair<float, int32_t>> pairs;
 };
 
 static Scratch& scratch() {
@@ -453,16 +531,18 @@ static float logit_at(const Ctx& c, int64_t r, int64_t i) {
   }
 }
 
-// max, NaN flag and block maxima of x (into s.bmax).
-static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch, float& mx, bool& nan) {
+// max, NaN flag, sum of exp(x - max) and block maxima of x (into s.bmax).
+static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch, float& mx, bool& nan,
+                      double& sum) {
   const int64_t nblocks = (c.V + kBlock - 1) / kBlock;
   s.bmax.resize(nblocks);
   std::vector<float> pm(ch.count);
   std::vector<char> pn(ch.count);
+  std::vector<double> ps(ch.count);
   float* bm = s.bmax.data();
   ch.run([&](int64_t k, int64_t b, int64_t e) {
     bool n = false;
-    c.ops.stats(x, b, e, bm, pm[k], n);
+    c.ops.stats(x, b, e, bm, pm[k], n, ps[k]);
     pn[k] = n;
   });
   mx = -kInf;
@@ -471,6 +551,10 @@ static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch
     mx = std::max(mx, pm[k]);
     nan |= pn[k] != 0;
   }
+  sum = 0.0;
+  if (mx > -kInf && mx < kInf)
+    for (int64_t k = 0; k < ch.count; ++k)
+      if (pm[k] > -kInf) sum += ps[k] * std::exp(static_cast<double>(pm[k]) - static_cast<double>(mx));
 }
 
 // Argmax of z + gumbel among the listed tokens (kept already decided).
@@ -484,37 +568,40 @@ static Best gumbel_list(const float* x, float T, const int32_t* ids, int64_t n, 
   return best;
 }
 
-// Top-p threshold on a list of (z, e) sorted by z descending: first z whose
-// cumulative mass (double, compared in float) reaches target.
-static float top_p_walk(const std::vector<std::pair<float, int32_t>>& zs, const float* es, double cum0, float target) {
+static void sort_desc(std::vector<Cand>& v) {
+  std::sort(v.begin(), v.end(), [](const Cand& a, const Cand& b) { return a.z > b.z; });
+}
+
+// Top-p threshold on candidates sorted by z descending: the first z whose
+// cumulative mass (accumulated in double from cum0, compared in float) reaches target.
+static float top_p_walk(const std::vector<Cand>& cs, double cum0, float target) {
   double cum = cum0;
-  for (size_t j = 0; j < zs.size(); ++j) {
-    cum += es[j];
-    if (static_cast<float>(cum) >= target) return zs[j].first;
+  for (const Cand& q : cs) {
+    cum += q.e;
+    if (static_cast<float>(cum) >= target) return q.z;
   }
-  return zs.empty() ? kInf : zs.back().first;
+  return cs.empty() ? kInf : cs.back().z;
 }
 
 // Sampled row on a small explicit set S (all with z >= t_k), indices in s.idx.
-static int64_t finish_small(const Ctx& c, Scratch& s, const float* x, float T, float zmax, float p, bool p_on,
-                            float mp, bool m_on, const PhiloxKey& key) {
-  auto& pr = s.pairs;
-  pr.clear();
-  for (int32_t v : s.idx) pr.emplace_back(x[v] / T, v);
-  std::sort(pr.begin(), pr.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-  s.fvals.resize(pr.size());
+static int64_t finish_small(Scratch& s, const float* x, float T, float zmax, float p, bool p_on, float mp, bool m_on,
+                            const PhiloxKey& key) {
+  auto& cs = s.cands;
+  cs.clear();
   double total = 0.0;
-  for (size_t j = 0; j < pr.size(); ++j) {
-    s.fvals[j] = std::exp(pr[j].first - zmax);
-    total += s.fvals[j];
+  for (int32_t v : s.idx) {
+    const float z = x[v] / T;
+    const float e = std::exp(z - zmax);
+    cs.push_back({z, e, v});
   }
-  float tp = -kInf;
-  if (p_on) tp = top_p_walk(pr, s.fvals.data(), 0.0, p * static_cast<float>(total));
+  sort_desc(cs);
+  for (const Cand& q : cs) total += q.e;
+  const float tp = p_on ? top_p_walk(cs, 0.0, p * static_cast<float>(total)) : -kInf;
   s.kept.clear();
-  for (size_t j = 0; j < pr.size(); ++j) {
-    if (pr[j].first < tp) break;
-    if (m_on && !(s.fvals[j] >= mp)) continue;
-    s.kept.push_back(pr[j].second);
+  for (const Cand& q : cs) {
+    if (q.z < tp) break;
+    if (m_on && !(q.e >= mp)) continue;
+    s.kept.push_back(q.i);
   }
   Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
   return b.i < 0 ? 0 : b.i;
@@ -570,22 +657,18 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
       tk = xk / T;
     }
     if (have_set && static_cast<int64_t>(s.idx.size()) <= kSmallSet)
-      return finish_small(c, s, x, T, zmax, p, p_on, mp, m_on, key);
+      return finish_small(s, x, T, zmax, p, p_on, mp, m_on, key);
   }
 
   // ---- top-p threshold over a large set ---------------------------------------
   float thr = tk;
   if (p_on) {
-    s.ebuf.resize(V);
-    s.bins.resize(V);
     const int64_t nh = kNumBins + 1;
     s.hist.assign(ch.count * nh, 0.0);
     s.cnt.assign(ch.count * nh, 0);
-    float* eb = s.ebuf.data();
-    uint16_t* bb = s.bins.data();
     double* hh = s.hist.data();
     int32_t* cc = s.cnt.data();
-    ch.run([&](int64_t q, int64_t b, int64_t e) { c.ops.hist(x, b, e, T, zmax, tk, eb, bb, hh + q * nh, cc + q * nh); });
+    ch.run([&](int64_t q, int64_t b, int64_t e) { c.ops.hist(x, b, e, T, zmax, tk, hh + q * nh, cc + q * nh); });
     for (int64_t q = 1; q < ch.count; ++q)
       for (int i = 0; i < kNumBins; ++i) {
         hh[i] += hh[q * nh + i];
@@ -617,24 +700,17 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
       }
     }
     // Tokens of the crossing bin, sorted by z descending.
-    auto& pr = s.pairs;
-    pr.clear();
-    for (int64_t i = 0; i < V; ++i)
-      if (bb[i] == bsel) pr.emplace_back(x[i] / T, static_cast<int32_t>(i));
-    std::sort(pr.begin(), pr.end(), [](const auto& a, const auto& b) { return a.first > b.first; });
-    s.fvals.resize(pr.size());
-    for (size_t j = 0; j < pr.size(); ++j) s.fvals[j] = eb[pr[j].second];
-    const float tp = top_p_walk(pr, s.fvals.data(), cum, target);
+    auto& cs = s.cands;
+    cs.clear();
+    c.ops.collect_bin(x, V, T, zmax, tk, bsel, cs);
+    sort_desc(cs);
+    const float tp = top_p_walk(cs, cum, target);
     thr = std::max(tp, tk);
     int64_t nkeep = above;
-    for (const auto& q : pr) nkeep += q.first >= tp;
+    for (const Cand& q : cs) nkeep += q.z >= tp;
     if (nkeep <= std::max<int64_t>(1024, V / 16)) {
       s.kept.clear();
-      for (int64_t i = 0; i < V; ++i) {
-        const int bi = bb[i];
-        const bool in = bi < bsel || (bi == bsel && x[i] / T >= tp);
-        if (in && (!m_on || eb[i] >= mp)) s.kept.push_back(static_cast<int32_t>(i));
-      }
+      c.ops.collect_kept(x, V, T, zmax, thr, m_on, mp, s.kept);
       Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
       return b.i < 0 ? 0 : b.i;
     }
@@ -677,17 +753,14 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   }
   float xmax;
   bool nan;
-  row_stats(c, s, x, ch, xmax, nan);
+  double se;
+  row_stats(c, s, x, ch, xmax, nan, se);
   bool valid = !nan && xmax > -kInf && xmax < kInf;
   if (!valid) {
     c.out_tok[r] = -1;
     c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
     return;
   }
-  std::vector<double> ps(ch.count);
-  ch.run([&](int64_t q, int64_t b, int64_t e) { ps[q] = c.ops.sumexp(x, b, e, xmax); });
-  double se = 0.0;
-  for (double v : ps) se += v;
   const float lse = xmax + static_cast<float>(std::log(se));
 
   // ---- budget rules 1 and 2, rule 3's masking -----------------------------------------
@@ -722,7 +795,8 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
       s.xf[end0] = -kInf;
       xd = s.xf.data();
       bool n2;
-      row_stats(c, s, xd, ch, dmax, n2);
+      double se2;
+      row_stats(c, s, xd, ch, dmax, n2, se2);
       if (!(dmax > -kInf)) {  // nothing finite left: invalid row, budget untouched
         c.out_tok[r] = -1;
         c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();

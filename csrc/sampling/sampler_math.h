@@ -109,17 +109,34 @@ TTS_AVX2 static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i&
 // Philox of the 8 counters (c0 + lane, c1, c2, 0); returns the 32 words in token
 // order: out[j] holds tokens 4*c0 + 8*j + lane.
 TTS_AVX2 static inline void philox8_tokens(uint32_t c0_base, const PhiloxKey& key, __m256i out[4]) {
-  __m256i c0 = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0_base)),
-                                _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
-  __m256i c1 = _mm256_set1_epi32(static_cast<int>(key.c1));
-  __m256i c2 = _mm256_set1_epi32(static_cast<int>(key.c2));
-  __m256i c3 = _mm256_setzero_si256();
+  // Rounds 1 and 2 are partly uniform across lanes (only c0 varies at first):
+  // their uniform halves are computed once in scalar code.
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
   const __m256i m1 = _mm256_set1_epi32(static_cast<int>(kPhiloxM1));
+  const __m256i v = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(c0_base)),
+                                     _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
   uint32_t k0 = key.k0, k1 = key.k1;
-#pragma GCC unroll 10
-  for (int r = 0; r < kPhiloxRounds; ++r) {
-    __m256i hi0, lo0, hi1, lo1;
+  // round 1
+  const uint64_t q1 = static_cast<uint64_t>(kPhiloxM1) * key.c2;
+  const uint32_t a0 = static_cast<uint32_t>(q1 >> 32) ^ key.c1 ^ k0;  // new c0 (uniform)
+  const uint32_t a1 = static_cast<uint32_t>(q1);                      // new c1 (uniform)
+  __m256i hi0, lo0, hi1, lo1;
+  mulhilo8(v, m0, hi0, lo0);
+  __m256i c2 = _mm256_xor_si256(hi0, _mm256_set1_epi32(static_cast<int>(k1)));
+  __m256i c3 = lo0;
+  k0 += kPhiloxW0;
+  k1 += kPhiloxW1;
+  // round 2
+  const uint64_t q0 = static_cast<uint64_t>(kPhiloxM0) * a0;
+  mulhilo8(c2, m1, hi1, lo1);
+  __m256i c0 = _mm256_xor_si256(hi1, _mm256_set1_epi32(static_cast<int>(a1 ^ k0)));
+  __m256i c1 = lo1;
+  c2 = _mm256_xor_si256(c3, _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q0 >> 32) ^ k1)));
+  c3 = _mm256_set1_epi32(static_cast<int>(static_cast<uint32_t>(q0)));
+  k0 += kPhiloxW0;
+  k1 += kPhiloxW1;
+#pragma GCC unroll 8
+  for (int r = 2; r < kPhiloxRounds; ++r) {
     mulhilo8(c0, m0, hi0, lo0);
     mulhilo8(c2, m1, hi1, lo1);
     const __m256i n0 = _mm256_xor_si256(_mm256_xor_si256(hi1, c1), _mm256_set1_epi32(static_cast<int>(k0)));
