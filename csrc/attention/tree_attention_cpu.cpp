@@ -24,6 +24,11 @@
 
 #include <algorithm>
 #include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -376,6 +381,55 @@ Kernels pick_kernels(int64_t D) {
 }
 
 // ---------------------------------------------------------------------------
+// threading
+// ---------------------------------------------------------------------------
+// at::parallel_for's OpenMP backend is a header template that runs serially
+// in code compiled without -fopenmp (as this library is), so the items run on
+// the calling thread plus helpers from ATen's inter-op pool (at::launch), all
+// pulling item ids from one atomic counter (dynamic load balancing). A helper
+// that starts after the work is gone touches only the shared state.
+struct PoolState {
+  explicit PoolState(int64_t n_) : n(n_) {}
+  const int64_t n;
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  std::mutex mu;
+  std::condition_variable cv;
+  std::exception_ptr error;
+};
+
+// make_worker() returns a callable void(int64_t item) holding the worker's
+// scratch; it is only called by a thread that got an item.
+template <typename MakeWorker>
+void parallel_items(int64_t n, int64_t nthreads, const MakeWorker& make_worker) {
+  if (n <= 0) return;
+  auto st = std::make_shared<PoolState>(n);
+  auto drain = [st, &make_worker]() {
+    int64_t i = st->next.fetch_add(1);
+    if (i >= st->n) return;
+    auto work = make_worker();
+    for (; i < st->n; i = st->next.fetch_add(1)) {
+      try {
+        work(i);
+      } catch (...) {
+        std::lock_guard<std::mutex> g(st->mu);
+        if (!st->error) st->error = std::current_exception();
+      }
+      if (st->done.fetch_add(1) + 1 == st->n) {
+        std::lock_guard<std::mutex> g(st->mu);
+        st->cv.notify_all();
+      }
+    }
+  };
+  const int64_t helpers = std::min<int64_t>(nthreads, n) - 1;
+  for (int64_t t = 0; t < helpers; ++t) at::launch(drain);
+  drain();
+  std::unique_lock<std::mutex> lk(st->mu);
+  st->cv.wait(lk, [&] { return st->done.load() == st->n; });
+  if (st->error) std::rethrow_exception(st->error);
+}
+
+// ---------------------------------------------------------------------------
 // stage 1
 // ---------------------------------------------------------------------------
 struct WorkItem {
@@ -463,18 +517,19 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
 
   const Kernels kern = pick_kernels(D);
   const int64_t max_nq = rows_per_tile * G;
-  std::atomic<int64_t> next{0};
   std::atomic<bool> bad_block{false};
   const int64_t n_items = static_cast<int64_t>(items.size());
+  // float32 caches are read in place; bf16/f16 token rows are converted into Kr/Vr.
+  constexpr bool kInPlace = std::is_same<T, float>::value;
 
-  at::parallel_for(0, nthreads, 1, [&](int64_t, int64_t) {
-    std::vector<float> Qb(max_nq * D), acc(max_nq * D), S(max_nq * kTile), m(max_nq), l(max_nq);
-    // float32 caches are read in place; bf16/f16 token rows are converted into Kr/Vr.
-    constexpr bool kInPlace = std::is_same<T, float>::value;
-    std::vector<float> KT(D * kTile), Kr(kInPlace ? 0 : kTile * D), Vr(kInPlace ? 0 : kTile * D);
+  parallel_items(n_items, nthreads, [&]() {
+   return [&, Qb = std::vector<float>(max_nq * D), acc = std::vector<float>(max_nq * D),
+           S = std::vector<float>(max_nq * kTile), m = std::vector<float>(max_nq), l = std::vector<float>(max_nq),
+           KT = std::vector<float>(D * kTile), Kr = std::vector<float>(kInPlace ? 0 : kTile * D),
+           Vr = std::vector<float>(kInPlace ? 0 : kTile * D)](int64_t i) mutable {
     const float* krows[kTile];
     const float* vrows[kTile];
-    for (int64_t i = next.fetch_add(1); i < n_items; i = next.fetch_add(1)) {
+    {
       const WorkItem& it = items[i];
       const int64_t c = it.chunk, h = it.kv_head;
       const int64_t nr = it.row_end - it.row_begin;
@@ -533,6 +588,7 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
         }
       }
     }
+   };
   });
   TORCH_CHECK(!bad_block.load(), "tree_attention_cpu: block_tables holds a block id out of [0, ", num_blocks, ")");
 }
@@ -557,9 +613,12 @@ void stage2(const at::Tensor& out_partial, const at::Tensor& lse_partial, const 
   for (int64_t j = 0; j < rptr[N]; ++j)
     TORCH_CHECK(rp[j] >= 0 && rp[j] < P, "tree_attention_cpu: row_pairs out of range at ", j);
 
-  at::parallel_for(0, N, 1, [&](int64_t b, int64_t e) {
-    std::vector<float> accum(D);
-    for (int64_t i = b; i < e; ++i) {
+  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t rows_per_item = std::max<int64_t>(1, (N + 4 * nthreads - 1) / (4 * nthreads));
+  const int64_t n_items = (N + rows_per_item - 1) / rows_per_item;
+  parallel_items(n_items, nthreads, [&]() {
+   return [&, accum = std::vector<float>(D)](int64_t item) mutable {
+    for (int64_t i = item * rows_per_item; i < std::min(N, (item + 1) * rows_per_item); ++i) {
       const int64_t p0 = rptr[i], p1 = rptr[i + 1];
       for (int64_t h = 0; h < Hq; ++h) {
         float mx = kNegInf;
@@ -584,6 +643,7 @@ void stage2(const at::Tensor& out_partial, const at::Tensor& lse_partial, const 
         L[i * Hq + h] = mx + std::log(sum);
       }
     }
+   };
   });
 }
 
