@@ -314,6 +314,36 @@ def test_dtypes_gqa(kernel, dtype, hq, hkv):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("hq,hkv", [(12, 4), (16, 1), (10, 2)])
+def test_uneven_and_large_groups(kernel, hq, hkv):
+    """GQA group sizes that are not powers of two, and a group of 16."""
+    run = _runner(kernel)
+    d = 16 if kernel == "triton" else 32
+    q, k, v, bt, lens = make_inputs("forest", 6, 4, hq, hkv, d, torch.float16, seed=hq * 10 + hkv)
+    plan = simple_plan(bt, lens, 4)
+    out, lse = run(q, k, v, bt, lens, plan, 0.3)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
+def test_strided_inputs(kernel):
+    """q a slice of a fused projection, K and V views into one interleaved KV tensor."""
+    run = _runner(kernel)
+    d, hq, hkv, bs = 16, 4, 2, 5
+    q0, k0, v0, bt, lens = make_inputs("forest", 6, bs, hq, hkv, d, torch.float32, seed=8)
+    qkv = torch.randn(6, hq + 2 * hkv, d)
+    qkv[:, :hq] = q0
+    kv = torch.randn(k0.shape[0], bs, 2, hkv, d)
+    kv[:, :, 0] = k0
+    kv[:, :, 1] = v0
+    q, k, v = qkv[:, :hq], kv[:, :, 0], kv[:, :, 1]
+    assert not q.is_contiguous() and not k.is_contiguous()
+    plan = simple_plan(bt, lens, bs)
+    out, lse = run(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q0, k0, v0, bt, lens, 0.25)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_padding_and_capacity(kernel):
     """Padding chunks/pairs are skipped; a per-row (unshared) plan gives the same result."""
     run = _runner(kernel)
@@ -409,14 +439,19 @@ def _package_planner():
 
 @pytest.mark.parametrize("kernel", KERNELS)
 @pytest.mark.parametrize("kind", ["forest", "chain", "identical"])
-def test_with_package_planner(kernel, kind):
+@pytest.mark.parametrize("fixed", [False, True], ids=["exact", "capacity"])
+def test_with_package_planner(kernel, kind, fixed):
     planner = _package_planner()
     if planner is None:
         pytest.skip("tts_kernels.plan_tree_attention not available yet")
     run = _runner(kernel)
     d, hq, hkv = 32, 8, 2
     q, k, v, bt, lens = make_inputs(kind, 7, 3, hq, hkv, d, torch.bfloat16, seed=21)
-    plan = planner(bt, lens, 3)
+    if fixed:  # padded to a fixed capacity (CUDA-graph style), small chunks
+        bound = int(((lens + 2) // 3).sum()) + 4
+        plan = planner(bt, lens, 3, chunk_size=6, capacity=(bound, bound))
+    else:
+        plan = planner(bt, lens, 3)
     check_plan_covers(plan, lens)
     scale = 1.0 / math.sqrt(d)
     out, lse = run(q, k, v, bt, lens, plan, scale)
