@@ -18,8 +18,8 @@ the logprob is ``log_softmax(logits)[token]`` of the raw logits (one
 ``logsumexp`` + ``gather``), so that every implementation produces the same outputs.
 
 tts_kernels entries call the public :func:`tts_kernels.sample` the way a decode
-loop does (``validate=False, check_nan=False``, per-row seeds made once, Python
-scalars for the sampling parameters):
+loop does (``validate=False, check_nan=False``, per-row parameter and seed
+tensors made once):
 
 ``tts_kernels.reference``  the package's PyTorch reference (``backend="reference"``)
 ``tts_kernels.cpp``        the C++ CPU kernel (``backend="cpp"``)
@@ -100,6 +100,9 @@ def multinomial_sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
 def make_tts(backend: str, budget_factory=None):
     """``make(cfg) -> fn(logits)`` calling tts_kernels.sample with ``backend``.
 
+    The per-row parameters (temperature, top_k, top_p, min_p, seed, offset) are
+    made once as ``[B]`` tensors on the logits' device, the way a serving engine
+    keeps them, so a call costs the op itself plus the API's scalar checks.
     ``budget_factory(B, V, device) -> BudgetState`` adds budget forcing.
     """
     def make(cfg):
@@ -111,13 +114,18 @@ def make_tts(backend: str, budget_factory=None):
             B, V = logits.shape
             key = (B, V, logits.device)
             if key not in cache:
-                seed = torch.arange(1, B + 1, dtype=torch.int64, device=logits.device)
-                budget = budget_factory(B, V, logits.device) if budget_factory else None
+                dev = logits.device
+                args = dict(
+                    temperature=torch.full((B,), float(cfg.get("temperature", 1.0)), device=dev),
+                    top_k=torch.full((B,), int(cfg.get("top_k", 0)), dtype=torch.int32, device=dev),
+                    top_p=torch.full((B,), float(cfg.get("top_p", 1.0)), device=dev),
+                    min_p=torch.full((B,), float(cfg.get("min_p", 0.0)), device=dev),
+                    seed=torch.arange(1, B + 1, dtype=torch.int64, device=dev),
+                    offset=torch.zeros(B, dtype=torch.int64, device=dev),
+                    budget=budget_factory(B, V, dev) if budget_factory else None)
                 cache.clear()
-                cache[key] = (seed, budget)
-            seed, budget = cache[key]
-            return tk.sample(logits, **cfg, seed=seed, offset=0, budget=budget, check_nan=False,
-                             validate=False, backend=backend)
+                cache[key] = args
+            return tk.sample(logits, **cache[key], check_nan=False, validate=False, backend=backend)
         return fn
     return make
 

@@ -175,7 +175,7 @@ def markdown(payload, stat=None) -> str:
     else:
         head += ["GB/s (reference)"]
     lines.append("| " + " | ".join(head) + " |")
-    lines.append("|" + "|".join("---" if i < 1 else "---:" for i in range(len(head))) + "|")
+    lines.append("|" + "|".join("---" if h in ("config", "dtype", "kernel") else "---:" for h in head) + "|")
     for key, by in sorted(idx.items(), key=lambda kv: _sort_key(kv[0])):
         config, B, V, dtype = key
         cells = [config, str(B), str(V), dtype] + [fmt_time(t_of(by[b], stat)) if b in by else "—" for b in base_cols]
