@@ -108,14 +108,12 @@ static inline int bin_of(float d) {
   return static_cast<int>(f);
 }
 
-static void hist_generic(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist,
-                         int32_t* cnt) {
+static void hist_generic(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist) {
   for (int64_t i = b; i < e; ++i) {
     const float z = x[i] / T;
     if (!(z >= tk)) continue;
     const int bi = bin_of(zmax - z);
     hist[bi] += std::exp(z - zmax);
-    cnt[bi] += 1;
   }
 }
 
@@ -135,12 +133,17 @@ static void collect_bin_generic(const float* x, int64_t V, float T, float zmax, 
 }
 
 // Tokens with z >= thr (and exp(z - zmax) >= min_p when on).
-static void collect_kept_generic(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                                 std::vector<int32_t>& out) {
+// Returns false (stopping early) once more than cap tokens are found.
+static bool collect_kept_generic(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                                 std::vector<int32_t>& out, size_t cap) {
   for (int64_t i = 0; i < V; ++i) {
     const float z = x[i] / T;
-    if (z >= thr && (!m_on || std::exp(z - zmax) >= mp)) out.push_back(static_cast<int32_t>(i));
+    if (z >= thr && (!m_on || std::exp(z - zmax) >= mp)) {
+      if (out.size() >= cap) return false;
+      out.push_back(static_cast<int32_t>(i));
+    }
   }
+  return true;
 }
 
 static Best gumbel_generic(const GumbelArgs& a, int64_t b, int64_t e) {
@@ -246,25 +249,35 @@ TTS_AVX2 static inline __m256 load8_padded(const float* x, int64_t i, int64_t e)
   return _mm256_load_ps(t);
 }
 
-TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist,
-                               int32_t* cnt) {
+TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist) {
   const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vtk = _mm256_set1_ps(tk);
+  const __m256 vscale = _mm256_set1_ps(kBinScale), vlast = _mm256_set1_ps(static_cast<float>(kNumBins - 1));
+  // The last bin (d beyond the histogram range) is accumulated in registers:
+  // with peaked logits most tokens land there.
+  __m256d tail0 = _mm256_setzero_pd(), tail1 = _mm256_setzero_pd();
   alignas(32) float te[8];
   alignas(32) int32_t tb[8];
   for (int64_t i = b; i < e; i += 8) {
     const __m256 z = _mm256_div_ps(load8_padded(x, i, e), vT);
     const __m256 in = _mm256_cmp_ps(z, vtk, _CMP_GE_OQ);
     const __m256 ev = exp_avx2(_mm256_sub_ps(z, vzmax));
+    const __m256 bf = _mm256_mul_ps(_mm256_sub_ps(vzmax, z), vscale);
+    const __m256 inr = _mm256_cmp_ps(bf, vlast, _CMP_LT_OQ);
+    const __m256 tl = _mm256_andnot_ps(inr, in);
+    const __m256 et = _mm256_and_ps(ev, tl);
+    tail0 = _mm256_add_pd(tail0, _mm256_cvtps_pd(_mm256_castps256_ps128(et)));
+    tail1 = _mm256_add_pd(tail1, _mm256_cvtps_pd(_mm256_extractf128_ps(et, 1)));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_and_ps(in, inr)));
+    if (!m) continue;
     _mm256_store_ps(te, ev);
     _mm256_store_si256(reinterpret_cast<__m256i*>(tb), bins_avx2(z, vzmax));
-    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
     while (m) {
       const int l = __builtin_ctz(m);
       m &= m - 1;
       hist[tb[l]] += te[l];
-      cnt[tb[l]] += 1;
     }
   }
+  hist[kNumBins - 1] += hsum4d(_mm256_add_pd(tail0, tail1));
 }
 
 TTS_AVX2 static void collect_bin_avx2(const float* x, int64_t V, float T, float zmax, float tk, int bsel,
@@ -289,8 +302,8 @@ TTS_AVX2 static void collect_bin_avx2(const float* x, int64_t V, float T, float 
   }
 }
 
-TTS_AVX2 static void collect_kept_avx2(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                                       std::vector<int32_t>& out) {
+TTS_AVX2 static bool collect_kept_avx2(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                                       std::vector<int32_t>& out, size_t cap) {
   const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vthr = _mm256_set1_ps(thr),
                vmp = _mm256_set1_ps(mp);
   for (int64_t i = 0; i < V; i += 8) {
@@ -299,11 +312,13 @@ TTS_AVX2 static void collect_kept_avx2(const float* x, int64_t V, float T, float
     if (_mm256_movemask_ps(in) == 0) continue;
     if (m_on) in = _mm256_and_ps(in, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z, vzmax)), vmp, _CMP_GE_OQ));
     unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    if (out.size() + static_cast<size_t>(__builtin_popcount(m)) > cap) return false;
     while (m) {
       out.push_back(static_cast<int32_t>(i + __builtin_ctz(m)));
       m &= m - 1;
     }
   }
+  return true;
 }
 
 TTS_AVX2 static Best gumbel_pass_avx2(const GumbelArgs& a, int64_t b, int64_t e) {
@@ -329,15 +344,14 @@ TTS_AVX2 static Best gumbel_pass_avx2(const GumbelArgs& a, int64_t b, int64_t e)
     if (!(zb >= std::max(static_lo, prune - kGumbelMax))) continue;
     __m256i w[4];
     philox8_tokens(static_cast<uint32_t>(v0 >> 2), a.key, w);
-    // Tighter: the block's largest z plus the Gumbel value of its largest uniform.
+    // Tighter, per lane (tokens v0 + 8 j + lane, j = 0..3): the lane's largest z
+    // plus the Gumbel value of its largest uniform bounds the lane's scores.
     {
       const __m256i wm = _mm256_max_epu32(_mm256_max_epu32(w[0], w[1]), _mm256_max_epu32(w[2], w[3]));
-      alignas(32) uint32_t ws[8];
-      _mm256_store_si256(reinterpret_cast<__m256i*>(ws), wm);
-      uint32_t wx = ws[0];
-      for (int l = 1; l < 8; ++l) wx = ws[l] > wx ? ws[l] : wx;
-      const double g = -std::log(-std::log(static_cast<double>(word_to_uniform(wx))));
-      if (static_cast<double>(zb) + g + (1e-4 + 1e-5 * std::fabs(static_cast<double>(prune))) < prune) continue;
+      const __m256 zl = _mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3]));
+      const __m256 bnd = _mm256_add_ps(zl, gumbel_avx2(wm));
+      const float lim = prune - (1e-4f + 1e-5f * std::fabs(prune));
+      if (_mm256_movemask_ps(_mm256_cmp_ps(bnd, _mm256_set1_ps(lim), _CMP_GE_OQ)) == 0) continue;
     }
     for (int j = 0; j < 4; ++j) {
       __m256 keep = _mm256_cmp_ps(z[j], vthr, _CMP_GE_OQ);
@@ -431,16 +445,16 @@ struct Ops {
   void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const {
     avx2 ? stats_avx2(x, b, e, bmax, mx, nan, sum) : stats_generic(x, b, e, bmax, mx, nan, sum);
   }
-  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h, int32_t* c) const {
-    avx2 ? hist_avx2(x, b, e, T, zmax, tk, h, c) : hist_generic(x, b, e, T, zmax, tk, h, c);
+  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const {
+    avx2 ? hist_avx2(x, b, e, T, zmax, tk, h) : hist_generic(x, b, e, T, zmax, tk, h);
   }
   void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const {
     avx2 ? collect_bin_avx2(x, V, T, zmax, tk, bsel, out) : collect_bin_generic(x, V, T, zmax, tk, bsel, out);
   }
-  void collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                    std::vector<int32_t>& out) const {
-    avx2 ? collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out)
-         : collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out);
+  bool collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                    std::vector<int32_t>& out, size_t cap) const {
+    return avx2 ? collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out, cap)
+                : collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out, cap);
   }
   Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const {
     return avx2 ? gumbel_pass_avx2(a, b, e) : gumbel_generic(a, b, e);
@@ -496,7 +510,6 @@ struct Scratch {
   std::vector<Cand> cands;
   std::vector<int32_t> idx, kept;
   std::vector<double> hist;
-  std::vector<int32_t> cnt;
 };
 
 static Scratch& scratch() {
@@ -663,41 +676,31 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
   // ---- top-p threshold over a large set ---------------------------------------
   float thr = tk;
   if (p_on) {
-    const int64_t nh = kNumBins + 1;
+    const int64_t nh = kNumBins;
     s.hist.assign(ch.count * nh, 0.0);
-    s.cnt.assign(ch.count * nh, 0);
     double* hh = s.hist.data();
-    int32_t* cc = s.cnt.data();
-    ch.run([&](int64_t q, int64_t b, int64_t e) { c.ops.hist(x, b, e, T, zmax, tk, hh + q * nh, cc + q * nh); });
+    ch.run([&](int64_t q, int64_t b, int64_t e) { c.ops.hist(x, b, e, T, zmax, tk, hh + q * nh); });
     for (int64_t q = 1; q < ch.count; ++q)
-      for (int i = 0; i < kNumBins; ++i) {
-        hh[i] += hh[q * nh + i];
-        cc[i] += cc[q * nh + i];
-      }
+      for (int i = 0; i < kNumBins; ++i) hh[i] += hh[q * nh + i];
     double total = 0.0;
     for (int i = 0; i < kNumBins; ++i) total += hh[i];
     const float target = p * static_cast<float>(total);
+    // First bin (from the top) where the cumulative mass reaches the target.
     double cum = 0.0;
     int bsel = -1;
-    int64_t above = 0;  // tokens in bins before bsel
     for (int i = 0; i < kNumBins; ++i) {
-      if (cc[i] == 0) continue;
+      if (!(hh[i] > 0.0)) continue;
       if (static_cast<float>(cum + hh[i]) >= target) {
         bsel = i;
         break;
       }
       cum += hh[i];
-      above += cc[i];
     }
-    if (bsel < 0) {  // rounding: take the last non-empty bin
+    if (bsel < 0) {  // rounding: take the last bin with mass
       cum = 0.0;
-      above = 0;
       for (int i = 0; i < kNumBins; ++i)
-        if (cc[i]) bsel = i;
-      for (int i = 0; i < bsel; ++i) {
-        cum += hh[i];
-        above += cc[i];
-      }
+        if (hh[i] > 0.0) bsel = i;
+      for (int i = 0; i < bsel; ++i) cum += hh[i];
     }
     // Tokens of the crossing bin, sorted by z descending.
     auto& cs = s.cands;
@@ -706,11 +709,10 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
     sort_desc(cs);
     const float tp = top_p_walk(cs, cum, target);
     thr = std::max(tp, tk);
-    int64_t nkeep = above;
-    for (const Cand& q : cs) nkeep += q.z >= tp;
-    if (nkeep <= std::max<int64_t>(1024, V / 16)) {
-      s.kept.clear();
-      c.ops.collect_kept(x, V, T, zmax, thr, m_on, mp, s.kept);
+    // Few survivors: finish on the list; else the Gumbel pass with the threshold.
+    s.kept.clear();
+    const size_t cap = static_cast<size_t>(std::max<int64_t>(1024, V / 16));
+    if (c.ops.collect_kept(x, V, T, zmax, thr, m_on, mp, s.kept, cap)) {
       Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
       return b.i < 0 ? 0 : b.i;
     }
