@@ -639,9 +639,21 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
     const int64_t nblocks = static_cast<int64_t>(s.bmax.size());
     float xk;
     bool have_set = false;
-    if (k <= nblocks) {
-      // The k-th largest block maximum is <= the k-th largest logit.
-      s.fvals.assign(s.bmax.begin(), s.bmax.end());
+    const int64_t nb8 = (V + 7) / 8;
+    if (k <= nb8) {
+      // The k-th largest block maximum is <= the k-th largest logit (the k
+      // blocks with the largest maxima hold k distinct logits at least that
+      // large): blocks of 64 from the stats pass, or of 8 for larger k.
+      if (k <= nblocks) {
+        s.fvals.assign(s.bmax.begin(), s.bmax.end());
+      } else {
+        s.fvals.resize(nb8);
+        for (int64_t j = 0; j < nb8; ++j) {
+          float m = -kInf;
+          for (int64_t i = 8 * j, t = std::min(V, 8 * j + 8); i < t; ++i) m = x[i] > m ? x[i] : m;
+          s.fvals[j] = m;
+        }
+      }
       std::nth_element(s.fvals.begin(), s.fvals.begin() + (k - 1), s.fvals.end(), std::greater<float>());
       const float lo = s.fvals[k - 1];
       s.idx.clear();
@@ -668,6 +680,8 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
       std::nth_element(s.fvals.begin(), s.fvals.begin() + (k - 1), s.fvals.end(), std::greater<float>());
       xk = s.fvals[k - 1];
       tk = xk / T;
+      s.idx.clear();
+      have_set = c.ops.collect_kept(x, V, T, zmax, tk, false, 0.0f, s.idx, static_cast<size_t>(kSmallSet));
     }
     if (have_set && static_cast<int64_t>(s.idx.size()) <= kSmallSet)
       return finish_small(s, x, T, zmax, p, p_on, mp, m_on, key);
