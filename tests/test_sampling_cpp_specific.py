@@ -179,3 +179,26 @@ def test_input_checks():
         _cpp(x, *ok, torch.zeros(2, 8, dtype=torch.int32), torch.tensor([10], dtype=torch.int32), 0, 1)
     out = _cpp(torch.empty(0, 10), *[t[:0] for t in ok], None, None, 0, 0)
     assert out[0].shape == (0,) and out[1].shape == (0,)
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("V", [5, 50, 1001, 4099, 70001])
+def test_mostly_neg_inf_rows(monkeypatch, isa, V):
+    """Thresholds of -inf (top-k beyond the finite logits) never pick a padded or -inf token."""
+    if isa == "generic":
+        monkeypatch.setenv("TTS_KERNELS_CPU_ISA", "generic")
+    gen = torch.Generator().manual_seed(V)
+    B = 24
+    x = torch.full((B, V), float("-inf"))
+    for r in range(B):
+        n = 1 + r % 4
+        x[r, torch.randperm(V, generator=gen)[:n]] = torch.randn(n, generator=gen)
+    temp = torch.rand(B, generator=gen) + 0.1
+    top_k = torch.randint(1, V + 1, (B,), generator=gen, dtype=torch.int32)
+    top_p = torch.where(torch.rand(B, generator=gen) < 0.5, torch.ones(B), torch.rand(B, generator=gen))
+    min_p = torch.where(torch.rand(B, generator=gen) < 0.5, torch.zeros(B), torch.rand(B, generator=gen) * 0.5)
+    params = (temp, top_k, top_p, min_p, torch.arange(B), torch.zeros(B, dtype=torch.int64))
+    tok, _ = _cpp(x, *params, None, None, 0, 0)
+    assert bool(((tok >= 0) & (tok < V)).all())
+    assert bool(torch.isfinite(x.gather(1, tok.view(-1, 1))).all())
+    _compare(x, params)

@@ -249,6 +249,12 @@ TTS_AVX2 static inline __m256 load8_padded(const float* x, int64_t i, int64_t e)
   return _mm256_load_ps(t);
 }
 
+// Bit mask of the lanes i + l < n (padded lanes of a tail load hold -inf,
+// which a threshold of -inf would keep).
+static inline unsigned lanes_below(int64_t i, int64_t n) {
+  return n - i >= 8 ? 0xFFu : (1u << (n - i)) - 1u;
+}
+
 TTS_AVX2 static void hist_avx2(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* hist) {
   const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vtk = _mm256_set1_ps(tk);
   const __m256 vscale = _mm256_set1_ps(kBinScale), vlast = _mm256_set1_ps(static_cast<float>(kNumBins - 1));
@@ -288,7 +294,7 @@ TTS_AVX2 static void collect_bin_avx2(const float* x, int64_t V, float T, float 
     const __m256 z = _mm256_div_ps(load8_padded(x, i, V), vT);
     const __m256 in = _mm256_and_ps(_mm256_cmp_ps(z, vtk, _CMP_GE_OQ),
                                     _mm256_castsi256_ps(_mm256_cmpeq_epi32(bins_avx2(z, vzmax), vb)));
-    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in)) & lanes_below(i, V);
     if (!m) continue;
     alignas(32) float tz[8];
     alignas(32) float te[8];
@@ -311,7 +317,7 @@ TTS_AVX2 static bool collect_kept_avx2(const float* x, int64_t V, float T, float
     __m256 in = _mm256_cmp_ps(z, vthr, _CMP_GE_OQ);
     if (_mm256_movemask_ps(in) == 0) continue;
     if (m_on) in = _mm256_and_ps(in, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z, vzmax)), vmp, _CMP_GE_OQ));
-    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in));
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in)) & lanes_below(i, V);
     if (out.size() + static_cast<size_t>(__builtin_popcount(m)) > cap) return false;
     while (m) {
       out.push_back(static_cast<int32_t>(i + __builtin_ctz(m)));
