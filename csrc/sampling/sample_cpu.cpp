@@ -22,15 +22,25 @@
 //        maximum cannot beat the best score so far (z + max Gumbel) or lies
 //        below the keep threshold are skipped without computing noise.
 //   4. budget state update (rule 3 and the state machine), in place.
-// Rows run in parallel (at::parallel_for); with fewer rows than threads the
-// passes of a row are split into chunks that run in parallel instead.
+// Rows run in parallel (par_for below: at::parallel_for when compiled with
+// OpenMP, else a c10::ThreadPool with dynamic scheduling); with fewer rows than
+// threads the passes of a row are split into chunks that run in parallel instead.
+// Set TTS_KERNELS_CPU_ISA=generic to force the portable (non-AVX2) code paths.
 #include <ATen/ATen.h>
+#include <ATen/Config.h>
 #include <ATen/Parallel.h>
+#include <c10/core/thread_pool.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
+#include <condition_variable>
+#include <exception>
+#include <memory>
+#include <mutex>
+#include <thread>
 #include <cstdlib>
 #include <cstring>
 #include <functional>
@@ -486,6 +496,96 @@ struct Ops {
 };
 
 // ---------------------------------------------------------------------------
+// Parallel loop over n work items.
+//
+// at::parallel_for is a header template: with ATen's OpenMP backend it only
+// runs in parallel in code compiled with -fopenmp, which this library's build
+// does not use. Without it, the items are shared out (atomic counter, dynamic
+// scheduling) between the caller and at::get_num_threads() - 1 helpers of a
+// c10::ThreadPool owned by this file. Helpers never wait, so nested or
+// concurrent calls cannot deadlock; a helper that starts after all items were
+// taken returns at once.
+// ---------------------------------------------------------------------------
+#if defined(_OPENMP) || AT_PARALLEL_NATIVE
+#define TTS_USE_AT_PARALLEL 1
+#else
+#define TTS_USE_AT_PARALLEL 0
+#endif
+
+#if !TTS_USE_AT_PARALLEL
+struct ParState {
+  std::atomic<int64_t> next{0};
+  std::atomic<int64_t> done{0};
+  int64_t n = 0;
+  const std::function<void(int64_t)>* fn = nullptr;  // valid while done < n
+  std::mutex mu;
+  std::condition_variable cv;
+  std::exception_ptr err;
+};
+
+thread_local bool tls_in_helper = false;
+
+static void par_work(ParState& st) {
+  int64_t i;
+  while ((i = st.next.fetch_add(1)) < st.n) {
+    try {
+      (*st.fn)(i);
+    } catch (...) {
+      std::lock_guard<std::mutex> g(st.mu);
+      if (!st.err) st.err = std::current_exception();
+    }
+    if (st.done.fetch_add(1) + 1 == st.n) {
+      std::lock_guard<std::mutex> g(st.mu);
+      st.cv.notify_all();
+    }
+  }
+}
+
+static c10::ThreadPool& helper_pool() {
+  static c10::ThreadPool* pool = [] {
+    const int hw = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
+    return new c10::ThreadPool(hw - 1);  // leaked on purpose: no teardown at exit
+  }();
+  return *pool;
+}
+#endif
+
+static void par_for(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  const int64_t nt = std::min<int64_t>(at::get_num_threads(), n);
+#if TTS_USE_AT_PARALLEL
+  if (nt <= 1) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) fn(i);
+  });
+#else
+  if (nt <= 1 || tls_in_helper) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  auto st = std::make_shared<ParState>();
+  st->n = n;
+  st->fn = &fn;
+  c10::ThreadPool& pool = helper_pool();
+  const int64_t helpers = std::min<int64_t>(nt - 1, static_cast<int64_t>(pool.size()));
+  for (int64_t h = 0; h < helpers; ++h)
+    pool.run([st] {
+      tls_in_helper = true;
+      par_work(*st);
+    });
+  par_work(*st);
+  {
+    std::unique_lock<std::mutex> lk(st->mu);
+    st->cv.wait(lk, [&] { return st->done.load() == st->n; });
+  }
+  if (st->err) std::rethrow_exception(st->err);
+#endif
+}
+
+// ---------------------------------------------------------------------------
 // Chunking of one row's passes (parallel when the batch is smaller than the pool)
 // ---------------------------------------------------------------------------
 struct Chunks {
@@ -496,9 +596,7 @@ struct Chunks {
       f(int64_t{0}, int64_t{0}, n);
       return;
     }
-    at::parallel_for(0, count, 1, [&](int64_t cb, int64_t ce) {
-      for (int64_t c = cb; c < ce; ++c) f(c, c * size, std::min(n, (c + 1) * size));
-    });
+    par_for(count, [&](int64_t c) { f(c, c * size, std::min(n, (c + 1) * size)); });
   }
 };
 
@@ -947,9 +1045,11 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
 
   const int64_t nt = at::get_num_threads();
   if (B >= nt || V < 32768 || nt == 1) {
-    at::parallel_for(0, B, 1, [&](int64_t b, int64_t e) {
-      for (int64_t r = b; r < e; ++r) process_row(c, r, false);
-    });
+    if (B * V < 32768) {
+      for (int64_t r = 0; r < B; ++r) process_row(c, r, false);
+    } else {
+      par_for(B, [&](int64_t r) { process_row(c, r, false); });
+    }
   } else {
     for (int64_t r = 0; r < B; ++r) process_row(c, r, true);
   }
