@@ -5,18 +5,22 @@ deterministic problem order. Needs ``pip install transformers tokenizers`` (used
 only here: the model is a plain ``LlamaForCausalLM`` saved in Hugging Face
 format, so tts_kernels' runner and transformers both load it).
 
-Task (``tts_kernels.tasks.arith``): "37+45-12+8=?<think>" ->
-"37+45=82\\n\\n82-12=70\\n\\n70+8=78\\n\\n</think>Final Answer: 78<|eos|>",
-3 to 6 steps, all values in [0, 99]; a quarter of the training completions
+Task (``tts_kernels.tasks.arith``): "49+9-3-6=?<think>" ->
+"49+9=58\\n\\n58-3=55\\n\\n55-6=49\\n\\n</think>Final Answer: 49<|eos|>",
+3 to 6 steps, operands in [1, 9], all values in [0, 99]; a quarter of the training completions
 re-check the last step after "Wait". The loss covers the completion only.
 
 The training budget is deliberately small, so the model is right often but
-not always and test-time compute (sampling more, voting) visibly helps.
+not always and test-time compute (sampling more, voting) visibly helps: the
+learning-rate schedule is laid out for 700 steps and training stops after
+425 (``--stop-after``), in the middle of the model's jump in arithmetic
+accuracy (snapshots of the same seeded run at 400 / 425 / 700 steps: 25% /
+59% / 87% greedy accuracy on 100 / 100 / 300 held-out problems).
 
 Usage::
 
     python scripts/train_tiny_model.py                      # writes tts_kernels/models/tiny-arith
-    python scripts/train_tiny_model.py --steps 50 --out /tmp/m --eval 20   # quick smoke run
+    python scripts/train_tiny_model.py --stop-after 50 --out /tmp/m --eval 20   # quick smoke run
 
 Afterwards the script measures accuracy with the package's own runner and the
 exact checker (greedy and temperature-1 single samples on held-out problems,
@@ -77,24 +81,42 @@ def make_batch(problems, rng, tok, pad_id, wait_prob):
     return ids, lab, att
 
 
-def evaluate(model_dir: str, n: int, seed: int = EVAL_SEED) -> dict:
-    """Single-sample accuracy with the package's runner (greedy and T=1), exact checker."""
+def evaluate(model_dir: str, n: int, seed: int = EVAL_SEED, samples: int = 8, chunk: int = 50) -> dict:
+    """Accuracy with the package's engine and the exact checker on ``n`` held-out problems:
+    greedy, single-sample at temperature 1 (mean over ``samples`` samples per problem),
+    and, over those samples, majority vote (maj@k) and pass@k."""
+    import collections
     from tts_kernels.decode import Engine, load
     model, tok = load(model_dir)
     problems = arith.make_problems(n, seed)
-    out = {"n": n, "eval_seed": seed}
-    for name, temp in (("greedy", 0.0), ("t1", 1.0)):
-        eng = Engine(model, tok, num_blocks=4096, block_size=16, seed=seed)
-        ids = [eng.add(p.prompt, temperature=temp) for p in problems]
-        eng.generate(ids, max_new_tokens=120)
-        out[f"accuracy_{name}"] = sum(arith.is_correct(p, eng.text(i)) for p, i in zip(problems, ids)) / n
-    return out
+    greedy = single = maj = anyk = 0
+    for c0 in range(0, n, chunk):
+        part = problems[c0:c0 + chunk]
+        eng = Engine(model, tok, num_blocks=len(part) * (samples + 1) * 8, block_size=16, seed=seed + c0)
+        g_ids = [eng.add(p.prompt, temperature=0.0) for p in part]
+        roots = [eng.add(p.prompt, temperature=1.0) for p in part]
+        kids = [eng.fork(r, samples) for r in roots]
+        eng.free(roots)
+        eng.generate(g_ids + [k for ks in kids for k in ks], max_new_tokens=120)
+        for p, g, ks in zip(part, g_ids, kids):
+            greedy += arith.is_correct(p, eng.text(g))
+            texts = [eng.text(k) for k in ks]
+            ok = [arith.is_correct(p, t) for t in texts]
+            single += sum(ok) / samples
+            anyk += any(ok)
+            votes = collections.Counter(a for a in map(arith.extract_answer, texts) if a is not None)
+            maj += bool(votes) and votes.most_common(1)[0][0] == p.answer
+    return {"n": n, "eval_seed": seed, "accuracy_greedy": greedy / n, "accuracy_t1_single_sample": single / n,
+            f"maj@{samples}_t1": maj / n, f"pass@{samples}_t1": anyk / n}
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "tts_kernels", "models", "tiny-arith"))
-    ap.add_argument("--steps", type=int, default=400)
+    ap.add_argument("--steps", type=int, default=700, help="length of the learning-rate schedule")
+    ap.add_argument("--stop-after", type=int, default=425,
+                    help="stop after this many steps (an early snapshot of the --steps schedule)")
+    ap.add_argument("--snapshot-every", type=int, default=0, help="also save snapshots under OUT/snapshots/")
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
@@ -122,7 +144,8 @@ def main(argv=None):
         opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
     t0 = time.time()
     log = []
-    for step in range(args.steps):
+    stop = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
+    for step in range(stop):
         problems = [arith.make_problem(rng) for _ in range(args.batch)]
         ids, lab, att = make_batch(problems, rng, tok, vocab["<|pad|>"], args.wait_prob)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
@@ -131,7 +154,9 @@ def main(argv=None):
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        if step % 25 == 0 or step == args.steps - 1:
+        if args.snapshot_every and (step + 1) % args.snapshot_every == 0:
+            model.save_pretrained(os.path.join(args.out, "snapshots", f"step{step + 1}"), safe_serialization=True)
+        if step % 25 == 0 or step == stop - 1:
             log.append({"step": step, "loss": round(loss.item(), 4), "elapsed_s": round(time.time() - t0, 1)})
             print(f"step {step:5d}  loss {loss.item():.4f}  {time.time() - t0:7.1f}s", flush=True)
     train_s = time.time() - t0
@@ -139,7 +164,7 @@ def main(argv=None):
     for extra in ("generation_config.json",):
         if os.path.exists(os.path.join(args.out, extra)):
             os.remove(os.path.join(args.out, extra))
-    result = {"train_seconds": round(train_s, 1), "steps": args.steps, "batch": args.batch, "lr": args.lr,
+    result = {"train_seconds": round(train_s, 1), "schedule_steps": args.steps, "steps": stop, "batch": args.batch, "lr": args.lr,
               "seed": args.seed, "params": sum(p.numel() for p in model.parameters()), "threads": 1,
               "torch": torch.__version__, "log": log}
     if args.eval:

@@ -2,7 +2,7 @@
 
 >>> from tts_kernels.decode import Engine, load
 >>> eng = Engine(*load())                        # the embedded tiny reasoning model
->>> sid = eng.add("12+30-5=?<think>", temperature=0.0)
+>>> sid = eng.add("49+9-3-6=?<think>", temperature=0.0)
 >>> eng.generate([sid]); print(eng.text(sid))
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A search algorithm drives it with a handful of calls::
 
     eng = Engine(*load())                                 # the embedded tiny model
-    root = eng.add("37+45-12+8=?<think>", temperature=0.8, max_thinking=64)
+    root = eng.add("49+9-3-6=?<think>", temperature=0.8, max_thinking=64)
     kids = eng.fork(root, 8)                              # share the prompt's KV blocks
     eng.generate(kids, stop=["\\n\\n"])                    # one reasoning step each
     eng.text(kids[0]), eng.tokens(kids[0]), eng.logprobs(kids[0])

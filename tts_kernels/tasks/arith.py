@@ -1,10 +1,11 @@
 """Synthetic chained arithmetic: the task of the embedded tiny reasoning model.
 
-A problem is a start value and a chain of additions/subtractions whose
-intermediate values all stay in ``[0, 99]``::
+A problem is a start value in ``[0, 99]`` and a chain of 3 to 6 additions or
+subtractions of operands in ``[1, 9]`` whose intermediate values all stay in
+``[0, 99]``::
 
-    prompt:      "37+45-12+8=?<think>"
-    completion:  "37+45=82\\n\\n82-12=70\\n\\n70+8=78\\n\\n</think>Final Answer: 78<|eos|>"
+    prompt:      "49+9-3-6=?<think>"
+    completion:  "49+9=58\\n\\n58-3=55\\n\\n55-6=49\\n\\n</think>Final Answer: 49<|eos|>"
 
 Steps are separated by ``"\\n\\n"`` (the step delimiter of step-level search),
 thinking is closed by ``"</think>"``, then ``"Final Answer: N"``. Some training
@@ -27,6 +28,7 @@ STEP_DELIMITER = "\n\n"
 WAIT = "Wait"
 ANSWER_PREFIX = "Final Answer:"
 MAX_VALUE = 99
+MAX_OPERAND = 9
 _ANSWER_RE = re.compile(r"Final Answer:\s*(-?\d+)")
 
 
@@ -63,7 +65,8 @@ class Problem:
         return body + END_THINK + f"{ANSWER_PREFIX} {self.answer}" + EOS
 
 
-def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6) -> Problem:
+def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6,
+                 max_operand: int = MAX_OPERAND) -> Problem:
     start = rng.randint(0, MAX_VALUE)
     ops, v = [], start
     for _ in range(rng.randint(min_steps, max_steps)):
@@ -72,16 +75,17 @@ def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6) -> 
             sign = "-"
         if sign == "-" and v <= 0:
             sign = "+"
-        b = rng.randint(1, MAX_VALUE - v) if sign == "+" else rng.randint(1, v)
+        b = rng.randint(1, min(max_operand, MAX_VALUE - v)) if sign == "+" else rng.randint(1, min(max_operand, v))
         v = v + b if sign == "+" else v - b
         ops.append((sign, b))
     return Problem(start, tuple(ops))
 
 
-def make_problems(n: int, seed: int, min_steps: int = 3, max_steps: int = 6) -> List[Problem]:
+def make_problems(n: int, seed: int, min_steps: int = 3, max_steps: int = 6,
+                  max_operand: int = MAX_OPERAND) -> List[Problem]:
     """``n`` problems, a pure function of ``seed``."""
     rng = random.Random(seed)
-    return [make_problem(rng, min_steps, max_steps) for _ in range(n)]
+    return [make_problem(rng, min_steps, max_steps, max_operand) for _ in range(n)]
 
 
 def extract_answer(completion: str) -> Optional[int]:
