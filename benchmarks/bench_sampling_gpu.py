@@ -225,6 +225,9 @@ def main(argv=None):
     device = torch.device(args.device)
     if device.type == "cuda":
         torch.cuda.init()
+    from common import snapshot_extension
+
+    snapshot_extension()  # a rebuild of tts_kernels/_C.so during the run must not crash it
     from baselines import KERNELS, default_registry
     from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets
 

@@ -138,6 +138,8 @@ def env_metadata(device: str | torch.device = "cpu") -> dict:
     except Exception as exc:  # pragma: no cover - metadata must never fail a run
         meta["tts_kernels"] = f"import failed: {exc}"
     meta.update(git_commit())
+    if _SNAPSHOT:
+        meta["cpp_extension_library"] = dict(_SNAPSHOT)
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
         meta["device_name"] = torch.cuda.get_device_name(device)
@@ -146,6 +148,55 @@ def env_metadata(device: str | torch.device = "cpu") -> dict:
         meta["gpu_memory_gib"] = round(props.total_memory / 2 ** 30, 1)
         meta["capability"] = list(torch.cuda.get_device_capability(device))
     return meta
+
+
+_SNAPSHOT: dict = {}
+
+
+def snapshot_extension() -> dict:
+    """Load a private copy of the built C++ extension (``tts_kernels/_C*.so``).
+
+    Other work may rebuild the library in place while a long benchmark runs,
+    which crashes a process that has it mapped (SIGSEGV / SIGILL). Loading a
+    copy from a temporary directory makes the run immune; its sha256 and mtime
+    go to the metadata. Must be called before anything loads the extension;
+    set ``TTS_BENCH_NO_SNAPSHOT=1`` to load the library in place instead.
+    """
+    if _SNAPSHOT:
+        return _SNAPSHOT
+    import hashlib
+    import shutil
+    import tempfile
+
+    from tts_kernels import _ext
+
+    src = _ext.library_path()
+    info = {"source": src, "snapshot": None}
+    if src is None or os.environ.get("TTS_BENCH_NO_SNAPSHOT", "0") not in ("", "0") \
+            or os.environ.get("TTS_KERNELS_DISABLE_EXT", "0") not in ("", "0"):
+        _SNAPSHOT.update(info)
+        return _SNAPSHOT
+    info["mtime_utc"] = _dt.datetime.fromtimestamp(os.path.getmtime(src), _dt.timezone.utc).isoformat(
+        timespec="seconds")
+    if _ext._loaded:  # already loaded in place: too late to snapshot
+        info["note"] = "extension was already loaded in place"
+    else:
+        import atexit
+
+        d = tempfile.mkdtemp(prefix="tts_bench_ext_")
+        atexit.register(shutil.rmtree, d, True)  # unlinking a mapped library is fine on POSIX
+        dst = os.path.join(d, os.path.basename(src))
+        shutil.copy2(src, dst)
+        try:
+            torch.ops.load_library(dst)
+            _ext._loaded, _ext.load_error = True, None
+            info["snapshot"] = dst
+        except OSError as exc:
+            info["note"] = f"snapshot failed to load ({exc}); using the library in place"
+        with open(dst, "rb") as f:
+            info["sha256"] = hashlib.sha256(f.read()).hexdigest()
+    _SNAPSHOT.update(info)
+    return _SNAPSHOT
 
 
 def _version(mod: str) -> Optional[str]:

@@ -44,6 +44,9 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(config.getoption("--bench-threads"))
+    from common import snapshot_extension
+
+    snapshot_extension()  # a rebuild of tts_kernels/_C.so during the run must not crash it
     config.stash[RECORDS_KEY] = []
     config.stash[EXTRA_KEY] = {"loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
