@@ -29,7 +29,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 import torch
 
 from ..sampling import BudgetForcing, BudgetState, sample
-from ..sampling.budget import NUM_THINKING, WAITS_USED
+from ..sampling.budget import DONE, MAX_TOKENS, NUM_THINKING, PHASE, WAITS_USED
 from .attention import PagedDecode
 
 
@@ -99,6 +99,8 @@ class Engine:
         self._seqs: Dict[int, _Seq] = {}
         eos = set(c.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.eos_token_ids = tuple(sorted(eos))
+        self._eos_tensor = (torch.tensor(self.eos_token_ids, dtype=torch.long, device=model.device)
+                            if self.eos_token_ids else None)
         self.forcing = None
         if tokenizer is not None:
             bs = budget_strings
@@ -122,6 +124,8 @@ class Engine:
         generation is thinking until the end-of-thinking string): at least
         ``min_thinking`` tokens and ``min_waits`` forced Waits, at most
         ``max_thinking`` tokens, then the end string and the answer prefix.
+        While thinking under a budget the sequence cannot emit end-of-sequence
+        (its EOS logits are masked), so it always closes thinking first.
         """
         ids = self._encode(prompt)
         if not ids:
@@ -188,6 +192,11 @@ class Engine:
         dev = self.model.device
         logits = torch.stack([s.logits for s in seqs])
         rows = torch.stack([s.budget for s in seqs])
+        if self._eos_tensor is not None:
+            # a row still thinking under a budget may not end the sequence: it must close thinking first
+            thinking = ((rows[:, PHASE] != DONE) & (rows[:, MAX_TOKENS] >= 0)).to(dev)
+            eos = self._eos_tensor
+            logits[:, eos] = logits[:, eos].masked_fill(thinking[:, None], float("-inf"))
         budget = BudgetState(self.forcing or self._no_forcing, rows)
         p = {k: torch.tensor([s.params[k] for s in seqs], device=dev) for k in ("temperature", "top_p", "min_p")}
         top_k = torch.tensor([s.params["top_k"] for s in seqs], dtype=torch.int32, device=dev)
@@ -274,7 +283,7 @@ class Engine:
         return int(self._get(sid).budget[WAITS_USED])
 
     def is_thinking(self, sid: int) -> bool:
-        return int(self._get(sid).budget[5]) != 2
+        return int(self._get(sid).budget[PHASE]) != DONE
 
     # -- internals -------------------------------------------------------------------------
     def _get(self, sid) -> _Seq:
