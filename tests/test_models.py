@@ -111,3 +111,11 @@ def test_budget_forcing_control_100(embedded, temperature):
         think = tok.encode(text.split(arith.END_THINK)[0])
         assert len(think) == n                       # the count is the tokens before </think>
         assert arith.ANSWER_PREFIX in text.split(arith.END_THINK)[1]
+
+
+def test_cli_generate(capsys):
+    from tts_kernels.cli import main
+    main(["generate", "-n", "6", "--max-thinking", "20", "--min-thinking", "5", "--min-waits", "1",
+          "--temperature", "0.8", "--max-new-tokens", "40", "--threads", "1", "--no-progress"])
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "Control 100% within [5, 20]" in out and "true answer" in out
