@@ -147,3 +147,19 @@ def test_bf16_engine_runs(model):
     eng.generate(kids, max_new_tokens=6)
     assert len({tuple(eng.tokens(k)) for k in kids}) == 1
     assert eng.pool.k_cache(0).dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("attention", ["tree", "torch"])
+def test_decode_forward_compiles_fullgraph(model, attention):
+    """The decode forward (RoPE, paged KV write, tree attention with a precomputed plan) traces with no graph break."""
+    from tts_kernels.decode.attention import PagedDecode
+    eng = Engine(model, num_blocks=64, block_size=4, attention=attention)
+    root = eng.add([1, 2, 3, 4, 5, 6], temperature=0.0)
+    kids = eng.fork(root, 3)
+    pos = eng.pool.seq_lens(kids).long()
+    slots = eng.pool.append(kids, 1)
+    attn = PagedDecode(eng.pool, kids, slots, model.scale, attention)
+    toks = torch.tensor([7, 8, 9])
+    ref = model.forward(toks, pos, attn)
+    fn = torch.compile(lambda x, p: model.forward(x, p, attn), fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(fn(toks, pos), ref)
