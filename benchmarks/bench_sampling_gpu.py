@@ -228,6 +228,9 @@ def main(argv=None):
     from common import snapshot_extension
 
     snapshot_extension()  # a rebuild of tts_kernels/_C.so during the run must not crash it
+    from common import git_commit
+
+    git_at_start = git_commit()
     from baselines import KERNELS, default_registry
     from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets
 
@@ -261,6 +264,7 @@ def main(argv=None):
         records += run_budget(kimpls, BUDGET_SHAPES[sweep_name], device, timer)
 
     meta = env_metadata(device)
+    meta.update(git_at_start)  # the code measured is the code at the start
     payload = {
         "suite": "sampling_gpu" if device.type == "cuda" else "sampling_gpu_dryrun_cpu",
         "meta": meta,

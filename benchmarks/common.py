@@ -104,7 +104,9 @@ def git_commit() -> dict:
             return ""
     commit = run("rev-parse", "HEAD")
     dirty = bool(run("status", "--porcelain", "--untracked-files=no", "--", "tts_kernels", "csrc"))
-    return {"commit": commit or None, "kernel_sources_dirty": dirty}
+    kernels = run("log", "-1", "--format=%H", "--", "csrc", "tts_kernels/sampling")
+    return {"commit": commit or None, "kernel_sources_dirty": dirty,
+            "last_kernel_commit": kernels or None}
 
 
 def env_metadata(device: str | torch.device = "cpu") -> dict:

@@ -47,6 +47,9 @@ def pytest_configure(config):
     from common import snapshot_extension
 
     snapshot_extension()  # a rebuild of tts_kernels/_C.so during the run must not crash it
+    from common import git_commit
+
+    config.stash[EXTRA_KEY]["git_at_start"] = git_commit()
     config.stash[RECORDS_KEY] = []
     config.stash[EXTRA_KEY] = {"loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
 
@@ -74,6 +77,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     stat = config.getoption("--bench-stat")
     meta = env_metadata("cpu")
     meta["loadavg_at_start"] = extra.get("loadavg_start")
+    meta.update(extra.get("git_at_start") or {})  # the code measured is the code at the start
     meta["loadavg_1_5_15_note"] = "load average at the end of the run; other jobs may share the cores"
     payload = {
         "suite": "sampling_cpu",

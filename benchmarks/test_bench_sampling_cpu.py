@@ -103,7 +103,8 @@ def _run(benchmark, fn, logits, sweep_name):
         if dt > 0.5:
             break
     dt = max(dt, 1e-7)
-    rounds = int(min(MAX_ROUNDS, max(MIN_ROUNDS if dt > 0.5 else 2 * MIN_ROUNDS, ROUND_BUDGET_S[sweep_name] / dt)))
+    lo = 2 if dt > 2.0 else MIN_ROUNDS if dt > 0.5 else 2 * MIN_ROUNDS  # slow baselines: fewer rounds
+    rounds = int(min(MAX_ROUNDS, max(lo, ROUND_BUDGET_S[sweep_name] / dt)))
     benchmark.pedantic(fn, args=(logits,), rounds=rounds, iterations=1, warmup_rounds=0)
     return benchmark.stats.stats
 
