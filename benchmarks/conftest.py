@@ -43,15 +43,13 @@ def pytest_addoption(parser):
 def pytest_configure(config):
     import torch
 
+    from common import git_commit, snapshot_extension
+
     torch.set_num_threads(config.getoption("--bench-threads"))
-    from common import snapshot_extension
-
     snapshot_extension()  # a rebuild of tts_kernels/_C.so during the run must not crash it
-    from common import git_commit
-
-    config.stash[EXTRA_KEY]["git_at_start"] = git_commit()
     config.stash[RECORDS_KEY] = []
-    config.stash[EXTRA_KEY] = {"loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None}
+    config.stash[EXTRA_KEY] = {"loadavg_start": list(os.getloadavg()) if hasattr(os, "getloadavg") else None,
+                               "git_at_start": git_commit()}
 
 
 @pytest.fixture(scope="session")
