@@ -55,7 +55,10 @@ class CMakeBuild(build_ext):
         subprocess.check_call(cfg)
         subprocess.check_call(["cmake", "--build", str(build_dir), "-j", jobs])
         dest.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(out_dir / "_C.so", dest)
+        # copy, then rename into place: a process that has the old library mapped keeps it intact
+        tmp = dest.with_name(dest.name + ".tmp")
+        shutil.copy2(out_dir / "_C.so", tmp)
+        os.replace(tmp, dest)
 
 
 setup(
