@@ -123,6 +123,23 @@ def test_batch_invariance_and_determinism(model):
     assert len({tuple(x) for x in a}) > 1
 
 
+def test_nan_logits_finish_one_sequence_and_leave_others_identical(model):
+    def run(poison):
+        eng = Engine(model, num_blocks=64, block_size=4, seed=3)
+        a = eng.add([3, 4, 5], temperature=0.0)
+        b = eng.add([6, 7, 8, 9], temperature=0.0)
+        eng.generate([a, b], max_new_tokens=2)
+        if poison:
+            eng._seqs[a].logits = torch.full_like(eng._seqs[a].logits, float("nan"))
+        eng.generate([a, b], max_new_tokens=6)
+        return eng, a, b
+    clean, _, b0 = run(False)
+    eng, a, b = run(True)
+    assert eng.tokens(b) == clean.tokens(b0), "a NaN row changed another sequence"
+    assert eng.tokens(a)[-1] == -1 and eng._seqs[a].finished
+    assert eng.pool.seq_len(b) == clean.pool.seq_len(b0)
+
+
 def test_greedy_extend_and_budget_without_tokenizer(model):
     eng = Engine(model, num_blocks=64, block_size=4)
     sid = eng.add([1, 2, 3], temperature=0.0)

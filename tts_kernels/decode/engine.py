@@ -204,7 +204,9 @@ class Engine:
         out = sample(logits, temperature=p["temperature"], top_k=top_k, top_p=p["top_p"], min_p=p["min_p"],
                      seed=seeds, offset=positions.to(dev), budget=budget, check_nan=False, validate=False)
         attn = PagedDecode(self.pool, ids, slots, self.model.scale, self.attention, self.chunk_size)
-        nxt = self.model.forward(out.token_ids, positions.to(dev), attn)
+        # a row whose logits had a NaN/+inf (token -1) still runs the forward on a valid id so the
+        # step completes for every row; that row is then finished (its token stays -1)
+        nxt = self.model.forward(out.token_ids.clamp(min=0), positions.to(dev), attn)
         toks, lps = out.token_ids.tolist(), out.logprobs.tolist()
         eos = self.eos_token_ids
         for i, s in enumerate(seqs):
@@ -269,7 +271,7 @@ class Engine:
     def text(self, sid: int) -> str:
         if self.tokenizer is None:
             raise ValueError("text() needs a tokenizer")
-        return self.tokenizer.decode(self._get(sid).out)
+        return self.tokenizer.decode([t for t in self._get(sid).out if t >= 0])
 
     def finished(self, sid: int) -> bool:
         """Whether ``sid`` emitted an end-of-sequence token (it is no longer stepped)."""
@@ -314,7 +316,7 @@ class Engine:
             vc.view(-1, *vc.shape[2:])[slots] = v.to(vc.dtype)
 
     def _hits_stop(self, new: List[int], stop: Sequence[str]) -> bool:
-        tail = self.tokenizer.decode(new[-8:])
+        tail = self.tokenizer.decode([t for t in new[-8:] if t >= 0])
         return any(tail.endswith(x) for x in stop)
 
 
