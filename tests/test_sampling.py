@@ -307,11 +307,12 @@ def test_budget_exact_max_without_natural_end(backend):
 
 
 def test_budget_max_drops_pending_wait(backend):
-    """min_waits forces a Wait at step 2; the 3-token Wait is cut by max_tokens=3."""
-    tokens, _ = run_budget(backend, [0], [3], [1], [50.0], steps=8)
-    assert tokens[0].tolist()[:2] == [WAIT[0], WAIT[1]] or tokens[0, 0].item() == WAIT[0]
-    t = thinking_length(tokens[0], END[0])
-    assert t == 3 and tokens[0, 3:8].tolist() == END + ANSWER
+    """min_waits forces a 3-token Wait at step 0; max_tokens=2 cuts it after two tokens."""
+    tokens, state = run_budget(backend, [0], [2], [1], [50.0], steps=8)
+    assert tokens[0, :2].tolist() == WAIT[:2]
+    assert thinking_length(tokens[0], END[0]) == 2
+    assert tokens[0, 2:7].tolist() == END + ANSWER
+    assert int(state.waits_used[0]) == 1 and int(state.num_thinking[0]) == 2
 
 
 def test_budget_without_wait_ids_masks_early_end(backend):

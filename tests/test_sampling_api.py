@@ -50,6 +50,8 @@ BAD_CALLS = [
     ("answer id outside V", logits,
      dict(budget=tk.BudgetForcing(end_think_ids=[1], answer_prefix_ids=[2, 99]).init_state(B, max_tokens=3)),
      ValueError, "answer_prefix_ids"),
+    ("top_k beyond int32", logits, dict(top_k=2 ** 40), ValueError, "top_k"),
+    ("seed beyond int64", logits, dict(seed=2 ** 70), ValueError, "seed"),
     ("check_nan not bool", logits, dict(check_nan="yes"), TypeError, "check_nan"),
     ("unknown backend", logits, dict(backend="cuda-magic"), ValueError, "backend"),
 ]
@@ -71,6 +73,8 @@ BAD_BUDGETS = [
     (dict(end_think_ids=[1]), dict(max_tokens=torch.tensor([1, 2, 3])), ValueError, "max_tokens"),
     (dict(end_think_ids=[1]), dict(max_tokens=2.5), TypeError, "max_tokens"),
     (dict(end_think_ids=[1]), dict(min_waits=-1, max_tokens=4), ValueError, "min_waits"),
+    (dict(end_think_ids=[1]), dict(max_tokens=2 ** 33), ValueError, "max_tokens"),
+    (dict(end_think_ids=[1]), dict(max_tokens=torch.tensor([5, 2 ** 32 + 5])), ValueError, "max_tokens"),
 ]
 
 
@@ -78,6 +82,18 @@ BAD_BUDGETS = [
 def test_bad_budget_raises(forcing, state_kw, exc, match):
     with pytest.raises(exc, match=match):
         tk.BudgetForcing(**forcing).init_state(2, **state_kw)
+
+
+def test_masked_only_end_token_raises_with_check_nan():
+    """Below its minimum with no Wait ids, a row whose only finite logit is the end has nothing to draw."""
+    lg = torch.full((2, 8), float("-inf"))
+    lg[:, 3] = 0.0
+    lg[1, 5] = 0.0
+    st = tk.BudgetForcing(end_think_ids=[3]).init_state(2, min_tokens=4, max_tokens=9)
+    with pytest.raises(ValueError, match="logits row 0: no token can be drawn"):
+        tk.sample(lg, seed=0, budget=st)
+    out = tk.sample(lg, seed=0, budget=st, check_nan=False)
+    assert out.token_ids.tolist() == [-1, 5]
 
 
 def test_device_mismatch_is_rejected():

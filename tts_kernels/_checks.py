@@ -42,6 +42,10 @@ def per_row(name, value, batch_size, device, dtype, *, integer):
         return value.to(dtype).contiguous()
     if isinstance(value, bool) or not isinstance(value, (int, float)) or (integer and not isinstance(value, int)):
         raise TypeError(f"{name} must be {'an int' if integer else 'a number'} or a tensor, got {value!r}")
+    if integer:
+        info = torch.iinfo(dtype)
+        if not info.min <= value <= info.max:
+            raise ValueError(f"{name} = {value} does not fit in {dtype}")
     return torch.full((batch_size,), value, dtype=dtype, device=device)
 
 

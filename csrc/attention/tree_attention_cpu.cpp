@@ -383,9 +383,9 @@ Kernels pick_kernels(int64_t D) {
 // ---------------------------------------------------------------------------
 // threading
 // ---------------------------------------------------------------------------
-// at::parallel_for's OpenMP backend is a header template that runs serially
-// in code compiled without -fopenmp (as this library is), so the items run on
-// the calling thread plus helpers from ATen's inter-op pool (at::launch), all
+// Work items differ a lot in size (a shared chunk with many rows vs a private
+// suffix), so instead of at::parallel_for's static split the items run on the
+// calling thread plus helpers from ATen's inter-op pool (at::launch), all
 // pulling item ids from one atomic counter (dynamic load balancing). A helper
 // that starts after the work is gone touches only the shared state.
 struct PoolState {

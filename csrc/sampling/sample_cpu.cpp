@@ -499,10 +499,11 @@ struct Ops {
 // Parallel loop over n work items.
 //
 // at::parallel_for is a header template: with ATen's OpenMP backend it only
-// runs in parallel in code compiled with -fopenmp, which this library's build
-// does not use. Without it, the items are shared out (atomic counter, dynamic
-// scheduling) between the caller and at::get_num_threads() - 1 helpers of a
-// c10::ThreadPool owned by this file. Helpers never wait, so nested or
+// runs in parallel in code compiled with -fopenmp. CMakeLists.txt builds with
+// OpenMP (linked to torch's own libgomp), so it is used. A build without OpenMP
+// falls back to sharing the items out (atomic counter, dynamic scheduling)
+// between the caller and at::get_num_threads() - 1 helpers of a c10::ThreadPool
+// owned by this file. Helpers never wait, so nested or
 // concurrent calls cannot deadlock; a helper that starts after all items were
 // taken returns at once.
 // ---------------------------------------------------------------------------

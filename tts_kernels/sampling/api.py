@@ -54,6 +54,9 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         logit. Costs one extra read of the logits and a host sync; pass
         ``False`` inside decode loops and CUDA graphs, where such a row gets
         token -1 (logprob NaN, budget row untouched) and other rows are unaffected.
+        The one other way to get no token (a row below its thinking minimum,
+        no Wait ids, and the end token its only finite logit) also raises with
+        ``check_nan=True``, after the other rows' budget states have advanced.
     validate : bool, keyword-only
         Check the values of tensor-valued parameters (a host sync on CUDA).
         Python scalars are always checked. Every check is skipped while
@@ -83,7 +86,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
             raise TypeError(f"check_nan must be a bool, got {check_nan!r}")
         for name, value, lo, hi, lo_open, hi_open in (
                 ("temperature", temperature, 0.0, _INF, False, True),
-                ("top_k", top_k, 0, None, False, False),
+                ("top_k", top_k, 0, 2 ** 31 - 1, False, False),
                 ("top_p", top_p, 0.0, 1.0, True, False),
                 ("min_p", min_p, 0.0, 1.0, False, False)):
             _checks.check_range(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, enabled=validate)
@@ -119,6 +122,12 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
     fn = torch.ops.tts_kernels.sample if backend == "auto" else impls.get(backend)
     token_ids, logprobs = fn(logits, temperature, top_k, top_p, min_p, seed, offset,
                              state, forced, num_wait, num_end)
+    if checking and check_nan and B > 0 and bool((token_ids < 0).any()):
+        # passed the NaN check, so the row's only finite logit was an end token masked by budget rule 3
+        i = int((token_ids < 0).nonzero()[0, 0])
+        raise ValueError(f"logits row {i}: no token can be drawn: its only finite logit is the end-of-thinking "
+                         f"token, masked because the row is below its thinking minimum and "
+                         f"budget.forcing.wait_ids is empty")
     return SampleOutput(token_ids, logprobs)
 
 

@@ -44,6 +44,7 @@ import torch
 MIN_TOKENS, MAX_TOKENS, MIN_WAITS, NUM_THINKING, WAITS_USED, PHASE, POS, STOP = range(8)
 STATE_COLUMNS = 8
 THINKING, ENDING, DONE = 0, 1, 2
+_INT32 = torch.iinfo(torch.int32)
 
 
 def _id_list(name: str, ids) -> list[int]:
@@ -69,11 +70,15 @@ def _per_row(name: str, value, batch_size: int, device) -> torch.Tensor:
             raise ValueError(f"{name} must be a scalar or a tensor of shape [{batch_size}], got {tuple(value.shape)}")
         if value.dtype.is_floating_point or value.dtype == torch.bool:
             raise TypeError(f"{name} must be an integer tensor, got {value.dtype}")
+        if value.numel() and (int(value.min()) < _INT32.min or int(value.max()) > _INT32.max):
+            raise ValueError(f"{name} has values outside the int32 range")
         return value.to(device=device, dtype=torch.int32)
     if isinstance(value, (list, tuple)):
         return _per_row(name, torch.tensor(value, dtype=torch.int64), batch_size, device)
     if isinstance(value, bool) or not isinstance(value, int):
         raise TypeError(f"{name} must be an int or an integer tensor, got {type(value).__name__}")
+    if not _INT32.min <= value <= _INT32.max:
+        raise ValueError(f"{name} = {value} is outside the int32 range")
     return torch.full((batch_size,), value, dtype=torch.int32, device=device)
 
 
