@@ -9,31 +9,10 @@ return ``(out [N, Hq, D] in q's dtype, lse float32 [N, Hq])``.
 """
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
-from .. import _ext
+from .._backends import BACKENDS, Backends  # noqa: F401
 from .reference import tree_attention_reference
-
-BACKENDS = ("reference", "cpp", "triton")
-
-
-def cpp_available() -> bool:
-    """The extension is built and contains the tree-attention kernel."""
-    return _ext.has_kernel("tts_kernels_C::tree_attention_cpu")
-
-
-def cpp_unavailable_reason() -> str:
-    if not _ext.available():
-        return f"the C++ extension is not available: {_ext.load_error}"
-    return "the built C++ extension has no CPU kernel for tts_kernels_C::tree_attention_cpu"
-
-
-def triton_available() -> bool:
-    """triton is installed and the Triton kernel module is present."""
-    return (importlib.util.find_spec("triton") is not None
-            and importlib.util.find_spec(__package__ + ".triton_kernel") is not None)
 
 
 def tree_attention_cpp(q, k_cache, v_cache, block_tables, seq_lens, plan, scale, return_lse=True):
@@ -50,20 +29,9 @@ def tree_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, plan, sca
     return impl(q, k_cache, v_cache, block_tables, seq_lens, plan, scale, return_lse)
 
 
-def get(name: str):
-    if name == "reference":
-        return tree_attention_reference
-    if name == "cpp":
-        return tree_attention_cpp
-    if name == "triton":
-        return tree_attention_triton
-    raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
-
-
-def default_for(device: torch.device):
-    """Implementation the registered op uses on ``device``."""
-    if device.type == "cpu":
-        return tree_attention_cpp if cpp_available() else tree_attention_reference
-    if device.type == "cuda":
-        return tree_attention_triton if triton_available() else tree_attention_reference
-    return tree_attention_reference
+_backends = Backends(reference=tree_attention_reference, cpp=tree_attention_cpp, triton=tree_attention_triton,
+                     cpp_op="tts_kernels_C::tree_attention_cpu")
+get = _backends.get
+default_for = _backends.default_for
+cpp_available = _backends.cpp_available
+cpp_unavailable_reason = _backends.cpp_unavailable_reason

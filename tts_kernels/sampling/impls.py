@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from .. import _ext
+from .._backends import BACKENDS, Backends  # noqa: F401
 from .reference import sample_reference
-
-BACKENDS = ("reference", "cpp", "triton")
 
 
 def sample_cpp(*args):
-    if not _ext.has_kernel("tts_kernels_C::sample_cpu"):
-        raise RuntimeError(f"the C++ sampler is not available: {_ext.load_error or 'kernel not in the built library'}")
+    if not _backends.cpp_available():
+        raise RuntimeError(f"the C++ sampler is not available: {_backends.cpp_unavailable_reason()}")
     return torch.ops.tts_kernels_C.sample_cpu(*args)
 
 
@@ -26,24 +24,7 @@ def sample_triton(*args):
     return impl(*args)
 
 
-def get(name: str):
-    if name == "reference":
-        return sample_reference
-    if name == "cpp":
-        return sample_cpp
-    if name == "triton":
-        return sample_triton
-    raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}")
-
-
-def default_for(device: torch.device):
-    """Implementation the registered op uses on ``device``."""
-    if device.type == "cpu":
-        return sample_cpp if _ext.has_kernel("tts_kernels_C::sample_cpu") else sample_reference
-    if device.type == "cuda":
-        try:
-            import triton  # noqa: F401
-        except ImportError:
-            return sample_reference
-        return sample_triton
-    return sample_reference
+_backends = Backends(reference=sample_reference, cpp=sample_cpp, triton=sample_triton,
+                     cpp_op="tts_kernels_C::sample_cpu")
+get = _backends.get
+default_for = _backends.default_for
