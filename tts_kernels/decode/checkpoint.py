@@ -169,17 +169,22 @@ def rope_inv_freq(cfg: ModelConfig) -> torch.Tensor:
     return torch.where(medium, smoothed, out)
 
 
-def read_config(path: str) -> ModelConfig:
-    fn = os.path.join(path, "config.json")
-    if not os.path.isdir(path):
-        raise CheckpointError(f"checkpoint directory {path!r} does not exist")
+def read_json(path: str, name: str):
+    """``(parsed JSON, file path)`` of ``path/name``; a missing or malformed file is a CheckpointError."""
+    fn = os.path.join(path, name)
     if not os.path.isfile(fn):
-        raise CheckpointError(f"{path}: missing config.json")
+        raise CheckpointError(f"{path}: missing {name}")
     try:
         with open(fn) as f:
-            cfg = json.load(f)
+            return json.load(f), fn
     except (OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{fn}: not valid JSON ({exc})") from None
+
+
+def read_config(path: str) -> ModelConfig:
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint directory {path!r} does not exist")
+    cfg, fn = read_json(path, "config.json")
     return ModelConfig.from_dict(cfg, where=fn)
 
 

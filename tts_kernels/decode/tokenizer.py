@@ -12,7 +12,7 @@ import os
 import re
 from typing import List, Optional, Sequence
 
-from .checkpoint import CheckpointError
+from .checkpoint import CheckpointError, read_json
 
 try:  # optional dependency
     import tokenizers as _hf_tokenizers
@@ -24,14 +24,7 @@ class Tokenizer:
     """``encode(text) -> ids``, ``decode(ids) -> text``, ``token_to_id``, ``eos_token_ids``."""
 
     def __init__(self, path: str, prefer_pure: bool = False):
-        fn = os.path.join(path, "tokenizer.json")
-        if not os.path.isfile(fn):
-            raise CheckpointError(f"{path}: missing tokenizer.json")
-        try:
-            with open(fn) as f:
-                spec = json.load(f)
-        except (OSError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{fn}: not valid JSON ({exc})") from None
+        spec, fn = read_json(path, "tokenizer.json")
         self._spec = spec
         self._hf = None
         if _hf_tokenizers is not None and not prefer_pure:
