@@ -180,3 +180,51 @@ def test_decode_forward_compiles_fullgraph(model, attention):
     ref = model.forward(toks, pos, attn)
     fn = torch.compile(lambda x, p: model.forward(x, p, attn), fullgraph=True, backend="aot_eager")
     torch.testing.assert_close(fn(toks, pos), ref)
+
+
+@pytest.mark.parametrize("attention", ["tree", "torch"])
+def test_feed_matches_fresh_prefill_and_counts(model, attention):
+    eng = Engine(model, num_blocks=128, block_size=4, attention=attention, track_kv=True)
+    root = eng.add(list(range(1, 14)), temperature=0.0)     # 13 tokens: 3 full blocks shared by the forks
+    kids = eng.fork(root, 3)
+    conts = [[5, 6, 7, 8, 9], [11], [12, 13, 14]]
+    eng.feed(kids, conts)
+    for k, c in zip(kids, conts):
+        logits, fresh = model.prefill(torch.tensor(list(range(1, 14)) + c), last_only=True)
+        torch.testing.assert_close(eng.next_logits(k), logits[-1], atol=1e-4, rtol=1e-4)
+        for (kk, vv), (fk, fv) in zip(_pool_kv(eng, k), fresh):
+            torch.testing.assert_close(kk, fk, atol=1e-4, rtol=1e-4)
+        assert eng.tokens(k) == c and all(x != x for x in eng.logprobs(k))
+    assert eng.stats["tokens_fed"] == 9 and eng.stats["forwards"] == 5
+    # per-sequence attention reads every row's whole context; the tree plan reads shared blocks once
+    assert eng.stats["kv_tokens_noshare"] == 3 * 14 + 2 * 15 + 2 * 16 + 17 + 18
+    if attention == "tree":
+        assert eng.stats["kv_tokens_read"] < eng.stats["kv_tokens_noshare"]
+    else:
+        assert eng.stats["kv_tokens_read"] == eng.stats["kv_tokens_noshare"]
+
+
+def test_feed_out_of_blocks_and_bad_input_change_nothing(model):
+    eng = Engine(model, num_blocks=6, block_size=4)
+    a, b = eng.add([1, 2, 3], temperature=0.0), eng.add([4, 5], temperature=0.0)
+    before = (eng.pool.num_free_blocks, eng.pool.seq_len(a), eng.next_logits(a).clone())
+    with pytest.raises(tk.OutOfBlocksError, match="free KV blocks"):
+        eng.feed([a, b], [[7] * 10, [8] * 10])        # needs 3 + 2 blocks, 4 are free
+    with pytest.raises(ValueError, match="same length"):
+        eng.feed([a, b], [[7]])
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        eng.feed([a], [[1000]])
+    with pytest.raises(ValueError, match="more than once"):
+        eng.feed([a, a], [[1], [2]])
+    assert (eng.pool.num_free_blocks, eng.pool.seq_len(a)) == before[:2] and eng.tokens(a) == []
+    assert torch.equal(eng.next_logits(a), before[2])
+
+
+def test_set_params_changes_sampling(model):
+    eng = Engine(model, num_blocks=64, block_size=4, seed=5)
+    sid = eng.add([3, 4, 5], temperature=1.0)
+    eng.set_params(sid, temperature=0.0)
+    eng.generate([sid], max_new_tokens=6)
+    assert eng.tokens(sid) == model.greedy([3, 4, 5], 6, eos=60)[:len(eng.tokens(sid))]
+    with pytest.raises(ValueError, match="unknown sampling parameter"):
+        eng.set_params(sid, temprature=0.5)

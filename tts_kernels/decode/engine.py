@@ -89,7 +89,7 @@ class Engine:
 
     def __init__(self, model, tokenizer=None, *, num_blocks: int = 1024, block_size: int = 16,
                  budget_strings: Optional[BudgetStrings] = None, seed: int = 0, attention: str = "tree",
-                 chunk_size: Optional[int] = None):
+                 chunk_size: Optional[int] = None, track_kv: bool = False):
         from ..attention import KVPool
         c = model.cfg
         self.model, self.tokenizer = model, tokenizer
@@ -111,6 +111,12 @@ class Engine:
             if end:
                 self.forcing = BudgetForcing(end, tokenizer.encode(bs.wait) if bs.wait else (),
                                              tokenizer.encode(bs.answer_prefix) if bs.answer_prefix else ())
+        self.track_kv = bool(track_kv)
+        #: counters: tokens sampled by :meth:`step`, tokens fed by :meth:`feed`/:meth:`extend`, decode
+        #: forwards, and (with ``track_kv=True``) KV tokens read by decode attention against what
+        #: per-sequence attention would read (one sync per forward to count them, so off by default)
+        self.stats = dict(tokens_sampled=0, tokens_fed=0, forwards=0, kv_tokens_read=0, kv_tokens_noshare=0)
+        self.kv_bytes_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.pool.k_cache(0).element_size()
         self._no_forcing = BudgetForcing([0])              # rows without a budget are never touched
         self._no_budget = self._no_forcing.init_state(1).data[0]
 
@@ -176,6 +182,7 @@ class Engine:
         s.out.extend(ids)
         s.logprobs.extend([float("nan")] * len(ids))
         s.logits = logits[-1]
+        self.stats["tokens_fed"] += len(ids)
 
     # -- decoding ---------------------------------------------------------------------------
     def step(self, sids: Optional[Iterable[int]] = None) -> Dict[int, int]:
@@ -203,10 +210,10 @@ class Engine:
         seeds = torch.tensor([s.seed for s in seqs], dtype=torch.int64, device=dev)
         out = sample(logits, temperature=p["temperature"], top_k=top_k, top_p=p["top_p"], min_p=p["min_p"],
                      seed=seeds, offset=positions.to(dev), budget=budget, check_nan=False, validate=False)
-        attn = PagedDecode(self.pool, ids, slots, self.model.scale, self.attention, self.chunk_size)
         # a row whose logits had a NaN/+inf (token -1) still runs the forward on a valid id so the
         # step completes for every row; that row is then finished (its token stays -1)
-        nxt = self.model.forward(out.token_ids.clamp(min=0), positions.to(dev), attn)
+        nxt = self._forward(ids, slots, out.token_ids.clamp(min=0), positions.to(dev))
+        self.stats["tokens_sampled"] += len(ids)
         toks, lps = out.token_ids.tolist(), out.logprobs.tolist()
         eos = self.eos_token_ids
         for i, s in enumerate(seqs):
@@ -247,6 +254,51 @@ class Engine:
         if bar is not None:
             bar.close()
         return {sid: self._seqs[sid].out[n:] for sid, n in start.items()}
+
+    def feed(self, sids: Sequence[int], tokens: Sequence[Sequence[int]]) -> None:
+        """Append ``tokens[i]`` to ``sids[i]`` without sampling (teacher forcing), batched over sequences.
+
+        Runs one decode forward per position over the rows that still have tokens
+        (so many short continuations cost a few batched steps, not one prefill
+        each); afterwards :meth:`next_logits` is the logits after each row's
+        last token. Budget counters are not changed; logprobs are NaN as for
+        :meth:`extend`. Raises :class:`tts_kernels.OutOfBlocksError` before
+        changing anything when the pool cannot hold every row's tokens.
+        """
+        sids = list(sids)
+        if len(sids) != len(tokens):
+            raise ValueError(f"sids and tokens must have the same length, got {len(sids)} and {len(tokens)}")
+        if len(set(sids)) != len(sids):
+            raise ValueError("sids lists a sequence more than once")
+        rows = [self._encode(t) for t in tokens]
+        seqs = [self._get(s) for s in sids]
+        bs = self.pool.block_size
+        need = sum(-(-(self.pool.seq_len(s) + len(r)) // bs) - len(self.pool.block_ids(s)) for s, r in zip(sids, rows))
+        if need > self.pool.num_free_blocks:
+            from ..attention import OutOfBlocksError
+            raise OutOfBlocksError(f"feed needs {need} free KV blocks, the pool has {self.pool.num_free_blocks}")
+        dev = self.model.device
+        for t in range(max((len(r) for r in rows), default=0)):
+            idx = [i for i, r in enumerate(rows) if len(r) > t]
+            ids = [sids[i] for i in idx]
+            positions = self.pool.seq_lens(ids).long().to(dev)
+            slots = self.pool.append(ids, 1)
+            toks = torch.tensor([rows[i][t] for i in idx], dtype=torch.int64, device=dev)
+            nxt = self._forward(ids, slots, toks, positions)
+            for j, i in enumerate(idx):
+                seqs[i].logits = nxt[j]
+        for s, r in zip(seqs, rows):
+            s.out.extend(r)
+            s.logprobs.extend([float("nan")] * len(r))
+        self.stats["tokens_fed"] += sum(map(len, rows))
+
+    def set_params(self, sid: int, **params) -> None:
+        """Change a live sequence's sampling parameters (``temperature``, ``top_k``, ``top_p``, ``min_p``)."""
+        s = self._get(sid)
+        for k, v in params.items():
+            if k not in s.params:
+                raise ValueError(f"unknown sampling parameter {k!r}; expected one of {sorted(s.params)}")
+            s.params[k] = int(v) if k == "top_k" else float(v)
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -308,6 +360,16 @@ class Engine:
     def _seed(self, sid, seed):
         return int(seed) if seed is not None else (self.base_seed * 1_000_003 + sid * 7919 + 1) % (2 ** 62)
 
+    def _forward(self, ids, slots, tokens, positions):
+        """One decode forward of rows ``ids`` on ``tokens`` whose K/V go to ``slots``; returns next logits."""
+        attn = PagedDecode(self.pool, ids, slots, self.model.scale, self.attention, self.chunk_size)
+        self.stats["forwards"] += 1
+        if self.track_kv:
+            self.stats["kv_tokens_noshare"] += int(attn.seq_lens.sum())
+            self.stats["kv_tokens_read"] += (int(attn.plan.chunk_len.sum()) if attn.plan is not None
+                                             else int(attn.seq_lens.sum()))
+        return self.model.forward(tokens, positions, attn)
+
     def _write_kv(self, sid, start, kv):
         slots = self.pool.slot_mapping(sid, start, start + kv[0][0].shape[0])
         for i, (k, v) in enumerate(kv):
@@ -316,8 +378,19 @@ class Engine:
             vc.view(-1, *vc.shape[2:])[slots] = v.to(vc.dtype)
 
     def _hits_stop(self, new: List[int], stop: Sequence[str]) -> bool:
+        # cheap filter: the last token's own text must hold the stop string's last character
+        # (or be a partial character of a byte-level vocabulary) for the tail to end with it
+        last = self._token_text(new[-1]) if new and new[-1] >= 0 else ""
+        if not any(x[-1] in last for x in stop) and "\ufffd" not in last:
+            return False
         tail = self.tokenizer.decode([t for t in new[-8:] if t >= 0])
         return any(tail.endswith(x) for x in stop)
+
+    def _token_text(self, t: int) -> str:
+        cache = self.__dict__.setdefault("_text_cache", {})
+        if t not in cache:
+            cache[t] = self.tokenizer.decode([t])
+        return cache[t]
 
 
 def _progress(total, enabled):
