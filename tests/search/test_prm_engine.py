@@ -1,0 +1,79 @@
+"""EnginePRM: tag-token scores through the engine with prefix caching equal a plain full forward."""
+import json
+import os
+import shutil
+
+import pytest
+import torch
+
+from tts_kernels.decode import DEFAULT_MODEL, load
+from tts_kernels.search import EnginePRM, load_prm, split_steps
+
+
+@pytest.fixture(scope="module")
+def prm_dir(tmp_path_factory):
+    """The embedded policy's weights used as a tag-token PRM (any causal LM is a valid one)."""
+    d = tmp_path_factory.mktemp("prm")
+    for f in os.listdir(DEFAULT_MODEL):
+        if f.endswith((".json", ".safetensors")):
+            shutil.copy(os.path.join(DEFAULT_MODEL, f), d / f)
+    (d / "prm_config.json").write_text(json.dumps(
+        {"kind": "tag_token", "step_tag": "\n\n", "good_token": "+", "bad_token": "-"}))
+    return str(d)
+
+
+def full_forward_scores(model, tok, prompt, steps):
+    """Reference: one forward over prompt + every step followed by the tag; read the tag positions."""
+    ids = tok.encode(prompt)
+    tags = []
+    for st in steps:
+        ids = ids + tok.encode(st) + tok.encode("\n\n")
+        tags.append(len(ids) - 1)
+    logits, _ = model.prefill(torch.tensor(ids))
+    good, bad = tok.token_to_id("+"), tok.token_to_id("-")
+    return [float(torch.sigmoid(logits[t, good] - logits[t, bad])) for t in tags]
+
+
+def test_scores_match_full_forward_and_cache_prefixes(prm_dir):
+    model, tok = load(prm_dir)
+    prm = EnginePRM(prm_dir, num_blocks=256, block_size=4)
+    prompts = ["49+9-3-6=?<think>", "49+9-3-6=?<think>", "12+3=?<think>", "49+9-3-6=?<think>"]
+    steps = [split_steps("49+9=58\n\n58-3=55\n\n55-6=49\n\n</think>Final Answer: 49<|eos|>"),
+             ["49+9=58", "58-3=56"], ["12+3=15", "</think>Final Answer: 15"], []]
+    got = prm.score(prompts, steps)
+    assert [len(g) for g in got] == [4, 2, 2, 0]
+    for p, st, g in zip(prompts, steps, got):
+        assert g == pytest.approx(full_forward_scores(model, tok, p, st), abs=1e-5)
+    # the shared prompt and first step were run once: the second candidate added one step only
+    first = prm.tokens_scored
+    once = (len(tok.encode(prompts[0])) + len(tok.encode(prompts[2]))
+            + sum(len(tok.encode(s)) + 1 for s in steps[0] + steps[2]) + len(tok.encode("58-3=56")) + 1)
+    assert first == once
+    # re-scoring an extended candidate pays for its new step only, and returns the same old scores
+    ext = steps[1] + ["56-6=50"]
+    again = prm.score([prompts[1]], [ext])[0]
+    assert prm.tokens_scored == first + len(tok.encode("56-6=50")) + 1
+    assert again[:2] == got[1] and again == pytest.approx(full_forward_scores(model, tok, prompts[1], ext), abs=1e-5)
+    # forks share the prompt's full blocks in the PRM's pool
+    assert prm.engine.pool.num_used_blocks < sum(
+        -(-prm.engine.pool.seq_len(s) // 4) for s in prm.engine.live)
+    prm.reset()
+    assert prm.engine.live == [] and prm.engine.pool.num_free_blocks == prm.engine.pool.num_blocks
+
+
+def test_bad_prm_directories(tmp_path, prm_dir):
+    with pytest.raises(FileNotFoundError, match="prm_config.json"):
+        EnginePRM(str(tmp_path))
+    bad = tmp_path / "bad"
+    shutil.copytree(prm_dir, bad)
+    (bad / "prm_config.json").write_text(json.dumps({"kind": "tag_token", "step_tag": "\n\n",
+                                                    "good_token": "ки", "bad_token": "-"}))
+    with pytest.raises(ValueError, match="not in the PRM's vocabulary"):
+        EnginePRM(str(bad))
+    (bad / "prm_config.json").write_text(json.dumps({"kind": "value_head"}))
+    with pytest.raises(ValueError, match="unsupported PRM kind"):
+        EnginePRM(str(bad))
+    assert isinstance(load_prm(prm_dir), EnginePRM)
+    prm = EnginePRM(prm_dir, num_blocks=64)
+    with pytest.raises(ValueError, match="same length"):
+        prm.score(["a"], [])

@@ -1,0 +1,166 @@
+"""Process reward models (PRMs): the interface the searches use, and the engine-backed tag-token PRM.
+
+A PRM scores every step of a partial solution::
+
+    scores = prm.score(prompts, steps)      # scores[i][k] in [0, 1] for step k of candidate i
+
+``steps[i]`` are the step texts of candidate ``i`` without the step
+delimiter (a completion ``"a\\n\\nb\\n\\n</think>Final Answer: 7"`` has the
+steps ``["a", "b", "</think>Final Answer: 7"]``, see :func:`split_steps`).
+Implementations may cache the prefixes they have seen (so that a search that
+re-scores a candidate after each new step only pays for the new step);
+:meth:`PRM.reset` drops that cache.
+
+:class:`EnginePRM` runs a tag-token PRM (Math-Shepherd style) through the
+package's own runner and paged KV pool: the input is
+``prompt + step_1 + tag + step_2 + tag + ...`` and the score of step ``k`` is
+``sigmoid(logit[good] - logit[bad])`` read at the ``k``-th tag token, i.e. the
+probability of the good token against the bad one. Prefixes already scored are
+kept as sequences in its pool, so candidates that share a prefix (forks of one
+beam) store and read the prefix's KV once; scoring a new step feeds only that
+step's tokens, batched over every candidate with one decode step per token.
+The PRM directory holds a Hugging Face causal-LM checkpoint plus
+``prm_config.json``::
+
+    {"kind": "tag_token", "step_tag": "\\n\\n", "good_token": "+", "bad_token": "-"}
+
+The embedded default (``tts_kernels/models/tiny-arith-prm``) is trained by
+``scripts/train_prm.py`` on the embedded policy's own samples.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+DEFAULT_PRM = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models", "tiny-arith-prm")
+
+
+def split_steps(completion: str, delimiter: str = "\n\n", eos: Sequence[str] = ("<|eos|>",)) -> List[str]:
+    """Step texts of a completion: split on ``delimiter``, end-of-sequence strings and empty steps dropped."""
+    for e in eos:
+        completion = completion.replace(e, "")
+    return [s for s in completion.split(delimiter) if s.strip()]
+
+
+class PRM:
+    """Interface of a process reward model (see the module docstring)."""
+
+    def score(self, prompts: Sequence[str], steps: Sequence[Sequence[str]]) -> List[List[float]]:
+        """Per candidate ``i``, one score in ``[0, 1]`` per step of ``steps[i]`` (the problem being ``prompts[i]``)."""
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        """Forget cached prefixes (call between problems or searches to free memory)."""
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count (for FLOP accounting); 0 when unknown."""
+        return 0
+
+    #: tokens the PRM has run its model over since construction (for compute accounting)
+    tokens_scored: int = 0
+
+
+def model_params(cfg) -> int:
+    """Parameter count of a :class:`tts_kernels.decode.ModelConfig` (from its tensor shapes)."""
+    return int(sum(math.prod(shape) for shape in cfg.expected_shapes().values()))
+
+
+def check_scores_shape(steps: Sequence[Sequence[str]], scores: List[List[float]]) -> List[List[float]]:
+    if len(scores) != len(steps) or any(len(a) != len(b) for a, b in zip(scores, steps)):
+        raise RuntimeError("PRM returned a score list whose shape does not match the steps")
+    return scores
+
+
+class EnginePRM(PRM):
+    """Tag-token PRM over the package's runner with prefix caching (see the module docstring).
+
+    Parameters
+    ----------
+    path : str, optional
+        PRM directory (default: the embedded ``tiny-arith-prm``).
+    num_blocks, block_size : int
+        Geometry of the PRM's own KV pool; :meth:`reset` frees it.
+    attention : str
+        Decode attention backend of the PRM's engine (``"tree"`` shares prefix KV reads).
+    """
+
+    def __init__(self, path: Optional[str] = None, *, num_blocks: int = 4096, block_size: int = 16,
+                 attention: str = "tree"):
+        from ..decode import Engine, load
+        path = DEFAULT_PRM if path is None else os.fspath(path)
+        cfg_file = os.path.join(path, "prm_config.json")
+        if not os.path.exists(cfg_file):
+            raise FileNotFoundError(f"{path} is not a PRM directory: prm_config.json is missing")
+        with open(cfg_file) as f:
+            cfg = json.load(f)
+        if cfg.get("kind") != "tag_token":
+            raise ValueError(f"{cfg_file}: unsupported PRM kind {cfg.get('kind')!r} (expected 'tag_token')")
+        model, tok = load(path)
+        self.engine = Engine(model, tok, num_blocks=num_blocks, block_size=block_size, attention=attention)
+        self.tokenizer = tok
+        self.tag = list(tok.encode(cfg["step_tag"]))
+        ids = [tok.token_to_id(cfg[k]) for k in ("good_token", "bad_token")]
+        if not self.tag or None in ids:
+            raise ValueError(f"{cfg_file}: step_tag / good_token / bad_token are not in the PRM's vocabulary")
+        self.good, self.bad = ids
+        self._params = model_params(model.cfg)
+        self._cache: Dict[Tuple[str, ...], Tuple[int, float]] = {}   # (prompt, *steps) -> (sid, score)
+        self.tokens_scored = 0
+
+    @property
+    def num_params(self) -> int:
+        return self._params
+
+    def reset(self) -> None:
+        self.engine.free(self.engine.live)
+        self._cache.clear()
+
+    def score(self, prompts, steps):
+        if len(prompts) != len(steps):
+            raise ValueError(f"prompts and steps must have the same length, got {len(prompts)} and {len(steps)}")
+        eng = self.engine
+        # 1. prompts never seen: prefill once each
+        for p in dict.fromkeys(prompts):
+            if (p,) not in self._cache:
+                ids = self.tokenizer.encode(p)
+                self._cache[(p,)] = (eng.add(ids, temperature=0.0), math.nan)
+                self.tokens_scored += len(ids)
+        # 2. walk the step prefixes level by level; each level forks the cached parents of its new
+        #    nodes and feeds every new step (+ tag) in one batched call
+        depth = max((len(s) for s in steps), default=0)
+        for k in range(depth):
+            new: Dict[Tuple[str, ...], int] = {}
+            for p, st in zip(prompts, steps):
+                if len(st) > k:
+                    key = (p, *st[:k + 1])
+                    if key not in self._cache and key not in new:
+                        new[key] = eng.fork(self._cache[key[:-1]][0], 1)[0]
+            if not new:
+                continue
+            feeds = [list(self.tokenizer.encode(key[-1])) + self.tag for key in new]
+            eng.feed(list(new.values()), feeds)
+            self.tokens_scored += sum(map(len, feeds))
+            for key, sid in new.items():
+                lg = eng.next_logits(sid)
+                self._cache[key] = (sid, float(torch.sigmoid(lg[self.good] - lg[self.bad])))
+        return check_scores_shape(steps, [[self._cache[(p, *st[:k + 1])][1] for k in range(len(st))]
+                                          for p, st in zip(prompts, steps)])
+
+
+def load_prm(path: Optional[str] = None, **kwargs) -> PRM:
+    """A PRM from a directory: ``prm_config.json``'s ``kind`` picks the adapter (default: the embedded PRM)."""
+    path = DEFAULT_PRM if path is None else os.fspath(path)
+    cfg_file = os.path.join(path, "prm_config.json")
+    kind = None
+    if os.path.exists(cfg_file):
+        with open(cfg_file) as f:
+            kind = json.load(f).get("kind")
+    if kind == "tag_token":
+        return EnginePRM(path, **kwargs)
+    from . import prm_hf
+    return prm_hf.from_pretrained(path, **kwargs)
