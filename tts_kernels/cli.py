@@ -10,6 +10,10 @@ demo
 generate
     Sample N continuations of a prompt with the decode engine (budget forcing
     options; the embedded tiny model when no --model is given); prints tokens/s.
+evaluate
+    The main job: Best-of-N, beam search and DVTS with a PRM at N in {1, 4, 16, 64},
+    s1's budget-control methods, difficulty buckets, the compute-optimal choice and
+    the small-vs-large headline; a table, a JSON file and a PNG plot.
 """
 from __future__ import annotations
 
@@ -95,9 +99,15 @@ def main(argv=None) -> None:
     from .decode import cli as decode_cli
     gen = sub.add_parser("generate", help="sample with the decode engine (default: embedded tiny model)")
     decode_cli.add_arguments(gen)
+    from .search import cli as search_cli
+    ev = sub.add_parser("evaluate", help="the main job: TTS strategies x N with a PRM (default: embedded task)")
+    search_cli.add_arguments(ev)
     args = parser.parse_args(argv)
     if args.command == "generate":
         return decode_cli.run(args)
+    if args.command == "evaluate":
+        search_cli.run(args)
+        return None
     device = torch.device(args.device)
     _budget_demo(args.rows, 64, device)
     _speed_demo(args.batch, args.vocab, device, args.reps)

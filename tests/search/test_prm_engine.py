@@ -1,25 +1,12 @@
 """EnginePRM: tag-token scores through the engine with prefix caching equal a plain full forward."""
 import json
-import os
 import shutil
 
 import pytest
 import torch
 
-from tts_kernels.decode import DEFAULT_MODEL, load
+from tts_kernels.decode import load
 from tts_kernels.search import EnginePRM, load_prm, split_steps
-
-
-@pytest.fixture(scope="module")
-def prm_dir(tmp_path_factory):
-    """The embedded policy's weights used as a tag-token PRM (any causal LM is a valid one)."""
-    d = tmp_path_factory.mktemp("prm")
-    for f in os.listdir(DEFAULT_MODEL):
-        if f.endswith((".json", ".safetensors")):
-            shutil.copy(os.path.join(DEFAULT_MODEL, f), d / f)
-    (d / "prm_config.json").write_text(json.dumps(
-        {"kind": "tag_token", "step_tag": "\n\n", "good_token": "+", "bad_token": "-"}))
-    return str(d)
 
 
 def full_forward_scores(model, tok, prompt, steps):
