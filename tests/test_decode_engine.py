@@ -228,3 +228,29 @@ def test_set_params_changes_sampling(model):
     assert eng.tokens(sid) == model.greedy([3, 4, 5], 6, eos=60)[:len(eng.tokens(sid))]
     with pytest.raises(ValueError, match="unknown sampling parameter"):
         eng.set_params(sid, temprature=0.5)
+
+
+def test_add_many_equals_sequential_adds(model):
+    """One packed prefill of several prompts = one add() each (logits, KV, greedy tokens); all or nothing."""
+    prompts = [[1, 2, 3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16]]
+    one = Engine(model, num_blocks=64, block_size=4)
+    many = Engine(model, num_blocks=64, block_size=4)
+    a = [one.add(p, temperature=0.0) for p in prompts]
+    b = many.add_many(prompts, temperature=0.0)
+    assert a == b
+    for sa, sb, p in zip(a, b, prompts):
+        torch.testing.assert_close(many.next_logits(sb), one.next_logits(sa), atol=1e-5, rtol=1e-5)
+        for (k1, v1), (k2, v2) in zip(_pool_kv(one, sa), _pool_kv(many, sb)):
+            torch.testing.assert_close(k2, k1, atol=1e-5, rtol=1e-5)
+            torch.testing.assert_close(v2, v1, atol=1e-5, rtol=1e-5)
+        assert many.prompt_tokens(sb) == p
+    one.generate(max_new_tokens=5)
+    many.generate(max_new_tokens=5)
+    assert [many.tokens(s) for s in b] == [one.tokens(s) for s in a]
+    small = Engine(model, num_blocks=4, block_size=4)
+    with pytest.raises(tk.OutOfBlocksError):
+        small.add_many(prompts)                     # 3 + 1 + 2 blocks > 4
+    assert small.live == [] and small.pool.num_free_blocks == 4
+    with pytest.raises(ValueError, match="seeds must have one entry per prompt"):
+        small.add_many(prompts[:2], seeds=[1])
+    assert small.add_many([]) == []

@@ -1,8 +1,9 @@
 """Decode attention over the paged KV pool (the engine side of the model's attention interface).
 
-:class:`PagedDecode` is built once per decode step for the rows being
-stepped: it writes each layer's new K/V into the pool at the rows' new slots
-and attends over the pool with
+:class:`StepAttention` is the device half: given the step's tensors (new-token
+slots, block tables, sequence lengths and, for the tree backends, a
+:class:`tts_kernels.TreeAttentionPlan`), each layer writes its new K/V into
+the pool at the rows' slots and attends over the pool with
 
 * ``"tree"`` (default): :func:`tts_kernels.tree_attention` with one
   :func:`tts_kernels.plan_tree_attention` plan per step shared by every layer,
@@ -10,8 +11,16 @@ and attends over the pool with
 * ``"tree-noshare"``: the same kernel with sharing disabled (every row reads its own KV);
 * ``"torch"``: gather every row's blocks and attend with plain PyTorch (a
   simple reference; no kernel involved).
+
+It only runs tensor ops on fixed shapes (no host sync, no Python branch on
+tensor values), so it traces with ``torch.compile(fullgraph=True)`` and can be
+captured in a CUDA graph. :class:`PagedDecode` builds those tensors from the
+pool for a list of sequences (the simple one-call form; the engine builds them
+on the host instead, see :mod:`tts_kernels.decode.step`).
 """
 from __future__ import annotations
+
+from typing import Optional, Sequence
 
 import torch
 
@@ -34,24 +43,40 @@ def paged_attention_torch(q, k_cache, v_cache, block_tables, seq_lens, scale):
     return torch.einsum("nht,nthd->nhd", torch.softmax(s, -1), v).to(q.dtype)
 
 
-class PagedDecode:
-    """Attention callable for one decode step of ``seqs`` whose new tokens go to ``slots`` [N]."""
+class StepAttention:
+    """Attention callable of one decode step, from device tensors only.
 
-    def __init__(self, pool, seqs, slots, scale, backend="tree", chunk_size=None):
+    Parameters
+    ----------
+    k_caches, v_caches : sequence of Tensor
+        The pool's per-layer caches ``[num_blocks, block_size, Hkv, D]``.
+    slots : Tensor
+        int64 ``[N]``: where each row's new K/V go.
+    block_tables, seq_lens : Tensor
+        int32 ``[N, M]`` and ``[N]`` (the new token included).
+    plan : TreeAttentionPlan or None
+        For the tree backends (``None`` with ``"torch"``).
+    write_rows : Tensor, optional
+        int64 ``[N]``: row ``i`` stores the K/V of row ``write_rows[i]`` at
+        ``slots[write_rows[i]]``. The engine pads a batch with rows that point at
+        row 0, so a padding row rewrites row 0's exact values (the same bits to
+        the same slot) and never touches the rest of the pool.
+    """
+
+    def __init__(self, k_caches: Sequence[torch.Tensor], v_caches: Sequence[torch.Tensor], slots: torch.Tensor,
+                 block_tables: torch.Tensor, seq_lens: torch.Tensor, plan, scale: float, backend: str = "tree",
+                 write_rows: Optional[torch.Tensor] = None):
         if backend not in BACKENDS:
             raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
-        self.pool, self.scale, self.backend = pool, scale, backend
-        self.slots = slots.reshape(-1).to(pool.device)
-        self.block_tables = pool.block_tables(seqs)
-        self.seq_lens = pool.seq_lens(seqs)
-        self.plan = None
-        if backend != "torch":
-            from ..attention import plan_tree_attention
-            self.plan = plan_tree_attention(self.block_tables, self.seq_lens, pool.block_size,
-                                            chunk_size=chunk_size, sharing=backend == "tree", validate=False)
+        self.k_caches, self.v_caches = k_caches, v_caches
+        self.block_tables, self.seq_lens, self.plan = block_tables, seq_lens, plan
+        self.scale, self.backend, self.write_rows = scale, backend, write_rows
+        self.slots = slots if write_rows is None else slots.index_select(0, write_rows)
 
     def __call__(self, layer, q, k, v, positions):
-        kc, vc = self.pool.k_cache(layer), self.pool.v_cache(layer)
+        kc, vc = self.k_caches[layer], self.v_caches[layer]
+        if self.write_rows is not None:
+            k, v = k.index_select(0, self.write_rows), v.index_select(0, self.write_rows)
         hd = kc.shape[2:]
         kc.view(-1, *hd)[self.slots] = k.to(kc.dtype)
         vc.view(-1, *hd)[self.slots] = v.to(vc.dtype)
@@ -60,3 +85,26 @@ class PagedDecode:
         from ..attention import tree_attention
         return tree_attention(q, kc, vc, self.block_tables, self.seq_lens, self.scale, plan=self.plan,
                               validate=False)
+
+
+class PagedDecode(StepAttention):
+    """Attention callable for one decode step of ``seqs`` whose new tokens go to ``slots`` [N].
+
+    Reads block tables and sequence lengths from ``pool`` and plans on the
+    pool's device (the planner syncs with the host there); the engine prepares
+    these on the host instead (:func:`tts_kernels.decode.step.prepare_step`).
+    """
+
+    def __init__(self, pool, seqs, slots, scale, backend="tree", chunk_size=None):
+        if backend not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
+        self.pool = pool
+        block_tables, seq_lens = pool.block_tables(seqs), pool.seq_lens(seqs)
+        plan = None
+        if backend != "torch":
+            from ..attention import plan_tree_attention
+            plan = plan_tree_attention(block_tables, seq_lens, pool.block_size, chunk_size=chunk_size,
+                                       sharing=backend == "tree", validate=False)
+        super().__init__([pool.k_cache(i) for i in range(pool.num_layers)],
+                         [pool.v_cache(i) for i in range(pool.num_layers)],
+                         slots.reshape(-1).to(pool.device), block_tables, seq_lens, plan, scale, backend)

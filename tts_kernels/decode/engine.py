@@ -17,9 +17,27 @@ the model on the new tokens with decode attention over the pool
 (:mod:`.attention`). Sampling is keyed by (per-sequence seed, position), so a
 sequence's tokens do not depend on which other sequences share its batch.
 
-Host work per step: the pool's block bookkeeping, the plan, and one copy of
-the new tokens to the host (stop/EOS checks); the model forward and the
-sampler themselves do not synchronise.
+A step is split in two (:mod:`.step`):
+
+1. host: ``pool.append`` (block bookkeeping; :class:`tts_kernels.OutOfBlocksError`
+   before anything changes), then block tables, sequence lengths, slots, the
+   rows' sampling parameters and the tree-attention plan, all built from host
+   data on CPU tensors and packed into one buffer that goes to the device in
+   one transfer (pinned, non-blocking on CUDA);
+2. device: one function of fixed-shape tensors (:func:`.step.decode_step`:
+   EOS masking, ``tk.sample`` with the budget state, K/V writes, the model
+   forward with tree attention) with no host sync inside. The engine stacks the
+   rows' next-token logits and budget rows (device tensors) as its inputs.
+
+The **one sync per step** is the copy of the new tokens and logprobs to the
+host (stop/EOS checks, :meth:`tokens`), made after the whole step is enqueued.
+
+``compile=True`` runs the device function through
+``torch.compile(fullgraph=True, dynamic=False)``, and ``cuda_graphs=True``
+captures it in a CUDA graph; both pad the batch to power-of-two buckets
+(inert padding rows; block tables and the plan padded too), one graph per
+bucket. The eager engine runs exact shapes. Prefill uses flash-attn's varlen
+kernel when installed (CUDA, fp16/bf16), else SDPA (:mod:`.model`).
 """
 from __future__ import annotations
 
@@ -28,9 +46,10 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
-from ..sampling import BudgetForcing, BudgetState, sample
-from ..sampling.budget import DONE, MAX_TOKENS, NUM_THINKING, PHASE, WAITS_USED
-from .attention import PagedDecode
+from ..sampling import BudgetForcing
+from ..sampling.budget import DONE, NUM_THINKING, PHASE, WAITS_USED
+from . import step as _step
+from .attention import BACKENDS
 
 
 @dataclass(frozen=True)
@@ -85,22 +104,50 @@ class Engine:
         Base of the per-sequence sampling seeds.
     attention : {"tree", "tree-noshare", "torch"}
         Decode attention over the pool (see :mod:`tts_kernels.decode.attention`).
+    compile : bool or str
+        Run the decode step through ``torch.compile(fullgraph=True, dynamic=False)``
+        (``True``: the inductor backend; a string names another backend, e.g.
+        ``"aot_eager"``). Batches are padded to power-of-two buckets, one graph per
+        bucket; each new bucket compiles once (slow on CPU: seconds to a minute).
+    cuda_graphs : bool
+        Capture the decode step in a CUDA graph per bucket (static input buffers,
+        copy and replay); needs the model on CUDA, else ``ValueError``. Combines
+        with ``compile``. **Untested**: no GPU has been available to this project.
     """
 
     def __init__(self, model, tokenizer=None, *, num_blocks: int = 1024, block_size: int = 16,
                  budget_strings: Optional[BudgetStrings] = None, seed: int = 0, attention: str = "tree",
-                 chunk_size: Optional[int] = None, track_kv: bool = False):
+                 chunk_size: Optional[int] = None, track_kv: bool = False,
+                 compile: Union[bool, str] = False, cuda_graphs: bool = False):
         from ..attention import KVPool
         c = model.cfg
+        if attention not in BACKENDS:
+            raise ValueError(f"attention backend must be one of {BACKENDS}, got {attention!r}")
+        if cuda_graphs:
+            if not torch.cuda.is_available():
+                raise ValueError("cuda_graphs=True needs CUDA, and torch.cuda.is_available() is False "
+                                 "(use compile=True for the CPU)")
+            if model.device.type != "cuda":
+                raise ValueError(f"cuda_graphs=True needs the model on a CUDA device, it is on {model.device}")
+        if not isinstance(compile, (bool, str)):
+            raise TypeError(f"compile must be a bool or a torch.compile backend name, got {compile!r}")
+        if num_blocks * block_size >= 2 ** 31:
+            raise ValueError("num_blocks * block_size must be < 2**31 (slots are packed as int32)")
         self.model, self.tokenizer = model, tokenizer
         self.pool = KVPool(num_blocks, block_size, c.num_kv_heads, c.head_dim, c.num_layers,
                            dtype=model.dtype, device=model.device)
         self.attention, self.chunk_size, self.base_seed = attention, chunk_size, int(seed)
+        self.compile = ("inductor" if compile is True else compile) or None
+        self.cuda_graphs = bool(cuda_graphs)
+        self._bucketed = self.compile is not None or self.cuda_graphs
+        self._step_fns: Dict[_step.StepShape, object] = {}
         self._seqs: Dict[int, _Seq] = {}
         eos = set(c.eos_token_ids) | set(getattr(tokenizer, "eos_token_ids", ()) or ())
         self.eos_token_ids = tuple(sorted(eos))
-        self._eos_tensor = (torch.tensor(self.eos_token_ids, dtype=torch.long, device=model.device)
-                            if self.eos_token_ids else None)
+        dev = model.device
+        self._eos_mask = torch.zeros(c.vocab_size, dtype=torch.bool, device=dev)
+        self._eos_mask[[t for t in self.eos_token_ids if 0 <= t < c.vocab_size]] = True
+        self._pad_logits = torch.zeros(c.vocab_size, dtype=torch.float32, device=dev)
         self.forcing = None
         if tokenizer is not None:
             bs = budget_strings
@@ -114,11 +161,13 @@ class Engine:
         self.track_kv = bool(track_kv)
         #: counters: tokens sampled by :meth:`step`, tokens fed by :meth:`feed`/:meth:`extend`, decode
         #: forwards, and (with ``track_kv=True``) KV tokens read by decode attention against what
-        #: per-sequence attention would read (one sync per forward to count them, so off by default)
+        #: per-sequence attention would read (counted on the host from the step's plan)
         self.stats = dict(tokens_sampled=0, tokens_fed=0, forwards=0, kv_tokens_read=0, kv_tokens_noshare=0)
         self.kv_bytes_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.pool.k_cache(0).element_size()
         self._no_forcing = BudgetForcing([0])              # rows without a budget are never touched
-        self._no_budget = self._no_forcing.init_state(1).data[0]
+        self._no_budget = self._no_forcing.init_state(1, device=dev).data[0]
+        f = self.forcing or self._no_forcing
+        self._forced_ids = torch.tensor(f.forced_ids, dtype=torch.int32, device=dev)
 
     # -- sequences ------------------------------------------------------------------------
     def add(self, prompt: Union[str, Sequence[int]], *, temperature: float = 1.0, top_k: int = 0,
@@ -136,10 +185,7 @@ class Engine:
         ids = self._encode(prompt)
         if not ids:
             raise ValueError("prompt must have at least one token")
-        if max_thinking >= 0 and self.forcing is None:
-            raise ValueError("budget forcing needs a tokenizer with an end-of-thinking string")
-        budget = (self.forcing.init_state(1, min_thinking, max_thinking, min_waits).data[0]
-                  if max_thinking >= 0 else self._no_budget.clone())
+        budget = self._budget_row(min_thinking, max_thinking, min_waits)
         sid = self.pool.add_sequence(len(ids))
         try:
             logits, kv = self.model.prefill(torch.tensor(ids, dtype=torch.int64), last_only=True)
@@ -150,6 +196,41 @@ class Engine:
         params = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p))
         self._seqs[sid] = _Seq(list(ids), logits[-1], params, self._seed(sid, seed), budget)
         return sid
+
+    def add_many(self, prompts: Sequence[Union[str, Sequence[int]]], *, temperature: float = 1.0, top_k: int = 0,
+                 top_p: float = 1.0, min_p: float = 0.0, min_thinking: int = 0, max_thinking: int = -1,
+                 min_waits: int = 0, seeds: Optional[Sequence[int]] = None) -> List[int]:
+        """:meth:`add` of several prompts with the same parameters in one batched prefill; returns their ids.
+
+        The prompts' tokens are packed into one forward (flash-attn's varlen
+        kernel when it is used, else SDPA per prompt; see
+        :mod:`tts_kernels.decode.model`). ``seeds``: one per prompt (default:
+        derived from each sequence id, as :meth:`add`). All or nothing: on an
+        error (e.g. :class:`tts_kernels.OutOfBlocksError`) no sequence is added.
+        """
+        rows = [self._encode(p) for p in prompts]
+        if not rows:
+            return []
+        if min(map(len, rows)) == 0:
+            raise ValueError("every prompt must have at least one token")
+        if seeds is not None and len(seeds) != len(rows):
+            raise ValueError(f"seeds must have one entry per prompt ({len(rows)}), got {len(seeds)}")
+        budget = self._budget_row(min_thinking, max_thinking, min_waits)
+        sids: List[int] = []
+        try:
+            for ids in rows:
+                sids.append(self.pool.add_sequence(len(ids)))
+            logits, kv = self.model.prefill_packed(rows)
+            self._store_kv(torch.cat([self.pool.slot_mapping(sid) for sid in sids]), kv)
+        except Exception:
+            for sid in sids:
+                self.pool.free(sid)
+            raise
+        params = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p))
+        for j, (sid, ids) in enumerate(zip(sids, rows)):
+            seed = None if seeds is None else seeds[j]
+            self._seqs[sid] = _Seq(list(ids), logits[j], dict(params), self._seed(sid, seed), budget.clone())
+        return sids
 
     def fork(self, sid: int, k: int = 1) -> List[int]:
         """``k`` copies of ``sid`` (tokens, logprobs, budget state, next-token logits) sharing its KV blocks."""
@@ -194,36 +275,24 @@ class Engine:
         if not ids:
             return {}
         seqs = [self._seqs[s] for s in ids]
-        positions = self.pool.seq_lens(ids).long()            # position of each new token
-        slots = self.pool.append(ids, 1)                       # all or nothing (OutOfBlocksError)
-        dev = self.model.device
-        logits = torch.stack([s.logits for s in seqs])
-        rows = torch.stack([s.budget for s in seqs])
-        if self._eos_tensor is not None:
-            # a row still thinking under a budget may not end the sequence: it must close thinking first
-            thinking = ((rows[:, PHASE] != DONE) & (rows[:, MAX_TOKENS] >= 0)).to(dev)
-            eos = self._eos_tensor
-            logits[:, eos] = logits[:, eos].masked_fill(thinking[:, None], float("-inf"))
-        budget = BudgetState(self.forcing or self._no_forcing, rows)
-        p = {k: torch.tensor([s.params[k] for s in seqs], device=dev) for k in ("temperature", "top_p", "min_p")}
-        top_k = torch.tensor([s.params["top_k"] for s in seqs], dtype=torch.int32, device=dev)
-        seeds = torch.tensor([s.seed for s in seqs], dtype=torch.int64, device=dev)
-        out = sample(logits, temperature=p["temperature"], top_k=top_k, top_p=p["top_p"], min_p=p["min_p"],
-                     seed=seeds, offset=positions.to(dev), budget=budget, check_nan=False, validate=False)
-        # a row whose logits had a NaN/+inf (token -1) still runs the forward on a valid id so the
-        # step completes for every row; that row is then finished (its token stays -1)
-        nxt = self._forward(ids, slots, out.token_ids.clamp(min=0), positions.to(dev))
-        self.stats["tokens_sampled"] += len(ids)
-        toks, lps = out.token_ids.tolist(), out.logprobs.tolist()
+        batch = self._prepare(ids, seqs, bucketed=self._bucketed)     # host half (pool.append first)
+        B, n = batch.shape.rows, len(ids)
+        logits = torch.stack([s.logits for s in seqs] + [self._pad_logits] * (B - n))
+        budget = torch.stack([s.budget for s in seqs] + [self._no_budget] * (B - n))
+        packed = batch.packed.to(self.model.device, non_blocking=True)
+        host, nxt, rows = self._step_fn(batch.shape)(packed, logits, budget)   # device half, enqueued
+        toks, lps = host.tolist()                           # the step's one device->host copy
+        self._count(batch)
+        self.stats["tokens_sampled"] += n
         eos = self.eos_token_ids
-        for i, s in enumerate(seqs):
-            s.out.append(toks[i])
-            s.logprobs.append(lps[i])
-            s.logits = nxt[i]
-            s.budget = budget.data[i]
-            if toks[i] in eos or toks[i] < 0:
+        for s, t, lp, lg, b in zip(seqs, toks, lps, nxt.unbind(0), rows.unbind(0)):
+            t = int(t)
+            s.out.append(t)
+            s.logprobs.append(lp)
+            s.logits, s.budget = lg, b
+            if t in eos or t < 0:
                 s.finished = True
-        return dict(zip(ids, toks))
+        return dict(zip(ids, (s.out[-1] for s in seqs)))
 
     def generate(self, sids: Optional[Iterable[int]] = None, max_new_tokens: int = 256,
                  stop: Optional[Sequence[str]] = None, progress: bool = False) -> Dict[int, List[int]]:
@@ -277,16 +346,15 @@ class Engine:
         if need > self.pool.num_free_blocks:
             from ..attention import OutOfBlocksError
             raise OutOfBlocksError(f"feed needs {need} free KV blocks, the pool has {self.pool.num_free_blocks}")
-        dev = self.model.device
         for t in range(max((len(r) for r in rows), default=0)):
             idx = [i for i, r in enumerate(rows) if len(r) > t]
-            ids = [sids[i] for i in idx]
-            positions = self.pool.seq_lens(ids).long().to(dev)
-            slots = self.pool.append(ids, 1)
-            toks = torch.tensor([rows[i][t] for i in idx], dtype=torch.int64, device=dev)
-            nxt = self._forward(ids, slots, toks, positions)
-            for j, i in enumerate(idx):
-                seqs[i].logits = nxt[j]
+            batch = self._prepare([sids[i] for i in idx], [seqs[i] for i in idx], tokens=[rows[i][t] for i in idx])
+            packed = batch.packed.to(self.model.device, non_blocking=True)
+            nxt = _step.decode_forward(self.model, self._k_caches, self._v_caches, packed, shape=batch.shape,
+                                       block_size=self.pool.block_size, attention=self.attention)
+            self._count(batch)
+            for i, lg in zip(idx, nxt.unbind(0)):
+                seqs[i].logits = lg
         for s, r in zip(seqs, rows):
             s.out.extend(r)
             s.logprobs.extend([float("nan")] * len(r))
@@ -357,21 +425,59 @@ class Engine:
             raise ValueError(f"token id {bad[0]} is outside the vocabulary [0, {self.model.cfg.vocab_size})")
         return ids
 
+    def _budget_row(self, min_thinking, max_thinking, min_waits) -> torch.Tensor:
+        """A new sequence's budget-forcing row (int32 [8] on the model's device)."""
+        if max_thinking < 0:
+            return self._no_budget.clone()
+        if self.forcing is None:
+            raise ValueError("budget forcing needs a tokenizer with an end-of-thinking string")
+        return self.forcing.init_state(1, min_thinking, max_thinking, min_waits, device=self.model.device).data[0]
+
     def _seed(self, sid, seed):
         return int(seed) if seed is not None else (self.base_seed * 1_000_003 + sid * 7919 + 1) % (2 ** 62)
 
-    def _forward(self, ids, slots, tokens, positions):
-        """One decode forward of rows ``ids`` on ``tokens`` whose K/V go to ``slots``; returns next logits."""
-        attn = PagedDecode(self.pool, ids, slots, self.model.scale, self.attention, self.chunk_size)
+    @property
+    def _k_caches(self):
+        return [self.pool.k_cache(i) for i in range(self.pool.num_layers)]
+
+    @property
+    def _v_caches(self):
+        return [self.pool.v_cache(i) for i in range(self.pool.num_layers)]
+
+    def _prepare(self, ids, seqs, tokens=None, bucketed=False) -> "_step.StepBatch":
+        """Host half of a step: one new slot per row (all or nothing), then the packed device inputs."""
+        positions = [self.pool.seq_len(s) for s in ids]
+        slots = self.pool.append(ids, 1, device="cpu")     # OutOfBlocksError: nothing changed
+        params = [(s.params["temperature"], s.params["top_k"], s.params["top_p"], s.params["min_p"], s.seed)
+                  for s in seqs]
+        return _step.prepare_step(self.pool, ids, positions, slots, params, attention=self.attention,
+                                  chunk_size=self.chunk_size, bucketed=bucketed, tokens=tokens,
+                                  pin=self.model.device.type == "cuda")
+
+    def _step_fn(self, shape):
+        """The device step for ``shape`` (compiled / captured once per bucket)."""
+        fn = self._step_fns.get(shape)
+        if fn is None:          # eager: exact shapes, a fresh closure each step (nothing to cache)
+            fn = _step.make_step(self.model, self._k_caches, self._v_caches, shape=shape,
+                                 block_size=self.pool.block_size, attention=self.attention,
+                                 forcing=self.forcing or self._no_forcing, forced_ids=self._forced_ids,
+                                 eos_mask=self._eos_mask, compile=self.compile)
+            if self.cuda_graphs:
+                fn = _step.CudaGraphStep(fn)
+            if self._bucketed:
+                self._step_fns[shape] = fn
+        return fn
+
+    def _count(self, batch):
         self.stats["forwards"] += 1
         if self.track_kv:
-            self.stats["kv_tokens_noshare"] += int(attn.seq_lens.sum())
-            self.stats["kv_tokens_read"] += (int(attn.plan.chunk_len.sum()) if attn.plan is not None
-                                             else int(attn.seq_lens.sum()))
-        return self.model.forward(tokens, positions, attn)
+            self.stats["kv_tokens_noshare"] += batch.kv_tokens_noshare
+            self.stats["kv_tokens_read"] += batch.kv_tokens_read
 
     def _write_kv(self, sid, start, kv):
-        slots = self.pool.slot_mapping(sid, start, start + kv[0][0].shape[0])
+        self._store_kv(self.pool.slot_mapping(sid, start, start + kv[0][0].shape[0]), kv)
+
+    def _store_kv(self, slots, kv):
         for i, (k, v) in enumerate(kv):
             kc, vc = self.pool.k_cache(i), self.pool.v_cache(i)
             kc.view(-1, *kc.shape[2:])[slots] = k.to(kc.dtype)

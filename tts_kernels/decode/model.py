@@ -5,9 +5,18 @@ One forward function serves prefill and decode; attention is a callable
 
     attention(layer, q [T, Hq, D], k [T, Hkv, D], v [T, Hkv, D], positions [T]) -> [T, Hq, D]
 
-``q`` and ``k`` arrive with RoPE applied. :class:`CausalPrefill` is causal SDPA
-over the tokens of one sequence (keeping K/V to store); the engine's decode
-attention writes K/V into the paged pool and runs :func:`tts_kernels.tree_attention`.
+``q`` and ``k`` arrive with RoPE applied. :class:`CausalPrefill` is causal
+attention over the tokens of one or several packed sequences (keeping K/V to
+store), :class:`PrefixPrefill` the same after a cached prefix; the engine's
+decode attention writes K/V into the paged pool and runs
+:func:`tts_kernels.tree_attention`.
+
+Prefill attention is flash-attn's ``flash_attn_varlen_func`` when the
+``flash_attn`` package imports and the tensors are on CUDA in float16 /
+bfloat16 (packed sequences in one call, GQA native), else
+``torch.nn.functional.scaled_dot_product_attention`` per sequence.
+:attr:`Model.flash_attn` forces the choice (``True``: flash-attn whenever it
+imports, e.g. a test's stand-in; ``False``: always SDPA).
 
 Numerics follow transformers' modelling code: RMSNorm in float32 and cast
 back, RoPE tables computed in float32 and cast to the activation dtype
@@ -16,7 +25,8 @@ back, RoPE tables computed in float32 and cast to the activation dtype
 """
 from __future__ import annotations
 
-from typing import Callable, Dict, List, Optional
+import sys
+from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -42,27 +52,69 @@ def expand_kv(x: torch.Tensor, groups: int, dim: int) -> torch.Tensor:
     return x if groups == 1 else x.repeat_interleave(groups, dim=dim)
 
 
-class CausalPrefill:
-    """Attention for a prefill of one sequence from position 0: causal SDPA; keeps each layer's K/V."""
+_flash_import_failed = False
 
-    def __init__(self, groups: int, scale: float):
-        self.groups, self.scale = groups, scale
+
+def flash_attn_varlen():
+    """``flash_attn.flash_attn_varlen_func`` if the ``flash_attn`` package imports, else ``None``."""
+    global _flash_import_failed
+    mod = sys.modules.get("flash_attn")
+    if mod is None and not _flash_import_failed:
+        try:
+            import flash_attn as mod
+        except Exception:               # not installed, or built for another torch / CUDA
+            _flash_import_failed = True
+            mod = None
+    return getattr(mod, "flash_attn_varlen_func", None)
+
+
+def _sdpa(q, k, v, groups, scale, mask=None):
+    """``q [T, Hq, D]`` over ``k, v [S, Hkv, D]``: causal (``mask=None``) or with a bool ``mask [T, S]``."""
+    qt = q.transpose(0, 1).unsqueeze(0)                          # [1, Hq, T, D]
+    kt = expand_kv(k, groups, 1).transpose(0, 1).unsqueeze(0)
+    vt = expand_kv(v, groups, 1).transpose(0, 1).unsqueeze(0)
+    out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, is_causal=mask is None, scale=scale)
+    return out[0].transpose(0, 1)                                # [T, Hq, D]
+
+
+class CausalPrefill:
+    """Attention for a prefill from position 0 of one sequence, or of several packed back to back
+    (``lens``: their token counts); keeps each layer's K/V.
+
+    ``flash``: a ``flash_attn_varlen_func`` (one call over the packed sequences), else causal SDPA
+    per sequence.
+    """
+
+    def __init__(self, groups: int, scale: float, lens: Optional[Sequence[int]] = None, flash=None):
+        self.groups, self.scale, self.lens, self.flash = groups, scale, None if lens is None else list(lens), flash
         self.kv: Dict[int, tuple] = {}
+        self._cu = None
 
     def __call__(self, layer, q, k, v, positions):
         self.kv[layer] = (k, v)
-        qt = q.transpose(0, 1).unsqueeze(0)                      # [1, Hq, T, D]
-        kt = expand_kv(k, self.groups, 1).transpose(0, 1).unsqueeze(0)
-        vt = expand_kv(v, self.groups, 1).transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(qt, kt, vt, is_causal=True, scale=self.scale)
-        return out[0].transpose(0, 1)                            # [T, Hq, D]
+        lens = self.lens or [q.shape[0]]
+        if self.flash is not None:
+            if self._cu is None:
+                offsets = [0]
+                for n in lens:
+                    offsets.append(offsets[-1] + n)
+                self._cu = torch.tensor(offsets, dtype=torch.int32, device=q.device)
+            m = max(lens)
+            return self.flash(q, k, v, self._cu, self._cu, m, m, softmax_scale=self.scale, causal=True)
+        if len(lens) == 1:
+            return _sdpa(q, k, v, self.groups, self.scale)
+        out, start = [], 0
+        for n in lens:
+            out.append(_sdpa(q[start:start + n], k[start:start + n], v[start:start + n], self.groups, self.scale))
+            start += n
+        return torch.cat(out)
 
 
 class PrefixPrefill:
     """Attention for new tokens after a cached prefix of one sequence (``past_k/v`` [P, Hkv, D])."""
 
-    def __init__(self, groups: int, scale: float, past: List[tuple]):
-        self.groups, self.scale, self.past = groups, scale, past
+    def __init__(self, groups: int, scale: float, past: List[tuple], flash=None):
+        self.groups, self.scale, self.past, self.flash = groups, scale, past, flash
         self.kv: Dict[int, tuple] = {}
 
     def __call__(self, layer, q, k, v, positions):
@@ -70,16 +122,23 @@ class PrefixPrefill:
         pk, pv = self.past[layer]
         kk, vv = torch.cat([pk.to(k.dtype), k]), torch.cat([pv.to(v.dtype), v])
         T, P = q.shape[0], pk.shape[0]
+        if self.flash is not None:
+            # flash-attn's causal mask is aligned to the bottom right when seqlen_k > seqlen_q:
+            # query t sees keys [0, P + t], as below
+            cu_q = torch.tensor([0, T], dtype=torch.int32, device=q.device)
+            cu_k = torch.tensor([0, P + T], dtype=torch.int32, device=q.device)
+            return self.flash(q, kk, vv, cu_q, cu_k, T, P + T, softmax_scale=self.scale, causal=True)
         mask = torch.arange(P + T, device=q.device)[None, :] <= (P + torch.arange(T, device=q.device))[:, None]
-        qt = q.transpose(0, 1).unsqueeze(0)
-        kt = expand_kv(kk, self.groups, 1).transpose(0, 1).unsqueeze(0)
-        vt = expand_kv(vv, self.groups, 1).transpose(0, 1).unsqueeze(0)
-        out = F.scaled_dot_product_attention(qt, kt, vt, attn_mask=mask, scale=self.scale)
-        return out[0].transpose(0, 1)
+        return _sdpa(q, kk, vv, self.groups, self.scale, mask)
 
 
 class Model:
     """Weights and forward pass of a Llama / Qwen2 decoder. Build with :meth:`from_pretrained`."""
+
+    #: prefill attention: ``None`` = flash-attn's varlen kernel when ``flash_attn`` imports and the
+    #: model is on CUDA in float16/bfloat16, else SDPA; ``True`` = flash-attn whenever it imports
+    #: (raises if it does not); ``False`` = SDPA always
+    flash_attn: Optional[bool] = None
 
     def __init__(self, cfg: ModelConfig, weights: Dict[str, torch.Tensor], dtype=None, device="cpu"):
         self.cfg = cfg
@@ -121,12 +180,14 @@ class Model:
         return emb.cos().to(dtype)[:, None, :], emb.sin().to(dtype)[:, None, :]
 
     def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attention: Attention,
-                last_only: bool = False) -> torch.Tensor:
+                last_only: bool = False, rows: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Logits (float32 ``[T, V]``, or ``[1, V]`` of the last token with ``last_only``) of ``T`` tokens.
 
         ``input_ids``, ``positions``: int64 ``[T]`` (tokens of one sequence for a
         prefill, or one token of each of ``T`` sequences for a decode step).
-        No host synchronisation happens here (attention permitting).
+        ``rows``: int64 indices of the tokens whose logits to return (e.g. each
+        packed sequence's last token). No host synchronisation happens here
+        (attention permitting).
         """
         c = self.cfg
         T = input_ids.shape[0]
@@ -147,6 +208,8 @@ class Model:
             x = x + F.linear(m, L["down_w"], L["down_b"])
         if last_only:
             x = x[-1:]
+        elif rows is not None:
+            x = x.index_select(0, rows)
         x = rms_norm(x, self.norm, c.rms_norm_eps)
         return F.linear(x, self.lm_head).float()
 
@@ -158,10 +221,39 @@ class Model:
         input_ids = input_ids.to(self.device)
         P = 0 if past is None else past[0][0].shape[0]
         pos = torch.arange(P, P + input_ids.shape[0], device=self.device)
-        attn = (CausalPrefill(self.groups, self.scale) if past is None
-                else PrefixPrefill(self.groups, self.scale, past))
+        flash = self.prefill_flash_attn()
+        attn = (CausalPrefill(self.groups, self.scale, flash=flash) if past is None
+                else PrefixPrefill(self.groups, self.scale, past, flash=flash))
         logits = self.forward(input_ids, pos, attn, last_only=last_only)
         return logits, [attn.kv[i] for i in range(self.cfg.num_layers)]
+
+    def prefill_packed(self, sequences: Sequence[Sequence[int]]):
+        """Prefill several sequences in one forward (tokens packed back to back, varlen attention).
+
+        Returns ``(logits, kv)``: float32 ``[S, V]`` logits of each sequence's
+        last token, and per layer ``(k, v)`` ``[sum of lengths, Hkv, D]`` in the packed order.
+        """
+        lens = [len(s) for s in sequences]
+        if not lens or min(lens) < 1:
+            raise ValueError("prefill_packed needs at least one sequence, each with at least one token")
+        ids = torch.tensor([t for s in sequences for t in s], dtype=torch.int64).to(self.device)
+        pos = torch.cat([torch.arange(n) for n in lens]).to(self.device)
+        last = torch.tensor(lens).cumsum(0).sub(1).to(self.device)
+        attn = CausalPrefill(self.groups, self.scale, lens=lens, flash=self.prefill_flash_attn())
+        logits = self.forward(ids, pos, attn, rows=last)
+        return logits, [attn.kv[i] for i in range(self.cfg.num_layers)]
+
+    def prefill_flash_attn(self):
+        """The ``flash_attn_varlen_func`` prefill uses, or ``None`` for SDPA (see :attr:`flash_attn`)."""
+        if self.flash_attn is False:
+            return None
+        if self.flash_attn is None and not (self.device.type == "cuda"
+                                            and self.dtype in (torch.float16, torch.bfloat16)):
+            return None
+        fn = flash_attn_varlen()
+        if fn is None and self.flash_attn:
+            raise RuntimeError("Model.flash_attn is True but the flash_attn package cannot be imported")
+        return fn
 
     @torch.no_grad()
     def greedy(self, input_ids, max_new_tokens: int, eos: Optional[int] = None) -> List[int]:
