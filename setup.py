@@ -69,15 +69,16 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["tts_kernels", "tts_kernels.*"]),
-    # the embedded tiny reasoning model (HF format; tts_kernels/models/ is data, not a package)
-    package_data={"tts_kernels": ["models/tiny-arith/*.json", "models/tiny-arith/*.safetensors",
-                                  "models/tiny-arith/*.md"]},
+    # the embedded models: tiny policy, its PRM, the 4x policy (HF format; tts_kernels/models/ is data)
+    package_data={"tts_kernels": [f"models/{m}/*.{ext}" for m in ("tiny-arith", "tiny-arith-prm", "tiny-arith-large")
+                                  for ext in ("json", "safetensors", "md")]},
     ext_modules=[CMakeExtension("tts_kernels._C")],
     cmdclass={"build_ext": CMakeBuild},
     install_requires=["torch>=2.5", "numpy"],
     extras_require={
         "cuda": ["triton>=3.0"],
-        "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark", "transformers"],
+        "eval": ["matplotlib", "tqdm"],
+        "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark", "transformers", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["tts-kernels = tts_kernels.cli:main"],
                   "vllm.logits_processors": [

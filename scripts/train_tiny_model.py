@@ -21,6 +21,7 @@ Usage::
 
     python scripts/train_tiny_model.py                      # writes tts_kernels/models/tiny-arith
     python scripts/train_tiny_model.py --stop-after 50 --out /tmp/m --eval 20   # quick smoke run
+    python scripts/train_tiny_model.py --hidden 256 --out tts_kernels/models/tiny-arith-large   # the 4x policy
 
 Afterwards the script measures accuracy with the package's own runner and the
 exact checker (greedy and temperature-1 single samples on held-out problems,
@@ -124,7 +125,18 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--eval", type=int, default=300, help="held-out problems for the accuracy check (0: skip)")
+    ap.add_argument("--eval-only", action="store_true",
+                    help="only measure the accuracy of the model in OUT and add it to OUT/train_log.json")
     args = ap.parse_args(argv)
+    if args.eval_only:
+        log_file = os.path.join(args.out, "train_log.json")
+        result = json.load(open(log_file)) if os.path.exists(log_file) else {}
+        torch.set_num_threads(1)
+        result["eval"] = evaluate(args.out, args.eval)
+        print("eval:", result["eval"])
+        with open(log_file, "w") as f:
+            json.dump(result, f, indent=1)
+        return
 
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.set_num_threads(1)
@@ -165,6 +177,7 @@ def main(argv=None):
         if os.path.exists(os.path.join(args.out, extra)):
             os.remove(os.path.join(args.out, extra))
     result = {"train_seconds": round(train_s, 1), "schedule_steps": args.steps, "steps": stop, "batch": args.batch, "lr": args.lr,
+              "hidden": args.hidden, "layers": args.layers,
               "seed": args.seed, "params": sum(p.numel() for p in model.parameters()), "threads": 1,
               "torch": torch.__version__, "log": log}
     if args.eval:
