@@ -33,6 +33,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ns", type=_ints, default=d.ns, help="comma-separated N values (default 1,4,16,64)")
     p.add_argument("--strategies", type=_names, default=d.strategies)
     p.add_argument("--beam-width", type=int, default=d.beam_width)
+    p.add_argument("--step-delimiter", default=d.step_delimiter, help="step delimiter (default: a blank line)")
     p.add_argument("--temperature", type=float, default=d.temperature)
     p.add_argument("--top-p", type=float, default=d.top_p)
     p.add_argument("--max-tokens", type=int, default=d.max_tokens)

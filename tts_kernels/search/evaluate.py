@@ -62,6 +62,7 @@ class EvalConfig:
     ns: Sequence[int] = (1, 4, 16, 64)
     strategies: Sequence[str] = STRATEGIES
     beam_width: int = 4
+    step_delimiter: str = "\n\n"
     temperature: float = 0.8
     top_p: float = 1.0
     max_tokens: int = 120
@@ -76,7 +77,8 @@ class EvalConfig:
     threads: int = 1                        # torch threads (0: torch's default); see below
 
     def search_config(self, n: int) -> SearchConfig:
-        return SearchConfig(n=n, beam_width=self.beam_width, temperature=self.temperature, top_p=self.top_p,
+        return SearchConfig(n=n, beam_width=self.beam_width, step_delimiter=self.step_delimiter,
+                            temperature=self.temperature, top_p=self.top_p,
                             max_tokens=self.max_tokens, max_step_tokens=self.max_step_tokens,
                             max_steps=self.max_steps, aggregation=self.aggregation, voting=self.voting)
 
@@ -251,7 +253,9 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
     if bar is not None:
         bar.close()
     large = None
-    if cfg.large_policy:
+    if cfg.large_policy == DEFAULT_LARGE and cfg.policy is not None:
+        log("note: --policy given without --large-policy; the headline comparison is skipped")
+    elif cfg.large_policy:
         if os.path.isdir(cfg.large_policy):
             lm, ltok = load(cfg.large_policy)
             large = run_search("large", "best_of_n", 1, lm, ltok, None, problems, cfg)
