@@ -254,3 +254,13 @@ def test_add_many_equals_sequential_adds(model):
     with pytest.raises(ValueError, match="seeds must have one entry per prompt"):
         small.add_many(prompts[:2], seeds=[1])
     assert small.add_many([]) == []
+
+
+def test_generate_per_sequence_limits(model):
+    eng = Engine(model, num_blocks=64, block_size=4, seed=9)
+    a, b, c = (eng.add([3, 4, 5], temperature=1.0) for _ in range(3))
+    out = eng.generate([a, b, c], max_new_tokens=[2, 0, 5])
+    assert [len(out[a]), len(out[b])] == [2, 0] and 1 <= len(out[c]) <= 5
+    assert len(out[c]) == 5 or eng.finished(c)
+    with pytest.raises(ValueError, match="limits for 3 sequences"):
+        eng.generate([a, b, c], max_new_tokens=[1, 2])

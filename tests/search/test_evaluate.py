@@ -69,7 +69,15 @@ def test_jsonl_problems_and_bad_configs(tmp_path):
     f.write_text('{"question": "x"}\n')
     with pytest.raises(ValueError, match="needs a 'prompt'"):
         E.load_problems(E.EvalConfig(problems=str(f)))
+    for gold in ("", "$", "1\n2"):
+        with pytest.raises(ValueError, match="empty or not one line"):
+            E.Problem("x", gold)
+    p = E.Problem("x", " 049 ")
+    assert p.answer == "49" and p.check("Final Answer: 49") and not p.check("no answer at all")
+    assert not p.is_answer(None)
     for kw, match in [(dict(strategies=("mcts",)), "unknown strategy"), (dict(ns=(0,)), "ns must be"),
+                      (dict(strategies=("beam_search",)), "must include best_of_n"),
+                      (dict(num_problems=0), "num_problems must be >= 1"),
                       (dict(aggregation="median"), "unknown aggregation"), (dict(voting="x"), "unknown voting")]:
         with pytest.raises(ValueError, match=match):
             E.evaluate(E.EvalConfig(**kw), progress=False)

@@ -61,6 +61,8 @@ def test_bad_prm_directories(tmp_path, prm_dir):
     with pytest.raises(ValueError, match="unsupported PRM kind"):
         EnginePRM(str(bad))
     assert isinstance(load_prm(prm_dir), EnginePRM)
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_prm(str(tmp_path / "org" / "missing-prm"))
     prm = EnginePRM(prm_dir, num_blocks=64)
     with pytest.raises(ValueError, match="same length"):
         prm.score(["a"], [])

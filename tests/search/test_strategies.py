@@ -26,21 +26,24 @@ def gen_step(prompt, steps, salt, max_depth=6):
     return f"s{h % 97}", False
 
 
+TPS = 3          # tokens per scripted step; a step given fewer tokens is cut (no delimiter, no answer)
+
+
 class ScriptedEngine:
     tokenizer, eos_token_ids = None, ()
-    TOKENS_PER_STEP = 3
 
     def __init__(self):
         self.seqs, self.next_id, self.params = {}, 0, {}
 
-    def _new(self, prompt, steps, salt, finished=False):
+    def _new(self, prompt, state, salt):
         sid = self.next_id
         self.next_id += 1
-        self.seqs[sid] = dict(prompt=prompt, steps=list(steps), salt=salt, forks=0, finished=finished)
+        self.seqs[sid] = dict(prompt=prompt, steps=list(state["steps"]), ntok=state["ntok"], cut=state["cut"],
+                              salt=salt, forks=0, finished=state["finished"])
         return sid
 
     def add(self, prompt, **params):
-        sid = self._new(prompt, [], ("root",))
+        sid = self._new(prompt, dict(steps=[], ntok=0, cut=False, finished=False), ("root",))
         self.params[sid] = dict(params)
         return sid
 
@@ -48,7 +51,7 @@ class ScriptedEngine:
         s = self.seqs[sid]
         call = s["forks"]
         s["forks"] += 1
-        kids = [self._new(s["prompt"], s["steps"], s["salt"] + ((call, c),), s["finished"]) for c in range(k)]
+        kids = [self._new(s["prompt"], s, s["salt"] + ((call, c),)) for c in range(k)]
         for kid in kids:
             self.params[kid] = dict(self.params[sid])
         return kids
@@ -57,11 +60,20 @@ class ScriptedEngine:
         self.params[sid].update(params)
 
     def generate(self, sids, max_new_tokens=256, stop=None, progress=False):
-        for sid in sids:
+        sids = list(sids)
+        limits = [max_new_tokens] * len(sids) if isinstance(max_new_tokens, int) else list(max_new_tokens)
+        for sid, room in zip(sids, limits):
             s = self.seqs[sid]
-            while not s["finished"]:
+            while not s["finished"] and not s["cut"] and room > 0:
+                if room < TPS:
+                    s["steps"].append("x" * room)
+                    s["ntok"] += room
+                    s["cut"] = True
+                    break
                 step, s["finished"] = gen_step(s["prompt"], s["steps"], s["salt"])
                 s["steps"].append(step)
+                s["ntok"] += TPS
+                room -= TPS
                 if stop:
                     break
 
@@ -71,11 +83,12 @@ class ScriptedEngine:
 
     def text(self, sid):
         s = self.seqs[sid]
-        return "".join(x + ("" if s["finished"] and i == len(s["steps"]) - 1 else "\n\n")
+        n = len(s["steps"])
+        return "".join(x + ("" if i == n - 1 and (s["finished"] or s["cut"]) else "\n\n")
                        for i, x in enumerate(s["steps"]))
 
     def tokens(self, sid):
-        return [0] * (self.TOKENS_PER_STEP * len(self.seqs[sid]["steps"]))
+        return [0] * self.seqs[sid]["ntok"]
 
     def finished(self, sid):
         return self.seqs[sid]["finished"]
@@ -102,56 +115,119 @@ class ScriptedPRM(PRM):
 AGG = {"last": lambda s: s[-1], "min": min, "avg": lambda s: sum(s) / len(s)}
 
 
-def ref_beam(prompt, n, m, max_steps, agg, salts, prm_score=step_score):
-    """Brute-force beam search of one group: returns [(steps, score, finished)] of its collected candidates."""
-    active = [([], salt) for salt in salts]
+class Node:
+    """A candidate of the references: its steps, tokens, and whether it finished or was cut."""
+
+    def __init__(self, steps, salt, ntok=0, finished=False, cut=False):
+        self.steps, self.salt, self.ntok, self.finished, self.cut = steps, salt, ntok, finished, cut
+
+    def grow(self, prompt, room, one_step):
+        """Extend by one step (or to the end) within ``room`` tokens, like the scripted policy."""
+        n = Node(list(self.steps), self.salt, self.ntok)
+        while room > 0:
+            if room < TPS:
+                n.steps.append("x" * room)
+                n.ntok += room
+                n.cut = True
+                break
+            step, n.finished = gen_step(prompt, n.steps, n.salt)
+            n.steps.append(step)
+            n.ntok += TPS
+            room -= TPS
+            if n.finished or one_step:
+                break
+        return n
+
+
+def ref_beam(prompt, n, m, cfg, salts, prm_score=step_score):
+    """search-and-learn's beam search, written from its description: [(steps, score, answer)]."""
+    agg = AGG[cfg["aggregation"]]
+    active = [Node([], salt) for salt in salts]
     completed = []
-    for it in range(max_steps):
-        scored = []
-        for steps, salt in active:
-            step, fin = gen_step(prompt, steps, salt)
-            path = steps + [step]
-            scores = [prm_score(prompt, path[:k + 1]) for k in range(len(path))]
-            scored.append((AGG[agg](scores), path, salt, fin))
-        completed += [(p, sc, True) for sc, p, _, fin in scored if fin]
-        alive = [x for x in scored if not x[3]]
-        if len(completed) >= n or it == max_steps - 1 or not alive:
-            if not completed:
-                completed = [(p, sc, False) for sc, p, _, _ in sorted(alive, key=lambda x: -x[0])[:n]]
-            return sorted(completed, key=lambda c: -c[1])[:n]
-        keep = sorted(alive, key=lambda x: -x[0])[:n // m]
-        active = [(p, salt + ((0, c),)) for _, p, salt, _ in keep for c in range(m)]
+    for it in range(cfg["max_steps"]):
+        if not active:
+            break
+        last = it == cfg["max_steps"] - 1
+        grown = [a.grow(prompt, cfg["max_tokens"] - a.ntok if last else min(cfg["max_step_tokens"],
+                                                                            cfg["max_tokens"] - a.ntok), not last)
+                 for a in active]
+        scores = [agg([prm_score(prompt, g.steps[:k + 1]) for k in range(len(g.steps))]) for g in grown]
+        alive = []
+        for g, sc in zip(grown, scores):
+            if last or g.finished or g.cut or g.ntok >= cfg["max_tokens"]:
+                completed.append((g.steps, sc, g.steps[-1].split(": ")[1] if g.finished else None))
+            else:
+                alive.append((sc, g))
+        alive.sort(key=lambda x: -x[0])                 # stable: ties keep candidate order
+        keep = [g for _, g in alive[:n // m]]
+        active = []
+        for j, g in enumerate(keep):                   # back to n candidates: each n/len ways, first ones +1
+            copies = n // len(keep) + (1 if j < n % len(keep) else 0)
+            active += [Node(g.steps, g.salt + ((0, c),), g.ntok) for c in range(copies)]
+    return sorted(completed, key=lambda c: -c[1])[:n]
+
+
+def ref_dvts_subtree(prompt, m, cfg, salt):
+    """One DVTS subtree: expand the beam m ways, keep the best sibling; stop when it has ended."""
+    agg = AGG[cfg["aggregation"]]
+    beam = Node([], salt)
+    for it in range(cfg["max_steps"]):
+        last = it == cfg["max_steps"] - 1
+        room = cfg["max_tokens"] - beam.ntok
+        sibs = [Node(beam.steps, beam.salt + ((0, c),), beam.ntok).grow(
+            prompt, room if last else min(cfg["max_step_tokens"], room), not last) for c in range(m)]
+        scores = [agg([step_score(prompt, g.steps[:k + 1]) for k in range(len(g.steps))]) for g in sibs]
+        best = max(range(m), key=lambda j: (scores[j], -j))
+        b = sibs[best]
+        if last or b.finished or b.cut or b.ntok >= cfg["max_tokens"]:
+            return [(g.steps, sc, g.steps[-1].split(": ")[1] if g.finished else None) for g, sc in zip(sibs, scores)]
+        beam = b
     raise AssertionError("unreachable")
 
 
 PROMPTS = ["p0", "p1", "p2"]
 
 
-@pytest.mark.parametrize("n,m,agg", [(4, 2, "last"), (8, 4, "min"), (6, 3, "avg"), (4, 4, "last")])
-def test_beam_search_keeps_exactly_the_reference_candidates(n, m, agg):
+CFGS = [dict(n=4, m=2, aggregation="last", max_steps=8, max_tokens=1024, max_step_tokens=64),
+        dict(n=8, m=4, aggregation="min", max_steps=8, max_tokens=1024, max_step_tokens=64),
+        dict(n=6, m=3, aggregation="avg", max_steps=3, max_tokens=1024, max_step_tokens=64),   # last iteration
+        dict(n=4, m=4, aggregation="last", max_steps=8, max_tokens=10, max_step_tokens=64),    # token limit cuts
+        dict(n=8, m=2, aggregation="last", max_steps=8, max_tokens=1024, max_step_tokens=2)]   # every step cut
+
+
+def _cfg(c, **kw):
+    return S.SearchConfig(n=c["n"], beam_width=c["m"], aggregation=c["aggregation"], max_steps=c["max_steps"],
+                          max_tokens=c["max_tokens"], max_step_tokens=c["max_step_tokens"], **kw)
+
+
+@pytest.mark.parametrize("c", CFGS, ids=lambda c: f"n{c['n']}m{c['m']}-{c['aggregation']}-{c['max_steps']}"
+                         f"-{c['max_tokens']}-{c['max_step_tokens']}")
+def test_beam_search_keeps_exactly_the_reference_candidates(c):
     eng = ScriptedEngine()
-    cfg = S.SearchConfig(n=n, beam_width=m, max_steps=8, aggregation=agg, voting="prm_max")
-    res = S.beam_search(eng, PROMPTS, ScriptedPRM(), cfg)
-    for i, (p, r) in enumerate(zip(PROMPTS, res)):
-        # the root of problem i is sequence i; its first fork call gives the n initial candidates
-        ref = ref_beam(p, n, m, 8, agg, [("root", (0, c)) for c in range(n)])
-        assert [c.steps for c in r.candidates] == [x[0] for x in ref]
-        assert [c.score for c in r.candidates] == pytest.approx([x[1] for x in ref])
-        assert r.answer == r.candidates[0].answer          # prm_max: best-scored candidate's answer
+    res = S.beam_search(eng, PROMPTS, ScriptedPRM(), _cfg(c, voting="prm_max"))
+    for p, r in zip(PROMPTS, res):
+        # the root of a problem is forked once into the n initial candidates
+        ref = ref_beam(p, c["n"], c["m"], c, [("root", (0, j)) for j in range(c["n"])])
+        assert [x.steps for x in r.candidates] == [x[0] for x in ref]
+        assert [x.score for x in r.candidates] == pytest.approx([x[1] for x in ref])
+        assert [x.answer for x in r.candidates] == [x[2] for x in ref]
+        assert all(x.num_tokens <= c["max_tokens"] for x in r.candidates)
+        best = next((x.answer for x in r.candidates if x.answer is not None), None)
+        assert r.answer == best                          # prm_max: the best-scored candidate with an answer
     assert eng.live == [], "the search leaked sequences"
 
 
-def test_dvts_subtrees_are_independent_beam_searches():
-    n, m = 8, 2
+@pytest.mark.parametrize("c", CFGS[:4], ids=lambda c: f"n{c['n']}m{c['m']}-{c['max_steps']}-{c['max_tokens']}")
+def test_dvts_subtrees_are_independent_reference_subtrees(c):
     eng = ScriptedEngine()
-    cfg = S.SearchConfig(n=n, beam_width=m, max_steps=8, aggregation="last", voting="prm_vote")
-    res = S.dvts(eng, PROMPTS, ScriptedPRM(), cfg)
+    res = S.dvts(eng, PROMPTS, ScriptedPRM(), _cfg(c, voting="prm_vote"))
     for p, r in zip(PROMPTS, res):
         expect = []
-        for j in range(n // m):       # subtree j: the j-th fork call on the root, m candidates, keep 1
-            expect += ref_beam(p, m, m, 8, "last", [("root", (j, c)) for c in range(m)])
-        assert [c.steps for c in r.candidates] == [x[0] for x in expect]
-        assert len({tuple(c.steps) for c in r.candidates}) > m      # the subtrees explored different paths
+        for t in range(c["n"] // c["m"]):            # subtree t: child t of the root's fork into n/m beams
+            expect += ref_dvts_subtree(p, c["m"], c, ("root", (0, t)))
+        assert [x.steps for x in r.candidates] == [x[0] for x in expect]
+        assert [x.answer for x in r.candidates] == [x[2] for x in expect]
+        assert len(r.candidates) == c["n"]
     assert eng.live == []
 
 
@@ -174,24 +250,48 @@ def test_best_of_n_scores_every_sample_and_votes():
 
 
 def test_ties_are_broken_by_candidate_order():
-    eng = ScriptedEngine()
-    cfg = S.SearchConfig(n=4, beam_width=2, max_steps=8, aggregation="last", voting="prm_max")
-    res = S.beam_search(eng, ["p0"], ScriptedPRM(constant=0.5), cfg)
-    ref = ref_beam("p0", 4, 2, 8, "last", [("root", (0, c)) for c in range(4)], prm_score=lambda p, s: 0.5)
-    assert [c.steps for c in res[0].candidates] == [x[0] for x in ref]
-    again = S.beam_search(ScriptedEngine(), ["p0"], ScriptedPRM(constant=0.5), cfg)
-    assert [c.steps for c in again[0].candidates] == [c.steps for c in res[0].candidates]
+    c = CFGS[0]
+    res = S.beam_search(ScriptedEngine(), ["p0"], ScriptedPRM(constant=0.5), _cfg(c, voting="prm_max"))
+    ref = ref_beam("p0", 4, 2, c, [("root", (0, j)) for j in range(4)], prm_score=lambda p, s: 0.5)
+    assert [x.steps for x in res[0].candidates] == [x[0] for x in ref]
+    again = S.beam_search(ScriptedEngine(), ["p0"], ScriptedPRM(constant=0.5), _cfg(c, voting="prm_max"))
+    assert [x.steps for x in again[0].candidates] == [x.steps for x in res[0].candidates]
 
 
-def test_lookahead_ranks_by_the_rolled_out_path():
-    eng = ScriptedEngine()
-    cfg = S.SearchConfig(n=4, beam_width=2, max_steps=8, lookahead=1, aggregation="last")
-    res = S.beam_search(eng, PROMPTS, ScriptedPRM(), cfg)
-    assert eng.live == [] and all(r.candidates for r in res)
-    # lookahead forks are greedy (temperature 0) and freed; the kept candidates carry no lookahead steps
-    for r in res:
-        for c in r.candidates:
-            assert c.steps[-1].startswith("</think>") or not c.finished
+class RolloutEngine(ScriptedEngine):
+    """Records the temperature of every sequence that generates."""
+
+    def __init__(self):
+        super().__init__()
+        self.temps = []
+
+    def generate(self, sids, max_new_tokens=256, stop=None, progress=False):
+        sids = list(sids)
+        self.temps += [self.params[s].get("temperature") for s in sids]
+        super().generate(sids, max_new_tokens, stop, progress)
+
+
+def test_lookahead_ranks_by_the_greedy_rollout():
+    """With lookahead=1 a candidate is ranked by its path plus one more greedy step."""
+    class RolloutPRM(ScriptedPRM):
+        def score(self, prompts, steps):
+            # only the score of a rolled-out path's last step decides; candidates alone all tie at 0.5
+            self.calls += 1
+            return [[0.5] * (len(st) - 1) + [step_score(p, st) if len(st) > 1 else 0.5] for p, st in zip(prompts, steps)]
+    eng = RolloutEngine()
+    cfg = S.SearchConfig(n=4, beam_width=2, max_steps=2, lookahead=1, aggregation="last", temperature=0.9)
+    res = S.beam_search(eng, ["p0"], RolloutPRM(), cfg)
+    assert 0.0 in eng.temps and 0.9 in eng.temps          # rollouts are greedy, candidates sample
+    # reference: after step 1, keep the 2 candidates whose one-step rollout scores best (ties: order)
+    firsts = [Node([], ("root", (0, j))).grow("p0", 64, True) for j in range(4)]
+    live = [j for j in range(4) if not firsts[j].finished]
+    # the rollout is the candidate's first fork (call 0, child 0), one greedy step further
+    ahead = {j: step_score("p0", Node(firsts[j].steps, firsts[j].salt + ((0, 0),), firsts[j].ntok)
+                           .grow("p0", 64, True).steps) for j in live}
+    kept = sorted(live, key=lambda j: -ahead[j])[:2]
+    surviving = {tuple(x.steps[:1]) for x in res[0].candidates if len(x.steps) > 1}
+    assert surviving <= {tuple(firsts[j].steps) for j in kept}
+    assert eng.live == []
 
 
 @pytest.mark.parametrize("strategy,kwargs,prm,match", [

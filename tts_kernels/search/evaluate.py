@@ -86,11 +86,23 @@ class EvalConfig:
 # -- problems ------------------------------------------------------------------------------------------
 @dataclass
 class Problem:
+    """A prompt and its gold answer (normalised as :func:`.scoring.extract_answer` normalises answers)."""
+
     prompt: str
     answer: str
 
+    def __post_init__(self):
+        gold = extract_answer(f"Final Answer: {self.answer}")
+        if gold is None or "\n" in str(self.answer).strip():
+            raise ValueError(f"answer {self.answer!r} of problem {self.prompt[:40]!r} is empty or not one line")
+        self.answer = gold
+
     def check(self, text: str) -> bool:
-        return extract_answer(text) == extract_answer(f"Final Answer: {self.answer}")
+        """Whether the final answer of ``text`` (a completion) equals the gold answer."""
+        return self.is_answer(extract_answer(text))
+
+    def is_answer(self, answer: Optional[str]) -> bool:
+        return answer is not None and answer == self.answer
 
 
 def load_problems(cfg: EvalConfig) -> List[Problem]:
@@ -135,17 +147,20 @@ class Run:
     kv_bytes_per_sequence: int = 0
 
 
-def _engine(model, tok, rows, cfg, seed):
+def _engine(model, tok, prompts, n, cfg, seed):
+    """An engine whose pool holds every candidate of ``prompts`` unshared (CPU pages are touched lazily)."""
     from ..decode import Engine
     bs = 16
-    per_row = -(-(cfg.max_tokens + 64) // bs) + 2
-    return Engine(model, tok, num_blocks=max(64, rows * per_row), block_size=bs, seed=seed, track_kv=True)
+    longest = max(len(tok.encode(p)) for p in prompts)
+    per_row = -(-(longest + cfg.max_tokens + cfg.max_step_tokens) // bs) + 2
+    return Engine(model, tok, num_blocks=max(64, (len(prompts) * (n + 1)) * per_row), block_size=bs, seed=seed,
+                  track_kv=True)
 
 
 def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> Run:
     """Run ``strategy`` at ``n`` over ``problems`` in chunks of at most ``cfg.rows_per_batch`` candidates."""
     scfg = cfg.search_config(n)
-    if n == 1:
+    if n == 1 and strategy == "best_of_n":
         prm = None                       # a single sample: nothing to rank, so no PRM cost either
     if prm is None:
         scfg.voting = "majority"
@@ -156,14 +171,14 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> R
     t0 = time.perf_counter()
     for c0 in range(0, len(problems), chunk):
         part = problems[c0:c0 + chunk]
-        eng = _engine(model, tok, len(part) * n, cfg, cfg.seed * 1_000_003 + c0)
+        eng = _engine(model, tok, [p.prompt for p in part], n, cfg, cfg.seed * 1_000_003 + c0)
         prm_before = prm.tokens_scored if prm is not None else 0
         results = run_strategy(strategy, eng, [p.prompt for p in part], prm, scfg)
         for p, r in zip(part, results):
-            ok = [p.check(c.text) for c in r.candidates]
-            correct.append(r.answer is not None and p.check(f"Final Answer: {r.answer}"))
+            ok = [p.is_answer(c.answer) for c in r.candidates]
+            correct.append(p.is_answer(r.answer))
             for v in VOTINGS:
-                by_vote[v].append(r.answers[v] is not None and p.check(f"Final Answer: {r.answers[v]}"))
+                by_vote[v].append(p.is_answer(r.answers[v]))
             any_ok.append(any(ok))
             frac.append(sum(ok) / max(1, len(ok)))
             prompt_tokens += len(tok.encode(p.prompt))
@@ -208,7 +223,7 @@ def analyse(runs: List[Run], problems, large: Optional[Run]) -> dict:
         for b, ix in members.items():
             if not ix:
                 continue
-            best = max(cands, key=lambda r: (sum(r.correct[i] for i in ix), -r.policy_tokens))
+            best = max(cands, key=lambda r: (sum(r.correct[i] for i in ix), -r.flops))
             choice[b] = best.strategy
             acc += sum(best.correct[i] for i in ix)
         optimal[str(n)] = {"strategy_per_bucket": choice, "accuracy": acc / len(problems)}
@@ -282,8 +297,13 @@ def _check(cfg: EvalConfig) -> None:
         raise ValueError(f"strategies: unknown strategy {bad[0]!r}; expected some of {STRATEGIES}")
     if not cfg.ns or any(not isinstance(n, int) or n < 1 for n in cfg.ns):
         raise ValueError(f"ns must be positive ints, got {list(cfg.ns)}")
-    if cfg.num_problems < 0:
-        raise ValueError(f"num_problems must be >= 0, got {cfg.num_problems}")
+    if cfg.num_problems < 0 or (cfg.problems is None and cfg.num_problems == 0):
+        raise ValueError(f"num_problems must be >= 1 (0: all problems of a --problems file), got {cfg.num_problems}")
+    if "best_of_n" not in cfg.strategies:
+        raise ValueError("strategies must include best_of_n: its samples estimate each problem's Pass@1 "
+                         "for the difficulty buckets")
+    if cfg.beam_width < 1:
+        raise ValueError(f"beam_width must be >= 1, got {cfg.beam_width}")
     cfg.search_config(cfg.ns[0]).check("best_of_n", object())     # sampling / aggregation / voting names
 
 

@@ -155,6 +155,8 @@ class EnginePRM(PRM):
 def load_prm(path: Optional[str] = None, **kwargs) -> PRM:
     """A PRM from a directory: ``prm_config.json``'s ``kind`` picks the adapter (default: the embedded PRM)."""
     path = DEFAULT_PRM if path is None else os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"PRM directory {path!r} does not exist (PRMs load from local directories only)")
     cfg_file = os.path.join(path, "prm_config.json")
     kind = None
     if os.path.exists(cfg_file):

@@ -7,28 +7,36 @@ every problem of a call into the same decode steps.
 
 * **Best-of-N** (:func:`best_of_n`): ``n`` independent samples per problem,
   scored by the PRM (when given), answer chosen by voting.
-* **Beam search** (:func:`beam_search`): ``n`` candidates, beam width ``M``:
-  generate one step (up to the step delimiter) for every active candidate,
-  score it with the PRM, keep the ``n / M`` best unfinished candidates and
-  expand each ``M`` ways. Candidates that finish (end of sequence, or the
-  token limit) leave the beam and are collected; the search of a problem ends
-  when ``n`` candidates are collected or after ``max_steps`` steps.
-* **DVTS** (:func:`dvts`): ``n / M`` independent subtrees per problem, each
-  the beam search above with ``M`` candidates and width ``M`` (keep the best
-  one, expand it ``M`` ways); the subtrees' collected candidates are pooled
-  for the vote.
+* **Beam search** (:func:`beam_search`, search-and-learn's semantics): ``n``
+  candidates, beam width ``M``. Each iteration generates one step (up to the
+  step delimiter) for every active candidate and scores it with the PRM;
+  candidates that ended (end of sequence, the token limit, or a step cut by
+  ``max_step_tokens``) are collected; of the rest the ``n / M`` best are kept
+  and expanded back to ``n`` candidates (each ``M`` ways; more when fewer
+  survive). The last iteration generates to the end. The result is the ``n``
+  best collected candidates.
+* **DVTS** (:func:`dvts`): ``n / M`` independent subtrees per problem. Each
+  iteration expands a subtree's current beam ``M`` ways by one step and keeps
+  the best sibling; when that best sibling has ended, the subtree ends and its
+  ``M`` final siblings are its candidates (``n`` in all per problem).
+
+A candidate cut by a limit keeps its text and scores but has no answer (its
+last line may be cut short), so it never wins a vote.
 
 Selection is deterministic: candidates are ranked by their aggregated PRM
-score (``SearchConfig.aggregation``), ties broken by candidate order (the
-order of creation: parent rank, then child index). Sampling is seeded per
-sequence by the engine, so a seeded run reproduces exactly.
+score (``SearchConfig.aggregation``; with ``lookahead``, by the score of their
+path rolled out that many greedy steps, while a candidate's reported score
+stays its own path's), ties broken by candidate order (parent rank, then child
+index). Sampling is seeded per sequence by the engine (seeds follow sequence
+ids), so the same call on a same-seeded engine reproduces exactly; changing the
+batch (other problems, their order) changes the draws.
 """
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
-from .prm import PRM, split_steps
+from .prm import PRM, check_scores_shape, split_steps
 from .scoring import AGGREGATIONS, VOTINGS, aggregate, extract_answer, vote_all
 
 STRATEGIES = ("best_of_n", "beam_search", "dvts")
@@ -121,14 +129,16 @@ def _eos_strings(engine) -> tuple:
 def _score(prm, prompts, steps, cfg) -> List[float]:
     if prm is None:
         return [[] for _ in steps], [0.0] * len(steps)
-    per_step = prm.score(prompts, steps)
+    per_step = check_scores_shape(steps, prm.score(prompts, steps))
     return per_step, [aggregate(s, cfg.aggregation) for s in per_step]
 
 
 def _candidate(engine, sid, steps, step_scores, score) -> Candidate:
+    """A candidate; one cut by a limit (no end of sequence) has no answer: its last line may be cut short."""
     text = engine.text(sid)
-    return Candidate(text, steps, list(step_scores), float(score), extract_answer(text),
-                     engine.finished(sid), len(engine.tokens(sid)))
+    fin = engine.finished(sid)
+    return Candidate(text, steps, list(step_scores), float(score), extract_answer(text) if fin else None,
+                     fin, len(engine.tokens(sid)))
 
 
 def _result(prompt, cands: List[Candidate], cfg) -> SearchResult:
@@ -158,91 +168,116 @@ def best_of_n(engine, prompts: Sequence[str], prm: Optional[PRM], cfg: SearchCon
 
 
 # -- beam search and DVTS --------------------------------------------------------------------------
-class _Group:
-    """One independent beam search: ``n`` candidates, keep ``n // width`` per step, expand ``width`` ways."""
-
-    def __init__(self, problem: int, n: int, width: int):
-        self.problem, self.n, self.width = problem, n, width
-        self.active: List[int] = []
-        self.completed: List[Candidate] = []
-        self.done = False
-
-
 def beam_search(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig,
                 progress: bool = False) -> List[SearchResult]:
     """PRM-guided beam search: ``cfg.n`` candidates per step, width ``cfg.beam_width`` (module docstring)."""
     cfg.check("beam_search", prm)
-    return _grouped_search(engine, list(prompts), prm, cfg, groups=1, group_n=cfg.n, progress=progress)
+    prompts = list(prompts)
+    n, m = cfg.n, cfg.beam_width
+    roots = [engine.add(p, **_sampling(cfg)) for p in prompts]
+    active = [engine.fork(r, n) for r in roots]
+    engine.free(roots)
+    done: List[List[Candidate]] = [[] for _ in prompts]
+    for it, last in _iterations(cfg, progress):
+        live = [i for i, a in enumerate(active) if a]
+        if not live:
+            break
+        sids = [s for i in live for s in active[i]]
+        rep = [prompts[i] for i in live for _ in active[i]]
+        steps, per_step, own, rank, ended = _expand(engine, prm, rep, sids, cfg, last)
+        pos = 0
+        for i in live:
+            k = len(active[i])
+            alive = []
+            for j in range(pos, pos + k):
+                if ended[j]:
+                    done[i].append(_candidate(engine, sids[j], steps[j], per_step[j], own[j]))
+                    engine.free(sids[j])
+                else:
+                    alive.append((rank[j], sids[j]))
+            pos += k
+            keep = [s for _, s in _rank(alive)[:n // m]]
+            engine.free([s for _, s in alive if s not in keep])
+            active[i] = _refill(engine, keep, n)
+    prm.reset()
+    return [_result(p, _top(done[i], n), cfg) for i, p in enumerate(prompts)]
 
 
 def dvts(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig, progress: bool = False) -> List[SearchResult]:
-    """Diverse verifier tree search: ``n / M`` independent subtrees of width ``M`` per prompt."""
+    """Diverse verifier tree search: ``n / M`` independent subtrees of width ``M`` per prompt (module docstring)."""
     cfg.check("dvts", prm)
-    m = cfg.beam_width
-    return _grouped_search(engine, list(prompts), prm, cfg, groups=cfg.n // m, group_n=m, progress=progress)
-
-
-def _grouped_search(engine, prompts, prm, cfg, groups, group_n, progress=False):
+    prompts = list(prompts)
+    m, g = cfg.beam_width, cfg.n // cfg.beam_width
     roots = [engine.add(p, **_sampling(cfg)) for p in prompts]
-    state = [_Group(i, group_n, cfg.beam_width) for i in range(len(prompts)) for _ in range(groups)]
-    for g in state:
-        g.active = engine.fork(roots[g.problem], group_n)
+    # (problem, subtree, current beam)
+    beams = [(i, t, b) for i, r in enumerate(roots) for t, b in enumerate(engine.fork(r, g))]
     engine.free(roots)
+    out: List[Dict[int, List[Candidate]]] = [{} for _ in prompts]
+    for it, last in _iterations(cfg, progress):
+        if not beams:
+            break
+        kids = []
+        for _, _, b in beams:
+            kids.append(engine.fork(b, m))
+            engine.free(b)
+        sids = [k for ks in kids for k in ks]
+        rep = [prompts[i] for i, _, _ in beams for _ in range(m)]
+        steps, per_step, own, rank, ended = _expand(engine, prm, rep, sids, cfg, last)
+        nxt = []
+        for u, (i, t, _) in enumerate(beams):
+            sib = range(u * m, (u + 1) * m)
+            best = max(sib, key=lambda j: (rank[j], -j))          # ties: the lowest sibling
+            if ended[best]:                                        # the subtree ends: its M siblings are its output
+                out[i][t] = [_candidate(engine, sids[j], steps[j], per_step[j], own[j]) for j in sib]
+                engine.free([sids[j] for j in sib])
+            else:
+                engine.free([sids[j] for j in sib if j != best])
+                nxt.append((i, t, sids[best]))
+        beams = nxt
+    prm.reset()
+    return [_result(p, [c for t in sorted(out[i]) for c in out[i][t]], cfg) for i, p in enumerate(prompts)]
+
+
+def _iterations(cfg, progress):
     bar = _bar(cfg.max_steps, progress)
     for it in range(cfg.max_steps):
-        live = [g for g in state if not g.done]
-        if not live:
-            break
-        sids = [s for g in live for s in g.active]
-        engine.generate(sids, max_new_tokens=cfg.max_step_tokens, stop=[cfg.step_delimiter])
-        rep = [prompts[g.problem] for g in live for _ in g.active]
-        steps = [_steps(engine, s, cfg) for s in sids]
-        per_step, agg = _score(prm, rep, steps, cfg)
-        if cfg.lookahead:
-            agg = _lookahead(engine, prm, rep, sids, cfg, agg)
-        pos = 0
-        last = it == cfg.max_steps - 1
-        for g in live:
-            k = len(g.active)
-            _advance(engine, g, g.active, steps[pos:pos + k], per_step[pos:pos + k], agg[pos:pos + k], cfg, last)
-            pos += k
+        yield it, it == cfg.max_steps - 1
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
-    prm.reset()
-    out = []
-    for i, p in enumerate(prompts):
-        cands = [c for g in state if g.problem == i for c in g.completed]
-        out.append(_result(p, cands, cfg))
-    return out
 
 
-def _advance(engine, g: _Group, sids, steps, per_step, agg, cfg, last: bool) -> None:
-    """Move finished candidates of ``g`` to its collection, keep the best, expand them."""
-    alive = []
-    for s, st, ps, a in zip(sids, steps, per_step, agg):
-        if engine.finished(s) or len(engine.tokens(s)) >= cfg.max_tokens:
-            g.completed.append(_candidate(engine, s, st, ps, a))
-            engine.free(s)
-        else:
-            alive.append((a, s, st, ps))
-    if len(g.completed) >= g.n or last or not alive:
-        if not g.completed:                      # nothing finished: keep the best unfinished ones
-            for a, s, st, ps in sorted(alive, key=lambda x: -x[0])[:g.n]:
-                g.completed.append(_candidate(engine, s, st, ps, a))
-        g.completed = _top(g.completed, g.n)
-        engine.free([s for _, s, _, _ in alive])
-        g.active, g.done = [], True
-        return
-    keep = _rank(alive)[:max(1, g.n // g.width)]
-    drop = [x[1] for x in alive if x[1] not in {k[1] for k in keep}]
-    engine.free(drop)
-    nxt = []
-    for _, s, _, _ in keep:
-        nxt += engine.fork(s, g.width)
+def _expand(engine, prm, prompts, sids, cfg, last):
+    """Generate one step for ``sids`` (the last iteration: to the end) within the token limit; score it.
+
+    Returns steps, per-step scores, each candidate's own aggregated score, the score to rank it
+    by (its lookahead rollout's when ``cfg.lookahead``), and whether it ended: end of sequence,
+    the token limit, a step cut by ``max_step_tokens`` (as search-and-learn does), or the last
+    iteration.
+    """
+    room = [cfg.max_tokens - len(engine.tokens(s)) for s in sids]
+    step_limit = room if last else [min(cfg.max_step_tokens, r) for r in room]
+    engine.generate(sids, max_new_tokens=step_limit, stop=None if last else [cfg.step_delimiter])
+    steps = [_steps(engine, s, cfg) for s in sids]
+    per_step, own = _score(prm, prompts, steps, cfg)
+    ended = [last or engine.finished(s) or len(engine.tokens(s)) >= cfg.max_tokens
+             or not engine.text(s).endswith(cfg.step_delimiter) for s in sids]
+    rank = own
+    if cfg.lookahead and not last:
+        rank = _lookahead(engine, prm, prompts, sids, cfg, own, ended)
+    return steps, per_step, own, rank, ended
+
+
+def _refill(engine, keep: List[int], n: int) -> List[int]:
+    """Expand the kept candidates back to ``n`` (each ``n / len(keep)`` ways, the first ones one more)."""
+    if not keep:
+        return []
+    new = []
+    for j, s in enumerate(keep):
+        new += engine.fork(s, n // len(keep) + (1 if j < n % len(keep) else 0))
         engine.free(s)
-    g.active = nxt
+    return new
 
 
 def _rank(items):
@@ -254,20 +289,24 @@ def _top(cands: List[Candidate], n: int) -> List[Candidate]:
     return sorted(cands, key=lambda c: -c.score)[:n]
 
 
-def _lookahead(engine, prm, prompts, sids, cfg, agg):
-    """Score each candidate by its path extended ``cfg.lookahead`` greedy steps (search-and-learn style)."""
-    forks = [engine.fork(s, 1)[0] for s in sids]
+def _lookahead(engine, prm, prompts, sids, cfg, own, ended):
+    """Rank each live candidate by its path extended ``cfg.lookahead`` greedy steps (search-and-learn style)."""
+    idx = [j for j, e in enumerate(ended) if not e]
+    forks = [engine.fork(sids[j], 1)[0] for j in idx]
     for f in forks:
         engine.set_params(f, temperature=0.0)
     for _ in range(cfg.lookahead):
-        todo = [f for f in forks if not engine.finished(f)]
+        todo = [f for f in forks if not engine.finished(f) and len(engine.tokens(f)) < cfg.max_tokens]
         if not todo:
             break
-        engine.generate(todo, max_new_tokens=cfg.max_step_tokens, stop=[cfg.step_delimiter])
-    steps = [_steps(engine, f, cfg) for f in forks]
-    _, ahead = _score(prm, prompts, steps, cfg)
+        engine.generate(todo, max_new_tokens=[min(cfg.max_step_tokens, cfg.max_tokens - len(engine.tokens(f)))
+                                              for f in todo], stop=[cfg.step_delimiter])
+    _, ahead = _score(prm, [prompts[j] for j in idx], [_steps(engine, f, cfg) for f in forks], cfg)
     engine.free(forks)
-    return ahead
+    rank = list(own)
+    for j, a in zip(idx, ahead):
+        rank[j] = a
+    return rank
 
 
 def _bar(total, enabled):
