@@ -11,10 +11,10 @@ PRMs: :class:`PRM`, :class:`EnginePRM`, :func:`load_prm` (:mod:`.prm`) and the H
 adapters in :mod:`.prm_hf`; aggregation, voting and answer extraction in :mod:`.scoring`;
 s1's budget-control methods in :mod:`.budget_control`.
 """
-from .prm import PRM, EnginePRM, load_prm, split_steps
+from .prm import DEFAULT_PRM, PRM, EnginePRM, load_prm, split_steps
 from .scoring import AGGREGATIONS, VOTINGS, aggregate, extract_answer, vote, vote_all
 from .strategies import STRATEGIES, Candidate, SearchConfig, SearchResult, beam_search, best_of_n, dvts, run_strategy
 
-__all__ = ["PRM", "EnginePRM", "load_prm", "split_steps", "AGGREGATIONS", "VOTINGS", "aggregate", "extract_answer",
+__all__ = ["DEFAULT_PRM", "PRM", "EnginePRM", "load_prm", "split_steps", "AGGREGATIONS", "VOTINGS", "aggregate", "extract_answer",
            "vote", "vote_all", "STRATEGIES", "Candidate", "SearchConfig", "SearchResult", "beam_search",
            "best_of_n", "dvts", "run_strategy"]

@@ -150,7 +150,7 @@ class Run:
 def _engine(model, tok, prompts, n, cfg, seed):
     """An engine whose pool holds every candidate of ``prompts`` unshared (CPU pages are touched lazily)."""
     from ..decode import Engine
-    bs = 16
+    bs = 8      # short prompts: 8-token blocks share more than 16 at the same speed (measured: 11.5k vs 11.3k tok/s)
     longest = max(len(tok.encode(p)) for p in prompts)
     per_row = -(-(longest + cfg.max_tokens + cfg.max_step_tokens) // bs) + 2
     return Engine(model, tok, num_blocks=max(64, (len(prompts) * (n + 1)) * per_row), block_size=bs, seed=seed,
