@@ -44,6 +44,8 @@ def test_scores_match_full_forward_and_cache_prefixes(prm_dir):
     # forks share the prompt's full blocks in the PRM's pool
     assert prm.engine.pool.num_used_blocks < sum(
         -(-prm.engine.pool.seq_len(s) // 4) for s in prm.engine.live)
+    # only the last call's prefixes stay cached: the other candidates' sequences went back to the pool
+    assert len(prm.engine.live) == 1 + len(ext)
     prm.reset()
     assert prm.engine.live == [] and prm.engine.pool.num_free_blocks == prm.engine.pool.num_blocks
 

@@ -87,10 +87,13 @@ class EnginePRM(PRM):
         Geometry of the PRM's own KV pool; :meth:`reset` frees it.
     attention : str
         Decode attention backend of the PRM's engine (``"tree"`` shares prefix KV reads).
+    keep_frontier_only : bool
+        After each :meth:`score` call keep only the prefixes of that call's candidates (a search
+        only ever extends its current candidates, so the rest is dead weight in the pool).
     """
 
-    def __init__(self, path: Optional[str] = None, *, num_blocks: int = 4096, block_size: int = 16,
-                 attention: str = "tree"):
+    def __init__(self, path: Optional[str] = None, *, num_blocks: int = 16384, block_size: int = 8,
+                 attention: str = "tree", keep_frontier_only: bool = True):
         from ..decode import Engine, load
         path = DEFAULT_PRM if path is None else os.fspath(path)
         cfg_file = os.path.join(path, "prm_config.json")
@@ -110,6 +113,7 @@ class EnginePRM(PRM):
         self.good, self.bad = ids
         self._params = model_params(model.cfg)
         self._cache: Dict[Tuple[str, ...], Tuple[int, float]] = {}   # (prompt, *steps) -> (sid, score)
+        self.keep_frontier_only = keep_frontier_only
         self.tokens_scored = 0
 
     @property
@@ -148,8 +152,12 @@ class EnginePRM(PRM):
             for key, sid in new.items():
                 lg = eng.next_logits(sid)
                 self._cache[key] = (sid, float(torch.sigmoid(lg[self.good] - lg[self.bad])))
-        return check_scores_shape(steps, [[self._cache[(p, *st[:k + 1])][1] for k in range(len(st))]
-                                          for p, st in zip(prompts, steps)])
+        out = [[self._cache[(p, *st[:k + 1])][1] for k in range(len(st))] for p, st in zip(prompts, steps)]
+        if self.keep_frontier_only:
+            need = {(p, *st[:k]) for p, st in zip(prompts, steps) for k in range(len(st) + 1)}
+            dead = [key for key in self._cache if key not in need]
+            eng.free([self._cache.pop(key)[0] for key in dead])
+        return check_scores_shape(steps, out)
 
 
 def load_prm(path: Optional[str] = None, **kwargs) -> PRM:
