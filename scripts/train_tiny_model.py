@@ -64,6 +64,15 @@ def build_tokenizer(out_dir: str):
     return tok, vocab
 
 
+def make_optimizer(model, lr: float, steps: int):
+    """AdamW with 5% linear warm-up and cosine decay to 0.1x over ``steps`` (shared with train_prm.py)."""
+    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.98), weight_decay=0.01)
+    warm = max(1, steps // 20)
+    sched = torch.optim.lr_scheduler.LambdaLR(
+        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, steps) / steps))))
+    return opt, sched
+
+
 def make_batch(problems, rng, tok, pad_id, wait_prob):
     seqs, labels = [], []
     for p in problems:
@@ -150,10 +159,7 @@ def main(argv=None):
                       bos_token_id=vocab["<|bos|>"], eos_token_id=vocab[arith.EOS], pad_token_id=vocab["<|pad|>"])
     model = LlamaForCausalLM(cfg)
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(0.9, 0.98), weight_decay=0.01)
-    warm = max(1, args.steps // 20)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / warm) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(s, args.steps) / args.steps))))
+    opt, sched = make_optimizer(model, args.lr, args.steps)
     t0 = time.time()
     log = []
     stop = args.steps if args.stop_after is None else min(args.stop_after, args.steps)

@@ -109,3 +109,50 @@ def check_steps(problem: Problem, completion: str) -> List[bool]:
             a, s, b, c = int(m[1]), m[2], int(m[3]), int(m[4])
             out.append((a + b if s == "+" else a - b) == c)
     return out
+
+
+_STEP_RE = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
+_FINAL_STEP_RE = re.compile(END_THINK + r"\s*" + ANSWER_PREFIX + r"\s*-?\d+")
+
+
+def step_labels(problem: Problem, steps: List[str]) -> List[bool]:
+    """Process labels of a solution's steps: is the solution still on track after each step?
+
+    ``steps`` are the step texts of a completion without the delimiter (as
+    ``tts_kernels.search.prm.split_steps`` gives them, e.g.
+    ``["49+9=58", "58-3=55", "55-6=49", "</think>Final Answer: 49"]``); each is
+    compared after ``strip()``. Labels:
+
+    * a thinking step ``a±b=c`` is True iff it is the next step of the true chain
+      (equal to ``problem.steps()[j]``, ``j`` = the number of chain steps written so far);
+    * a ``"Wait"`` step, and a re-check that repeats an already-written chain step,
+      keep the previous label (True on a first step: nothing is wrong yet);
+    * the final answer step ``"</think>Final Answer: N"`` is True iff every previous label is
+      True and the answer is right (:func:`is_correct`; a short chain whose answer is right
+      still counts);
+    * anything else (unparseable text, a step after the answer step) is False, and once a
+      label is False every later label is False.
+    """
+    ref = problem.steps()
+    labels: List[bool] = []
+    ok, j, answered = True, 0, False
+    for raw in steps:
+        s = raw.strip()
+        if not ok or answered:
+            good = False
+        elif s == WAIT:
+            good = True
+        elif _STEP_RE.fullmatch(s):
+            if j < len(ref) and s == ref[j]:
+                j += 1
+                good = True
+            else:
+                good = s in ref[:j]          # a re-check of a step already written
+        elif _FINAL_STEP_RE.fullmatch(s):
+            answered = True
+            good = is_correct(problem, s)
+        else:
+            good = False
+        ok = ok and good
+        labels.append(ok)
+    return labels
