@@ -3,7 +3,9 @@
 Triton kernels run on the CPU through Triton's interpreter when no GPU is
 present; the variable must be set before triton is first imported.
 """
+import json
 import os
+import shutil
 
 import pytest
 import torch
@@ -45,3 +47,16 @@ def require_triton():
         if os.environ.get("TTS_KERNELS_REQUIRE_TRITON", "0") == "1":
             pytest.fail("triton required but not installed")
         pytest.skip("triton not installed")
+
+
+@pytest.fixture(scope="session")
+def prm_dir(tmp_path_factory):
+    """The embedded policy's weights used as a tag-token PRM (any causal LM is a valid, if poor, one)."""
+    from tts_kernels.decode import DEFAULT_MODEL
+    d = tmp_path_factory.mktemp("prm")
+    for f in os.listdir(DEFAULT_MODEL):
+        if f.endswith((".json", ".safetensors")):
+            shutil.copy(os.path.join(DEFAULT_MODEL, f), d / f)
+    (d / "prm_config.json").write_text(json.dumps(
+        {"kind": "tag_token", "step_tag": "\n\n", "good_token": "+", "bad_token": "-"}))
+    return str(d)
