@@ -21,12 +21,28 @@ Pipeline (reproducible: fixed seeds everywhere, ``--threads`` CPU threads, defau
    completions for each of ``--train-problems`` problems
    ``arith.make_problems(n, seed=--train-seed)`` (default seed 1_000: disjoint from the
    policy's held-out eval seed 10_000, from 20_000-29_999 (reserved for the searches'
-   evaluation) and from this script's own held-out seed 30_000). Every step is labelled by
-   ``arith.step_labels`` (the solution is still on the true chain after this step; the
-   final-answer step is right iff the chain so far is right and the answer is right).
-   ``--greedy`` also adds one greedy completion per problem.
-2. Training: binary cross-entropy on ``logit["+"] - logit["-"]`` at every tag position,
-   classes weighted to equal total weight, AdamW with warm-up and cosine decay.
+   evaluation) and from this script's own held-out seed 30_000; prompts that occur in the
+   held-out sets are dropped). Every step is labelled by ``arith.step_labels`` (the solution
+   is still on the true chain after this step; the final-answer step is right iff the chain
+   so far is right and the answer is right). ``--greedy`` also adds one greedy completion per problem.
+2. Training: class-weighted binary cross-entropy on ``logit["+"] - logit["-"]`` at every tag
+   position, AdamW with warm-up and cosine decay, in two phases:
+
+   * steps ``[0, --phase1)``: auxiliary data only: fresh problems' reference steps up to a
+     random step whose result is, half of the time, a near miss (``c`` +-1, +-2, +-10), BCE at
+     every tag (labels from ``step_labels``) plus an auxiliary cross-entropy: the output of
+     decoder layer ``--aux-layer`` (3 of 4), through the final norm and the LM head, must
+     predict the *true* result digits at the corrupted step's result positions;
+   * steps ``[--phase1, --steps)``: the same plus a batch of policy samples (BCE at every tag);
+     the corrupted prefixes now continue to an answer half of the time.
+
+   Why the auxiliary: plain BCE on the policy samples (tried: 500 steps, batch 64) learns a
+   position / difficulty prior and almost no verification (the step score did not depend on
+   the written result; PRM-Max fell below the mean single-sample accuracy), and BCE alone did
+   not learn even a one-step "is ``a+b=c`` right" check in 1,200 steps. Making layer 3 compute
+   the true result at the result positions gives the last layer at the tag something to
+   compare with, and the tag classifier then learns the check within a few hundred steps.
+   The saved model is still a plain ``LlamaForCausalLM``; the auxiliary is training-only.
 3. Saving: ``--out`` gets config.json + model.safetensors (no generation_config.json), the
    policy's tokenizer.json / tokenizer_config.json, prm_config.json and train_log.json.
 4. Evaluation on held-out problems ``arith.make_problems(--eval-problems, seed=--eval-seed)``
@@ -40,7 +56,7 @@ Pipeline (reproducible: fixed seeds everywhere, ``--threads`` CPU threads, defau
 Usage::
 
     python scripts/train_prm.py                                    # writes tts_kernels/models/tiny-arith-prm
-    python scripts/train_prm.py --out /tmp/prm --train-problems 100 --steps 20 --eval-problems 20   # smoke run
+    python scripts/train_prm.py --out /tmp/prm --train-problems 50 --steps 6 --phase1 3 --eval-problems 10   # smoke run
 
 Needs ``transformers`` and ``tokenizers`` (as ``scripts/train_tiny_model.py``).
 """
@@ -49,7 +65,6 @@ from __future__ import annotations
 import argparse
 import collections
 import json
-import math
 import os
 import random
 import shutil
@@ -227,6 +242,46 @@ def evaluate(model, tok, problems, texts, good, bad, pad_id) -> dict:
     return res
 
 
+# -- auxiliary data: reference prefixes with a corrupted result ------------------------------------
+def corrupted_prefix(rng: random.Random, tok, continue_prob: float, exclude=frozenset()):
+    """A fresh problem's reference steps up to a random step k, whose result ``c`` is replaced (with
+    probability 1/2) by a near miss (``c`` +-1, +-2 or +-10); with probability ``continue_prob`` the
+    chain then goes on consistently from the written value (as the policy does after a slip),
+    optionally re-checks after "Wait", and answers. Returns ``(problem, steps, positions, targets)``:
+    the token positions of step k's result digits in ``encode(tok, prompt, steps)`` and the digits of
+    the true result there (the auxiliary target; empty when the digit counts differ)."""
+    while True:
+        p = arith.make_problem(rng)
+        if p.prompt not in exclude:
+            break
+    ref, v = p.steps(), p.values
+    k = rng.randrange(len(ref))
+    a, (sign, b), c = v[k], p.ops[k], v[k + 1]
+    if rng.random() < 0.5:
+        c = c + rng.choice([-2, -1, -1, 1, 1, 2, 10, -10])
+        if c < 0:
+            c = v[k + 1] + 1
+    step = f"{a}{sign}{b}={c}"
+    steps = ref[:k] + [step]
+    start = len(encode(tok, p.prompt, ref[:k])[0])
+    got, want = list(tok.encode(step)), list(tok.encode(ref[k]))
+    positions, targets = [], []
+    if len(got) == len(want):
+        first = got.index(tok.token_to_id("=")) + 1
+        positions = [start + i for i in range(first, len(got))]
+        targets = want[first:]
+    if rng.random() < continue_prob:
+        cur = c
+        for s2, b2 in p.ops[k + 1:]:
+            nxt = cur + b2 if s2 == "+" else cur - b2
+            steps.append(f"{cur}{s2}{b2}={nxt}")
+            cur = nxt
+        if rng.random() < 0.25:
+            steps += [arith.WAIT, steps[-1]]
+        steps.append(f"{arith.END_THINK}{arith.ANSWER_PREFIX} {cur}")
+    return p, steps, positions, targets
+
+
 # -- main --------------------------------------------------------------------------------------
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -235,10 +290,18 @@ def main(argv=None):
     ap.add_argument("--train-seed", type=int, default=1000, help="problem seed of the training data")
     ap.add_argument("--samples", type=int, default=4, help="temperature-1 policy samples per training problem")
     ap.add_argument("--greedy", action="store_true", help="also add one greedy completion per training problem")
-    ap.add_argument("--steps", type=int, default=500, help="optimizer steps")
-    ap.add_argument("--batch", type=int, default=64)
-    ap.add_argument("--lr", type=float, default=1e-3)
-    ap.add_argument("--seed", type=int, default=0, help="torch / shuffling seed")
+    ap.add_argument("--steps", type=int, default=800, help="optimizer steps")
+    ap.add_argument("--phase1", type=int, default=500,
+                    help="steps on the auxiliary data alone before the policy samples join")
+    ap.add_argument("--batch", type=int, default=32, help="policy samples per step (phase 2)")
+    ap.add_argument("--aux-batch", type=int, default=64, help="corrupted reference prefixes per step")
+    ap.add_argument("--aux-layer", type=int, default=3,
+                    help="decoder layer whose output (final norm + LM head) must predict the true result digits")
+    ap.add_argument("--aux-weight", type=float, default=1.0)
+    ap.add_argument("--continue-prob", type=float, default=0.5,
+                    help="phase 2: probability that a corrupted prefix continues to an answer")
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--seed", type=int, default=0, help="shuffling and auxiliary-data seed")
     ap.add_argument("--no-balance", action="store_true", help="unweighted BCE (default: classes get equal total weight)")
     ap.add_argument("--eval-problems", type=int, default=200)
     ap.add_argument("--eval-seed", type=int, default=30_000)
@@ -257,15 +320,18 @@ def main(argv=None):
     from tts_kernels.decode import Tokenizer
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
-    rng = random.Random(args.seed)
+    rng, aux_rng = random.Random(args.seed), random.Random(args.seed)
     t_start = time.time()
     tok = Tokenizer(POLICY)
     good, bad = tok.token_to_id(PRM_CONFIG["good_token"]), tok.token_to_id(PRM_CONFIG["bad_token"])
     pad_id = tok.token_to_id("<|pad|>")
+    # prompts never trained on: this script's held-out problems and the policy's (seed 10_000)
+    held_out = frozenset(p.prompt for p in arith.make_problems(args.eval_problems, seed=args.eval_seed)
+                         + arith.make_problems(300, seed=10_000))
 
-    # 1. data
+    # 1. data: the policy's own samples
     t0 = time.time()
-    problems = arith.make_problems(args.train_problems, seed=args.train_seed)
+    problems = [p for p in arith.make_problems(args.train_problems, seed=args.train_seed) if p.prompt not in held_out]
     texts = sample_policy(problems, args.samples, 1.0, seed=args.train_seed)
     if args.greedy:
         for ts, g in zip(texts, sample_policy(problems, 1, 0.0, seed=args.train_seed)):
@@ -288,37 +354,69 @@ def main(argv=None):
     w_pos, w_neg = ((1.0, 1.0) if args.no_balance else
                     ((n_pos + n_neg) / (2 * n_pos), (n_pos + n_neg) / (2 * n_neg)))
 
+    def weighted_bce(margin, y):
+        w = torch.where(y > 0.5, torch.tensor(w_pos), torch.tensor(w_neg))
+        return torch.nn.functional.binary_cross_entropy_with_logits(margin, y, weight=w, reduction="sum") / w.sum()
+
     # 2. training
     model = LlamaForCausalLM.from_pretrained(POLICY)
     model.train()
     opt, sched = make_optimizer(model, args.lr, args.steps)
     t0 = time.time()
-    log, window, order = [], [], []
+    log, window, order = [], collections.defaultdict(list), []
+    n_aux = 0
     for step in range(args.steps):
+        # the policy-sample stream advances every step; its batches are used from --phase1 on
         if len(order) < args.batch:
             perm = list(range(len(data)))
             rng.shuffle(perm)
             order += perm
         batch = [data[i] for i in order[:args.batch]]
         del order[:args.batch]
-        ids, att, rows, cols = collate([(b[0], b[1]) for b in batch], pad_id)
-        y = torch.tensor([float(l) for b in batch for l in b[2]])
-        margin = tag_margins(model, ids, att, rows, cols, good, bad)
-        w = torch.where(y > 0.5, torch.tensor(w_pos), torch.tensor(w_neg))
-        loss = torch.nn.functional.binary_cross_entropy_with_logits(margin, y, weight=w, reduction="sum") / w.sum()
+        loss = torch.zeros(())
+        if step >= args.phase1 and batch:
+            ids, att, rows, cols = collate([(b[0], b[1]) for b in batch], pad_id)
+            y = torch.tensor([float(l) for b in batch for l in b[2]])
+            margin = tag_margins(model, ids, att, rows, cols, good, bad)
+            bce = weighted_bce(margin, y)
+            loss = loss + bce
+            window["bce_policy"].append(bce.item())
+            window["acc_policy"].append(((margin > 0) == (y > 0.5)).float().mean().item())
+        if args.aux_batch:
+            aux, rc, tg = [], [], []
+            for i in range(args.aux_batch):
+                p, steps, positions, targets = corrupted_prefix(
+                    aux_rng, tok, 0.0 if step < args.phase1 else args.continue_prob, held_out)
+                ids, pos = encode(tok, p.prompt, steps)
+                aux.append((ids, pos, arith.step_labels(p, steps)))
+                rc += [(i, q) for q in positions]
+                tg += targets
+            n_aux += len(aux)
+            ids, att, rows, cols = collate([(b[0], b[1]) for b in aux], pad_id)
+            out = model.model(input_ids=ids, attention_mask=att, output_hidden_states=True)
+            logits = model.lm_head(out.last_hidden_state[rows, cols])
+            margin = logits[:, good] - logits[:, bad]
+            y = torch.tensor([float(l) for b in aux for l in b[2]])
+            bce = weighted_bce(margin, y)
+            mid = model.model.norm(out.hidden_states[args.aux_layer])
+            r_idx, c_idx = torch.tensor([r for r, _ in rc]), torch.tensor([c for _, c in rc])
+            ce = torch.nn.functional.cross_entropy(model.lm_head(mid[r_idx, c_idx]), torch.tensor(tg))
+            loss = loss + bce + args.aux_weight * ce
+            window["bce_aux"].append(bce.item())
+            window["acc_aux"].append(((margin > 0) == (y > 0.5)).float().mean().item())
+            window["ce_aux_layer"].append(ce.item())
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         sched.step()
         opt.zero_grad(set_to_none=True)
-        window.append((loss.item(), ((margin > 0) == (y > 0.5)).float().mean().item()))
         if (step + 1) % 25 == 0 or step == args.steps - 1:
-            l_avg = sum(a for a, _ in window) / len(window)
-            a_avg = sum(b for _, b in window) / len(window)
-            log.append({"step": step + 1, "loss": round(l_avg, 4), "train_step_accuracy": round(a_avg, 4),
-                        "elapsed_s": round(time.time() - t0, 1)})
-            print(f"step {step + 1:5d}  loss {l_avg:.4f}  acc {a_avg:.3f}  {time.time() - t0:7.1f}s", flush=True)
-            window = []
+            entry = {"step": step + 1}
+            entry.update({k: round(sum(v) / len(v), 4) for k, v in window.items() if v})
+            entry["elapsed_s"] = round(time.time() - t0, 1)
+            log.append(entry)
+            print("  ".join(f"{k} {v}" for k, v in entry.items()), flush=True)
+            window = collections.defaultdict(list)
     train_s = time.time() - t0
 
     # 3. save
@@ -337,14 +435,19 @@ def main(argv=None):
         "command": "python scripts/train_prm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "init": "tts_kernels/models/tiny-arith (policy weights)",
         "params": sum(p.numel() for p in model.parameters()),
-        "data": {"train_problems": args.train_problems, "train_seed": args.train_seed,
+        "data": {"train_problems": len(problems), "train_seed": args.train_seed,
                  "samples_per_problem_t1": args.samples, "greedy_per_problem": int(args.greedy),
                  "completions": len(data), "steps_labelled": n_pos + n_neg, "positive_steps": n_pos,
                  "negative_steps": n_neg, "correct_answer_rate": round(n_final_ok / len(data), 4),
-                 "class_weights": {"+": round(w_pos, 4), "-": round(w_neg, 4)}},
-        "training": {"steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
+                 "class_weights": {"+": round(w_pos, 4), "-": round(w_neg, 4)},
+                 "aux_corrupted_prefixes": n_aux, "aux_seed": args.seed},
+        "training": {"steps": args.steps, "phase1_aux_only_steps": args.phase1, "batch_policy": args.batch,
+                     "batch_aux": args.aux_batch, "aux_layer": args.aux_layer, "aux_weight": args.aux_weight,
+                     "continue_prob": args.continue_prob, "lr": args.lr, "seed": args.seed,
                      "optimizer": "AdamW(betas=(0.9, 0.98), weight_decay=0.01), 5% warm-up, cosine to 0.1x, clip 1.0",
-                     "loss": "class-weighted BCE on logit['+'] - logit['-'] at every tag token"},
+                     "loss": "class-weighted BCE on logit['+'] - logit['-'] at every tag token (policy samples and "
+                             "corrupted reference prefixes) + aux_weight x cross-entropy of the true result digits "
+                             "read from decoder layer aux_layer (final norm + LM head) at the corrupted step"},
         "threads": args.threads, "torch": torch.__version__, "transformers": transformers.__version__,
         "seconds": {"sampling_train_data": round(sample_s, 1), "training": round(train_s, 1)},
         "log": log,

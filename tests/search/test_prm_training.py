@@ -125,11 +125,7 @@ CASES = [  # (problem, right trace, trace whose first step is wrong)
 ]
 
 
-# case 1 documents a measured weakness of the shipped PRM (see its model card): it gives the fully
-# right 4-step trace an answer-step score of 0.100 against 0.105 for the wrong one; strict, so the
-# mark has to go when a better PRM ships
-@pytest.mark.parametrize("case", [0, pytest.param(1, marks=pytest.mark.xfail(
-    strict=True, reason="shipped PRM misranks this trace pair (0.100 vs 0.105)")), 2])
+@pytest.mark.parametrize("case", range(len(CASES)))
 def test_shipped_prm_prefers_the_right_trace(prm, case):
     problem, right, wrong = CASES[case]
     assert arith.is_correct(problem, right) and not arith.is_correct(problem, wrong)
