@@ -60,3 +60,12 @@ def prm_dir(tmp_path_factory):
     (d / "prm_config.json").write_text(json.dumps(
         {"kind": "tag_token", "step_tag": "\n\n", "good_token": "+", "bad_token": "-"}))
     return str(d)
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny models: a second intra-op thread only adds synchronisation (100x slower on a busy machine)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

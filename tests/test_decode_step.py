@@ -115,16 +115,22 @@ def test_padded_eager_is_inert(eager_run, tiny):
             assert torch.equal(flat[never], torch.zeros_like(flat[never]))
 
 
-def test_step_has_no_graph_break(tiny):
-    model, tok = tiny
+def _bucketed_inputs(model, tok):
+    """An engine and the device step's inputs for 3 rows (a budgeted root and 2 forks) padded to their bucket."""
     eng = Engine(model, tok, num_blocks=64, block_size=4, seed=1)
     a = eng.add(PROMPTS[0], temperature=0.7, max_thinking=5)
     ids = [a] + eng.fork(a, 2)
     seqs = [eng._seqs[s] for s in ids]
     batch = eng._prepare(ids, seqs, bucketed=True)
-    B = batch.shape.rows
-    logits = torch.stack([s.logits for s in seqs] + [eng._pad_logits] * (B - 3))
-    budget = torch.stack([s.budget for s in seqs] + [eng._no_budget] * (B - 3))
+    pad = batch.shape.rows - 3
+    logits = torch.stack([s.logits for s in seqs] + [eng._pad_logits] * pad)
+    budget = torch.stack([s.budget for s in seqs] + [eng._no_budget] * pad)
+    return eng, batch, logits, budget
+
+
+def test_step_has_no_graph_break(tiny):
+    model, tok = tiny
+    eng, batch, logits, budget = _bucketed_inputs(model, tok)
     fn = step_mod.make_step(model, eng._k_caches, eng._v_caches, shape=batch.shape, block_size=4,
                             attention="tree", forcing=eng.forcing, forced_ids=eng._forced_ids,
                             eos_mask=eng._eos_mask)
@@ -276,13 +282,7 @@ def test_eager_step_runs_no_host_sync_op(tiny):
     (item/_local_scalar_dense) or has a data-dependent shape (nonzero, masked_select, unique)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     model, tok = tiny
-    eng = Engine(model, tok, num_blocks=64, block_size=4, seed=1)
-    a = eng.add(PROMPTS[0], temperature=0.7, max_thinking=5)
-    ids = [a] + eng.fork(a, 2)
-    seqs = [eng._seqs[s] for s in ids]
-    batch = eng._prepare(ids, seqs, bucketed=True)
-    logits = torch.stack([s.logits for s in seqs] + [eng._pad_logits])
-    budget = torch.stack([s.budget for s in seqs] + [eng._no_budget])
+    eng, batch, logits, budget = _bucketed_inputs(model, tok)
     fn = eng._step_fn(batch.shape)
     seen = set()
 

@@ -50,13 +50,7 @@ def words(text):
     return [WORDS.index(w) for w, _ in pre_tokenizer().pre_tokenize_str(text)]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # tiny matmuls: a second intra-op thread only adds synchronisation (100x slower on a busy machine)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

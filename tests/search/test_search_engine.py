@@ -9,12 +9,7 @@ from tts_kernels.search import DEFAULT_PRM, SearchConfig, load_prm, run_strategy
 from tts_kernels.tasks import arith
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _run(strategy, prm, prompts, seed, **kw):

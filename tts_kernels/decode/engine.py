@@ -46,6 +46,7 @@ from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
 
+from .._progress import progress_bar
 from ..sampling import BudgetForcing
 from ..sampling.budget import DONE, NUM_THINKING, PHASE, WAITS_USED
 from . import step as _step
@@ -316,7 +317,7 @@ class Engine:
         if stop and self.tokenizer is None:
             raise ValueError("stop strings need a tokenizer")
         total = max(limit.values(), default=0)
-        bar = _progress(total, progress)
+        bar = progress_bar(total, progress)
         for i in range(total):
             if not active:
                 break
@@ -507,13 +508,3 @@ class Engine:
         if t not in cache:
             cache[t] = self.tokenizer.decode([t])
         return cache[t]
-
-
-def _progress(total, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-        return tqdm(total=total, unit="step", leave=False)
-    except ImportError:
-        return None

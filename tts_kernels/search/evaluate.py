@@ -39,6 +39,7 @@ from typing import List, Optional, Sequence
 
 import torch
 
+from .._progress import progress_bar
 from . import budget_control as bc
 from .prm import load_prm, model_params
 from .scoring import VOTINGS, extract_answer
@@ -263,7 +264,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
         skipped = [n for n in cfg.ns if (s, n) not in plan]
         if skipped:
             log(f"note: {s} skipped at N={skipped} (N must be a multiple of the beam width {cfg.beam_width})")
-    bar = _bar(sum(n for _, n in plan) * len(problems), progress)
+    bar = progress_bar(sum(n for _, n in plan) * len(problems), progress, unit="cand", desc="search")
     runs = [run_search("policy", s, n, model, tok, prm, problems, cfg, bar) for s, n in plan]
     if bar is not None:
         bar.close()
@@ -330,16 +331,6 @@ def _cpu_name() -> str:
 
 def _jsonable(d):
     return json.loads(json.dumps(d, default=list))
-
-
-def _bar(total, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="cand", desc="search", leave=False)
 
 
 def flops_str(x: float) -> str:

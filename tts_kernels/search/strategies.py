@@ -36,6 +36,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
+from .._progress import progress_bar
 from .prm import PRM, check_scores_shape, split_steps
 from .scoring import AGGREGATIONS, VOTINGS, aggregate, extract_answer, vote_all
 
@@ -239,7 +240,7 @@ def dvts(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig, progress: 
 
 
 def _iterations(cfg, progress):
-    bar = _bar(cfg.max_steps, progress)
+    bar = progress_bar(cfg.max_steps, progress)
     for it in range(cfg.max_steps):
         yield it, it == cfg.max_steps - 1
         if bar is not None:
@@ -307,16 +308,6 @@ def _lookahead(engine, prm, prompts, sids, cfg, own, ended):
     for j, a in zip(idx, ahead):
         rank[j] = a
     return rank
-
-
-def _bar(total, enabled):
-    if not enabled:
-        return None
-    try:
-        from tqdm import tqdm
-    except ImportError:
-        return None
-    return tqdm(total=total, unit="step", leave=False)
 
 
 def run_strategy(name: str, engine, prompts: Sequence[str], prm: Optional[PRM], cfg: SearchConfig,
