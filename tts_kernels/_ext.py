@@ -2,13 +2,19 @@
 
 The package works without it: every op then falls back to its PyTorch
 reference on CPU. Set ``TTS_KERNELS_DISABLE_EXT=1`` to ignore a built library.
+A library built against another torch release (``_C.json`` beside it records
+which) is not loaded: C++ ops compiled against one torch's headers can crash
+under another, so the package says so and runs the reference instead.
 """
 from __future__ import annotations
 
 import glob
+import json
 import os
 
 import torch
+
+from ._torch_support import release
 
 _loaded: bool | None = None
 load_error: str | None = None
@@ -35,12 +41,30 @@ def available() -> bool:
         if path is None:
             load_error = "extension not built (no tts_kernels/_C*.so)"
             return False
+        mismatch = built_for_other_torch(path)
+        if mismatch:
+            load_error = mismatch
+            return False
         try:
             torch.ops.load_library(path)
             _loaded = True
         except OSError as exc:  # e.g. built against another torch
             load_error = f"failed to load {path}: {exc}"
     return _loaded
+
+
+def built_for_other_torch(path: str) -> str | None:
+    """A message when the library beside ``path`` was built against another torch release, else None."""
+    stamp = os.path.join(os.path.dirname(path), "_C.json")
+    try:
+        with open(stamp) as f:
+            built = str(json.load(f)["torch"])
+    except (OSError, ValueError, KeyError):
+        return None  # no record (an older build): try to load it
+    if release(built) != release(torch.__version__):
+        return (f"{path} was built against torch {built} but torch {torch.__version__} is running; "
+                "rebuild it (pip install --no-build-isolation .) to use the C++ kernels")
+    return None
 
 
 def has_kernel(op: str, dispatch_key: str = "CPU") -> bool:

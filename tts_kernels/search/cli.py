@@ -46,7 +46,7 @@ def add_arguments(p) -> None:
     p.add_argument("--rows-per-batch", type=int, default=d.rows_per_batch)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
-    p.add_argument("--out", default="tts_eval", help="output prefix: writes OUT.json and OUT.png")
+    p.add_argument("--out", default="tts_eval", help="output prefix: writes OUT.md (the table), OUT.json and OUT.png")
     p.add_argument("--no-progress", action="store_true")
 
 
@@ -54,13 +54,17 @@ def run(args) -> dict:
     keys = EvalConfig.__dataclass_fields__
     cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in keys})
     res = evaluate(cfg, progress=not args.no_progress)
-    print(tables(res))
+    table = tables(res)
+    print(table)
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
-    with open(args.out + ".json", "w") as f:
+    written = {"table": args.out + ".md", "json": args.out + ".json", "plot": args.out + ".png"}
+    with open(written["table"], "w") as f:
+        f.write(table + "\n")
+    with open(written["json"], "w") as f:
         json.dump(res, f, indent=1)
-    print(f"wrote {args.out}.json")
-    if plot(res, args.out + ".png"):
-        print(f"wrote {args.out}.png")
-    else:
+    if not plot(res, written["plot"]):
         print("note: matplotlib is not installed; no plot written (pip install matplotlib)")
+        del written["plot"]
+    for what, path in written.items():
+        print(f"wrote the {what}: {os.path.abspath(path)}")
     return res

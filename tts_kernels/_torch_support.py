@@ -1,0 +1,27 @@
+"""The torch releases this package supports: one definition, read by setup.py (without importing
+the package), by the extension loader and by CI (``.ci/run-compat`` installs both ends).
+
+No imports here: setup.py executes this file before torch is known to be installed.
+"""
+
+#: the oldest torch the package is built and tested against (``install_requires`` floor)
+TORCH_MIN = "2.9.1"
+#: the newest torch built and tested (the newest pip installs on the project's machines)
+TORCH_NEWEST_TESTED = "2.14.1"
+#: the torch the main CI suite pins (CPU build)
+TORCH_PINNED = "2.13.0"
+
+
+def release(version: str) -> tuple:
+    """``"2.14.1+cu130"`` -> ``(2, 14, 1)``: the numeric release, local and pre-release tags dropped."""
+    out = []
+    for part in version.split("+")[0].split("."):
+        digits = ""
+        for ch in part:
+            if not ch.isdigit():
+                break
+            digits += ch
+        out.append(int(digits or 0))
+        if digits != part:
+            break
+    return tuple(out + [0] * (3 - len(out)))[:3]
