@@ -16,11 +16,15 @@ class Backends:
     ``cpp_op`` names the C++ op (e.g. ``"tts_kernels_C::sample_cpu"``) whose CPU kernel must be in
     the built library for ``cpp`` to be used; CUDA uses Triton when it is installed; anything
     else (and a missing kernel) falls back to the PyTorch reference.
+
+    ``supports`` maps a kernel's name to the optional parameters it implements (the reference
+    implements all of them); a call that uses another one runs on the reference (see :meth:`covers`).
     """
 
-    def __init__(self, *, reference, cpp, triton, cpp_op: str):
+    def __init__(self, *, reference, cpp, triton, cpp_op: str, supports=None):
         self.impls = {"reference": reference, "cpp": cpp, "triton": triton}
         self.cpp_op = cpp_op
+        self.supports = dict(supports or {})
 
     def cpp_available(self) -> bool:
         return _ext.has_kernel(self.cpp_op)
@@ -36,10 +40,32 @@ class Backends:
         except KeyError:
             raise ValueError(f"backend must be one of {('auto',) + BACKENDS}, got {name!r}") from None
 
+    def default_name(self, device: torch.device) -> str:
+        """Name of the implementation the registered op uses on ``device``."""
+        if device.type == "cpu" and self.cpp_available():
+            return "cpp"
+        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
+            return "triton"
+        return "reference"
+
     def default_for(self, device: torch.device):
         """Implementation the registered op uses on ``device``."""
-        if device.type == "cpu" and self.cpp_available():
-            return self.impls["cpp"]
-        if device.type == "cuda" and importlib.util.find_spec("triton") is not None:
-            return self.impls["triton"]
-        return self.impls["reference"]
+        return self.impls[self.default_name(device)]
+
+    def unsupported(self, name: str, needs) -> list:
+        """The parameters in ``needs`` that implementation ``name`` does not implement."""
+        if name == "reference" or name not in self.supports:
+            return []
+        return sorted(set(needs) - set(self.supports[name]))
+
+    def covers(self, device: torch.device, needs) -> bool:
+        """Whether the registered op's implementation on ``device`` implements every parameter in ``needs``."""
+        return not self.unsupported(self.default_name(device), needs)
+
+    def require(self, name: str, needs) -> None:
+        """Raise ValueError when the named implementation lacks a parameter the call uses."""
+        self.get(name)
+        missing = self.unsupported(name, needs)
+        if missing:
+            raise ValueError(f"backend {name!r} does not implement {', '.join(missing)}; use backend='auto' "
+                             f"(which runs such calls on the reference) or backend='reference'")

@@ -67,6 +67,7 @@ def built_for_other_torch(path: str) -> str | None:
     return None
 
 
+@torch.compiler.assume_constant_result  # fixed once the library is loaded; lets torch.compile trace dispatch
 def has_kernel(op: str, dispatch_key: str = "CPU") -> bool:
     """True when the built library registers ``op`` (e.g. "tts_kernels_C::sample_cpu") for ``dispatch_key``."""
     if not available():

@@ -12,22 +12,23 @@ import torch
 from torch import Tensor
 
 from .sampling import impls as _sampling
+from .sampling.params import SAMPLE_SCHEMA
 
 
 # ---------------------------------------------------------------------------
-# tts_kernels::sample
+# tts_kernels::sample: (logits, *SamplingParams, budget, forced_ids, num_wait, num_end), schema from
+# tts_kernels/sampling/params.py
 # ---------------------------------------------------------------------------
-@torch.library.custom_op("tts_kernels::sample", mutates_args=("budget",))
-def sample(logits: Tensor, temperature: Tensor, top_k: Tensor, top_p: Tensor, min_p: Tensor,
-           seed: Tensor, offset: Tensor, budget: Optional[Tensor], forced_ids: Optional[Tensor],
-           num_wait: int, num_end: int) -> tuple[Tensor, Tensor]:
+def _sample(logits: Tensor, *args) -> tuple[Tensor, Tensor]:
     """Fused budget forcing + temperature/top-k/top-p/min-p sampling (see tts_kernels.sample)."""
-    impl = _sampling.default_for(logits.device)
-    return impl(logits, temperature, top_k, top_p, min_p, seed, offset, budget, forced_ids, num_wait, num_end)
+    return _sampling.default_for(logits.device)(logits, *args)
+
+
+sample = torch.library.custom_op("tts_kernels::sample", _sample, mutates_args=("budget",), schema=SAMPLE_SCHEMA)
 
 
 @sample.register_fake
-def _sample_fake(logits, temperature, top_k, top_p, min_p, seed, offset, budget, forced_ids, num_wait, num_end):
+def _sample_fake(logits, *args):
     b = logits.shape[0]
     return logits.new_empty((b,), dtype=torch.int64), logits.new_empty((b,), dtype=torch.float32)
 

@@ -6,11 +6,8 @@ from typing import NamedTuple
 import torch
 
 from .. import _checks
-from . import impls
+from . import impls, params
 from .budget import BudgetState
-
-_INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
-_INF = float("inf")
 
 
 class SampleOutput(NamedTuple):
@@ -77,6 +74,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
     >>> out = sample(torch.randn(2, 32), temperature=0.7, top_p=0.95, seed=torch.tensor([1, 2]),
     ...              offset=0, budget=state)
     """
+    values = dict(temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p, seed=seed, offset=offset)
     checking = _checks.checks_enabled()
     if checking:
         _checks.check_tensor("logits", logits, dim=2, dtypes=_checks.FLOAT_DTYPES)
@@ -84,23 +82,11 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
             raise ValueError("logits must have at least one column (vocabulary size V >= 1)")
         if not isinstance(check_nan, bool):
             raise TypeError(f"check_nan must be a bool, got {check_nan!r}")
-        for name, value, lo, hi, lo_open, hi_open in (
-                ("temperature", temperature, 0.0, _INF, False, True),
-                ("top_k", top_k, 0, 2 ** 31 - 1, False, False),
-                ("top_p", top_p, 0.0, 1.0, True, False),
-                ("min_p", min_p, 0.0, 1.0, False, False)):
-            _checks.check_range(name, value, lo, hi, lo_open=lo_open, hi_open=hi_open, enabled=validate)
+        params.check_scalars(values, validate=validate)
     B, V = logits.shape
     dev = logits.device
     logits = logits.contiguous()
-    temperature = _checks.per_row("temperature", temperature, B, dev, torch.float32, integer=False)
-    top_k = _checks.per_row("top_k", top_k, B, dev, torch.int32, integer=True)
-    top_p = _checks.per_row("top_p", top_p, B, dev, torch.float32, integer=False)
-    min_p = _checks.per_row("min_p", min_p, B, dev, torch.float32, integer=False)
-    if seed is None:
-        seed = torch.randint(_INT64_MIN, _INT64_MAX, (B,), device=dev, dtype=torch.int64)
-    seed = _checks.per_row("seed", seed, B, dev, torch.int64, integer=True)
-    offset = _checks.per_row("offset", 0 if offset is None else offset, B, dev, torch.int64, integer=True)
+    rows = params.to_rows(values, B, dev)
 
     state = forced = None
     num_wait = num_end = 0
@@ -119,9 +105,13 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
             raise ValueError(f"logits row {i} has a NaN or +inf entry or no finite entry "
                              f"(pass check_nan=False to get token -1 for such rows instead)")
 
-    fn = torch.ops.tts_kernels.sample if backend == "auto" else impls.get(backend)
-    token_ids, logprobs = fn(logits, temperature, top_k, top_p, min_p, seed, offset,
-                             state, forced, num_wait, num_end)
+    needs = params.in_use(values)
+    if backend == "auto":  # a filter the device's kernel lacks: this call runs on the reference
+        fn = torch.ops.tts_kernels.sample if impls.covers(dev, needs) else impls.get("reference")
+    else:
+        impls.require(backend, needs)
+        fn = impls.get(backend)
+    token_ids, logprobs = fn(logits, *rows, state, forced, num_wait, num_end)
     if checking and check_nan and B > 0 and bool((token_ids < 0).any()):
         # passed the NaN check, so the row's only finite logit was an end token masked by budget rule 3
         i = int((token_ids < 0).nonzero()[0, 0])

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._backends import BACKENDS, Backends  # noqa: F401
+from .params import FILTER_NAMES
 from .reference import sample_reference
 
 
@@ -24,7 +25,11 @@ def sample_triton(*args):
     return impl(*args)
 
 
+# every implementation takes (logits, *SamplingParams, budget, forced_ids, num_wait, num_end)
 _backends = Backends(reference=sample_reference, cpp=sample_cpp, triton=sample_triton,
-                     cpp_op="tts_kernels_C::sample_cpu")
+                     cpp_op="tts_kernels_C::sample_cpu",
+                     supports={"cpp": FILTER_NAMES, "triton": FILTER_NAMES})  # the filters each kernel implements
 get = _backends.get
 default_for = _backends.default_for
+covers = _backends.covers
+require = _backends.require
