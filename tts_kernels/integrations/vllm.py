@@ -1,4 +1,11 @@
-"""Budget forcing as a vLLM (V1) logits processor.
+"""Budget forcing as a vLLM logits processor, for the V1 runner and Model Runner V2.
+
+One public class, :class:`BudgetForcingLogitsProcessor`, subclasses vLLM's V1
+``LogitsProcessor`` and (where the installed vLLM has it) Model Runner V2's, so
+both loaders accept it, and builds the implementation of the runner that calls
+it: :class:`BudgetForcingLogitsProcessorV1` (below) or
+:class:`BudgetForcingLogitsProcessorV2` (:mod:`._vllm_v2`). The module imports
+without vLLM (then neither implementation can be built).
 
 Load it with ``LLM(model, logits_processors=[BudgetForcingLogitsProcessor])``,
 ``vllm serve MODEL --logits-processors tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor``,
@@ -16,7 +23,7 @@ Requests without ``budget_forcing`` are untouched. Thinking starts at the first
 generated token. Semantics are those of ``tts_kernels.sample``'s budget forcing
 (see ``tts_kernels/sampling/budget.py``); the processor cannot see the token the
 engine samples, so the three pieces of :mod:`tts_kernels.integrations.common` run
-as follows:
+as follows under the V1 runner (MRV2: see :mod:`._vllm_v2`):
 
 * ``update_state`` (host side): rows added / removed / moved; each budgeted
   row's new output tokens (from vLLM's live ``output_ids`` list) advance its
@@ -44,7 +51,8 @@ Differences from the fused op (documented in the README):
 * A request that is resumed with existing output (preemption) has its state
   recomputed from the tokens: a Wait first token emitted while an end was not yet
   allowed counts as an inserted Wait.
-* Speculative decoding is rejected by vLLM for custom logits processors.
+* Speculative decoding: rejected by vLLM's V1 runner for custom logits
+  processors; supported under MRV2 (every draft row forced, see :mod:`._vllm_v2`).
 
 ``validate_params`` rejects unknown keys, bad types, ``min_tokens > max_tokens``
 and token ids outside the vocabulary (the vocabulary size is known once the
