@@ -28,6 +28,8 @@ import time
 from types import SimpleNamespace
 
 import numpy as np
+import os
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # the stand-in config names no tokenizer: no hub look-up
 import torch
 
 
