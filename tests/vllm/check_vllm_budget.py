@@ -49,11 +49,11 @@ def main():
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
 
-    from tts_kernels.integrations.vllm import BudgetForcingLogitsProcessor
+    from tts_kernels.integrations.vllm import BudgetForcingLogitsProcessorV1
 
     records = []
 
-    class Recording(BudgetForcingLogitsProcessor):
+    class Recording(BudgetForcingLogitsProcessorV1):
         """Records (seed, output position) of every Wait forced in place of an end."""
 
         def apply(self, logits):

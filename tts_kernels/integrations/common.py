@@ -132,35 +132,50 @@ def advance(state: torch.Tensor, tok: torch.Tensor, replaced: torch.Tensor, tabl
     return new
 
 
-def replay(state: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, table: ForcingTable) -> torch.Tensor:
-    """Recompute states from generated tokens ([B, L] padded, ``lengths`` [B]) with no carried history.
+def replay(state: torch.Tensor, tokens: torch.Tensor, lengths: torch.Tensor, table: ForcingTable,
+           replaced: torch.Tensor | None = None) -> torch.Tensor:
+    """Advance states through generated tokens ([B, L] padded, ``lengths`` [B]), one vectorised step per position.
 
-    A Wait first token emitted at a step where an end was not yet allowed is
-    taken as a Wait forced instead of an end (the processor's own choice is
-    not visible in the tokens). One vectorised step per position.
+    ``replaced`` (bool [B, L], optional) says which tokens were a Wait forced
+    instead of an end (the processor's own record); a flag on a token that is
+    not ``wait[0]`` is ignored (a later stage, e.g. an engine's own thinking
+    budget, overrode the forced Wait). Without ``replaced`` nothing is carried:
+    a Wait first token emitted at a step where an end was not yet allowed is
+    taken as a Wait forced instead of an end (the processor's choice is not
+    visible in the tokens).
     """
     for t in range(tokens.shape[1]):
         tok = tokens[:, t]
-        _, need = plan(state, table)
-        replaced = need & table.has_wait & (tok == table.wait0)
-        state = advance(state, tok, replaced, table, valid=lengths > t)
+        if replaced is None:
+            _, need = plan(state, table)
+            rep = need & table.has_wait & (tok == table.wait0)
+        else:
+            rep = replaced[:, t] & table.has_wait & (tok == table.wait0)
+        state = advance(state, tok, rep, table, valid=lengths > t)
     return state
 
 
 def end_probability(logits: torch.Tensor, end0: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-                    top_p: torch.Tensor, min_p: torch.Tensor):
+                    top_p: torch.Tensor, min_p: torch.Tensor, sort: bool = True):
     """``(p_end float32 [B], keep bool [B, V])`` under each row's sampling distribution.
 
     The distribution of ``tts_kernels.sample``: ``softmax(logits / T)`` over the
     tokens kept by top-k, then top-p, then min-p (``filter_mask``), renormalised.
     A row with ``temperature <= 0`` is greedy: ``p_end`` is 1 when the end is
     the first index of the maximum, else 0, and ``keep`` is all True.
+    ``sort=False`` skips the sort of ``filter_mask`` (same result only when no
+    row has top-k or top-p on; the caller knows this from the request
+    settings, without reading the device).
     """
     x = logits.float()
     greedy = temperature <= 0
     t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1).float()
     z = x / t
-    keep = filter_mask(z, top_k, top_p, min_p)
+    if sort:
+        keep = filter_mask(z, top_k, top_p, min_p)
+    else:  # filter_mask with top-k and top-p off: only min-p (relative to the maximum) remains
+        mp = min_p.view(-1, 1).float()
+        keep = (torch.exp(z - z.max(dim=1, keepdim=True).values) >= mp) | (mp <= 0.0)
     keep = keep | greedy.view(-1, 1)
     zmax = z.max(dim=1, keepdim=True).values
     zmax = torch.where(torch.isfinite(zmax), zmax, torch.zeros_like(zmax))
@@ -188,29 +203,65 @@ def transform(logits: torch.Tensor, state: torch.Tensor, table: ForcingTable, te
     (``uniform < p_end``). With ``premask`` a row whose end is masked also
     loses the tokens outside its top-k/top-p/min-p keep set, so the engine's
     own filters, applied again afterwards, cannot add tokens the fused op
-    would not draw.
+    would not draw. One host sync (whether any row needs ``p_end``); see
+    :func:`transform_sync_free` for the variant without it.
     """
     B, V = logits.shape
     dev = logits.device
     forced, need = plan(state, table)
-    end0 = table.end0
     inject = need & table.has_wait
     replaced = torch.zeros(B, dtype=torch.bool, device=dev)
     keep = None
     if bool(inject.any()):  # one host sync; the sort below is only paid for these rows
         rows = inject.nonzero().squeeze(1)
-        p_end, keep_rows = end_probability(logits.index_select(0, rows), end0[rows], temperature[rows],
+        p_end, keep_rows = end_probability(logits.index_select(0, rows), table.end0[rows], temperature[rows],
                                            top_k[rows], top_p[rows], min_p[rows])
         hit = uniform[rows].float() < p_end
         replaced = replaced.index_put((rows,), hit)
         keep = torch.ones(B, V, dtype=torch.bool, device=dev).index_put((rows,), keep_rows)
+    return _rewrite(logits, forced, need, inject, replaced, keep if premask else None, table), replaced
+
+
+def injection_draw(logits: torch.Tensor, table: ForcingTable, temperature: torch.Tensor, top_k: torch.Tensor,
+                   top_p: torch.Tensor, min_p: torch.Tensor, uniform: torch.Tensor, sort: bool = True):
+    """State-independent half of the Wait injection, for every row: ``(hit bool [B], keep bool [B, V])``.
+
+    ``hit``: ``uniform < p_end`` (a Wait would replace the end at this step if
+    the end is still too early); ``keep``: the row's top-k/top-p/min-p keep set
+    (see :func:`end_probability`). Combine with :func:`plan`'s ``need`` in
+    :func:`transform_sync_free`. No host sync.
+    """
+    p_end, keep = end_probability(logits, table.end0, temperature, top_k, top_p, min_p, sort=sort)
+    return uniform.float() < p_end, keep
+
+
+def transform_sync_free(logits: torch.Tensor, state: torch.Tensor, table: ForcingTable, hit: torch.Tensor,
+                        keep: torch.Tensor | None, premask: bool = True):
+    """:func:`transform` without a host sync, from a precomputed :func:`injection_draw`.
+
+    ``hit`` (bool [B]) and ``keep`` (bool [B, V] or None) come from
+    :func:`injection_draw` on the same rows (rows that can never need an
+    injection may pass ``hit`` False and ``keep`` all True). Returns
+    ``(new_logits, replaced bool [B])`` exactly as :func:`transform` would
+    for the same uniforms.
+    """
+    forced, need = plan(state, table)
+    inject = need & table.has_wait
+    replaced = inject & hit
+    return _rewrite(logits, forced, need, inject, replaced, keep if premask else None, table), replaced
+
+
+def _rewrite(logits, forced, need, inject, replaced, keep, table: ForcingTable):
+    """The logits rewrite shared by both transforms (forced token, end mask, premask)."""
+    V = logits.shape[1]
+    dev = logits.device
+    end0 = table.end0
     forced = torch.where(replaced, table.wait0, forced)
     col = torch.arange(V, device=dev).view(1, -1)
     is_forced = (forced >= 0).view(-1, 1)
     mask_end = (need & ~replaced).view(-1, 1) & (col == end0.view(-1, 1))
     drop = (is_forced & (col != forced.view(-1, 1))) | mask_end
-    if premask and keep is not None:
+    if keep is not None:
         drop |= (inject & ~replaced).view(-1, 1) & ~keep
     out = logits.masked_fill(drop, _NEG_INF)
-    out = torch.where(is_forced & (col == forced.view(-1, 1)), torch.zeros((), dtype=out.dtype, device=dev), out)
-    return out, replaced
+    return torch.where(is_forced & (col == forced.view(-1, 1)), torch.zeros((), dtype=out.dtype, device=dev), out)

@@ -1,4 +1,11 @@
-"""Budget forcing as a vLLM (V1) logits processor.
+"""Budget forcing as a vLLM logits processor, for the V1 runner and Model Runner V2.
+
+One public class, :class:`BudgetForcingLogitsProcessor`, subclasses vLLM's V1
+``LogitsProcessor`` and (where the installed vLLM has it) Model Runner V2's, so
+both loaders accept it, and builds the implementation of the runner that calls
+it: :class:`BudgetForcingLogitsProcessorV1` (below) or
+:class:`BudgetForcingLogitsProcessorV2` (:mod:`._vllm_v2`). The module imports
+without vLLM (then neither implementation can be built).
 
 Load it with ``LLM(model, logits_processors=[BudgetForcingLogitsProcessor])``,
 ``vllm serve MODEL --logits-processors tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor``,
@@ -16,7 +23,7 @@ Requests without ``budget_forcing`` are untouched. Thinking starts at the first
 generated token. Semantics are those of ``tts_kernels.sample``'s budget forcing
 (see ``tts_kernels/sampling/budget.py``); the processor cannot see the token the
 engine samples, so the three pieces of :mod:`tts_kernels.integrations.common` run
-as follows:
+as follows under the V1 runner (MRV2: see :mod:`._vllm_v2`):
 
 * ``update_state`` (host side): rows added / removed / moved; each budgeted
   row's new output tokens (from vLLM's live ``output_ids`` list) advance its
@@ -44,7 +51,8 @@ Differences from the fused op (documented in the README):
 * A request that is resumed with existing output (preemption) has its state
   recomputed from the tokens: a Wait first token emitted while an end was not yet
   allowed counts as an inserted Wait.
-* Speculative decoding is rejected by vLLM for custom logits processors.
+* Speculative decoding: rejected by vLLM's V1 runner for custom logits
+  processors; supported under MRV2 (every draft row forced, see :mod:`._vllm_v2`).
 
 ``validate_params`` rejects unknown keys, bad types, ``min_tokens > max_tokens``
 and token ids outside the vocabulary (the vocabulary size is known once the
@@ -67,10 +75,15 @@ from ..sampling.budget import BudgetForcing
 from . import common
 
 try:  # vLLM is optional: the module imports without it (for docs and tests)
-    from vllm.v1.sample.logits_processor import BatchUpdate, LogitsProcessor, MoveDirectionality
+    from vllm.v1.sample.logits_processor import BatchUpdate, MoveDirectionality
+    from vllm.v1.sample.logits_processor import LogitsProcessor as _V1Base
 except ImportError:  # pragma: no cover - exercised only without vllm
-    LogitsProcessor = object
+    _V1Base = None
     BatchUpdate = MoveDirectionality = None
+try:  # Model Runner V2 interface (vLLM >= 0.2x); import-light (no triton, no worker state)
+    from vllm.v1.worker.gpu.sample.logits_processor.interface import LogitsProcessor as _V2Base
+except ImportError:  # older vLLM, or no vLLM
+    _V2Base = None
 
 logger = logging.getLogger(__name__)
 
@@ -81,6 +94,7 @@ _ALLOWED = frozenset(_INT_KEYS + _ID_KEYS)
 _ENV_CONFIG = "TTS_KERNELS_BUDGET_FORCING"  # JSON with default end_think_ids / wait_ids / answer_prefix_ids
 _SAMPLING_EPS = 1e-5  # vLLM's greedy threshold
 _LIVE: dict = {}  # id(vllm_config) -> weakref of the acting instance
+_VOCAB: dict = {"size": None}  # vocabulary size of the last processor built in this process
 
 
 def _is_int(v) -> bool:
@@ -136,40 +150,87 @@ def tokenizer_defaults(tokenizer) -> dict:
     return {"end_think_ids": (int(end),), "wait_ids": tuple(int(i) for i in wait)}
 
 
-class BudgetForcingLogitsProcessor(LogitsProcessor):
-    """s1-style budget forcing per request (see the module docstring)."""
+def _register_live(proc, vllm_config) -> None:
+    """Loaded twice in one engine (entry point + ``logits_processors=[...]``): only the last instance acts."""
+    prev = _LIVE.get(id(vllm_config))
+    if prev is not None and prev() is not None:
+        prev()._disabled = True
+        logger.info("budget forcing processor loaded twice; the earlier instance is disabled")
+    _LIVE[id(vllm_config)] = weakref.ref(proc)
+    proc._disabled = False
+
+
+def _set_vocab_size(n: int) -> None:
+    _VOCAB["size"] = int(n)
+
+
+def _resolve_defaults(proc, vllm_config, vocab_size: int) -> dict:
+    """Default forcing ids: tokenizer, then ``$TTS_KERNELS_BUDGET_FORCING``, then ``configure(...)``."""
+    d: dict = {}
+    try:
+        from transformers import AutoTokenizer
+
+        mc = vllm_config.model_config
+        tok = AutoTokenizer.from_pretrained(mc.tokenizer, trust_remote_code=mc.trust_remote_code)
+        d.update(tokenizer_defaults(tok))
+    except Exception as exc:  # no tokenizer (e.g. a random test checkpoint): no tokenizer defaults
+        logger.debug("budget forcing: no tokenizer defaults (%s)", exc)
+    env = os.environ.get(_ENV_CONFIG)
+    if env:
+        parsed = parse_budget_args({"max_tokens": 0, **json.loads(env)}, vocab_size)
+        d.update({k: parsed[k] for k in _ID_KEYS if k in parsed})
+    d.update(proc.default_forcing)
+    return d
+
+
+def _request_forcing(params, defaults: dict, vocab_size: int | None):
+    """``(settings, BudgetForcing)`` of one request, ``None`` when it has no budget; ValueError when invalid."""
+    extra = getattr(params, "extra_args", None) or {}
+    if EXTRA_ARGS_KEY not in extra:
+        return None
+    cfg = parse_budget_args(extra[EXTRA_ARGS_KEY], vocab_size)
+    ids = {k: cfg.get(k, defaults.get(k, ())) for k in _ID_KEYS}
+    if not ids["end_think_ids"]:
+        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]: no end_think_ids in the request, the processor "
+                         "configuration or the tokenizer")
+    bad = [i for k in _ID_KEYS for i in ids[k] if vocab_size is not None and not 0 <= i < vocab_size]
+    if bad:  # defaults are checked here too
+        raise ValueError(f"extra_args[{EXTRA_ARGS_KEY!r}]: token id(s) {bad} outside the vocabulary [0, {vocab_size})")
+    return cfg, BudgetForcing(**ids)
+
+
+class _Shared:
+    """What both runner implementations share: defaults, per-request validation."""
 
     #: processor-level defaults (``end_think_ids``, ``wait_ids``, ``answer_prefix_ids``); see :meth:`configure`
     default_forcing: dict = {}
-    _vocab_size: int | None = None  # set by the first instance built in this process
 
-    @classmethod
-    def configure(cls, **defaults) -> type:
-        """A subclass with processor-level default token ids, e.g. ``configure(end_think_ids=[..], wait_ids=[..])``."""
-        parsed = parse_budget_args({"max_tokens": 0, **defaults})
-        keep = {k: parsed[k] for k in _ID_KEYS if k in parsed}
-        return type(cls.__name__, (cls,), {"default_forcing": keep, "__module__": cls.__module__})
-
-    # -- vLLM interface ------------------------------------------------------------
     @classmethod
     def validate_params(cls, sampling_params) -> None:
+        """Raise ValueError for an invalid ``extra_args["budget_forcing"]`` (runs at request admission)."""
         extra = getattr(sampling_params, "extra_args", None) or {}
         if EXTRA_ARGS_KEY in extra:
-            parse_budget_args(extra[EXTRA_ARGS_KEY], cls._vocab_size)
+            parse_budget_args(extra[EXTRA_ARGS_KEY], _VOCAB["size"])
+
+    def is_argmax_invariant(self) -> bool:
+        return False  # forcing tokens and masking the end change the argmax
+
+
+class BudgetForcingLogitsProcessorV1(_Shared, *((_V1Base,) if _V1Base is not None else ())):
+    """The V1-interface implementation (vLLM's V1 model runner); see the module docstring.
+
+    Built by :class:`BudgetForcingLogitsProcessor` when vLLM calls it as
+    ``cls(vllm_config, device, is_pin_memory)``. Subclass this one (not the
+    public class) to extend the V1 behaviour.
+    """
 
     def __init__(self, vllm_config, device: torch.device, is_pin_memory: bool):
-        # Loaded twice in one engine (entry point + logits_processors=[...]): only the last one acts.
-        prev = _LIVE.get(id(vllm_config))
-        if prev is not None and prev() is not None:
-            prev()._disabled = True
-            logger.info("budget forcing processor loaded twice; the earlier instance is disabled")
-        _LIVE[id(vllm_config)] = weakref.ref(self)
-        self._disabled = False
+        _register_live(self, vllm_config)
         self.device = torch.device(device)
         self.vocab_size = int(vllm_config.model_config.get_vocab_size())
-        type(self)._vocab_size = self.vocab_size
+        _set_vocab_size(self.vocab_size)
         n = int(vllm_config.scheduler_config.max_num_seqs)
-        self.defaults = self._resolve_defaults(vllm_config)
+        self.defaults = _resolve_defaults(self, vllm_config, self.vocab_size)
         dev = self.device
         self.state = torch.zeros(n, 8, dtype=torch.int64, device=dev)
         self.ids = torch.zeros(n, 1, dtype=torch.int64, device=dev)
@@ -186,41 +247,17 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         self.rows: dict[int, list] = {}   # batch index -> [output_ids (live list), tokens consumed]
         self._sorted_rows: torch.Tensor | None = None
 
-    def is_argmax_invariant(self) -> bool:
-        return False  # forcing tokens and masking the end change the argmax
-
-    def _resolve_defaults(self, vllm_config) -> dict:
-        d: dict = {}
-        try:
-            from transformers import AutoTokenizer
-
-            mc = vllm_config.model_config
-            tok = AutoTokenizer.from_pretrained(mc.tokenizer, trust_remote_code=mc.trust_remote_code)
-            d.update(tokenizer_defaults(tok))
-        except Exception as exc:  # no tokenizer (e.g. a random test checkpoint): no tokenizer defaults
-            logger.debug("budget forcing: no tokenizer defaults (%s)", exc)
-        env = os.environ.get(_ENV_CONFIG)
-        if env:
-            parsed = parse_budget_args({"max_tokens": 0, **json.loads(env)}, self.vocab_size)
-            d.update({k: parsed[k] for k in _ID_KEYS if k in parsed})
-        d.update(self.default_forcing)
-        return d
-
     # -- rows ------------------------------------------------------------------------
     def _add(self, index: int, params, output_ids: list[int]) -> None:
         self.rows.pop(index, None)
-        extra = getattr(params, "extra_args", None) or {}
-        if EXTRA_ARGS_KEY not in extra:
-            return
         try:
-            cfg = parse_budget_args(extra[EXTRA_ARGS_KEY], self.vocab_size)
-            ids = {k: cfg.get(k, self.defaults.get(k, ())) for k in _ID_KEYS}
-            if not ids["end_think_ids"]:
-                raise ValueError("no end_think_ids in the request, the processor configuration or the tokenizer")
-            forcing = BudgetForcing(**ids)
+            parsed = _request_forcing(params, self.defaults, self.vocab_size)
         except ValueError as exc:  # normally caught by validate_params at admission
             logger.error("budget forcing disabled for a request: %s", exc)
             return
+        if parsed is None:
+            return
+        cfg, forcing = parsed
         fids = forcing.forced_ids
         if len(fids) > self.ids.shape[1]:
             self.ids = torch.cat([self.ids, self.ids.new_zeros(self.ids.shape[0], len(fids) - self.ids.shape[1])], 1)
@@ -318,3 +355,88 @@ class BudgetForcingLogitsProcessor(LogitsProcessor):
         logits.index_copy_(0, rows, sub.to(logits.dtype))
         self.replaced[rows] = replaced
         return logits
+
+
+if _V2Base is not None:
+    from ._vllm_v2 import V2Impl as _V2Impl
+
+    class BudgetForcingLogitsProcessorV2(_Shared, _V2Impl, _V2Base):
+        """The Model Runner V2 implementation (see :mod:`tts_kernels.integrations._vllm_v2`).
+
+        Built by :class:`BudgetForcingLogitsProcessor` when vLLM calls it as
+        ``cls(vllm_config, req_states)``.
+        """
+
+        __init__ = _V2Impl.__init__
+        apply = _V2Impl.apply
+else:  # pragma: no cover - vLLM without Model Runner V2
+    BudgetForcingLogitsProcessorV2 = None
+
+
+def _public_bases() -> tuple:
+    bases = tuple(b for b in (_V1Base, _V2Base) if b is not None)
+    return bases or (object,)
+
+
+class BudgetForcingLogitsProcessor(_Shared, *_public_bases()):
+    """s1-style budget forcing per request, for both vLLM model runners (see the module docstring).
+
+    The one name to give vLLM (``logits_processors=[...]``, the FQCN
+    ``tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor`` or the
+    ``tts_kernels_budget_forcing`` entry point). It subclasses the V1
+    ``LogitsProcessor`` and, where vLLM has it, Model Runner V2's, so both
+    loaders accept it; calling it builds the implementation for the runner
+    that calls: ``cls(vllm_config, device, is_pin_memory)`` (V1) gives a
+    :class:`BudgetForcingLogitsProcessorV1`, ``cls(vllm_config, req_states)``
+    (MRV2) a :class:`BudgetForcingLogitsProcessorV2`, each carrying this class's
+    :attr:`default_forcing`.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        req_states = kwargs.get("req_states", args[1] if len(args) > 1 else None)
+        if len(args) + len(kwargs) == 2 and hasattr(req_states, "all_token_ids"):
+            if BudgetForcingLogitsProcessorV2 is None:  # pragma: no cover
+                raise TypeError("this vLLM has no Model Runner V2 logits-processor interface")
+            impl = BudgetForcingLogitsProcessorV2
+        else:
+            if _V1Base is None:
+                raise TypeError("vLLM's V1 logits-processor interface is not importable (is vllm installed?)")
+            impl = BudgetForcingLogitsProcessorV1
+        if cls.default_forcing is not impl.default_forcing:  # a configure()d subclass: carry its defaults
+            impl = _configured(impl, cls.default_forcing)
+        obj = impl.__new__(impl)
+        obj.__init__(*args, **kwargs)  # obj is not an instance of cls, so Python will not call __init__ itself
+        return obj
+
+    @classmethod
+    def configure(cls, **defaults) -> type:
+        """A subclass with processor-level default token ids.
+
+        Parameters
+        ----------
+        **defaults
+            ``end_think_ids``, ``wait_ids``, ``answer_prefix_ids`` (lists of int
+            token ids), used for requests that do not give their own.
+
+        Returns
+        -------
+        type
+            A subclass of :class:`BudgetForcingLogitsProcessor` to pass to vLLM.
+        """
+        parsed = parse_budget_args({"max_tokens": 0, **defaults})
+        keep = {k: parsed[k] for k in _ID_KEYS if k in parsed}
+        return type(cls.__name__, (cls,), {"default_forcing": keep, "__module__": cls.__module__})
+
+    def apply(self, *args, **kwargs):  # never reached: __new__ returns an implementation instance
+        raise TypeError("BudgetForcingLogitsProcessor is built by vLLM; use the instance it returns")
+
+
+_CONFIGURED: dict = {}
+
+
+def _configured(impl: type, defaults: dict) -> type:
+    key = (impl, tuple(sorted((k, tuple(v)) for k, v in defaults.items())))
+    if key not in _CONFIGURED:
+        _CONFIGURED[key] = type(impl.__name__, (impl,), {"default_forcing": dict(defaults),
+                                                          "__module__": impl.__module__})
+    return _CONFIGURED[key]
