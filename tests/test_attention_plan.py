@@ -219,3 +219,15 @@ def test_bad_planner_input(desc, make, exc, match):
     kwargs.update(make())
     with pytest.raises(exc, match=match):
         tk.plan_tree_attention(kwargs.pop("block_tables"), kwargs.pop("seq_lens"), kwargs.pop("block_size"), **kwargs)
+
+
+def test_plan_tensor_order_is_the_op_schema():
+    """TreeAttentionPlan.TENSORS is the one order: the registered op's schema and the dataclass follow it."""
+    import dataclasses
+
+    from tts_kernels.attention.plan import TreeAttentionPlan
+    schema = [a.name for a in torch.ops.tts_kernels.tree_attention.default._schema.arguments]
+    assert schema[5:5 + len(TreeAttentionPlan.TENSORS)] == list(TreeAttentionPlan.TENSORS)
+    fields = [f.name for f in dataclasses.fields(TreeAttentionPlan)]
+    assert fields[2:2 + len(TreeAttentionPlan.TENSORS)] == list(TreeAttentionPlan.TENSORS)
+    assert list(TreeAttentionPlan.lengths(3, 5, 7)) == list(TreeAttentionPlan.TENSORS)

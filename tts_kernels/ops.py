@@ -6,8 +6,6 @@ CUDA, the PyTorch reference elsewhere) and a fake implementation so that
 """
 from __future__ import annotations
 
-from typing import Optional
-
 import torch
 from torch import Tensor
 
@@ -40,22 +38,31 @@ from .attention import impls as _attention  # noqa: E402
 from .attention.plan import TreeAttentionPlan as _TreeAttentionPlan  # noqa: E402
 
 
-@torch.library.custom_op("tts_kernels::tree_attention", mutates_args=())
-def tree_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
-                   chunk_row: Tensor, chunk_start: Tensor, chunk_len: Tensor, chunk_q_ptr: Tensor,
-                   q_rows: Tensor, row_pair_ptr: Tensor, row_pairs: Tensor, scale: float,
-                   max_chunk_len: int, max_rows_per_chunk: int, return_lse: bool) -> tuple[Tensor, Tensor]:
+_NUM_PLAN = len(_TreeAttentionPlan.TENSORS)
+_TREE_ATTENTION_SCHEMA = ("(Tensor q, Tensor k_cache, Tensor v_cache, Tensor block_tables, Tensor seq_lens, "
+                          + "".join(f"Tensor {n}, " for n in _TreeAttentionPlan.TENSORS)
+                          + "float scale, int max_chunk_len, int max_rows_per_chunk, bool return_lse) "
+                          "-> (Tensor, Tensor)")
+
+
+def _tree_attention(q: Tensor, k_cache: Tensor, v_cache: Tensor, block_tables: Tensor, seq_lens: Tensor,
+                    *rest) -> tuple[Tensor, Tensor]:
     """Paged decode attention executed by a tree-attention plan (see tts_kernels.tree_attention)."""
-    plan = _TreeAttentionPlan(k_cache.shape[1], q.shape[0], chunk_row, chunk_start, chunk_len, chunk_q_ptr,
-                              q_rows, row_pair_ptr, row_pairs, max_chunk_len, max_rows_per_chunk)
+    tensors, (scale, max_chunk_len, max_rows_per_chunk, return_lse) = rest[:_NUM_PLAN], rest[_NUM_PLAN:]
+    plan = _TreeAttentionPlan.from_tensors(k_cache.shape[1], q.shape[0], tensors, max_chunk_len,
+                                           max_rows_per_chunk)
     impl = _attention.default_for(q.device)
     out, lse = impl(q, k_cache, v_cache, block_tables, seq_lens, plan, scale, return_lse)
     return out, lse
 
 
+# (q, k_cache, v_cache, block_tables, seq_lens, *TreeAttentionPlan.TENSORS, scale, max_chunk_len,
+#  max_rows_per_chunk, return_lse)
+tree_attention = torch.library.custom_op("tts_kernels::tree_attention", _tree_attention, mutates_args=(),
+                                         schema=_TREE_ATTENTION_SCHEMA)
+
+
 @tree_attention.register_fake
-def _tree_attention_fake(q, k_cache, v_cache, block_tables, seq_lens, chunk_row, chunk_start, chunk_len,
-                         chunk_q_ptr, q_rows, row_pair_ptr, row_pairs, scale, max_chunk_len,
-                         max_rows_per_chunk, return_lse):
+def _tree_attention_fake(q, *rest):
     n, hq, _ = q.shape
     return torch.empty_like(q), q.new_empty((n, hq), dtype=torch.float32)

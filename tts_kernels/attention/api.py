@@ -10,7 +10,6 @@ from . import impls
 from .plan import TreeAttentionPlan
 from .planner import check_seq_lens, plan_tree_attention, segment_ids
 
-_PLAN_TENSORS = ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows", "row_pair_ptr", "row_pairs")
 
 
 def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan=None, *,
@@ -88,8 +87,7 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
     block_tables = block_tables.contiguous()
     if backend == "auto":
         out, lse = torch.ops.tts_kernels.tree_attention(
-            q, k_cache, v_cache, block_tables, seq_lens, plan.chunk_row, plan.chunk_start, plan.chunk_len,
-            plan.chunk_q_ptr, plan.q_rows, plan.row_pair_ptr, plan.row_pairs, float(scale),
+            q, k_cache, v_cache, block_tables, seq_lens, *plan.tensors(), float(scale),
             int(plan.max_chunk_len), int(plan.max_rows_per_chunk), bool(return_lse))
     else:
         out, lse = impls.get(backend)(q, k_cache, v_cache, block_tables, seq_lens, plan, float(scale),
@@ -146,12 +144,10 @@ def _check_plan(plan, N, bs, dev):
         raise ValueError(f"plan was built for {plan.num_rows} rows but q has {N}")
     if plan.block_size != bs:
         raise ValueError(f"plan was built for block size {plan.block_size} but k_cache has {bs}")
-    for name in _PLAN_TENSORS:
+    for name in TreeAttentionPlan.TENSORS:
         t = getattr(plan, name)
         _checks.check_tensor(f"plan.{name}", t, dim=1, dtypes=(torch.int32,), device=dev)
-    C, P = plan.num_chunks, plan.num_pairs
-    for name, n in (("chunk_start", C), ("chunk_len", C), ("chunk_q_ptr", C + 1), ("row_pair_ptr", N + 1),
-                    ("row_pairs", P)):
+    for name, n in TreeAttentionPlan.lengths(plan.num_chunks, N, plan.num_pairs).items():
         if getattr(plan, name).shape[0] != n:
             raise ValueError(f"plan.{name} must have {n} entries, got {getattr(plan, name).shape[0]}")
 

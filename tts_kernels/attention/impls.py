@@ -19,8 +19,7 @@ def tree_attention_cpp(q, k_cache, v_cache, block_tables, seq_lens, plan, scale,
     if not cpp_available():
         raise RuntimeError(f"the C++ tree-attention kernel is not available: {cpp_unavailable_reason()}")
     return torch.ops.tts_kernels_C.tree_attention_cpu(
-        q, k_cache, v_cache, block_tables, seq_lens, plan.chunk_row, plan.chunk_start, plan.chunk_len,
-        plan.chunk_q_ptr, plan.q_rows, plan.row_pair_ptr, plan.row_pairs, float(scale))
+        q, k_cache, v_cache, block_tables, seq_lens, *plan.tensors(), float(scale))
 
 
 def tree_attention_triton(q, k_cache, v_cache, block_tables, seq_lens, plan, scale, return_lse=True):

@@ -28,6 +28,7 @@ Fixed capacity (CUDA graphs): a plan may be padded to ``capacity_chunks`` /
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar, Dict, Sequence, Tuple
 
 import torch
 
@@ -64,6 +65,28 @@ class TreeAttentionPlan:
     row_pairs: torch.Tensor
     max_chunk_len: int
     max_rows_per_chunk: int
+
+    #: the plan's tensors in the one order every layer uses: the registered op's schema, the kernels'
+    #: arguments, padding, input checks and the engine's packed step buffer
+    TENSORS: ClassVar[Tuple[str, ...]] = ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows",
+                                          "row_pair_ptr", "row_pairs")
+
+    def tensors(self) -> Tuple[torch.Tensor, ...]:
+        """The tensors in :attr:`TENSORS` order."""
+        return tuple(getattr(self, name) for name in self.TENSORS)
+
+    @staticmethod
+    def lengths(num_chunks: int, num_rows: int, num_pairs: int) -> Dict[str, int]:
+        """Entries of each tensor for C chunks, N rows and P pairs (in :attr:`TENSORS` order)."""
+        C, N, P = num_chunks, num_rows, num_pairs
+        return {"chunk_row": C, "chunk_start": C, "chunk_len": C, "chunk_q_ptr": C + 1, "q_rows": P,
+                "row_pair_ptr": N + 1, "row_pairs": P}
+
+    @classmethod
+    def from_tensors(cls, block_size: int, num_rows: int, tensors: Sequence[torch.Tensor], max_chunk_len: int,
+                     max_rows_per_chunk: int) -> "TreeAttentionPlan":
+        """A plan from its tensors in :attr:`TENSORS` order."""
+        return cls(block_size, num_rows, *tensors, max_chunk_len, max_rows_per_chunk)
 
     @property
     def num_chunks(self) -> int:

@@ -91,8 +91,8 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
     if capacity is not None:
         plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs)
     if out is not None:
-        for name in ("chunk_row", "chunk_start", "chunk_len", "chunk_q_ptr", "q_rows", "row_pair_ptr", "row_pairs"):
-            getattr(out, name).copy_(getattr(plan, name))
+        for dst, src in zip(out.tensors(), plan.tensors()):
+            dst.copy_(src)
         out.max_chunk_len = plan.max_chunk_len
         out.max_rows_per_chunk = plan.max_rows_per_chunk
         return out

@@ -6,11 +6,11 @@ parameters, plans tree attention on CPU tensors, and packs everything the
 device needs into **one int32 buffer** (pinned on CUDA) that reaches the
 device in a single transfer::
 
-    [11, B] row fields  positions, slots, write_rows, seq_lens, top_k, seed_lo, seed_hi,
-                        temperature, top_p, min_p (float32 bits), tokens (teacher forcing)
+    [R, B]  row fields (ROW_FIELDS): positions, slots, write_rows, seq_lens, tokens (teacher
+            forcing), then the sampler's filters in tts_kernels/sampling/params.py order (float
+            ones as float32 bits), seed_lo, seed_hi
     [B, M]  block tables
-    [C] x 3 chunk_row, chunk_start, chunk_len;  [C + 1] chunk_q_ptr
-    [P] x 2 q_rows, row_pairs;                  [B + 1] row_pair_ptr
+    then the tree-attention plan's tensors in TreeAttentionPlan.TENSORS order and lengths
 
 Device, :func:`decode_step` (or :func:`decode_forward` without sampling):
 unpacks views of that buffer, masks EOS for rows still thinking under a
@@ -31,6 +31,7 @@ buckets every size is exact (the eager engine).
 from __future__ import annotations
 
 import types
+from collections import namedtuple
 from dataclasses import dataclass
 from typing import Callable, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -38,12 +39,14 @@ import torch
 
 from ..attention.plan import TreeAttentionPlan
 from ..sampling import BudgetState, sample
+from ..sampling.params import FILTER_NAMES, FILTERS
 from ..sampling.budget import DONE, MAX_TOKENS, PHASE
 from .attention import StepAttention
 
-ROW_FIELDS = ("positions", "slots", "write_rows", "seq_lens", "top_k", "seed_lo", "seed_hi",
-              "temperature", "top_p", "min_p", "tokens")
+ROW_FIELDS = ("positions", "slots", "write_rows", "seq_lens", "tokens") + FILTER_NAMES + ("seed_lo", "seed_hi")
 _F = {name: i for i, name in enumerate(ROW_FIELDS)}
+# an inert padding row is greedy (temperature 0) with every filter off
+_PAD_VALUE = {p.name: (0.0 if p.name == "temperature" else p.off) for p in FILTERS}
 
 
 class StepShape(NamedTuple):
@@ -59,7 +62,8 @@ class StepShape(NamedTuple):
     @property
     def size(self) -> int:
         B, M, C, P = self.rows, self.blocks, self.chunks, self.pairs
-        return len(ROW_FIELDS) * B + B * M + 3 * C + (C + 1) + 2 * P + (B + 1)
+        plan = sum(TreeAttentionPlan.lengths(C, B, P).values()) if (C or P) else 0
+        return len(ROW_FIELDS) * B + B * M + plan
 
 
 def bucket(n: int) -> int:
@@ -90,7 +94,8 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
 
     ``sids`` have just been appended one token each (``pool.append(sids, 1)``):
     ``positions[i]`` is the new token's position and ``slots`` (int64 ``[n]``,
-    on the host) its slot. ``params[i]`` = (temperature, top_k, top_p, min_p,
+    on the host) its slot. ``params[i]`` = (the sampler's filters in
+    ``FILTER_NAMES`` order, i.e. temperature, top_k, top_p, min_p; then the
     seed). ``tokens``: the rows' input tokens for :func:`decode_forward`
     (teacher forcing); a sampling step leaves them 0.
     """
@@ -113,14 +118,13 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     seq_lens = rowf[_F["seq_lens"]]
     seq_lens[:n] = rowf[_F["positions"], :n] + 1
     seq_lens[n:] = 1
-    p = list(zip(*params))                                  # temperature, top_k, top_p, min_p, seed
-    rowf[_F["top_k"], :n] = torch.tensor(p[1], dtype=torch.int32)
-    seeds = p[4]
+    cols = dict(zip(FILTER_NAMES + ("seed",), zip(*params)))
+    for f in FILTERS:
+        values = list(cols[f.name]) + [_PAD_VALUE[f.name]] * pad
+        rowf[_F[f.name]] = _float_bits(values) if f.dtype.is_floating_point else torch.tensor(values, dtype=f.dtype)
+    seeds = cols["seed"]
     rowf[_F["seed_lo"], :n] = torch.tensor([s & 0xFFFFFFFF for s in seeds], dtype=torch.int64).to(torch.int32)
     rowf[_F["seed_hi"], :n] = torch.tensor([s >> 32 for s in seeds], dtype=torch.int32)
-    rowf[_F["temperature"]] = _float_bits(list(p[0]) + [0.0] * pad)
-    rowf[_F["top_p"]] = _float_bits(list(p[2]) + [1.0] * pad)
-    rowf[_F["min_p"]] = _float_bits(list(p[3]) + [0.0] * pad)
     if tokens is not None:
         rowf[_F["tokens"], :n] = torch.tensor(list(tokens), dtype=torch.int32)
 
@@ -134,7 +138,7 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     if attention == "torch":
         shape = StepShape(B, M, 0, 0, 0, 0)
         z = torch.zeros(1, dtype=torch.int32)
-        plan_parts = [z, torch.zeros(B + 1, dtype=torch.int32)]
+        plan_parts = []
         read = noshare
     else:
         plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=attention == "tree",
@@ -144,8 +148,7 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
             plan = pad_plan(plan, bucket(plan.num_chunks), bucket(plan.num_pairs),
                             max_chunk_len=max(bs, cs // bs * bs))
         shape = StepShape(B, M, plan.num_chunks, plan.num_pairs, plan.max_chunk_len, plan.max_rows_per_chunk)
-        plan_parts = [plan.chunk_row, plan.chunk_start, plan.chunk_len, plan.chunk_q_ptr, plan.q_rows,
-                      plan.row_pairs, plan.row_pair_ptr]
+        plan_parts = list(plan.tensors())
         # padding rows only share chunks with each other (they use one token of a block, real rows more)
         read = int(plan.chunk_len[plan.chunk_row < n].sum())
     parts = [rowf.reshape(-1), bt.reshape(-1)] + plan_parts
@@ -157,21 +160,11 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     return StepBatch(shape, packed, n, read, noshare)
 
 
-class StepTensors(NamedTuple):
-    """Device views of a packed step buffer."""
-
-    positions: torch.Tensor     # int64 [B]
-    slots: torch.Tensor         # int64 [B]
-    write_rows: torch.Tensor    # int64 [B]
-    seq_lens: torch.Tensor      # int32 [B]
-    top_k: torch.Tensor         # int32 [B]
-    seed: torch.Tensor          # int64 [B]
-    temperature: torch.Tensor   # float32 [B]
-    top_p: torch.Tensor
-    min_p: torch.Tensor
-    tokens: torch.Tensor        # int64 [B]
-    block_tables: torch.Tensor  # int32 [B, M]
-    plan: Optional[TreeAttentionPlan]
+#: device views of a packed step buffer: positions, slots, write_rows (int64 [B]), seq_lens (int32 [B]),
+#: tokens (int64 [B]), the sampler's filters (their dtypes, [B]), seed (int64 [B]), block_tables
+#: (int32 [B, M]) and the plan (None without tree attention)
+StepTensors = namedtuple("StepTensors", ("positions", "slots", "write_rows", "seq_lens", "tokens") + FILTER_NAMES
+                         + ("seed", "block_tables", "plan"))
 
 
 def unpack(packed: torch.Tensor, shape: StepShape, block_size: int) -> StepTensors:
@@ -190,17 +183,13 @@ def unpack(packed: torch.Tensor, shape: StepShape, block_size: int) -> StepTenso
     f = {name: rowf[i] for i, name in enumerate(ROW_FIELDS)}
     plan = None
     if C or P:
-        chunk_row, chunk_start, chunk_len = take(C), take(C), take(C)
-        chunk_q_ptr = take(C + 1)
-        q_rows, row_pairs = take(P), take(P)
-        row_pair_ptr = take(B + 1)
-        plan = TreeAttentionPlan(block_size, B, chunk_row, chunk_start, chunk_len, chunk_q_ptr, q_rows,
-                                 row_pair_ptr, row_pairs, shape.max_chunk_len, shape.max_rows_per_chunk)
+        tensors = [take(n) for n in TreeAttentionPlan.lengths(C, B, P).values()]
+        plan = TreeAttentionPlan.from_tensors(block_size, B, tensors, shape.max_chunk_len, shape.max_rows_per_chunk)
+    filters = {p.name: f[p.name].view(torch.float32) if p.dtype.is_floating_point else f[p.name] for p in FILTERS}
     # a seed is split in (low 32 bits, high 32 bits) on the host; rebuilt by arithmetic (no bitcast)
     seed = f["seed_hi"].long() * 4294967296 + (f["seed_lo"].long() & 0xFFFFFFFF)
     return StepTensors(f["positions"].long(), f["slots"].long(), f["write_rows"].long(), f["seq_lens"],
-                       f["top_k"], seed, f["temperature"].view(torch.float32), f["top_p"].view(torch.float32),
-                       f["min_p"].view(torch.float32), f["tokens"].long(), bt, plan)
+                       f["tokens"].long(), **filters, seed=seed, block_tables=bt, plan=plan)
 
 
 def _forward(model, k_caches, v_caches, t: StepTensors, tokens, attention):
@@ -233,7 +222,7 @@ def decode_step(model, k_caches, v_caches, packed, logits, budget, *, shape: Ste
     rows = budget.clone()
     state = BudgetState(forcing, rows)
     state._forced_cache[forced_ids.device] = forced_ids    # no host->device copy inside the step
-    out = sample(logits, temperature=t.temperature, top_k=t.top_k, top_p=t.top_p, min_p=t.min_p, seed=t.seed,
+    out = sample(logits, **{name: getattr(t, name) for name in FILTER_NAMES}, seed=t.seed,
                  offset=t.positions, budget=state, check_nan=False, validate=False)
     # a row whose logits had a NaN/+inf gets token -1: it still runs the forward on a valid id so that
     # the step completes for every row (the engine then finishes that sequence)
