@@ -127,12 +127,9 @@ class BudgetForcing:
         mn = _per_row("min_tokens", min_tokens, batch_size, device)
         mx = _per_row("max_tokens", max_tokens, batch_size, device)
         mw = _per_row("min_waits", min_waits, batch_size, device)
-        data = torch.zeros(batch_size, STATE_COLUMNS, dtype=torch.int32, device=device)
-        data[:, MIN_TOKENS] = mn
-        data[:, MAX_TOKENS] = mx
-        data[:, MIN_WAITS] = mw
-        data[:, PHASE] = torch.where(mx >= 0, THINKING, DONE).to(torch.int32)
-        state = BudgetState(self, data)
+        from .budget_rules import init_state  # the state machine's module (it imports this one)
+
+        state = BudgetState(self, init_state(mn, mx, mw, dtype=torch.int32))
         state.validate()
         return state
 

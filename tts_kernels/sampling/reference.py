@@ -32,7 +32,7 @@ from __future__ import annotations
 import torch
 
 from . import philox
-from .budget import DONE, ENDING, THINKING
+from .budget_rules import ForcingTable, advance, plan, rules
 
 
 def row_validity(x: torch.Tensor) -> torch.Tensor:
@@ -68,23 +68,14 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
     valid = row_validity(x)
     lse = torch.logsumexp(x, dim=1)
 
-    # ---- budget rules 1 and 2: forced tokens; rule 3's end masking -----------
+    # ---- budget rules 1 and 2: forced tokens; rule 3's end masking (budget_rules.py) ----
     forced_tok = torch.full((B,), -1, dtype=torch.int64, device=dev)
-    free = need = None
     if budget is not None:
-        d = budget.to(torch.int64)
-        mn, mx, mw, nt, wu, ph, pos, stop = d.unbind(1)
-        ids = forced_ids.to(torch.int64)
-        end0 = ids[num_wait]
-        active = valid & (mx >= 0) & (ph != DONE)
-        force_end = active & (ph == THINKING) & (nt >= mx)
-        pending = active & ~force_end & (pos < stop)
-        free = active & ~force_end & ~pending
-        need = free & ((nt < mn) | (wu < mw))
-        safe_pos = pos.clamp(0, ids.numel() - 1)
-        forced_tok = torch.where(force_end, end0, torch.where(pending, ids[safe_pos], forced_tok))
+        state = budget.to(torch.int64)
+        table = ForcingTable.single(forced_ids, num_wait, num_end, B)
+        forced_tok, need = plan(state, table)
         if num_wait == 0:  # no Wait sequence: an early end gets probability 0
-            hit = (torch.arange(V, device=dev) == end0).view(1, -1) & need.view(-1, 1)
+            hit = (torch.arange(V, device=dev).view(1, -1) == table.end0.view(-1, 1)) & (need & valid).view(-1, 1)
             x = x.masked_fill(hit, float("-inf"))
             valid = valid & torch.isfinite(x).any(1)
 
@@ -97,31 +88,13 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
     drawn = torch.where(greedy, torch.argmax(x, dim=1), torch.argmax(scores, dim=1))
     tok = torch.where(forced_tok >= 0, forced_tok, drawn)
 
-    # ---- budget rule 3 and state update --------------------------------------------
+    # ---- budget rule 3 (an early end becomes a Wait) and the state update ----------
     if budget is not None:
-        free = free & valid
-        need = need & valid
-        is_end = free & (tok == end0)
-        replace = is_end & need
-        natural_end = is_end & ~need
+        free = rules(state)[2]
+        replace = free & need & (tok == table.end0)
         if num_wait > 0:
-            tok = torch.where(replace, ids[0], tok)
-        forced_pending_wait = pending & (ph == THINKING)
-        nt = nt + (free & ~natural_end).long() + forced_pending_wait.long()
-        wu = wu + replace.long()
-        lw, le = num_wait, num_end
-        la = ids.numel() - lw - le
-        new_pos = torch.where(pending, pos + 1, pos)
-        new_stop = stop
-        new_pos = torch.where(force_end | natural_end, torch.full_like(pos, lw + 1), new_pos)
-        new_stop = torch.where(force_end, torch.full_like(stop, lw + le + la), new_stop)
-        new_stop = torch.where(natural_end, torch.full_like(stop, lw + le), new_stop)
-        new_pos = torch.where(replace, torch.ones_like(pos), new_pos)
-        new_stop = torch.where(replace, torch.full_like(stop, lw), new_stop)
-        ph = torch.where(force_end | natural_end, torch.full_like(ph, ENDING), ph)
-        ph = torch.where((ph == ENDING) & (new_pos >= new_stop), torch.full_like(ph, DONE), ph)
-        new = torch.stack([mn, mx, mw, nt, wu, ph, new_pos, new_stop], dim=1).to(torch.int32)
-        budget.copy_(torch.where(valid.view(-1, 1), new, budget))
+            tok = torch.where(replace, table.wait0, tok)
+        budget.copy_(advance(state, tok, replace, table, valid=valid).to(budget.dtype))
 
     tok = torch.where(valid, tok, torch.full_like(tok, -1))
     logp = logits.float().gather(1, tok.clamp(min=0).view(-1, 1)).squeeze(1) - lse
