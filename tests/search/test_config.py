@@ -73,3 +73,22 @@ def test_evaluate_flags_from_the_fields():
     assert (cfg.search.top_k, cfg.search.lookahead, cfg.search.voting) == (5, 2, "majority")
     with pytest.raises(SystemExit):
         _parse("--aggregation", "median")
+
+
+def test_one_problem_type():
+    from tts_kernels.search import budget_control as bc
+    from tts_kernels.search import evaluate as E
+    from tts_kernels.tasks import Problem, arith
+    assert E.Problem is bc.Problem is arith.Problem is Problem
+    chain = arith.make_problems(1, seed=0)[0]
+    exact, loose = chain.problem(), chain.problem(exact=False)
+    right = f"</think>Final Answer: {chain.answer}"
+    assert exact.answer == loose.answer == str(chain.answer) and exact.check(right) and loose.check(right)
+    assert exact.check(right + " 7") and not loose.check(right + " 7")      # the exact checker vs extraction
+    graded = Problem("x", grader=lambda c: c == "ok")
+    assert graded.check("ok") and not graded.check("no")
+    with pytest.raises(ValueError, match="no gold answer"):
+        graded.is_answer("1")
+    with pytest.raises(ValueError, match="needs an answer or a grader"):
+        Problem("x")
+    assert bc.as_problems([chain])[0].check(right) and bc.GradedPrompt("y", bool).grader is bool

@@ -19,6 +19,8 @@ from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Callable, List, Optional, Sequence, Union
 
+from ..tasks.problem import Problem
+
 ANSWER_ROOM = 24              # tokens after a forced end: delimiter, answer prefix, answer, EOS
 DEFAULT_MAX_NEW_TOKENS = 160  # cap of the runs without a budget
 METHODS = ("budget_forcing", "token_conditional", "step_conditional", "class_conditional", "rejection_sampling")
@@ -55,28 +57,22 @@ DEFAULT_BUDGETS = (Budget(8), Budget(16), Budget(24), Budget(32), Budget(48),
 
 
 # -- problems ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GradedPrompt:
-    """The generic problem: a prompt and a grader ``check(completion) -> bool``.
-
-    A local JSONL set plugs in as ``[GradedPrompt(row["prompt"], partial(grade, row)) for row in rows]``.
-    """
-
-    prompt: str
-    check: Callable[[str], bool]
+def GradedPrompt(prompt: str, check: Callable[[str], bool]) -> Problem:
+    """A :class:`tts_kernels.tasks.Problem` graded by ``check(completion) -> bool`` (the former name)."""
+    return Problem(prompt, grader=check)
 
 
-def as_problems(items) -> List[GradedPrompt]:
-    """:class:`GradedPrompt` list from ``arith.Problem``s, ``(prompt, check)`` pairs or GradedPrompts."""
+def as_problems(items) -> List[Problem]:
+    """:class:`tts_kernels.tasks.Problem` list from Problems, ``arith.Chain``s or ``(prompt, check)`` pairs."""
     from ..tasks import arith
     out = []
     for x in items:
-        if isinstance(x, arith.Problem):
-            x = GradedPrompt(x.prompt, lambda c, p=x: arith.is_correct(p, c))
+        if isinstance(x, arith.Chain):
+            x = x.problem()
         elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and callable(x[1]):
-            x = GradedPrompt(*x)
-        elif not isinstance(x, GradedPrompt):
-            raise ValueError(f"problems: expected arith.Problem, (prompt, check) or GradedPrompt, got {x!r}")
+            x = Problem(x[0], grader=x[1])
+        elif not isinstance(x, Problem):
+            raise ValueError(f"problems: expected Problem, arith.Chain or (prompt, check), got {x!r}")
         out.append(x)
     return out
 
@@ -428,7 +424,7 @@ def sweep(engine, problems, *, budgets=DEFAULT_BUDGETS, methods=METHODS, samples
     ----------
     engine : tts_kernels.decode.Engine
         Size its pool for a batch (:func:`make_engine`); a larger batch is split.
-    problems : sequence of arith.Problem, (prompt, check) pairs or GradedPrompt
+    problems : sequence of Problem, arith.Chain or (prompt, check) pairs
     budgets : sequence of int (a maximum) or Budget
         A budget with a minimum runs only for the methods that can impose it (budget forcing;
         rejection sampling for ``min_thinking``); the others list it under ``skipped``.

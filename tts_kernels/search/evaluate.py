@@ -42,7 +42,8 @@ import torch
 from .._progress import progress_bar
 from . import budget_control as bc
 from .prm import load_prm, model_params
-from .scoring import VOTINGS, extract_answer
+from ..tasks.problem import Problem, read_jsonl
+from .scoring import VOTINGS
 from . import registry
 from .strategies import SearchConfig, run_strategy
 
@@ -131,44 +132,12 @@ class EvalConfig:
 
 
 # -- problems ------------------------------------------------------------------------------------------
-@dataclass
-class Problem:
-    """A prompt and its gold answer (normalised as :func:`.scoring.extract_answer` normalises answers)."""
-
-    prompt: str
-    answer: str
-
-    def __post_init__(self):
-        gold = extract_answer(f"Final Answer: {self.answer}")
-        if gold is None or "\n" in str(self.answer).strip():
-            raise ValueError(f"answer {self.answer!r} of problem {self.prompt[:40]!r} is empty or not one line")
-        self.answer = gold
-
-    def check(self, text: str) -> bool:
-        """Whether the final answer of ``text`` (a completion) equals the gold answer."""
-        return self.is_answer(extract_answer(text))
-
-    def is_answer(self, answer: Optional[str]) -> bool:
-        return answer is not None and answer == self.answer
-
-
 def load_problems(cfg: EvalConfig) -> List[Problem]:
+    """The embedded task's held-out problems (graded by their gold answer), or ``cfg.problems``' JSONL lines."""
     if cfg.problems is None:
         from ..tasks import arith
-        return [Problem(p.prompt, str(p.answer)) for p in arith.make_problems(cfg.num_problems, cfg.problem_seed)]
-    out = []
-    with open(cfg.problems) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            prompt = row.get("prompt", row.get("problem"))
-            if not isinstance(prompt, str) or "answer" not in row:
-                raise ValueError(f"{cfg.problems}:{i}: each line needs a 'prompt' (or 'problem') string and an 'answer'")
-            out.append(Problem(prompt, str(row["answer"])))
-    if not out:
-        raise ValueError(f"{cfg.problems}: no problems")
-    return out[:cfg.num_problems] if cfg.num_problems else out
+        return [c.problem(exact=False) for c in arith.make_problems(cfg.num_problems, cfg.problem_seed)]
+    return read_jsonl(cfg.problems, cfg.num_problems)
 
 
 # -- one run -------------------------------------------------------------------------------------------
@@ -326,8 +295,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
     budget = None
     if cfg.budget_methods:
         eng = bc.make_engine(num_sequences=min(len(problems), 320), path=cfg.policy, seed=cfg.seed)
-        graded = [bc.GradedPrompt(p.prompt, p.check) for p in problems]
-        budget = bc.sweep(eng, graded, budgets=list(cfg.budgets), methods=list(cfg.budget_methods), seed=cfg.seed)
+        budget = bc.sweep(eng, problems, budgets=list(cfg.budgets), methods=list(cfg.budget_methods), seed=cfg.seed)
     out = {"config": _jsonable(cfg.to_dict()), "environment": environment(),
            "policy_params": model_params(model.cfg), "prm_params": prm.num_params,
            "large_policy_params": model_params(lm.cfg) if large is not None else None,
