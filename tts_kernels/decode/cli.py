@@ -44,7 +44,7 @@ def run(args) -> None:
 
     from ..tasks import arith
     from . import Engine, load
-    from .engine import FAMILY_BUDGET_STRINGS, BudgetStrings
+    from .families import BudgetStrings, family_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,7 +61,7 @@ def run(args) -> None:
     prompt = prompt.encode().decode("unicode_escape") if "\\n" in prompt else prompt
     budget_strings = None
     if args.end_think or args.wait or args.answer_prefix:
-        base = FAMILY_BUDGET_STRINGS["embedded" if args.model is None else model.cfg.arch]
+        base = family_of(model.cfg, tok).budget_strings
         budget_strings = BudgetStrings(args.end_think or base.end_think, base.wait if args.wait is None else args.wait,
                                        base.answer_prefix if args.answer_prefix is None else args.answer_prefix)
     n_prompt = len(tok.encode(prompt))

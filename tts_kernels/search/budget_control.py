@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Callable, List, Optional, Sequence, Union
 
+from ..decode.families import EMBEDDED_TEMPLATES, S1_TEMPLATES, PromptTemplates
 from ..tasks.problem import Problem
 
 ANSWER_ROOM = 24              # tokens after a forced end: delimiter, answer prefix, answer, EOS
@@ -78,50 +79,11 @@ def as_problems(items) -> List[Problem]:
 
 
 # -- prompt templates ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class PromptTemplates:
-    """Instructions of the prompt-conditional baselines (``str.format`` templates).
-
-    ``{prompt}`` is the problem prompt without a trailing ``think_tag`` (put back after the
-    instruction, so that the instruction is not inside the thinking), ``{budget}`` the token
-    budget, ``{steps}`` the step budget. ``tokens_per_step`` turns a token budget into steps; a
-    budget of at least ``long_from`` tokens asks for the long class. Defaults: s1's baselines for
-    instruction-following checkpoints (wording ours).
-    """
-
-    name: str = "s1-instruct"
-    token: str = "{prompt}\n\nThink for up to {budget} tokens."
-    step: str = "{prompt}\n\nThink for up to {steps} steps."
-    short: str = "{prompt}\n\nAnswer after a short amount of thinking. Do not spend time double-checking your work."
-    long: str = ("{prompt}\n\nAnswer after a long amount of thinking. If you are done early, spend the extra "
-                 "time double-checking your work until you are sure of the answer.")
-    tokens_per_step: int = 100
-    long_from: int = 2048
-    think_tag: str = "<think>"
-
-    def render(self, kind: str, prompt: str, budget: int = 0, steps: int = 0) -> str:
-        """The prompt of baseline ``kind`` ("token", "step", "short" or "long")."""
-        if kind not in ("token", "step", "short", "long"):
-            raise ValueError(f"kind must be token, step, short or long, got {kind!r}")
-        tag = self.think_tag if self.think_tag and prompt.endswith(self.think_tag) else ""
-        return getattr(self, kind).format(prompt=prompt[:len(prompt) - len(tag)], budget=budget, steps=steps) + tag
-
-    def steps_for(self, max_thinking: int) -> int:
-        return max(1, round(max_thinking / self.tokens_per_step))
-
-    def class_for(self, max_thinking: int) -> str:
-        return "long" if max_thinking >= self.long_from else "short"
-
-
-S1_TEMPLATES = PromptTemplates()
-#: The embedded model cannot read (or tokenise) instructions: every prompt is left unchanged.
-EMBEDDED_TEMPLATES = PromptTemplates(name="embedded-unconditioned", token="{prompt}", step="{prompt}",
-                                     short="{prompt}", long="{prompt}", tokens_per_step=8, long_from=40)
-
-
+# PromptTemplates, S1_TEMPLATES and EMBEDDED_TEMPLATES live with the model families
+# (tts_kernels.decode.families): each family names its templates.
 def templates_for(engine) -> PromptTemplates:
-    """:data:`EMBEDDED_TEMPLATES` for an embedded-style model (vocabulary < 1000), else :data:`S1_TEMPLATES`."""
-    return EMBEDDED_TEMPLATES if engine.model.cfg.vocab_size < 1000 else S1_TEMPLATES
+    """The prompt templates of the engine's model family (:data:`EMBEDDED_TEMPLATES` for the embedded model)."""
+    return engine.family.templates
 
 
 # -- thinking length, records, batched decoding ------------------------------------------
