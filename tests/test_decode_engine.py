@@ -303,3 +303,16 @@ def test_model_family_record(model):
         family_of(replace(big, arch="mistral"), _Tok())
     with pytest.raises(ValueError, match="'mistral'"):
         Engine(_random_model(arch="mistral"), _Tok(think=False), num_blocks=8)
+
+
+def test_a_new_family_is_one_record(monkeypatch):
+    from dataclasses import replace
+
+    from tts_kernels.decode import FAMILIES, BudgetStrings, ModelConfig, ModelFamily, family_of
+    fam = ModelFamily("mistral", "llama", ("MistralForCausalLM",), BudgetStrings("</think>", "Wait", "Answer:"),
+                      FAMILIES["llama"].templates)
+    monkeypatch.setitem(FAMILIES, "mistral", fam)
+    cfg = ModelConfig.from_dict(dict(architectures=["MistralForCausalLM"], vocab_size=32_000, hidden_size=32,
+                                     intermediate_size=48, num_hidden_layers=1, num_attention_heads=4))
+    assert (cfg.arch, cfg.family) == ("llama", "mistral") and family_of(cfg, _Tok()) is fam
+    assert family_of(replace(cfg, family=""), _Tok()) is FAMILIES["llama"]

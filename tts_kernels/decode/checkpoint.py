@@ -66,6 +66,7 @@ class ModelConfig:
     bos_token_id: Optional[int] = None
     eos_token_ids: tuple = ()
     extra: dict = field(default_factory=dict)
+    family: str = ""               # the model family (.families) config.json selected ("": by arch)
 
     @classmethod
     def from_dict(cls, cfg: dict, where: str = "config.json") -> "ModelConfig":
@@ -117,7 +118,7 @@ class ModelConfig:
                    o_bias=family.o_bias and bool(cfg.get("attention_bias", False)),
                    mlp_bias=bool(cfg.get("mlp_bias", False)),
                    max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)), torch_dtype=dt,
-                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos)
+                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos, family=family.name)
 
     def expected_shapes(self) -> Dict[str, tuple]:
         """Name -> shape of every tensor the checkpoint must hold."""

@@ -129,8 +129,11 @@ def for_config(architectures, model_type: Optional[str]) -> Optional[ModelFamily
 
 
 def family_of(cfg, tokenizer=None) -> ModelFamily:
-    """The family of a loaded model: the embedded one (:func:`is_embedded`), else its architecture's."""
-    return FAMILIES["embedded"] if is_embedded(cfg, tokenizer) else for_arch(cfg.arch)
+    """The family of a loaded model: the embedded one (:func:`is_embedded`), else the one its config.json
+    selected (``cfg.family``), else its architecture's."""
+    if is_embedded(cfg, tokenizer):
+        return FAMILIES["embedded"]
+    return FAMILIES[cfg.family] if getattr(cfg, "family", "") in FAMILIES else for_arch(cfg.arch)
 
 
 #: config.json "architectures" name -> runner architecture
