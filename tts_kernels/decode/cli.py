@@ -12,6 +12,7 @@ import time
 
 
 def add_arguments(p) -> None:
+    from .attention import BACKENDS
     p.add_argument("--model", default=None, help="HF checkpoint dir (default: the embedded tiny model)")
     p.add_argument("--prompt", default=None, help="prompt text (default: an arithmetic problem for the tiny model)")
     p.add_argument("--problem-seed", type=int, default=0, help="seed of the default arithmetic problem")
@@ -33,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=None, help="KV pool blocks (default: enough for the run)")
-    p.add_argument("--attention", default="tree", choices=["tree", "tree-noshare", "torch"])
+    p.add_argument("--attention", default="tree", choices=list(BACKENDS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--show", type=int, default=4, help="samples to print in full")
     p.add_argument("--no-progress", action="store_true")
