@@ -264,3 +264,55 @@ def test_generate_per_sequence_limits(model):
     assert len(out[c]) == 5 or eng.finished(c)
     with pytest.raises(ValueError, match="limits for 3 sequences"):
         eng.generate([a, b, c], max_new_tokens=[1, 2])
+
+
+class _Tok:
+    """A stand-in tokenizer: one id per character, "</think>" a token only when ``think`` is set."""
+
+    eos_token_ids = ()
+
+    def __init__(self, think=True):
+        self.think = think
+
+    def token_to_id(self, t):
+        return 1 if self.think and t == "</think>" else None
+
+    def encode(self, text):
+        return [ord(ch) % 50 + 1 for ch in text]
+
+    def decode(self, ids):
+        return ""
+
+
+def test_model_family_record(model):
+    from dataclasses import replace
+
+    from tts_kernels.decode import FAMILIES, FAMILY_BUDGET_STRINGS, family_of
+    from tts_kernels.decode.checkpoint import SUPPORTED_ARCHS
+    assert SUPPORTED_ARCHS == {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+    assert FAMILY_BUDGET_STRINGS["qwen2"] is FAMILIES["qwen2"].budget_strings
+    # the embedded toy model is decided in one place: a small vocabulary whose tokenizer has "</think>"
+    assert Engine(model, _Tok(), num_blocks=8).family is FAMILIES["embedded"]
+    eng = Engine(model, _Tok(think=False), num_blocks=8)
+    assert eng.family is FAMILIES["llama"] and eng.forcing.end_think_ids == tuple(_Tok().encode("</think>"))
+    big = replace(model.cfg, vocab_size=50_000)
+    assert family_of(big, _Tok()).name == "llama" and family_of(replace(big, arch="qwen2")).templates.name == \
+        "s1-instruct"
+    # an architecture without a family is a clear ValueError naming it and the known ones (not a KeyError)
+    with pytest.raises(ValueError, match=r"no model family for architecture 'mistral'.*llama.*qwen2"):
+        family_of(replace(big, arch="mistral"), _Tok())
+    with pytest.raises(ValueError, match="'mistral'"):
+        Engine(_random_model(arch="mistral"), _Tok(think=False), num_blocks=8)
+
+
+def test_a_new_family_is_one_record(monkeypatch):
+    from dataclasses import replace
+
+    from tts_kernels.decode import FAMILIES, BudgetStrings, ModelConfig, ModelFamily, family_of
+    fam = ModelFamily("mistral", "llama", ("MistralForCausalLM",), BudgetStrings("</think>", "Wait", "Answer:"),
+                      FAMILIES["llama"].templates)
+    monkeypatch.setitem(FAMILIES, "mistral", fam)
+    cfg = ModelConfig.from_dict(dict(architectures=["MistralForCausalLM"], vocab_size=32_000, hidden_size=32,
+                                     intermediate_size=48, num_hidden_layers=1, num_attention_heads=4))
+    assert (cfg.arch, cfg.family) == ("llama", "mistral") and family_of(cfg, _Tok()) is fam
+    assert family_of(replace(cfg, family=""), _Tok()) is FAMILIES["llama"]

@@ -13,12 +13,12 @@ import torch
 
 from tts_kernels.decode import DEFAULT_MODEL, Model, Tokenizer
 from tts_kernels.tasks import arith
-from tts_kernels.tasks.arith import Problem, step_labels
+from tts_kernels.tasks.arith import Chain, step_labels
 
 PRM_DIR = os.path.join(os.path.dirname(DEFAULT_MODEL), "tiny-arith-prm")
 
 # 49+9-3-6: chain 49+9=58, 58-3=55, 55-6=49, answer 49
-P = Problem(49, (("+", 9), ("-", 3), ("-", 6)))
+P = Chain(49, (("+", 9), ("-", 3), ("-", 6)))
 ANS = "</think>Final Answer: 49"
 
 
@@ -116,10 +116,10 @@ def prm_scores(prm, prompt, steps):
 CASES = [  # (problem, right trace, trace whose first step is wrong)
     (P, "49+9=58\n\n58-3=55\n\n55-6=49\n\n</think>Final Answer: 49<|eos|>",
      "49+9=57\n\n57-3=54\n\n54-6=48\n\n</think>Final Answer: 48<|eos|>"),
-    (Problem(12, (("+", 5), ("+", 7), ("-", 4), ("+", 2))),
+    (Chain(12, (("+", 5), ("+", 7), ("-", 4), ("+", 2))),
      "12+5=17\n\n17+7=24\n\n24-4=20\n\n20+2=22\n\n</think>Final Answer: 22<|eos|>",
      "12+5=18\n\n18+7=25\n\n25-4=21\n\n21+2=23\n\n</think>Final Answer: 23<|eos|>"),
-    (Problem(80, (("-", 8), ("+", 3), ("-", 9))),
+    (Chain(80, (("-", 8), ("+", 3), ("-", 9))),
      "80-8=72\n\n72+3=75\n\n75-9=66\n\n</think>Final Answer: 66<|eos|>",
      "80-8=73\n\n73+3=76\n\n76-9=67\n\n</think>Final Answer: 67<|eos|>"),
 ]

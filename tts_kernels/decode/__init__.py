@@ -10,7 +10,8 @@ from __future__ import annotations
 import os
 
 from .checkpoint import CheckpointError, ModelConfig
-from .engine import FAMILY_BUDGET_STRINGS, BudgetStrings, Engine
+from .engine import Engine
+from .families import FAMILIES, FAMILY_BUDGET_STRINGS, BudgetStrings, ModelFamily, family_of
 from .model import Model
 from .tokenizer import Tokenizer
 
@@ -24,4 +25,4 @@ def load(path=None, dtype=None, device="cpu"):
 
 
 __all__ = ["Engine", "Model", "Tokenizer", "ModelConfig", "CheckpointError", "BudgetStrings",
-           "FAMILY_BUDGET_STRINGS", "load", "DEFAULT_MODEL"]
+           "FAMILY_BUDGET_STRINGS", "FAMILIES", "ModelFamily", "family_of", "load", "DEFAULT_MODEL"]

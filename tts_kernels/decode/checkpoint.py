@@ -19,7 +19,8 @@ from typing import Dict, Optional
 
 import torch
 
-SUPPORTED_ARCHS = {"LlamaForCausalLM": "llama", "Qwen2ForCausalLM": "qwen2"}
+from .families import SUPPORTED_ARCHS, for_config
+
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
               "BOOL": torch.bool}
@@ -45,7 +46,7 @@ def parse_dtype(dtype) -> torch.dtype:
 class ModelConfig:
     """The architecture facts the runner needs (parsed from config.json)."""
 
-    arch: str                      # "llama" or "qwen2"
+    arch: str                      # the runner architecture, "llama" or "qwen2" (see .families)
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -65,19 +66,16 @@ class ModelConfig:
     bos_token_id: Optional[int] = None
     eos_token_ids: tuple = ()
     extra: dict = field(default_factory=dict)
+    family: str = ""               # the model family (.families) config.json selected ("": by arch)
 
     @classmethod
     def from_dict(cls, cfg: dict, where: str = "config.json") -> "ModelConfig":
         archs = cfg.get("architectures") or []
-        arch = None
-        for a in archs:
-            if a in SUPPORTED_ARCHS:
-                arch = SUPPORTED_ARCHS[a]
-        if arch is None and not archs and cfg.get("model_type") in ("llama", "qwen2"):
-            arch = cfg["model_type"]
-        if arch is None:
+        family = for_config(archs, cfg.get("model_type"))
+        if family is None:
             raise CheckpointError(f"{where}: unsupported architecture {archs or cfg.get('model_type')!r}; "
                                   f"supported: {sorted(SUPPORTED_ARCHS)}")
+        arch = family.arch
         need = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")
         missing = [k for k in need if k not in cfg]
         if missing:
@@ -116,11 +114,11 @@ class ModelConfig:
                    num_heads=nh, num_kv_heads=nkv, head_dim=head_dim,
                    rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)), rope_theta=theta, rope_scaling=scaling,
                    tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-                   qkv_bias=arch == "qwen2" or bool(cfg.get("attention_bias", False)),
-                   o_bias=arch == "llama" and bool(cfg.get("attention_bias", False)),
+                   qkv_bias=family.qkv_bias or bool(cfg.get("attention_bias", False)),
+                   o_bias=family.o_bias and bool(cfg.get("attention_bias", False)),
                    mlp_bias=bool(cfg.get("mlp_bias", False)),
                    max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)), torch_dtype=dt,
-                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos)
+                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos, family=family.name)
 
     def expected_shapes(self) -> Dict[str, tuple]:
         """Name -> shape of every tensor the checkpoint must hold."""

@@ -12,6 +12,7 @@ import time
 
 
 def add_arguments(p) -> None:
+    from .attention import BACKENDS
     p.add_argument("--model", default=None, help="HF checkpoint dir (default: the embedded tiny model)")
     p.add_argument("--prompt", default=None, help="prompt text (default: an arithmetic problem for the tiny model)")
     p.add_argument("--problem-seed", type=int, default=0, help="seed of the default arithmetic problem")
@@ -33,7 +34,7 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=0, help="sampling seed")
     p.add_argument("--block-size", type=int, default=16)
     p.add_argument("--num-blocks", type=int, default=None, help="KV pool blocks (default: enough for the run)")
-    p.add_argument("--attention", default="tree", choices=["tree", "tree-noshare", "torch"])
+    p.add_argument("--attention", default="tree", choices=list(BACKENDS))
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--show", type=int, default=4, help="samples to print in full")
     p.add_argument("--no-progress", action="store_true")
@@ -44,7 +45,7 @@ def run(args) -> None:
 
     from ..tasks import arith
     from . import Engine, load
-    from .engine import FAMILY_BUDGET_STRINGS, BudgetStrings
+    from .families import BudgetStrings, family_of
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -61,7 +62,7 @@ def run(args) -> None:
     prompt = prompt.encode().decode("unicode_escape") if "\\n" in prompt else prompt
     budget_strings = None
     if args.end_think or args.wait or args.answer_prefix:
-        base = FAMILY_BUDGET_STRINGS["embedded" if args.model is None else model.cfg.arch]
+        base = family_of(model.cfg, tok).budget_strings
         budget_strings = BudgetStrings(args.end_think or base.end_think, base.wait if args.wait is None else args.wait,
                                        base.answer_prefix if args.answer_prefix is None else args.answer_prefix)
     n_prompt = len(tok.encode(prompt))

@@ -41,7 +41,7 @@ kernel when installed (CUDA, fp16/bf16), else SDPA (:mod:`.model`).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+import functools
 from typing import Dict, Iterable, List, Optional, Sequence, Union
 
 import torch
@@ -51,23 +51,7 @@ from ..sampling import BudgetForcing
 from ..sampling.budget import DONE, NUM_THINKING, PHASE, WAITS_USED
 from . import step as _step
 from .attention import BACKENDS
-
-
-@dataclass(frozen=True)
-class BudgetStrings:
-    """Budget-forcing strings of a model family (tokenised with the model's tokenizer)."""
-
-    end_think: str = "</think>"
-    wait: str = "Wait"
-    answer_prefix: str = "Final Answer:"
-
-
-FAMILY_BUDGET_STRINGS = {
-    "embedded": BudgetStrings("</think>", "Wait", "Final Answer:"),
-    # DeepSeek-R1-Distill-Qwen / QwQ style
-    "qwen2": BudgetStrings("</think>", "Wait", "\n\n**Final Answer**\n\n"),
-    "llama": BudgetStrings("</think>", "Wait", "\n\n**Final Answer**\n\n"),
-}
+from .families import FAMILY_BUDGET_STRINGS, BudgetStrings, ModelFamily, family_of  # noqa: F401 (re-exported)
 
 
 class _Seq:
@@ -99,8 +83,8 @@ class Engine:
     num_blocks, block_size : int
         Pool geometry; :class:`tts_kernels.OutOfBlocksError` when it is full.
     budget_strings : BudgetStrings, optional
-        End-of-thinking / Wait / answer-prefix strings (default ``FAMILY_BUDGET_STRINGS`` of the
-        architecture; the embedded model uses "</think>", "Wait", "Final Answer:").
+        End-of-thinking / Wait / answer-prefix strings (default: those of the model's family,
+        :attr:`family`; the embedded model uses "</think>", "Wait", "Final Answer:").
     seed : int
         Base of the per-sequence sampling seeds.
     attention : {"tree", "tree-noshare", "torch"}
@@ -153,8 +137,7 @@ class Engine:
         if tokenizer is not None:
             bs = budget_strings
             if bs is None:
-                bs = FAMILY_BUDGET_STRINGS["embedded" if tokenizer.token_to_id("</think>") is not None
-                                            and c.vocab_size < 1000 else c.arch]
+                bs = self.family.budget_strings
             end = tokenizer.encode(bs.end_think)
             if end:
                 self.forcing = BudgetForcing(end, tokenizer.encode(bs.wait) if bs.wait else (),
@@ -169,6 +152,11 @@ class Engine:
         self._no_budget = self._no_forcing.init_state(1, device=dev).data[0]
         f = self.forcing or self._no_forcing
         self._forced_ids = torch.tensor(f.forced_ids, dtype=torch.int32, device=dev)
+
+    @functools.cached_property
+    def family(self) -> ModelFamily:
+        """The model's family (:mod:`.families`): budget strings, prompt templates, embedded or not."""
+        return family_of(self.model.cfg, self.tokenizer)
 
     # -- sequences ------------------------------------------------------------------------
     def add(self, prompt: Union[str, Sequence[int]], *, temperature: float = 1.0, top_k: int = 0,

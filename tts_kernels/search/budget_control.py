@@ -19,6 +19,9 @@ from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Callable, List, Optional, Sequence, Union
 
+from ..decode.families import EMBEDDED_TEMPLATES, S1_TEMPLATES, PromptTemplates
+from ..tasks.problem import Problem
+
 ANSWER_ROOM = 24              # tokens after a forced end: delimiter, answer prefix, answer, EOS
 DEFAULT_MAX_NEW_TOKENS = 160  # cap of the runs without a budget
 METHODS = ("budget_forcing", "token_conditional", "step_conditional", "class_conditional", "rejection_sampling")
@@ -55,77 +58,32 @@ DEFAULT_BUDGETS = (Budget(8), Budget(16), Budget(24), Budget(32), Budget(48),
 
 
 # -- problems ------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GradedPrompt:
-    """The generic problem: a prompt and a grader ``check(completion) -> bool``.
-
-    A local JSONL set plugs in as ``[GradedPrompt(row["prompt"], partial(grade, row)) for row in rows]``.
-    """
-
-    prompt: str
-    check: Callable[[str], bool]
+def GradedPrompt(prompt: str, check: Callable[[str], bool]) -> Problem:
+    """A :class:`tts_kernels.tasks.Problem` graded by ``check(completion) -> bool`` (the former name)."""
+    return Problem(prompt, grader=check)
 
 
-def as_problems(items) -> List[GradedPrompt]:
-    """:class:`GradedPrompt` list from ``arith.Problem``s, ``(prompt, check)`` pairs or GradedPrompts."""
+def as_problems(items) -> List[Problem]:
+    """:class:`tts_kernels.tasks.Problem` list from Problems, ``arith.Chain``s or ``(prompt, check)`` pairs."""
     from ..tasks import arith
     out = []
     for x in items:
-        if isinstance(x, arith.Problem):
-            x = GradedPrompt(x.prompt, lambda c, p=x: arith.is_correct(p, c))
+        if isinstance(x, arith.Chain):
+            x = x.problem()
         elif isinstance(x, tuple) and len(x) == 2 and isinstance(x[0], str) and callable(x[1]):
-            x = GradedPrompt(*x)
-        elif not isinstance(x, GradedPrompt):
-            raise ValueError(f"problems: expected arith.Problem, (prompt, check) or GradedPrompt, got {x!r}")
+            x = Problem(x[0], grader=x[1])
+        elif not isinstance(x, Problem):
+            raise ValueError(f"problems: expected Problem, arith.Chain or (prompt, check), got {x!r}")
         out.append(x)
     return out
 
 
 # -- prompt templates ----------------------------------------------------------------------
-@dataclass(frozen=True)
-class PromptTemplates:
-    """Instructions of the prompt-conditional baselines (``str.format`` templates).
-
-    ``{prompt}`` is the problem prompt without a trailing ``think_tag`` (put back after the
-    instruction, so that the instruction is not inside the thinking), ``{budget}`` the token
-    budget, ``{steps}`` the step budget. ``tokens_per_step`` turns a token budget into steps; a
-    budget of at least ``long_from`` tokens asks for the long class. Defaults: s1's baselines for
-    instruction-following checkpoints (wording ours).
-    """
-
-    name: str = "s1-instruct"
-    token: str = "{prompt}\n\nThink for up to {budget} tokens."
-    step: str = "{prompt}\n\nThink for up to {steps} steps."
-    short: str = "{prompt}\n\nAnswer after a short amount of thinking. Do not spend time double-checking your work."
-    long: str = ("{prompt}\n\nAnswer after a long amount of thinking. If you are done early, spend the extra "
-                 "time double-checking your work until you are sure of the answer.")
-    tokens_per_step: int = 100
-    long_from: int = 2048
-    think_tag: str = "<think>"
-
-    def render(self, kind: str, prompt: str, budget: int = 0, steps: int = 0) -> str:
-        """The prompt of baseline ``kind`` ("token", "step", "short" or "long")."""
-        if kind not in ("token", "step", "short", "long"):
-            raise ValueError(f"kind must be token, step, short or long, got {kind!r}")
-        tag = self.think_tag if self.think_tag and prompt.endswith(self.think_tag) else ""
-        return getattr(self, kind).format(prompt=prompt[:len(prompt) - len(tag)], budget=budget, steps=steps) + tag
-
-    def steps_for(self, max_thinking: int) -> int:
-        return max(1, round(max_thinking / self.tokens_per_step))
-
-    def class_for(self, max_thinking: int) -> str:
-        return "long" if max_thinking >= self.long_from else "short"
-
-
-S1_TEMPLATES = PromptTemplates()
-#: The embedded model cannot read (or tokenise) instructions: every prompt is left unchanged.
-EMBEDDED_TEMPLATES = PromptTemplates(name="embedded-unconditioned", token="{prompt}", step="{prompt}",
-                                     short="{prompt}", long="{prompt}", tokens_per_step=8, long_from=40)
-
-
+# PromptTemplates, S1_TEMPLATES and EMBEDDED_TEMPLATES live with the model families
+# (tts_kernels.decode.families): each family names its templates.
 def templates_for(engine) -> PromptTemplates:
-    """:data:`EMBEDDED_TEMPLATES` for an embedded-style model (vocabulary < 1000), else :data:`S1_TEMPLATES`."""
-    return EMBEDDED_TEMPLATES if engine.model.cfg.vocab_size < 1000 else S1_TEMPLATES
+    """The prompt templates of the engine's model family (:data:`EMBEDDED_TEMPLATES` for the embedded model)."""
+    return engine.family.templates
 
 
 # -- thinking length, records, batched decoding ------------------------------------------
@@ -428,7 +386,7 @@ def sweep(engine, problems, *, budgets=DEFAULT_BUDGETS, methods=METHODS, samples
     ----------
     engine : tts_kernels.decode.Engine
         Size its pool for a batch (:func:`make_engine`); a larger batch is split.
-    problems : sequence of arith.Problem, (prompt, check) pairs or GradedPrompt
+    problems : sequence of Problem, arith.Chain or (prompt, check) pairs
     budgets : sequence of int (a maximum) or Budget
         A budget with a minimum runs only for the methods that can impose it (budget forcing;
         rejection sampling for ``min_thinking``); the others list it under ``skipped``.

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 import json
 import os
+import typing
+from dataclasses import fields
+from typing import Optional, Sequence
 
+from . import registry
 from .evaluate import EvalConfig, evaluate
 from .report import plot, tables
+from .strategies import SearchConfig
 
 
 def _ints(s):
@@ -22,36 +27,37 @@ def _names(s):
     return tuple(x for x in s.split(",") if x)
 
 
+_PARSERS = {int: int, float: float, str: None, Optional[str]: None, Sequence[int]: _ints, Sequence[str]: _names}
+#: extra help computed when the parser is built (the registry may have grown since import)
+_MORE_HELP = {"strategies": lambda: f" (some of {','.join(registry.names())})"}
+
+
+def _add_fields(p, cls, values, only=None) -> None:
+    """One ``--flag-name`` per dataclass field of ``cls``: its type, default (from ``values``), help, choices."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if (only is not None and f.name not in only) or hints[f.name] not in _PARSERS:
+            continue
+        kw = dict(default=getattr(values, f.name), help=f.metadata.get("help", "")
+                  + _MORE_HELP.get(f.name, lambda: "")())
+        if _PARSERS[hints[f.name]] is not None:
+            kw["type"] = _PARSERS[hints[f.name]]
+        if "choices" in f.metadata:
+            kw["choices"] = list(f.metadata["choices"])
+        p.add_argument("--" + f.name.replace("_", "-"), **kw)
+
+
 def add_arguments(p) -> None:
+    """The evaluate flags: every :class:`EvalConfig` field and every flat :class:`SearchConfig` field."""
     d = EvalConfig()
-    p.add_argument("--policy", default=None, help="policy checkpoint dir (default: embedded tiny-arith)")
-    p.add_argument("--prm", default=None, help="PRM dir (default: embedded tiny-arith-prm)")
-    p.add_argument("--large-policy", default=d.large_policy,
-                   help="policy sampled once for the headline ('' to skip; default: embedded tiny-arith-large)")
-    p.add_argument("--problems", default=None, help="JSONL problem set (default: the embedded arithmetic task)")
-    p.add_argument("--num-problems", type=int, default=d.num_problems, help="problems to use (0: all in the file)")
-    p.add_argument("--ns", type=_ints, default=d.ns, help="comma-separated N values (default 1,4,16,64)")
-    p.add_argument("--strategies", type=_names, default=d.strategies)
-    p.add_argument("--beam-width", type=int, default=d.beam_width)
-    p.add_argument("--step-delimiter", default=d.step_delimiter, help="step delimiter (default: a blank line)")
-    p.add_argument("--temperature", type=float, default=d.temperature)
-    p.add_argument("--top-p", type=float, default=d.top_p)
-    p.add_argument("--max-tokens", type=int, default=d.max_tokens)
-    p.add_argument("--max-step-tokens", type=int, default=d.max_step_tokens)
-    p.add_argument("--max-steps", type=int, default=d.max_steps)
-    p.add_argument("--aggregation", default=d.aggregation, choices=["last", "min", "avg", "prod"])
-    p.add_argument("--voting", default=d.voting, choices=["majority", "prm_max", "prm_vote"])
-    p.add_argument("--budgets", type=_ints, default=d.budgets, help="max thinking tokens of the budget sweep")
-    p.add_argument("--budget-methods", type=_names, default=d.budget_methods, help="'' to skip budget control")
-    p.add_argument("--rows-per-batch", type=int, default=d.rows_per_batch)
-    p.add_argument("--seed", type=int, default=d.seed)
-    p.add_argument("--threads", type=int, default=d.threads, help="torch CPU threads (0: torch's default)")
+    _add_fields(p, EvalConfig, d)
+    _add_fields(p, SearchConfig, d.search, only=EvalConfig.search_fields())
     p.add_argument("--out", default="tts_eval", help="output prefix: writes OUT.md (the table), OUT.json and OUT.png")
     p.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> dict:
-    keys = EvalConfig.__dataclass_fields__
+    keys = {f.name for f in fields(EvalConfig)} | set(EvalConfig.search_fields())
     cfg = EvalConfig(**{k: v for k, v in vars(args).items() if k in keys})
     res = evaluate(cfg, progress=not args.no_progress)
     table = tables(res)

@@ -34,7 +34,7 @@ import os
 import platform
 import subprocess
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import List, Optional, Sequence
 
 import torch
@@ -42,87 +42,102 @@ import torch
 from .._progress import progress_bar
 from . import budget_control as bc
 from .prm import load_prm, model_params
-from .scoring import VOTINGS, extract_answer
-from .strategies import STRATEGIES, SearchConfig, run_strategy
+from ..tasks.problem import Problem, read_jsonl
+from .scoring import VOTINGS
+from . import registry
+from .strategies import SearchConfig, run_strategy
 
 DEFAULT_LARGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                              "tiny-arith-large")
 BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.1, 0.5), ("hard", 0.0, 0.1))
 
 
-@dataclass
-class EvalConfig:
-    """What :func:`evaluate` runs (defaults: the embedded policy, PRM, task and large policy)."""
+def _opt(default, help, **meta):
+    """A field with its command-line help (:mod:`.cli` generates the flags from the fields)."""
+    if callable(default) and not isinstance(default, (str, tuple)):
+        return field(default_factory=default, metadata=dict(help=help, **meta))
+    return field(default=default, metadata=dict(help=help, **meta))
 
-    policy: Optional[str] = None            # checkpoint directory (None: embedded tiny-arith)
-    prm: Optional[str] = None               # PRM directory (None: embedded tiny-arith-prm)
-    large_policy: Optional[str] = DEFAULT_LARGE   # policy sampled once for the headline ("" to skip)
-    problems: Optional[str] = None          # JSONL file of {"prompt", "answer"} (None: embedded task)
-    num_problems: int = 64
-    problem_seed: int = 20_000              # embedded task: held-out seeds (the PRM trained on others)
-    ns: Sequence[int] = (1, 4, 16, 64)
-    strategies: Sequence[str] = STRATEGIES
-    beam_width: int = 4
-    step_delimiter: str = "\n\n"
-    temperature: float = 0.8
-    top_p: float = 1.0
-    max_tokens: int = 120
-    max_step_tokens: int = 40
-    max_steps: int = 12
-    aggregation: str = "last"
-    voting: str = "prm_vote"
-    budgets: Sequence[int] = (8, 16, 24, 32, 48)
-    budget_methods: Sequence[str] = bc.METHODS
-    rows_per_batch: int = 1024              # candidates decoded together (problems are chunked to fit)
-    seed: int = 0
-    threads: int = 1                        # torch threads (0: torch's default); see below
+
+def _eval_search() -> SearchConfig:
+    """The main job's search defaults (short embedded-task completions); ``n`` is set per run."""
+    return SearchConfig(max_tokens=120, max_step_tokens=40, max_steps=12)
+
+
+@dataclass(init=False)
+class EvalConfig:
+    """What :func:`evaluate` runs (defaults: the embedded policy, PRM, task and large policy).
+
+    The search parameters are a :class:`SearchConfig` (``search``; its ``n`` is set per run from
+    ``ns``). Its fields may also be given flat: ``EvalConfig(beam_width=2, max_tokens=90)``.
+    """
+
+    policy: Optional[str] = _opt(None, "policy checkpoint dir (default: embedded tiny-arith)")
+    prm: Optional[str] = _opt(None, "PRM dir (default: embedded tiny-arith-prm)")
+    large_policy: Optional[str] = _opt(DEFAULT_LARGE, "policy sampled once for the headline "
+                                       "('' to skip; default: embedded tiny-arith-large)")
+    problems: Optional[str] = _opt(None, "JSONL problem set (default: the embedded arithmetic task)")
+    num_problems: int = _opt(64, "problems to use (0: all in the file)")
+    problem_seed: int = _opt(20_000, "embedded task: seed of the held-out problems (the PRM trained on others)")
+    ns: Sequence[int] = _opt((1, 4, 16, 64), "comma-separated N values (default 1,4,16,64)")
+    strategies: Sequence[str] = _opt(registry.names, "comma-separated strategies (default: all registered)")
+    budgets: Sequence[int] = _opt((8, 16, 24, 32, 48), "max thinking tokens of the budget sweep")
+    budget_methods: Sequence[str] = _opt(bc.METHODS, "'' to skip budget control")
+    rows_per_batch: int = _opt(1024, "candidates decoded together (problems are chunked to fit)")
+    seed: int = _opt(0, "sampling seed")
+    threads: int = _opt(1, "torch CPU threads (0: torch's default); see the module docstring")
+    search: SearchConfig = _opt(_eval_search, "search parameters (n is set per run)")
+
+    #: SearchConfig fields given per run rather than by the configuration
+    PER_RUN = ("n",)
+
+    def __init__(self, search: Optional[SearchConfig] = None, **kw):
+        flat = {k: kw.pop(k) for k in list(kw) if k in self.search_fields()}
+        own = {f.name: f for f in fields(self) if f.name != "search"}
+        if set(kw) - set(own):
+            raise TypeError(f"EvalConfig got unexpected keyword argument(s) {sorted(set(kw) - set(own))}")
+        for name, f in own.items():
+            setattr(self, name, kw[name] if name in kw else
+                    f.default_factory() if f.default is MISSING else f.default)
+        self.search = replace(_eval_search() if search is None else search, **flat)
+
+    @classmethod
+    def search_fields(cls) -> tuple:
+        """The :class:`SearchConfig` fields an EvalConfig takes flat (all but :attr:`PER_RUN`)."""
+        return tuple(f.name for f in fields(SearchConfig) if f.name not in cls.PER_RUN)
 
     def search_config(self, n: int) -> SearchConfig:
-        return SearchConfig(n=n, beam_width=self.beam_width, step_delimiter=self.step_delimiter,
-                            temperature=self.temperature, top_p=self.top_p,
-                            max_tokens=self.max_tokens, max_step_tokens=self.max_step_tokens,
-                            max_steps=self.max_steps, aggregation=self.aggregation, voting=self.voting)
+        return replace(self.search, n=n)
+
+    def to_dict(self) -> dict:
+        """Flat: this config's fields and the search fields (as the command line names them)."""
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "search"}
+        out.update({k: getattr(self.search, k) for k in self.search_fields()})
+        return out
+
+    def check(self) -> None:
+        """Raise ``ValueError`` for a configuration :func:`evaluate` cannot run."""
+        bad = [s for s in self.strategies if s not in registry.names()]
+        if bad:
+            raise ValueError(f"strategies: unknown strategy {bad[0]!r}; expected some of {registry.names()}")
+        if not self.ns or any(not isinstance(n, int) or n < 1 for n in self.ns):
+            raise ValueError(f"ns must be positive ints, got {list(self.ns)}")
+        if self.num_problems < 0 or (self.problems is None and self.num_problems == 0):
+            raise ValueError(f"num_problems must be >= 1 (0: all problems of a --problems file), "
+                             f"got {self.num_problems}")
+        if not any(registry.spec(s).independent_samples for s in self.strategies):
+            raise ValueError(f"strategies must include {registry.baseline()}: its samples estimate each "
+                             f"problem's Pass@1 for the difficulty buckets")
+        self.search.check_values()
 
 
 # -- problems ------------------------------------------------------------------------------------------
-@dataclass
-class Problem:
-    """A prompt and its gold answer (normalised as :func:`.scoring.extract_answer` normalises answers)."""
-
-    prompt: str
-    answer: str
-
-    def __post_init__(self):
-        gold = extract_answer(f"Final Answer: {self.answer}")
-        if gold is None or "\n" in str(self.answer).strip():
-            raise ValueError(f"answer {self.answer!r} of problem {self.prompt[:40]!r} is empty or not one line")
-        self.answer = gold
-
-    def check(self, text: str) -> bool:
-        """Whether the final answer of ``text`` (a completion) equals the gold answer."""
-        return self.is_answer(extract_answer(text))
-
-    def is_answer(self, answer: Optional[str]) -> bool:
-        return answer is not None and answer == self.answer
-
-
 def load_problems(cfg: EvalConfig) -> List[Problem]:
+    """The embedded task's held-out problems (graded by their gold answer), or ``cfg.problems``' JSONL lines."""
     if cfg.problems is None:
         from ..tasks import arith
-        return [Problem(p.prompt, str(p.answer)) for p in arith.make_problems(cfg.num_problems, cfg.problem_seed)]
-    out = []
-    with open(cfg.problems) as f:
-        for i, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            prompt = row.get("prompt", row.get("problem"))
-            if not isinstance(prompt, str) or "answer" not in row:
-                raise ValueError(f"{cfg.problems}:{i}: each line needs a 'prompt' (or 'problem') string and an 'answer'")
-            out.append(Problem(prompt, str(row["answer"])))
-    if not out:
-        raise ValueError(f"{cfg.problems}: no problems")
-    return out[:cfg.num_problems] if cfg.num_problems else out
+        return [c.problem(exact=False) for c in arith.make_problems(cfg.num_problems, cfg.problem_seed)]
+    return read_jsonl(cfg.problems, cfg.num_problems)
 
 
 # -- one run -------------------------------------------------------------------------------------------
@@ -153,7 +168,7 @@ def _engine(model, tok, prompts, n, cfg, seed):
     from ..decode import Engine
     bs = 8      # short prompts: 8-token blocks share more than 16 at the same speed (measured: 11.5k vs 11.3k tok/s)
     longest = max(len(tok.encode(p)) for p in prompts)
-    per_row = -(-(longest + cfg.max_tokens + cfg.max_step_tokens) // bs) + 2
+    per_row = -(-(longest + cfg.search.max_tokens + cfg.search.max_step_tokens) // bs) + 2
     return Engine(model, tok, num_blocks=max(64, (len(prompts) * (n + 1)) * per_row), block_size=bs, seed=seed,
                   track_kv=True)
 
@@ -161,7 +176,7 @@ def _engine(model, tok, prompts, n, cfg, seed):
 def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> Run:
     """Run ``strategy`` at ``n`` over ``problems`` in chunks of at most ``cfg.rows_per_batch`` candidates."""
     scfg = cfg.search_config(n)
-    if n == 1 and strategy == "best_of_n":
+    if n == 1 and not registry.spec(strategy).needs_prm:
         prm = None                       # a single sample: nothing to rank, so no PRM cost either
     if prm is None:
         scfg.voting = "majority"
@@ -209,7 +224,7 @@ def bucket_of(pass1: float) -> str:
 def analyse(runs: List[Run], problems, large: Optional[Run]) -> dict:
     """Difficulty buckets, per-bucket accuracy, compute-optimal choice per bucket and N, and the headline."""
     small = [r for r in runs if r.policy == "policy"]
-    bon = [r for r in small if r.strategy == "best_of_n"]
+    bon = [r for r in small if registry.spec(r.strategy).independent_samples]
     ref = max(bon or small, key=lambda r: r.n)
     buckets = [bucket_of(x) for x in ref.sample_accuracy]
     members = {b: [i for i, x in enumerate(buckets) if x == b] for b, _, _ in BUCKETS}
@@ -251,19 +266,19 @@ def analyse(runs: List[Run], problems, large: Optional[Run]) -> dict:
 def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
     """Run everything in ``cfg``; returns the JSON-serialisable result (see the module docstring)."""
     from ..decode import load
-    _check(cfg)
+    cfg.check()
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     problems = load_problems(cfg)
     model, tok = load(cfg.policy)
     prm = load_prm(cfg.prm)
-    plan = [(s, n) for s in cfg.strategies for n in cfg.ns
-            if s == "best_of_n" or (n >= cfg.beam_width and n % cfg.beam_width == 0)]
+    bw = cfg.search.beam_width
+    plan = [(s, n) for s in cfg.strategies for n in cfg.ns if registry.spec(s).runs_at(n, bw)]
     for s in cfg.strategies:
         skipped = [n for n in cfg.ns if (s, n) not in plan]
         if skipped:
-            log(f"note: {s} skipped at N={skipped} (N must be a multiple of the beam width {cfg.beam_width})")
+            log(f"note: {s} skipped at N={skipped} (N must be a multiple of the beam width {bw})")
     bar = progress_bar(sum(n for _, n in plan) * len(problems), progress, unit="cand", desc="search")
     runs = [run_search("policy", s, n, model, tok, prm, problems, cfg, bar) for s, n in plan]
     if bar is not None:
@@ -274,15 +289,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
     elif cfg.large_policy:
         if os.path.isdir(cfg.large_policy):
             lm, ltok = load(cfg.large_policy)
-            large = run_search("large", "best_of_n", 1, lm, ltok, None, problems, cfg)
+            large = run_search("large", registry.baseline(), 1, lm, ltok, None, problems, cfg)
         else:
             log(f"note: large policy {cfg.large_policy} not found; the headline comparison is skipped")
     budget = None
     if cfg.budget_methods:
         eng = bc.make_engine(num_sequences=min(len(problems), 320), path=cfg.policy, seed=cfg.seed)
-        graded = [bc.GradedPrompt(p.prompt, p.check) for p in problems]
-        budget = bc.sweep(eng, graded, budgets=list(cfg.budgets), methods=list(cfg.budget_methods), seed=cfg.seed)
-    out = {"config": _jsonable(asdict(cfg)), "environment": environment(),
+        budget = bc.sweep(eng, problems, budgets=list(cfg.budgets), methods=list(cfg.budget_methods), seed=cfg.seed)
+    out = {"config": _jsonable(cfg.to_dict()), "environment": environment(),
            "policy_params": model_params(model.cfg), "prm_params": prm.num_params,
            "large_policy_params": model_params(lm.cfg) if large is not None else None,
            "num_problems": len(problems),
@@ -290,22 +304,6 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
            "analysis": analyse(runs, problems, large), "budget_control": budget,
            "total_wall_s": time.perf_counter() - t_start}
     return out
-
-
-def _check(cfg: EvalConfig) -> None:
-    bad = [s for s in cfg.strategies if s not in STRATEGIES]
-    if bad:
-        raise ValueError(f"strategies: unknown strategy {bad[0]!r}; expected some of {STRATEGIES}")
-    if not cfg.ns or any(not isinstance(n, int) or n < 1 for n in cfg.ns):
-        raise ValueError(f"ns must be positive ints, got {list(cfg.ns)}")
-    if cfg.num_problems < 0 or (cfg.problems is None and cfg.num_problems == 0):
-        raise ValueError(f"num_problems must be >= 1 (0: all problems of a --problems file), got {cfg.num_problems}")
-    if "best_of_n" not in cfg.strategies:
-        raise ValueError("strategies must include best_of_n: its samples estimate each problem's Pass@1 "
-                         "for the difficulty buckets")
-    if cfg.beam_width < 1:
-        raise ValueError(f"beam_width must be >= 1, got {cfg.beam_width}")
-    cfg.search_config(cfg.ns[0]).check("best_of_n", object())     # sampling / aggregation / voting names
 
 
 def environment() -> dict:

@@ -37,33 +37,34 @@ from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Sequence
 
 from .._progress import progress_bar
+from . import registry
 from .prm import PRM, check_scores_shape, split_steps
 from .scoring import AGGREGATIONS, VOTINGS, aggregate, extract_answer, vote_all
 
-STRATEGIES = ("best_of_n", "beam_search", "dvts")
+def _opt(default, help, **meta):
+    """A field with its command-line help (and ``choices``): the evaluate CLI is generated from these."""
+    return field(default=default, metadata=dict(help=help, **meta))
 
 
 @dataclass
 class SearchConfig:
     """Parameters shared by the strategies (``n`` is the number of candidates per problem)."""
 
-    n: int = 4
-    beam_width: int = 4                 # M (beam search / DVTS)
-    step_delimiter: str = "\n\n"
-    max_steps: int = 40                 # beam search / DVTS iterations
-    max_step_tokens: int = 64           # tokens per step (beam search / DVTS)
-    max_tokens: int = 1024              # generated tokens per candidate
-    temperature: float = 0.8
-    top_p: float = 1.0
-    top_k: int = 0
-    lookahead: int = 0                  # greedy steps rolled out to score a candidate (beam / DVTS)
-    aggregation: str = "last"           # step scores -> candidate score: last | min | avg | prod
-    voting: str = "prm_vote"            # majority | prm_max | prm_vote
+    n: int = _opt(4, "candidates per problem")
+    beam_width: int = _opt(4, "beam width M (beam search / DVTS)")
+    step_delimiter: str = _opt("\n\n", "step delimiter (default: a blank line)")
+    max_steps: int = _opt(40, "beam search / DVTS iterations")
+    max_step_tokens: int = _opt(64, "tokens per step (beam search / DVTS)")
+    max_tokens: int = _opt(1024, "generated tokens per candidate")
+    temperature: float = _opt(0.8, "sampling temperature")
+    top_p: float = _opt(1.0, "nucleus sampling threshold")
+    top_k: int = _opt(0, "top-k sampling (0: off)")
+    lookahead: int = _opt(0, "greedy steps rolled out to score a candidate (beam search / DVTS)")
+    aggregation: str = _opt("last", "step scores -> candidate score", choices=AGGREGATIONS)
+    voting: str = _opt("prm_vote", "candidates -> final answer", choices=VOTINGS)
 
-    def check(self, strategy: str, prm: Optional[PRM]) -> None:
-        """Raise ``ValueError`` for a configuration ``strategy`` cannot run."""
-        if strategy not in STRATEGIES:
-            raise ValueError(f"unknown strategy {strategy!r}; expected one of {STRATEGIES}")
+    def check_values(self) -> None:
+        """Raise ``ValueError`` for a bad value or name (whatever the strategy and PRM)."""
         for name in ("n", "beam_width", "max_steps", "max_step_tokens", "max_tokens"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 1:
@@ -78,11 +79,12 @@ class SearchConfig:
             raise ValueError("step_delimiter must be a non-empty string")
         if self.temperature < 0 or not 0 < self.top_p <= 1:
             raise ValueError(f"temperature must be >= 0 and top_p in (0, 1], got {self.temperature}, {self.top_p}")
-        if strategy != "best_of_n":
-            if prm is None:
-                raise ValueError(f"{strategy} needs a PRM (prm=None)")
-            if self.n % self.beam_width:
-                raise ValueError(f"n ({self.n}) must be divisible by beam_width ({self.beam_width}) for {strategy}")
+
+    def check(self, strategy: str, prm: Optional[PRM]) -> None:
+        """Raise ``ValueError`` for a configuration ``strategy`` cannot run (its traits: :mod:`.registry`)."""
+        spec = registry.spec(strategy)
+        self.check_values()
+        spec.check(self.n, self.beam_width, prm)
         if prm is None and self.voting != "majority":
             raise ValueError(f"voting={self.voting!r} needs a PRM; pass prm= or use voting='majority'")
 
@@ -148,6 +150,8 @@ def _result(prompt, cands: List[Candidate], cfg) -> SearchResult:
 
 
 # -- Best-of-N -------------------------------------------------------------------------------------
+@registry.register(needs_prm=False, uses_beam_width=False, independent_samples=True,
+                   summary="n independent samples, answer by voting")
 def best_of_n(engine, prompts: Sequence[str], prm: Optional[PRM], cfg: SearchConfig,
               progress: bool = False) -> List[SearchResult]:
     """``cfg.n`` independent samples per prompt, scored by ``prm``, answer by ``cfg.voting``."""
@@ -169,6 +173,7 @@ def best_of_n(engine, prompts: Sequence[str], prm: Optional[PRM], cfg: SearchCon
 
 
 # -- beam search and DVTS --------------------------------------------------------------------------
+@registry.register(needs_prm=True, uses_beam_width=True, summary="PRM-guided beam search of width M")
 def beam_search(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig,
                 progress: bool = False) -> List[SearchResult]:
     """PRM-guided beam search: ``cfg.n`` candidates per step, width ``cfg.beam_width`` (module docstring)."""
@@ -204,6 +209,7 @@ def beam_search(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig,
     return [_result(p, _top(done[i], n), cfg) for i, p in enumerate(prompts)]
 
 
+@registry.register(needs_prm=True, uses_beam_width=True, summary="n / M independent subtrees of width M")
 def dvts(engine, prompts: Sequence[str], prm: PRM, cfg: SearchConfig, progress: bool = False) -> List[SearchResult]:
     """Diverse verifier tree search: ``n / M`` independent subtrees of width ``M`` per prompt (module docstring)."""
     cfg.check("dvts", prm)
@@ -312,8 +318,9 @@ def _lookahead(engine, prm, prompts, sids, cfg, own, ended):
 
 def run_strategy(name: str, engine, prompts: Sequence[str], prm: Optional[PRM], cfg: SearchConfig,
                  progress: bool = False) -> List[SearchResult]:
-    """Dispatch by name (``"best_of_n"``, ``"beam_search"``, ``"dvts"``)."""
-    fns = {"best_of_n": best_of_n, "beam_search": beam_search, "dvts": dvts}
-    if name not in fns:
-        raise ValueError(f"unknown strategy {name!r}; expected one of {STRATEGIES}")
-    return fns[name](engine, prompts, prm, cfg, progress=progress)
+    """Dispatch by registered name (:mod:`.registry`: ``"best_of_n"``, ``"beam_search"``, ``"dvts"``)."""
+    return registry.spec(name).fn(engine, prompts, prm, cfg, progress=progress)
+
+
+#: the shipped strategies' names (the registry may hold more: :func:`.registry.names`)
+STRATEGIES = registry.names()

@@ -12,16 +12,20 @@ thinking is closed by ``"</think>"``, then ``"Final Answer: N"``. Some training
 completions re-check the last step after a ``"Wait"`` before closing, so the
 model knows how to continue after a forced Wait (budget forcing).
 
-Everything is a pure function of a seed (:func:`make_problems`), and
-:func:`is_correct` is the exact checker: the last ``Final Answer:`` integer of
-a completion must equal the true value.
+Everything is a pure function of a seed (:func:`make_problems`, which gives
+:class:`Chain`s), and :func:`is_correct` is the exact checker: the last
+``Final Answer:`` integer of a completion must equal the true value.
+:meth:`Chain.problem` is the chain as the generic :class:`tts_kernels.tasks.Problem`.
 """
 from __future__ import annotations
 
 import random
 import re
 from dataclasses import dataclass
+from functools import partial
 from typing import List, Optional
+
+from .problem import Problem
 
 THINK, END_THINK, EOS = "<think>", "</think>", "<|eos|>"
 STEP_DELIMITER = "\n\n"
@@ -33,9 +37,15 @@ _ANSWER_RE = re.compile(r"Final Answer:\s*(-?\d+)")
 
 
 @dataclass(frozen=True)
-class Problem:
+class Chain:
+    """One arithmetic chain: a start value and its operations (the task's structured instance)."""
+
     start: int
     ops: tuple        # ((sign, operand), ...), sign in "+-"
+
+    def problem(self, exact: bool = True) -> Problem:
+        """The generic problem; ``exact``: graded by :func:`is_correct`, else by its gold answer."""
+        return Problem(self.prompt, str(self.answer), grader=partial(is_correct, self) if exact else None)
 
     @property
     def prompt(self) -> str:
@@ -66,7 +76,7 @@ class Problem:
 
 
 def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6,
-                 max_operand: int = MAX_OPERAND) -> Problem:
+                 max_operand: int = MAX_OPERAND) -> Chain:
     start = rng.randint(0, MAX_VALUE)
     ops, v = [], start
     for _ in range(rng.randint(min_steps, max_steps)):
@@ -78,11 +88,11 @@ def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6,
         b = rng.randint(1, min(max_operand, MAX_VALUE - v)) if sign == "+" else rng.randint(1, min(max_operand, v))
         v = v + b if sign == "+" else v - b
         ops.append((sign, b))
-    return Problem(start, tuple(ops))
+    return Chain(start, tuple(ops))
 
 
 def make_problems(n: int, seed: int, min_steps: int = 3, max_steps: int = 6,
-                  max_operand: int = MAX_OPERAND) -> List[Problem]:
+                  max_operand: int = MAX_OPERAND) -> List[Chain]:
     """``n`` problems, a pure function of ``seed``."""
     rng = random.Random(seed)
     return [make_problem(rng, min_steps, max_steps, max_operand) for _ in range(n)]
@@ -94,12 +104,12 @@ def extract_answer(completion: str) -> Optional[int]:
     return int(found[-1]) if found else None
 
 
-def is_correct(problem: Problem, completion: str) -> bool:
+def is_correct(problem: Chain, completion: str) -> bool:
     """Exact check: the completion's final answer equals the true value of the chain."""
     return extract_answer(completion) == problem.answer
 
 
-def check_steps(problem: Problem, completion: str) -> List[bool]:
+def check_steps(problem: Chain, completion: str) -> List[bool]:
     """Per step of the completion's thinking: is ``a±b=c`` arithmetically right (a process check)?"""
     thinking = completion.split(END_THINK)[0]
     out = []
@@ -115,7 +125,7 @@ _STEP_RE = re.compile(r"(\d+)([+-])(\d+)=(-?\d+)")
 _FINAL_STEP_RE = re.compile(END_THINK + r"\s*" + ANSWER_PREFIX + r"\s*-?\d+")
 
 
-def step_labels(problem: Problem, steps: List[str]) -> List[bool]:
+def step_labels(problem: Chain, steps: List[str]) -> List[bool]:
     """Process labels of a solution's steps: is the solution still on track after each step?
 
     ``steps`` are the step texts of a completion without the delimiter (as
