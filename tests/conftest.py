@@ -1,7 +1,9 @@
-"""Shared test setup.
+"""Shared test setup and fixtures (each folder's conftest.py adds its own ``backend`` fixture).
 
 Triton kernels run on the CPU through Triton's interpreter when no GPU is
-present; the variable must be set before triton is first imported.
+present; the variable must be set before triton is first imported. Helpers
+shared by several folders live in the ``helpers`` package (this folder is on
+``sys.path`` because this file is here); never import from a conftest.
 """
 import json
 import os
@@ -13,12 +15,6 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
-try:
-    import triton  # noqa: F401
-    HAS_TRITON = True
-except ImportError:
-    HAS_TRITON = False
-
 
 def _devices():
     return ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"]
@@ -27,26 +23,6 @@ def _devices():
 @pytest.fixture(params=_devices())
 def device(request):
     return torch.device(request.param)
-
-
-def require_extension():
-    """The C++ extension must be present when TTS_KERNELS_REQUIRE_EXT=1 (CI); else skip."""
-    import tts_kernels
-
-    if tts_kernels.extension_available():
-        return
-    from tts_kernels import _ext
-
-    if os.environ.get("TTS_KERNELS_REQUIRE_EXT", "0") == "1":
-        pytest.fail(f"C++ extension required but unavailable: {_ext.load_error}")
-    pytest.skip(f"C++ extension unavailable: {_ext.load_error}")
-
-
-def require_triton():
-    if not HAS_TRITON:
-        if os.environ.get("TTS_KERNELS_REQUIRE_TRITON", "0") == "1":
-            pytest.fail("triton required but not installed")
-        pytest.skip("triton not installed")
 
 
 @pytest.fixture(scope="session")

@@ -49,9 +49,12 @@ import torch
 from .._progress import progress_bar
 from ..sampling import BudgetForcing
 from ..sampling.budget import DONE, NUM_THINKING, PHASE, WAITS_USED
+from ..sampling.params import FILTER_NAMES, FILTERS
 from . import step as _step
 from .attention import BACKENDS
 from .families import FAMILY_BUDGET_STRINGS, BudgetStrings, ModelFamily, family_of  # noqa: F401 (re-exported)
+
+_INTEGER_PARAMS = {p.name: p.integer for p in FILTERS}  # the sampler's parameter record
 
 
 class _Seq:
@@ -365,7 +368,7 @@ class Engine:
         for k, v in params.items():
             if k not in s.params:
                 raise ValueError(f"unknown sampling parameter {k!r}; expected one of {sorted(s.params)}")
-            s.params[k] = int(v) if k == "top_k" else float(v)
+            s.params[k] = int(v) if _INTEGER_PARAMS[k] else float(v)
 
     # -- reading ----------------------------------------------------------------------------
     @property
@@ -447,8 +450,7 @@ class Engine:
         """Host half of a step: one new slot per row (all or nothing), then the packed device inputs."""
         positions = [self.pool.seq_len(s) for s in ids]
         slots = self.pool.append(ids, 1, device="cpu")     # OutOfBlocksError: nothing changed
-        params = [(s.params["temperature"], s.params["top_k"], s.params["top_p"], s.params["min_p"], s.seed)
-                  for s in seqs]
+        params = [tuple(s.params[name] for name in FILTER_NAMES) + (s.seed,) for s in seqs]
         return _step.prepare_step(self.pool, ids, positions, slots, params, attention=self.attention,
                                   chunk_size=self.chunk_size, bucketed=bucketed, tokens=tokens,
                                   pin=self.model.device.type == "cuda")

@@ -73,16 +73,7 @@ class V2Impl:
         self.rows_per_req = 1 + int(spec or 0)
         self.defaults = _front._resolve_defaults(self, vllm_config, self.vocab_size)
         dev = self.device
-        self.state = torch.zeros(n, 8, dtype=torch.int64, device=dev)
-        self.ids = torch.zeros(n, 1, dtype=torch.int64, device=dev)
-        self.lw = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.le = torch.ones(n, dtype=torch.int64, device=dev)
-        self.la = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.temperature = torch.ones(n, dtype=torch.float32, device=dev)
-        self.top_k = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.top_p = torch.ones(n, dtype=torch.float32, device=dev)
-        self.min_p = torch.zeros(n, dtype=torch.float32, device=dev)
-        self.seed = torch.zeros(n, dtype=torch.int64, device=dev)
+        _front._alloc_slot_buffers(self, n, dev)
         self.seen = torch.zeros(n, dtype=torch.int64, device=dev)   # sequence index of the next token to consume
         #: per slot and local row: the sequence index sampled there as a Wait forced instead of an end (-1: none)
         self.wait_at = torch.full((n, self.rows_per_req), -1, dtype=torch.int64, device=dev)

@@ -150,6 +150,21 @@ def tokenizer_defaults(tokenizer) -> dict:
     return {"end_think_ids": (int(end),), "wait_ids": tuple(int(i) for i in wait)}
 
 
+def _alloc_slot_buffers(proc, n: int, dev) -> None:
+    """Per-row (V1) / per-slot (MRV2) buffers both runners keep: the budget state, the forcing table
+    (ids, Wait / end / answer-prefix lengths), the request's sampling parameters and its seed."""
+    proc.state = torch.zeros(n, 8, dtype=torch.int64, device=dev)
+    proc.ids = torch.zeros(n, 1, dtype=torch.int64, device=dev)
+    proc.lw = torch.zeros(n, dtype=torch.int64, device=dev)
+    proc.le = torch.ones(n, dtype=torch.int64, device=dev)
+    proc.la = torch.zeros(n, dtype=torch.int64, device=dev)
+    proc.temperature = torch.ones(n, dtype=torch.float32, device=dev)
+    proc.top_k = torch.zeros(n, dtype=torch.int32, device=dev)
+    proc.top_p = torch.ones(n, dtype=torch.float32, device=dev)
+    proc.min_p = torch.zeros(n, dtype=torch.float32, device=dev)
+    proc.seed = torch.zeros(n, dtype=torch.int64, device=dev)
+
+
 def _register_live(proc, vllm_config) -> None:
     """Loaded twice in one engine (entry point + ``logits_processors=[...]``): only the last instance acts."""
     prev = _LIVE.get(id(vllm_config))
@@ -232,16 +247,7 @@ class BudgetForcingLogitsProcessorV1(_Shared, *((_V1Base,) if _V1Base is not Non
         n = int(vllm_config.scheduler_config.max_num_seqs)
         self.defaults = _resolve_defaults(self, vllm_config, self.vocab_size)
         dev = self.device
-        self.state = torch.zeros(n, 8, dtype=torch.int64, device=dev)
-        self.ids = torch.zeros(n, 1, dtype=torch.int64, device=dev)
-        self.lw = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.le = torch.ones(n, dtype=torch.int64, device=dev)
-        self.la = torch.zeros(n, dtype=torch.int64, device=dev)
-        self.temperature = torch.ones(n, dtype=torch.float32, device=dev)
-        self.top_k = torch.zeros(n, dtype=torch.int32, device=dev)
-        self.top_p = torch.ones(n, dtype=torch.float32, device=dev)
-        self.min_p = torch.zeros(n, dtype=torch.float32, device=dev)
-        self.seed = torch.zeros(n, dtype=torch.int64, device=dev)
+        _alloc_slot_buffers(self, n, dev)
         self.replaced = torch.zeros(n, dtype=torch.bool, device=dev)
         self.emitted = torch.zeros(n, dtype=torch.int64, device=dev)  # output tokens consumed (Philox offset)
         self.rows: dict[int, list] = {}   # batch index -> [output_ids (live list), tokens consumed]

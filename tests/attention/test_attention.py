@@ -11,17 +11,9 @@ import torch
 
 import tts_kernels as tk
 
-from test_attention_helpers import (BACKENDS, DTYPES, assert_close_to_oracle, dtype_id, is_interpreted,
-                                    random_caches, random_forest, require_backend)
+from helpers.attention import (DTYPES, assert_close_to_oracle, dtype_id, is_interpreted, random_caches, random_forest)
 
 KINDS = ("forest", "singletons", "chain", "identical")
-
-
-@pytest.fixture(params=BACKENDS + ("auto",))
-def backend(request):
-    if request.param != "auto":
-        require_backend(request.param)
-    return request.param
 
 
 def _run_case(backend, kind, gqa, dtype, *, seed, n_rows=6, bs=4, max_blocks=6, hkv=2, d=64, chunk_size=8,

@@ -1,17 +1,14 @@
 """Helpers shared by the tree-attention tests (no tests here): backends, random forests, tolerances."""
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 
 from tts_kernels.attention import impls
 from tts_kernels.attention.reference import paged_attention_dense
 
-from conftest import require_extension, require_triton
+from helpers.backends import BACKENDS  # noqa: F401
+from helpers.backends import require_backend as _require
 
-BACKENDS = ("reference", "cpp", "triton")
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 # Added to the "2x the low-precision reference's error" bound (covers float32 summation-order noise).
 ATOL_FLOOR = {torch.float32: 2e-5, torch.bfloat16: 2e-3, torch.float16: 3e-4}
@@ -21,25 +18,9 @@ def dtype_id(d):
     return str(d).replace("torch.", "")
 
 
-def _missing(reason: str) -> None:
-    if os.environ.get("TTS_KERNELS_REQUIRE_ALL_BACKENDS", "0") == "1":
-        pytest.fail(reason)
-    print(f"SKIP: {reason}")
-    pytest.skip(reason)
-
-
 def require_backend(name: str) -> None:
-    """Skip (printing why) when a backend has not landed or cannot run here."""
-    if name == "cpp":
-        require_extension()
-        if not impls.cpp_available():
-            _missing(impls.cpp_unavailable_reason())
-    elif name == "triton":
-        require_triton()
-        try:
-            import tts_kernels.attention.triton_kernel  # noqa: F401
-        except ImportError as exc:
-            _missing(f"the Triton tree-attention kernel is not importable: {exc}")
+    """Skip (or fail in CI) when tree-attention backend ``name`` is not usable here."""
+    _require(name, impls, "tts_kernels.attention.triton_kernel")
 
 
 def is_interpreted(backend: str) -> bool:

@@ -7,7 +7,7 @@ import torch
 import tts_kernels as tk
 from tts_kernels.attention.planner import DEFAULT_CHUNK_SIZE
 
-from test_attention_helpers import random_forest
+from helpers.attention import random_forest
 
 KINDS = ("forest", "singletons", "chain", "identical")
 

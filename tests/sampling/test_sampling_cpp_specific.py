@@ -4,7 +4,7 @@ the row-parallel and the within-row-parallel schedules, and input checks."""
 import pytest
 import torch
 
-from conftest import require_extension
+from helpers.backends import require_extension
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing
 from tts_kernels.sampling.reference import sample_reference

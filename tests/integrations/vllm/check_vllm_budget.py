@@ -1,11 +1,11 @@
 """Budget forcing inside a real vLLM engine (run in the vLLM virtual environment).
 
-    VLLM_ENABLE_V1_MULTIPROCESSING=0 python tests/vllm/check_vllm_budget.py [--out result.json]
+    VLLM_ENABLE_V1_MULTIPROCESSING=0 python tests/integrations/vllm/check_vllm_budget.py [--out result.json]
 
 Offline: makes a tiny random-weight Llama checkpoint (head_dim 32), runs one
 mixed batch (budgeted requests with different budgets and sampling settings,
 unbudgeted ones) with the processor, and the same batch without it; checks every
-budgeted sequence against the rules (tests/vllm/budget_checker.py) and that the
+budgeted sequence against the rules (tests/integrations/vllm/budget_checker.py) and that the
 unbudgeted requests are identical; checks that validate_params rejects bad
 settings. Prints a JSON summary (and writes it to --out); exit status 1 on failure.
 """

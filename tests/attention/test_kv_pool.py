@@ -7,7 +7,7 @@ import torch
 import tts_kernels as tk
 from tts_kernels import KVPoolError, OutOfBlocksError
 
-from test_attention_helpers import assert_close_to_oracle
+from helpers.attention import assert_close_to_oracle
 
 BS, HKV, D = 4, 2, 8
 

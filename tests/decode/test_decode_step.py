@@ -24,8 +24,7 @@ from tts_kernels.decode import Engine, load
 from tts_kernels.decode import model as model_mod
 from tts_kernels.decode import step as step_mod
 
-sys.path.insert(0, os.path.dirname(__file__))
-from test_decode_engine import _random_model  # noqa: E402
+from helpers.models import random_model as _random_model
 
 SLOW = os.environ.get("TTS_KERNELS_SLOW_TESTS", "0") == "1"
 PROMPTS = ["49+9-3-6=?<think>", "7*8-5=?<think>"]

@@ -12,16 +12,9 @@ from scipy import stats
 import tts_kernels as tk
 from tts_kernels.sampling.reference import filter_mask
 
-from sampling_utils import (BACKENDS, call, decisive_rows, is_small, mixed_params, random_logits,
-                            reference_scores, require_backend)
+from helpers.sampling import call, decisive_rows, is_small, mixed_params, random_logits, reference_scores
 
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-
-
-@pytest.fixture(params=BACKENDS)
-def backend(request):
-    require_backend(request.param)
-    return request.param
 
 
 # ---------------------------------------------------------------------------

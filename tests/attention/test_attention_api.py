@@ -6,7 +6,7 @@ import torch
 
 import tts_kernels as tk
 
-from test_attention_helpers import assert_close_to_oracle, random_caches, random_forest
+from helpers.attention import assert_close_to_oracle, random_caches, random_forest
 
 N, HQ, HKV, D, BS, NBLK = 3, 8, 2, 64, 4, 10
 
