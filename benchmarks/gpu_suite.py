@@ -42,7 +42,7 @@ def stages(out: Path, dry_run: bool):
         return [
             ("cuda_tests", [py, "-m", "pytest", "tests/gpu", "-q", "-p", "no:cacheprovider", "-rs"], 300, None),
             ("sampler", [py, str(BENCH / "bench_sampling_gpu.py"), "--device", "cpu", "--quick", "--no-budget",
-                         "--impls", "reference", "--out", str(out / "sampling_gpu.json")], 300,
+                         "--impls", "tts_kernels.reference", "--out", str(out / "sampling_gpu.json")], 300,
              out / "sampling_gpu.json"),
             ("tree_attention", [py, str(BENCH / "bench_tree_attention.py"), "--device", "cpu", "--sweep", "quick",
                                 "--max-reps", "2", "--out", str(out / "tree_attention_gpu.json")], 300,
