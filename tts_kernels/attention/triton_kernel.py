@@ -248,21 +248,23 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     """Stage-1 tiles, a function of dtype, head dim and GQA group only (never of the plan).
 
     Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps)``. Chosen so that no
-    variant spills on sm_90 (see tests/attention/test_triton_static.py and the cost notes in the
-    module docstring): 16-bit inputs use 128-row query tiles (64 at D = 256) with 8 warps; float32
-    keeps an IEEE dot (the float32 tolerance rules out tf32) with 32-row tiles (16 at D = 256).
+    variant spills on sm_90 (AOT-compiled, see tests/attention/test_triton_static.py): 16-bit inputs
+    use 128-row query tiles (64 at D = 256); float32 keeps an IEEE dot (the float32 tolerance rules
+    out tf32) with 32-row tiles. A GQA group wider than the tile takes one group per tile.
     """
     group = Hq // Hkv
     group_pad = _next_pow2(group)
     block_d = max(16, _next_pow2(D))
-    if dtype == torch.float32:
-        max_m = 32 if block_d <= 128 else 16
-        block_n = 32
-        warps = 4
-    else:
-        max_m = 128 if block_d <= 128 else 64
-        block_n = 64 if block_d <= 128 else 32
-        warps = 8 if max_m * block_d >= 128 * 128 or block_d >= 256 else 4
+    # (query rows, KV tokens, warps) per tile; registers on sm_90 for 32/8 heads in the comments
+    # (triton 3.9, AOT: tests/attention/test_triton_static.py). Larger tiles spill.
+    if dtype == torch.float32:  # IEEE FMA dot
+        max_m, block_n, warps = {64: (32, 32, 4),      # 104 regs
+                                 128: (32, 32, 8),     # 86 regs
+                                 256: (32, 16, 8)}.get(max(64, block_d), (32, 16, 8))  # 206 regs
+    else:  # wgmma
+        max_m, block_n, warps = {64: (128, 64, 4),     # 224 regs
+                                 128: (128, 64, 8),    # 254 regs
+                                 256: (64, 16, 8)}.get(max(64, block_d), (64, 16, 8))  # 254 regs
     block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
