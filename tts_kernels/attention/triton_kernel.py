@@ -5,12 +5,15 @@ lists the query rows that share it (pairs ``chunk_q_ptr[c] .. chunk_q_ptr[c+1]``
 
 Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + P // BLOCK_R, Hkv)``:
 
-* program ``i < C`` takes the first ``BLOCK_R`` pairs of chunk ``i``;
-* program ``C + k`` takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
+* item ``i < C`` takes the first ``BLOCK_R`` pairs of chunk ``i``;
+* item ``C + k`` takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
   minus the first tiles of their chunks. Rests of two chunks are at least
   ``BLOCK_R`` pairs apart (a first tile separates them), so a window meets at
   most one chunk's rest: the program finds that chunk by a binary search of
   ``chunk_q_ptr`` and takes ``[max(k * BLOCK_R, p0 + BLOCK_R), min((k + 1) * BLOCK_R, p1))``.
+
+Programs take the windows first (the rest of a chunk exists only for chunks wider
+than a tile: the longest-running items start first), then the first tiles.
 
 Every (chunk, tile of BLOCK_R pairs) of the plan is covered exactly once, the
 grid depends only on the plan's capacity (C, P) and on ``BLOCK_R`` (dtype, head
@@ -77,8 +80,13 @@ def _tree_attn_stage1(
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
-    item = tl.program_id(0)
     kvh = tl.program_id(1)
+    # Rest windows first: they belong to the widest chunks, the longest items (started first, they
+    # do not trail the launch), and their chunk's first tiles follow right after (L2 reuse).
+    num_windows = tl.num_programs(0) - num_chunks
+    item = tl.program_id(0) - num_windows
+    if item < 0:
+        item = item + tl.num_programs(0)  # windows: num_chunks + k
 
     # ---- work item -> (chunk c, pairs [pa, pb)) ----
     if item < num_chunks:
