@@ -52,11 +52,21 @@ def test_constexprs_do_not_follow_the_plan(monkeypatch):
     assert g0[1] == g1[1] == hkv
 
 
+def test_two_tile_variants_at_most():
+    """Only 16-bit D <= 128 has a second (256-row) variant, chosen by the plan's row bound."""
+    from tts_kernels.attention.triton_kernel import stage1_config, wide_tiles
+
+    assert not wide_tiles(32, 8, 128, torch.bfloat16, 32) and wide_tiles(32, 8, 128, torch.bfloat16, 33)
+    assert not wide_tiles(32, 8, 256, torch.bfloat16, 256) and not wide_tiles(32, 8, 128, torch.float32, 256)
+    assert stage1_config(32, 8, 128, torch.bfloat16, True)["BLOCK_M"] == 256
+
+
 def test_grid_follows_capacity():
     from tts_kernels.attention.triton_kernel import num_work_items, stage1_config
 
     br = stage1_config(32, 8, 128, torch.bfloat16)["BLOCK_R"]
-    assert num_work_items(300, 1024, br) == 300 + 1024 // br
+    assert num_work_items(300, 1024, br) == 300 + 1023 // br
+    assert num_work_items(5, 0, br) == 5
 
 
 # ---------------------------------------------------------------------------
@@ -104,11 +114,14 @@ def _sm90():
 @pytest.mark.parametrize("dtype", list(_TY), ids=lambda t: _TY[t])
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("hq,hkv", [(32, 8), (8, 1)])
-def test_stage1_no_spills_sm90(dtype, d, hq, hkv):
+@pytest.mark.parametrize("wide", [False, True], ids=["tiles", "wide"])
+def test_stage1_no_spills_sm90(dtype, d, hq, hkv, wide):
     _sm90()
     from tts_kernels.attention import triton_kernel as tri
 
-    cfg = tri.stage1_config(hq, hkv, d, dtype)
+    if wide and not tri.wide_tiles(hq, hkv, d, dtype, 256):
+        pytest.skip("no wide variant")
+    cfg = tri.stage1_config(hq, hkv, d, dtype, wide)
     t = _TY[dtype]
     ptrs = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "out_p_ptr": f"*{_TY[tri.partial_dtype(dtype)]}",
             "lse_p_ptr": "*fp32", "scale_log2": "fp32"}

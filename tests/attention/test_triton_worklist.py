@@ -25,8 +25,8 @@ def _small_tiles(monkeypatch, block_r, block_n=16):
 
     real = tk_tri.stage1_config
 
-    def cfg(Hq, Hkv, D, dtype=torch.bfloat16):
-        c = dict(real(Hq, Hkv, D, dtype))
+    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False):
+        c = dict(real(Hq, Hkv, D, dtype, wide))
         c["BLOCK_R"] = block_r
         c["BLOCK_M"] = max(16, block_r * c["GROUP_PAD"])
         c["BLOCK_N"] = block_n
@@ -36,18 +36,32 @@ def _small_tiles(monkeypatch, block_r, block_n=16):
     monkeypatch.setattr(tk_tri, "stage1_config", cfg)
 
 
+@pytest.mark.parametrize("pad_pairs", [0, 3])
 @pytest.mark.parametrize("block_r", [1, 2, 3])
 @pytest.mark.parametrize("kind", ["forest", "identical", "chain"])
-def test_worklist_split_rows(monkeypatch, block_r, kind):
+def test_worklist_split_rows(monkeypatch, block_r, kind, pad_pairs):
     """Chunks with more rows than a tile: first tiles + rest windows cover every pair once."""
     require_triton()
     _small_tiles(monkeypatch, block_r)
     d, hq, hkv, bs = 16, 4, 2, 4
     q, k, v, bt, lens = make_inputs(kind, 9, bs, hq, hkv, d, torch.float32, seed=40 + block_r)
-    plan = simple_plan(bt, lens, bs, max_chunk_blocks=2, pad_chunks=2, pad_pairs=3)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=2, pad_chunks=2, pad_pairs=pad_pairs)
     check_plan_covers(plan, lens)
     out, lse = run_triton(q, k, v, bt, lens, plan, 0.3)
     check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
+
+
+def test_wide_tile_variant():
+    """More query rows per chunk than 128: the 256-row tile variant (16-bit), rows split over items."""
+    require_triton()
+    d, hq, hkv, bs = 16, 8, 1, 8
+    q, k, v, bt, lens = make_inputs("identical", 40, bs, hq, hkv, d, torch.float16, seed=9)
+    plan = simple_plan(bt, lens, bs)
+    from tts_kernels.attention.triton_kernel import wide_tiles
+
+    assert wide_tiles(hq, hkv, d, torch.float16, plan.max_rows_per_chunk)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
@@ -130,13 +144,14 @@ def test_cost_model_best_of_n():
     plan = _plan(chunks, N)
     assert stage1_config(Hq, Hkv, D, torch.bfloat16)["BLOCK_R"] == 32  # 128 query rows = 32 rows x 4 heads
     cost = stage1_cost(plan, Hq, Hkv, D, torch.bfloat16)
+    assert cost["block_r"] == 64  # 256 rows per chunk: the 256-query-row variant, 64 rows x 4 heads
     C, P = 2 + N, 2 * N + N
-    assert cost["ctas_launched"] == (C + P // 32) * Hkv == (258 + 24) * 8
-    assert cost["ctas_live"] == (2 * 8 + N) * Hkv  # 8 row tiles per shared chunk, 1 per own chunk
+    assert cost["ctas_launched"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
+    assert cost["ctas_live"] == (2 * 4 + N) * Hkv  # 4 row tiles per shared chunk, 1 per own chunk
     tok = Hkv * D * 2 * 2  # K and V bytes per token
     assert cost["kv_unique_bytes"] == (8192 + N * 64) * tok
-    assert cost["kv_sm_bytes"] == (8 * 8192 + N * 64) * tok
-    assert cost["max_passes"] == 8
+    assert cost["kv_sm_bytes"] == (4 * 8192 + N * 64) * tok
+    assert cost["max_passes"] == 4
     assert cost["partial_bytes"] == 2 * (3 * N) * Hq * (D * 2 + 4)
     assert cost["partial_bytes"] / cost["kv_unique_bytes"] < 0.13
 
@@ -150,7 +165,7 @@ def test_cost_model_padding_and_misaligned_rest():
     plan = _plan(chunks, 20, pad_chunks=3, pad_pairs=9)
     cost = stage1_cost(plan, Hq, Hkv, D, torch.float32)
     assert cost["block_r"] == 8
-    assert cost["ctas_launched"] == (5 + 32 // 8) * Hkv
+    assert cost["ctas_launched"] == (5 + 31 // 8) * Hkv
     # chunk 1: first tile [3, 11), rest [11, 23) meets windows [8,16), [16,24): 3 passes
     assert cost["ctas_live"] == 1 + 3
     assert cost["max_passes"] == 3

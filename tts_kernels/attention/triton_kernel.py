@@ -3,10 +3,10 @@
 The plan (``tts_kernels/attention/plan.py``) splits the KV into chunks; each chunk
 lists the query rows that share it (pairs ``chunk_q_ptr[c] .. chunk_q_ptr[c+1]``).
 
-Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + P // BLOCK_R, Hkv)``:
+Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + (P - 1) // BLOCK_R, Hkv)``:
 
 * item ``i < C`` takes the first ``BLOCK_R`` pairs of chunk ``i``;
-* item ``C + k`` takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
+* item ``C + k - 1`` (``k >= 1``) takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
   minus the first tiles of their chunks. Rests of two chunks are at least
   ``BLOCK_R`` pairs apart (a first tile separates them), so a window meets at
   most one chunk's rest: the program finds that chunk by a binary search of
@@ -95,7 +95,7 @@ def _tree_attn_stage1(
         pa = p0
         pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), p0 + BLOCK_R)
     else:
-        w0 = (item - num_chunks) * BLOCK_R
+        w0 = (item - num_chunks + 1) * BLOCK_R  # window 0 never holds a rest
         # largest c in [0, C) with chunk_q_ptr[c] <= w0
         lo = 0
         hi = num_chunks
@@ -252,8 +252,19 @@ def _next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
-def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16):
-    """Stage-1 tiles, a function of dtype, head dim and GQA group only (never of the plan).
+def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, max_rows_per_chunk: int) -> bool:
+    """256-row query tiles (16-bit, D <= 128) when a chunk can hold more query rows than 128.
+
+    Halves the passes over a widely shared chunk's KV (8 -> 4 at N = 256, 32/8 heads). The only
+    plan-dependent compile-time choice: two variants in all, and a fixed-capacity plan
+    (``max_rows_per_chunk = N``) always takes the same one.
+    """
+    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= 128
+            and max_rows_per_chunk * _next_pow2(Hq // Hkv) > 128)
+
+
+def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, wide: bool = False):
+    """Stage-1 tiles, a function of dtype, head dim, GQA group and ``wide`` (:func:`wide_tiles`).
 
     Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps)``. Chosen so that no
     variant spills on sm_90 (AOT-compiled, see tests/attention/test_triton_static.py): 16-bit inputs
@@ -269,6 +280,9 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
         max_m, block_n, warps = {64: (32, 32, 4),      # 104 regs
                                  128: (32, 32, 8),     # 86 regs
                                  256: (32, 16, 8)}.get(max(64, block_d), (32, 16, 8))  # 206 regs
+    elif wide and block_d <= 128:  # wgmma, 256-row tiles
+        max_m, block_n, warps = {64: (256, 64, 8),     # 217 regs
+                                 128: (256, 32, 8)}[max(64, block_d)]  # 239 regs
     else:  # wgmma
         max_m, block_n, warps = {64: (128, 64, 4),     # 224 regs
                                  128: (128, 64, 8),    # 254 regs
@@ -293,7 +307,7 @@ def partial_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def num_work_items(num_chunks: int, num_pairs: int, block_r: int) -> int:
     """Stage-1 programs per KV head: a first tile per chunk plus one per window of the rest."""
-    return num_chunks + num_pairs // block_r
+    return num_chunks + max(0, num_pairs - 1) // block_r  # rests lie in [block_r, P): windows 1..
 
 
 def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16):
@@ -302,7 +316,7 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     Returns a dict:
 
     * ``block_r``: query rows per stage-1 item; ``ctas_launched`` / ``ctas_live``: stage-1 programs
-      (``(C + P // block_r) * Hkv``) and those with work;
+      (``(C + (P - 1) // block_r) * Hkv``) and those with work;
     * ``kv_unique_bytes``: K and V of every live chunk once (the plan reads each unique token once
       per chunk: equal to the unique KV of the batch for a maximal-sharing plan);
     * ``kv_sm_bytes``: K and V bytes loaded by stage 1 into the SMs: each live item reads its chunk
@@ -310,7 +324,7 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
     * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
     """
-    cfg = stage1_config(Hq, Hkv, D, dtype)
+    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, plan.max_rows_per_chunk))
     br = cfg["BLOCK_R"]
     isz = torch.empty((), dtype=dtype).element_size()
     psz = torch.empty((), dtype=partial_dtype(dtype)).element_size()
@@ -366,7 +380,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if N == 0:
         return out, lse
 
-    cfg = stage1_config(Hq, Hkv, D, q.dtype)
+    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, plan.max_rows_per_chunk))
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     precision = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
