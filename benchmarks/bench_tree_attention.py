@@ -15,6 +15,11 @@ tree attention over
 * ``flash_attn``: ``flash_attn_with_kvcache`` (paged) and ``flashinfer_cascade``
   (FlashInfer's two-level cascade) when installed (CUDA only).
 
+With the Triton implementation each configuration also records the kernels' static
+accounting (``triton_cost``: KV bytes into the SMs / unique, live / launched
+CTAs, partial bytes) and times ``tree_wide``, a plan with long chunks for the
+shared prefix (``--wide-chunk-rows``).
+
 Every skipped baseline is printed with its reason. Usage::
 
     python benchmarks/bench_tree_attention.py                  # GPU sweep if CUDA, else the CPU sweep
@@ -138,7 +143,17 @@ def flashinfer_cascade_fn(q, k, v, bt, sl, prefix, suffix):
     return lambda: w.run(q, kv)
 
 
-def bench_config(cfg, device, bs, min_time, max_reps, gen):
+def triton_cost(plan, hq, hkv, D, dtype):
+    """Static accounting of the Triton kernels for this plan (tts_kernels.attention.triton_kernel.stage1_cost)."""
+    try:
+        from tts_kernels.attention.triton_kernel import stage1_cost
+    except Exception as exc:  # triton not installed
+        skip("triton static cost", f"{type(exc).__name__}: {exc}")
+        return None
+    return stage1_cost(plan, hq, hkv, D, dtype)
+
+
+def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None):
     N, prefix, suffix, (hq, hkv), D, dtype = cfg
     q, k, v, bt, sl = make_workload(N, prefix, suffix, hq, hkv, D, dtype, device, bs, gen)
     itemsize = k.element_size()
@@ -155,6 +170,12 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen):
     rec["plan_s"] = timeit(plan_fn(True), device, min_time / 4, 20)
     rec["plan_noshare_s"] = timeit(plan_fn(False), device, min_time / 4, 20)
     rec["plan_chunks"], rec["plan_pairs"] = plan.num_chunks, plan.num_pairs
+    rec["triton_cost"] = triton_cost(plan, hq, hkv, D, dtype)
+    plan_wide = None
+    if wide_chunk_rows:  # long chunks for the widely shared prefix: fewer partials per row
+        plan_wide = tk.plan_tree_attention(bt, sl, bs, wide_chunk_rows=wide_chunk_rows)
+        rec["plan_wide_chunks"], rec["plan_wide_pairs"] = plan_wide.num_chunks, plan_wide.num_pairs
+        rec["triton_cost_wide"] = triton_cost(plan_wide, hq, hkv, D, dtype)
     backend = "auto"
     impl = attn_impls.default_for(device).__name__
     rec["tree_impl"] = impl
@@ -162,6 +183,8 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen):
         "tree": lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend=backend),
         "tree_noshare": lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan_ns, validate=False, backend=backend),
     }
+    if plan_wide is not None:
+        fns["tree_wide"] = lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan_wide, validate=False, backend=backend)
     if ab * 1.1 > SDPA_MAX_BYTES:
         skip("sdpa_gathered", f"gathered KV would take {ab / 2 ** 30:.1f} GiB (> {SDPA_MAX_BYTES / 2 ** 30:.0f})")
     else:
@@ -200,6 +223,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     ap.add_argument("--min-time", type=float, default=None, help="seconds of timing per measurement")
     ap.add_argument("--max-reps", type=int, default=50)
+    ap.add_argument("--wide-chunk-rows", type=int, default=32,
+                    help="also time a plan with plan_tree_attention(wide_chunk_rows=...) ('tree_wide'); 0: off")
     ap.add_argument("--out", default=None, help="results JSON (default results/tree_attention_<device>.json; "
                                                  "'none' to skip)")
     args = ap.parse_args(argv)
@@ -218,7 +243,7 @@ def main(argv=None):
     records = []
     for cfg in itertools.product(sweep["N"], sweep["prefix"], sweep["suffix"], sweep["heads"], sweep["D"],
                                  (sweep["dtype"],)):
-        rec = bench_config(cfg, device, args.block_size, min_time, args.max_reps, gen)
+        rec = bench_config(cfg, device, args.block_size, min_time, args.max_reps, gen, args.wide_chunk_rows)
         records.append(rec)
         t = rec["times_s"]
         others = ", ".join(f"{n} {fmt_time(ts)} ({rec['speedup_vs'][n]:.2f}x)" for n, ts in t.items() if n != "tree")
@@ -227,6 +252,12 @@ def main(argv=None):
             f"{rec['tree_unique_gbps']:.1f} GB/s of {rec['unique_kv_bytes'] / 1e6:.1f} MB unique KV; "
             f"plan {fmt_time(rec['plan_s'])} ({rec['plan_chunks']} chunks, {rec['plan_pairs']} pairs); "
             f"speedup vs {others}")
+        for key in ("triton_cost", "triton_cost_wide"):
+            c = rec.get(key)
+            if c:
+                log(f"    {key}: KV into SMs {c['kv_passes']:.2f}x unique (widest chunk {c['max_passes']} passes), "
+                    f"CTAs {c['ctas_live']}/{c['ctas_launched']} live, partials {c['partial_bytes'] / c['kv_unique_bytes']:.3f}x "
+                    f"unique KV")
     # Planning cost at the largest shape of the issue, whatever the sweep.
     bt = torch.cat([torch.arange(2048, dtype=torch.int32).repeat(256, 1),
                     2048 + torch.arange(256 * 4, dtype=torch.int32).view(256, 4)], 1).to(device)

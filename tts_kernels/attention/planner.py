@@ -42,6 +42,8 @@ from .. import _checks
 from .plan import TreeAttentionPlan
 
 DEFAULT_CHUNK_SIZE = 512
+#: most that ``wide_chunk_rows`` lengthens a chunk (x chunk_size)
+WIDE_CHUNK_MAX_FACTOR = 16
 
 _I32 = torch.int32
 
@@ -50,7 +52,7 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
                         chunk_size: Optional[int] = None, sharing: bool = True,
                         capacity: Optional[Tuple[int, int]] = None,
                         out: Optional[TreeAttentionPlan] = None,
-                        validate: bool = True) -> TreeAttentionPlan:
+                        validate: bool = True, wide_chunk_rows: Optional[int] = None) -> TreeAttentionPlan:
     """Plan tree attention for one decode step (reusable by every layer).
 
     Parameters
@@ -80,16 +82,30 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         are overwritten in place, e.g. the buffers a captured CUDA graph reads.
     validate : bool
         Check the values of ``seq_lens`` (a host sync on CUDA; planning syncs anyway).
+    wide_chunk_rows : int, optional
+        Longer chunks for widely shared segments: a segment shared by ``R``
+        rows is cut into chunks of ``chunk_size * f`` tokens with ``f`` the
+        largest power of two ``<= R / wide_chunk_rows``, clamped to
+        ``[1, WIDE_CHUNK_MAX_FACTOR]``. Each chunk costs every one of its rows
+        a partial output (``Hq * D`` values written and read back), so the
+        partial traffic per KV byte of a segment grows as ``R / chunk_len``;
+        this keeps it bounded when many rows share a prefix (Best-of-N with
+        N = 256), while the kernels still split the rows into many programs.
+        Default ``None``: every chunk has at most ``chunk_size`` tokens.
     """
     if _checks.checks_enabled():
         _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate)
+        if wide_chunk_rows is not None and (isinstance(wide_chunk_rows, bool) or not isinstance(wide_chunk_rows, int)
+                                            or wide_chunk_rows < 1):
+            raise ValueError(f"wide_chunk_rows must be a positive int, got {wide_chunk_rows!r}")
     if out is not None and capacity is None:
         capacity = (out.num_chunks, out.num_pairs)
     cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
     cs = max(block_size, cs // block_size * block_size)
-    plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing))
+    plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows)
     if capacity is not None:
-        plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs)
+        wide = WIDE_CHUNK_MAX_FACTOR if wide_chunk_rows else 1
+        plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs * wide)
     if out is not None:
         for dst, src in zip(out.tensors(), plan.tensors()):
             dst.copy_(src)
@@ -192,7 +208,7 @@ def _lexsort_rows(key: torch.Tensor) -> torch.Tensor:
     return torch.argsort(inverse, stable=True)
 
 
-def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
+def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None) -> TreeAttentionPlan:
     dev = block_tables.device
     N, M = block_tables.shape
     if N == 0 or M == 0:
@@ -253,14 +269,19 @@ def _build(block_tables, seq_lens, bs, cs, sharing) -> TreeAttentionPlan:
     tok1 = torch.minimum(ej * bs, sl[sr])
     nrows = size[sr, sx]
 
-    # Split segments into chunks of at most cs tokens.
+    # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows).
+    if wide_chunk_rows:
+        f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)
+        f = torch.pow(2, torch.floor(torch.log2(f.double())).long())
+        cs = cs * f
     nchunk = (tok1 - tok0 + cs - 1) // cs
     C = int(nchunk.sum())
     seg_of = segment_ids(nchunk, C)
     first = torch.cumsum(nchunk, 0) - nchunk
     k = torch.arange(C, device=dev) - first[seg_of]
-    c_start = tok0[seg_of] + k * cs
-    c_len = torch.minimum(tok1[seg_of] - c_start, torch.full_like(c_start, cs))
+    cs_c = cs[seg_of] if torch.is_tensor(cs) else torch.full_like(k, cs)
+    c_start = tok0[seg_of] + k * cs_c
+    c_len = torch.minimum(tok1[seg_of] - c_start, cs_c)
     c_leader = sr[seg_of]
     c_rows = nrows[seg_of]
 

@@ -1,29 +1,51 @@
 """Triton kernels of tree attention (decode attention that reads each shared KV prefix once).
 
 The plan (``tts_kernels/attention/plan.py``) splits the KV into chunks; each chunk
-lists the query rows that share it.
+lists the query rows that share it (pairs ``chunk_q_ptr[c] .. chunk_q_ptr[c+1]``).
 
-Stage 1, grid ``(num_chunks, Hkv, cdiv(max_rows_per_chunk, BLOCK_R))``: a program
-takes one chunk, one KV head and a tile of ``BLOCK_R`` of the chunk's query rows.
-The rows' GQA groups of query heads are stacked into an ``[BLOCK_M, D]`` query
-tile (``BLOCK_M = BLOCK_R * GROUP_PAD``, at least 16 for ``tl.dot``), so each
-``BLOCK_N``-token K/V tile is gathered from the paged cache once and used for
-all of them: scores are ``tl.dot([BLOCK_M, D], [D, BLOCK_N])``, online softmax
-in float32 (base 2), ``acc += tl.dot(p, V)``. It writes per-pair float32
-partial outputs and natural-log LSEs. Padding chunks (``chunk_len == 0``) and
-tiles past a chunk's row count exit at once.
+Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + (P - 1) // BLOCK_R, Hkv)``:
 
-Stage 2, grid ``(N, cdiv(Hq, BLOCK_H))``: merges each row's pairs by
-log-sum-exp and writes the output in q's dtype and the LSE in float32.
+* item ``i < C`` takes the first ``BLOCK_R`` pairs of chunk ``i``;
+* item ``C + k - 1`` (``k >= 1``) takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
+  minus the first tiles of their chunks. Rests of two chunks are at least
+  ``BLOCK_R`` pairs apart (a first tile separates them), so a window meets at
+  most one chunk's rest: the program finds that chunk by a binary search of
+  ``chunk_q_ptr`` and takes ``[max(k * BLOCK_R, p0 + BLOCK_R), min((k + 1) * BLOCK_R, p1))``.
 
-Both grids depend only on the plan's capacity (``num_chunks``,
-``max_rows_per_chunk``) and on shapes, never on plan contents: no host sync,
-CUDA-graph capturable with a fixed-capacity plan.
+Programs take the windows first (the rest of a chunk exists only for chunks wider
+than a tile: the longest-running items start first), then the first tiles.
+
+Every (chunk, tile of BLOCK_R pairs) of the plan is covered exactly once, the
+grid depends only on the plan's capacity (C, P) and on ``BLOCK_R`` (dtype, head
+dim, GQA group): no host sync, CUDA-graph capturable, and a widening search
+never recompiles (no constexpr follows the plan). Programs with nothing to do
+(padding chunks, windows that hold only first tiles) exit after a few scalar
+loads; :func:`stage1_cost` counts them.
+
+Each item stacks its rows' GQA groups of query heads into a ``[BLOCK_M, D]``
+query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
+tile gathered from the paged cache serves all of them: ``tl.dot`` for the
+scores, online softmax in float32 (base 2), ``acc += tl.dot(p, V)``. Tile sizes
+are chosen per dtype so that no variant spills (float32 keeps an IEEE dot and
+small tiles; 16-bit inputs take 128-row query tiles at D <= 128).
+
+Paged gather: the block size is a constexpr. When it is a power of two, tiles
+are aligned to blocks (chunks start on block boundaries): a multiple of
+``BLOCK_N`` puts a K/V tile inside one block (one block-id load per tile), a
+smaller one loads the ``BLOCK_N // BS`` ids of the tile's blocks and broadcasts
+them (one load per block, shift/mask offsets). Other block sizes look up a block
+id per token (constant division).
+
+Partials are written in the input dtype for bfloat16/float16 (normalised outputs,
+one rounding like the final output) and float32 for float32; LSEs in float32.
+
+Stage 2, grid ``(N, cdiv(Hq, BLOCK_H))``: merges each row's pairs by log-sum-exp,
+``BLOCK_P`` pairs per step (independent loads: no serial pair walk): a pass over
+the LSEs for the max, then a pass that accumulates the weighted partials.
 """
 from __future__ import annotations
 
 import os
-
 
 import torch
 import triton
@@ -32,7 +54,6 @@ import triton.language as tl
 from .plan import TreeAttentionPlan
 
 _LOG2E = 1.4426950408889634
-_LN2 = 0.6931471805599453
 
 
 @triton.jit
@@ -41,7 +62,7 @@ def _tree_attn_stage1(
     chunk_row_ptr, chunk_start_ptr, chunk_len_ptr, chunk_q_ptr_ptr, q_rows_ptr,
     out_p_ptr, lse_p_ptr,
     scale_log2,
-    block_size,
+    num_chunks, search_steps,
     stride_qn, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -54,26 +75,51 @@ def _tree_attn_stage1(
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    BS: tl.constexpr,
+    BS_POW2: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
-    c = tl.program_id(0)
     kvh = tl.program_id(1)
-    tile = tl.program_id(2)
+    # Rest windows first: they belong to the widest chunks, the longest items (started first, they
+    # do not trail the launch), and their chunk's first tiles follow right after (L2 reuse).
+    num_windows = tl.num_programs(0) - num_chunks
+    item = tl.program_id(0) - num_windows
+    if item < 0:
+        item = item + tl.num_programs(0)  # windows: num_chunks + k
 
+    # ---- work item -> (chunk c, pairs [pa, pb)) ----
+    if item < num_chunks:
+        c = item
+        p0 = tl.load(chunk_q_ptr_ptr + c)
+        pa = p0
+        pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), p0 + BLOCK_R)
+    else:
+        w0 = (item - num_chunks + 1) * BLOCK_R  # window 0 never holds a rest
+        # largest c in [0, C) with chunk_q_ptr[c] <= w0
+        lo = 0
+        hi = num_chunks
+        for _ in range(search_steps):
+            mid = (lo + hi) // 2
+            wide = hi - lo > 1
+            go = tl.load(chunk_q_ptr_ptr + mid) <= w0
+            lo = tl.where(wide & go, mid, lo)
+            hi = tl.where(wide & (~go), mid, hi)
+        c = lo
+        p0 = tl.load(chunk_q_ptr_ptr + c)
+        pa = tl.maximum(w0, p0 + BLOCK_R)
+        pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), w0 + BLOCK_R)
     clen = tl.load(chunk_len_ptr + c)
-    p0 = tl.load(chunk_q_ptr_ptr + c)
-    nrows = tl.load(chunk_q_ptr_ptr + c + 1) - p0
-    r0 = tile * BLOCK_R
-    if (clen <= 0) | (r0 >= nrows):
+    if (clen <= 0) | (pa >= pb):
         return
+    nrows = pb - pa
 
-    # Query tile: row m = (r, g) -> pair p0 + r0 + r, head kvh * GROUP + g.
+    # Query tile: row m = (r, g) -> pair pa + r, head kvh * GROUP + g.
     offs_m = tl.arange(0, BLOCK_M)
     r = offs_m // GROUP_PAD
     g = offs_m % GROUP_PAD
-    m_valid = (r < BLOCK_R) & (r0 + r < nrows) & (g < GROUP)
-    pair = (p0 + r0 + r).to(tl.int64)
+    m_valid = (r < nrows) & (g < GROUP)
+    pair = (pa + r).to(tl.int64)
     qrow = tl.load(q_rows_ptr + pair, mask=m_valid, other=0).to(tl.int64)
     head = kvh * GROUP + g
     offs_d = tl.arange(0, BLOCK_D)
@@ -96,11 +142,29 @@ def _tree_attn_stage1(
     for n0 in range(0, clen, BLOCK_N):
         n_mask = n0 + offs_n < clen
         pos = start + n0 + offs_n
-        # Per-token block lookup: block_size need not be a power of two.
-        blk = tl.load(bt_row + (pos // block_size) * stride_btb, mask=n_mask, other=0).to(tl.int64)
-        off = (pos % block_size).to(tl.int64)
-        k = tl.load(k_head + blk[None, :] * stride_kb + off[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                    mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+        if BS_POW2 and (BS % BLOCK_N == 0):
+            # The tile lies in one block (start is a multiple of BS, n0 of BLOCK_N): one id load.
+            blk = tl.load(bt_row + ((start + n0) // BS) * stride_btb).to(tl.int64)
+            base_k = k_head + blk * stride_kb
+            base_v = v_head + blk * stride_vb
+            off = (pos % BS).to(tl.int64)
+            k = tl.load(base_k + off[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+                        mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+        else:
+            if BS_POW2:
+                # BLOCK_N // BS whole blocks per tile: one id load per block, broadcast to its tokens.
+                NB: tl.constexpr = BLOCK_N // BS
+                offs_b = tl.arange(0, NB)
+                ids = tl.load(bt_row + ((start + n0) // BS + offs_b) * stride_btb,
+                              mask=n0 + offs_b * BS < clen, other=0)
+                blk_t = tl.reshape(tl.broadcast_to(ids[:, None], [NB, BS]), [BLOCK_N]).to(tl.int64)
+            else:
+                # Per-token lookup (BS constexpr: a constant division).
+                blk_t = tl.load(bt_row + (pos // BS) * stride_btb, mask=n_mask, other=0).to(tl.int64)
+            off_t = (pos % BS).to(tl.int64)
+            k = tl.load(k_head + blk_t[None, :] * stride_kb + off_t[None, :] * stride_ks
+                        + offs_d[:, None] * stride_kd,
+                        mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
         if DOT_UPCAST:
             k = k.to(tl.float32)
         s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N], log2 units
@@ -109,8 +173,13 @@ def _tree_attn_stage1(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_head + blk[:, None] * stride_vb + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                    mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        if BS_POW2 and (BS % BLOCK_N == 0):
+            v = tl.load(base_v + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+        else:
+            v = tl.load(v_head + blk_t[:, None] * stride_vb + off_t[:, None] * stride_vs
+                        + offs_d[None, :] * stride_vd,
+                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
         if DOT_UPCAST:
             v = v.to(tl.float32)
         acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
@@ -119,7 +188,8 @@ def _tree_attn_stage1(
     out = acc / l_i[:, None]
     lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
     hp = pair * HQ + head
-    tl.store(out_p_ptr + hp[:, None] * HEAD_DIM + offs_d[None, :], out, mask=m_valid[:, None] & d_mask[None, :])
+    tl.store(out_p_ptr + hp[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_p_ptr.dtype.element_ty),
+             mask=m_valid[:, None] & d_mask[None, :])
     tl.store(lse_p_ptr + hp, lse, mask=m_valid)
 
 
@@ -129,6 +199,7 @@ def _tree_attn_stage2(
     stride_on, stride_oh, stride_od,
     HQ: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
@@ -137,29 +208,39 @@ def _tree_attn_stage2(
     offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
     h_mask = offs_h < HQ
     offs_d = tl.arange(0, BLOCK_D)
-    hd_mask = h_mask[:, None] & (offs_d < HEAD_DIM)[None, :]
+    d_mask = offs_d < HEAD_DIM
+    offs_p = tl.arange(0, BLOCK_P)
 
     j0 = tl.load(row_pair_ptr_ptr + i)
     j1 = tl.load(row_pair_ptr_ptr + i + 1)
+    # Pass 1: the max LSE over the row's pairs (BLOCK_P pairs per step, independent loads).
     m = tl.full([BLOCK_H], float("-inf"), tl.float32)
+    for j in range(j0, j1, BLOCK_P):
+        jm = j + offs_p < j1
+        p = tl.load(row_pairs_ptr + j + offs_p, mask=jm, other=0).to(tl.int64)
+        lp = tl.load(lse_p_ptr + p[:, None] * HQ + offs_h[None, :], mask=jm[:, None] & h_mask[None, :],
+                     other=float("-inf"))
+        m = tl.maximum(m, tl.max(lp, 0))
+    m_safe = tl.where(m > float("-inf"), m, 0.0)
+    # Pass 2: exact weights, weighted sum of the partial outputs.
     s = tl.zeros([BLOCK_H], tl.float32)
     acc = tl.zeros([BLOCK_H, BLOCK_D], tl.float32)
-    for j in range(j0, j1):
-        p = tl.load(row_pairs_ptr + j).to(tl.int64)
-        lp = tl.load(lse_p_ptr + p * HQ + offs_h, mask=h_mask, other=0.0)
-        op = tl.load(out_p_ptr + (p * HQ + offs_h[:, None]) * HEAD_DIM + offs_d[None, :], mask=hd_mask, other=0.0)
-        m_new = tl.maximum(m, lp)
-        alpha = tl.exp(m - m_new)
-        w = tl.exp(lp - m_new)
-        acc = acc * alpha[:, None] + w[:, None] * op
-        s = s * alpha + w
-        m = m_new
+    for j in range(j0, j1, BLOCK_P):
+        jm = j + offs_p < j1
+        p = tl.load(row_pairs_ptr + j + offs_p, mask=jm, other=0).to(tl.int64)
+        pm = jm[:, None] & h_mask[None, :]
+        lp = tl.load(lse_p_ptr + p[:, None] * HQ + offs_h[None, :], mask=pm, other=float("-inf"))
+        w = tl.where(pm, tl.exp(lp - m_safe[None, :]), 0.0)  # [BLOCK_P, BLOCK_H]
+        op = tl.load(out_p_ptr + (p[:, None, None] * HQ + offs_h[None, :, None]) * HEAD_DIM
+                     + offs_d[None, None, :], mask=pm[:, :, None] & d_mask[None, None, :], other=0.0)
+        acc += tl.sum(w[:, :, None] * op.to(tl.float32), 0)
+        s += tl.sum(w, 0)
     has = s > 0.0
     out = tl.where(has[:, None], acc / tl.where(has, s, 1.0)[:, None], 0.0)
-    lse = tl.where(has, m + tl.log(tl.where(has, s, 1.0)), float("-inf"))
+    lse = tl.where(has, m_safe + tl.log(tl.where(has, s, 1.0)), float("-inf"))
     row = i.to(tl.int64)
     tl.store(out_ptr + row * stride_on + offs_h[:, None] * stride_oh + offs_d[None, :] * stride_od,
-             out.to(out_ptr.dtype.element_ty), mask=hd_mask)
+             out.to(out_ptr.dtype.element_ty), mask=h_mask[:, None] & d_mask[None, :])
     tl.store(lse_ptr + row * HQ + offs_h, lse, mask=h_mask)
 
 
@@ -171,18 +252,106 @@ def _next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
-def stage1_config(Hq: int, Hkv: int, D: int, max_rows_per_chunk: int):
-    """Tile sizes of stage 1: (GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D)."""
+def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, max_rows_per_chunk: int) -> bool:
+    """256-row query tiles (16-bit, D <= 128) when a chunk can hold more query rows than 128.
+
+    Halves the passes over a widely shared chunk's KV (8 -> 4 at N = 256, 32/8 heads). The only
+    plan-dependent compile-time choice: two variants in all, and a fixed-capacity plan
+    (``max_rows_per_chunk = N``) always takes the same one.
+    """
+    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= 128
+            and max_rows_per_chunk * _next_pow2(Hq // Hkv) > 128)
+
+
+def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, wide: bool = False):
+    """Stage-1 tiles, a function of dtype, head dim, GQA group and ``wide`` (:func:`wide_tiles`).
+
+    Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps)``. Chosen so that no
+    variant spills on sm_90 (AOT-compiled, see tests/attention/test_triton_static.py): 16-bit inputs
+    use 128-row query tiles (64 at D = 256); float32 keeps an IEEE dot (the float32 tolerance rules
+    out tf32) with 32-row tiles. A GQA group wider than the tile takes one group per tile.
+    """
     group = Hq // Hkv
     group_pad = _next_pow2(group)
     block_d = max(16, _next_pow2(D))
-    # Query rows x group heads per program: bounded by the accumulator's size
-    # (BLOCK_M x BLOCK_D float32 in registers).
-    max_m = max(16, 8192 // block_d)  # 128 at D=64, 64 at D=128, 32 at D=256
-    block_r = max(1, min(_next_pow2(max(1, max_rows_per_chunk)), max(1, max_m // group_pad)))
+    # (query rows, KV tokens, warps) per tile; registers on sm_90 for 32/8 heads in the comments
+    # (triton 3.9, AOT: tests/attention/test_triton_static.py). Larger tiles spill.
+    if dtype == torch.float32:  # IEEE FMA dot
+        max_m, block_n, warps = {64: (32, 32, 4),      # 104 regs
+                                 128: (32, 32, 8),     # 86 regs
+                                 256: (32, 16, 8)}.get(max(64, block_d), (32, 16, 8))  # 206 regs
+    elif wide and block_d <= 128:  # wgmma, 256-row tiles
+        max_m, block_n, warps = {64: (256, 64, 8),     # 217 regs
+                                 128: (256, 32, 8)}[max(64, block_d)]  # 239 regs
+    else:  # wgmma
+        max_m, block_n, warps = {64: (128, 64, 4),     # 224 regs
+                                 128: (128, 64, 8),    # 254 regs
+                                 256: (64, 16, 8)}.get(max(64, block_d), (64, 16, 8))  # 254 regs
+    block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
-    block_n = 64 if block_d <= 128 else 32
-    return group_pad, block_r, block_m, block_n, block_d
+    return dict(GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
+                num_warps=warps)
+
+
+def stage2_config(Hq: int, D: int):
+    block_d = max(16, _next_pow2(D))
+    block_p = 4
+    block_h = max(1, min(_next_pow2(Hq), max(1, 4096 // (block_d * block_p))))
+    return dict(BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_D=block_d)
+
+
+def partial_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Dtype of the stage-1 partial outputs: the input dtype for 16-bit inputs, float32 else."""
+    return dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+
+
+def num_work_items(num_chunks: int, num_pairs: int, block_r: int) -> int:
+    """Stage-1 programs per KV head: a first tile per chunk plus one per window of the rest."""
+    return num_chunks + max(0, num_pairs - 1) // block_r  # rests lie in [block_r, P): windows 1..
+
+
+def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16):
+    """Static byte / program accounting of the Triton kernels for ``plan`` (host side, syncs).
+
+    Returns a dict:
+
+    * ``block_r``: query rows per stage-1 item; ``ctas_launched`` / ``ctas_live``: stage-1 programs
+      (``(C + (P - 1) // block_r) * Hkv``) and those with work;
+    * ``kv_unique_bytes``: K and V of every live chunk once (the plan reads each unique token once
+      per chunk: equal to the unique KV of the batch for a maximal-sharing plan);
+    * ``kv_sm_bytes``: K and V bytes loaded by stage 1 into the SMs: each live item reads its chunk
+      once; ``kv_passes`` = kv_sm_bytes / kv_unique_bytes and ``max_passes`` (the widest chunk);
+    * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
+    * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
+    """
+    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, plan.max_rows_per_chunk))
+    br = cfg["BLOCK_R"]
+    isz = torch.empty((), dtype=dtype).element_size()
+    psz = torch.empty((), dtype=partial_dtype(dtype)).element_size()
+    C, P = plan.num_chunks, plan.num_pairs
+    clen = plan.chunk_len.cpu().tolist()
+    ptr = plan.chunk_q_ptr.cpu().tolist()
+    live, passes_max, tok_unique, tok_sm, pairs_live = 0, 0, 0, 0, 0
+    for c in range(C):
+        r = ptr[c + 1] - ptr[c]
+        if clen[c] <= 0 or r <= 0:
+            continue
+        items = 1
+        if r > br:  # the rest [p0 + br, p1) meets these windows of br pairs
+            a, b = ptr[c] + br, ptr[c + 1]
+            items += (b - 1) // br - a // br + 1
+        live += items
+        passes_max = max(passes_max, items)
+        tok_unique += clen[c]
+        tok_sm += items * clen[c]
+        pairs_live += r
+    kv_tok = Hkv * D * isz * 2
+    kv_unique = tok_unique * kv_tok
+    kv_sm = tok_sm * kv_tok
+    return dict(block_r=br, ctas_launched=num_work_items(C, P, br) * Hkv, ctas_live=live * Hkv,
+                kv_unique_bytes=kv_unique, kv_sm_bytes=kv_sm, kv_passes=kv_sm / kv_unique if kv_unique else 0.0,
+                max_passes=passes_max, partial_bytes=2 * pairs_live * Hq * (D * psz + 4),
+                q_bytes=pairs_live * Hq * D * isz, out_bytes=plan.num_rows * Hq * (D * isz + 4))
 
 
 def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
@@ -196,7 +365,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     del seq_lens, return_lse
     N, Hq, D = q.shape
     Hkv = k_cache.shape[2]
-    block_size = k_cache.shape[1]
+    block_size = int(k_cache.shape[1])
     if Hq % Hkv != 0:
         raise ValueError(f"Hq ({Hq}) must be a multiple of Hkv ({Hkv})")
     if k_cache.dtype != q.dtype or v_cache.dtype != q.dtype:
@@ -204,39 +373,40 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     group = Hq // Hkv
     P = plan.num_pairs
     C = plan.num_chunks
-    out_partial = torch.empty((P, Hq, D), dtype=torch.float32, device=q.device)
+    out_partial = torch.empty((P, Hq, D), dtype=partial_dtype(q.dtype), device=q.device)
     lse_partial = torch.empty((P, Hq), dtype=torch.float32, device=q.device)
     out = torch.empty((N, Hq, D), dtype=q.dtype, device=q.device)
     lse = torch.empty((N, Hq), dtype=torch.float32, device=q.device)
     if N == 0:
         return out, lse
 
-    group_pad, block_r, block_m, block_n, block_d = stage1_config(Hq, Hkv, D, plan.max_rows_per_chunk)
-    n_tiles = triton.cdiv(max(0, plan.max_rows_per_chunk), block_r)
+    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, plan.max_rows_per_chunk))
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     precision = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    if C > 0 and n_tiles > 0 and P > 0:
-        big = block_d >= 256 or block_m >= 128
-        _tree_attn_stage1[(C, Hkv, n_tiles)](
+    items = num_work_items(C, P, cfg["BLOCK_R"])
+    if C > 0 and P > 0:
+        _tree_attn_stage1[(items, Hkv)](
             q, k_cache, v_cache, block_tables,
             plan.chunk_row, plan.chunk_start, plan.chunk_len, plan.chunk_q_ptr, plan.q_rows,
             out_partial, lse_partial,
             float(scale) * _LOG2E,
-            block_size,
+            C, max(1, int(C).bit_length()),
             q.stride(0), q.stride(1), q.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
             block_tables.stride(0), block_tables.stride(1),
-            HQ=Hq, HEAD_DIM=D, GROUP=group, GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m,
-            BLOCK_N=block_n, BLOCK_D=block_d, DOT_PRECISION=precision, DOT_UPCAST=upcast,
-            num_warps=8 if big else 4, num_stages=2,
+            HQ=Hq, HEAD_DIM=D, GROUP=group, GROUP_PAD=cfg["GROUP_PAD"], BLOCK_R=cfg["BLOCK_R"],
+            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+            BS=block_size, BS_POW2=(block_size & (block_size - 1)) == 0,
+            DOT_PRECISION=precision, DOT_UPCAST=upcast,
+            num_warps=cfg["num_warps"], num_stages=2,
         )
-    block_h = max(1, min(_next_pow2(Hq), max(1, 4096 // block_d)))
-    _tree_attn_stage2[(N, triton.cdiv(Hq, block_h))](
+    c2 = stage2_config(Hq, D)
+    _tree_attn_stage2[(N, triton.cdiv(Hq, c2["BLOCK_H"]))](
         out_partial, lse_partial, plan.row_pair_ptr, plan.row_pairs, out, lse,
         out.stride(0), out.stride(1), out.stride(2),
-        HQ=Hq, HEAD_DIM=D, BLOCK_H=block_h, BLOCK_D=block_d,
+        HQ=Hq, HEAD_DIM=D, **c2,
         num_warps=4,
     )
     return out, lse

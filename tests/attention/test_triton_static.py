@@ -1,0 +1,150 @@
+"""Static properties of the Triton tree-attention kernels (no GPU needed).
+
+* The kernels' compile-time constants and grid shape do not follow the plan's
+  contents: a search that widens (more rows per chunk, longer chunks) reuses the
+  same compiled kernels, and the grid depends only on the plan's capacity.
+* AOT compile for sm_90 (H100) of every dtype x head-dim variant: no register
+  spills. Slow (ptxas, minutes on a small CPU); without a GPU run
+  ``TRITON_INTERPRET=0 TTS_STATIC_SM90=1 pytest tests/attention/test_triton_static.py -k sm90``.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import pytest
+import torch
+
+from helpers.backends import require_triton
+
+from test_attention_kernels import make_inputs, run_triton, simple_plan
+
+
+class _Recorder:
+    def __init__(self, fn, calls):
+        self.fn, self.calls = fn, calls
+
+    def __getitem__(self, grid):
+        launcher = self.fn[grid]
+
+        def run(*args, **kwargs):
+            self.calls.append((grid, {k: v for k, v in kwargs.items() if k.isupper()}))
+            return launcher(*args, **kwargs)
+
+        return run
+
+
+def test_constexprs_do_not_follow_the_plan(monkeypatch):
+    require_triton()
+    from tts_kernels.attention import triton_kernel as tri
+
+    calls = []
+    monkeypatch.setattr(tri, "_tree_attn_stage1", _Recorder(tri._tree_attn_stage1, calls))
+    d, hq, hkv, bs = 16, 8, 2, 4
+    for n, kind in ((3, "forest"), (9, "identical")):  # a search widening from 3 to 9 rows
+        q, k, v, bt, lens = make_inputs(kind, n, bs, hq, hkv, d, torch.bfloat16, seed=n)
+        plan = simple_plan(bt, lens, bs)
+        run_triton(q, k, v, bt, lens, plan, 0.25)
+    (g0, c0), (g1, c1) = calls
+    assert c0 == c1
+    assert g0[1] == g1[1] == hkv
+
+
+def test_two_tile_variants_at_most():
+    """Only 16-bit D <= 128 has a second (256-row) variant, chosen by the plan's row bound."""
+    from tts_kernels.attention.triton_kernel import stage1_config, wide_tiles
+
+    assert not wide_tiles(32, 8, 128, torch.bfloat16, 32) and wide_tiles(32, 8, 128, torch.bfloat16, 33)
+    assert not wide_tiles(32, 8, 256, torch.bfloat16, 256) and not wide_tiles(32, 8, 128, torch.float32, 256)
+    assert stage1_config(32, 8, 128, torch.bfloat16, True)["BLOCK_M"] == 256
+
+
+def test_grid_follows_capacity():
+    from tts_kernels.attention.triton_kernel import num_work_items, stage1_config
+
+    br = stage1_config(32, 8, 128, torch.bfloat16)["BLOCK_R"]
+    assert num_work_items(300, 1024, br) == 300 + 1023 // br
+    assert num_work_items(5, 0, br) == 5
+
+
+# ---------------------------------------------------------------------------
+# sm_90 AOT compile
+# ---------------------------------------------------------------------------
+_TY = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
+_UNIT_STRIDES = ("stride_qd", "stride_kd", "stride_vd", "stride_btb", "stride_od")
+
+
+def _resources(compiled):
+    import triton
+
+    cuobjdump = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+    with tempfile.NamedTemporaryFile(suffix=".cubin", delete=False) as f:
+        f.write(compiled.asm["cubin"])
+    try:
+        usage = subprocess.run([cuobjdump, "-res-usage", f.name], capture_output=True, text=True).stdout
+        sass = subprocess.run([cuobjdump, "-sass", f.name], capture_output=True, text=True).stdout
+    finally:
+        os.unlink(f.name)
+    m = re.search(r"REG:(\d+) STACK:(\d+)", usage)
+    return dict(regs=int(m.group(1)), stack=int(m.group(2)), stl=sass.count("STL"), ldl=sass.count("LDL"))
+
+
+def _compile(fn, ptr_types, constexprs, num_warps):
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    sig = {n: ("constexpr" if n in constexprs else ptr_types.get(n, "i32")) for n in fn.arg_names}
+    attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
+    src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=2))
+
+
+def _sm90():
+    if os.environ.get("TTS_STATIC_SM90", "0") in ("", "0"):
+        pytest.skip("sm_90 AOT compile is slow: set TTS_STATIC_SM90=1")
+    if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
+        pytest.skip("AOT compile needs the compiled (not interpreted) @triton.jit functions: run without "
+                    "TRITON_INTERPRET")
+    pytest.importorskip("triton")
+
+
+@pytest.mark.parametrize("dtype", list(_TY), ids=lambda t: _TY[t])
+@pytest.mark.parametrize("d", [64, 128, 256])
+@pytest.mark.parametrize("hq,hkv", [(32, 8), (8, 1)])
+@pytest.mark.parametrize("wide", [False, True], ids=["tiles", "wide"])
+def test_stage1_no_spills_sm90(dtype, d, hq, hkv, wide):
+    _sm90()
+    from tts_kernels.attention import triton_kernel as tri
+
+    if wide and not tri.wide_tiles(hq, hkv, d, dtype, 256):
+        pytest.skip("no wide variant")
+    cfg = tri.stage1_config(hq, hkv, d, dtype, wide)
+    t = _TY[dtype]
+    ptrs = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "out_p_ptr": f"*{_TY[tri.partial_dtype(dtype)]}",
+            "lse_p_ptr": "*fp32", "scale_log2": "fp32"}
+    ptrs.update({n: "*i32" for n in ("bt_ptr", "chunk_row_ptr", "chunk_start_ptr", "chunk_len_ptr",
+                                     "chunk_q_ptr_ptr", "q_rows_ptr")})
+    cons = dict(HQ=hq, HEAD_DIM=d, GROUP=hq // hkv, BS=16, BS_POW2=True,
+                DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_UPCAST=False,
+                **{k: v for k, v in cfg.items() if k != "num_warps"})
+    cons.update({n: 1 for n in _UNIT_STRIDES if n in tri._tree_attn_stage1.arg_names})
+    res = _resources(_compile(tri._tree_attn_stage1, ptrs, cons, cfg["num_warps"]))
+    assert res["stack"] == 0 and res["stl"] == 0 and res["ldl"] == 0, res
+
+
+@pytest.mark.parametrize("dtype", list(_TY), ids=lambda t: _TY[t])
+@pytest.mark.parametrize("d", [64, 128, 256])
+def test_stage2_no_spills_sm90(dtype, d):
+    _sm90()
+    from tts_kernels.attention import triton_kernel as tri
+
+    t = _TY[dtype]
+    ptrs = {"out_p_ptr": f"*{_TY[tri.partial_dtype(dtype)]}", "lse_p_ptr": "*fp32", "row_pair_ptr_ptr": "*i32",
+            "row_pairs_ptr": "*i32", "out_ptr": f"*{t}", "lse_ptr": "*fp32"}
+    cons = dict(HQ=32, HEAD_DIM=d, **tri.stage2_config(32, d))
+    cons.update({n: 1 for n in _UNIT_STRIDES if n in tri._tree_attn_stage2.arg_names})
+    res = _resources(_compile(tri._tree_attn_stage2, ptrs, cons, 4))
+    assert res["stack"] == 0 and res["stl"] == 0 and res["ldl"] == 0, res

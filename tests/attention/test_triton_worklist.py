@@ -1,0 +1,173 @@
+"""The Triton tree-attention kernels' work list, block-table fast paths and cost model.
+
+Interpreter-sized shapes (TRITON_INTERPRET=1 on a CPU). The work-list tests
+shrink the row tile (``stage1_config`` patched) so that a chunk of a few rows is
+split over a first tile and several "rest" windows, at any chunk order and with
+padding chunks and pairs.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers.backends import require_triton
+
+from test_attention_kernels import (check_against_oracle, check_plan_covers, make_inputs, run_triton,
+                                    simple_plan)
+
+from tts_kernels.attention.plan import TreeAttentionPlan
+
+
+def _small_tiles(monkeypatch, block_r, block_n=16):
+    from tts_kernels.attention import triton_kernel as tk_tri
+
+    real = tk_tri.stage1_config
+
+    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False):
+        c = dict(real(Hq, Hkv, D, dtype, wide))
+        c["BLOCK_R"] = block_r
+        c["BLOCK_M"] = max(16, block_r * c["GROUP_PAD"])
+        c["BLOCK_N"] = block_n
+        c["num_warps"] = 4
+        return c
+
+    monkeypatch.setattr(tk_tri, "stage1_config", cfg)
+
+
+@pytest.mark.parametrize("pad_pairs", [0, 3])
+@pytest.mark.parametrize("block_r", [1, 2, 3])
+@pytest.mark.parametrize("kind", ["forest", "identical", "chain"])
+def test_worklist_split_rows(monkeypatch, block_r, kind, pad_pairs):
+    """Chunks with more rows than a tile: first tiles + rest windows cover every pair once."""
+    require_triton()
+    _small_tiles(monkeypatch, block_r)
+    d, hq, hkv, bs = 16, 4, 2, 4
+    q, k, v, bt, lens = make_inputs(kind, 9, bs, hq, hkv, d, torch.float32, seed=40 + block_r)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=2, pad_chunks=2, pad_pairs=pad_pairs)
+    check_plan_covers(plan, lens)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.3)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
+
+
+def test_wide_tile_variant():
+    """More query rows per chunk than 128: the 256-row tile variant (16-bit), rows split over items."""
+    require_triton()
+    d, hq, hkv, bs = 16, 8, 1, 8
+    q, k, v, bt, lens = make_inputs("identical", 40, bs, hq, hkv, d, torch.float16, seed=9)
+    plan = simple_plan(bt, lens, bs)
+    from tts_kernels.attention.triton_kernel import wide_tiles
+
+    assert wide_tiles(hq, hkv, d, torch.float16, plan.max_rows_per_chunk)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16], ids=["bfloat16", "float16"])
+def test_worklist_16bit_partials(monkeypatch, dtype):
+    """16-bit inputs write 16-bit partials; a row merges several of them."""
+    require_triton()
+    _small_tiles(monkeypatch, 2)
+    d, hq, hkv, bs = 32, 8, 2, 3
+    q, k, v, bt, lens = make_inputs("forest", 8, bs, hq, hkv, d, dtype, seed=77)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=1)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 1.0 / math.sqrt(d))
+    check_against_oracle(out, lse, q, k, v, bt, lens, 1.0 / math.sqrt(d))
+
+
+@pytest.mark.parametrize("block_size,block_n", [(32, 16), (16, 16), (8, 32), (2, 16), (6, 16)])
+def test_block_table_paths(monkeypatch, block_size, block_n):
+    """One id per tile (BS a multiple of BLOCK_N), one id per block (BS < BLOCK_N), per token (BS not 2^k)."""
+    require_triton()
+    _small_tiles(monkeypatch, 4, block_n)
+    d, hq, hkv = 16, 4, 1
+    q, k, v, bt, lens = make_inputs("forest", 6, block_size, hq, hkv, d, torch.float32, seed=block_size,
+                                    max_blocks_per_row=4)
+    plan = simple_plan(bt, lens, block_size)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
+
+
+def test_wide_chunks_package_planner():
+    """Plans with long chunks for widely shared segments (planner's wide_chunk_rows) run unchanged."""
+    require_triton()
+    import tts_kernels as tk
+
+    d, hq, hkv, bs = 16, 4, 2, 2
+    q, k, v, bt, lens = make_inputs("identical", 8, bs, hq, hkv, d, torch.float32, seed=5, max_blocks_per_row=6)
+    plan = tk.plan_tree_attention(bt, lens, bs, chunk_size=2, wide_chunk_rows=2)
+    narrow = tk.plan_tree_attention(bt, lens, bs, chunk_size=2)
+    assert plan.num_chunks < narrow.num_chunks and plan.max_chunk_len > 2
+    check_plan_covers(plan, lens)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
+
+
+# ---------------------------------------------------------------------------
+# cost model on hand-computed plans
+# ---------------------------------------------------------------------------
+def _plan(chunks, n_rows, block_size=16, pad_chunks=0, pad_pairs=0):
+    """chunks: list of (start, length, rows)."""
+    chunk_row, chunk_start, chunk_len, q_ptr, q_rows = [], [], [], [0], []
+    row_items = [[] for _ in range(n_rows)]
+    for start, length, rows in chunks:
+        chunk_row.append(rows[0])
+        chunk_start.append(start)
+        chunk_len.append(length)
+        for r in rows:
+            row_items[r].append((start, len(q_rows)))
+            q_rows.append(r)
+        q_ptr.append(len(q_rows))
+    chunk_row += [0] * pad_chunks
+    chunk_start += [0] * pad_chunks
+    chunk_len += [0] * pad_chunks
+    q_ptr += [len(q_rows)] * pad_chunks
+    q_rows += [0] * pad_pairs
+    rp, rps = [0], []
+    for i in range(n_rows):
+        rps += [p for _, p in sorted(row_items[i])]
+        rp.append(len(rps))
+    rps += [0] * pad_pairs
+    t = lambda x: torch.tensor(x, dtype=torch.int32)  # noqa: E731
+    return TreeAttentionPlan(block_size, n_rows, t(chunk_row), t(chunk_start), t(chunk_len), t(q_ptr), t(q_rows),
+                             t(rp), t(rps), max(chunk_len, default=0), max(len(c[2]) for c in chunks))
+
+
+def test_cost_model_best_of_n():
+    """N = 256 rows over an 8k shared prefix (2 chunks of 4096) + 64 own tokens each; 32/8 heads, D 128, bf16."""
+    from tts_kernels.attention.triton_kernel import stage1_config, stage1_cost
+
+    N, Hq, Hkv, D = 256, 32, 8, 128
+    rows = list(range(N))
+    chunks = [(0, 4096, rows), (4096, 4096, rows)] + [(8192, 64, [i]) for i in range(N)]
+    plan = _plan(chunks, N)
+    assert stage1_config(Hq, Hkv, D, torch.bfloat16)["BLOCK_R"] == 32  # 128 query rows = 32 rows x 4 heads
+    cost = stage1_cost(plan, Hq, Hkv, D, torch.bfloat16)
+    assert cost["block_r"] == 64  # 256 rows per chunk: the 256-query-row variant, 64 rows x 4 heads
+    C, P = 2 + N, 2 * N + N
+    assert cost["ctas_launched"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
+    assert cost["ctas_live"] == (2 * 4 + N) * Hkv  # 4 row tiles per shared chunk, 1 per own chunk
+    tok = Hkv * D * 2 * 2  # K and V bytes per token
+    assert cost["kv_unique_bytes"] == (8192 + N * 64) * tok
+    assert cost["kv_sm_bytes"] == (4 * 8192 + N * 64) * tok
+    assert cost["max_passes"] == 4
+    assert cost["partial_bytes"] == 2 * (3 * N) * Hq * (D * 2 + 4)
+    assert cost["partial_bytes"] / cost["kv_unique_bytes"] < 0.13
+
+
+def test_cost_model_padding_and_misaligned_rest():
+    """Padding chunks/pairs are launched but not live; a rest window that straddles two tiles counts twice."""
+    from tts_kernels.attention.triton_kernel import stage1_cost
+
+    Hq, Hkv, D = 4, 1, 16  # fp32: BLOCK_R = 32 // 4 = 8
+    chunks = [(0, 16, [0, 1, 2]), (16, 32, list(range(20)))]  # pairs [0, 3) and [3, 23)
+    plan = _plan(chunks, 20, pad_chunks=3, pad_pairs=9)
+    cost = stage1_cost(plan, Hq, Hkv, D, torch.float32)
+    assert cost["block_r"] == 8
+    assert cost["ctas_launched"] == (5 + 31 // 8) * Hkv
+    # chunk 1: first tile [3, 11), rest [11, 23) meets windows [8,16), [16,24): 3 passes
+    assert cost["ctas_live"] == 1 + 3
+    assert cost["max_passes"] == 3
+    assert cost["kv_sm_bytes"] == (16 + 3 * 32) * Hkv * D * 4 * 2
+    assert cost["partial_bytes"] == 2 * 23 * Hq * (D * 4 + 4)
