@@ -47,16 +47,17 @@
 #include <tuple>
 #include <vector>
 
+#include "budget/budget_forcing.h"
 #include "sampler_math.h"
 
 namespace tts_sampling {
+namespace budget = tts::budget;
 namespace {
 
 constexpr int kNumBins = 4096;       // histogram of zmax - z for top-p
 constexpr float kBinScale = 128.0f;  // bins of width 1/128 over [0, 32)
 constexpr int64_t kBlock = 64;       // block of the block maxima (top-k bound)
 constexpr int64_t kSmallSet = 4096;  // top-k sets up to this size finish on the list
-constexpr int kThinking = 0, kEnding = 1, kDone = 2;
 
 struct Best {
   float s = -kInf;
@@ -884,31 +885,17 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   }
   const float lse = xmax + static_cast<float>(std::log(se));
 
-  // ---- budget rules 1 and 2, rule 3's masking -----------------------------------------
-  int32_t* st = c.budget != nullptr ? c.budget + r * 8 : nullptr;
-  bool pending = false, free_ = false, need = false, force_end = false;
-  int64_t forced_tok = -1, end0 = -1;
-  if (st != nullptr) {
-    end0 = c.forced[c.num_wait];
-    const int32_t mn = st[0], mx = st[1], mw = st[2], nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
-    const bool active = mx >= 0 && ph != kDone;  // valid already
-    force_end = active && ph == kThinking && nt >= mx;
-    pending = active && !force_end && pos < stop;
-    free_ = active && !force_end && !pending;
-    need = free_ && (nt < mn || wu < mw);
-    if (force_end) {
-      forced_tok = end0;
-    } else if (pending) {
-      const int64_t sp = std::min<int64_t>(std::max<int64_t>(pos, 0), c.L - 1);
-      forced_tok = c.forced[sp];
-    }
-  }
+  // ---- budget rules 1 and 2, rule 3's masking (csrc/budget/budget_forcing.h) ---------
+  int32_t* st = c.budget != nullptr ? c.budget + r * budget::kStateColumns : nullptr;
+  const budget::ForcedIds fids{c.forced, c.L, c.num_wait, c.num_end};
+  const budget::Plan bp = st != nullptr ? budget::plan(st, fids) : budget::no_budget();
+  const int64_t end0 = bp.end0, forced_tok = bp.forced_tok;
 
   int64_t tok = forced_tok;
   if (tok < 0) {
     const float* xd = x;
     float dmax = xmax;
-    if (need && c.num_wait == 0) {  // an early end gets probability 0
+    if (bp.mask_end) {  // an early end gets probability 0
       if (x != s.xf.data()) {
         s.xf.resize(V);
         std::memcpy(s.xf.data(), x, V * sizeof(float));
@@ -933,38 +920,7 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   }
 
   // ---- budget rule 3 and state update ---------------------------------------------------------
-  if (st != nullptr) {
-    const int32_t mn = st[0], mx = st[1], mw = st[2];
-    int32_t nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
-    (void)mn;
-    (void)mx;
-    (void)mw;
-    const bool is_end = free_ && tok == end0;
-    const bool replace = is_end && need;
-    const bool natural_end = is_end && !need;
-    if (c.num_wait > 0 && replace) tok = c.forced[0];
-    const bool forced_pending_wait = pending && ph == kThinking;
-    nt += static_cast<int32_t>(free_ && !natural_end) + static_cast<int32_t>(forced_pending_wait);
-    wu += static_cast<int32_t>(replace);
-    const int32_t lw = static_cast<int32_t>(c.num_wait), le = static_cast<int32_t>(c.num_end);
-    const int32_t la = static_cast<int32_t>(c.L) - lw - le;
-    int32_t new_pos = pending ? pos + 1 : pos;
-    int32_t new_stop = stop;
-    if (force_end || natural_end) new_pos = lw + 1;
-    if (force_end) new_stop = lw + le + la;
-    if (natural_end) new_stop = lw + le;
-    if (replace) {
-      new_pos = 1;
-      new_stop = lw;
-    }
-    if (force_end || natural_end) ph = kEnding;
-    if (ph == kEnding && new_pos >= new_stop) ph = kDone;
-    st[3] = nt;
-    st[4] = wu;
-    st[5] = ph;
-    st[6] = new_pos;
-    st[7] = new_stop;
-  }
+  if (st != nullptr) tok = budget::advance(st, bp, fids, tok);
 
   c.out_tok[r] = tok;
   c.out_lp[r] = logit_at(c, r, tok) - lse;
@@ -1020,8 +976,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
     const at::Tensor& bt = *budget;
     TORCH_CHECK(bt.device().is_cpu(), "sample_cpu: budget must be a CPU tensor");
     TORCH_CHECK(bt.scalar_type() == at::kInt, "sample_cpu: budget must be int32, got ", bt.scalar_type());
-    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == B && bt.size(1) == 8, "sample_cpu: budget must be [", B,
-                ", 8], got ", bt.sizes());
+    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == B && bt.size(1) == budget::kStateColumns,
+                "sample_cpu: budget must be [", B, ", ", int(budget::kStateColumns), "], got ", bt.sizes());
     TORCH_CHECK(bt.is_contiguous(), "sample_cpu: budget must be contiguous");
     TORCH_CHECK(forced_ids.has_value() && forced_ids->defined(), "sample_cpu: forced_ids required with budget");
     const at::Tensor& f = *forced_ids;
