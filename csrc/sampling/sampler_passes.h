@@ -1,0 +1,61 @@
+// Internal header of the CPU sampler: the passes over a row of logits, in a
+// portable and an AVX2 version each (sampler_passes.cpp), chosen at run time
+// through Ops (common/cpu_features.h), and the types they share with the row
+// algorithm (sampler.cpp). No ATen.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "common/float16.h"
+#include "sampler_math.h"
+
+namespace tts_sampling {
+
+constexpr int kNumBins = 4096;       // histogram of zmax - z for top-p
+constexpr float kBinScale = 128.0f;  // bins of width 1/128 over [0, 32)
+constexpr int64_t kBlock = 64;       // block of the block maxima (top-k bound)
+constexpr int64_t kSmallSet = 4096;  // top-k sets up to this size finish on the list
+
+struct Best {
+  float s = -kInf;
+  int64_t i = -1;
+};
+
+inline void merge_best(Best& a, const Best& b) {
+  if (b.i < 0) return;
+  if (a.i < 0 || b.s > a.s || (b.s == a.s && b.i < a.i)) a = b;
+}
+
+// Arguments of the Gumbel pass.
+struct GumbelArgs {
+  const float* x;
+  float T, zmax, thr;  // keep z >= thr
+  bool minp_on;
+  float min_p, minp_zlo;  // tokens with z < minp_zlo surely fail min-p
+  float prune0;           // a score some kept token reaches
+  PhiloxKey key;
+};
+
+// A candidate token: z = x / T, e = exp(z - zmax), index.
+struct Cand {
+  float z;
+  float e;
+  int32_t i;
+};
+
+// The passes, dispatched to AVX2 or portable code.
+struct Ops {
+  bool avx2;
+  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const;
+  void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const;
+  void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const;
+  bool collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
+                    std::vector<int32_t>& out, size_t cap) const;
+  Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const;
+  int64_t find_first(const float* x, int64_t V, float val) const;
+  void collect_ge(const float* x, int64_t V, float lo, std::vector<int32_t>& out) const;
+  void to_float(tts::DType dt, const void* src, float* dst, int64_t b, int64_t e) const;
+};
+
+}  // namespace tts_sampling
