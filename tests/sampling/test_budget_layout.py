@@ -10,7 +10,7 @@ import pytest
 
 from tts_kernels.sampling import budget
 
-ROOT = pathlib.Path(__file__).resolve().parents[1]
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 HEADER = ROOT / "csrc" / "budget" / "budget_forcing.h"
 TRITON_SRC = ROOT / "tts_kernels" / "sampling" / "triton_kernel.py"
 
