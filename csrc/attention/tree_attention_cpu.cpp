@@ -8,14 +8,15 @@
 // and consumed by all nq queries while it sits in L1: S = Q K^T (register
 // blocked 2 queries x 32 tokens), online softmax in float32, acc += P V
 // (register blocked 2 queries x 32 dims). The item writes one partial output
-// and LSE per (pair, head). Items are sorted by cost and pulled from a shared
-// atomic counter by at::parallel_for workers (dynamic load balancing, since a
-// shared prefix chunk can be 100x the work of a private suffix chunk).
+// and LSE per (pair, head). Items are sorted by cost and scheduled dynamically
+// (common/parallel.h, since a shared prefix chunk can be 100x the work of a
+// private suffix chunk).
 //
 // Stage 2: per row, merge of its pairs by log-sum-exp, written in q's dtype.
 //
-// AVX2+FMA micro-kernels are selected at run time (__builtin_cpu_supports);
-// the portable versions are plain loops.
+// AVX2+FMA micro-kernels are selected at run time (common/cpu_features.h,
+// TTS_KERNELS_CPU_ISA=generic forces the portable ones); the portable
+// versions are plain loops.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 #include <c10/util/BFloat16.h>
@@ -24,11 +25,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <condition_variable>
-#include <exception>
-#include <functional>
-#include <memory>
-#include <mutex>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -37,12 +33,9 @@
 #include <type_traits>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
-#include <immintrin.h>
-#define TTS_X86 1
-#else
-#define TTS_X86 0
-#endif
+#include "common/cpu_features.h"
+#include "common/parallel.h"
+#include "common/simd_avx2.h"
 
 namespace {
 
@@ -134,27 +127,9 @@ void softmax_generic(float* S, float* m, float* l, float* acc, int64_t nq, int64
 // micro-kernels, AVX2 + FMA versions (D % 8 == 0)
 // ---------------------------------------------------------------------------
 #if TTS_X86
-#define TTS_AVX2 __attribute__((target("avx2,fma")))
-
-TTS_AVX2 inline __m256 exp256(__m256 x) {
-  // exp(x) = 2^n * e^r, n = round(x / ln 2), |r| <= ln2/2; Cephes polynomial (~1 ulp).
-  x = _mm256_min_ps(x, _mm256_set1_ps(88.3762626647949f));
-  x = _mm256_max_ps(x, _mm256_set1_ps(-87.0f));
-  __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                             _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);
-  r = _mm256_fnmadd_ps(n, _mm256_set1_ps(-2.12194440e-4f), r);
-  __m256 p = _mm256_set1_ps(1.9875691500E-4f);
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.3981999507E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(8.3334519073E-3f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(4.1665795894E-2f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(1.6666665459E-1f));
-  p = _mm256_fmadd_ps(p, r, _mm256_set1_ps(5.0000001201E-1f));
-  __m256 r2 = _mm256_mul_ps(r, r);
-  p = _mm256_fmadd_ps(p, r2, _mm256_add_ps(r, _mm256_set1_ps(1.f)));
-  __m256i e = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)), 23);
-  return _mm256_mul_ps(p, _mm256_castsi256_ps(e));
-}
+using tts::simd::exp_avx2;
+using tts::simd::hmax8;
+using tts::simd::hsum8;
 
 TTS_AVX2 void qk_avx2(const float* Q, const float* KT, float* S, int64_t nq, int64_t D) {
   static_assert(kTile == 32, "the AVX2 kernel holds 32 tokens in 4 registers");
@@ -272,19 +247,6 @@ TTS_AVX2 void pv_avx2(const float* P, const float* const* V, float* acc, int64_t
   }
 }
 
-TTS_AVX2 inline float hmax256(__m256 v) {
-  __m128 x = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_max_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_max_ss(x, _mm_shuffle_ps(x, x, 1));
-  return _mm_cvtss_f32(x);
-}
-TTS_AVX2 inline float hsum256(__m256 v) {
-  __m128 x = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
-  x = _mm_add_ps(x, _mm_movehl_ps(x, x));
-  x = _mm_add_ss(x, _mm_shuffle_ps(x, x, 1));
-  return _mm_cvtss_f32(x);
-}
-
 TTS_AVX2 void softmax_avx2(float* S, float* m, float* l, float* acc, int64_t nq, int64_t D, int tl) {
   // Mask of the valid tokens of the tile, per 8-lane group.
   alignas(32) int32_t lane[kTile];
@@ -301,16 +263,16 @@ TTS_AVX2 void softmax_avx2(float* S, float* m, float* l, float* acc, int64_t nq,
       v[j] = _mm256_blendv_ps(ninf, _mm256_loadu_ps(s + 8 * j), valid[j]);
       mxv = _mm256_max_ps(mxv, v[j]);
     }
-    const float mx = hmax256(mxv);
+    const float mx = hmax8(mxv);
     const float alpha = (m[q] == kNegInf) ? 0.f : std::exp(m[q] - mx);
     const __m256 mb = _mm256_set1_ps(mx);
     __m256 sum = _mm256_setzero_ps();
     for (int j = 0; j < kTile / 8; ++j) {
-      __m256 e = _mm256_and_ps(exp256(_mm256_sub_ps(v[j], mb)), valid[j]);
+      __m256 e = _mm256_and_ps(exp_avx2(_mm256_sub_ps(v[j], mb)), valid[j]);
       _mm256_storeu_ps(s + 8 * j, e);
       sum = _mm256_add_ps(sum, e);
     }
-    l[q] = l[q] * alpha + hsum256(sum);
+    l[q] = l[q] * alpha + hsum8(sum);
     m[q] = mx;
     if (alpha != 1.f) {
       float* a = acc + q * D;
@@ -374,60 +336,15 @@ struct Kernels {
 
 Kernels pick_kernels(int64_t D) {
 #if TTS_X86
-  static const bool has_avx2 = __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  if (has_avx2 && D % 8 == 0) return {qk_avx2, pv_avx2, softmax_avx2, transpose_avx2};
+  if (tts::cpu::use_avx2() && D % 8 == 0) return {qk_avx2, pv_avx2, softmax_avx2, transpose_avx2};
 #endif
   return {qk_generic, pv_generic, softmax_generic, transpose_generic};
 }
 
-// ---------------------------------------------------------------------------
-// threading
-// ---------------------------------------------------------------------------
 // Work items differ a lot in size (a shared chunk with many rows vs a private
-// suffix), so instead of at::parallel_for's static split the items run on the
-// calling thread plus helpers from ATen's inter-op pool (at::launch), all
-// pulling item ids from one atomic counter (dynamic load balancing). A helper
-// that starts after the work is gone touches only the shared state.
-struct PoolState {
-  explicit PoolState(int64_t n_) : n(n_) {}
-  const int64_t n;
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  std::mutex mu;
-  std::condition_variable cv;
-  std::exception_ptr error;
-};
-
-// make_worker() returns a callable void(int64_t item) holding the worker's
-// scratch; it is only called by a thread that got an item.
-template <typename MakeWorker>
-void parallel_items(int64_t n, int64_t nthreads, const MakeWorker& make_worker) {
-  if (n <= 0) return;
-  auto st = std::make_shared<PoolState>(n);
-  auto drain = [st, &make_worker]() {
-    int64_t i = st->next.fetch_add(1);
-    if (i >= st->n) return;
-    auto work = make_worker();
-    for (; i < st->n; i = st->next.fetch_add(1)) {
-      try {
-        work(i);
-      } catch (...) {
-        std::lock_guard<std::mutex> g(st->mu);
-        if (!st->error) st->error = std::current_exception();
-      }
-      if (st->done.fetch_add(1) + 1 == st->n) {
-        std::lock_guard<std::mutex> g(st->mu);
-        st->cv.notify_all();
-      }
-    }
-  };
-  const int64_t helpers = std::min<int64_t>(nthreads, n) - 1;
-  for (int64_t t = 0; t < helpers; ++t) at::launch(drain);
-  drain();
-  std::unique_lock<std::mutex> lk(st->mu);
-  st->cv.wait(lk, [&] { return st->done.load() == st->n; });
-  if (st->error) std::rethrow_exception(st->error);
-}
+// suffix): they are scheduled dynamically by the shared scheduler
+// (tts::cpu::parallel_items, common/parallel.h).
+using tts::cpu::parallel_items;
 
 // ---------------------------------------------------------------------------
 // stage 1
@@ -473,7 +390,7 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   // query vectors (128 at D = 128: the Q and acc tiles, 64 KiB each, stay in
   // L2 while each K/V tile sits in L1); tiles shrink while there are too few
   // items to keep every thread busy. Every row tile re-reads the chunk's K/V.
-  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t nthreads = tts::cpu::num_threads();
   const int64_t max_q = std::max<int64_t>(16, 16384 / D);
   int64_t rows_per_tile = std::max<int64_t>(1, max_q / G);
   auto count_items = [&](int64_t rpt) {
@@ -522,7 +439,7 @@ void stage1(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_
   // float32 caches are read in place; bf16/f16 token rows are converted into Kr/Vr.
   constexpr bool kInPlace = std::is_same<T, float>::value;
 
-  parallel_items(n_items, nthreads, [&]() {
+  parallel_items(n_items, [&]() {
    return [&, Qb = std::vector<float>(max_nq * D), acc = std::vector<float>(max_nq * D),
            S = std::vector<float>(max_nq * kTile), m = std::vector<float>(max_nq), l = std::vector<float>(max_nq),
            KT = std::vector<float>(D * kTile), Kr = std::vector<float>(kInPlace ? 0 : kTile * D),
@@ -613,10 +530,10 @@ void stage2(const at::Tensor& out_partial, const at::Tensor& lse_partial, const 
   for (int64_t j = 0; j < rptr[N]; ++j)
     TORCH_CHECK(rp[j] >= 0 && rp[j] < P, "tree_attention_cpu: row_pairs out of range at ", j);
 
-  const int64_t nthreads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t nthreads = tts::cpu::num_threads();
   const int64_t rows_per_item = std::max<int64_t>(1, (N + 4 * nthreads - 1) / (4 * nthreads));
   const int64_t n_items = (N + rows_per_item - 1) / rows_per_item;
-  parallel_items(n_items, nthreads, [&]() {
+  parallel_items(n_items, [&]() {
    return [&, accum = std::vector<float>(D)](int64_t item) mutable {
     for (int64_t i = item * rows_per_item; i < std::min(N, (item + 1) * rows_per_item); ++i) {
       const int64_t p0 = rptr[i], p1 = rptr[i + 1];

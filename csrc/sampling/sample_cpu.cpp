@@ -22,41 +22,34 @@
 //        maximum cannot beat the best score so far (z + max Gumbel) or lies
 //        below the keep threshold are skipped without computing noise.
 //   4. budget state update (rule 3 and the state machine), in place.
-// Rows run in parallel (par_for below: at::parallel_for when compiled with
-// OpenMP, else a c10::ThreadPool with dynamic scheduling); with fewer rows than
-// threads the passes of a row are split into chunks that run in parallel instead.
+// Rows run in parallel (the shared scheduler, common/parallel.h); with fewer
+// rows than threads the passes of a row are split into chunks that run in
+// parallel instead.
 // Set TTS_KERNELS_CPU_ISA=generic to force the portable (non-AVX2) code paths.
 #include <ATen/ATen.h>
-#include <ATen/Config.h>
-#include <ATen/Parallel.h>
-#include <c10/core/thread_pool.h>
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
-#include <condition_variable>
-#include <exception>
-#include <memory>
-#include <mutex>
-#include <thread>
-#include <cstdlib>
 #include <cstring>
 #include <functional>
 #include <tuple>
 #include <vector>
 
+#include "budget/budget_forcing.h"
+#include "common/cpu_features.h"
+#include "common/parallel.h"
 #include "sampler_math.h"
 
 namespace tts_sampling {
+namespace budget = tts::budget;
 namespace {
 
 constexpr int kNumBins = 4096;       // histogram of zmax - z for top-p
 constexpr float kBinScale = 128.0f;  // bins of width 1/128 over [0, 32)
 constexpr int64_t kBlock = 64;       // block of the block maxima (top-k bound)
 constexpr int64_t kSmallSet = 4096;  // top-k sets up to this size finish on the list
-constexpr int kThinking = 0, kEnding = 1, kDone = 2;
 
 struct Best {
   float s = -kInf;
@@ -191,6 +184,7 @@ static void collect_ge_generic(const float* x, int64_t V, float lo, std::vector<
     if (x[i] >= lo) out.push_back(static_cast<int32_t>(i));
 }
 
+#if TTS_X86
 // ---------------------------------------------------------------------------
 // AVX2 passes
 // ---------------------------------------------------------------------------
@@ -438,55 +432,44 @@ TTS_AVX2 static void f16_to_f32_avx2(const uint16_t* src, float* dst, int64_t b,
   for (; i < e; ++i) dst[i] = static_cast<float>(c10::Half(src[i], c10::Half::from_bits()));
 }
 
-// ---------------------------------------------------------------------------
-// Dispatch
-// ---------------------------------------------------------------------------
-static bool cpu_has_avx2() {
-  static const bool has = [] {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") && __builtin_cpu_supports("f16c");
-  }();
-  return has;
-}
+#endif  // TTS_X86
 
-// TTS_KERNELS_CPU_ISA=generic forces the portable code (testing).
-static bool use_avx2() {
-  const char* env = std::getenv("TTS_KERNELS_CPU_ISA");
-  if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
-  return cpu_has_avx2();
-}
-
+// ---------------------------------------------------------------------------
+// Dispatch (common/cpu_features.h)
+// ---------------------------------------------------------------------------
 struct Ops {
   bool avx2;
   void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const {
-    avx2 ? stats_avx2(x, b, e, bmax, mx, nan, sum) : stats_generic(x, b, e, bmax, mx, nan, sum);
+    TTS_DISPATCH(avx2, stats_avx2(x, b, e, bmax, mx, nan, sum), stats_generic(x, b, e, bmax, mx, nan, sum));
   }
   void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const {
-    avx2 ? hist_avx2(x, b, e, T, zmax, tk, h) : hist_generic(x, b, e, T, zmax, tk, h);
+    TTS_DISPATCH(avx2, hist_avx2(x, b, e, T, zmax, tk, h), hist_generic(x, b, e, T, zmax, tk, h));
   }
   void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const {
-    avx2 ? collect_bin_avx2(x, V, T, zmax, tk, bsel, out) : collect_bin_generic(x, V, T, zmax, tk, bsel, out);
+    TTS_DISPATCH(avx2, collect_bin_avx2(x, V, T, zmax, tk, bsel, out), collect_bin_generic(x, V, T, zmax, tk, bsel, out));
   }
   bool collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
                     std::vector<int32_t>& out, size_t cap) const {
-    return avx2 ? collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out, cap)
-                : collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out, cap);
+    return TTS_DISPATCH(avx2, collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out, cap),
+                        collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out, cap));
   }
   Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const {
-    return avx2 ? gumbel_pass_avx2(a, b, e) : gumbel_generic(a, b, e);
+    return TTS_DISPATCH(avx2, gumbel_pass_avx2(a, b, e), gumbel_generic(a, b, e));
   }
   int64_t find_first(const float* x, int64_t V, float val) const {
-    return avx2 ? find_first_avx2(x, V, val) : find_first_generic(x, V, val);
+    return TTS_DISPATCH(avx2, find_first_avx2(x, V, val), find_first_generic(x, V, val));
   }
   void collect_ge(const float* x, int64_t V, float lo, std::vector<int32_t>& out) const {
-    avx2 ? collect_ge_avx2(x, V, lo, out) : collect_ge_generic(x, V, lo, out);
+    TTS_DISPATCH(avx2, collect_ge_avx2(x, V, lo, out), collect_ge_generic(x, V, lo, out));
   }
   void to_float(at::ScalarType dt, const void* src, float* dst, int64_t b, int64_t e) const {
     const uint16_t* s = static_cast<const uint16_t*>(src);
+#if TTS_X86
     if (avx2) {
       dt == at::kBFloat16 ? bf16_to_f32_avx2(s, dst, b, e) : f16_to_f32_avx2(s, dst, b, e);
       return;
     }
+#endif
     if (dt == at::kBFloat16) {
       for (int64_t i = b; i < e; ++i) dst[i] = static_cast<float>(c10::BFloat16(s[i], c10::BFloat16::from_bits()));
     } else {
@@ -495,95 +478,10 @@ struct Ops {
   }
 };
 
-// ---------------------------------------------------------------------------
-// Parallel loop over n work items.
-//
-// at::parallel_for is a header template: with ATen's OpenMP backend it only
-// runs in parallel in code compiled with -fopenmp. CMakeLists.txt builds with
-// OpenMP (linked to torch's own libgomp), so it is used. A build without OpenMP
-// falls back to sharing the items out (atomic counter, dynamic scheduling)
-// between the caller and at::get_num_threads() - 1 helpers of a c10::ThreadPool
-// owned by this file. Helpers never wait, so nested or
-// concurrent calls cannot deadlock; a helper that starts after all items were
-// taken returns at once.
-// ---------------------------------------------------------------------------
-#if defined(_OPENMP) || AT_PARALLEL_NATIVE
-#define TTS_USE_AT_PARALLEL 1
-#else
-#define TTS_USE_AT_PARALLEL 0
-#endif
-
-#if !TTS_USE_AT_PARALLEL
-struct ParState {
-  std::atomic<int64_t> next{0};
-  std::atomic<int64_t> done{0};
-  int64_t n = 0;
-  const std::function<void(int64_t)>* fn = nullptr;  // valid while done < n
-  std::mutex mu;
-  std::condition_variable cv;
-  std::exception_ptr err;
-};
-
-thread_local bool tls_in_helper = false;
-
-static void par_work(ParState& st) {
-  int64_t i;
-  while ((i = st.next.fetch_add(1)) < st.n) {
-    try {
-      (*st.fn)(i);
-    } catch (...) {
-      std::lock_guard<std::mutex> g(st.mu);
-      if (!st.err) st.err = std::current_exception();
-    }
-    if (st.done.fetch_add(1) + 1 == st.n) {
-      std::lock_guard<std::mutex> g(st.mu);
-      st.cv.notify_all();
-    }
-  }
-}
-
-static c10::ThreadPool& helper_pool() {
-  static c10::ThreadPool* pool = [] {
-    const int hw = static_cast<int>(std::max(2u, std::thread::hardware_concurrency()));
-    return new c10::ThreadPool(hw - 1);  // leaked on purpose: no teardown at exit
-  }();
-  return *pool;
-}
-#endif
-
-static void par_for(int64_t n, const std::function<void(int64_t)>& fn) {
-  if (n <= 0) return;
-  const int64_t nt = std::min<int64_t>(at::get_num_threads(), n);
-#if TTS_USE_AT_PARALLEL
-  if (nt <= 1) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  at::parallel_for(0, n, 1, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) fn(i);
-  });
-#else
-  if (nt <= 1 || tls_in_helper) {
-    for (int64_t i = 0; i < n; ++i) fn(i);
-    return;
-  }
-  auto st = std::make_shared<ParState>();
-  st->n = n;
-  st->fn = &fn;
-  c10::ThreadPool& pool = helper_pool();
-  const int64_t helpers = std::min<int64_t>(nt - 1, static_cast<int64_t>(pool.size()));
-  for (int64_t h = 0; h < helpers; ++h)
-    pool.run([st] {
-      tls_in_helper = true;
-      par_work(*st);
-    });
-  par_work(*st);
-  {
-    std::unique_lock<std::mutex> lk(st->mu);
-    st->cv.wait(lk, [&] { return st->done.load() == st->n; });
-  }
-  if (st->err) std::rethrow_exception(st->err);
-#endif
+// Parallel loop over n work items: the shared scheduler (common/parallel.h).
+template <class F>
+static void par_for(int64_t n, const F& fn) {
+  tts::cpu::parallel_for(n, fn);
 }
 
 // ---------------------------------------------------------------------------
@@ -603,7 +501,7 @@ struct Chunks {
 
 static Chunks make_chunks(int64_t n, bool par) {
   if (!par) return {n, std::max<int64_t>(n, 1), 1};
-  const int64_t nt = std::max(1, at::get_num_threads());
+  const int64_t nt = tts::cpu::num_threads();
   int64_t size = (n + 4 * nt - 1) / (4 * nt);
   size = std::max<int64_t>(size, 8192);
   size = (size + kBlock - 1) / kBlock * kBlock;
@@ -884,31 +782,17 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   }
   const float lse = xmax + static_cast<float>(std::log(se));
 
-  // ---- budget rules 1 and 2, rule 3's masking -----------------------------------------
-  int32_t* st = c.budget != nullptr ? c.budget + r * 8 : nullptr;
-  bool pending = false, free_ = false, need = false, force_end = false;
-  int64_t forced_tok = -1, end0 = -1;
-  if (st != nullptr) {
-    end0 = c.forced[c.num_wait];
-    const int32_t mn = st[0], mx = st[1], mw = st[2], nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
-    const bool active = mx >= 0 && ph != kDone;  // valid already
-    force_end = active && ph == kThinking && nt >= mx;
-    pending = active && !force_end && pos < stop;
-    free_ = active && !force_end && !pending;
-    need = free_ && (nt < mn || wu < mw);
-    if (force_end) {
-      forced_tok = end0;
-    } else if (pending) {
-      const int64_t sp = std::min<int64_t>(std::max<int64_t>(pos, 0), c.L - 1);
-      forced_tok = c.forced[sp];
-    }
-  }
+  // ---- budget rules 1 and 2, rule 3's masking (csrc/budget/budget_forcing.h) ---------
+  int32_t* st = c.budget != nullptr ? c.budget + r * budget::kStateColumns : nullptr;
+  const budget::ForcedIds fids{c.forced, c.L, c.num_wait, c.num_end};
+  const budget::Plan bp = st != nullptr ? budget::plan(st, fids) : budget::no_budget();
+  const int64_t end0 = bp.end0, forced_tok = bp.forced_tok;
 
   int64_t tok = forced_tok;
   if (tok < 0) {
     const float* xd = x;
     float dmax = xmax;
-    if (need && c.num_wait == 0) {  // an early end gets probability 0
+    if (bp.mask_end) {  // an early end gets probability 0
       if (x != s.xf.data()) {
         s.xf.resize(V);
         std::memcpy(s.xf.data(), x, V * sizeof(float));
@@ -933,38 +817,7 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   }
 
   // ---- budget rule 3 and state update ---------------------------------------------------------
-  if (st != nullptr) {
-    const int32_t mn = st[0], mx = st[1], mw = st[2];
-    int32_t nt = st[3], wu = st[4], ph = st[5], pos = st[6], stop = st[7];
-    (void)mn;
-    (void)mx;
-    (void)mw;
-    const bool is_end = free_ && tok == end0;
-    const bool replace = is_end && need;
-    const bool natural_end = is_end && !need;
-    if (c.num_wait > 0 && replace) tok = c.forced[0];
-    const bool forced_pending_wait = pending && ph == kThinking;
-    nt += static_cast<int32_t>(free_ && !natural_end) + static_cast<int32_t>(forced_pending_wait);
-    wu += static_cast<int32_t>(replace);
-    const int32_t lw = static_cast<int32_t>(c.num_wait), le = static_cast<int32_t>(c.num_end);
-    const int32_t la = static_cast<int32_t>(c.L) - lw - le;
-    int32_t new_pos = pending ? pos + 1 : pos;
-    int32_t new_stop = stop;
-    if (force_end || natural_end) new_pos = lw + 1;
-    if (force_end) new_stop = lw + le + la;
-    if (natural_end) new_stop = lw + le;
-    if (replace) {
-      new_pos = 1;
-      new_stop = lw;
-    }
-    if (force_end || natural_end) ph = kEnding;
-    if (ph == kEnding && new_pos >= new_stop) ph = kDone;
-    st[3] = nt;
-    st[4] = wu;
-    st[5] = ph;
-    st[6] = new_pos;
-    st[7] = new_stop;
-  }
+  if (st != nullptr) tok = budget::advance(st, bp, fids, tok);
 
   c.out_tok[r] = tok;
   c.out_lp[r] = logit_at(c, r, tok) - lse;
@@ -1020,8 +873,8 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
     const at::Tensor& bt = *budget;
     TORCH_CHECK(bt.device().is_cpu(), "sample_cpu: budget must be a CPU tensor");
     TORCH_CHECK(bt.scalar_type() == at::kInt, "sample_cpu: budget must be int32, got ", bt.scalar_type());
-    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == B && bt.size(1) == 8, "sample_cpu: budget must be [", B,
-                ", 8], got ", bt.sizes());
+    TORCH_CHECK(bt.dim() == 2 && bt.size(0) == B && bt.size(1) == budget::kStateColumns,
+                "sample_cpu: budget must be [", B, ", ", int(budget::kStateColumns), "], got ", bt.sizes());
     TORCH_CHECK(bt.is_contiguous(), "sample_cpu: budget must be contiguous");
     TORCH_CHECK(forced_ids.has_value() && forced_ids->defined(), "sample_cpu: forced_ids required with budget");
     const at::Tensor& f = *forced_ids;
@@ -1041,10 +894,10 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
   at::Tensor lp = at::empty({B}, logits.options().dtype(at::kFloat));
   c.out_tok = tok.data_ptr<int64_t>();
   c.out_lp = lp.data_ptr<float>();
-  c.ops = Ops{use_avx2()};
+  c.ops = Ops{tts::cpu::use_avx2()};
   if (B == 0) return {tok, lp};
 
-  const int64_t nt = at::get_num_threads();
+  const int64_t nt = tts::cpu::num_threads();
   if (B >= nt || V < 32768 || nt == 1) {
     if (B * V < 32768) {
       for (int64_t r = 0; r < B; ++r) process_row(c, r, false);

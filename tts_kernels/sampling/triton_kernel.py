@@ -36,6 +36,23 @@ import torch
 import triton
 import triton.language as tl
 
+from . import budget as _budget
+
+# Budget-state layout (columns of a row of the [B, STATE_COLUMNS] state, and the
+# phases), read from budget.py: the same names as csrc/budget/budget_forcing.h.
+MIN_TOKENS = tl.constexpr(_budget.MIN_TOKENS)
+MAX_TOKENS = tl.constexpr(_budget.MAX_TOKENS)
+MIN_WAITS = tl.constexpr(_budget.MIN_WAITS)
+NUM_THINKING = tl.constexpr(_budget.NUM_THINKING)
+WAITS_USED = tl.constexpr(_budget.WAITS_USED)
+PHASE = tl.constexpr(_budget.PHASE)
+POS = tl.constexpr(_budget.POS)
+STOP = tl.constexpr(_budget.STOP)
+STATE_COLUMNS = tl.constexpr(_budget.STATE_COLUMNS)
+THINKING = tl.constexpr(_budget.THINKING)
+ENDING = tl.constexpr(_budget.ENDING)
+DONE = tl.constexpr(_budget.DONE)
+
 # tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
 _BLOCK = 2048    # stats pass and filtered draw (Philox + logs per element)
 _HBLOCK = 1024   # histogram passes ([HBLOCK, 16] one-hot per tile)
@@ -167,18 +184,18 @@ def _sample_kernel(
 
     # ---- budget rules 1 and 2 (forced tokens), rule 3's end masking -------------------
     if HAS_BUDGET:
-        bp = budget_ptr + row.to(tl.int64) * 8
-        mn = tl.load(bp + 0)
-        mx = tl.load(bp + 1)
-        mw = tl.load(bp + 2)
-        nt = tl.load(bp + 3)
-        wu = tl.load(bp + 4)
-        ph = tl.load(bp + 5)
-        pos = tl.load(bp + 6)
-        stop = tl.load(bp + 7)
+        bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
+        mn = tl.load(bp + MIN_TOKENS)
+        mx = tl.load(bp + MAX_TOKENS)
+        mw = tl.load(bp + MIN_WAITS)
+        nt = tl.load(bp + NUM_THINKING)
+        wu = tl.load(bp + WAITS_USED)
+        ph = tl.load(bp + PHASE)
+        pos = tl.load(bp + POS)
+        stop = tl.load(bp + STOP)
         end0 = tl.load(forced_ptr + num_wait)
-        has = (mx >= 0) & (ph != 2)
-        force_end = has & (ph == 0) & (nt >= mx)
+        has = (mx >= 0) & (ph != DONE)
+        force_end = has & (ph == THINKING) & (nt >= mx)
         pending = has & (force_end == 0) & (pos < stop)
         free = has & (force_end == 0) & (pending == 0)
         need = free & ((nt < mn) | (wu < mw))
@@ -295,7 +312,7 @@ def _sample_kernel(
         natural_end = is_end & (needv == 0)
         wait0 = tl.load(forced_ptr)  # only used when num_wait > 0
         tok = tl.where(replace & (num_wait > 0), wait0, tok)
-        fpw = pending & (ph == 0)
+        fpw = pending & (ph == THINKING)
         nt2 = nt + (freev & (natural_end == 0)).to(tl.int32) + fpw.to(tl.int32)
         wu2 = wu + replace.to(tl.int32)
         new_pos = tl.where(pending, pos + 1, pos)
@@ -304,13 +321,13 @@ def _sample_kernel(
         new_stop = tl.where(natural_end, num_wait + num_end, new_stop)
         new_pos = tl.where(replace, 1, new_pos)
         new_stop = tl.where(replace, num_wait, new_stop)
-        ph2 = tl.where(force_end | natural_end, 1, ph)
-        ph2 = tl.where((ph2 == 1) & (new_pos >= new_stop), 2, ph2)
-        tl.store(bp + 3, nt2, mask=valid)
-        tl.store(bp + 4, wu2, mask=valid)
-        tl.store(bp + 5, ph2, mask=valid)
-        tl.store(bp + 6, new_pos, mask=valid)
-        tl.store(bp + 7, new_stop, mask=valid)
+        ph2 = tl.where(force_end | natural_end, ENDING, ph)
+        ph2 = tl.where((ph2 == ENDING) & (new_pos >= new_stop), DONE, ph2)
+        tl.store(bp + NUM_THINKING, nt2, mask=valid)
+        tl.store(bp + WAITS_USED, wu2, mask=valid)
+        tl.store(bp + PHASE, ph2, mask=valid)
+        tl.store(bp + POS, new_pos, mask=valid)
+        tl.store(bp + STOP, new_stop, mask=valid)
 
     tok_safe = tl.minimum(tl.maximum(tok, 0), V - 1)
     xt = tl.load(row_ptr + tok_safe).to(tl.float32)
@@ -338,7 +355,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     offset = offset.to(torch.int64).contiguous()
     has_budget = budget is not None
     if has_budget:
-        assert budget.dtype == torch.int32 and budget.is_contiguous() and budget.shape == (B, 8)
+        assert budget.dtype == torch.int32 and budget.is_contiguous() and budget.shape == (B, _budget.STATE_COLUMNS)
         forced = forced_ids.to(torch.int32).contiguous()
         num_forced = forced.numel()
     else:
