@@ -32,9 +32,12 @@ bf16/fp16 logits are read natively and upcast in registers.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from . import budget as _budget
 
@@ -54,14 +57,14 @@ ENDING = tl.constexpr(_budget.ENDING)
 DONE = tl.constexpr(_budget.DONE)
 
 # tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
-_BLOCK = 2048    # stats pass and filtered draw (Philox + logs per element)
+_BLOCK = 1024    # stats pass and filtered draw: 4 tokens (one Philox call) per thread at 8 warps
 _HBLOCK = 1024   # histogram passes ([HBLOCK, 16] one-hot per tile)
 _NUM_WARPS = 8
 
 
 @triton.jit
-def _philox_gumbel(ctr, c1, c2, k0, k1):
-    """Gumbel noise [R, 4] for the counters ``ctr`` (uint32 [R]); word j of counter r -> [r, j]."""
+def _philox4(ctr, c1, c2, k0, k1):
+    """Philox4x32-10 of the counters ``(ctr, c1, c2, 0)`` under key ``(k0, k1)``: four uint32 words."""
     m0 = tl.full([], 0xD2511F53, tl.uint32)
     m1 = tl.full([], 0xCD9E8D57, tl.uint32)
     w0 = tl.full([], 0x9E3779B9, tl.uint32)
@@ -83,11 +86,58 @@ def _philox_gumbel(ctr, c1, c2, k0, k1):
         x3 = lo0
         a = a + w0
         b = b + w1
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _interleave4(x0, x1, x2, x3):
+    """[R] x 4 -> [R, 4]: word j of counter r at [r, j]."""
     col = tl.arange(0, 4)[None, :]
-    w = tl.where(col == 0, x0[:, None],
-                 tl.where(col == 1, x1[:, None], tl.where(col == 2, x2[:, None], x3[:, None])))
-    u = ((w >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
+    return tl.where(col == 0, x0[:, None],
+                    tl.where(col == 1, x1[:, None], tl.where(col == 2, x2[:, None], x3[:, None])))
+
+
+@triton.jit
+def _uniform(w):
+    return ((w >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
+
+
+@triton.jit
+def _philox_gumbel(ctr, c1, c2, k0, k1):
+    """Gumbel noise [R, 4] for the counters ``ctr`` (uint32 [R]), exactly as ``philox.py``
+    (float32 ``-log(-log(u))``)."""
+    x0, x1, x2, x3 = _philox4(ctr, c1, c2, k0, k1)
+    u = _uniform(_interleave4(x0, x1, x2, x3))
     return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _log2(x, FAST_LOG: tl.constexpr):
+    if FAST_LOG:
+        y = libdevice.fast_log2f(x)   # MUFU.LG2 (GPU only: the interpreter has no libdevice)
+    else:
+        y = tl.log2(x)
+    return y
+
+
+@triton.jit
+def _fast_gumbel(w, FAST_LOG: tl.constexpr):
+    """Approximate Gumbel noise of the Philox words ``w``, |error| <= ~5e-6 (absolute).
+
+    ``E = -log(u)`` needs a small *relative* error (``g = -log(E)`` turns it into an absolute
+    one): for ``u <= 3/4`` a hardware log2 is enough; above, ``E = 2 atanh(s)``,
+    ``s = t / (2 - t)``, ``t = 1 - u`` (exact), by a 5-term odd series (``s <= 1/7``:
+    truncation < 1e-9 relative). Only used to pick each lane's candidate in pass 1; the
+    candidates are rescored exactly (``_philox_gumbel``'s float32 formula) at the end."""
+    u = _uniform(w)
+    t = 1.0 - u
+    e_log = -0.6931471805599453 * _log2(u, FAST_LOG)
+    s = tl.fdiv(t, 2.0 - t)
+    s2 = s * s
+    e_ser = (2.0 * s) * (1.0 + s2 * (0.3333333333333333 + s2 * (0.2 + s2 * (0.14285714285714285
+                                                                         + s2 * 0.1111111111111111))))
+    e = tl.where(u > 0.75, e_ser, e_log)
+    return -0.6931471805599453 * _log2(e, FAST_LOG)
 
 
 @triton.jit
@@ -172,7 +222,8 @@ def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr,
         V, stride_row, num_wait, num_end, num_forced,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+        FAST_LOG: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     temp = tl.load(temp_ptr + row)
@@ -251,8 +302,9 @@ def _sample_kernel(
         g_val = tl.where(upd, xm, g_val)
         g_idx = tl.where(upd, offs, g_idx)
         if do_draw:
-            g = _philox_gumbel((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
-            sc = xm / Tz + g
+            # approximate score, scaled by T (one FFMA, no division): picks each lane's candidate
+            x0, x1, x2, x3 = _philox4((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
+            sc = xm + Tz * _fast_gumbel(_interleave4(x0, x1, x2, x3), FAST_LOG)
             upd2 = sc > s_val
             s_val = tl.where(upd2, sc, s_val)
             s_idx = tl.where(upd2, offs, s_idx)
@@ -262,8 +314,19 @@ def _sample_kernel(
     lse = m_row + tl.log(tl.sum(s_vec * tl.exp(m_vec - m_row)))
     xmax = tl.max(g_val)
     g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
-    s_best = tl.max(s_val)
-    s_tok = tl.min(tl.where(s_val == s_best, s_idx, 2147483647))
+    # exact rescoring of the lane candidates: z + g with the reference's float32 formulas
+    # (x / T, -log(-log(u))); the row's winner is the first index of the exact maximum
+    s_tok = tl.full([], 0, tl.int32)
+    if do_draw:
+        cand = s_val > float("-inf")
+        cx0, cx1, cx2, cx3 = _philox4((s_idx >> 2).to(tl.uint32), c1, c2, k0, k1)
+        j = s_idx & 3
+        cw = tl.where(j == 0, cx0, tl.where(j == 1, cx1, tl.where(j == 2, cx2, cx3)))
+        cg = -tl.log(-tl.log(_uniform(cw)))
+        cxv = tl.load(row_ptr + s_idx, mask=cand, other=float("-inf")).to(tl.float32)
+        ex = tl.where(cand, cxv / Tz + cg, float("-inf"))
+        s_best = tl.max(ex)
+        s_tok = tl.min(tl.where(ex == s_best, s_idx, 2147483647))
     zmax = xmax / Tz
 
     # ---- filters: threshold search, then the filtered draw if pass 1's winner is dropped --
@@ -337,6 +400,11 @@ def _sample_kernel(
     tl.store(logp_ptr + row, logp)
 
 
+def _fast_log(t):
+    """Hardware log2 (libdevice fast_log2f) on a GPU; the interpreter has no libdevice."""
+    return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
                   budget=None, forced_ids=None, num_wait=0, num_end=0):
     """Triton implementation of the fused sampler (same contract as ``sample_reference``)."""
@@ -368,5 +436,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp,
         V, logits.stride(0), int(num_wait), int(num_end), num_forced,
-        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, num_warps=_NUM_WARPS)
+        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FAST_LOG=_fast_log(logits),
+        num_warps=_NUM_WARPS)
     return tok, logp
