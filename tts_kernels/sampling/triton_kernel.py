@@ -76,10 +76,12 @@ def _philox4(ctr, c1, c2, k0, k1):
     a = k0
     b = k1
     for _ in tl.static_range(10):
-        hi0 = tl.umulhi(x0, m0)
-        lo0 = x0 * m0
-        hi1 = tl.umulhi(x2, m1)
-        lo1 = x2 * m1
+        p0 = x0.to(tl.uint64) * m0.to(tl.uint64)    # mul.wide.u32: hi and lo in one IMAD.WIDE
+        p1 = x2.to(tl.uint64) * m1.to(tl.uint64)
+        hi0 = (p0 >> 32).to(tl.uint32)
+        lo0 = p0.to(tl.uint32)
+        hi1 = (p1 >> 32).to(tl.uint32)
+        lo1 = p1.to(tl.uint32)
         x0 = hi1 ^ x1 ^ a
         x1 = lo1
         x2 = hi0 ^ x3 ^ b
@@ -120,6 +122,17 @@ def _log2(x, FAST_LOG: tl.constexpr):
                                       is_pure=True, pack=1)
     else:
         y = tl.log2(x)
+    return y
+
+
+@triton.jit
+def _exp2(x, FAST_LOG: tl.constexpr):
+    """2**x; on a GPU one MUFU.EX2 flushing results below 2**-126 to 0 (sum-exp terms only)."""
+    if FAST_LOG:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.exp2(x)
     return y
 
 
@@ -293,9 +306,9 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
     ridx = tl.arange(0, R)
     idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]       # [R, 4] token index in tile
     Tln2 = Tz * 0.6931471805599453
-    bad = tl.zeros([R, 4], tl.int1)
-    fin = tl.zeros([R, 4], tl.int1)
-    m_vec = tl.full([R, 4], float("-inf"), tl.float32)
+    # m starts at -FLT_MAX (not -inf): exp2((min - max) * log2e) never sees -inf - -inf, and a
+    # -FLT_MAX logit still counts exp(0) = 1; NaN propagates through the max (validity check)
+    m_vec = tl.full([R, 4], -3.4028234663852886e38, tl.float32)
     s_vec = tl.zeros([R, 4], tl.float32)
     g_val = tl.full([R, 4], float("-inf"), tl.float32)
     g_idx = tl.zeros([R, 4], tl.int32) + lo
@@ -305,15 +318,13 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
         offs = start + idx2
         inb = offs < hi
         x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
-        bad |= (x != x) | (x == float("inf"))
         # logsumexp of the unmodified logits: per-lane online max/sum, one exp per element
-        m_new = tl.maximum(m_vec, x)
-        d = tl.where(m_new == float("-inf"), 0.0, tl.exp(tl.minimum(m_vec, x) - m_new))
+        m_new = tl.maximum(m_vec, x, propagate_nan=tl.PropagateNan.ALL)
+        d = _exp2((tl.minimum(m_vec, x) - m_new) * 1.4426950408889634, FAST_LOG)
         s_vec = tl.where(x > m_vec, s_vec * d + 1.0, s_vec + d)
         m_vec = m_new
         # greedy argmax of the end-masked logits (strict > keeps each lane's first index)
         xm = tl.where(mask_end & (offs == end0), float("-inf"), x)
-        fin |= (xm > float("-inf")) & (xm < float("inf"))
         upd = xm > g_val
         g_val = tl.where(upd, xm, g_val)
         g_idx = tl.where(upd, offs, g_idx)
@@ -325,11 +336,14 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
             s_val = tl.where(upd2, sc, s_val)
             s_idx = tl.where(upd2, offs, s_idx)
 
-    bad_any = tl.max(bad.to(tl.int32))
-    fin_any = tl.max(fin.to(tl.int32))
+    # NaN or +inf anywhere <=> a lane max is NaN or +inf; a finite (end-masked) logit <=> the
+    # greedy maximum is > -inf (it is +inf only in rows that are bad anyway)
+    nan_any = tl.max((m_vec != m_vec).to(tl.int32))
     m_row = tl.max(m_vec)
-    s_row = tl.sum(tl.where(m_vec == float("-inf"), 0.0, s_vec * tl.exp(m_vec - m_row)))
+    bad_any = nan_any | (m_row == float("inf")).to(tl.int32)
+    s_row = tl.sum(s_vec * tl.exp(m_vec - m_row))
     xmax = tl.max(g_val)
+    fin_any = (xmax > float("-inf")).to(tl.int32)
     g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
     # exact rescoring of the lane candidates: z + g with the reference's float32 formulas
     # (x / T, -log(-log(u))); the winner is the first index of the exact maximum
@@ -556,14 +570,15 @@ def _fast_log(t):
 
 
 def _num_slices(B, V, device):
-    """Row slices per row: enough programs to fill the GPU (>= 2 per SM) when B is small,
-    slices of at least 4 tiles. 1 (one program per row) off CUDA."""
+    """Row slices per row: enough programs to fill the GPU (2 per SM) when B is small, slices of
+    at least 2 tiles (each program also rescores its BLOCK lane candidates exactly, about two
+    tiles' worth of work). 1 (one program per row) off CUDA; tests monkeypatch this."""
     if device.type != "cuda":
         return 1
     sms = torch.cuda.get_device_properties(device).multi_processor_count
     if B >= sms:
         return 1
-    max_slices = max(1, triton.cdiv(V, 4 * _BLOCK))
+    max_slices = max(1, triton.cdiv(V, 2 * _BLOCK))   # >= 2 tiles a slice (+ the candidate rescoring)
     return max(1, min(max_slices, triton.cdiv(2 * sms, B)))
 
 
