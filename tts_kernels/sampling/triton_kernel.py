@@ -2,31 +2,32 @@
 
 Semantics: ``reference.py``; random stream: ``philox.py``; budget rules: ``budget.py``.
 
-Design (one launch, one program per row, grid ``(B,)``; no host sync, no
-data-dependent allocation or grid, so the op is CUDA-graph capturable):
+Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturable):
 
-1. **Stats pass** (always, one read of the row, tiles of ``BLOCK``): NaN/+inf
-   and "any finite" flags, per-lane online max / sum of ``exp`` of the
-   unmodified logits (logsumexp, for the logprob; one exp per element), the
-   first-index argmax of the (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
-   that draw, the first-index argmax of ``z + gumbel`` over *all* tokens.
-   Philox runs once per 4 tokens: a tile is laid out as ``[BLOCK/4, 4]`` and
-   the 4 output words of a counter fill one row of the tile.
-   Plain temperature sampling and greedy rows are done after this pass.
-2. **Threshold search** (only rows with top-k and/or top-p on): radix select
-   over order-preserving uint32 keys of ``z``, 4-bit digits, most significant
-   first: each pass builds a 16-bin count and mass (``exp(z - zmax)``)
-   histogram of the tokens that share the prefix chosen so far and picks the
-   next digit. Top-k selects by count (exits early once the chosen bucket is
-   exactly the rest of the top-k set), top-p by mass against
-   ``top_p * mass(top-k set)`` (exits early once the chosen bucket holds one
-   token). At most 8 passes each; the kept set is ``key(z) >= T`` (ties kept).
-3. **Filtered draw** (only when needed): the filters only remove tokens, so if
-   the unfiltered Gumbel winner of pass 1 is kept by top-k/top-p/min-p, it is
-   the answer; otherwise one more pass takes the Gumbel argmax over the kept
-   tokens. Min-p alone therefore costs a second pass only with probability
-   equal to the mass it removes.
-4. Budget rules 1-3 and the state update are scalar code per row.
+* **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``). Small B:
+  ``_partial_kernel`` runs pass 1 over ``B x S`` row slices (``_num_slices``: about 2 programs
+  per SM, slices of >= 2 tiles) and ``_merge_kernel`` (one program per row) merges the
+  partials exactly and finishes the row. The grid is a function of (B, V) only.
+* **Pass 1** (``_pass1``, always, one read of the row in tiles of ``BLOCK``; a thread holds
+  16 contiguous bytes of logits per row of the tile: ``W`` = 4 fp32 or 8 bf16/fp16 tokens):
+  the lane max (NaN-propagating: validity) and sum of ``exp`` of the raw logits (logsumexp:
+  one ex2 per token), the first-index argmax of the end-masked logits (greedy rows, ``zmax``)
+  and, for rows that draw, each lane's candidate for ``argmax(z + g)``: one Philox4x32 call per
+  4 tokens, an approximate Gumbel (``_fast_neg_log2_e``: hardware lg2/rcp on a GPU, |error|
+  <= ~5e-6) and one FFMA ``x - T ln2 * r`` (the score times T, minus a row constant). The
+  BLOCK lane candidates are then **rescored exactly** with the reference's float32 formulas
+  (``x / T + (-log(-log u))``) and the winner is the first index of the exact maximum. The
+  token therefore equals the reference's unless two tokens of the *same lane* (tokens
+  ``BLOCK`` apart) are within ~1e-5 * T of each other (a documented near-tie).
+* **Split-row merge** (exact): max of the lane maxima; sums of exp rescaled to the common
+  max; greedy and Gumbel argmaxes by value, then the smallest index (each partial returns
+  the first index of its own maximum, so the merged index is the row's first index).
+* **Filters** (``_finish``, only rows with top-k / top-p / min-p): radix select over
+  order-preserving uint32 keys of ``z`` (4-bit digits; top-k by count with early exit, top-p
+  by mass against ``top_p * mass(top-k set)``), then, if pass 1's winner is not kept, one
+  filtered pass (exact Gumbel per token) over the kept tokens. Min-p alone costs the second
+  pass only with the probability of the mass it removes.
+* Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 bf16/fp16 logits are read natively and upcast in registers.
 """
@@ -292,8 +293,26 @@ def _philox_key(seed_ptr, offset_ptr, row):
 
 
 @triton.jit
+def _philox_tile(start, ridx, c1, c2, k0, k1, W: tl.constexpr):
+    """Philox words [R, W] of the tokens ``start + W * r + c`` (W = 4: one counter a row; W = 8:
+    two, so that a thread's 8 contiguous 2-byte logits are one 16-byte load)."""
+    if W == 4:
+        x0, x1, x2, x3 = _philox4((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
+        w = _interleave4(x0, x1, x2, x3)
+    else:
+        a0, a1, a2, a3 = _philox4((start // 4 + 2 * ridx).to(tl.uint32), c1, c2, k0, k1)
+        b0, b1, b2, b3 = _philox4((start // 4 + 2 * ridx + 1).to(tl.uint32), c1, c2, k0, k1)
+        col = tl.arange(0, 8)[None, :]
+        w = tl.where(col == 0, a0[:, None], tl.where(col == 1, a1[:, None], tl.where(
+            col == 2, a2[:, None], tl.where(col == 3, a3[:, None], tl.where(
+                col == 4, b0[:, None], tl.where(col == 5, b1[:, None], tl.where(
+                    col == 6, b2[:, None], b3[:, None])))))))
+    return w
+
+
+@triton.jit
 def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
-           BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
+           BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr = 4):
     """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): validity flags,
     (max, sum of exp(x - max)) of the raw logits, the first-index argmax of the end-masked
     logits, and the first-index argmax of the *exact* ``x / T + g`` (when ``do_draw``).
@@ -302,18 +321,18 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
     hardware log2) and one FFMA give each lane's candidate; the lane candidates (BLOCK of them)
     are rescored exactly at the end. The result differs from the exact argmax only if two
     tokens of one lane are within ~1e-5 * T of each other (a documented near-tie)."""
-    R: tl.constexpr = BLOCK // 4
+    R: tl.constexpr = BLOCK // W
     ridx = tl.arange(0, R)
-    idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]       # [R, 4] token index in tile
+    idx2 = W * ridx[:, None] + tl.arange(0, W)[None, :]       # [R, W] token index in tile
     Tln2 = Tz * 0.6931471805599453
     # m starts at -FLT_MAX (not -inf): exp2((min - max) * log2e) never sees -inf - -inf, and a
     # -FLT_MAX logit still counts exp(0) = 1; NaN propagates through the max (validity check)
-    m_vec = tl.full([R, 4], -3.4028234663852886e38, tl.float32)
-    s_vec = tl.zeros([R, 4], tl.float32)
-    g_val = tl.full([R, 4], float("-inf"), tl.float32)
-    g_idx = tl.zeros([R, 4], tl.int32) + lo
-    s_val = tl.full([R, 4], float("-inf"), tl.float32)
-    s_idx = tl.zeros([R, 4], tl.int32) + lo
+    m_vec = tl.full([R, W], -3.4028234663852886e38, tl.float32)
+    s_vec = tl.zeros([R, W], tl.float32)
+    g_val = tl.full([R, W], float("-inf"), tl.float32)
+    g_idx = tl.zeros([R, W], tl.int32) + lo
+    s_val = tl.full([R, W], float("-inf"), tl.float32)
+    s_idx = tl.zeros([R, W], tl.int32) + lo
     for start in range(lo, hi, BLOCK):
         offs = start + idx2
         inb = offs < hi
@@ -330,8 +349,7 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
         g_idx = tl.where(upd, offs, g_idx)
         if do_draw:
             # approximate score scaled by T, minus the row constant T ln2 log2(ln2): one FFMA
-            x0, x1, x2, x3 = _philox4((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
-            sc = xm - Tln2 * _fast_neg_log2_e(_interleave4(x0, x1, x2, x3), FAST_LOG)
+            sc = xm - Tln2 * _fast_neg_log2_e(_philox_tile(start, ridx, c1, c2, k0, k1, W), FAST_LOG)
             upd2 = sc > s_val
             s_val = tl.where(upd2, sc, s_val)
             s_idx = tl.where(upd2, offs, s_idx)
@@ -473,7 +491,7 @@ def _sample_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr,
         V, stride_row, num_wait, num_end, num_forced,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr,
-        FAST_LOG: tl.constexpr):
+        FAST_LOG: tl.constexpr, W: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
@@ -481,7 +499,7 @@ def _sample_kernel(
                                                     num_wait, num_forced, HAS_BUDGET)
     k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
     bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
-        row_ptr, 0, V, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG)
+        row_ptr, 0, V, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
     valid = (bad_any == 0) & (fin_any > 0)
     lse = m_row + tl.log(s_row)
     _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
@@ -504,7 +522,7 @@ _WS_STOK = tl.constexpr(2)
 def _partial_kernel(
         logits_ptr, temp_ptr, topk_ptr, seed_ptr, offset_ptr, budget_ptr, forced_ptr,
         wsf_ptr, wsi_ptr, V, stride_row, num_wait, num_forced, CHUNK,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr):
     """Split-row pass 1: program (row, j) runs pass 1 over ``[j * CHUNK, (j + 1) * CHUNK)``
     and writes its partial statistics (exact values: the merge is exact)."""
     row = tl.program_id(0)
@@ -517,7 +535,7 @@ def _partial_kernel(
     lo = j * CHUNK
     hi = tl.minimum(lo + CHUNK, V)
     bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
-        row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG)
+        row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
     base = (row * S + j) * 4
     tl.store(wsf_ptr + base + _WS_M, m_row)
     tl.store(wsf_ptr + base + _WS_S, s_row)
@@ -608,7 +626,9 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    block = min(_BLOCK, max(16, triton.next_power_of_2(V)))
+    # tokens per thread-row of a pass-1 tile: 16 bytes of logits (4 fp32 or 8 bf16/fp16)
+    w = 8 if logits.element_size() == 2 else 4
+    block = min(_BLOCK * w // 4, max(16, triton.next_power_of_2(V)))
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
     fast = _fast_log(logits)
     S = _num_slices(B, V, dev)
@@ -617,7 +637,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp,
             V, logits.stride(0), int(num_wait), int(num_end), num_forced,
-            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FAST_LOG=fast, num_warps=_NUM_WARPS)
+            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
         return tok, logp
     chunk = triton.cdiv(triton.cdiv(V, S), block) * block   # a multiple of the tile
     S = triton.cdiv(V, chunk)
@@ -626,7 +646,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     _partial_kernel[(B, S)](
         logits, temperature, top_k, seed, offset, budget, forced, wsf, wsi,
         V, logits.stride(0), int(num_wait), num_forced, chunk,
-        HAS_BUDGET=has_budget, BLOCK=block, FAST_LOG=fast, num_warps=_NUM_WARPS)
+        HAS_BUDGET=has_budget, BLOCK=block, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, wsf, wsi,
