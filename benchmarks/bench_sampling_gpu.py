@@ -44,6 +44,12 @@ SWEEPS = {
 BUDGET_SHAPES = {"full": [(1, 32000), (32, 128256), (256, 151936), (1024, 151936)],
                  "quick": [(1, 32000), (256, 151936)], "cpu-quick": [(8, 32000)]}
 BUDGET_CONFIGS = ("temp", "topk_topp_minp")
+# split-row suite: the Triton sampler at small B with one program per row (slices=1) against
+# the split-row path (pass 1 over B x S row slices + an exact merge kernel, slices=auto)
+SPLIT_SHAPES = {"full": [(1, 32000), (1, 128256), (1, 151936), (8, 151936), (32, 128256), (32, 151936),
+                         (1, 32001)],
+                "quick": [(1, 151936), (32, 151936)], "cpu-quick": [(1, 32000)]}
+SPLIT_CONFIGS = ("temp", "greedy", "topk_topp_minp")
 
 
 # ----------------------------------------------------------------------------
@@ -165,6 +171,41 @@ def run_budget(impls, shapes, device, timer, log=print):
     return records
 
 
+def run_split(shapes, dtypes, device, timer, copy_gbps, log=print):
+    """Triton sampler, split-row path (auto slices) vs one program per row, same inputs."""
+    from baselines import make_tts
+    from tts_kernels.sampling import triton_kernel as tkm
+
+    auto = tkm._num_slices
+    records = []
+    for dtype_name in dtypes:
+        for (B, V) in shapes:
+            logits = make_logits(B, V, DTYPES[dtype_name], device)
+            nbytes = sampler_bytes(B, V, logits.element_size())
+            for cfg_name in SPLIT_CONFIGS:
+                for mode in ("slices=1", "slices=auto"):
+                    tkm._num_slices = auto if mode == "slices=auto" else (lambda B, V, dev: 1)
+                    try:
+                        fn = make_tts("triton")(CONFIGS[cfg_name])
+                        med, lo, hi = timer(lambda: fn(logits))
+                    except Exception as exc:
+                        log(f"[bench] ERROR split {mode} {cfg_name} B={B} V={V} {dtype_name}: "
+                            f"{type(exc).__name__}: {exc}")
+                        continue
+                    finally:
+                        tkm._num_slices = auto
+                    slices = auto(B, V, device) if mode == "slices=auto" else 1
+                    r = dict(suite="split", impl="tts_kernels.triton", kind="tts_kernels", B=B, V=V, dtype=dtype_name,
+                             config=cfg_name, budget=False, mode=mode, slices=slices, median_s=med, min_s=lo,
+                             max_s=hi, bytes=nbytes, gbps=gbps(nbytes, med),
+                             frac_copy_bw=(gbps(nbytes, med) / copy_gbps) if copy_gbps else None)
+                    records.append(r)
+                    log(f"split {mode:<11} (S={slices:<3}) {cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} "
+                        f"{fmt_time(med):>10}  {r['gbps']:8.1f} GB/s")
+            del logits
+    return records
+
+
 # ----------------------------------------------------------------------------
 # Triton-tutorial perf_report plots (from the measurements above; nothing is re-timed)
 # ----------------------------------------------------------------------------
@@ -209,6 +250,7 @@ def parse_args(argv=None):
     p.add_argument("--impls", default="", help="comma list of implementations (default: all available)")
     p.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer size (default 1024 on cuda)")
     p.add_argument("--no-budget", action="store_true", help="skip the budget-forcing overhead cases")
+    p.add_argument("--no-split", action="store_true", help="skip the split-row (small B) cases")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write Triton perf_report plots to DIR")
     p.add_argument("--out", default=None,
                    help="results JSON (default benchmarks/results/sampling_gpu.json on cuda, none on cpu)")
@@ -262,6 +304,8 @@ def main(argv=None):
         if device.type == "cuda":  # the reference is slow and not what the overhead case is about
             kimpls = [i for i in kimpls if i.name != "tts_kernels.reference"] or kimpls
         records += run_budget(kimpls, BUDGET_SHAPES[sweep_name], device, timer)
+    if not args.no_split and any(i.name == "tts_kernels.triton" for i in impls):
+        records += run_split(SPLIT_SHAPES[sweep_name], dtypes, device, timer, cb["gbps"])
 
     meta = env_metadata(device)
     meta.update(git_at_start)  # the code measured is the code at the start

@@ -280,3 +280,72 @@ def test_threshold_search_exact(quantize):
     kept = _keys(z.cpu()) >= out.cpu().view(-1, 1)
     want = filter_mask(z.cpu(), top_k, top_p, torch.zeros(B))
     assert torch.equal(kept, want), (kept != want).any(1).nonzero().flatten().tolist()
+
+
+# ---- split-row path (several programs per row, exact merge) and the pass-1 approximation -------
+from tts_kernels.sampling import triton_kernel as _tk  # noqa: E402
+
+
+@pytest.mark.parametrize("slices", [2, 3, 7])
+def test_split_row_matches_reference(monkeypatch, slices):
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    torch.manual_seed(8)
+    B, V = 6, 3001   # odd vocabulary, last slice partial
+    logits = torch.randn(B, V, device=DEV) * 2
+    logits[1, 5] = float("nan")
+    logits[2, :2500] = float("-inf")        # whole slices without a finite logit
+    logits[3, 3000] = 15.0                  # maximum in the last slice
+    logits[4] = torch.round(logits[4])      # ties across slices: first index wins
+    params = _params(B, [1.0, 0.7, 1.0, 0.0, 0.0, 1.2], [0, 0, 10, 0, 0, 50], [1.0, 0.9, 1.0, 1.0, 1.0, 0.8],
+                     [0.0, 0.0, 0.05, 0.0, 0.0, 0.0])
+    tok, _, _ = _check(logits, params)
+    assert tok[1] == -1 and tok[3] == 3000
+    assert tok[4] == int(torch.argmax(logits[4].cpu()))
+
+
+def test_split_row_budget_and_bf16(monkeypatch):
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 4)
+    torch.manual_seed(9)
+    V = 2100
+    f = BudgetForcing(end_think_ids=[7, 8], wait_ids=[], answer_prefix_ids=[3])
+    rows = [(4, 16, 0, 3, 0, THINKING, 0, 0), (4, 16, 0, 3, 0, THINKING, 0, 0),
+            (0, 16, 0, 16, 0, THINKING, 0, 0), (0, -1, 0, 0, 0, DONE, 0, 0)]
+    budget, forced = _budget_case(f, rows, V)
+    logits = (torch.randn(len(rows), V, device=DEV) * 3).to(torch.bfloat16)
+    logits[:2, 7] = 40.0   # the end dominates but is masked (no Wait sequence)
+    params = _params(len(rows), [1.0, 0.0, 1.0, 0.9], [0, 0, 0, 20], [1.0, 1.0, 1.0, 0.9], 0.0)
+    tok, _, _ = _check(logits, params, budget, forced, 0, 2, allow_ties=False)
+    assert tok[0] != 7 and tok[1] != 7 and tok[2] == 7
+
+
+def test_split_row_flat_logits_philox(monkeypatch):
+    # flat logits: the token is the Gumbel argmax over the whole row, found in one slice
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 5)
+    B, V = 4, 2053
+    seed = torch.tensor([0, -1, 2 ** 62 + 3, 77], dtype=torch.int64)
+    offset = torch.tensor([0, 2 ** 32 + 7, 3, -3], dtype=torch.int64)
+    tok, lp = sample_triton(torch.zeros(B, V, device=DEV), *_params(B, seed=seed, offset=offset), None, None, 0, 0)
+    assert torch.equal(tok.cpu(), philox.gumbel(seed, offset, V).argmax(1))
+    torch.testing.assert_close(lp.cpu(), torch.full((B,), -math.log(V)), rtol=1e-5, atol=1e-5)
+
+
+@triton.jit
+def _fast_gumbel_kernel(w_ptr, out_ptr, N: tl.constexpr):
+    offs = tl.arange(0, N)
+    w = tl.load(w_ptr + offs).to(tl.uint32, bitcast=True)
+    tl.store(out_ptr + offs, _tk._fast_neg_log2_e(w, False))
+
+
+def test_pass1_gumbel_approximation():
+    # the candidate score's noise -ln2 * (r + log2(ln2)) stays within 1e-5 of the exact Gumbel
+    # noise over the whole range of u, including u -> 1 (the series branch) and u -> 0
+    g = torch.Generator().manual_seed(10)
+    w = torch.randint(0, 2 ** 32, (4096,), generator=g, dtype=torch.int64)
+    w[:8] = torch.tensor([0, 511, 2 ** 32 - 1, 2 ** 32 - 512, 3 << 30, (3 << 30) - 512, 2 ** 31, 12345])
+    n = w.numel()
+    out = torch.empty(n, dtype=torch.float32, device=DEV)
+    _fast_gumbel_kernel[(1,)](w.to(torch.int32).to(DEV), out, N=n)   # int32 bits of the uint32 words
+    u = ((w >> 9) * 2 + 1).to(torch.float32) * 2.0 ** -24
+    exact = -torch.log(-torch.log(u))
+    approx = -math.log(2) * (out.cpu().double() + math.log2(math.log(2)))
+    assert (approx - exact.double()).abs().max() < 1e-5

@@ -2,39 +2,43 @@
 
 Semantics: ``reference.py``; random stream: ``philox.py``; budget rules: ``budget.py``.
 
-Design (one launch, one program per row, grid ``(B,)``; no host sync, no
-data-dependent allocation or grid, so the op is CUDA-graph capturable):
+Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturable):
 
-1. **Stats pass** (always, one read of the row, tiles of ``BLOCK``): NaN/+inf
-   and "any finite" flags, per-lane online max / sum of ``exp`` of the
-   unmodified logits (logsumexp, for the logprob; one exp per element), the
-   first-index argmax of the (end-masked) logits (greedy rows and ``zmax = max(x) / T``) and, for rows
-   that draw, the first-index argmax of ``z + gumbel`` over *all* tokens.
-   Philox runs once per 4 tokens: a tile is laid out as ``[BLOCK/4, 4]`` and
-   the 4 output words of a counter fill one row of the tile.
-   Plain temperature sampling and greedy rows are done after this pass.
-2. **Threshold search** (only rows with top-k and/or top-p on): radix select
-   over order-preserving uint32 keys of ``z``, 4-bit digits, most significant
-   first: each pass builds a 16-bin count and mass (``exp(z - zmax)``)
-   histogram of the tokens that share the prefix chosen so far and picks the
-   next digit. Top-k selects by count (exits early once the chosen bucket is
-   exactly the rest of the top-k set), top-p by mass against
-   ``top_p * mass(top-k set)`` (exits early once the chosen bucket holds one
-   token). At most 8 passes each; the kept set is ``key(z) >= T`` (ties kept).
-3. **Filtered draw** (only when needed): the filters only remove tokens, so if
-   the unfiltered Gumbel winner of pass 1 is kept by top-k/top-p/min-p, it is
-   the answer; otherwise one more pass takes the Gumbel argmax over the kept
-   tokens. Min-p alone therefore costs a second pass only with probability
-   equal to the mass it removes.
-4. Budget rules 1-3 and the state update are scalar code per row.
+* **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``). Small B:
+  ``_partial_kernel`` runs pass 1 over ``B x S`` row slices (``_num_slices``: about 2 programs
+  per SM, slices of >= 2 tiles) and ``_merge_kernel`` (one program per row) merges the
+  partials exactly and finishes the row. The grid is a function of (B, V) only.
+* **Pass 1** (``_pass1``, always, one read of the row in tiles of ``BLOCK``; a thread holds
+  16 contiguous bytes of logits per row of the tile: ``W`` = 4 fp32 or 8 bf16/fp16 tokens):
+  the lane max (NaN-propagating: validity) and sum of ``exp`` of the raw logits (logsumexp:
+  one ex2 per token), the first-index argmax of the end-masked logits (greedy rows, ``zmax``)
+  and, for rows that draw, each lane's candidate for ``argmax(z + g)``: one Philox4x32 call per
+  4 tokens, an approximate Gumbel (``_fast_neg_log2_e``: hardware lg2/rcp on a GPU, |error|
+  <= ~5e-6) and one FFMA ``x - T ln2 * r`` (the score times T, minus a row constant). The
+  BLOCK lane candidates are then **rescored exactly** with the reference's float32 formulas
+  (``x / T + (-log(-log u))``) and the winner is the first index of the exact maximum. The
+  token therefore equals the reference's unless two tokens of the *same lane* (tokens
+  ``BLOCK`` apart) are within ~1e-5 * T of each other (a documented near-tie).
+* **Split-row merge** (exact): max of the lane maxima; sums of exp rescaled to the common
+  max; greedy and Gumbel argmaxes by value, then the smallest index (each partial returns
+  the first index of its own maximum, so the merged index is the row's first index).
+* **Filters** (``_finish``, only rows with top-k / top-p / min-p): radix select over
+  order-preserving uint32 keys of ``z`` (4-bit digits; top-k by count with early exit, top-p
+  by mass against ``top_p * mass(top-k set)``), then, if pass 1's winner is not kept, one
+  filtered pass (exact Gumbel per token) over the kept tokens. Min-p alone costs the second
+  pass only with the probability of the mass it removes.
+* Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 bf16/fp16 logits are read natively and upcast in registers.
 """
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from triton.language.extra import libdevice
 
 from . import budget as _budget
 
@@ -54,14 +58,14 @@ ENDING = tl.constexpr(_budget.ENDING)
 DONE = tl.constexpr(_budget.DONE)
 
 # tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
-_BLOCK = 2048    # stats pass and filtered draw (Philox + logs per element)
-_HBLOCK = 1024   # histogram passes ([HBLOCK, 16] one-hot per tile)
+_BLOCK = 1024    # stats pass and filtered draw: 4 tokens (one Philox call) per thread at 8 warps
+_HBLOCK = 512    # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _NUM_WARPS = 8
 
 
 @triton.jit
-def _philox_gumbel(ctr, c1, c2, k0, k1):
-    """Gumbel noise [R, 4] for the counters ``ctr`` (uint32 [R]); word j of counter r -> [r, j]."""
+def _philox4(ctr, c1, c2, k0, k1):
+    """Philox4x32-10 of the counters ``(ctr, c1, c2, 0)`` under key ``(k0, k1)``: four uint32 words."""
     m0 = tl.full([], 0xD2511F53, tl.uint32)
     m1 = tl.full([], 0xCD9E8D57, tl.uint32)
     w0 = tl.full([], 0x9E3779B9, tl.uint32)
@@ -73,21 +77,95 @@ def _philox_gumbel(ctr, c1, c2, k0, k1):
     a = k0
     b = k1
     for _ in tl.static_range(10):
-        hi0 = tl.umulhi(x0, m0)
-        lo0 = x0 * m0
-        hi1 = tl.umulhi(x2, m1)
-        lo1 = x2 * m1
+        p0 = x0.to(tl.uint64) * m0.to(tl.uint64)    # mul.wide.u32: hi and lo in one IMAD.WIDE
+        p1 = x2.to(tl.uint64) * m1.to(tl.uint64)
+        hi0 = (p0 >> 32).to(tl.uint32)
+        lo0 = p0.to(tl.uint32)
+        hi1 = (p1 >> 32).to(tl.uint32)
+        lo1 = p1.to(tl.uint32)
         x0 = hi1 ^ x1 ^ a
         x1 = lo1
         x2 = hi0 ^ x3 ^ b
         x3 = lo0
         a = a + w0
         b = b + w1
+    return x0, x1, x2, x3
+
+
+@triton.jit
+def _interleave4(x0, x1, x2, x3):
+    """[R] x 4 -> [R, 4]: word j of counter r at [r, j]."""
     col = tl.arange(0, 4)[None, :]
-    w = tl.where(col == 0, x0[:, None],
-                 tl.where(col == 1, x1[:, None], tl.where(col == 2, x2[:, None], x3[:, None])))
-    u = ((w >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
+    return tl.where(col == 0, x0[:, None],
+                    tl.where(col == 1, x1[:, None], tl.where(col == 2, x2[:, None], x3[:, None])))
+
+
+@triton.jit
+def _uniform(w):
+    return ((w >> 9) * 2 + 1).to(tl.float32) * 5.9604644775390625e-08  # 2**-24, exact
+
+
+@triton.jit
+def _philox_gumbel(ctr, c1, c2, k0, k1):
+    """Gumbel noise [R, 4] for the counters ``ctr`` (uint32 [R]), exactly as ``philox.py``
+    (float32 ``-log(-log(u))``)."""
+    x0, x1, x2, x3 = _philox4(ctr, c1, c2, k0, k1)
+    u = _uniform(_interleave4(x0, x1, x2, x3))
     return -tl.log(-tl.log(u))
+
+
+@triton.jit
+def _log2(x, FAST_LOG: tl.constexpr):
+    """log2 of a positive normal float32; on a GPU one MUFU.LG2 (|error| <= 2**-22 on [0.5, 2],
+    2 ulp elsewhere); the interpreter (no inline PTX) uses the exact log2."""
+    if FAST_LOG:
+        y = tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.log2(x)
+    return y
+
+
+@triton.jit
+def _exp2(x, FAST_LOG: tl.constexpr):
+    """2**x; on a GPU one MUFU.EX2 flushing results below 2**-126 to 0 (sum-exp terms only)."""
+    if FAST_LOG:
+        y = tl.inline_asm_elementwise("ex2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = tl.exp2(x)
+    return y
+
+
+@triton.jit
+def _recip(x, FAST_LOG: tl.constexpr):
+    if FAST_LOG:
+        y = tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                      is_pure=True, pack=1)
+    else:
+        y = 1.0 / x
+    return y
+
+
+@triton.jit
+def _fast_neg_log2_e(w, FAST_LOG: tl.constexpr):
+    """``log2(E / ln 2)`` for ``E = -log(u)`` of the Philox words ``w``, so that the Gumbel
+    noise is ``g = -ln2 * (result + log2(ln 2))``, to about 5e-6 (absolute) in ``g``.
+
+    ``E`` needs a small *relative* error (``g = -log(E)`` turns it into an absolute one): for
+    ``u <= 3/4`` a hardware log2 is enough; above, ``E = 2 atanh(s)``, ``s = t / (2 - t)``,
+    ``t = 1 - u`` (exact), by a 5-term odd series (``s <= 1/7``: truncation < 1e-9 relative).
+    Only used to pick each lane's candidate in pass 1; the candidates are rescored exactly
+    (``_philox_gumbel``'s float32 formula) at the end."""
+    u = _uniform(w)
+    t = 1.0 - u
+    s = t * _recip(2.0 - t, FAST_LOG)
+    s2 = s * s
+    # 2 atanh(s) / ln 2 = s * sum_k 2 / ((2k+1) ln 2) s^(2k)
+    e_ser = s * (2.8853900817779268 + s2 * (0.9617966939259756 + s2 * (0.5770780163555854 + s2 * (
+        0.41219858311113243 + s2 * 0.3205988979753252))))
+    e2 = tl.where(t < 0.25, e_ser, -_log2(u, FAST_LOG))
+    return _log2(e2, FAST_LOG)
 
 
 @triton.jit
@@ -168,21 +246,10 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
 
 
 @triton.jit
-def _sample_kernel(
-        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-        budget_ptr, forced_ptr, tok_ptr, logp_ptr,
-        V, stride_row, num_wait, num_end, num_forced,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr):
-    row = tl.program_id(0)
-    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced, HAS_BUDGET: tl.constexpr):
+    """Budget rules 1 and 2 (forced tokens) and rule 3's end masking, for one row: read only.
+    Returns (end0, mask_end, forced_tok, do_draw, Tz)."""
     temp = tl.load(temp_ptr + row)
-    top_k = tl.load(topk_ptr + row)
-    top_p = tl.load(topp_ptr + row)
-    min_p = tl.load(minp_ptr + row)
-    seed = tl.load(seed_ptr + row)
-    off = tl.load(offset_ptr + row)
-
-    # ---- budget rules 1 and 2 (forced tokens), rule 3's end masking -------------------
     if HAS_BUDGET:
         bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
         mn = tl.load(bp + MIN_TOKENS)
@@ -204,67 +271,134 @@ def _sample_kernel(
         pend_tok = tl.load(forced_ptr + safe_pos)
         forced_tok = tl.where(force_end, end0, tl.where(pending, pend_tok, -1))
     else:
+        top_k = tl.load(topk_ptr + row)
         end0 = -1
         mask_end = top_k != top_k  # False
         forced_tok = -1
-
     greedy = temp <= 0.0
     Tz = tl.where(greedy, 1.0, temp)
     do_draw = (temp > 0.0) & (forced_tok < 0)
-    k_on = (top_k > 0) & (top_k < V)
-    p_on = top_p < 1.0
-    m_on = min_p > 0.0
+    return end0, mask_end, forced_tok, do_draw, Tz
 
-    # Philox key and the counter words that do not depend on the token
+
+@triton.jit
+def _philox_key(seed_ptr, offset_ptr, row):
+    seed = tl.load(seed_ptr + row)
+    off = tl.load(offset_ptr + row)
     k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
     k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
     c1 = (off & 0xFFFFFFFF).to(tl.uint32)
     c2 = ((off >> 32) & 0xFFFFFFFF).to(tl.uint32)
+    return k0, k1, c1, c2
 
-    R: tl.constexpr = BLOCK // 4
+
+@triton.jit
+def _philox_tile(start, ridx, c1, c2, k0, k1, W: tl.constexpr):
+    """Philox words [R, W] of the tokens ``start + W * r + c`` (W = 4: one counter a row; W = 8:
+    two, so that a thread's 8 contiguous 2-byte logits are one 16-byte load)."""
+    if W == 4:
+        x0, x1, x2, x3 = _philox4((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
+        w = _interleave4(x0, x1, x2, x3)
+    else:
+        a0, a1, a2, a3 = _philox4((start // 4 + 2 * ridx).to(tl.uint32), c1, c2, k0, k1)
+        b0, b1, b2, b3 = _philox4((start // 4 + 2 * ridx + 1).to(tl.uint32), c1, c2, k0, k1)
+        col = tl.arange(0, 8)[None, :]
+        w = tl.where(col == 0, a0[:, None], tl.where(col == 1, a1[:, None], tl.where(
+            col == 2, a2[:, None], tl.where(col == 3, a3[:, None], tl.where(
+                col == 4, b0[:, None], tl.where(col == 5, b1[:, None], tl.where(
+                    col == 6, b2[:, None], b3[:, None])))))))
+    return w
+
+
+@triton.jit
+def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
+           BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr = 4):
+    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): validity flags,
+    (max, sum of exp(x - max)) of the raw logits, the first-index argmax of the end-masked
+    logits, and the first-index argmax of the *exact* ``x / T + g`` (when ``do_draw``).
+
+    Per token: one Philox4x32 call per 4 tokens, an approximate Gumbel (``_fast_neg_log2_e``,
+    hardware log2) and one FFMA give each lane's candidate; the lane candidates (BLOCK of them)
+    are rescored exactly at the end. The result differs from the exact argmax only if two
+    tokens of one lane are within ~1e-5 * T of each other (a documented near-tie)."""
+    R: tl.constexpr = BLOCK // W
     ridx = tl.arange(0, R)
-    idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]       # [R, 4] token index in tile
-
-    # ---- pass 1: validity, logsumexp, greedy argmax, unfiltered Gumbel argmax -----------
-    bad = tl.zeros([R, 4], tl.int1)
-    fin = tl.zeros([R, 4], tl.int1)
-    m_vec = tl.full([R, 4], float("-inf"), tl.float32)
-    s_vec = tl.zeros([R, 4], tl.float32)
-    g_val = tl.full([R, 4], float("-inf"), tl.float32)
-    g_idx = tl.zeros([R, 4], tl.int32)
-    s_val = tl.full([R, 4], float("-inf"), tl.float32)
-    s_idx = tl.zeros([R, 4], tl.int32)
-    for start in range(0, V, BLOCK):
+    idx2 = W * ridx[:, None] + tl.arange(0, W)[None, :]       # [R, W] token index in tile
+    Tln2 = Tz * 0.6931471805599453
+    # m starts at -FLT_MAX (not -inf): exp2((min - max) * log2e) never sees -inf - -inf, and a
+    # -FLT_MAX logit still counts exp(0) = 1; NaN propagates through the max (validity check)
+    m_vec = tl.full([R, W], -3.4028234663852886e38, tl.float32)
+    s_vec = tl.zeros([R, W], tl.float32)
+    g_val = tl.full([R, W], float("-inf"), tl.float32)
+    g_idx = tl.zeros([R, W], tl.int32) + lo
+    s_val = tl.full([R, W], float("-inf"), tl.float32)
+    s_idx = tl.zeros([R, W], tl.int32) + lo
+    for start in range(lo, hi, BLOCK):
         offs = start + idx2
-        inb = offs < V
+        inb = offs < hi
         x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
-        bad |= (x != x) | (x == float("inf"))
         # logsumexp of the unmodified logits: per-lane online max/sum, one exp per element
-        m_new = tl.maximum(m_vec, x)
-        d = tl.where(m_new == float("-inf"), 0.0, tl.exp(tl.minimum(m_vec, x) - m_new))
+        m_new = tl.maximum(m_vec, x, propagate_nan=tl.PropagateNan.ALL)
+        d = _exp2((tl.minimum(m_vec, x) - m_new) * 1.4426950408889634, FAST_LOG)
         s_vec = tl.where(x > m_vec, s_vec * d + 1.0, s_vec + d)
         m_vec = m_new
         # greedy argmax of the end-masked logits (strict > keeps each lane's first index)
         xm = tl.where(mask_end & (offs == end0), float("-inf"), x)
-        fin |= (xm > float("-inf")) & (xm < float("inf"))
         upd = xm > g_val
         g_val = tl.where(upd, xm, g_val)
         g_idx = tl.where(upd, offs, g_idx)
         if do_draw:
-            g = _philox_gumbel((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
-            sc = xm / Tz + g
+            # approximate score scaled by T, minus the row constant T ln2 log2(ln2): one FFMA
+            sc = xm - Tln2 * _fast_neg_log2_e(_philox_tile(start, ridx, c1, c2, k0, k1, W), FAST_LOG)
             upd2 = sc > s_val
             s_val = tl.where(upd2, sc, s_val)
             s_idx = tl.where(upd2, offs, s_idx)
 
-    valid = (tl.max(bad.to(tl.int32)) == 0) & (tl.max(fin.to(tl.int32)) > 0)
+    # NaN or +inf anywhere <=> a lane max is NaN or +inf; a finite (end-masked) logit <=> the
+    # greedy maximum is > -inf (it is +inf only in rows that are bad anyway)
+    nan_any = tl.max((m_vec != m_vec).to(tl.int32))
     m_row = tl.max(m_vec)
-    lse = m_row + tl.log(tl.sum(s_vec * tl.exp(m_vec - m_row)))
+    bad_any = nan_any | (m_row == float("inf")).to(tl.int32)
+    s_row = tl.sum(s_vec * tl.exp(m_vec - m_row))
     xmax = tl.max(g_val)
+    fin_any = (xmax > float("-inf")).to(tl.int32)
     g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
-    s_best = tl.max(s_val)
-    s_tok = tl.min(tl.where(s_val == s_best, s_idx, 2147483647))
+    # exact rescoring of the lane candidates: z + g with the reference's float32 formulas
+    # (x / T, -log(-log(u))); the winner is the first index of the exact maximum
+    s_best = tl.full([], float("-inf"), tl.float32)
+    s_tok = tl.full([], 0, tl.int32) + lo
+    if do_draw:
+        cand = s_val > float("-inf")
+        cx0, cx1, cx2, cx3 = _philox4((s_idx >> 2).to(tl.uint32), c1, c2, k0, k1)
+        j = s_idx & 3
+        cw = tl.where(j == 0, cx0, tl.where(j == 1, cx1, tl.where(j == 2, cx2, cx3)))
+        cg = -tl.log(-tl.log(_uniform(cw)))
+        cxv = tl.load(row_ptr + s_idx, mask=cand, other=float("-inf")).to(tl.float32)
+        ex = tl.where(cand, cxv / Tz + cg, float("-inf"))
+        s_best = tl.max(ex)
+        s_tok = tl.min(tl.where(ex == s_best, s_idx, 2147483647))
+    return bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok
+
+
+@triton.jit
+def _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
+            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
+            HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+    """Filters (top-k / top-p / min-p), budget rule 3, the state update and the outputs of
+    one row, given pass 1's merged statistics."""
+    temp = tl.load(temp_ptr + row)
+    top_k = tl.load(topk_ptr + row)
+    top_p = tl.load(topp_ptr + row)
+    min_p = tl.load(minp_ptr + row)
+    greedy = temp <= 0.0
+    k_on = (top_k > 0) & (top_k < V)
+    p_on = top_p < 1.0
+    m_on = min_p > 0.0
     zmax = xmax / Tz
+    R: tl.constexpr = BLOCK // 4
+    ridx = tl.arange(0, R)
+    idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]
 
     # ---- filters: threshold search, then the filtered draw if pass 1's winner is dropped --
     if valid & do_draw & (k_on | p_on | m_on):
@@ -305,6 +439,20 @@ def _sample_kernel(
 
     # ---- budget rule 3 and the state update ----------------------------------------------
     if HAS_BUDGET:
+        bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
+        mn = tl.load(bp + MIN_TOKENS)
+        mx = tl.load(bp + MAX_TOKENS)
+        mw = tl.load(bp + MIN_WAITS)
+        nt = tl.load(bp + NUM_THINKING)
+        wu = tl.load(bp + WAITS_USED)
+        ph = tl.load(bp + PHASE)
+        pos = tl.load(bp + POS)
+        stop = tl.load(bp + STOP)
+        has = (mx >= 0) & (ph != DONE)
+        force_end = has & (ph == THINKING) & (nt >= mx)
+        pending = has & (force_end == 0) & (pos < stop)
+        free = has & (force_end == 0) & (pending == 0)
+        need = free & ((nt < mn) | (wu < mw))
         freev = free & valid
         needv = need & valid
         is_end = freev & (tok == end0)
@@ -337,6 +485,121 @@ def _sample_kernel(
     tl.store(logp_ptr + row, logp)
 
 
+@triton.jit
+def _sample_kernel(
+        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr,
+        V, stride_row, num_wait, num_end, num_forced,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+        FAST_LOG: tl.constexpr, W: tl.constexpr):
+    """One program per row: pass 1 over the whole row, then ``_finish``."""
+    row = tl.program_id(0)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
+                                                    num_wait, num_forced, HAS_BUDGET)
+    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
+    bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
+        row_ptr, 0, V, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
+    valid = (bad_any == 0) & (fin_any > 0)
+    lse = m_row + tl.log(s_row)
+    _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
+            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
+            HAS_BUDGET, BLOCK, HBLOCK)
+
+
+# split-row workspace: per (row, slice) 4 float32 and 4 int32 words
+_WS_M = tl.constexpr(0)       # float32 words: max of the raw logits, sum of exp(x - max),
+_WS_S = tl.constexpr(1)       # greedy maximum (end-masked), exact best Gumbel score
+_WS_XMAX = tl.constexpr(2)
+_WS_SBEST = tl.constexpr(3)
+_WS_FLAGS = tl.constexpr(0)   # int32 words: bad | 2 * any-finite, greedy token, drawn token
+_WS_GTOK = tl.constexpr(1)
+_WS_STOK = tl.constexpr(2)
+
+
+@triton.jit
+def _partial_kernel(
+        logits_ptr, temp_ptr, topk_ptr, seed_ptr, offset_ptr, budget_ptr, forced_ptr,
+        wsf_ptr, wsi_ptr, V, stride_row, num_wait, num_forced, CHUNK,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr):
+    """Split-row pass 1: program (row, j) runs pass 1 over ``[j * CHUNK, (j + 1) * CHUNK)``
+    and writes its partial statistics (exact values: the merge is exact)."""
+    row = tl.program_id(0)
+    j = tl.program_id(1)
+    S = tl.num_programs(1)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
+                                                    num_wait, num_forced, HAS_BUDGET)
+    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
+    lo = j * CHUNK
+    hi = tl.minimum(lo + CHUNK, V)
+    bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
+        row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
+    base = (row * S + j) * 4
+    tl.store(wsf_ptr + base + _WS_M, m_row)
+    tl.store(wsf_ptr + base + _WS_S, s_row)
+    tl.store(wsf_ptr + base + _WS_XMAX, xmax)
+    tl.store(wsf_ptr + base + _WS_SBEST, s_best)
+    tl.store(wsi_ptr + base + _WS_FLAGS, bad_any + 2 * fin_any)
+    tl.store(wsi_ptr + base + _WS_GTOK, g_tok)
+    tl.store(wsi_ptr + base + _WS_STOK, s_tok)
+
+
+@triton.jit
+def _merge_kernel(
+        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr, wsf_ptr, wsi_ptr,
+        V, stride_row, num_wait, num_end, num_forced, S,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, SP: tl.constexpr):
+    """Split-row finish: exact merge of the S partials (max; sum of exp rescaled to the
+    common max; argmaxes by value, then the smallest index), then ``_finish``."""
+    row = tl.program_id(0)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
+                                                    num_wait, num_forced, HAS_BUDGET)
+    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
+    js = tl.arange(0, SP)
+    jm = js < S
+    base = (row * S + js) * 4
+    m = tl.load(wsf_ptr + base + _WS_M, mask=jm, other=float("-inf"))
+    s = tl.load(wsf_ptr + base + _WS_S, mask=jm, other=0.0)
+    xm = tl.load(wsf_ptr + base + _WS_XMAX, mask=jm, other=float("-inf"))
+    sb = tl.load(wsf_ptr + base + _WS_SBEST, mask=jm, other=float("-inf"))
+    fl = tl.load(wsi_ptr + base + _WS_FLAGS, mask=jm, other=0)
+    gt = tl.load(wsi_ptr + base + _WS_GTOK, mask=jm, other=2147483647)
+    st = tl.load(wsi_ptr + base + _WS_STOK, mask=jm, other=2147483647)
+    valid = (tl.max(fl & 1) == 0) & (tl.max(fl >> 1) > 0)
+    m_row = tl.max(m)
+    lse = m_row + tl.log(tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - m_row))))
+    xmax = tl.max(xm)
+    g_tok = tl.min(tl.where(xm == xmax, gt, 2147483647))
+    s_best = tl.max(sb)
+    s_tok = tl.min(tl.where(sb == s_best, st, 2147483647))
+    _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
+            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
+            HAS_BUDGET, BLOCK, HBLOCK)
+
+
+def _fast_log(t):
+    """Hardware log2/rcp (inline PTX) on a GPU; the interpreter runs the exact ones."""
+    return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
+def _num_slices(B, V, device):
+    """Row slices per row: enough programs to fill the GPU (2 per SM) when B is small, slices of
+    at least 2 tiles (each program also rescores its BLOCK lane candidates exactly, about two
+    tiles' worth of work). 1 (one program per row) off CUDA; tests monkeypatch this."""
+    if device.type != "cuda":
+        return 1
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    if B >= sms:
+        return 1
+    max_slices = max(1, triton.cdiv(V, 2 * _BLOCK))   # >= 2 tiles a slice (+ the candidate rescoring)
+    return max(1, min(max_slices, triton.cdiv(2 * sms, B)))
+
+
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
                   budget=None, forced_ids=None, num_wait=0, num_end=0):
     """Triton implementation of the fused sampler (same contract as ``sample_reference``)."""
@@ -346,7 +609,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     logp = torch.empty(B, dtype=torch.float32, device=dev)
     if B == 0:
         return tok, logp
-    logits = logits.contiguous()
+    if logits.stride(1) != 1:
+        logits = logits.contiguous()
     temperature = temperature.to(torch.float32).contiguous()
     top_k = top_k.to(torch.int32).contiguous()
     top_p = top_p.to(torch.float32).contiguous()
@@ -362,11 +626,31 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    block = min(_BLOCK, max(16, triton.next_power_of_2(V)))
+    # tokens per thread-row of a pass-1 tile: 16 bytes of logits (4 fp32 or 8 bf16/fp16)
+    w = 8 if logits.element_size() == 2 else 4
+    block = min(_BLOCK * w // 4, max(16, triton.next_power_of_2(V)))
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
-    _sample_kernel[(B,)](
+    fast = _fast_log(logits)
+    S = _num_slices(B, V, dev)
+    if S <= 1:
+        _sample_kernel[(B,)](
+            logits, temperature, top_k, top_p, min_p, seed, offset,
+            budget, forced, tok, logp,
+            V, logits.stride(0), int(num_wait), int(num_end), num_forced,
+            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
+        return tok, logp
+    chunk = triton.cdiv(triton.cdiv(V, S), block) * block   # a multiple of the tile
+    S = triton.cdiv(V, chunk)
+    wsf = torch.empty(B * S * 4, dtype=torch.float32, device=dev)
+    wsi = torch.empty(B * S * 4, dtype=torch.int32, device=dev)
+    _partial_kernel[(B, S)](
+        logits, temperature, top_k, seed, offset, budget, forced, wsf, wsi,
+        V, logits.stride(0), int(num_wait), num_forced, chunk,
+        HAS_BUDGET=has_budget, BLOCK=block, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
+    _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
-        budget, forced, tok, logp,
-        V, logits.stride(0), int(num_wait), int(num_end), num_forced,
-        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, num_warps=_NUM_WARPS)
+        budget, forced, tok, logp, wsf, wsi,
+        V, logits.stride(0), int(num_wait), int(num_end), num_forced, S,
+        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, SP=max(2, triton.next_power_of_2(S)),
+        num_warps=_NUM_WARPS)
     return tok, logp
