@@ -28,6 +28,7 @@ import concurrent.futures as cf  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
+import resource  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -147,6 +148,7 @@ def main(argv=None) -> int:
     ap.add_argument("--keep-cache", action="store_true", help="use Triton's normal cache (default: a fresh one)")
     args = ap.parse_args(argv)
     t_start = time.perf_counter()
+    load0 = round(os.getloadavg()[0], 2)
 
     from . import aot
     ok, why = aot.triton_support()
@@ -229,6 +231,9 @@ def main(argv=None) -> int:
             traceback.print_exc()
         out["timing_s"]["cost_model"] = round(time.perf_counter() - t1, 1)
     out["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
+    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    out["timing_s"]["cpu"] = round(sum(r.ru_utime + r.ru_stime for r in ru), 1)
+    out["timing_s"]["load_average_start_end"] = [load0, round(os.getloadavg()[0], 2)]
 
     for r in results:
         for a, c in r["compiled"].items():
@@ -256,7 +261,8 @@ def main(argv=None) -> int:
                     "issue": "#14"} for r in results if any(c.get("spill_in_loop") for c in r["compiled"].values())]
         print(json.dumps({"known_spills": entries}, indent=1))
     print(f"[gpu-static] {len(_SPECS)} specializations x {len(archs)} archs compiled in {t_comp:.0f} s "
-          f"({args.jobs} jobs); total {time.perf_counter() - t_start:.0f} s")
+          f"({args.jobs} jobs); total {time.perf_counter() - t_start:.0f} s, {out['timing_s']['cpu']:.0f} CPU s, "
+          f"load average {load0} -> {out['timing_s']['load_average_start_end'][1]}")
     if failures:
         print(f"[gpu-static] FAIL: {len(failures)} problem(s):")
         for f in failures:
