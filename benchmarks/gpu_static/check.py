@@ -151,7 +151,11 @@ def main(argv=None) -> int:
     load0 = round(os.getloadavg()[0], 2)
 
     from . import aot
-    ok, why = aot.triton_support()
+    try:
+        ok, why = aot.triton_support()
+    except RuntimeError as exc:
+        print(f"ERROR gpu-static: {exc}")
+        return 2
     if not ok:
         print(f"SKIP gpu-static: {why}")
         return 0

@@ -147,6 +147,30 @@ def attention_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     yield mk("", 4, 32, 16, "llama3-8b", "bf16", table_pad=13)
 
 
+def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
+    """The cost model's benchmark shapes (cost_model.SAMPLER_SHAPES / ATTENTION_SHAPES), so that their
+    specializations are compiled too (e.g. the block table of N=256 rows over 8192 + 512 tokens is
+    544 wide, a multiple of 16). Inputs are uninitialised (never read)."""
+    import tts_kernels as tk
+    from . import cost_model as cm
+
+    shapes = cm.QUICK_SAMPLER if level == "quick" else cm.SAMPLER_SHAPES
+    for dname in shapes["dtypes"]:
+        for V in shapes["V"]:
+            for B in shapes["B"]:
+                def case(B=B, V=V, dname=dname):
+                    tk.sample(torch.empty(B, V, dtype=DTYPES[dname]), temperature=0.8, seed=1, offset=0,
+                              check_nan=False, validate=False, backend="triton")
+                yield f"benchmark sample {dname} B={B} V={V}", case
+    for (N, prefix, suffix, heads, dname) in ([] if level == "quick" else cm.ATTENTION_SHAPES):
+        def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname):
+            hq, hkv, D = HEADS[heads]
+            q, k, v, bt, sl, plan = attention_inputs(N, prefix, suffix, hq, hkv, D, DTYPES[dname])
+            tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton")
+        yield f"benchmark tree_attention {dname} {heads} N={N} prefix={prefix} suffix={suffix}", case
+
+
 def all_cases(level: str):
     yield from sampler_cases(level)
     yield from attention_cases(level)
+    yield from benchmark_cases(level)

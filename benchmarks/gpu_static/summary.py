@@ -79,6 +79,25 @@ def sampler_table(d, configs=("temp", "topk_topp_minp")):
     return "\n".join(out)
 
 
+def sampler_compact(d, V=151936):
+    """One row per (dtype, B) at one V: the temperature-only and the top-k + top-p + min-p bounds."""
+    cm = d.get("cost_model", {})
+    recs = {(r["dtype"], r["B"], r["config"]): r for r in cm.get("sampler", []) if r["V"] == V}
+    out = [f"| dtype | B | SMs busy | temperature: bound, GB/s (% of HBM) | top-k + top-p + min-p: passes, "
+           f"GB/s (% of HBM) |", "|---|---:|---:|---|---|"]
+    for (dt, B, cfg), r in sorted(recs.items(), key=lambda kv: (kv[0][0] != "fp32", kv[0][1])):
+        if cfg != "temp":
+            continue
+        f = recs.get((dt, B, "topk_topp_minp"))
+        t = r["low"]
+        cell = f"{t['bound']}, {t['gbps_bound']:.4g} ({100 * t['frac_hbm_bw']:.1f}%)"
+        cell2 = "-" if not f else (f"{f['low']['full_row_passes']}-{f['high']['full_row_passes']}, "
+                                  f"{f['high']['gbps_bound']:.3g}-{f['low']['gbps_bound']:.3g} "
+                                  f"({100 * f['high']['frac_hbm_bw']:.2g}-{100 * f['low']['frac_hbm_bw']:.2g}%)")
+        out.append(f"| {dt} | {B} | {r['active_sms']} | {cell} | {cell2} |")
+    return "\n".join(out)
+
+
 def attention_table(d):
     cm = d.get("cost_model", {})
     out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | BLOCK_R | CTAs live / launched | KV into SMs / unique | "
@@ -101,6 +120,7 @@ def main(argv=None):
           f"timing {d['timing_s']}\n")
     print(spec_table(d), "\n")
     print("Spilling specializations:\n" + spill_list(d), "\n")
+    print(sampler_compact(d), "\n")
     print(sampler_table(d), "\n")
     print(attention_table(d))
 
