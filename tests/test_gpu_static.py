@@ -205,3 +205,10 @@ def test_quick_set_compiles(tmp_path):
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
     b1 = next(x for x in s if x["B"] == 1)
     assert b1["low"]["bound"] == "issue" and math.isfinite(b1["low"]["gbps_bound"])
+
+
+def test_other_triton_version_is_a_skip(monkeypatch):
+    import triton
+    monkeypatch.setattr(triton, "__version__", "3.10.0")
+    ok, why = aot.triton_support()
+    assert not ok and "3.10.0" in why and "SUPPORTED_TRITON" in why

@@ -101,6 +101,9 @@ def environment():
     try:
         commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
                                 text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
     except OSError:
         commit = None
     return {"triton": triton.__version__, "torch": torch.__version__, "python": platform.python_version(),
