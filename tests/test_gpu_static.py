@@ -212,3 +212,24 @@ def test_other_triton_version_is_a_skip(monkeypatch):
     monkeypatch.setattr(triton, "__version__", "3.10.0")
     ok, why = aot.triton_support()
     assert not ok and "3.10.0" in why and "SUPPORTED_TRITON" in why
+
+
+def test_judge_fails_on_unlisted_hot_loop_spills():
+    from benchmarks.gpu_static.check import judge
+
+    def res(spill_in_loop, ok=True):
+        return {"ok": ok, "spill_in_loop": spill_in_loop, "spill_store_bytes": 8 * spill_in_loop,
+                "spill_load_bytes": 4 * spill_in_loop, "error": "" if ok else "PTXASError: boom"}
+    results = [{"spec": "k[a]", "compiled": {"sm_90": res(True), "sm_80": res(True)}},
+               {"spec": "k[b]", "compiled": {"sm_90": res(False), "sm_80": res(False, ok=False)}},
+               {"spec": "k[c]", "compiled": {"sm_90": res(False), "sm_80": res(False)}}]
+    allow = [{"spec": "k[a]", "archs": ["sm_90"], "issue": "#14"},
+             {"spec": "k[c]", "archs": ["sm_90"], "issue": "#14"},      # fixed since: stale
+             {"spec": "k[z]", "archs": ["sm_90"], "issue": "#14"}]      # not compiled in this run: not judged
+    failures, known, stale = judge(results, allow)
+    assert known == [{"spec": "k[a]", "arch": "sm_90", "issue": "#14", "spill_bytes": 12}]
+    assert len(failures) == 2
+    assert any(f.startswith("spill in a hot loop: k[a] on sm_80") for f in failures)
+    assert any(f.startswith("compile error: k[b] on sm_80") for f in failures)
+    assert stale == ["k[c]"]
+    assert judge(results[2:], [])[0] == []

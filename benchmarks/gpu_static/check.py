@@ -94,6 +94,36 @@ def allowed(entry_list, spec_id: str, arch: str):
     return None
 
 
+def judge(results, allow):
+    """(failures, known spills, stale allow-list entries) of compiled results.
+
+    A failure: a compile error, or a spill inside a hot loop (``spill_in_loop``) that no allow-list
+    entry names for that spec and arch. Stale: an entry whose spec was compiled for a listed arch
+    and no longer spills in a loop there (entries for specs not compiled in this run are not judged).
+    """
+    failures, known = [], []
+    for r in results:
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                failures.append(f"compile error: {r['spec']} on {arch}: {res.get('error', '')[:500]}")
+            elif res["spill_in_loop"]:
+                e = allowed(allow, r["spec"], arch)
+                if e:
+                    known.append({"spec": r["spec"], "arch": arch, "issue": e.get("issue"),
+                                  "spill_bytes": res["spill_store_bytes"] + res["spill_load_bytes"]})
+                else:
+                    failures.append(f"spill in a hot loop: {r['spec']} on {arch} ({res['spill_store_bytes']} B "
+                                    f"stores, {res['spill_load_bytes']} B loads)")
+    by_spec = {r["spec"]: r for r in results}
+    stale = []
+    for e in allow:
+        r = by_spec.get(e["spec"])
+        if r and any(a in r["compiled"] and r["compiled"][a].get("ok") and not r["compiled"][a]["spill_in_loop"]
+                     for a in e.get("archs", [])):
+            stale.append(e["spec"])
+    return failures, known, stale
+
+
 def environment():
     from . import aot
     import torch
@@ -192,31 +222,13 @@ def main(argv=None) -> int:
             compiled[(i, a)] = res
     t_comp = time.perf_counter() - t0
 
-    allow = load_allowlist(args.allowlist)
-    results, failures, known, used_allow = [], [], [], set()
+    results = []
     for i, (key, launch) in enumerate(_SPECS):
         b = specs[key][1]
-        sid = aot.spec_id(launch, b)
-        entry = {"kernel": launch.name, "spec": sid, "params": aot.spec_parts(launch, b),
-                 "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
-                 "compiled": {}}
-        for a in archs:
-            res = compiled[(i, a)]
-            entry["compiled"][f"sm_{a}"] = res
-            if not res["ok"]:
-                failures.append(f"compile error: {sid} on sm_{a}: {res['error'][:500]}")
-            elif res["spill_in_loop"]:
-                e = allowed(allow, sid, f"sm_{a}")
-                if e:
-                    used_allow.add((e["spec"], f"sm_{a}"))
-                    known.append({"spec": sid, "arch": f"sm_{a}", "issue": e.get("issue"),
-                                  "spill_bytes": res["spill_store_bytes"] + res["spill_load_bytes"]})
-                else:
-                    failures.append(f"spill in a hot loop: {sid} on sm_{a} ({res['spill_store_bytes']} B stores, "
-                                    f"{res['spill_load_bytes']} B loads)")
-        results.append(entry)
-    stale = [e["spec"] for e in allow
-             if not any((e["spec"], a) in used_allow for a in e.get("archs", [f"sm_{x}" for x in archs]))]
+        results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
+                        "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
+                        "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs}})
+    failures, known, stale = judge(results, load_allowlist(args.allowlist))
 
     out = {
         "what": "static GPU check: every Triton specialization the wrappers launch, compiled ahead of time "
