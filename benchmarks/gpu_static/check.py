@@ -245,8 +245,9 @@ def main(argv=None) -> int:
         t1 = time.perf_counter()
         try:
             out["cost_model"] = cost_model.report(results, quick=args.level == "quick")
-        except Exception as exc:
-            failures.append(f"cost model: {type(exc).__name__}: {exc}")
+        except Exception as exc:  # reported, not a CI failure: the model reads kernel-specific names
+            out["cost_model_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"[gpu-static] WARNING: the cost model failed (not a check failure): {out['cost_model_error']}")
             traceback.print_exc()
         out["timing_s"]["cost_model"] = round(time.perf_counter() - t1, 1)
     out["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)

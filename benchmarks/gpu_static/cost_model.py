@@ -93,9 +93,11 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     helpers = [lp for lp in loops if lp["source"]["function"] != kernel_fn and lp["innermost"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
-    sel = max(helpers, key=lambda lp: lp["thread_instr_per_token"]) if helpers else None
+    # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
+    candidates = helpers + [lp for lp in own[1:-1] if lp["innermost"]]
+    sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
     return {"pass1": own[0]["thread_instr_per_token"],
-            "select": sel["thread_instr_per_token"] if sel else 0.0,
+            "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "draw": own[-1]["thread_instr_per_token"] if len(own) > 1 else own[0]["thread_instr_per_token"],
             "pass1_ldg": own[0]["ldg_ops"], "loops": [
                 {"role": "pass1" if lp is own[0] else ("draw" if lp is own[-1] else "row loop"),
@@ -220,6 +222,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     rec = sampler_bound(B, V, spaces.DTYPES[dname].itemsize, cfg, instr, comp["ctas_per_sm"],
                                         gpu=gpu)
                     rec.update(dtype=dname, spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
+                               select_found=instr["select_found"],
                                pass1_ldg=instr["pass1_ldg"],
                                instr_per_token={k: instr[k] for k in ("pass1", "select", "draw")})
                     out["sampler"].append(rec)
@@ -238,6 +241,10 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
             continue
         tile_instr, pair_instr = attention_instr(c1, c2)
         kw = l1.kwargs
+        if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
+            out["skipped"] = out.get("skipped", []) + [f"tree attention {heads} {dname}: no BLOCK_R/BLOCK_N launch "
+                                                       f"argument in {l1.name}"]
+            continue
         rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
         pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
         rec = attention_bound(plan.chunk_len.tolist(), rows, pairs, hq, hkv, D, spaces.DTYPES[dname].itemsize,
