@@ -188,6 +188,8 @@ def test_quick_set_compiles(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     d = json.loads(out.read_text())
     assert d["specializations"] == 4 and d["compiles"] == 8 and not d["failures"]
+    assert d["kernels_launched_in_source"] == ["_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
+    assert d["kernels_not_reached"] == []
     kernels = sorted(r["kernel"] for r in d["specs"])
     assert kernels == ["_sample_kernel", "_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
     for r in d["specs"]:

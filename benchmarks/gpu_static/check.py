@@ -7,7 +7,8 @@ with no GPU, and read registers, spills, shared memory, occupancy and the SASS l
 
 Exit status: 0 pass (or skip: an unsupported Triton prints ``SKIP ...``), 1 when any
 specialization fails to compile or spills inside a hot loop without an entry in the
-allow-list (``known_spills.json``), 2 on a usage or environment error.
+allow-list (``known_spills.json``), or (full set) when a kernel launched as ``kernel[grid](...)`` in
+the kernel modules is never reached by ``spaces.py``; 2 when triton does not import.
 
 The rule "spill inside a hot loop": ``ptxas -v`` reports spill stores or spill loads > 0 for the
 kernel, AND at least one loop of its SASS (a backward branch, from its head to its last back edge)
@@ -76,7 +77,31 @@ def discover(level: str, log=print):
             specs[key] = (lch, b)
         cases.setdefault(key, []).append(lch.case)
     log(f"[gpu-static] {ncases} cases, {len(launches)} launches, {len(specs)} distinct specializations")
-    return specs, cases, ncases, len(launches)
+    missing = sorted(launched_in_source() - {lch.name for lch in launches})
+    return specs, cases, ncases, len(launches), missing
+
+
+#: modules whose Triton kernels the wrappers launch (every kernel launched in their source must be reached)
+KERNEL_MODULES = ("tts_kernels.sampling.triton_kernel", "tts_kernels.attention.triton_kernel")
+
+
+def launched_in_source(modules=KERNEL_MODULES):
+    """Names of the kernels launched as ``name[grid](...)`` in the modules' source."""
+    import ast
+    import importlib
+    import inspect
+
+    from triton.runtime.jit import KernelInterface
+
+    names = set()
+    for mod_name in modules:
+        mod = importlib.import_module(mod_name)
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript) \
+                    and isinstance(node.func.value, ast.Name) \
+                    and isinstance(getattr(mod, node.func.value.id, None), KernelInterface):
+                names.add(node.func.value.id)
+    return names
 
 
 def load_allowlist(path=ALLOWLIST):
@@ -197,7 +222,7 @@ def main(argv=None) -> int:
         os.environ["TRITON_CACHE_DIR"] = cache
     archs = tuple(int(a) for a in args.archs.split(","))
 
-    specs, cases, ncases, nlaunch = discover(args.level)
+    specs, cases, ncases, nlaunch, missing = discover(args.level)
     t_disc = time.perf_counter() - t_start
     _SPECS[:] = [(k, lb[0]) for k, lb in specs.items()]
     tasks = [(i, a) for i in range(len(_SPECS)) for a in archs]
@@ -229,6 +254,9 @@ def main(argv=None) -> int:
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
                         "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs}})
     failures, known, stale = judge(results, load_allowlist(args.allowlist))
+    if missing and args.level == "full":
+        failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
+                     f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in missing]
 
     out = {
         "what": "static GPU check: every Triton specialization the wrappers launch, compiled ahead of time "
@@ -237,6 +265,7 @@ def main(argv=None) -> int:
         "cases": ncases, "launches": nlaunch, "specializations": len(_SPECS), "compiles": len(tasks),
         "timing_s": {"discover": round(t_disc, 1), "compile": round(t_comp, 1), "jobs": args.jobs},
         "failures": failures, "known_spills": known, "stale_allowlist_entries": stale,
+        "kernels_launched_in_source": sorted(launched_in_source()), "kernels_not_reached": missing,
         "summary": summarise(results),
         "specs": results,
     }
