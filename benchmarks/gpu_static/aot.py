@@ -1,0 +1,591 @@
+"""Ahead-of-time compilation of recorded Triton launches for NVIDIA targets, with no GPU.
+
+Three steps, each usable on its own:
+
+1. :func:`recording` - while active, every ``JITFunction.run`` (what ``kernel[grid](...)``
+   calls) records a :class:`Launch` (kernel, grid, args, kwargs) instead of compiling or
+   running; an ``@triton.autotune`` kernel records one launch per config. Calling the real
+   wrappers inside it captures exactly what they would launch, whatever the kernels are.
+2. :func:`bind` - Triton's own binder (``create_function_from_signature`` and
+   ``JITFunction._pack_args``, private API, checked by :func:`triton_support`) turns a
+   launch into the signature, constexprs, divisibility attributes and options that the
+   runtime would compile for a target; :func:`spec_key` / :func:`spec_id` name that
+   specialization.
+3. :func:`compile_spec` - ``triton.compile(ASTSource(...), target=GPUTarget("cuda", arch, 32))``
+   down to cubin with Triton's bundled ptxas, then :func:`ptxas_stats` (registers, spill
+   bytes, stack from ``ptxas -v`` on the same PTX with Triton's ptxas flags),
+   :func:`resource_usage` (``cuobjdump --dump-resource-usage`` of Triton's cubin) and
+   :func:`sass_loops` (``nvdisasm -g`` of the cubin: every loop, its instruction count per
+   iteration, its STL/LDL, and the source loop it comes from).
+"""
+from __future__ import annotations
+
+import ast
+import contextlib
+import dataclasses
+import functools
+import io
+import math
+import os
+import re
+import subprocess
+import tempfile
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+#: Triton versions whose private binder API this module is written against
+SUPPORTED_TRITON = ("3.9",)
+ARCHS = (90, 80)
+
+
+def triton_support() -> Tuple[bool, str]:
+    """(supported, reason): Triton importable, a supported version, the private API present."""
+    try:
+        import triton
+    except Exception as exc:  # not a skip: CI must have triton (check.py exits 2)
+        raise RuntimeError(f"triton does not import ({type(exc).__name__}: {exc})") from exc
+    ver = ".".join(triton.__version__.split(".")[:2])
+    if ver not in SUPPORTED_TRITON:
+        return False, (f"triton {triton.__version__} is not one of {', '.join(SUPPORTED_TRITON)}: the static GPU "
+                       f"check binds launches with Triton's private create_function_from_signature/"
+                       f"JITFunction._pack_args, whose contract changes between releases; extend "
+                       f"benchmarks/gpu_static/aot.py SUPPORTED_TRITON after checking them")
+    try:
+        from triton.runtime.jit import JITFunction, create_function_from_signature  # noqa: F401
+        from triton.compiler import ASTSource, make_backend  # noqa: F401
+        from triton.backends.compiler import GPUTarget  # noqa: F401
+        if not hasattr(JITFunction, "_pack_args"):
+            return False, "triton.runtime.jit.JITFunction._pack_args is missing"
+    except Exception as exc:
+        return False, f"triton's private compile API is missing ({type(exc).__name__}: {exc})"
+    for tool in ("ptxas", "cuobjdump", "nvdisasm"):
+        if not os.path.exists(tool_path(tool)):
+            return False, f"Triton's bundled {tool} is missing ({tool_path(tool)})"
+    return True, f"triton {triton.__version__}"
+
+
+# ---------------------------------------------------------------------------------------------
+# 1. recording launches
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Launch:
+    kernel: Any          # the JITFunction
+    grid: Tuple[int, ...]
+    args: tuple
+    kwargs: dict
+    case: str = ""       # which driver case produced it
+
+    @property
+    def name(self) -> str:
+        return self.kernel.fn.__name__
+
+
+@contextlib.contextmanager
+def recording(case_ref: Optional[List[str]] = None):
+    """Record every Triton launch instead of running it; yields the list of :class:`Launch`.
+
+    ``case_ref`` (a one-element list) labels the launches with the caller's current case.
+    """
+    from triton.runtime.autotuner import Autotuner
+    from triton.runtime.jit import JITFunction
+
+    launches: List[Launch] = []
+    orig_run, orig_auto = JITFunction.run, Autotuner.run
+
+    def run(self, *args, grid, warmup, **kwargs):
+        g = grid(dict(zip(self.arg_names, args), **kwargs)) if callable(grid) else grid
+        launches.append(Launch(self, tuple(int(x) for x in g), args, dict(kwargs),
+                               case_ref[0] if case_ref else ""))
+        return None
+
+    def auto_run(self, *args, **kwargs):  # every config, as the autotuner would try them
+        for cfg in self.configs:
+            self.fn.run(*args, **dict(kwargs, **cfg.all_kwargs()))
+
+    JITFunction.run, Autotuner.run = run, auto_run
+    try:
+        yield launches
+    finally:
+        JITFunction.run, Autotuner.run = orig_run, orig_auto
+
+
+# ---------------------------------------------------------------------------------------------
+# 2. binding a launch for a target
+# ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class Bound:
+    signature: Dict[str, str]
+    constexprs: Dict[tuple, Any]
+    attrs: Dict[tuple, Any]
+    options: Any
+    target: Any
+
+
+def bind(launch: Launch, arch: int) -> Bound:
+    """What ``JITFunction.run`` would hand to ``compile`` for this launch on ``sm_<arch>``."""
+    from triton import knobs
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import make_backend
+    from triton.runtime.jit import create_function_from_signature
+
+    fn = launch.kernel
+    target = GPUTarget("cuda", arch, 32)
+    backend = make_backend(target)
+    kw = dict(launch.kwargs)
+    # the options JITFunction.run adds before binding (triton 3.9)
+    kw["debug"] = kw.get("debug", fn.debug) or knobs.runtime.debug
+    if hasattr(knobs.compilation, "instrumentation_mode"):
+        kw["instrumentation_mode"] = knobs.compilation.instrumentation_mode
+    if hasattr(knobs.compilation, "fpsan_homomorphic_casts"):
+        kw["fpsan_homomorphic_casts"] = knobs.compilation.fpsan_homomorphic_casts
+    binder = create_function_from_signature(fn.signature, fn.params, backend)
+    bound_args, specialization, options = binder(*launch.args, **kw)
+    options, signature, constexprs, attrs = fn._pack_args(backend, kw, bound_args, specialization, options)
+    return Bound(signature, constexprs, attrs, options, target)
+
+
+#: launch options that are part of a specialization's name (shown when not the default)
+_LAUNCH_OPTIONS = {"num_warps": 4, "num_stages": 3, "num_ctas": 1, "maxnreg": None, "enable_fp_fusion": True,
+                   "debug": False}
+
+
+def spec_parts(launch: Launch, b: Bound) -> Dict[str, str]:
+    """Per-parameter description: constexpr value, or type with ``/16`` for 16-divisibility."""
+    parts = {}
+    names = list(b.signature)
+    for i, name in enumerate(names):
+        ty = b.signature[name]
+        if ty == "constexpr":
+            v = b.constexprs.get((i,))
+            parts[name] = repr(v.value if hasattr(v, "value") else v)
+        else:
+            attr = b.attrs.get((i,), [])
+            div = any(a[0] == "tt.divisibility" and a[1] >= 16 for a in attr) if attr else False
+            parts[name] = ty + ("/16" if div else "")
+    for opt, default in _LAUNCH_OPTIONS.items():
+        v = getattr(b.options, opt, default)
+        if opt in ("num_warps", "num_stages") or v != default:
+            parts["@" + opt] = repr(v)
+    return parts
+
+
+def spec_id(launch: Launch, b: Bound) -> str:
+    """Exact, readable name of a specialization: kernel[param=value|type,...,@option=value]."""
+    return f"{launch.name}[" + ",".join(f"{k}={v}" for k, v in spec_parts(launch, b).items()) + "]"
+
+
+def spec_key(launch: Launch, b: Bound) -> str:
+    """Deduplication key (the kernel's module-qualified name plus :func:`spec_id`)."""
+    return f"{launch.kernel.fn.__module__}.{spec_id(launch, b)}"
+
+
+def constexpr_values(b: Bound) -> Dict[str, Any]:
+    out = {}
+    for i, name in enumerate(b.signature):
+        if b.signature[name] == "constexpr":
+            v = b.constexprs.get((i,))
+            out[name] = v.value if hasattr(v, "value") else v
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# 3. compiling and reading the binary
+# ---------------------------------------------------------------------------------------------
+def tool_path(name: str) -> str:
+    import triton
+    return os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", name)
+
+
+def ptxas_path(arch: int) -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+    return get_ptxas(arch).path
+
+
+def ptxas_version(arch: int) -> str:
+    out = subprocess.run([ptxas_path(arch), "--version"], capture_output=True, text=True).stdout
+    m = re.search(r"release ([\d.]+), V([\d.]+)", out)
+    return m.group(2) if m else out.strip().splitlines()[-1]
+
+
+_PTXAS_RE = {
+    "stack_bytes": re.compile(r"(\d+) bytes stack frame"),
+    "spill_store_bytes": re.compile(r"(\d+) bytes spill stores"),
+    "spill_load_bytes": re.compile(r"(\d+) bytes spill loads"),
+    "registers": re.compile(r"Used (\d+) registers"),
+    "barriers": re.compile(r"used (\d+) barriers"),
+}
+
+
+def parse_ptxas_log(log: str) -> Dict[str, int]:
+    out = {}
+    for k, rx in _PTXAS_RE.items():
+        m = rx.search(log)
+        out[k] = int(m.group(1)) if m else 0
+    return out
+
+
+def ptxas_stats(ptx: str, arch: int, sm_name: str, enable_fp_fusion: bool, workdir: str) -> Dict[str, Any]:
+    """``ptxas -v`` on Triton's PTX with the flags Triton's make_cubin passes (triton 3.9)."""
+    src = os.path.join(workdir, "k.ptx")
+    with open(src, "w") as f:
+        f.write(ptx)
+    cmd = [ptxas_path(arch), "-lineinfo", *([] if enable_fp_fusion else ["--fmad=false"]), "-v",
+           "--regAllocOptLevel=2", f"--gpu-name={sm_name}", src, "-o", os.path.join(workdir, "v.cubin")]
+    p = subprocess.run(cmd, capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"ptxas -v failed ({p.returncode}): {p.stderr[-2000:]}")
+    stats = parse_ptxas_log(p.stderr)
+    stats["log"] = p.stderr.strip()
+    return stats
+
+
+def resource_usage(cubin_path: str) -> Dict[str, int]:
+    """``cuobjdump --dump-resource-usage``: REG, STACK, SHARED (static), LOCAL per function."""
+    out = subprocess.run([tool_path("cuobjdump"), "--dump-resource-usage", cubin_path],
+                         capture_output=True, text=True, check=True).stdout
+    res = {}
+    for line in out.splitlines():
+        if line.strip().startswith("REG:"):
+            for tok in line.split():
+                k, _, v = tok.partition(":")
+                if v.isdigit():
+                    res[k.lower()] = int(v)
+    return res
+
+
+@dataclasses.dataclass
+class Instr:
+    addr: int
+    op: str          # full opcode with modifiers, e.g. LDG.E.128
+    text: str
+    file: Optional[str]
+    line: Optional[int]
+
+
+_INSTR_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
+_LABEL_RE = re.compile(r"^\s*(\.L_x_\d+):")
+_LINE_RE = re.compile(r'//## File "([^"]+)", line (\d+)')
+_TARGET_RE = re.compile(r"`\((\.L_x_\d+)\)")
+
+
+def disassemble(cubin_path: str) -> Tuple[List[Instr], Dict[str, int]]:
+    """SASS with line info (``nvdisasm -g -c``): instructions and label -> address."""
+    out = subprocess.run([tool_path("nvdisasm"), "-g", "-c", cubin_path], capture_output=True, text=True,
+                         check=True).stdout
+    instrs, labels, pending, cur = [], {}, [], (None, None)
+    for line in out.splitlines():
+        m = _LINE_RE.search(line)
+        if m:
+            cur = (m.group(1), int(m.group(2)))
+            continue
+        m = _LABEL_RE.match(line)
+        if m:
+            pending.append(m.group(1))
+            continue
+        m = _INSTR_RE.search(line)
+        if m:
+            addr = int(m.group(1), 16)
+            text = m.group(2).strip()
+            body = re.sub(r"^@!?U?P[T\d]+\s+", "", text)
+            op = body.split()[0] if body else ""
+            instrs.append(Instr(addr, op, text, cur[0], cur[1]))
+            for lab in pending:
+                labels[lab] = addr
+            pending = []
+    return instrs, labels
+
+
+def _base(op: str) -> str:
+    return op.split(".")[0]
+
+
+@functools.lru_cache(maxsize=None)
+def _source_loops(path: str) -> Tuple[Tuple[int, int, str, str, str], ...]:
+    """Runtime loops of a Python source file: (first line, last line, function, header, step expr).
+
+    ``for`` over ``range(...)`` and ``while``; ``tl.static_range``/``tl.range(..., unroll)`` style
+    compile-time loops other than plain ``range`` are unrolled by Triton and are left out.
+    """
+    try:
+        with open(path) as f:
+            src = f.read()
+        tree = ast.parse(src)
+    except (OSError, SyntaxError):
+        return ()
+    lines = src.splitlines()
+    found = []
+
+    def visit(node, func):
+        for child in ast.iter_child_nodes(node):
+            f = child.name if isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef)) else func
+            if isinstance(child, ast.For) and isinstance(child.iter, ast.Call):
+                callee = ast.unparse(child.iter.func)
+                if callee in ("range", "tl.range"):
+                    a = child.iter.args
+                    step = ast.unparse(a[2]) if len(a) >= 3 else "1"
+                    found.append((child.lineno, child.end_lineno, f, lines[child.lineno - 1].strip(), step))
+            elif isinstance(child, ast.While):
+                found.append((child.lineno, child.end_lineno, f, lines[child.lineno - 1].strip(), ""))
+            visit(child, f)
+
+    visit(tree, None)
+    return tuple(found)
+
+
+def _attribute(body: List[Instr]) -> Optional[Tuple[str, int, str, str, str]]:
+    """The source loop most of ``body``'s instructions come from (innermost loop holding each line)."""
+    votes: Dict[tuple, int] = {}
+    for ins in body:
+        if not ins.file or ins.line is None:
+            continue
+        best = None
+        for lo, hi, fn, header, step in _source_loops(ins.file):
+            if lo <= ins.line <= hi and (best is None or hi - lo < best[1] - best[0]):
+                best = (lo, hi, fn, header, step)
+        if best:
+            key = (ins.file, best[0], best[2], best[3], best[4])
+            votes[key] = votes.get(key, 0) + 1
+    if not votes:
+        return None
+    return max(votes.items(), key=lambda kv: kv[1])[0]
+
+
+_BRANCHES = ("BRA", "JMP", "BRX", "JMX")
+_UNCONDITIONAL = ("BRA", "BRA.U", "JMP", "CALL.REL.NOINC")
+
+
+def _is_jump(ins: Instr) -> bool:
+    """A control transfer inside the function: BRA/JMP/BRX/JMX, and ``CALL.REL.NOINC`` to a local
+    label (ptxas uses it as the exit branch of loops on sm_80: no return address is pushed)."""
+    base = _base(ins.op)
+    return base in _BRANCHES or (base == "CALL" and ".NOINC" in ins.op and _TARGET_RE.search(ins.text) is not None)
+
+
+def _predicated(ins: Instr) -> bool:
+    return ins.text.startswith("@")
+
+
+def control_flow(instrs: List[Instr], labels: Dict[str, int]):
+    """Basic blocks (instruction index ranges) and their successors."""
+    index = {ins.addr: i for i, ins in enumerate(instrs)}
+    targets = {}
+    for i, ins in enumerate(instrs):
+        if _is_jump(ins):
+            m = _TARGET_RE.search(ins.text)
+            if m and m.group(1) in labels and labels[m.group(1)] in index:
+                targets[i] = index[labels[m.group(1)]]
+    leaders = {0} | set(targets.values())
+    for i, ins in enumerate(instrs):
+        if (_is_jump(ins) or _base(ins.op) in ("EXIT", "RET")) and i + 1 < len(instrs):
+            leaders.add(i + 1)
+    starts = sorted(leaders)
+    blocks = [(s, (starts[k + 1] if k + 1 < len(starts) else len(instrs)) - 1) for k, s in enumerate(starts)]
+    block_of = {s: k for k, (s, _) in enumerate(blocks)}
+    succ = []
+    for k, (s, e) in enumerate(blocks):
+        last = instrs[e]
+        base = _base(last.op)
+        nxt = [k + 1] if k + 1 < len(blocks) else []
+        if _is_jump(last):
+            t = [block_of[targets[e]]] if e in targets else []
+            uncond = not _predicated(last) and last.op in _UNCONDITIONAL
+            succ.append(t if uncond else t + nxt)
+        elif base in ("EXIT", "RET"):
+            succ.append([] if not _predicated(last) else nxt)
+        else:
+            succ.append(nxt)
+    return blocks, succ
+
+
+def _dominators(n: int, succ: List[List[int]]) -> List[set]:
+    pred = [[] for _ in range(n)]
+    for u, vs in enumerate(succ):
+        for v in vs:
+            pred[v].append(u)
+    reach, stack = {0}, [0]
+    while stack:
+        u = stack.pop()
+        for v in succ[u]:
+            if v not in reach:
+                reach.add(v)
+                stack.append(v)
+    allb = set(reach)
+    dom = [set(allb) if b in reach else set() for b in range(n)]
+    dom[0] = {0}
+    changed = True
+    while changed:
+        changed = False
+        for b in sorted(reach):
+            if b == 0:
+                continue
+            ps = [dom[p] for p in pred[b] if p in reach]
+            new = (set.intersection(*ps) if ps else set()) | {b}
+            if new != dom[b]:
+                dom[b], changed = new, True
+    return dom
+
+
+def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, Any]]:
+    """Every natural loop of the SASS control-flow graph (a back edge: a branch to a block that
+    dominates it; out-of-line blocks that jump back are not loops).
+
+    Per loop (all loops with the same head merged): ``instructions`` (static count of the body's
+    instructions: every path of the body, each once), ``instructions_excl`` (without the loops
+    nested in it), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
+    nested loops), a few opcode classes, and the source loop most of its instructions come from.
+    """
+    if not instrs:
+        return []
+    blocks, succ = control_flow(instrs, labels)
+    n = len(blocks)
+    dom = _dominators(n, succ)
+    pred = [[] for _ in range(n)]
+    for u, vs in enumerate(succ):
+        for v in vs:
+            pred[v].append(u)
+    bodies: Dict[int, set] = {}
+    for u in range(n):
+        for h in succ[u]:
+            if h in dom[u]:  # back edge u -> h
+                body = bodies.setdefault(h, {h})
+                stack = [u] if u not in body else []
+                body.add(u)
+                while stack:
+                    x = stack.pop()
+                    for p in pred[x]:
+                        if p not in body:
+                            body.add(p)
+                            stack.append(p)
+    loops = [{"head": h, "blocks": b} for h, b in sorted(bodies.items())]
+    out = []
+    for lp in loops:
+        children = [o for o in loops if o is not lp and o["blocks"] < lp["blocks"]]
+        parents = [o for o in loops if o is not lp and lp["blocks"] < o["blocks"]]
+        idx = sorted(i for b in lp["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1))
+        nested = {i for c in children for b in c["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1)}
+        body = [instrs[i] for i in idx]
+        body_x = [instrs[i] for i in idx if i not in nested]
+        ops = [_base(i.op) for i in body]
+        ops_x = [_base(i.op) for i in body_x]
+        src = _attribute(body_x)
+        out.append({
+            "start": f"0x{instrs[idx[0]].addr:04x}", "end": f"0x{instrs[idx[-1]].addr:04x}",
+            "instructions": len(body), "instructions_excl": len(body_x),
+            "depth": len(parents), "innermost": not children,
+            "stl": ops.count("STL"), "ldl": ops.count("LDL"),
+            "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),
+            "ldg": ops_x.count("LDG"), "ldg_ops": sorted({i.op for i in body_x if _base(i.op) == "LDG"}),
+            "mufu": ops_x.count("MUFU"),
+            "mma": sum(o in ("HMMA", "IMMA", "HGMMA", "WGMMA", "DMMA") for o in ops_x),
+            "ffma": sum(o in ("FFMA", "FMUL", "FADD") for o in ops_x),
+            "bar": ops_x.count("BAR"), "shfl": ops_x.count("SHFL"),
+            "source": None if src is None else {"file": os.path.basename(src[0]), "line": src[1],
+                                                 "function": src[2], "header": src[3], "step": src[4]},
+        })
+    return out
+
+
+def _eval_step(step: str, consts: Dict[str, Any]) -> Optional[int]:
+    if not step:
+        return None
+    try:
+        v = eval(compile(ast.parse(step, mode="eval"), "<step>", "eval"), {"__builtins__": {}}, dict(consts))
+        return int(v) if isinstance(v, (int, float)) and v > 0 else None
+    except Exception:
+        return None
+
+
+# per-SM limits used for the occupancy (CTAs per SM): CUDA occupancy calculator values
+SM_LIMITS = {
+    90: dict(regs=65536, smem=233472, smem_per_cta=232448, warps=64, ctas=32, reserved_smem=1024),
+    80: dict(regs=65536, smem=167936, smem_per_cta=166912, warps=64, ctas=32, reserved_smem=1024),
+}
+
+
+def ctas_per_sm(arch: int, registers: int, num_warps: int, shared: int) -> Dict[str, int]:
+    """Resident CTAs per SM and the limiting resource (registers allocated per warp in units of 256,
+    warps per SM sub-partition limited by its 16384 registers; 1 KB shared memory reserved per CTA)."""
+    lim = SM_LIMITS[arch]
+    regs_warp = max(256, math.ceil(max(registers, 1) * 32 / 256) * 256)
+    warps_by_regs = 4 * ((lim["regs"] // 4) // regs_warp)
+    by = {"warps": lim["warps"] // num_warps, "registers": warps_by_regs // num_warps, "ctas": lim["ctas"],
+          "shared": lim["smem"] // (shared + lim["reserved_smem"]) if shared + lim["reserved_smem"] else lim["ctas"]}
+    n = min(by.values())
+    return {"ctas_per_sm": n, "limited_by": min(by, key=by.get), "warps_per_sm": n * num_warps}
+
+
+def spill_in_hot_loop(ptxas: Dict[str, int], loops: List[Dict[str, Any]]) -> bool:
+    """The CI rule: ptxas reports spill stores or loads (> 0 bytes) AND some SASS loop body holds an
+    STL or LDL. Spills only outside loops, and local memory that is not a spill, pass."""
+    spilled = ptxas.get("spill_store_bytes", 0) + ptxas.get("spill_load_bytes", 0)
+    return spilled > 0 and any(lp["stl"] + lp["ldl"] > 0 for lp in loops)
+
+
+def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Dict[str, Any]:
+    """Compile one launch's specialization for ``sm_<arch>`` and read its binary."""
+    import triton
+    from triton.backends.nvidia.compiler import sm_arch_from_capability
+    from triton.compiler import ASTSource
+
+    from triton import knobs
+
+    b = bind(launch, arch)
+    t0 = time.perf_counter()
+    # Triton's make_cubin runs ptxas -v and prints its log when asked: capture it (no second ptxas run)
+    buf = io.StringIO()
+    with knobs.nvidia.scope():
+        knobs.nvidia.dump_ptxas_log = True
+        with contextlib.redirect_stdout(buf):
+            ck = triton.compile(ASTSource(launch.kernel, b.signature, b.constexprs, b.attrs), target=b.target,
+                                options=b.options.__dict__)
+    t_compile = time.perf_counter() - t0
+    log = buf.getvalue()
+    own_dir = workdir is None
+    workdir = workdir or tempfile.mkdtemp(prefix="gpu_static_")
+    try:
+        cubin = os.path.join(workdir, "k.cubin")
+        with open(cubin, "wb") as f:
+            f.write(ck.asm["cubin"])
+        sm_name = sm_arch_from_capability(arch)
+        if "Used" in log and "registers" in log:  # compiled now: Triton's own ptxas -v log
+            px = parse_ptxas_log(log)
+            px["log"] = log.strip()
+        else:  # a cache hit: run ptxas -v on the same PTX with Triton's flags
+            px = ptxas_stats(ck.asm["ptx"], arch, sm_name, bool(getattr(b.options, "enable_fp_fusion", True)),
+                             workdir)
+        ru = resource_usage(cubin)
+        instrs, labels = disassemble(cubin)
+        loops = sass_loops(instrs, labels)
+    finally:
+        if own_dir:
+            import shutil
+            shutil.rmtree(workdir, ignore_errors=True)
+    md = ck.metadata
+    num_warps = int(md.num_warps)
+    shared = int(getattr(md, "shared", 0) or 0) + int(ru.get("shared", 0))
+    consts = constexpr_values(b)
+    for lp in loops:
+        # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
+        src_step = lp["source"]["step"] if lp["source"] else ""
+        step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
+        lp["tokens_per_iter"] = step
+        lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps
+        lp["thread_instr_per_token"] = (round(lp["instructions_excl"] * 32 * num_warps / step, 2)
+                                        if step else None)
+    ops = [_base(i.op) for i in instrs]
+    vec_loads = sorted({i.op for i in instrs if _base(i.op) == "LDG"})
+    hot_spill = spill_in_hot_loop(px, loops)
+    return {
+        "arch": f"sm_{arch}", "ptxas_arch": sm_name, "compile_s": round(t_compile, 2),
+        "num_warps": num_warps, "num_stages": int(getattr(md, "num_stages", 0) or 0),
+        "registers": px["registers"], "registers_cuobjdump": ru.get("reg"),
+        "spill_store_bytes": px["spill_store_bytes"], "spill_load_bytes": px["spill_load_bytes"],
+        "stack_bytes": px["stack_bytes"], "local_bytes": ru.get("local", 0),
+        "shared_bytes": shared, "shared_dynamic_bytes": int(getattr(md, "shared", 0) or 0),
+        **ctas_per_sm(arch, px["registers"], num_warps, shared),
+        "sass_instructions": len(instrs), "stl": ops.count("STL"), "ldl": ops.count("LDL"),
+        "global_load_ops": vec_loads,
+        "spill_in_loop": hot_spill,
+        "loops": loops,
+        "ptxas_log": px["log"],
+    }

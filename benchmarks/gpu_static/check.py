@@ -1,0 +1,325 @@
+"""Static GPU check: compile every Triton specialization the wrappers launch for sm_90 and sm_80,
+with no GPU, and read registers, spills, shared memory, occupancy and the SASS loops.
+
+    python -m benchmarks.gpu_static.check                 # full set, JSON to benchmarks/results/gpu_static.json
+    python -m benchmarks.gpu_static.check --set quick --out /tmp/q.json
+    python -m benchmarks.gpu_static.check --print-allowlist   # allow-list entries for today's hot-loop spills
+
+Exit status: 0 pass (or skip: an unsupported Triton prints ``SKIP ...``), 1 when any
+specialization fails to compile or spills inside a hot loop without an entry in the
+allow-list (``known_spills.json``), or (full set) when a kernel launched as ``kernel[grid](...)`` in
+the kernel modules is never reached by ``spaces.py``; 2 when triton does not import.
+
+The rule "spill inside a hot loop": ``ptxas -v`` reports spill stores or spill loads > 0 for the
+kernel, AND at least one loop of its SASS (a backward branch, from its head to its last back edge)
+contains an ``STL`` or ``LDL``. Spills only outside loops (prologue/epilogue) are reported but
+pass; local memory that is not a spill (a stack array) is not counted.
+"""
+from __future__ import annotations
+
+import os
+
+# The kernels must be real JITFunctions (not the interpreter's) and the compile cache fresh (every
+# specialization really compiled): set before triton is imported.
+os.environ["TRITON_INTERPRET"] = "0"
+os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # triton 3.9's default, stated to silence its warning
+
+import argparse  # noqa: E402
+import concurrent.futures as cf  # noqa: E402
+import json  # noqa: E402
+import multiprocessing as mp  # noqa: E402
+import platform  # noqa: E402
+import resource  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+import traceback  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+ALLOWLIST = HERE / "known_spills.json"
+DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_static.json"
+
+_SPECS = []  # (key, Launch), set before the worker pool forks
+
+
+def _compile_task(i: int, arch: int):
+    from . import aot
+    key, launch = _SPECS[i]
+    t0 = time.perf_counter()
+    try:
+        res = aot.compile_spec(launch, arch)
+        res["ok"] = True
+    except Exception as exc:
+        res = {"arch": f"sm_{arch}", "ok": False, "error": f"{type(exc).__name__}: {exc}"[-4000:],
+               "traceback": traceback.format_exc()[-4000:]}
+    res["wall_s"] = round(time.perf_counter() - t0, 2)
+    return i, arch, res
+
+
+def discover(level: str, log=print):
+    """Record every launch of the wrappers over the space; deduplicate by specialization."""
+    from . import aot, spaces
+    ref = [""]
+    with aot.recording(ref) as launches:
+        ncases = 0
+        for name, case in spaces.all_cases(level):
+            ref[0] = name
+            case()
+            ncases += 1
+    specs, cases = {}, {}
+    for lch in launches:
+        b = aot.bind(lch, aot.ARCHS[0])
+        key = aot.spec_key(lch, b)
+        if key not in specs:
+            specs[key] = (lch, b)
+        cases.setdefault(key, []).append(lch.case)
+    log(f"[gpu-static] {ncases} cases, {len(launches)} launches, {len(specs)} distinct specializations")
+    missing = sorted(launched_in_source() - {lch.name for lch in launches})
+    return specs, cases, ncases, len(launches), missing
+
+
+#: modules whose Triton kernels the wrappers launch (every kernel launched in their source must be reached)
+KERNEL_MODULES = ("tts_kernels.sampling.triton_kernel", "tts_kernels.attention.triton_kernel")
+
+
+def launched_in_source(modules=KERNEL_MODULES):
+    """Names of the kernels launched as ``name[grid](...)`` in the modules' source."""
+    import ast
+    import importlib
+    import inspect
+
+    from triton.runtime.jit import KernelInterface
+
+    names = set()
+    for mod_name in modules:
+        mod = importlib.import_module(mod_name)
+        for node in ast.walk(ast.parse(inspect.getsource(mod))):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Subscript) \
+                    and isinstance(node.func.value, ast.Name) \
+                    and isinstance(getattr(mod, node.func.value.id, None), KernelInterface):
+                names.add(node.func.value.id)
+    return names
+
+
+def load_allowlist(path=ALLOWLIST):
+    if not Path(path).exists():
+        return []
+    with open(path) as f:
+        data = json.load(f)
+    return data.get("known_spills", [])
+
+
+def allowed(entry_list, spec_id: str, arch: str):
+    for e in entry_list:
+        if e["spec"] == spec_id and arch in e.get("archs", [arch]):
+            return e
+    return None
+
+
+def judge(results, allow):
+    """(failures, known spills, stale allow-list entries) of compiled results.
+
+    A failure: a compile error, or a spill inside a hot loop (``spill_in_loop``) that no allow-list
+    entry names for that spec and arch. Stale: an entry whose spec was compiled for a listed arch
+    and no longer spills in a loop there (entries for specs not compiled in this run are not judged).
+    """
+    failures, known = [], []
+    for r in results:
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                failures.append(f"compile error: {r['spec']} on {arch}: {res.get('error', '')[:500]}")
+            elif res["spill_in_loop"]:
+                e = allowed(allow, r["spec"], arch)
+                if e:
+                    known.append({"spec": r["spec"], "arch": arch, "issue": e.get("issue"),
+                                  "spill_bytes": res["spill_store_bytes"] + res["spill_load_bytes"]})
+                else:
+                    failures.append(f"spill in a hot loop: {r['spec']} on {arch} ({res['spill_store_bytes']} B "
+                                    f"stores, {res['spill_load_bytes']} B loads)")
+    by_spec = {r["spec"]: r for r in results}
+    stale = []
+    for e in allow:
+        r = by_spec.get(e["spec"])
+        if r and any(a in r["compiled"] and r["compiled"][a].get("ok") and not r["compiled"][a]["spill_in_loop"]
+                     for a in e.get("archs", [])):
+            stale.append(e["spec"])
+    return failures, known, stale
+
+
+def environment():
+    from . import aot
+    import torch
+    import triton
+    try:
+        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                text=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True).stdout.strip()
+        commit += "+dirty" if dirty else ""
+    except OSError:
+        commit = None
+    return {"triton": triton.__version__, "torch": torch.__version__, "python": platform.python_version(),
+            "ptxas": {f"sm_{a}": f"{aot.ptxas_path(a).rsplit('/', 1)[-1]} {aot.ptxas_version(a)}"
+                      for a in aot.ARCHS},
+            "host": platform.machine(), "cpus": os.cpu_count(), "commit": commit, "gpu": None}
+
+
+def summarise(results):
+    """Per kernel and arch: ranges of registers, spills, shared memory, CTAs/SM."""
+    out = {}
+    for r in results:
+        for arch, c in r["compiled"].items():
+            if not c.get("ok"):
+                continue
+            s = out.setdefault(r["kernel"], {}).setdefault(arch, {"specializations": 0, "registers": [],
+                                                                 "spill_bytes": [], "shared_bytes": [],
+                                                                 "ctas_per_sm": [], "spilling": 0,
+                                                                 "spill_in_loop": 0})
+            s["specializations"] += 1
+            s["registers"].append(c["registers"])
+            s["spill_bytes"].append(c["spill_store_bytes"] + c["spill_load_bytes"])
+            s["shared_bytes"].append(c["shared_bytes"])
+            s["ctas_per_sm"].append(c["ctas_per_sm"])
+            s["spilling"] += c["spill_store_bytes"] + c["spill_load_bytes"] > 0
+            s["spill_in_loop"] += bool(c["spill_in_loop"])
+    for k in out.values():
+        for s in k.values():
+            for f in ("registers", "spill_bytes", "shared_bytes", "ctas_per_sm"):
+                s[f] = [min(s[f]), max(s[f])]
+    return out
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--set", choices=("quick", "full"), default="full", dest="level")
+    ap.add_argument("--out", default=None, help=f"results JSON (default {DEFAULT_OUT.relative_to(ROOT)} for "
+                                                "the full set, none for quick)")
+    ap.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1), help="compile processes")
+    ap.add_argument("--archs", default="90,80")
+    ap.add_argument("--allowlist", default=str(ALLOWLIST))
+    ap.add_argument("--no-cost-model", action="store_true")
+    ap.add_argument("--print-allowlist", action="store_true",
+                    help="print allow-list entries for every hot-loop spill found (for known_spills.json)")
+    ap.add_argument("--keep-cache", action="store_true", help="use Triton's normal cache (default: a fresh one)")
+    args = ap.parse_args(argv)
+    t_start = time.perf_counter()
+    load0 = round(os.getloadavg()[0], 2)
+
+    from . import aot
+    try:
+        ok, why = aot.triton_support()
+    except RuntimeError as exc:
+        print(f"ERROR gpu-static: {exc}")
+        return 2
+    if not ok:
+        print(f"SKIP gpu-static: {why}")
+        return 0
+    if not args.keep_cache:
+        cache = tempfile.mkdtemp(prefix="gpu_static_cache_")
+        os.environ["TRITON_CACHE_DIR"] = cache
+    archs = tuple(int(a) for a in args.archs.split(","))
+
+    specs, cases, ncases, nlaunch, missing = discover(args.level)
+    t_disc = time.perf_counter() - t_start
+    _SPECS[:] = [(k, lb[0]) for k, lb in specs.items()]
+    tasks = [(i, a) for i in range(len(_SPECS)) for a in archs]
+    compiled = {}
+    t0 = time.perf_counter()
+    done = 0
+    if args.jobs > 1:
+        ctx = mp.get_context("fork")
+        with cf.ProcessPoolExecutor(max_workers=args.jobs, mp_context=ctx) as ex:
+            futs = [ex.submit(_compile_task, i, a) for i, a in tasks]
+            for f in cf.as_completed(futs):
+                i, a, res = f.result()
+                compiled[(i, a)] = res
+                done += 1
+                if done % 20 == 0 or not res["ok"]:
+                    print(f"[gpu-static] compiled {done}/{len(tasks)} ({time.perf_counter() - t0:.0f} s)"
+                          + ("" if res["ok"] else f"  FAILED {_SPECS[i][1].name} sm_{a}: {res['error'][:300]}"),
+                          flush=True)
+    else:
+        for i, a in tasks:
+            _, _, res = _compile_task(i, a)
+            compiled[(i, a)] = res
+    t_comp = time.perf_counter() - t0
+
+    results = []
+    for i, (key, launch) in enumerate(_SPECS):
+        b = specs[key][1]
+        results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
+                        "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
+                        "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs}})
+    failures, known, stale = judge(results, load_allowlist(args.allowlist))
+    if missing and args.level == "full":
+        failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
+                     f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in missing]
+
+    out = {
+        "what": "static GPU check: every Triton specialization the wrappers launch, compiled ahead of time "
+                "(no GPU; no GPU measurement anywhere in this file)",
+        "set": args.level, "archs": [f"sm_{a}" for a in archs], "environment": environment(),
+        "cases": ncases, "launches": nlaunch, "specializations": len(_SPECS), "compiles": len(tasks),
+        "timing_s": {"discover": round(t_disc, 1), "compile": round(t_comp, 1), "jobs": args.jobs},
+        "failures": failures, "known_spills": known, "stale_allowlist_entries": stale,
+        "kernels_launched_in_source": sorted(launched_in_source()), "kernels_not_reached": missing,
+        "summary": summarise(results),
+        "specs": results,
+    }
+    if not args.no_cost_model:
+        from . import cost_model
+        t1 = time.perf_counter()
+        try:
+            out["cost_model"] = cost_model.report(results, quick=args.level == "quick")
+        except Exception as exc:  # reported, not a CI failure: the model reads kernel-specific names
+            out["cost_model_error"] = f"{type(exc).__name__}: {exc}"
+            print(f"[gpu-static] WARNING: the cost model failed (not a check failure): {out['cost_model_error']}")
+            traceback.print_exc()
+        out["timing_s"]["cost_model"] = round(time.perf_counter() - t1, 1)
+    out["timing_s"]["total"] = round(time.perf_counter() - t_start, 1)
+    ru = [resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN)]
+    out["timing_s"]["cpu"] = round(sum(r.ru_utime + r.ru_stime for r in ru), 1)
+    out["timing_s"]["load_average_start_end"] = [load0, round(os.getloadavg()[0], 2)]
+
+    for r in results:
+        for a, c in r["compiled"].items():
+            c.pop("ptxas_log", None) if c.get("ok") and not c.get("spill_store_bytes") else None
+    path = args.out or (str(DEFAULT_OUT) if args.level == "full" else None)
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w") as f:
+            json.dump(out, f, indent=1, default=str)
+            f.write("\n")
+        print(f"[gpu-static] wrote {path}")
+
+    for kern, per_arch in out["summary"].items():
+        for a, s in per_arch.items():
+            print(f"[gpu-static] {kern:<20} {a}: {s['specializations']:3d} specs, registers {s['registers'][0]}-"
+                  f"{s['registers'][1]}, spill bytes {s['spill_bytes'][0]}-{s['spill_bytes'][1]} "
+                  f"({s['spilling']} spilling, {s['spill_in_loop']} in a loop), shared {s['shared_bytes'][0]}-"
+                  f"{s['shared_bytes'][1]} B, CTAs/SM {s['ctas_per_sm'][0]}-{s['ctas_per_sm'][1]}")
+    for k in known:
+        print(f"[gpu-static] known spill ({k['issue']}): {k['spec']} {k['arch']} {k['spill_bytes']} B")
+    for s in stale:
+        print(f"[gpu-static] note: allow-list entry no longer spills (remove it): {s}")
+    if args.print_allowlist:
+        entries = [{"spec": r["spec"], "archs": [a for a, c in r["compiled"].items() if c.get("spill_in_loop")],
+                    "issue": "#14"} for r in results if any(c.get("spill_in_loop") for c in r["compiled"].values())]
+        print(json.dumps({"known_spills": entries}, indent=1))
+    print(f"[gpu-static] {len(_SPECS)} specializations x {len(archs)} archs compiled in {t_comp:.0f} s "
+          f"({args.jobs} jobs); total {time.perf_counter() - t_start:.0f} s, {out['timing_s']['cpu']:.0f} CPU s, "
+          f"load average {load0} -> {out['timing_s']['load_average_start_end'][1]}")
+    if failures:
+        print(f"[gpu-static] FAIL: {len(failures)} problem(s):")
+        for f in failures:
+            print("  " + f)
+        return 1
+    print("[gpu-static] PASS")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,237 @@
+"""The static GPU check (benchmarks/gpu_static): cost model on hand-computed cases, the SASS
+loop finder and the spill rule on synthetic SASS, the allow-list, and the quick set compiled for
+sm_90 and sm_80 end to end (no GPU; skipped with the tool's reason on an unsupported Triton)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.gpu_static import aot, cost_model as cm  # noqa: E402
+from benchmarks.gpu_static.check import ALLOWLIST, allowed, load_allowlist  # noqa: E402
+
+
+# ------------------------------------------------------------------------------------------------
+# cost model, by hand
+# ------------------------------------------------------------------------------------------------
+def test_sampler_passes():
+    assert cm.sampler_passes("temp")["total"] == (1, 1)
+    assert cm.sampler_passes("greedy")["total"] == (1, 1)
+    assert cm.sampler_passes("min_p")["total"] == (1, 2)                    # + the filtered draw, if needed
+    assert cm.sampler_passes("top_k", (3, 7))["total"] == (4, 9)            # 1 + 3..7 + 0..1
+    assert cm.sampler_passes("topk_topp_minp", (3, 7))["total"] == (7, 16)  # 1 + 2 x (3..7) + 0..1
+
+
+def test_sampler_bound_b1_instruction_bound():
+    # B=1, V=32000 fp32, temperature: 108 thread-instructions per token, one SM
+    r = cm.sampler_bound(1, 32000, 4, "temp", {"pass1": 108.0, "select": 0.0, "draw": 0.0})
+    warp_instr = 32000 * 108 / 32                       # 108,000 warp-instructions, one row
+    t = warp_instr / (4 * 1.755e9)                      # 15.38 us at 4 per clock
+    assert r["bytes_floor"] == 32000 * 4 + 12
+    assert r["active_sms"] == 1 and r["rows_on_busiest_sm"] == 1
+    assert r["low"]["t_issue_s"] == pytest.approx(t, rel=1e-3)
+    assert r["low"]["bound"] == "issue"
+    assert r["low"]["gbps_bound"] == pytest.approx((32000 * 4 + 12) / t / 1e9, rel=1e-3)   # ~8.3 GB/s
+    assert r["low"]["l2_to_sm_bytes"] == 32000 * 4
+
+
+def test_sampler_bound_waves_and_passes():
+    instr = {"pass1": 100.0, "select": 200.0, "draw": 80.0}
+    r = cm.sampler_bound(264, 1000, 2, "top_p", instr, ctas_per_sm=2, select_passes=(2, 5))
+    assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
+    assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
+    assert r["full_row_passes"] == [3, 7]               # 1 + 2..5 + 0..1
+    lo, hi = r["low"], r["high"]
+    assert lo["thread_instr_per_token"] == 100 + 2 * 200
+    assert hi["thread_instr_per_token"] == 100 + 5 * 200 + 80
+    assert lo["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 and hi["l2_to_sm_bytes"] == 7 * 264 * 1000 * 2
+    assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1180 / 32 / (4 * 1.755e9), rel=1e-3)
+    # a huge batch of a tiny row is bandwidth bound
+    r = cm.sampler_bound(10 ** 6, 64, 4, "greedy", {"pass1": 1.0, "select": 0, "draw": 0})
+    assert r["low"]["bound"] == "hbm" and r["low"]["frac_hbm_bw"] == pytest.approx(1.0)
+
+
+def test_attention_bound_hand_case():
+    # chunks: a 32-token prefix shared by 2 rows, then each row's own 16 tokens
+    r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
+                           Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(3, 2, 2), warps1=4,
+                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
+    kv_tok = 8 * 2 * 2                                   # K and V of one token of one head, bf16
+    assert r["ctas_launched"] == 12
+    assert r["ctas_live"] == 2 * 2 + 1 * 2 + 1 * 2      # ceil(rows / BLOCK_R) x Hkv per chunk
+    assert r["ctas_exit_at_once_frac"] == pytest.approx(1 - 8 / 12, rel=1e-3)
+    assert r["unique_kv_bytes"] == (32 + 16 + 16) * 2 * kv_tok == 4096
+    assert r["l2_to_sm_kv_bytes"] == 4 * 32 * kv_tok + 2 * 16 * kv_tok + 2 * 16 * kv_tok == 6144
+    assert r["kv_reads_per_unique_byte"] == 1.5
+    assert r["stage1_kv_tiles"] == 4 * 2 + 2 + 2
+    assert r["stage1_warp_instr"] == 12 * 10 * 4 and r["stage2_warp_instr"] == 4 * 1 * 5 * 4
+    assert r["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 + 1) * 4
+    assert r["bytes_floor"] == 4096 + 2 * 4 * 8 * 2 + (2 * 4 * 8 * 2 + 2 * 4 * 4)
+    # tiny: the largest CTA (2 tiles of 10 x 4 warp-instructions) bounds issue time
+    assert r["t_issue_s"] == pytest.approx(max(560 / (132 * 4 * 1.755e9), 80 / (4 * 1.755e9)), rel=1e-3)
+
+
+def test_attention_bound_wide_plan():
+    # N=256 rows sharing 8192 tokens in 16 chunks of 512, then 256 own chunks of 64; BLOCK_R 16, Hkv 8
+    chunks = [512] * 16 + [64] * 256
+    rows = [256] * 16 + [1] * 256
+    r = cm.attention_bound(chunks, rows, [17] * 256, Hq=32, Hkv=8, D=128, itemsize=2, block_r=16, block_n=64,
+                           grid1=(272, 8, 16), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4, pair_instr=50)
+    assert r["ctas_launched"] == 272 * 8 * 16
+    assert r["ctas_live"] == 16 * 16 * 8 + 256 * 8
+    assert r["kv_reads_per_unique_byte"] == pytest.approx((16 * 16 * 512 + 256 * 64) / (8192 + 256 * 64), rel=1e-3)
+
+
+def test_ctas_per_sm():
+    assert aot.ctas_per_sm(90, 160, 8, 0)["ctas_per_sm"] == 1          # 5120 regs/warp: 3 warps per SMSP
+    assert aot.ctas_per_sm(90, 160, 8, 0)["limited_by"] == "registers"
+    assert aot.ctas_per_sm(90, 120, 8, 4096)["ctas_per_sm"] == 2
+    assert aot.ctas_per_sm(90, 32, 4, 0) == {"ctas_per_sm": 16, "limited_by": "warps", "warps_per_sm": 64}
+    assert aot.ctas_per_sm(90, 32, 4, 100 * 1024)["ctas_per_sm"] == 233472 // (101 * 1024)
+    assert aot.ctas_per_sm(80, 32, 4, 100 * 1024)["ctas_per_sm"] == 1
+
+
+# ------------------------------------------------------------------------------------------------
+# SASS loops and the spill rule, on synthetic SASS
+# ------------------------------------------------------------------------------------------------
+def _sass(lines):
+    """lines: (label or None, text) -> (instrs, labels) as aot.disassemble returns them."""
+    instrs, labels = [], {}
+    for i, (label, text) in enumerate(lines):
+        addr = 16 * i
+        if label:
+            labels[label] = addr
+        body = text[text.index(" ") + 1:] if text.startswith("@") else text
+        instrs.append(aot.Instr(addr, body.split()[0], text, None, None))
+    return instrs, labels
+
+
+def test_sass_loops_nested_and_out_of_line():
+    instrs, labels = _sass([
+        (None, "MOV R0, RZ"),
+        (".L_x_0", "IADD3 R0, R0, 0x1, RZ"),           # outer head
+        (".L_x_1", "FADD R1, R1, R2"),                 # inner head
+        (None, "STL [R1], R3"),
+        (None, "@P0 BRA `(.L_x_1)"),                   # inner back edge
+        (None, "ISETP.GE.AND P1, PT, R0, 0x10, PT"),
+        (None, "@P2 BRA `(.L_x_3)"),                   # to the out-of-line block
+        (".L_x_2", "@!P1 BRA `(.L_x_0)"),              # outer back edge
+        (None, "EXIT"),
+        (".L_x_3", "LDL R4, [R1]"),                    # out-of-line: jumps back, not a loop
+        (None, "BRA `(.L_x_2)"),
+        (".L_x_4", "BRA `(.L_x_4)"),                   # the end-of-kernel self loop
+    ])
+    loops = aot.sass_loops(instrs, labels)
+    by_start = {lp["start"]: lp for lp in loops}
+    outer, inner = by_start["0x0010"], by_start["0x0020"]
+    assert inner["innermost"] and inner["depth"] == 1 and inner["instructions"] == 3 and inner["stl"] == 1
+    assert not outer["innermost"] and outer["depth"] == 0
+    assert outer["instructions"] == 7 + 2          # head..back edge plus the out-of-line block it reaches
+    assert outer["instructions_excl"] == 9 - 3
+    assert "0x0090" not in by_start                # the out-of-line block is not a loop head
+    assert not aot.spill_in_hot_loop({"spill_store_bytes": 0, "spill_load_bytes": 0}, loops)   # no spill reported
+    assert aot.spill_in_hot_loop({"spill_store_bytes": 8, "spill_load_bytes": 8}, loops)
+    # a spill outside every loop passes
+    assert not aot.spill_in_hot_loop({"spill_store_bytes": 8}, [dict(lp, stl=0, ldl=0) for lp in loops])
+
+
+def test_call_noinc_is_a_loop_exit():
+    instrs, labels = _sass([
+        (".L_x_0", "FADD R1, R1, R2"),
+        (None, "@P1 CALL.REL.NOINC `(.L_x_1)"),        # sm_80 loop exit
+        (None, "BRA `(.L_x_0)"),
+        (".L_x_1", "EXIT"),
+    ])
+    (lp,) = [lp for lp in aot.sass_loops(instrs, labels) if lp["instructions"] > 1]
+    assert lp["instructions"] == 3 and lp["innermost"]
+
+
+def test_ptxas_log_parse():
+    log = ("ptxas info    : Function properties for _k\n    16 bytes stack frame, 12 bytes spill stores, "
+           "8 bytes spill loads\nptxas info    : Used 255 registers, used 1 barriers, 472 bytes cmem[0]\n")
+    assert aot.parse_ptxas_log(log) == {"stack_bytes": 16, "spill_store_bytes": 12, "spill_load_bytes": 8,
+                                        "registers": 255, "barriers": 1}
+
+
+def test_allowlist_file():
+    entries = load_allowlist()
+    for e in entries:
+        assert set(e) >= {"spec", "archs", "issue"} and e["issue"]
+        assert all(a in ("sm_90", "sm_80") for a in e["archs"])
+    assert len({e["spec"] for e in entries}) == len(entries)
+    fake = [{"spec": "k[x=1]", "archs": ["sm_90"], "issue": "#14"}]
+    assert allowed(fake, "k[x=1]", "sm_90") and not allowed(fake, "k[x=1]", "sm_80")
+    assert not allowed(fake, "k[x=2]", "sm_90")
+    assert ALLOWLIST.exists()
+
+
+# ------------------------------------------------------------------------------------------------
+# end to end: the quick set, compiled (a subprocess: the tool needs real JITFunctions, not the
+# interpreter the test suite runs under)
+# ------------------------------------------------------------------------------------------------
+def test_quick_set_compiles(tmp_path):
+    out = tmp_path / "quick.json"
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_static.check", "--set", "quick", "--out", str(out)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+    if p.stdout.startswith("SKIP"):
+        pytest.skip(p.stdout.strip())
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    d = json.loads(out.read_text())
+    assert d["specializations"] == 4 and d["compiles"] == 8 and not d["failures"]
+    assert d["kernels_launched_in_source"] == ["_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
+    assert d["kernels_not_reached"] == []
+    kernels = sorted(r["kernel"] for r in d["specs"])
+    assert kernels == ["_sample_kernel", "_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
+    for r in d["specs"]:
+        for arch in ("sm_90", "sm_80"):
+            c = r["compiled"][arch]
+            assert c["ok"] and c["registers"] > 0 and c["registers"] == c["registers_cuobjdump"]
+            assert c["ctas_per_sm"] >= 1 and c["sass_instructions"] > 0
+            hot = [lp for lp in c["loops"] if lp["innermost"] and lp["source"]]
+            assert hot, f"no source-attributed loop in {r['spec']} {arch}"
+        if r["kernel"] == "_sample_kernel":
+            per_token = [lp["thread_instr_per_token"] for lp in r["compiled"]["sm_90"]["loops"]
+                         if lp["thread_instr_per_token"]]
+            assert per_token and all(10 < x < 2000 for x in per_token)
+    s = d["cost_model"]["sampler"]
+    assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
+    b1 = next(x for x in s if x["B"] == 1)
+    assert b1["low"]["bound"] == "issue" and math.isfinite(b1["low"]["gbps_bound"])
+
+
+def test_other_triton_version_is_a_skip(monkeypatch):
+    import triton
+    monkeypatch.setattr(triton, "__version__", "3.10.0")
+    ok, why = aot.triton_support()
+    assert not ok and "3.10.0" in why and "SUPPORTED_TRITON" in why
+
+
+def test_judge_fails_on_unlisted_hot_loop_spills():
+    from benchmarks.gpu_static.check import judge
+
+    def res(spill_in_loop, ok=True):
+        return {"ok": ok, "spill_in_loop": spill_in_loop, "spill_store_bytes": 8 * spill_in_loop,
+                "spill_load_bytes": 4 * spill_in_loop, "error": "" if ok else "PTXASError: boom"}
+    results = [{"spec": "k[a]", "compiled": {"sm_90": res(True), "sm_80": res(True)}},
+               {"spec": "k[b]", "compiled": {"sm_90": res(False), "sm_80": res(False, ok=False)}},
+               {"spec": "k[c]", "compiled": {"sm_90": res(False), "sm_80": res(False)}}]
+    allow = [{"spec": "k[a]", "archs": ["sm_90"], "issue": "#14"},
+             {"spec": "k[c]", "archs": ["sm_90"], "issue": "#14"},      # fixed since: stale
+             {"spec": "k[z]", "archs": ["sm_90"], "issue": "#14"}]      # not compiled in this run: not judged
+    failures, known, stale = judge(results, allow)
+    assert known == [{"spec": "k[a]", "arch": "sm_90", "issue": "#14", "spill_bytes": 12}]
+    assert len(failures) == 2
+    assert any(f.startswith("spill in a hot loop: k[a] on sm_80") for f in failures)
+    assert any(f.startswith("compile error: k[b] on sm_80") for f in failures)
+    assert stale == ["k[c]"]
+    assert judge(results[2:], [])[0] == []
