@@ -84,13 +84,27 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     return out
 
 
+def _sampler_roles() -> Dict[str, str]:
+    """``COST_MODEL_ROLES`` of the Triton sampler module: device function of pass 1, the select passes
+    and the filtered draw (empty when the module does not declare them: loops of the kernel itself)."""
+    try:
+        from tts_kernels.sampling import triton_kernel
+    except ImportError:
+        return {}
+    return dict(getattr(triton_kernel, "COST_MODEL_ROLES", {}))
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
     filtered draw) and the innermost loops of its helpers (the radix-select passes, the largest)."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
-    own = sorted((lp for lp in loops if lp["source"]["function"] == kernel_fn), key=lambda lp: lp["source"]["line"])
-    helpers = [lp for lp in loops if lp["source"]["function"] != kernel_fn and lp["innermost"]]
+    roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
+    row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
+    own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
+                 key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
+                                 lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
+    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns and lp["innermost"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw

@@ -78,6 +78,42 @@ def sampler_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
             yield f"sample {dname} V={V} budget={bname} {fname}", case
 
 
+#: SMs of the GPU the split-row path is sized for when recording on a CPU (H100 SXM)
+SPLIT_ROW_SMS = 132
+
+
+def split_row_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
+    """Small batches take the split-row path on a GPU (``_partial_kernel`` + ``_merge_kernel``); on a
+    CPU the wrapper picks one program per row, so the slice count is the one an H100 would get."""
+    import tts_kernels as tk
+    from tts_kernels.sampling import triton_kernel as tkm
+    from tts_kernels.sampling.budget import BudgetForcing
+
+    budgets = {b[0]: b for b in BUDGETS}
+    if level == "quick":
+        grid = [("fp32", 32000, 1, "none", ("temp",))]
+    else:
+        grid = [(d, V, B, b, tuple(FILTERS)) for d in DTYPES for V in (32000, 50257, 151936) for B in (1, 32)
+                for b in budgets]
+    for dname, V, B, bname, filters in grid:
+        for fname in filters:
+            def case(dname=dname, V=V, B=B, bname=bname, fname=fname):
+                logits = torch.zeros(B, V, dtype=DTYPES[dname])
+                _, wait, end, ans = budgets[bname]
+                state = None
+                if wait is not None:
+                    bf = BudgetForcing(end_think_ids=end, wait_ids=wait, answer_prefix_ids=ans)
+                    state = bf.init_state(B, min_tokens=2, max_tokens=8)
+                saved = tkm._num_slices
+                tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, SPLIT_ROW_SMS)
+                try:
+                    tk.sample(logits, seed=1, offset=0, budget=state, check_nan=False, validate=False,
+                              backend="triton", **FILTERS[fname])
+                finally:
+                    tkm._num_slices = saved
+            yield f"sample split-row {dname} B={B} V={V} budget={bname} {fname}", case
+
+
 # ----------------------------------------------------------------------------------------------
 # tree attention
 # ----------------------------------------------------------------------------------------------
@@ -172,5 +208,6 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
 
 def all_cases(level: str):
     yield from sampler_cases(level)
+    yield from split_row_cases(level)
     yield from attention_cases(level)
     yield from benchmark_cases(level)

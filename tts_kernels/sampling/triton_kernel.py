@@ -58,6 +58,8 @@ ENDING = tl.constexpr(_budget.ENDING)
 DONE = tl.constexpr(_budget.DONE)
 
 # tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
+#: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py)
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_finish"}
 _BLOCK = 1024    # stats pass and filtered draw: 4 tokens (one Philox call) per thread at 8 warps
 _HBLOCK = 512    # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _NUM_WARPS = 8
@@ -482,17 +484,21 @@ def _fast_log(t):
     return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
-def _num_slices(B, V, device):
-    """Row slices per row: enough programs to fill the GPU (2 per SM) when B is small, slices of
-    at least 2 tiles (each program also rescores its BLOCK lane candidates exactly, about two
-    tiles' worth of work). 1 (one program per row) off CUDA; tests monkeypatch this."""
-    if device.type != "cuda":
-        return 1
-    sms = torch.cuda.get_device_properties(device).multi_processor_count
-    if B >= sms:
+def slices_for(B, V, num_sms):
+    """Row slices per row on a GPU with ``num_sms`` SMs: enough programs to fill it (2 per SM) when
+    B is small, slices of at least 2 tiles (each program also rescores its BLOCK lane candidates
+    exactly, about two tiles' worth of work); 1 (one program per row) when B >= num_sms."""
+    if B >= num_sms:
         return 1
     max_slices = max(1, triton.cdiv(V, 2 * _BLOCK))   # >= 2 tiles a slice (+ the candidate rescoring)
-    return max(1, min(max_slices, triton.cdiv(2 * sms, B)))
+    return max(1, min(max_slices, triton.cdiv(2 * num_sms, B)))
+
+
+def _num_slices(B, V, device):
+    """:func:`slices_for` on the logits' GPU; 1 off CUDA (tests and the static check monkeypatch this)."""
+    if device.type != "cuda":
+        return 1
+    return slices_for(B, V, torch.cuda.get_device_properties(device).multi_processor_count)
 
 
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
