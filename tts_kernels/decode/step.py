@@ -137,7 +137,6 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     noshare = int(seq_lens[:n].sum())
     if attention == "torch":
         shape = StepShape(B, M, 0, 0, 0, 0)
-        z = torch.zeros(1, dtype=torch.int32)
         plan_parts = []
         read = noshare
     else:
