@@ -143,26 +143,34 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
 
 
 @triton.jit
+def _budget_rules(budget_ptr, row):
+    """A row's budget state and which of rules 1-3 applies to it (budget_rules.py's ``rules``):
+    (state pointer, num_thinking, waits_used, phase, pos, stop, force_end, pending, free, need)."""
+    bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
+    mn = tl.load(bp + MIN_TOKENS)
+    mx = tl.load(bp + MAX_TOKENS)
+    mw = tl.load(bp + MIN_WAITS)
+    nt = tl.load(bp + NUM_THINKING)
+    wu = tl.load(bp + WAITS_USED)
+    ph = tl.load(bp + PHASE)
+    pos = tl.load(bp + POS)
+    stop = tl.load(bp + STOP)
+    has = (mx >= 0) & (ph != DONE)
+    force_end = has & (ph == THINKING) & (nt >= mx)
+    pending = has & (force_end == 0) & (pos < stop)
+    free = has & (force_end == 0) & (pending == 0)
+    need = free & ((nt < mn) | (wu < mw))
+    return bp, nt, wu, ph, pos, stop, force_end, pending, free, need
+
+
+@triton.jit
 def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced, HAS_BUDGET: tl.constexpr):
     """Budget rules 1 and 2 (forced tokens) and rule 3's end masking, for one row: read only.
     Returns (end0, mask_end, forced_tok, do_draw, Tz)."""
     temp = tl.load(temp_ptr + row)
     if HAS_BUDGET:
-        bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
-        mn = tl.load(bp + MIN_TOKENS)
-        mx = tl.load(bp + MAX_TOKENS)
-        mw = tl.load(bp + MIN_WAITS)
-        nt = tl.load(bp + NUM_THINKING)
-        wu = tl.load(bp + WAITS_USED)
-        ph = tl.load(bp + PHASE)
-        pos = tl.load(bp + POS)
-        stop = tl.load(bp + STOP)
+        bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
         end0 = tl.load(forced_ptr + num_wait)
-        has = (mx >= 0) & (ph != DONE)
-        force_end = has & (ph == THINKING) & (nt >= mx)
-        pending = has & (force_end == 0) & (pos < stop)
-        free = has & (force_end == 0) & (pending == 0)
-        need = free & ((nt < mn) | (wu < mw))
         mask_end = need & (num_wait == 0)
         safe_pos = tl.minimum(tl.maximum(pos, 0), num_forced - 1)
         pend_tok = tl.load(forced_ptr + safe_pos)
@@ -336,20 +344,7 @@ def _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1
 
     # ---- budget rule 3 and the state update ----------------------------------------------
     if HAS_BUDGET:
-        bp = budget_ptr + row.to(tl.int64) * STATE_COLUMNS
-        mn = tl.load(bp + MIN_TOKENS)
-        mx = tl.load(bp + MAX_TOKENS)
-        mw = tl.load(bp + MIN_WAITS)
-        nt = tl.load(bp + NUM_THINKING)
-        wu = tl.load(bp + WAITS_USED)
-        ph = tl.load(bp + PHASE)
-        pos = tl.load(bp + POS)
-        stop = tl.load(bp + STOP)
-        has = (mx >= 0) & (ph != DONE)
-        force_end = has & (ph == THINKING) & (nt >= mx)
-        pending = has & (force_end == 0) & (pos < stop)
-        free = has & (force_end == 0) & (pending == 0)
-        need = free & ((nt < mn) | (wu < mw))
+        bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
         freev = free & valid
         needv = need & valid
         is_end = freev & (tok == end0)
