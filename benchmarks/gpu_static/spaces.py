@@ -53,9 +53,21 @@ FILTERS = {
 }
 
 
-def sampler_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
+def _sample_call(dtype, B, V, budget, filters) -> None:
+    """One ``tk.sample(..., backend="triton")`` call on zero logits with a budget variant of BUDGETS."""
     import tts_kernels as tk
     from tts_kernels.sampling.budget import BudgetForcing
+
+    _, wait, end, ans = budget
+    state = None
+    if wait is not None:
+        state = BudgetForcing(end_think_ids=end, wait_ids=wait, answer_prefix_ids=ans).init_state(
+            B, min_tokens=2, max_tokens=8)
+    tk.sample(torch.zeros(B, V, dtype=dtype), seed=1, offset=0, budget=state, check_nan=False, validate=False,
+              backend="triton", **filters)
+
+
+def sampler_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
 
     if level == "quick":
         grid = [("fp32", 32000, "none", ("temp",)), ("bf16", 50257, "end-only", ("topk_topp_minp",))]
@@ -66,15 +78,7 @@ def sampler_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     for dname, V, bname, filters in grid:
         for fname in filters:
             def case(dname=dname, V=V, bname=bname, fname=fname):
-                B = 4
-                logits = torch.zeros(B, V, dtype=DTYPES[dname])
-                _, wait, end, ans = budgets[bname]
-                state = None
-                if wait is not None:
-                    bf = BudgetForcing(end_think_ids=end, wait_ids=wait, answer_prefix_ids=ans)
-                    state = bf.init_state(B, min_tokens=2, max_tokens=8)
-                tk.sample(logits, seed=1, offset=0, budget=state, check_nan=False, validate=False,
-                          backend="triton", **FILTERS[fname])
+                _sample_call(DTYPES[dname], 4, V, budgets[bname], FILTERS[fname])
             yield f"sample {dname} V={V} budget={bname} {fname}", case
 
 
@@ -85,9 +89,7 @@ SPLIT_ROW_SMS = 132
 def split_row_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     """Small batches take the split-row path on a GPU (``_partial_kernel`` + ``_merge_kernel``); on a
     CPU the wrapper picks one program per row, so the slice count is the one an H100 would get."""
-    import tts_kernels as tk
     from tts_kernels.sampling import triton_kernel as tkm
-    from tts_kernels.sampling.budget import BudgetForcing
 
     budgets = {b[0]: b for b in BUDGETS}
     if level == "quick":
@@ -100,17 +102,10 @@ def split_row_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     for dname, V, B, bname, filters in grid:
         for fname in filters:
             def case(dname=dname, V=V, B=B, bname=bname, fname=fname):
-                logits = torch.zeros(B, V, dtype=DTYPES[dname])
-                _, wait, end, ans = budgets[bname]
-                state = None
-                if wait is not None:
-                    bf = BudgetForcing(end_think_ids=end, wait_ids=wait, answer_prefix_ids=ans)
-                    state = bf.init_state(B, min_tokens=2, max_tokens=8)
                 saved = tkm._num_slices
                 tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, SPLIT_ROW_SMS)
                 try:
-                    tk.sample(logits, seed=1, offset=0, budget=state, check_nan=False, validate=False,
-                              backend="triton", **FILTERS[fname])
+                    _sample_call(DTYPES[dname], B, V, budgets[bname], FILTERS[fname])
                 finally:
                     tkm._num_slices = saved
             yield f"sample split-row {dname} B={B} V={V} budget={bname} {fname}", case

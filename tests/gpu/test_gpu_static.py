@@ -187,11 +187,15 @@ def test_quick_set_compiles(tmp_path):
         pytest.skip(p.stdout.strip())
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     d = json.loads(out.read_text())
-    assert d["specializations"] == 4 and d["compiles"] == 8 and not d["failures"]
-    assert d["kernels_launched_in_source"] == ["_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
+    # the quick set: two one-program-per-row sampler variants, one split-row launch (partial + merge), one
+    # tree attention call (stages 1 and 2)
+    assert d["specializations"] == 6 and d["compiles"] == 12 and not d["failures"]
+    assert d["kernels_launched_in_source"] == ["_merge_kernel", "_partial_kernel", "_sample_kernel",
+                                               "_tree_attn_stage1", "_tree_attn_stage2"]
     assert d["kernels_not_reached"] == []
     kernels = sorted(r["kernel"] for r in d["specs"])
-    assert kernels == ["_sample_kernel", "_sample_kernel", "_tree_attn_stage1", "_tree_attn_stage2"]
+    assert kernels == ["_merge_kernel", "_partial_kernel", "_sample_kernel", "_sample_kernel",
+                       "_tree_attn_stage1", "_tree_attn_stage2"]
     for r in d["specs"]:
         for arch in ("sm_90", "sm_80"):
             c = r["compiled"][arch]

@@ -29,19 +29,26 @@ def _skip_reason():
     return None
 
 
-def test_vllm_budget_forcing(tmp_path):
+def _run_in_vllm(tmp_path, script, what, timeout=900, **env_extra):
+    """Run tests/integrations/vllm/<script> in the vLLM venv; its JSON result (skip when there is no vLLM venv)."""
     reason = _skip_reason()
     if reason:
-        print(f"SKIPPED vLLM integration test: {reason}", file=sys.stderr)
+        print(f"SKIPPED vLLM {what} test: {reason}", file=sys.stderr)
         pytest.skip(reason)
-    out = tmp_path / "result.json"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", TTS_KERNELS_DISABLE_EXT="1",
+    out = tmp_path / f"result_{script}.json"
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **env_extra,
                PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_budget.py"), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
+    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", script), "--out", str(out)],
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
     res = json.loads(out.read_text())
     assert "error" not in res, res["error"]
+    return res
+
+
+def test_vllm_budget_forcing(tmp_path):
+    res = _run_in_vllm(tmp_path, "check_vllm_budget.py", "integration", VLLM_ENABLE_V1_MULTIPROCESSING="0",
+                       TTS_KERNELS_DISABLE_EXT="1")
     for name, ok in res["checks"].items():
         assert ok, f"check {name} failed: {json.dumps(res, indent=1)[:6000]}"
     for row in res["requests"]:
@@ -58,18 +65,7 @@ def test_vllm_budget_forcing(tmp_path):
 def test_vllm_mrv2_interface(tmp_path):
     """Model Runner V2: vLLM's loaders on an installed entry point and the FQCN, and the processor driven
     through vLLM's real MRV2 interface classes as the MRV2 sampler calls it (tests/integrations/vllm/check_vllm_v2.py)."""
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIPPED vLLM MRV2 interface test: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    out = tmp_path / "result_v2.json"
-    env = dict(os.environ, TTS_KERNELS_DISABLE_EXT="1", HF_HUB_OFFLINE="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_v2.py"), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=900, cwd=str(tmp_path))
-    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    res = json.loads(out.read_text())
-    assert "error" not in res, res["error"]
+    res = _run_in_vllm(tmp_path, "check_vllm_v2.py", "MRV2 interface", TTS_KERNELS_DISABLE_EXT="1")
     expected = {"loaders", "mixed", "greedy", "greedy_rules", "resume", "spec_decode", "spec_decode_bad_drafts",
                 "bad_settings"}
     assert set(res["checks"]) == expected, res["checks"]
@@ -82,18 +78,8 @@ def test_vllm_mrv2_interface(tmp_path):
 
 def test_vllm_search_backend(tmp_path):
     """Best-of-N, beam search and DVTS on the vLLM backend, end to end (tests/integrations/vllm/check_vllm_search.py)."""
-    reason = _skip_reason()
-    if reason:
-        print(f"SKIPPED vLLM search-backend test: {reason}", file=sys.stderr)
-        pytest.skip(reason)
-    out = tmp_path / "result_search.json"
-    env = dict(os.environ, VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1",
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", "check_vllm_search.py"), "--out", str(out)],
-                          env=env, capture_output=True, text=True, timeout=1200, cwd=str(tmp_path))
-    assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    res = json.loads(out.read_text())
-    assert "error" not in res, res["error"]
+    res = _run_in_vllm(tmp_path, "check_vllm_search.py", "search-backend", timeout=1200,
+                       VLLM_ENABLE_V1_MULTIPROCESSING="0")
     expected = {"bon_beats_single", "reproducible", "greedy_equals_engine", "vllm_prm", "budget", "bad_settings"}
     assert set(res["checks"]) == expected, res["checks"]
     for name, ok in res["checks"].items():
