@@ -87,9 +87,10 @@ def engine_for(model, tok, prompts, n, cfg, seed):
     from tts_kernels.decode import Engine
     bs = 16
     longest = max(len(tok.encode(p)) for p in prompts)
-    per_row = -(-(longest + cfg.max_tokens + cfg.max_step_tokens) // bs) + 2
-    return Engine(model, tok, num_blocks=max(64, len(prompts) * (n + 1) * per_row), block_size=bs, seed=seed,
-                  track_kv=True)
+    # forks share their prompt's blocks: the prompt once per problem, generated tokens per candidate
+    per_cand = -(-(cfg.max_tokens + cfg.max_step_tokens) // bs) + 3
+    blocks = len(prompts) * (-(-longest // bs) + 2 + (n + 1) * per_cand)
+    return Engine(model, tok, num_blocks=max(64, blocks), block_size=bs, seed=seed, track_kv=True)
 
 
 def run_one(backend_name, strategy, n, items, prm, cfg, seed, engine_args=None, vbackend=None):
