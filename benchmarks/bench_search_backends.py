@@ -87,18 +87,21 @@ def engine_for(model, tok, prompts, n, cfg, seed):
     from tts_kernels.decode import Engine
     bs = 16
     longest = max(len(tok.encode(p)) for p in prompts)
-    per_row = -(-(longest + cfg.max_tokens + cfg.max_step_tokens) // bs) + 2
-    return Engine(model, tok, num_blocks=max(64, len(prompts) * (n + 1) * per_row), block_size=bs, seed=seed,
-                  track_kv=True)
+    # forks share their prompt's blocks: the prompt once per problem, generated tokens per candidate
+    per_cand = -(-(cfg.max_tokens + cfg.max_step_tokens) // bs) + 3
+    blocks = len(prompts) * (-(-longest // bs) + 2 + (n + 1) * per_cand)
+    return Engine(model, tok, num_blocks=max(64, blocks), block_size=bs, seed=seed, track_kv=True)
 
 
-def run_one(backend_name, strategy, n, items, prm, cfg, seed, engine_args=None, vbackend=None):
+def run_one(backend_name, strategy, n, items, prm, cfg, seed, engine_args=None, vbackend=None, fresh_cache=True):
     from tts_kernels.search import run_strategy
     prompts = [p for p, _ in items]
     if backend_name == "engine":
         eng = engine_for(*engine_args, prompts, n, cfg, seed)
     else:
         vbackend.reset(seed)
+        if fresh_cache:        # as the engine, which starts each cell with an empty pool
+            vbackend.llm.reset_prefix_cache()
         eng = vbackend
     prm = TimedPRM(prm) if prm is not None else None
     scored0 = prm.tokens_scored if prm is not None else 0
@@ -143,6 +146,8 @@ def main(argv=None):
     ap.add_argument("--engine-threads", type=int, default=None, help="default: 1 (embedded), 2 (real)")
     ap.add_argument("--backends", nargs="+", default=["engine", "vllm"], choices=["engine", "vllm"])
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--keep-vllm-cache", action="store_true",
+                    help="keep vLLM's prefix cache between cells (default: cleared before each vLLM run)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per cell (same seed); the fastest wall time is kept")
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -196,7 +201,8 @@ def main(argv=None):
                     else:
                         torch.set_num_threads(vllm_threads)
                         prm = vprm if args.model == "embedded" else HashPRM()
-                        tries.append(run_one("vllm", strategy, n, items, prm, cfg, args.seed, vbackend=vb))
+                        tries.append(run_one("vllm", strategy, n, items, prm, cfg, args.seed, vbackend=vb,
+                                             fresh_cache=not args.keep_vllm_cache))
                 row = min(tries, key=lambda r: r["wall_s"])
                 row["wall_s_all"] = [r["wall_s"] for r in tries]
                 rows.append(row)
@@ -224,7 +230,7 @@ def main(argv=None):
                         vllm_settings="vllm.LLM offline, V1 runner, float32, eager, prefix caching on, block 32, "
                                       "chunked prefill off, max_num_seqs 1024; one LLM.generate per iteration "
                                       "over all live candidates, per-request seeds, step delimiter as stop string",
-                        repeats=args.repeats,
+                        repeats=args.repeats, vllm_prefix_cache_cleared_per_cell=not args.keep_vllm_cache,
                         note="machine shared with other jobs; per cell the fastest of `repeats` runs "
                              "(all wall times in wall_s_all)"),
         rows=rows)
