@@ -57,6 +57,16 @@ from .families import FAMILY_BUDGET_STRINGS, BudgetStrings, ModelFamily, family_
 _INTEGER_PARAMS = {p.name: p.integer for p in FILTERS}  # the sampler's parameter record
 
 
+def per_sequence_limits(max_new_tokens, n: int) -> List[int]:
+    """``max_new_tokens`` (one limit for all, or one per sequence) as a list of ``n`` limits."""
+    if isinstance(max_new_tokens, int):
+        return [max_new_tokens] * n
+    limits = [int(x) for x in max_new_tokens]
+    if len(limits) != n:
+        raise ValueError(f"max_new_tokens has {len(limits)} limits for {n} sequences")
+    return limits
+
+
 class _Seq:
     __slots__ = ("prompt", "out", "logprobs", "logits", "params", "seed", "budget", "finished")
 
@@ -295,12 +305,7 @@ class Engine:
         stopped by a stop string stay live (call again for the next step).
         """
         sids = self.live if sids is None else list(sids)
-        if isinstance(max_new_tokens, int):
-            limits = [max_new_tokens] * len(sids)
-        else:
-            limits = [int(x) for x in max_new_tokens]
-            if len(limits) != len(sids):
-                raise ValueError(f"max_new_tokens has {len(limits)} limits for {len(sids)} sequences")
+        limits = per_sequence_limits(max_new_tokens, len(sids))
         limit = {s: n for s, n in zip(sids, limits) if not self._get(s).finished and n > 0}
         active = list(limit)
         start = {s: len(self._seqs[s].out) for s in sids}

@@ -238,13 +238,10 @@ class VLLMBackend:
                  stop: Optional[Sequence[str]] = None, progress: bool = False) -> Dict[int, List[int]]:
         """One ``LLM.generate`` over ``sids`` (default: all live): each until EOS, a ``stop`` string (kept),
         or ``max_new_tokens`` (one limit, or one per sequence); returns sid -> the new tokens."""
+        from ..decode.engine import per_sequence_limits  # the engine's rule
+
         sids = self.live if sids is None else list(sids)
-        if isinstance(max_new_tokens, int):
-            limits = [max_new_tokens] * len(sids)
-        else:
-            limits = [int(x) for x in max_new_tokens]
-            if len(limits) != len(sids):
-                raise ValueError(f"max_new_tokens has {len(limits)} limits for {len(sids)} sequences")
+        limits = per_sequence_limits(max_new_tokens, len(sids))
         stop = [x for x in (stop or []) if x]
         start = {s: len(self._get(s).out) for s in sids}
         todo = [(s, n) for s, n in zip(sids, limits) if not self._seqs[s].finished and n > 0]
