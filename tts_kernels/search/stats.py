@@ -11,12 +11,16 @@
   fixed seed, :data:`RESAMPLES` resamples). Pairing keeps the problem-to-problem
   difficulty that both runs share out of the interval.
 
-Both treat the problems as the random sample; the sampling noise of the policy
+* :func:`splits` -- the calibration / held-out splits on which the main job chooses
+  and scores its compute-optimal strategy (cross-fitting: each problem is held out
+  exactly once, and scored by a choice made without it).
+
+The intervals treat the problems as the random sample; the sampling noise of the policy
 on a fixed problem is inside each problem's 0/1 outcome.
 """
 from __future__ import annotations
 
-from typing import Optional, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 
@@ -134,3 +138,32 @@ def paired_difference(a: Sequence[bool], b: Sequence[bool], seed: int = SEED,
     lo, hi = bootstrap_mean(diffs, seed=seed, resamples=resamples)
     return {"difference": point, "lo": lo, "hi": hi, "zero_outside_interval": lo > 0 or hi < 0,
             "method": difference_method(seed, resamples)}
+
+
+def splits(n: int, folds: int = 2, seed: int = SEED) -> List[Tuple[List[int], List[int]]]:
+    """Cross-fitting splits of problems ``0..n-1``: ``folds`` pairs of (calibration, held-out) indices.
+
+    The problems are shuffled with ``seed`` and dealt into ``folds`` held-out parts of equal size
+    (+-1); each part's calibration split is every other problem. So within a pair the two never
+    overlap, the held-out parts partition the problems (each problem is held out exactly once),
+    and every calibration split has at least ``n - ceil(n / folds)`` problems.
+
+    Parameters
+    ----------
+    n : int
+        Problems, ``n >= folds``.
+    folds : int
+        Parts, ``>= 2``.
+    seed : int
+        Seed of the shuffle.
+
+    Returns
+    -------
+    list of (calibration, held_out)
+        Both sorted lists of problem indices.
+    """
+    if folds < 2 or n < folds:
+        raise ValueError(f"splits needs folds >= 2 and at least one problem per fold, got n={n}, folds={folds}")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    parts = [sorted(order[f::folds]) for f in range(folds)]
+    return [(sorted(i for p in parts[:f] + parts[f + 1:] for i in p), held) for f, held in enumerate(parts)]
