@@ -90,7 +90,7 @@ class EvalConfig:
     large_policy: Optional[str] = _opt(DEFAULT_LARGE, "policy sampled once for the headline "
                                        "('' to skip; default: embedded tiny-arith-large)")
     problems: Optional[str] = _opt(None, "JSONL problem set (default: the embedded arithmetic task)")
-    num_problems: int = _opt(128, "problems to use (0: all in the file); 128: 95% intervals about +-8 points")
+    num_problems: int = _opt(128, "problems to use (0: all in the file)")
     problem_seed: int = _opt(20_000, "embedded task: seed of the held-out problems (the PRM trained on others)")
     ns: Sequence[int] = _opt((1, 4, 16, 64), "comma-separated N values (default 1,4,16,64)")
     strategies: Sequence[str] = _opt(registry.names, "comma-separated strategies (default: all registered)")
