@@ -13,6 +13,8 @@ def test_agreement_reads_no_gold():
     assert E.agreement([None, None]) == 0.0 and E.agreement(["1", "2", "3", "4", "5"]) == 0.2
     assert [E.bucket_of(x, E.AGREEMENT_BUCKETS) for x in (1.0, 0.5, 0.49, 0.2, 0.19, 0.0)] == \
         ["easy", "easy", "medium", "medium", "hard", "hard"]
+    assert E.edges_text(E.AGREEMENT_BUCKETS) == "easy >= 50%, medium 20-50%, hard < 20%"
+    assert E.edges_text(E.BUCKETS) == "easy >= 50%, medium 10-50%, hard < 10%"
 
 
 @pytest.mark.parametrize("n,folds", [(2, 2), (6, 2), (7, 2), (64, 2), (10, 3), (128, 2)])

@@ -263,13 +263,19 @@ AGREEMENT_BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.2, 0.5), ("hard", 0.0, 0.
 BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.1, 0.5), ("hard", 0.0, 0.1))
 #: cross-fitting folds of the compute-optimal choice (:func:`.stats.splits`)
 CALIBRATION_FOLDS = 2
-DIFFICULTY_ESTIMATE = ("agreement: the share of the most common final answer among the policy's own {ref} samples "
-                       "(majority-vote share; no gold answer is read); easy >= 50%, medium 20-50%, hard < 20%")
 COMPUTE_OPTIMAL_METHOD = (f"{CALIBRATION_FOLDS}-fold cross-fitting: the problems are split (seeded shuffle) into "
                           f"{CALIBRATION_FOLDS} held-out parts; for each, the strategy per agreement bucket and N "
                           "is chosen on the other problems (calibration: most solved, ties fewer FLOPs; a bucket "
                           "with no calibration problem gets the best strategy over all calibration problems) and "
                           "applied unchanged to the held-out part; every problem is scored once, held out")
+
+
+def edges_text(edges) -> str:
+    """Bucket edges in words: ``'easy >= 50%, medium 10-50%, hard < 10%'``."""
+    def pct(x):
+        return f"{100 * x:.0f}%"
+    return ", ".join(f"{name} >= {pct(lo)}" if hi > 1 else f"{name} < {pct(hi)}" if lo <= 0 else
+                     f"{name} {100 * lo:.0f}-{pct(hi)}" for name, lo, hi in edges)
 
 
 def agreement(answers: Sequence[Optional[str]]) -> float:
@@ -390,11 +396,13 @@ def analyse(runs: List[Run], problems, large: Optional[Run]) -> dict:
             d["difference_vs_large"] = stats.paired_difference(d["correct"], large.correct)
     return {"methods": {"num_problems": len(problems), "accuracy_interval": stats.ACCURACY_METHOD,
                         "difference_interval": stats.difference_method(),
-                        "difficulty_estimate": DIFFICULTY_ESTIMATE.format(ref=f"{ref.strategy}@{ref.n}"),
+                        "difficulty_estimate": "agreement: the share of the most common final answer among the "
+                        f"policy's own {ref.strategy}@{ref.n} samples (majority-vote share; no gold answer is "
+                        f"read): {edges_text(AGREEMENT_BUCKETS)}",
                         "compute_optimal": COMPUTE_OPTIMAL_METHOD,
                         "compute_optimal_in_sample_oracle": "buckets by the gold Pass@1 of the reference samples "
-                        "(easy >= 50%, medium 10-50%, hard < 10%), the strategy chosen and scored on the same "
-                        "problems: optimistic by construction, kept for comparison with the paper's analysis"},
+                        f"({edges_text(BUCKETS)}), the strategy chosen and scored on the same problems: "
+                        "optimistic by construction, kept for comparison with the paper's analysis"},
             "pass1_source": f"{ref.strategy}@{ref.n}",
             "bucket_sizes": {b: len(ix) for b, ix in members.items()},
             "oracle_bucket_sizes": {b: oracle.count(b) for b, _, _ in BUCKETS},

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import List
 
-from .evaluate import AGREEMENT_BUCKETS, flops_str
+from .evaluate import AGREEMENT_BUCKETS, CALIBRATION_FOLDS, flops_str
 
 
 def _pct(x) -> str:
@@ -62,6 +62,8 @@ def tables(res: dict) -> str:
         vs = f"; vs the large policy {_diff(d['difference_vs_large'])}" if "difference_vs_large" in d else ""
         choice = " | ".join(", ".join(f"{b}: {s}" for b, s in f["strategy_per_bucket"].items()) for f in d["folds"])
         lines.append(f"  N={n:>3}: accuracy {_ci(d['interval'])}%{vs}  (per fold: {choice})")
+    if not a["compute_optimal"]:
+        lines.append(f"  none: a held-out split needs at least {CALIBRATION_FOLDS} problems")
     lines.append("in-sample oracle, optimistic by construction: buckets by the gold Pass@1, the strategy chosen and "
                  "scored on the same problems")
     for n, d in a["compute_optimal_in_sample_oracle"].items():
