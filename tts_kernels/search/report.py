@@ -6,10 +6,6 @@ from typing import List
 from .evaluate import AGREEMENT_BUCKETS, CALIBRATION_FOLDS, flops_str
 
 
-def _pct(x) -> str:
-    return "  -  " if x is None else f"{100 * x:5.1f}"
-
-
 def _ci(iv) -> str:
     """An accuracy and its 95% interval, in %: ``' 48.4 [36.6, 60.4]'`` (``'-'`` for no problems)."""
     return "-" if iv is None else f"{100 * iv['point']:5.1f} [{100 * iv['lo']:4.1f},{100 * iv['hi']:5.1f}]"
@@ -140,8 +136,8 @@ def plot(res: dict, path: str) -> bool:
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs per problem set (policy + PRM)")
     ax.set_ylabel("accuracy %")
-    ax.set_title(f"{res['num_problems']} problems, 95% Wilson intervals; {res['environment']['device'][:40]}",
-                 fontsize=9)
+    ax.set_title(f"{res['num_problems']} problems; error bars: {res['analysis']['methods']['accuracy_interval']}; "
+                 f"{res['environment']['device'][:40]}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
