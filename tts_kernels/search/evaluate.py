@@ -267,7 +267,8 @@ COMPUTE_OPTIMAL_METHOD = (f"{CALIBRATION_FOLDS}-fold cross-fitting: the problems
                           f"{CALIBRATION_FOLDS} held-out parts; for each, the strategy per agreement bucket and N "
                           "is chosen on the other problems (calibration: most solved, ties fewer FLOPs; a bucket "
                           "with no calibration problem gets the best strategy over all calibration problems) and "
-                          "applied unchanged to the held-out part; every problem is scored once, held out")
+                          "applied unchanged to the held-out part; every problem is scored once, held out (its interval "
+                          "takes the choices as given: their own noise is not in it)")
 
 
 def edges_text(edges) -> str:
