@@ -63,7 +63,7 @@ def test_evaluate_flags_from_the_fields():
            "top_p": 1.0, "max_tokens": 120, "max_step_tokens": 40, "max_steps": 12, "aggregation": "last",
            "voting": "prm_vote", "budgets": d.budgets, "budget_methods": d.budget_methods, "rows_per_batch": 1024,
            "seed": 0, "threads": 1, "out": "tts_eval", "no_progress": False, "policy": None, "prm": None,
-           "large_policy": d.large_policy, "problems": None, "num_problems": 64, "top_k": 0, "lookahead": 0}
+           "large_policy": d.large_policy, "problems": None, "num_problems": 128, "top_k": 0, "lookahead": 0}
     assert {k: getattr(a, k) for k in old} == old
     _, a = _parse("--out", "x", "--num-problems", "6", "--ns", "1,4", "--budgets", "8,16", "--no-progress",
                   "--top-k", "5", "--lookahead", "2", "--strategies", "best_of_n,dvts", "--voting", "majority")

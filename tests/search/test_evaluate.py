@@ -5,6 +5,7 @@ import pytest
 
 from tts_kernels.decode import DEFAULT_MODEL
 from tts_kernels.search import evaluate as E
+from tts_kernels.search import stats as S
 from tts_kernels.search.report import plot, tables
 
 
@@ -23,6 +24,11 @@ def test_runs_are_consistent(result):
         assert r["accuracy"] == pytest.approx(sum(r["correct"]) / 6)
         assert r["pass_at_n"] >= max(r["accuracy_by_voting"].values()) - 1e-12
         assert r["policy_tokens"] > 0 and r["flops"] > 0 and r["kv_bytes_read"] <= r["kv_bytes_per_sequence"]
+        iv = r["intervals"]["accuracy"]
+        assert iv["point"] == r["accuracy"] and (iv["lo"], iv["hi"]) == S.wilson(sum(r["correct"]), 6)
+        assert all(0 <= r["intervals"][k]["lo"] <= r["intervals"][k]["point"] <= r["intervals"][k]["hi"] <= 1
+                   for k in ("pass_at_n", "majority", "prm_max", "prm_vote"))
+        assert all(0 < a <= 1 for a in r["agreement"])         # every problem: some answer, from N samples
     one = runs[("policy", "best_of_n", 1)]
     assert one["prm_tokens"] == 0                       # nothing to rank with one sample
     assert one["accuracy"] == pytest.approx(sum(one["sample_accuracy"]) / 6)
@@ -35,14 +41,31 @@ def test_runs_are_consistent(result):
 
 def test_buckets_and_compute_optimal(result):
     a = result["analysis"]
-    assert sum(a["bucket_sizes"].values()) == 6 and a["pass1_source"] == "best_of_n@4"
+    assert sum(a["bucket_sizes"].values()) == 6 and sum(a["oracle_bucket_sizes"].values()) == 6
+    assert a["pass1_source"] == "best_of_n@4" and a["methods"]["num_problems"] == 6
+    ref = next(r for r in result["runs"] if (r["policy"], r["strategy"], r["n"]) == ("policy", "best_of_n", 4))
+    est = [E.bucket_of(x, E.AGREEMENT_BUCKETS) for x in ref["agreement"]]
+    assert a["bucket_sizes"] == {b: est.count(b) for b in ("easy", "medium", "hard")}
+    assert set(a["compute_optimal"]) == set(a["compute_optimal_in_sample_oracle"]) == {"1", "4"}
     for n, d in a["compute_optimal"].items():
-        at_n = [r for r in result["runs"] if r["policy"] == "policy" and r["n"] == int(n)]
-        assert d["accuracy"] >= max(r["accuracy"] for r in at_n) - 1e-12
-        assert set(d["strategy_per_bucket"].values()) <= {r["strategy"] for r in at_n}
+        at_n = {r["strategy"]: r for r in result["runs"] if r["policy"] == "policy" and r["n"] == int(n)}
+        # held out: each problem scored once, by the choice of the fold that did not see it
+        assert sorted(i for f in d["folds"] for i in f["held_out"]) == list(range(6))
+        for f in d["folds"]:
+            assert not set(f["calibration"]) & set(f["held_out"])
+            assert set(f["strategy_per_bucket"].values()) <= set(at_n)
+            for i in f["held_out"]:
+                assert d["correct"][i] == at_n[f["strategy_per_bucket"][est[i]]]["correct"][i]
+        assert d["accuracy"] == pytest.approx(sum(d["correct"]) / 6)
+        # in-sample the rule can only do as well as the best single strategy or better
+        ins = a["compute_optimal_in_sample_oracle"][n]
+        assert ins["accuracy"] >= max(r["accuracy"] for r in at_n.values()) - 1e-12
     h = a["headline"]
     beats = [r for r in result["runs"] if r["policy"] == "policy" and r["accuracy"] > h["large_single_sample"]["accuracy"]]
     assert h["small_beats_large"] == bool(beats)
+    d = h["difference_best_small_minus_large"]
+    assert d["difference"] == pytest.approx(h["best_small"]["accuracy"] - h["large_single_sample"]["accuracy"])
+    assert d["lo"] <= d["difference"] <= d["hi"] and h["num_problems"] == 6
     bc = result["budget_control"]["methods"]["budget_forcing"]
     assert all(row["control_pct"] == 100.0 for row in bc["budgets"])
 
@@ -50,6 +73,9 @@ def test_buckets_and_compute_optimal(result):
 def test_outputs(result, tmp_path):
     text = tables(result)
     assert "compute-optimal" in text and "budget_forcing" in text and "headline" in text
+    assert "in-sample oracle" in text and "held-out" in text and "Wilson" in text
+    big = result["analysis"]["headline"]["large_single_sample"]["interval"]
+    assert f"[{100 * big['lo']:4.1f},{100 * big['hi']:5.1f}]" in text     # the large policy's interval is printed
     json.dumps(result)                                   # JSON-serialisable
     pytest.importorskip("matplotlib")
     assert plot(result, str(tmp_path / "p.png")) and (tmp_path / "p.png").stat().st_size > 1000

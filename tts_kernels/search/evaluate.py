@@ -13,13 +13,21 @@ the same problems, and measures for each run:
 * KV bytes read by decode attention (tree attention over the shared pool) against
   what per-sequence attention would have read.
 
-Problems are bucketed by the policy's Pass@1 (the share of correct samples
-among the largest Best-of-N run's samples): easy 50-100%, medium 10-50%,
-hard 0-10%. The compute-optimal policy picks, per bucket and N, the strategy
-with the best measured accuracy (ties: fewer tokens); it is chosen on the
-same problems it is scored on, as in the paper's analysis, so it is an
-in-sample upper estimate. The headline compares the small policy's best
-strategy with the larger policy sampled once, at equal footing in FLOPs.
+Every accuracy comes with a 95% Wilson interval over problems, and the
+headline difference with a paired bootstrap interval (:mod:`.stats`).
+
+Difficulty is estimated without gold answers: a problem's bucket is the
+policy's agreement with itself, the share of the most common final answer
+among the largest Best-of-N run's samples (easy >= 50%, medium 20-50%, hard
+< 20%). The compute-optimal policy picks, per bucket and N, the strategy
+that solves most problems (ties: fewer FLOPs) on a calibration split and is
+scored on the held-out split (2-fold cross-fitting, :func:`cross_fitted_choice`,
+so every problem is scored once, by a choice made without it). The paper's
+in-sample analysis (buckets by the gold Pass@1, strategy chosen and scored
+on the same problems, optimistic by construction) is kept, labelled as the
+in-sample oracle. The headline compares the small policy's best run with the
+larger policy sampled once, in accuracy (the paired difference and its
+interval) and in FLOPs.
 
 Backends (:mod:`.backends`): ``backend="vllm"`` runs the searches' policy (and the
 large policy) on ``vllm.LLM`` instead of the package's engine, ``prm_backend="vllm"``
@@ -39,8 +47,9 @@ import os
 import platform
 import subprocess
 import time
+from collections import Counter
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
-from typing import List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import torch
 
@@ -50,13 +59,11 @@ from .backends import BACKENDS, PRM_BACKENDS, check_backend, check_parallel
 from .prm import load_prm, model_params
 from ..tasks.problem import Problem, read_jsonl
 from .scoring import VOTINGS
-from . import registry
+from . import registry, stats
 from .strategies import SearchConfig, run_strategy
 
 DEFAULT_LARGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                              "tiny-arith-large")
-BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.1, 0.5), ("hard", 0.0, 0.1))
-
 
 def _opt(default, help, **meta):
     """A field with its command-line help (:mod:`.cli` generates the flags from the fields)."""
@@ -83,7 +90,7 @@ class EvalConfig:
     large_policy: Optional[str] = _opt(DEFAULT_LARGE, "policy sampled once for the headline "
                                        "('' to skip; default: embedded tiny-arith-large)")
     problems: Optional[str] = _opt(None, "JSONL problem set (default: the embedded arithmetic task)")
-    num_problems: int = _opt(64, "problems to use (0: all in the file)")
+    num_problems: int = _opt(128, "problems to use (0: all in the file)")
     problem_seed: int = _opt(20_000, "embedded task: seed of the held-out problems (the PRM trained on others)")
     ns: Sequence[int] = _opt((1, 4, 16, 64), "comma-separated N values (default 1,4,16,64)")
     strategies: Sequence[str] = _opt(registry.names, "comma-separated strategies (default: all registered)")
@@ -174,6 +181,8 @@ class Run:
     pass_at_n: float
     correct: List[bool] = field(repr=False)
     sample_accuracy: List[float] = field(repr=False)   # per problem: share of correct candidates
+    agreement: List[float] = field(repr=False)         # per problem: share of the most common answer (no gold)
+    intervals: dict = field(default_factory=dict, repr=False)  # accuracy, each voting, pass_at_n: stats.accuracy_interval
     policy_tokens: int = 0
     prompt_tokens: int = 0
     prm_tokens: int = 0
@@ -207,7 +216,7 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None, back
         scfg.voting = "majority"
     chunk = max(1, cfg.rows_per_batch // n)
     p_policy = model_params(model.cfg)
-    correct, by_vote, any_ok, frac = [], {v: [] for v in VOTINGS}, [], []
+    correct, by_vote, any_ok, frac, agree = [], {v: [] for v in VOTINGS}, [], [], []
     tokens = prompt_tokens = prm_tokens = read = noshare = 0
     t0 = time.perf_counter()
     for c0 in range(0, len(problems), chunk):
@@ -227,6 +236,7 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None, back
                 by_vote[v].append(p.is_answer(r.answers[v]))
             any_ok.append(any(ok))
             frac.append(sum(ok) / max(1, len(ok)))
+            agree.append(agreement([c.answer for c in r.candidates]))
             prompt_tokens += len(tok.encode(p.prompt))
         tokens += eng.stats["tokens_sampled"]
         read += eng.stats["kv_tokens_read"] * eng.kv_bytes_per_token
@@ -237,59 +247,196 @@ def run_search(name, strategy, n, model, tok, prm, problems, cfg, bar=None, back
     wall = time.perf_counter() - t0
     p_prm = prm.num_params if prm is not None else 0
     k = len(problems)
+    intervals = {"accuracy": stats.accuracy_interval(correct), "pass_at_n": stats.accuracy_interval(any_ok),
+                 **{v: stats.accuracy_interval(x) for v, x in by_vote.items()}}
     return Run(name, strategy, n, sum(correct) / k, {v: sum(x) / k for v, x in by_vote.items()}, sum(any_ok) / k,
-               correct, frac, tokens, prompt_tokens, prm_tokens,
+               correct, frac, agree, intervals, tokens, prompt_tokens, prm_tokens,
                2.0 * p_policy * (tokens + prompt_tokens) + 2.0 * p_prm * prm_tokens, wall, tokens / max(wall, 1e-9),
                read, noshare, "engine" if backend is None else backend.name)
 
 
-# -- analysis -----------------------------------------------------------------------------------------
-def bucket_of(pass1: float) -> str:
-    for name, lo, hi in BUCKETS:
-        if lo <= pass1 < hi:
+# -- difficulty and the compute-optimal choice ---------------------------------------------------------
+#: difficulty estimated without gold answers: the policy's agreement with itself (:func:`agreement` of the
+#: reference run's samples); the compute-optimal choice is made and scored on these buckets
+AGREEMENT_BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.2, 0.5), ("hard", 0.0, 0.2))
+#: oracle difficulty, as in the paper: Pass@1 from the gold answers (the labelled in-sample oracle only)
+BUCKETS = (("easy", 0.5, 1.01), ("medium", 0.1, 0.5), ("hard", 0.0, 0.1))
+#: cross-fitting folds of the compute-optimal choice (:func:`.stats.splits`)
+CALIBRATION_FOLDS = 2
+COMPUTE_OPTIMAL_METHOD = (f"{CALIBRATION_FOLDS}-fold cross-fitting: the problems are split (seeded shuffle) into "
+                          f"{CALIBRATION_FOLDS} held-out parts; for each, the strategy per agreement bucket and N "
+                          "is chosen on the other problems (calibration: most solved, ties fewer FLOPs; a bucket "
+                          "with no calibration problem gets the best strategy over all calibration problems) and "
+                          "applied unchanged to the held-out part; every problem is scored once, held out (its interval "
+                          "takes the choices as given: their own noise is not in it)")
+
+
+def edges_text(edges) -> str:
+    """Bucket edges in words: ``'easy >= 50%, medium 10-50%, hard < 10%'``."""
+    def pct(x):
+        return f"{100 * x:.0f}%"
+    return ", ".join(f"{name} >= {pct(lo)}" if hi > 1 else f"{name} < {pct(hi)}" if lo <= 0 else
+                     f"{name} {100 * lo:.0f}-{pct(hi)}" for name, lo, hi in edges)
+
+
+def agreement(answers: Sequence[Optional[str]]) -> float:
+    """Share of ``answers`` equal to the most common one (no answer never counts as one); 0.0 if none answered."""
+    counts = Counter(a for a in answers if a is not None)
+    return max(counts.values()) / len(answers) if counts else 0.0
+
+
+def bucket_of(x: float, edges=BUCKETS) -> str:
+    """The bucket of ``edges`` (``(name, lo, hi)``, ``lo <= x < hi``) that ``x`` falls in (else the last)."""
+    for name, lo, hi in edges:
+        if lo <= x < hi:
             return name
-    return "hard"
+    return edges[-1][0]
+
+
+def choose_per_bucket(correct: Dict[str, Sequence[bool]], cost: Dict[str, float], buckets: Sequence[str],
+                      calibration: Sequence[int], names: Sequence[str]) -> Dict[str, str]:
+    """The compute-optimal rule: per bucket, the strategy that solves most of its ``calibration`` problems.
+
+    Parameters
+    ----------
+    correct : dict
+        Strategy -> per problem (all problems): solved or not.
+    cost : dict
+        Strategy -> its compute (FLOPs); ties of problems solved go to the cheaper, then to the first.
+    buckets : sequence of str
+        Per problem (all problems): its difficulty bucket.
+    calibration : sequence of int
+        The problems the choice may look at (their outcomes only).
+    names : sequence of str
+        The buckets to choose for. One with no calibration problem gets the strategy that is best over
+        all calibration problems.
+
+    Returns
+    -------
+    dict
+        Bucket -> strategy, for every bucket of ``names``.
+    """
+    def best(ix):
+        return max(correct, key=lambda s: (sum(bool(correct[s][i]) for i in ix), -cost[s]))
+
+    overall = best(calibration)
+    return {b: best(ix) if ix else overall
+            for b in names for ix in [[i for i in calibration if buckets[i] == b]]}
+
+
+def apply_choice(choice: Dict[str, str], correct: Dict[str, Sequence[bool]], buckets: Sequence[str],
+                 problems: Sequence[int]) -> List[bool]:
+    """Per problem of ``problems``: solved by the strategy ``choice`` gives its bucket."""
+    return [bool(correct[choice[buckets[i]]][i]) for i in problems]
+
+
+def cross_fitted_choice(correct: Dict[str, Sequence[bool]], cost: Dict[str, float], buckets: Sequence[str],
+                        folds, names: Sequence[str]) -> dict:
+    """The compute-optimal choice made on each fold's calibration split and scored on its held-out split.
+
+    Parameters
+    ----------
+    correct, cost, buckets, names
+        As in :func:`choose_per_bucket`.
+    folds : list of (calibration, held_out)
+        From :func:`.stats.splits`: the held-out splits must partition the problems.
+
+    Returns
+    -------
+    dict
+        ``accuracy`` (held out, over all problems), ``interval`` (:func:`.stats.accuracy_interval`),
+        ``correct`` (per problem, under the choice of the fold that held it out) and ``folds`` (per fold:
+        its problems, its choice, its held-out accuracy).
+    """
+    per_problem: List[Optional[bool]] = [None] * len(buckets)
+    out = []
+    for calibration, held_out in folds:
+        if set(calibration) & set(held_out):
+            raise ValueError("a calibration split overlaps its held-out split")
+        choice = choose_per_bucket(correct, cost, buckets, calibration, names)
+        outcome = apply_choice(choice, correct, buckets, held_out)
+        for i, ok in zip(held_out, outcome):
+            if per_problem[i] is not None:
+                raise ValueError(f"problem {i} is held out twice")
+            per_problem[i] = ok
+        out.append({"calibration": list(calibration), "held_out": list(held_out), "strategy_per_bucket": choice,
+                    "held_out_accuracy": sum(outcome) / len(outcome)})
+    if None in per_problem:
+        raise ValueError("the held-out splits do not cover every problem")
+    return {"accuracy": sum(per_problem) / len(per_problem), "interval": stats.accuracy_interval(per_problem),
+            "correct": per_problem, "folds": out}
 
 
 def analyse(runs: List[Run], problems, large: Optional[Run]) -> dict:
-    """Difficulty buckets, per-bucket accuracy, compute-optimal choice per bucket and N, and the headline."""
+    """Difficulty buckets, per-bucket accuracy, the compute-optimal choice per bucket and N, and the headline."""
     small = [r for r in runs if r.policy == "policy"]
     bon = [r for r in small if registry.spec(r.strategy).independent_samples]
     ref = max(bon or small, key=lambda r: r.n)
-    buckets = [bucket_of(x) for x in ref.sample_accuracy]
-    members = {b: [i for i, x in enumerate(buckets) if x == b] for b, _, _ in BUCKETS}
-    per_bucket = {}
-    for r in small:
-        per_bucket[f"{r.strategy}@{r.n}"] = {b: (sum(r.correct[i] for i in ix) / len(ix) if ix else None)
-                                             for b, ix in members.items()}
-    optimal = {}
+    every = range(len(problems))
+    est = [bucket_of(x, AGREEMENT_BUCKETS) for x in ref.agreement]
+    oracle = [bucket_of(x, BUCKETS) for x in ref.sample_accuracy]
+    names = [b for b, _, _ in AGREEMENT_BUCKETS]
+    members = {b: [i for i in every if est[i] == b] for b in names}
+    per_bucket = {f"{r.strategy}@{r.n}": {b: stats.accuracy_interval([r.correct[i] for i in ix])
+                                          for b, ix in members.items()} for r in small}
+    folds = stats.splits(len(problems), CALIBRATION_FOLDS) if len(problems) >= CALIBRATION_FOLDS else []
+    held_out, in_sample = {}, {}
     for n in sorted({r.n for r in small}):
-        cands = [r for r in small if r.n == n]
-        choice, acc = {}, 0.0
-        for b, ix in members.items():
-            if not ix:
-                continue
-            best = max(cands, key=lambda r: (sum(r.correct[i] for i in ix), -r.flops))
-            choice[b] = best.strategy
-            acc += sum(best.correct[i] for i in ix)
-        optimal[str(n)] = {"strategy_per_bucket": choice, "accuracy": acc / len(problems)}
+        correct = {r.strategy: r.correct for r in small if r.n == n}
+        cost = {r.strategy: r.flops for r in small if r.n == n}
+        if folds:
+            held_out[str(n)] = cross_fitted_choice(correct, cost, est, folds, names)
+        choice = choose_per_bucket(correct, cost, oracle, every, [b for b, _, _ in BUCKETS])
+        solved = apply_choice(choice, correct, oracle, every)
+        in_sample[str(n)] = {"strategy_per_bucket": choice, "accuracy": sum(solved) / len(solved),
+                             "interval": stats.accuracy_interval(solved)}
     headline = None
     if large is not None:
-        beat = sorted((r for r in small if r.accuracy > large.accuracy), key=lambda r: r.flops)
-        first = beat[0] if beat else None
-        headline = {
-            "large_single_sample": {"accuracy": large.accuracy, "flops": large.flops, "tokens": large.policy_tokens},
-            "small_beats_large": first is not None,
-            "cheapest_small_run_that_beats_it": None if first is None else {
-                "strategy": first.strategy, "n": first.n, "accuracy": first.accuracy, "flops": first.flops,
-                "policy_tokens": first.policy_tokens, "prm_tokens": first.prm_tokens,
-                "flops_ratio_vs_large": first.flops / max(large.flops, 1.0)},
-            "best_small": max(({"strategy": r.strategy, "n": r.n, "accuracy": r.accuracy, "flops": r.flops}
-                               for r in small), key=lambda d: d["accuracy"]),
-        }
-    return {"pass1_source": f"{ref.strategy}@{ref.n}",
+        headline = _headline(small, large)
+        for d in held_out.values():
+            d["difference_vs_large"] = stats.paired_difference(d["correct"], large.correct)
+    return {"methods": {"num_problems": len(problems), "accuracy_interval": stats.ACCURACY_METHOD,
+                        "difference_interval": stats.difference_method(),
+                        "difficulty_estimate": "agreement: the share of the most common final answer among the "
+                        f"policy's own {ref.strategy}@{ref.n} samples (majority-vote share; no gold answer is "
+                        f"read): {edges_text(AGREEMENT_BUCKETS)}",
+                        "compute_optimal": COMPUTE_OPTIMAL_METHOD,
+                        "compute_optimal_in_sample_oracle": "buckets by the gold Pass@1 of the reference samples "
+                        f"({edges_text(BUCKETS)}), the strategy chosen and scored on the same problems: "
+                        "optimistic by construction, kept for comparison with the paper's analysis"},
+            "pass1_source": f"{ref.strategy}@{ref.n}",
             "bucket_sizes": {b: len(ix) for b, ix in members.items()},
-            "accuracy_per_bucket": per_bucket, "compute_optimal": optimal, "headline": headline}
+            "oracle_bucket_sizes": {b: oracle.count(b) for b, _, _ in BUCKETS},
+            "accuracy_per_bucket": per_bucket, "compute_optimal": held_out,
+            "compute_optimal_in_sample_oracle": in_sample, "headline": headline}
+
+
+def _headline(small: List[Run], large: Run) -> dict:
+    """Does the small policy with a strategy beat the large one sampled once? (points, FLOPs, the paired interval)"""
+    beat = sorted((r for r in small if r.accuracy > large.accuracy), key=lambda r: r.flops)
+    first = beat[0] if beat else None
+    best = max(small, key=lambda r: r.accuracy)
+    diff = stats.paired_difference(best.correct, large.correct)
+    return {
+        "num_problems": len(large.correct),
+        "large_single_sample": {"accuracy": large.accuracy, "interval": large.intervals["accuracy"],
+                                "flops": large.flops, "tokens": large.policy_tokens},
+        "small_beats_large": first is not None,
+        "cheapest_small_run_that_beats_it": None if first is None else {
+            "strategy": first.strategy, "n": first.n, "accuracy": first.accuracy, "flops": first.flops,
+            "interval": first.intervals["accuracy"], "policy_tokens": first.policy_tokens,
+            "prm_tokens": first.prm_tokens, "flops_ratio_vs_large": first.flops / max(large.flops, 1.0)},
+        "best_small": {"strategy": best.strategy, "n": best.n, "accuracy": best.accuracy, "flops": best.flops,
+                       "interval": best.intervals["accuracy"],
+                       "selection": "in-sample: the most accurate of the small policy's runs (favours the small "
+                                    "policy)"},
+        "difference_best_small_minus_large": diff,
+        "verdict": (f"best small run ({best.strategy}@{best.n}) minus the large policy sampled once: "
+                    f"{100 * diff['difference']:+.1f} points, 95% interval [{100 * diff['lo']:+.1f}, "
+                    f"{100 * diff['hi']:+.1f}] on {len(large.correct)} problems: "
+                    + ("zero is outside the interval" if diff["zero_outside_interval"] else
+                       "zero is inside the interval (not significant at 95%)")),
+    }
 
 
 # -- the job ------------------------------------------------------------------------------------------

@@ -3,59 +3,84 @@ from __future__ import annotations
 
 from typing import List
 
-from .evaluate import BUCKETS, flops_str
+from .evaluate import AGREEMENT_BUCKETS, CALIBRATION_FOLDS, flops_str
 
 
-def _pct(x) -> str:
-    return "  -  " if x is None else f"{100 * x:5.1f}"
+def _ci(iv) -> str:
+    """An accuracy and its 95% interval, in %: ``' 48.4 [36.6, 60.4]'`` (``'-'`` for no problems)."""
+    return "-" if iv is None else f"{100 * iv['point']:5.1f} [{100 * iv['lo']:4.1f},{100 * iv['hi']:5.1f}]"
+
+
+def _diff(d) -> str:
+    """A difference of accuracies and its interval, in points."""
+    return f"{100 * d['difference']:+.1f} [{100 * d['lo']:+.1f}, {100 * d['hi']:+.1f}] points"
 
 
 def tables(res: dict) -> str:
-    """The result as plain-text tables (runs, buckets, compute-optimal choice, headline, budget control)."""
+    """The result as plain-text tables (runs, buckets, compute-optimal choice, headline, budget control).
+
+    Every accuracy is printed with its 95% interval (``acc [lo, hi]``, in %), as :mod:`.stats` computes it.
+    """
     lines: List[str] = []
     env = res["environment"]
     lines.append(f"{res['num_problems']} problems | policy {res['policy_params']:,} params, PRM {res['prm_params']:,}"
                  + (f", large policy {res['large_policy_params']:,}" if res.get("large_policy_params") else "")
                  + f" | {env['device']}, {env['threads']} threads, torch {env['torch']}, commit {env['commit']}")
+    a = res["analysis"]
+    m = a["methods"]
+    lines.append(f"95% intervals: accuracies {m['accuracy_interval']}; differences {m['difference_interval']}")
     lines.append("")
-    head = (f"{'policy':<7} {'strategy':<12} {'N':>3} {'acc%':>6} {'maj%':>6} {'max%':>6} {'vote%':>6} "
-            f"{'pass@N%':>8} {'tokens':>8} {'PRM tok':>8} {'FLOPs':>7} {'tok/s':>7} {'KV read':>8} {'per-seq':>8}")
+    accs = ["accuracy", "majority", "prm_max", "prm_vote", "pass_at_n"]
+    w = len(_ci({"point": 1, "lo": 1, "hi": 1}))
+    head = (f"{'policy':<7} {'strategy':<12} {'N':>3} " + " ".join(f"{t:>{w}}" for t in
+                                                                  ("acc% [95%]", "maj%", "max%", "vote%", "pass@N%"))
+            + f" {'tokens':>8} {'PRM tok':>8} {'FLOPs':>7} {'tok/s':>7} {'KV read':>8} {'per-seq':>8}")
     lines += [head, "-" * len(head)]
     for r in res["runs"]:
-        v = r["accuracy_by_voting"]
-        lines.append(f"{r['policy']:<7} {r['strategy']:<12} {r['n']:>3} {_pct(r['accuracy']):>6} "
-                     f"{_pct(v['majority']):>6} {_pct(v['prm_max']):>6} {_pct(v['prm_vote']):>6} "
-                     f"{_pct(r['pass_at_n']):>8} {r['policy_tokens']:>8} {r['prm_tokens']:>8} "
+        lines.append(f"{r['policy']:<7} {r['strategy']:<12} {r['n']:>3} "
+                     + " ".join(f"{_ci(r['intervals'][k]):>{w}}" for k in accs)
+                     + f" {r['policy_tokens']:>8} {r['prm_tokens']:>8} "
                      f"{flops_str(r['flops']):>7} {r['tokens_per_s']:>7.0f} {_mb(r['kv_bytes_read']):>8} "
                      f"{_mb(r['kv_bytes_per_sequence']):>8}")
-    a = res["analysis"]
     lines.append("")
     sizes = a["bucket_sizes"]
-    names = [b for b, _, _ in BUCKETS]
-    lines.append(f"accuracy % per difficulty bucket (Pass@1 from {a['pass1_source']}: "
-                 + ", ".join(f"{b} {sizes[b]}" for b in names) + " problems)")
-    lines.append(f"{'run':<18}" + "".join(f"{b:>8}" for b in names))
+    names = [b for b, _, _ in AGREEMENT_BUCKETS]
+    lines.append(f"accuracy % per difficulty bucket, estimated without gold answers: the policy's agreement "
+                 f"with itself over its {a['pass1_source']} samples (" + ", ".join(f"{b} {sizes[b]}" for b in names)
+                 + " problems)")
+    lines.append(f"{'run':<18}" + "".join(f"{b:>{w + 2}}" for b in names))
     for k, row in a["accuracy_per_bucket"].items():
-        lines.append(f"{k:<18}" + "".join(f"{_pct(row[b]):>8}" for b in names))
+        lines.append(f"{k:<18}" + "".join(f"{_ci(row[b]):>{w + 2}}" for b in names))
     lines.append("")
-    lines.append("compute-optimal strategy per bucket (chosen in-sample on these problems)")
+    lines.append("compute-optimal strategy per agreement bucket and N: chosen on a calibration split, scored on "
+                 "the held-out split (cross-fitting; analysis.methods in the JSON says how)")
     for n, d in a["compute_optimal"].items():
+        vs = f"; vs the large policy {_diff(d['difference_vs_large'])}" if "difference_vs_large" in d else ""
+        choice = " | ".join(", ".join(f"{b}: {s}" for b, s in f["strategy_per_bucket"].items()) for f in d["folds"])
+        lines.append(f"  N={n:>3}: accuracy {_ci(d['interval'])}%{vs}  (per fold: {choice})")
+    if not a["compute_optimal"]:
+        lines.append(f"  none: a held-out split needs at least {CALIBRATION_FOLDS} problems")
+    lines.append("in-sample oracle, optimistic by construction: buckets by the gold Pass@1, the strategy chosen and "
+                 "scored on the same problems")
+    for n, d in a["compute_optimal_in_sample_oracle"].items():
         choice = ", ".join(f"{b}: {s}" for b, s in d["strategy_per_bucket"].items())
-        lines.append(f"  N={n:>3}: accuracy {_pct(d['accuracy'])}%  ({choice})")
+        lines.append(f"  N={n:>3}: accuracy {_ci(d['interval'])}%  ({choice})")
     h = a.get("headline")
     if h:
         big = h["large_single_sample"]
         lines.append("")
-        lines.append(f"headline: large policy sampled once: {_pct(big['accuracy'])}% at {flops_str(big['flops'])}FLOPs")
+        lines.append(f"headline ({h['num_problems']} problems): large policy sampled once: {_ci(big['interval'])}% "
+                     f"at {flops_str(big['flops'])}FLOPs")
         c = h["cheapest_small_run_that_beats_it"]
         if c:
-            lines.append(f"  the small policy beats it with {c['strategy']} at N={c['n']}: {_pct(c['accuracy'])}% "
-                         f"at {flops_str(c['flops'])}FLOPs ({c['flops_ratio_vs_large']:.1f}x the large policy's "
-                         f"FLOPs; {c['policy_tokens']} policy + {c['prm_tokens']} PRM tokens)")
+            lines.append(f"  the small policy beats it (point estimates) with {c['strategy']} at N={c['n']}: "
+                         f"{_ci(c['interval'])}% at {flops_str(c['flops'])}FLOPs ({c['flops_ratio_vs_large']:.1f}x "
+                         f"the large policy's FLOPs; {c['policy_tokens']} policy + {c['prm_tokens']} PRM tokens)")
         else:
             b = h["best_small"]
             lines.append(f"  the small policy does not beat it at any measured N (best: {b['strategy']} at "
-                         f"N={b['n']}, {_pct(b['accuracy'])}%)")
+                         f"N={b['n']}, {_ci(b['interval'])}%)")
+        lines.append(f"  {h['verdict']}")
     bc = res.get("budget_control")
     if bc:
         lines.append("")
@@ -81,6 +106,12 @@ def _mb(b: int) -> str:
     return f"{b / 2 ** 20:.1f}M"
 
 
+def _yerr(runs):
+    """Error-bar lengths (below, above) of the runs' accuracy intervals, in %."""
+    iv = [r["intervals"]["accuracy"] for r in runs]
+    return [[100 * (i["point"] - i["lo"]) for i in iv], [100 * (i["hi"] - i["point"]) for i in iv]]
+
+
 def plot(res: dict, path: str) -> bool:
     """Accuracy against FLOPs per strategy (log x), with the large policy's single sample; False if no matplotlib."""
     try:
@@ -92,18 +123,21 @@ def plot(res: dict, path: str) -> bool:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     runs = [r for r in res["runs"] if r["policy"] == "policy"]
     for s in dict.fromkeys(r["strategy"] for r in runs):
-        pts = sorted((r["flops"], 100 * r["accuracy"], r["n"]) for r in runs if r["strategy"] == s)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", label=f"small policy: {s}")
-        for x, y, n in pts:
-            ax.annotate(f"N={n}", (x, y), textcoords="offset points", xytext=(3, 3), fontsize=7)
+        pts = sorted((r for r in runs if r["strategy"] == s), key=lambda r: r["flops"])
+        ax.errorbar([r["flops"] for r in pts], [100 * r["accuracy"] for r in pts], yerr=_yerr(pts), marker="o",
+                    capsize=3, label=f"small policy: {s}")
+        for r in pts:
+            ax.annotate(f"N={r['n']}", (r["flops"], 100 * r["accuracy"]), textcoords="offset points",
+                        xytext=(3, 3), fontsize=7)
     for r in res["runs"]:
         if r["policy"] == "large":
-            ax.scatter([r["flops"]], [100 * r["accuracy"]], marker="*", s=160, color="k",
-                       label="large policy (4x params), one sample", zorder=5)
+            ax.errorbar([r["flops"]], [100 * r["accuracy"]], yerr=_yerr([r]), marker="*", markersize=14,
+                        color="k", capsize=4, label="large policy (4x params), one sample", zorder=5)
     ax.set_xscale("log")
     ax.set_xlabel("FLOPs per problem set (policy + PRM)")
     ax.set_ylabel("accuracy %")
-    ax.set_title(f"{res['num_problems']} problems; {res['environment']['device'][:40]}", fontsize=9)
+    ax.set_title(f"{res['num_problems']} problems; error bars: {res['analysis']['methods']['accuracy_interval']}; "
+                 f"{res['environment']['device'][:40]}", fontsize=8)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
