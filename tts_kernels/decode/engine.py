@@ -522,7 +522,7 @@ class Engine:
         return sids, rows
 
     def _reserve(self, sids, rows):
-        """Raise :class:`tts_kernels.OutOfBlocksError` unless the pool can hold ``rows[i]`` more tokens of each ``sids[i]``."""
+        """:class:`tts_kernels.OutOfBlocksError` unless the pool holds ``len(rows[i])`` more tokens of ``sids[i]``."""
         bs = self.pool.block_size
         need = sum(-(-(self.pool.seq_len(s) + len(r)) // bs) - len(self.pool.block_ids(s)) for s, r in zip(sids, rows))
         if need > self.pool.num_free_blocks:

@@ -25,7 +25,7 @@ from typing import Dict, List, NamedTuple, Sequence, Tuple
 
 import torch
 
-from .model import _sdpa
+from .model import CausalPrefill, PrefixPrefill
 
 
 def block_keys(ids: Sequence[int], block_size: int) -> List[int]:
@@ -156,9 +156,9 @@ class PagedPrefill:
     K/V at ``slots``; then row ``r``'s queries attend to its keys ``[0, starts[r] + lens[r])``
     read back from the pool at ``key_slots[r]`` (so a row may read a prefix that an earlier row
     of the same batch is computing in this forward, in blocks they share). A row with
-    ``starts[r] == 0`` attends to its own K/V with causal SDPA, what
-    :class:`~tts_kernels.decode.model.CausalPrefill` computes. ``flash``: a
-    ``flash_attn_varlen_func`` (one call over the packed rows), else SDPA per row.
+    ``starts[r] == 0`` attends to its own K/V. ``flash``: a ``flash_attn_varlen_func``
+    (one call over the packed rows), else SDPA per row through the model's
+    :class:`~tts_kernels.decode.model.CausalPrefill` / ``PrefixPrefill``.
     """
 
     def __init__(self, pool, slots: torch.Tensor, key_slots: List[torch.Tensor], starts: Sequence[int],
@@ -174,12 +174,12 @@ class PagedPrefill:
             return self._flash(q, kc, vc)
         out, t = [], 0
         for start, n, ks in zip(self.starts, self.lens, self.key_slots):
-            qr = q[t:t + n]
             if start == 0:
-                out.append(_sdpa(qr, k[t:t + n], v[t:t + n], self.groups, self.scale))
+                attn = CausalPrefill(self.groups, self.scale)
             else:
-                mask = torch.arange(start + n, device=q.device)[None, :] <= (start + torch.arange(n, device=q.device))[:, None]
-                out.append(_sdpa(qr, kc[ks].to(q.dtype), vc[ks].to(q.dtype), self.groups, self.scale, mask))
+                past = {layer: (kc[ks[:start]], vc[ks[:start]])}
+                attn = PrefixPrefill(self.groups, self.scale, past)
+            out.append(attn(layer, q[t:t + n], k[t:t + n], v[t:t + n], positions[t:t + n]))
             t += n
         return torch.cat(out)
 
