@@ -6,10 +6,15 @@ Prompts are ``prefix + suffix_i`` (random token ids, fixed seed). Cases, each on
 * ``add x N``       one :meth:`Engine.add` per prompt (as a search adds problems one at a time)
 * ``warm add_many`` N new prompts with the same prefix after the first call (cache on: all hits)
 
+``--prm``: instead, the embedded :class:`~tts_kernels.search.EnginePRM` re-scoring N candidates
+after each of 4 steps, new steps run by ``Engine.extend_many`` (one packed prefill) or by
+``Engine.feed`` (one decode forward per token, the PRM's old path).
+
 Models: ``embedded`` (the shipped tiny model) or ``smollm2-135m`` (random weights of
 SmolLM2-135M's shape: 30 layers, hidden 576, 9/3 heads, vocab 49152)::
 
     python benchmarks/bench_prefix_cache.py --model embedded --prefix 1024 --n 8
+    python benchmarks/bench_prefix_cache.py --prm --n 16
 """
 from __future__ import annotations
 
@@ -39,6 +44,22 @@ def timed(fn):
     return time.perf_counter() - t, out
 
 
+def bench_prm(n):
+    from tts_kernels.search import EnginePRM
+    g = torch.Generator().manual_seed(1)
+    steps = []
+    for a, b in torch.randint(10, 99, (n, 2), generator=g).tolist():
+        steps.append([f"{a}+{b}={a + b}", f"{a + b}-3={a + b - 3}", f"{a + b - 3}-6={a + b - 9}",
+                      f"</think>Final Answer: {a + b - 9}"])
+    prompts = ["49+9-3-6=?<think>"] * n
+    for path in ("feed", "extend_many"):
+        prm = EnginePRM(num_blocks=4096, block_size=8)
+        prm.engine.extend_many = getattr(prm.engine, path)
+        secs, _ = timed(lambda: [prm.score(prompts, [s[:k] for s in steps]) for k in range(1, 5)])
+        print(f"  EnginePRM, {n} candidates x 4 steps, new steps by {path:12s}: {secs:6.2f} s  "
+              f"({prm.tokens_scored} tokens)")
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", default="embedded", choices=["embedded", "smollm2-135m"])
@@ -48,9 +69,12 @@ def main(argv=None):
     ap.add_argument("--block-size", type=int, default=16)
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--cases", nargs="+", default=["add_many", "add x N", "warm add_many"])
+    ap.add_argument("--prm", action="store_true", help="time the embedded EnginePRM instead")
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
+    if a.prm:
+        return bench_prm(a.n)
     model = load()[0] if a.model == "embedded" else smollm2_shape()
     g = torch.Generator().manual_seed(1)
     rand = lambda n: torch.randint(4, model.cfg.vocab_size, (n,), generator=g).tolist()  # noqa: E731
