@@ -170,6 +170,23 @@ def test_retain_release_and_reclaim_on_demand():
     assert len(pool._free) == 8 and not any(pool._ref)
 
 
+def test_truncate_undoes_an_append():
+    pool = _pool()
+    root = pool.add_sequence(6)
+    kid = pool.fork(root, 1)[0]
+    snap = _snapshot(pool)
+    pool.append(kid, 7)                             # fills its private partial block, then 2 fresh
+    pool.truncate(kid, 6)
+    assert pool.seq_len(kid) == 6
+    assert pool._ref == snap[1] and sorted(pool._free) == sorted(snap[0])
+    with pytest.raises(KVPoolError, match="shared block partly filled"):
+        pool.truncate(kid, 3)                       # block 0 is shared with root
+    with pytest.raises(KVPoolError, match="cannot truncate"):
+        pool.truncate(kid, 7)
+    pool.truncate(kid, 4)                           # a full shared block stays full
+    assert pool.block_ids(kid) == pool.block_ids(root)[:1] and pool.ref_count(pool.block_ids(root)[0]) == 2
+
+
 def test_pool_feeds_tree_attention():
     gen = torch.Generator().manual_seed(2)
     pool = tk.KVPool(32, BS, HKV, 64, dtype=torch.float16)

@@ -185,6 +185,23 @@ def test_extend_many_matches_fresh_prefill(model):
     assert eng.stats["tokens_fed"] == 6 and eng.stats["forwards"] == 0     # a prefill, no decode steps
 
 
+def test_errors_in_the_forward_change_nothing(model, monkeypatch):
+    _, on = _engines(model)
+    root = on.add(P, temperature=0.0)
+    kid = on.fork(root, 1)[0]
+    state, entries = _pool_state(on.pool)[:3], dict(on.prefix_cache._entries)
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("device lost")
+    monkeypatch.setattr(model, "forward", boom)
+    with pytest.raises(RuntimeError, match="device lost"):
+        on.extend_many([root, kid], [[1, 2, 3, 4, 5], [6]])
+    with pytest.raises(RuntimeError, match="device lost"):
+        on.add_many([P + [7], [8, 9, 10, 11, 12]])
+    assert _pool_state(on.pool)[:3] == state and dict(on.prefix_cache._entries) == entries
+    assert on.live == [root, kid] and on.tokens(root) == on.tokens(kid) == []
+
+
 BAD = [
     ("empty prompt", lambda e: e.add([]), ValueError, "at least one token"),
     ("empty prompt in a batch", lambda e: e.add_many([P, []]), ValueError, "every prompt"),

@@ -216,6 +216,21 @@ class KVPool:
         slots = self._slots(states, starts, num_tokens, device)
         return slots[0] if single else slots
 
+    def truncate(self, seq: int, length: int) -> None:
+        """Drop ``seq``'s tokens from position ``length`` on (e.g. undo an :meth:`append`); blocks past it go back."""
+        s = self._get(seq)
+        self._check_count("length", length, 0)
+        if length > s.length:
+            raise KVPoolError(f"cannot truncate sequence {seq} of {s.length} tokens to {length}")
+        keep = _blocks_for(length, self.block_size)
+        if length % self.block_size and self._ref[s.blocks[keep - 1]] > 1:
+            raise KVPoolError(f"truncating sequence {seq} to {length} tokens would leave a shared block "
+                              f"partly filled (appends would write into it)")
+        for b in s.blocks[keep:]:
+            self._drop(b)
+        del s.blocks[keep:]
+        s.length = length
+
     def slot_mapping(self, seq: int, start: int = 0, end: int = None) -> torch.Tensor:
         """int64 slots of positions ``[start, end)`` of ``seq`` (default: all its tokens)."""
         s = self._get(seq)

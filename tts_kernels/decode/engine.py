@@ -286,7 +286,8 @@ class Engine:
         Afterwards :meth:`next_logits` is the logits after each row's last token;
         logprobs of the new tokens are NaN. Raises
         :class:`tts_kernels.OutOfBlocksError` before changing anything when the
-        pool cannot hold every row's tokens.
+        pool cannot hold every row's tokens; on an error in the forward the rows'
+        new slots are given back.
         """
         sids, rows = self._check_rows(sids, texts)
         keep = [i for i, r in enumerate(rows) if r]
@@ -297,7 +298,12 @@ class Engine:
         starts = [self.pool.seq_len(s) for s in sids]
         for sid, r in zip(sids, rows):
             self.pool.append(sid, len(r))
-        logits = self._prefill(sids, rows, starts)
+        try:
+            logits = self._prefill(sids, rows, starts)
+        except Exception:
+            for sid, n in zip(sids, starts):
+                self.pool.truncate(sid, n)
+            raise
         for sid, r, lg in zip(sids, rows, logits.unbind(0)):
             s = self._seqs[sid]
             s.out.extend(r)
