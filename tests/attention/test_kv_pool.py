@@ -115,6 +115,78 @@ def test_free_returns_blocks_only_when_unshared():
     assert pool.sequences == []
 
 
+def test_add_sequence_with_prefix_blocks_shares_or_copies_them():
+    gen = torch.Generator().manual_seed(4)
+    pool = _pool()
+    root = pool.add_sequence(8)                     # two full blocks
+    _fill(pool, root, gen)
+    rb = pool.block_ids(root)
+    s = pool.add_sequence(10, rb)                   # shares both, one fresh block for 2 tokens
+    assert pool.block_ids(s)[:2] == rb and [pool.ref_count(b) for b in rb] == [2, 2]
+    c = pool.add_sequence(8, rb, copy_last=True)    # shares the first, copies the second
+    cb = pool.block_ids(c)
+    assert cb[0] == rb[0] and cb[1] not in rb and [pool.ref_count(b) for b in rb] == [3, 2]
+    for layer in range(2):
+        assert all(torch.equal(a, b) for a, b in zip(_read(pool, c, layer), _read(pool, root, layer)))
+    assert pool.num_free_blocks == 16 - 2 - 1 - 1
+    for seq in (root, s, c):
+        pool.free(seq)
+    assert pool.num_free_blocks == 16 and not any(pool._ref)
+
+
+class _Holder:
+    """A reclaimer holding retained blocks, giving back the oldest ones that nobody else holds."""
+
+    def __init__(self, pool, blocks):
+        self.pool, self.blocks = pool, list(blocks)
+        pool.retain(self.blocks)
+        pool.reclaimer = self
+
+    def reclaimable(self):
+        return sum(self.pool.ref_count(b) == 1 for b in self.blocks)
+
+    def reclaim(self, n):
+        for b in [b for b in self.blocks if self.pool.ref_count(b) == 1][:n]:
+            self.blocks.remove(b)
+            self.pool.release([b])
+
+
+def test_retain_release_and_reclaim_on_demand():
+    pool = _pool(num_blocks=8)
+    a, b = pool.add_sequence(8), pool.add_sequence(8)       # 2 + 2 blocks
+    holder = _Holder(pool, pool.block_ids(a) + pool.block_ids(b))
+    pool.free(a)
+    assert len(pool._free) == 4 and pool.num_free_blocks == 6 and pool.num_used_blocks == 4
+    snap = _snapshot(pool)
+    with pytest.raises(OutOfBlocksError, match="7 needed, 6 of 8 free"):
+        pool.add_sequence(7 * BS)                   # more than free + reclaimable: nothing is reclaimed
+    _assert_same(pool, snap)
+    assert len(holder.blocks) == 4
+    s = pool.add_sequence(5 * BS)                   # 4 free + 1 reclaimed
+    assert len(holder.blocks) == 3 and pool.num_free_blocks == 1 and len(set(pool.block_ids(s))) == 5
+    pool.free(b)
+    pool.release(holder.blocks)
+    pool.free(s)
+    assert len(pool._free) == 8 and not any(pool._ref)
+
+
+def test_truncate_undoes_an_append():
+    pool = _pool()
+    root = pool.add_sequence(6)
+    kid = pool.fork(root, 1)[0]
+    snap = _snapshot(pool)
+    pool.append(kid, 7)                             # fills its private partial block, then 2 fresh
+    pool.truncate(kid, 6)
+    assert pool.seq_len(kid) == 6
+    assert pool._ref == snap[1] and sorted(pool._free) == sorted(snap[0])
+    with pytest.raises(KVPoolError, match="shared block partly filled"):
+        pool.truncate(kid, 3)                       # block 0 is shared with root
+    with pytest.raises(KVPoolError, match="cannot truncate"):
+        pool.truncate(kid, 7)
+    pool.truncate(kid, 4)                           # a full shared block stays full
+    assert pool.block_ids(kid) == pool.block_ids(root)[:1] and pool.ref_count(pool.block_ids(root)[0]) == 2
+
+
 def test_pool_feeds_tree_attention():
     gen = torch.Generator().manual_seed(2)
     pool = tk.KVPool(32, BS, HKV, 64, dtype=torch.float16)
@@ -135,6 +207,8 @@ def test_pool_feeds_tree_attention():
 # --- exhaustion: the pool is unchanged ---------------------------------------------------------
 EXHAUST = [
     ("add_sequence", lambda p, s: p.add_sequence(4 * BS)),
+    ("add_sequence prefix", lambda p, s: p.add_sequence(6 * BS, p.block_ids(s["full"]))),
+    ("add_sequence copy_last", lambda p, s: p.add_sequence(5 * BS, p.block_ids(s["full"]), copy_last=True)),
     ("fork partial", lambda p, s: p.fork(s["partial"], 4)),
     ("append batch", lambda p, s: p.append([s["partial"], s["full"]], 3 * BS)),
     ("append one", lambda p, s: p.append(s["full"], 3 * BS + 1)),
@@ -187,6 +261,12 @@ MISUSE = [
     ("slot range", lambda p: p.slot_mapping(p.add_sequence(3), 2, 5), "outside"),
     ("max_blocks too small", lambda p: p.block_tables([p.add_sequence(9)], max_blocks=2), "max_blocks"),
     ("bad geometry", lambda p: tk.KVPool(0, BS, HKV, D), "num_blocks"),
+    ("prefix longer than sequence", lambda p: p.add_sequence(BS, p.block_ids(p.add_sequence(2 * BS))),
+     "prefix blocks hold more"),
+    ("copy_last without prefix", lambda p: p.add_sequence(3, copy_last=True), "copy_last"),
+    ("prefix block not in use", lambda p: p.add_sequence(BS, [5]), "not a block in use"),
+    ("retain free block", lambda p: p.retain([3]), "not a block in use"),
+    ("release free block", lambda p: p.release([3]), "not a block in use"),
 ]
 
 

@@ -262,8 +262,9 @@ def test_prefill_flash_attn_plumbing_equals_sdpa(monkeypatch, heads):
     finally:
         model.flash_attn = None
     assert sids == sids2
-    # one prefill, one packed prefill of three prompts, one prefix prefill (3 new tokens after 7), per layer
-    assert ((0, 7), (0, 7), 7, 7) in calls and ((0, 7, 9, 13), (0, 7, 9, 13), 7, 7) in calls
+    # one prefill, one packed prefill of three prompts (the first one's full block is in the prefix
+    # cache: 3 of its 7 tokens run), one prefix prefill (3 new tokens after 7), per layer
+    assert ((0, 7), (0, 7), 7, 7) in calls and ((0, 3, 5, 9), (0, 7, 9, 13), 4, 7) in calls
     assert ((0, 3), (0, 10), 3, 10) in calls and len(calls) == 3 * cfg.num_layers
     for sid in sids:
         assert got.tokens(sid) == ref.tokens(sid)

@@ -68,3 +68,22 @@ def test_bad_prm_directories(tmp_path, prm_dir):
     prm = EnginePRM(prm_dir, num_blocks=64)
     with pytest.raises(ValueError, match="same length"):
         prm.score(["a"], [])
+
+
+def test_new_steps_run_as_one_packed_prefill_equal_to_per_token_feeds(prm_dir):
+    """Each level of new steps is one packed prefill over the cached prefixes (no decode forwards);
+    the scores equal the per-token decode feeds the PRM used before, and the embedded PRM's."""
+    prompts = ["49+9-3-6=?<think>", "49+9-3-6=?<think>", "12+3=?<think>"]
+    steps = [["49+9=58", "58-3=55", "55-6=49"], ["49+9=58", "58-3=56"], ["12+3=15", "</think>Final Answer: 15"]]
+    packed, fed = EnginePRM(prm_dir, num_blocks=256, block_size=4), EnginePRM(prm_dir, num_blocks=256, block_size=4)
+    fed.engine.extend_many = fed.engine.feed          # the old path: one decode forward per token
+    got, want = packed.score(prompts, steps), fed.score(prompts, steps)
+    assert [len(g) for g in got] == [3, 2, 2]
+    for g, w in zip(got, want):
+        assert g == pytest.approx(w, abs=1e-5)
+    assert packed.engine.stats["forwards"] == 0 and fed.engine.stats["forwards"] > 0
+    assert packed.tokens_scored == fed.tokens_scored
+    # the prompts go through the engine's prefix cache too: a new problem sharing a prompt prefix hits it
+    before = packed.engine.stats["prefix_hit_tokens"]
+    packed.score(["49+9-3-6=?<think>49+9=58"], [["58-3=55"]])
+    assert packed.engine.stats["prefix_hit_tokens"] > before

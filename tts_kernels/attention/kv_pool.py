@@ -13,6 +13,13 @@ So a full block is immutable once shared (copy-on-write by construction) and
 forked sequences have identical leading block ids, which is what the
 tree-attention planner shares.
 
+Prefix caching: :meth:`add_sequence` can start a sequence with given full
+blocks (shared, reference +1), e.g. blocks of a prompt prefix held by a prefix
+cache (:class:`tts_kernels.decode.prefix_cache.PrefixCache`); such a holder
+takes its own references with :meth:`retain` / :meth:`release`. A pool's
+:attr:`reclaimer` (the cache) gives back blocks held only by itself when an
+allocation would otherwise not fit; :attr:`num_free_blocks` counts them as free.
+
 Errors: :class:`OutOfBlocksError` (a ``RuntimeError``) when the free blocks do
 not suffice; every allocating call checks capacity before changing anything,
 so the pool is unchanged after it. :class:`KVPoolError` (a ``ValueError``) for
@@ -23,7 +30,7 @@ The bookkeeping lives on the host (Python lists); the caches live on ``device``.
 """
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence, Union
+from typing import Iterable, List, Optional, Protocol, Sequence, Union
 
 import torch
 
@@ -46,6 +53,16 @@ class _Seq:
 
 def _blocks_for(tokens: int, bs: int) -> int:
     return (tokens + bs - 1) // bs
+
+
+class Reclaimer(Protocol):
+    """Holder of block references that it can give back on demand (a prefix cache)."""
+
+    def reclaimable(self) -> int:
+        """Blocks it would free if asked (those it alone holds)."""
+
+    def reclaim(self, n: int) -> None:
+        """Release at least ``n`` blocks it alone holds (``n <= reclaimable()``)."""
 
 
 class KVPool:
@@ -85,6 +102,8 @@ class KVPool:
         self._seqs: dict = {}
         self._freed: set = set()
         self._next_id = 0
+        #: gives back blocks when an allocation would not fit (see :class:`Reclaimer`); ``None``: none
+        self.reclaimer: Optional[Reclaimer] = None
 
     # -- caches ---------------------------------------------------------------
     def k_cache(self, layer: int = 0) -> torch.Tensor:
@@ -95,10 +114,12 @@ class KVPool:
 
     @property
     def num_free_blocks(self) -> int:
-        return len(self._free)
+        """Blocks an allocation can take: unused ones plus those the :attr:`reclaimer` would give back."""
+        return len(self._free) + self._reclaimable()
 
     @property
     def num_used_blocks(self) -> int:
+        """Blocks held by sequences or :meth:`retain` (the reclaimable ones included; see :attr:`num_free_blocks`)."""
         return self.num_blocks - len(self._free)
 
     def ref_count(self, block: int) -> int:
@@ -118,14 +139,43 @@ class KVPool:
         """The sequence's block ids, in position order (a copy)."""
         return list(self._get(seq).blocks)
 
-    def add_sequence(self, num_tokens: int = 0) -> int:
+    def add_sequence(self, num_tokens: int = 0, prefix_blocks: Sequence[int] = (), *,
+                     copy_last: bool = False) -> int:
         """A new sequence with room for ``num_tokens`` tokens (e.g. a prompt); returns its id.
 
         Write the prompt's K/V at :meth:`slot_mapping` ``(seq)``.
+
+        ``prefix_blocks``: full blocks (held by another sequence or a :meth:`retain`) holding the
+        sequence's first ``len(prefix_blocks) * block_size`` tokens; they are shared (reference
+        +1, never written again) and only the rest is allocated. ``copy_last``: the last of them is
+        copied into a fresh block the sequence owns instead (so that its last positions can be
+        written, e.g. when the whole prompt is cached but its last token must be run again).
         """
         self._check_count("num_tokens", num_tokens, 0)
-        blocks = self._alloc(_blocks_for(num_tokens, self.block_size))
-        return self._new_seq(blocks, num_tokens)
+        prefix = [self._live_block(b) for b in prefix_blocks]
+        if len(prefix) * self.block_size > num_tokens:
+            raise KVPoolError(f"{len(prefix)} prefix blocks hold more than num_tokens = {num_tokens} tokens")
+        if copy_last and not prefix:
+            raise KVPoolError("copy_last needs at least one prefix block")
+        shared = prefix[:-1] if copy_last else prefix
+        fresh = self._alloc(_blocks_for(num_tokens, self.block_size) - len(shared))
+        for b in shared:
+            self._ref[b] += 1
+        if copy_last:
+            self._copy_block(prefix[-1], fresh[:1])
+        return self._new_seq(shared + fresh, num_tokens)
+
+    def retain(self, blocks: Iterable[int]) -> None:
+        """Take a reference on live ``blocks`` (a holder other than a sequence, e.g. a prefix cache)."""
+        blocks = [self._live_block(b) for b in blocks]
+        for b in blocks:
+            self._ref[b] += 1
+
+    def release(self, blocks: Iterable[int]) -> None:
+        """Drop a :meth:`retain` reference; blocks nobody holds return to the pool."""
+        blocks = [self._live_block(b) for b in blocks]
+        for b in blocks:
+            self._drop(b)
 
     def fork(self, seq: int, k: int = 1) -> List[int]:
         """``k`` children of ``seq`` sharing its full blocks, each with a copy of its partial last block."""
@@ -137,10 +187,7 @@ class KVPool:
         for b in shared:
             self._ref[b] += k
         if partial and k:
-            src = s.blocks[-1]
-            dst = torch.tensor(fresh, device=self.device)
-            for cache in self._k + self._v:
-                cache[dst] = cache[src].clone()
+            self._copy_block(s.blocks[-1], fresh)
         return [self._new_seq(list(shared) + ([fresh[i]] if partial else []), s.length) for i in range(k)]
 
     def append(self, seqs: Union[int, Sequence[int]], num_tokens: int = 1, *, device=None) -> torch.Tensor:
@@ -169,6 +216,21 @@ class KVPool:
         slots = self._slots(states, starts, num_tokens, device)
         return slots[0] if single else slots
 
+    def truncate(self, seq: int, length: int) -> None:
+        """Drop ``seq``'s tokens from position ``length`` on (e.g. undo an :meth:`append`); blocks past it go back."""
+        s = self._get(seq)
+        self._check_count("length", length, 0)
+        if length > s.length:
+            raise KVPoolError(f"cannot truncate sequence {seq} of {s.length} tokens to {length}")
+        keep = _blocks_for(length, self.block_size)
+        if length % self.block_size and self._ref[s.blocks[keep - 1]] > 1:
+            raise KVPoolError(f"truncating sequence {seq} to {length} tokens would leave a shared block "
+                              f"partly filled (appends would write into it)")
+        for b in s.blocks[keep:]:
+            self._drop(b)
+        del s.blocks[keep:]
+        s.length = length
+
     def slot_mapping(self, seq: int, start: int = 0, end: int = None) -> torch.Tensor:
         """int64 slots of positions ``[start, end)`` of ``seq`` (default: all its tokens)."""
         s = self._get(seq)
@@ -196,9 +258,7 @@ class KVPool:
         """Release ``seq``: its blocks return to the pool when no other sequence holds them."""
         s = self._get(seq)
         for b in s.blocks:
-            self._ref[b] -= 1
-            if self._ref[b] == 0:
-                self._free.append(b)
+            self._drop(b)
         del self._seqs[seq]
         self._freed.add(seq)
 
@@ -245,11 +305,36 @@ class KVPool:
             raise KVPoolError(f"sequence {seq} was already freed (use after free or double free)")
         raise KVPoolError(f"unknown sequence {seq!r}")
 
+    def _live_block(self, b) -> int:
+        if isinstance(b, bool) or not isinstance(b, int) or not 0 <= b < self.num_blocks or self._ref[b] == 0:
+            raise KVPoolError(f"block {b!r} is not a block in use of this pool")
+        return b
+
+    def _drop(self, b: int) -> None:
+        self._ref[b] -= 1
+        if self._ref[b] == 0:
+            self._free.append(b)
+
+    def _copy_block(self, src: int, dst: List[int]) -> None:
+        idx = torch.tensor(dst, device=self.device)
+        for cache in self._k + self._v:
+            cache[idx] = cache[src].clone()
+
+    def _reclaimable(self) -> int:
+        return 0 if self.reclaimer is None else self.reclaimer.reclaimable()
+
     def _alloc(self, n: int) -> List[int]:
-        """n fresh blocks with reference count 1; raises before changing anything if too few are free."""
-        if n > len(self._free):
-            raise OutOfBlocksError(f"KV pool out of blocks: {n} needed, {len(self._free)} of "
-                                   f"{self.num_blocks} free (free finished sequences or grow the pool)")
+        """n fresh blocks with reference count 1; raises before changing anything if too few are free.
+
+        Short of free blocks, asks the :attr:`reclaimer` for the rest, but only when it can give them all.
+        """
+        short = n - len(self._free)
+        if short > 0:
+            spare = self._reclaimable()
+            if short > spare:
+                raise OutOfBlocksError(f"KV pool out of blocks: {n} needed, {len(self._free) + spare} of "
+                                       f"{self.num_blocks} free (free finished sequences or grow the pool)")
+            self.reclaimer.reclaim(short)
         out = [self._free.pop() for _ in range(n)]
         for b in out:
             self._ref[b] = 1

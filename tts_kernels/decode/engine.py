@@ -32,6 +32,16 @@ A step is split in two (:mod:`.step`):
 The **one sync per step** is the copy of the new tokens and logprobs to the
 host (stop/EOS checks, :meth:`tokens`), made after the whole step is enqueued.
 
+Prefill (:meth:`add_many`, :meth:`extend_many`) is one packed forward over
+rows of new tokens, each after the KV its sequence already has in the pool
+(:class:`.prefix_cache.PagedPrefill`). With the prefix cache on (the default)
+the full blocks of every prompt stay in an LRU cache keyed by a hash chain of
+their tokens (:mod:`.prefix_cache`), and a new prompt shares the blocks of its
+longest cached prefix (and those that an earlier prompt of the same call
+computes) instead of computing them again, as vLLM's automatic prefix caching
+does. Cached blocks that no sequence holds are evicted when the pool needs
+them (:attr:`tts_kernels.KVPool.num_free_blocks` counts them as free).
+
 ``compile=True`` runs the device function through
 ``torch.compile(fullgraph=True, dynamic=False)``, and ``cuda_graphs=True``
 captures it in a CUDA graph; both pad the batch to power-of-two buckets
@@ -53,6 +63,7 @@ from ..sampling.params import FILTER_NAMES, FILTERS
 from . import step as _step
 from .attention import BACKENDS
 from .families import FAMILY_BUDGET_STRINGS, BudgetStrings, ModelFamily, family_of  # noqa: F401 (re-exported)
+from .prefix_cache import PagedPrefill, PrefixCache, RowPlan
 
 _INTEGER_PARAMS = {p.name: p.integer for p in FILTERS}  # the sampler's parameter record
 
@@ -111,12 +122,18 @@ class Engine:
         Capture the decode step in a CUDA graph per bucket (static input buffers,
         copy and replay); needs the model on CUDA, else ``ValueError``. Combines
         with ``compile``. **Untested**: no GPU has been available to this project.
+    prefix_cache : bool
+        Keep the full KV blocks of prompts in an LRU prefix cache
+        (:class:`.prefix_cache.PrefixCache`), so that a prompt starting with a
+        cached prefix shares its blocks instead of computing them again; blocks
+        only the cache holds are evicted when the pool needs them.
+        :meth:`clear_prefix_cache` drops it.
     """
 
     def __init__(self, model, tokenizer=None, *, num_blocks: int = 1024, block_size: int = 16,
                  budget_strings: Optional[BudgetStrings] = None, seed: int = 0, attention: str = "tree",
                  chunk_size: Optional[int] = None, track_kv: bool = False,
-                 compile: Union[bool, str] = False, cuda_graphs: bool = False):
+                 compile: Union[bool, str] = False, cuda_graphs: bool = False, prefix_cache: bool = True):
         from ..attention import KVPool
         c = model.cfg
         if attention not in BACKENDS:
@@ -134,6 +151,7 @@ class Engine:
         self.model, self.tokenizer = model, tokenizer
         self.pool = KVPool(num_blocks, block_size, c.num_kv_heads, c.head_dim, c.num_layers,
                            dtype=model.dtype, device=model.device)
+        self.prefix_cache = PrefixCache(self.pool) if prefix_cache else None
         self.attention, self.chunk_size, self.base_seed = attention, chunk_size, int(seed)
         self.compile = ("inductor" if compile is True else compile) or None
         self.cuda_graphs = bool(cuda_graphs)
@@ -158,8 +176,10 @@ class Engine:
         self.track_kv = bool(track_kv)
         #: counters: tokens sampled by :meth:`step`, tokens fed by :meth:`feed`/:meth:`extend`, decode
         #: forwards, and (with ``track_kv=True``) KV tokens read by decode attention against what
-        #: per-sequence attention would read (counted on the host from the step's plan)
-        self.stats = dict(tokens_sampled=0, tokens_fed=0, forwards=0, kv_tokens_read=0, kv_tokens_noshare=0)
+        #: per-sequence attention would read (counted on the host from the step's plan); prompt tokens
+        #: taken from the prefix cache and prompt tokens run by the prefill (:meth:`add_many`)
+        self.stats = dict(tokens_sampled=0, tokens_fed=0, forwards=0, kv_tokens_read=0, kv_tokens_noshare=0,
+                          prefix_hit_tokens=0, prefill_tokens=0)
         self.kv_bytes_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * self.pool.k_cache(0).element_size()
         self._no_forcing = BudgetForcing([0])              # rows without a budget are never touched
         self._no_budget = self._no_forcing.init_state(1, device=dev).data[0]
@@ -177,6 +197,8 @@ class Engine:
             min_waits: int = 0, seed: Optional[int] = None) -> int:
         """Prefill ``prompt`` (text or token ids) into the pool; returns the new sequence's id.
 
+        With the prefix cache on, the longest cached block-aligned prefix of the
+        prompt is shared, not computed again (see :meth:`add_many`).
         ``max_thinking >= 0`` turns on budget forcing for the sequence (its
         generation is thinking until the end-of-thinking string): at least
         ``min_thinking`` tokens and ``min_waits`` forced Waits, at most
@@ -184,20 +206,9 @@ class Engine:
         While thinking under a budget the sequence cannot emit end-of-sequence
         (its EOS logits are masked), so it always closes thinking first.
         """
-        ids = self._encode(prompt)
-        if not ids:
-            raise ValueError("prompt must have at least one token")
-        budget = self._budget_row(min_thinking, max_thinking, min_waits)
-        sid = self.pool.add_sequence(len(ids))
-        try:
-            logits, kv = self.model.prefill(torch.tensor(ids, dtype=torch.int64), last_only=True)
-            self._write_kv(sid, 0, kv)
-        except Exception:
-            self.pool.free(sid)
-            raise
-        params = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p))
-        self._seqs[sid] = _Seq(list(ids), logits[-1], params, self._seed(sid, seed), budget)
-        return sid
+        return self.add_many([prompt], temperature=temperature, top_k=top_k, top_p=top_p, min_p=min_p,
+                             min_thinking=min_thinking, max_thinking=max_thinking, min_waits=min_waits,
+                             seeds=None if seed is None else [seed])[0]
 
     def add_many(self, prompts: Sequence[Union[str, Sequence[int]]], *, temperature: float = 1.0, top_k: int = 0,
                  top_p: float = 1.0, min_p: float = 0.0, min_thinking: int = 0, max_thinking: int = -1,
@@ -209,6 +220,13 @@ class Engine:
         :mod:`tts_kernels.decode.model`). ``seeds``: one per prompt (default:
         derived from each sequence id, as :meth:`add`). All or nothing: on an
         error (e.g. :class:`tts_kernels.OutOfBlocksError`) no sequence is added.
+
+        Prefix cache (``prefix_cache=True``): each prompt starts with the blocks of
+        its longest cached prefix and of the full blocks an earlier prompt of the
+        same call computes (:meth:`.prefix_cache.PrefixCache.plan`), and only the
+        rest of it runs; its full blocks are cached afterwards. At least its last
+        token always runs. ``stats["prefix_hit_tokens"]`` / ``stats["prefill_tokens"]``
+        count the prompt tokens shared / computed.
         """
         rows = [self._encode(p) for p in prompts]
         if not rows:
@@ -218,21 +236,30 @@ class Engine:
         if seeds is not None and len(seeds) != len(rows):
             raise ValueError(f"seeds must have one entry per prompt ({len(rows)}), got {len(seeds)}")
         budget = self._budget_row(min_thinking, max_thinking, min_waits)
-        sids: List[int] = []
+        bs, cache = self.pool.block_size, self.prefix_cache
+        plans = cache.plan(rows) if cache is not None else [RowPlan([], [], 0, False)] * len(rows)
+        starts = [p.start(bs) for p in plans]
+        sids = self._new_sequences(rows, plans)
         try:
-            for ids in rows:
-                sids.append(self.pool.add_sequence(len(ids)))
-            logits, kv = self.model.prefill_packed(rows)
-            self._store_kv(torch.cat([self.pool.slot_mapping(sid) for sid in sids]), kv)
+            logits = self._prefill(sids, [ids[s:] for ids, s in zip(rows, starts)], starts)
         except Exception:
-            for sid in sids:
-                self.pool.free(sid)
+            self._free_new(sids)
             raise
+        if cache is not None:
+            for sid, ids, p in zip(sids, rows, plans):
+                cache.insert(ids, p.keys, self.pool.block_ids(sid))
+        self.stats["prefix_hit_tokens"] += sum(starts)
+        self.stats["prefill_tokens"] += sum(map(len, rows)) - sum(starts)
         params = dict(temperature=float(temperature), top_k=int(top_k), top_p=float(top_p), min_p=float(min_p))
         for j, (sid, ids) in enumerate(zip(sids, rows)):
             seed = None if seeds is None else seeds[j]
             self._seqs[sid] = _Seq(list(ids), logits[j], dict(params), self._seed(sid, seed), budget.clone())
         return sids
+
+    def clear_prefix_cache(self) -> None:
+        """Drop the prefix cache; its blocks that no sequence holds return to the pool."""
+        if self.prefix_cache is not None:
+            self.prefix_cache.clear()
 
     def fork(self, sid: int, k: int = 1) -> List[int]:
         """``k`` copies of ``sid`` (tokens, logprobs, budget state, next-token logits) sharing its KV blocks."""
@@ -251,21 +278,38 @@ class Engine:
 
     def extend(self, sid: int, text: Union[str, Sequence[int]]) -> None:
         """Append tokens to ``sid`` without sampling them (e.g. a hint); budget counters are not changed."""
-        s = self._get(sid)
-        ids = self._encode(text)
-        if not ids:
+        self.extend_many([sid], [text])
+
+    def extend_many(self, sids: Sequence[int], texts: Sequence[Union[str, Sequence[int]]]) -> None:
+        """:meth:`extend` of several sequences in one packed prefill over their cached KV.
+
+        Afterwards :meth:`next_logits` is the logits after each row's last token;
+        logprobs of the new tokens are NaN. Raises
+        :class:`tts_kernels.OutOfBlocksError` before changing anything when the
+        pool cannot hold every row's tokens; on an error in the forward the rows'
+        new slots are given back.
+        """
+        sids, rows = self._check_rows(sids, texts)
+        keep = [i for i, r in enumerate(rows) if r]
+        if not keep:
             return
-        start = self.pool.seq_len(sid)
-        self.pool.append(sid, len(ids))
-        slots = self.pool.slot_mapping(sid, 0, start)
-        past = [(self.pool.k_cache(i).flatten(0, 1)[slots], self.pool.v_cache(i).flatten(0, 1)[slots])
-                for i in range(self.model.cfg.num_layers)]
-        logits, kv = self.model.prefill(torch.tensor(ids, dtype=torch.int64), past=past, last_only=True)
-        self._write_kv(sid, start, kv)
-        s.out.extend(ids)
-        s.logprobs.extend([float("nan")] * len(ids))
-        s.logits = logits[-1]
-        self.stats["tokens_fed"] += len(ids)
+        sids, rows = [sids[i] for i in keep], [rows[i] for i in keep]
+        self._reserve(sids, rows)
+        starts = [self.pool.seq_len(s) for s in sids]
+        for sid, r in zip(sids, rows):
+            self.pool.append(sid, len(r))
+        try:
+            logits = self._prefill(sids, rows, starts)
+        except Exception:
+            for sid, n in zip(sids, starts):
+                self.pool.truncate(sid, n)
+            raise
+        for sid, r, lg in zip(sids, rows, logits.unbind(0)):
+            s = self._seqs[sid]
+            s.out.extend(r)
+            s.logprobs.extend([float("nan")] * len(r))
+            s.logits = lg
+        self.stats["tokens_fed"] += sum(map(len, rows))
 
     # -- decoding ---------------------------------------------------------------------------
     def step(self, sids: Optional[Iterable[int]] = None) -> Dict[int, int]:
@@ -335,24 +379,15 @@ class Engine:
         """Append ``tokens[i]`` to ``sids[i]`` without sampling (teacher forcing), batched over sequences.
 
         Runs one decode forward per position over the rows that still have tokens
-        (so many short continuations cost a few batched steps, not one prefill
-        each); afterwards :meth:`next_logits` is the logits after each row's
+        (decode attention, counted in :attr:`stats`; :meth:`extend_many` runs one
+        packed prefill instead); afterwards :meth:`next_logits` is the logits after each row's
         last token. Budget counters are not changed; logprobs are NaN as for
         :meth:`extend`. Raises :class:`tts_kernels.OutOfBlocksError` before
         changing anything when the pool cannot hold every row's tokens.
         """
-        sids = list(sids)
-        if len(sids) != len(tokens):
-            raise ValueError(f"sids and tokens must have the same length, got {len(sids)} and {len(tokens)}")
-        if len(set(sids)) != len(sids):
-            raise ValueError("sids lists a sequence more than once")
-        rows = [self._encode(t) for t in tokens]
-        seqs = [self._get(s) for s in sids]
-        bs = self.pool.block_size
-        need = sum(-(-(self.pool.seq_len(s) + len(r)) // bs) - len(self.pool.block_ids(s)) for s, r in zip(sids, rows))
-        if need > self.pool.num_free_blocks:
-            from ..attention import OutOfBlocksError
-            raise OutOfBlocksError(f"feed needs {need} free KV blocks, the pool has {self.pool.num_free_blocks}")
+        sids, rows = self._check_rows(sids, tokens)
+        seqs = [self._seqs[s] for s in sids]
+        self._reserve(sids, rows)
         for t in range(max((len(r) for r in rows), default=0)):
             idx = [i for i, r in enumerate(rows) if len(r) > t]
             batch = self._prepare([sids[i] for i in idx], [seqs[i] for i in idx], tokens=[rows[i][t] for i in idx])
@@ -480,14 +515,73 @@ class Engine:
             self.stats["kv_tokens_noshare"] += batch.kv_tokens_noshare
             self.stats["kv_tokens_read"] += batch.kv_tokens_read
 
-    def _write_kv(self, sid, start, kv):
-        self._store_kv(self.pool.slot_mapping(sid, start, start + kv[0][0].shape[0]), kv)
+    def _check_rows(self, sids, texts):
+        """``sids`` (live, distinct) and ``texts`` encoded, one row per sequence."""
+        sids = list(sids)
+        if len(sids) != len(texts):
+            raise ValueError(f"sids and tokens must have the same length, got {len(sids)} and {len(texts)}")
+        if len(set(sids)) != len(sids):
+            raise ValueError("sids lists a sequence more than once")
+        rows = [self._encode(t) for t in texts]
+        for s in sids:
+            self._get(s)
+        return sids, rows
 
-    def _store_kv(self, slots, kv):
-        for i, (k, v) in enumerate(kv):
-            kc, vc = self.pool.k_cache(i), self.pool.v_cache(i)
-            kc.view(-1, *kc.shape[2:])[slots] = k.to(kc.dtype)
-            vc.view(-1, *vc.shape[2:])[slots] = v.to(vc.dtype)
+    def _reserve(self, sids, rows):
+        """:class:`tts_kernels.OutOfBlocksError` unless the pool holds ``len(rows[i])`` more tokens of ``sids[i]``."""
+        bs = self.pool.block_size
+        need = sum(-(-(self.pool.seq_len(s) + len(r)) // bs) - len(self.pool.block_ids(s)) for s, r in zip(sids, rows))
+        if need > self.pool.num_free_blocks:
+            from ..attention import OutOfBlocksError
+            raise OutOfBlocksError(f"{need} free KV blocks needed, the pool has {self.pool.num_free_blocks}")
+
+    def _new_sequences(self, rows, plans) -> List[int]:
+        """Pool sequences for new prompts as ``plans`` say (all or nothing; see :meth:`add_many`)."""
+        from ..attention import OutOfBlocksError
+        bs = self.pool.block_size
+        hits = [b for p in plans for b in p.hit]
+        self.pool.retain(hits)                  # pinned: allocations below must not evict them
+        try:
+            need = sum(-(-len(ids) // bs) - p.shared + p.copy_last for ids, p in zip(rows, plans))
+            if need > self.pool.num_free_blocks:
+                raise OutOfBlocksError(f"KV pool out of blocks: {need} needed for the prompts, "
+                                       f"{self.pool.num_free_blocks} of {self.pool.num_blocks} free")
+            owner: Dict[int, int] = {}          # block key -> block of an earlier row of this batch
+            sids: List[int] = []
+            try:
+                for ids, p in zip(rows, plans):
+                    prefix = p.hit + [owner[k] for k in p.keys[len(p.hit):p.shared]]
+                    sid = self.pool.add_sequence(len(ids), prefix, copy_last=p.copy_last)
+                    sids.append(sid)
+                    for k, b in zip(p.keys[p.shared:], self.pool.block_ids(sid)[p.shared:]):
+                        owner.setdefault(k, b)
+            except Exception:
+                self._free_new(sids)
+                raise
+            return sids
+        finally:
+            self.pool.release(hits)
+
+    def _free_new(self, sids):
+        """Undo :meth:`_new_sequences` (the engine holds no state of them yet)."""
+        for sid in sids:
+            self.pool.free(sid)
+
+    def _prefill(self, sids, rows, starts) -> torch.Tensor:
+        """One packed forward of ``rows[i]`` at positions ``starts[i]...`` of ``sids[i]`` (slots reserved).
+
+        Writes the rows' K/V into the pool; returns float32 ``[len(rows), V]`` logits of each row's last token.
+        """
+        m, dev = self.model, self.model.device
+        lens = [len(r) for r in rows]
+        key_slots = [self.pool.slot_mapping(sid, 0, s + n) for sid, s, n in zip(sids, starts, lens)]
+        slots = torch.cat([ks[s:] for ks, s in zip(key_slots, starts)])
+        ids = torch.tensor([t for r in rows for t in r], dtype=torch.int64, device=dev)
+        pos = torch.cat([torch.arange(s, s + n) for s, n in zip(starts, lens)]).to(dev)
+        last = torch.tensor(lens).cumsum(0).sub(1).to(dev)
+        attn = PagedPrefill(self.pool, slots, key_slots, starts, lens, m.groups, m.scale, flash=m.prefill_flash_attn())
+        with torch.no_grad():
+            return m.forward(ids, pos, attn, rows=last)
 
     def _hits_stop(self, new: List[int], stop: Sequence[str]) -> bool:
         # cheap filter: the last token's own text must hold the stop string's last character

@@ -17,8 +17,9 @@ package's own runner and paged KV pool: the input is
 ``sigmoid(logit[good] - logit[bad])`` read at the ``k``-th tag token, i.e. the
 probability of the good token against the bad one. Prefixes already scored are
 kept as sequences in its pool, so candidates that share a prefix (forks of one
-beam) store and read the prefix's KV once; scoring a new step feeds only that
-step's tokens, batched over every candidate with one decode step per token.
+beam) store the prefix's KV once; scoring new steps runs only those steps'
+tokens, in one packed prefill over every new candidate, each attending to its
+cached prefix in the pool (:meth:`tts_kernels.decode.Engine.extend_many`).
 The PRM directory holds a Hugging Face causal-LM checkpoint plus
 ``prm_config.json``::
 
@@ -122,6 +123,7 @@ class EnginePRM(PRM):
 
     def reset(self) -> None:
         self.engine.free(self.engine.live)
+        self.engine.clear_prefix_cache()
         self._cache.clear()
 
     def score(self, prompts, steps):
@@ -135,7 +137,7 @@ class EnginePRM(PRM):
                 self._cache[(p,)] = (eng.add(ids, temperature=0.0), math.nan)
                 self.tokens_scored += len(ids)
         # 2. walk the step prefixes level by level; each level forks the cached parents of its new
-        #    nodes and feeds every new step (+ tag) in one batched call
+        #    nodes and runs every new step (+ tag) in one packed prefill
         depth = max((len(s) for s in steps), default=0)
         for k in range(depth):
             new: Dict[Tuple[str, ...], int] = {}
@@ -147,7 +149,7 @@ class EnginePRM(PRM):
             if not new:
                 continue
             feeds = [list(self.tokenizer.encode(key[-1])) + self.tag for key in new]
-            eng.feed(list(new.values()), feeds)
+            eng.extend_many(list(new.values()), feeds)
             self.tokens_scored += sum(map(len, feeds))
             for key, sid in new.items():
                 lg = eng.next_logits(sid)
