@@ -396,10 +396,11 @@ def _sibling(results, kernel, parts, arch_key):
         if r["kernel"] != kernel:
             continue
         c = r["compiled"].get(arch_key)
-        if not (c and c.get("ok")) or set(r["params"]) != set(parts):
+        params = r.get("params") or {}
+        if not (c and c.get("ok")) or set(params) != set(parts):
             continue
-        diff = [k for k in parts if r["params"][k] != parts[k]]
-        if all(k in LOOP_NEUTRAL.get(kernel, ()) or (_SCALAR.match(parts[k]) and _SCALAR.match(r["params"][k]))
+        diff = [k for k in parts if params[k] != parts[k]]
+        if all(k in LOOP_NEUTRAL.get(kernel, ()) or (_SCALAR.match(parts[k]) and _SCALAR.match(params[k]))
                for k in diff):
             if best is None or len(diff) < best[0]:
                 best = (len(diff), r, diff)

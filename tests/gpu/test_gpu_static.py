@@ -249,6 +249,20 @@ def test_cost_model_from_results_json(tmp_path):
     assert b256["low"]["t_issue_s"] == pytest.approx(2 * (32000 * 100 / 32 + 800) / RATE, rel=1e-3)
 
 
+def test_sibling_stats_only_for_loop_neutral_differences():
+    ok = {"sm_90": {"ok": True}}
+    results = [{"kernel": "_merge_kernel", "spec": "m8", "compiled": ok,
+                "params": {"V": "i32/16", "S": "i32", "BLOCK": "1024", "SP": "8"}},
+               {"kernel": "_merge_kernel", "spec": "m16", "compiled": ok,
+                "params": {"V": "i32/16", "S": "i32/16", "BLOCK": "1024", "SP": "16"}}]
+    want = {"V": "i32/16", "S": "i32", "BLOCK": "1024", "SP": "64"}
+    n, r, diff = cm._sibling(results, "_merge_kernel", want, "sm_90")
+    assert r["spec"] == "m8" and diff == ["SP"]                   # the fewest differences
+    assert cm._sibling(results, "_merge_kernel", dict(want, BLOCK="2048"), "sm_90") is None   # a tile size: no
+    assert cm._sibling(results, "_merge_kernel", dict(want, V="i32"), "sm_90")[2] == ["V", "SP"]
+    assert cm._sibling(results, "_partial_kernel", want, "sm_90") is None
+
+
 def test_ctas_per_sm():
     assert aot.ctas_per_sm(90, 160, 8, 0)["ctas_per_sm"] == 1          # 5120 regs/warp: 3 warps per SMSP
     assert aot.ctas_per_sm(90, 160, 8, 0)["limited_by"] == "registers"
