@@ -2,31 +2,69 @@
 
 Pure arithmetic, no GPU: bounds, never measurements. Inputs are the compiled stats of
 ``check.py`` (per-thread SASS instructions per loop iteration, warps, CTAs per SM) and the
-launches the wrappers make for each benchmark shape (grids, tile sizes, the real plan).
+launches the wrappers make for each benchmark shape (grids, tile sizes, the real plan), recorded
+as an H100 would get them (the sampler's slice count is :func:`slices_for` with 132 SMs, not the
+one program per row the wrapper picks on a CPU). ``python -m benchmarks.gpu_static.cost_model
+--from RESULTS.json --out X.json`` recomputes it from a results JSON without compiling.
 
 Assumptions (:data:`H100`): H100 SXM5, 132 SMs, HBM3 3.35 TB/s, 50 MB L2, 1.755 GHz boost
 clock, 4 warp-instructions issued per clock per SM (one per sub-partition). "Instructions" are
-SASS instructions counted statically in a loop body: every path of the body once (so a body
+SASS instructions counted statically: a loop body counts every path of the body once (so a body
 with a runtime branch, e.g. pass 1's ``if do_draw``, is counted with the branch taken), each
-executed by every warp of the CTA once per iteration. The issue bound assumes perfect issue
-(no stalls, no latency): it is a floor on time, as is the bandwidth bound; a kernel is at best
-``max(issue bound, bandwidth bound)``.
+executed by every warp of the CTA once per iteration; the code outside a kernel's top-level loops
+(*straight-line*: ``sass_instructions`` minus those loops, every path once, so an over-estimate)
+is executed once per CTA by every warp. The issue bound assumes perfect issue (no stalls, no
+latency) and CTAs spread evenly over the SMs: it is a floor on time, as is the bandwidth bound; a
+kernel is at best ``max(issue bound, bandwidth bound)``, and kernels launched one after the other
+on a stream add up (no overlap between them).
 
-* Sampler (one program per row): the busiest SM runs ``ceil(B / 132)`` rows;
-  a row costs ``V x (pass-1 + selects x select + draws x draw)`` thread-instructions per token
-  / 32 warp-instructions. Full-row passes: 1 (greedy, temperature); + ``select_passes`` per
-  top-k/top-p radix select (data dependent: 1-8 by construction, default range (3, 7) as
-  observed in issue 14); + 0-1 filtered draw. Bytes that must move: the logits once
-  (``B x V x itemsize``) plus 12 B of output per row.
-* Tree attention: from the real plan. Launched CTAs = the stage-1 grid; live CTAs = for every
-  non-empty chunk ``ceil(rows / BLOCK_R) x Hkv``; L2-to-SM KV bytes = each live CTA reads its
-  chunk's K and V for its KV head; unique KV bytes = each chunk once; partials = float32
-  ``P x Hq x (D + 1)`` written by stage 1 and read by stage 2; the floor = unique KV + q + out.
-  Issue bound: ``max(total warp-instructions / (132 x 4 x clock), the largest CTA / (4 x clock))``.
+* Sampler, one program per row (``_sample_kernel``, ``B >= 132``): the busiest SM runs
+  ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
+  thread-instructions per token / 32 warp-instructions plus the kernel's straight-line code.
+* Sampler, split rows (``B < 132``: ``S = slices_for(B, V, 132)`` slices of ``CHUNK`` tokens):
+  ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
+  them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code, which holds
+  the exact rescoring of its lane candidates) and writes 7 words (28 B) per slice;
+  ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) reads them back,
+  merges (straight-line code) and runs the selects and the filtered draw over the whole row on
+  one SM: ``V x (selects x select + draws x draw) / 32``.
+* Both: full-row passes: 1 (greedy, temperature); + ``select_passes`` per top-k/top-p radix
+  select (data dependent: 1-8 by construction, default range (3, 7) as observed in issue 14);
+  + 0-1 filtered draw. Bytes that must move (floor): the logits once (``B x V x itemsize``)
+  plus 12 B of output per row; this design adds the split-row workspace (written and read).
+  Select and draw passes re-read the row from L2 when the rows in flight fit in it
+  (``l2_working_set_fits``), which the bounds assume.
+* Tree attention: from the real plan (default and ``wide_chunk_rows`` variant). Stage 1 is a
+  work list: launched CTAs = its grid ``(C + (P - 1) // BLOCK_R) x Hkv``; live CTAs = per
+  non-empty chunk with ``r`` rows (pairs ``[p0, p0 + r)``), 1 first tile + the windows of
+  ``BLOCK_R`` pairs that meet the rest ``[p0 + BLOCK_R, p0 + r)``, times Hkv; dead = launched -
+  live (they exit after a few scalar loads, counted as no work). L2-to-SM KV bytes = each live
+  CTA reads its chunk's K and V for its KV head once (re-reads per row tile); shared-KV read
+  factor = the same over chunks with more than one row only; unique KV bytes = each chunk
+  once. Partials: ``P x Hq x (D x partial itemsize + 4)`` (outputs in the input dtype for
+  bf16/fp16, float32 for fp32; LSE float32) written by stage 1 and read by stage 2. The floor
+  = unique KV + q + out; this design adds q per pair and the partials. Issue bound: stage 1 =
+  ``max(total warp-instructions / (132 x 4 x clock), the largest CTA / (4 x clock))``; stage 2
+  (``N x cdiv(Hq, BLOCK_H)`` CTAs) likewise, a CTA walking its row's pairs ``BLOCK_P`` at a time
+  with its two loops (LSE max, weighted sum); the two stages add up. Issue-14 targets
+  (:data:`ATTENTION_TARGETS`, judged per shape): shared-KV read factor <= 1.25, partial traffic
+  <= 0.25 x unique KV bytes, no dead CTA.
+* Stats of a shape whose exact specialization the results do not hold (the check's cases did not
+  launch it: e.g. the merge kernel's partials width ``SP`` at another vocabulary, or a wide plan's
+  chunk count with another divisibility) come from a compiled sibling of the same kernel that
+  differs only in runtime-int specializations (divisibility by 16, == 1) or in constexprs listed
+  in :data:`LOOP_NEUTRAL`; the record names it (``stats_from``) and ``stats_from_sibling`` lists
+  them all.
 """
 from __future__ import annotations
 
+import argparse
+import json
 import math
+import os
+import re
+import sys
+from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 H100 = dict(name="H100 SXM5 (assumed, not measured)", sms=132, hbm_bytes_per_s=3.35e12, l2_bytes=50 * 2 ** 20,
@@ -37,10 +75,20 @@ SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
 SELECT_PASSES = (3, 7)
+#: split-row workspace traffic per (row, slice): 4 float32 + 3 int32 words stored by the partial kernel
+WS_BYTES_PER_SLICE = 28
+#: issue-14 targets for tree attention at N = 256 (static model)
+ATTENTION_TARGETS = dict(shared_kv_read_factor=1.25, partial_over_kv=0.25, dead_ctas=0)
+#: the planner variant shown next to the default plan
+WIDE_CHUNK_ROWS = 32
 
 
 def _t(x: float) -> float:
     return float(f"{x:.4g}")
+
+
+def _rate(gpu):
+    return gpu["warp_instr_per_clk_per_sm"] * gpu["clock_hz"]
 
 
 # ----------------------------------------------------------------------------------------------
@@ -55,32 +103,82 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES) 
     return p
 
 
+def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
+    floor = B * V * itemsize + 12 * B
+    out = {"B": B, "V": V, "itemsize": itemsize, "config": config, "bytes_floor": floor,
+           "full_row_passes": list(passes["total"]), "rows_in_flight": rows_in_flight,
+           "l2_working_set_bytes": rows_in_flight * V * itemsize}
+    out["l2_working_set_fits"] = out["l2_working_set_bytes"] <= gpu["l2_bytes"]
+    return out
+
+
+def _finish_side(out, side, passes_k, thr_per_token, logits, floor, design, kernels, gpu):
+    """kernels: [(name, t_issue, hbm bytes)] run one after the other."""
+    t_issue = sum(k[1] for k in kernels)
+    t_bw = floor / gpu["hbm_bytes_per_s"]
+    per = [max(k[1], k[2] / gpu["hbm_bytes_per_s"]) for k in kernels]
+    t = max(sum(per), t_bw)
+    issue_bound = any(k[1] > k[2] / gpu["hbm_bytes_per_s"] for k in kernels)
+    out[side] = {"full_row_passes": passes_k, "thread_instr_per_token": _t(thr_per_token),
+                 "l2_to_sm_bytes": passes_k * logits, "t_issue_s": _t(t_issue),
+                 "t_hbm_floor_s": _t(t_bw), "t_hbm_this_design_s": _t(design / gpu["hbm_bytes_per_s"]),
+                 "t_bound_s": _t(t), "bound": "issue" if issue_bound else "hbm",
+                 "gbps_bound": _t(floor / t / 1e9), "frac_hbm_bw": _t(floor / t / gpu["hbm_bytes_per_s"])}
+    if len(kernels) > 1:
+        out[side]["kernels"] = {k[0]: {"t_issue_s": _t(k[1]), "hbm_bytes": k[2], "t_bound_s": _t(p)}
+                                for k, p in zip(kernels, per)}
+
+
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
                   ctas_per_sm: int = 1, select_passes: Tuple[int, int] = SELECT_PASSES,
                   gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
-    """Bounds for one sampler launch. ``instr``: thread-instructions per token of a pass-1,
-    select and draw pass (from the SASS)."""
+    """Bounds for one launch of the one-program-per-row sampler. ``instr``: thread-instructions per
+    token of a pass-1, select and draw pass (from the SASS) and, optionally, ``cta_warp``: the
+    warp-instructions of a program's straight-line code."""
     passes = sampler_passes(config, select_passes)
-    floor = B * V * itemsize + 12 * B
     logits = B * V * itemsize
-    rate = gpu["warp_instr_per_clk_per_sm"] * gpu["clock_hz"]
     rows_busiest_sm = math.ceil(B / gpu["sms"])
-    out = {"B": B, "V": V, "itemsize": itemsize, "config": config, "bytes_floor": floor,
-           "full_row_passes": list(passes["total"]), "active_sms": min(B, gpu["sms"]),
-           "rows_on_busiest_sm": rows_busiest_sm,
-           "rows_in_flight": min(B, gpu["sms"] * ctas_per_sm),
-           "l2_working_set_bytes": min(B, gpu["sms"] * ctas_per_sm) * V * itemsize}
-    out["l2_working_set_fits"] = out["l2_working_set_bytes"] <= gpu["l2_bytes"]
-    t_bw = floor / gpu["hbm_bytes_per_s"]
+    out = _sampler_common(B, V, itemsize, config, passes, min(B, gpu["sms"] * ctas_per_sm), gpu)
+    out.update(path="row", slices=1, active_sms=min(B, gpu["sms"]), rows_on_busiest_sm=rows_busiest_sm,
+               ctas_launched=B, workspace_bytes=0, hbm_bytes_this_design=out["bytes_floor"])
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr[p] for p in ("pass1", "select", "draw"))
-        warp_per_row = V * thr_per_token / 32
-        t_issue = rows_busiest_sm * warp_per_row / rate
-        t = max(t_issue, t_bw)
-        out[side] = {"full_row_passes": passes["total"][k], "thread_instr_per_token": _t(thr_per_token),
-                     "l2_to_sm_bytes": passes["total"][k] * logits, "t_issue_s": _t(t_issue),
-                     "t_hbm_floor_s": _t(t_bw), "t_bound_s": _t(t), "bound": "issue" if t_issue > t_bw else "hbm",
-                     "gbps_bound": _t(floor / t / 1e9), "frac_hbm_bw": _t(floor / t / gpu["hbm_bytes_per_s"])}
+        warp_per_row = V * thr_per_token / 32 + instr.get("cta_warp", 0)
+        t_issue = rows_busiest_sm * warp_per_row / _rate(gpu)
+        _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"], out["bytes_floor"],
+                     [("_sample_kernel", t_issue, out["bytes_floor"])], gpu)
+    return out
+
+
+def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: int,
+                    partial_instr: Dict[str, float], merge_instr: Dict[str, float],
+                    partial_ctas_per_sm: int = 1, select_passes: Tuple[int, int] = SELECT_PASSES,
+                    gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+    """Bounds for the split-row sampler: ``_partial_kernel`` on ``B x S`` slices of ``chunk`` tokens,
+    then ``_merge_kernel`` on B rows. ``partial_instr``: ``pass1`` (thread-instructions per token) and
+    ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``: ``select``, ``draw`` and
+    ``cta_warp``."""
+    passes = sampler_passes(config, select_passes)
+    logits = B * V * itemsize
+    ctas = B * S
+    ws = B * S * WS_BYTES_PER_SLICE
+    out = _sampler_common(B, V, itemsize, config, passes, B, gpu)
+    out.update(path="split", slices=S, chunk=chunk, active_sms=min(ctas, gpu["sms"]),
+               active_sms_merge=min(B, gpu["sms"]), ctas_launched=ctas + B,
+               slices_on_busiest_sm=math.ceil(ctas / gpu["sms"]), rows_on_busiest_sm=math.ceil(B / gpu["sms"]),
+               partial_ctas_in_flight=min(ctas, gpu["sms"] * partial_ctas_per_sm),
+               workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
+    rate = _rate(gpu)
+    warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
+    t_partial = out["slices_on_busiest_sm"] * warp_slice / rate
+    for side, k in (("low", 0), ("high", 1)):
+        thr_merge = passes["select"][k] * merge_instr["select"] + passes["draw"][k] * merge_instr["draw"]
+        warp_row = V * thr_merge / 32 + merge_instr.get("cta_warp", 0)
+        t_merge = out["rows_on_busiest_sm"] * warp_row / rate
+        _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
+                     out["hbm_bytes_this_design"],
+                     [("_partial_kernel", t_partial, logits + ws), ("_merge_kernel", t_merge, ws + 12 * B)], gpu)
+        out[side]["merge_thread_instr_per_token"] = _t(thr_merge)
     return out
 
 
@@ -94,10 +192,25 @@ def _sampler_roles() -> Dict[str, str]:
     return dict(getattr(triton_kernel, "COST_MODEL_ROLES", {}))
 
 
+def straight_line_warp_instr(compiled: Dict[str, Any]) -> int:
+    """Warp-instructions of a kernel's code outside its top-level loops (every path once): the SASS
+    instruction count minus the top-level loops' bodies, times the warps."""
+    in_loops = sum(lp["instructions"] for lp in compiled["loops"] if lp["depth"] == 0)
+    return max(0, compiled["sass_instructions"] - in_loops) * compiled["num_warps"]
+
+
+def _loop_row(role, lp):
+    return {"role": role, "source": f"{lp['source']['function']}:{lp['source']['line']}",
+            "tokens_per_iter": lp["tokens_per_iter"], "instructions_per_iter": lp["instructions_excl"],
+            "thread_instr_per_token": lp["thread_instr_per_token"], "ldg_ops": lp["ldg_ops"]}
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
-    filtered draw) and the innermost loops of its helpers (the radix-select passes, the largest)."""
+    filtered draw) and the innermost loops of its helpers (the radix-select passes, the largest).
+    A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
+    straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
     roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
     row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
@@ -107,79 +220,135 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns and lp["innermost"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
+    p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
+    p1 = p1[:1]
+    rest = [lp for lp in own if lp not in p1]
+    draw = rest[-1] if rest and (not roles or rest[-1]["source"]["function"] == roles.get("draw")) else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
-    candidates = helpers + [lp for lp in own[1:-1] if lp["innermost"]]
+    candidates = helpers + [lp for lp in rest if lp is not draw and lp["innermost"]]
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
-    return {"pass1": own[0]["thread_instr_per_token"],
+    return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
-            "draw": own[-1]["thread_instr_per_token"] if len(own) > 1 else own[0]["thread_instr_per_token"],
-            "pass1_ldg": own[0]["ldg_ops"], "loops": [
-                {"role": "pass1" if lp is own[0] else ("draw" if lp is own[-1] else "row loop"),
-                 "source": f"{lp['source']['function']}:{lp['source']['line']}", "tokens_per_iter": lp["tokens_per_iter"],
-                 "instructions_per_iter": lp["instructions_excl"], "thread_instr_per_token": lp["thread_instr_per_token"],
-                 "ldg_ops": lp["ldg_ops"]} for lp in own] + [
-                {"role": "select", "source": f"{lp['source']['function']}:{lp['source']['line']}",
-                 "tokens_per_iter": lp["tokens_per_iter"], "instructions_per_iter": lp["instructions_excl"],
-                 "thread_instr_per_token": lp["thread_instr_per_token"], "ldg_ops": lp["ldg_ops"]} for lp in helpers]}
+            "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
+            "cta_warp": straight_line_warp_instr(compiled),
+            "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
+            "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
+            + [_loop_row("select", lp) for lp in helpers]}
 
 
 # ----------------------------------------------------------------------------------------------
 # tree attention
 # ----------------------------------------------------------------------------------------------
+def work_items(rows_per_chunk: Sequence[int], chunk_len: Sequence[int], block_r: int) -> List[int]:
+    """Live stage-1 work items (per KV head) of each chunk: the first tile of ``block_r`` pairs plus
+    every window ``[k block_r, (k + 1) block_r)`` of the plan's pairs that meets the rest of the chunk
+    (0 for an empty chunk)."""
+    out, p0 = [], 0
+    for r, c in zip(rows_per_chunk, chunk_len):
+        items = 0
+        if c > 0 and r > 0:
+            items = 1
+            if r > block_r:
+                a, b = p0 + block_r, p0 + r
+                items += (b - 1) // block_r - a // block_r + 1
+        out.append(items)
+        p0 += r
+    return out
+
+
 def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pairs_per_row: Sequence[int],
                     Hq: int, Hkv: int, D: int, itemsize: int, block_r: int, block_n: int, grid1: Sequence[int],
                     warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float,
-                    block_size: int = 16, gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+                    block_size: int = 16, gpu: Dict[str, Any] = H100, partial_itemsize: Optional[int] = None,
+                    block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0) -> Dict[str, Any]:
     """Bounds for one tree-attention call. ``tile_instr``: per-thread SASS instructions of one
-    stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 pair iteration."""
+    stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 step over ``block_p`` pairs
+    (both of its loops); ``partial_itemsize``: bytes of a partial output value (default: the input's
+    for 16-bit inputs, 4 else); ``cta*_warp``: straight-line warp-instructions per live CTA."""
     N = len(pairs_per_row)
-    P = sum(pairs_per_row)
+    psz = partial_itemsize or (itemsize if itemsize == 2 else 4)
     kv_tok = D * 2 * itemsize  # K and V bytes of one token of one KV head
     launched = math.prod(grid1)
-    live = sum(math.ceil(r / block_r) * Hkv for c, r in zip(chunk_len, rows_per_chunk) if c > 0 and r > 0)
-    unique_kv = sum(c * Hkv * kv_tok for c in chunk_len)
-    l2_kv = sum(math.ceil(r / block_r) * Hkv * c * kv_tok for c, r in zip(chunk_len, rows_per_chunk) if r > 0)
-    tiles = [math.ceil(c / block_n) for c in chunk_len]
-    iters1 = sum(math.ceil(r / block_r) * Hkv * t for t, r in zip(tiles, rows_per_chunk) if r > 0)
-    partial = P * Hq * (D + 1) * 4
+    items = work_items(rows_per_chunk, chunk_len, block_r)
+    live = sum(items) * Hkv
+    live_c = [(c, r, it) for c, r, it in zip(chunk_len, rows_per_chunk, items) if it]
+    P = sum(r for _, r, _ in live_c)
+    unique_kv = sum(c * Hkv * kv_tok for c, _, _ in live_c)
+    l2_kv = sum(it * Hkv * c * kv_tok for c, _, it in live_c)
+    shared_u = sum(c * Hkv * kv_tok for c, r, _ in live_c if r > 1)
+    shared_l2 = sum(it * Hkv * c * kv_tok for c, r, it in live_c if r > 1)
+    tiles = [math.ceil(c / block_n) for c, _, _ in live_c]
+    iters1 = sum(it * Hkv * t for (_, _, it), t in zip(live_c, tiles))
+    pow2 = block_size & (block_size - 1) == 0
+    ids_per_chunk = ((lambda c: math.ceil(c / block_n)) if pow2 and block_size % block_n == 0
+                     else (lambda c: math.ceil(c / block_size)) if pow2 else (lambda c: c))
+    partial = P * Hq * (D * psz + 4)
     q_bytes = N * Hq * D * itemsize
     out_bytes = N * Hq * D * itemsize + N * Hq * 4
     floor = unique_kv + q_bytes + out_bytes
     design_hbm = unique_kv + P * Hq * D * itemsize + 2 * partial + out_bytes
     hb = grid2[1] if len(grid2) > 1 else 1
-    rate = gpu["warp_instr_per_clk_per_sm"] * gpu["clock_hz"]
-    w1 = iters1 * tile_instr * warps1
-    w2 = P * hb * pair_instr * warps2
-    biggest_cta = max([t * tile_instr * warps1 for t in tiles] + [0])
-    t_issue = max((w1 + w2) / (gpu["sms"] * rate), biggest_cta / rate)
+    rate = _rate(gpu)
+    w1 = iters1 * tile_instr * warps1 + live * cta1_warp
+    steps2 = sum(math.ceil(p / block_p) for p in pairs_per_row)
+    w2 = steps2 * hb * pair_instr * warps2 + N * hb * cta2_warp
+    biggest_cta = max([t * tile_instr * warps1 + cta1_warp for t in tiles] + [0])
+    t1 = max(w1 / (gpu["sms"] * rate), biggest_cta / rate)
+    biggest2 = max([math.ceil(p / block_p) * pair_instr * warps2 + cta2_warp for p in pairs_per_row] + [0])
+    t2 = max(w2 / (gpu["sms"] * rate), biggest2 / rate)
+    t_issue = t1 + t2
     t_floor = floor / gpu["hbm_bytes_per_s"]
     t_design = design_hbm / gpu["hbm_bytes_per_s"]
     t = max(t_issue, t_design)
+    kv_factor = _t(l2_kv / unique_kv) if unique_kv else None
+    shared_factor = _t(shared_l2 / shared_u) if shared_u else None
+    p_over = _t(2 * partial / unique_kv) if unique_kv else None
+    tg = ATTENTION_TARGETS
     return {
         "N": N, "pairs": P, "chunks": len(chunk_len), "block_r": block_r, "block_n": block_n,
-        "ctas_launched": launched, "ctas_live": live, "ctas_exit_at_once_frac": _t(1 - live / launched) if launched else 0,
+        "ctas_launched": launched, "ctas_live": live, "ctas_dead": launched - live,
+        "ctas_exit_at_once_frac": _t(1 - live / launched) if launched else 0,
         "bytes_floor": floor, "unique_kv_bytes": unique_kv, "l2_to_sm_kv_bytes": l2_kv,
-        "kv_reads_per_unique_byte": _t(l2_kv / unique_kv) if unique_kv else None,
-        "block_table_l2_to_sm_bytes": sum(math.ceil(r / block_r) * Hkv * c * 4
-                                          for c, r in zip(chunk_len, rows_per_chunk) if r > 0),
-        "partial_bytes_written_and_read": 2 * partial, "partial_over_kv": _t(2 * partial / unique_kv) if unique_kv else None,
+        "kv_reads_per_unique_byte": kv_factor, "shared_kv_read_factor": shared_factor,
+        "max_items_per_chunk": max(items + [0]),
+        "block_table_l2_to_sm_bytes": sum(it * Hkv * ids_per_chunk(c) * 4 for c, _, it in live_c),
+        "partial_itemsize": psz, "partial_bytes_written_and_read": 2 * partial, "partial_over_kv": p_over,
         "hbm_bytes_this_design": design_hbm, "stage1_kv_tiles": iters1,
         "stage1_warp_instr": int(w1), "stage2_warp_instr": int(w2),
-        "t_issue_s": _t(t_issue), "t_hbm_floor_s": _t(t_floor), "t_hbm_this_design_s": _t(t_design),
+        "t_issue_s": _t(t_issue), "t_stage1_issue_s": _t(t1), "t_stage2_issue_s": _t(t2),
+        "t_hbm_floor_s": _t(t_floor), "t_hbm_this_design_s": _t(t_design),
         "t_bound_s": _t(t), "bound": "issue" if t_issue > t_design else "hbm",
-        "frac_of_floor_time": _t(t_floor / t),
+        "frac_of_floor_time": _t(t_floor / t) if t else None,
+        "targets": {
+            "shared_kv_read_factor": {"value": shared_factor, "target_max": tg["shared_kv_read_factor"],
+                                      "met": shared_factor is not None
+                                      and shared_factor <= tg["shared_kv_read_factor"]},
+            "partial_over_kv": {"value": p_over, "target_max": tg["partial_over_kv"],
+                                "met": p_over is not None and p_over <= tg["partial_over_kv"]},
+            "dead_ctas": {"value": launched - live, "target_max": tg["dead_ctas"],
+                          "met": launched - live <= tg["dead_ctas"]},
+        },
     }
 
 
-def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Tuple[float, float]:
-    """(per-thread instructions of a stage-1 KV tile, of a stage-2 pair iteration): the hottest
-    innermost loop of each kernel."""
-    def hot(c):
+def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dict[str, Any]:
+    """Stage-1 per-thread instructions of a KV tile (the hottest innermost loop) and stage 2's of one
+    step over ``BLOCK_P`` pairs (its innermost loops stepping by ``BLOCK_P``: the LSE max and the
+    weighted sum), plus each kernel's straight-line warp-instructions."""
+    def inner(c):
         loops = [lp for lp in c["loops"] if lp["innermost"]]
         if not loops:
             raise ValueError("no loop in the SASS")
-        return max(loops, key=lambda lp: lp["instructions_excl"])
-    return hot(compiled1)["instructions_excl"], hot(compiled2)["instructions_excl"]
+        return loops
+    hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
+    l2 = inner(compiled2)
+    stepped = [lp for lp in l2 if lp.get("tokens_per_iter")]
+    if stepped:
+        pair_instr, block_p = sum(lp["instructions_excl"] for lp in stepped), stepped[0]["tokens_per_iter"]
+    else:
+        pair_instr, block_p = max(lp["instructions_excl"] for lp in l2), 1
+    return {"tile_instr": hot1["instructions_excl"], "pair_instr": pair_instr, "block_p": block_p,
+            "cta1_warp": straight_line_warp_instr(compiled1), "cta2_warp": straight_line_warp_instr(compiled2)}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -191,6 +360,8 @@ ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
     (256, 8192, 64, "llama3-8b", "bf16"), (256, 8192, 512, "llama3-8b", "bf16"),
     (256, 8192, 64, "llama3-8b", "fp32"), (256, 8192, 64, "gqa8", "bf16"),
 ]
+#: planner variants of every attention shape: name -> plan_tree_attention keyword arguments
+ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS}}
 QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp",))
 
 
@@ -201,24 +372,87 @@ def _record(fn):
     return launches
 
 
-def _lookup(by_id, launch, arch):
+def _record_h100(fn, gpu=H100):
+    """Record ``fn``'s launches with the sampler's slice count of ``gpu`` (not the CPU's 1)."""
+    from tts_kernels.sampling import triton_kernel as tkm
+    saved = tkm._num_slices
+    tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, gpu["sms"])
+    try:
+        return _record(fn)
+    finally:
+        tkm._num_slices = saved
+
+
+_SCALAR = re.compile(r"^(i32|i64|u32|u64)(/16)?$|^1$")
+#: constexprs that do not change a kernel's loops (the merge kernel's partials vector width)
+LOOP_NEUTRAL = {"_merge_kernel": {"SP"}}
+
+
+def _sibling(results, kernel, parts, arch_key):
+    """The compiled spec of ``kernel`` closest to ``parts`` that differs only in runtime-scalar
+    specializations (int divisibility, == 1) and :data:`LOOP_NEUTRAL` constexprs, or None."""
+    best = None
+    for r in results:
+        if r["kernel"] != kernel:
+            continue
+        c = r["compiled"].get(arch_key)
+        params = r.get("params") or {}
+        if not (c and c.get("ok")) or set(params) != set(parts):
+            continue
+        diff = [k for k in parts if params[k] != parts[k]]
+        if all(k in LOOP_NEUTRAL.get(kernel, ()) or (_SCALAR.match(parts[k]) and _SCALAR.match(params[k]))
+               for k in diff):
+            if best is None or len(diff) < best[0]:
+                best = (len(diff), r, diff)
+    return best
+
+
+def _lookup(by_id, launch, arch, results=()):
+    """(spec id, compiled stats or None, provenance): the exact spec, else a loop-equivalent sibling."""
     from . import aot
     b = aot.bind(launch, arch)
     sid = aot.spec_id(launch, b)
     r = by_id.get(sid)
-    return sid, (r["compiled"].get(f"sm_{arch}") if r else None)
+    key = f"sm_{arch}"
+    if r and r["compiled"].get(key, {}).get("ok"):
+        return sid, r["compiled"][key], None
+    sib = _sibling(results, launch.name, aot.spec_parts(launch, b), key)
+    if sib:
+        _, r, diff = sib
+        return sid, r["compiled"][key], {"stats_from": r["spec"], "differs_in": diff}
+    return sid, None, None
 
 
-def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+def _arg(launch, name):
+    return dict(zip(launch.kernel.arg_names, launch.args), **launch.kwargs)[name]
+
+
+def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, Any] = H100,
+           _looked_up: Optional[list] = None) -> Dict[str, Any]:
     """Cost model for the benchmark shapes, from ``check.py``'s compiled results (sm_90 stats)."""
     import torch
     import tts_kernels as tk
     from . import spaces
+    from tts_kernels.attention.planner import plan_tree_attention
 
     arch = int(gpu["arch"].split("_")[1])
     by_id = {r["spec"]: r for r in results}
-    out = {"gpu": gpu, "select_passes_assumed": list(SELECT_PASSES), "sampler": [], "tree_attention": [],
-           "not_compiled": []}
+    out = {"gpu": gpu, "select_passes_assumed": list(SELECT_PASSES), "attention_targets": ATTENTION_TARGETS,
+           "sampler": [], "tree_attention": [], "not_compiled": [], "stats_from_sibling": []}
+
+    def look(launch):
+        if _looked_up is not None:
+            from . import aot
+            b = aot.bind(launch, arch)
+            _looked_up.append({"kernel": launch.name, "spec": aot.spec_id(launch, b),
+                               "params": aot.spec_parts(launch, b)})
+        sid, comp, prov = _lookup(by_id, launch, arch, results)
+        if comp is None:
+            out["not_compiled"].append(sid)
+        elif prov:
+            out["stats_from_sibling"].append(dict(spec=sid, **prov))
+        return sid, comp, prov
+
     shapes = QUICK_SAMPLER if quick else SAMPLER_SHAPES
     for dname in shapes["dtypes"]:
         for V in shapes["V"]:
@@ -226,48 +460,131 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                 def call(B=B, V=V, dname=dname):
                     tk.sample(torch.empty(B, V, dtype=spaces.DTYPES[dname]), temperature=0.8, seed=1, offset=0,
                               check_nan=False, validate=False, backend="triton")
-                (launch,) = _record(call)
-                sid, comp = _lookup(by_id, launch, arch)
-                if not comp or not comp.get("ok"):
-                    out["not_compiled"].append(sid)
+                launches = _record_h100(call, gpu)
+                itemsize = spaces.DTYPES[dname].itemsize
+                looked = [look(lc) for lc in launches]
+                if any(c is None for _, c, _ in looked):
                     continue
-                instr = sampler_instr(comp, launch.name)
-                for cfg in shapes["configs"]:
-                    rec = sampler_bound(B, V, spaces.DTYPES[dname].itemsize, cfg, instr, comp["ctas_per_sm"],
-                                        gpu=gpu)
-                    rec.update(dtype=dname, spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
-                               select_found=instr["select_found"],
-                               pass1_ldg=instr["pass1_ldg"],
-                               instr_per_token={k: instr[k] for k in ("pass1", "select", "draw")})
+                names = [lc.name for lc in launches]
+                if names == ["_sample_kernel"]:
+                    (sid, comp, prov), = looked
+                    instr = sampler_instr(comp, launches[0].name)
+                    extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
+                                 select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
+                                 instr_per_token={k: instr[k] for k in ("pass1", "select", "draw")},
+                                 cta_warp_instr=instr["cta_warp"], stats_from=prov and prov["stats_from"])
+                    recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
+                            for cfg in shapes["configs"]]
+                    loops = {"row": instr["loops"]}
+                else:
+                    lp_, lm = (next(lc for lc in launches if lc.name == n)
+                               for n in ("_partial_kernel", "_merge_kernel"))
+                    (s1, c1, p1), (s2, c2, p2) = (looked[launches.index(lc)] for lc in (lp_, lm))
+                    ip, im = sampler_instr(c1, lp_.name), sampler_instr(c2, lm.name)
+                    S, chunk = lp_.grid[1], int(_arg(lp_, "CHUNK"))
+                    extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
+                                 merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
+                                 select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
+                                 instr_per_token={"pass1": ip["pass1"], "select": im["select"], "draw": im["draw"]},
+                                 cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
+                                 stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
+                    recs = [split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu)
+                            for cfg in shapes["configs"]]
+                    loops = {"partial": ip["loops"], "merge": im["loops"]}
+                for rec in recs:
+                    rec.update(dtype=dname, **extra)
                     out["sampler"].append(rec)
-                if B == shapes["B"][0]:
-                    out.setdefault("sampler_loops", {})[f"{dname} V={V}"] = instr["loops"]
+                for path, lps in loops.items():
+                    out.setdefault("sampler_loops", {}).setdefault(f"{dname} V={V} {path}", lps)
     for (N, prefix, suffix, heads, dname) in ([] if quick else ATTENTION_SHAPES):
         hq, hkv, D = spaces.HEADS[heads]
-        q, k, v, bt, sl, plan = spaces.attention_inputs(N, prefix, suffix, hq, hkv, D, spaces.DTYPES[dname])
-        launches = _record(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton"))
-        l1 = next(lc for lc in launches if lc.name.endswith("stage1"))
-        l2 = next(lc for lc in launches if lc.name.endswith("stage2"))
-        sid1, c1 = _lookup(by_id, l1, arch)
-        sid2, c2 = _lookup(by_id, l2, arch)
-        if not (c1 and c1.get("ok") and c2 and c2.get("ok")):
-            out["not_compiled"] += [s for s, c in ((sid1, c1), (sid2, c2)) if not (c and c.get("ok"))]
-            continue
-        tile_instr, pair_instr = attention_instr(c1, c2)
-        kw = l1.kwargs
-        if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
-            out["skipped"] = out.get("skipped", []) + [f"tree attention {heads} {dname}: no BLOCK_R/BLOCK_N launch "
-                                                       f"argument in {l1.name}"]
-            continue
-        rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
-        pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
-        rec = attention_bound(plan.chunk_len.tolist(), rows, pairs, hq, hkv, D, spaces.DTYPES[dname].itemsize,
-                              kw["BLOCK_R"], kw["BLOCK_N"], l1.grid, c1["num_warps"], tile_instr, l2.grid,
-                              c2["num_warps"], pair_instr, block_size=plan.block_size, gpu=gpu)
-        rec.update(prefix=prefix, suffix=suffix, heads=heads, Hq=hq, Hkv=hkv, D=D, dtype=dname,
-                   stage1_spec=sid1, stage1_registers=c1["registers"],
-                   stage1_spill_bytes=c1["spill_store_bytes"] + c1["spill_load_bytes"],
-                   stage1_ctas_per_sm=c1["ctas_per_sm"], stage1_instr_per_tile=tile_instr,
-                   stage1_warp_instr_per_tile=tile_instr * c1["num_warps"], stage2_instr_per_pair=pair_instr)
-        out["tree_attention"].append(rec)
+        q, k, v, bt, sl, plan0 = spaces.attention_inputs(N, prefix, suffix, hq, hkv, D, spaces.DTYPES[dname])
+        for pname, pkw in ATTENTION_PLANS.items():
+            plan = plan_tree_attention(bt, sl, int(k.shape[1]), **pkw) if pkw else plan0
+            launches = _record(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False,
+                                                         backend="triton"))
+            l1 = next(lc for lc in launches if lc.name.endswith("stage1"))
+            l2 = next(lc for lc in launches if lc.name.endswith("stage2"))
+            sid1, c1, p1 = look(l1)
+            sid2, c2, p2 = look(l2)
+            if not (c1 and c2):
+                continue
+            kw = l1.kwargs
+            if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
+                out.setdefault("skipped", []).append(f"tree attention {heads} {dname}: no BLOCK_R/BLOCK_N launch "
+                                                     f"argument in {l1.name}")
+                continue
+            ai = attention_instr(c1, c2)
+            op = _arg(l1, "out_p_ptr")
+            rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
+            pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
+            rec = attention_bound(plan.chunk_len.tolist(), rows, pairs, hq, hkv, D, spaces.DTYPES[dname].itemsize,
+                                  kw["BLOCK_R"], kw["BLOCK_N"], l1.grid, c1["num_warps"], ai["tile_instr"], l2.grid,
+                                  c2["num_warps"], ai["pair_instr"], block_size=plan.block_size, gpu=gpu,
+                                  partial_itemsize=op.element_size(), block_p=ai["block_p"],
+                                  cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"])
+            rec.update(plan=pname, plan_kwargs=pkw, prefix=prefix, suffix=suffix, heads=heads, Hq=hq, Hkv=hkv, D=D,
+                       dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
+                       stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],
+                       stage1_registers=c1["registers"],
+                       stage1_spill_bytes=c1["spill_store_bytes"] + c1["spill_load_bytes"],
+                       stage1_ctas_per_sm=c1["ctas_per_sm"], stage1_instr_per_tile=ai["tile_instr"],
+                       stage1_warp_instr_per_tile=ai["tile_instr"] * c1["num_warps"],
+                       stage2_instr_per_step=ai["pair_instr"], stage2_block_p=ai["block_p"])
+            out["tree_attention"].append(rec)
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# CLI: recompute from a results JSON (no compiling)
+# ----------------------------------------------------------------------------------------------
+def needed_specs(quick: bool = False, gpu: Dict[str, Any] = H100) -> List[Dict[str, str]]:
+    """The specializations (kernel, spec id, params) the cost model looks up, for the given set."""
+    looked: List[Dict[str, Any]] = []
+    report([], quick=quick, gpu=gpu, _looked_up=looked)
+    return list({x["spec"]: x for x in looked}.values())
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Recompute the static cost model from a gpu_static results JSON "
+                                             "(no compiling, no GPU).")
+    ap.add_argument("--from", dest="src", help="results JSON of benchmarks.gpu_static.check (its 'specs')")
+    ap.add_argument("--out", help="write the results JSON with 'cost_model' replaced here (default: print a "
+                                  "summary only)")
+    ap.add_argument("--set", choices=("quick", "full"), default=None,
+                    help="shapes to model (default: the JSON's own 'set')")
+    ap.add_argument("--list-specs", action="store_true", help="print the specializations the model looks up")
+    args = ap.parse_args(argv)
+    # the wrappers must launch real JITFunctions (recorded, never run), not the interpreter's
+    os.environ["TRITON_INTERPRET"] = "0"
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    if args.list_specs:
+        print(json.dumps(needed_specs(quick=args.set == "quick"), indent=1))
+        return 0
+    if not args.src:
+        ap.error("--from is required")
+    d = json.loads(Path(args.src).read_text())
+    quick = (args.set or d.get("set", "full")) == "quick"
+    d["cost_model"] = report(d["specs"], quick=quick)
+    d.pop("cost_model_error", None)
+    d["cost_model_recomputed"] = {"from": str(args.src), "set": "quick" if quick else "full",
+                                  "by": "python -m benchmarks.gpu_static.cost_model --from"}
+    cm = d["cost_model"]
+    print(f"[cost-model] {len(cm['sampler'])} sampler records, {len(cm['tree_attention'])} tree-attention records, "
+          f"{len(cm['not_compiled'])} not compiled, {len(cm['stats_from_sibling'])} from a sibling spec")
+    for r in cm["tree_attention"]:
+        tg = r["targets"]
+        print(f"[cost-model] attention {r['dtype']} {r['heads']} N={r['N']} {r['prefix']}+{r['suffix']} "
+              f"plan={r['plan']}: shared KV read x{tg['shared_kv_read_factor']['value']}, partials/KV "
+              f"{tg['partial_over_kv']['value']}, dead CTAs {tg['dead_ctas']['value']}")
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        with open(args.out, "w") as f:
+            json.dump(d, f, indent=1, default=str)
+            f.write("\n")
+        print(f"[cost-model] wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,6 +1,9 @@
 """Markdown tables from a gpu_static JSON (the README's "Static GPU check" subsection).
 
     python -m benchmarks.gpu_static.summary [benchmarks/results/gpu_static.json]
+
+The cost-model tables read the JSON's ``cost_model``; to refresh it without compiling:
+``python -m benchmarks.gpu_static.cost_model --from RESULTS.json --out X.json``, then summarise X.json.
 """
 from __future__ import annotations
 
@@ -83,32 +86,43 @@ def sampler_compact(d, V=151936):
     """One row per (dtype, B) at one V: the temperature-only and the top-k + top-p + min-p bounds."""
     cm = d.get("cost_model", {})
     recs = {(r["dtype"], r["B"], r["config"]): r for r in cm.get("sampler", []) if r["V"] == V}
-    out = [f"| dtype | B | SMs busy | temperature: bound, GB/s (% of HBM) | top-k + top-p + min-p: passes, "
-           f"GB/s (% of HBM) |", "|---|---:|---:|---|---|"]
+    out = [f"| dtype | B | grid on an H100 | SMs busy | temperature: bound, GB/s (% of HBM) | top-k + top-p + min-p: "
+           f"passes, GB/s (% of HBM) |", "|---|---:|---|---:|---|---|"]
     for (dt, B, cfg), r in sorted(recs.items(), key=lambda kv: (kv[0][0] != "fp32", kv[0][1])):
         if cfg != "temp":
             continue
         f = recs.get((dt, B, "topk_topp_minp"))
         t = r["low"]
+        grid = (f"split: {B} x {r['slices']} slices of {r['chunk']} + {B} merge" if r.get("path") == "split"
+                else f"{B} rows")
         cell = f"{t['bound']}, {t['gbps_bound']:.4g} ({100 * t['frac_hbm_bw']:.1f}%)"
         cell2 = "-" if not f else (f"{f['low']['full_row_passes']}-{f['high']['full_row_passes']}, "
                                   f"{f['high']['gbps_bound']:.3g}-{f['low']['gbps_bound']:.3g} "
                                   f"({100 * f['high']['frac_hbm_bw']:.2g}-{100 * f['low']['frac_hbm_bw']:.2g}%)")
-        out.append(f"| {dt} | {B} | {r['active_sms']} | {cell} | {cell2} |")
+        out.append(f"| {dt} | {B} | {grid} | {r['active_sms']} | {cell} | {cell2} |")
     return "\n".join(out)
+
+
+def _met(tg):
+    return f"{tg['value']:g} {'met' if tg['met'] else 'not met'}"
 
 
 def attention_table(d):
     cm = d.get("cost_model", {})
-    out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | BLOCK_R | CTAs live / launched | KV into SMs / unique | "
-           "partials / KV | regs, spill B | instr/KV tile (warp) | bound | t bound | HBM floor |",
-           "|---|---|---|---:|---:|---:|---:|---:|---:|---|---:|---:|"]
+    out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | plan | chunks, pairs | BLOCK_R | CTAs live / launched | "
+           "dead CTAs (target 0) | KV into SMs / unique | shared-KV read factor (target <= 1.25) | "
+           "partials / KV (target <= 0.25) | bound | t bound | HBM floor |",
+           "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|---:|"]
     for r in cm.get("tree_attention", []):
+        tg = r.get("targets", {})
+        plan = r.get("plan", "default") + (f" ({', '.join(f'{k}={v}' for k, v in r['plan_kwargs'].items())})"
+                                           if r.get("plan_kwargs") else "")
         out.append(f"| {r['dtype']} | {r['Hq']}/{r['Hkv']}, {r['D']} | {r['N']}, {r['prefix']} + {r['suffix']} | "
-                   f"{r['block_r']} | {r['ctas_live']} / {r['ctas_launched']} | "
+                   f"{plan} | {r['chunks']}, {r['pairs']} | {r['block_r']} | {r['ctas_live']} / {r['ctas_launched']} | "
+                   f"{_met(tg['dead_ctas']) if tg else '-'} | "
                    f"{r['l2_to_sm_kv_bytes'] / 1e6:.0f} / {r['unique_kv_bytes'] / 1e6:.0f} MB | "
-                   f"{r['partial_over_kv']:g} | {r['stage1_registers']}, {r['stage1_spill_bytes']} | "
-                   f"{r['stage1_instr_per_tile']} ({r['stage1_warp_instr_per_tile']}) | {r['bound']} | "
+                   f"{_met(tg['shared_kv_read_factor']) if tg else '-'} | "
+                   f"{_met(tg['partial_over_kv']) if tg else r['partial_over_kv']} | {r['bound']} | "
                    f"{r['t_bound_s'] * 1e6:.0f} us | {r['t_hbm_floor_s'] * 1e6:.0f} us |")
     return "\n".join(out)
 

@@ -31,7 +31,8 @@ def test_sampler_passes():
 
 
 def test_sampler_bound_b1_instruction_bound():
-    # B=1, V=32000 fp32, temperature: 108 thread-instructions per token, one SM
+    # one program per row (what B < 132 got before the split-row path, and any B off a GPU): B=1, V=32000
+    # fp32, temperature: 108 thread-instructions per token, one SM
     r = cm.sampler_bound(1, 32000, 4, "temp", {"pass1": 108.0, "select": 0.0, "draw": 0.0})
     warp_instr = 32000 * 108 / 32                       # 108,000 warp-instructions, one row
     t = warp_instr / (4 * 1.755e9)                      # 15.38 us at 4 per clock
@@ -59,35 +60,207 @@ def test_sampler_bound_waves_and_passes():
     assert r["low"]["bound"] == "hbm" and r["low"]["frac_hbm_bw"] == pytest.approx(1.0)
 
 
+RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
+
+
+def test_split_row_bound_b1_hand_case():
+    # B=1, V=32000 fp32 on an H100: S = 16 slices of 2048 tokens (slices_for: cdiv(32000, 2 x 1024) = 16 <= 264)
+    pi = {"pass1": 114.0, "cta_warp": 6464}            # partial: per token of pass 1; straight-line per CTA
+    mi = {"select": 218.5, "draw": 98.25, "cta_warp": 3720}
+    r = cm.split_row_bound(1, 32000, 4, "temp", 16, 2048, pi, mi)
+    assert r["path"] == "split" and r["slices"] == 16 and r["active_sms"] == 16 and r["active_sms_merge"] == 1
+    assert r["ctas_launched"] == 16 + 1 and r["slices_on_busiest_sm"] == 1 and r["rows_on_busiest_sm"] == 1
+    assert r["bytes_floor"] == 32000 * 4 + 12
+    assert r["workspace_bytes"] == 2 * 16 * 28                  # 7 words per slice, written then read
+    assert r["hbm_bytes_this_design"] == 32000 * 4 + 12 + 2 * 16 * 28
+    t_partial = (2048 * 114 / 32 + 6464) / RATE                # one slice on the busiest SM: 1.96 us
+    t_merge = 3720 / RATE                                       # temperature: the merge's straight-line code only
+    lo = r["low"]
+    assert lo["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx(t_partial, rel=1e-3)
+    assert lo["kernels"]["_merge_kernel"]["t_issue_s"] == pytest.approx(t_merge, rel=1e-3)
+    assert lo["t_issue_s"] == pytest.approx(t_partial + t_merge, rel=1e-3)
+    assert lo["t_bound_s"] == pytest.approx(t_partial + t_merge, rel=1e-3) and lo["bound"] == "issue"
+    assert lo["gbps_bound"] == pytest.approx((32000 * 4 + 12) / (t_partial + t_merge) / 1e9, rel=1e-3)
+    assert lo["l2_to_sm_bytes"] == 32000 * 4
+    # the filters run in the merge kernel, over the whole row on one SM: 2 selects x 3..7 passes + 0..1 draw
+    f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 7))
+    assert f["full_row_passes"] == [7, 16]
+    t_m_hi = (32000 * (14 * 218.5 + 98.25) / 32 + 3720) / RATE
+    t_m_lo = (32000 * (6 * 218.5) / 32 + 3720) / RATE
+    assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)
+    assert f["low"]["t_bound_s"] == pytest.approx(t_partial + t_m_lo, rel=1e-3)
+    assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(14 * 218.5 + 98.25, rel=1e-3)
+    assert f["high"]["l2_to_sm_bytes"] == 16 * 32000 * 4
+
+
+def test_split_row_bound_b32_waves():
+    # B=32, V=32000: 8 slices of 4096 (the wrapper's S after rounding CHUNK to the tile): 256 CTAs on 132 SMs
+    r = cm.split_row_bound(32, 32000, 2, "temp", 8, 4096, {"pass1": 100.0}, {"select": 0, "draw": 0})
+    assert r["active_sms"] == 132 and r["slices_on_busiest_sm"] == 2 and r["rows_on_busiest_sm"] == 1
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * 4096 * 100 / 32 / RATE, rel=1e-3)
+    # the slice count the model is fed is the wrapper's rule on an H100
+    from tts_kernels.sampling.triton_kernel import slices_for
+    assert slices_for(1, 32000, 132) == 16 and slices_for(32, 32000, 132) == 9 and slices_for(256, 32000, 132) == 1
+
+
+def test_work_items_launched_equals_live():
+    # pairs [0, 3) for chunk 0 (one tile), [3, 8) for chunk 1 (BLOCK_R 4): its rest [7, 8) lies in window 1
+    assert cm.work_items([3, 5], [16, 16], 4) == [1, 2]
+    r = cm.attention_bound([16, 16], [3, 5], [2] * 3 + [1] * 2, Hq=2, Hkv=1, D=8, itemsize=2, block_r=4,
+                           block_n=16, grid1=(2 + 7 // 4, 1), warps1=4, tile_instr=10, grid2=(5, 1), warps2=4,
+                           pair_instr=5)
+    assert r["ctas_launched"] == r["ctas_live"] == 3 and r["ctas_dead"] == 0 and r["targets"]["dead_ctas"]["met"]
+    assert cm.work_items([0, 2], [0, 16], 1) == [0, 2]            # an empty (padding) chunk has no live item
+
+
 def test_attention_bound_hand_case():
-    # chunks: a 32-token prefix shared by 2 rows, then each row's own 16 tokens
+    # chunks: a 32-token prefix shared by 2 rows, then each row's own 16 tokens; BLOCK_R 1
+    # work list: C + (P - 1) // BLOCK_R = 3 + 3 = 6 items per KV head, grid (6, 2)
     r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
-                           Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(3, 2, 2), warps1=4,
+                           Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(6, 2), warps1=4,
                            tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
     kv_tok = 8 * 2 * 2                                   # K and V of one token of one head, bf16
     assert r["ctas_launched"] == 12
-    assert r["ctas_live"] == 2 * 2 + 1 * 2 + 1 * 2      # ceil(rows / BLOCK_R) x Hkv per chunk
+    # chunk 0: its first tile (pair 0) + window 1 (pair 1); chunks 1, 2: a first tile each; windows 2, 3 hold
+    # only first tiles: dead
+    assert r["ctas_live"] == (2 + 1 + 1) * 2 and r["ctas_dead"] == 4
     assert r["ctas_exit_at_once_frac"] == pytest.approx(1 - 8 / 12, rel=1e-3)
+    assert r["targets"]["dead_ctas"] == {"value": 4, "target_max": 0, "met": False}
     assert r["unique_kv_bytes"] == (32 + 16 + 16) * 2 * kv_tok == 4096
     assert r["l2_to_sm_kv_bytes"] == 4 * 32 * kv_tok + 2 * 16 * kv_tok + 2 * 16 * kv_tok == 6144
     assert r["kv_reads_per_unique_byte"] == 1.5
+    assert r["shared_kv_read_factor"] == 2.0             # the shared chunk is read by its 2 row tiles
     assert r["stage1_kv_tiles"] == 4 * 2 + 2 + 2
     assert r["stage1_warp_instr"] == 12 * 10 * 4 and r["stage2_warp_instr"] == 4 * 1 * 5 * 4
-    assert r["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 + 1) * 4
+    # 16-bit partials: 4 pairs x 4 heads x (8 bf16 + a float32 LSE), written and read back
+    assert r["partial_itemsize"] == 2
+    assert r["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 * 2 + 4) == 640
+    assert r["partial_over_kv"] == pytest.approx(640 / 4096, rel=1e-3)
     assert r["bytes_floor"] == 4096 + 2 * 4 * 8 * 2 + (2 * 4 * 8 * 2 + 2 * 4 * 4)
-    # tiny: the largest CTA (2 tiles of 10 x 4 warp-instructions) bounds issue time
-    assert r["t_issue_s"] == pytest.approx(max(560 / (132 * 4 * 1.755e9), 80 / (4 * 1.755e9)), rel=1e-3)
+    assert r["hbm_bytes_this_design"] == 4096 + 4 * 4 * 8 * 2 + 640 + (2 * 4 * 8 * 2 + 2 * 4 * 4)
+    # tiny: the largest CTAs bound issue time; stage 1 (2 tiles x 10 x 4 warps), then stage 2 (2 steps x 5 x 4)
+    assert r["t_issue_s"] == pytest.approx(80 / RATE + 40 / RATE, rel=1e-3)
+    # float32 inputs keep float32 partials
+    r32 = cm.attention_bound([32, 16, 16], [2, 1, 1], [2, 2], Hq=4, Hkv=2, D=8, itemsize=4, block_r=1,
+                             block_n=16, grid1=(6, 2), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
+    assert r32["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 * 4 + 4)
 
 
 def test_attention_bound_wide_plan():
     # N=256 rows sharing 8192 tokens in 16 chunks of 512, then 256 own chunks of 64; BLOCK_R 16, Hkv 8
     chunks = [512] * 16 + [64] * 256
     rows = [256] * 16 + [1] * 256
+    P = 16 * 256 + 256
     r = cm.attention_bound(chunks, rows, [17] * 256, Hq=32, Hkv=8, D=128, itemsize=2, block_r=16, block_n=64,
-                           grid1=(272, 8, 16), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4, pair_instr=50)
-    assert r["ctas_launched"] == 272 * 8 * 16
-    assert r["ctas_live"] == 16 * 16 * 8 + 256 * 8
+                           grid1=(272 + (P - 1) // 16, 8), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4,
+                           pair_instr=50, block_p=4)
+    assert r["ctas_launched"] == (272 + 271) * 8
+    assert r["ctas_live"] == (16 * 16 + 256) * 8 and r["ctas_dead"] == 31 * 8
+    assert r["shared_kv_read_factor"] == 16.0 and not r["targets"]["shared_kv_read_factor"]["met"]
     assert r["kv_reads_per_unique_byte"] == pytest.approx((16 * 16 * 512 + 256 * 64) / (8192 + 256 * 64), rel=1e-3)
+    assert r["partial_bytes_written_and_read"] == 2 * P * 32 * (128 * 2 + 4)
+    assert r["stage2_warp_instr"] == 256 * math.ceil(17 / 4) * 50 * 4
+
+
+@pytest.mark.parametrize("dtype_name", ["bf16", "fp32"])
+@pytest.mark.parametrize("wide", [None, 2])
+def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
+    # a real plan (8 rows share 64 tokens, 16 own each; chunks of 16 tokens, or longer shared ones with
+    # wide_chunk_rows): the model agrees with the kernel module's own stage1_cost
+    from benchmarks.gpu_static import spaces
+    from tts_kernels.attention.planner import plan_tree_attention
+    from tts_kernels.attention import triton_kernel as tak
+
+    dt = spaces.DTYPES[dtype_name]
+    Hq, Hkv, D = 4, 2, 32
+    q, k, v, bt, sl, _ = spaces.attention_inputs(8, 64, 16, Hq, Hkv, D, dt)
+    plan = plan_tree_attention(bt, sl, 16, chunk_size=16, wide_chunk_rows=wide)
+    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, plan.max_rows_per_chunk))
+    rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
+    pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
+    items = tak.num_work_items(plan.num_chunks, plan.num_pairs, cfg["BLOCK_R"])
+    r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
+                           cfg["BLOCK_N"], (items, Hkv), 4, 10, (8, 1), 4, 5,
+                           partial_itemsize=tak.partial_dtype(dt).itemsize)
+    c = tak.stage1_cost(plan, Hq, Hkv, D, dt)
+    assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
+    assert r["l2_to_sm_kv_bytes"] == c["kv_sm_bytes"] and r["unique_kv_bytes"] == c["kv_unique_bytes"]
+    assert r["partial_bytes_written_and_read"] == c["partial_bytes"]
+    assert r["max_items_per_chunk"] == c["max_passes"]
+    if wide:  # longer shared chunks: fewer pairs, less partial traffic per KV byte
+        base = plan_tree_attention(bt, sl, 16, chunk_size=16)
+        assert plan.num_pairs < base.num_pairs
+
+
+# ------------------------------------------------------------------------------------------------
+# --from: the cost model recomputed from a results JSON (no compiling), on a synthetic one
+# ------------------------------------------------------------------------------------------------
+def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
+    return {"source": {"function": fn, "line": line, "file": "x.py", "header": "", "step": ""}, "innermost": innermost,
+            "depth": depth, "tokens_per_iter": tokens, "instructions": instr, "instructions_excl": instr,
+            "thread_instr_per_token": instr * 32 * warps / tokens, "ldg_ops": ["LDG.E.128"]}
+
+
+def _synthetic_compiled(kernel):
+    """sm_90 stats: pass 1 100, a select pass 200, the draw 80 thread-instructions per token; 100
+    straight-line instructions (800 warp-instructions at 8 warps) outside the loops."""
+    loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_radix_select", 2, 512, 400),
+                                _loop("_finish", 3, 1024, 320)],
+             "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
+             "_merge_kernel": [_loop("_radix_select", 2, 512, 400), _loop("_finish", 3, 1024, 320)]}[kernel]
+    return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
+            "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
+
+
+def _run_cost_model(*args):
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)
+    p = subprocess.run([sys.executable, "-m", "benchmarks.gpu_static.cost_model", *args], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+    assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
+    return p.stdout
+
+
+def test_cost_model_from_results_json(tmp_path):
+    pytest.importorskip("triton")
+    if not aot.triton_support()[0]:
+        pytest.skip(aot.triton_support()[1])
+    specs = json.loads(_run_cost_model("--list-specs", "--set", "quick"))
+    # quick shapes: fp32 V=32000 at B=1 (split rows on an H100: partial + merge) and B=256 (one program per row)
+    assert sorted(s["kernel"] for s in specs) == ["_merge_kernel", "_partial_kernel", "_sample_kernel"]
+    src = tmp_path / "results.json"
+    src.write_text(json.dumps({"set": "quick", "specs": [
+        {"kernel": s["kernel"], "spec": s["spec"], "params": s["params"],
+         "compiled": {"sm_90": _synthetic_compiled(s["kernel"])}} for s in specs]}))
+    out = tmp_path / "cm.json"
+    _run_cost_model("--from", str(src), "--out", str(out))
+    d = json.loads(out.read_text())
+    assert d["cost_model_recomputed"]["set"] == "quick" and d["specs"]      # the input, cost model replaced
+    c = d["cost_model"]
+    assert c["not_compiled"] == [] and c["stats_from_sibling"] == []
+    b1 = next(r for r in c["sampler"] if r["B"] == 1)
+    b256 = next(r for r in c["sampler"] if r["B"] == 256)
+    # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
+    assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
+    assert b1["instr_per_token"] == {"pass1": 100.0, "select": 200.0, "draw": 80.0}
+    assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + 800) / RATE, rel=1e-3)
+    # B=256: one program per row, 2 rows on the busiest SM
+    assert (b256["path"], b256["rows_on_busiest_sm"]) == ("row", 2)
+    assert b256["low"]["t_issue_s"] == pytest.approx(2 * (32000 * 100 / 32 + 800) / RATE, rel=1e-3)
+
+
+def test_sibling_stats_only_for_loop_neutral_differences():
+    ok = {"sm_90": {"ok": True}}
+    results = [{"kernel": "_merge_kernel", "spec": "m8", "compiled": ok,
+                "params": {"V": "i32/16", "S": "i32", "BLOCK": "1024", "SP": "8"}},
+               {"kernel": "_merge_kernel", "spec": "m16", "compiled": ok,
+                "params": {"V": "i32/16", "S": "i32/16", "BLOCK": "1024", "SP": "16"}}]
+    want = {"V": "i32/16", "S": "i32", "BLOCK": "1024", "SP": "64"}
+    n, r, diff = cm._sibling(results, "_merge_kernel", want, "sm_90")
+    assert r["spec"] == "m8" and diff == ["SP"]                   # the fewest differences
+    assert cm._sibling(results, "_merge_kernel", dict(want, BLOCK="2048"), "sm_90") is None   # a tile size: no
+    assert cm._sibling(results, "_merge_kernel", dict(want, V="i32"), "sm_90")[2] == ["V", "SP"]
+    assert cm._sibling(results, "_partial_kernel", want, "sm_90") is None
 
 
 def test_ctas_per_sm():
@@ -211,6 +384,9 @@ def test_quick_set_compiles(tmp_path):
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
     b1 = next(x for x in s if x["B"] == 1)
     assert b1["low"]["bound"] == "issue" and math.isfinite(b1["low"]["gbps_bound"])
+    # B=1 is modelled as an H100 launches it: split rows, the quick set's own partial and merge specs
+    assert b1["path"] == "split" and b1["slices"] == 16 and not b1["stats_from"] and not b1["merge_stats_from"]
+    assert d["cost_model"]["not_compiled"] == []
 
 
 def test_other_triton_version_is_a_skip(monkeypatch):
