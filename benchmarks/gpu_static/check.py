@@ -20,11 +20,13 @@ from __future__ import annotations
 import os
 
 import argparse  # noqa: E402
+import atexit  # noqa: E402
 import concurrent.futures as cf  # noqa: E402
 import json  # noqa: E402
 import multiprocessing as mp  # noqa: E402
 import platform  # noqa: E402
 import resource  # noqa: E402
+import shutil  # noqa: E402
 import subprocess  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
@@ -144,6 +146,34 @@ def judge(results, allow):
     return failures, known, stale
 
 
+#: kernels whose pass 1 streams a logits row: with aligned row starts (``stride_row`` divisible by 16
+#: elements, i.e. a vocabulary divisible by 16 or padded rows) its loop must use 16-byte loads
+ROW_STREAM_KERNELS = ("_sample_kernel", "_partial_kernel")
+
+
+def vector_load_failures(results):
+    """Specializations with aligned logits rows whose pass-1 loop does not load 16 bytes per thread
+    (``LDG.E.128``) on some arch. Rows with an odd stride cannot be vector-loaded and are not judged."""
+    from .cost_model import _sampler_roles
+
+    pass1 = _sampler_roles().get("pass1")
+    failures = []
+    for r in results:
+        p = r.get("params", {})
+        if r["kernel"] not in ROW_STREAM_KERNELS or not str(p.get("stride_row", "")).endswith("/16") \
+                or not str(p.get("logits_ptr", "")).endswith("/16"):
+            continue
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                continue
+            loops = [lp for lp in res["loops"] if lp.get("source")
+                     and lp["source"]["function"] in {pass1, r["kernel"]} - {None} and lp.get("ldg_ops")]
+            if not loops or not any(op.endswith(".128") for op in loops[0]["ldg_ops"]):
+                got = loops[0]["ldg_ops"] if loops else "no pass-1 loop found"
+                failures.append(f"pass 1 without 16-byte loads on aligned rows: {r['spec']} on {arch} ({got})")
+    return failures
+
+
 def environment():
     from . import aot
     import torch
@@ -219,6 +249,7 @@ def main(argv=None) -> int:
     if not args.keep_cache:
         cache = tempfile.mkdtemp(prefix="gpu_static_cache_")
         os.environ["TRITON_CACHE_DIR"] = cache
+        atexit.register(shutil.rmtree, cache, True)  # a few hundred MB of cubins: not left behind
     archs = tuple(int(a) for a in args.archs.split(","))
 
     specs, cases, ncases, nlaunch, missing = discover(args.level)
@@ -253,6 +284,7 @@ def main(argv=None) -> int:
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
                         "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs}})
     failures, known, stale = judge(results, load_allowlist(args.allowlist))
+    failures += vector_load_failures(results)
     if missing and args.level == "full":
         failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
                      f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in missing]

@@ -12,7 +12,7 @@ derives (tile sizes from V, D, groups, the plan's widest chunk, ...). The sets b
 these for the inputs a user can give:
 
 * sampler: logits dtype fp32/bf16/fp16; vocabularies 32000 (Llama-2, divisible by 16), 50257
-  (GPT-2, odd), 29 (the embedded tiny model: a small tile), and in ``full`` 151936/128256
+  (GPT-2, odd; also in rows padded to 50272, which align the row starts), 29 (the embedded tiny model: a small tile), and in ``full`` 151936/128256
   (Qwen/Llama-3: same class as 32000, deduplicated); budget off, end-only (one end id), wait +
   end, end + answer prefix, and multi-token wait/end/answer; the filter mix (greedy, plain,
   top-k, top-p, min-p) is runtime data, one call each for good measure.
@@ -53,8 +53,9 @@ FILTERS = {
 }
 
 
-def _sample_call(dtype, B, V, budget, filters) -> None:
-    """One ``tk.sample(..., backend="triton")`` call on zero logits with a budget variant of BUDGETS."""
+def _sample_call(dtype, B, V, budget, filters, padded=False) -> None:
+    """One ``tk.sample(..., backend="triton")`` call on zero logits with a budget variant of BUDGETS;
+    ``padded``: the rows of a ``[B, V rounded up to 16]`` buffer (aligned row starts for any V)."""
     import tts_kernels as tk
     from tts_kernels.sampling.budget import BudgetForcing
 
@@ -63,7 +64,9 @@ def _sample_call(dtype, B, V, budget, filters) -> None:
     if wait is not None:
         state = BudgetForcing(end_think_ids=end, wait_ids=wait, answer_prefix_ids=ans).init_state(
             B, min_tokens=2, max_tokens=8)
-    tk.sample(torch.zeros(B, V, dtype=dtype), seed=1, offset=0, budget=state, check_nan=False, validate=False,
+    vpad = (V + 15) // 16 * 16 if padded else V
+    logits = torch.zeros(B, vpad, dtype=dtype)[:, :V]
+    tk.sample(logits, seed=1, offset=0, budget=state, check_nan=False, validate=False,
               backend="triton", **filters)
 
 
@@ -74,12 +77,14 @@ def sampler_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     else:
         vocabs = (32000, 50257, 29, 128256, 151936)
         grid = [(d, v, b[0], tuple(FILTERS)) for d in DTYPES for v in vocabs for b in BUDGETS]
+        # the odd vocabulary in padded rows (aligned row starts): no budget and the widest budget variant
+        grid += [(d, -50257, b, ("temp",)) for d in DTYPES for b in ("none", "multi")]
     budgets = {b[0]: b for b in BUDGETS}
     for dname, V, bname, filters in grid:
         for fname in filters:
-            def case(dname=dname, V=V, bname=bname, fname=fname):
-                _sample_call(DTYPES[dname], 4, V, budgets[bname], FILTERS[fname])
-            yield f"sample {dname} V={V} budget={bname} {fname}", case
+            def case(dname=dname, V=V, bname=bname, fname=fname):   # V < 0: |V| in padded rows
+                _sample_call(DTYPES[dname], 4, abs(V), budgets[bname], FILTERS[fname], padded=V < 0)
+            yield f"sample {dname} V={abs(V)}{' padded' if V < 0 else ''} budget={bname} {fname}", case
 
 
 #: SMs of the GPU the split-row path is sized for when recording on a CPU (H100 SXM)
@@ -181,10 +186,13 @@ def attention_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
 
 
 def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
-    """The cost model's benchmark shapes (cost_model.SAMPLER_SHAPES / ATTENTION_SHAPES), so that their
-    specializations are compiled too (e.g. the block table of N=256 rows over 8192 + 512 tokens is
-    544 wide, a multiple of 16). Inputs are uninitialised (never read)."""
+    """The cost model's benchmark shapes (cost_model.SAMPLER_SHAPES / ATTENTION_SHAPES, every plan of
+    cost_model.ATTENTION_PLANS), launched as an H100 would launch them (the sampler's slice count for
+    132 SMs), so that the specializations the model looks up are compiled exactly (e.g. the block table
+    of N=256 rows over 8192 + 512 tokens is 544 wide, a multiple of 16). Inputs are uninitialised."""
     import tts_kernels as tk
+    from tts_kernels.attention.planner import plan_tree_attention
+    from tts_kernels.sampling import triton_kernel as tkm
     from . import cost_model as cm
 
     shapes = cm.QUICK_SAMPLER if level == "quick" else cm.SAMPLER_SHAPES
@@ -192,15 +200,23 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
         for V in shapes["V"]:
             for B in shapes["B"]:
                 def case(B=B, V=V, dname=dname):
-                    tk.sample(torch.empty(B, V, dtype=DTYPES[dname]), temperature=0.8, seed=1, offset=0,
-                              check_nan=False, validate=False, backend="triton")
+                    saved = tkm._num_slices
+                    tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, cm.H100["sms"])
+                    try:
+                        tk.sample(torch.empty(B, V, dtype=DTYPES[dname]), temperature=0.8, seed=1, offset=0,
+                                  check_nan=False, validate=False, backend="triton")
+                    finally:
+                        tkm._num_slices = saved
                 yield f"benchmark sample {dname} B={B} V={V}", case
     for (N, prefix, suffix, heads, dname) in ([] if level == "quick" else cm.ATTENTION_SHAPES):
-        def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname):
-            hq, hkv, D = HEADS[heads]
-            q, k, v, bt, sl, plan = attention_inputs(N, prefix, suffix, hq, hkv, D, DTYPES[dname])
-            tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton")
-        yield f"benchmark tree_attention {dname} {heads} N={N} prefix={prefix} suffix={suffix}", case
+        for pname, pkw in cm.ATTENTION_PLANS.items():
+            def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname, pkw=pkw):
+                hq, hkv, D = HEADS[heads]
+                q, k, v, bt, sl, plan = attention_inputs(N, prefix, suffix, hq, hkv, D, DTYPES[dname])
+                if pkw:
+                    plan = plan_tree_attention(bt, sl, int(k.shape[1]), **pkw)
+                tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton")
+            yield f"benchmark tree_attention {dname} {heads} N={N} prefix={prefix} suffix={suffix} plan={pname}", case
 
 
 def all_cases(level: str):

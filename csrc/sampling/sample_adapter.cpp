@@ -34,8 +34,12 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
   const auto dt = logits.scalar_type();
   TORCH_CHECK(dt == at::kFloat || dt == at::kBFloat16 || dt == at::kHalf,
               "sample_cpu: logits must be float32, bfloat16 or float16, got ", dt);
-  TORCH_CHECK(logits.is_contiguous(), "sample_cpu: logits must be contiguous");
   const int64_t B = logits.size(0), V = logits.size(1);
+  // Rows may be padded (row stride >= V, e.g. a vocabulary padded for aligned loads); V must be unit-stride.
+  TORCH_CHECK(logits.stride(1) == 1 || V == 1, "sample_cpu: logits must have unit stride along V, got strides ",
+              logits.strides());
+  TORCH_CHECK(B <= 1 || logits.stride(0) >= V, "sample_cpu: logits rows overlap (row stride ", logits.stride(0),
+              " < V = ", V, ")");
   TORCH_CHECK(V >= 1, "sample_cpu: logits must have at least one column");
   TORCH_CHECK(V < (int64_t{1} << 31) - 64, "sample_cpu: vocabulary too large");
   check_row_param(temperature, "temperature", at::kFloat, B);
@@ -50,6 +54,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
   c.B = B;
   c.logits = logits.data_ptr();
   c.V = V;
+  c.ld = B <= 1 ? V : logits.stride(0);
   c.temperature = temperature.data_ptr<float>();
   c.top_k = top_k.data_ptr<int32_t>();
   c.top_p = top_p.data_ptr<float>();

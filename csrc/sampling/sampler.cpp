@@ -92,7 +92,7 @@ struct Ctx : SamplerParams {
 };
 
 static float logit_at(const Ctx& c, int64_t r, int64_t i) {
-  const int64_t o = r * c.V + i;
+  const int64_t o = r * c.ld + i;
   switch (c.dtype) {
     case tts::DType::kFloat32: return static_cast<const float*>(c.logits)[o];
     case tts::DType::kBFloat16: return tts::bf16_to_float(static_cast<const uint16_t*>(c.logits)[o]);
@@ -315,10 +315,10 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   // ---- float row, stats, validity, logsumexp --------------------------------------
   const float* x;
   if (c.dtype == tts::DType::kFloat32) {
-    x = static_cast<const float*>(c.logits) + r * V;
+    x = static_cast<const float*>(c.logits) + r * c.ld;
   } else {
     s.xf.resize(V);
-    const char* src = static_cast<const char*>(c.logits) + r * V * 2;
+    const char* src = static_cast<const char*>(c.logits) + r * c.ld * 2;
     float* dst = s.xf.data();
     ch.run([&](int64_t, int64_t b, int64_t e) { c.ops.to_float(c.dtype, src, dst, b, e); });
     x = dst;

@@ -12,8 +12,9 @@ namespace tts_sampling {
 
 struct SamplerParams {
   tts::DType dtype;    // of the logits
-  const void* logits;  // [B, V], rows contiguous
+  const void* logits;  // [B, V], unit stride along V; row r starts at logits + r * ld elements
   int64_t B, V;
+  int64_t ld;          // row stride in elements, >= V (V, or a padded vocabulary for aligned rows)
   const float* temperature;  // [B] per-row parameters
   const int32_t* top_k;
   const float* top_p;

@@ -165,6 +165,27 @@ def test_row_does_not_depend_on_batch(backend):
         assert alone.token_ids.item() == full.token_ids[i].item()
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_padded_rows_equal_contiguous(backend, dtype):
+    """Rows of an odd vocabulary padded to a multiple of 16 (aligned row starts: the GPU kernel's
+    16-byte loads) give the same tokens and logprobs as the contiguous rows; the padding (NaN
+    here) is never read. A non-unit stride along V is copied, not misread."""
+    gen = torch.Generator().manual_seed(11)
+    b, v = (5, 201) if is_small(backend) else (33, 2049)
+    vpad = (v + 15) // 16 * 16
+    dense = random_logits(b, v, gen=gen, dtype=dtype)
+    buf = torch.full((b, vpad), float("nan"), dtype=dtype)
+    buf[:, :v] = dense
+    padded = buf[:, :v]
+    assert padded.stride() == (vpad, 1)
+    params = mixed_params(b, v, gen=gen)
+    want = call(backend, dense, **params)
+    for view in (padded, dense.t().contiguous().t()):
+        got = call(backend, view, **params)
+        assert torch.equal(got.token_ids, want.token_ids)
+        torch.testing.assert_close(got.logprobs, want.logprobs, rtol=0, atol=0, equal_nan=True)
+
+
 def test_different_seeds_give_different_draws(backend):
     logits = torch.zeros(64, 100)
     out = call(backend, logits, seed=torch.arange(64))

@@ -26,7 +26,9 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
     Parameters
     ----------
     logits : Tensor
-        ``[B, V]`` float32, bfloat16 or float16, on CPU or CUDA.
+        ``[B, V]`` float32, bfloat16 or float16, on CPU or CUDA. Rows may be padded (row
+        stride ``>= V``, unit stride along V; e.g. ``buf[:, :V]`` of a ``[B, Vpad]`` buffer): read in
+        place, and with ``Vpad`` a multiple of 16 the GPU kernel uses 16-byte loads for any V.
     temperature : float or Tensor
         Softmax temperature, ``>= 0``; 0 means greedy (argmax, first index on ties) for the row.
     top_k : int or Tensor
@@ -85,7 +87,8 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         params.check_scalars(values, validate=validate)
     B, V = logits.shape
     dev = logits.device
-    logits = logits.contiguous()
+    if logits.stride(1) != 1 or (B > 1 and logits.stride(0) < V):
+        logits = logits.contiguous()   # padded rows (row stride > V, see pad_vocab) are kept as they are
     rows = params.to_rows(values, B, dev)
 
     state = forced = None

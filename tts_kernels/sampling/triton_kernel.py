@@ -240,8 +240,12 @@ def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
     s_idx = tl.zeros([R, W], tl.int32) + lo
     for start in range(lo, hi, BLOCK):
         offs = start + idx2
-        inb = offs < hi
-        x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+        if start + BLOCK <= hi:
+            # a full tile loads unmasked: 16-byte vector loads whenever the row start is aligned
+            # (row stride a multiple of 16 elements; padded rows of an odd vocabulary included)
+            x = tl.load(row_ptr + offs).to(tl.float32)
+        else:  # the row's (or slice's) last, partial tile
+            x = tl.load(row_ptr + offs, mask=offs < hi, other=float("-inf")).to(tl.float32)
         # logsumexp of the unmodified logits: per-lane online max/sum, one exp per element
         m_new = tl.maximum(m_vec, x, propagate_nan=tl.PropagateNan.ALL)
         d = _exp2((tl.minimum(m_vec, x) - m_new) * 1.4426950408889634, FAST_LOG)
