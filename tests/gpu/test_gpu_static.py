@@ -415,3 +415,17 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     assert any(f.startswith("compile error: k[b] on sm_80") for f in failures)
     assert stale == ["k[c]"]
     assert judge(results[2:], [])[0] == []
+
+
+def test_vector_load_rule_judges_aligned_rows_only():
+    from benchmarks.gpu_static.check import vector_load_failures
+
+    def spec(name, stride, ldg):
+        loop = {"source": {"function": "_pass1", "line": 1}, "ldg_ops": ldg}
+        return {"kernel": "_sample_kernel", "spec": name, "params": {"logits_ptr": "*bf16/16", "stride_row": stride},
+                "compiled": {"sm_90": {"ok": True, "loops": [loop]}}}
+    results = [spec("aligned-vec", "i32/16", ["LDG.E.128"]),
+               spec("aligned-scalar", "i32/16", ["LDG.E.U16"]),     # aligned rows without 16-byte loads: a failure
+               spec("odd-scalar", "i32", ["LDG.E.U16"])]            # misaligned rows cannot vector-load: not judged
+    failures = vector_load_failures(results)
+    assert len(failures) == 1 and "aligned-scalar" in failures[0] and "sm_90" in failures[0]
