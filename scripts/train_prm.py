@@ -1,9 +1,10 @@
 """Train the embedded process reward model (tts_kernels/models/tiny-arith-prm) on the policy's own samples.
 
 A tag-token PRM (Math-Shepherd style) for the chained-arithmetic task of
-``tts_kernels.tasks.arith``: a ``LlamaForCausalLM`` with the policy's architecture
-and tokenizer, initialised from the policy's weights (``tts_kernels/models/tiny-arith``)
-and fine-tuned so that, at the step tag ``"\\n\\n"`` closing each step, the
+``tts_kernels.tasks.arith``: a ``LlamaForCausalLM`` with the policy's tokenizer, initialised
+from the weights and architecture of ``--init`` (default: the policy, ``tts_kernels/models/tiny-arith``;
+``tts_kernels/models/tiny-arith-large`` gives a PRM with 4x the policy's parameters) and
+fine-tuned so that, at the step tag ``"\\n\\n"`` closing each step, the
 next-token logits say ``"+"`` (the solution is still on track) or ``"-"``::
 
     input  = prompt + step_1 + "\\n\\n" + step_2 + "\\n\\n" + ... + step_K + "\\n\\n"
@@ -31,8 +32,8 @@ Pipeline (reproducible: fixed seeds everywhere, ``--threads`` CPU threads, defau
    * steps ``[0, --phase1)``: auxiliary data only: fresh problems' reference steps up to a
      random step whose result is, half of the time, a near miss (``c`` +-1, +-2, +-10), BCE at
      every tag (labels from ``step_labels``) plus an auxiliary cross-entropy: the output of
-     decoder layer ``--aux-layer`` (3 of 4), through the final norm and the LM head, must
-     predict the *true* result digits at the corrupted step's result positions;
+     decoder layer ``--aux-layer`` (default 3 of the 4; must be below the last layer), through
+     the final norm and the LM head, must predict the *true* result digits at the corrupted step's result positions;
    * steps ``[--phase1, --steps)``: the same plus a batch of policy samples (BCE at every tag);
      the corrupted prefixes now continue to an answer half of the time.
 
@@ -57,6 +58,7 @@ Usage::
 
     python scripts/train_prm.py                                    # writes tts_kernels/models/tiny-arith-prm
     python scripts/train_prm.py --out /tmp/prm --train-problems 50 --steps 6 --phase1 3 --eval-problems 10   # smoke run
+    python scripts/train_prm.py --init tts_kernels/models/tiny-arith-large ...  # a PRM 4x the policy
 
 Needs ``transformers`` and ``tokenizers`` (as ``scripts/train_tiny_model.py``).
 """
@@ -286,6 +288,9 @@ def corrupted_prefix(rng: random.Random, tok, continue_prob: float, exclude=froz
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=OUT)
+    ap.add_argument("--init", default=POLICY,
+                    help="checkpoint whose weights and architecture the PRM starts from (default: the policy); "
+                         "its tokenizer must be the policy's")
     ap.add_argument("--train-problems", type=int, default=2000)
     ap.add_argument("--train-seed", type=int, default=1000, help="problem seed of the training data")
     ap.add_argument("--samples", type=int, default=4, help="temperature-1 policy samples per training problem")
@@ -296,7 +301,8 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, default=32, help="policy samples per step (phase 2)")
     ap.add_argument("--aux-batch", type=int, default=64, help="corrupted reference prefixes per step")
     ap.add_argument("--aux-layer", type=int, default=3,
-                    help="decoder layer whose output (final norm + LM head) must predict the true result digits")
+                    help="decoder layer (1 .. layers-1 of --init) whose output (final norm + LM head) must "
+                         "predict the true result digits")
     ap.add_argument("--aux-weight", type=float, default=1.0)
     ap.add_argument("--continue-prob", type=float, default=0.5,
                     help="phase 2: probability that a corrupted prefix continues to an answer")
@@ -316,8 +322,15 @@ def main(argv=None):
         ap.error("--train-seed and --eval-seed must differ")
 
     import transformers
-    from transformers import LlamaForCausalLM
+    from transformers import AutoConfig, LlamaForCausalLM
     from tts_kernels.decode import Tokenizer
+    n_layers = AutoConfig.from_pretrained(args.init).num_hidden_layers
+    if not 1 <= args.aux_layer < n_layers:
+        ap.error(f"--aux-layer {args.aux_layer}: --init has {n_layers} decoder layers; pick 1 .. {n_layers - 1} "
+                 f"(the auxiliary reads an intermediate layer, the last one feeds the tag classifier)")
+    with open(os.path.join(args.init, "tokenizer.json")) as f, open(os.path.join(POLICY, "tokenizer.json")) as g:
+        if json.load(f) != json.load(g):
+            ap.error(f"--init {args.init}: its tokenizer differs from the policy's")
     torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed)
     rng, aux_rng = random.Random(args.seed), random.Random(args.seed)
@@ -359,7 +372,7 @@ def main(argv=None):
         return torch.nn.functional.binary_cross_entropy_with_logits(margin, y, weight=w, reduction="sum") / w.sum()
 
     # 2. training
-    model = LlamaForCausalLM.from_pretrained(POLICY)
+    model = LlamaForCausalLM.from_pretrained(args.init)
     model.train()
     opt, sched = make_optimizer(model, args.lr, args.steps)
     t0 = time.time()
@@ -433,7 +446,8 @@ def main(argv=None):
     # 4. held-out evaluation (the saved checkpoint, re-loaded)
     result = {
         "command": "python scripts/train_prm.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "init": "tts_kernels/models/tiny-arith (policy weights)",
+        "init": os.path.relpath(os.path.abspath(args.init), ROOT) + (" (policy weights)" if
+                os.path.abspath(args.init) == POLICY else " (weights)"),
         "params": sum(p.numel() for p in model.parameters()),
         "data": {"train_problems": len(problems), "train_seed": args.train_seed,
                  "samples_per_problem_t1": args.samples, "greedy_per_problem": int(args.greedy),
