@@ -229,3 +229,26 @@ def test_block_keys_are_a_chain():
     keys = block_keys(list(range(10)), 4)
     assert len(keys) == 2 and block_keys(list(range(8)) + [99], 4) == keys
     assert block_keys([9, 1, 2, 3, 4, 5, 6, 7], 4)[1] != keys[1]      # same tokens after another prefix
+
+
+def test_dropped_engine_frees_its_pool_without_the_cycle_collector():
+    """The pool holds its prefix cache weakly: no pool <-> cache cycle keeps the K/V caches alive
+    after the engine is dropped (with the cycle collector off, as between its runs)."""
+    import gc
+    import weakref
+
+    from tts_kernels.decode import Engine, load
+
+    model, tok = load()
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        eng = Engine(model, tok, num_blocks=64, prefix_cache=True)
+        eng.add_many(["1+2=", "1+2=3"])
+        assert eng.pool.reclaimer is eng.prefix_cache
+        pool = weakref.ref(eng.pool)
+        del eng
+        assert pool() is None, "the KV pool outlived its engine (reference cycle)"
+    finally:
+        if enabled:
+            gc.enable()

@@ -30,6 +30,7 @@ The bookkeeping lives on the host (Python lists); the caches live on ``device``.
 """
 from __future__ import annotations
 
+import weakref
 from typing import Iterable, List, Optional, Protocol, Sequence, Union
 
 import torch
@@ -102,8 +103,20 @@ class KVPool:
         self._seqs: dict = {}
         self._freed: set = set()
         self._next_id = 0
-        #: gives back blocks when an allocation would not fit (see :class:`Reclaimer`); ``None``: none
-        self.reclaimer: Optional[Reclaimer] = None
+        self._reclaimer = None   # a weak reference (see :attr:`reclaimer`)
+
+    @property
+    def reclaimer(self) -> Optional[Reclaimer]:
+        """Gives back blocks when an allocation would not fit (see :class:`Reclaimer`); ``None``: none.
+
+        Held weakly: a prefix cache holds its pool, so a strong reference back would make a cycle that
+        keeps both (and the pool's K/V caches) alive after their owner drops them, until Python's cycle
+        collector happens to run. Whoever installs a reclaimer keeps it alive (the engine does)."""
+        return None if self._reclaimer is None else self._reclaimer()
+
+    @reclaimer.setter
+    def reclaimer(self, value: Optional[Reclaimer]) -> None:
+        self._reclaimer = None if value is None else weakref.ref(value)
 
     # -- caches ---------------------------------------------------------------
     def k_cache(self, layer: int = 0) -> torch.Tensor:
@@ -321,7 +334,8 @@ class KVPool:
             cache[idx] = cache[src].clone()
 
     def _reclaimable(self) -> int:
-        return 0 if self.reclaimer is None else self.reclaimer.reclaimable()
+        r = self.reclaimer
+        return 0 if r is None else r.reclaimable()
 
     def _alloc(self, n: int) -> List[int]:
         """n fresh blocks with reference count 1; raises before changing anything if too few are free.
