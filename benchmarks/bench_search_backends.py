@@ -260,14 +260,8 @@ def table(fn: str) -> str:
 
 
 def _cpu():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores)"
-    except OSError:
-        pass
-    return platform.processor()
+    from benchmarks.common import cpu_model      # the one reader of the CPU's name
+    return f"{cpu_model()} ({os.cpu_count()} cores)"
 
 
 if __name__ == "__main__":
