@@ -70,22 +70,7 @@ def hf_model(model):
     conf = (transformers.LlamaConfig if c.arch == "llama" else transformers.Qwen2Config)(**kw)
     with torch.device(model.device):
         hf = cls(conf).to(model.dtype)
-    sd = {"model.embed_tokens.weight": model.embed, "model.norm.weight": model.norm}
-    if not c.tie_word_embeddings:
-        sd["lm_head.weight"] = model.lm_head
-    Hq, Hkv, D = c.num_heads * c.head_dim, c.num_kv_heads * c.head_dim, c.head_dim
-    for i, L in enumerate(model.layers):
-        p = f"model.layers.{i}."
-        q, k, v = L["qkv_w"].split([Hq, Hkv, Hkv])
-        sd.update({p + "input_layernorm.weight": L["ln1"], p + "post_attention_layernorm.weight": L["ln2"],
-                   p + "self_attn.q_proj.weight": q, p + "self_attn.k_proj.weight": k,
-                   p + "self_attn.v_proj.weight": v, p + "self_attn.o_proj.weight": L["o_w"],
-                   p + "mlp.gate_proj.weight": L["gate_w"], p + "mlp.up_proj.weight": L["up_w"],
-                   p + "mlp.down_proj.weight": L["down_w"]})
-        if L["qkv_b"] is not None:
-            qb, kb, vb = L["qkv_b"].split([Hq, Hkv, Hkv])
-            sd.update({p + "self_attn.q_proj.bias": qb, p + "self_attn.k_proj.bias": kb,
-                       p + "self_attn.v_proj.bias": vb})
+    sd = model.state_dict()
     hf.load_state_dict(sd, strict=False)
     return hf.eval()
 

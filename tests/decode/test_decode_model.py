@@ -194,3 +194,61 @@ def test_bad_checkpoints(good_dir, tmp_path):
         f.truncate(1000)
     with pytest.raises(CheckpointError, match="truncated|not a valid safetensors"):
         Model.from_pretrained(d)
+
+
+# -- projections: oneDNN-prepacked on the CPU (tts_kernels.decode.model.Linear) --------------------
+from tts_kernels.decode import model as model_mod  # noqa: E402
+
+
+def _pair(path, dtype):
+    """The same checkpoint with prepacked projections (the CPU default) and with F.linear."""
+    packed = Model.from_pretrained(path, dtype=dtype)
+    try:
+        Model.onednn = False
+        dense = Model.from_pretrained(path, dtype=dtype)
+    finally:
+        Model.onednn = None
+    return packed, dense
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_packed_projections_match_dense(ckpt, dtype):
+    """Packed (float32/bfloat16 on the CPU when oneDNN is there) and F.linear give the same logits to the
+    dtype's tolerance; the dense weights rebuilt from packed ones are bit-exact (state_dict round trip)."""
+    torch.set_num_threads(1)
+    name, path, _ = ckpt
+    packed, dense = _pair(path, dtype)
+    want_packed = dtype in (torch.float32, torch.bfloat16) and model_mod.onednn_linear_available()
+    assert all(lin.packed == want_packed for lin in packed.linears()), name
+    assert not any(lin.packed for lin in dense.linears())
+    sd_p, sd_d = packed.state_dict(), dense.state_dict()
+    assert sd_p.keys() == sd_d.keys()
+    for k in sd_d:
+        assert torch.equal(sd_p[k], sd_d[k]), (name, k)
+    ids = torch.randint(0, VOCAB, (33,), generator=torch.Generator().manual_seed(4))
+    a, b = packed.prefill(ids)[0], dense.prefill(ids)[0]
+    assert (a - b).abs().max().item() <= TOL[dtype] * max(1.0, b.abs().max().item()), name
+
+
+def test_packed_projection_rows_do_not_depend_on_the_batch():
+    """A row's output is the same bits whatever the other rows (batch sizes 1..80)."""
+    torch.set_num_threads(1)
+    g = torch.Generator().manual_seed(5)
+    lin = model_mod.Linear(torch.randn(96, 40, generator=g), torch.randn(96, generator=g),
+                           pack=model_mod.onednn_linear_available())
+    x = torch.randn(80, 40, generator=g)
+    full = lin(x)
+    torch.testing.assert_close(full, x @ lin.weight.t() + lin.bias, atol=1e-4, rtol=1e-4)
+    for m in (1, 2, 3, 7, 8, 16, 17, 64, 79):
+        assert torch.equal(lin(x[:m]), full[:m]), m
+    assert torch.equal(lin(x[::2]), full[::2])         # strided input
+
+
+def test_onednn_forced_without_it_raises(ckpt, monkeypatch):
+    _, path, _ = ckpt
+    monkeypatch.setattr(model_mod, "onednn_linear_available", lambda: False)
+    monkeypatch.setattr(Model, "onednn", True)
+    with pytest.raises(RuntimeError, match="onednn"):
+        Model.from_pretrained(path)
+    monkeypatch.setattr(Model, "onednn", None)
+    assert not any(lin.packed for lin in Model.from_pretrained(path).linears())
