@@ -1,7 +1,8 @@
 // Micro-kernels of CPU tree attention on one K/V tile of kTile tokens (float32):
 // S = Q K^T, the online-softmax step, acc += P V and the K tile transpose, in a
-// portable and an AVX2 + FMA version each (attention_microkernels.cpp), chosen
-// at run time by pick_kernels (common/cpu_features.h). No ATen.
+// portable and an AVX2 + FMA version each, and AVX-512 versions of the two
+// products (attention_microkernels.cpp), chosen at run time by pick_kernels
+// (common/cpu_features.h). No ATen.
 #pragma once
 
 #include <cstdint>
@@ -23,7 +24,8 @@ struct Kernels {
   void (*transpose)(const float* const* rows, int tl, int64_t D, float* KT);
 };
 
-// The AVX2 kernels when the CPU has them, they are not disabled and D % 8 == 0.
+// The AVX-512 products when the CPU has them, they are not disabled (TTS_KERNELS_CPU_ISA)
+// and D % 16 == 0; else the AVX2 kernels likewise with D % 8 == 0; else the portable ones.
 Kernels pick_kernels(int64_t D);
 
 }  // namespace tts_attention

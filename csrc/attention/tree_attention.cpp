@@ -14,7 +14,7 @@
 //
 // Stage 2: per row, merge of its pairs by log-sum-exp, written in q's dtype.
 //
-// AVX2+FMA micro-kernels are selected at run time (common/cpu_features.h,
+// AVX-512 / AVX2+FMA micro-kernels are selected at run time (common/cpu_features.h,
 // TTS_KERNELS_CPU_ISA=generic forces the portable ones); the portable
 // versions are plain loops.
 //

@@ -1,8 +1,9 @@
 // CPU feature detection and ISA dispatch, shared by every CPU kernel.
 //
-// The library is compiled for the portable baseline ISA; AVX2 code is compiled
-// per function with TTS_AVX2 (__attribute__((target))) and selected at run time.
-// TTS_KERNELS_CPU_ISA=generic forces the portable code paths (testing).
+// The library is compiled for the portable baseline ISA; AVX2 and AVX-512 code is
+// compiled per function with TTS_AVX2 / TTS_AVX512 (__attribute__((target))) and
+// selected at run time. TTS_KERNELS_CPU_ISA caps the ISA (testing):
+// "generic" forces the portable code paths, "avx2" stops at AVX2.
 // On non-x86 builds TTS_X86 is 0: no x86 intrinsics are included or compiled,
 // and TTS_DISPATCH always takes the portable branch.
 #pragma once
@@ -20,6 +21,7 @@
 
 #if TTS_X86
 #define TTS_AVX2 __attribute__((target("avx2,fma,f16c")))
+#define TTS_AVX512 __attribute__((target("avx512f,avx512vl,avx512dq,avx512bw,avx2,fma,f16c")))
 // (avx2 ? fast : portable), the fast expression compiled only on x86.
 #define TTS_DISPATCH(avx2, fast, portable) ((avx2) ? (fast) : (portable))
 #else
@@ -42,13 +44,35 @@ inline bool cpu_has_avx2() {
 #endif
 }
 
-// The AVX2 paths are used: the CPU has them and TTS_KERNELS_CPU_ISA is not "generic"
-// (read at every call, so tests can switch it).
-inline bool use_avx2() {
-  const char* env = std::getenv("TTS_KERNELS_CPU_ISA");
-  if (env != nullptr && std::strcmp(env, "generic") == 0) return false;
-  return cpu_has_avx2();
+// AVX-512 F/VL/DQ/BW on top of AVX2 (detected once).
+inline bool cpu_has_avx512() {
+#if TTS_X86
+  static const bool has = [] {
+    __builtin_cpu_init();
+    return cpu_has_avx2() && __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512vl") &&
+           __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512bw");
+  }();
+  return has;
+#else
+  return false;
+#endif
 }
+
+// The highest ISA TTS_KERNELS_CPU_ISA allows: 0 "generic", 1 "avx2", 2 otherwise
+// (read at every call, so tests can switch it).
+inline int isa_cap() {
+  const char* env = std::getenv("TTS_KERNELS_CPU_ISA");
+  if (env == nullptr) return 2;
+  if (std::strcmp(env, "generic") == 0) return 0;
+  if (std::strcmp(env, "avx2") == 0) return 1;
+  return 2;
+}
+
+// The AVX2 paths are used: the CPU has them and TTS_KERNELS_CPU_ISA allows them.
+inline bool use_avx2() { return isa_cap() >= 1 && cpu_has_avx2(); }
+
+// The AVX-512 paths are used: the CPU has them and TTS_KERNELS_CPU_ISA allows them.
+inline bool use_avx512() { return isa_cap() >= 2 && cpu_has_avx512(); }
 
 }  // namespace cpu
 }  // namespace tts

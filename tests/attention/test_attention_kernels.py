@@ -396,6 +396,24 @@ def test_triton_head_dims(d):
     check_against_oracle(out, lse, q, k, v, bt, lens, scale)
 
 
+@pytest.mark.parametrize("isa", ["best", "avx2", "generic"])
+@pytest.mark.parametrize("d", [16, 24, 48, 80, 128])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_cpp_isa_paths(isa, d, dtype, monkeypatch):
+    """Every CPU micro-kernel set (AVX-512 products at D % 16 == 0, AVX2 at D % 8 == 0, portable),
+    capped by TTS_KERNELS_CPU_ISA, against the oracle: query counts that leave remainders of the
+    8- and 4-query blocks, shared and private chunks, head dims that leave remainders of 64."""
+    require_extension()
+    if isa != "best":
+        monkeypatch.setenv("TTS_KERNELS_CPU_ISA", isa)
+    for kind, n, hq, hkv in (("identical", 13, 9, 3), ("forest", 11, 6, 1), ("chain", 7, 4, 2)):
+        q, k, v, bt, lens = make_inputs(kind, n, 16, hq, hkv, d, dtype, seed=d + n, max_blocks_per_row=9)
+        plan = simple_plan(bt, lens, 16)
+        scale = 1.0 / math.sqrt(d)
+        out, lse = run_cpp(q, k, v, bt, lens, plan, scale)
+        check_against_oracle(out, lse, q, k, v, bt, lens, scale)
+
+
 def test_cpp_odd_head_dim():
     """D not a multiple of 8 takes the portable path."""
     require_extension()
