@@ -8,8 +8,19 @@ Every method's thinking length is measured the same way (:func:`thinking_length`
 section 3.2, Table 3): :func:`control`, :func:`scaling`, :func:`performance`; :func:`sweep` runs all.
 
 Honesty note: the embedded tiny-arith model was never trained on instructions and its 29-token
-vocabulary cannot even spell them, so :data:`EMBEDDED_TEMPLATES` leaves prompts unchanged. On that
-model the prompt-conditional methods are unconditioned sampling, and their measured Control shows it.
+vocabulary cannot spell English ones, so :data:`EMBEDDED_TEMPLATES` leaves its prompts unchanged
+and on it the prompt-conditional methods are unconditioned sampling (all three measured 32.2%
+Control in the main job). ``models/tiny-arith-cond`` is that model fine-tuned
+(``scripts/train_tiny_model.py --conditioning``) to read conditioning forms spelled with the same
+vocabulary (:data:`EMBEDDED_CONDITIONED_TEMPLATES`: ``"32:"`` token budget, ``"04."`` step
+budget, ``"-,"`` short, ``"+,"`` long; its config.json declares them), and the main job's sweep
+runs on it. Measured there (128 problems, one sample, budgets 8-48; Wilson 95% intervals over
+all runs): budget forcing Control 100% [99, 100], token-conditional 71.9% [68, 75], step-conditional
+57.3% [53, 61], class-conditional 21.1% [18, 24], rejection sampling (16 tries) 38.8% [35, 43].
+The baselines read the budget (thinking grows with it: token-conditional 6 -> 58 tokens) but
+overshoot at large budgets; "think short" is not shorter than no prefix. That policy is also far
+more accurate than tiny-arith (fine-tuning went on teaching arithmetic), so its sweep is not
+comparable with the search table.
 """
 from __future__ import annotations
 
