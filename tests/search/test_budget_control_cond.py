@@ -200,3 +200,39 @@ def test_eval_config_budget_policy():
     assert E.budget_policy_path(E.EvalConfig(policy="/x"), logs.append) == "/x" and logs
     assert E.budget_policy_path(E.EvalConfig(policy="/x", budget_policy="/y")) == "/y"
     assert E._policy_name(COND) == "embedded tiny-arith-cond" and E._policy_name(None) == "embedded tiny-arith"
+
+
+# -- the training script's batches and arguments -------------------------------------------
+@pytest.fixture(scope="module")
+def train_script():
+    import importlib.util
+    pytest.importorskip("transformers")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    spec = importlib.util.spec_from_file_location("train_tiny_model",
+                                                  os.path.join(root, "scripts", "train_tiny_model.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def test_training_batches_carry_the_forms(train_script):
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(os.path.join(COND, "tokenizer.json"))
+    pad = tok.token_to_id("<|pad|>")
+    probs = arith.make_problems(64, seed=8)
+    plain = train_script.make_batch(probs, random.Random(1), tok, pad, 0.25)
+    cond = train_script.make_batch(probs, random.Random(1), tok, pad, 0.25, conditioning=1.0)
+    prefixes = {tok.decode(row[:3].tolist()) for row in cond[0]}
+    assert any(p[2] == ":" for p in prefixes) and any(p[2] == "." for p in prefixes)
+    assert any(p.startswith("-,") for p in prefixes) and any(p.startswith("+,") for p in prefixes)
+    for ids, lab, att in (plain, cond):                       # the loss covers the completion only
+        for i, p in enumerate(probs):
+            n_prompt = int((lab[i] == -100).long().cumprod(0).sum())
+            assert tok.decode(ids[i, :n_prompt].tolist(), skip_special_tokens=False).endswith(p.prompt)
+            assert lab[i, n_prompt:int(att[i].sum())].tolist() == ids[i, n_prompt:int(att[i].sum())].tolist()
+    assert all(tok.decode(row[:len(tok.encode(p.prompt).ids)].tolist(), skip_special_tokens=False) == p.prompt
+               for row, p in zip(plain[0], probs))                   # no prefix without --conditioning
+    with pytest.raises(SystemExit):
+        train_script.main(["--conditioning", "1.5", "--out", "/tmp/x"])
+    with pytest.raises(SystemExit):
+        train_script.main(["--init", COND, "--out", COND])     # the initial checkpoint is never overwritten
