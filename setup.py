@@ -118,8 +118,10 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.9",
     packages=find_packages(include=["tts_kernels", "tts_kernels.*"]),
-    # the embedded models: tiny policy, its PRM, the 4x policy (HF format; tts_kernels/models/ is data)
-    package_data={"tts_kernels": [f"models/{m}/*.{ext}" for m in ("tiny-arith", "tiny-arith-prm", "tiny-arith-large")
+    # the embedded models: tiny policy, its PRM, the 4x policy, the conditioning-trained policy of the s1
+    # sweep (HF format; tts_kernels/models/ is data)
+    package_data={"tts_kernels": [f"models/{m}/*.{ext}" for m in ("tiny-arith", "tiny-arith-prm", "tiny-arith-large",
+                                                                "tiny-arith-cond")
                                   for ext in ("json", "safetensors", "md")]},
     # TTS_KERNELS_NO_EXT=1: no extension at all, so regular and editable installs copy nothing
     ext_modules=[] if NO_EXT else [CMakeExtension("tts_kernels._C")],

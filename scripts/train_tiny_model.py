@@ -17,11 +17,23 @@ learning-rate schedule is laid out for 700 steps and training stops after
 accuracy (snapshots of the same seeded run at 400 / 425 / 700 steps: 25% /
 59% / 87% greedy accuracy on 100 / 100 / 300 held-out problems).
 
+Conditioning (``--conditioning FRAC``, usually with ``--init DIR``: fine-tune an existing checkpoint,
+keeping its tokenizer): a share FRAC of the examples carries one of the prompt forms of s1's
+prompt-conditional baselines, spelled with the same vocabulary
+(``tts_kernels.decode.families.EMBEDDED_CONDITIONED_TEMPLATES``): a token budget
+``"32:49+9-3-6=?<think>"``, a step budget ``"04.49+9-3-6=?<think>"``, think short ``"-,..."`` or
+long ``"+,..."``, each with a completion that keeps to it
+(``tts_kernels.tasks.arith.conditioned_example``); the rest are the plain examples. The saved
+config.json then declares ``"tts_prompt_templates": "embedded-conditioned"``, and the script also
+measures the baselines' Control with and without the prefix (``conditioning_eval`` in train_log.json).
+
 Usage::
 
     python scripts/train_tiny_model.py                      # writes tts_kernels/models/tiny-arith
     python scripts/train_tiny_model.py --stop-after 50 --out /tmp/m --eval 20   # quick smoke run
     python scripts/train_tiny_model.py --hidden 256 --out tts_kernels/models/tiny-arith-large   # the 4x policy
+    python scripts/train_tiny_model.py --init tts_kernels/models/tiny-arith --conditioning 0.6 \
+        --steps 300 --stop-after 300 --lr 1e-3 --out tts_kernels/models/tiny-arith-cond   # the conditioned policy
 
 Afterwards the script measures accuracy with the package's own runner and the
 exact checker (greedy and temperature-1 single samples on held-out problems,
@@ -73,11 +85,22 @@ def make_optimizer(model, lr: float, steps: int):
     return opt, sched
 
 
-def make_batch(problems, rng, tok, pad_id, wait_prob):
+def _count(tok):
+    return lambda text: len(tok.encode(text).ids)
+
+
+def make_batch(problems, rng, tok, pad_id, wait_prob, conditioning=0.0):
+    """Token ids, labels (completion only) and attention mask of ``problems``; a share ``conditioning``
+    of them carries a conditioning prefix (:func:`tts_kernels.tasks.arith.conditioned_example`)."""
+    from tts_kernels.decode.families import EMBEDDED_CONDITIONED_TEMPLATES
     seqs, labels = [], []
     for p in problems:
-        prompt = tok.encode(p.prompt).ids
-        comp = tok.encode(p.completion(wait=rng.random() < wait_prob)).ids
+        if conditioning and rng.random() < conditioning:
+            text, done, _, _ = arith.conditioned_example(p, rng, EMBEDDED_CONDITIONED_TEMPLATES, _count(tok))
+        else:
+            text, done = p.prompt, p.completion(wait=rng.random() < wait_prob)
+        prompt = tok.encode(text).ids
+        comp = tok.encode(done).ids
         seqs.append(prompt + comp)
         labels.append([-100] * len(prompt) + comp)
     T = max(map(len, seqs))
@@ -120,6 +143,27 @@ def evaluate(model_dir: str, n: int, seed: int = EVAL_SEED, samples: int = 8, ch
             f"maj@{samples}_t1": maj / n, f"pass@{samples}_t1": anyk / n}
 
 
+def conditioning_eval(model_dir: str, n: int = 64, seed: int = EVAL_SEED, budgets=(8, 16, 24, 32, 48)) -> dict:
+    """Control (%) of the prompt-conditional baselines on ``n`` held-out problems, with the conditioning
+    prefix (the checkpoint's templates) and without it (the prompts unchanged), one sample each, as
+    :func:`tts_kernels.search.budget_control.sweep` measures it; budget forcing for reference."""
+    from tts_kernels.decode.families import EMBEDDED_TEMPLATES
+    from tts_kernels.search import budget_control as bc
+    eng = bc.make_engine(num_sequences=n, path=model_dir, seed=seed)
+    problems = arith.make_problems(n, seed)
+    out = {"n": n, "seed": seed, "budgets": list(budgets), "templates": bc.templates_for(eng).name}
+    for label, templates in (("conditioned", None), ("unconditioned", EMBEDDED_TEMPLATES)):
+        methods = bc.METHODS[:4] if templates is None else bc.METHODS[1:4]
+        res = bc.sweep(eng, problems, budgets=budgets, methods=methods, seed=seed, templates=templates)
+        out[label] = {m: {"control_pct": round(sum(r["control_pct"] for r in d["budgets"]) / len(d["budgets"]), 1),
+                          "per_budget": [[r["max_thinking"], round(r["accuracy_pct"], 1),
+                                          round(r["avg_thinking_tokens"], 1), round(r["control_pct"], 1)]
+                                         for r in d["budgets"]]}
+                      for m, d in res["methods"].items()}
+    out["per_budget_columns"] = ["max_thinking", "accuracy_pct", "avg_thinking_tokens", "control_pct"]
+    return out
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default=os.path.join(ROOT, "tts_kernels", "models", "tiny-arith"))
@@ -134,15 +178,26 @@ def main(argv=None):
     ap.add_argument("--hidden", type=int, default=128)
     ap.add_argument("--layers", type=int, default=4)
     ap.add_argument("--eval", type=int, default=300, help="held-out problems for the accuracy check (0: skip)")
+    ap.add_argument("--conditioning", type=float, default=0.0,
+                    help="share of examples with a conditioning prefix (token / step budget, short / long)")
+    ap.add_argument("--init", default=None,
+                    help="start from this checkpoint (its weights and tokenizer) instead of from scratch")
     ap.add_argument("--eval-only", action="store_true",
                     help="only measure the accuracy of the model in OUT and add it to OUT/train_log.json")
     args = ap.parse_args(argv)
+    if not 0.0 <= args.conditioning <= 1.0:
+        ap.error(f"--conditioning must be in [0, 1], got {args.conditioning}")
+    if args.init and os.path.abspath(args.init) == os.path.abspath(args.out):
+        ap.error("--out must differ from --init (the initial checkpoint is kept)")
     if args.eval_only:
         log_file = os.path.join(args.out, "train_log.json")
         result = json.load(open(log_file)) if os.path.exists(log_file) else {}
         torch.set_num_threads(1)
         result["eval"] = evaluate(args.out, args.eval)
         print("eval:", result["eval"])
+        if args.conditioning:
+            result["conditioning_eval"] = conditioning_eval(args.out)
+            print("conditioning eval:", result["conditioning_eval"])
         with open(log_file, "w") as f:
             json.dump(result, f, indent=1)
         return
@@ -152,12 +207,23 @@ def main(argv=None):
     torch.manual_seed(args.seed)
     rng = random.Random(args.seed)
     os.makedirs(args.out, exist_ok=True)
-    tok, vocab = build_tokenizer(args.out)
-    cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
-                      num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
-                      max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True,
-                      bos_token_id=vocab["<|bos|>"], eos_token_id=vocab[arith.EOS], pad_token_id=vocab["<|pad|>"])
-    model = LlamaForCausalLM(cfg)
+    if args.init:
+        import shutil
+        from tokenizers import Tokenizer
+        for fn in ("tokenizer.json", "tokenizer_config.json"):
+            shutil.copyfile(os.path.join(args.init, fn), os.path.join(args.out, fn))
+        tok = Tokenizer.from_file(os.path.join(args.out, "tokenizer.json"))
+        vocab = tok.get_vocab()
+        model = LlamaForCausalLM.from_pretrained(args.init, dtype=torch.float32)
+        args.hidden, args.layers = model.config.hidden_size, model.config.num_hidden_layers
+    else:
+        tok, vocab = build_tokenizer(args.out)
+        cfg = LlamaConfig(vocab_size=len(vocab), hidden_size=args.hidden, intermediate_size=3 * args.hidden,
+                          num_hidden_layers=args.layers, num_attention_heads=4, num_key_value_heads=2,
+                          max_position_embeddings=256, rope_theta=10000.0, tie_word_embeddings=True,
+                          bos_token_id=vocab["<|bos|>"], eos_token_id=vocab[arith.EOS],
+                          pad_token_id=vocab["<|pad|>"])
+        model = LlamaForCausalLM(cfg)
     model.train()
     opt, sched = make_optimizer(model, args.lr, args.steps)
     t0 = time.time()
@@ -165,7 +231,7 @@ def main(argv=None):
     stop = args.steps if args.stop_after is None else min(args.stop_after, args.steps)
     for step in range(stop):
         problems = [arith.make_problem(rng) for _ in range(args.batch)]
-        ids, lab, att = make_batch(problems, rng, tok, vocab["<|pad|>"], args.wait_prob)
+        ids, lab, att = make_batch(problems, rng, tok, vocab["<|pad|>"], args.wait_prob, args.conditioning)
         loss = model(input_ids=ids, attention_mask=att, labels=lab).loss
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
@@ -182,13 +248,30 @@ def main(argv=None):
     for extra in ("generation_config.json",):
         if os.path.exists(os.path.join(args.out, extra)):
             os.remove(os.path.join(args.out, extra))
+    if args.conditioning:
+        from tts_kernels.decode.families import EMBEDDED_CONDITIONED_TEMPLATES, TEMPLATES_KEY
+        cfg_file = os.path.join(args.out, "config.json")
+        with open(cfg_file) as f:
+            saved = json.load(f)
+        saved[TEMPLATES_KEY] = EMBEDDED_CONDITIONED_TEMPLATES.name
+        with open(cfg_file, "w") as f:
+            json.dump(saved, f, indent=2, sort_keys=True)
+            f.write("\n")
     result = {"train_seconds": round(train_s, 1), "schedule_steps": args.steps, "steps": stop, "batch": args.batch, "lr": args.lr,
               "hidden": args.hidden, "layers": args.layers,
               "seed": args.seed, "params": sum(p.numel() for p in model.parameters()), "threads": 1,
-              "torch": torch.__version__, "log": log}
+              "torch": torch.__version__, "init": args.init and os.path.relpath(args.init, ROOT),
+              "conditioning": args.conditioning, "wait_prob": args.wait_prob,
+              "command": "python scripts/train_tiny_model.py " + " ".join(sys.argv[1:] if argv is None else argv),
+              "log": log}
     if args.eval:
         result["eval"] = evaluate(args.out, args.eval)
         print("eval:", result["eval"])
+    if args.conditioning:
+        t1 = time.time()
+        result["conditioning_eval"] = conditioning_eval(args.out)
+        result["conditioning_eval"]["wall_s"] = round(time.time() - t1, 1)
+        print("conditioning eval:", json.dumps(result["conditioning_eval"]))
     with open(os.path.join(args.out, "train_log.json"), "w") as f:
         json.dump(result, f, indent=1)
     print(f"trained in {train_s:.0f}s; wrote {args.out}")

@@ -68,12 +68,19 @@ def test_buckets_and_compute_optimal(result):
     assert d["lo"] <= d["difference"] <= d["hi"] and h["num_problems"] == 6
     bc = result["budget_control"]["methods"]["budget_forcing"]
     assert all(row["control_pct"] == 100.0 for row in bc["budgets"])
+    # the s1 sweep runs on its own policy, the conditioning-trained one, and says so
+    cfg = result["budget_control"]["config"]
+    assert cfg["policy"] == "embedded tiny-arith-cond" and cfg["templates"] == "embedded-conditioned"
+    assert bc["control_pct"] == 100.0 and bc["control_lo_pct"] < 100.0 == bc["control_hi_pct"]
 
 
 def test_outputs(result, tmp_path):
     text = tables(result)
     assert "compute-optimal" in text and "budget_forcing" in text and "headline" in text
     assert "in-sample oracle" in text and "held-out" in text and "Wilson" in text
+    assert "budget control (s1) on policy embedded tiny-arith-cond" in text
+    d = result["budget_control"]["methods"]["budget_forcing"]
+    assert f"Control 100.0 [{d['control_lo_pct']:.0f},100]%" in text                # Control's interval
     big = result["analysis"]["headline"]["large_single_sample"]["interval"]
     assert f"[{100 * big['lo']:4.1f},{100 * big['hi']:5.1f}]" in text     # the large policy's interval is printed
     json.dumps(result)                                   # JSON-serialisable

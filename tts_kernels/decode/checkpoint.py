@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .families import SUPPORTED_ARCHS, for_config
+from .families import SUPPORTED_ARCHS, TEMPLATES, TEMPLATES_KEY, for_config
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -67,6 +67,7 @@ class ModelConfig:
     eos_token_ids: tuple = ()
     extra: dict = field(default_factory=dict)
     family: str = ""               # the model family (.families) config.json selected ("": by arch)
+    prompt_templates: str = ""     # config.json "tts_prompt_templates": the templates it reads ("": the family's)
 
     @classmethod
     def from_dict(cls, cfg: dict, where: str = "config.json") -> "ModelConfig":
@@ -102,6 +103,10 @@ class ModelConfig:
         if rtype not in ("default", "linear", "llama3"):
             raise CheckpointError(f"{where}: rope_type {rtype!r} is not supported (default, linear, llama3)")
         scaling = None if rtype == "default" else dict(rope, rope_type=rtype)
+        templates = cfg.get(TEMPLATES_KEY) or ""
+        if templates and (not isinstance(templates, str) or templates not in TEMPLATES):
+            raise CheckpointError(f"{where}: {TEMPLATES_KEY} {templates!r} is not a known set of prompt templates; "
+                                  f"known: {sorted(TEMPLATES)}")
         eos = cfg.get("eos_token_id")
         eos = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
         dt = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"
@@ -118,7 +123,8 @@ class ModelConfig:
                    o_bias=family.o_bias and bool(cfg.get("attention_bias", False)),
                    mlp_bias=bool(cfg.get("mlp_bias", False)),
                    max_position_embeddings=int(cfg.get("max_position_embeddings", 4096)), torch_dtype=dt,
-                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos, family=family.name)
+                   bos_token_id=cfg.get("bos_token_id"), eos_token_ids=eos, family=family.name,
+                   prompt_templates=templates)
 
     def expected_shapes(self) -> Dict[str, tuple]:
         """Name -> shape of every tensor the checkpoint must hold."""

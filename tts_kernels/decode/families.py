@@ -15,7 +15,7 @@ A :class:`ModelFamily` gives
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Dict, Optional
 
 
@@ -67,6 +67,30 @@ S1_TEMPLATES = PromptTemplates()
 #: The embedded model cannot read (or tokenise) instructions: every prompt is left unchanged.
 EMBEDDED_TEMPLATES = PromptTemplates(name="embedded-unconditioned", token="{prompt}", step="{prompt}",
                                      short="{prompt}", long="{prompt}", tokens_per_step=8, long_from=40)
+#: The conditioning forms the embedded conditioning-trained policy (``models/tiny-arith-cond``,
+#: ``scripts/train_tiny_model.py --conditioning``) reads, spelled with its 29-token vocabulary:
+#: ``"32:49+9-3-6=?<think>"`` (at most 32 thinking tokens), ``"04.49+9-3-6=?<think>"`` (at most 4
+#: steps, a Wait re-check counting as one), ``"-,..."`` (think short: no re-check) and ``"+,..."``
+#: (think long: 2-3 re-checks). Budgets are written with two digits (``"08:"``): with a one-digit
+#: ``"8:"`` the first fine-tuned policy read budget 8 as a long one (73 thinking tokens, 2% Control
+#: on 64 problems). A step ``49+9=58\n\n`` is 8 tokens (``tokens_per_step``); a
+#: budget of at least ``long_from`` tokens asks for the long class (a long trace, 3-6 steps and 2-3
+#: re-checks of 10 tokens, thinks 38-78 tokens).
+EMBEDDED_CONDITIONED_TEMPLATES = PromptTemplates(name="embedded-conditioned", token="{budget:02d}:{prompt}",
+                                                 step="{steps:02d}.{prompt}", short="-,{prompt}", long="+,{prompt}",
+                                                 tokens_per_step=8, long_from=48)
+#: prompt templates by name: what a checkpoint's config.json key ``"tts_prompt_templates"`` may say
+TEMPLATES: Dict[str, PromptTemplates] = {t.name: t for t in (S1_TEMPLATES, EMBEDDED_TEMPLATES,
+                                                             EMBEDDED_CONDITIONED_TEMPLATES)}
+#: the config.json key by which a checkpoint declares the prompt templates it was trained to read
+TEMPLATES_KEY = "tts_prompt_templates"
+
+
+def templates_named(name: str, where: str = TEMPLATES_KEY) -> PromptTemplates:
+    """The :data:`TEMPLATES` entry ``name``; ``ValueError`` naming ``where`` (the config key) and the known ones."""
+    if name not in TEMPLATES:
+        raise ValueError(f"{where}: unknown prompt templates {name!r}; known: {sorted(TEMPLATES)}")
+    return TEMPLATES[name]
 
 
 #: DeepSeek-R1-Distill / QwQ style reasoning models
@@ -90,6 +114,9 @@ class ModelFamily:
 FAMILIES: Dict[str, ModelFamily] = {f.name: f for f in (
     ModelFamily("embedded", "llama", (), BudgetStrings("</think>", "Wait", "Final Answer:"), EMBEDDED_TEMPLATES,
                 embedded=True),
+    # the embedded model trained to read the conditioning forms (its config.json: "tts_prompt_templates")
+    ModelFamily("embedded-conditioned", "llama", (), BudgetStrings("</think>", "Wait", "Final Answer:"),
+                EMBEDDED_CONDITIONED_TEMPLATES, embedded=True),
     ModelFamily("qwen2", "qwen2", ("Qwen2ForCausalLM",), R1_BUDGET_STRINGS, S1_TEMPLATES, qkv_bias=True,
                 o_bias=False),
     ModelFamily("llama", "llama", ("LlamaForCausalLM",), R1_BUDGET_STRINGS, S1_TEMPLATES),
@@ -130,10 +157,20 @@ def for_config(architectures, model_type: Optional[str]) -> Optional[ModelFamily
 
 def family_of(cfg, tokenizer=None) -> ModelFamily:
     """The family of a loaded model: the embedded one (:func:`is_embedded`), else the one its config.json
-    selected (``cfg.family``), else its architecture's."""
+    selected (``cfg.family``), else its architecture's; with the prompt templates its config.json
+    declares (``cfg.prompt_templates``, key :data:`TEMPLATES_KEY`; the family entry that has them, e.g.
+    ``embedded-conditioned``, else the family with its templates replaced)."""
     if is_embedded(cfg, tokenizer):
-        return FAMILIES["embedded"]
-    return FAMILIES[cfg.family] if getattr(cfg, "family", "") in FAMILIES else for_arch(cfg.arch)
+        fam = FAMILIES["embedded"]
+    else:
+        fam = FAMILIES[cfg.family] if getattr(cfg, "family", "") in FAMILIES else for_arch(cfg.arch)
+    name = getattr(cfg, "prompt_templates", "")
+    if not name or name == fam.templates.name:
+        return fam
+    t = templates_named(name)
+    return next((f for f in FAMILIES.values() if f.arch == fam.arch and f.embedded == fam.embedded
+                 and f.budget_strings == fam.budget_strings and f.templates is t),
+                None) or replace(fam, templates=t)
 
 
 #: config.json "architectures" name -> runner architecture

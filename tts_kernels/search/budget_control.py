@@ -8,8 +8,19 @@ Every method's thinking length is measured the same way (:func:`thinking_length`
 section 3.2, Table 3): :func:`control`, :func:`scaling`, :func:`performance`; :func:`sweep` runs all.
 
 Honesty note: the embedded tiny-arith model was never trained on instructions and its 29-token
-vocabulary cannot even spell them, so :data:`EMBEDDED_TEMPLATES` leaves prompts unchanged. On that
-model the prompt-conditional methods are unconditioned sampling, and their measured Control shows it.
+vocabulary cannot spell English ones, so :data:`EMBEDDED_TEMPLATES` leaves its prompts unchanged
+and on it the prompt-conditional methods are unconditioned sampling (all three measured 32.2%
+Control in the main job). ``models/tiny-arith-cond`` is that model fine-tuned
+(``scripts/train_tiny_model.py --conditioning``) to read conditioning forms spelled with the same
+vocabulary (:data:`EMBEDDED_CONDITIONED_TEMPLATES`: ``"32:"`` token budget, ``"04."`` step
+budget, ``"-,"`` short, ``"+,"`` long; its config.json declares them), and the main job's sweep
+runs on it. Measured there (128 problems, one sample, budgets 8-48; Wilson 95% intervals over
+all runs): budget forcing Control 100% [99, 100], token-conditional 71.9% [68, 75], step-conditional
+57.3% [53, 61], class-conditional 21.1% [18, 24], rejection sampling (16 tries) 38.8% [35, 43].
+The baselines read the budget (thinking grows with it: token-conditional 6 -> 58 tokens) but
+overshoot at large budgets; "think short" is not shorter than no prefix. That policy is also far
+more accurate than tiny-arith (fine-tuning went on teaching arithmetic), so its sweep is not
+comparable with the search table.
 """
 from __future__ import annotations
 
@@ -19,8 +30,9 @@ from dataclasses import asdict, dataclass, replace
 from itertools import combinations
 from typing import Callable, List, Optional, Sequence, Union
 
-from ..decode.families import EMBEDDED_TEMPLATES, S1_TEMPLATES, PromptTemplates
+from ..decode.families import EMBEDDED_CONDITIONED_TEMPLATES, EMBEDDED_TEMPLATES, S1_TEMPLATES, PromptTemplates
 from ..tasks.problem import Problem
+from . import stats
 
 ANSWER_ROOM = 24              # tokens after a forced end: delimiter, answer prefix, answer, EOS
 DEFAULT_MAX_NEW_TOKENS = 160  # cap of the runs without a budget
@@ -353,11 +365,27 @@ def _run_method(engine, method, prompts, seeds, b: Budget, templates, kw, max_tr
                              templates=templates, **kw)
 
 
+#: how the sweep's intervals are computed (stated in its JSON config)
+INTERVAL_METHOD = ("Wilson score interval, 95% (stats.wilson): per budget over its runs; a method's Control "
+                   "over all its runs at all budgets (the same problems at every budget, so the runs are not "
+                   "independent and the interval is narrower than it should be); Performance: the interval "
+                   "of the best budget's accuracy (the best of several, picked in-sample)")
+
+
+def _pct_interval(k: int, n: int) -> tuple:
+    lo, hi = stats.wilson(k, n)
+    return 100.0 * lo, 100.0 * hi
+
+
 def _budget_row(method, b: Budget, probs, recs, wall_s) -> dict:
     n = len(recs)
-    row = dict(asdict(b), runs=n, accuracy_pct=100.0 * sum(p.check(r.text) for p, r in zip(probs, recs)) / n,
-               avg_thinking_tokens=sum(r.thinking_tokens for r in recs) / n,
-               control_pct=100.0 * control(recs, b.min_thinking, b.max_thinking),
+    solved = sum(bool(p.check(r.text)) for p, r in zip(probs, recs))
+    within = round(n * control(recs, b.min_thinking, b.max_thinking))
+    acc_lo, acc_hi = _pct_interval(solved, n)
+    ctl_lo, ctl_hi = _pct_interval(within, n)
+    row = dict(asdict(b), runs=n, accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
+               solved=solved, avg_thinking_tokens=sum(r.thinking_tokens for r in recs) / n,
+               control_pct=100.0 * within / n, control_lo_pct=ctl_lo, control_hi_pct=ctl_hi, within_budget=within,
                tokens_generated=sum(r.cost_tokens for r in recs), wall_s=wall_s)
     if method == "rejection_sampling":
         row.update(accepted_pct=100.0 * sum(r.accepted for r in recs) / n, avg_tries=sum(r.tries for r in recs) / n)
@@ -369,11 +397,17 @@ def _method_summary(rows, skipped, wall_s) -> dict:
 
     def nan_none(x):
         return None if math.isnan(x) else x
+    runs, within = sum(r["runs"] for r in rows), sum(r["within_budget"] for r in rows)
+    ctl = _pct_interval(within, runs) if runs else (None, None)
+    best = max(rows, key=lambda r: r["accuracy_pct"]) if rows else None
     return dict(budgets=rows, skipped=skipped,
+                control_pct=100.0 * within / runs if runs else None, control_lo_pct=ctl[0], control_hi_pct=ctl[1],
                 scaling_pct_per_token=nan_none(scaling(pts)) if len(pts) > 1 else None,
                 scaling_pct_per_doubling=(nan_none(scaling(pts, log2=True))
                                           if len(pts) > 1 and min(a for a, _ in pts) > 0 else None),
                 performance_pct=performance(pts) if pts else None,
+                performance_lo_pct=best["accuracy_lo_pct"] if best else None,
+                performance_hi_pct=best["accuracy_hi_pct"] if best else None,
                 tokens_generated=sum(r["tokens_generated"] for r in rows), wall_s=wall_s)
 
 
@@ -398,10 +432,14 @@ def sweep(engine, problems, *, budgets=DEFAULT_BUDGETS, methods=METHODS, samples
     Returns
     -------
     dict
-        JSON-serialisable ``config`` and ``methods[name]``: ``budgets`` (per budget ``accuracy_pct``,
-        ``avg_thinking_tokens``, ``control_pct``, ``tokens_generated``, ``wall_s``), ``skipped``,
-        ``scaling_pct_per_token`` (accuracy points per thinking token, None when undefined),
-        ``scaling_pct_per_doubling``, ``performance_pct``, ``tokens_generated``, ``wall_s``.
+        JSON-serialisable ``config`` and ``methods[name]``: ``budgets`` (per budget ``accuracy_pct``
+        with its 95% Wilson interval ``accuracy_lo_pct`` / ``accuracy_hi_pct``, ``solved``,
+        ``avg_thinking_tokens``, ``control_pct`` with ``control_lo_pct`` / ``control_hi_pct``,
+        ``within_budget``, ``tokens_generated``, ``wall_s``), ``skipped``, ``control_pct`` (over all
+        its runs) with ``control_lo_pct`` / ``control_hi_pct``, ``scaling_pct_per_token`` (accuracy
+        points per thinking token, None when undefined), ``scaling_pct_per_doubling``,
+        ``performance_pct`` with ``performance_lo_pct`` / ``performance_hi_pct``,
+        ``tokens_generated``, ``wall_s``; ``config["intervals"]`` says how the intervals are computed.
     """
     bad = [m for m in methods if m not in METHODS]
     if bad:
@@ -427,7 +465,7 @@ def sweep(engine, problems, *, budgets=DEFAULT_BUDGETS, methods=METHODS, samples
         results[method] = _method_summary(rows, skipped, time.perf_counter() - t_all)
     config = dict(num_problems=len(probs) // samples_per_problem, samples_per_problem=samples_per_problem,
                   seed=seed, temperature=temperature, top_p=top_p, max_tries=max_tries,
-                  max_new_tokens=max_new_tokens, templates=templates.name)
+                  max_new_tokens=max_new_tokens, templates=templates.name, intervals=INTERVAL_METHOD)
     return dict(config=config, methods=results)
 
 

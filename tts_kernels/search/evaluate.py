@@ -32,7 +32,10 @@ interval) and in FLOPs.
 Backends (:mod:`.backends`): ``backend="vllm"`` runs the searches' policy (and the
 large policy) on ``vllm.LLM`` instead of the package's engine, ``prm_backend="vllm"``
 the tag-token PRM; ``tensor_parallel_size`` / ``pipeline_parallel_size`` pass through
-to vLLM. The s1 budget sweep runs on the package's engine either way.
+to vLLM. The s1 budget sweep runs on the package's engine either way, on its own policy
+(``budget_policy``; default the embedded ``tiny-arith-cond``, the tiny policy fine-tuned to read
+the token-budget, step-budget and short / long prompts of s1's baselines, so that those baselines
+are measured rather than unconditioned sampling); the result names it (``budget_control.config.policy``).
 
 Threads: the embedded models are so small that torch's intra-op threads cost
 more than they give (measured on the 2-core CI machine under load: 4835
@@ -64,6 +67,9 @@ from .strategies import SearchConfig, run_strategy
 
 DEFAULT_LARGE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "models",
                              "tiny-arith-large")
+#: the s1 sweep's default policy: the tiny policy fine-tuned to read the conditioning prompts
+#: (scripts/train_tiny_model.py --conditioning; its config.json declares the templates)
+DEFAULT_BUDGET_POLICY = os.path.join(os.path.dirname(DEFAULT_LARGE), "tiny-arith-cond")
 
 def _opt(default, help, **meta):
     """A field with its command-line help (:mod:`.cli` generates the flags from the fields)."""
@@ -96,6 +102,9 @@ class EvalConfig:
     strategies: Sequence[str] = _opt(registry.names, "comma-separated strategies (default: all registered)")
     budgets: Sequence[int] = _opt((8, 16, 24, 32, 48), "max thinking tokens of the budget sweep")
     budget_methods: Sequence[str] = _opt(bc.METHODS, "'' to skip budget control")
+    budget_policy: Optional[str] = _opt(DEFAULT_BUDGET_POLICY, "policy of the s1 budget sweep (default: embedded "
+                                        "tiny-arith-cond, trained to read the token / step / class prompts; '': "
+                                        "the search policy; with --policy and no --budget-policy: --policy)")
     rows_per_batch: int = _opt(1024, "candidates decoded together (problems are chunked to fit)")
     seed: int = _opt(0, "sampling seed")
     threads: int = _opt(1, "torch CPU threads (0: torch's default); see the module docstring")
@@ -489,8 +498,11 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
             log(f"note: large policy {cfg.large_policy} not found; the headline comparison is skipped")
     budget = None
     if cfg.budget_methods:
-        eng = bc.make_engine(num_sequences=min(len(problems), 320), path=cfg.policy, seed=cfg.seed)
+        bpath = budget_policy_path(cfg, log)
+        eng = bc.make_engine(num_sequences=min(len(problems), 320), path=bpath, seed=cfg.seed)
         budget = bc.sweep(eng, problems, budgets=list(cfg.budgets), methods=list(cfg.budget_methods), seed=cfg.seed)
+        budget["config"]["policy"] = _policy_name(bpath)
+        budget["config"]["policy_params"] = model_params(eng.model.cfg)
     out = {"config": _jsonable(cfg.to_dict()), "environment": environment(),
            "policy_params": model_params(model.cfg), "prm_params": prm.num_params,
            "large_policy_params": model_params(lm.cfg) if large is not None else None,
@@ -501,6 +513,26 @@ def evaluate(cfg: EvalConfig, progress: bool = True, log=print) -> dict:
            "budget_control_backend": "engine",      # the s1 sweep runs on the package's engine either way
            "total_wall_s": time.perf_counter() - t_start}
     return out
+
+
+def budget_policy_path(cfg: EvalConfig, log=print) -> Optional[str]:
+    """The checkpoint the s1 sweep runs on: ``cfg.budget_policy``, or the search policy when it is ``''``
+    or when ``--policy`` is given without ``--budget-policy`` (None: the embedded tiny-arith)."""
+    if cfg.budget_policy == DEFAULT_BUDGET_POLICY and cfg.policy is not None:
+        log("note: --policy given without --budget-policy; the budget sweep runs on --policy")
+        return cfg.policy
+    return cfg.budget_policy or cfg.policy
+
+
+def _policy_name(path: Optional[str]) -> str:
+    """A checkpoint as the results name it: the embedded ones by their directory name, others by path."""
+    from ..decode import DEFAULT_MODEL
+    if path is None:
+        path = DEFAULT_MODEL
+    here = os.path.dirname(DEFAULT_LARGE)
+    if os.path.dirname(os.path.abspath(path)) == os.path.abspath(here):
+        return "embedded " + os.path.basename(os.path.abspath(path))
+    return path
 
 
 def environment() -> dict:

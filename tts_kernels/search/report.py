@@ -83,23 +83,35 @@ def tables(res: dict) -> str:
         lines.append(f"  {h['verdict']}")
     bc = res.get("budget_control")
     if bc:
+        cfg = bc.get("config", {})
         lines.append("")
-        lines.append("budget control (s1): per budget [min,max]: accuracy % / mean thinking tokens / Control %")
+        lines.append(f"budget control (s1) on policy {cfg.get('policy', '?')} (prompt templates "
+                     f"{cfg.get('templates', '?')}), {cfg.get('num_problems', '?')} problems x "
+                     f"{cfg.get('samples_per_problem', 1)} sample: per budget [min,max]: accuracy % [95%] / mean "
+                     "thinking tokens / Control %; Control and Performance with 95% Wilson intervals")
         for m, d in bc["methods"].items():
-            cells = "  ".join(f"[{r['min_thinking']},{r['max_thinking']}] {r['accuracy_pct']:.0f}/"
+            cells = "  ".join(f"[{r['min_thinking']},{r['max_thinking']}] {_pct_ci(r, 'accuracy')}/"
                               f"{r['avg_thinking_tokens']:.0f}/{r['control_pct']:.0f}" for r in d["budgets"])
             sc = d.get("scaling_pct_per_token")
-            lines.append(f"  {m:<19} Control {_mean_control(d):5.1f}%  Scaling "
-                         f"{'n/a' if sc is None else f'{sc:.2f}'} pts/token  Performance {d['performance_pct']:.1f}%")
+            lines.append(f"  {m:<19} Control {_pct_ci(d, 'control', '5.1f')}%  Scaling "
+                         f"{'n/a' if sc is None else f'{sc:.2f}'} pts/token  Performance "
+                         f"{_pct_ci(d, 'performance', '.1f')}%")
             lines.append(f"  {'':<19} {cells}")
     lines.append("")
     lines.append(f"total wall time {res['total_wall_s']:.0f} s")
     return "\n".join(lines)
 
 
-def _mean_control(d) -> float:
-    rows = d["budgets"]
-    return sum(r["control_pct"] for r in rows) / max(1, len(rows))
+def _pct_ci(d, key, fmt=".0f") -> str:
+    """``d[key_pct]`` with its interval ``[key_lo_pct,key_hi_pct]`` (older results without bounds: the point;
+    no value: ``n/a``); a method's Control without a pooled value: the mean over its budgets."""
+    x = d.get(f"{key}_pct")
+    if x is None and key == "control" and d.get("budgets"):
+        x = sum(r["control_pct"] for r in d["budgets"]) / len(d["budgets"])
+    if x is None:
+        return "n/a"
+    lo, hi = d.get(f"{key}_lo_pct"), d.get(f"{key}_hi_pct")
+    return f"{x:{fmt}}" + ("" if lo is None or hi is None else f" [{lo:.0f},{hi:.0f}]")
 
 
 def _mb(b: int) -> str:

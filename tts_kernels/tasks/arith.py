@@ -23,7 +23,7 @@ import random
 import re
 from dataclasses import dataclass
 from functools import partial
-from typing import List, Optional
+from typing import Callable, List, Optional, Tuple
 
 from .problem import Problem
 
@@ -68,11 +68,50 @@ class Chain:
 
     def completion(self, wait: bool = False) -> str:
         """The reference reasoning trace (with ``wait``: re-check the last step after "Wait")."""
-        steps = self.steps()
-        body = STEP_DELIMITER.join(steps) + STEP_DELIMITER
-        if wait:
-            body += WAIT + STEP_DELIMITER + steps[-1] + STEP_DELIMITER
-        return body + END_THINK + f"{ANSWER_PREFIX} {self.answer}" + EOS
+        return self._close(self._units() + ([self._recheck()] if wait else []))
+
+    def _units(self) -> List[str]:
+        return [s + STEP_DELIMITER for s in self.steps()]
+
+    def _recheck(self) -> str:
+        return WAIT + STEP_DELIMITER + self.steps()[-1] + STEP_DELIMITER
+
+    def _close(self, units) -> str:
+        return "".join(units) + END_THINK + f"{ANSWER_PREFIX} {self.answer}" + EOS
+
+    def conditioned_completion(self, kind: str, value: int = 0, count: Optional[Callable[[str], int]] = None) -> str:
+        """A reference trace whose thinking keeps to a stated budget (the conditioning-trained policy's data).
+
+        ``kind``:
+
+        * ``"token"``: at most ``value`` thinking tokens (``count(text)``: its tokens; thinking is the
+          text before ``</think>``). If every step fits, re-checks ("Wait", the last step) follow
+          while they still fit, so a larger budget thinks longer; otherwise as many steps as fit,
+          then thinking closes and the (true) answer follows: the model learns to guess.
+        * ``"step"``: at most ``value`` steps, a re-check counting as one; the same rule in steps.
+        * ``"short"``: the plain trace, no re-check; ``"long"``: ``value`` re-checks.
+
+        The answer is always the true one.
+        """
+        units, recheck = self._units(), self._recheck()
+        if kind == "short":
+            return self._close(units)
+        if kind == "long":
+            return self._close(units + [recheck] * value)
+        if kind == "step":
+            return self._close(units[:value] + [recheck] * max(0, value - len(units)))
+        if kind != "token":
+            raise ValueError(f"kind must be token, step, short or long, got {kind!r}")
+        if count is None:
+            raise ValueError("count (text -> its number of tokens) is needed for a token budget")
+        body: List[str] = []
+        for u in units:
+            if count("".join(body + [u])) > value:
+                return self._close(body)
+            body.append(u)
+        while count("".join(body + [recheck])) <= value:
+            body.append(recheck)
+        return self._close(body)
 
 
 def make_problem(rng: random.Random, min_steps: int = 3, max_steps: int = 6,
@@ -96,6 +135,31 @@ def make_problems(n: int, seed: int, min_steps: int = 3, max_steps: int = 6,
     """``n`` problems, a pure function of ``seed``."""
     rng = random.Random(seed)
     return [make_problem(rng, min_steps, max_steps, max_operand) for _ in range(n)]
+
+
+#: budgets of the conditioning-trained policy's examples: token budgets cover the budget sweep's range
+#: (8-48 thinking tokens, extrapolations to 96), step budgets the same in steps of ~8 tokens
+COND_TOKEN_BUDGETS = (6, 99)
+COND_STEP_BUDGETS = (1, 12)
+COND_LONG_WAITS = (2, 3)
+COND_KINDS = ("token", "step", "short", "long")
+
+
+def conditioned_example(chain: Chain, rng: random.Random, templates, count: Callable[[str], int],
+                        kind: Optional[str] = None) -> Tuple[str, str, str, int]:
+    """One training example of a conditioning form: ``(prompt, completion, kind, value)``.
+
+    ``kind`` (default: drawn uniformly from :data:`COND_KINDS`) and its budget (token budgets uniform
+    in :data:`COND_TOKEN_BUDGETS`, step budgets in :data:`COND_STEP_BUDGETS`, long: 2-3 re-checks)
+    are drawn from ``rng``; the prompt is ``templates.render`` (a
+    :class:`~tts_kernels.decode.families.PromptTemplates`, e.g. ``EMBEDDED_CONDITIONED_TEMPLATES``),
+    the completion :meth:`Chain.conditioned_completion`.
+    """
+    kind = rng.choice(COND_KINDS) if kind is None else kind
+    value = (rng.randint(*COND_TOKEN_BUDGETS) if kind == "token" else rng.randint(*COND_STEP_BUDGETS)
+             if kind == "step" else rng.randint(*COND_LONG_WAITS) if kind == "long" else 0)
+    prompt = templates.render(kind, chain.prompt, budget=value, steps=value)
+    return prompt, chain.conditioned_completion(kind, value, count), kind, value
 
 
 def extract_answer(completion: str) -> Optional[int]:
