@@ -150,6 +150,7 @@ def main(argv=None):
                     help="keep vLLM's prefix cache between cells (default: cleared before each vLLM run)")
     ap.add_argument("--repeats", type=int, default=1, help="runs per cell (same seed); the fastest wall time is kept")
     ap.add_argument("--out", default=None)
+    ap.add_argument("--note", default="", help="conditions of the run worth recording (load, other jobs)")
     args = ap.parse_args(argv)
 
     import tts_kernels as tk
@@ -231,7 +232,11 @@ def main(argv=None):
                                       "chunked prefill off, max_num_seqs 1024; one LLM.generate per iteration "
                                       "over all live candidates, per-request seeds, step delimiter as stop string",
                         repeats=args.repeats, vllm_prefix_cache_cleared_per_cell=not args.keep_vllm_cache,
-                        note="machine shared with other jobs; per cell the fastest of `repeats` runs "
+                        engine_projections=("oneDNN prepacked" if any(lin.packed for lin in model.linears())
+                                            else "F.linear"),
+                        cpu_isa_cap=os.environ.get("TTS_KERNELS_CPU_ISA", "best available"),
+                        taskset=sorted(os.sched_getaffinity(0)),
+                        note=(args.note + "; " if args.note else "") + "per cell the fastest of `repeats` runs "
                              "(all wall times in wall_s_all)"),
         rows=rows)
     fn = args.out or os.path.join(ROOT, "benchmarks", "results", f"search_backends_{args.model}_cpu.json")
