@@ -84,15 +84,7 @@ def copy_bytes(numel: int, itemsize: int) -> int:
 # ----------------------------------------------------------------------------
 # environment
 # ----------------------------------------------------------------------------
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+from tts_kernels._platform import cpu_model  # noqa: E402,F401  (re-exported: the one CPU-name reader)
 
 
 def git_commit() -> dict:

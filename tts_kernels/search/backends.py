@@ -33,7 +33,6 @@ backend: the package's :class:`~.prm.EnginePRM` / HF adapters, or
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
@@ -118,6 +117,14 @@ def _default_llm_kwargs() -> dict:
                 block_size=32)
 
 
+def _make_llm(vllm, path: str, llm_kwargs: dict, **kw):
+    """``vllm.LLM(model=path)`` in-process (no engine subprocess), with :func:`_default_llm_kwargs`,
+    then ``kw`` (the caller's fixed choices), then the user's ``llm_kwargs`` over both."""
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
+    return vllm.LLM(model=path, **{**_default_llm_kwargs(), **kw, **llm_kwargs})
+
+
 class VLLMBackend:
     """The strategies' backend on ``vllm.LLM`` (see the module docstring).
 
@@ -160,16 +167,12 @@ class VLLMBackend:
         self.kv_bytes_per_token = 2 * c.num_layers * c.num_kv_heads * c.head_dim * 4
         vllm = import_vllm()
         if llm is None:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
             from ..integrations.vllm import BudgetForcingLogitsProcessor
-            kw = _default_llm_kwargs()
-            kw.update(llm_kwargs)
+            fixed = dict(tensor_parallel_size=tensor_parallel_size, pipeline_parallel_size=pipeline_parallel_size,
+                         seed=seed, max_num_seqs=max_num_seqs, logits_processors=[BudgetForcingLogitsProcessor])
             if max_model_len is not None:
-                kw["max_model_len"] = max_model_len
-            llm = vllm.LLM(model=self.path, tensor_parallel_size=tensor_parallel_size,
-                           pipeline_parallel_size=pipeline_parallel_size, seed=seed, max_num_seqs=max_num_seqs,
-                           logits_processors=[BudgetForcingLogitsProcessor], **kw)
+                fixed["max_model_len"] = max_model_len
+            llm = _make_llm(vllm, self.path, llm_kwargs, **fixed)
         self.llm = llm
         self._SamplingParams = vllm.SamplingParams
         from vllm.inputs import TokensPrompt
@@ -348,29 +351,14 @@ class VLLMPRM(PRM):
     def __init__(self, path: Optional[str] = None, *, llm=None, max_num_seqs: int = 512, **llm_kwargs):
         from ..decode.checkpoint import read_config
         from ..decode.tokenizer import Tokenizer
-        from .prm import DEFAULT_PRM, model_params
+        from .prm import DEFAULT_PRM, model_params, tag_token_ids
         self.path = DEFAULT_PRM if path is None else os.fspath(path)
-        cfg_file = os.path.join(self.path, "prm_config.json")
-        if not os.path.exists(cfg_file):
-            raise FileNotFoundError(f"{self.path} is not a tag-token PRM directory: prm_config.json is missing")
-        with open(cfg_file) as f:
-            pc = json.load(f)
-        if pc.get("kind") != "tag_token":
-            raise ValueError(f"{cfg_file}: the vLLM PRM runs kind 'tag_token' PRMs, got {pc.get('kind')!r}")
         self.tokenizer = Tokenizer(self.path)
-        self.tag = list(self.tokenizer.encode(pc["step_tag"]))
-        ids = [self.tokenizer.token_to_id(pc[k]) for k in ("good_token", "bad_token")]
-        if not self.tag or None in ids:
-            raise ValueError(f"{cfg_file}: step_tag / good_token / bad_token are not in the PRM's vocabulary")
-        self.good, self.bad = ids
+        self.tag, self.good, self.bad = tag_token_ids(self.path, self.tokenizer)
         self._params = model_params(read_config(self.path))
         vllm = import_vllm()
         if llm is None:
-            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-            os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-            kw = _default_llm_kwargs()
-            kw.update(llm_kwargs)
-            llm = vllm.LLM(model=self.path, max_num_seqs=max_num_seqs, logprobs_mode="raw_logprobs", **kw)
+            llm = _make_llm(vllm, self.path, llm_kwargs, max_num_seqs=max_num_seqs, logprobs_mode="raw_logprobs")
         self.llm = llm
         self._SamplingParams = vllm.SamplingParams
         from vllm.inputs import TokensPrompt

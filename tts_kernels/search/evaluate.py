@@ -546,14 +546,8 @@ def environment() -> dict:
 
 
 def _cpu_name() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip() + f" ({os.cpu_count()} cores visible)"
-    except OSError:
-        pass
-    return platform.processor() or "cpu"
+    from .._platform import cpu_model
+    return f"{cpu_model()} ({os.cpu_count()} cores visible)"
 
 
 def _jsonable(d):

@@ -97,21 +97,11 @@ class EnginePRM(PRM):
                  attention: str = "tree", keep_frontier_only: bool = True):
         from ..decode import Engine, load
         path = DEFAULT_PRM if path is None else os.fspath(path)
-        cfg_file = os.path.join(path, "prm_config.json")
-        if not os.path.exists(cfg_file):
-            raise FileNotFoundError(f"{path} is not a PRM directory: prm_config.json is missing")
-        with open(cfg_file) as f:
-            cfg = json.load(f)
-        if cfg.get("kind") != "tag_token":
-            raise ValueError(f"{cfg_file}: unsupported PRM kind {cfg.get('kind')!r} (expected 'tag_token')")
+        tag_token_config(path)                   # a clear error before loading any weights
         model, tok = load(path)
         self.engine = Engine(model, tok, num_blocks=num_blocks, block_size=block_size, attention=attention)
         self.tokenizer = tok
-        self.tag = list(tok.encode(cfg["step_tag"]))
-        ids = [tok.token_to_id(cfg[k]) for k in ("good_token", "bad_token")]
-        if not self.tag or None in ids:
-            raise ValueError(f"{cfg_file}: step_tag / good_token / bad_token are not in the PRM's vocabulary")
-        self.good, self.bad = ids
+        self.tag, self.good, self.bad = tag_token_ids(path, tok)
         self._params = model_params(model.cfg)
         self._cache: Dict[Tuple[str, ...], Tuple[int, float]] = {}   # (prompt, *steps) -> (sid, score)
         self.keep_frontier_only = keep_frontier_only
@@ -162,16 +152,49 @@ class EnginePRM(PRM):
         return check_scores_shape(steps, out)
 
 
+PRM_CONFIG = "prm_config.json"
+
+
+def read_prm_config(path: str) -> Optional[dict]:
+    """The directory's ``prm_config.json`` as a dict, or ``None`` when it has none."""
+    fn = os.path.join(os.fspath(path), PRM_CONFIG)
+    if not os.path.isfile(fn):
+        return None
+    with open(fn) as f:
+        cfg = json.load(f)
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{fn}: expected a JSON object, got {type(cfg).__name__}")
+    return cfg
+
+
+def tag_token_config(path: str) -> dict:
+    """``prm_config.json`` of a tag-token PRM directory (``kind: tag_token``); a clear error otherwise."""
+    cfg = read_prm_config(path)
+    if cfg is None:
+        raise FileNotFoundError(f"{path} is not a PRM directory: {PRM_CONFIG} is missing")
+    if cfg.get("kind") != "tag_token":
+        raise ValueError(f"{os.path.join(path, PRM_CONFIG)}: unsupported PRM kind {cfg.get('kind')!r} "
+                         "(expected 'tag_token')")
+    return cfg
+
+
+def tag_token_ids(path: str, tokenizer) -> tuple:
+    """``(step tag ids, good id, bad id)`` of a tag-token PRM directory under its tokenizer."""
+    cfg = tag_token_config(path)
+    tag = list(tokenizer.encode(cfg["step_tag"]))
+    ids = [tokenizer.token_to_id(cfg[k]) for k in ("good_token", "bad_token")]
+    if not tag or None in ids:
+        raise ValueError(f"{os.path.join(path, PRM_CONFIG)}: step_tag / good_token / bad_token are not in "
+                         "the PRM's vocabulary")
+    return tag, ids[0], ids[1]
+
+
 def load_prm(path: Optional[str] = None, **kwargs) -> PRM:
     """A PRM from a directory: ``prm_config.json``'s ``kind`` picks the adapter (default: the embedded PRM)."""
     path = DEFAULT_PRM if path is None else os.fspath(path)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"PRM directory {path!r} does not exist (PRMs load from local directories only)")
-    cfg_file = os.path.join(path, "prm_config.json")
-    kind = None
-    if os.path.exists(cfg_file):
-        with open(cfg_file) as f:
-            kind = json.load(f).get("kind")
+    kind = (read_prm_config(path) or {}).get("kind")
     if kind == "tag_token":
         return EnginePRM(path, **kwargs)
     from . import prm_hf

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import inspect
-import json
 import os
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
@@ -426,13 +425,10 @@ def from_pretrained(path: Union[str, os.PathLike], kind: Optional[str] = None, *
     """
     tf = _transformers()
     path = os.fspath(path)
-    opts: Dict = {}
-    cfg_file = os.path.join(path, "prm_config.json")
-    if os.path.isfile(cfg_file):
-        with open(cfg_file) as f:
-            opts = json.load(f)
-        file_kind = opts.pop("kind", None)
-        kind = kind or file_kind
+    from .prm import PRM_CONFIG, read_prm_config
+    opts: Dict = dict(read_prm_config(path) or {})
+    file_kind = opts.pop("kind", None)
+    kind = kind or file_kind
     config = tf.AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     if kind is None:
         kind = detect_kind(config)
@@ -442,7 +438,7 @@ def from_pretrained(path: Union[str, os.PathLike], kind: Optional[str] = None, *
     allowed = set(inspect.signature(adapter.__init__).parameters) - {"self", "model", "tokenizer"}
     unknown = set(opts) - allowed
     if unknown:
-        raise ValueError(f"{cfg_file}: unknown option(s) {sorted(unknown)} for kind {kind!r}")
+        raise ValueError(f"{os.path.join(path, PRM_CONFIG)}: unknown option(s) {sorted(unknown)} for kind {kind!r}")
     opts.update(kwargs)
     load_kw = {"trust_remote_code": trust_remote_code}
     if dtype is not None:
