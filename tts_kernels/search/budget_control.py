@@ -366,10 +366,12 @@ def _run_method(engine, method, prompts, seeds, b: Budget, templates, kw, max_tr
 
 
 #: how the sweep's intervals are computed (stated in its JSON config)
-INTERVAL_METHOD = ("Wilson score interval, 95% (stats.wilson): per budget over its runs; a method's Control "
-                   "over all its runs at all budgets (the same problems at every budget, so the runs are not "
-                   "independent and the interval is narrower than it should be); Performance: the interval "
-                   "of the best budget's accuracy (the best of several, picked in-sample)")
+INTERVAL_METHOD = ("per budget: Wilson score interval, 95% (stats.wilson) over its runs (accuracy, Control); "
+                   "a method's Control over all its budgets: Wilson score interval with the problems as the "
+                   "sample (each problem's share of its runs within budget, summed; every budget runs the "
+                   "same problems, so its runs are not independent trials; conservative, a share's variance "
+                   "being at most p(1-p)); Performance: the Wilson "
+                   "interval of the best budget's accuracy (the best of several, picked in-sample)")
 
 
 def _pct_interval(k: int, n: int) -> tuple:
@@ -383,7 +385,10 @@ def _budget_row(method, b: Budget, probs, recs, wall_s) -> dict:
     within = round(n * control(recs, b.min_thinking, b.max_thinking))
     acc_lo, acc_hi = _pct_interval(solved, n)
     ctl_lo, ctl_hi = _pct_interval(within, n)
-    row = dict(asdict(b), runs=n, accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
+    # run j of every budget is the same problem and sample (common random numbers): kept for the
+    # method's Control interval, which resamples problems
+    row = dict(asdict(b), runs=n, within_by_run=[int(b.min_thinking <= r.thinking_tokens <= b.max_thinking)
+                                                 for r in recs], accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
                solved=solved, avg_thinking_tokens=sum(r.thinking_tokens for r in recs) / n,
                control_pct=100.0 * within / n, control_lo_pct=ctl_lo, control_hi_pct=ctl_hi, within_budget=within,
                tokens_generated=sum(r.cost_tokens for r in recs), wall_s=wall_s)
@@ -398,7 +403,14 @@ def _method_summary(rows, skipped, wall_s) -> dict:
     def nan_none(x):
         return None if math.isnan(x) else x
     runs, within = sum(r["runs"] for r in rows), sum(r["within_budget"] for r in rows)
-    ctl = _pct_interval(within, runs) if runs else (None, None)
+    ctl = (None, None)
+    if runs:
+        if len({len(r["within_by_run"]) for r in rows}) != 1:
+            raise ValueError("every budget of a method must run the same problems")
+        per_run = list(zip(*(r["within_by_run"] for r in rows)))      # per problem-sample: its budgets
+        shares = sum(sum(x) / len(x) for x in per_run)
+        lo, hi = stats.wilson(shares, len(per_run))
+        ctl = (100.0 * lo, 100.0 * hi)
     best = max(rows, key=lambda r: r["accuracy_pct"]) if rows else None
     return dict(budgets=rows, skipped=skipped,
                 control_pct=100.0 * within / runs if runs else None, control_lo_pct=ctl[0], control_hi_pct=ctl[1],

@@ -42,8 +42,9 @@ def wilson(k: int, n: int, z: float = Z95) -> Tuple[float, float]:
 
     Parameters
     ----------
-    k : int
-        Successes, ``0 <= k <= n``.
+    k : int or float
+        Successes, ``0 <= k <= n`` (a float: summed per-unit shares, e.g. each problem's share of
+        its runs, ``n`` being the units).
     n : int
         Trials, ``n >= 1``.
     z : float
