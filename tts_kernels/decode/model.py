@@ -81,7 +81,7 @@ class Linear:
             try:
                 self._packed = torch.ops.mkldnn._reorder_linear_weight(weight.contiguous(), None)
                 self._dense = None
-            except RuntimeError:          # a shape or dtype this oneDNN does not pack: stay dense
+            except (RuntimeError, TypeError, NotImplementedError):   # a shape, dtype or op this torch lacks: stay dense
                 self._packed = None
 
     @property
