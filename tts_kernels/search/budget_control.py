@@ -385,8 +385,8 @@ def _budget_row(method, b: Budget, probs, recs, wall_s) -> dict:
     within = round(n * control(recs, b.min_thinking, b.max_thinking))
     acc_lo, acc_hi = _pct_interval(solved, n)
     ctl_lo, ctl_hi = _pct_interval(within, n)
-    # run j of every budget is the same problem and sample (common random numbers): kept for the
-    # method's Control interval, which resamples problems
+    # run j of every budget is the same problem and sample (common random numbers): for the
+    # method's Control interval (per problem), dropped from the row once it is computed
     row = dict(asdict(b), runs=n, within_by_run=[int(b.min_thinking <= r.thinking_tokens <= b.max_thinking)
                                                  for r in recs], accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
                solved=solved, avg_thinking_tokens=sum(r.thinking_tokens for r in recs) / n,
@@ -407,7 +407,8 @@ def _method_summary(rows, skipped, wall_s) -> dict:
     if runs:
         if len({len(r["within_by_run"]) for r in rows}) != 1:
             raise ValueError("every budget of a method must run the same problems")
-        per_run = list(zip(*(r["within_by_run"] for r in rows)))      # per problem-sample: its budgets
+        # per problem-sample: its budgets (the flags are not kept in the JSON: 0/1 per run)
+        per_run = list(zip(*(r.pop("within_by_run") for r in rows)))
         shares = sum(sum(x) / len(x) for x in per_run)
         lo, hi = stats.wilson(shares, len(per_run))
         ctl = (100.0 * lo, 100.0 * hi)
