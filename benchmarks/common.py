@@ -117,6 +117,9 @@ def env_metadata(device: str | torch.device = "cpu") -> dict:
         "triton": _version("triton"),
         "numpy": _version("numpy"),
         "argv": sys.argv,
+        # what selects the CPU kernels: the ISA cap of the C++ kernels and the cores the run may use
+        "cpu_isa_cap": os.environ.get("TTS_KERNELS_CPU_ISA") or "best available",
+        "cpu_affinity": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
     try:
         meta["loadavg_1_5_15"] = list(os.getloadavg())

@@ -86,18 +86,13 @@ def test_eager_run_exercises_budget_forcing(eager_run, tiny):
 
 def test_compiled_engine_matches_eager_aot(eager_run, tiny):
     """fullgraph=True: a graph break would raise. Buckets of 2, 4 and 8 rows and several block widths.
-    Exact when eager also runs ``F.linear``; with oneDNN-packed eager projections (the CPU default)
-    the compiled step's ``F.linear`` rounds differently, so logprobs and logits match to 1e-4."""
+    aot_eager runs the same ops as eager (oneDNN's packed projections included): bit-exact."""
     eng, res = _run(*tiny, compile="aot_eager")
-    exact = not any(lin.packed for lin in tiny[0].linears())
-    _same(res, eager_run[1], exact_logprobs=exact)
+    _same(res, eager_run[1])
     rows = {s.rows for s in eng._step_fns}
     assert rows == {2, 4, 8}, rows
     for sid in res:
-        if exact:
-            assert torch.equal(eng.next_logits(sid), eager_run[0].next_logits(sid))
-        else:
-            torch.testing.assert_close(eng.next_logits(sid), eager_run[0].next_logits(sid), atol=1e-4, rtol=1e-4)
+        assert torch.equal(eng.next_logits(sid), eager_run[0].next_logits(sid))
 
 
 def test_padded_eager_is_inert(eager_run, tiny):

@@ -201,3 +201,24 @@ def test_sweep_small_is_json_and_reproducible(engine):
             return {k: strip(v) for k, v in x.items() if k != "wall_s"}
         return [strip(v) for v in x] if isinstance(x, list) else x
     assert strip(bc.sweep(engine, probs, **kw)) == strip(res)
+
+
+def test_control_interval_takes_problems_as_the_sample():
+    """A method's Control interval: each problem's share of its runs within budget (all budgets, all
+    samples of the problem), Wilson over the problems; wider than the pooled interval over runs."""
+    from tts_kernels.search import stats
+    from tts_kernels.search.budget_control import control_interval
+    rows = [[1, 1, 0, 0], [1, 0, 0, 0]]                 # 2 budgets x 4 runs
+    lo, hi = control_interval(rows)                       # 4 problems, shares 1, 0.5, 0, 0
+    want = stats.wilson(1.5, 4)
+    assert (lo, hi) == pytest.approx((100 * want[0], 100 * want[1]))
+    pooled = stats.wilson(3, 8)
+    assert hi - lo > 100 * (pooled[1] - pooled[0])
+    lo2, hi2 = control_interval(rows, samples_per_problem=2)   # 2 problems, shares 0.75, 0
+    want2 = stats.wilson(0.75, 2)
+    assert (lo2, hi2) == pytest.approx((100 * want2[0], 100 * want2[1]))
+    assert control_interval([[1, 1, 1]]) == pytest.approx((100 * stats.wilson(3, 3)[0], 100.0))
+    with pytest.raises(ValueError, match="same problems"):
+        control_interval([[1, 0], [1]])
+    with pytest.raises(ValueError, match="whole number"):
+        control_interval([[1, 0, 1]], samples_per_problem=2)

@@ -66,11 +66,12 @@ def onednn_linear_available() -> bool:
 class Linear:
     """``y = x W^T + b``, with ``W`` prepacked for oneDNN when ``pack`` (CPU, float32 / bfloat16).
 
-    torch's default CPU GEMM for float32 ``F.linear`` ran at 60-90 GFLOPS per core on this
-    project's AVX-512 CPU where oneDNN with a prepacked weight ran at 155-200 (the decode shapes of a
-    135M model, one thread): vLLM's CPU backend packs its weights for the same reason. A packed
-    weight is stored once (the dense ``weight`` is rebuilt on demand, exactly, for export); a
-    weight oneDNN refuses stays dense and runs through ``F.linear``.
+    torch's default CPU GEMM for float32 ``F.linear`` ran 2-3x slower than oneDNN with a prepacked
+    weight on this project's AVX-512 CPU at the decode shapes of a 135M model, one thread
+    (``benchmarks/bench_cpu_gemm.py``); vLLM's CPU backend packs its weights for the same reason. A
+    packed weight is stored once (the dense ``weight`` is converted back on demand, exactly, for
+    export); a tied LM head packs its own copy of the embedding (one more vocabulary x hidden
+    matrix). A weight oneDNN refuses stays dense and runs through ``F.linear``.
     """
 
     def __init__(self, weight: torch.Tensor, bias: Optional[torch.Tensor] = None, pack: bool = False):
@@ -90,11 +91,10 @@ class Linear:
 
     @property
     def weight(self) -> torch.Tensor:
-        """The dense ``[out, in]`` weight (for a packed one rebuilt as ``(I W^T)^T``, which is exact)."""
+        """The dense ``[out, in]`` weight (a packed one converted back by oneDNN: exact, inf/NaN included)."""
         if self._dense is not None:
             return self._dense
-        eye = torch.eye(self.in_features, dtype=self.dtype)
-        return torch.ops.mkldnn._linear_pointwise(eye, self._packed, None, "none", [], "").t().contiguous()
+        return self._packed.to_dense() if self._packed.is_mkldnn else self._packed
 
     def keep_dense(self) -> None:
         """Also hold the dense weight: ``torch.compile`` traces ``F.linear`` on it (Inductor lowers
@@ -196,12 +196,16 @@ class Model:
     #: (raises if it does not); ``False`` = SDPA always
     flash_attn: Optional[bool] = None
     #: projections: ``None`` = oneDNN-prepacked weights (:class:`Linear`) on the CPU in float32 /
-    #: bfloat16 when this torch has them, else ``F.linear``; ``True`` = prepacked (raises if
-    #: unavailable); ``False`` = ``F.linear`` always
+    #: bfloat16 (when oneDNN supports bf16 on this CPU) if this torch has them, else ``F.linear``;
+    #: ``True`` = prepacked (raises if unavailable); ``False`` = ``F.linear`` always. Read when a
+    #: model is built (``Model(..., onednn=...)`` sets it for one model).
     onednn: Optional[bool] = None
 
-    def __init__(self, cfg: ModelConfig, weights: Dict[str, torch.Tensor], dtype=None, device="cpu"):
+    def __init__(self, cfg: ModelConfig, weights: Dict[str, torch.Tensor], dtype=None, device="cpu",
+                 onednn: Optional[bool] = None):
         self.cfg = cfg
+        if onednn is not None:
+            self.onednn = onednn
         self.dtype = parse_dtype(dtype) if dtype is not None else cfg.torch_dtype
         self.device = torch.device(device)
         w = {k: v.to(device=self.device, dtype=self.dtype) for k, v in weights.items()}
@@ -227,17 +231,19 @@ class Model:
     def _use_onednn(self) -> bool:
         if self.onednn is False:
             return False
-        ok = self.device.type == "cpu" and self.dtype in (torch.float32, torch.bfloat16)
+        ok = self.device.type == "cpu" and (self.dtype == torch.float32 or (
+            self.dtype == torch.bfloat16 and onednn_linear_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()))
         if self.onednn and not (ok and onednn_linear_available()):
             raise RuntimeError("Model.onednn is True but oneDNN's prepacked linear is unavailable "
                                f"(device {self.device}, dtype {self.dtype}, mkldnn {torch.backends.mkldnn.is_available()})")
         return ok and onednn_linear_available()
 
     @classmethod
-    def from_pretrained(cls, path: str, dtype=None, device="cpu") -> "Model":
-        """Load ``path`` (config.json + safetensors). ``dtype`` defaults to the checkpoint's."""
+    def from_pretrained(cls, path: str, dtype=None, device="cpu", onednn: Optional[bool] = None) -> "Model":
+        """Load ``path`` (config.json + safetensors). ``dtype`` defaults to the checkpoint's; ``onednn``
+        overrides :attr:`onednn` for this model."""
         cfg = read_config(path)
-        return cls(cfg, read_weights(path, cfg), dtype=dtype, device=device)
+        return cls(cfg, read_weights(path, cfg), dtype=dtype, device=device, onednn=onednn)
 
     # -- pieces ------------------------------------------------------------------
     def rope(self, positions: torch.Tensor, dtype) -> tuple:

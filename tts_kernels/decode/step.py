@@ -253,7 +253,8 @@ def make_step(model, k_caches, v_caches, *, shape: StepShape, block_size: int, a
 
     if compile is None:
         return step
-    model.keep_dense_weights()      # the compiled step traces F.linear (see Linear.keep_dense)
+    if compile not in ("eager", "aot_eager"):    # these run oneDNN's packed op as traced; Inductor needs
+        model.keep_dense_weights()                # F.linear on dense weights (see Linear.keep_dense)
     name = f"decode_step_b{shape.rows}_m{shape.blocks}_c{shape.chunks}_p{shape.pairs}"
     own = types.FunctionType(step.__code__.replace(co_name=name), step.__globals__, name, step.__defaults__,
                              step.__closure__)

@@ -118,11 +118,15 @@ def _default_llm_kwargs() -> dict:
 
 
 def _make_llm(vllm, path: str, llm_kwargs: dict, **kw):
-    """``vllm.LLM(model=path)`` in-process (no engine subprocess), with :func:`_default_llm_kwargs`,
-    then ``kw`` (the caller's fixed choices), then the user's ``llm_kwargs`` over both."""
+    """``vllm.LLM(model=path)`` in-process (no engine subprocess): :func:`_default_llm_kwargs`, the
+    user's ``llm_kwargs`` over them, and ``kw`` (what the caller needs: its logits processor, seed,
+    parallelism, logprobs mode), which ``llm_kwargs`` may not override (``ValueError`` naming them)."""
+    clash = sorted(set(kw) & set(llm_kwargs))
+    if clash:
+        raise ValueError(f"llm_kwargs: {clash} are set by the backend itself (pass them as its own arguments)")
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "4")
-    return vllm.LLM(model=path, **{**_default_llm_kwargs(), **kw, **llm_kwargs})
+    return vllm.LLM(model=path, **{**_default_llm_kwargs(), **llm_kwargs, **kw})
 
 
 class VLLMBackend:
@@ -351,8 +355,9 @@ class VLLMPRM(PRM):
     def __init__(self, path: Optional[str] = None, *, llm=None, max_num_seqs: int = 512, **llm_kwargs):
         from ..decode.checkpoint import read_config
         from ..decode.tokenizer import Tokenizer
-        from .prm import DEFAULT_PRM, model_params, tag_token_ids
+        from .prm import DEFAULT_PRM, model_params, tag_token_config, tag_token_ids
         self.path = DEFAULT_PRM if path is None else os.fspath(path)
+        tag_token_config(self.path)              # a clear error for a directory that is not a tag-token PRM
         self.tokenizer = Tokenizer(self.path)
         self.tag, self.good, self.bad = tag_token_ids(self.path, self.tokenizer)
         self._params = model_params(read_config(self.path))

@@ -382,13 +382,13 @@ def _pct_interval(k: int, n: int) -> tuple:
 def _budget_row(method, b: Budget, probs, recs, wall_s) -> dict:
     n = len(recs)
     solved = sum(bool(p.check(r.text)) for p, r in zip(probs, recs))
-    within = round(n * control(recs, b.min_thinking, b.max_thinking))
+    flags = [int(b.min_thinking <= r.thinking_tokens <= b.max_thinking) for r in recs]   # control()'s rule, per run
+    within = sum(flags)
     acc_lo, acc_hi = _pct_interval(solved, n)
     ctl_lo, ctl_hi = _pct_interval(within, n)
     # run j of every budget is the same problem and sample (common random numbers): for the
     # method's Control interval (per problem), dropped from the row once it is computed
-    row = dict(asdict(b), runs=n, within_by_run=[int(b.min_thinking <= r.thinking_tokens <= b.max_thinking)
-                                                 for r in recs], accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
+    row = dict(asdict(b), runs=n, within_by_run=flags, accuracy_pct=100.0 * solved / n, accuracy_lo_pct=acc_lo, accuracy_hi_pct=acc_hi,
                solved=solved, avg_thinking_tokens=sum(r.thinking_tokens for r in recs) / n,
                control_pct=100.0 * within / n, control_lo_pct=ctl_lo, control_hi_pct=ctl_hi, within_budget=within,
                tokens_generated=sum(r.cost_tokens for r in recs), wall_s=wall_s)
@@ -397,21 +397,35 @@ def _budget_row(method, b: Budget, probs, recs, wall_s) -> dict:
     return row
 
 
-def _method_summary(rows, skipped, wall_s) -> dict:
+def control_interval(rows_within: Sequence[Sequence[int]], samples_per_problem: int = 1) -> tuple:
+    """95% interval (percent) of a method's Control over all its budgets, the problems as the sample.
+
+    ``rows_within[b][j]``: run ``j`` of budget ``b`` kept to the budget (0/1); run ``j`` is sample
+    ``j % samples_per_problem`` of problem ``j // samples_per_problem`` at every budget. Each problem
+    contributes its share of runs within budget; the Wilson interval of the summed shares over the
+    problems is conservative (a share's variance is at most ``p (1 - p)``).
+    """
+    if len({len(r) for r in rows_within}) != 1:
+        raise ValueError("every budget of a method must run the same problems")
+    n_runs = len(rows_within[0])
+    if n_runs == 0 or n_runs % samples_per_problem:
+        raise ValueError(f"{n_runs} runs per budget are not a whole number of problems x {samples_per_problem}")
+    k = samples_per_problem
+    shares = [sum(r[i * k + j] for r in rows_within for j in range(k)) / (k * len(rows_within))
+              for i in range(n_runs // k)]
+    lo, hi = stats.wilson(sum(shares), len(shares))
+    return 100.0 * lo, 100.0 * hi
+
+
+def _method_summary(rows, skipped, wall_s, samples_per_problem: int = 1) -> dict:
     pts = [(r["avg_thinking_tokens"], r["accuracy_pct"]) for r in rows]
 
     def nan_none(x):
         return None if math.isnan(x) else x
     runs, within = sum(r["runs"] for r in rows), sum(r["within_budget"] for r in rows)
-    ctl = (None, None)
-    if runs:
-        if len({len(r["within_by_run"]) for r in rows}) != 1:
-            raise ValueError("every budget of a method must run the same problems")
-        # per problem-sample: its budgets (the flags are not kept in the JSON: 0/1 per run)
-        per_run = list(zip(*(r.pop("within_by_run") for r in rows)))
-        shares = sum(sum(x) / len(x) for x in per_run)
-        lo, hi = stats.wilson(shares, len(per_run))
-        ctl = (100.0 * lo, 100.0 * hi)
+    # the per-run flags serve the interval only (not kept in the JSON)
+    flags = [r.pop("within_by_run") for r in rows]
+    ctl = control_interval(flags, samples_per_problem) if runs else (None, None)
     best = max(rows, key=lambda r: r["accuracy_pct"]) if rows else None
     return dict(budgets=rows, skipped=skipped,
                 control_pct=100.0 * within / runs if runs else None, control_lo_pct=ctl[0], control_hi_pct=ctl[1],
@@ -475,7 +489,7 @@ def sweep(engine, problems, *, budgets=DEFAULT_BUDGETS, methods=METHODS, samples
             t0 = time.perf_counter()
             recs = _run_method(engine, method, prompts, seeds, b, templates, kw, max_tries, max_new_tokens)
             rows.append(_budget_row(method, b, probs, recs, time.perf_counter() - t0))
-        results[method] = _method_summary(rows, skipped, time.perf_counter() - t_all)
+        results[method] = _method_summary(rows, skipped, time.perf_counter() - t_all, samples_per_problem)
     config = dict(num_problems=len(probs) // samples_per_problem, samples_per_problem=samples_per_problem,
                   seed=seed, temperature=temperature, top_p=top_p, max_tries=max_tries,
                   max_new_tokens=max_new_tokens, templates=templates.name, intervals=INTERVAL_METHOD)
