@@ -76,3 +76,23 @@ def has_kernel(op: str, dispatch_key: str = "CPU") -> bool:
         return torch._C._dispatch_has_kernel_for_dispatch_key(op, dispatch_key)
     except RuntimeError:
         return False
+
+
+#: values of TTS_KERNELS_CPU_ISA, the cap on the C++ kernels' instruction set (unset or "": the CPU's best)
+CPU_ISA_CAPS = ("", "avx512", "avx2", "generic")
+
+
+def check_cpu_isa_env() -> None:
+    """``ValueError`` naming ``TTS_KERNELS_CPU_ISA`` when it holds a value the C++ kernels do not know."""
+    v = os.environ.get("TTS_KERNELS_CPU_ISA")
+    if v is not None and v not in CPU_ISA_CAPS:
+        raise ValueError(f"TTS_KERNELS_CPU_ISA={v!r}: expected one of {', '.join(repr(c) for c in CPU_ISA_CAPS)}")
+
+
+def cpu_isa() -> str | None:
+    """The instruction set the C++ CPU kernels use now ("avx512", "avx2" or "generic"), or None without them."""
+    if not available():
+        return None
+    check_cpu_isa_env()
+    return torch.ops.tts_kernels_C.cpu_isa()
+

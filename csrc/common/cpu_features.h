@@ -58,8 +58,9 @@ inline bool cpu_has_avx512() {
 #endif
 }
 
-// The highest ISA TTS_KERNELS_CPU_ISA allows: 0 "generic", 1 "avx2", 2 otherwise
-// (read at every call, so tests can switch it).
+// The highest ISA TTS_KERNELS_CPU_ISA allows: 0 "generic", 1 "avx2", 2 unset, empty or "avx512"
+// (read at every call, so tests can switch it). The Python ops reject other values
+// (tts_kernels/_ext.py, check_cpu_isa_env) before calling in.
 inline int isa_cap() {
   const char* env = std::getenv("TTS_KERNELS_CPU_ISA");
   if (env == nullptr) return 2;

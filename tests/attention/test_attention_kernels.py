@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 import random
 
 import pytest
@@ -404,14 +405,33 @@ def test_cpp_isa_paths(isa, d, dtype, monkeypatch):
     capped by TTS_KERNELS_CPU_ISA, against the oracle: query counts that leave remainders of the
     8- and 4-query blocks, shared and private chunks, head dims that leave remainders of 64."""
     require_extension()
+    from tts_kernels import _ext
     if isa != "best":
         monkeypatch.setenv("TTS_KERNELS_CPU_ISA", isa)
+    flags = open("/proc/cpuinfo").read().split() if os.path.exists("/proc/cpuinfo") else []
+    best = "avx512" if {"avx512f", "avx512vl", "avx512dq", "avx512bw"} <= set(flags) else (
+        "avx2" if {"avx2", "fma", "f16c"} <= set(flags) else "generic")
+    want = {"best": best, "avx2": "avx2" if best != "generic" else "generic", "generic": "generic"}[isa]
+    if flags:
+        assert _ext.cpu_isa() == want          # the kernels under test are the ones this test names
     for kind, n, hq, hkv in (("identical", 13, 9, 3), ("forest", 11, 6, 1), ("chain", 7, 4, 2)):
         q, k, v, bt, lens = make_inputs(kind, n, 16, hq, hkv, d, dtype, seed=d + n, max_blocks_per_row=9)
         plan = simple_plan(bt, lens, 16)
         scale = 1.0 / math.sqrt(d)
         out, lse = run_cpp(q, k, v, bt, lens, plan, scale)
         check_against_oracle(out, lse, q, k, v, bt, lens, scale)
+
+
+def test_cpp_unknown_isa_cap_is_refused(monkeypatch):
+    require_extension()
+    from tts_kernels import _ext
+    monkeypatch.setenv("TTS_KERNELS_CPU_ISA", "AVX2")
+    q, k, v, bt, lens = make_inputs("chain", 3, 16, 4, 2, 16, torch.float32, seed=1)
+    from tts_kernels.attention.impls import tree_attention_cpp
+    with pytest.raises(ValueError, match="TTS_KERNELS_CPU_ISA"):
+        tree_attention_cpp(q, k, v, bt, lens, simple_plan(bt, lens, 16), 0.25)
+    with pytest.raises(ValueError, match="TTS_KERNELS_CPU_ISA"):
+        _ext.cpu_isa()
 
 
 def test_cpp_odd_head_dim():

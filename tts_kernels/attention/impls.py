@@ -12,12 +12,14 @@ from __future__ import annotations
 import torch
 
 from .._backends import BACKENDS, Backends  # noqa: F401
+from .._ext import check_cpu_isa_env
 from .reference import tree_attention_reference
 
 
 def tree_attention_cpp(q, k_cache, v_cache, block_tables, seq_lens, plan, scale, return_lse=True):
     if not cpp_available():
         raise RuntimeError(f"the C++ tree-attention kernel is not available: {cpp_unavailable_reason()}")
+    check_cpu_isa_env()
     return torch.ops.tts_kernels_C.tree_attention_cpu(
         q, k_cache, v_cache, block_tables, seq_lens, *plan.tensors(), float(scale))
 

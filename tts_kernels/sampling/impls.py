@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 
 from .._backends import BACKENDS, Backends  # noqa: F401
+from .._ext import check_cpu_isa_env
 from .params import FILTER_NAMES
 from .reference import sample_reference
 
@@ -16,6 +17,7 @@ from .reference import sample_reference
 def sample_cpp(*args):
     if not _backends.cpp_available():
         raise RuntimeError(f"the C++ sampler is not available: {_backends.cpp_unavailable_reason()}")
+    check_cpu_isa_env()
     return torch.ops.tts_kernels_C.sample_cpu(*args)
 
 
