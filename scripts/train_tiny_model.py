@@ -33,7 +33,7 @@ Usage::
     python scripts/train_tiny_model.py --stop-after 50 --out /tmp/m --eval 20   # quick smoke run
     python scripts/train_tiny_model.py --hidden 256 --out tts_kernels/models/tiny-arith-large   # the 4x policy
     python scripts/train_tiny_model.py --init tts_kernels/models/tiny-arith --conditioning 0.6 \
-        --steps 300 --stop-after 300 --lr 1e-3 --out tts_kernels/models/tiny-arith-cond   # the conditioned policy
+        --steps 300 --stop-after 300 --lr 2e-3 --out tts_kernels/models/tiny-arith-cond   # the conditioned policy
 
 Afterwards the script measures accuracy with the package's own runner and the
 exact checker (greedy and temperature-1 single samples on held-out problems,

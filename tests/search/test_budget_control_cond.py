@@ -51,8 +51,9 @@ def test_templates_render_as_designed(tok):
     # every character of a form is a token of the 29-token vocabulary (no unknown token)
     unk = tok.token_to_id("<|unk|>")
     assert all(unk not in tok.encode(T.render(k, p, 96, 12)) for k in ("token", "step", "short", "long"))
-    assert len(tok.encode("49+9=58\n\n")) == T.tokens_per_step == 8       # a step of this task
-    assert [T.steps_for(b) for b in (8, 16, 24, 32, 48)] == [1, 2, 3, 4, 6]
+    assert len(tok.encode("49+9=58\n\n")) == 8                              # the longest step of this task
+    assert len(tok.encode("Wait\n\n49+9=58\n\n")) == T.tokens_per_step == 10   # the longest re-check
+    assert [T.steps_for(b) for b in (8, 16, 24, 32, 48)] == [1, 1, 2, 3, 4]
     assert [T.class_for(b) for b in (8, 32, 47, 48, 96)] == ["short"] * 3 + ["long"] * 2
     assert templates_named("embedded-conditioned") is T and templates_named("s1-instruct") is S1_TEMPLATES
 
@@ -77,7 +78,7 @@ def test_checkpoint_selects_templates(tmp_path):
     bad = tmp_path / "bad"
     shutil.copytree(COND, bad)
     c = json.loads((bad / "config.json").read_text())
-    for wrong in ("embedded-conditionned", 3):
+    for wrong in ("embedded-conditionned", 3, False, [], {}):
         c[TEMPLATES_KEY] = wrong
         (bad / "config.json").write_text(json.dumps(c))
         with pytest.raises(CheckpointError, match=TEMPLATES_KEY):
@@ -112,6 +113,8 @@ def test_training_traces_respect_every_budget(tok):
             recheck = arith.WAIT + arith.STEP_DELIMITER + ch.steps()[-1] + arith.STEP_DELIMITER
             nxt = ch.steps()[k] + arith.STEP_DELIMITER if k < full else recheck
             assert count(text + nxt) > b
+        for b in range(8, 100):          # a stated step budget never lets a faithful trace exceed its token budget
+            assert _think(tok, ch.conditioned_completion("step", T.steps_for(b)))[0] <= b, (ch.prompt, b)
         for s in range(1, 13):
             c = ch.conditioned_completion("step", s)
             _, text = _think(tok, c)
@@ -162,11 +165,18 @@ def test_conditioned_policy_keeps_to_a_token_budget(cond_engine):
                                         templates=None if cond else EMBEDDED_TEMPLATES)
             assert all(r.prompt == (T.render("token", p, budget=b) if cond else p) for r, p in zip(recs, prompts))
             ok[cond] += round(len(recs) * bc.control(recs, 0, b))
-    with_prefix, without = 100 * ok[True] / 64, 100 * ok[False] / 64
-    print(f"token-budget Control with the prefix {with_prefix:.1f}%, without {without:.1f}%")
-    assert with_prefix >= without + MARGIN_PCT
-    # and the difference is not a fluke of 64 runs: the Wilson intervals do not overlap
-    assert stats.wilson(ok[True], 64)[0] > stats.wilson(ok[False], 64)[1]
+    # the policy trained without conditioning (tiny-arith), given the same prefixed prompts
+    base = bc.make_engine(num_sequences=64, seed=0)
+    ok_base = 0
+    for b in (16, 24):
+        recs = bc.token_conditional(base, prompts, max_thinking=b, seed=0, templates=T)
+        ok_base += round(len(recs) * bc.control(recs, 0, b))
+    with_prefix, without, untrained = 100 * ok[True] / 64, 100 * ok[False] / 64, 100 * ok_base / 64
+    print(f"token-budget Control with the prefix {with_prefix:.1f}%, without {without:.1f}%, "
+          f"tiny-arith (not trained on the prefix) given it {untrained:.1f}%")
+    assert with_prefix >= without + MARGIN_PCT and with_prefix >= untrained + MARGIN_PCT
+    # and the differences are not a fluke of 64 runs: the Wilson intervals do not overlap
+    assert stats.wilson(ok[True], 64)[0] > max(stats.wilson(ok[False], 64)[1], stats.wilson(ok_base, 64)[1])
 
 
 def test_sweep_on_the_conditioned_policy(cond_engine):

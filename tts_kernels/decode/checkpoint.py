@@ -19,7 +19,7 @@ from typing import Dict, Optional
 
 import torch
 
-from .families import SUPPORTED_ARCHS, TEMPLATES, TEMPLATES_KEY, for_config
+from .families import SUPPORTED_ARCHS, TEMPLATES_KEY, for_config, templates_named
 
 _ST_DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
               "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
@@ -103,10 +103,15 @@ class ModelConfig:
         if rtype not in ("default", "linear", "llama3"):
             raise CheckpointError(f"{where}: rope_type {rtype!r} is not supported (default, linear, llama3)")
         scaling = None if rtype == "default" else dict(rope, rope_type=rtype)
-        templates = cfg.get(TEMPLATES_KEY) or ""
-        if templates and (not isinstance(templates, str) or templates not in TEMPLATES):
-            raise CheckpointError(f"{where}: {TEMPLATES_KEY} {templates!r} is not a known set of prompt templates; "
-                                  f"known: {sorted(TEMPLATES)}")
+        templates = cfg.get(TEMPLATES_KEY)
+        templates = "" if templates is None else templates
+        if templates != "":
+            try:
+                if not isinstance(templates, str):
+                    raise ValueError(f"{TEMPLATES_KEY}: expected the name of prompt templates, got {templates!r}")
+                templates_named(templates)
+            except ValueError as exc:
+                raise CheckpointError(f"{where}: {exc}") from None
         eos = cfg.get("eos_token_id")
         eos = tuple(int(e) for e in (eos if isinstance(eos, list) else [eos]) if e is not None)
         dt = cfg.get("torch_dtype") or cfg.get("dtype") or "float32"

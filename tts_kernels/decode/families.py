@@ -57,7 +57,8 @@ class PromptTemplates:
         return getattr(self, kind).format(prompt=prompt[:len(prompt) - len(tag)], budget=budget, steps=steps) + tag
 
     def steps_for(self, max_thinking: int) -> int:
-        return max(1, round(max_thinking / self.tokens_per_step))
+        """The step budget stated for a token budget: whole ``tokens_per_step`` units, at least one."""
+        return max(1, max_thinking // self.tokens_per_step)
 
     def class_for(self, max_thinking: int) -> str:
         return "long" if max_thinking >= self.long_from else "short"
@@ -73,12 +74,17 @@ EMBEDDED_TEMPLATES = PromptTemplates(name="embedded-unconditioned", token="{prom
 #: steps, a Wait re-check counting as one), ``"-,..."`` (think short: no re-check) and ``"+,..."``
 #: (think long: 2-3 re-checks). Budgets are written with two digits (``"08:"``): with a one-digit
 #: ``"8:"`` the first fine-tuned policy read budget 8 as a long one (73 thinking tokens, 2% Control
-#: on 64 problems). A step ``49+9=58\n\n`` is 8 tokens (``tokens_per_step``); a
-#: budget of at least ``long_from`` tokens asks for the long class (a long trace, 3-6 steps and 2-3
-#: re-checks of 10 tokens, thinks 38-78 tokens).
+#: on 64 problems). A step ``49+9=58\n\n`` is 6-8 tokens and a re-check (``Wait\n\n`` and the last
+#: step) 8-10, so ``tokens_per_step`` is 10: a token budget b is stated as ``b // 10`` steps, and a
+#: policy that keeps to the step count keeps to the token budget (with 8 and rounding, a perfect
+#: trace overshot budget 48 two times in three). A budget of at least ``long_from`` tokens asks for the
+#: long class: a long trace (3-6 steps and 2-3 re-checks) thinks 34-78 tokens and fits budget 48 only
+#: 18% of the time, a short one (18-48 tokens) never fits 8-16: over budgets 8-48 a policy that does
+#: exactly as asked reaches 19.4% class-conditional Control (measured on the training traces).
+#: Budgets are trained up to 99 tokens and 12 steps.
 EMBEDDED_CONDITIONED_TEMPLATES = PromptTemplates(name="embedded-conditioned", token="{budget:02d}:{prompt}",
                                                  step="{steps:02d}.{prompt}", short="-,{prompt}", long="+,{prompt}",
-                                                 tokens_per_step=8, long_from=48)
+                                                 tokens_per_step=10, long_from=48)
 #: prompt templates by name: what a checkpoint's config.json key ``"tts_prompt_templates"`` may say
 TEMPLATES: Dict[str, PromptTemplates] = {t.name: t for t in (S1_TEMPLATES, EMBEDDED_TEMPLATES,
                                                              EMBEDDED_CONDITIONED_TEMPLATES)}

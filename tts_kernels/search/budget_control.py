@@ -14,9 +14,11 @@ Control in the main job). ``models/tiny-arith-cond`` is that model fine-tuned
 (``scripts/train_tiny_model.py --conditioning``) to read conditioning forms spelled with the same
 vocabulary (:data:`EMBEDDED_CONDITIONED_TEMPLATES`: ``"32:"`` token budget, ``"04."`` step
 budget, ``"-,"`` short, ``"+,"`` long; its config.json declares them), and the main job's sweep
-runs on it. Measured there (128 problems, one sample, budgets 8-48; Wilson 95% intervals over
-all runs): budget forcing Control 100% [99, 100], token-conditional 71.9% [68, 75], step-conditional
-57.3% [53, 61], class-conditional 21.1% [18, 24], rejection sampling (16 tries) 38.8% [35, 43].
+runs on it. Measured there (128 problems, one sample, budgets 8-48; Control's 95% Wilson interval
+takes the problems as the sample, see :func:`control_interval`; the README has the current table):
+budget forcing Control 100% [97, 100], token-conditional 71.9% [64, 79], class-conditional 21.1%
+[15, 29] (by construction at most 19.4% for a policy that does exactly as asked at these budgets,
+see ``EMBEDDED_CONDITIONED_TEMPLATES``), rejection sampling (16 tries) 38.8% [31, 47].
 The baselines read the budget (thinking grows with it: token-conditional 6 -> 58 tokens) but
 overshoot at large budgets; "think short" is not shorter than no prefix. That policy is also far
 more accurate than tiny-arith (fine-tuning went on teaching arithmetic), so its sweep is not
