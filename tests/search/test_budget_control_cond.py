@@ -55,6 +55,13 @@ def test_templates_render_as_designed(tok):
     assert len(tok.encode("Wait\n\n49+9=58\n\n")) == T.tokens_per_step == 10   # the longest re-check
     assert [T.steps_for(b) for b in (8, 16, 24, 32, 48)] == [1, 1, 2, 3, 4]
     assert [T.class_for(b) for b in (8, 32, 47, 48, 96)] == ["short"] * 3 + ["long"] * 2
+    # budgets the policy was never trained to read are refused, not rendered
+    assert T.render("token", p, budget=99)[:3] == "99:" and T.render("step", p, steps=12)[:3] == "12."
+    with pytest.raises(ValueError, match="budget=100"):
+        T.render("token", p, budget=100)
+    with pytest.raises(ValueError, match="steps=13"):
+        T.render("step", p, steps=13)
+    assert S1_TEMPLATES.render("token", p, budget=4096).endswith("<think>")        # no limit there
     assert templates_named("embedded-conditioned") is T and templates_named("s1-instruct") is S1_TEMPLATES
 
 

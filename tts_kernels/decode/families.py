@@ -35,7 +35,9 @@ class PromptTemplates:
     ``{prompt}`` is the problem prompt without a trailing ``think_tag`` (put back after the
     instruction, so that the instruction is not inside the thinking), ``{budget}`` the token
     budget, ``{steps}`` the step budget. ``tokens_per_step`` turns a token budget into steps; a
-    budget of at least ``long_from`` tokens asks for the long class. Defaults: s1's baselines for
+    budget of at least ``long_from`` tokens asks for the long class. ``max_budget`` / ``max_steps``
+    (0: no limit) are the largest budgets the model was trained to read: a larger one is a
+    ``ValueError``, not a prompt the model has never seen. Defaults: s1's baselines for
     instruction-following checkpoints (wording ours).
     """
 
@@ -48,11 +50,16 @@ class PromptTemplates:
     tokens_per_step: int = 100
     long_from: int = 2048
     think_tag: str = "<think>"
+    max_budget: int = 0
+    max_steps: int = 0
 
     def render(self, kind: str, prompt: str, budget: int = 0, steps: int = 0) -> str:
         """The prompt of baseline ``kind`` ("token", "step", "short" or "long")."""
         if kind not in ("token", "step", "short", "long"):
             raise ValueError(f"kind must be token, step, short or long, got {kind!r}")
+        for k, name, v, most in (("token", "budget", budget, self.max_budget), ("step", "steps", steps, self.max_steps)):
+            if kind == k and most and not 0 <= v <= most:
+                raise ValueError(f"{name}={v}: prompt templates {self.name!r} were trained on {name} 0..{most}")
         tag = self.think_tag if self.think_tag and prompt.endswith(self.think_tag) else ""
         return getattr(self, kind).format(prompt=prompt[:len(prompt) - len(tag)], budget=budget, steps=steps) + tag
 
@@ -81,10 +88,10 @@ EMBEDDED_TEMPLATES = PromptTemplates(name="embedded-unconditioned", token="{prom
 #: long class: a long trace (3-6 steps and 2-3 re-checks) thinks 34-78 tokens and fits budget 48 only
 #: 18% of the time, a short one (18-48 tokens) never fits 8-16: over budgets 8-48 a policy that does
 #: exactly as asked reaches 19.4% class-conditional Control (measured on the training traces).
-#: Budgets are trained up to 99 tokens and 12 steps.
+#: Budgets are trained up to 99 tokens and 12 steps (``max_budget``, ``max_steps``).
 EMBEDDED_CONDITIONED_TEMPLATES = PromptTemplates(name="embedded-conditioned", token="{budget:02d}:{prompt}",
                                                  step="{steps:02d}.{prompt}", short="-,{prompt}", long="+,{prompt}",
-                                                 tokens_per_step=10, long_from=48)
+                                                 tokens_per_step=10, long_from=48, max_budget=99, max_steps=12)
 #: prompt templates by name: what a checkpoint's config.json key ``"tts_prompt_templates"`` may say
 TEMPLATES: Dict[str, PromptTemplates] = {t.name: t for t in (S1_TEMPLATES, EMBEDDED_TEMPLATES,
                                                              EMBEDDED_CONDITIONED_TEMPLATES)}
