@@ -6,6 +6,8 @@ registered op (``backend="auto"``).
 """
 from __future__ import annotations
 
+import zlib
+
 import pytest
 import torch
 
@@ -26,7 +28,9 @@ def _run_case(backend, kind, gqa, dtype, *, seed, n_rows=6, bs=4, max_blocks=6, 
     q = torch.randn(n_rows, hkv * gqa, d, generator=gen).to(dtype)
     plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=chunk_size, sharing=sharing, **(plan_kwargs or {}))
     out, lse = tk.tree_attention(q, k, v, bt, sl, scale=scale, plan=plan, return_lse=True, backend=backend)
-    assert_close_to_oracle(out, lse, q, k, v, bt, sl, scale)
+    # the Triton kernel stores 16-bit partials (one more rounding); on a CPU "auto" is the C++ kernel
+    rounded = backend == "triton" or (backend == "auto" and q.is_cuda)
+    assert_close_to_oracle(out, lse, q, k, v, bt, sl, scale, partials_rounded=rounded)
     return plan
 
 
@@ -34,7 +38,8 @@ def _run_case(backend, kind, gqa, dtype, *, seed, n_rows=6, bs=4, max_blocks=6, 
 @pytest.mark.parametrize("gqa", [1, 4, 8])
 @pytest.mark.parametrize("kind", KINDS)
 def test_matches_dense_oracle(backend, kind, gqa, dtype):
-    _run_case(backend, kind, gqa, dtype, seed=hash((kind, gqa, str(dtype))) % 10_000)
+    # a stable seed per case (hash() of a str changes with PYTHONHASHSEED, i.e. with every process)
+    _run_case(backend, kind, gqa, dtype, seed=zlib.crc32(f"{kind}-{gqa}-{dtype}".encode()) % 10_000)
 
 
 @pytest.mark.parametrize("seed", range(4))

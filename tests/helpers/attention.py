@@ -98,15 +98,25 @@ def random_caches(num_blocks, bs, hkv, d, dtype, gen, device="cpu"):
     return k, v
 
 
-def assert_close_to_oracle(out, lse, q, k, v, bt, sl, scale=None):
+#: one rounding to a 16-bit dtype, relative to the magnitude (the ulp of [1, 2))
+ULP_16BIT = {torch.bfloat16: 2.0 ** -7, torch.float16: 2.0 ** -10}
+
+
+def assert_close_to_oracle(out, lse, q, k, v, bt, sl, scale=None, partials_rounded=False):
     """Flash-attention rule: error vs a float64 oracle at most 2x that of the dense reference
-    computed in q's precision (plus a small floor); lse within float32 accuracy."""
+    computed in q's precision (plus a small floor); lse within float32 accuracy.
+
+    ``partials_rounded``: the kernel stores its per-chunk partial outputs in the 16-bit input dtype
+    (the Triton kernel does, to halve that traffic), one more rounding than the reference makes:
+    one ulp of the output's magnitude more is allowed."""
     ref64, lse64 = paged_attention_dense(q, k, v, bt, sl, scale, compute_dtype=torch.float64)
     low, _ = paged_attention_dense(q, k, v, bt, sl, scale, compute_dtype=q.dtype)
     err_low = (low.double() - ref64).abs().max().item()
     err = (out.double() - ref64).abs().max().item()
     assert out.dtype == q.dtype and out.shape == q.shape
-    assert err <= 2 * err_low + ATOL_FLOOR[q.dtype], f"error {err:.3g} vs low-precision reference {err_low:.3g}"
+    extra = ULP_16BIT.get(q.dtype, 0.0) * ref64.abs().max().item() if partials_rounded else 0.0
+    assert err <= 2 * err_low + ATOL_FLOOR[q.dtype] + extra, (
+        f"error {err:.3g} vs low-precision reference {err_low:.3g} (+{extra:.3g} for rounded partials)")
     if lse is not None:
         assert lse.dtype == torch.float32 and lse.shape == q.shape[:2]
         lerr = ((lse.double() - lse64).abs() / (1 + lse64.abs())).max().item()
