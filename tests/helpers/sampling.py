@@ -5,7 +5,7 @@ import torch
 
 import tts_kernels as tk
 from tts_kernels.sampling import impls, philox
-from tts_kernels.sampling.reference import filter_mask, row_validity
+from tts_kernels.sampling.reference import draw_scores, filter_mask, row_validity
 
 from helpers.backends import BACKENDS  # noqa: F401
 from helpers.backends import require_backend as _require
@@ -43,23 +43,34 @@ def mixed_params(b, v, *, gen, device="cpu"):
     return {k: t.to(device) for k, t in d.items()}
 
 
-def reference_scores(logits, temperature, top_k, top_p, min_p, seed, offset):
-    """float64 [B, V] Gumbel scores of the kept tokens (-inf elsewhere), as the reference defines them."""
+def reference_keep(logits, temperature, top_k, top_p, min_p):
+    """(z, keep): the reference's scaled logits and kept tokens (bool [B, V])."""
     x = logits.float().cpu()
     t = temperature.cpu()
-    greedy = t <= 0
-    z = x / torch.where(greedy, torch.ones_like(t), t).view(-1, 1)
+    z = x / torch.where(t <= 0, torch.ones_like(t), t).view(-1, 1)
     keep = filter_mask(z, top_k.cpu(), top_p.cpu(), min_p.cpu()) & torch.isfinite(z)
-    s = torch.where(keep, z + philox.gumbel(seed.cpu(), offset.cpu(), x.shape[1]), float("-inf"))
-    s = torch.where(greedy.view(-1, 1), x, s)
-    return s.double(), keep
+    return z, keep
 
 
-def decisive_rows(scores, rel=1e-5):
-    """bool [B]: rows whose best score beats the runner-up by more than float rounding."""
+def _clear(scores, rel):
+    """bool [B]: the best of ``scores`` (float64 [B, n]) beats the runner-up by more than rounding."""
+    if scores.shape[1] < 2:
+        return torch.ones(scores.shape[0], dtype=torch.bool)
     top2 = torch.topk(scores, 2, dim=1).values
     gap = top2[:, 0] - top2[:, 1]
     return (gap > rel * top2[:, 0].abs().clamp(min=1.0)) | torch.isinf(top2[:, 1])
+
+
+def decisive_rows(logits, temperature, top_k, top_p, min_p, seed, offset, rel=1e-5):
+    """bool [B]: rows whose token no float rounding can change: greedy rows, and sampled rows
+    whose best group score and best token score inside that group (``reference.draw_scores``)
+    both beat their runners-up by more than ``rel`` (relative)."""
+    z, keep = reference_keep(logits, temperature, top_k, top_p, min_p)
+    gs, ts = draw_scores(z, keep, seed.cpu(), offset.cpu())
+    g = torch.argmax(gs, dim=1)
+    in_group = (torch.arange(z.shape[1]).view(1, -1) // philox.GROUP_SIZE) == g.view(-1, 1)
+    ts = torch.where(in_group, ts, float("-inf"))
+    return (temperature.cpu() <= 0) | (_clear(gs.double(), rel) & _clear(ts.double(), rel))
 
 
 def call(backend, logits, **kw):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from helpers.backends import require_triton
+from helpers.sampling import decisive_rows
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
 from tts_kernels.sampling.reference import filter_mask, sample_reference
@@ -37,20 +38,6 @@ def _params(B, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset
             vec(min_p, torch.float32), vec(seed, torch.int64), vec(offset, torch.int64))
 
 
-def _near_tie_rows(logits, temperature, top_k, top_p, min_p, seed, offset):
-    """bool [B]: rows whose two best kept Gumbel scores are within float rounding (reference)."""
-    x = logits.float().cpu()
-    t = torch.where(temperature <= 0, torch.ones_like(temperature), temperature).cpu().view(-1, 1)
-    z = x / t
-    keep = filter_mask(z, top_k.cpu(), top_p.cpu(), min_p.cpu())
-    s = torch.where(keep, z + philox.gumbel(seed.cpu(), offset.cpu(), x.shape[1]), float("-inf"))
-    top2 = s.topk(min(2, x.shape[1]), dim=1).values
-    if top2.shape[1] < 2:
-        return torch.zeros(x.shape[0], dtype=torch.bool)
-    gap = (top2[:, 0] - top2[:, 1]).abs()
-    return gap <= 1e-5 * top2[:, 0].abs().clamp(min=1.0)
-
-
 def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allow_ties=True):
     b_ref = budget.clone() if budget is not None else None
     b_tri = budget.clone() if budget is not None else None
@@ -61,7 +48,7 @@ def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allo
     tok_r, lp_r, tok_t, lp_t = tok_r.cpu(), lp_r.cpu(), tok_t.cpu(), lp_t.cpu()
     diff = tok_r != tok_t
     if diff.any():
-        ties = _near_tie_rows(logits, *params) if allow_ties else torch.zeros_like(diff)
+        ties = ~decisive_rows(logits, *params) if allow_ties else torch.zeros_like(diff)
         bad = diff & ~ties
         assert not bad.any(), f"rows {bad.nonzero().flatten().tolist()}: triton {tok_t[bad].tolist()} " \
                               f"reference {tok_r[bad].tolist()}"

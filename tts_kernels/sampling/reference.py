@@ -23,8 +23,12 @@ Semantics of one row (``z = logits / temperature`` in float32):
 * sampled row: keep ``z >= t_k`` (t_k = k-th largest z; ties at the threshold
   are kept), then, renormalised over that set, the most likely tokens down to
   the first whose cumulative probability reaches top_p (``z >= t_p``, ties
-  kept), then tokens with ``p >= min_p * p_max``; draw the first index of
-  the maximum of ``z + gumbel`` over the kept tokens.
+  kept), then tokens with ``p >= min_p * p_max``; draw by two-level
+  Gumbel-max (:func:`draw`): among the groups of ``philox.GROUP_SIZE`` tokens,
+  the first with the largest ``log(sum of exp(z) over its kept tokens) + group
+  noise``, then in that group the first index of the maximum of ``z + token
+  noise`` over its kept tokens (equal in distribution to ``softmax(z)`` over
+  the kept set).
 * logprob: ``log_softmax(logits.float())[token]`` of the unmodified logits.
 """
 from __future__ import annotations
@@ -60,6 +64,35 @@ def filter_mask(z: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p
     return keep
 
 
+def draw_scores(z: torch.Tensor, keep: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor):
+    """The two levels of the draw, in float32: ``(group_scores [B, G], token_scores [B, V])``.
+
+    ``group_scores[b, j] = m + log(sum(exp(z - m)))`` over the kept tokens of group ``j``
+    (``m`` their maximum) plus the group noise, ``-inf`` for a group with nothing kept;
+    ``token_scores = z + token noise`` on kept tokens, ``-inf`` elsewhere."""
+    B, V = z.shape
+    G = philox.GROUP_SIZE
+    ng = philox.num_groups(V)
+    zk = torch.where(keep, z, float("-inf"))
+    zg = torch.nn.functional.pad(zk, (0, ng * G - V), value=float("-inf")).view(B, ng, G)
+    m = zg.amax(dim=2)
+    has = m > float("-inf")
+    ms = torch.where(has, m, torch.zeros_like(m))
+    lw = ms + torch.log(torch.exp(zg - ms.unsqueeze(2)).sum(dim=2))
+    gs = torch.where(has, lw + philox.group_gumbel(seed, offset, V), float("-inf"))
+    ts = torch.where(keep, z + philox.gumbel(seed, offset, V), float("-inf"))
+    return gs, ts
+
+
+def draw(z: torch.Tensor, keep: torch.Tensor, seed: torch.Tensor, offset: torch.Tensor) -> torch.Tensor:
+    """int64 [B]: the drawn token of each row (rows with at least one kept token)."""
+    gs, ts = draw_scores(z, keep, seed, offset)
+    G = philox.GROUP_SIZE
+    g = torch.argmax(gs, dim=1)                          # first index of the maximum
+    in_group = (torch.arange(z.shape[1], device=z.device).view(1, -1) // G) == g.view(-1, 1)
+    return torch.argmax(torch.where(in_group, ts, float("-inf")), dim=1)
+
+
 def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
                      budget=None, forced_ids=None, num_wait=0, num_end=0):
     B, V = logits.shape
@@ -84,8 +117,7 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
     t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
     z = x / t
     keep = filter_mask(z, top_k, top_p, min_p)
-    scores = torch.where(keep, z + philox.gumbel(seed, offset, V), float("-inf"))
-    drawn = torch.where(greedy, torch.argmax(x, dim=1), torch.argmax(scores, dim=1))
+    drawn = torch.where(greedy, torch.argmax(x, dim=1), draw(z, keep & torch.isfinite(z), seed, offset))
     tok = torch.where(forced_tok >= 0, forced_tok, drawn)
 
     # ---- budget rule 3 (an early end becomes a Wait) and the state update ----------
