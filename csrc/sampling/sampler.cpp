@@ -1,5 +1,5 @@
 // Fused CPU sampler: budget forcing + temperature / top-k / top-p / min-p
-// sampling with Philox Gumbel-max, one row at a time.
+// sampling with a two-level Philox Gumbel-max draw, one row at a time.
 //
 // Semantics: tts_kernels/sampling/reference.py (this kernel must agree with it).
 //
@@ -9,28 +9,37 @@
 //   2. budget rules 1-2 (forced tokens) and rule 3's masking of end[0]
 //   3. draw:
 //      - greedy: first index of the maximum
-//      - top-k: the k-th largest block maximum bounds the k-th largest logit
-//        from below; only logits >= that bound (about k of them) are gathered
-//        and the threshold is selected among them (nth_element). Small kept
-//        sets then finish on the gathered list (sort of <= 4096 values for
-//        top-p, scalar Philox + Gumbel for the survivors).
-//      - top-p over a large set: one pass computes e = exp(z - zmax) and a
+//      - the keep rule: top-k: the k-th largest block maximum bounds the k-th
+//        largest logit from below; only logits >= that bound (about k of them)
+//        are gathered and the threshold is selected among them (nth_element).
+//        Small kept sets then finish on the gathered list (sort of <= 4096
+//        values for top-p, then the draw below on the list, grouped by index).
+//        top-p over a large set: one pass computes e = exp(z - zmax) and a
 //        4096-bin histogram of the mass over (zmax - z); the bin where the
 //        cumulative mass reaches top_p is located, only its tokens are sorted.
-//      - the Gumbel pass: 8 Philox counters (32 tokens) at a time, keep mask
-//        (z >= threshold, min-p), argmax of z + g; 32-token blocks whose
-//        maximum cannot beat the best score so far (z + max Gumbel) or lies
-//        below the keep threshold are skipped without computing noise.
+//        min-p: exp(z - zmax) >= min_p, checked where a token is looked at.
+//      - the two-level draw (reference.draw): groups of kGroupSize = 256 tokens
+//        score m + log(sum of exp(z - m)) over their kept tokens (m: the largest
+//        kept z) + group noise (Philox stream 1); the first best group is chosen,
+//        then in it the first maximum of z + token noise (stream 0) over its
+//        kept tokens. Only some groups are summed: from the block maxima, a
+//        group's score is at most max z + log(tokens in blocks that can hold a
+//        kept token) + its noise; the group of the row maximum and the group of
+//        the largest bound are summed first, then only the groups whose bound
+//        reaches the best score so far (less a rounding margin), so the chosen
+//        group is the same as with every group summed.
 //   4. budget state update (rule 3 and the state machine), in place.
 // Rows run in parallel (the shared scheduler, common/parallel.h); with fewer
 // rows than threads the passes of a row are split into chunks that run in
-// parallel instead.
+// parallel instead (the stats and histogram passes over the row, the group sums
+// over the groups left after pruning).
 //
 // This file holds the row algorithm on raw pointers (no ATen); the passes are in
 // sampler_passes.cpp, the ATen adapter in sample_adapter.cpp.
 #include "sampler.h"
 
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <cstring>
 #include <functional>
@@ -77,8 +86,9 @@ static Chunks make_chunks(int64_t n, bool par) {
 
 struct Scratch {
   std::vector<float> xf, bmax, fvals;
+  std::vector<float> gnoise, gbound;  // per group: noise, upper bound of the score
   std::vector<Cand> cands;
-  std::vector<int32_t> idx, kept;
+  std::vector<int32_t> idx, kept, groups;
   std::vector<double> hist;
 };
 
@@ -126,15 +136,131 @@ static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch
       if (pm[k] > -kInf) sum += ps[k] * std::exp(static_cast<double>(pm[k]) - static_cast<double>(mx));
 }
 
-// Argmax of z + gumbel among the listed tokens (kept already decided).
-static Best gumbel_list(const float* x, float T, const int32_t* ids, int64_t n, const PhiloxKey& key) {
-  Best best;
-  for (int64_t j = 0; j < n; ++j) {
-    const int64_t v = ids[j];
-    const float s = x[v] / T + gumbel_scalar(v, key);
-    merge_best(best, Best{s, v});
+// ---------------------------------------------------------------------------
+// The two-level draw (reference.draw)
+// ---------------------------------------------------------------------------
+// A group's score from its kept maximum and sum (float, as reference.draw_scores).
+static inline float group_score(const GroupSum& g, float noise) { return (g.m + std::log(g.s)) + noise; }
+
+// Rounding allowance of the group pruning: the computed score of a group stays
+// below its computed bound plus this (sums of <= 256 terms <= 1 in float, a few
+// roundings of the score's magnitude).
+static inline float prune_margin(float s) { return 1e-3f + 2e-5f * std::fabs(s); }
+
+// The draw over an explicit list of the kept tokens (any order; sorted here),
+// grouped by index; tokens with a non-finite z are not kept.
+static int64_t draw_list(const float* x, float T, std::vector<int32_t>& ids, const PhiloxKey& key) {
+  std::sort(ids.begin(), ids.end());
+  const int64_t n = static_cast<int64_t>(ids.size());
+  Best g;
+  int64_t gb = 0, ge = 0;  // the chosen group's run in ids
+  for (int64_t i = 0; i < n;) {
+    const int64_t j = ids[i] / kGroupSize;
+    int64_t e = i;
+    GroupSum gs;
+    for (; e < n && ids[e] / kGroupSize == j; ++e) {
+      const float z = x[ids[e]] / T;
+      if (z <= kFloatMax && z > gs.m) gs.m = z;
+    }
+    if (gs.m > -kInf) {
+      double acc = 0.0;
+      for (int64_t q = i; q < e; ++q) {
+        const float z = x[ids[q]] / T;
+        if (z <= kFloatMax) acc += static_cast<double>(std::exp(z - gs.m));
+      }
+      gs.s = static_cast<float>(acc);
+      merge_best(g, Best{group_score(gs, group_gumbel_scalar(j, key)), j});
+      if (g.i == j) {
+        gb = i;
+        ge = e;
+      }
+    }
+    i = e;
   }
-  return best;
+  Best t;
+  for (int64_t q = gb; q < ge; ++q) {
+    const int64_t v = ids[q];
+    const float z = x[v] / T;
+    if (z >= -kFloatMax && z <= kFloatMax) merge_best(t, Best{z + gumbel_scalar(v, key), v});
+  }
+  return t.i < 0 ? 0 : t.i;
+}
+
+// The draw over the whole row under keep rule a; s.bmax holds the block maxima
+// of a.x, whose maximum is xmax.
+static int64_t draw_groups(const Ctx& c, Scratch& s, const KeepRule& a, float xmax, const Chunks& ch) {
+  constexpr int64_t kBpg = kGroupSize / kBlock;  // blocks per group
+  static const std::array<float, kBpg + 1> kLogCap = [] {  // log of the tokens in n blocks
+    std::array<float, kBpg + 1> t{};
+    for (int64_t n = 1; n <= kBpg; ++n) t[n] = std::log(static_cast<float>(n * kBlock));
+    return t;
+  }();
+  const int64_t ng = (a.V + kGroupSize - 1) / kGroupSize;
+  const int64_t nblocks = static_cast<int64_t>(s.bmax.size());
+  s.gnoise.resize((ng + 31) / 32 * 32);
+  c.ops.group_noise(a.key, ng, s.gnoise.data());
+  const float* noise = s.gnoise.data();
+
+  // Upper bounds of the group scores: a block can hold a kept token only if its
+  // maximum z reaches the keep threshold (for min-p, a bound below its exact test).
+  const float blo = a.minp_on ? std::max(a.lo, a.zmax + std::log(a.min_p) - (1e-3f + 1e-6f * std::fabs(a.zmax)))
+                              : a.lo;
+  s.gbound.resize(ng);
+  float* ub = s.gbound.data();
+  int64_t g1 = -1;  // the group with the largest bound
+  for (int64_t j = 0; j < ng; ++j) {
+    float gm = -kInf;
+    int nb = 0;
+    for (int64_t b = j * kBpg, e = std::min(nblocks, b + kBpg); b < e; ++b) {
+      const float bz = s.bmax[b] / a.T;
+      if (bz >= blo) {
+        gm = std::max(gm, bz);
+        ++nb;
+      }
+    }
+    ub[j] = nb > 0 ? (gm + kLogCap[nb]) + noise[j] : -kInf;
+    if (nb > 0 && (g1 < 0 || ub[j] > ub[g1])) g1 = j;
+  }
+  if (g1 < 0) return 0;  // nothing kept
+
+  auto score = [&](int64_t j) {
+    const GroupSum g = c.ops.group_sum(a, j);
+    return g.m > -kInf ? Best{group_score(g, noise[j]), j} : Best{};
+  };
+  // Lower bound first: the groups of the largest bound and of the row maximum
+  // (which holds a kept token unless nothing is kept).
+  int64_t b0 = 0;
+  while (b0 < nblocks && !(s.bmax[b0] == xmax)) ++b0;
+  const int64_t g0 = std::min(b0 / kBpg, ng - 1);
+  Best best = score(g1);
+  if (g0 != g1) merge_best(best, score(g0));
+
+  s.groups.clear();
+  const float cut = best.s - prune_margin(best.s);
+  for (int64_t j = 0; j < ng; ++j)
+    if (j != g0 && j != g1 && ub[j] > -kInf && !(ub[j] < cut)) s.groups.push_back(static_cast<int32_t>(j));
+  const int32_t* cand = s.groups.data();
+  auto scan = [&](int64_t b, int64_t e) {
+    Best loc = best;
+    for (int64_t q = b; q < e; ++q) {
+      const int64_t j = cand[q];
+      if (ub[j] < loc.s - prune_margin(loc.s)) continue;
+      merge_best(loc, score(j));
+    }
+    return loc;
+  };
+  const int64_t n = static_cast<int64_t>(s.groups.size());
+  if (ch.count > 1 && n >= 32) {
+    const int64_t np = std::min<int64_t>(ch.count, n / 16);
+    std::vector<Best> parts(np);
+    par_for(np, [&](int64_t q) { parts[q] = scan(q * n / np, (q + 1) * n / np); });
+    for (const Best& p : parts) merge_best(best, p);
+  } else {
+    best = scan(0, n);
+  }
+  if (best.i < 0) return 0;
+  const Best t = c.ops.group_token(a, best.i);
+  return t.i < 0 ? 0 : t.i;
 }
 
 static void sort_desc(std::vector<Cand>& v) {
@@ -172,8 +298,7 @@ static int64_t finish_small(Scratch& s, const float* x, float T, float zmax, flo
     if (m_on && !(q.e >= mp)) continue;
     s.kept.push_back(q.i);
   }
-  Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
-  return b.i < 0 ? 0 : b.i;
+  return draw_list(x, T, s.kept, key);
 }
 
 // Draw of a sampled row (T > 0) from float logits x with maximum xmax.
@@ -237,7 +362,7 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
       xk = s.fvals[k - 1];
       tk = xk / T;
       s.idx.clear();
-      have_set = c.ops.collect_kept(x, V, T, zmax, tk, false, 0.0f, s.idx, static_cast<size_t>(kSmallSet));
+      have_set = c.ops.collect_kept(x, V, T, tk, s.idx, static_cast<size_t>(kSmallSet));
     }
     if (have_set && static_cast<int64_t>(s.idx.size()) <= kSmallSet)
       return finish_small(s, x, T, zmax, p, p_on, mp, m_on, key);
@@ -279,32 +404,11 @@ static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, flo
     sort_desc(cs);
     const float tp = top_p_walk(cs, cum, target);
     thr = std::max(tp, tk);
-    // Few survivors: finish on the list; else the Gumbel pass with the threshold.
-    s.kept.clear();
-    const size_t cap = static_cast<size_t>(std::max<int64_t>(1024, V / 16));
-    if (c.ops.collect_kept(x, V, T, zmax, thr, m_on, mp, s.kept, cap)) {
-      Best b = gumbel_list(x, T, s.kept.data(), static_cast<int64_t>(s.kept.size()), key);
-      return b.i < 0 ? 0 : b.i;
-    }
   }
 
-  // ---- Gumbel pass ----------------------------------------------------------------
-  GumbelArgs a;
-  a.x = x;
-  a.T = T;
-  a.zmax = zmax;
-  a.thr = thr;
-  a.minp_on = m_on;
-  a.min_p = mp;
-  a.minp_zlo = m_on ? zmax + std::log(mp) - (1e-3f + 1e-6f * std::fabs(zmax)) : -kInf;
-  a.key = key;
-  const int64_t imax = c.ops.find_first(x, V, xmax);
-  a.prune0 = imax >= 0 ? zmax + gumbel_scalar(imax, key) : -kInf;
-  std::vector<Best> parts(ch.count);
-  ch.run([&](int64_t q, int64_t b, int64_t e) { parts[q] = c.ops.gumbel(a, b, e); });
-  Best best;
-  for (const auto& b : parts) merge_best(best, b);
-  return best.i < 0 ? 0 : best.i;
+  // ---- the two-level draw over the row ----------------------------------------------
+  const KeepRule a{x, V, T, std::max(thr, -kFloatMax), m_on, zmax, mp, key};
+  return draw_groups(c, s, a, xmax, ch);
 }
 
 static void process_row(const Ctx& c, int64_t r, bool par) {

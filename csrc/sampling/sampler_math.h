@@ -1,5 +1,6 @@
 // Math building blocks of the fused CPU sampler: Philox4x32-10 (scalar and
-// 8-wide AVX2) and Gumbel noise. The shared AVX2 helpers (exp, log, horizontal
+// 8-wide AVX2) and Gumbel noise of the two streams (per token: counter word 3
+// = 0; per group of kGroupSize tokens: word 3 = 1; tts_kernels/sampling/philox.py). The shared AVX2 helpers (exp, log, horizontal
 // max / sums) are in common/simd_avx2.h.
 //
 // Everything AVX2 here is compiled with TTS_AVX2 so the library keeps the
@@ -24,12 +25,17 @@ constexpr uint32_t kPhiloxW1 = 0xBB67AE85u;
 constexpr int kPhiloxRounds = 10;
 
 constexpr float kInf = std::numeric_limits<float>::infinity();
+constexpr float kFloatMax = std::numeric_limits<float>::max();
 
-// Largest Gumbel value -log(-log(u)) for u <= 1 - 2^-24 is 16.6355; the margin
-// absorbs rounding of the approximations when used as a pruning bound.
-constexpr float kGumbelMax = 16.7f;
+// Tokens per group of the two-level draw; must equal
+// tts_kernels/sampling/philox.py: GROUP_SIZE.
+constexpr int64_t kGroupSize = 256;
 
-// Per-row Philox key and the constant counter words (c1, c2); c3 is 0.
+// Counter word 3 of the two noise streams.
+constexpr uint32_t kTokenStream = 0u;
+constexpr uint32_t kGroupStream = 1u;
+
+// Per-row Philox key and the constant counter words (c1, c2); c3 is the stream.
 struct PhiloxKey {
   uint32_t k0, k1, c1, c2;
 };
@@ -41,9 +47,10 @@ static inline PhiloxKey make_key(int64_t seed, int64_t offset) {
           static_cast<uint32_t>(o >> 32)};
 }
 
-// Philox4x32-10 of counter (ctr, c1, c2, 0).
-static inline void philox_scalar(uint32_t ctr, const PhiloxKey& key, uint32_t out[4]) {
-  uint32_t c0 = ctr, c1 = key.c1, c2 = key.c2, c3 = 0u;
+// Philox4x32-10 of counter (ctr, c1, c2, stream).
+static inline void philox_scalar(uint32_t ctr, const PhiloxKey& key, uint32_t out[4],
+                                 uint32_t stream = kTokenStream) {
+  uint32_t c0 = ctr, c1 = key.c1, c2 = key.c2, c3 = stream;
   uint32_t k0 = key.k0, k1 = key.k1;
   for (int r = 0; r < kPhiloxRounds; ++r) {
     const uint64_t p0 = static_cast<uint64_t>(kPhiloxM0) * c0;
@@ -82,6 +89,14 @@ static inline float gumbel_scalar(int64_t v, const PhiloxKey& key) {
   return gumbel_of_word(w[v & 3]);
 }
 
+// Group noise of group j of a row (tokens [kGroupSize j, kGroupSize (j + 1))):
+// the second stream, word j & 3 of counter (j >> 2, c1, c2, 1).
+static inline float group_gumbel_scalar(int64_t j, const PhiloxKey& key) {
+  uint32_t w[4];
+  philox_scalar(static_cast<uint32_t>(j >> 2), key, w, kGroupStream);
+  return gumbel_of_word(w[j & 3]);
+}
+
 // ---------------------------------------------------------------------------
 // AVX2
 // ---------------------------------------------------------------------------
@@ -99,9 +114,10 @@ TTS_AVX2 static inline void mulhilo8(__m256i a, __m256i m, __m256i& hi, __m256i&
   hi = _mm256_blend_epi32(_mm256_srli_epi64(pe, 32), po, 0xAA);
 }
 
-// Philox of the 8 counters (c0 + lane, c1, c2, 0); returns the 32 words in token
-// order: out[j] holds tokens 4*c0 + 8*j + lane.
-TTS_AVX2 static inline void philox8_tokens(uint32_t c0_base, const PhiloxKey& key, __m256i out[4]) {
+// Philox of the 8 counters (c0 + lane, c1, c2, stream); returns the 32 words in
+// token (or group) order: out[j] holds tokens 4*c0 + 8*j + lane.
+TTS_AVX2 static inline void philox8_tokens(uint32_t c0_base, const PhiloxKey& key, __m256i out[4],
+                                           uint32_t stream = kTokenStream) {
   // Rounds 1 and 2 are partly uniform across lanes (only c0 varies at first):
   // their uniform halves are computed once in scalar code.
   const __m256i m0 = _mm256_set1_epi32(static_cast<int>(kPhiloxM0));
@@ -115,7 +131,7 @@ TTS_AVX2 static inline void philox8_tokens(uint32_t c0_base, const PhiloxKey& ke
   const uint32_t a1 = static_cast<uint32_t>(q1);                      // new c1 (uniform)
   __m256i hi0, lo0, hi1, lo1;
   mulhilo8(v, m0, hi0, lo0);
-  __m256i c2 = _mm256_xor_si256(hi0, _mm256_set1_epi32(static_cast<int>(k1)));
+  __m256i c2 = _mm256_xor_si256(hi0, _mm256_set1_epi32(static_cast<int>(k1 ^ stream)));
   __m256i c3 = lo0;
   k0 += kPhiloxW0;
   k1 += kPhiloxW1;

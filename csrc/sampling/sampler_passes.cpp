@@ -71,13 +71,11 @@ static void collect_bin_generic(const float* x, int64_t V, float T, float zmax, 
   }
 }
 
-// Tokens with z >= thr (and exp(z - zmax) >= min_p when on).
-// Returns false (stopping early) once more than cap tokens are found.
-static bool collect_kept_generic(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                                 std::vector<int32_t>& out, size_t cap) {
+// Tokens with z >= thr. Returns false (stopping early) once more than cap tokens are found.
+static bool collect_kept_generic(const float* x, int64_t V, float T, float thr, std::vector<int32_t>& out,
+                                 size_t cap) {
   for (int64_t i = 0; i < V; ++i) {
-    const float z = x[i] / T;
-    if (z >= thr && (!m_on || std::exp(z - zmax) >= mp)) {
+    if (x[i] / T >= thr) {
       if (out.size() >= cap) return false;
       out.push_back(static_cast<int32_t>(i));
     }
@@ -85,26 +83,41 @@ static bool collect_kept_generic(const float* x, int64_t V, float T, float zmax,
   return true;
 }
 
-static Best gumbel_generic(const GumbelArgs& a, int64_t b, int64_t e) {
+static inline bool kept_generic(const KeepRule& a, float z) {
+  return z >= a.lo && z <= kFloatMax && (!a.minp_on || std::exp(z - a.zmax) >= a.min_p);
+}
+
+static void group_noise_generic(const PhiloxKey& key, int64_t ng, float* h) {
+  for (int64_t j = 0; j < ng; ++j) h[j] = group_gumbel_scalar(j, key);
+}
+
+static GroupSum group_sum_generic(const KeepRule& a, int64_t j) {
+  const int64_t b = j * kGroupSize, e = std::min(a.V, b + kGroupSize);
+  GroupSum g;
+  for (int64_t i = b; i < e; ++i) {
+    const float z = a.x[i] / a.T;
+    if (kept_generic(a, z) && z > g.m) g.m = z;
+  }
+  if (!(g.m > -kInf)) return g;
+  double acc = 0.0;
+  for (int64_t i = b; i < e; ++i) {
+    const float z = a.x[i] / a.T;
+    if (kept_generic(a, z)) acc += static_cast<double>(std::exp(z - g.m));
+  }
+  g.s = static_cast<float>(acc);
+  return g;
+}
+
+static Best group_token_generic(const KeepRule& a, int64_t j) {
+  const int64_t b = j * kGroupSize, e = std::min(a.V, b + kGroupSize);
   Best best;
-  float prune = a.prune0;
-  const float lo = a.minp_on ? std::max(a.thr, a.minp_zlo) : a.thr;
-  int64_t cached = -1;
   uint32_t w[4];
   for (int64_t v = b; v < e; ++v) {
+    if ((v & 3) == 0) philox_scalar(static_cast<uint32_t>(v >> 2), a.key, w);
     const float z = a.x[v] / a.T;
-    if (z < lo || z < prune - kGumbelMax) continue;
-    if (a.minp_on && !(std::exp(z - a.zmax) >= a.min_p)) continue;
-    if ((v >> 2) != cached) {
-      cached = v >> 2;
-      philox_scalar(static_cast<uint32_t>(cached), a.key, w);
-    }
+    if (!kept_generic(a, z)) continue;
     const float s = z + gumbel_of_word(w[v & 3]);
-    if (s > best.s) {
-      best.s = s;
-      best.i = v;
-      prune = std::max(prune, s);
-    }
+    if (best.i < 0 || s > best.s) best = Best{s, v};
   }
   return best;
 }
@@ -237,16 +250,13 @@ TTS_AVX2 static void collect_bin_avx2(const float* x, int64_t V, float T, float 
   }
 }
 
-TTS_AVX2 static bool collect_kept_avx2(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                                       std::vector<int32_t>& out, size_t cap) {
-  const __m256 vT = _mm256_set1_ps(T), vzmax = _mm256_set1_ps(zmax), vthr = _mm256_set1_ps(thr),
-               vmp = _mm256_set1_ps(mp);
+TTS_AVX2 static bool collect_kept_avx2(const float* x, int64_t V, float T, float thr, std::vector<int32_t>& out,
+                                       size_t cap) {
+  const __m256 vT = _mm256_set1_ps(T), vthr = _mm256_set1_ps(thr);
   for (int64_t i = 0; i < V; i += 8) {
     const __m256 z = _mm256_div_ps(load8_padded(x, i, V), vT);
-    __m256 in = _mm256_cmp_ps(z, vthr, _CMP_GE_OQ);
-    if (_mm256_movemask_ps(in) == 0) continue;
-    if (m_on) in = _mm256_and_ps(in, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z, vzmax)), vmp, _CMP_GE_OQ));
-    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(in)) & lanes_below(i, V);
+    unsigned m = static_cast<unsigned>(_mm256_movemask_ps(_mm256_cmp_ps(z, vthr, _CMP_GE_OQ))) & lanes_below(i, V);
+    if (!m) continue;
     if (out.size() + static_cast<size_t>(__builtin_popcount(m)) > cap) return false;
     while (m) {
       out.push_back(static_cast<int32_t>(i + __builtin_ctz(m)));
@@ -256,59 +266,83 @@ TTS_AVX2 static bool collect_kept_avx2(const float* x, int64_t V, float T, float
   return true;
 }
 
-TTS_AVX2 static Best gumbel_pass_avx2(const GumbelArgs& a, int64_t b, int64_t e) {
-  const __m256 vT = _mm256_set1_ps(a.T), vzmax = _mm256_set1_ps(a.zmax), vthr = _mm256_set1_ps(a.thr);
-  const __m256 vminp = _mm256_set1_ps(a.min_p), ninf = _mm256_set1_ps(-kInf);
-  const float static_lo = a.minp_on ? std::max(a.thr, a.minp_zlo) : a.thr;
+TTS_AVX2 static void group_noise_avx2(const PhiloxKey& key, int64_t ng, float* h) {
+  for (int64_t j = 0; j < ng; j += 32) {
+    __m256i w[4];
+    philox8_tokens(static_cast<uint32_t>(j >> 2), key, w, kGroupStream);
+    for (int q = 0; q < 4; ++q) _mm256_storeu_ps(h + j + 8 * q, gumbel_avx2(w[q]));
+  }
+}
+
+// Keep mask of 8 scaled logits (padded lanes hold -inf and are never kept).
+TTS_AVX2 static inline __m256 kept_avx2(const KeepRule& a, __m256 z) {
+  __m256 k = _mm256_and_ps(_mm256_cmp_ps(z, _mm256_set1_ps(a.lo), _CMP_GE_OQ),
+                           _mm256_cmp_ps(z, _mm256_set1_ps(kFloatMax), _CMP_LE_OQ));
+  if (a.minp_on)
+    k = _mm256_and_ps(k, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z, _mm256_set1_ps(a.zmax))),
+                                       _mm256_set1_ps(a.min_p), _CMP_GE_OQ));
+  return k;
+}
+
+// z of tokens [v0, v0 + 8) of the row, -inf past its end.
+TTS_AVX2 static inline __m256 load_z(const KeepRule& a, int64_t v0) {
+  return _mm256_div_ps(load8_padded(a.x, v0, a.V), _mm256_set1_ps(a.T));
+}
+
+TTS_AVX2 static GroupSum group_sum_avx2(const KeepRule& a, int64_t j) {
+  constexpr int kVecs = static_cast<int>(kGroupSize / 8);
+  const int64_t b = j * kGroupSize;
+  const __m256 ninf = _mm256_set1_ps(-kInf);
+  alignas(32) float zk[kGroupSize];
+  __m256 mx = ninf;
+  for (int q = 0; q < kVecs; ++q) {
+    const int64_t v0 = b + 8 * q;
+    __m256 z = ninf;
+    if (v0 < a.V) {
+      z = load_z(a, v0);
+      z = _mm256_blendv_ps(ninf, z, kept_avx2(a, z));
+    }
+    _mm256_store_ps(zk + 8 * q, z);
+    mx = _mm256_max_ps(mx, z);
+  }
+  GroupSum g;
+  g.m = hmax8(mx);
+  if (!(g.m > -kInf)) return g;
+  const __m256 vm = _mm256_set1_ps(g.m);
+  __m256 acc[4] = {_mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps()};
+  for (int q = 0; q < kVecs; ++q)  // exp(-inf) = 0 for the tokens not kept
+    acc[q & 3] = _mm256_add_ps(acc[q & 3], exp_avx2(_mm256_sub_ps(_mm256_load_ps(zk + 8 * q), vm)));
+  const __m256 t = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+  g.s = static_cast<float>(hsum4d(_mm256_add_pd(_mm256_cvtps_pd(_mm256_castps256_ps128(t)),
+                                               _mm256_cvtps_pd(_mm256_extractf128_ps(t, 1)))));
+  return g;
+}
+
+TTS_AVX2 static Best group_token_avx2(const KeepRule& a, int64_t j) {
+  const int64_t b = j * kGroupSize, e = std::min(a.V, b + kGroupSize);
+  const __m256 ninf = _mm256_set1_ps(-kInf);
+  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
   __m256 best = ninf;
   __m256i bidx = _mm256_set1_epi32(-1);
-  const __m256i lane = _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7);
-  float prune = a.prune0;
-  alignas(32) float tx[32];
   for (int64_t v0 = b; v0 < e; v0 += 32) {
-    const float* p = a.x + v0;
-    if (v0 + 32 > e) {
-      for (int64_t l = 0; l < 32; ++l) tx[l] = v0 + l < e ? p[l] : -kInf;
-      p = tx;
-    }
-    __m256 z[4];
-    for (int j = 0; j < 4; ++j) z[j] = _mm256_div_ps(_mm256_loadu_ps(p + 8 * j), vT);
-    const float zb = hmax8(_mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3])));
-    // Skip blocks that are all dropped, or that cannot beat the best score even
-    // with the largest possible noise.
-    if (!(zb >= std::max(static_lo, prune - kGumbelMax))) continue;
     __m256i w[4];
     philox8_tokens(static_cast<uint32_t>(v0 >> 2), a.key, w);
-    // Tighter, per lane (tokens v0 + 8 j + lane, j = 0..3): the lane's largest z
-    // plus the Gumbel value of its largest uniform bounds the lane's scores.
-    {
-      const __m256i wm = _mm256_max_epu32(_mm256_max_epu32(w[0], w[1]), _mm256_max_epu32(w[2], w[3]));
-      const __m256 zl = _mm256_max_ps(_mm256_max_ps(z[0], z[1]), _mm256_max_ps(z[2], z[3]));
-      const __m256 bnd = _mm256_add_ps(zl, gumbel_avx2(wm));
-      const float lim = prune - (1e-4f + 1e-5f * std::fabs(prune));
-      if (_mm256_movemask_ps(_mm256_cmp_ps(bnd, _mm256_set1_ps(lim), _CMP_GE_OQ)) == 0) continue;
-    }
-    for (int j = 0; j < 4; ++j) {
-      __m256 keep = _mm256_cmp_ps(z[j], vthr, _CMP_GE_OQ);
-      if (a.minp_on)
-        keep = _mm256_and_ps(keep, _mm256_cmp_ps(exp_avx2(_mm256_sub_ps(z[j], vzmax)), vminp, _CMP_GE_OQ));
-      const __m256 s = _mm256_blendv_ps(ninf, _mm256_add_ps(z[j], gumbel_avx2(w[j])), keep);
-      const __m256 upd = _mm256_cmp_ps(s, best, _CMP_GT_OQ);
+    for (int q = 0; q < 4; ++q) {
+      const __m256 z = load_z(a, v0 + 8 * q);
+      const __m256 s = _mm256_blendv_ps(ninf, _mm256_add_ps(z, gumbel_avx2(w[q])), kept_avx2(a, z));
+      const __m256 upd = _mm256_cmp_ps(s, best, _CMP_GT_OQ);  // strict: the first index per lane
       best = _mm256_blendv_ps(best, s, upd);
-      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(v0 + 8 * j)), lane);
+      const __m256i idx = _mm256_add_epi32(_mm256_set1_epi32(static_cast<int>(v0 + 8 * q)), lane);
       bidx = _mm256_blendv_epi8(bidx, idx, _mm256_castps_si256(upd));
     }
-    prune = std::max(prune, hmax8(best));
   }
   alignas(32) float bs[8];
   alignas(32) int32_t bi[8];
   _mm256_store_ps(bs, best);
   _mm256_store_si256(reinterpret_cast<__m256i*>(bi), bidx);
   Best r;
-  for (int l = 0; l < 8; ++l) {
-    if (bi[l] < 0) continue;
-    merge_best(r, Best{bs[l], bi[l]});
-  }
+  for (int l = 0; l < 8; ++l)
+    if (bi[l] >= 0) merge_best(r, Best{bs[l], bi[l]});
   return r;
 }
 
@@ -374,14 +408,20 @@ void Ops::collect_bin(const float* x, int64_t V, float T, float zmax, float tk, 
   TTS_DISPATCH(avx2, collect_bin_avx2(x, V, T, zmax, tk, bsel, out), collect_bin_generic(x, V, T, zmax, tk, bsel, out));
 }
 
-bool Ops::collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                    std::vector<int32_t>& out, size_t cap) const {
-  return TTS_DISPATCH(avx2, collect_kept_avx2(x, V, T, zmax, thr, m_on, mp, out, cap),
-                      collect_kept_generic(x, V, T, zmax, thr, m_on, mp, out, cap));
+bool Ops::collect_kept(const float* x, int64_t V, float T, float thr, std::vector<int32_t>& out, size_t cap) const {
+  return TTS_DISPATCH(avx2, collect_kept_avx2(x, V, T, thr, out, cap), collect_kept_generic(x, V, T, thr, out, cap));
 }
 
-Best Ops::gumbel(const GumbelArgs& a, int64_t b, int64_t e) const {
-  return TTS_DISPATCH(avx2, gumbel_pass_avx2(a, b, e), gumbel_generic(a, b, e));
+void Ops::group_noise(const PhiloxKey& key, int64_t ng, float* h) const {
+  TTS_DISPATCH(avx2, group_noise_avx2(key, ng, h), group_noise_generic(key, ng, h));
+}
+
+GroupSum Ops::group_sum(const KeepRule& a, int64_t j) const {
+  return TTS_DISPATCH(avx2, group_sum_avx2(a, j), group_sum_generic(a, j));
+}
+
+Best Ops::group_token(const KeepRule& a, int64_t j) const {
+  return TTS_DISPATCH(avx2, group_token_avx2(a, j), group_token_generic(a, j));
 }
 
 int64_t Ops::find_first(const float* x, int64_t V, float val) const {

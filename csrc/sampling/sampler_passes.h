@@ -16,6 +16,7 @@ constexpr int kNumBins = 4096;       // histogram of zmax - z for top-p
 constexpr float kBinScale = 128.0f;  // bins of width 1/128 over [0, 32)
 constexpr int64_t kBlock = 64;       // block of the block maxima (top-k bound)
 constexpr int64_t kSmallSet = 4096;  // top-k sets up to this size finish on the list
+static_assert(kGroupSize % kBlock == 0, "a group is made of whole blocks");
 
 struct Best {
   float s = -kInf;
@@ -27,14 +28,22 @@ inline void merge_best(Best& a, const Best& b) {
   if (a.i < 0 || b.s > a.s || (b.s == a.s && b.i < a.i)) a = b;
 }
 
-// Arguments of the Gumbel pass.
-struct GumbelArgs {
+// The keep rule of a sampled row and what the group passes need: token i is
+// kept when lo <= z <= FLT_MAX for z = x[i] / T (lo >= -FLT_MAX: finite z only)
+// and, with min-p on, exp(z - zmax) >= min_p.
+struct KeepRule {
   const float* x;
-  float T, zmax, thr;  // keep z >= thr
+  int64_t V;
+  float T, lo;
   bool minp_on;
-  float min_p, minp_zlo;  // tokens with z < minp_zlo surely fail min-p
-  float prune0;           // a score some kept token reaches
+  float zmax, min_p;
   PhiloxKey key;
+};
+
+// A group's kept tokens: m = their largest z (-inf: none kept), s = sum of exp(z - m).
+struct GroupSum {
+  float m = -kInf;
+  float s = 0.0f;
 };
 
 // A candidate token: z = x / T, e = exp(z - zmax), index.
@@ -50,9 +59,13 @@ struct Ops {
   void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const;
   void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const;
   void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const;
-  bool collect_kept(const float* x, int64_t V, float T, float zmax, float thr, bool m_on, float mp,
-                    std::vector<int32_t>& out, size_t cap) const;
-  Best gumbel(const GumbelArgs& a, int64_t b, int64_t e) const;
+  bool collect_kept(const float* x, int64_t V, float T, float thr, std::vector<int32_t>& out, size_t cap) const;
+  // Group noise (stream 1) of groups [0, ng) into h, which holds ng rounded up to 32.
+  void group_noise(const PhiloxKey& key, int64_t ng, float* h) const;
+  // Kept maximum and sum of exp(z - m) of group j.
+  GroupSum group_sum(const KeepRule& a, int64_t j) const;
+  // First index of the maximum of z + token noise over the kept tokens of group j.
+  Best group_token(const KeepRule& a, int64_t j) const;
   int64_t find_first(const float* x, int64_t V, float val) const;
   void collect_ge(const float* x, int64_t V, float lo, std::vector<int32_t>& out) const;
   void to_float(tts::DType dt, const void* src, float* dst, int64_t b, int64_t e) const;
