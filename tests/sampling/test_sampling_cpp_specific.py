@@ -1,13 +1,16 @@
 """Checks specific to the C++ CPU sampler (csrc/sampling): agreement with the
 PyTorch reference on many random batches, both ISA paths (AVX2 and portable),
-the row-parallel and the within-row-parallel schedules, and input checks."""
+the row-parallel and the within-row-parallel schedules, the group noise of the
+two-level draw (Philox stream 1), and input checks."""
 import pytest
 import torch
 
 from helpers.backends import require_extension
+from helpers.sampling import decisive_rows
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing
-from tts_kernels.sampling.reference import sample_reference
+from tts_kernels.sampling.budget_rules import ForcingTable, plan
+from tts_kernels.sampling.reference import draw, sample_reference
 
 
 @pytest.fixture(autouse=True)
@@ -19,15 +22,25 @@ def _cpp(*args):
     return torch.ops.tts_kernels_C.sample_cpu(*args)
 
 
-def _near_tie(x, temp, seed, offset, row, a, b):
-    """The Gumbel scores of tokens a and b of the row are within float rounding."""
-    t = float(temp[row])
-    if t <= 0:
-        return False
-    z = x[row].float() / t
-    g = philox.gumbel(seed[row:row + 1], offset[row:row + 1], x.shape[1])[0]
-    sa, sb = float(z[a] + g[a]), float(z[b] + g[b])
-    return abs(sa - sb) <= 1e-5 * max(1.0, abs(sa))
+def _drawn_logits(x, state, forced, num_wait, num_end):
+    """The logits the reference draws from: end[0] masked (-inf) in the rows where budget
+    rule 3 gives an early end probability 0 (no Wait sequence), as ``sample_reference``."""
+    if state is None or num_wait > 0:
+        return x
+    table = ForcingTable.single(forced, num_wait, num_end, x.shape[0])
+    _, need = plan(state.to(torch.int64), table)
+    x = x.float().clone()
+    rows = need.nonzero().view(-1)
+    x[rows, table.end0[rows]] = float("-inf")
+    return x
+
+
+@pytest.fixture
+def threads():
+    """Sets torch's intra-op threads for one test (the kernel's pool follows them), then restores them."""
+    old = torch.get_num_threads()
+    yield torch.set_num_threads
+    torch.set_num_threads(old)
 
 
 def _logits(gen, B, V, style):
@@ -91,11 +104,13 @@ def _compare(x, params, state=None, forced=None, num_wait=0, num_end=0):
     t_ref, l_ref = sample_reference(*args, s_ref, forced, num_wait, num_end)
     t_cpp, l_cpp = _cpp(*args, s_cpp, forced, num_wait, num_end)
     assert t_cpp.dtype == torch.int64 and l_cpp.dtype == torch.float32
+    decisive = decisive_rows(_drawn_logits(x, state, forced, num_wait, num_end), temp, top_k, top_p, min_p,
+                             seed, offset)
     ties = 0
     for r in range(x.shape[0]):
         a, b = int(t_ref[r]), int(t_cpp[r])
         if a != b:
-            assert a >= 0 and b >= 0 and _near_tie(x, temp, seed, offset, r, a, b), \
+            assert a >= 0 and b >= 0 and not decisive[r], \
                 f"row {r}: reference {a}, cpp {b} (T={float(temp[r])}, k={int(top_k[r])}, " \
                 f"p={float(top_p[r])}, min_p={float(min_p[r])})"
             ties += 1
@@ -146,18 +161,85 @@ def test_budget_matches_reference(num_wait, dtype, B, V):
         _compare(x.to(dtype), params, st.data, st.forced_ids_tensor(), len(bf.wait_ids), len(bf.end_think_ids))
 
 
-def test_batch_invariance_and_parallel_schedules():
-    """A row's draw does not depend on the batch or on the schedule (row- or within-row-parallel)."""
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("nthreads", [1, 8])
+def test_batch_invariance_and_parallel_schedules(monkeypatch, threads, isa, nthreads):
+    """A row's draw does not depend on the batch or on the schedule (row- or within-row-parallel,
+    with up to 8 threads), and matches the reference."""
+    if isa == "generic":
+        monkeypatch.setenv("TTS_KERNELS_CPU_ISA", "generic")
+    threads(nthreads)
     gen = torch.Generator().manual_seed(0)
     B, V = 6, 151936
     x = torch.randn(B, V, generator=gen) * 3
-    params = [torch.full((B,), 0.8), torch.zeros(B, dtype=torch.int32), torch.full((B,), 0.95),
-              torch.zeros(B), torch.arange(B) + 11, torch.full((B,), 5, dtype=torch.int64)]
+    x[1] *= 0.01  # flat: many groups within the pruning margin
+    x[2] *= 5     # peaked
+    params = [torch.full((B,), 0.8), torch.zeros(B, dtype=torch.int32), torch.tensor([0.95, 1, 1, 0.5, 1, 1]),
+              torch.tensor([0, 0, 0, 0, 0.05, 0]), torch.arange(B) + 11, torch.full((B,), 5, dtype=torch.int64)]
+    params[1][5] = 20000  # a large top-k set (no explicit list)
     full = _cpp(x, *params, None, None, 0, 0)
     for r in range(B):
         one = _cpp(x[r:r + 1].contiguous(), *[p[r:r + 1].contiguous() for p in params], None, None, 0, 0)
         assert int(one[0][0]) == int(full[0][r])
         torch.testing.assert_close(one[1][0], full[1][r])
+    _compare(x, params)
+
+
+def _one_token_per_group(B, V, gen):
+    """Logits 0 at the first token of every group, -inf elsewhere, and random per-row
+    (temperature, seed, offset) including negative seeds and offsets past 2**32."""
+    x = torch.full((B, V), float("-inf"))
+    x[:, ::philox.GROUP_SIZE] = 0.0
+    temp = torch.rand(B, generator=gen) + 0.1
+    seed = torch.randint(-2 ** 62, 2 ** 62, (B,), generator=gen)
+    offset = torch.randint(-2 ** 40, 2 ** 40, (B,), generator=gen)
+    return x, temp, seed, offset
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+@pytest.mark.parametrize("path", ["row", "list"])
+@pytest.mark.parametrize("B,V,nthreads", [(256, 64 * 256 + 17, 2), (3, 600 * 256 + 17, 8)])
+def test_group_noise_is_philox_stream_1(monkeypatch, threads, isa, path, B, V, nthreads):
+    """One kept token per group, all at z = 0: every group scores its noise alone, so the
+    kernel's token is GROUP_SIZE * argmax(philox.group_gumbel), on the pass over the row
+    and on an explicit kept list (top-k = the number of groups)."""
+    if isa == "generic":
+        monkeypatch.setenv("TTS_KERNELS_CPU_ISA", "generic")
+    threads(nthreads)
+    gen = torch.Generator().manual_seed(V)
+    x, temp, seed, offset = _one_token_per_group(B, V, gen)
+    ng = philox.num_groups(V)
+    top_k = torch.full((B,), ng if path == "list" else 0, dtype=torch.int32)
+    top_p, min_p = torch.ones(B), torch.zeros(B)
+    tok, _ = _cpp(x, temp, top_k, top_p, min_p, seed, offset, None, None, 0, 0)
+    h = philox.group_gumbel(seed, offset, V)
+    assert h.shape == (B, ng)
+    top2 = torch.topk(h, 2, dim=1).values
+    clear = (top2[:, 0] - top2[:, 1]) > 1e-5 * top2[:, 0].abs().clamp(min=1.0)
+    expected = torch.argmax(h, dim=1) * philox.GROUP_SIZE
+    assert bool(clear.float().mean() > 0.9)
+    assert torch.equal(tok[clear], expected[clear])
+
+
+@pytest.mark.parametrize("isa", ["auto", "generic"])
+def test_flat_rows_match_reference_draw(monkeypatch, isa):
+    """z = 0 everywhere, V = 4 * 256 + 17 (a short last group): the group of the largest
+    log(token count) + group noise, then the largest token noise in it, as reference.draw."""
+    if isa == "generic":
+        monkeypatch.setenv("TTS_KERNELS_CPU_ISA", "generic")
+    gen = torch.Generator().manual_seed(1)
+    B, V = 512, 4 * 256 + 17
+    x = torch.zeros(B, V)
+    temp = torch.rand(B, generator=gen) + 0.1
+    seed = torch.randint(-2 ** 62, 2 ** 62, (B,), generator=gen)
+    offset = torch.randint(-2 ** 40, 2 ** 40, (B,), generator=gen)
+    off = (torch.zeros(B, dtype=torch.int32), torch.ones(B), torch.zeros(B))
+    tok, _ = _cpp(x, temp, *off, seed, offset, None, None, 0, 0)
+    expected = draw(x, torch.ones(B, V, dtype=torch.bool), seed, offset)
+    decisive = decisive_rows(x, temp, *off, seed, offset)
+    assert bool(decisive.float().mean() > 0.9)
+    assert torch.equal(tok[decisive], expected[decisive])
+    assert bool((tok >= 4 * 256).any())  # the short group is drawn too
 
 
 def test_input_checks():
