@@ -1,4 +1,4 @@
-// Passes of the CPU sampler over a row of logits (see sampler.h for the
+// Passes of the CPU sampler over a row of logits (see sampler.cpp for the
 // algorithm): portable versions, AVX2 versions (x86 only) and their dispatch.
 #include "sampler_passes.h"
 
