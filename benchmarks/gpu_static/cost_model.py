@@ -20,18 +20,20 @@ on a stream add up (no overlap between them).
 
 * Sampler, one program per row (``_sample_kernel``, ``B >= 132``): the busiest SM runs
   ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
-  thread-instructions per token / 32 warp-instructions plus the kernel's straight-line code.
+  thread-instructions per token / 32 warp-instructions, plus the finish's scan over the row's
+  ``ceil(V / 256)`` group stats (``groups`` per group) and the kernel's straight-line code; the
+  row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132``: ``S = slices_for(B, V, 132)`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
-  them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code, which holds
-  the exact rescoring of its lane candidates) and writes 7 words (28 B) per slice;
-  ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) reads them back,
-  merges (straight-line code) and runs the selects and the filtered draw over the whole row on
-  one SM: ``V x (selects x select + draws x draw) / 32``.
+  them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
+  ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
+  stats and runs the selects and the filtered draw over the whole row on one SM:
+  ``V x (selects x select + draws x draw) / 32``.
 * Both: full-row passes: 1 (greedy, temperature); + ``select_passes`` per top-k/top-p radix
   select (data dependent: 1-8 by construction, default range (3, 7) as observed in issue 14);
-  + 0-1 filtered draw. Bytes that must move (floor): the logits once (``B x V x itemsize``)
-  plus 12 B of output per row; this design adds the split-row workspace (written and read).
+  + 0-1 filtered draw (only when the chosen group's filtered score no longer beats the others').
+  Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
+  row; this design adds the group-stats workspace (12 B per 256 tokens, written and read).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
   (``l2_working_set_fits``), which the bounds assume.
 * Tree attention: from the real plan (default and ``wide_chunk_rows`` variant). Stage 1 is a
@@ -68,15 +70,16 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 H100 = dict(name="H100 SXM5 (assumed, not measured)", sms=132, hbm_bytes_per_s=3.35e12, l2_bytes=50 * 2 ** 20,
-            clock_hz=1.755e9, warp_instr_per_clk_per_sm=4, arch="sm_90")
+            clock_hz=1.755e9, warp_instr_per_clk_per_sm=4, mufu_per_clk_per_sm=16, arch="sm_90")
 
 SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
 SELECT_PASSES = (3, 7)
-#: split-row workspace traffic per (row, slice): 4 float32 + 3 int32 words stored by the partial kernel
-WS_BYTES_PER_SLICE = 28
+#: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
+WS_BYTES_PER_GROUP = 12
+GROUP_SIZE = 256
 #: issue-14 targets for tree attention at N = 256 (static model)
 ATTENTION_TARGETS = dict(shared_kv_read_factor=1.25, partial_over_kv=0.25, dead_ctas=0)
 #: the planner variant shown next to the default plan
@@ -129,24 +132,38 @@ def _finish_side(out, side, passes_k, thr_per_token, logits, floor, design, kern
                                 for k, p in zip(kernels, per)}
 
 
+def _mufu_s(tokens: float, mufu_per_token: float, gpu) -> float:
+    """Seconds one SM's special-function units need for ``tokens`` (MUFU ex2/lg2/rcp: 16 per clock)."""
+    return tokens * mufu_per_token / (gpu["mufu_per_clk_per_sm"] * gpu["clock_hz"])
+
+
+def _groups(V: int) -> int:
+    return -(-V // GROUP_SIZE)
+
+
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
                   ctas_per_sm: int = 1, select_passes: Tuple[int, int] = SELECT_PASSES,
                   gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
     """Bounds for one launch of the one-program-per-row sampler. ``instr``: thread-instructions per
-    token of a pass-1, select and draw pass (from the SASS) and, optionally, ``cta_warp``: the
-    warp-instructions of a program's straight-line code."""
+    token of a pass-1, select and draw pass (from the SASS) and, optionally, ``groups`` (per group
+    of the finish's scan over the group stats), ``pass1_mufu`` (MUFU operations per token of pass 1)
+    and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
+    SM is the larger of its instruction issue and its pass-1 MUFU time."""
     passes = sampler_passes(config, select_passes)
     logits = B * V * itemsize
     rows_busiest_sm = math.ceil(B / gpu["sms"])
+    ws = B * _groups(V) * WS_BYTES_PER_GROUP
     out = _sampler_common(B, V, itemsize, config, passes, min(B, gpu["sms"] * ctas_per_sm), gpu)
     out.update(path="row", slices=1, active_sms=min(B, gpu["sms"]), rows_on_busiest_sm=rows_busiest_sm,
-               ctas_launched=B, workspace_bytes=0, hbm_bytes_this_design=out["bytes_floor"])
+               ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
+    t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr[p] for p in ("pass1", "select", "draw"))
-        warp_per_row = V * thr_per_token / 32 + instr.get("cta_warp", 0)
-        t_issue = rows_busiest_sm * warp_per_row / _rate(gpu)
-        _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"], out["bytes_floor"],
-                     [("_sample_kernel", t_issue, out["bytes_floor"])], gpu)
+        warp_per_row = V * thr_per_token / 32 + _groups(V) * instr.get("groups", 0.0) / 32 + instr.get("cta_warp", 0)
+        t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
+        _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
+                     out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
+        out[side]["t_pass1_mufu_s"] = _t(t_mufu)
     return out
 
 
@@ -154,14 +171,15 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                     partial_instr: Dict[str, float], merge_instr: Dict[str, float],
                     partial_ctas_per_sm: int = 1, select_passes: Tuple[int, int] = SELECT_PASSES,
                     gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
-    """Bounds for the split-row sampler: ``_partial_kernel`` on ``B x S`` slices of ``chunk`` tokens,
-    then ``_merge_kernel`` on B rows. ``partial_instr``: ``pass1`` (thread-instructions per token) and
-    ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``: ``select``, ``draw`` and
-    ``cta_warp``."""
+    """Bounds for the split-row sampler: ``_partial_kernel`` on ``B x S`` slices of ``chunk`` tokens
+    (pass 1: the group stats), then ``_merge_kernel`` on B rows (the scan over the group stats, the
+    selects and the filtered draw). ``partial_instr``: ``pass1`` (thread-instructions per token),
+    ``pass1_mufu`` and ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``:
+    ``select``, ``draw``, ``groups`` and ``cta_warp``."""
     passes = sampler_passes(config, select_passes)
     logits = B * V * itemsize
     ctas = B * S
-    ws = B * S * WS_BYTES_PER_SLICE
+    ws = B * _groups(V) * WS_BYTES_PER_GROUP
     out = _sampler_common(B, V, itemsize, config, passes, B, gpu)
     out.update(path="split", slices=S, chunk=chunk, active_sms=min(ctas, gpu["sms"]),
                active_sms_merge=min(B, gpu["sms"]), ctas_launched=ctas + B,
@@ -170,10 +188,11 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     rate = _rate(gpu)
     warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
-    t_partial = out["slices_on_busiest_sm"] * warp_slice / rate
+    t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
+                                                  _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = passes["select"][k] * merge_instr["select"] + passes["draw"][k] * merge_instr["draw"]
-        warp_row = V * thr_merge / 32 + merge_instr.get("cta_warp", 0)
+        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + merge_instr.get("cta_warp", 0)
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
@@ -217,7 +236,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
-    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns and lp["innermost"]]
+    scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
+    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups")}
+               and lp["innermost"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
     p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
@@ -230,10 +251,13 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
+            "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
+            "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
+                           if p1 and p1[0].get("mufu") is not None else 0.0),
             "cta_warp": straight_line_warp_instr(compiled),
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
-            + [_loop_row("select", lp) for lp in helpers]}
+            + [_loop_row("select", lp) for lp in helpers] + [_loop_row("groups", lp) for lp in scan]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -472,6 +496,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
                                  instr_per_token={k: instr[k] for k in ("pass1", "select", "draw")},
+                                 instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
                             for cfg in shapes["configs"]]
@@ -486,6 +511,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
                                  instr_per_token={"pass1": ip["pass1"], "select": im["select"], "draw": im["draw"]},
+                                 instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
                     recs = [split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu)

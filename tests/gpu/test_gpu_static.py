@@ -55,9 +55,24 @@ def test_sampler_bound_waves_and_passes():
     assert hi["thread_instr_per_token"] == 100 + 5 * 200 + 80
     assert lo["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 and hi["l2_to_sm_bytes"] == 7 * 264 * 1000 * 2
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1180 / 32 / (4 * 1.755e9), rel=1e-3)
-    # a huge batch of a tiny row is bandwidth bound
+    # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
+    # and read) are this design's bytes beyond the floor
     r = cm.sampler_bound(10 ** 6, 64, 4, "greedy", {"pass1": 1.0, "select": 0, "draw": 0})
-    assert r["low"]["bound"] == "hbm" and r["low"]["frac_hbm_bw"] == pytest.approx(1.0)
+    assert r["workspace_bytes"] == 2 * 10 ** 6 * 12
+    assert r["low"]["bound"] == "hbm" and r["low"]["frac_hbm_bw"] == pytest.approx(268 / (268 + 24), rel=1e-3)
+
+
+def test_sampler_bound_groups_and_mufu():
+    # B=264, V=151936 bf16: 2 rows on the busiest SM; 594 groups of 256 per row
+    instr = {"pass1": 16.0, "select": 0.0, "draw": 0.0, "groups": 200.0, "cta_warp": 8000, "pass1_mufu": 2.0}
+    r = cm.sampler_bound(264, 151936, 2, "temp", instr)
+    warp_row = 151936 * 16 / 32 + 594 * 200 / 32 + 8000
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * warp_row / RATE, rel=1e-3)
+    assert r["low"]["t_pass1_mufu_s"] == pytest.approx(2 * 151936 * 2 / (16 * 1.755e9), rel=1e-3)
+    assert r["hbm_bytes_this_design"] == 264 * (151936 * 2 + 12) + 2 * 264 * 594 * 12
+    # with 8 MUFU operations a token, the special-function units bound the row instead
+    r8 = cm.sampler_bound(264, 151936, 2, "temp", dict(instr, pass1_mufu=8.0))
+    assert r8["low"]["t_issue_s"] == pytest.approx(2 * 151936 * 8 / (16 * 1.755e9), rel=1e-3)
 
 
 RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
@@ -71,8 +86,8 @@ def test_split_row_bound_b1_hand_case():
     assert r["path"] == "split" and r["slices"] == 16 and r["active_sms"] == 16 and r["active_sms_merge"] == 1
     assert r["ctas_launched"] == 16 + 1 and r["slices_on_busiest_sm"] == 1 and r["rows_on_busiest_sm"] == 1
     assert r["bytes_floor"] == 32000 * 4 + 12
-    assert r["workspace_bytes"] == 2 * 16 * 28                  # 7 words per slice, written then read
-    assert r["hbm_bytes_this_design"] == 32000 * 4 + 12 + 2 * 16 * 28
+    assert r["workspace_bytes"] == 2 * 125 * 12                 # 3 words per group of 256, written then read
+    assert r["hbm_bytes_this_design"] == 32000 * 4 + 12 + 2 * 125 * 12
     t_partial = (2048 * 114 / 32 + 6464) / RATE                # one slice on the busiest SM: 1.96 us
     t_merge = 3720 / RATE                                       # temperature: the merge's straight-line code only
     lo = r["low"]
@@ -202,12 +217,14 @@ def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
 
 
 def _synthetic_compiled(kernel):
-    """sm_90 stats: pass 1 100, a select pass 200, the draw 80 thread-instructions per token; 100
-    straight-line instructions (800 warp-instructions at 8 warps) outside the loops."""
-    loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_radix_select", 2, 512, 400),
-                                _loop("_finish", 3, 1024, 320)],
+    """sm_90 stats: pass 1 100, a select pass 200, the draw 80 thread-instructions per token, the scan
+    over the group stats 25 per group; 100 straight-line instructions (800 warp-instructions at
+    8 warps) outside the loops."""
+    loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
+                                _loop("_radix_select", 3, 512, 400), _loop("_filtered_groups", 4, 1024, 320)],
              "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
-             "_merge_kernel": [_loop("_radix_select", 2, 512, 400), _loop("_finish", 3, 1024, 320)]}[kernel]
+             "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_radix_select", 3, 512, 400),
+                               _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
 
@@ -243,10 +260,12 @@ def test_cost_model_from_results_json(tmp_path):
     # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
     assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
     assert b1["instr_per_token"] == {"pass1": 100.0, "select": 200.0, "draw": 80.0}
-    assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + 800) / RATE, rel=1e-3)
+    assert b1["instr_per_group"] == 25.0
+    scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
+    assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
     # B=256: one program per row, 2 rows on the busiest SM
     assert (b256["path"], b256["rows_on_busiest_sm"]) == ("row", 2)
-    assert b256["low"]["t_issue_s"] == pytest.approx(2 * (32000 * 100 / 32 + 800) / RATE, rel=1e-3)
+    assert b256["low"]["t_issue_s"] == pytest.approx(2 * (32000 * 100 / 32 + scan + 800) / RATE, rel=1e-3)
 
 
 def test_sibling_stats_only_for_loop_neutral_differences():

@@ -13,7 +13,7 @@ from helpers.backends import require_triton
 from helpers.sampling import decisive_rows
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
-from tts_kernels.sampling.reference import filter_mask, sample_reference
+from tts_kernels.sampling.reference import draw, filter_mask, sample_reference
 
 require_triton()
 pytestmark = pytest.mark.filterwarnings("ignore::RuntimeWarning")  # interpreter: -inf - -inf in masked lanes
@@ -61,16 +61,18 @@ def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allo
 
 
 def test_philox_stream_plain_temperature():
-    # flat logits: the token is the argmax of the Gumbel noise itself (checks the Philox words,
-    # their interleaving, 64-bit seeds and offsets past 2**32)
+    # flat logits: the group is the argmax of ln(its size) + group noise, the token the argmax of
+    # the token noise inside it (checks both Philox streams, the word interleaving, 64-bit seeds
+    # and offsets past 2**32, and the short last group)
     B, V = 6, 523
     seed = torch.tensor([0, 1, -1, 2 ** 62 + 12345, -(2 ** 63), 987654321987], dtype=torch.int64)
     offset = torch.tensor([0, 2 ** 32 + 7, 3, 2 ** 40 - 1, 5, -3], dtype=torch.int64)
     logits = torch.zeros(B, V, device=DEV)
     params = _params(B, seed=seed, offset=offset)
     tok, lp = sample_triton(logits, *params, None, None, 0, 0)
-    want = philox.gumbel(seed, offset, V).argmax(1)
+    want = draw(torch.zeros(B, V), torch.ones(B, V, dtype=torch.bool), seed, offset)
     assert torch.equal(tok.cpu(), want)
+    assert len(set((want // philox.GROUP_SIZE).tolist())) > 1
     torch.testing.assert_close(lp.cpu(), torch.full((B,), -math.log(V)), rtol=1e-5, atol=1e-5)
 
 
@@ -223,9 +225,11 @@ from tts_kernels.sampling.triton_kernel import _radix_select  # noqa: E402
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, out_ptr, V, HBLOCK: tl.constexpr):
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, out_ptr, V, NG, HBLOCK: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
+    g_row = g_ptr + row * NG
+    L = tl.load(l_ptr + row)
     offs = tl.arange(0, HBLOCK)
     zmax = tl.full([], float("-inf"), tl.float32)
     for start in range(0, V, HBLOCK):
@@ -237,9 +241,9 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, out_ptr, V, HBLOCK: tl.constexpr):
     mass_k = tl.full([], -1.0, tl.float32)
     if (k > 0) & (k < V):
         t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
-                                      False, HBLOCK)
+                                      g_row, L, False, HBLOCK)
     if p < 1.0:
-        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, True, HBLOCK)
+        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L, True, HBLOCK)
         t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
 
@@ -252,19 +256,31 @@ def _keys(z):
 
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize):
+    """The radix select over the candidate groups (raw maximum >= L, here the k-th largest group
+    maximum for top-k rows: _candidate_bound's rule; -inf, all groups, for the others): the
+    candidates with key >= T are exactly the reference's kept set."""
     torch.manual_seed(7)
-    B, V = 16, 333
+    B, V = 16, 1333
     z = torch.randn(B, V, device=DEV) * 2
     if quantize:
         z = torch.round(z * 4) / 4  # ties at the thresholds
     z[0, 10:] = float("-inf")
     z[1, :] = 1.5
     z = torch.where(z == 0, torch.zeros_like(z), z)  # -0 -> +0 as the kernel does
-    top_k = torch.tensor([3, 5, 1, 2, 17, 100, 0, 0, 0, 8, 40, 332, 0, 250, 7, 1], dtype=torch.int32)
+    top_k = torch.tensor([3, 5, 1, 2, 4, 100, 0, 0, 0, 6, 40, 1332, 0, 250, 7, 1], dtype=torch.int32)
     top_p = torch.tensor([1.0, 0.5, 1.0, 0.9, 1.0, 0.8, 0.5, 0.95, 0.01, 0.9, 0.99, 1.0, 0.3, 0.999, 1.0, 0.2])
+    G = philox.GROUP_SIZE
+    ng = philox.num_groups(V)
+    gmax = torch.nn.functional.pad(z.cpu(), (0, ng * G - V), value=float("-inf")).view(B, ng, G).amax(2)
+    srt = gmax.sort(1, descending=True).values
+    on = (top_k > 0) & (top_k < V) & (top_k <= ng)
+    L = torch.where(on, srt.gather(1, (top_k.long() - 1).clamp(0, ng - 1).view(-1, 1)).squeeze(1), float("-inf"))
+    assert (L > float("-inf")).sum() >= 5
     out = torch.empty(B, dtype=torch.int64, device=DEV)
-    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), out, V, HBLOCK=128)
-    kept = _keys(z.cpu()) >= out.cpu().view(-1, 1)
+    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV), out, V, ng,
+                             HBLOCK=128)
+    cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
+    kept = (_keys(z.cpu()) >= out.cpu().view(-1, 1)) & cand
     want = filter_mask(z.cpu(), top_k, top_p, torch.zeros(B))
     assert torch.equal(kept, want), (kept != want).any(1).nonzero().flatten().tolist()
 
@@ -306,33 +322,32 @@ def test_split_row_budget_and_bf16(monkeypatch):
 
 
 def test_split_row_flat_logits_philox(monkeypatch):
-    # flat logits: the token is the Gumbel argmax over the whole row, found in one slice
+    # flat logits: the two-level draw over group stats written by 5 slices
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 5)
     B, V = 4, 2053
     seed = torch.tensor([0, -1, 2 ** 62 + 3, 77], dtype=torch.int64)
     offset = torch.tensor([0, 2 ** 32 + 7, 3, -3], dtype=torch.int64)
     tok, lp = sample_triton(torch.zeros(B, V, device=DEV), *_params(B, seed=seed, offset=offset), None, None, 0, 0)
-    assert torch.equal(tok.cpu(), philox.gumbel(seed, offset, V).argmax(1))
+    assert torch.equal(tok.cpu(), draw(torch.zeros(B, V), torch.ones(B, V, dtype=torch.bool), seed, offset))
     torch.testing.assert_close(lp.cpu(), torch.full((B,), -math.log(V)), rtol=1e-5, atol=1e-5)
 
 
-@triton.jit
-def _fast_gumbel_kernel(w_ptr, out_ptr, N: tl.constexpr):
-    offs = tl.arange(0, N)
-    w = tl.load(w_ptr + offs).to(tl.uint32, bitcast=True)
-    tl.store(out_ptr + offs, _tk._fast_neg_log2_e(w, False))
-
-
-def test_pass1_gumbel_approximation():
-    # the candidate score's noise -ln2 * (r + log2(ln2)) stays within 1e-5 of the exact Gumbel
-    # noise over the whole range of u, including u -> 1 (the series branch) and u -> 0
-    g = torch.Generator().manual_seed(10)
-    w = torch.randint(0, 2 ** 32, (4096,), generator=g, dtype=torch.int64)
-    w[:8] = torch.tensor([0, 511, 2 ** 32 - 1, 2 ** 32 - 512, 3 << 30, (3 << 30) - 512, 2 ** 31, 12345])
-    n = w.numel()
-    out = torch.empty(n, dtype=torch.float32, device=DEV)
-    _fast_gumbel_kernel[(1,)](w.to(torch.int32).to(DEV), out, N=n)   # int32 bits of the uint32 words
-    u = ((w >> 9) * 2 + 1).to(torch.float32) * 2.0 ** -24
-    exact = -torch.log(-torch.log(u))
-    approx = -math.log(2) * (out.cpu().double() + math.log2(math.log(2)))
-    assert (approx - exact.double()).abs().max() < 1e-5
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_filters_on_candidate_groups(dtype):
+    """Top-k / top-p / min-p read only the groups whose maximum can hold a kept token
+    (_candidate_bound): peaked rows (few candidate groups), flat rows (all), k beyond the number
+    of groups, the end token masked in the best group; tokens equal the reference's."""
+    torch.manual_seed(21)
+    B, V = 12, 2900                                  # 12 groups of 256, the last short
+    x = torch.randn(B, V) * 2
+    x[:6, torch.randint(0, V, (6,))] += 9.0          # peaked rows: a few strong tokens
+    x[6:8] *= 0.05                                   # flat rows: every group a candidate
+    logits = x.to(dtype=dtype, device=DEV)
+    params = _params(B, [0.7, 1.0, 1.3, 0.9, 1.0, 0.8, 1.0, 1.0, 0.6, 1.0, 1.2, 0.9],
+                     [3, 0, 0, 50, 20, 0, 0, 700, 1, 0, 5, 13],
+                     [1.0, 0.9, 1.0, 0.8, 1.0, 0.5, 0.95, 1.0, 1.0, 0.3, 0.99, 1.0],
+                     [0.0, 0.0, 0.1, 0.0, 0.02, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
+    _check(logits, params)
+    f = BudgetForcing(end_think_ids=[int(x[0].argmax())], wait_ids=[], answer_prefix_ids=[3])
+    budget, forced = _budget_case(f, [(4, 16, 0, 3, 0, THINKING, 0, 0)] * B, V)
+    _check(logits, params, budget, forced, 0, 2)

@@ -1,35 +1,36 @@
 """Triton kernel of the fused sampler (budget forcing + temperature/top-k/top-p/min-p).
 
-Semantics: ``reference.py``; random stream: ``philox.py``; budget rules: ``budget.py``.
+Semantics: ``reference.py`` (the two-level draw: ``reference.draw``); random stream:
+``philox.py``; budget rules: ``budget.py``.
 
 Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturable):
 
-* **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``). Small B:
-  ``_partial_kernel`` runs pass 1 over ``B x S`` row slices (``_num_slices``: about 2 programs
-  per SM, slices of >= 2 tiles) and ``_merge_kernel`` (one program per row) merges the
-  partials exactly and finishes the row. The grid is a function of (B, V) only.
-* **Pass 1** (``_pass1``, always, one read of the row in tiles of ``BLOCK``; a thread holds
-  16 contiguous bytes of logits per row of the tile: ``W`` = 4 fp32 or 8 bf16/fp16 tokens):
-  the lane max (NaN-propagating: validity) and sum of ``exp`` of the raw logits (logsumexp:
-  one ex2 per token), the first-index argmax of the end-masked logits (greedy rows, ``zmax``)
-  and, for rows that draw, each lane's candidate for ``argmax(z + g)``: one Philox4x32 call per
-  4 tokens, an approximate Gumbel (``_fast_neg_log2_e``: hardware lg2/rcp on a GPU, |error|
-  <= ~5e-6) and one FFMA ``x - T ln2 * r`` (the score times T, minus a row constant). The
-  BLOCK lane candidates are then **rescored exactly** with the reference's float32 formulas
-  (``x / T + (-log(-log u))``) and the winner is the first index of the exact maximum. The
-  token therefore equals the reference's unless two tokens of the *same lane* (tokens
-  ``BLOCK`` apart) are within ~1e-5 * T of each other (a documented near-tie).
-* **Split-row merge** (exact): max of the lane maxima; sums of exp rescaled to the common
-  max; greedy and Gumbel argmaxes by value, then the smallest index (each partial returns
-  the first index of its own maximum, so the merged index is the row's first index).
-* **Filters** (``_finish``, only rows with top-k / top-p / min-p): radix select over
-  order-preserving uint32 keys of ``z`` (4-bit digits; top-k by count with early exit, top-p
-  by mass against ``top_p * mass(top-k set)``), then, if pass 1's winner is not kept, one
-  filtered pass (exact Gumbel per token) over the kept tokens. Min-p alone costs the second
-  pass only with the probability of the mass it removes.
+* **Pass 1** (``_pass1``, one read of the row): per group of ``GROUP_SIZE`` (256) tokens, the
+  maximum of the raw logits (NaN-propagating: validity), ``sum(exp(x - max))`` (logsumexp) and
+  ``sum(exp((x - max) / T))`` (the group's mass for the draw), written to a workspace of
+  3 float32 words per group (12 B per 256 tokens). Per token: a load, a max, two ex2 and two
+  adds; no random numbers.
+* **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``: pass 1, then
+  ``_finish`` reads the row's group stats back). Small B: ``_partial_kernel`` runs pass 1 over
+  ``B x S`` row slices (``_num_slices``: about 2 programs per SM, slices of whole tiles) and
+  ``_merge_kernel`` (one program per row) runs ``_finish``. The group stats do not depend on the
+  slicing, so both paths give the same tokens. The grid is a function of (B, V) only.
+* **Finish** (``_finish``, one program per row): one scan over the group stats
+  (``_scan_groups``): validity, logsumexp, the greedy group and the two best draw scores
+  ``M / T + ln(S_z) + group noise`` (Philox stream 1); then one group of 256 tokens is re-read:
+  the greedy token, or the draw inside the chosen group with the exact per-token noise. The
+  end token of budget rule 3 is masked by recomputing its group's stats only.
+* **Filters** (only rows with top-k / top-p / min-p): radix select over order-preserving uint32
+  keys of ``z`` (4-bit digits; top-k by count with early exit, top-p by mass against
+  ``top_p * mass(top-k set)``). Then the chosen group is re-read with the filter: if its filtered
+  score still beats every other group's unfiltered score, it still wins (filtering only removes
+  mass); otherwise one filtered pass over the row recomputes every group's score.
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
-bf16/fp16 logits are read natively and upcast in registers.
+The token equals the reference's except at float near-ties of either level (two group scores,
+or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
+different summation order); ``tests/helpers/sampling.py: decisive_rows`` is that rule.
+bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
 
@@ -40,7 +41,8 @@ import triton
 import triton.language as tl
 
 from . import budget as _budget
-from .triton_math import _exp2, _fast_neg_log2_e, _interleave4, _philox4, _philox_gumbel, _uniform  # noqa: F401
+from . import philox as _philox
+from .triton_math import _exp2, _philox4, _uniform
 
 # Budget-state layout (columns of a row of the [B, STATE_COLUMNS] state, and the
 # phases), read from budget.py: the same names as csrc/budget/budget_forcing.h.
@@ -57,12 +59,17 @@ THINKING = tl.constexpr(_budget.THINKING)
 ENDING = tl.constexpr(_budget.ENDING)
 DONE = tl.constexpr(_budget.DONE)
 
-# tile sizes (elements of a row per loop iteration) and warps; tune on the GPU
-#: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py)
-COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_finish"}
-_BLOCK = 1024    # stats pass and filtered draw: 4 tokens (one Philox call) per thread at 8 warps
-_HBLOCK = 512    # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
+#: tokens per group of the two-level draw (philox.GROUP_SIZE)
+GROUP = tl.constexpr(_philox.GROUP_SIZE)
+#: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
+#: pass 1, a radix-select pass, the filtered draw pass, the scan over the group stats
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
+                    "groups": "_scan_groups"}
+_PASS1_BYTES = 8192  # bytes of logits per pass-1 tile (2048 fp32, 4096 bf16/fp16: 16 or 32 B per thread)
+_HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
+_SCAN = 1024         # group stats per step of the finish's scan
 _NUM_WARPS = 8
+_LOG2E = 1.4426950408889634
 
 
 @triton.jit
@@ -83,13 +90,17 @@ def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
 
 
 @triton.jit
-def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass,
+def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass, gmax_ptr, L,
                   BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
     """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
     ``kk`` = k) or the top-p set (BY_MASS True: the largest value whose mass from the top
-    reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the whole row).
+    reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the candidates).
     Returns (T, mass of the kept set); with BY_MASS False the masses are only accumulated
-    when ``need_mass`` (a runtime flag: top-p follows)."""
+    when ``need_mass`` (a runtime flag: top-p follows).
+
+    Only the *candidates* count: tokens of groups whose raw maximum ``gmax_ptr[g]`` is ``>= L``
+    (tiles without one are not read). When every token of the kept set is a candidate, the
+    candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``)."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
     offs0 = tl.arange(0, HBLOCK)
@@ -107,16 +118,18 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
         for start in range(0, V, HBLOCK):
             offs = start + offs0
             inb = offs < V
-            z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
-            key = _order_key(z)
-            hi = key >> shift
-            match = inb & ((hi >> 4) == prefix)
-            d = (hi & 15).to(tl.int32)
-            oh = (d[:, None] == bins[None, :]) & match[:, None]
-            cnt += tl.sum(oh.to(tl.int32), 0)
-            if need_mass:
-                e = tl.exp(z - zmax)
-                mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
+            cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) >= L)
+            if tl.max(cand.to(tl.int32), 0) > 0:
+                z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
+                key = _order_key(z)
+                hi = key >> shift
+                match = cand & ((hi >> 4) == prefix)
+                d = (hi & 15).to(tl.int32)
+                oh = (d[:, None] == bins[None, :]) & match[:, None]
+                cnt += tl.sum(oh.to(tl.int32), 0)
+                if need_mass:
+                    e = tl.exp(z - zmax)
+                    mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         if BY_MASS:
@@ -198,104 +211,239 @@ def _philox_key(seed_ptr, offset_ptr, row):
 
 
 @triton.jit
-def _philox_tile(start, ridx, c1, c2, k0, k1, W: tl.constexpr):
-    """Philox words [R, W] of the tokens ``start + W * r + c`` (W = 4: one counter a row; W = 8:
-    two, so that a thread's 8 contiguous 2-byte logits are one 16-byte load)."""
-    if W == 4:
-        x0, x1, x2, x3 = _philox4((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
-        w = _interleave4(x0, x1, x2, x3)
-    else:
-        a0, a1, a2, a3 = _philox4((start // 4 + 2 * ridx).to(tl.uint32), c1, c2, k0, k1)
-        b0, b1, b2, b3 = _philox4((start // 4 + 2 * ridx + 1).to(tl.uint32), c1, c2, k0, k1)
-        col = tl.arange(0, 8)[None, :]
-        w = tl.where(col == 0, a0[:, None], tl.where(col == 1, a1[:, None], tl.where(
-            col == 2, a2[:, None], tl.where(col == 3, a3[:, None], tl.where(
-                col == 4, b0[:, None], tl.where(col == 5, b1[:, None], tl.where(
-                    col == 6, b2[:, None], b3[:, None])))))))
-    return w
+def _max_nan(a, b):
+    return tl.maximum(a, b, propagate_nan=tl.PropagateNan.ALL)
 
 
 @triton.jit
-def _pass1(row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1,
-           BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr = 4):
-    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): validity flags,
-    (max, sum of exp(x - max)) of the raw logits, the first-index argmax of the end-masked
-    logits, and the first-index argmax of the *exact* ``x / T + g`` (when ``do_draw``).
+def _group_stats(x, kz, FAST_LOG: tl.constexpr):
+    """x float32 [GT, GROUP] -> per group (max, sum exp2((x - max) * log2e), sum exp2((x - max) * kz)),
+    ``kz = log2e / T``; the max propagates NaN; a group of -inf has max -inf and sums 0."""
+    m = tl.reduce(x, 1, _max_nan)
+    d = x - tl.where(m > float("-inf"), m, 0.0)[:, None]
+    sr = tl.sum(_exp2(d * 1.4426950408889634, FAST_LOG), 1)
+    sz = tl.sum(_exp2(d * kz, FAST_LOG), 1)
+    return m, sr, sz
 
-    Per token: one Philox4x32 call per 4 tokens, an approximate Gumbel (``_fast_neg_log2_e``,
-    hardware log2) and one FFMA give each lane's candidate; the lane candidates (BLOCK of them)
-    are rescored exactly at the end. The result differs from the exact argmax only if two
-    tokens of one lane are within ~1e-5 * T of each other (a documented near-tie)."""
-    R: tl.constexpr = BLOCK // W
-    ridx = tl.arange(0, R)
-    idx2 = W * ridx[:, None] + tl.arange(0, W)[None, :]       # [R, W] token index in tile
-    Tln2 = Tz * 0.6931471805599453
-    # m starts at -FLT_MAX (not -inf): exp2((min - max) * log2e) never sees -inf - -inf, and a
-    # -FLT_MAX logit still counts exp(0) = 1; NaN propagates through the max (validity check)
-    m_vec = tl.full([R, W], -3.4028234663852886e38, tl.float32)
-    s_vec = tl.zeros([R, W], tl.float32)
-    g_val = tl.full([R, W], float("-inf"), tl.float32)
-    g_idx = tl.zeros([R, W], tl.int32) + lo
-    s_val = tl.full([R, W], float("-inf"), tl.float32)
-    s_idx = tl.zeros([R, W], tl.int32) + lo
+
+@triton.jit
+def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
+    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): the stats of every group
+    (``_group_stats``) into the row's workspace planes ``ws_row[p * NGR + g]`` (p = max, raw sum,
+    draw sum). Tiles of BLOCK tokens as ``[BLOCK / GROUP, GROUP]``: one group per warp row."""
+    GT: tl.constexpr = BLOCK // GROUP
+    gi = tl.arange(0, GT)
+    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     for start in range(lo, hi, BLOCK):
-        offs = start + idx2
+        offs = start + idx
         if start + BLOCK <= hi:
             # a full tile loads unmasked: 16-byte vector loads whenever the row start is aligned
             # (row stride a multiple of 16 elements; padded rows of an odd vocabulary included)
             x = tl.load(row_ptr + offs).to(tl.float32)
         else:  # the row's (or slice's) last, partial tile
             x = tl.load(row_ptr + offs, mask=offs < hi, other=float("-inf")).to(tl.float32)
-        # logsumexp of the unmodified logits: per-lane online max/sum, one exp per element
-        m_new = tl.maximum(m_vec, x, propagate_nan=tl.PropagateNan.ALL)
-        d = _exp2((tl.minimum(m_vec, x) - m_new) * 1.4426950408889634, FAST_LOG)
-        s_vec = tl.where(x > m_vec, s_vec * d + 1.0, s_vec + d)
-        m_vec = m_new
-        # greedy argmax of the end-masked logits (strict > keeps each lane's first index)
-        xm = tl.where(mask_end & (offs == end0), float("-inf"), x)
-        upd = xm > g_val
-        g_val = tl.where(upd, xm, g_val)
-        g_idx = tl.where(upd, offs, g_idx)
-        if do_draw:
-            # approximate score scaled by T, minus the row constant T ln2 log2(ln2): one FFMA
-            sc = xm - Tln2 * _fast_neg_log2_e(_philox_tile(start, ridx, c1, c2, k0, k1, W), FAST_LOG)
-            upd2 = sc > s_val
-            s_val = tl.where(upd2, sc, s_val)
-            s_idx = tl.where(upd2, offs, s_idx)
-
-    # NaN or +inf anywhere <=> a lane max is NaN or +inf; a finite (end-masked) logit <=> the
-    # greedy maximum is > -inf (it is +inf only in rows that are bad anyway)
-    nan_any = tl.max((m_vec != m_vec).to(tl.int32))
-    m_row = tl.max(m_vec)
-    bad_any = nan_any | (m_row == float("inf")).to(tl.int32)
-    s_row = tl.sum(s_vec * tl.exp(m_vec - m_row))
-    xmax = tl.max(g_val)
-    fin_any = (xmax > float("-inf")).to(tl.int32)
-    g_tok = tl.min(tl.where(g_val == xmax, g_idx, 2147483647))
-    # exact rescoring of the lane candidates: z + g with the reference's float32 formulas
-    # (x / T, -log(-log(u))); the winner is the first index of the exact maximum
-    s_best = tl.full([], float("-inf"), tl.float32)
-    s_tok = tl.full([], 0, tl.int32) + lo
-    if do_draw:
-        cand = s_val > float("-inf")
-        cx0, cx1, cx2, cx3 = _philox4((s_idx >> 2).to(tl.uint32), c1, c2, k0, k1)
-        j = s_idx & 3
-        cw = tl.where(j == 0, cx0, tl.where(j == 1, cx1, tl.where(j == 2, cx2, cx3)))
-        cg = -tl.log(-tl.log(_uniform(cw)))
-        cxv = tl.load(row_ptr + s_idx, mask=cand, other=float("-inf")).to(tl.float32)
-        ex = tl.where(cand, cxv / Tz + cg, float("-inf"))
-        s_best = tl.max(ex)
-        s_tok = tl.min(tl.where(ex == s_best, s_idx, 2147483647))
-    return bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok
+        m, sr, sz = _group_stats(x, kz, FAST_LOG)
+        g = start // GROUP + gi
+        gm = g * GROUP < hi          # groups of this slice only (a slice is whole tiles)
+        tl.store(ws_row + g, m, mask=gm)
+        tl.store(ws_row + NGR + g, sr, mask=gm)
+        tl.store(ws_row + 2 * NGR + g, sz, mask=gm)
 
 
 @triton.jit
-def _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
+def _group_noise(g, c1, c2, k0, k1):
+    """Gumbel noise of groups ``g`` (int32 tensor): Philox stream 1 (philox.group_gumbel)."""
+    x0, x1, x2, x3 = _philox4((g >> 2).to(tl.uint32), c1, c2, k0, k1, STREAM=1)
+    j = g & 3
+    w = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, x2, x3)))
+    return -tl.log(-tl.log(_uniform(w)))
+
+
+@triton.jit
+def _token_noise(offs, c1, c2, k0, k1):
+    """Gumbel noise of tokens ``offs`` (int32 tensor): Philox stream 0 (philox.gumbel)."""
+    x0, x1, x2, x3 = _philox4((offs >> 2).to(tl.uint32), c1, c2, k0, k1)
+    j = offs & 3
+    w = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, x2, x3)))
+    return -tl.log(-tl.log(_uniform(w)))
+
+
+@triton.jit
+def _keep(z, t_key, zmax, min_p):
+    """Tokens kept by the filters: key(z) >= t_key (top-k / top-p threshold) and min-p."""
+    return (_order_key(z) >= t_key) & (tl.exp(z - zmax) >= min_p)
+
+
+@triton.jit
+def _argmax_first(v, idx):
+    """(max of v, first index of it)."""
+    best = tl.max(v)
+    return best, tl.min(tl.where(v == best, idx, 2147483647))
+
+
+@triton.jit
+def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr):
+    """One pass over a row's group stats. Group ``ge`` (the end token's, -1 if none is masked) takes
+    the masked stats ``(Me, SZe)`` for the draw and the greedy maximum. Returns (bad, any finite,
+    logsumexp of the raw logits, greedy maximum X, its first group, best draw score, its group,
+    the runner-up draw score, the draw mass ``sum(exp(z - X / T))`` of the row)."""
+    fb = tl.arange(0, FB)
+    bad = tl.full([], 0, tl.int32)
+    fin = tl.full([], 0, tl.int32)
+    m_run = tl.full([], float("-inf"), tl.float32)
+    s_run = tl.full([], 0.0, tl.float32)
+    X = tl.full([], float("-inf"), tl.float32)
+    gX = tl.full([], 0, tl.int32)
+    b1 = tl.full([], float("-inf"), tl.float32)
+    g1 = tl.full([], 0, tl.int32)
+    b2 = tl.full([], float("-inf"), tl.float32)
+    zs_run = tl.full([], 0.0, tl.float32)       # draw mass relative to exp(X / T)
+    for g0 in range(0, NGR, FB):
+        g = g0 + fb
+        gm = g < NGR
+        M = tl.load(ws_row + g, mask=gm, other=float("-inf"))
+        SR = tl.load(ws_row + NGR + g, mask=gm, other=0.0)
+        SZ = tl.load(ws_row + 2 * NGR + g, mask=gm, other=0.0)
+        bad = bad | tl.max(((M != M) | (M == float("inf"))).to(tl.int32))
+        # logsumexp of the raw logits, merged over the groups
+        tm = tl.max(M)
+        new = tl.maximum(m_run, tm)
+        safe = tl.where(new > float("-inf"), new, 0.0)
+        s_run = s_run * tl.exp(m_run - safe) + tl.sum(tl.where(M > float("-inf"), SR * tl.exp(M - safe), 0.0))
+        m_run = new
+        # end-masked group stats: greedy maximum and draw scores
+        isE = g == ge
+        Mz = tl.where(isE, Me, M)
+        SZz = tl.where(isE, SZe, SZ)
+        fin = fin | tl.max((Mz > float("-inf")).to(tl.int32))
+        tX, tg = _argmax_first(Mz, g)
+        upd = tX > X
+        gX = tl.where(upd, tg, gX)
+        nX = tl.maximum(X, tX)
+        sX = tl.where(nX > float("-inf"), nX, 0.0)
+        zs_run = zs_run * tl.exp((X - sX) / Tz) + tl.sum(tl.where(Mz > float("-inf"), SZz * tl.exp((Mz - sX) / Tz), 0.0))
+        X = nX
+        sc = tl.where(Mz > float("-inf"), Mz / Tz + tl.log(SZz) + _group_noise(g, c1, c2, k0, k1), float("-inf"))
+        t1, ti = _argmax_first(sc, g)
+        t2 = tl.max(tl.where(g == ti, float("-inf"), sc))
+        win = t1 > b1
+        b2 = tl.where(win, tl.maximum(b1, t2), tl.maximum(b2, t1))
+        g1 = tl.where(win, ti, g1)
+        b1 = tl.maximum(b1, t1)
+    lse = m_run + tl.log(s_run)
+    return bad, fin, lse, X, gX, b1, g1, b2, zs_run
+
+
+@triton.jit
+def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, min_p, m_on, total,
+                     FB: tl.constexpr):
+    """A raw-logit bound ``L`` such that every token the filters keep lies in a group whose raw
+    maximum is ``>= L`` (from the group maxima alone; -inf when it cannot tell):
+
+    * top-k: the k-th largest group maximum (the k best groups hold k tokens at least as large);
+    * top-p without top-k: the largest group maximum ``s_j`` such that the maxima of the groups
+      from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin);
+    * min-p: ``X + T ln(min_p)``, less a rounding margin.
+
+    The selects and the filtered draw then read only the groups at or above ``L``."""
+    L = tl.full([], float("-inf"), tl.float32)
+    if NGR <= FB:
+        fb = tl.arange(0, FB)
+        M = tl.load(ws_row + fb, mask=fb < NGR, other=float("-inf"))
+        Mz = tl.where(fb == ge, Me, M)
+        srt = tl.sort(Mz, 0, descending=True)
+        if k_on:
+            L = tl.max(tl.where(fb == top_k - 1, srt, float("-inf")))
+        elif p_on:
+            w = tl.where(srt > float("-inf"), tl.exp((srt - X) / Tz), 0.0)
+            cum = tl.cumsum(w, 0)
+            L = tl.max(tl.where(cum >= top_p * total * 1.001, srt, float("-inf")))
+    if m_on:
+        lm = X + Tz * tl.log(min_p)
+        L = tl.maximum(L, lm - 1e-3 * (1.0 + tl.abs(X) + tl.abs(lm)))
+    return L
+
+
+@triton.jit
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1,
+                FILTER: tl.constexpr):
+    """Re-read group ``g`` (end token masked, filters applied when FILTER): its draw score without
+    the noise ``M / T + ln(S_z)`` (-inf if nothing is kept) and the first index of the maximum of
+    ``z + token noise`` over its kept tokens."""
+    offs = g * GROUP + tl.arange(0, GROUP)
+    inb = offs < V
+    x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+    x = tl.where(mask_end & (offs == end0), float("-inf"), x)
+    z = x / Tz
+    z = tl.where(z == 0.0, 0.0, z)
+    if FILTER:
+        # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
+        x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
+    ok = x > float("-inf")
+    m = tl.max(x)
+    ms = tl.where(m > float("-inf"), m, 0.0)
+    sz = tl.sum(tl.where(ok, tl.exp2((x - ms) * kz), 0.0))
+    score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
+    ts = tl.where(ok, z + _token_noise(offs, c1, c2, k0, k1), float("-inf"))
+    _b, tok = _argmax_first(ts, offs)
+    return score, tok
+
+
+@triton.jit
+def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
+                     BLOCK: tl.constexpr):
+    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``; tiles
+    without one are not read): every group's kept mass, plus its noise; returns the first group
+    of the maximum score."""
+    GT: tl.constexpr = BLOCK // GROUP
+    gi = tl.arange(0, GT)
+    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    best = tl.full([], float("-inf"), tl.float32)
+    gbest = tl.full([], 0, tl.int32)
+    for start in range(0, V, BLOCK):
+        g = start // GROUP + gi
+        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) >= L
+        if tl.max(cg.to(tl.int32), 0) > 0:
+            offs = start + idx
+            inb = (offs < V) & cg[:, None]
+            x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+            x = tl.where(mask_end & (offs == end0), float("-inf"), x)
+            z = x / Tz
+            z = tl.where(z == 0.0, 0.0, z)
+            x = tl.where(_keep(z, t_key, zmax, min_p), x, float("-inf"))
+            m = tl.max(x, 1)
+            ms = tl.where(m > float("-inf"), m, 0.0)
+            sz = tl.sum(tl.where(x > float("-inf"), tl.exp2((x - ms[:, None]) * kz), 0.0), 1)
+            sc = tl.where(m > float("-inf"), m / Tz + tl.log(sz) + _group_noise(g, c1, c2, k0, k1), float("-inf"))
+            t1, ti = _argmax_first(sc, g)
+            gbest = tl.where(t1 > best, ti, gbest)
+            best = tl.maximum(best, t1)
+    return gbest
+
+
+@triton.jit
+def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
-            HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr):
-    """Filters (top-k / top-p / min-p), budget rule 3, the state update and the outputs of
-    one row, given pass 1's merged statistics."""
+            HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
+    min-p), the draw, budget rule 3, the state update and the outputs."""
+    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
+                                                    num_wait, num_forced, HAS_BUDGET)
+    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
+    kz = 1.4426950408889634 / Tz
+    # the end token's group, with the end token masked (budget rule 3 without a Wait sequence)
+    ge = tl.where(mask_end, end0 // GROUP, -1)
+    Me = tl.full([], float("-inf"), tl.float32)
+    SZe = tl.full([], 0.0, tl.float32)
+    if mask_end:
+        offs = ge * GROUP + tl.arange(0, GROUP)
+        xe = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
+        xe = tl.where(offs == end0, float("-inf"), xe)
+        Me = tl.max(xe)
+        SZe = tl.sum(tl.exp2((xe - tl.where(Me > float("-inf"), Me, 0.0)) * kz))
+    bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB)
+    valid = (bad == 0) & (fin > 0)
+
     temp = tl.load(temp_ptr + row)
     top_k = tl.load(topk_ptr + row)
     top_p = tl.load(topp_ptr + row)
@@ -305,43 +453,39 @@ def _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1
     p_on = top_p < 1.0
     m_on = min_p > 0.0
     zmax = xmax / Tz
-    R: tl.constexpr = BLOCK // 4
-    ridx = tl.arange(0, R)
-    idx2 = 4 * ridx[:, None] + tl.arange(0, 4)[None, :]
 
-    # ---- filters: threshold search, then the filtered draw if pass 1's winner is dropped --
+    # greedy: the first index of the maximum in the first group that holds it
+    goffs = gX * GROUP + tl.arange(0, GROUP)
+    xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
+    xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
+    g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
+    # the draw: inside the group of the best score, unfiltered
+    _sc, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, 0, True, c1, c2, k0, k1, False)
+
+    # ---- filters: thresholds, then the chosen group re-read with them ------------------------
     if valid & do_draw & (k_on | p_on | m_on):
+        # every kept token lies in a group whose raw maximum is >= L: the selects and the
+        # filtered draw read only those groups
+        L = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, min_p, m_on, total, FB)
         t_key = tl.full([], 0, tl.uint32)      # keep all
-        mass_k = tl.full([], -1.0, tl.float32)  # < 0: the whole row
+        mass_k = total                         # the row's draw mass (relative to exp(zmax))
         if k_on:
             t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                        p_on, False, HBLOCK)
+                                        p_on, ws_row, L, False, HBLOCK)
             t_key = t_k
         if p_on:
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         p_on, True, HBLOCK)
+                                         p_on, ws_row, L, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
-        # is pass 1's winner kept?
-        xw = tl.load(row_ptr + s_tok).to(tl.float32)
-        zw = xw / Tz
-        zw = tl.where(zw == 0.0, 0.0, zw)
-        # (exp(.) >= min_p is always true when min_p <= 0: min-p off needs no test)
-        ok = (_order_key(zw) >= t_key) & (tl.exp(zw - zmax) >= min_p)
-        if ok == 0:
-            f_val = tl.full([R, 4], float("-inf"), tl.float32)
-            f_idx = tl.zeros([R, 4], tl.int32)
-            for start in range(0, V, BLOCK):
-                offs = start + idx2
-                inb = offs < V
-                z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
-                keep = (_order_key(z) >= t_key) & (tl.exp(z - zmax) >= min_p)
-                g = _philox_gumbel((start // 4 + ridx).to(tl.uint32), c1, c2, k0, k1)
-                sc = tl.where(keep & inb, z + g, float("-inf"))
-                upd3 = sc > f_val
-                f_val = tl.where(upd3, sc, f_val)
-                f_idx = tl.where(upd3, offs, f_idx)
-            f_best = tl.max(f_val)
-            s_tok = tl.min(tl.where(f_val == f_best, f_idx, 2147483647))
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                                 tl.load(ws_row + g1) >= L, c1, c2, k0, k1, True)
+        # filtering only removes mass: if the chosen group's filtered score still beats every
+        # other group's unfiltered one, it still wins; otherwise rescore every group
+        if (sc1 + _group_noise(g1, c1, c2, k0, k1)) <= b2:
+            gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                                  c1, c2, k0, k1, BLOCK)
+            _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                                      tl.load(ws_row + gf) >= L, c1, c2, k0, k1, True)
 
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
@@ -382,114 +526,75 @@ def _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1
 
 
 @triton.jit
-def _sample_kernel(
-        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-        budget_ptr, forced_ptr, tok_ptr, logp_ptr,
-        V, stride_row, num_wait, num_end, num_forced,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr,
-        FAST_LOG: tl.constexpr, W: tl.constexpr):
-    """One program per row: pass 1 over the whole row, then ``_finish``."""
-    row = tl.program_id(0)
-    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
-                                                    num_wait, num_forced, HAS_BUDGET)
-    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
-    bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
-        row_ptr, 0, V, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
-    valid = (bad_any == 0) & (fin_any > 0)
-    lse = m_row + tl.log(s_row)
-    _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
-            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
-            HAS_BUDGET, BLOCK, HBLOCK)
-
-
-# split-row workspace: per (row, slice) 4 float32 and 4 int32 words
-_WS_M = tl.constexpr(0)       # float32 words: max of the raw logits, sum of exp(x - max),
-_WS_S = tl.constexpr(1)       # greedy maximum (end-masked), exact best Gumbel score
-_WS_XMAX = tl.constexpr(2)
-_WS_SBEST = tl.constexpr(3)
-_WS_FLAGS = tl.constexpr(0)   # int32 words: bad | 2 * any-finite, greedy token, drawn token
-_WS_GTOK = tl.constexpr(1)
-_WS_STOK = tl.constexpr(2)
+def _row_kz(temp_ptr, row):
+    """log2(e) / T of a row (T = 1 for greedy rows): the draw sums' scale."""
+    temp = tl.load(temp_ptr + row)
+    return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
 
 
 @triton.jit
-def _partial_kernel(
-        logits_ptr, temp_ptr, topk_ptr, seed_ptr, offset_ptr, budget_ptr, forced_ptr,
-        wsf_ptr, wsi_ptr, V, stride_row, num_wait, num_forced, CHUNK,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr, W: tl.constexpr):
-    """Split-row pass 1: program (row, j) runs pass 1 over ``[j * CHUNK, (j + 1) * CHUNK)``
-    and writes its partial statistics (exact values: the merge is exact)."""
+def _sample_kernel(
+        logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
+        V, stride_row, NGR, num_wait, num_end, num_forced,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+        FAST_LOG: tl.constexpr):
+    """One program per row: pass 1 over the whole row, then ``_finish``."""
+    row = tl.program_id(0)
+    row_ptr = logits_ptr + row.to(tl.int64) * stride_row
+    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
+    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, FAST_LOG)
+    tl.debug_barrier()  # the group stats written by every warp, visible to the finish
+    _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
+            HAS_BUDGET, BLOCK, HBLOCK, FB)
+
+
+@triton.jit
+def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
+                    BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
+    """Split-row pass 1: program (row, j) writes the group stats of ``[j * CHUNK, (j + 1) * CHUNK)``."""
     row = tl.program_id(0)
     j = tl.program_id(1)
-    S = tl.num_programs(1)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
-                                                    num_wait, num_forced, HAS_BUDGET)
-    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
+    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     lo = j * CHUNK
-    hi = tl.minimum(lo + CHUNK, V)
-    bad_any, fin_any, m_row, s_row, xmax, g_tok, s_best, s_tok = _pass1(
-        row_ptr, lo, hi, end0, mask_end, Tz, do_draw, c1, c2, k0, k1, BLOCK, FAST_LOG, W)
-    base = (row * S + j) * 4
-    tl.store(wsf_ptr + base + _WS_M, m_row)
-    tl.store(wsf_ptr + base + _WS_S, s_row)
-    tl.store(wsf_ptr + base + _WS_XMAX, xmax)
-    tl.store(wsf_ptr + base + _WS_SBEST, s_best)
-    tl.store(wsi_ptr + base + _WS_FLAGS, bad_any + 2 * fin_any)
-    tl.store(wsi_ptr + base + _WS_GTOK, g_tok)
-    tl.store(wsi_ptr + base + _WS_STOK, s_tok)
+    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, FAST_LOG)
 
 
 @triton.jit
 def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-        budget_ptr, forced_ptr, tok_ptr, logp_ptr, wsf_ptr, wsi_ptr,
-        V, stride_row, num_wait, num_end, num_forced, S,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, SP: tl.constexpr):
-    """Split-row finish: exact merge of the S partials (max; sum of exp rescaled to the
-    common max; argmaxes by value, then the smallest index), then ``_finish``."""
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
+        V, stride_row, NGR, num_wait, num_end, num_forced,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
-                                                    num_wait, num_forced, HAS_BUDGET)
-    k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
-    js = tl.arange(0, SP)
-    jm = js < S
-    base = (row * S + js) * 4
-    m = tl.load(wsf_ptr + base + _WS_M, mask=jm, other=float("-inf"))
-    s = tl.load(wsf_ptr + base + _WS_S, mask=jm, other=0.0)
-    xm = tl.load(wsf_ptr + base + _WS_XMAX, mask=jm, other=float("-inf"))
-    sb = tl.load(wsf_ptr + base + _WS_SBEST, mask=jm, other=float("-inf"))
-    fl = tl.load(wsi_ptr + base + _WS_FLAGS, mask=jm, other=0)
-    gt = tl.load(wsi_ptr + base + _WS_GTOK, mask=jm, other=2147483647)
-    st = tl.load(wsi_ptr + base + _WS_STOK, mask=jm, other=2147483647)
-    valid = (tl.max(fl & 1) == 0) & (tl.max(fl >> 1) > 0)
-    m_row = tl.max(m)
-    lse = m_row + tl.log(tl.sum(tl.where(m == float("-inf"), 0.0, s * tl.exp(m - m_row))))
-    xmax = tl.max(xm)
-    g_tok = tl.min(tl.where(xm == xmax, gt, 2147483647))
-    s_best = tl.max(sb)
-    s_tok = tl.min(tl.where(sb == s_best, st, 2147483647))
-    _finish(row, row_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, c1, c2, k0, k1,
+    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
+    _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            end0, mask_end, forced_tok, do_draw, Tz, valid, lse, xmax, g_tok, s_tok,
-            HAS_BUDGET, BLOCK, HBLOCK)
+            HAS_BUDGET, BLOCK, HBLOCK, FB)
 
 
 def _fast_log(t):
-    """Hardware log2/rcp (inline PTX) on a GPU; the interpreter runs the exact ones."""
+    """Hardware ex2 (inline PTX) on a GPU; the interpreter runs the exact one."""
     return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
+def _pass1_block(element_size, V):
+    """Tokens per pass-1 tile: ``_PASS1_BYTES`` of logits, at most the row rounded up to a power of
+    two, at least one group."""
+    return max(_philox.GROUP_SIZE, min(_PASS1_BYTES // element_size, triton.next_power_of_2(V)))
 
 
 def slices_for(B, V, num_sms):
     """Row slices per row on a GPU with ``num_sms`` SMs: enough programs to fill it (2 per SM) when
-    B is small, slices of at least 2 tiles (each program also rescores its BLOCK lane candidates
-    exactly, about two tiles' worth of work); 1 (one program per row) when B >= num_sms."""
+    B is small, slices of at least 2048 tokens (the wrapper rounds them up to whole pass-1 tiles);
+    1 (one program per row) when B >= num_sms."""
     if B >= num_sms:
         return 1
-    max_slices = max(1, triton.cdiv(V, 2 * _BLOCK))   # >= 2 tiles a slice (+ the candidate rescoring)
+    max_slices = max(1, triton.cdiv(V, _PASS1_BYTES // 4))
     return max(1, min(max_slices, triton.cdiv(2 * num_sms, B)))
 
 
@@ -526,31 +631,28 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    # tokens per thread-row of a pass-1 tile: 16 bytes of logits (4 fp32 or 8 bf16/fp16)
-    w = 8 if logits.element_size() == 2 else 4
-    block = min(_BLOCK * w // 4, max(16, triton.next_power_of_2(V)))
+    block = _pass1_block(logits.element_size(), V)
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
+    ngr = _philox.num_groups(V)
+    fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
+    ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
     fast = _fast_log(logits)
     S = _num_slices(B, V, dev)
     if S <= 1:
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
-            budget, forced, tok, logp,
-            V, logits.stride(0), int(num_wait), int(num_end), num_forced,
-            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
+            budget, forced, tok, logp, ws,
+            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
+            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS)
         return tok, logp
-    chunk = triton.cdiv(triton.cdiv(V, S), block) * block   # a multiple of the tile
+    chunk = triton.cdiv(triton.cdiv(V, S), block) * block   # whole tiles
     S = triton.cdiv(V, chunk)
-    wsf = torch.empty(B * S * 4, dtype=torch.float32, device=dev)
-    wsi = torch.empty(B * S * 4, dtype=torch.int32, device=dev)
     _partial_kernel[(B, S)](
-        logits, temperature, top_k, seed, offset, budget, forced, wsf, wsi,
-        V, logits.stride(0), int(num_wait), num_forced, chunk,
-        HAS_BUDGET=has_budget, BLOCK=block, FAST_LOG=fast, W=w, num_warps=_NUM_WARPS)
+        logits, temperature, ws, V, logits.stride(0), ngr, chunk,
+        BLOCK=block, FAST_LOG=fast, num_warps=_NUM_WARPS)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
-        budget, forced, tok, logp, wsf, wsi,
-        V, logits.stride(0), int(num_wait), int(num_end), num_forced, S,
-        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, SP=max(2, triton.next_power_of_2(S)),
-        num_warps=_NUM_WARPS)
+        budget, forced, tok, logp, ws,
+        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
+        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS)
     return tok, logp
