@@ -4,6 +4,7 @@ with no GPU, and read registers, spills, shared memory, occupancy and the SASS l
     python -m benchmarks.gpu_static.check                 # full set, JSON to benchmarks/results/gpu_static.json
     python -m benchmarks.gpu_static.check --set quick --out /tmp/q.json
     python -m benchmarks.gpu_static.check --print-allowlist   # allow-list entries for today's hot-loop spills
+    python -m benchmarks.gpu_static.check --rejudge benchmarks/results/gpu_static.json   # verdict under an edited allow-list
 
 Exit status: 0 pass (or skip: an unsupported Triton prints ``SKIP ...``), 1 when any
 specialization fails to compile or spills inside a hot loop without an entry in the
@@ -217,6 +218,31 @@ def summarise(results):
     return out
 
 
+def rejudge(path: str, allowlist: str) -> int:
+    """The verdict of a full run's results (``path``) under the current allow-list, without compiling:
+    for an allow-list edited after the run that produced the results."""
+    with open(path) as f:
+        out = json.load(f)
+    results = out["specs"]
+    failures, known, stale = judge(results, load_allowlist(allowlist))
+    failures += vector_load_failures(results)
+    failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
+                 f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in out.get("kernels_not_reached", [])]
+    out.update(failures=failures, known_spills=known, stale_allowlist_entries=stale)
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, default=str)
+        f.write("\n")
+    for s_ in stale:
+        print(f"[gpu-static] note: allow-list entry no longer spills (remove it): {s_}")
+    if failures:
+        print(f"[gpu-static] FAIL: {len(failures)} problem(s):")
+        for x in failures:
+            print(f"  {x}")
+        return 1
+    print(f"[gpu-static] PASS (re-judged {path}: {len(known)} known spills)")
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--set", choices=("quick", "full"), default="full", dest="level")
@@ -229,7 +255,12 @@ def main(argv=None) -> int:
     ap.add_argument("--print-allowlist", action="store_true",
                     help="print allow-list entries for every hot-loop spill found (for known_spills.json)")
     ap.add_argument("--keep-cache", action="store_true", help="use Triton's normal cache (default: a fresh one)")
+    ap.add_argument("--rejudge", default=None, metavar="RESULTS_JSON",
+                    help="judge a results JSON's compiled specs against the allow-list again (no compiling) and "
+                         "rewrite its failures / known_spills / stale_allowlist_entries")
     args = ap.parse_args(argv)
+    if args.rejudge:
+        return rejudge(args.rejudge, args.allowlist)
     # The kernels must be real JITFunctions (not the interpreter's): set before triton is imported (here,
     # in the CLI process, never at import: the test suite imports this module and runs the interpreter).
     os.environ["TRITON_INTERPRET"] = "0"

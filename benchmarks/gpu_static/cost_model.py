@@ -31,7 +31,10 @@ on a stream add up (no overlap between them).
   ``V x (selects x select + draws x draw) / 32``.
 * Both: full-row passes: 1 (greedy, temperature); + ``select_passes`` per top-k/top-p radix
   select (data dependent: 1-8 by construction, default range (3, 7) as observed in issue 14);
-  + 0-1 filtered draw (only when the chosen group's filtered score no longer beats the others').
+  + 0-1 filtered draw (only when the chosen group's filtered score no longer beats the others');
+  the selects and the draw read only the candidate groups, a share of the row
+  (:func:`candidate_fraction`: ``50 x 256 / V`` with the benchmarks' top-k of 50; top-p or
+  min-p alone: one group to the whole row), so their passes count as that share of a full one.
   Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
   row; this design adds the group-stats workspace (12 B per 256 tokens, written and read).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
@@ -77,9 +80,10 @@ SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
 SELECT_PASSES = (3, 7)
+#: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
+CANDIDATE_TOP_K = 50
 #: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
 WS_BYTES_PER_GROUP = 12
-GROUP_SIZE = 256
 #: issue-14 targets for tree attention at N = 256 (static model)
 ATTENTION_TARGETS = dict(shared_kv_read_factor=1.25, partial_over_kv=0.25, dead_ctas=0)
 #: the planner variant shown next to the default plan
@@ -97,12 +101,29 @@ def _rate(gpu):
 # ----------------------------------------------------------------------------------------------
 # sampler
 # ----------------------------------------------------------------------------------------------
-def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES) -> Dict[str, Tuple[int, int]]:
-    """(low, high) full-row passes by kind for a sampling config."""
+def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
+    """(low, high) share of the row the selects and the filtered draw read: only the candidate
+    groups (``_candidate_bound``). With top-k: at most the k groups of the largest maxima
+    (``CANDIDATE_TOP_K`` = the benchmarks' k), so ``k x 256 / V``; top-p or min-p alone: data
+    dependent, from one group (peaked) to the whole row (flat). ``V=None``: the whole row."""
+    if V is None:
+        return (1.0, 1.0)
+    one = min(1.0, _group_size() / V)
+    if config in ("top_k", "topk_topp_minp"):
+        f = min(1.0, CANDIDATE_TOP_K * _group_size() / V)
+        return (f, f)
+    return (one, 1.0)
+
+
+def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
+                   V: Optional[int] = None) -> Dict[str, Tuple[float, float]]:
+    """(low, high) full-row-equivalent passes by kind for a sampling config: the selects and the
+    filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`)."""
     sel, draw = SAMPLER_CONFIGS[config]
     lo, hi = select_passes
-    p = {"pass1": (1, 1), "select": (sel * lo, sel * hi), "draw": (0, 1 if draw else 0)}
-    p["total"] = (sum(v[0] for v in p.values()), sum(v[1] for v in p.values()))
+    flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
+    p = {"pass1": (1, 1), "select": (_t(sel * lo * flo), _t(sel * hi * fhi)), "draw": (0, _t(fhi) if draw else 0)}
+    p["total"] = (_t(sum(v[0] for v in p.values())), _t(sum(v[1] for v in p.values())))
     return p
 
 
@@ -137,8 +158,14 @@ def _mufu_s(tokens: float, mufu_per_token: float, gpu) -> float:
     return tokens * mufu_per_token / (gpu["mufu_per_clk_per_sm"] * gpu["clock_hz"])
 
 
+def _group_size() -> int:
+    """Tokens per group of the sampler's two-level draw (``tts_kernels.sampling.philox.GROUP_SIZE``)."""
+    from tts_kernels.sampling.philox import GROUP_SIZE
+    return GROUP_SIZE
+
+
 def _groups(V: int) -> int:
-    return -(-V // GROUP_SIZE)
+    return -(-V // _group_size())
 
 
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
@@ -149,7 +176,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     of the finish's scan over the group stats), ``pass1_mufu`` (MUFU operations per token of pass 1)
     and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
     SM is the larger of its instruction issue and its pass-1 MUFU time."""
-    passes = sampler_passes(config, select_passes)
+    passes = sampler_passes(config, select_passes, V)
     logits = B * V * itemsize
     rows_busiest_sm = math.ceil(B / gpu["sms"])
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -176,7 +203,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     selects and the filtered draw). ``partial_instr``: ``pass1`` (thread-instructions per token),
     ``pass1_mufu`` and ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``:
     ``select``, ``draw``, ``groups`` and ``cta_warp``."""
-    passes = sampler_passes(config, select_passes)
+    passes = sampler_passes(config, select_passes, V)
     logits = B * V * itemsize
     ctas = B * S
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -379,7 +406,7 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
 # the benchmark shapes
 # ----------------------------------------------------------------------------------------------
 SAMPLER_SHAPES = dict(B=(1, 32, 256, 1024), V=(32000, 128256, 151936), dtypes=("fp32", "bf16"),
-                      configs=("temp", "topk_topp_minp", "top_p", "greedy"))
+                      configs=("temp", "topk_topp_minp", "top_p", "min_p", "greedy"))
 ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
     (256, 8192, 64, "llama3-8b", "bf16"), (256, 8192, 512, "llama3-8b", "bf16"),
     (256, 8192, 64, "llama3-8b", "fp32"), (256, 8192, 64, "gqa8", "bf16"),

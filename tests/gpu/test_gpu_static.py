@@ -28,6 +28,12 @@ def test_sampler_passes():
     assert cm.sampler_passes("min_p")["total"] == (1, 2)                    # + the filtered draw, if needed
     assert cm.sampler_passes("top_k", (3, 7))["total"] == (4, 9)            # 1 + 3..7 + 0..1
     assert cm.sampler_passes("topk_topp_minp", (3, 7))["total"] == (7, 16)  # 1 + 2 x (3..7) + 0..1
+    # the selects and the draw read only the candidate groups: with top-k (k = 50), 50 x 256 / V of the row
+    f = 50 * 256 / 151936
+    lo, hi = cm.sampler_passes("topk_topp_minp", (3, 7), 151936)["total"]
+    assert lo == pytest.approx(1 + 6 * f, rel=1e-3) and hi == pytest.approx(1 + 15 * f, rel=1e-3)
+    assert cm.sampler_passes("min_p", (3, 7), 2560)["total"] == (1, 2)      # one group .. the whole row
+    assert cm.sampler_passes("top_p", (3, 7), 2560)["total"] == (1.3, 9)    # 1 + 3 x 0.1 .. 1 + 7 + 1
 
 
 def test_sampler_bound_b1_instruction_bound():
@@ -49,11 +55,11 @@ def test_sampler_bound_waves_and_passes():
     r = cm.sampler_bound(264, 1000, 2, "top_p", instr, ctas_per_sm=2, select_passes=(2, 5))
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
-    assert r["full_row_passes"] == [3, 7]               # 1 + 2..5 + 0..1
+    assert r["full_row_passes"] == [1.512, 7]           # 1 + 2..5 selects + 0..1 draw, over 1 group .. all
     lo, hi = r["low"], r["high"]
-    assert lo["thread_instr_per_token"] == 100 + 2 * 200
+    assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.512 * 200)
     assert hi["thread_instr_per_token"] == 100 + 5 * 200 + 80
-    assert lo["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 and hi["l2_to_sm_bytes"] == 7 * 264 * 1000 * 2
+    assert lo["l2_to_sm_bytes"] == pytest.approx(1.512 * 264 * 1000 * 2) and hi["l2_to_sm_bytes"] == 7 * 264 * 1000 * 2
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1180 / 32 / (4 * 1.755e9), rel=1e-3)
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
     # and read) are this design's bytes beyond the floor
@@ -97,15 +103,16 @@ def test_split_row_bound_b1_hand_case():
     assert lo["t_bound_s"] == pytest.approx(t_partial + t_merge, rel=1e-3) and lo["bound"] == "issue"
     assert lo["gbps_bound"] == pytest.approx((32000 * 4 + 12) / (t_partial + t_merge) / 1e9, rel=1e-3)
     assert lo["l2_to_sm_bytes"] == 32000 * 4
-    # the filters run in the merge kernel, over the whole row on one SM: 2 selects x 3..7 passes + 0..1 draw
+    # the filters run in the merge kernel on one SM, over the candidate groups: with top-k = 50, 50 x 256 / 32000
+    # = 0.4 of the row; 2 selects x 3..7 passes + 0..1 draw
     f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 7))
-    assert f["full_row_passes"] == [7, 16]
-    t_m_hi = (32000 * (14 * 218.5 + 98.25) / 32 + 3720) / RATE
-    t_m_lo = (32000 * (6 * 218.5) / 32 + 3720) / RATE
+    assert f["full_row_passes"] == [pytest.approx(1 + 6 * 0.4), pytest.approx(1 + 15 * 0.4)]
+    t_m_hi = (32000 * 0.4 * (14 * 218.5 + 98.25) / 32 + 3720) / RATE
+    t_m_lo = (32000 * 0.4 * (6 * 218.5) / 32 + 3720) / RATE
     assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)
     assert f["low"]["t_bound_s"] == pytest.approx(t_partial + t_m_lo, rel=1e-3)
-    assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(14 * 218.5 + 98.25, rel=1e-3)
-    assert f["high"]["l2_to_sm_bytes"] == 16 * 32000 * 4
+    assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(0.4 * (14 * 218.5 + 98.25), rel=1e-3)
+    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(7 * 32000 * 4)
 
 
 def test_split_row_bound_b32_waves():

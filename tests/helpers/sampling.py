@@ -5,6 +5,7 @@ import torch
 
 import tts_kernels as tk
 from tts_kernels.sampling import impls, philox
+from tts_kernels.sampling.budget_rules import ForcingTable, plan
 from tts_kernels.sampling.reference import draw_scores, filter_mask, row_validity
 
 from helpers.backends import BACKENDS  # noqa: F401
@@ -59,6 +60,19 @@ def _clear(scores, rel):
     top2 = torch.topk(scores, 2, dim=1).values
     gap = top2[:, 0] - top2[:, 1]
     return (gap > rel * top2[:, 0].abs().clamp(min=1.0)) | torch.isinf(top2[:, 1])
+
+
+def drawn_logits(x, state, forced, num_wait, num_end):
+    """The logits the reference draws from: end[0] masked (-inf) in the rows where budget rule 3
+    gives an early end probability 0 (no Wait sequence), as ``sample_reference`` does."""
+    if state is None or num_wait > 0:
+        return x
+    table = ForcingTable.single(forced.cpu(), num_wait, num_end, x.shape[0])
+    _, need = plan(state.cpu().to(torch.int64), table)
+    x = x.float().cpu().clone()
+    rows = need.nonzero().view(-1)
+    x[rows, table.end0[rows]] = float("-inf")
+    return x
 
 
 def decisive_rows(logits, temperature, top_k, top_p, min_p, seed, offset, rel=1e-5):

@@ -101,3 +101,14 @@ def test_triton_kernel_uses_the_named_columns():
     for expr, line in uses:
         assert isinstance(expr, ast.Name) and expr.id in COLUMNS, \
             f"triton_kernel.py:{line}: budget column is not one of the named constants"
+
+
+def test_group_size_is_one_value():
+    """The two-level draw's group size: philox.GROUP_SIZE (Python, the reference, the Triton kernel
+    through it) and kGroupSize in the C++ sampler (parsed here)."""
+    from tts_kernels.sampling import philox
+    text = (ROOT / "csrc" / "sampling" / "sampler_math.h").read_text()
+    m = re.search(r"constexpr\s+int64_t\s+kGroupSize\s*=\s*(\d+)\s*;", text)
+    assert m, "kGroupSize not found in sampler_math.h"
+    assert int(m.group(1)) == philox.GROUP_SIZE
+    assert "_philox.GROUP_SIZE" in TRITON_SRC.read_text()

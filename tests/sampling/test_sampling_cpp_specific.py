@@ -6,10 +6,9 @@ import pytest
 import torch
 
 from helpers.backends import require_extension
-from helpers.sampling import decisive_rows
+from helpers.sampling import decisive_rows, drawn_logits
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing
-from tts_kernels.sampling.budget_rules import ForcingTable, plan
 from tts_kernels.sampling.reference import draw, sample_reference
 
 
@@ -20,19 +19,6 @@ def _ext():
 
 def _cpp(*args):
     return torch.ops.tts_kernels_C.sample_cpu(*args)
-
-
-def _drawn_logits(x, state, forced, num_wait, num_end):
-    """The logits the reference draws from: end[0] masked (-inf) in the rows where budget
-    rule 3 gives an early end probability 0 (no Wait sequence), as ``sample_reference``."""
-    if state is None or num_wait > 0:
-        return x
-    table = ForcingTable.single(forced, num_wait, num_end, x.shape[0])
-    _, need = plan(state.to(torch.int64), table)
-    x = x.float().clone()
-    rows = need.nonzero().view(-1)
-    x[rows, table.end0[rows]] = float("-inf")
-    return x
 
 
 @pytest.fixture
@@ -104,7 +90,7 @@ def _compare(x, params, state=None, forced=None, num_wait=0, num_end=0):
     t_ref, l_ref = sample_reference(*args, s_ref, forced, num_wait, num_end)
     t_cpp, l_cpp = _cpp(*args, s_cpp, forced, num_wait, num_end)
     assert t_cpp.dtype == torch.int64 and l_cpp.dtype == torch.float32
-    decisive = decisive_rows(_drawn_logits(x, state, forced, num_wait, num_end), temp, top_k, top_p, min_p,
+    decisive = decisive_rows(drawn_logits(x, state, forced, num_wait, num_end), temp, top_k, top_p, min_p,
                              seed, offset)
     ties = 0
     for r in range(x.shape[0]):

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.backends import require_triton
-from helpers.sampling import decisive_rows
+from helpers.sampling import decisive_rows, drawn_logits
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
 from tts_kernels.sampling.reference import draw, filter_mask, sample_reference
@@ -48,7 +48,8 @@ def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allo
     tok_r, lp_r, tok_t, lp_t = tok_r.cpu(), lp_r.cpu(), tok_t.cpu(), lp_t.cpu()
     diff = tok_r != tok_t
     if diff.any():
-        ties = ~decisive_rows(logits, *params) if allow_ties else torch.zeros_like(diff)
+        drawn = drawn_logits(logits, budget, forced, num_wait, num_end)
+        ties = ~decisive_rows(drawn, *params) if allow_ties else torch.zeros_like(diff)
         bad = diff & ~ties
         assert not bad.any(), f"rows {bad.nonzero().flatten().tolist()}: triton {tok_t[bad].tolist()} " \
                               f"reference {tok_r[bad].tolist()}"
@@ -348,6 +349,32 @@ def test_filters_on_candidate_groups(dtype):
                      [1.0, 0.9, 1.0, 0.8, 1.0, 0.5, 0.95, 1.0, 1.0, 0.3, 0.99, 1.0],
                      [0.0, 0.0, 0.1, 0.0, 0.02, 0.3, 0.0, 0.0, 0.0, 0.0, 0.0, 0.5])
     _check(logits, params)
+    # every row with top-k, top-p and min-p together (min-p's bound must not narrow the selects)
+    _check(logits, _params(B, 1.0, [200, 5, 30, 700, 3, 1, 50, 9, 2, 13, 100, 40], 0.9, 0.05))
     f = BudgetForcing(end_think_ids=[int(x[0].argmax())], wait_ids=[], answer_prefix_ids=[3])
     budget, forced = _budget_case(f, [(4, 16, 0, 3, 0, THINKING, 0, 0)] * B, V)
     _check(logits, params, budget, forced, 0, 2)
+
+
+def test_candidate_bound_regressions():
+    """Two rows an earlier candidate bound got wrong (review of the redesign): (1) top-k, top-p and
+    min-p together, where min-p's bound dropped part of the top-k set from the selects; (2) two
+    raw logits one ulp apart that divide by T = 3 to the same z, tied at the top-k threshold, in
+    different groups (ties at the threshold are kept: candidacy is judged after the division)."""
+    V = 1024
+    x = torch.full((40, V), -30.0)
+    x[:, 0] = 0.0
+    x[:, 1:256] = -5.0
+    x[:, 256:266] = -0.5
+    x[:, 266:512] = -10.0
+    x[:, 512:768] = -2.0
+    tok, _, _ = _check(x.to(DEV), _params(40, 1.0, 200, 0.1, 0.3, seed=torch.arange(40)), allow_ties=False)
+    assert set(tok.tolist()) - {0} and set(tok.tolist()) <= {0, *range(256, 266)}
+    a = torch.tensor(3.7353096)
+    b = torch.nextafter(a, torch.tensor(10.0))
+    assert (a / 3) == (b / 3)
+    y = torch.full((40, V), -20.0)
+    y[:, 300] = a
+    y[:, 5] = b
+    tok, _, _ = _check(y.to(DEV), _params(40, 3.0, 1, 1.0, 0.0, seed=torch.arange(40)), allow_ties=False)
+    assert set(tok.tolist()) == {5, 300}

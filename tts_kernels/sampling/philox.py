@@ -1,8 +1,9 @@
 """Counter-based random numbers shared by every sampler implementation.
 
 All three implementations (pure PyTorch, C++ CPU, Triton) draw the same
-uniforms from the same counters, so their tokens agree except where two
-Gumbel scores are within float rounding of each other.
+uniforms from the same counters, so their tokens agree except where two group
+scores, or two token scores inside the chosen group, are within float rounding
+of each other.
 
 Stream layout (Philox4x32-10, Salmon et al. 2011):
 

@@ -98,8 +98,9 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     Returns (T, mass of the kept set); with BY_MASS False the masses are only accumulated
     when ``need_mass`` (a runtime flag: top-p follows).
 
-    Only the *candidates* count: tokens of groups whose raw maximum ``gmax_ptr[g]`` is ``>= L``
-    (tiles without one are not read). When every token of the kept set is a candidate, the
+    Only the *candidates* count: tokens of groups whose raw maximum ``gmax_ptr[g]`` reaches ``L``
+    after the division by T (``gmax / T >= L / T``: two raw values may round to one z; tiles
+    without a candidate are not read). When every token of the kept set is a candidate, the
     candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``)."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
@@ -118,7 +119,7 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
         for start in range(0, V, HBLOCK):
             offs = start + offs0
             inb = offs < V
-            cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) >= L)
+            cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) / Tz >= L / Tz)
             if tl.max(cand.to(tl.int32), 0) > 0:
                 z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
                 key = _order_key(z)
@@ -251,6 +252,15 @@ def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, FAST_LOG: tl.c
 
 
 @triton.jit
+def _group_noise4(ctr, c1, c2, k0, k1):
+    """Gumbel noise [R, 4] of the groups ``4 * ctr + j``: one Philox call (stream 1) per row."""
+    x0, x1, x2, x3 = _philox4(ctr.to(tl.uint32), c1, c2, k0, k1, STREAM=1)
+    j = tl.arange(0, 4)[None, :]
+    w = tl.where(j == 0, x0[:, None], tl.where(j == 1, x1[:, None], tl.where(j == 2, x2[:, None], x3[:, None])))
+    return -tl.log(-tl.log(_uniform(w)))
+
+
+@triton.jit
 def _group_noise(g, c1, c2, k0, k1):
     """Gumbel noise of groups ``g`` (int32 tensor): Philox stream 1 (philox.group_gumbel)."""
     x0, x1, x2, x3 = _philox4((g >> 2).to(tl.uint32), c1, c2, k0, k1, STREAM=1)
@@ -287,7 +297,9 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
     the masked stats ``(Me, SZe)`` for the draw and the greedy maximum. Returns (bad, any finite,
     logsumexp of the raw logits, greedy maximum X, its first group, best draw score, its group,
     the runner-up draw score, the draw mass ``sum(exp(z - X / T))`` of the row)."""
-    fb = tl.arange(0, FB)
+    R: tl.constexpr = FB // 4
+    r4 = tl.arange(0, R)
+    fb = 4 * r4[:, None] + tl.arange(0, 4)[None, :]   # [R, 4]: group g0 + 4 r + j
     bad = tl.full([], 0, tl.int32)
     fin = tl.full([], 0, tl.int32)
     m_run = tl.full([], float("-inf"), tl.float32)
@@ -323,7 +335,8 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
         sX = tl.where(nX > float("-inf"), nX, 0.0)
         zs_run = zs_run * tl.exp((X - sX) / Tz) + tl.sum(tl.where(Mz > float("-inf"), SZz * tl.exp((Mz - sX) / Tz), 0.0))
         X = nX
-        sc = tl.where(Mz > float("-inf"), Mz / Tz + tl.log(SZz) + _group_noise(g, c1, c2, k0, k1), float("-inf"))
+        h = _group_noise4(g0 // 4 + r4, c1, c2, k0, k1)
+        sc = tl.where(Mz > float("-inf"), Mz / Tz + tl.log(SZz) + h, float("-inf"))
         t1, ti = _argmax_first(sc, g)
         t2 = tl.max(tl.where(g == ti, float("-inf"), sc))
         win = t1 > b1
@@ -402,7 +415,7 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
     gbest = tl.full([], 0, tl.int32)
     for start in range(0, V, BLOCK):
         g = start // GROUP + gi
-        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) >= L
+        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= L / Tz
         if tl.max(cg.to(tl.int32), 0) > 0:
             offs = start + idx
             inb = (offs < V) & cg[:, None]
@@ -454,38 +467,46 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     m_on = min_p > 0.0
     zmax = xmax / Tz
 
-    # greedy: the first index of the maximum in the first group that holds it
-    goffs = gX * GROUP + tl.arange(0, GROUP)
-    xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
-    xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
-    g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
-    # the draw: inside the group of the best score, unfiltered
-    _sc, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, 0, True, c1, c2, k0, k1, False)
+    filtered = valid & do_draw & (k_on | p_on | m_on)
+    g_tok = tl.full([], 0, tl.int32)
+    s_tok = tl.full([], 0, tl.int32)
+    if greedy:
+        # the first index of the maximum in the first group that holds it
+        goffs = gX * GROUP + tl.arange(0, GROUP)
+        xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
+        xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
+        g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
+    if do_draw & (filtered == 0):
+        # the draw: inside the group of the best score, unfiltered
+        _sc, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, 0, True,
+                                 c1, c2, k0, k1, False)
 
     # ---- filters: thresholds, then the chosen group re-read with them ------------------------
-    if valid & do_draw & (k_on | p_on | m_on):
+    if filtered:
         # every kept token lies in a group whose raw maximum is >= L: the selects and the
         # filtered draw read only those groups
+        # (the selects count every token of the top-k set: their bound leaves min-p out)
+        Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, min_p, False, total, FB)
         L = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, min_p, m_on, total, FB)
         t_key = tl.full([], 0, tl.uint32)      # keep all
         mass_k = total                         # the row's draw mass (relative to exp(zmax))
         if k_on:
             t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                        p_on, ws_row, L, False, HBLOCK)
+                                        p_on, ws_row, Ls, False, HBLOCK)
             t_key = t_k
         if p_on:
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         p_on, ws_row, L, True, HBLOCK)
+                                         p_on, ws_row, Ls, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                 tl.load(ws_row + g1) >= L, c1, c2, k0, k1, True)
+                                 tl.load(ws_row + g1) / Tz >= L / Tz, c1, c2, k0, k1, True)
         # filtering only removes mass: if the chosen group's filtered score still beats every
         # other group's unfiltered one, it still wins; otherwise rescore every group
         if (sc1 + _group_noise(g1, c1, c2, k0, k1)) <= b2:
             gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                                   c1, c2, k0, k1, BLOCK)
             _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                      tl.load(ws_row + gf) >= L, c1, c2, k0, k1, True)
+                                      tl.load(ws_row + gf) / Tz >= L / Tz, c1, c2, k0, k1, True)
 
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
