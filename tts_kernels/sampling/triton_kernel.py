@@ -611,7 +611,7 @@ def _pass1_block(element_size, V):
 
 def slices_for(B, V, num_sms):
     """Row slices per row on a GPU with ``num_sms`` SMs: enough programs to fill it (2 per SM) when
-    B is small, slices of at least 2048 tokens (the wrapper rounds them up to whole pass-1 tiles);
+    B is small, slices of at least 2048 tokens (whole split-row pass-1 tiles of 2048 tokens);
     1 (one program per row) when B >= num_sms."""
     if B >= num_sms:
         return 1
@@ -666,11 +666,14 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
             HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS)
         return tok, logp
-    chunk = triton.cdiv(triton.cdiv(V, S), block) * block   # whole tiles
+    # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
+    # vocabulary of 151936 still makes 75 slices at B=1
+    pblock = _pass1_block(4, V)
+    chunk = triton.cdiv(triton.cdiv(V, S), pblock) * pblock   # whole tiles
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
-        BLOCK=block, FAST_LOG=fast, num_warps=_NUM_WARPS)
+        BLOCK=pblock, FAST_LOG=fast, num_warps=_NUM_WARPS)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws,
