@@ -84,12 +84,24 @@ def expected_probs(logits_row, temperature, top_k, top_p, min_p):
 ], ids=["plain", "top_k", "top_p", "min_p", "all"])
 def test_frequencies_match_distribution(backend, config):
     v = 24
-    n = 1500 if is_small(backend) else 6000
+    # the interpreted Triton kernel (~0.1-0.3 s a row on this CPU) draws fewer rows, and each of its
+    # decisive rows must also equal the reference's token (whose own frequencies run at 6000 rows)
+    n = 240 if is_small(backend) else 6000
     gen = torch.Generator().manual_seed(11)
     row = torch.randn(v, generator=gen) * 1.5
     row[[3, 17]] = float("-inf")
     logits = row.expand(n, v).contiguous()
-    out = call(backend, logits, seed=torch.arange(n) * 7 + 1, offset=5, **config)
+    seed = torch.arange(n) * 7 + 1
+    out = call(backend, logits, seed=seed, offset=5, **config)
+    if is_small(backend):
+        full = {k: torch.full((n,), float(val)) for k, val in config.items()}
+        full["top_k"] = full.get("top_k", torch.zeros(n)).int()
+        full.setdefault("top_p", torch.ones(n))
+        full.setdefault("min_p", torch.zeros(n))
+        ok = decisive_rows(logits, full["temperature"], full["top_k"], full["top_p"], full["min_p"], seed,
+                           torch.full((n,), 5))
+        ref = call("reference", logits, seed=seed, offset=5, **config)
+        assert ok.float().mean() > 0.9 and torch.equal(out.token_ids[ok], ref.token_ids[ok])
     p, keep = expected_probs(row, **config)
     counts = torch.bincount(out.token_ids, minlength=v).double()
     assert counts[~keep].sum() == 0, "a filtered-out or -inf token was drawn"
@@ -104,7 +116,7 @@ def test_frequencies_match_distribution(backend, config):
 
 def test_frequencies_over_offsets_with_one_seed(backend):
     """Successive offsets of one seed behave like independent draws."""
-    v, n = 8, (800 if is_small(backend) else 4000)
+    v, n = 8, (300 if is_small(backend) else 4000)
     row = torch.tensor([2.0, 1.0, 0.5, 0.0, -0.5, -1.0, -2.0, float("-inf")])
     logits = row.expand(n, v).contiguous()
     out = call(backend, logits, seed=1234, offset=torch.arange(n))
