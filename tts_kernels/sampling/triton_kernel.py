@@ -81,12 +81,19 @@ def _order_key(z):
 
 
 @triton.jit
-def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
-    """z = (end-masked logits) / T in float32, -0 -> +0; out-of-row entries -inf."""
+def _masked(row_ptr, offs, inb, end0, mask_end, Tz):
+    """(x, z): the end-masked logits in float32 and ``z = x / T`` (-0 -> +0); out-of-row entries -inf."""
     x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
     x = tl.where(mask_end & (offs == end0), float("-inf"), x)
     z = x / Tz
-    return tl.where(z == 0.0, 0.0, z)
+    return x, tl.where(z == 0.0, 0.0, z)
+
+
+@triton.jit
+def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
+    """z = (end-masked logits) / T in float32, -0 -> +0; out-of-row entries -inf."""
+    _x, z = _masked(row_ptr, offs, inb, end0, mask_end, Tz)
+    return z
 
 
 @triton.jit
@@ -261,21 +268,24 @@ def _group_noise4(ctr, c1, c2, k0, k1):
 
 
 @triton.jit
-def _group_noise(g, c1, c2, k0, k1):
-    """Gumbel noise of groups ``g`` (int32 tensor): Philox stream 1 (philox.group_gumbel)."""
-    x0, x1, x2, x3 = _philox4((g >> 2).to(tl.uint32), c1, c2, k0, k1, STREAM=1)
-    j = g & 3
+def _gumbel(i, c1, c2, k0, k1, STREAM: tl.constexpr):
+    """Gumbel noise of indices ``i`` (int32 tensor): Philox word ``i & 3`` of counter ``i >> 2``;
+    stream 0 for tokens (philox.gumbel), 1 for groups (philox.group_gumbel)."""
+    x0, x1, x2, x3 = _philox4((i >> 2).to(tl.uint32), c1, c2, k0, k1, STREAM=STREAM)
+    j = i & 3
     w = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, x2, x3)))
     return -tl.log(-tl.log(_uniform(w)))
 
 
 @triton.jit
-def _token_noise(offs, c1, c2, k0, k1):
-    """Gumbel noise of tokens ``offs`` (int32 tensor): Philox stream 0 (philox.gumbel)."""
-    x0, x1, x2, x3 = _philox4((offs >> 2).to(tl.uint32), c1, c2, k0, k1)
-    j = offs & 3
-    w = tl.where(j == 0, x0, tl.where(j == 1, x1, tl.where(j == 2, x2, x3)))
-    return -tl.log(-tl.log(_uniform(w)))
+def _max_mass(x, kz, AXIS: tl.constexpr):
+    """(max of x, sum of exp2((x - max) * kz) over the finite entries) along AXIS; (-inf, 0) when
+    none is finite."""
+    m = tl.max(x, AXIS)
+    ms = tl.where(m > float("-inf"), m, 0.0)
+    if AXIS == 1:
+        ms = ms[:, None]
+    return m, tl.sum(tl.where(x > float("-inf"), tl.exp2((x - ms) * kz), 0.0), AXIS)
 
 
 @triton.jit
@@ -348,17 +358,16 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
 
 
 @triton.jit
-def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, min_p, m_on, total,
-                     FB: tl.constexpr):
-    """A raw-logit bound ``L`` such that every token the filters keep lies in a group whose raw
-    maximum is ``>= L`` (from the group maxima alone; -inf when it cannot tell):
+def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total, FB: tl.constexpr):
+    """A raw-logit bound ``L`` such that every token that top-k / top-p keep lies in a group whose
+    raw maximum is ``>= L`` (from the group maxima alone, one sort; -inf when it cannot tell):
 
     * top-k: the k-th largest group maximum (the k best groups hold k tokens at least as large);
     * top-p without top-k: the largest group maximum ``s_j`` such that the maxima of the groups
-      from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin);
-    * min-p: ``X + T ln(min_p)``, less a rounding margin.
+      from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin).
 
-    The selects and the filtered draw then read only the groups at or above ``L``."""
+    The selects read only the groups at or above ``L``; the filtered draw those at or above
+    ``_minp_bound(L, ...)`` (min-p's bound too)."""
     L = tl.full([], float("-inf"), tl.float32)
     if NGR <= FB:
         fb = tl.arange(0, FB)
@@ -371,6 +380,12 @@ def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, min_p
             w = tl.where(srt > float("-inf"), tl.exp((srt - X) / Tz), 0.0)
             cum = tl.cumsum(w, 0)
             L = tl.max(tl.where(cum >= top_p * total * 1.001, srt, float("-inf")))
+    return L
+
+
+@triton.jit
+def _minp_bound(L, X, Tz, min_p, m_on):
+    """``L`` raised to min-p's bound ``X + T ln(min_p)``, less a rounding margin (when min-p is on)."""
     if m_on:
         lm = X + Tz * tl.log(min_p)
         L = tl.maximum(L, lm - 1e-3 * (1.0 + tl.abs(X) + tl.abs(lm)))
@@ -384,20 +399,13 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_
     the noise ``M / T + ln(S_z)`` (-inf if nothing is kept) and the first index of the maximum of
     ``z + token noise`` over its kept tokens."""
     offs = g * GROUP + tl.arange(0, GROUP)
-    inb = offs < V
-    x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
-    x = tl.where(mask_end & (offs == end0), float("-inf"), x)
-    z = x / Tz
-    z = tl.where(z == 0.0, 0.0, z)
+    x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
     if FILTER:
         # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
         x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
-    ok = x > float("-inf")
-    m = tl.max(x)
-    ms = tl.where(m > float("-inf"), m, 0.0)
-    sz = tl.sum(tl.where(ok, tl.exp2((x - ms) * kz), 0.0))
+    m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
-    ts = tl.where(ok, z + _token_noise(offs, c1, c2, k0, k1), float("-inf"))
+    ts = tl.where(x > float("-inf"), z + _gumbel(offs, c1, c2, k0, k1, 0), float("-inf"))
     _b, tok = _argmax_first(ts, offs)
     return score, tok
 
@@ -418,16 +426,10 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
         cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= L / Tz
         if tl.max(cg.to(tl.int32), 0) > 0:
             offs = start + idx
-            inb = (offs < V) & cg[:, None]
-            x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
-            x = tl.where(mask_end & (offs == end0), float("-inf"), x)
-            z = x / Tz
-            z = tl.where(z == 0.0, 0.0, z)
+            x, z = _masked(row_ptr, offs, (offs < V) & cg[:, None], end0, mask_end, Tz)
             x = tl.where(_keep(z, t_key, zmax, min_p), x, float("-inf"))
-            m = tl.max(x, 1)
-            ms = tl.where(m > float("-inf"), m, 0.0)
-            sz = tl.sum(tl.where(x > float("-inf"), tl.exp2((x - ms[:, None]) * kz), 0.0), 1)
-            sc = tl.where(m > float("-inf"), m / Tz + tl.log(sz) + _group_noise(g, c1, c2, k0, k1), float("-inf"))
+            m, sz = _max_mass(x, kz, 1)
+            sc = tl.where(m > float("-inf"), m / Tz + tl.log(sz) + _gumbel(g, c1, c2, k0, k1, 1), float("-inf"))
             t1, ti = _argmax_first(sc, g)
             gbest = tl.where(t1 > best, ti, gbest)
             best = tl.maximum(best, t1)
@@ -450,10 +452,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     SZe = tl.full([], 0.0, tl.float32)
     if mask_end:
         offs = ge * GROUP + tl.arange(0, GROUP)
-        xe = tl.load(row_ptr + offs, mask=offs < V, other=float("-inf")).to(tl.float32)
-        xe = tl.where(offs == end0, float("-inf"), xe)
-        Me = tl.max(xe)
-        SZe = tl.sum(tl.exp2((xe - tl.where(Me > float("-inf"), Me, 0.0)) * kz))
+        xe, _ze = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
+        Me, SZe = _max_mass(xe, kz, 0)
     bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB)
     valid = (bad == 0) & (fin > 0)
 
@@ -486,8 +486,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         # every kept token lies in a group whose raw maximum is >= L: the selects and the
         # filtered draw read only those groups
         # (the selects count every token of the top-k set: their bound leaves min-p out)
-        Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, min_p, False, total, FB)
-        L = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, min_p, m_on, total, FB)
+        Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
+        L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
         t_key = tl.full([], 0, tl.uint32)      # keep all
         mass_k = total                         # the row's draw mass (relative to exp(zmax))
         if k_on:
@@ -502,7 +502,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
                                  tl.load(ws_row + g1) / Tz >= L / Tz, c1, c2, k0, k1, True)
         # filtering only removes mass: if the chosen group's filtered score still beats every
         # other group's unfiltered one, it still wins; otherwise rescore every group
-        if (sc1 + _group_noise(g1, c1, c2, k0, k1)) <= b2:
+        if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
             gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                                   c1, c2, k0, k1, BLOCK)
             _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
