@@ -143,14 +143,18 @@ def flashinfer_cascade_fn(q, k, v, bt, sl, prefix, suffix):
     return lambda: w.run(q, kv)
 
 
-def triton_cost(plan, hq, hkv, D, dtype):
-    """Static accounting of the Triton kernels for this plan (tts_kernels.attention.triton_kernel.stage1_cost)."""
+def triton_cost(plan, hq, hkv, D, dtype, device):
+    """Static accounting of the Triton kernels for this plan (tts_kernels.attention.triton_kernel.stage1_cost)
+    as they launch on ``device`` (its SM count and architecture; an H100's off CUDA)."""
     try:
-        from tts_kernels.attention.triton_kernel import stage1_cost
+        from tts_kernels.attention import triton_kernel as tak
     except Exception as exc:  # triton not installed
         skip("triton static cost", f"{type(exc).__name__}: {exc}")
         return None
-    return stage1_cost(plan, hq, hkv, D, dtype)
+    dev = torch.device(device)
+    on_gpu = dev.type == "cuda"
+    return tak.stage1_cost(plan, hq, hkv, D, dtype, num_sms=tak._num_sms(dev) if on_gpu else 132,
+                           arch=tak._arch(dev) if on_gpu else 90)
 
 
 def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None):
@@ -160,7 +164,7 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None)
     ub = unique_kv_bytes(N, prefix, suffix, hkv, D, itemsize)
     ab = all_kv_bytes(N, prefix, suffix, hkv, D, itemsize)
     rec = dict(N=N, prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D, dtype=str(dtype).replace("torch.", ""),
-               block_size=bs, unique_kv_bytes=ub, all_rows_kv_bytes=ab)
+               block_size=bs, unique_kv_bytes=ub, all_rows_kv_bytes=ab, wide_chunk_rows=wide_chunk_rows or None)
 
     def plan_fn(sharing):
         return lambda: tk.plan_tree_attention(bt, sl, bs, sharing=sharing)
@@ -170,12 +174,12 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None)
     rec["plan_s"] = timeit(plan_fn(True), device, min_time / 4, 20)
     rec["plan_noshare_s"] = timeit(plan_fn(False), device, min_time / 4, 20)
     rec["plan_chunks"], rec["plan_pairs"] = plan.num_chunks, plan.num_pairs
-    rec["triton_cost"] = triton_cost(plan, hq, hkv, D, dtype)
+    rec["triton_cost"] = triton_cost(plan, hq, hkv, D, dtype, device)
     plan_wide = None
     if wide_chunk_rows:  # long chunks for the widely shared prefix: fewer partials per row
         plan_wide = tk.plan_tree_attention(bt, sl, bs, wide_chunk_rows=wide_chunk_rows)
         rec["plan_wide_chunks"], rec["plan_wide_pairs"] = plan_wide.num_chunks, plan_wide.num_pairs
-        rec["triton_cost_wide"] = triton_cost(plan_wide, hq, hkv, D, dtype)
+        rec["triton_cost_wide"] = triton_cost(plan_wide, hq, hkv, D, dtype, device)
     backend = "auto"
     impl = attn_impls.default_for(device).__name__
     rec["tree_impl"] = impl

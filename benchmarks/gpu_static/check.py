@@ -43,6 +43,7 @@ DEFAULT_OUT = ROOT / "benchmarks" / "results" / "gpu_static.json"
 _SPECS = []  # (key, Launch), set before the worker pool forks
 
 
+
 def _compile_task(i: int, arch: int):
     from . import aot
     key, launch = _SPECS[i]
@@ -57,25 +58,42 @@ def _compile_task(i: int, arch: int):
     return i, arch, res
 
 
-def discover(level: str, log=print):
-    """Record every launch of the wrappers over the space; deduplicate by specialization."""
+def discover(level: str, archs=None, log=print):
+    """Record every launch of the wrappers over the space, once per target arch (the wrappers pick
+    tiles by the GPU's compute capability); deduplicate by specialization. Returns specs as
+    ``key -> (Launch, Bound, archs it was launched for)``."""
+    from tts_kernels.attention import triton_kernel as tak
+
     from . import aot, spaces
+    archs = archs or aot.ARCHS
     ref = [""]
-    with aot.recording(ref) as launches:
-        ncases = 0
-        for name, case in spaces.all_cases(level):
-            ref[0] = name
-            case()
-            ncases += 1
+    launches = []
+    saved = tak._arch
+    try:
+        for arch in archs:
+            tak._arch = lambda device, arch=arch: arch
+            with aot.recording(ref) as got:
+                ncases = 0
+                for name, case in spaces.all_cases(level):
+                    ref[0] = name
+                    case()
+                    ncases += 1
+            launches += [(lch, arch) for lch in got]
+    finally:
+        tak._arch = saved
     specs, cases = {}, {}
-    for lch in launches:
-        b = aot.bind(lch, aot.ARCHS[0])
+    for lch, arch in launches:
+        b = aot.bind(lch, arch)
         key = aot.spec_key(lch, b)
         if key not in specs:
-            specs[key] = (lch, b)
-        cases.setdefault(key, []).append(lch.case)
-    log(f"[gpu-static] {ncases} cases, {len(launches)} launches, {len(specs)} distinct specializations")
-    missing = sorted(launched_in_source() - {lch.name for lch in launches})
+            specs[key] = (lch, b, [])
+        if arch not in specs[key][2]:
+            specs[key][2].append(arch)
+        if lch.case not in cases.get(key, []):
+            cases.setdefault(key, []).append(lch.case)
+    log(f"[gpu-static] {ncases} cases x {len(archs)} archs, {len(launches)} launches, {len(specs)} distinct "
+        f"specializations")
+    missing = sorted(launched_in_source() - {lch.name for lch, _ in launches})
     return specs, cases, ncases, len(launches), missing
 
 
@@ -152,6 +170,36 @@ def judge(results, allow):
 ROW_STREAM_KERNELS = ("_sample_kernel", "_partial_kernel")
 
 
+def occupancy_failures(results):
+    """Tree-attention stage 1 runs ``CTAS_PER_SM`` persistent CTAs per SM (``stage1_config``): each
+    compiled variant must fit that many by registers and shared memory. A spec whose tiles match
+    no config of the package (a test's patched tiles) is not judged."""
+    import torch
+
+    from tts_kernels.attention import triton_kernel as tak
+    dtypes = {"*fp32": torch.float32, "*bf16": torch.bfloat16, "*fp16": torch.float16}
+    failures = []
+    for r in results:
+        if r["kernel"] != "_tree_attn_stage1":
+            continue
+        p = r["params"]
+        hq, group, d, bs = int(p["HQ"]), int(p["GROUP"]), int(p["HEAD_DIM"]), int(p["BS"])
+        dtype = dtypes[p["q_ptr"].split("/")[0]]
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                continue
+            a = int(arch[3:])
+            for wide in (False, True):
+                cfg = tak.stage1_config(hq, hq // group, d, dtype, wide, a, bs)
+                if all(p.get(k) == repr(cfg[k]) for k in ("BLOCK_R", "BLOCK_M", "BLOCK_N")) \
+                        and p.get("@num_warps") == repr(cfg["num_warps"]):
+                    if res["ctas_per_sm"] < cfg["CTAS_PER_SM"]:
+                        failures.append(f"persistent grid: {r['spec']} on {arch} fits {res['ctas_per_sm']} CTA(s) "
+                                        f"per SM, stage1_config launches {cfg['CTAS_PER_SM']}")
+                    break
+    return failures
+
+
 def vector_load_failures(results):
     """Specializations with aligned logits rows whose pass-1 loop does not load 16 bytes per thread
     (``LDG.E.128``) on some arch. Rows with an odd stride cannot be vector-loaded and are not judged."""
@@ -226,6 +274,7 @@ def rejudge(path: str, allowlist: str) -> int:
     results = out["specs"]
     failures, known, stale = judge(results, load_allowlist(allowlist))
     failures += vector_load_failures(results)
+    failures += occupancy_failures(results)
     failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
                  f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in out.get("kernels_not_reached", [])]
     out.update(failures=failures, known_spills=known, stale_allowlist_entries=stale)
@@ -283,10 +332,10 @@ def main(argv=None) -> int:
         atexit.register(shutil.rmtree, cache, True)  # a few hundred MB of cubins: not left behind
     archs = tuple(int(a) for a in args.archs.split(","))
 
-    specs, cases, ncases, nlaunch, missing = discover(args.level)
+    specs, cases, ncases, nlaunch, missing = discover(args.level, archs)
     t_disc = time.perf_counter() - t_start
     _SPECS[:] = [(k, lb[0]) for k, lb in specs.items()]
-    tasks = [(i, a) for i in range(len(_SPECS)) for a in archs]
+    tasks = [(i, a) for i, lb in enumerate(specs.values()) for a in archs if a in lb[2]]
     compiled = {}
     t0 = time.perf_counter()
     done = 0
@@ -313,9 +362,10 @@ def main(argv=None) -> int:
         b = specs[key][1]
         results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
-                        "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs}})
+                        "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs if (i, a) in compiled}})
     failures, known, stale = judge(results, load_allowlist(args.allowlist))
     failures += vector_load_failures(results)
+    failures += occupancy_failures(results)
     if missing and args.level == "full":
         failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
                      f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in missing]

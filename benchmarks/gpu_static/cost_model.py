@@ -40,10 +40,12 @@ on a stream add up (no overlap between them).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
   (``l2_working_set_fits``), which the bounds assume.
 * Tree attention: from the real plan (default and ``wide_chunk_rows`` variant). Stage 1 is a
-  work list: launched CTAs = its grid ``(C + (P - 1) // BLOCK_R) x Hkv``; live CTAs = per
-  non-empty chunk with ``r`` rows (pairs ``[p0, p0 + r)``), 1 first tile + the windows of
-  ``BLOCK_R`` pairs that meet the rest ``[p0 + BLOCK_R, p0 + r)``, times Hkv; dead = launched -
-  live (they exit after a few scalar loads, counted as no work). L2-to-SM KV bytes = each live
+  work list of ``(C + (P - 1) // BLOCK_R) x Hkv`` slots, worked through by persistent CTAs (the
+  recorded grid: ``CTAS_PER_SM`` per SM of the modelled GPU, at most one per slot); live items =
+  per non-empty chunk with ``r`` rows (pairs ``[p0, p0 + r)``), 1 first tile + the windows of
+  ``BLOCK_R`` pairs that meet the rest ``[p0 + BLOCK_R, p0 + r)``, times Hkv; live CTAs =
+  min(launched, live items); dead = launched - live (a CTA that finds the list empty). Empty
+  slots cost a CTA a few scalar loads (not counted). L2-to-SM KV bytes = each live
   CTA reads its chunk's K and V for its KV head once (re-reads per row tile); shared-KV read
   factor = the same over chunks with more than one row only; unique KV bytes = each chunk
   once. Partials: ``P x Hq x (D x partial itemsize + 4)`` (outputs in the input dtype for
@@ -311,17 +313,21 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
                     Hq: int, Hkv: int, D: int, itemsize: int, block_r: int, block_n: int, grid1: Sequence[int],
                     warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float,
                     block_size: int = 16, gpu: Dict[str, Any] = H100, partial_itemsize: Optional[int] = None,
-                    block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0) -> Dict[str, Any]:
+                    block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0,
+                    item_warp: float = 0) -> Dict[str, Any]:
     """Bounds for one tree-attention call. ``tile_instr``: per-thread SASS instructions of one
     stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 step over ``block_p`` pairs
     (both of its loops); ``partial_itemsize``: bytes of a partial output value (default: the input's
-    for 16-bit inputs, 4 else); ``cta*_warp``: straight-line warp-instructions per live CTA."""
+    for 16-bit inputs, 4 else); ``cta*_warp``: straight-line warp-instructions per live CTA;
+    ``item_warp``: stage-1 warp-instructions per live work item outside its KV-tile loop (the
+    persistent loop's body: item lookup, query load, partial store)."""
     N = len(pairs_per_row)
     psz = partial_itemsize or (itemsize if itemsize == 2 else 4)
     kv_tok = D * 2 * itemsize  # K and V bytes of one token of one KV head
     launched = math.prod(grid1)
     items = work_items(rows_per_chunk, chunk_len, block_r)
-    live = sum(items) * Hkv
+    live_items = sum(items) * Hkv
+    live = min(launched, live_items)
     live_c = [(c, r, it) for c, r, it in zip(chunk_len, rows_per_chunk, items) if it]
     P = sum(r for _, r, _ in live_c)
     unique_kv = sum(c * Hkv * kv_tok for c, _, _ in live_c)
@@ -340,10 +346,10 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     design_hbm = unique_kv + P * Hq * D * itemsize + 2 * partial + out_bytes
     hb = grid2[1] if len(grid2) > 1 else 1
     rate = _rate(gpu)
-    w1 = iters1 * tile_instr * warps1 + live * cta1_warp
+    w1 = iters1 * tile_instr * warps1 + live_items * item_warp + live * cta1_warp
     steps2 = sum(math.ceil(p / block_p) for p in pairs_per_row)
     w2 = steps2 * hb * pair_instr * warps2 + N * hb * cta2_warp
-    biggest_cta = max([t * tile_instr * warps1 + cta1_warp for t in tiles] + [0])
+    biggest_cta = max([t * tile_instr * warps1 + item_warp + cta1_warp for t in tiles] + [0])
     t1 = max(w1 / (gpu["sms"] * rate), biggest_cta / rate)
     biggest2 = max([math.ceil(p / block_p) * pair_instr * warps2 + cta2_warp for p in pairs_per_row] + [0])
     t2 = max(w2 / (gpu["sms"] * rate), biggest2 / rate)
@@ -357,6 +363,7 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     tg = ATTENTION_TARGETS
     return {
         "N": N, "pairs": P, "chunks": len(chunk_len), "block_r": block_r, "block_n": block_n,
+        "work_items_live": live_items,
         "ctas_launched": launched, "ctas_live": live, "ctas_dead": launched - live,
         "ctas_exit_at_once_frac": _t(1 - live / launched) if launched else 0,
         "bytes_floor": floor, "unique_kv_bytes": unique_kv, "l2_to_sm_kv_bytes": l2_kv,
@@ -392,13 +399,17 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
             raise ValueError("no loop in the SASS")
         return loops
     hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
+    # per work item: every other loop of stage 1 once (the persistent loop's own body, the window
+    # lookup's binary search step: an over-count for first tiles, which skip the search)
+    item = sum(lp["instructions_excl"] for lp in compiled1["loops"] if lp is not hot1)
     l2 = inner(compiled2)
     stepped = [lp for lp in l2 if lp.get("tokens_per_iter")]
     if stepped:
         pair_instr, block_p = sum(lp["instructions_excl"] for lp in stepped), stepped[0]["tokens_per_iter"]
     else:
         pair_instr, block_p = max(lp["instructions_excl"] for lp in l2), 1
-    return {"tile_instr": hot1["instructions_excl"], "pair_instr": pair_instr, "block_p": block_p,
+    return {"tile_instr": hot1["instructions_excl"], "item_instr": item, "pair_instr": pair_instr,
+            "block_p": block_p,
             "cta1_warp": straight_line_warp_instr(compiled1), "cta2_warp": straight_line_warp_instr(compiled2)}
 
 
@@ -424,14 +435,17 @@ def _record(fn):
 
 
 def _record_h100(fn, gpu=H100):
-    """Record ``fn``'s launches with the sampler's slice count of ``gpu`` (not the CPU's 1)."""
+    """Record ``fn``'s launches as ``gpu`` would launch them: the sampler's slice count and the
+    tree-attention persistent grid for its SM count (not the CPU's)."""
+    from tts_kernels.attention import triton_kernel as tak
     from tts_kernels.sampling import triton_kernel as tkm
-    saved = tkm._num_slices
+    saved, saved_sms = tkm._num_slices, tak._num_sms
     tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, gpu["sms"])
+    tak._num_sms = lambda device: gpu["sms"]
     try:
         return _record(fn)
     finally:
-        tkm._num_slices = saved
+        tkm._num_slices, tak._num_sms = saved, saved_sms
 
 
 _SCALAR = re.compile(r"^(i32|i64|u32|u64)(/16)?$|^1$")
@@ -484,7 +498,6 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
     import torch
     import tts_kernels as tk
     from . import spaces
-    from tts_kernels.attention.planner import plan_tree_attention
 
     arch = int(gpu["arch"].split("_")[1])
     by_id = {r["spec"]: r for r in results}
@@ -551,40 +564,137 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     out.setdefault("sampler_loops", {}).setdefault(f"{dname} V={V} {path}", lps)
     for (N, prefix, suffix, heads, dname) in ([] if quick else ATTENTION_SHAPES):
         hq, hkv, D = spaces.HEADS[heads]
-        q, k, v, bt, sl, plan0 = spaces.attention_inputs(N, prefix, suffix, hq, hkv, D, spaces.DTYPES[dname])
         for pname, pkw in ATTENTION_PLANS.items():
-            plan = plan_tree_attention(bt, sl, int(k.shape[1]), **pkw) if pkw else plan0
-            launches = _record(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False,
-                                                         backend="triton"))
-            l1 = next(lc for lc in launches if lc.name.endswith("stage1"))
-            l2 = next(lc for lc in launches if lc.name.endswith("stage2"))
-            sid1, c1, p1 = look(l1)
-            sid2, c2, p2 = look(l2)
-            if not (c1 and c2):
-                continue
-            kw = l1.kwargs
-            if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
-                out.setdefault("skipped", []).append(f"tree attention {heads} {dname}: no BLOCK_R/BLOCK_N launch "
-                                                     f"argument in {l1.name}")
-                continue
-            ai = attention_instr(c1, c2)
-            op = _arg(l1, "out_p_ptr")
-            rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
-            pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
-            rec = attention_bound(plan.chunk_len.tolist(), rows, pairs, hq, hkv, D, spaces.DTYPES[dname].itemsize,
-                                  kw["BLOCK_R"], kw["BLOCK_N"], l1.grid, c1["num_warps"], ai["tile_instr"], l2.grid,
-                                  c2["num_warps"], ai["pair_instr"], block_size=plan.block_size, gpu=gpu,
-                                  partial_itemsize=op.element_size(), block_p=ai["block_p"],
-                                  cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"])
-            rec.update(plan=pname, plan_kwargs=pkw, prefix=prefix, suffix=suffix, heads=heads, Hq=hq, Hkv=hkv, D=D,
-                       dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
-                       stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],
-                       stage1_registers=c1["registers"],
-                       stage1_spill_bytes=c1["spill_store_bytes"] + c1["spill_load_bytes"],
-                       stage1_ctas_per_sm=c1["ctas_per_sm"], stage1_instr_per_tile=ai["tile_instr"],
-                       stage1_warp_instr_per_tile=ai["tile_instr"] * c1["num_warps"],
-                       stage2_instr_per_step=ai["pair_instr"], stage2_block_p=ai["block_p"])
-            out["tree_attention"].append(rec)
+            rec = attention_record(look, N, prefix, suffix, hq, hkv, D, dname, pkw, gpu)
+            if isinstance(rec, str):
+                out.setdefault("skipped", []).append(rec)
+            elif rec is not None:
+                rec.update(plan=pname, heads=heads)
+                out["tree_attention"].append(rec)
+    return out
+
+
+def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gpu=H100, block_size=16):
+    """The model of one tree-attention call: N rows sharing ``prefix`` tokens, ``suffix`` own tokens
+    each, planned with ``plan_tree_attention(**plan_kwargs)``, launched as ``gpu`` would launch it.
+    ``look(launch) -> (spec id, compiled stats or None, provenance)``. Returns the record, None when
+    a kernel's stats are missing, or a string saying why it was skipped."""
+    import tts_kernels as tk
+    from . import spaces
+    from tts_kernels.attention.planner import plan_tree_attention
+
+    q, k, v, bt, sl, plan = spaces.attention_inputs(N, prefix, suffix, hq, hkv, D, spaces.DTYPES[dname],
+                                                    bs=block_size)
+    if plan_kwargs:
+        plan = plan_tree_attention(bt, sl, int(k.shape[1]), **plan_kwargs)
+    launches = _record_h100(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False,
+                                                      backend="triton"), gpu)
+    l1 = next(lc for lc in launches if lc.name.endswith("stage1"))
+    l2 = next(lc for lc in launches if lc.name.endswith("stage2"))
+    sid1, c1, p1 = look(l1)
+    sid2, c2, p2 = look(l2)
+    if not (c1 and c2):
+        return None
+    kw = l1.kwargs
+    if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
+        return f"tree attention {hq}/{hkv}x{D} {dname}: no BLOCK_R/BLOCK_N launch argument in {l1.name}"
+    ai = attention_instr(c1, c2)
+    op = _arg(l1, "out_p_ptr")
+    rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
+    pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
+    rec = attention_bound(plan.chunk_len.tolist(), rows, pairs, hq, hkv, D, spaces.DTYPES[dname].itemsize,
+                          kw["BLOCK_R"], kw["BLOCK_N"], l1.grid, c1["num_warps"], ai["tile_instr"], l2.grid,
+                          c2["num_warps"], ai["pair_instr"], block_size=plan.block_size, gpu=gpu,
+                          partial_itemsize=op.element_size(), block_p=ai["block_p"],
+                          cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"],
+                          item_warp=ai["item_instr"] * c1["num_warps"])
+    rec.update(plan_kwargs=plan_kwargs, prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D,
+               dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
+               stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],
+               stage1_registers=c1["registers"],
+               stage1_spill_bytes=c1["spill_store_bytes"] + c1["spill_load_bytes"],
+               stage1_ctas_per_sm=c1["ctas_per_sm"], stage1_instr_per_tile=ai["tile_instr"],
+               stage1_instr_per_item=ai["item_instr"],
+               stage1_grid_ctas_per_sm=math.prod(l1.grid) / gpu["sms"],
+               stage1_warp_instr_per_tile=ai["tile_instr"] * c1["num_warps"],
+               stage2_instr_per_step=ai["pair_instr"], stage2_block_p=ai["block_p"])
+    return rec
+
+
+#: the committed static-check results (compiled stats and the cost model) that predictions come from
+STATIC_RESULTS = Path(__file__).resolve().parent.parent / "results" / "gpu_static.json"
+_BENCH_DTYPES = {"float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
+#: benchmarks/common.CONFIGS name -> this model's sampler config name
+_BENCH_CONFIGS = {"temp": "temp", "topk_topp_minp": "topk_topp_minp", "topp": "top_p", "greedy": "greedy",
+                  "min_p": "min_p"}
+
+
+def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = None,
+                        gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+    """The model's bound beside each measurement of ``benchmarks/gpu_suite.py`` (its ``results``:
+    the sampler sweep's and the tree-attention sweep's JSON), for the Triton kernels.
+
+    Sampler shapes come from the cost model committed in ``static_path`` (default
+    :data:`STATIC_RESULTS`); every measured tree-attention shape (default plan as ``tree``, the wide
+    plan as ``tree_wide``) is modelled here from that file's compiled stats. The model assumes
+    ``gpu`` (an H100 unless told): on another GPU compare ratios, not absolute times. Returns
+    ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
+    ``measured_s``, ``predicted_s`` (a range for the sampler: select passes assumed 3-7) and
+    ``measured_over_predicted``."""
+    path = Path(static_path or STATIC_RESULTS)
+    if not path.exists():
+        return {"error": f"no static-check results at {path}"}
+    d = json.loads(path.read_text())
+    cm = d.get("cost_model") or {}
+    out = {"model": "static cost model (benchmarks/gpu_static): bounds at perfect issue, not measurements",
+           "gpu_assumed": gpu["name"], "static_results": str(path),
+           "static_commit": (d.get("environment") or {}).get("commit"),
+           "sampler": [], "tree_attention": [], "not_modelled": []}
+    by_cfg = {(r["B"], r["V"], r["dtype"], r["config"]): r for r in cm.get("sampler", [])}
+    for m in (results.get("sampler") or {}).get("records", []):
+        if m.get("suite") != "sweep" or m.get("impl") != "tts_kernels.triton":
+            continue
+        dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
+        cfg = _BENCH_CONFIGS.get(m["config"], m["config"])
+        r = by_cfg.get((m["B"], m["V"], dn, cfg))
+        name = f"sampler {cfg} B={m['B']} V={m['V']} {dn}"
+        if r is None:
+            out["not_modelled"].append(name)
+            continue
+        pred = [r["low"]["t_bound_s"], r["high"]["t_bound_s"]]
+        out["sampler"].append(dict(
+            B=m["B"], V=m["V"], dtype=dn, config=cfg, measured_s=m["median_s"], predicted_s=pred,
+            bound=[r["low"]["bound"], r["high"]["bound"]],
+            measured_over_predicted=[_t(m["median_s"] / x) if x else None for x in pred],
+            measured_frac_copy_bw=m.get("frac_copy_bw"),
+            predicted_frac_hbm=[r["low"]["frac_hbm_bw"], r["high"]["frac_hbm_bw"]]))
+    measured = (results.get("tree_attention") or {}).get("records", [])
+    if measured:
+        by_id = {r["spec"]: r for r in d.get("specs", [])}
+        arch = int(gpu["arch"].split("_")[1])
+
+        def look(launch):
+            return _lookup(by_id, launch, arch, d.get("specs", []))
+
+        for m in measured:
+            dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
+            for impl, pkw in (("tree", {}), ("tree_wide", {"wide_chunk_rows": m.get("wide_chunk_rows")})):
+                t = (m.get("times_s") or {}).get(impl)
+                name = (f"tree attention {impl} N={m['N']} {m['prefix']}+{m['suffix']} "
+                        f"{m['Hq']}/{m['Hkv']}x{m['D']} {dn}")
+                if t is None or (impl == "tree_wide" and not pkw["wide_chunk_rows"]):
+                    continue
+                rec = attention_record(look, m["N"], m["prefix"], m["suffix"], m["Hq"], m["Hkv"], m["D"], dn,
+                                       pkw if impl == "tree_wide" else {}, gpu, m.get("block_size", 16))
+                if not isinstance(rec, dict):
+                    out["not_modelled"].append(name + (f": {rec}" if rec else ": a kernel's stats are missing"))
+                    continue
+                out["tree_attention"].append(dict(
+                    N=m["N"], prefix=m["prefix"], suffix=m["suffix"], Hq=m["Hq"], Hkv=m["Hkv"], D=m["D"], dtype=dn,
+                    impl=impl, tree_impl=m.get("tree_impl"), measured_s=t, predicted_s=rec["t_bound_s"],
+                    bound=rec["bound"], measured_over_predicted=_t(t / rec["t_bound_s"]) if rec["t_bound_s"] else None,
+                    predicted_hbm_floor_s=rec["t_hbm_floor_s"], shared_kv_read_factor=rec["shared_kv_read_factor"],
+                    partial_over_kv=rec["partial_over_kv"], ctas_launched=rec["ctas_launched"]))
     return out
 
 

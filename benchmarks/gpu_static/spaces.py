@@ -19,9 +19,10 @@ these for the inputs a user can give:
 * tree attention: q/KV dtype fp32/bf16/fp16; (Hq, Hkv, D) of Llama-3-8B (32, 8, 128),
   Qwen2.5-0.5B (14, 2, 64), a GQA-8 (8, 1, 128), MHA (8, 8, 64), D=256 (8, 4, 256) and the
   embedded model (4, 2, 32); plans from a narrow one (one row per chunk) to the widest
-  (rows per chunk >= the tile cap), and every width in between for the Llama-3 shape (a
-  widening search recompiles once per power of two); block size 16, plus 1 and 8 and a
-  block table whose width is a multiple of 16 on the Llama-3 shape.
+  (rows per chunk >= the tile cap), and every width in between for the Llama-3 shape (the
+  256-row tile follows the batch's N); block size 16, plus 1, 6 (not a power of two) and 8 and
+  a block table whose width is a multiple of 16 on the Llama-3 shape. The check records every
+  case once per target arch: the tiles follow the compute capability.
 """
 from __future__ import annotations
 
@@ -182,6 +183,7 @@ def attention_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     # block sizes and a block table width that is a multiple of 16 (int specialisations)
     yield mk("", 4, 32, 16, "llama3-8b", "bf16", bs=1)
     yield mk("", 4, 32, 16, "llama3-8b", "bf16", bs=8)
+    yield mk("", 4, 36, 18, "llama3-8b", "bf16", bs=6)  # not a power of two: a block id per token
     yield mk("", 4, 32, 16, "llama3-8b", "bf16", table_pad=13)
 
 

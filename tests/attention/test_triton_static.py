@@ -4,7 +4,7 @@
   contents: a search that widens (more rows per chunk, longer chunks) reuses the
   same compiled kernels, and the grid depends only on the plan's capacity.
 * AOT compile for sm_90 (H100) of every dtype x head-dim variant: no register
-  spills. Slow (ptxas, minutes on a small CPU); without a GPU run
+  spills (and sm_80). Slow (ptxas, minutes on a small CPU); without a GPU run
   ``TRITON_INTERPRET=0 TTS_STATIC_SM90=1 pytest tests/attention/test_triton_static.py -k sm90``.
 """
 from __future__ import annotations
@@ -49,11 +49,11 @@ def test_constexprs_do_not_follow_the_plan(monkeypatch):
         run_triton(q, k, v, bt, lens, plan, 0.25)
     (g0, c0), (g1, c1) = calls
     assert c0 == c1
-    assert g0[1] == g1[1] == hkv
+    assert len(g0) == len(g1) == 1  # persistent programs: a 1-D grid
 
 
 def test_two_tile_variants_at_most():
-    """Only 16-bit D <= 128 has a second (256-row) variant, chosen by the plan's row bound."""
+    """Only 16-bit D <= 128 has a second (256-row) variant, chosen by the batch's rows N."""
     from tts_kernels.attention.triton_kernel import stage1_config, wide_tiles
 
     assert not wide_tiles(32, 8, 128, torch.bfloat16, 32) and wide_tiles(32, 8, 128, torch.bfloat16, 33)
@@ -61,12 +61,75 @@ def test_two_tile_variants_at_most():
     assert stage1_config(32, 8, 128, torch.bfloat16, True)["BLOCK_M"] == 256
 
 
-def test_grid_follows_capacity():
-    from tts_kernels.attention.triton_kernel import num_work_items, stage1_config
+def test_tiles_follow_arch_and_block_size():
+    """sm_8x (mma.sync) holds smaller tiles; a block id per token (block size < 4 or not a power of
+    two) takes 32-token KV tiles: the variants that spilled (static check)."""
+    from tts_kernels.attention.triton_kernel import stage1_config, wide_tiles
 
-    br = stage1_config(32, 8, 128, torch.bfloat16)["BLOCK_R"]
+    assert wide_tiles(32, 8, 128, torch.bfloat16, 256, 90) and not wide_tiles(32, 8, 128, torch.bfloat16, 256, 80)
+    assert wide_tiles(14, 2, 64, torch.bfloat16, 256, 80)
+    h, a = stage1_config(32, 8, 128, torch.bfloat16, False, 90), stage1_config(32, 8, 128, torch.bfloat16, False, 80)
+    assert (h["BLOCK_M"], h["BLOCK_N"]) == (128, 64) and (a["BLOCK_M"], a["BLOCK_N"]) == (128, 32)
+    for bs in (1, 2, 6, 12):
+        assert stage1_config(32, 8, 128, torch.bfloat16, False, 90, bs)["BLOCK_N"] == 32
+    assert stage1_config(32, 8, 128, torch.bfloat16, False, 90, 4)["BLOCK_N"] == 64
+    assert stage1_config(32, 8, 128, torch.float32, False, 90, 6) == stage1_config(32, 8, 128, torch.float32)
+
+
+def test_grid_follows_capacity():
+    from tts_kernels.attention.triton_kernel import num_work_items, stage1_config, stage1_grid
+
+    cfg = stage1_config(32, 8, 128, torch.bfloat16)
+    br = cfg["BLOCK_R"]
     assert num_work_items(300, 1024, br) == 300 + 1023 // br
     assert num_work_items(5, 0, br) == 5
+    assert stage1_grid(300, 1024, 8, cfg, 132) == 132 * cfg["CTAS_PER_SM"]
+    assert stage1_grid(5, 0, 2, cfg, 132) == 10  # fewer slots than the GPU holds: one CTA per slot
+
+
+_SPECS_OF_A_WIDENING_SEARCH = r"""
+import json, torch
+import tts_kernels as tk
+from benchmarks.gpu_static import aot, spaces
+ok, why = aot.triton_support()
+if not ok:
+    print("SKIP " + why)
+    raise SystemExit(0)
+ids, chunks, widths = {}, set(), set()
+# N = 8 rows whose shared prefix grows (a search widening its sharing), block tables of several widths
+# (multiples of 16 or not), chunk and pair counts of every divisibility
+for prefix, suffix, pad in ((0, 40, 0), (16, 48, 0), (32, 32, 5), (48, 16, 0), (64, 80, 7), (128, 16, 23)):
+    for sharing in (True, False):
+        for chunk_size in (None, 16):
+            q, k, v, bt, sl, plan = spaces.attention_inputs(8, prefix, suffix, 32, 8, 128, torch.bfloat16,
+                                                            table_pad=pad, sharing=sharing, chunk_size=chunk_size)
+            chunks.add(plan.num_chunks % 16 == 0)
+            widths.add(bt.shape[1] % 16 == 0)
+            with aot.recording() as launches:
+                tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton")
+            for lc in launches:
+                ids.setdefault(lc.name, set()).add(aot.spec_id(lc, aot.bind(lc, 90)))
+assert chunks == widths == {True, False}, (chunks, widths)
+print(json.dumps({name: sorted(v) for name, v in ids.items()}))
+"""
+
+
+def test_no_recompile_as_a_search_widens():
+    """One specialization of each kernel for every plan of an N-row batch (Triton's own binder)."""
+    import json
+    import sys
+
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the binder needs real JITFunctions
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run([sys.executable, "-c", _SPECS_OF_A_WIDENING_SEARCH], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    if p.stdout.startswith("SKIP"):
+        pytest.skip(p.stdout.strip())
+    ids = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(ids) == {"_tree_attn_stage1", "_tree_attn_stage2"}
+    assert all(len(v) == 1 for v in ids.values()), ids
 
 
 # ---------------------------------------------------------------------------
@@ -91,7 +154,7 @@ def _resources(compiled):
     return dict(regs=int(m.group(1)), stack=int(m.group(2)), stl=sass.count("STL"), ldl=sass.count("LDL"))
 
 
-def _compile(fn, ptr_types, constexprs, num_warps):
+def _compile(fn, ptr_types, constexprs, num_warps, arch=90):
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -99,7 +162,7 @@ def _compile(fn, ptr_types, constexprs, num_warps):
     sig = {n: ("constexpr" if n in constexprs else ptr_types.get(n, "i32")) for n in fn.arg_names}
     attrs = {(fn.arg_names.index(n),): [["tt.divisibility", 16]] for n, t in sig.items() if t.startswith("*")}
     src = ASTSource(fn=fn, signature=sig, constexprs=constexprs, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=num_warps, num_stages=2))
+    return triton.compile(src, target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps, num_stages=2))
 
 
 def _sm90():
@@ -115,24 +178,27 @@ def _sm90():
 @pytest.mark.parametrize("d", [64, 128, 256])
 @pytest.mark.parametrize("hq,hkv", [(32, 8), (8, 1)])
 @pytest.mark.parametrize("wide", [False, True], ids=["tiles", "wide"])
-def test_stage1_no_spills_sm90(dtype, d, hq, hkv, wide):
+@pytest.mark.parametrize("arch", [90, 80])
+def test_stage1_no_spills_sm90(dtype, d, hq, hkv, wide, arch):
     _sm90()
     from tts_kernels.attention import triton_kernel as tri
 
-    if wide and not tri.wide_tiles(hq, hkv, d, dtype, 256):
+    if wide and not tri.wide_tiles(hq, hkv, d, dtype, 256, arch):
         pytest.skip("no wide variant")
-    cfg = tri.stage1_config(hq, hkv, d, dtype, wide)
+    cfg = tri.stage1_config(hq, hkv, d, dtype, wide, arch)
     t = _TY[dtype]
     ptrs = {"q_ptr": f"*{t}", "k_ptr": f"*{t}", "v_ptr": f"*{t}", "out_p_ptr": f"*{_TY[tri.partial_dtype(dtype)]}",
-            "lse_p_ptr": "*fp32", "scale_log2": "fp32"}
+            "lse_p_ptr": "*fp32", "scale_log2": "fp32", "next_ptr": "*i32"}
     ptrs.update({n: "*i32" for n in ("bt_ptr", "chunk_row_ptr", "chunk_start_ptr", "chunk_len_ptr",
                                      "chunk_q_ptr_ptr", "q_rows_ptr")})
     cons = dict(HQ=hq, HEAD_DIM=d, GROUP=hq // hkv, BS=16, BS_POW2=True,
                 DOT_PRECISION="ieee" if dtype == torch.float32 else "tf32", DOT_UPCAST=False,
-                **{k: v for k, v in cfg.items() if k != "num_warps"})
+                **{k: v for k, v in cfg.items() if k not in ("num_warps", "CTAS_PER_SM")})
     cons.update({n: 1 for n in _UNIT_STRIDES if n in tri._tree_attn_stage1.arg_names})
-    res = _resources(_compile(tri._tree_attn_stage1, ptrs, cons, cfg["num_warps"]))
+    res = _resources(_compile(tri._tree_attn_stage1, ptrs, cons, cfg["num_warps"], arch))
     assert res["stack"] == 0 and res["stl"] == 0 and res["ldl"] == 0, res
+    # the persistent grid's CTAs per SM fit by registers
+    assert 65536 // (-(-res["regs"] // 8) * 8 * 32 * cfg["num_warps"]) >= cfg["CTAS_PER_SM"], res
 
 
 @pytest.mark.parametrize("dtype", list(_TY), ids=lambda t: _TY[t])

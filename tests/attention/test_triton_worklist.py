@@ -25,8 +25,8 @@ def _small_tiles(monkeypatch, block_r, block_n=16):
 
     real = tk_tri.stage1_config
 
-    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False):
-        c = dict(real(Hq, Hkv, D, dtype, wide))
+    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False, arch=90, block_size=16):
+        c = dict(real(Hq, Hkv, D, dtype, wide, arch, block_size))
         c["BLOCK_R"] = block_r
         c["BLOCK_M"] = max(16, block_r * c["GROUP_PAD"])
         c["BLOCK_N"] = block_n
@@ -89,6 +89,23 @@ def test_block_table_paths(monkeypatch, block_size, block_n):
     check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
 
 
+@pytest.mark.parametrize("num_sms", [1, 2, 1000])
+def test_persistent_programs(monkeypatch, num_sms):
+    """One program working through the whole list, a few sharing it, one per slot: the same results."""
+    require_triton()
+    from tts_kernels.attention import triton_kernel as tk_tri
+
+    _small_tiles(monkeypatch, 2)
+    monkeypatch.setattr(tk_tri, "_num_sms", lambda device: num_sms)
+    d, hq, hkv, bs = 16, 4, 2, 4
+    q, k, v, bt, lens = make_inputs("forest", 7, bs, hq, hkv, d, torch.float32, seed=11)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=1, pad_chunks=3, pad_pairs=2)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.3)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
+    out2, lse2 = run_triton(q, k, v, bt, lens, plan, 0.3)  # a fresh counter per call
+    assert torch.equal(out, out2) and torch.equal(lse, lse2)
+
+
 def test_wide_chunks_package_planner():
     """Plans with long chunks for widely shared segments (planner's wide_chunk_rows) run unchanged."""
     require_triton()
@@ -146,8 +163,10 @@ def test_cost_model_best_of_n():
     cost = stage1_cost(plan, Hq, Hkv, D, torch.bfloat16)
     assert cost["block_r"] == 64  # 256 rows per chunk: the 256-query-row variant, 64 rows x 4 heads
     C, P = 2 + N, 2 * N + N
-    assert cost["ctas_launched"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
-    assert cost["ctas_live"] == (2 * 4 + N) * Hkv  # 4 row tiles per shared chunk, 1 per own chunk
+    assert cost["items"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
+    assert cost["items_live"] == (2 * 4 + N) * Hkv  # 4 row tiles per shared chunk, 1 per own chunk
+    # persistent grid: one 256-row CTA per SM (132), all of them get work
+    assert cost["ctas_launched"] == cost["ctas_live"] == 132
     tok = Hkv * D * 2 * 2  # K and V bytes per token
     assert cost["kv_unique_bytes"] == (8192 + N * 64) * tok
     assert cost["kv_sm_bytes"] == (4 * 8192 + N * 64) * tok
@@ -165,9 +184,12 @@ def test_cost_model_padding_and_misaligned_rest():
     plan = _plan(chunks, 20, pad_chunks=3, pad_pairs=9)
     cost = stage1_cost(plan, Hq, Hkv, D, torch.float32)
     assert cost["block_r"] == 8
-    assert cost["ctas_launched"] == (5 + 31 // 8) * Hkv
+    assert cost["items"] == (5 + 31 // 8) * Hkv
     # chunk 1: first tile [3, 11), rest [11, 23) meets windows [8,16), [16,24): 3 passes
-    assert cost["ctas_live"] == 1 + 3
+    assert cost["items_live"] == 1 + 3
+    # a list shorter than the GPU: one CTA per slot (8), half of them find no live item
+    assert cost["ctas_launched"] == 8 and cost["ctas_live"] == 4
+    assert stage1_cost(plan, Hq, Hkv, D, torch.float32, num_sms=1)["ctas_launched"] == 4  # 4 CTAs/SM (fp32, D 16)
     assert cost["max_passes"] == 3
     assert cost["kv_sm_bytes"] == (16 + 3 * 32) * Hkv * D * 4 * 2
     assert cost["partial_bytes"] == 2 * 23 * Hq * (D * 4 + 4)

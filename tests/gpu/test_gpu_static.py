@@ -166,6 +166,14 @@ def test_attention_bound_hand_case():
     r32 = cm.attention_bound([32, 16, 16], [2, 1, 1], [2, 2], Hq=4, Hkv=2, D=8, itemsize=4, block_r=1,
                              block_n=16, grid1=(6, 2), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
     assert r32["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 * 4 + 4)
+    # persistent programs: 4 CTAs work through the 8 live (item, head) slots, none idle; every live item
+    # also costs its instructions outside the KV-tile loop
+    rp = cm.attention_bound([32, 16, 16], [2, 1, 1], [2, 2], Hq=4, Hkv=2, D=8, itemsize=2, block_r=1,
+                            block_n=16, grid1=(4,), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
+                            item_warp=7)
+    assert rp["ctas_launched"] == rp["ctas_live"] == 4 and rp["ctas_dead"] == 0 and rp["work_items_live"] == 8
+    assert rp["targets"]["dead_ctas"]["met"]
+    assert rp["stage1_warp_instr"] == 12 * 10 * 4 + 8 * 7
 
 
 def test_attention_bound_wide_plan():
@@ -197,15 +205,17 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
     Hq, Hkv, D = 4, 2, 32
     q, k, v, bt, sl, _ = spaces.attention_inputs(8, 64, 16, Hq, Hkv, D, dt)
     plan = plan_tree_attention(bt, sl, 16, chunk_size=16, wide_chunk_rows=wide)
-    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, plan.max_rows_per_chunk))
+    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, plan.num_rows))
     rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
     pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
-    items = tak.num_work_items(plan.num_chunks, plan.num_pairs, cfg["BLOCK_R"])
-    r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
-                           cfg["BLOCK_N"], (items, Hkv), 4, 10, (8, 1), 4, 5,
-                           partial_itemsize=tak.partial_dtype(dt).itemsize)
-    c = tak.stage1_cost(plan, Hq, Hkv, D, dt)
-    assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
+    for sms in (2, 132):
+        grid = tak.stage1_grid(plan.num_chunks, plan.num_pairs, Hkv, cfg, sms)
+        r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
+                               cfg["BLOCK_N"], (grid,), 4, 10, (8, 1), 4, 5,
+                               partial_itemsize=tak.partial_dtype(dt).itemsize)
+        c = tak.stage1_cost(plan, Hq, Hkv, D, dt, num_sms=sms)
+        assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
+        assert r["work_items_live"] == c["items_live"]
     assert r["l2_to_sm_kv_bytes"] == c["kv_sm_bytes"] and r["unique_kv_bytes"] == c["kv_unique_bytes"]
     assert r["partial_bytes_written_and_read"] == c["partial_bytes"]
     assert r["max_items_per_chunk"] == c["max_passes"]
@@ -413,6 +423,33 @@ def test_quick_set_compiles(tmp_path):
     # B=1 is modelled as an H100 launches it: split rows, the quick set's own partial and merge specs
     assert b1["path"] == "split" and b1["slices"] == 16 and not b1["stats_from"] and not b1["merge_stats_from"]
     assert d["cost_model"]["not_compiled"] == []
+    # the GPU suite's predictions from these results: a measured sampler shape the model holds, one it
+    # does not, another implementation (ignored), and a tree-attention shape with both plans
+    measured = {
+        "sampler": {"records": [
+            dict(suite="sweep", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
+                 median_s=1e-4, frac_copy_bw=0.5),
+            dict(suite="sweep", impl="tts_kernels.triton", B=3, V=77, dtype="float32", config="temp", median_s=1e-5),
+            dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3)]},
+        "tree_attention": {"records": [
+            dict(N=4, prefix=32, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
+                 times_s={"tree": 2e-5, "tree_wide": 3e-5, "sdpa_gathered": 1e-4})]},
+    }
+    script = ("import json, sys; from benchmarks.gpu_static import cost_model as cm; "
+              "print(json.dumps(cm.predict_for_results(json.loads(sys.argv[1]), sys.argv[2])))")
+    p = subprocess.run([sys.executable, "-c", script, json.dumps(measured), str(out)], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    pred = json.loads(p.stdout.strip().splitlines()[-1])
+    assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32"]
+    (sp,) = pred["sampler"]
+    model = next(x for x in s if x["B"] == 256)
+    assert sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
+    assert sp["measured_over_predicted"][0] == pytest.approx(1e-4 / model["low"]["t_bound_s"], rel=1e-3)
+    assert [t["impl"] for t in pred["tree_attention"]] == ["tree", "tree_wide"]
+    for t, secs in zip(pred["tree_attention"], (2e-5, 3e-5)):
+        assert t["measured_s"] == secs and t["predicted_s"] > 0
+        assert t["measured_over_predicted"] == pytest.approx(secs / t["predicted_s"], rel=1e-3)
 
 
 def test_other_triton_version_is_a_skip(monkeypatch):

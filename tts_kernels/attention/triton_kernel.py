@@ -3,7 +3,7 @@
 The plan (``tts_kernels/attention/plan.py``) splits the KV into chunks; each chunk
 lists the query rows that share it (pairs ``chunk_q_ptr[c] .. chunk_q_ptr[c+1]``).
 
-Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + (P - 1) // BLOCK_R, Hkv)``:
+Stage 1 works through a *work list* of (chunk, row tile) items x KV heads:
 
 * item ``i < C`` takes the first ``BLOCK_R`` pairs of chunk ``i``;
 * item ``C + k - 1`` (``k >= 1``) takes the window of pairs ``[k * BLOCK_R, (k + 1) * BLOCK_R)``
@@ -12,15 +12,18 @@ Stage 1 works on a *work list* of (chunk, row tile) items, grid ``(C + (P - 1) /
   most one chunk's rest: the program finds that chunk by a binary search of
   ``chunk_q_ptr`` and takes ``[max(k * BLOCK_R, p0 + BLOCK_R), min((k + 1) * BLOCK_R, p1))``.
 
-Programs take the windows first (the rest of a chunk exists only for chunks wider
-than a tile: the longest-running items start first), then the first tiles.
-
-Every (chunk, tile of BLOCK_R pairs) of the plan is covered exactly once, the
-grid depends only on the plan's capacity (C, P) and on ``BLOCK_R`` (dtype, head
-dim, GQA group): no host sync, CUDA-graph capturable, and a widening search
-never recompiles (no constexpr follows the plan). Programs with nothing to do
-(padding chunks, windows that hold only first tiles) exit after a few scalar
-loads; :func:`stage1_cost` counts them.
+Every (chunk, tile of BLOCK_R pairs) of the plan is covered exactly once. The
+programs are persistent: ``CTAS_PER_SM`` per SM (at most one per slot), each
+takes the next slot from a counter (an atomic add; windows first: the rest of a
+chunk exists only for chunks wider than a tile, so the longest items start
+first) until the list is exhausted. Slots with nothing to do (padding chunks,
+windows that hold only first tiles) cost a few scalar loads, not a program: no
+program of the launch is idle unless the whole list is shorter than the grid.
+The grid depends only on the plan's capacity (C, P), ``BLOCK_R`` and the SM
+count: no host sync, CUDA-graph capturable. The plan's sizes are runtime
+integers that Triton does not specialise on, and the only tile choice that
+follows the batch (:func:`wide_tiles`) looks at N, not at the plan: a widening
+search never recompiles.
 
 Each item stacks its rows' GQA groups of query heads into a ``[BLOCK_M, D]``
 query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
@@ -56,13 +59,13 @@ from .plan import TreeAttentionPlan
 _LOG2E = 1.4426950408889634
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_chunks", "num_items", "num_kv_heads", "search_steps", "stride_btn"])
 def _tree_attn_stage1(
     q_ptr, k_ptr, v_ptr, bt_ptr,
     chunk_row_ptr, chunk_start_ptr, chunk_len_ptr, chunk_q_ptr_ptr, q_rows_ptr,
-    out_p_ptr, lse_p_ptr,
+    out_p_ptr, lse_p_ptr, next_ptr,
     scale_log2,
-    num_chunks, search_steps,
+    num_chunks, num_items, num_kv_heads, search_steps,
     stride_qn, stride_qh, stride_qd,
     stride_kb, stride_ks, stride_kh, stride_kd,
     stride_vb, stride_vs, stride_vh, stride_vd,
@@ -80,14 +83,42 @@ def _tree_attn_stage1(
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
 ):
-    kvh = tl.program_id(1)
-    # Rest windows first: they belong to the widest chunks, the longest items (started first, they
-    # do not trail the launch), and their chunk's first tiles follow right after (L2 reuse).
-    num_windows = tl.num_programs(0) - num_chunks
-    item = tl.program_id(0) - num_windows
-    if item < 0:
-        item = item + tl.num_programs(0)  # windows: num_chunks + k
+    # Persistent: each program takes the next (item, KV head) from the counter at next_ptr (zeroed
+    # by the wrapper) until the work list is exhausted.
+    total = num_items * num_kv_heads
+    num_windows = num_items - num_chunks
+    idx = tl.atomic_add(next_ptr, 1, sem="relaxed")
+    while idx < total:
+        # Rest windows first: they belong to the widest chunks (the longest items, taken first so
+        # that they do not trail the launch), then the first tiles; the KV heads of an item are
+        # consecutive.
+        j = idx // num_kv_heads
+        kvh = idx - j * num_kv_heads
+        item = j - num_windows
+        if item < 0:
+            item = item + num_items  # windows: num_chunks + k
+        _stage1_item(q_ptr, k_ptr, v_ptr, bt_ptr,
+                     chunk_row_ptr, chunk_start_ptr, chunk_len_ptr, chunk_q_ptr_ptr, q_rows_ptr,
+                     out_p_ptr, lse_p_ptr, scale_log2, item, kvh, num_chunks, search_steps,
+                     stride_qn, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
+                     stride_vb, stride_vs, stride_vh, stride_vd, stride_btn, stride_btb,
+                     HQ, HEAD_DIM, GROUP, GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, BS, BS_POW2,
+                     DOT_PRECISION, DOT_UPCAST)
+        idx = tl.atomic_add(next_ptr, 1, sem="relaxed")
 
+
+@triton.jit
+def _stage1_item(
+    q_ptr, k_ptr, v_ptr, bt_ptr,
+    chunk_row_ptr, chunk_start_ptr, chunk_len_ptr, chunk_q_ptr_ptr, q_rows_ptr,
+    out_p_ptr, lse_p_ptr, scale_log2, item, kvh, num_chunks, search_steps,
+    stride_qn, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
+    stride_vb, stride_vs, stride_vh, stride_vd, stride_btn, stride_btb,
+    HQ: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BS: tl.constexpr, BS_POW2: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+):
+    """One work item: the chunk's pairs [pa, pb) (at most BLOCK_R) x KV head ``kvh``."""
     # ---- work item -> (chunk c, pairs [pa, pb)) ----
     if item < num_chunks:
         c = item
@@ -110,87 +141,86 @@ def _tree_attn_stage1(
         pa = tl.maximum(w0, p0 + BLOCK_R)
         pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), w0 + BLOCK_R)
     clen = tl.load(chunk_len_ptr + c)
-    if (clen <= 0) | (pa >= pb):
-        return
-    nrows = pb - pa
+    if (clen > 0) & (pa < pb):  # padding chunks and windows of first tiles only: nothing to do
+        nrows = pb - pa
 
-    # Query tile: row m = (r, g) -> pair pa + r, head kvh * GROUP + g.
-    offs_m = tl.arange(0, BLOCK_M)
-    r = offs_m // GROUP_PAD
-    g = offs_m % GROUP_PAD
-    m_valid = (r < nrows) & (g < GROUP)
-    pair = (pa + r).to(tl.int64)
-    qrow = tl.load(q_rows_ptr + pair, mask=m_valid, other=0).to(tl.int64)
-    head = kvh * GROUP + g
-    offs_d = tl.arange(0, BLOCK_D)
-    d_mask = offs_d < HEAD_DIM
-    q = tl.load(q_ptr + qrow[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :] * stride_qd,
-                mask=m_valid[:, None] & d_mask[None, :], other=0.0)
-    if DOT_UPCAST:
-        q = q.to(tl.float32)
+        # Query tile: row m = (r, g) -> pair pa + r, head kvh * GROUP + g.
+        offs_m = tl.arange(0, BLOCK_M)
+        r = offs_m // GROUP_PAD
+        g = offs_m % GROUP_PAD
+        m_valid = (r < nrows) & (g < GROUP)
+        pair = (pa + r).to(tl.int64)
+        qrow = tl.load(q_rows_ptr + pair, mask=m_valid, other=0).to(tl.int64)
+        head = kvh * GROUP + g
+        offs_d = tl.arange(0, BLOCK_D)
+        d_mask = offs_d < HEAD_DIM
+        q = tl.load(q_ptr + qrow[:, None] * stride_qn + head[:, None] * stride_qh + offs_d[None, :] * stride_qd,
+                    mask=m_valid[:, None] & d_mask[None, :], other=0.0)
+        if DOT_UPCAST:
+            q = q.to(tl.float32)
 
-    start = tl.load(chunk_start_ptr + c)
-    crow = tl.load(chunk_row_ptr + c).to(tl.int64)
-    bt_row = bt_ptr + crow * stride_btn
-    k_head = k_ptr + kvh.to(tl.int64) * stride_kh
-    v_head = v_ptr + kvh.to(tl.int64) * stride_vh
+        start = tl.load(chunk_start_ptr + c)
+        crow = tl.load(chunk_row_ptr + c).to(tl.int64)
+        bt_row = bt_ptr + crow * stride_btn
+        k_head = k_ptr + kvh.to(tl.int64) * stride_kh
+        v_head = v_ptr + kvh.to(tl.int64) * stride_vh
 
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
-    offs_n = tl.arange(0, BLOCK_N)
-    for n0 in range(0, clen, BLOCK_N):
-        n_mask = n0 + offs_n < clen
-        pos = start + n0 + offs_n
-        if BS_POW2 and (BS % BLOCK_N == 0):
-            # The tile lies in one block (start is a multiple of BS, n0 of BLOCK_N): one id load.
-            blk = tl.load(bt_row + ((start + n0) // BS) * stride_btb).to(tl.int64)
-            base_k = k_head + blk * stride_kb
-            base_v = v_head + blk * stride_vb
-            off = (pos % BS).to(tl.int64)
-            k = tl.load(base_k + off[None, :] * stride_ks + offs_d[:, None] * stride_kd,
-                        mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        else:
-            if BS_POW2:
-                # BLOCK_N // BS whole blocks per tile: one id load per block, broadcast to its tokens.
-                NB: tl.constexpr = BLOCK_N // BS
-                offs_b = tl.arange(0, NB)
-                ids = tl.load(bt_row + ((start + n0) // BS + offs_b) * stride_btb,
-                              mask=n0 + offs_b * BS < clen, other=0)
-                blk_t = tl.reshape(tl.broadcast_to(ids[:, None], [NB, BS]), [BLOCK_N]).to(tl.int64)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        offs_n = tl.arange(0, BLOCK_N)
+        for n0 in range(0, clen, BLOCK_N):
+            n_mask = n0 + offs_n < clen
+            pos = start + n0 + offs_n
+            if BS_POW2 and (BS % BLOCK_N == 0):
+                # The tile lies in one block (start is a multiple of BS, n0 of BLOCK_N): one id load.
+                blk = tl.load(bt_row + ((start + n0) // BS) * stride_btb).to(tl.int64)
+                base_k = k_head + blk * stride_kb
+                base_v = v_head + blk * stride_vb
+                off = (pos % BS).to(tl.int64)
+                k = tl.load(base_k + off[None, :] * stride_ks + offs_d[:, None] * stride_kd,
+                            mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
             else:
-                # Per-token lookup (BS constexpr: a constant division).
-                blk_t = tl.load(bt_row + (pos // BS) * stride_btb, mask=n_mask, other=0).to(tl.int64)
-            off_t = (pos % BS).to(tl.int64)
-            k = tl.load(k_head + blk_t[None, :] * stride_kb + off_t[None, :] * stride_ks
-                        + offs_d[:, None] * stride_kd,
-                        mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
-        if DOT_UPCAST:
-            k = k.to(tl.float32)
-        s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N], log2 units
-        s = tl.where(n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid token
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        if BS_POW2 and (BS % BLOCK_N == 0):
-            v = tl.load(base_v + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
-                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        else:
-            v = tl.load(v_head + blk_t[:, None] * stride_vb + off_t[:, None] * stride_vs
-                        + offs_d[None, :] * stride_vd,
-                        mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
-        if DOT_UPCAST:
-            v = v.to(tl.float32)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-        m_i = m_new
+                if BS_POW2:
+                    # BLOCK_N // BS whole blocks per tile: one id load per block, broadcast to its tokens.
+                    NB: tl.constexpr = BLOCK_N // BS
+                    offs_b = tl.arange(0, NB)
+                    ids = tl.load(bt_row + ((start + n0) // BS + offs_b) * stride_btb,
+                                  mask=n0 + offs_b * BS < clen, other=0)
+                    blk_t = tl.reshape(tl.broadcast_to(ids[:, None], [NB, BS]), [BLOCK_N]).to(tl.int64)
+                else:
+                    # Per-token lookup (BS constexpr: a constant division).
+                    blk_t = tl.load(bt_row + (pos // BS) * stride_btb, mask=n_mask, other=0).to(tl.int64)
+                off_t = (pos % BS).to(tl.int64)
+                k = tl.load(k_head + blk_t[None, :] * stride_kb + off_t[None, :] * stride_ks
+                            + offs_d[:, None] * stride_kd,
+                            mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
+            if DOT_UPCAST:
+                k = k.to(tl.float32)
+            s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N], log2 units
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid token
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            if BS_POW2 and (BS % BLOCK_N == 0):
+                v = tl.load(base_v + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
+                            mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+            else:
+                v = tl.load(v_head + blk_t[:, None] * stride_vb + off_t[:, None] * stride_vs
+                            + offs_d[None, :] * stride_vd,
+                            mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
+            if DOT_UPCAST:
+                v = v.to(tl.float32)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            m_i = m_new
 
-    out = acc / l_i[:, None]
-    lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
-    hp = pair * HQ + head
-    tl.store(out_p_ptr + hp[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_p_ptr.dtype.element_ty),
-             mask=m_valid[:, None] & d_mask[None, :])
-    tl.store(lse_p_ptr + hp, lse, mask=m_valid)
+        out = acc / l_i[:, None]
+        lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
+        hp = pair * HQ + head
+        tl.store(out_p_ptr + hp[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_p_ptr.dtype.element_ty),
+                 mask=m_valid[:, None] & d_mask[None, :])
+        tl.store(lse_p_ptr + hp, lse, mask=m_valid)
 
 
 @triton.jit
@@ -252,45 +282,75 @@ def _next_pow2(x: int) -> int:
     return 1 if x <= 1 else 1 << (int(x) - 1).bit_length()
 
 
-def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, max_rows_per_chunk: int) -> bool:
-    """256-row query tiles (16-bit, D <= 128) when a chunk can hold more query rows than 128.
+#: the architecture assumed off CUDA (the interpreter), as ``major * 10 + minor``
+INTERPRETER_ARCH = 90
 
-    Halves the passes over a widely shared chunk's KV (8 -> 4 at N = 256, 32/8 heads). The only
-    plan-dependent compile-time choice: two variants in all, and a fixed-capacity plan
-    (``max_rows_per_chunk = N``) always takes the same one.
+
+def _arch(device) -> int:
+    """Compute capability of ``device`` as ``major * 10 + minor`` (cached by torch, no sync);
+    :data:`INTERPRETER_ARCH` off CUDA (the static check monkeypatches this per target)."""
+    if device.type != "cuda":
+        return INTERPRETER_ARCH
+    major, minor = torch.cuda.get_device_capability(device)
+    return major * 10 + minor
+
+
+def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arch: int = 90) -> bool:
+    """256-row query tiles (16-bit; D <= 128 on sm_90+, D <= 64 before) when a chunk can hold more
+    query rows than 128.
+
+    Halves the passes over a widely shared chunk's KV (8 -> 4 at N = 256, 32/8 heads). Decided by
+    the batch's row count N (``plan.num_rows``), not by the plan's widest chunk, so that a search
+    that widens its sharing at a fixed N never recompiles.
     """
-    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= 128
-            and max_rows_per_chunk * _next_pow2(Hq // Hkv) > 128)
+    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= (128 if arch >= 90 else 64)
+            and num_rows * _next_pow2(Hq // Hkv) > 128)
 
 
-def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, wide: bool = False):
-    """Stage-1 tiles, a function of dtype, head dim, GQA group and ``wide`` (:func:`wide_tiles`).
+def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, wide: bool = False,
+                  arch: int = 90, block_size: int = 16):
+    """Stage-1 tiles, a function of dtype, head dim, GQA group, ``wide`` (:func:`wide_tiles`), the
+    architecture and the KV block size.
 
-    Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps)``. Chosen so that no
-    variant spills on sm_90 (AOT-compiled, see tests/attention/test_triton_static.py): 16-bit inputs
-    use 128-row query tiles (64 at D = 256); float32 keeps an IEEE dot (the float32 tolerance rules
-    out tf32) with 32-row tiles. A GQA group wider than the tile takes one group per tile.
+    Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps, CTAS_PER_SM)``. Chosen
+    so that no variant spills on sm_90 or sm_80 (every launched variant is AOT-compiled by the
+    static check, benchmarks/gpu_static): 16-bit inputs use 128-row query tiles (64 at D = 256),
+    256-row tiles for wide batches; float32 keeps an IEEE dot (the float32 tolerance rules out
+    tf32) with 32-row tiles. sm_8x (mma.sync) holds less: 32-token KV tiles at D = 128, 8 warps at
+    D = 256, no 256-row tile at D = 128. Blocks of fewer than 4 tokens, or of a size that is not a
+    power of two, gather a block id per token: 32-token KV tiles for 16-bit inputs. A GQA group
+    wider than the tile takes one group per tile. ``CTAS_PER_SM``: the tile's CTAs that fit an SM
+    by registers (65536 per SM, counts from the static check), the persistent grid's programs
+    per SM.
     """
     group = Hq // Hkv
     group_pad = _next_pow2(group)
     block_d = max(16, _next_pow2(D))
-    # (query rows, KV tokens, warps) per tile; registers on sm_90 for 32/8 heads in the comments
-    # (triton 3.9, AOT: tests/attention/test_triton_static.py). Larger tiles spill.
+    key = max(64, block_d)
+    hopper = arch >= 90
+    # (query rows, KV tokens, warps, CTAs per SM) per tile; sm_90 / sm_80 registers for 32/8 heads,
+    # block size 16, in the comments (triton 3.9). Larger tiles spill.
     if dtype == torch.float32:  # IEEE FMA dot
-        max_m, block_n, warps = {64: (32, 32, 4),      # 104 regs
-                                 128: (32, 32, 8),     # 86 regs
-                                 256: (32, 16, 8)}.get(max(64, block_d), (32, 16, 8))  # 206 regs
-    elif wide and block_d <= 128:  # wgmma, 256-row tiles
-        max_m, block_n, warps = {64: (256, 64, 8),     # 217 regs
-                                 128: (256, 32, 8)}[max(64, block_d)]  # 239 regs
-    else:  # wgmma
-        max_m, block_n, warps = {64: (128, 64, 4),     # 224 regs
-                                 128: (128, 64, 8),    # 254 regs
-                                 256: (64, 16, 8)}.get(max(64, block_d), (64, 16, 8))  # 254 regs
+        max_m, block_n, warps, per_sm = {64: (32, 32, 4, 4),      # 102 / 128 regs
+                                         128: (32, 32, 8, 2),     # 107 / 128 regs
+                                         256: (32, 16, 8, 1)}.get(key, (32, 16, 8, 1))  # 191 / 178 regs
+    elif wide and key <= (128 if hopper else 64):  # 256-row tiles
+        max_m, block_n, warps, per_sm = {64: (256, 64, 8, 1),     # 216 / 243 regs
+                                         128: (256, 32, 8, 1)}[key]  # 255 / - regs
+    elif hopper:  # wgmma
+        max_m, block_n, warps, per_sm = {64: (128, 64, 4, 2),     # 247 regs
+                                         128: (128, 64, 8, 1),    # 254 regs
+                                         256: (64, 16, 4, 2)}.get(key, (64, 16, 4, 2))  # 255 regs
+    else:  # mma.sync
+        max_m, block_n, warps, per_sm = {64: (128, 64, 4, 2),     # 255 regs
+                                         128: (128, 32, 8, 1),    # 214 regs
+                                         256: (64, 16, 8, 1)}.get(key, (64, 16, 8, 1))  # 238 regs
+    if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
+        block_n = min(block_n, 32)  # a block id per token: 64-token tiles spill
     block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                num_warps=warps)
+                num_warps=warps, CTAS_PER_SM=per_sm)
 
 
 def stage2_config(Hq: int, D: int):
@@ -306,17 +366,40 @@ def partial_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def num_work_items(num_chunks: int, num_pairs: int, block_r: int) -> int:
-    """Stage-1 programs per KV head: a first tile per chunk plus one per window of the rest."""
+    """Stage-1 work items per KV head: a first tile per chunk plus one per window of the rest."""
     return num_chunks + max(0, num_pairs - 1) // block_r  # rests lie in [block_r, P): windows 1..
 
 
-def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16):
+def stage1_grid(num_chunks: int, num_pairs: int, num_kv_heads: int, cfg, num_sms: int) -> int:
+    """Persistent stage-1 programs: ``CTAS_PER_SM`` per SM, at most one per (work item, KV head).
+
+    A function of the plan's capacity, the tile and the GPU only: fixed for CUDA graphs.
+    """
+    items = num_work_items(num_chunks, num_pairs, cfg["BLOCK_R"]) * num_kv_heads
+    return max(1, min(items, num_sms * cfg["CTAS_PER_SM"]))
+
+
+#: programs-per-SM basis off CUDA (the interpreter): a few programs share the work list
+INTERPRETER_SMS = 3
+
+
+def _num_sms(device) -> int:
+    """SMs of ``device`` (cached by torch, no sync); :data:`INTERPRETER_SMS` off CUDA (the static check
+    monkeypatches this to record an H100's launch)."""
+    if device.type != "cuda":
+        return INTERPRETER_SMS
+    return torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16,
+                num_sms: int = 132, arch: int = 90):
     """Static byte / program accounting of the Triton kernels for ``plan`` (host side, syncs).
 
     Returns a dict:
 
-    * ``block_r``: query rows per stage-1 item; ``ctas_launched`` / ``ctas_live``: stage-1 programs
-      (``(C + (P - 1) // block_r) * Hkv``) and those with work;
+    * ``block_r``: query rows per stage-1 item; ``items``: (work item, KV head) slots of the work list
+      (``(C + (P - 1) // block_r) * Hkv``), ``items_live`` those with work; ``ctas_launched``: the
+      persistent grid on ``num_sms`` SMs (:func:`stage1_grid`), ``ctas_live`` those that get an item;
     * ``kv_unique_bytes``: K and V of every live chunk once (the plan reads each unique token once
       per chunk: equal to the unique KV of the batch for a maximal-sharing plan);
     * ``kv_sm_bytes``: K and V bytes loaded by stage 1 into the SMs: each live item reads its chunk
@@ -324,7 +407,8 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
     * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
     """
-    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, plan.max_rows_per_chunk))
+    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, plan.num_rows, arch), arch,
+                        plan.block_size)
     br = cfg["BLOCK_R"]
     isz = torch.empty((), dtype=dtype).element_size()
     psz = torch.empty((), dtype=partial_dtype(dtype)).element_size()
@@ -348,7 +432,9 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     kv_tok = Hkv * D * isz * 2
     kv_unique = tok_unique * kv_tok
     kv_sm = tok_sm * kv_tok
-    return dict(block_r=br, ctas_launched=num_work_items(C, P, br) * Hkv, ctas_live=live * Hkv,
+    grid = stage1_grid(C, P, Hkv, cfg, num_sms)
+    return dict(block_r=br, items=num_work_items(C, P, br) * Hkv, items_live=live * Hkv,
+                ctas_launched=grid, ctas_live=min(grid, live * Hkv),
                 kv_unique_bytes=kv_unique, kv_sm_bytes=kv_sm, kv_passes=kv_sm / kv_unique if kv_unique else 0.0,
                 max_passes=passes_max, partial_bytes=2 * pairs_live * Hq * (D * psz + 4),
                 q_bytes=pairs_live * Hq * D * isz, out_bytes=plan.num_rows * Hq * (D * isz + 4))
@@ -380,18 +466,20 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if N == 0:
         return out, lse
 
-    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, plan.max_rows_per_chunk))
+    arch = _arch(q.device)
+    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, plan.num_rows, arch), arch,
+                        block_size)
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     precision = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
-    items = num_work_items(C, P, cfg["BLOCK_R"])
     if C > 0 and P > 0:
-        _tree_attn_stage1[(items, Hkv)](
+        next_item = torch.zeros(1, dtype=torch.int32, device=q.device)  # the persistent programs' counter
+        _tree_attn_stage1[(stage1_grid(C, P, Hkv, cfg, _num_sms(q.device)),)](
             q, k_cache, v_cache, block_tables,
             plan.chunk_row, plan.chunk_start, plan.chunk_len, plan.chunk_q_ptr, plan.q_rows,
-            out_partial, lse_partial,
+            out_partial, lse_partial, next_item,
             float(scale) * _LOG2E,
-            C, max(1, int(C).bit_length()),
+            C, num_work_items(C, P, cfg["BLOCK_R"]), Hkv, max(1, int(C).bit_length()),
             q.stride(0), q.stride(1), q.stride(2),
             k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
             v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
