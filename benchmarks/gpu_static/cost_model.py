@@ -399,8 +399,8 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
             raise ValueError("no loop in the SASS")
         return loops
     hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
-    # per work item: every other loop of stage 1 once (the persistent loop's own body, the window
-    # lookup's binary search step: an over-count for first tiles, which skip the search)
+    # per work item: every other loop of stage 1 once (the persistent loop's own body, one step of
+    # the window lookup's binary search: first tiles skip the search, windows run it log2(C) times)
     item = sum(lp["instructions_excl"] for lp in compiled1["loops"] if lp is not hot1)
     l2 = inner(compiled2)
     stepped = [lp for lp in l2 if lp.get("tokens_per_iter")]
@@ -439,13 +439,14 @@ def _record_h100(fn, gpu=H100):
     tree-attention persistent grid for its SM count (not the CPU's)."""
     from tts_kernels.attention import triton_kernel as tak
     from tts_kernels.sampling import triton_kernel as tkm
-    saved, saved_sms = tkm._num_slices, tak._num_sms
+    saved, saved_sms, saved_arch = tkm._num_slices, tak._num_sms, tak._arch
     tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, gpu["sms"])
     tak._num_sms = lambda device: gpu["sms"]
+    tak._arch = lambda device: int(gpu["arch"].split("_")[1])
     try:
         return _record(fn)
     finally:
-        tkm._num_slices, tak._num_sms = saved, saved_sms
+        tkm._num_slices, tak._num_sms, tak._arch = saved, saved_sms, saved_arch
 
 
 _SCALAR = re.compile(r"^(i32|i64|u32|u64)(/16)?$|^1$")

@@ -2,7 +2,8 @@
 
 * The kernels' compile-time constants and grid shape do not follow the plan's
   contents: a search that widens (more rows per chunk, longer chunks) reuses the
-  same compiled kernels, and the grid depends only on the plan's capacity.
+  same compiled kernels, and the grid depends only on the plan's capacity and the
+  GPU's SM count.
 * AOT compile for sm_90 (H100) of every dtype x head-dim variant: no register
   spills (and sm_80). Slow (ptxas, minutes on a small CPU); without a GPU run
   ``TRITON_INTERPRET=0 TTS_STATIC_SM90=1 pytest tests/attention/test_triton_static.py -k sm90``.
@@ -74,6 +75,21 @@ def test_tiles_follow_arch_and_block_size():
         assert stage1_config(32, 8, 128, torch.bfloat16, False, 90, bs)["BLOCK_N"] == 32
     assert stage1_config(32, 8, 128, torch.bfloat16, False, 90, 4)["BLOCK_N"] == 64
     assert stage1_config(32, 8, 128, torch.float32, False, 90, 6) == stage1_config(32, 8, 128, torch.float32)
+    # archs the static check does not compile take the mma.sync tiles
+    assert stage1_config(32, 8, 128, torch.bfloat16, False, 120) == a
+    assert not wide_tiles(32, 8, 128, torch.bfloat16, 256, 100)
+
+
+def test_no_sharing_keeps_narrow_tiles():
+    """A plan that shares nothing (one row per chunk) keeps the 128-row tile whatever N; one that
+    shares anything takes the tile of its N (so a widening search keeps one variant)."""
+    from tts_kernels.attention.triton_kernel import stage1_cost, tile_rows
+
+    q, k, v, bt, lens = make_inputs("identical", 40, 8, 8, 1, 64, torch.float16, seed=3)
+    shared, alone = simple_plan(bt, lens, 8), simple_plan(bt, lens, 8, share=False)
+    assert (tile_rows(shared), tile_rows(alone)) == (40, 1)
+    assert stage1_cost(shared, 8, 1, 64, torch.float16)["block_r"] == 32   # 256 query rows / 8 heads
+    assert stage1_cost(alone, 8, 1, 64, torch.float16)["block_r"] == 16    # 128 query rows / 8 heads
 
 
 def test_grid_follows_capacity():

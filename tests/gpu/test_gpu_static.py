@@ -129,22 +129,22 @@ def test_work_items_launched_equals_live():
     # pairs [0, 3) for chunk 0 (one tile), [3, 8) for chunk 1 (BLOCK_R 4): its rest [7, 8) lies in window 1
     assert cm.work_items([3, 5], [16, 16], 4) == [1, 2]
     r = cm.attention_bound([16, 16], [3, 5], [2] * 3 + [1] * 2, Hq=2, Hkv=1, D=8, itemsize=2, block_r=4,
-                           block_n=16, grid1=(2 + 7 // 4, 1), warps1=4, tile_instr=10, grid2=(5, 1), warps2=4,
-                           pair_instr=5)
+                           block_n=16, grid1=(2 + 7 // 4,), warps1=4, tile_instr=10, grid2=(5, 1), warps2=4,
+                           pair_instr=5)  # one program per slot
     assert r["ctas_launched"] == r["ctas_live"] == 3 and r["ctas_dead"] == 0 and r["targets"]["dead_ctas"]["met"]
     assert cm.work_items([0, 2], [0, 16], 1) == [0, 2]            # an empty (padding) chunk has no live item
 
 
 def test_attention_bound_hand_case():
     # chunks: a 32-token prefix shared by 2 rows, then each row's own 16 tokens; BLOCK_R 1
-    # work list: C + (P - 1) // BLOCK_R = 3 + 3 = 6 items per KV head, grid (6, 2)
+    # work list: C + (P - 1) // BLOCK_R = 3 + 3 = 6 items per KV head, 12 slots; a grid of 12 programs
     r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
                            Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(6, 2), warps1=4,
                            tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
     kv_tok = 8 * 2 * 2                                   # K and V of one token of one head, bf16
     assert r["ctas_launched"] == 12
     # chunk 0: its first tile (pair 0) + window 1 (pair 1); chunks 1, 2: a first tile each; windows 2, 3 hold
-    # only first tiles: dead
+    # only first tiles: 8 live slots for 12 programs, 4 of which find none
     assert r["ctas_live"] == (2 + 1 + 1) * 2 and r["ctas_dead"] == 4
     assert r["ctas_exit_at_once_frac"] == pytest.approx(1 - 8 / 12, rel=1e-3)
     assert r["targets"]["dead_ctas"] == {"value": 4, "target_max": 0, "met": False}
@@ -177,15 +177,19 @@ def test_attention_bound_hand_case():
 
 
 def test_attention_bound_wide_plan():
-    # N=256 rows sharing 8192 tokens in 16 chunks of 512, then 256 own chunks of 64; BLOCK_R 16, Hkv 8
+    # N=256 rows sharing 8192 tokens in 16 chunks of 512, then 256 own chunks of 64; BLOCK_R 16, Hkv 8;
+    # (272 + 271) x 8 slots of which (16 x 16 + 256) x 8 live, worked through by 132 persistent programs
     chunks = [512] * 16 + [64] * 256
     rows = [256] * 16 + [1] * 256
     P = 16 * 256 + 256
     r = cm.attention_bound(chunks, rows, [17] * 256, Hq=32, Hkv=8, D=128, itemsize=2, block_r=16, block_n=64,
-                           grid1=(272 + (P - 1) // 16, 8), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4,
+                           grid1=(132,), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4,
                            pair_instr=50, block_p=4)
-    assert r["ctas_launched"] == (272 + 271) * 8
-    assert r["ctas_live"] == (16 * 16 + 256) * 8 and r["ctas_dead"] == 31 * 8
+    assert r["ctas_launched"] == r["ctas_live"] == 132 and r["ctas_dead"] == 0
+    assert r["work_items_live"] == (16 * 16 + 256) * 8
+    # issue time: every tile of every live item spread over the 132 SMs (no item dominates)
+    tiles = 16 * 16 * 8 * (512 // 64) + 256 * 8 * 1
+    assert r["t_stage1_issue_s"] == pytest.approx(tiles * 300 * 4 / (132 * RATE), rel=1e-3)
     assert r["shared_kv_read_factor"] == 16.0 and not r["targets"]["shared_kv_read_factor"]["met"]
     assert r["kv_reads_per_unique_byte"] == pytest.approx((16 * 16 * 512 + 256 * 64) / (8192 + 256 * 64), rel=1e-3)
     assert r["partial_bytes_written_and_read"] == 2 * P * 32 * (128 * 2 + 4)
@@ -205,7 +209,7 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
     Hq, Hkv, D = 4, 2, 32
     q, k, v, bt, sl, _ = spaces.attention_inputs(8, 64, 16, Hq, Hkv, D, dt)
     plan = plan_tree_attention(bt, sl, 16, chunk_size=16, wide_chunk_rows=wide)
-    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, plan.num_rows))
+    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, tak.tile_rows(plan)))
     rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
     pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
     for sms in (2, 132):

@@ -295,15 +295,28 @@ def _arch(device) -> int:
     return major * 10 + minor
 
 
+def _wgmma(arch: int) -> bool:
+    """Hopper's warpgroup MMA tiles (sm_90); every other arch takes the mma.sync tiles checked on sm_80
+    (the smaller, safe choice for archs the static check does not compile: sm_100, sm_120)."""
+    return 90 <= arch < 100
+
+
+def tile_rows(plan: TreeAttentionPlan) -> int:
+    """The row count that picks the tile (:func:`wide_tiles`): N for a plan that shares any chunk
+    (every row of a search shares its prompt from the first step, so the tile stays the same as
+    the search widens), 1 for a plan without sharing (``sharing=False``: one row per chunk)."""
+    return plan.num_rows if plan.max_rows_per_chunk > 1 else 1
+
+
 def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arch: int = 90) -> bool:
-    """256-row query tiles (16-bit; D <= 128 on sm_90+, D <= 64 before) when a chunk can hold more
+    """256-row query tiles (16-bit; D <= 128 on sm_90, D <= 64 elsewhere) when a chunk can hold more
     query rows than 128.
 
     Halves the passes over a widely shared chunk's KV (8 -> 4 at N = 256, 32/8 heads). Decided by
-    the batch's row count N (``plan.num_rows``), not by the plan's widest chunk, so that a search
-    that widens its sharing at a fixed N never recompiles.
+    :func:`tile_rows` (the batch's N when it shares anything), not by the plan's widest chunk, so
+    that a search that widens its sharing at a fixed N never recompiles.
     """
-    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= (128 if arch >= 90 else 64)
+    return (dtype in (torch.bfloat16, torch.float16) and _next_pow2(D) <= (128 if _wgmma(arch) else 64)
             and num_rows * _next_pow2(Hq // Hkv) > 128)
 
 
@@ -316,8 +329,8 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     so that no variant spills on sm_90 or sm_80 (every launched variant is AOT-compiled by the
     static check, benchmarks/gpu_static): 16-bit inputs use 128-row query tiles (64 at D = 256),
     256-row tiles for wide batches; float32 keeps an IEEE dot (the float32 tolerance rules out
-    tf32) with 32-row tiles. sm_8x (mma.sync) holds less: 32-token KV tiles at D = 128, 8 warps at
-    D = 256, no 256-row tile at D = 128. Blocks of fewer than 4 tokens, or of a size that is not a
+    tf32) with 32-row tiles. mma.sync (sm_8x, and archs other than sm_90) holds less: 32-token KV
+    tiles at D = 128, 8 warps at D = 256, no 256-row tile at D = 128. Blocks of fewer than 4 tokens, or of a size that is not a
     power of two, gather a block id per token: 32-token KV tiles for 16-bit inputs. A GQA group
     wider than the tile takes one group per tile. ``CTAS_PER_SM``: the tile's CTAs that fit an SM
     by registers (65536 per SM, counts from the static check), the persistent grid's programs
@@ -327,7 +340,7 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     group_pad = _next_pow2(group)
     block_d = max(16, _next_pow2(D))
     key = max(64, block_d)
-    hopper = arch >= 90
+    hopper = _wgmma(arch)
     # (query rows, KV tokens, warps, CTAs per SM) per tile; sm_90 / sm_80 registers for 32/8 heads,
     # block size 16, in the comments (triton 3.9). Larger tiles spill.
     if dtype == torch.float32:  # IEEE FMA dot
@@ -384,7 +397,7 @@ INTERPRETER_SMS = 3
 
 
 def _num_sms(device) -> int:
-    """SMs of ``device`` (cached by torch, no sync); :data:`INTERPRETER_SMS` off CUDA (the static check
+    """SMs of ``device`` (cached by torch, no sync); :data:`INTERPRETER_SMS` off CUDA (the cost model
     monkeypatches this to record an H100's launch)."""
     if device.type != "cuda":
         return INTERPRETER_SMS
@@ -399,7 +412,8 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
 
     * ``block_r``: query rows per stage-1 item; ``items``: (work item, KV head) slots of the work list
       (``(C + (P - 1) // block_r) * Hkv``), ``items_live`` those with work; ``ctas_launched``: the
-      persistent grid on ``num_sms`` SMs (:func:`stage1_grid`), ``ctas_live`` those that get an item;
+      persistent grid on ``num_sms`` SMs (:func:`stage1_grid`), ``ctas_live`` = min(grid, live items),
+      the CTAs that can get an item (which ones do is decided at run time);
     * ``kv_unique_bytes``: K and V of every live chunk once (the plan reads each unique token once
       per chunk: equal to the unique KV of the batch for a maximal-sharing plan);
     * ``kv_sm_bytes``: K and V bytes loaded by stage 1 into the SMs: each live item reads its chunk
@@ -407,7 +421,7 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
     * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
     """
-    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, plan.num_rows, arch), arch,
+    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, tile_rows(plan), arch), arch,
                         plan.block_size)
     br = cfg["BLOCK_R"]
     isz = torch.empty((), dtype=dtype).element_size()
@@ -467,7 +481,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         return out, lse
 
     arch = _arch(q.device)
-    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, plan.num_rows, arch), arch,
+    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, tile_rows(plan), arch), arch,
                         block_size)
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
