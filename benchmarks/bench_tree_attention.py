@@ -18,7 +18,9 @@ tree attention over
 With the Triton implementation each configuration also records the kernels' static
 accounting (``triton_cost``: KV bytes into the SMs / unique, live / launched
 CTAs, partial bytes) and times ``tree_wide``, a plan with long chunks for the
-shared prefix (``--wide-chunk-rows``).
+shared prefix (``--wide-chunk-rows``). On CUDA it also times ``tree_balanced``,
+the load-balanced plan that ``tree_attention(plan=None)`` and the engine use there
+(``plan_tree_attention(parallelism=tree_attention_parallelism(...))``).
 
 Every skipped baseline is printed with its reason. Usage::
 
@@ -180,6 +182,15 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None)
         plan_wide = tk.plan_tree_attention(bt, sl, bs, wide_chunk_rows=wide_chunk_rows)
         rec["plan_wide_chunks"], rec["plan_wide_pairs"] = plan_wide.num_chunks, plan_wide.num_pairs
         rec["triton_cost_wide"] = triton_cost(plan_wide, hq, hkv, D, dtype, device)
+    # what tree_attention(plan=None) and the engine plan on this device: load-balanced chunks for the
+    # Triton kernel on CUDA (None elsewhere: the default plan is what they run)
+    par = tk.tree_attention_parallelism(N, hq, k)
+    plan_bal = None
+    if par is not None:
+        plan_bal = tk.plan_tree_attention(bt, sl, bs, parallelism=par)
+        rec["parallelism"] = par._asdict()
+        rec["plan_balanced_chunks"], rec["plan_balanced_pairs"] = plan_bal.num_chunks, plan_bal.num_pairs
+        rec["triton_cost_balanced"] = triton_cost(plan_bal, hq, hkv, D, dtype, device)
     backend = "auto"
     impl = attn_impls.default_for(device).__name__
     rec["tree_impl"] = impl
@@ -189,6 +200,9 @@ def bench_config(cfg, device, bs, min_time, max_reps, gen, wide_chunk_rows=None)
     }
     if plan_wide is not None:
         fns["tree_wide"] = lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan_wide, validate=False, backend=backend)
+    if plan_bal is not None:
+        fns["tree_balanced"] = lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan_bal, validate=False,
+                                                         backend=backend)
     if ab * 1.1 > SDPA_MAX_BYTES:
         skip("sdpa_gathered", f"gathered KV would take {ab / 2 ** 30:.1f} GiB (> {SDPA_MAX_BYTES / 2 ** 30:.0f})")
     else:
@@ -256,7 +270,7 @@ def main(argv=None):
             f"{rec['tree_unique_gbps']:.1f} GB/s of {rec['unique_kv_bytes'] / 1e6:.1f} MB unique KV; "
             f"plan {fmt_time(rec['plan_s'])} ({rec['plan_chunks']} chunks, {rec['plan_pairs']} pairs); "
             f"speedup vs {others}")
-        for key in ("triton_cost", "triton_cost_wide"):
+        for key in ("triton_cost", "triton_cost_wide", "triton_cost_balanced"):
             c = rec.get(key)
             if c:
                 log(f"    {key}: KV into SMs {c['kv_passes']:.2f}x unique (widest chunk {c['max_passes']} passes), "

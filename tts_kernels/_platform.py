@@ -1,7 +1,10 @@
-"""The host's description for results files (one reader of /proc/cpuinfo for the package and its benchmarks)."""
+"""The host's and the GPU's description: the CPU model for results files (one reader of /proc/cpuinfo for
+the package and its benchmarks) and the SM count the Triton wrappers size their grids by."""
 from __future__ import annotations
 
 import platform
+
+import torch
 
 
 def cpu_model() -> str:
@@ -14,3 +17,8 @@ def cpu_model() -> str:
     except OSError:
         pass
     return platform.processor() or platform.machine()
+
+
+def num_sms(device) -> int:
+    """Streaming multiprocessors of the CUDA ``device`` (torch caches the device properties: no sync)."""
+    return torch.cuda.get_device_properties(device).multi_processor_count

@@ -39,7 +39,9 @@ on a stream add up (no overlap between them).
   row; this design adds the group-stats workspace (12 B per 256 tokens, written and read).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
   (``l2_working_set_fits``), which the bounds assume.
-* Tree attention: from the real plan (default and ``wide_chunk_rows`` variant). Stage 1 is a
+* Tree attention: from the real plan (:data:`ATTENTION_PLANS`: the default chunks, the
+  ``wide_chunk_rows`` variant and the load-balanced chunks the engine and ``tree_attention``
+  plan on CUDA, ``parallelism`` of the modelled GPU). Stage 1 is a
   work list of ``(C + (P - 1) // BLOCK_R) x Hkv`` slots, worked through by persistent CTAs (the
   recorded grid: ``CTAS_PER_SM`` per SM of the modelled GPU, at most one per slot); live items =
   per non-empty chunk with ``r`` rows (pairs ``[p0, p0 + r)``), 1 first tile + the windows of
@@ -66,6 +68,7 @@ on a stream add up (no overlap between them).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -90,6 +93,8 @@ WS_BYTES_PER_GROUP = 12
 ATTENTION_TARGETS = dict(shared_kv_read_factor=1.25, partial_over_kv=0.25, dead_ctas=0)
 #: the planner variant shown next to the default plan
 WIDE_CHUNK_ROWS = 32
+#: ``plan_kwargs`` value: the load-balanced chunks for the modelled GPU (:func:`plan_kwargs_for`)
+GPU_PARALLELISM = "modelled GPU"
 
 
 def _t(x: float) -> float:
@@ -423,7 +428,9 @@ ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
     (256, 8192, 64, "llama3-8b", "fp32"), (256, 8192, 64, "gqa8", "bf16"),
 ]
 #: planner variants of every attention shape: name -> plan_tree_attention keyword arguments
-ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS}}
+#: (:data:`GPU_PARALLELISM` resolved per shape by :func:`plan_kwargs_for`)
+ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS},
+                   "balanced": {"parallelism": GPU_PARALLELISM}}
 QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp",))
 
 
@@ -434,9 +441,10 @@ def _record(fn):
     return launches
 
 
-def _record_h100(fn, gpu=H100):
-    """Record ``fn``'s launches as ``gpu`` would launch them: the sampler's slice count and the
-    tree-attention persistent grid for its SM count (not the CPU's)."""
+@contextlib.contextmanager
+def as_gpu(gpu=H100):
+    """The wrappers' device queries answered for ``gpu`` (not the CPU): the sampler's slice count, the
+    tree-attention SM count (persistent grid, parallelism) and arch (tiles)."""
     from tts_kernels.attention import triton_kernel as tak
     from tts_kernels.sampling import triton_kernel as tkm
     saved, saved_sms, saved_arch = tkm._num_slices, tak._num_sms, tak._arch
@@ -444,9 +452,31 @@ def _record_h100(fn, gpu=H100):
     tak._num_sms = lambda device: gpu["sms"]
     tak._arch = lambda device: int(gpu["arch"].split("_")[1])
     try:
-        return _record(fn)
+        yield
     finally:
         tkm._num_slices, tak._num_sms, tak._arch = saved, saved_sms, saved_arch
+
+
+def _record_h100(fn, gpu=H100):
+    """Record ``fn``'s launches as ``gpu`` would launch them (:func:`as_gpu`)."""
+    with as_gpu(gpu):
+        return _record(fn)
+
+
+def plan_kwargs_for(pkw: Dict[str, Any], N: int, hq: int, k_cache: torch.Tensor, gpu=H100) -> Dict[str, Any]:
+    """``pkw`` with :data:`GPU_PARALLELISM` replaced by the Triton kernel's ``Parallelism`` on ``gpu``
+    for N rows of ``hq`` query heads over ``k_cache``."""
+    if pkw.get("parallelism") != GPU_PARALLELISM:
+        return pkw
+    from tts_kernels.attention import triton_kernel as tak
+    _, bs, hkv, D = k_cache.shape
+    with as_gpu(gpu):
+        par = tak.parallelism(N, hq, hkv, D, k_cache.dtype, k_cache.device, bs)
+    return dict(pkw, parallelism=par)
+
+
+def _jsonable_plan_kwargs(pkw: Dict[str, Any]) -> Dict[str, Any]:
+    return {k: (v._asdict() if hasattr(v, "_asdict") else v) for k, v in pkw.items()}
 
 
 _SCALAR = re.compile(r"^(i32|i64|u32|u64)(/16)?$|^1$")
@@ -586,6 +616,7 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
 
     q, k, v, bt, sl, plan = spaces.attention_inputs(N, prefix, suffix, hq, hkv, D, spaces.DTYPES[dname],
                                                     bs=block_size)
+    plan_kwargs = plan_kwargs_for(plan_kwargs, N, hq, k, gpu)
     if plan_kwargs:
         plan = plan_tree_attention(bt, sl, int(k.shape[1]), **plan_kwargs)
     launches = _record_h100(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False,
@@ -609,7 +640,7 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
                           partial_itemsize=op.element_size(), block_p=ai["block_p"],
                           cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"],
                           item_warp=ai["item_instr"] * c1["num_warps"])
-    rec.update(plan_kwargs=plan_kwargs, prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D,
+    rec.update(plan_kwargs=_jsonable_plan_kwargs(plan_kwargs), prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D,
                dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
                stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],
                stage1_registers=c1["registers"],
@@ -637,7 +668,7 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
 
     Sampler shapes come from the cost model committed in ``static_path`` (default
     :data:`STATIC_RESULTS`); every measured tree-attention shape (default plan as ``tree``, the wide
-    plan as ``tree_wide``) is modelled here from that file's compiled stats. The model assumes
+    plan as ``tree_wide``, the load-balanced plan as ``tree_balanced``) is modelled here from that file's compiled stats. The model assumes
     ``gpu`` (an H100 unless told): on another GPU compare ratios, not absolute times. Returns
     ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
     ``measured_s``, ``predicted_s`` (a range for the sampler: select passes assumed 3-7) and
@@ -679,14 +710,15 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
 
         for m in measured:
             dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
-            for impl, pkw in (("tree", {}), ("tree_wide", {"wide_chunk_rows": m.get("wide_chunk_rows")})):
+            for impl, pkw in (("tree", {}), ("tree_wide", {"wide_chunk_rows": m.get("wide_chunk_rows")}),
+                              ("tree_balanced", ATTENTION_PLANS["balanced"])):
                 t = (m.get("times_s") or {}).get(impl)
                 name = (f"tree attention {impl} N={m['N']} {m['prefix']}+{m['suffix']} "
                         f"{m['Hq']}/{m['Hkv']}x{m['D']} {dn}")
                 if t is None or (impl == "tree_wide" and not pkw["wide_chunk_rows"]):
                     continue
                 rec = attention_record(look, m["N"], m["prefix"], m["suffix"], m["Hq"], m["Hkv"], m["D"], dn,
-                                       pkw if impl == "tree_wide" else {}, gpu, m.get("block_size", 16))
+                                       pkw, gpu, m.get("block_size", 16))
                 if not isinstance(rec, dict):
                     out["not_modelled"].append(name + (f": {rec}" if rec else ": a kernel's stats are missing"))
                     continue

@@ -215,6 +215,7 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
             def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname, pkw=pkw):
                 hq, hkv, D = HEADS[heads]
                 q, k, v, bt, sl, plan = attention_inputs(N, prefix, suffix, hq, hkv, D, DTYPES[dname])
+                pkw = cm.plan_kwargs_for(pkw, N, hq, k)
                 if pkw:
                     plan = plan_tree_attention(bt, sl, int(k.shape[1]), **pkw)
                 tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False, backend="triton")

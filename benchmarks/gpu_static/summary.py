@@ -107,6 +107,12 @@ def _met(tg):
     return f"{tg['value']:g} {'met' if tg['met'] else 'not met'}"
 
 
+def _kwarg(k, v):
+    if k == "parallelism" and isinstance(v, dict):  # Parallelism(rows_per_item, kv_heads, programs)
+        return f"{v['rows_per_item']} rows/item x {v['kv_heads']} heads, {v['programs']} programs"
+    return f"{k}={v}"
+
+
 def attention_table(d):
     cm = d.get("cost_model", {})
     out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | plan | chunks, pairs | BLOCK_R | CTAs live / launched | "
@@ -115,7 +121,7 @@ def attention_table(d):
            "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|---:|"]
     for r in cm.get("tree_attention", []):
         tg = r.get("targets", {})
-        plan = r.get("plan", "default") + (f" ({', '.join(f'{k}={v}' for k, v in r['plan_kwargs'].items())})"
+        plan = r.get("plan", "default") + (f" ({', '.join(_kwarg(k, v) for k, v in r['plan_kwargs'].items())})"
                                            if r.get("plan_kwargs") else "")
         out.append(f"| {r['dtype']} | {r['Hq']}/{r['Hkv']}, {r['D']} | {r['N']}, {r['prefix']} + {r['suffix']} | "
                    f"{plan} | {r['chunks']}, {r['pairs']} | {r['block_r']} | {r['ctas_live']} / {r['ctas_launched']} | "

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import tts_kernels as tk
-from tts_kernels.attention.planner import DEFAULT_CHUNK_SIZE
+from tts_kernels.attention.planner import DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR, balanced_chunk_factor
 
 from helpers.attention import random_forest
 
@@ -210,6 +210,13 @@ BAD_PLANS = [
     ("sharing not bool", lambda: dict(sharing=1), TypeError, "sharing"),
     ("capacity malformed", lambda: dict(capacity=(3,)), ValueError, "capacity"),
     ("out not a plan", lambda: dict(out="plan"), TypeError, "out"),
+    ("parallelism a tuple", lambda: dict(parallelism=(4, 2, 8)), TypeError, "parallelism"),
+    ("parallelism zero programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 0)), ValueError,
+     "parallelism.programs"),
+    ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8)), ValueError,
+     "parallelism.rows_per_item"),
+    ("parallelism with wide_chunk_rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8), wide_chunk_rows=2),
+     ValueError, "not both"),
 ]
 
 
@@ -231,3 +238,85 @@ def test_plan_tensor_order_is_the_op_schema():
     fields = [f.name for f in dataclasses.fields(TreeAttentionPlan)]
     assert fields[2:2 + len(TreeAttentionPlan.TENSORS)] == list(TreeAttentionPlan.TENSORS)
     assert list(TreeAttentionPlan.lengths(3, 5, 7)) == list(TreeAttentionPlan.TENSORS)
+
+
+# ---------------------------------------------------------------------------
+# load-balanced chunks (parallelism)
+# ---------------------------------------------------------------------------
+def test_balanced_chunk_factor():
+    """f: the largest power of two with chunk_size * f <= work / programs, in [1, WIDE_CHUNK_MAX_FACTOR]."""
+    assert balanced_chunk_factor(393216, 132, 512) == 4          # mean load 2979 tokens: 2048-token chunks
+    assert balanced_chunk_factor(81920, 132, 512) == 1           # 620: the default 512
+    assert balanced_chunk_factor(511, 1, 512) == 1               # less than one chunk per program
+    assert balanced_chunk_factor(3 * 512, 1, 512) == 2           # not a power of two: rounded down
+    assert balanced_chunk_factor(10 ** 9, 1, 512) == WIDE_CHUNK_MAX_FACTOR
+
+
+def _best_of_n(N, prefix, suffix, bs):
+    """N rows over one shared prefix of ``prefix`` tokens, ``suffix`` own tokens each."""
+    pb, sb = prefix // bs, -(-suffix // bs)
+    own = pb + torch.arange(N * sb).view(N, sb)
+    bt = torch.cat([torch.arange(pb).repeat(N, 1), own], 1).int()
+    return bt, torch.full((N,), prefix + suffix, dtype=torch.int32)
+
+
+@pytest.mark.parametrize("par,shared_len", [
+    # 32/8 heads, bf16 256-row tiles (64 rows x 4 heads) on 132 SMs: work = 8192 x 4 items x 8 heads
+    # + 256 x 64 x 8 = 393216 token-items, 2979 per program -> 2048-token chunks
+    (tk.Parallelism(64, 8, 132), 2048),
+    # 8/1 heads (32 rows x 8 heads): 8192 x 8 + 256 x 64 = 81920, 620 per program -> the default 512
+    (tk.Parallelism(32, 1, 132), 512),
+    # one program: everything is one program's load -> the longest chunks allowed
+    (tk.Parallelism(64, 8, 1), 512 * WIDE_CHUNK_MAX_FACTOR),
+])
+def test_balanced_plan_best_of_n(par, shared_len):
+    """Hand-computed chunk lengths of the load-balanced plan (N = 256 over 8192 + 64 tokens)."""
+    bs, N = 16, 256
+    bt, sl = _best_of_n(N, 8192, 64, bs)
+    plan = tk.plan_tree_attention(bt, sl, bs, parallelism=par)
+    _check_invariants(plan, bt, sl, bs, shared_len)
+    rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
+    shared = [int(n) for n, r in zip(plan.chunk_len.tolist(), rows) if r == N]
+    own = [int(n) for n, r in zip(plan.chunk_len.tolist(), rows) if r == 1]
+    assert shared == [shared_len] * (8192 // shared_len) and own == [64] * N
+    assert plan.num_pairs == N * (8192 // shared_len) + N
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("programs", [1, 3, 1000])
+def test_balanced_plan_invariants(kind, programs):
+    """Load-balanced plans keep every invariant and the maximal sharing of the default plan: the same
+    trie nodes, cut into chunks of chunk_size * f tokens."""
+    bs, cs = 4, 8
+    gen = torch.Generator().manual_seed(7 + programs)
+    bt, sl, _ = random_forest(kind, 9, bs, 12, gen)
+    par = tk.Parallelism(2, 2, programs)
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs, parallelism=par)
+    base = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * WIDE_CHUNK_MAX_FACTOR)
+    rows = (base.chunk_q_ptr[1:] - base.chunk_q_ptr[:-1]).long()
+    items = (rows + 1) // 2
+    work = int((base.chunk_len.long() * items).sum()) * 2  # segments are never cut at 16 x 8 tokens here
+    f = balanced_chunk_factor(work, programs, cs)
+    assert int(sl.max()) <= cs * WIDE_CHUNK_MAX_FACTOR
+    _check_invariants(plan, bt, sl, bs, cs * f)
+    same = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * f)
+    for name in plan.TENSORS:
+        assert torch.equal(getattr(plan, name), getattr(same, name)), name
+    ref = tk.tree_attention(*_qkv(bt, sl, bs), bt, sl, plan=plan, backend="reference")
+    exp = tk.tree_attention(*_qkv(bt, sl, bs), bt, sl, plan=base, backend="reference")
+    torch.testing.assert_close(ref, exp, rtol=1e-5, atol=1e-5)
+
+
+def _qkv(bt, sl, bs, hq=4, hkv=2, d=16):
+    gen = torch.Generator().manual_seed(3)
+    nblk = int(bt.max()) + 1
+    return (torch.randn(bt.shape[0], hq, d, generator=gen), torch.randn(nblk, bs, hkv, d, generator=gen),
+            torch.randn(nblk, bs, hkv, d, generator=gen))
+
+
+def test_balanced_capacity_padding():
+    """A fixed-capacity load-balanced plan bounds max_chunk_len by the longest chunk it may hold."""
+    bs = 4
+    bt, sl = _best_of_n(8, 64, 5, bs)
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, 1), capacity=(64, 64))
+    assert plan.max_chunk_len == 8 * WIDE_CHUNK_MAX_FACTOR and plan.num_chunks == 64

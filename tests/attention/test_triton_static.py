@@ -92,6 +92,51 @@ def test_no_sharing_keeps_narrow_tiles():
     assert stage1_cost(alone, 8, 1, 64, torch.float16)["block_r"] == 16    # 128 query rows / 8 heads
 
 
+def test_parallelism_of_the_triton_kernel(monkeypatch):
+    """What the planner's load-balanced chunks are told: rows per item of the tile a shared plan of N
+    rows takes (one row per chunk without sharing), KV heads, CTAS_PER_SM x SMs (hand-checked against
+    the tile tables)."""
+    from tts_kernels import Parallelism
+    from tts_kernels.attention import triton_kernel as tak
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(tak, "_num_sms", lambda device: 132)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132)  # 256-row tile
+    assert tak.parallelism(16, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132)   # 128-row tile
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16, sharing=False) == Parallelism(32, 8, 132)
+    assert tak.parallelism(256, 32, 8, 128, torch.float32, cpu, 16) == Parallelism(8, 8, 264)    # 2 CTAs per SM
+    assert tak.parallelism(256, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132)
+    monkeypatch.setattr(tak, "_arch", lambda device: 80)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132)  # no wide tile
+    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132)
+    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16, sharing=False) == Parallelism(32, 8, 264)
+
+
+def test_plan_config_is_what_launches(monkeypatch):
+    """plan_config: the one definition of a plan's tiles, used by the wrapper and by stage1_cost."""
+    require_triton()
+    from tts_kernels.attention import triton_kernel as tak
+
+    q, k, v, bt, lens = make_inputs("identical", 40, 8, 8, 1, 64, torch.float16, seed=3)
+    plan = simple_plan(bt, lens, 8)
+    calls = []
+    monkeypatch.setattr(tak, "_tree_attn_stage1", _Recorder(tak._tree_attn_stage1, calls))
+    run_triton(q, k, v, bt, lens, plan, 0.25)
+    cfg = tak.plan_config(plan, 8, 1, 64, torch.float16, tak._arch(q.device))
+    names = ("BLOCK_R", "BLOCK_M", "BLOCK_N", "BLOCK_D", "GROUP_PAD")
+    assert {n: calls[0][1][n] for n in names} == {n: cfg[n] for n in names}
+    assert tak.stage1_cost(plan, 8, 1, 64, torch.float16)["block_r"] == cfg["BLOCK_R"] == 32
+
+
+def test_tree_attention_parallelism_off_cuda():
+    """Off CUDA (and for the other backends) there is no Triton launch to balance: the default plan."""
+    import tts_kernels as tk
+
+    k = torch.zeros(4, 16, 2, 32)
+    assert tk.tree_attention_parallelism(8, 4, k) is None
+    assert tk.tree_attention_parallelism(8, 4, k.to("meta"), backend="reference") is None
+
+
 def test_grid_follows_capacity():
     from tts_kernels.attention.triton_kernel import num_work_items, stage1_config, stage1_grid
 

@@ -299,3 +299,48 @@ def test_eager_step_runs_no_host_sync_op(tiny):
     assert not bad, bad
     assert "tts_kernels.sample" in seen and "tts_kernels.tree_attention" in seen
     assert host.shape == (2, 4) and nxt.shape == (4, model.cfg.vocab_size) and rows.shape == (4, 8)
+
+
+def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
+    """Where tree_attention_parallelism describes a GPU (here: patched, one program), the step's plan has
+    the load-balanced chunks of that description, padded to the longest chunk it may hold; off CUDA
+    (None) the step keeps the default chunks."""
+    import tts_kernels as tk
+    import tts_kernels.attention as tka
+    from tts_kernels.attention.planner import WIDE_CHUNK_MAX_FACTOR
+
+    model, tok = tiny
+    eng = Engine(model, tok, num_blocks=256, block_size=4)
+    a = eng.add([3 + i % 25 for i in range(37)], seed=1)
+    kids = eng.fork(a, 3)
+    ids = [a] + kids
+    positions = [eng.pool.seq_len(s) for s in ids]
+    slots = eng.pool.append(ids, 1, device="cpu").view(-1)
+    params = [(1.0, 0, 1.0, 0.0, 7)] * len(ids)
+    seen = []
+
+    def fake(num_rows, num_q_heads, k_cache, *, sharing=True, backend="auto"):
+        seen.append((num_rows, num_q_heads, sharing))
+        return tk.Parallelism(4, model.cfg.num_kv_heads, 1)
+
+    default = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8,
+                                    num_q_heads=model.cfg.num_heads)
+    monkeypatch.setattr(tka, "tree_attention_parallelism", fake)
+    for bucketed in (False, True):
+        batch = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8, bucketed=bucketed,
+                                      num_q_heads=model.cfg.num_heads)
+        t = step_mod.unpack(batch.packed, batch.shape, 4)
+        lens = t.plan.chunk_len[t.plan.chunk_len > 0]
+        assert int(lens.max()) > 8
+        if not bucketed:
+            assert t.plan.num_chunks < default.shape.chunks
+        else:
+            assert t.plan.max_chunk_len == 8 * WIDE_CHUNK_MAX_FACTOR
+        q = torch.randn(t.seq_lens.shape[0], model.cfg.num_heads, model.cfg.head_dim)
+        got = tk.tree_attention(q, eng.pool.k_cache(0), eng.pool.v_cache(0), t.block_tables, t.seq_lens, plan=t.plan)
+        want = tk.tree_attention(q, eng.pool.k_cache(0), eng.pool.v_cache(0), t.block_tables, t.seq_lens,
+                                 backend="reference", plan=tk.plan_tree_attention(t.block_tables, t.seq_lens, 4))
+        torch.testing.assert_close(got, want)
+    assert seen == [(4, model.cfg.num_heads, True), (4, model.cfg.num_heads, True)]
+    d = step_mod.unpack(default.packed, default.shape, 4).plan
+    assert int(d.chunk_len.max()) == 8

@@ -209,7 +209,7 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
     Hq, Hkv, D = 4, 2, 32
     q, k, v, bt, sl, _ = spaces.attention_inputs(8, 64, 16, Hq, Hkv, D, dt)
     plan = plan_tree_attention(bt, sl, 16, chunk_size=16, wide_chunk_rows=wide)
-    cfg = tak.stage1_config(Hq, Hkv, D, dt, tak.wide_tiles(Hq, Hkv, D, dt, tak.tile_rows(plan)))
+    cfg = tak.plan_config(plan, Hq, Hkv, D, dt, 90)
     rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
     pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
     for sms in (2, 132):

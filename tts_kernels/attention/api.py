@@ -1,13 +1,15 @@
-"""Public tree-attention API: :func:`tree_attention` and :func:`plan_tree_attention`."""
+"""Public tree-attention API: :func:`tree_attention`, :func:`plan_tree_attention` and
+:func:`tree_attention_parallelism`."""
 from __future__ import annotations
 
 import math
+from typing import Optional
 
 import torch
 
 from .. import _checks
 from . import impls
-from .plan import TreeAttentionPlan
+from .plan import Parallelism, TreeAttentionPlan
 from .planner import check_seq_lens, plan_tree_attention, segment_ids
 
 
@@ -78,7 +80,9 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
         return (out, q.new_empty((0, Hq), dtype=torch.float32)) if return_lse else out
     if plan is None:
         plan = plan_tree_attention(block_tables, seq_lens, bs, chunk_size=chunk_size, sharing=sharing,
-                                   validate=False)
+                                   validate=False,
+                                   parallelism=tree_attention_parallelism(N, Hq, k_cache, sharing=sharing,
+                                                                          backend=backend))
     elif checking and validate:
         _check_plan_covers(plan, seq_lens)
     q = q.contiguous()
@@ -93,6 +97,42 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
         out, lse = impls.get(backend)(q, k_cache, v_cache, block_tables, seq_lens, plan, float(scale),
                                       bool(return_lse))
     return (out, lse) if return_lse else out
+
+
+def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.Tensor, *, sharing: bool = True,
+                               backend: str = "auto") -> Optional[Parallelism]:
+    """How the Triton kernel runs a plan on ``k_cache``'s GPU, for
+    ``plan_tree_attention(..., parallelism=...)`` (load-balanced chunk lengths).
+
+    Parameters
+    ----------
+    num_rows : int
+        N, the query rows of the step.
+    num_q_heads : int
+        Query heads (a multiple of ``k_cache.shape[2]``).
+    k_cache : Tensor
+        ``[num_blocks, block_size, Hkv, D]``: the dtype, head dim, block size and
+        device the kernel will run on.
+    sharing, backend
+        As for :func:`tree_attention`.
+
+    Returns
+    -------
+    Parallelism or None
+        ``None`` where the Triton kernel would not run the plan (off CUDA, or
+        another backend): the planner then keeps ``chunk_size`` chunks.
+    """
+    if k_cache.device.type != "cuda" or backend not in ("auto", "triton"):
+        return None
+    if backend == "auto" and impls.default_for(k_cache.device) is not impls.get("triton"):
+        return None
+    from .triton_kernel import parallelism  # imports triton lazily
+
+    _, bs, Hkv, D = k_cache.shape
+    if Hkv == 0 or num_q_heads % Hkv:
+        raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of k_cache's {Hkv} KV heads")
+    return parallelism(int(num_rows), int(num_q_heads), int(Hkv), int(D), k_cache.dtype, k_cache.device, int(bs),
+                       sharing=bool(sharing))
 
 
 def _check_inputs(q, k_cache, v_cache, block_tables, seq_lens, scale, plan, return_lse, validate, backend):

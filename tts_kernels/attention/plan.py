@@ -28,7 +28,7 @@ Fixed capacity (CUDA graphs): a plan may be padded to ``capacity_chunks`` /
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar, Dict, Sequence, Tuple
+from typing import ClassVar, Dict, NamedTuple, Sequence, Tuple
 
 import torch
 
@@ -95,3 +95,24 @@ class TreeAttentionPlan:
     @property
     def num_pairs(self) -> int:
         return self.q_rows.shape[0]
+
+
+class Parallelism(NamedTuple):
+    """How a backend runs a plan: what the planner's load-balanced chunk length needs
+    (``plan_tree_attention(..., parallelism=...)``; the Triton kernel's comes from
+    :func:`tts_kernels.attention.tree_attention_parallelism`).
+
+    Attributes
+    ----------
+    rows_per_item : int
+        Query rows one program takes per chunk: a chunk shared by ``R`` rows is
+        ``ceil(R / rows_per_item)`` work items per KV head.
+    kv_heads : int
+        KV heads; every work item runs once per KV head.
+    programs : int
+        Programs running at once (SMs x programs per SM).
+    """
+
+    rows_per_item: int
+    kv_heads: int
+    programs: int

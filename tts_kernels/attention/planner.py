@@ -26,8 +26,9 @@ tokens (a partial last block) do not share it.
    every later column too, so a *segment* (a run of columns with the same row
    set) starts where a row becomes a leader or its group shrinks, and ends at
    the next start on the same row or at the row's last block.
-4. Segments are split into chunks of at most ``chunk_size`` tokens; each chunk
-   lists its rows (pairs), and pairs are sorted per row into CSR form.
+4. Segments are split into chunks of at most ``chunk_size`` tokens (longer with
+   ``wide_chunk_rows`` or ``parallelism``); each chunk lists its rows (pairs), and
+   pairs are sorted per row into CSR form.
 
 Cost: a few elementwise ops over the ``[N, M]`` table plus a row sort; the rest
 is linear in breakpoints, chunks and pairs.
@@ -39,10 +40,10 @@ from typing import Optional, Tuple
 import torch
 
 from .. import _checks
-from .plan import TreeAttentionPlan
+from .plan import Parallelism, TreeAttentionPlan
 
 DEFAULT_CHUNK_SIZE = 512
-#: most that ``wide_chunk_rows`` lengthens a chunk (x chunk_size)
+#: most that ``wide_chunk_rows`` or ``parallelism`` lengthens a chunk (x chunk_size)
 WIDE_CHUNK_MAX_FACTOR = 16
 
 _I32 = torch.int32
@@ -52,7 +53,8 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
                         chunk_size: Optional[int] = None, sharing: bool = True,
                         capacity: Optional[Tuple[int, int]] = None,
                         out: Optional[TreeAttentionPlan] = None,
-                        validate: bool = True, wide_chunk_rows: Optional[int] = None) -> TreeAttentionPlan:
+                        validate: bool = True, wide_chunk_rows: Optional[int] = None,
+                        parallelism: Optional[Parallelism] = None) -> TreeAttentionPlan:
     """Plan tree attention for one decode step (reusable by every layer).
 
     Parameters
@@ -92,19 +94,34 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         this keeps it bounded when many rows share a prefix (Best-of-N with
         N = 256), while the kernels still split the rows into many programs.
         Default ``None``: every chunk has at most ``chunk_size`` tokens.
+    parallelism : Parallelism, optional
+        Load-balanced chunks for a backend that runs ``parallelism.programs``
+        programs at once (the Triton kernel on a GPU:
+        :func:`tts_kernels.attention.tree_attention_parallelism`; the engine and
+        :func:`tree_attention` pass it on CUDA). Every chunk is cut at
+        ``chunk_size * f`` tokens, ``f`` the largest power of two (at most
+        ``WIDE_CHUNK_MAX_FACTOR``) with ``chunk_size * f`` no longer than a
+        program's mean load: the step's work (tokens x work items, see
+        :class:`Parallelism`) over ``programs``. The longest work item then takes
+        no longer than the mean load, so programs that take items from one list
+        finish within about one item of each other (list scheduling: at most
+        twice the mean load), while a step has fewer, longer chunks whenever
+        the GPU has work enough: fewer partial outputs to write and merge (a
+        chunk costs each of its rows one). Exclusive with ``wide_chunk_rows``.
     """
     if _checks.checks_enabled():
         _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate)
         if wide_chunk_rows is not None and (isinstance(wide_chunk_rows, bool) or not isinstance(wide_chunk_rows, int)
                                             or wide_chunk_rows < 1):
             raise ValueError(f"wide_chunk_rows must be a positive int, got {wide_chunk_rows!r}")
+        _check_parallelism(parallelism, wide_chunk_rows)
     if out is not None and capacity is None:
         capacity = (out.num_chunks, out.num_pairs)
     cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
     cs = max(block_size, cs // block_size * block_size)
-    plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows)
+    plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows, parallelism)
     if capacity is not None:
-        wide = WIDE_CHUNK_MAX_FACTOR if wide_chunk_rows else 1
+        wide = WIDE_CHUNK_MAX_FACTOR if (wide_chunk_rows or parallelism) else 1
         plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs * wide)
     if out is not None:
         for dst, src in zip(out.tensors(), plan.tensors()):
@@ -139,6 +156,26 @@ def pad_plan(plan: TreeAttentionPlan, capacity_chunks: int, capacity_pairs: int,
         max_chunk_len=max(plan.max_chunk_len, max_chunk_len or 0),
         max_rows_per_chunk=max(plan.max_rows_per_chunk, plan.num_rows),
     )
+
+
+def _check_parallelism(parallelism, wide_chunk_rows):
+    if parallelism is None:
+        return
+    if not isinstance(parallelism, Parallelism):
+        raise TypeError(f"parallelism must be a Parallelism (tts_kernels.attention.tree_attention_parallelism), "
+                        f"got {type(parallelism).__name__}")
+    for name, v in parallelism._asdict().items():
+        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+            raise ValueError(f"parallelism.{name} must be a positive int, got {v!r}")
+    if wide_chunk_rows is not None:
+        raise ValueError("pass wide_chunk_rows or parallelism, not both (two rules for the chunk length)")
+
+
+def balanced_chunk_factor(work: int, programs: int, chunk_size: int) -> int:
+    """``f`` of ``parallelism``: the largest power of two in ``[1, WIDE_CHUNK_MAX_FACTOR]`` with
+    ``chunk_size * f <= work / programs`` (``work``: tokens x work items summed over the step)."""
+    f = max(1, min(WIDE_CHUNK_MAX_FACTOR, int(work) // (int(programs) * int(chunk_size))))
+    return 1 << (f.bit_length() - 1)
 
 
 def _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate):
@@ -208,7 +245,7 @@ def _lexsort_rows(key: torch.Tensor) -> torch.Tensor:
     return torch.argsort(inverse, stable=True)
 
 
-def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None) -> TreeAttentionPlan:
+def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parallelism=None) -> TreeAttentionPlan:
     dev = block_tables.device
     N, M = block_tables.shape
     if N == 0 or M == 0:
@@ -269,8 +306,13 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None) -> Tre
     tok1 = torch.minimum(ej * bs, sl[sr])
     nrows = size[sr, sx]
 
-    # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows).
-    if wide_chunk_rows:
+    # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows, or for
+    # every segment when the step's work per program allows it).
+    if parallelism is not None:
+        items = (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item
+        work = int(((tok1 - tok0) * items).sum()) * parallelism.kv_heads
+        cs = cs * balanced_chunk_factor(work, parallelism.programs, cs)
+    elif wide_chunk_rows:
         f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)
         f = torch.pow(2, torch.floor(torch.log2(f.double())).long())
         cs = cs * f

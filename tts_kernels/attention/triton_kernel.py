@@ -22,8 +22,11 @@ program of the launch is idle unless the whole list is shorter than the grid.
 The grid depends only on the plan's capacity (C, P), ``BLOCK_R`` and the SM
 count: no host sync, CUDA-graph capturable. The plan's sizes are runtime
 integers that Triton does not specialise on, and the only tile choice that
-follows the batch (:func:`wide_tiles`) looks at N, not at the plan: a widening
-search never recompiles.
+follows the batch (:func:`wide_tiles`, via :func:`tile_rows`) looks at N
+whenever the plan shares a chunk, not at the widest chunk: a widening search
+never recompiles. :func:`plan_config` is the one place a plan's tiles are
+chosen; :func:`parallelism` tells the planner how many programs run at once
+(its load-balanced chunk length).
 
 Each item stacks its rows' GQA groups of query heads into a ``[BLOCK_M, D]``
 query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
@@ -54,7 +57,8 @@ import torch
 import triton
 import triton.language as tl
 
-from .plan import TreeAttentionPlan
+from .. import _platform
+from .plan import Parallelism, TreeAttentionPlan
 
 _LOG2E = 1.4426950408889634
 
@@ -308,6 +312,27 @@ def tile_rows(plan: TreeAttentionPlan) -> int:
     return plan.num_rows if plan.max_rows_per_chunk > 1 else 1
 
 
+def rows_config(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, arch: int, block_size: int):
+    """Stage-1 tiles (:func:`stage1_config`) for a batch whose tile row count (:func:`tile_rows`) is
+    ``num_rows``."""
+    return stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, num_rows, arch), arch, block_size)
+
+
+def plan_config(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype, arch: int):
+    """Stage-1 tiles of ``plan``: what :func:`tree_attention_triton` launches and :func:`stage1_cost`
+    counts."""
+    return rows_config(tile_rows(plan), Hq, Hkv, D, dtype, arch, plan.block_size)
+
+
+def parallelism(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, block_size: int,
+                sharing: bool = True) -> Parallelism:
+    """How stage 1 runs a plan of ``num_rows`` rows on ``device`` (see :class:`Parallelism`): rows per
+    work item of the tile a shared plan takes (a plan without sharing has one row per chunk, for which
+    any tile is one item), the KV heads and the persistent programs (``CTAS_PER_SM`` per SM)."""
+    cfg = rows_config(num_rows if sharing else 1, Hq, Hkv, D, dtype, _arch(device), block_size)
+    return Parallelism(cfg["BLOCK_R"], Hkv, _num_sms(device) * cfg["CTAS_PER_SM"])
+
+
 def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arch: int = 90) -> bool:
     """256-row query tiles (16-bit; D <= 128 on sm_90, D <= 64 elsewhere) when a chunk can hold more
     query rows than 128.
@@ -409,7 +434,7 @@ def _num_sms(device) -> int:
     monkeypatches this to record an H100's launch)."""
     if device.type != "cuda":
         return INTERPRETER_SMS
-    return torch.cuda.get_device_properties(device).multi_processor_count
+    return _platform.num_sms(device)
 
 
 def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16,
@@ -429,8 +454,7 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
     * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
     """
-    cfg = stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, tile_rows(plan), arch), arch,
-                        plan.block_size)
+    cfg = plan_config(plan, Hq, Hkv, D, dtype, arch)
     br = cfg["BLOCK_R"]
     isz = torch.empty((), dtype=dtype).element_size()
     psz = torch.empty((), dtype=partial_dtype(dtype)).element_size()
@@ -489,8 +513,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
         return out, lse
 
     arch = _arch(q.device)
-    cfg = stage1_config(Hq, Hkv, D, q.dtype, wide_tiles(Hq, Hkv, D, q.dtype, tile_rows(plan), arch), arch,
-                        block_size)
+    cfg = plan_config(plan, Hq, Hkv, D, q.dtype, arch)
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     precision = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"

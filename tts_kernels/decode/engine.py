@@ -493,7 +493,7 @@ class Engine:
         params = [tuple(s.params[name] for name in FILTER_NAMES) + (s.seed,) for s in seqs]
         return _step.prepare_step(self.pool, ids, positions, slots, params, attention=self.attention,
                                   chunk_size=self.chunk_size, bucketed=bucketed, tokens=tokens,
-                                  pin=self.model.device.type == "cuda")
+                                  pin=self.model.device.type == "cuda", num_q_heads=self.model.cfg.num_heads)
 
     def _step_fn(self, shape):
         """The device step for ``shape`` (compiled / captured once per bucket)."""

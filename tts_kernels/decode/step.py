@@ -89,7 +89,8 @@ def _float_bits(values: List[float]) -> torch.Tensor:
 def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: torch.Tensor,
                  params: Sequence[Tuple[float, int, float, float, int]], *, attention: str = "tree",
                  chunk_size: Optional[int] = None, bucketed: bool = False,
-                 tokens: Optional[Sequence[int]] = None, pin: bool = False) -> StepBatch:
+                 tokens: Optional[Sequence[int]] = None, pin: bool = False,
+                 num_q_heads: Optional[int] = None) -> StepBatch:
     """Pack one step's inputs on the host (no device work, no sync).
 
     ``sids`` have just been appended one token each (``pool.append(sids, 1)``):
@@ -97,9 +98,12 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     on the host) its slot. ``params[i]`` = (the sampler's filters in
     ``FILTER_NAMES`` order, i.e. temperature, top_k, top_p, min_p; then the
     seed). ``tokens``: the rows' input tokens for :func:`decode_forward`
-    (teacher forcing); a sampling step leaves them 0.
+    (teacher forcing); a sampling step leaves them 0. ``num_q_heads``: the
+    model's query heads, for the load-balanced chunks of the Triton kernel
+    when the pool is on CUDA (:func:`tts_kernels.attention.tree_attention_parallelism`).
     """
-    from ..attention.planner import DEFAULT_CHUNK_SIZE, pad_plan, plan_tree_attention
+    from ..attention import tree_attention_parallelism
+    from ..attention.planner import DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR, pad_plan, plan_tree_attention
     n = len(sids)
     bs = pool.block_size
     blocks = [pool.block_ids(s) for s in sids]
@@ -140,12 +144,15 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
         plan_parts = []
         read = noshare
     else:
-        plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=attention == "tree",
-                                   validate=False)
+        sharing = attention == "tree"
+        par = None if num_q_heads is None else tree_attention_parallelism(B, num_q_heads, pool.k_cache(0),
+                                                                          sharing=sharing)
+        plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=sharing, validate=False,
+                                   parallelism=par)
         if bucketed:
             cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
             plan = pad_plan(plan, bucket(plan.num_chunks), bucket(plan.num_pairs),
-                            max_chunk_len=max(bs, cs // bs * bs))
+                            max_chunk_len=max(bs, cs // bs * bs) * (WIDE_CHUNK_MAX_FACTOR if par else 1))
         shape = StepShape(B, M, plan.num_chunks, plan.num_pairs, plan.max_chunk_len, plan.max_rows_per_chunk)
         plan_parts = list(plan.tensors())
         # padding rows only share chunks with each other (they use one token of a block, real rows more)

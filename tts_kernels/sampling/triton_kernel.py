@@ -40,6 +40,7 @@ import torch
 import triton
 import triton.language as tl
 
+from .. import _platform
 from . import budget as _budget
 from . import philox as _philox
 from .triton_math import _exp2, _philox4, _uniform
@@ -623,7 +624,7 @@ def _num_slices(B, V, device):
     """:func:`slices_for` on the logits' GPU; 1 off CUDA (tests and the static check monkeypatch this)."""
     if device.type != "cuda":
         return 1
-    return slices_for(B, V, torch.cuda.get_device_properties(device).multi_processor_count)
+    return slices_for(B, V, _platform.num_sms(device))
 
 
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
