@@ -460,6 +460,49 @@ def test_quick_set_compiles(tmp_path):
         assert t["measured_over_predicted"] == pytest.approx(secs / t["predicted_s"], rel=1e-3)
 
 
+_SPECS_OF_BUDGET_STRINGS = r"""
+import json, torch
+from benchmarks.gpu_static import aot, spaces
+from tts_kernels.sampling import triton_kernel as tkm
+ok, why = aot.triton_support()
+if not ok:
+    print("SKIP " + why)
+    raise SystemExit(0)
+ids = {}
+# every budget variant (wait, end and answer-prefix strings of 0-4 tokens), one program per row and
+# split rows (B = 4 and B = 32 on an H100's 132 SMs)
+for slices in (False, True):
+    for b in spaces.BUDGETS[1:]:
+        saved = tkm._num_slices
+        if slices:
+            tkm._num_slices = lambda B, V, device: tkm.slices_for(B, V, 132)
+        try:
+            with aot.recording() as launches:
+                spaces._sample_call(torch.bfloat16, 32 if slices else 4, 32000, b, spaces.FILTERS["top_p"])
+        finally:
+            tkm._num_slices = saved
+        for lc in launches:
+            ids.setdefault(lc.name, set()).add(aot.spec_id(lc, aot.bind(lc, 90)))
+print(json.dumps({name: sorted(v) for name, v in ids.items()}))
+"""
+
+
+def test_budget_strings_do_not_recompile():
+    """The token counts of the wait / end / answer strings are not specialised on: one sampler
+    specialization for every budget variant (Triton's own binder), per kernel."""
+    env = dict(os.environ)
+    env.pop("TRITON_INTERPRET", None)  # the binder needs real JITFunctions
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    p = subprocess.run([sys.executable, "-c", _SPECS_OF_BUDGET_STRINGS], cwd=root, env=env,
+                       capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    if p.stdout.startswith("SKIP"):
+        pytest.skip(p.stdout.strip())
+    ids = json.loads(p.stdout.strip().splitlines()[-1])
+    assert set(ids) == {"_sample_kernel", "_partial_kernel", "_merge_kernel"}, ids
+    assert all(len(v) == 1 for v in ids.values()), ids
+
+
 def test_other_triton_version_is_a_skip(monkeypatch):
     import triton
     monkeypatch.setattr(triton, "__version__", "3.10.0")

@@ -554,7 +554,13 @@ def _row_kz(temp_ptr, row):
     return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
 
 
-@triton.jit
+#: budget-forcing token counts: scalar offsets into forced_ids only, never a loop bound or an
+#: alignment. Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
+#: budget strings (and 2x the variants the static check compiles) for nothing.
+_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced"]
+
+
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
@@ -584,7 +590,7 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
     _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, FAST_LOG)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
