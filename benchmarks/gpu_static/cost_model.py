@@ -702,6 +702,7 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
             predicted_frac_hbm=[r["low"]["frac_hbm_bw"], r["high"]["frac_hbm_bw"]]))
     measured = (results.get("tree_attention") or {}).get("records", [])
     if measured:
+        from tts_kernels.attention.plan import Parallelism
         by_id = {r["spec"]: r for r in d.get("specs", [])}
         arch = int(gpu["arch"].split("_")[1])
 
@@ -710,8 +711,11 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
 
         for m in measured:
             dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
+            # the balanced plan the benchmark timed (its device's parallelism), else the modelled GPU's
+            bal = ({"parallelism": Parallelism(**m["parallelism"])} if m.get("parallelism")
+                   else ATTENTION_PLANS["balanced"])
             for impl, pkw in (("tree", {}), ("tree_wide", {"wide_chunk_rows": m.get("wide_chunk_rows")}),
-                              ("tree_balanced", ATTENTION_PLANS["balanced"])):
+                              ("tree_balanced", bal)):
                 t = (m.get("times_s") or {}).get(impl)
                 name = (f"tree attention {impl} N={m['N']} {m['prefix']}+{m['suffix']} "
                         f"{m['Hq']}/{m['Hkv']}x{m['D']} {dn}")

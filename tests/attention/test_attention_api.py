@@ -114,9 +114,9 @@ def test_unplanned_call_plans_for_the_kernel(monkeypatch):
     got_par, plans = [], []
     real_plan = api.plan_tree_attention
 
-    def par(num_rows, num_q_heads, k_cache, *, sharing=True, backend="auto"):
-        got_par.append((num_rows, num_q_heads, sharing, backend))
-        return tk.Parallelism(1, HKV, 1)
+    def par(num_rows, num_q_heads, k_cache, *, backend="auto"):
+        got_par.append((num_rows, num_q_heads, backend))
+        return tk.Parallelism(1, HKV, 1, 1)
 
     def spy(*args, **kwargs):
         plans.append(real_plan(*args, **kwargs))
@@ -125,7 +125,7 @@ def test_unplanned_call_plans_for_the_kernel(monkeypatch):
     monkeypatch.setattr(api, "tree_attention_parallelism", par)
     monkeypatch.setattr(api, "plan_tree_attention", spy)
     out, lse = tk.tree_attention(**g, return_lse=True, chunk_size=4)
-    assert got_par == [(N, HQ, True, "auto")]
+    assert got_par == [(N, HQ, "auto")]
     assert plans[0].max_chunk_len > 4 and plans[0].num_chunks < real_plan(g["block_tables"], g["seq_lens"], BS,
                                                                           chunk_size=4).num_chunks
     assert_close_to_oracle(out, lse, g["q"], g["k_cache"], g["v_cache"], g["block_tables"], g["seq_lens"])

@@ -210,12 +210,12 @@ BAD_PLANS = [
     ("sharing not bool", lambda: dict(sharing=1), TypeError, "sharing"),
     ("capacity malformed", lambda: dict(capacity=(3,)), ValueError, "capacity"),
     ("out not a plan", lambda: dict(out="plan"), TypeError, "out"),
-    ("parallelism a tuple", lambda: dict(parallelism=(4, 2, 8)), TypeError, "parallelism"),
-    ("parallelism zero programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 0)), ValueError,
+    ("parallelism a tuple", lambda: dict(parallelism=(4, 2, 8, 8)), TypeError, "parallelism"),
+    ("parallelism zero programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 0, 8)), ValueError,
      "parallelism.programs"),
-    ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8)), ValueError,
+    ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8, 8)), ValueError,
      "parallelism.rows_per_item"),
-    ("parallelism with wide_chunk_rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8), wide_chunk_rows=2),
+    ("parallelism with wide_chunk_rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 8), wide_chunk_rows=2),
      ValueError, "not both"),
 ]
 
@@ -263,11 +263,11 @@ def _best_of_n(N, prefix, suffix, bs):
 @pytest.mark.parametrize("par,shared_len", [
     # 32/8 heads, bf16 256-row tiles (64 rows x 4 heads) on 132 SMs: work = 8192 x 4 items x 8 heads
     # + 256 x 64 x 8 = 393216 token-items, 2979 per program -> 2048-token chunks
-    (tk.Parallelism(64, 8, 132), 2048),
+    (tk.Parallelism(64, 8, 132, 264), 2048),
     # 8/1 heads (32 rows x 8 heads): 8192 x 8 + 256 x 64 = 81920, 620 per program -> the default 512
-    (tk.Parallelism(32, 1, 132), 512),
+    (tk.Parallelism(32, 1, 132, 264), 512),
     # one program: everything is one program's load -> the longest chunks allowed
-    (tk.Parallelism(64, 8, 1), 512 * WIDE_CHUNK_MAX_FACTOR),
+    (tk.Parallelism(64, 8, 1, 1000), 512 * WIDE_CHUNK_MAX_FACTOR),
 ])
 def test_balanced_plan_best_of_n(par, shared_len):
     """Hand-computed chunk lengths of the load-balanced plan (N = 256 over 8192 + 64 tokens)."""
@@ -290,7 +290,7 @@ def test_balanced_plan_invariants(kind, programs):
     bs, cs = 4, 8
     gen = torch.Generator().manual_seed(7 + programs)
     bt, sl, _ = random_forest(kind, 9, bs, 12, gen)
-    par = tk.Parallelism(2, 2, programs)
+    par = tk.Parallelism(2, 2, programs, programs)
     plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs, parallelism=par)
     base = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * WIDE_CHUNK_MAX_FACTOR)
     rows = (base.chunk_q_ptr[1:] - base.chunk_q_ptr[:-1]).long()
@@ -318,5 +318,24 @@ def test_balanced_capacity_padding():
     """A fixed-capacity load-balanced plan bounds max_chunk_len by the longest chunk it may hold."""
     bs = 4
     bt, sl = _best_of_n(8, 64, 5, bs)
-    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, 1), capacity=(64, 64))
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, 1, 1), capacity=(64, 64))
     assert plan.max_chunk_len == 8 * WIDE_CHUNK_MAX_FACTOR and plan.num_chunks == 64
+
+
+def test_balanced_unshared_plan_counts_its_own_programs():
+    """A plan that shares no chunk (one row each) is balanced over ``programs_unshared``, the programs
+    of the kernel's tile for it; a padded plan (capacity) takes the shared tile, ``programs``."""
+    bs = 4
+    bt, sl = _best_of_n(8, 64, 5, bs)   # 8 rows of 69 tokens: 552 token-items per KV head
+    few, many = 1, 1000
+    alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False,
+                                   parallelism=tk.Parallelism(4, 1, many, few))
+    assert alone.max_rows_per_chunk == 1 and alone.max_chunk_len == 69          # 552 / 1 program: 16 x 8
+    narrow = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False,
+                                    parallelism=tk.Parallelism(4, 1, few, many))
+    assert narrow.max_chunk_len == 8                                             # 552 / 1000 programs
+    padded = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, capacity=(200, 200),
+                                    parallelism=tk.Parallelism(4, 1, many, few))
+    assert int(padded.chunk_len.max()) == 8
+    shared = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, few, many))
+    assert shared.max_rows_per_chunk == 8 and shared.max_chunk_len == 64        # the shared prefix, one chunk

@@ -101,15 +101,15 @@ def test_parallelism_of_the_triton_kernel(monkeypatch):
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(tak, "_num_sms", lambda device: 132)
-    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132)  # 256-row tile
-    assert tak.parallelism(16, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132)   # 128-row tile
-    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16, sharing=False) == Parallelism(32, 8, 132)
-    assert tak.parallelism(256, 32, 8, 128, torch.float32, cpu, 16) == Parallelism(8, 8, 264)    # 2 CTAs per SM
-    assert tak.parallelism(256, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132)
+    # (rows per item and programs of the N-row tile, programs of the one-row tile)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 132)  # 256 rows
+    assert tak.parallelism(16, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 132)   # 128 rows
+    assert tak.parallelism(256, 32, 8, 128, torch.float32, cpu, 16) == Parallelism(8, 8, 264, 264)    # 2 per SM
+    assert tak.parallelism(256, 8, 1, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 132)
+    assert tak.parallelism(256, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 264)    # D=64
     monkeypatch.setattr(tak, "_arch", lambda device: 80)
-    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132)  # no wide tile
-    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132)
-    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16, sharing=False) == Parallelism(32, 8, 264)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 132)  # no wide
+    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 264)
 
 
 def test_plan_config_is_what_launches(monkeypatch):
@@ -128,13 +128,37 @@ def test_plan_config_is_what_launches(monkeypatch):
     assert tak.stage1_cost(plan, 8, 1, 64, torch.float16)["block_r"] == cfg["BLOCK_R"] == 32
 
 
-def test_tree_attention_parallelism_off_cuda():
-    """Off CUDA (and for the other backends) there is no Triton launch to balance: the default plan."""
+def test_tree_attention_parallelism_follows_the_backend(monkeypatch):
+    """The Triton kernel's Parallelism where it runs the plan (CUDA, backend auto or triton); None off
+    CUDA and for the other backends (no Triton launch to balance: the default plan); bad input raises."""
+    import types
+
     import tts_kernels as tk
+    from tts_kernels.attention import impls
+    from tts_kernels.attention import triton_kernel as tak
 
     k = torch.zeros(4, 16, 2, 32)
     assert tk.tree_attention_parallelism(8, 4, k) is None
-    assert tk.tree_attention_parallelism(8, 4, k.to("meta"), backend="reference") is None
+    # a k_cache that says it is on CUDA (this machine has none): shapes, dtype, device are all it reads
+    cuda_k = types.SimpleNamespace(shape=torch.Size([4, 16, 2, 32]), dtype=torch.bfloat16,
+                                   device=torch.device("cuda", 0))
+    monkeypatch.setattr(tak, "_num_sms", lambda device: 132)
+    monkeypatch.setattr(tak, "_arch", lambda device: 90)
+    want = tak.parallelism(8, 4, 2, 32, torch.bfloat16, cuda_k.device, 16)
+    assert tk.tree_attention_parallelism(8, 4, cuda_k, backend="triton") == want == tk.Parallelism(64, 2, 264, 264)
+    assert tk.tree_attention_parallelism(8, 4, cuda_k) == want  # auto: Triton on CUDA
+    for other in ("reference", "cpp"):
+        assert tk.tree_attention_parallelism(8, 4, cuda_k, backend=other) is None
+    monkeypatch.setattr(impls, "default_for", lambda device: impls.get("reference"))  # no Triton installed
+    assert tk.tree_attention_parallelism(8, 4, cuda_k) is None
+    with pytest.raises(ValueError, match="backend"):
+        tk.tree_attention_parallelism(8, 4, k, backend="Triton")
+    with pytest.raises(ValueError, match="num_q_heads"):
+        tk.tree_attention_parallelism(8, 3, k)
+    with pytest.raises(ValueError, match="num_rows"):
+        tk.tree_attention_parallelism(-1, 4, k)
+    with pytest.raises(ValueError, match="k_cache"):
+        tk.tree_attention_parallelism(8, 4, k[0])
 
 
 def test_grid_follows_capacity():

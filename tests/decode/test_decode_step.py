@@ -319,9 +319,9 @@ def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
     params = [(1.0, 0, 1.0, 0.0, 7)] * len(ids)
     seen = []
 
-    def fake(num_rows, num_q_heads, k_cache, *, sharing=True, backend="auto"):
-        seen.append((num_rows, num_q_heads, sharing))
-        return tk.Parallelism(4, model.cfg.num_kv_heads, 1)
+    def fake(num_rows, num_q_heads, k_cache, *, backend="auto"):
+        seen.append((num_rows, num_q_heads))
+        return tk.Parallelism(4, model.cfg.num_kv_heads, 1, 1)
 
     default = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8,
                                     num_q_heads=model.cfg.num_heads)
@@ -341,6 +341,6 @@ def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
         want = tk.tree_attention(q, eng.pool.k_cache(0), eng.pool.v_cache(0), t.block_tables, t.seq_lens,
                                  backend="reference", plan=tk.plan_tree_attention(t.block_tables, t.seq_lens, 4))
         torch.testing.assert_close(got, want)
-    assert seen == [(4, model.cfg.num_heads, True), (4, model.cfg.num_heads, True)]
+    assert seen == [(4, model.cfg.num_heads), (4, model.cfg.num_heads)]
     d = step_mod.unpack(default.packed, default.shape, 4).plan
     assert int(d.chunk_len.max()) == 8

@@ -432,7 +432,8 @@ def test_quick_set_compiles(tmp_path):
     assert b1["path"] == "split" and b1["slices"] == 16 and not b1["stats_from"] and not b1["merge_stats_from"]
     assert d["cost_model"]["not_compiled"] == []
     # the GPU suite's predictions from these results: a measured sampler shape the model holds, one it
-    # does not, another implementation (ignored), and a tree-attention shape with both plans
+    # does not, another implementation (ignored), and a tree-attention shape with the three plans (the
+    # balanced one as the benchmark planned it: the parallelism it recorded, here one program)
     measured = {
         "sampler": {"records": [
             dict(suite="sweep", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
@@ -441,7 +442,8 @@ def test_quick_set_compiles(tmp_path):
             dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3)]},
         "tree_attention": {"records": [
             dict(N=4, prefix=32, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
-                 times_s={"tree": 2e-5, "tree_wide": 3e-5, "sdpa_gathered": 1e-4})]},
+                 parallelism=dict(rows_per_item=64, kv_heads=2, programs=1, programs_unshared=1),
+                 times_s={"tree": 2e-5, "tree_wide": 3e-5, "tree_balanced": 4e-5, "sdpa_gathered": 1e-4})]},
     }
     script = ("import json, sys; from benchmarks.gpu_static import cost_model as cm; "
               "print(json.dumps(cm.predict_for_results(json.loads(sys.argv[1]), sys.argv[2])))")
@@ -454,8 +456,8 @@ def test_quick_set_compiles(tmp_path):
     model = next(x for x in s if x["B"] == 256)
     assert sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
     assert sp["measured_over_predicted"][0] == pytest.approx(1e-4 / model["low"]["t_bound_s"], rel=1e-3)
-    assert [t["impl"] for t in pred["tree_attention"]] == ["tree", "tree_wide"]
-    for t, secs in zip(pred["tree_attention"], (2e-5, 3e-5)):
+    assert [t["impl"] for t in pred["tree_attention"]] == ["tree", "tree_wide", "tree_balanced"]
+    for t, secs in zip(pred["tree_attention"], (2e-5, 3e-5, 4e-5)):
         assert t["measured_s"] == secs and t["predicted_s"] > 0
         assert t["measured_over_predicted"] == pytest.approx(secs / t["predicted_s"], rel=1e-3)
 

@@ -53,7 +53,11 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
         which runs the C++ kernel on CPU (the PyTorch reference when not built)
         and the Triton kernel on CUDA.
     chunk_size, sharing : keyword-only
-        Passed to :func:`plan_tree_attention` when ``plan`` is omitted.
+        Passed to :func:`plan_tree_attention` when ``plan`` is omitted, with
+        ``parallelism=tree_attention_parallelism(...)``: on CUDA (the Triton
+        kernel) ``chunk_size`` is then the base length that load balancing may
+        lengthen up to 16x; pass a plan built without ``parallelism`` for fixed
+        chunks.
 
     Returns
     -------
@@ -81,8 +85,7 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
     if plan is None:
         plan = plan_tree_attention(block_tables, seq_lens, bs, chunk_size=chunk_size, sharing=sharing,
                                    validate=False,
-                                   parallelism=tree_attention_parallelism(N, Hq, k_cache, sharing=sharing,
-                                                                          backend=backend))
+                                   parallelism=tree_attention_parallelism(N, Hq, k_cache, backend=backend))
     elif checking and validate:
         _check_plan_covers(plan, seq_lens)
     q = q.contiguous()
@@ -99,7 +102,7 @@ def tree_attention(q, k_cache, v_cache, block_tables, seq_lens, scale=None, plan
     return (out, lse) if return_lse else out
 
 
-def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.Tensor, *, sharing: bool = True,
+def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.Tensor, *,
                                backend: str = "auto") -> Optional[Parallelism]:
     """How the Triton kernel runs a plan on ``k_cache``'s GPU, for
     ``plan_tree_attention(..., parallelism=...)`` (load-balanced chunk lengths).
@@ -113,7 +116,7 @@ def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.T
     k_cache : Tensor
         ``[num_blocks, block_size, Hkv, D]``: the dtype, head dim, block size and
         device the kernel will run on.
-    sharing, backend
+    backend : str
         As for :func:`tree_attention`.
 
     Returns
@@ -122,6 +125,19 @@ def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.T
         ``None`` where the Triton kernel would not run the plan (off CUDA, or
         another backend): the planner then keeps ``chunk_size`` chunks.
     """
+    if _checks.checks_enabled():
+        if backend != "auto" and backend not in impls.BACKENDS:
+            raise ValueError(f"backend must be one of {('auto',) + impls.BACKENDS}, got {backend!r}")
+        for name, v in (("num_rows", num_rows), ("num_q_heads", num_q_heads)):
+            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "num_rows" else 1):
+                raise ValueError(f"{name} must be a {'non-negative' if name == 'num_rows' else 'positive'} int, "
+                                 f"got {v!r}")
+        if len(k_cache.shape) != 4:
+            raise ValueError(f"k_cache must have 4 dimensions [num_blocks, block_size, Hkv, D], "
+                             f"got shape {tuple(k_cache.shape)}")
+        if k_cache.shape[2] == 0 or num_q_heads % k_cache.shape[2]:
+            raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of k_cache's {k_cache.shape[2]} "
+                             f"KV heads")
     if k_cache.device.type != "cuda" or backend not in ("auto", "triton"):
         return None
     if backend == "auto" and impls.default_for(k_cache.device) is not impls.get("triton"):
@@ -129,10 +145,7 @@ def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.T
     from .triton_kernel import parallelism  # imports triton lazily
 
     _, bs, Hkv, D = k_cache.shape
-    if Hkv == 0 or num_q_heads % Hkv:
-        raise ValueError(f"num_q_heads ({num_q_heads}) must be a multiple of k_cache's {Hkv} KV heads")
-    return parallelism(int(num_rows), int(num_q_heads), int(Hkv), int(D), k_cache.dtype, k_cache.device, int(bs),
-                       sharing=bool(sharing))
+    return parallelism(int(num_rows), int(num_q_heads), int(Hkv), int(D), k_cache.dtype, k_cache.device, int(bs))
 
 
 def _check_inputs(q, k_cache, v_cache, block_tables, seq_lens, scale, plan, return_lse, validate, backend):

@@ -110,9 +110,14 @@ class Parallelism(NamedTuple):
     kv_heads : int
         KV heads; every work item runs once per KV head.
     programs : int
-        Programs running at once (SMs x programs per SM).
+        Programs running at once (SMs x programs per SM) with the tile of a plan
+        that shares a chunk.
+    programs_unshared : int
+        The same for a plan that shares no chunk (one row per chunk: the kernel
+        may take another tile, with another occupancy).
     """
 
     rows_per_item: int
     kv_heads: int
     programs: int
+    programs_unshared: int

@@ -96,7 +96,8 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         Default ``None``: every chunk has at most ``chunk_size`` tokens.
     parallelism : Parallelism, optional
         Load-balanced chunks for a backend that runs ``parallelism.programs``
-        programs at once (the Triton kernel on a GPU:
+        programs at once (``programs_unshared`` when no chunk is shared; the
+        Triton kernel on a GPU:
         :func:`tts_kernels.attention.tree_attention_parallelism`; the engine and
         :func:`tree_attention` pass it on CUDA). Every chunk is cut at
         ``chunk_size * f`` tokens, ``f`` the largest power of two (at most
@@ -108,6 +109,7 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         twice the mean load), while a step has fewer, longer chunks whenever
         the GPU has work enough: fewer partial outputs to write and merge (a
         chunk costs each of its rows one). Exclusive with ``wide_chunk_rows``.
+        Costs one more host sync.
     """
     if _checks.checks_enabled():
         _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate)
@@ -117,12 +119,15 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         _check_parallelism(parallelism, wide_chunk_rows)
     if out is not None and capacity is None:
         capacity = (out.num_chunks, out.num_pairs)
-    cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
-    cs = max(block_size, cs // block_size * block_size)
+    if capacity is not None and parallelism is not None:
+        # a padded plan lists N rows per chunk (max_rows_per_chunk): the kernel takes the shared tile
+        parallelism = parallelism._replace(programs_unshared=parallelism.programs)
+    cs = base_chunk_len(block_size, chunk_size)
     plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows, parallelism)
     if capacity is not None:
-        wide = WIDE_CHUNK_MAX_FACTOR if (wide_chunk_rows or parallelism) else 1
-        plan = pad_plan(plan, capacity[0], capacity[1], max_chunk_len=cs * wide)
+        plan = pad_plan(plan, capacity[0], capacity[1],
+                        max_chunk_len=max_chunk_len_bound(block_size, chunk_size,
+                                                          bool(wide_chunk_rows or parallelism)))
     if out is not None:
         for dst, src in zip(out.tensors(), plan.tensors()):
             dst.copy_(src)
@@ -169,6 +174,20 @@ def _check_parallelism(parallelism, wide_chunk_rows):
             raise ValueError(f"parallelism.{name} must be a positive int, got {v!r}")
     if wide_chunk_rows is not None:
         raise ValueError("pass wide_chunk_rows or parallelism, not both (two rules for the chunk length)")
+
+
+def base_chunk_len(block_size: int, chunk_size: Optional[int] = None) -> int:
+    """Tokens per chunk before any lengthening: ``chunk_size`` (default :data:`DEFAULT_CHUNK_SIZE`)
+    rounded down to a multiple of ``block_size``, at least one block."""
+    cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
+    return max(int(block_size), cs // int(block_size) * int(block_size))
+
+
+def max_chunk_len_bound(block_size: int, chunk_size: Optional[int] = None, lengthened: bool = False) -> int:
+    """The longest chunk a plan may hold (a fixed-capacity plan's ``max_chunk_len``):
+    :func:`base_chunk_len`, times :data:`WIDE_CHUNK_MAX_FACTOR` when ``wide_chunk_rows`` or
+    ``parallelism`` may lengthen chunks."""
+    return base_chunk_len(block_size, chunk_size) * (WIDE_CHUNK_MAX_FACTOR if lengthened else 1)
 
 
 def balanced_chunk_factor(work: int, programs: int, chunk_size: int) -> int:
@@ -309,9 +328,12 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parall
     # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows, or for
     # every segment when the step's work per program allows it).
     if parallelism is not None:
+        # work items of a segment: ceil(R / rows_per_item) (the kernel's windows follow the global pair
+        # index, which can add one per chunk: an underestimate only). One host sync for both numbers.
         items = (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item
-        work = int(((tok1 - tok0) * items).sum()) * parallelism.kv_heads
-        cs = cs * balanced_chunk_factor(work, parallelism.programs, cs)
+        work, widest = torch.stack([((tok1 - tok0) * items).sum(), nrows.max()]).tolist()
+        programs = parallelism.programs if widest > 1 else parallelism.programs_unshared
+        cs = cs * balanced_chunk_factor(work * parallelism.kv_heads, programs, cs)
     elif wide_chunk_rows:
         f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)
         f = torch.pow(2, torch.floor(torch.log2(f.double())).long())

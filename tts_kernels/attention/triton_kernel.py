@@ -324,13 +324,16 @@ def plan_config(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     return rows_config(tile_rows(plan), Hq, Hkv, D, dtype, arch, plan.block_size)
 
 
-def parallelism(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, device, block_size: int,
-                sharing: bool = True) -> Parallelism:
+def parallelism(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, device,
+                block_size: int) -> Parallelism:
     """How stage 1 runs a plan of ``num_rows`` rows on ``device`` (see :class:`Parallelism`): rows per
-    work item of the tile a shared plan takes (a plan without sharing has one row per chunk, for which
-    any tile is one item), the KV heads and the persistent programs (``CTAS_PER_SM`` per SM)."""
-    cfg = rows_config(num_rows if sharing else 1, Hq, Hkv, D, dtype, _arch(device), block_size)
-    return Parallelism(cfg["BLOCK_R"], Hkv, _num_sms(device) * cfg["CTAS_PER_SM"])
+    work item of the tile a plan that shares a chunk takes (:func:`tile_rows`: N), the KV heads, and
+    the persistent programs (``CTAS_PER_SM`` per SM) with that tile and with the tile of a plan that
+    shares nothing (one row per chunk: one item per chunk whatever the tile)."""
+    arch, sms = _arch(device), _num_sms(device)
+    shared = rows_config(num_rows, Hq, Hkv, D, dtype, arch, block_size)
+    alone = rows_config(1, Hq, Hkv, D, dtype, arch, block_size)
+    return Parallelism(shared["BLOCK_R"], Hkv, sms * shared["CTAS_PER_SM"], sms * alone["CTAS_PER_SM"])
 
 
 def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arch: int = 90) -> bool:

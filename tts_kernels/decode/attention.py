@@ -93,18 +93,22 @@ class PagedDecode(StepAttention):
     Reads block tables and sequence lengths from ``pool`` and plans on the
     pool's device (the planner syncs with the host there); the engine prepares
     these on the host instead (:func:`tts_kernels.decode.step.prepare_step`).
+    ``num_q_heads``: the model's query heads, for the load-balanced chunks of the
+    Triton kernel on CUDA (as the engine plans them); ``None`` keeps ``chunk_size``.
     """
 
-    def __init__(self, pool, seqs, slots, scale, backend="tree", chunk_size=None):
+    def __init__(self, pool, seqs, slots, scale, backend="tree", chunk_size=None, num_q_heads=None):
         if backend not in BACKENDS:
             raise ValueError(f"attention backend must be one of {BACKENDS}, got {backend!r}")
         self.pool = pool
         block_tables, seq_lens = pool.block_tables(seqs), pool.seq_lens(seqs)
         plan = None
         if backend != "torch":
-            from ..attention import plan_tree_attention
+            from ..attention import plan_tree_attention, tree_attention_parallelism
+            par = None if num_q_heads is None else tree_attention_parallelism(len(seqs), num_q_heads,
+                                                                              pool.k_cache(0))
             plan = plan_tree_attention(block_tables, seq_lens, pool.block_size, chunk_size=chunk_size,
-                                       sharing=backend == "tree", validate=False)
+                                       sharing=backend == "tree", validate=False, parallelism=par)
         super().__init__([pool.k_cache(i) for i in range(pool.num_layers)],
                          [pool.v_cache(i) for i in range(pool.num_layers)],
                          slots.reshape(-1).to(pool.device), block_tables, seq_lens, plan, scale, backend)

@@ -103,7 +103,7 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     when the pool is on CUDA (:func:`tts_kernels.attention.tree_attention_parallelism`).
     """
     from ..attention import tree_attention_parallelism
-    from ..attention.planner import DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR, pad_plan, plan_tree_attention
+    from ..attention.planner import max_chunk_len_bound, pad_plan, plan_tree_attention
     n = len(sids)
     bs = pool.block_size
     blocks = [pool.block_ids(s) for s in sids]
@@ -144,15 +144,15 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
         plan_parts = []
         read = noshare
     else:
-        sharing = attention == "tree"
-        par = None if num_q_heads is None else tree_attention_parallelism(B, num_q_heads, pool.k_cache(0),
-                                                                          sharing=sharing)
-        plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=sharing, validate=False,
-                                   parallelism=par)
+        par = None if num_q_heads is None else tree_attention_parallelism(B, num_q_heads, pool.k_cache(0))
+        if par is not None and bucketed:
+            # the padded plan lists B rows per chunk (max_rows_per_chunk): the kernel takes the shared tile
+            par = par._replace(programs_unshared=par.programs)
+        plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=attention == "tree",
+                                   validate=False, parallelism=par)
         if bucketed:
-            cs = DEFAULT_CHUNK_SIZE if chunk_size is None else int(chunk_size)
             plan = pad_plan(plan, bucket(plan.num_chunks), bucket(plan.num_pairs),
-                            max_chunk_len=max(bs, cs // bs * bs) * (WIDE_CHUNK_MAX_FACTOR if par else 1))
+                            max_chunk_len=max_chunk_len_bound(bs, chunk_size, par is not None))
         shape = StepShape(B, M, plan.num_chunks, plan.num_pairs, plan.max_chunk_len, plan.max_rows_per_chunk)
         plan_parts = list(plan.tensors())
         # padding rows only share chunks with each other (they use one token of a block, real rows more)
