@@ -463,7 +463,7 @@ def _record_h100(fn, gpu=H100):
         return _record(fn)
 
 
-def plan_kwargs_for(pkw: Dict[str, Any], N: int, hq: int, k_cache: torch.Tensor, gpu=H100) -> Dict[str, Any]:
+def plan_kwargs_for(pkw: Dict[str, Any], N: int, hq: int, k_cache, gpu=H100) -> Dict[str, Any]:
     """``pkw`` with :data:`GPU_PARALLELISM` replaced by the Triton kernel's ``Parallelism`` on ``gpu``
     for N rows of ``hq`` query heads over ``k_cache``."""
     if pkw.get("parallelism") != GPU_PARALLELISM:

@@ -108,7 +108,7 @@ def _met(tg):
 
 
 def _kwarg(k, v):
-    if k == "parallelism" and isinstance(v, dict):  # Parallelism(rows_per_item, kv_heads, programs)
+    if k == "parallelism" and isinstance(v, dict):  # Parallelism: rows per item, KV heads, programs (shared tile)
         return f"{v['rows_per_item']} rows/item x {v['kv_heads']} heads, {v['programs']} programs"
     return f"{k}={v}"
 

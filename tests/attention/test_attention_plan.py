@@ -339,3 +339,11 @@ def test_balanced_unshared_plan_counts_its_own_programs():
     assert int(padded.chunk_len.max()) == 8
     shared = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, few, many))
     assert shared.max_rows_per_chunk == 8 and shared.max_chunk_len == 64        # the shared prefix, one chunk
+
+
+def test_balanced_plan_of_rows_without_tokens():
+    """Unvalidated rows without tokens (validate=False): no segment, no chunk, the same as the default
+    plan (the work estimate must not reduce over nothing)."""
+    bt, sl = torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, sl, 4, validate=False, parallelism=tk.Parallelism(4, 1, 1, 1))
+    assert plan.num_chunks == plan.num_pairs == 0

@@ -201,18 +201,9 @@ print(json.dumps({name: sorted(v) for name, v in ids.items()}))
 
 def test_no_recompile_as_a_search_widens():
     """One specialization of each kernel for every plan of an N-row batch (Triton's own binder)."""
-    import json
-    import sys
+    from helpers.specializations import specializations
 
-    env = dict(os.environ)
-    env.pop("TRITON_INTERPRET", None)  # the binder needs real JITFunctions
-    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    p = subprocess.run([sys.executable, "-c", _SPECS_OF_A_WIDENING_SEARCH], cwd=root, env=env,
-                       capture_output=True, text=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    if p.stdout.startswith("SKIP"):
-        pytest.skip(p.stdout.strip())
-    ids = json.loads(p.stdout.strip().splitlines()[-1])
+    ids = specializations(_SPECS_OF_A_WIDENING_SEARCH)
     assert set(ids) == {"_tree_attn_stage1", "_tree_attn_stage2"}
     assert all(len(v) == 1 for v in ids.values()), ids
 

@@ -302,14 +302,17 @@ def test_eager_step_runs_no_host_sync_op(tiny):
 
 
 def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
-    """Where tree_attention_parallelism describes a GPU (here: patched, one program), the step's plan has
-    the load-balanced chunks of that description, padded to the longest chunk it may hold; off CUDA
-    (None) the step keeps the default chunks."""
+    """Where tree_attention_parallelism describes a GPU (here: patched), the step's plan has the
+    load-balanced chunks of that description, padded to the longest chunk it may hold; a padded plan
+    counts the shared tile's programs even without sharing; off CUDA (None) the step keeps the
+    default chunks. The engine's steps and PagedDecode ask for it with the model's query heads."""
     import tts_kernels as tk
     import tts_kernels.attention as tka
     from tts_kernels.attention.planner import WIDE_CHUNK_MAX_FACTOR
+    from tts_kernels.decode.attention import PagedDecode
 
     model, tok = tiny
+    H = model.cfg.num_heads
     eng = Engine(model, tok, num_blocks=256, block_size=4)
     a = eng.add([3 + i % 25 for i in range(37)], seed=1)
     kids = eng.fork(a, 3)
@@ -321,26 +324,39 @@ def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
 
     def fake(num_rows, num_q_heads, k_cache, *, backend="auto"):
         seen.append((num_rows, num_q_heads))
-        return tk.Parallelism(4, model.cfg.num_kv_heads, 1, 1)
+        # one program with the shared tile, many with the one-row tile
+        return tk.Parallelism(4, model.cfg.num_kv_heads, 1, 1000)
 
-    default = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8,
-                                    num_q_heads=model.cfg.num_heads)
+    def step(attention, bucketed, **kw):
+        b = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8, attention=attention,
+                                  bucketed=bucketed, **kw)
+        return b, step_mod.unpack(b.packed, b.shape, 4)
+
+    default, _ = step("tree", False, num_q_heads=H)
     monkeypatch.setattr(tka, "tree_attention_parallelism", fake)
-    for bucketed in (False, True):
-        batch = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8, bucketed=bucketed,
-                                      num_q_heads=model.cfg.num_heads)
-        t = step_mod.unpack(batch.packed, batch.shape, 4)
+    for attention, bucketed, longer in (("tree", False, True), ("tree", True, True),
+                                        ("paged", False, False),   # shares nothing: 1000 programs, f = 1
+                                        ("paged", True, True)):    # padded: the shared tile's 1 program
+        batch, t = step(attention, bucketed, num_q_heads=H)
         lens = t.plan.chunk_len[t.plan.chunk_len > 0]
-        assert int(lens.max()) > 8
-        if not bucketed:
+        assert (int(lens.max()) > 8) == longer, (attention, bucketed)
+        if attention == "tree" and not bucketed:
             assert t.plan.num_chunks < default.shape.chunks
-        else:
+        if bucketed:
             assert t.plan.max_chunk_len == 8 * WIDE_CHUNK_MAX_FACTOR
-        q = torch.randn(t.seq_lens.shape[0], model.cfg.num_heads, model.cfg.head_dim)
+        q = torch.randn(t.seq_lens.shape[0], H, model.cfg.head_dim)
         got = tk.tree_attention(q, eng.pool.k_cache(0), eng.pool.v_cache(0), t.block_tables, t.seq_lens, plan=t.plan)
         want = tk.tree_attention(q, eng.pool.k_cache(0), eng.pool.v_cache(0), t.block_tables, t.seq_lens,
                                  backend="reference", plan=tk.plan_tree_attention(t.block_tables, t.seq_lens, 4))
         torch.testing.assert_close(got, want)
-    assert seen == [(4, model.cfg.num_heads), (4, model.cfg.num_heads)]
-    d = step_mod.unpack(default.packed, default.shape, 4).plan
-    assert int(d.chunk_len.max()) == 8
+    assert seen == [(4, H)] * 4
+    assert int(step_mod.unpack(default.packed, default.shape, 4).plan.chunk_len.max()) == 8
+    # without num_q_heads nothing is asked: the default chunks
+    _, t = step("tree", False)
+    assert len(seen) == 4 and int(t.plan.chunk_len.max()) == 8
+    # the engine's own steps and PagedDecode pass the model's query heads
+    seen.clear()
+    eng.step(ids)
+    assert seen == [(4, H)]
+    PagedDecode(eng.pool, ids, eng.pool.append(ids, 1).view(-1), model.scale, "tree", num_q_heads=H)
+    assert seen == [(4, H), (4, H)]

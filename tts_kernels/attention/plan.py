@@ -121,3 +121,8 @@ class Parallelism(NamedTuple):
     kv_heads: int
     programs: int
     programs_unshared: int
+
+    def for_padded_plan(self) -> "Parallelism":
+        """For a plan that will be padded to a fixed capacity: it lists N rows per chunk
+        (``max_rows_per_chunk``), so the kernel takes the tile of a shared plan whatever it shares."""
+        return self._replace(programs_unshared=self.programs)

@@ -120,8 +120,7 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
     if out is not None and capacity is None:
         capacity = (out.num_chunks, out.num_pairs)
     if capacity is not None and parallelism is not None:
-        # a padded plan lists N rows per chunk (max_rows_per_chunk): the kernel takes the shared tile
-        parallelism = parallelism._replace(programs_unshared=parallelism.programs)
+        parallelism = parallelism.for_padded_plan()
     cs = base_chunk_len(block_size, chunk_size)
     plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows, parallelism)
     if capacity is not None:
@@ -327,7 +326,7 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parall
 
     # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows, or for
     # every segment when the step's work per program allows it).
-    if parallelism is not None:
+    if parallelism is not None and nrows.numel():
         # work items of a segment: ceil(R / rows_per_item) (the kernel's windows follow the global pair
         # index, which can add one per chunk: an underestimate only). One host sync for both numbers.
         items = (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item

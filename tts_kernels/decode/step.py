@@ -146,8 +146,7 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
     else:
         par = None if num_q_heads is None else tree_attention_parallelism(B, num_q_heads, pool.k_cache(0))
         if par is not None and bucketed:
-            # the padded plan lists B rows per chunk (max_rows_per_chunk): the kernel takes the shared tile
-            par = par._replace(programs_unshared=par.programs)
+            par = par.for_padded_plan()
         plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=attention == "tree",
                                    validate=False, parallelism=par)
         if bucketed:
