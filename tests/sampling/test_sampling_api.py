@@ -148,3 +148,40 @@ def test_torch_compile_fullgraph_matches_eager():
         b = compiled(lg, seeds, i, s_comp)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert torch.equal(s_eager.data, s_comp.data)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])
+def test_row_validity(dtype):
+    """The invalid-row rule (no NaN, no +inf, a finite logit), on rows long enough for vectorised
+    reductions, each defect alone and at either end of the row; -inf entries are valid."""
+    from tts_kernels.sampling.reference import row_validity
+
+    V = 4099
+    x = torch.randn(9, V).to(dtype)
+    x[1, 0] = float("nan")
+    x[2, V - 1] = float("nan")
+    x[3, V - 1] = float("inf")
+    x[4] = float("-inf")
+    x[5, :V - 1] = float("-inf")           # one finite logit at the end: valid
+    x[6, 17] = float("-inf")               # -inf entries: valid
+    x[7] = float("-inf")
+    x[7, 3] = float("nan")                 # NaN among -inf
+    x[8, 5] = float("-inf")
+    x[8, 6] = float("inf")                 # +inf beside -inf
+    assert row_validity(x).tolist() == [True, False, False, False, False, True, True, False, False]
+
+
+@pytest.mark.parametrize("row,kind", [(2, "nan"), (3, "+inf"), (4, "no finite")])
+def test_check_nan_names_the_row(row, kind):
+    """check_nan=True raises naming the bad row (one read of the logits); without it the row gets -1."""
+    logits = torch.randn(6, 301)
+    if kind == "nan":
+        logits[row, 300] = float("nan")
+    elif kind == "+inf":
+        logits[row, 0] = float("inf")
+    else:
+        logits[row] = float("-inf")
+    with pytest.raises(ValueError, match=f"logits row {row} has a NaN"):
+        tk.sample(logits, seed=0)
+    out = tk.sample(logits, seed=0, check_nan=False)
+    assert out.token_ids[row] == -1 and (out.token_ids[torch.arange(6) != row] >= 0).all()

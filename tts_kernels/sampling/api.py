@@ -8,6 +8,7 @@ import torch
 from .. import _checks
 from . import impls, params
 from .budget import BudgetState
+from .reference import row_validity
 
 
 class SampleOutput(NamedTuple):
@@ -102,7 +103,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         num_end = len(budget.forcing.end_think_ids)
 
     if checking and check_nan and B > 0:
-        bad = torch.isnan(logits).any(1) | torch.isposinf(logits).any(1) | ~torch.isfinite(logits).any(1)
+        bad = ~row_validity(logits)
         if bool(bad.any()):
             i = int(bad.nonzero()[0, 0])
             raise ValueError(f"logits row {i} has a NaN or +inf entry or no finite entry "

@@ -40,8 +40,10 @@ from .budget_rules import ForcingTable, advance, plan, rules
 
 
 def row_validity(x: torch.Tensor) -> torch.Tensor:
-    """bool [B]: no NaN, no +inf, at least one finite logit."""
-    return ~(torch.isnan(x).any(1) | torch.isposinf(x).any(1)) & torch.isfinite(x).any(1)
+    """bool [B]: no NaN, no +inf, at least one finite logit: the row maximum is finite (torch's max
+    reductions propagate NaN; +inf is the maximum; a row of -inf has max -inf). One read of the
+    logits: also the check of ``sample(..., check_nan=True)``."""
+    return torch.isfinite(x.amax(1))
 
 
 def filter_mask(z: torch.Tensor, top_k: torch.Tensor, top_p: torch.Tensor, min_p: torch.Tensor) -> torch.Tensor:
