@@ -302,8 +302,9 @@ def test_balanced_plan_invariants(kind, programs):
     same = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * f)
     for name in plan.TENSORS:
         assert torch.equal(getattr(plan, name), getattr(same, name)), name
-    ref = tk.tree_attention(*_qkv(bt, sl, bs), bt, sl, plan=plan, backend="reference")
-    exp = tk.tree_attention(*_qkv(bt, sl, bs), bt, sl, plan=base, backend="reference")
+    q, k, v = _qkv(bt, sl, bs)
+    ref = tk.tree_attention(q, k, v, bt, sl, plan=plan, backend="reference")
+    exp = tk.tree_attention(q, k, v, bt, sl, plan=base, backend="reference")
     torch.testing.assert_close(ref, exp, rtol=1e-5, atol=1e-5)
 
 

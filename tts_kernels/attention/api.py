@@ -126,12 +126,12 @@ def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.T
         another backend): the planner then keeps ``chunk_size`` chunks.
     """
     if _checks.checks_enabled():
-        if backend != "auto" and backend not in impls.BACKENDS:
-            raise ValueError(f"backend must be one of {('auto',) + impls.BACKENDS}, got {backend!r}")
-        for name, v in (("num_rows", num_rows), ("num_q_heads", num_q_heads)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < (0 if name == "num_rows" else 1):
-                raise ValueError(f"{name} must be a {'non-negative' if name == 'num_rows' else 'positive'} int, "
-                                 f"got {v!r}")
+        if backend != "auto":
+            impls.get(backend)  # ValueError naming the backends
+        if isinstance(num_rows, bool) or not isinstance(num_rows, int) or num_rows < 0:
+            raise ValueError(f"num_rows must be a non-negative int, got {num_rows!r}")
+        if isinstance(num_q_heads, bool) or not isinstance(num_q_heads, int) or num_q_heads < 1:
+            raise ValueError(f"num_q_heads must be a positive int, got {num_q_heads!r}")
         if len(k_cache.shape) != 4:
             raise ValueError(f"k_cache must have 4 dimensions [num_blocks, block_size, Hkv, D], "
                              f"got shape {tuple(k_cache.shape)}")
@@ -149,8 +149,8 @@ def tree_attention_parallelism(num_rows: int, num_q_heads: int, k_cache: torch.T
 
 
 def _check_inputs(q, k_cache, v_cache, block_tables, seq_lens, scale, plan, return_lse, validate, backend):
-    if backend != "auto" and backend not in impls.BACKENDS:
-        raise ValueError(f"backend must be one of {('auto',) + impls.BACKENDS}, got {backend!r}")
+    if backend != "auto":
+        impls.get(backend)  # ValueError naming the backends
     _checks.check_tensor("q", q, dim=3, dtypes=_checks.FLOAT_DTYPES)
     dev = q.device
     _checks.check_tensor("k_cache", k_cache, dim=4, device=dev)
