@@ -170,7 +170,8 @@ ROW_STREAM_KERNELS = ("_sample_kernel", "_partial_kernel")
 
 
 def occupancy_failures(results):
-    """Tree-attention stage 1 runs ``CTAS_PER_SM`` persistent CTAs per SM (``stage1_config``): each
+    """Tree-attention stage 1 runs ``CTAS_PER_SM`` persistent CTAs per SM (``stage1_config``, and
+    ``narrow_config`` for the narrow launch): each
     compiled variant must fit that many by registers and shared memory. A spec whose tiles match
     no config of the package (a test's patched tiles) is not judged."""
     import torch
@@ -188,13 +189,17 @@ def occupancy_failures(results):
             if not res.get("ok"):
                 continue
             a = int(arch[3:])
-            for wide in (False, True):
-                cfg = tak.stage1_config(hq, hq // group, d, dtype, wide, a, bs)
+            if p.get("MAX_ROWS", "0") != "0":  # the narrow launch (triton_kernel.rows_launches)
+                cands = [("narrow_config", tak.narrow_config(hq, hq // group, d, dtype, a, bs))]
+            else:
+                cands = [("stage1_config", tak.stage1_config(hq, hq // group, d, dtype, wide, a, bs))
+                         for wide in (False, True)]
+            for name, cfg in cands:
                 if all(p.get(k) == repr(cfg[k]) for k in ("BLOCK_R", "BLOCK_M", "BLOCK_N")) \
                         and p.get("@num_warps") == repr(cfg["num_warps"]):
                     if res["ctas_per_sm"] < cfg["CTAS_PER_SM"]:
                         failures.append(f"persistent grid: {r['spec']} on {arch} fits {res['ctas_per_sm']} CTA(s) "
-                                        f"per SM, stage1_config launches {cfg['CTAS_PER_SM']}")
+                                        f"per SM, {name} launches {cfg['CTAS_PER_SM']}")
                     break
     return failures
 

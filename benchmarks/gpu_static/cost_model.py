@@ -41,7 +41,10 @@ on a stream add up (no overlap between them).
   (``l2_working_set_fits``), which the bounds assume.
 * Tree attention: from the real plan (:data:`ATTENTION_PLANS`: the default chunks, the
   ``wide_chunk_rows`` variant and the load-balanced chunks the engine and ``tree_attention``
-  plan on CUDA, ``parallelism`` of the modelled GPU). Stage 1 is a
+  plan on CUDA, ``parallelism`` of the modelled GPU). Stage 1 is one launch, or two one after
+  the other (their issue times add) when the plan has chunks of at most the narrow tile's rows
+  and wider ones: the wide launch takes the wider chunks, the narrow launch the others, one item
+  each (``C x Hkv`` slots), with its own tile, grid and SASS counts. The wide launch is a
   work list of ``(C + (P - 1) // BLOCK_R) x Hkv`` slots, worked through by persistent CTAs (the
   recorded grid: ``CTAS_PER_SM`` per SM of the modelled GPU, at most one per slot); live items =
   per non-empty chunk with ``r`` rows (pairs ``[p0, p0 + r)``), 1 first tile + the windows of
@@ -319,43 +322,68 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
                     warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float,
                     block_size: int = 16, gpu: Dict[str, Any] = H100, partial_itemsize: Optional[int] = None,
                     block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0,
-                    item_warp: float = 0) -> Dict[str, Any]:
+                    item_warp: float = 0, narrow: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
     """Bounds for one tree-attention call. ``tile_instr``: per-thread SASS instructions of one
     stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 step over ``block_p`` pairs
     (both of its loops); ``partial_itemsize``: bytes of a partial output value (default: the input's
     for 16-bit inputs, 4 else); ``cta*_warp``: straight-line warp-instructions per live CTA;
     ``item_warp``: stage-1 warp-instructions per live work item outside its KV-tile loop (the
-    persistent loop's body: item lookup, query load, partial store)."""
+    persistent loop's body: item lookup, query load, partial store).
+
+    ``narrow``: the second stage-1 launch, which takes the chunks of at most ``max_rows`` rows (one work
+    item each) while the first takes the others: a dict of ``max_rows``, ``block_n``, ``grid``,
+    ``warps``, ``tile_instr``, ``item_warp`` and ``cta_warp`` (as above). The launches run one after
+    the other: their issue times add."""
     N = len(pairs_per_row)
     psz = partial_itemsize or (itemsize if itemsize == 2 else 4)
     kv_tok = D * 2 * itemsize  # K and V bytes of one token of one KV head
-    launched = math.prod(grid1)
-    items = work_items(rows_per_chunk, chunk_len, block_r)
-    live_items = sum(items) * Hkv
-    live = min(launched, live_items)
-    live_c = [(c, r, it) for c, r, it in zip(chunk_len, rows_per_chunk, items) if it]
+    nr = narrow["max_rows"] if narrow else 0
+    items = [it if r > nr else 0 for it, r in zip(work_items(rows_per_chunk, chunk_len, block_r), rows_per_chunk)]
+    n_items = [1 if (c > 0 and 0 < r <= nr) else 0 for c, r in zip(chunk_len, rows_per_chunk)]
+    rate = _rate(gpu)
+
+    def launch(its, bn, grid, warps, t_instr, i_warp, c_warp):
+        live_c = [(c, it) for c, it in zip(chunk_len, its) if it]
+        tiles = [math.ceil(c / bn) for c, _ in live_c]
+        iters = sum(it * Hkv * t for (_, it), t in zip(live_c, tiles))
+        launched = math.prod(grid)
+        live_items = sum(its) * Hkv
+        live = min(launched, live_items)
+        w = iters * t_instr * warps + live_items * i_warp + live * c_warp
+        biggest = max([t * t_instr * warps + i_warp + c_warp for t in tiles] + [0])
+        t = max(w / (gpu["sms"] * rate), biggest / rate) if live_items else 0.0
+        return dict(block_n=bn, work_items_live=live_items, ctas_launched=launched, ctas_live=live,
+                    kv_tiles=iters, warp_instr=w, t=t)
+
+    parts = [launch(items, block_n, grid1, warps1, tile_instr, item_warp, cta1_warp)]
+    if narrow:
+        parts.append(launch(n_items, narrow["block_n"], narrow["grid"], narrow["warps"], narrow["tile_instr"],
+                            narrow.get("item_warp", 0), narrow.get("cta_warp", 0)))
+    all_items = [a + b for a, b in zip(items, n_items)]
+    launched = sum(p["ctas_launched"] for p in parts)
+    live = sum(p["ctas_live"] for p in parts)
+    live_items = sum(p["work_items_live"] for p in parts)
+    live_c = [(c, r, it) for c, r, it in zip(chunk_len, rows_per_chunk, all_items) if it]
     P = sum(r for _, r, _ in live_c)
     unique_kv = sum(c * Hkv * kv_tok for c, _, _ in live_c)
     l2_kv = sum(it * Hkv * c * kv_tok for c, _, it in live_c)
     shared_u = sum(c * Hkv * kv_tok for c, r, _ in live_c if r > 1)
     shared_l2 = sum(it * Hkv * c * kv_tok for c, r, it in live_c if r > 1)
-    tiles = [math.ceil(c / block_n) for c, _, _ in live_c]
-    iters1 = sum(it * Hkv * t for (_, _, it), t in zip(live_c, tiles))
     pow2 = block_size & (block_size - 1) == 0
-    ids_per_chunk = ((lambda c: math.ceil(c / block_n)) if pow2 and block_size % block_n == 0
-                     else (lambda c: math.ceil(c / block_size)) if pow2 else (lambda c: c))
+
+    def ids(c, bn):
+        return math.ceil(c / bn) if pow2 and block_size % bn == 0 else math.ceil(c / block_size) if pow2 else c
+    bn_of = [narrow["block_n"] if (narrow and 0 < r <= nr) else block_n for r in rows_per_chunk]
     partial = P * Hq * (D * psz + 4)
     q_bytes = N * Hq * D * itemsize
     out_bytes = N * Hq * D * itemsize + N * Hq * 4
     floor = unique_kv + q_bytes + out_bytes
     design_hbm = unique_kv + P * Hq * D * itemsize + 2 * partial + out_bytes
     hb = grid2[1] if len(grid2) > 1 else 1
-    rate = _rate(gpu)
-    w1 = iters1 * tile_instr * warps1 + live_items * item_warp + live * cta1_warp
+    w1 = sum(p["warp_instr"] for p in parts)
     steps2 = sum(math.ceil(p / block_p) for p in pairs_per_row)
     w2 = steps2 * hb * pair_instr * warps2 + N * hb * cta2_warp
-    biggest_cta = max([t * tile_instr * warps1 + item_warp + cta1_warp for t in tiles] + [0])
-    t1 = max(w1 / (gpu["sms"] * rate), biggest_cta / rate)
+    t1 = sum(p["t"] for p in parts)
     biggest2 = max([math.ceil(p / block_p) * pair_instr * warps2 + cta2_warp for p in pairs_per_row] + [0])
     t2 = max(w2 / (gpu["sms"] * rate), biggest2 / rate)
     t_issue = t1 + t2
@@ -371,12 +399,15 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
         "work_items_live": live_items,
         "ctas_launched": launched, "ctas_live": live, "ctas_dead": launched - live,
         "ctas_exit_at_once_frac": _t(1 - live / launched) if launched else 0,
+        "stage1_launches": [{k: (_t(v) if k == "t" else v) for k, v in p.items()} for p in parts],
+        "narrow_rows": nr,
         "bytes_floor": floor, "unique_kv_bytes": unique_kv, "l2_to_sm_kv_bytes": l2_kv,
         "kv_reads_per_unique_byte": kv_factor, "shared_kv_read_factor": shared_factor,
-        "max_items_per_chunk": max(items + [0]),
-        "block_table_l2_to_sm_bytes": sum(it * Hkv * ids_per_chunk(c) * 4 for c, _, it in live_c),
+        "max_items_per_chunk": max(all_items + [0]),
+        "block_table_l2_to_sm_bytes": sum(it * Hkv * ids(c, bn) * 4
+                                          for c, it, bn in zip(chunk_len, all_items, bn_of) if it),
         "partial_itemsize": psz, "partial_bytes_written_and_read": 2 * partial, "partial_over_kv": p_over,
-        "hbm_bytes_this_design": design_hbm, "stage1_kv_tiles": iters1,
+        "hbm_bytes_this_design": design_hbm, "stage1_kv_tiles": sum(p["kv_tiles"] for p in parts),
         "stage1_warp_instr": int(w1), "stage2_warp_instr": int(w2),
         "t_issue_s": _t(t_issue), "t_stage1_issue_s": _t(t1), "t_stage2_issue_s": _t(t2),
         "t_hbm_floor_s": _t(t_floor), "t_hbm_this_design_s": _t(t_design),
@@ -621,16 +652,25 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
         plan = plan_tree_attention(bt, sl, int(k.shape[1]), **plan_kwargs)
     launches = _record_h100(lambda: tk.tree_attention(q, k, v, bt, sl, plan=plan, validate=False,
                                                       backend="triton"), gpu)
-    l1 = next(lc for lc in launches if lc.name.endswith("stage1"))
+    # one stage-1 launch, or the wide one (MAX_ROWS 0) and the narrow one (triton_kernel.rows_launches)
+    s1 = sorted((lc for lc in launches if lc.name.endswith("stage1")), key=lambda lc: lc.kwargs.get("MAX_ROWS", 0))
+    l1, ln = s1[0], (s1[1] if len(s1) > 1 else None)
     l2 = next(lc for lc in launches if lc.name.endswith("stage2"))
     sid1, c1, p1 = look(l1)
     sid2, c2, p2 = look(l2)
-    if not (c1 and c2):
+    sidn, cn, pn = look(ln) if ln is not None else (None, None, None)
+    if not (c1 and c2) or (ln is not None and not cn):
         return None
     kw = l1.kwargs
     if "BLOCK_R" not in kw or "BLOCK_N" not in kw:  # the kernel changed its tile names
         return f"tree attention {hq}/{hkv}x{D} {dname}: no BLOCK_R/BLOCK_N launch argument in {l1.name}"
     ai = attention_instr(c1, c2)
+    narrow = None
+    if ln is not None:
+        an = attention_instr(cn, c2)
+        narrow = dict(max_rows=ln.kwargs["MAX_ROWS"], block_n=ln.kwargs["BLOCK_N"], grid=ln.grid,
+                      warps=cn["num_warps"], tile_instr=an["tile_instr"], item_warp=an["item_instr"] * cn["num_warps"],
+                      cta_warp=an["cta1_warp"])
     op = _arg(l1, "out_p_ptr")
     rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
     pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
@@ -639,7 +679,7 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
                           c2["num_warps"], ai["pair_instr"], block_size=plan.block_size, gpu=gpu,
                           partial_itemsize=op.element_size(), block_p=ai["block_p"],
                           cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"],
-                          item_warp=ai["item_instr"] * c1["num_warps"])
+                          item_warp=ai["item_instr"] * c1["num_warps"], narrow=narrow)
     rec.update(plan_kwargs=_jsonable_plan_kwargs(plan_kwargs), prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D,
                dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
                stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],
@@ -650,6 +690,11 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
                stage1_grid_ctas_per_sm=math.prod(l1.grid) / gpu["sms"],
                stage1_warp_instr_per_tile=ai["tile_instr"] * c1["num_warps"],
                stage2_instr_per_step=ai["pair_instr"], stage2_block_p=ai["block_p"])
+    if narrow:
+        rec.update(narrow_spec=sidn, narrow_stats_from=pn and pn["stats_from"], narrow_registers=cn["registers"],
+                   narrow_spill_bytes=cn["spill_store_bytes"] + cn["spill_load_bytes"],
+                   narrow_ctas_per_sm=cn["ctas_per_sm"], narrow_instr_per_tile=narrow["tile_instr"],
+                   narrow_block_n=narrow["block_n"])
     return rec
 
 

@@ -108,14 +108,25 @@ def _met(tg):
 
 
 def _kwarg(k, v):
-    if k == "parallelism" and isinstance(v, dict):  # Parallelism: rows per item, KV heads, programs (shared tile)
-        return f"{v['rows_per_item']} rows/item x {v['kv_heads']} heads, {v['programs']} programs"
+    if k == "parallelism" and isinstance(v, dict):  # Parallelism: rows per item, KV heads, programs (each launch)
+        narrow = f"; narrow <= {v['narrow_rows']} rows, {v['programs_narrow']}" if v.get("narrow_rows") else ""
+        return f"{v['rows_per_item']} rows/item x {v['kv_heads']} heads, {v['programs']} programs{narrow}"
     return f"{k}={v}"
+
+
+def _launches(r):
+    """BLOCK_R and CTAs live / launched of stage 1, per launch (wide + narrow) when there are two."""
+    ls = r.get("stage1_launches") or []
+    if len(ls) < 2:
+        return f"{r['block_r']}", f"{r['ctas_live']} / {r['ctas_launched']}"
+    return (f"{r['block_r']} + {r['narrow_rows']}",
+            " + ".join(f"{x['ctas_live']} / {x['ctas_launched']}" for x in ls))
 
 
 def attention_table(d):
     cm = d.get("cost_model", {})
-    out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | plan | chunks, pairs | BLOCK_R | CTAs live / launched | "
+    out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | plan | chunks, pairs | BLOCK_R (wide + narrow) | "
+           "CTAs live / launched (wide + narrow) | "
            "dead CTAs (target 0) | KV into SMs / unique | shared-KV read factor (target <= 1.25) | "
            "partials / KV (target <= 0.25) | bound | t bound | HBM floor |",
            "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|---:|"]
@@ -123,8 +134,9 @@ def attention_table(d):
         tg = r.get("targets", {})
         plan = r.get("plan", "default") + (f" ({', '.join(_kwarg(k, v) for k, v in r['plan_kwargs'].items())})"
                                            if r.get("plan_kwargs") else "")
+        br, ctas = _launches(r)
         out.append(f"| {r['dtype']} | {r['Hq']}/{r['Hkv']}, {r['D']} | {r['N']}, {r['prefix']} + {r['suffix']} | "
-                   f"{plan} | {r['chunks']}, {r['pairs']} | {r['block_r']} | {r['ctas_live']} / {r['ctas_launched']} | "
+                   f"{plan} | {r['chunks']}, {r['pairs']} | {br} | {ctas} | "
                    f"{_met(tg['dead_ctas']) if tg else '-'} | "
                    f"{r['l2_to_sm_kv_bytes'] / 1e6:.0f} / {r['unique_kv_bytes'] / 1e6:.0f} MB | "
                    f"{_met(tg['shared_kv_read_factor']) if tg else '-'} | "

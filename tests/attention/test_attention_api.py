@@ -116,7 +116,7 @@ def test_unplanned_call_plans_for_the_kernel(monkeypatch):
 
     def par(num_rows, num_q_heads, k_cache, *, backend="auto"):
         got_par.append((num_rows, num_q_heads, backend))
-        return tk.Parallelism(1, HKV, 1, 1)
+        return tk.Parallelism(1, HKV, 1, 1, 1)
 
     def spy(*args, **kwargs):
         plans.append(real_plan(*args, **kwargs))

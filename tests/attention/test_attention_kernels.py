@@ -327,6 +327,22 @@ def test_uneven_and_large_groups(kernel, hq, hkv):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
+@pytest.mark.parametrize("scale", [-0.7, 0.0])
+def test_any_finite_scale(kernel, scale):
+    """A negative or zero softmax scale (the Triton kernel takes the scaled row max as the row max times
+    a scale >= 0: its wrapper negates q for a negative one)."""
+    run = _runner(kernel)
+    d, hq, hkv = 16, 8, 2
+    q, k, v, bt, lens = make_inputs("forest", 7, 16, hq, hkv, d, torch.float32, seed=38, max_blocks_per_row=9)
+    q = q * 16  # scores far apart: a row max taken on the wrong side overflows exp2
+    plan = simple_plan(bt, lens, 16)
+    # 32-token KV tiles here: a chunk of whole tiles, chunks of a full tile and a partial one
+    assert 32 in plan.chunk_len.tolist() and int(plan.chunk_len.max()) > 32
+    out, lse = run(q, k, v, bt, lens, plan, scale)
+    check_against_oracle(out, lse, q, k, v, bt, lens, scale)
+
+
+@pytest.mark.parametrize("kernel", KERNELS)
 def test_strided_inputs(kernel):
     """q a slice of a fused projection, K and V views into one interleaved KV tensor."""
     run = _runner(kernel)

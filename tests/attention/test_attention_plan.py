@@ -5,7 +5,8 @@ import pytest
 import torch
 
 import tts_kernels as tk
-from tts_kernels.attention.planner import DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR, balanced_chunk_factor
+from tts_kernels.attention.planner import (CHUNK_FACTORS, DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR,
+                                          balanced_chunk_factor)
 
 from helpers.attention import random_forest
 
@@ -210,12 +211,16 @@ BAD_PLANS = [
     ("sharing not bool", lambda: dict(sharing=1), TypeError, "sharing"),
     ("capacity malformed", lambda: dict(capacity=(3,)), ValueError, "capacity"),
     ("out not a plan", lambda: dict(out="plan"), TypeError, "out"),
-    ("parallelism a tuple", lambda: dict(parallelism=(4, 2, 8, 8)), TypeError, "parallelism"),
-    ("parallelism zero programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 0, 8)), ValueError,
+    ("parallelism a tuple", lambda: dict(parallelism=(4, 2, 8, 1, 8)), TypeError, "parallelism"),
+    ("parallelism zero programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 0, 1, 8)), ValueError,
      "parallelism.programs"),
-    ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8, 8)), ValueError,
+    ("parallelism zero narrow programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 1, 0)), ValueError,
+     "parallelism.programs_narrow"),
+    ("parallelism negative narrow rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, -1, 8)), ValueError,
+     "parallelism.narrow_rows"),
+    ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8, 1, 8)), ValueError,
      "parallelism.rows_per_item"),
-    ("parallelism with wide_chunk_rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 8), wide_chunk_rows=2),
+    ("parallelism with wide_chunk_rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 1, 8), wide_chunk_rows=2),
      ValueError, "not both"),
 ]
 
@@ -244,12 +249,27 @@ def test_plan_tensor_order_is_the_op_schema():
 # load-balanced chunks (parallelism)
 # ---------------------------------------------------------------------------
 def test_balanced_chunk_factor():
-    """f: the largest power of two with chunk_size * f <= work / programs, in [1, WIDE_CHUNK_MAX_FACTOR]."""
-    assert balanced_chunk_factor(393216, 132, 512) == 4          # mean load 2979 tokens: 2048-token chunks
-    assert balanced_chunk_factor(81920, 132, 512) == 1           # 620: the default 512
-    assert balanced_chunk_factor(511, 1, 512) == 1               # less than one chunk per program
-    assert balanced_chunk_factor(3 * 512, 1, 512) == 2           # not a power of two: rounded down
-    assert balanced_chunk_factor(10 ** 9, 1, 512) == WIDE_CHUNK_MAX_FACTOR
+    """f: the factor of least makespan, max(work / P, ceil(full items / P) x cs f, min(cs f, longest)),
+    the largest on a tie."""
+    assert CHUNK_FACTORS == (1, 2, 4, 8, WIDE_CHUNK_MAX_FACTOR)
+    # an 8192-token prefix, 4 row tiles x 8 KV heads per chunk (256 rows, 32/8 heads) on 132 programs:
+    # 512 / 256 / 128 items take 4, 2, 1 rounds of 512, 1024, 2048 tokens = 2048 (the mean load 1986
+    # below it); 64 / 32 items one round of 4096 / 8192 -> f = 4
+    prefix = [512, 256, 128, 64, 32]
+    assert balanced_chunk_factor(prefix, 8192 * 32, 8192, 132, 512) == 4
+    # 8 row tiles x 1 KV head (8/1 heads): 128 items already fit one round -> the default 512 tokens
+    assert balanced_chunk_factor([128, 64, 32, 16, 8], 8192 * 8, 8192, 132, 512) == 1
+    # one program: every factor takes the whole work -> the longest chunks
+    assert balanced_chunk_factor(prefix, 8192 * 32, 8192, 1, 512) == WIDE_CHUNK_MAX_FACTOR
+    # a 36-token segment on one program is 36 tokens whatever f (4, 2, 1, 0, 0 full chunks of 8, 16, 32)
+    assert balanced_chunk_factor([4, 2, 1, 0, 0], 36, 36, 1, 8) == WIDE_CHUNK_MAX_FACTOR
+    # six 16-token segments on 3 programs, chunk_size 8: 2 rounds of 16 = the mean load at every f
+    assert balanced_chunk_factor([12, 6, 0, 0, 0], 96, 16, 3, 8) == WIDE_CHUNK_MAX_FACTOR
+    # one 72-token segment on 2 programs: 9 items of 8 take 5 rounds (40 > the mean 36); 4 of 16 or 2 of
+    # 32 (plus the rest) the mean; one of 64 takes 64, one of 72 (f = 16) 72 -> f = 4
+    assert balanced_chunk_factor([9, 4, 2, 1, 0], 72, 72, 2, 8) == 4
+    # no work: any factor; the largest
+    assert balanced_chunk_factor([0] * 5, 0, 0, 7, 512) == WIDE_CHUNK_MAX_FACTOR
 
 
 def _best_of_n(N, prefix, suffix, bs):
@@ -261,13 +281,13 @@ def _best_of_n(N, prefix, suffix, bs):
 
 
 @pytest.mark.parametrize("par,shared_len", [
-    # 32/8 heads, bf16 256-row tiles (64 rows x 4 heads) on 132 SMs: work = 8192 x 4 items x 8 heads
-    # + 256 x 64 x 8 = 393216 token-items, 2979 per program -> 2048-token chunks
-    (tk.Parallelism(64, 8, 132, 264), 2048),
-    # 8/1 heads (32 rows x 8 heads): 8192 x 8 + 256 x 64 = 81920, 620 per program -> the default 512
-    (tk.Parallelism(32, 1, 132, 264), 512),
-    # one program: everything is one program's load -> the longest chunks allowed
-    (tk.Parallelism(64, 8, 1, 1000), 512 * WIDE_CHUNK_MAX_FACTOR),
+    # 32/8 heads, bf16 256-row tiles (64 rows x 4 heads) on 132 SMs: the prefix is 4 items x 8 heads per
+    # chunk (test_balanced_chunk_factor) -> 2048-token chunks; the own 64 tokens (the narrow launch) stay
+    (tk.Parallelism(64, 8, 132, 4, 528), 2048),
+    # 8/1 heads (32 rows x 8 heads): 8 items per 512-token chunk already fit one round -> the default 512
+    (tk.Parallelism(32, 1, 132, 2, 528), 512),
+    # one program: every factor takes the same time -> the longest chunks allowed
+    (tk.Parallelism(64, 8, 1, 4, 1000), 512 * WIDE_CHUNK_MAX_FACTOR),
 ])
 def test_balanced_plan_best_of_n(par, shared_len):
     """Hand-computed chunk lengths of the load-balanced plan (N = 256 over 8192 + 64 tokens)."""
@@ -290,13 +310,15 @@ def test_balanced_plan_invariants(kind, programs):
     bs, cs = 4, 8
     gen = torch.Generator().manual_seed(7 + programs)
     bt, sl, _ = random_forest(kind, 9, bs, 12, gen)
-    par = tk.Parallelism(2, 2, programs, programs)
+    par = tk.Parallelism(2, 2, programs, 0, 1)  # no narrow launch: one factor for every chunk
     plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs, parallelism=par)
     base = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * WIDE_CHUNK_MAX_FACTOR)
     rows = (base.chunk_q_ptr[1:] - base.chunk_q_ptr[:-1]).long()
     items = (rows + 1) // 2
-    work = int((base.chunk_len.long() * items).sum()) * 2  # segments are never cut at 16 x 8 tokens here
-    f = balanced_chunk_factor(work, programs, cs)
+    # segments are never cut at 16 x 8 tokens here: base's chunks are the segments
+    n = [int((base.chunk_len.long() // (cs * g) * items).sum()) * 2 for g in CHUNK_FACTORS]
+    work = int((base.chunk_len.long() * items).sum()) * 2
+    f = balanced_chunk_factor(n, work, int(base.chunk_len.max()), programs, cs)
     assert int(sl.max()) <= cs * WIDE_CHUNK_MAX_FACTOR
     _check_invariants(plan, bt, sl, bs, cs * f)
     same = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * f)
@@ -319,32 +341,48 @@ def test_balanced_capacity_padding():
     """A fixed-capacity load-balanced plan bounds max_chunk_len by the longest chunk it may hold."""
     bs = 4
     bt, sl = _best_of_n(8, 64, 5, bs)
-    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, 1, 1), capacity=(64, 64))
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, 1, 1, 1),
+                                  capacity=(64, 64))
     assert plan.max_chunk_len == 8 * WIDE_CHUNK_MAX_FACTOR and plan.num_chunks == 64
 
 
-def test_balanced_unshared_plan_counts_its_own_programs():
-    """A plan that shares no chunk (one row each) is balanced over ``programs_unshared``, the programs
-    of the kernel's tile for it; a padded plan (capacity) takes the shared tile, ``programs``."""
-    bs = 4
-    bt, sl = _best_of_n(8, 64, 5, bs)   # 8 rows of 69 tokens: 552 token-items per KV head
-    few, many = 1, 1000
-    alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False,
-                                   parallelism=tk.Parallelism(4, 1, many, few))
-    assert alone.max_rows_per_chunk == 1 and alone.max_chunk_len == 69          # 552 / 1 program: 16 x 8
-    narrow = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False,
-                                    parallelism=tk.Parallelism(4, 1, few, many))
-    assert narrow.max_chunk_len == 8                                             # 552 / 1000 programs
-    padded = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, capacity=(200, 200),
-                                    parallelism=tk.Parallelism(4, 1, many, few))
-    assert int(padded.chunk_len.max()) == 8
-    shared = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, few, many))
-    assert shared.max_rows_per_chunk == 8 and shared.max_chunk_len == 64        # the shared prefix, one chunk
+def test_balanced_launches_count_their_own_programs():
+    """The narrow chunks (at most ``narrow_rows`` rows: one launch) are balanced over
+    ``programs_narrow``, the wider ones over ``programs`` (another launch), whatever the plan shares
+    or pads. 8 rows share 64 tokens (2 items of 4 rows), then 32 own tokens each; chunk_size 8."""
+    bs, few, many = 4, 1, 1000
+    bt, sl = _best_of_n(8, 64, 32, bs)
+
+    def lens(plan):
+        rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
+        shared = {int(n) for n, r in zip(plan.chunk_len.tolist(), rows) if r == 8}
+        own = {int(n) for n, r in zip(plan.chunk_len.tolist(), rows) if r == 1}
+        return shared, own
+
+    # wide on one program: [16, 8, 4, 2, 2] items of 8, 16, 32, 64, 64 (the segment) tokens: the whole
+    # 128 token-items at every f -> f = 16, one 64-token chunk; narrow on 1000: one round each, f = 1
+    assert lens(tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, few, 1, many))) \
+        == ({64}, {8})
+    # swapped: the wide chunks stay short, the own 32 tokens are one chunk (one program: 256 at every f)
+    par = tk.Parallelism(4, 1, many, 1, few)
+    assert lens(tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=par)) == ({8}, {32})
+    padded = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=par, capacity=(200, 200))
+    assert lens(padded) == ({8}, {32}) and padded.max_rows_per_chunk == 8
+    # narrow_rows 0: one launch, one factor for all (f = 1 on 1000 programs)
+    assert lens(tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, many, 0, few))) \
+        == ({8}, {8})
+    # no sharing: every chunk is narrow, 96 tokens each: [96, 48, 24, 16, 8] items on one program of
+    # 8, 16, 32, 64, 96 tokens: 768, 768, 768, 1024, 768 -> f = 16, one chunk per row
+    alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, parallelism=par)
+    assert alone.max_rows_per_chunk == 1 and set(alone.chunk_len.tolist()) == {96}
+    # 16 programs: 6, 3, 2, 1, 1 rounds of 8, 16, 32, 64, 96 tokens: 48, 48, 64, 64, 96 -> f = 2
+    alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, parallelism=par._replace(programs_narrow=16))
+    assert set(alone.chunk_len.tolist()) == {16}
 
 
 def test_balanced_plan_of_rows_without_tokens():
     """Unvalidated rows without tokens (validate=False): no segment, no chunk, the same as the default
     plan (the work estimate must not reduce over nothing)."""
     bt, sl = torch.zeros(3, 2, dtype=torch.int32), torch.zeros(3, dtype=torch.int32)
-    plan = tk.plan_tree_attention(bt, sl, 4, validate=False, parallelism=tk.Parallelism(4, 1, 1, 1))
+    plan = tk.plan_tree_attention(bt, sl, 4, validate=False, parallelism=tk.Parallelism(4, 1, 1, 1, 1))
     assert plan.num_chunks == plan.num_pairs == 0

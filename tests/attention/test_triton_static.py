@@ -48,9 +48,10 @@ def test_constexprs_do_not_follow_the_plan(monkeypatch):
         q, k, v, bt, lens = make_inputs(kind, n, bs, hq, hkv, d, torch.bfloat16, seed=n)
         plan = simple_plan(bt, lens, bs)
         run_triton(q, k, v, bt, lens, plan, 0.25)
-    (g0, c0), (g1, c1) = calls
-    assert c0 == c1
-    assert len(g0) == len(g1) == 1  # persistent programs: a 1-D grid
+    # 3 rows: every chunk fits the narrow launch; 9 rows sharing: the wide launch, then the narrow one again
+    (g0, c0), (g1, c1), (g2, c2) = calls
+    assert c0 == c2 and c0["MAX_ROWS"] == c0["BLOCK_R"] == 4 and c1["MAX_ROWS"] == 0 and c1["MIN_ROWS"] == 5
+    assert len(g0) == len(g1) == len(g2) == 1  # persistent programs: a 1-D grid
 
 
 def test_two_tile_variants_at_most():
@@ -80,52 +81,64 @@ def test_tiles_follow_arch_and_block_size():
     assert not wide_tiles(32, 8, 128, torch.bfloat16, 256, 100)
 
 
-def test_no_sharing_keeps_narrow_tiles():
-    """A plan that shares nothing (one row per chunk) keeps the 128-row tile whatever N; one that
-    shares anything takes the tile of its N (so a widening search keeps one variant)."""
+def test_no_sharing_takes_the_narrow_launch_only():
+    """A plan that shares nothing (one row per chunk) runs the narrow launch alone (16 query rows: 2
+    rows of 8 heads); one that shares anything takes the wide tile of its N (so a widening search
+    keeps one variant) for its wide chunks, then the narrow launch."""
     from tts_kernels.attention.triton_kernel import stage1_cost, tile_rows
 
     q, k, v, bt, lens = make_inputs("identical", 40, 8, 8, 1, 64, torch.float16, seed=3)
     shared, alone = simple_plan(bt, lens, 8), simple_plan(bt, lens, 8, share=False)
     assert (tile_rows(shared), tile_rows(alone)) == (40, 1)
-    assert stage1_cost(shared, 8, 1, 64, torch.float16)["block_r"] == 32   # 256 query rows / 8 heads
-    assert stage1_cost(alone, 8, 1, 64, torch.float16)["block_r"] == 16    # 128 query rows / 8 heads
+    cs, ca = stage1_cost(shared, 8, 1, 64, torch.float16), stage1_cost(alone, 8, 1, 64, torch.float16)
+    assert [(ln["block_r"], ln["min_rows"], ln["max_rows"]) for ln in cs["launches"]] == [(32, 3, 0), (2, 1, 2)]
+    assert [(ln["block_r"], ln["min_rows"], ln["max_rows"]) for ln in ca["launches"]] == [(2, 1, 2)]
+    # every row shares all its tokens: the narrow launch finds no live item; without sharing it takes all
+    assert cs["launches"][1]["items_live"] == 0 and ca["items_live"] == ca["items"] == 40
 
 
 def test_parallelism_of_the_triton_kernel(monkeypatch):
     """What the planner's load-balanced chunks are told: rows per item of the tile a shared plan of N
-    rows takes (one row per chunk without sharing), KV heads, CTAS_PER_SM x SMs (hand-checked against
-    the tile tables)."""
+    rows takes, KV heads, CTAS_PER_SM x SMs, and the narrow launch's row cap and programs
+    (hand-checked against the tile tables)."""
     from tts_kernels import Parallelism
     from tts_kernels.attention import triton_kernel as tak
 
     cpu = torch.device("cpu")
     monkeypatch.setattr(tak, "_num_sms", lambda device: 132)
-    # (rows per item and programs of the N-row tile, programs of the one-row tile)
-    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 132)  # 256 rows
-    assert tak.parallelism(16, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 132)   # 128 rows
-    assert tak.parallelism(256, 32, 8, 128, torch.float32, cpu, 16) == Parallelism(8, 8, 264, 264)    # 2 per SM
-    assert tak.parallelism(256, 8, 1, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 132)
-    assert tak.parallelism(256, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 264)    # D=64
+    # (rows per item and programs of the N-row tile; rows and programs of the narrow launch's 16-row tile)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 4, 396)  # 256 rows
+    assert tak.parallelism(16, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 4, 396)   # 128 rows
+    assert tak.parallelism(256, 32, 8, 128, torch.float32, cpu, 16) == Parallelism(8, 8, 264, 4, 396)    # 2 per SM
+    assert tak.parallelism(256, 8, 1, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 2, 396)   # 2 x 8 heads
+    assert tak.parallelism(256, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(32, 1, 132, 2, 528)    # D=64
+    # a batch of 2 rows of 8 heads fits the narrow tile: one launch, its rows and programs
+    assert tak.parallelism(2, 8, 1, 64, torch.bfloat16, cpu, 16) == Parallelism(2, 1, 528, 2, 528)
     monkeypatch.setattr(tak, "_arch", lambda device: 80)
-    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 132)  # no wide
-    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 264)
+    assert tak.parallelism(256, 32, 8, 128, torch.bfloat16, cpu, 16) == Parallelism(32, 8, 132, 4, 396)  # no wide
+    assert tak.parallelism(256, 32, 8, 64, torch.bfloat16, cpu, 16) == Parallelism(64, 8, 132, 4, 528)
 
 
-def test_plan_config_is_what_launches(monkeypatch):
-    """plan_config: the one definition of a plan's tiles, used by the wrapper and by stage1_cost."""
+def test_plan_launches_are_what_launches(monkeypatch):
+    """plan_launches: the one definition of a plan's stage-1 launches, used by the wrapper and by
+    stage1_cost (a plan with wide chunks and narrow ones: both launches, in that order)."""
     require_triton()
     from tts_kernels.attention import triton_kernel as tak
 
-    q, k, v, bt, lens = make_inputs("identical", 40, 8, 8, 1, 64, torch.float16, seed=3)
+    q, k, v, bt, lens = make_inputs("forest", 40, 8, 8, 1, 64, torch.float16, seed=3)
     plan = simple_plan(bt, lens, 8)
     calls = []
     monkeypatch.setattr(tak, "_tree_attn_stage1", _Recorder(tak._tree_attn_stage1, calls))
     run_triton(q, k, v, bt, lens, plan, 0.25)
-    cfg = tak.plan_config(plan, 8, 1, 64, torch.float16, tak._arch(q.device))
+    launches = tak.plan_launches(plan, 8, 1, 64, torch.float16, tak._arch(q.device))
+    assert len(calls) == len(launches) == 2
     names = ("BLOCK_R", "BLOCK_M", "BLOCK_N", "BLOCK_D", "GROUP_PAD")
-    assert {n: calls[0][1][n] for n in names} == {n: cfg[n] for n in names}
-    assert tak.stage1_cost(plan, 8, 1, 64, torch.float16)["block_r"] == cfg["BLOCK_R"] == 32
+    for (_, got), ln in zip(calls, launches):
+        assert {n: got[n] for n in names} == {n: ln.cfg[n] for n in names}
+        assert (got["MIN_ROWS"], got["MAX_ROWS"]) == (ln.min_rows, ln.max_rows)
+    cost = tak.stage1_cost(plan, 8, 1, 64, torch.float16)
+    assert [c["block_r"] for c in cost["launches"]] == [ln.cfg["BLOCK_R"] for ln in launches] == [32, 2]
+    assert all(c["items_live"] > 0 for c in cost["launches"])
 
 
 def test_tree_attention_parallelism_follows_the_backend(monkeypatch):
@@ -145,7 +158,8 @@ def test_tree_attention_parallelism_follows_the_backend(monkeypatch):
     monkeypatch.setattr(tak, "_num_sms", lambda device: 132)
     monkeypatch.setattr(tak, "_arch", lambda device: 90)
     want = tak.parallelism(8, 4, 2, 32, torch.bfloat16, cuda_k.device, 16)
-    assert tk.tree_attention_parallelism(8, 4, cuda_k, backend="triton") == want == tk.Parallelism(64, 2, 264, 264)
+    # 8 rows of 2 heads fit the narrow tile: one launch, the narrow one's 4 programs per SM
+    assert tk.tree_attention_parallelism(8, 4, cuda_k, backend="triton") == want == tk.Parallelism(8, 2, 528, 8, 528)
     assert tk.tree_attention_parallelism(8, 4, cuda_k) == want  # auto: Triton on CUDA
     for other in ("reference", "cpp"):
         assert tk.tree_attention_parallelism(8, 4, cuda_k, backend=other) is None
@@ -162,14 +176,17 @@ def test_tree_attention_parallelism_follows_the_backend(monkeypatch):
 
 
 def test_grid_follows_capacity():
-    from tts_kernels.attention.triton_kernel import num_work_items, stage1_config, stage1_grid
+    from tts_kernels.attention.triton_kernel import Stage1Launch, num_work_items, stage1_config, stage1_grid
 
     cfg = stage1_config(32, 8, 128, torch.bfloat16)
     br = cfg["BLOCK_R"]
+    # a narrow launch lists each chunk once (no rest windows), the others every window
+    assert Stage1Launch(cfg, 1, br).items(300, 1024) == 300
+    assert Stage1Launch(cfg, 5, 0).items(300, 1024) == 300 + 1023 // br
     assert num_work_items(300, 1024, br) == 300 + 1023 // br
     assert num_work_items(5, 0, br) == 5
-    assert stage1_grid(300, 1024, 8, cfg, 132) == 132 * cfg["CTAS_PER_SM"]
-    assert stage1_grid(5, 0, 2, cfg, 132) == 10  # fewer slots than the GPU holds: one CTA per slot
+    assert stage1_grid(num_work_items(300, 1024, br), 8, cfg, 132) == 132 * cfg["CTAS_PER_SM"]
+    assert stage1_grid(num_work_items(5, 0, br), 2, cfg, 132) == 10  # fewer slots than the GPU: one CTA per slot
 
 
 _SPECS_OF_A_WIDENING_SEARCH = r"""
@@ -200,12 +217,15 @@ print(json.dumps({name: sorted(v) for name, v in ids.items()}))
 
 
 def test_no_recompile_as_a_search_widens():
-    """One specialization of each kernel for every plan of an N-row batch (Triton's own binder)."""
+    """One specialization of each launch for every plan of an N-row batch (Triton's own binder): the
+    wide and the narrow stage-1 launch, stage 2."""
     from helpers.specializations import specializations
 
     ids = specializations(_SPECS_OF_A_WIDENING_SEARCH)
     assert set(ids) == {"_tree_attn_stage1", "_tree_attn_stage2"}
-    assert all(len(v) == 1 for v in ids.values()), ids
+    assert len(ids["_tree_attn_stage2"]) == 1, ids
+    stage1 = ids["_tree_attn_stage1"]
+    assert len(stage1) == 2 and sorted("MAX_ROWS=0," in sid for sid in stage1) == [False, True], stage1
 
 
 # ---------------------------------------------------------------------------

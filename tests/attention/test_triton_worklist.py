@@ -164,11 +164,18 @@ def test_cost_model_best_of_n():
     assert stage1_config(Hq, Hkv, D, torch.bfloat16)["BLOCK_R"] == 32  # 128 query rows = 32 rows x 4 heads
     cost = stage1_cost(plan, Hq, Hkv, D, torch.bfloat16)
     assert cost["block_r"] == 64  # 256 rows per chunk: the 256-query-row variant, 64 rows x 4 heads
+    wide, narrow = cost["launches"]
     C, P = 2 + N, 2 * N + N
-    assert cost["items"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
-    assert cost["items_live"] == (2 * 4 + N) * Hkv  # 4 row tiles per shared chunk, 1 per own chunk
-    # persistent grid: one 256-row CTA per SM (132), all of them get work
-    assert cost["ctas_launched"] == cost["ctas_live"] == 132
+    # the shared chunks: 4 row tiles each, on one 256-row CTA per SM; 64 items leave 68 of the 132
+    # programs without work (4096-token chunks: the planner's parallelism cuts them shorter)
+    assert (wide["min_rows"], wide["max_rows"]) == (5, 0)
+    assert wide["items"] == (C + (P - 1) // 64) * Hkv == (258 + 11) * 8
+    assert wide["items_live"] == 2 * 4 * Hkv and (wide["ctas_launched"], wide["ctas_live"]) == (132, 64)
+    # the own chunks (1 row): the narrow launch, 16-row tiles (4 rows x 4 heads), 3 CTAs per SM, one item each
+    assert (narrow["block_r"], narrow["min_rows"], narrow["max_rows"]) == (4, 1, 4)
+    assert narrow["items"] == C * Hkv and narrow["items_live"] == N * Hkv
+    assert (narrow["ctas_launched"], narrow["ctas_live"]) == (396, 396)
+    assert cost["items_live"] == (2 * 4 + N) * Hkv and cost["ctas_launched"] == 132 + 396
     tok = Hkv * D * 2 * 2  # K and V bytes per token
     assert cost["kv_unique_bytes"] == (8192 + N * 64) * tok
     assert cost["kv_sm_bytes"] == (4 * 8192 + N * 64) * tok
@@ -186,12 +193,14 @@ def test_cost_model_padding_and_misaligned_rest():
     plan = _plan(chunks, 20, pad_chunks=3, pad_pairs=9)
     cost = stage1_cost(plan, Hq, Hkv, D, torch.float32)
     assert cost["block_r"] == 8
-    assert cost["items"] == (5 + 31 // 8) * Hkv
-    # chunk 1: first tile [3, 11), rest [11, 23) meets windows [8,16), [16,24): 3 passes
-    assert cost["items_live"] == 1 + 3
-    # a list shorter than the GPU: one CTA per slot (8), half of them find no live item
-    assert cost["ctas_launched"] == 8 and cost["ctas_live"] == 4
-    assert stage1_cost(plan, Hq, Hkv, D, torch.float32, num_sms=1)["ctas_launched"] == 4  # 4 CTAs/SM (fp32, D 16)
+    wide, narrow = cost["launches"]
+    # chunk 1 (20 rows, the wide launch): first tile [3, 11), rest [11, 23) meets windows [8,16), [16,24):
+    # 3 passes; chunk 0 (3 rows) is the narrow launch's (4 rows x 4 heads), one item
+    assert wide["items"] == (5 + 31 // 8) * Hkv and wide["items_live"] == 3
+    assert narrow["items"] == 5 * Hkv and narrow["items_live"] == 1
+    # lists shorter than the GPU: one CTA per slot (8 + 5), most of them find no live item
+    assert cost["ctas_launched"] == 8 + 5 and cost["ctas_live"] == 3 + 1
+    assert stage1_cost(plan, Hq, Hkv, D, torch.float32, num_sms=1)["ctas_launched"] == 4 + 4  # 4 CTAs/SM each
     assert cost["max_passes"] == 3
     assert cost["kv_sm_bytes"] == (16 + 3 * 32) * Hkv * D * 4 * 2
     assert cost["partial_bytes"] == 2 * 23 * Hq * (D * 4 + 4)

@@ -303,8 +303,8 @@ def test_eager_step_runs_no_host_sync_op(tiny):
 
 def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
     """Where tree_attention_parallelism describes a GPU (here: patched), the step's plan has the
-    load-balanced chunks of that description, padded to the longest chunk it may hold; a padded plan
-    counts the shared tile's programs even without sharing; off CUDA (None) the step keeps the
+    load-balanced chunks of that description, padded to the longest chunk it may hold; each chunk
+    counts the programs of the launch its rows give it, padded or not; off CUDA (None) the step keeps the
     default chunks. The engine's steps and PagedDecode ask for it with the model's query heads."""
     import tts_kernels as tk
     import tts_kernels.attention as tka
@@ -324,8 +324,8 @@ def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
 
     def fake(num_rows, num_q_heads, k_cache, *, backend="auto"):
         seen.append((num_rows, num_q_heads))
-        # one program with the shared tile, many with the one-row tile
-        return tk.Parallelism(4, model.cfg.num_kv_heads, 1, 1000)
+        # one program for the shared chunks, many for the one-row chunks (the narrow launch)
+        return tk.Parallelism(4, model.cfg.num_kv_heads, 1, 1, 1000)
 
     def step(attention, bucketed, **kw):
         b = step_mod.prepare_step(eng.pool, ids, positions, slots, params, chunk_size=8, attention=attention,
@@ -336,7 +336,7 @@ def test_prepare_step_plans_balanced_chunks_for_the_gpu(tiny, monkeypatch):
     monkeypatch.setattr(tka, "tree_attention_parallelism", fake)
     for attention, bucketed, longer in (("tree", False, True), ("tree", True, True),
                                         ("paged", False, False),   # shares nothing: 1000 programs, f = 1
-                                        ("paged", True, True)):    # padded: the shared tile's 1 program
+                                        ("paged", True, False)):   # padded too: the chunks decide
         batch, t = step(attention, bucketed, num_q_heads=H)
         lens = t.plan.chunk_len[t.plan.chunk_len > 0]
         assert (int(lens.max()) > 8) == longer, (attention, bucketed)

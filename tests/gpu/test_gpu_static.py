@@ -176,6 +176,26 @@ def test_attention_bound_hand_case():
     assert rp["stage1_warp_instr"] == 12 * 10 * 4 + 8 * 7
 
 
+def test_attention_bound_narrow_launch():
+    # the hand case above with the own chunks (1 row) in a second, narrow launch (max_rows 1): the first
+    # launch takes the shared chunk's 2 items x 2 heads on 4 programs, the narrow one 2 chunks x 2 heads
+    # on 6 programs (2 find nothing); their issue times add
+    r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
+                           Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4,
+                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
+                           narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3))
+    wide, narrow = r["stage1_launches"]
+    assert (wide["work_items_live"], wide["ctas_launched"], wide["ctas_live"], wide["kv_tiles"]) == (4, 4, 4, 8)
+    assert (narrow["work_items_live"], narrow["ctas_launched"], narrow["ctas_live"], narrow["kv_tiles"]) == (4, 6, 4, 4)
+    assert r["ctas_launched"] == 10 and r["ctas_dead"] == 2 and r["narrow_rows"] == 1
+    assert r["stage1_warp_instr"] == 8 * 10 * 4 + 4 * 3 * 2
+    # the KV each item reads is as in one launch
+    assert r["l2_to_sm_kv_bytes"] == 6144 and r["stage1_kv_tiles"] == 12 and r["shared_kv_read_factor"] == 2.0
+    # tiny: each launch's largest CTA (2 tiles x 10 x 4 warps; 1 tile x 3 x 2), then stage 2
+    assert r["t_stage1_issue_s"] == pytest.approx(80 / RATE + 6 / RATE, rel=1e-3)
+    assert r["t_issue_s"] == pytest.approx(126 / RATE, rel=1e-3)
+
+
 def test_attention_bound_wide_plan():
     # N=256 rows sharing 8192 tokens in 16 chunks of 512, then 256 own chunks of 64; BLOCK_R 16, Hkv 8;
     # (272 + 271) x 8 slots of which (16 x 16 + 256) x 8 live, worked through by 132 persistent programs
@@ -199,27 +219,35 @@ def test_attention_bound_wide_plan():
 @pytest.mark.parametrize("dtype_name", ["bf16", "fp32"])
 @pytest.mark.parametrize("wide", [None, 2])
 def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
-    # a real plan (8 rows share 64 tokens, 16 own each; chunks of 16 tokens, or longer shared ones with
-    # wide_chunk_rows): the model agrees with the kernel module's own stage1_cost
+    # a real plan (16 rows share 64 tokens, 16 own each; chunks of 16 tokens, or longer shared ones with
+    # wide_chunk_rows): the model agrees with the kernel module's own stage1_cost, launch by launch
     from benchmarks.gpu_static import spaces
     from tts_kernels.attention.planner import plan_tree_attention
     from tts_kernels.attention import triton_kernel as tak
 
     dt = spaces.DTYPES[dtype_name]
     Hq, Hkv, D = 4, 2, 32
-    q, k, v, bt, sl, _ = spaces.attention_inputs(8, 64, 16, Hq, Hkv, D, dt)
+    q, k, v, bt, sl, _ = spaces.attention_inputs(16, 64, 16, Hq, Hkv, D, dt)
     plan = plan_tree_attention(bt, sl, 16, chunk_size=16, wide_chunk_rows=wide)
-    cfg = tak.plan_config(plan, Hq, Hkv, D, dt, 90)
+    launches = tak.plan_launches(plan, Hq, Hkv, D, dt, 90)
+    assert [ln.max_rows for ln in launches] == [0, 8]  # 16 rows share the prefix: wide; own chunks: narrow
     rows = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist()
     pairs = (plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]).tolist()
+    C, P = plan.num_chunks, plan.num_pairs
     for sms in (2, 132):
-        grid = tak.stage1_grid(plan.num_chunks, plan.num_pairs, Hkv, cfg, sms)
+        grid, grid_n = (tak.stage1_grid(ln.items(C, P), Hkv, ln.cfg, sms) for ln in launches)
+        cfg, ncfg = launches[0].cfg, launches[1].cfg
         r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
                                cfg["BLOCK_N"], (grid,), 4, 10, (8, 1), 4, 5,
-                               partial_itemsize=tak.partial_dtype(dt).itemsize)
+                               partial_itemsize=tak.partial_dtype(dt).itemsize,
+                               narrow=dict(max_rows=launches[1].max_rows, block_n=ncfg["BLOCK_N"], grid=(grid_n,),
+                                           warps=4, tile_instr=3))
         c = tak.stage1_cost(plan, Hq, Hkv, D, dt, num_sms=sms)
         assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
         assert r["work_items_live"] == c["items_live"]
+        for got, want in zip(r["stage1_launches"], c["launches"]):
+            assert (got["ctas_launched"], got["ctas_live"], got["work_items_live"]) == \
+                (want["ctas_launched"], want["ctas_live"], want["items_live"])
     assert r["l2_to_sm_kv_bytes"] == c["kv_sm_bytes"] and r["unique_kv_bytes"] == c["kv_unique_bytes"]
     assert r["partial_bytes_written_and_read"] == c["partial_bytes"]
     assert r["max_items_per_chunk"] == c["max_passes"]
@@ -401,19 +429,20 @@ def test_quick_set_compiles(tmp_path):
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-4000:]
     d = json.loads(out.read_text())
     # the quick set: two one-program-per-row sampler variants, one split-row launch (partial + merge), one
-    # tree attention call (stages 1 and 2); its stage 1 takes different tiles on sm_90 (wgmma) and sm_80
-    # (mma.sync): one specialization per arch, each compiled for its arch only
-    assert d["specializations"] == 7 and d["compiles"] == 12 and not d["failures"]
+    # tree attention call (stage 1 wide and narrow, stage 2); its wide stage 1 takes different tiles on
+    # sm_90 (wgmma) and sm_80 (mma.sync): one specialization per arch, each compiled for its arch only
+    assert d["specializations"] == 8 and d["compiles"] == 14 and not d["failures"]
     assert d["kernels_launched_in_source"] == ["_merge_kernel", "_partial_kernel", "_sample_kernel",
                                                "_tree_attn_stage1", "_tree_attn_stage2"]
     assert d["kernels_not_reached"] == []
     kernels = sorted(r["kernel"] for r in d["specs"])
     assert kernels == ["_merge_kernel", "_partial_kernel", "_sample_kernel", "_sample_kernel",
-                       "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage2"]
+                       "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage2"]
     for r in d["specs"]:
         archs = sorted(r["compiled"])
-        assert archs == (["sm_80"] if r["kernel"] == "_tree_attn_stage1" and "BLOCK_N=32" in r["spec"] else
-                         ["sm_90"] if r["kernel"] == "_tree_attn_stage1" else ["sm_80", "sm_90"]), r["spec"]
+        wide = r["kernel"] == "_tree_attn_stage1" and "MAX_ROWS=0," in r["spec"]
+        assert archs == (["sm_80"] if wide and "BLOCK_N=32" in r["spec"] else ["sm_90"] if wide
+                         else ["sm_80", "sm_90"]), r["spec"]
         for arch in archs:
             c = r["compiled"][arch]
             assert c["ok"] and c["registers"] > 0 and c["registers"] == c["registers_cuobjdump"]
@@ -443,7 +472,7 @@ def test_quick_set_compiles(tmp_path):
             dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3)]},
         "tree_attention": {"records": [
             dict(N=4, prefix=1024, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
-                 parallelism=dict(rows_per_item=64, kv_heads=2, programs=1, programs_unshared=1),
+                 parallelism=dict(rows_per_item=64, kv_heads=2, programs=1, narrow_rows=8, programs_narrow=1),
                  times_s={"tree": 2e-5, "tree_wide": 3e-5, "tree_balanced": 4e-5, "sdpa_gathered": 1e-4})]},
     }
     script = ("import json, sys; from benchmarks.gpu_static import cost_model as cm; "

@@ -110,19 +110,17 @@ class Parallelism(NamedTuple):
     kv_heads : int
         KV heads; every work item runs once per KV head.
     programs : int
-        Programs running at once (SMs x programs per SM) with the tile of a plan
-        that shares a chunk.
-    programs_unshared : int
-        The same for a plan that shares no chunk (one row per chunk: the kernel
-        may take another tile, with another occupancy).
+        Programs running at once (SMs x programs per SM) on the chunks wider
+        than ``narrow_rows``.
+    narrow_rows : int
+        Chunks of at most this many rows run in a launch of their own, one work
+        item each (a smaller tile); 0 when every chunk runs in one launch.
+    programs_narrow : int
+        Programs running at once in that launch.
     """
 
     rows_per_item: int
     kv_heads: int
     programs: int
-    programs_unshared: int
-
-    def for_padded_plan(self) -> "Parallelism":
-        """For a plan that will be padded to a fixed capacity: it lists N rows per chunk
-        (``max_rows_per_chunk``), so the kernel takes the tile of a shared plan whatever it shares."""
-        return self._replace(programs_unshared=self.programs)
+    narrow_rows: int
+    programs_narrow: int

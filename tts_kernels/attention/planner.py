@@ -35,7 +35,7 @@ is linear in breakpoints, chunks and pairs.
 """
 from __future__ import annotations
 
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 
@@ -45,6 +45,8 @@ from .plan import Parallelism, TreeAttentionPlan
 DEFAULT_CHUNK_SIZE = 512
 #: most that ``wide_chunk_rows`` or ``parallelism`` lengthens a chunk (x chunk_size)
 WIDE_CHUNK_MAX_FACTOR = 16
+#: the factors ``parallelism`` chooses from (powers of two up to :data:`WIDE_CHUNK_MAX_FACTOR`)
+CHUNK_FACTORS = tuple(1 << i for i in range(WIDE_CHUNK_MAX_FACTOR.bit_length()))
 
 _I32 = torch.int32
 
@@ -96,19 +98,22 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         Default ``None``: every chunk has at most ``chunk_size`` tokens.
     parallelism : Parallelism, optional
         Load-balanced chunks for a backend that runs ``parallelism.programs``
-        programs at once (``programs_unshared`` when no chunk is shared; the
-        Triton kernel on a GPU:
+        programs at once on the chunks wider than ``parallelism.narrow_rows``
+        rows and ``parallelism.programs_narrow`` on the others, in two
+        launches (the Triton kernel on a GPU:
         :func:`tts_kernels.attention.tree_attention_parallelism`; the engine and
-        :func:`tree_attention` pass it on CUDA). Every chunk is cut at
-        ``chunk_size * f`` tokens, ``f`` the largest power of two (at most
+        :func:`tree_attention` pass it on CUDA). The chunks of each launch are
+        cut at ``chunk_size * f`` tokens, ``f`` the largest power of two (at most
         ``WIDE_CHUNK_MAX_FACTOR``) with ``chunk_size * f`` no longer than a
-        program's mean load: the step's work (tokens x work items, see
-        :class:`Parallelism`) over ``programs``. The longest work item then takes
-        no longer than the mean load, so programs that take items from one list
-        finish within about one item of each other (list scheduling: at most
-        twice the mean load), while a step has fewer, longer chunks whenever
-        the GPU has work enough: fewer partial outputs to write and merge (a
-        chunk costs each of its rows one). Exclusive with ``wide_chunk_rows``.
+        program's mean load: that launch's work (tokens x work items, see
+        :class:`Parallelism`) over its programs. The factor is the one of
+        least estimated makespan (:func:`balanced_chunk_factor`: the mean
+        load, rounds of the full-length items, the longest item; the largest
+        on a tie): a step
+        has fewer, longer chunks whenever that costs no time, so fewer partial
+        outputs to write and merge (a chunk costs each of its rows one), and
+        short ones when the GPU would otherwise idle. Exclusive with
+        ``wide_chunk_rows``.
         Costs one more host sync.
     """
     if _checks.checks_enabled():
@@ -119,8 +124,6 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         _check_parallelism(parallelism, wide_chunk_rows)
     if out is not None and capacity is None:
         capacity = (out.num_chunks, out.num_pairs)
-    if capacity is not None and parallelism is not None:
-        parallelism = parallelism.for_padded_plan()
     cs = base_chunk_len(block_size, chunk_size)
     plan = _build(block_tables, seq_lens, int(block_size), cs, bool(sharing), wide_chunk_rows, parallelism)
     if capacity is not None:
@@ -169,8 +172,9 @@ def _check_parallelism(parallelism, wide_chunk_rows):
         raise TypeError(f"parallelism must be a Parallelism (tts_kernels.attention.tree_attention_parallelism), "
                         f"got {type(parallelism).__name__}")
     for name, v in parallelism._asdict().items():
-        if isinstance(v, bool) or not isinstance(v, int) or v < 1:
-            raise ValueError(f"parallelism.{name} must be a positive int, got {v!r}")
+        least = 0 if name == "narrow_rows" else 1
+        if isinstance(v, bool) or not isinstance(v, int) or v < least:
+            raise ValueError(f"parallelism.{name} must be an int >= {least}, got {v!r}")
     if wide_chunk_rows is not None:
         raise ValueError("pass wide_chunk_rows or parallelism, not both (two rules for the chunk length)")
 
@@ -189,11 +193,20 @@ def max_chunk_len_bound(block_size: int, chunk_size: Optional[int] = None, lengt
     return base_chunk_len(block_size, chunk_size) * (WIDE_CHUNK_MAX_FACTOR if lengthened else 1)
 
 
-def balanced_chunk_factor(work: int, programs: int, chunk_size: int) -> int:
-    """``f`` of ``parallelism``: the largest power of two in ``[1, WIDE_CHUNK_MAX_FACTOR]`` with
-    ``chunk_size * f <= work / programs`` (``work``: tokens x work items summed over the step)."""
-    f = max(1, min(WIDE_CHUNK_MAX_FACTOR, int(work) // (int(programs) * int(chunk_size))))
-    return 1 << (f.bit_length() - 1)
+def balanced_chunk_factor(full_items_by_factor: Sequence[int], work: int, longest: int, programs: int,
+                          chunk_size: int) -> int:
+    """``f`` of ``parallelism`` for one launch of ``programs`` programs: the factor of least estimated
+    makespan, the largest on a tie (fewer partial outputs for the same time).
+
+    With chunks cut at ``L = chunk_size * f`` tokens (``f`` in :data:`CHUNK_FACTORS`), the estimate is
+    the largest of three lower bounds: the mean load ``work / programs`` (``work``: the launch's tokens
+    x (work item, KV head) pairs), the rounds of its full-length items ``ceil(n / programs) * L``
+    (``n = full_items_by_factor[i]``: the (work item, KV head) pairs of chunks of exactly ``L`` tokens),
+    and its longest item ``min(L, longest)`` (``longest``: its longest segment)."""
+    P = int(programs)
+    t = [max(int(work), -(-int(n) // P) * int(chunk_size) * f * P, min(int(chunk_size) * f, int(longest)) * P)
+         for n, f in zip(full_items_by_factor, CHUNK_FACTORS)]  # makespan x programs, integers
+    return max(f for x, f in zip(t, CHUNK_FACTORS) if x == min(t))
 
 
 def _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate):
@@ -325,14 +338,25 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parall
     nrows = size[sr, sx]
 
     # Split segments into chunks of at most cs tokens (cs * f for segments shared by many rows, or for
-    # every segment when the step's work per program allows it).
+    # the segments of each launch that parallelism balances).
     if parallelism is not None and nrows.numel():
-        # work items of a segment: ceil(R / rows_per_item) (the kernel's windows follow the global pair
-        # index, which can add one per chunk: an underestimate only). One host sync for both numbers.
-        items = (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item
-        work, widest = torch.stack([((tok1 - tok0) * items).sum(), nrows.max()]).tolist()
-        programs = parallelism.programs if widest > 1 else parallelism.programs_unshared
-        cs = cs * balanced_chunk_factor(work * parallelism.kv_heads, programs, cs)
+        # Each launch is balanced over its own programs: the narrow chunks (at most narrow_rows rows, one
+        # work item each) and the wider ones (ceil(R / rows_per_item) items: the kernel's windows follow
+        # the global pair index, which can add one per chunk: an underestimate only). The work items of
+        # each launch at every factor in one host sync.
+        narrow = nrows <= parallelism.narrow_rows
+        items = torch.where(narrow, 1, (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item)
+        items = items * parallelism.kv_heads
+        tok = tok1 - tok0
+        per_f = [tok // (cs * f) * items for f in CHUNK_FACTORS]   # full-length work items per factor
+
+        def launch(m):  # one launch's full items per factor, token-items, longest segment (0: none)
+            return [t[m].sum() for t in per_f] + [(tok * items)[m].sum(), torch.where(m, tok, 0).max()]
+        vals = torch.stack(launch(~narrow) + launch(narrow)).tolist()
+        k = len(CHUNK_FACTORS) + 2
+        f_wide = balanced_chunk_factor(vals[:k - 2], vals[k - 2], vals[k - 1], parallelism.programs, cs)
+        f_narrow = balanced_chunk_factor(vals[k:-2], vals[-2], vals[-1], parallelism.programs_narrow, cs)
+        cs = cs * torch.where(narrow, f_narrow, f_wide)
     elif wide_chunk_rows:
         f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)
         f = torch.pow(2, torch.floor(torch.log2(f.double())).long())

@@ -24,9 +24,18 @@ count: no host sync, CUDA-graph capturable. The plan's sizes are runtime
 integers that Triton does not specialise on, and the only tile choice that
 follows the batch (:func:`wide_tiles`, via :func:`tile_rows`) looks at N
 whenever the plan shares a chunk, not at the widest chunk: a widening search
-never recompiles. :func:`plan_config` is the one place a plan's tiles are
+never recompiles. :func:`plan_launches` is the one place a plan's tiles are
 chosen; :func:`parallelism` tells the planner how many programs run at once
 (its load-balanced chunk length).
+
+Two launches of stage 1 when the plan has chunks of both kinds: the chunks of a
+few rows (every row's own tail, the narrow branches of a search: at most the
+narrow tile's ``BLOCK_R`` rows, :func:`narrow_config`) take a 16-row query tile
+with longer KV tiles, the others the wide tile. One tile for all would issue the
+wide tile's instructions (its softmax, rescale and partial store over
+``BLOCK_M`` rows) for the few live rows of every narrow chunk. Each launch skips
+the other's chunks (constexprs ``MIN_ROWS`` / ``MAX_ROWS``) and has its own
+counter.
 
 Each item stacks its rows' GQA groups of query heads into a ``[BLOCK_M, D]``
 query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
@@ -52,6 +61,7 @@ the LSEs for the max, then a pass that accumulates the weighted partials.
 from __future__ import annotations
 
 import os
+from typing import Dict, List, NamedTuple
 
 import torch
 import triton
@@ -86,6 +96,8 @@ def _tree_attn_stage1(
     BS_POW2: tl.constexpr,
     DOT_PRECISION: tl.constexpr,
     DOT_UPCAST: tl.constexpr,
+    MIN_ROWS: tl.constexpr,
+    MAX_ROWS: tl.constexpr,
 ):
     # Persistent: each program takes the next (item, KV head) from the counter at next_ptr (zeroed
     # by the wrapper) until the work list is exhausted.
@@ -107,7 +119,7 @@ def _tree_attn_stage1(
                      stride_qn, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
                      stride_vb, stride_vs, stride_vh, stride_vd, stride_btn, stride_btb,
                      HQ, HEAD_DIM, GROUP, GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, BS, BS_POW2,
-                     DOT_PRECISION, DOT_UPCAST)
+                     DOT_PRECISION, DOT_UPCAST, MIN_ROWS, MAX_ROWS)
         idx = tl.atomic_add(next_ptr, 1, sem="relaxed")
 
 
@@ -121,14 +133,21 @@ def _stage1_item(
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BS: tl.constexpr, BS_POW2: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
+    MIN_ROWS: tl.constexpr, MAX_ROWS: tl.constexpr,
 ):
-    """One work item: the chunk's pairs [pa, pb) (at most BLOCK_R) x KV head ``kvh``."""
+    """One work item: the chunk's pairs [pa, pb) (at most BLOCK_R) x KV head ``kvh``; chunks of fewer
+    than ``MIN_ROWS`` or (``MAX_ROWS`` > 0) more than ``MAX_ROWS`` rows belong to another launch."""
     # ---- work item -> (chunk c, pairs [pa, pb)) ----
     if item < num_chunks:
         c = item
         p0 = tl.load(chunk_q_ptr_ptr + c)
+        p1 = tl.load(chunk_q_ptr_ptr + c + 1)
         pa = p0
-        pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), p0 + BLOCK_R)
+        pb = tl.minimum(p1, p0 + BLOCK_R)
+        if MIN_ROWS > 1:
+            pb = tl.where(p1 - p0 >= MIN_ROWS, pb, pa)
+        if MAX_ROWS > 0:
+            pb = tl.where(p1 - p0 <= MAX_ROWS, pb, pa)
     else:
         w0 = (item - num_chunks + 1) * BLOCK_R  # window 0 never holds a rest
         # largest c in [0, C) with chunk_q_ptr[c] <= w0
@@ -142,7 +161,7 @@ def _stage1_item(
             hi = tl.where(wide & (~go), mid, hi)
         c = lo
         p0 = tl.load(chunk_q_ptr_ptr + c)
-        pa = tl.maximum(w0, p0 + BLOCK_R)
+        pa = tl.maximum(w0, p0 + BLOCK_R)  # a rest: the chunk has more than BLOCK_R >= MIN_ROWS rows
         pb = tl.minimum(tl.load(chunk_q_ptr_ptr + c + 1), w0 + BLOCK_R)
     clen = tl.load(chunk_len_ptr + c)
     if (clen > 0) & (pa < pb):  # padding chunks and windows of first tiles only: nothing to do
@@ -201,11 +220,14 @@ def _stage1_item(
                             mask=n_mask[None, :] & d_mask[:, None], other=0.0)  # [BLOCK_D, BLOCK_N]
             if DOT_UPCAST:
                 k = k.to(tl.float32)
-            s = tl.dot(q, k, input_precision=DOT_PRECISION) * scale_log2  # [BLOCK_M, BLOCK_N], log2 units
-            s = tl.where(n_mask[None, :], s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))  # finite: every tile holds a valid token
+            s = tl.dot(q, k, input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N], unscaled
+            if n0 + BLOCK_N > clen:  # the chunk's last tile, partial (a uniform branch)
+                s = tl.where(n_mask[None, :], s, float("-inf"))
+            # scale_log2 > 0 (the wrapper's): the row max of the scaled scores (log2 units) is the scaled
+            # row max, finite (every tile holds a valid token); one FFMA per score
+            m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)
             alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
+            p = tl.exp2(s * scale_log2 - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             if BS_POW2 and (BS % BLOCK_N == 0):
                 v = tl.load(base_v + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
@@ -318,22 +340,59 @@ def rows_config(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, ar
     return stage1_config(Hq, Hkv, D, dtype, wide_tiles(Hq, Hkv, D, dtype, num_rows, arch), arch, block_size)
 
 
-def plan_config(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype, arch: int):
-    """Stage-1 tiles of ``plan``: what :func:`tree_attention_triton` launches and :func:`stage1_cost`
-    counts."""
-    return rows_config(tile_rows(plan), Hq, Hkv, D, dtype, arch, plan.block_size)
+class Stage1Launch(NamedTuple):
+    """One stage-1 launch: its tiles (:func:`stage1_config` or :func:`narrow_config`) and the chunks it
+    takes, those of ``min_rows`` rows or more and, when ``max_rows`` > 0, at most ``max_rows`` (one
+    work item per chunk: no rest windows)."""
+    cfg: Dict[str, int]
+    min_rows: int
+    max_rows: int
+
+    def items(self, num_chunks: int, num_pairs: int) -> int:
+        """Work items per KV head: first tiles plus rest windows, first tiles only with ``max_rows``."""
+        return num_chunks if self.max_rows else num_work_items(num_chunks, num_pairs, self.cfg["BLOCK_R"])
+
+
+def rows_launches(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, arch: int, block_size: int,
+                  max_rows_per_chunk: int) -> List[Stage1Launch]:
+    """The stage-1 launches of a plan whose tile row count (:func:`tile_rows`) is ``num_rows``.
+
+    Chunks of at most the narrow tile's ``BLOCK_R`` rows (every row's own tail, the narrow branches
+    of a search) take :func:`narrow_config`'s small query tile in a launch of their own; the wide
+    tile would compute (and issue instructions for) all its ``BLOCK_M`` rows for a few live ones.
+    One launch when the plan has no wider chunk (``max_rows_per_chunk``, a bound for padded plans)
+    or when the wide tile is no larger than the narrow one.
+    """
+    wide = rows_config(num_rows, Hq, Hkv, D, dtype, arch, block_size)
+    narrow = narrow_config(Hq, Hkv, D, dtype, arch, block_size)
+    nr = narrow["BLOCK_R"]
+    if wide["BLOCK_M"] <= narrow["BLOCK_M"]:
+        return [Stage1Launch(wide, 1, 0)]
+    if max_rows_per_chunk <= nr:
+        return [Stage1Launch(narrow, 1, nr)]
+    return [Stage1Launch(wide, nr + 1, 0), Stage1Launch(narrow, 1, nr)]
+
+
+def plan_launches(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch.dtype,
+                  arch: int) -> List[Stage1Launch]:
+    """Stage-1 launches of ``plan``: what :func:`tree_attention_triton` launches and :func:`stage1_cost`
+    counts (the one definition of a plan's tiles)."""
+    return rows_launches(tile_rows(plan), Hq, Hkv, D, dtype, arch, plan.block_size, plan.max_rows_per_chunk)
 
 
 def parallelism(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, device,
                 block_size: int) -> Parallelism:
     """How stage 1 runs a plan of ``num_rows`` rows on ``device`` (see :class:`Parallelism`): rows per
-    work item of the tile a plan that shares a chunk takes (:func:`tile_rows`: N), the KV heads, and
-    the persistent programs (``CTAS_PER_SM`` per SM) with that tile and with the tile of a plan that
-    shares nothing (one row per chunk: one item per chunk whatever the tile)."""
+    work item of the tile a plan that shares a chunk takes (:func:`tile_rows`: N), the KV heads, the
+    persistent programs (``CTAS_PER_SM`` per SM) with that tile, and the narrow launch's row cap and
+    programs (:func:`rows_launches`; a cap of 0 when there is no narrow launch)."""
     arch, sms = _arch(device), _num_sms(device)
-    shared = rows_config(num_rows, Hq, Hkv, D, dtype, arch, block_size)
-    alone = rows_config(1, Hq, Hkv, D, dtype, arch, block_size)
-    return Parallelism(shared["BLOCK_R"], Hkv, sms * shared["CTAS_PER_SM"], sms * alone["CTAS_PER_SM"])
+    launches = rows_launches(num_rows, Hq, Hkv, D, dtype, arch, block_size, num_rows)
+    wide, narrow = launches[0], launches[-1]
+    if not narrow.max_rows:  # one launch takes every chunk
+        return Parallelism(wide.cfg["BLOCK_R"], Hkv, sms * wide.cfg["CTAS_PER_SM"], 0, 1)
+    return Parallelism(wide.cfg["BLOCK_R"], Hkv, sms * wide.cfg["CTAS_PER_SM"], narrow.max_rows,
+                       sms * narrow.cfg["CTAS_PER_SM"])
 
 
 def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arch: int = 90) -> bool:
@@ -402,6 +461,34 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
                 num_warps=warps, CTAS_PER_SM=per_sm)
 
 
+def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
+                  block_size: int = 16):
+    """Tiles of the narrow launch (:func:`rows_launches`): chunks of at most ``BLOCK_R`` rows, one
+    GQA-group-padded query tile of ``BLOCK_M = max(16, GROUP_PAD)`` rows (``BLOCK_R = BLOCK_M //
+    GROUP_PAD``: 4 rows of 4 heads, 2 of 8, 1 of 16 or more), longer KV tiles than the wide tile's
+    (the rescale of the accumulator and the row reductions are per tile), 4 warps (8 for float32 at
+    D > 64 off sm_90). Same return as :func:`stage1_config`."""
+    group_pad = _next_pow2(Hq // Hkv)
+    block_d = max(16, _next_pow2(D))
+    block_m = max(16, group_pad)
+    # KV tokens per tile and warps (float32: the IEEE FMA dot; off sm_90 at D = 128 ptxas spills 4-8
+    # bytes in the KV loop with 4 warps at 16 or 32 tokens, and with 8 warps at 32: 8 warps x 16 tokens)
+    warps = 4
+    if dtype == torch.float32:
+        if _wgmma(arch) or block_d <= 64:
+            block_n = 32 if block_d <= 128 else 16
+        else:
+            block_n, warps = 16, 8
+    else:
+        block_n = 64 if block_d <= 128 else 32
+    if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
+        block_n = min(block_n, 32)  # a block id per token
+    # registers of the launched variants (triton 3.9, the static check): 64-128 at D <= 64, 78-165 above
+    per_sm = 4 if block_d <= 64 else 3
+    return dict(GROUP_PAD=group_pad, BLOCK_R=block_m // group_pad, BLOCK_M=block_m, BLOCK_N=block_n,
+                BLOCK_D=block_d, num_warps=warps, CTAS_PER_SM=per_sm)
+
+
 def stage2_config(Hq: int, D: int):
     block_d = max(16, _next_pow2(D))
     block_p = 4
@@ -419,13 +506,13 @@ def num_work_items(num_chunks: int, num_pairs: int, block_r: int) -> int:
     return num_chunks + max(0, num_pairs - 1) // block_r  # rests lie in [block_r, P): windows 1..
 
 
-def stage1_grid(num_chunks: int, num_pairs: int, num_kv_heads: int, cfg, num_sms: int) -> int:
-    """Persistent stage-1 programs: ``CTAS_PER_SM`` per SM, at most one per (work item, KV head).
+def stage1_grid(num_items: int, num_kv_heads: int, cfg, num_sms: int) -> int:
+    """Persistent programs of a stage-1 launch of ``num_items`` work items per KV head
+    (:meth:`Stage1Launch.items`): ``CTAS_PER_SM`` per SM, at most one per (work item, KV head).
 
     A function of the plan's capacity, the tile and the GPU only: fixed for CUDA graphs.
     """
-    items = num_work_items(num_chunks, num_pairs, cfg["BLOCK_R"]) * num_kv_heads
-    return max(1, min(items, num_sms * cfg["CTAS_PER_SM"]))
+    return max(1, min(num_items * num_kv_heads, num_sms * cfg["CTAS_PER_SM"]))
 
 
 #: programs-per-SM basis off CUDA (the interpreter): a few programs share the work list
@@ -446,10 +533,12 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
 
     Returns a dict:
 
-    * ``block_r``: query rows per stage-1 item; ``items``: (work item, KV head) slots of the work list
-      (``(C + (P - 1) // block_r) * Hkv``), ``items_live`` those with work; ``ctas_launched``: the
-      persistent grid on ``num_sms`` SMs (:func:`stage1_grid`), ``ctas_live`` = min(grid, live items),
-      the CTAs that can get an item (which ones do is decided at run time);
+    * ``launches``: per stage-1 launch (:func:`plan_launches`), its ``block_r`` (query rows per work
+      item), ``min_rows`` / ``max_rows`` (the chunks it takes), ``items`` (its work list's
+      (work item, KV head) slots), ``items_live`` (those with work), ``ctas_launched`` (its persistent
+      grid on ``num_sms`` SMs, :func:`stage1_grid`) and ``ctas_live`` = min(grid, live items);
+    * ``block_r``: the first launch's (the widest tile); ``items``, ``items_live``, ``ctas_launched``,
+      ``ctas_live``: summed over the launches;
     * ``kv_unique_bytes``: K and V of every live chunk once (the plan reads each unique token once
       per chunk: equal to the unique KV of the batch for a maximal-sharing plan);
     * ``kv_sm_bytes``: K and V bytes loaded by stage 1 into the SMs: each live item reads its chunk
@@ -457,33 +546,38 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
     * ``partial_bytes``: stage-1 partial outputs + LSEs written and read back by stage 2;
     * ``q_bytes``, ``out_bytes``: queries read by stage 1 and the output + LSE written by stage 2.
     """
-    cfg = plan_config(plan, Hq, Hkv, D, dtype, arch)
-    br = cfg["BLOCK_R"]
+    launches = plan_launches(plan, Hq, Hkv, D, dtype, arch)
     isz = torch.empty((), dtype=dtype).element_size()
     psz = torch.empty((), dtype=partial_dtype(dtype)).element_size()
     C, P = plan.num_chunks, plan.num_pairs
     clen = plan.chunk_len.cpu().tolist()
     ptr = plan.chunk_q_ptr.cpu().tolist()
-    live, passes_max, tok_unique, tok_sm, pairs_live = 0, 0, 0, 0, 0
-    for c in range(C):
-        r = ptr[c + 1] - ptr[c]
-        if clen[c] <= 0 or r <= 0:
-            continue
-        items = 1
-        if r > br:  # the rest [p0 + br, p1) meets these windows of br pairs
-            a, b = ptr[c] + br, ptr[c + 1]
-            items += (b - 1) // br - a // br + 1
-        live += items
-        passes_max = max(passes_max, items)
-        tok_unique += clen[c]
-        tok_sm += items * clen[c]
-        pairs_live += r
+    per_launch = []
+    passes_max, tok_unique, tok_sm, pairs_live = 0, 0, 0, 0
+    for ln in launches:
+        br, live = ln.cfg["BLOCK_R"], 0
+        for c in range(C):
+            r = ptr[c + 1] - ptr[c]
+            if clen[c] <= 0 or r <= 0 or r < ln.min_rows or (ln.max_rows and r > ln.max_rows):
+                continue
+            items = 1
+            if r > br:  # the rest [p0 + br, p1) meets these windows of br pairs
+                a, b = ptr[c] + br, ptr[c + 1]
+                items += (b - 1) // br - a // br + 1
+            live += items
+            passes_max = max(passes_max, items)
+            tok_unique += clen[c]
+            tok_sm += items * clen[c]
+            pairs_live += r
+        grid = stage1_grid(ln.items(C, P), Hkv, ln.cfg, num_sms)
+        per_launch.append(dict(block_r=br, min_rows=ln.min_rows, max_rows=ln.max_rows,
+                               items=ln.items(C, P) * Hkv, items_live=live * Hkv, ctas_launched=grid,
+                               ctas_live=min(grid, live * Hkv)))
     kv_tok = Hkv * D * isz * 2
     kv_unique = tok_unique * kv_tok
     kv_sm = tok_sm * kv_tok
-    grid = stage1_grid(C, P, Hkv, cfg, num_sms)
-    return dict(block_r=br, items=num_work_items(C, P, br) * Hkv, items_live=live * Hkv,
-                ctas_launched=grid, ctas_live=min(grid, live * Hkv),
+    total = {k: sum(ln[k] for ln in per_launch) for k in ("items", "items_live", "ctas_launched", "ctas_live")}
+    return dict(launches=per_launch, block_r=per_launch[0]["block_r"], **total,
                 kv_unique_bytes=kv_unique, kv_sm_bytes=kv_sm, kv_passes=kv_sm / kv_unique if kv_unique else 0.0,
                 max_passes=passes_max, partial_bytes=2 * pairs_live * Hq * (D * psz + 4),
                 q_bytes=pairs_live * Hq * D * isz, out_bytes=plan.num_rows * Hq * (D * isz + 4))
@@ -515,29 +609,38 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if N == 0:
         return out, lse
 
+    # the kernel takes a scale > 0 (its row max of the scaled scores is the scaled row max): a negative
+    # scale is folded into q exactly (-q), a zero one is q = 0 with scale 1 (every score 0)
+    if scale < 0:
+        q, scale = -q, -scale
+    elif scale == 0:
+        q, scale = torch.zeros_like(q), 1.0
     arch = _arch(q.device)
-    cfg = plan_config(plan, Hq, Hkv, D, q.dtype, arch)
+    launches = plan_launches(plan, Hq, Hkv, D, q.dtype, arch)
     # Triton's CPU interpreter computes bf16 tl.dot wrongly (triton 3.9): upcast there only.
     upcast = q.dtype == torch.bfloat16 and _interpreting()
     precision = "ieee" if (q.dtype == torch.float32 or upcast) else "tf32"
     if C > 0 and P > 0:
-        next_item = torch.zeros(1, dtype=torch.int32, device=q.device)  # the persistent programs' counter
-        _tree_attn_stage1[(stage1_grid(C, P, Hkv, cfg, _num_sms(q.device)),)](
-            q, k_cache, v_cache, block_tables,
-            plan.chunk_row, plan.chunk_start, plan.chunk_len, plan.chunk_q_ptr, plan.q_rows,
-            out_partial, lse_partial, next_item,
-            float(scale) * _LOG2E,
-            C, num_work_items(C, P, cfg["BLOCK_R"]), Hkv, max(1, int(C).bit_length()),
-            q.stride(0), q.stride(1), q.stride(2),
-            k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
-            v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
-            block_tables.stride(0), block_tables.stride(1),
-            HQ=Hq, HEAD_DIM=D, GROUP=group, GROUP_PAD=cfg["GROUP_PAD"], BLOCK_R=cfg["BLOCK_R"],
-            BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
-            BS=block_size, BS_POW2=(block_size & (block_size - 1)) == 0,
-            DOT_PRECISION=precision, DOT_UPCAST=upcast,
-            num_warps=cfg["num_warps"], num_stages=2,
-        )
+        # the persistent programs' counters, one per launch, 16 bytes apart (aligned: one specialization)
+        next_item = torch.zeros(4 * len(launches), dtype=torch.int32, device=q.device)
+        for i, ln in enumerate(launches):
+            cfg, items = ln.cfg, ln.items(C, P)
+            _tree_attn_stage1[(stage1_grid(items, Hkv, cfg, _num_sms(q.device)),)](
+                q, k_cache, v_cache, block_tables,
+                plan.chunk_row, plan.chunk_start, plan.chunk_len, plan.chunk_q_ptr, plan.q_rows,
+                out_partial, lse_partial, next_item[4 * i:],
+                float(scale) * _LOG2E,
+                C, items, Hkv, max(1, int(C).bit_length()),
+                q.stride(0), q.stride(1), q.stride(2),
+                k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), k_cache.stride(3),
+                v_cache.stride(0), v_cache.stride(1), v_cache.stride(2), v_cache.stride(3),
+                block_tables.stride(0), block_tables.stride(1),
+                HQ=Hq, HEAD_DIM=D, GROUP=group, GROUP_PAD=cfg["GROUP_PAD"], BLOCK_R=cfg["BLOCK_R"],
+                BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
+                BS=block_size, BS_POW2=(block_size & (block_size - 1)) == 0,
+                DOT_PRECISION=precision, DOT_UPCAST=upcast, MIN_ROWS=ln.min_rows, MAX_ROWS=ln.max_rows,
+                num_warps=cfg["num_warps"], num_stages=2,
+            )
     c2 = stage2_config(Hq, D)
     _tree_attn_stage2[(N, triton.cdiv(Hq, c2["BLOCK_H"]))](
         out_partial, lse_partial, plan.row_pair_ptr, plan.row_pairs, out, lse,

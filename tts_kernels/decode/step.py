@@ -145,8 +145,6 @@ def prepare_step(pool, sids: Sequence[int], positions: Sequence[int], slots: tor
         read = noshare
     else:
         par = None if num_q_heads is None else tree_attention_parallelism(B, num_q_heads, pool.k_cache(0))
-        if par is not None and bucketed:
-            par = par.for_padded_plan()
         plan = plan_tree_attention(bt, seq_lens, bs, chunk_size=chunk_size, sharing=attention == "tree",
                                    validate=False, parallelism=par)
         if bucketed:
