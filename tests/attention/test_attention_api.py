@@ -70,6 +70,9 @@ BAD_CALLS = [
      "plan.chunk_len"),
     ("plan tensor length", lambda g: dict(plan=_with(_plan(), row_pair_ptr=_plan().row_pair_ptr[:-1])), ValueError,
      "plan.row_pair_ptr"),
+    # the Triton kernel's launches follow this bound: an understated one would skip the wider chunks
+    ("plan rows bound understated", lambda g: dict(plan=_with(_plan(), max_rows_per_chunk=1)), ValueError,
+     "plan.max_rows_per_chunk = 1 but a chunk has 2 rows"),
 ]
 
 

@@ -327,10 +327,11 @@ def test_uneven_and_large_groups(kernel, hq, hkv):
 
 
 @pytest.mark.parametrize("kernel", KERNELS)
-@pytest.mark.parametrize("scale", [-0.7, 0.0])
+@pytest.mark.parametrize("scale", [-0.7, 0.0, -0.0, 1e-300])
 def test_any_finite_scale(kernel, scale):
-    """A negative or zero softmax scale (the Triton kernel takes the scaled row max as the row max times
-    a scale >= 0: its wrapper negates q for a negative one)."""
+    """A negative, zero or vanishing softmax scale (the Triton kernel takes the scaled row max as the row
+    max times a positive normal float32 scale: its wrapper negates q for a negative one and zeroes q for
+    one that is 0 in float32)."""
     run = _runner(kernel)
     d, hq, hkv = 16, 8, 2
     q, k, v, bt, lens = make_inputs("forest", 7, 16, hq, hkv, d, torch.float32, seed=38, max_blocks_per_row=9)

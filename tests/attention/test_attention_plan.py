@@ -6,7 +6,7 @@ import torch
 
 import tts_kernels as tk
 from tts_kernels.attention.planner import (CHUNK_FACTORS, DEFAULT_CHUNK_SIZE, WIDE_CHUNK_MAX_FACTOR,
-                                          balanced_chunk_factor)
+                                          balanced_chunk_factor, makespan_estimate)
 
 from helpers.attention import random_forest
 
@@ -248,28 +248,38 @@ def test_plan_tensor_order_is_the_op_schema():
 # ---------------------------------------------------------------------------
 # load-balanced chunks (parallelism)
 # ---------------------------------------------------------------------------
+def _est(segments, chunk_len, programs):
+    """makespan_estimate of (tokens, items) segments."""
+    tok = torch.tensor([t for t, _ in segments])
+    items = torch.tensor([i for _, i in segments])
+    return int(makespan_estimate(tok, items, chunk_len, programs))
+
+
+def test_makespan_estimate():
+    """Items longest first, in rounds of one per program, each round as long as its longest item."""
+    # an 8192-token prefix, 4 row tiles x 8 KV heads (256 rows, 32/8 heads) on 132 programs: 512 items
+    # of 512 tokens take 4 rounds, 256 of 1024 two, 128 of 2048 one: 2048 each; 64 of 4096 one round
+    assert [_est([(8192, 32)], 512 * f, 132) for f in CHUNK_FACTORS] == [2048, 2048, 2048, 4096, 8192]
+    # 8 row tiles x 1 KV head (8/1 heads): 128 items of 512 already fit one round
+    assert [_est([(8192, 8)], 512 * f, 132) for f in CHUNK_FACTORS] == [512, 1024, 2048, 4096, 8192]
+    # one program: the whole work whatever the chunks
+    assert {_est([(8192, 32), (64, 8)], 512 * f, 1) for f in CHUNK_FACTORS} == {8192 * 32 + 64 * 8}
+    # leftover chunks add rounds: 16 programs; segments (tokens, items) (323, 1), (1604, 8), (917, 1),
+    # (1584, 1) in chunks of 1024: 9 items of 1024 and 11 shorter ones (8 of 580) -> 1024 + 580
+    segs = [(323, 1), (1604, 8), (917, 1), (1584, 1)]
+    assert _est(segs, 1024, 16) == 1024 + 580
+    # in chunks of 512: 28 of 512, then 405, 323, 8 x 68, 48 (39 items): rounds 512, 512, 68
+    assert _est(segs, 512, 16) == 512 + 512 + 68
+    assert [_est(segs, 64 * f, 16) for f in CHUNK_FACTORS] == [1024, 1024, 1092, 1092, 1604]
+
+
 def test_balanced_chunk_factor():
-    """f: the factor of least makespan, max(work / P, ceil(full items / P) x cs f, min(cs f, longest)),
-    the largest on a tie."""
+    """f: the factor of least estimated makespan, the largest on a tie."""
     assert CHUNK_FACTORS == (1, 2, 4, 8, WIDE_CHUNK_MAX_FACTOR)
-    # an 8192-token prefix, 4 row tiles x 8 KV heads per chunk (256 rows, 32/8 heads) on 132 programs:
-    # 512 / 256 / 128 items take 4, 2, 1 rounds of 512, 1024, 2048 tokens = 2048 (the mean load 1986
-    # below it); 64 / 32 items one round of 4096 / 8192 -> f = 4
-    prefix = [512, 256, 128, 64, 32]
-    assert balanced_chunk_factor(prefix, 8192 * 32, 8192, 132, 512) == 4
-    # 8 row tiles x 1 KV head (8/1 heads): 128 items already fit one round -> the default 512 tokens
-    assert balanced_chunk_factor([128, 64, 32, 16, 8], 8192 * 8, 8192, 132, 512) == 1
-    # one program: every factor takes the whole work -> the longest chunks
-    assert balanced_chunk_factor(prefix, 8192 * 32, 8192, 1, 512) == WIDE_CHUNK_MAX_FACTOR
-    # a 36-token segment on one program is 36 tokens whatever f (4, 2, 1, 0, 0 full chunks of 8, 16, 32)
-    assert balanced_chunk_factor([4, 2, 1, 0, 0], 36, 36, 1, 8) == WIDE_CHUNK_MAX_FACTOR
-    # six 16-token segments on 3 programs, chunk_size 8: 2 rounds of 16 = the mean load at every f
-    assert balanced_chunk_factor([12, 6, 0, 0, 0], 96, 16, 3, 8) == WIDE_CHUNK_MAX_FACTOR
-    # one 72-token segment on 2 programs: 9 items of 8 take 5 rounds (40 > the mean 36); 4 of 16 or 2 of
-    # 32 (plus the rest) the mean; one of 64 takes 64, one of 72 (f = 16) 72 -> f = 4
-    assert balanced_chunk_factor([9, 4, 2, 1, 0], 72, 72, 2, 8) == 4
-    # no work: any factor; the largest
-    assert balanced_chunk_factor([0] * 5, 0, 0, 7, 512) == WIDE_CHUNK_MAX_FACTOR
+    assert balanced_chunk_factor([2048, 2048, 2048, 4096, 8192]) == 4
+    assert balanced_chunk_factor([512, 1024, 2048, 4096, 8192]) == 1
+    assert balanced_chunk_factor([5] * 5) == WIDE_CHUNK_MAX_FACTOR
+    assert balanced_chunk_factor([1024, 1024, 1092, 1092, 1604]) == 2
 
 
 def _best_of_n(N, prefix, suffix, bs):
@@ -316,9 +326,8 @@ def test_balanced_plan_invariants(kind, programs):
     rows = (base.chunk_q_ptr[1:] - base.chunk_q_ptr[:-1]).long()
     items = (rows + 1) // 2
     # segments are never cut at 16 x 8 tokens here: base's chunks are the segments
-    n = [int((base.chunk_len.long() // (cs * g) * items).sum()) * 2 for g in CHUNK_FACTORS]
-    work = int((base.chunk_len.long() * items).sum()) * 2
-    f = balanced_chunk_factor(n, work, int(base.chunk_len.max()), programs, cs)
+    est = [int(makespan_estimate(base.chunk_len.long(), items * 2, cs * g, programs)) for g in CHUNK_FACTORS]
+    f = balanced_chunk_factor(est)
     assert int(sl.max()) <= cs * WIDE_CHUNK_MAX_FACTOR
     _check_invariants(plan, bt, sl, bs, cs * f)
     same = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * f)
@@ -335,6 +344,35 @@ def _qkv(bt, sl, bs, hq=4, hkv=2, d=16):
     nblk = int(bt.max()) + 1
     return (torch.randn(bt.shape[0], hq, d, generator=gen), torch.randn(nblk, bs, hkv, d, generator=gen),
             torch.randn(nblk, bs, hkv, d, generator=gen))
+
+
+def test_balanced_plan_adds_no_sync_but_its_one():
+    """parallelism= adds no op that syncs a CUDA host (boolean-mask indexing, nonzero, item) beyond
+    its one .tolist() (which does not dispatch): counted on the CPU with a dispatch mode."""
+    import collections
+
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Syncs(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.n = collections.Counter()
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            name = str(func.overloadpacket)
+            if name in ("aten.nonzero", "aten._local_scalar_dense", "aten.masked_select") or (
+                    name == "aten.index" and any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                                 for i in (args[1] or []) if i is not None)):
+                self.n[name] += 1
+            return func(*args, **(kwargs or {}))
+
+    bt, sl = _best_of_n(8, 64, 13, 4)
+    counts = []
+    for par in (None, tk.Parallelism(4, 2, 132, 1, 396), tk.Parallelism(4, 2, 132, 0, 1)):
+        with Syncs() as m:
+            tk.plan_tree_attention(bt, sl, 4, chunk_size=8, validate=False, parallelism=par)
+        counts.append(dict(m.n))
+    assert counts[0] == counts[1] == counts[2], counts
 
 
 def test_balanced_capacity_padding():
@@ -359,8 +397,8 @@ def test_balanced_launches_count_their_own_programs():
         own = {int(n) for n, r in zip(plan.chunk_len.tolist(), rows) if r == 1}
         return shared, own
 
-    # wide on one program: [16, 8, 4, 2, 2] items of 8, 16, 32, 64, 64 (the segment) tokens: the whole
-    # 128 token-items at every f -> f = 16, one 64-token chunk; narrow on 1000: one round each, f = 1
+    # wide on one program: the whole 128 token-items at every f -> f = 16, one 64-token chunk; narrow on
+    # 1000: one round of the 32 items of 8 tokens, f = 1
     assert lens(tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, few, 1, many))) \
         == ({64}, {8})
     # swapped: the wide chunks stay short, the own 32 tokens are one chunk (one program: 256 at every f)
@@ -371,11 +409,11 @@ def test_balanced_launches_count_their_own_programs():
     # narrow_rows 0: one launch, one factor for all (f = 1 on 1000 programs)
     assert lens(tk.plan_tree_attention(bt, sl, bs, chunk_size=8, parallelism=tk.Parallelism(4, 1, many, 0, few))) \
         == ({8}, {8})
-    # no sharing: every chunk is narrow, 96 tokens each: [96, 48, 24, 16, 8] items on one program of
-    # 8, 16, 32, 64, 96 tokens: 768, 768, 768, 1024, 768 -> f = 16, one chunk per row
+    # no sharing: every chunk is narrow, 96 tokens each; one program: 768 at every f -> f = 16
     alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, parallelism=par)
     assert alone.max_rows_per_chunk == 1 and set(alone.chunk_len.tolist()) == {96}
-    # 16 programs: 6, 3, 2, 1, 1 rounds of 8, 16, 32, 64, 96 tokens: 48, 48, 64, 64, 96 -> f = 2
+    # 16 programs: 6, 3, 2 rounds of 8, 16, 32 tokens; one of 64 (8 items of 64, 8 of 32); one of 96:
+    # 48, 48, 64, 64, 96 -> f = 2
     alone = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, sharing=False, parallelism=par._replace(programs_narrow=16))
     assert set(alone.chunk_len.tolist()) == {16}
 

@@ -204,3 +204,46 @@ def test_cost_model_padding_and_misaligned_rest():
     assert cost["max_passes"] == 3
     assert cost["kv_sm_bytes"] == (16 + 3 * 32) * Hkv * D * 4 * 2
     assert cost["partial_bytes"] == 2 * 23 * Hq * (D * 4 + 4)
+
+
+def _groups_forest(groups, bs, prefix_blocks=2, own_blocks=3):
+    """Rows in groups: all share block 0, a group shares ``prefix_blocks`` more, each row owns
+    ``own_blocks`` (its last one partly used): chunks of every group's size and of one row."""
+    rows, nb = [], 1
+    for g in groups:
+        pre = list(range(nb, nb + prefix_blocks))
+        nb += prefix_blocks
+        for _ in range(g):
+            rows.append([0] + pre + list(range(nb, nb + own_blocks)))
+            nb += own_blocks
+    bt = torch.tensor(rows, dtype=torch.int32)
+    return bt, torch.full((len(rows),), bt.shape[1] * bs - 1, dtype=torch.int32), nb
+
+
+@pytest.mark.parametrize("hq,hkv,dtype,groups", [
+    (4, 1, torch.float32, [9, 5, 4, 3, 1]),      # narrow <= 4 rows, wide 8-row tiles: 9 has a rest window
+    (16, 1, torch.float32, [3, 2, 1]),           # a group of 16: narrow is one row
+    (4, 4, torch.bfloat16, [17, 16, 15, 1]),     # no GQA: narrow <= 16 rows
+])
+@pytest.mark.parametrize("how", ["plan", "padded", "balanced"])
+def test_two_launches_at_the_row_boundary(hq, hkv, dtype, groups, how):
+    """Chunks of exactly the narrow tile's rows and one more, rest windows, padding chunks and pairs, a
+    load-balanced plan: every (chunk, row tile) is done once across the wide and the narrow launch."""
+    require_triton()
+    import tts_kernels as tk
+    from tts_kernels.attention import triton_kernel as tak
+
+    bs, d = 4, 16
+    bt, sl, nb = _groups_forest(groups, bs)
+    gen = torch.Generator().manual_seed(hq * 100 + len(groups))
+    q = torch.randn(bt.shape[0], hq, d, generator=gen).to(dtype)
+    k = torch.randn(nb, bs, hkv, d, generator=gen).to(dtype)
+    v = torch.randn(nb, bs, hkv, d, generator=gen).to(dtype)
+    kw = dict(padded=dict(capacity=(400, 400)), balanced=dict(parallelism=tk.Parallelism(8, hkv, 3, 4, 5)))
+    plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=8, **kw.get(how, {}))
+    launches = tak.plan_launches(plan, hq, hkv, d, dtype, tak._arch(q.device))
+    nr = launches[-1].max_rows
+    rows = set((plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).tolist())
+    assert len(launches) == 2 and {nr, nr + 1} <= rows, (nr, rows)
+    out, lse = run_triton(q, k, v, bt, sl, plan, 0.3)
+    check_against_oracle(out, lse, q, k, v, bt, sl, 0.3)

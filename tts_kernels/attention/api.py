@@ -228,6 +228,10 @@ def _check_plan_covers(plan, seq_lens):
         raise ValueError("plan.row_pairs has pair ids outside [0, num_pairs)")
     rows = segment_ids(counts, n_listed)
     counts_c = (plan.chunk_q_ptr[1:] - plan.chunk_q_ptr[:-1]).long()
+    if counts_c.numel() and int(counts_c.max()) > plan.max_rows_per_chunk:
+        # the Triton kernel picks its launches by this bound: a wider chunk would be skipped
+        raise ValueError(f"plan.max_rows_per_chunk = {plan.max_rows_per_chunk} but a chunk has "
+                         f"{int(counts_c.max())} rows (it must bound chunk_q_ptr[c+1] - chunk_q_ptr[c])")
     pair_chunk = segment_ids(counts_c, int(plan.chunk_q_ptr[-1]))
     if n_listed and bool((pairs >= pair_chunk.shape[0]).any()):
         raise ValueError("plan.row_pairs lists pairs beyond plan.chunk_q_ptr")

@@ -51,7 +51,8 @@ class TreeAttentionPlan:
     row_pair_ptr : [N + 1] CSR offsets into ``row_pairs``
     row_pairs : [P]       pair ids of each row, in increasing position order
     max_chunk_len : int   upper bound of chunk_len (kernels may size tiles by it)
-    max_rows_per_chunk : int  upper bound of chunk_q_ptr[c+1] - chunk_q_ptr[c]
+    max_rows_per_chunk : int  upper bound of chunk_q_ptr[c+1] - chunk_q_ptr[c] (the Triton kernel's
+                          launches rely on it: ``tree_attention(validate=True)`` checks it)
     """
 
     block_size: int

@@ -98,22 +98,19 @@ def plan_tree_attention(block_tables: torch.Tensor, seq_lens: torch.Tensor, bloc
         Default ``None``: every chunk has at most ``chunk_size`` tokens.
     parallelism : Parallelism, optional
         Load-balanced chunks for a backend that runs ``parallelism.programs``
-        programs at once on the chunks wider than ``parallelism.narrow_rows``
-        rows and ``parallelism.programs_narrow`` on the others, in two
-        launches (the Triton kernel on a GPU:
+        programs at once (the Triton kernel on a GPU:
         :func:`tts_kernels.attention.tree_attention_parallelism`; the engine and
-        :func:`tree_attention` pass it on CUDA). The chunks of each launch are
-        cut at ``chunk_size * f`` tokens, ``f`` the largest power of two (at most
-        ``WIDE_CHUNK_MAX_FACTOR``) with ``chunk_size * f`` no longer than a
-        program's mean load: that launch's work (tokens x work items, see
-        :class:`Parallelism`) over its programs. The factor is the one of
-        least estimated makespan (:func:`balanced_chunk_factor`: the mean
-        load, rounds of the full-length items, the longest item; the largest
-        on a tie): a step
-        has fewer, longer chunks whenever that costs no time, so fewer partial
-        outputs to write and merge (a chunk costs each of its rows one), and
-        short ones when the GPU would otherwise idle. Exclusive with
-        ``wide_chunk_rows``.
+        :func:`tree_attention` pass it on CUDA); with ``narrow_rows`` > 0 the
+        chunks of at most that many rows run in a second launch of
+        ``programs_narrow`` programs. The chunks of each launch are cut at
+        ``chunk_size * f`` tokens, ``f`` a power of two up to
+        ``WIDE_CHUNK_MAX_FACTOR``: the one of least estimated makespan over
+        that launch's programs (:func:`makespan_estimate`: its work items by
+        length, longest first, in rounds of one per program), the largest on a
+        tie. A step has fewer, longer chunks whenever that costs no time, so
+        fewer partial outputs to write and merge (a chunk costs each of its
+        rows one), and short ones when the GPU would otherwise idle.
+        Exclusive with ``wide_chunk_rows``.
         Costs one more host sync.
     """
     if _checks.checks_enabled():
@@ -193,20 +190,33 @@ def max_chunk_len_bound(block_size: int, chunk_size: Optional[int] = None, lengt
     return base_chunk_len(block_size, chunk_size) * (WIDE_CHUNK_MAX_FACTOR if lengthened else 1)
 
 
-def balanced_chunk_factor(full_items_by_factor: Sequence[int], work: int, longest: int, programs: int,
-                          chunk_size: int) -> int:
-    """``f`` of ``parallelism`` for one launch of ``programs`` programs: the factor of least estimated
-    makespan, the largest on a tie (fewer partial outputs for the same time).
+def makespan_estimate(tokens: torch.Tensor, items: torch.Tensor, chunk_len: int, programs: int) -> torch.Tensor:
+    """Estimated time (in tokens) of one launch of ``programs`` programs over segments of ``tokens``
+    tokens, ``items[s]`` (work item, KV head) pairs each, cut into chunks of ``chunk_len`` tokens.
 
-    With chunks cut at ``L = chunk_size * f`` tokens (``f`` in :data:`CHUNK_FACTORS`), the estimate is
-    the largest of three lower bounds: the mean load ``work / programs`` (``work``: the launch's tokens
-    x (work item, KV head) pairs), the rounds of its full-length items ``ceil(n / programs) * L``
-    (``n = full_items_by_factor[i]``: the (work item, KV head) pairs of chunks of exactly ``L`` tokens),
-    and its longest item ``min(L, longest)`` (``longest``: its longest segment)."""
+    The items, longest first, in rounds of one per program, each round as long as its longest item:
+    the sum over rounds (a lower bound on neither side, but it sees the mean load, the longest item and
+    the rounds that short leftover chunks add). A 0-d int64 tensor on the segments' device (no host
+    sync): the item lengths are ``chunk_len`` and each segment's remainder, so the rounds come from the
+    sorted lengths' cumulative counts, ``sum_j len_j x (ceil(C_j / P) - ceil(C_{j-1} / P))``."""
+    L = int(chunk_len)
+    full = tokens // L
+    rem = tokens - full * L
+    lens = torch.cat([torch.full_like(tokens, L), rem])
+    counts = torch.cat([full * items, torch.where(rem > 0, items, 0)])
+    order = torch.argsort(lens, descending=True, stable=True)
+    lens, counts = lens[order], counts[order]
+    c = torch.cumsum(counts, 0)
     P = int(programs)
-    t = [max(int(work), -(-int(n) // P) * int(chunk_size) * f * P, min(int(chunk_size) * f, int(longest)) * P)
-         for n, f in zip(full_items_by_factor, CHUNK_FACTORS)]  # makespan x programs, integers
-    return max(f for x, f in zip(t, CHUNK_FACTORS) if x == min(t))
+    rounds = (c + P - 1) // P - (c - counts + P - 1) // P  # rounds whose longest item is this length
+    return (lens * rounds).sum()
+
+
+def balanced_chunk_factor(makespans: Sequence[int]) -> int:
+    """``f`` of ``parallelism`` for one launch: ``makespans[i]`` is its :func:`makespan_estimate` with
+    chunks of ``chunk_size * CHUNK_FACTORS[i]`` tokens. The factor of the least, the largest on a tie
+    (fewer partial outputs for the same time)."""
+    return max(f for x, f in zip(makespans, CHUNK_FACTORS) if x == min(makespans))
 
 
 def _check_inputs(block_tables, seq_lens, block_size, chunk_size, sharing, capacity, out, validate):
@@ -348,14 +358,11 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parall
         items = torch.where(narrow, 1, (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item)
         items = items * parallelism.kv_heads
         tok = tok1 - tok0
-        per_f = [tok // (cs * f) * items for f in CHUNK_FACTORS]   # full-length work items per factor
-
-        def launch(m):  # one launch's full items per factor, token-items, longest segment (0: none)
-            return [t[m].sum() for t in per_f] + [(tok * items)[m].sum(), torch.where(m, tok, 0).max()]
-        vals = torch.stack(launch(~narrow) + launch(narrow)).tolist()
-        k = len(CHUNK_FACTORS) + 2
-        f_wide = balanced_chunk_factor(vals[:k - 2], vals[k - 2], vals[k - 1], parallelism.programs, cs)
-        f_narrow = balanced_chunk_factor(vals[k:-2], vals[-2], vals[-1], parallelism.programs_narrow, cs)
+        est = torch.stack([makespan_estimate(tok, torch.where(m, items, 0), cs * f, programs)
+                           for m, programs in ((~narrow, parallelism.programs), (narrow, parallelism.programs_narrow))
+                           for f in CHUNK_FACTORS]).tolist()
+        k = len(CHUNK_FACTORS)
+        f_wide, f_narrow = balanced_chunk_factor(est[:k]), balanced_chunk_factor(est[k:])
         cs = cs * torch.where(narrow, f_narrow, f_wide)
     elif wide_chunk_rows:
         f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)

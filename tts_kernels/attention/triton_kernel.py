@@ -34,8 +34,9 @@ narrow tile's ``BLOCK_R`` rows, :func:`narrow_config`) take a 16-row query tile
 with longer KV tiles, the others the wide tile. One tile for all would issue the
 wide tile's instructions (its softmax, rescale and partial store over
 ``BLOCK_M`` rows) for the few live rows of every narrow chunk. Each launch skips
-the other's chunks (constexprs ``MIN_ROWS`` / ``MAX_ROWS``) and has its own
-counter.
+the other's chunks (constexprs ``MIN_ROWS`` / ``MAX_ROWS``; their first-tile
+slots cost it a few scalar loads and a counter increment each: which chunks are
+narrow is known on the device only) and has its own counter.
 
 Each item stacks its rows' GQA groups of query heads into a ``[BLOCK_M, D]``
 query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
@@ -71,6 +72,7 @@ from .. import _platform
 from .plan import Parallelism, TreeAttentionPlan
 
 _LOG2E = 1.4426950408889634
+_FLT_MIN = 1.1754943508222875e-38  # float32's smallest normal
 
 
 @triton.jit(do_not_specialize=["num_chunks", "num_items", "num_kv_heads", "search_steps", "stride_btn"])
@@ -348,6 +350,10 @@ class Stage1Launch(NamedTuple):
     min_rows: int
     max_rows: int
 
+    def takes(self, rows: int) -> bool:
+        """Whether a chunk of ``rows`` rows is this launch's (the kernel's ``MIN_ROWS`` / ``MAX_ROWS``)."""
+        return rows >= self.min_rows and (not self.max_rows or rows <= self.max_rows)
+
     def items(self, num_chunks: int, num_pairs: int) -> int:
         """Work items per KV head: first tiles plus rest windows, first tiles only with ``max_rows``."""
         return num_chunks if self.max_rows else num_work_items(num_chunks, num_pairs, self.cfg["BLOCK_R"])
@@ -483,7 +489,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
         block_n = 64 if block_d <= 128 else 32
     if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
         block_n = min(block_n, 32)  # a block id per token
-    # registers of the launched variants (triton 3.9, the static check): 64-128 at D <= 64, 78-165 above
+    # registers of the launched variants (triton 3.9, the static check): 56-128 at D <= 64, 48-165 above
     per_sm = 4 if block_d <= 64 else 3
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_m // group_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 BLOCK_D=block_d, num_warps=warps, CTAS_PER_SM=per_sm)
@@ -558,7 +564,7 @@ def stage1_cost(plan: TreeAttentionPlan, Hq: int, Hkv: int, D: int, dtype: torch
         br, live = ln.cfg["BLOCK_R"], 0
         for c in range(C):
             r = ptr[c + 1] - ptr[c]
-            if clen[c] <= 0 or r <= 0 or r < ln.min_rows or (ln.max_rows and r > ln.max_rows):
+            if clen[c] <= 0 or r <= 0 or not ln.takes(r):
                 continue
             items = 1
             if r > br:  # the rest [p0 + br, p1) meets these windows of br pairs
@@ -609,11 +615,13 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     if N == 0:
         return out, lse
 
-    # the kernel takes a scale > 0 (its row max of the scaled scores is the scaled row max): a negative
-    # scale is folded into q exactly (-q), a zero one is q = 0 with scale 1 (every score 0)
+    # The kernel takes scale * log2(e) as a positive normal float32 (its row max of the scaled scores is
+    # the scaled row max; -inf x 0 would be NaN): a negative scale is folded into q exactly (-q); one
+    # that is 0 in float32 (0, -0.0, or below float32's smallest normal) makes every score 0: q = 0,
+    # scale 1 (q's values are then ignored, inf or NaN included).
     if scale < 0:
         q, scale = -q, -scale
-    elif scale == 0:
+    if scale * _LOG2E < _FLT_MIN:
         q, scale = torch.zeros_like(q), 1.0
     arch = _arch(q.device)
     launches = plan_launches(plan, Hq, Hkv, D, q.dtype, arch)
