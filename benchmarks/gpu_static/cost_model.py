@@ -58,7 +58,19 @@ on a stream add up (no overlap between them).
   = unique KV + q + out; this design adds q per pair and the partials. Issue bound: stage 1 =
   ``max(total warp-instructions / (132 x 4 x clock), the largest CTA / (4 x clock))``; stage 2
   (``N x cdiv(Hq, BLOCK_H)`` CTAs) likewise, a CTA walking its row's pairs ``BLOCK_P`` at a time
-  with its two loops (LSE max, weighted sum); the two stages add up. Issue-14 targets
+  with its two loops (LSE max, weighted sum). Arithmetic bound: a 16-bit
+  launch's MMAs (two dots per KV tile, ``4 x BLOCK_M x BLOCK_N x BLOCK_D`` FLOP, padded query rows
+  included) at the dense 16-bit tensor-core rate (4096 FLOP per clock per SM: 989 TFLOPS at the spec
+  sheet's 1.83 GHz; sm_90's wgmma rate, optimistic for the narrow tile's mma.sync; the float32 tiles'
+  FMA dot is in their SASS, hence in the issue time). HBM bound per launch: a stage-1 launch reads its
+  chunks' K and V once and each of its pairs' q, and writes their partials; stage 2 reads the partials
+  and writes the output. The launches run one after the other (stage-1 wide, narrow, stage 2): each
+  takes the largest of its issue, MMA and HBM times, and the call their sum (``bound``: each launch's
+  resource, joined by " + " when they differ). Compute floor: the useful FLOP (``4 x rows x Hq x chunk tokens x D`` over the live chunks) at
+  that rate (16-bit) or at 256 FP32 FLOP per clock per SM (float32); at N = 256 over a shared prefix it
+  exceeds the HBM floor (1024 query rows per KV token at 32/8 heads: ~1000 FLOP per KV byte, the
+  H100's ridge is ~280), so ``t_floor_s`` is the larger of the two and ``frac_of_floor_time`` stays
+  the HBM floor's share (the issue's floor). Issue-14 targets
   (:data:`ATTENTION_TARGETS`, judged per shape): shared-KV read factor <= 1.25, partial traffic
   <= 0.25 x unique KV bytes, no dead CTA.
 * Stats of a shape whose exact specialization the results do not hold (the check's cases did not
@@ -81,7 +93,8 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 H100 = dict(name="H100 SXM5 (assumed, not measured)", sms=132, hbm_bytes_per_s=3.35e12, l2_bytes=50 * 2 ** 20,
-            clock_hz=1.755e9, warp_instr_per_clk_per_sm=4, mufu_per_clk_per_sm=16, arch="sm_90")
+            clock_hz=1.755e9, warp_instr_per_clk_per_sm=4, mufu_per_clk_per_sm=16, arch="sm_90",
+            mma16_flop_per_clk_per_sm=4096, fp32_flop_per_clk_per_sm=256)
 
 SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
@@ -322,7 +335,8 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
                     warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float,
                     block_size: int = 16, gpu: Dict[str, Any] = H100, partial_itemsize: Optional[int] = None,
                     block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0,
-                    item_warp: float = 0, narrow: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
+                    item_warp: float = 0, narrow: Optional[Dict[str, Any]] = None,
+                    min_rows: int = 1, max_rows: int = 0, block_m: Optional[int] = None) -> Dict[str, Any]:
     """Bounds for one tree-attention call. ``tile_instr``: per-thread SASS instructions of one
     stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 step over ``block_p`` pairs
     (both of its loops); ``partial_itemsize``: bytes of a partial output value (default: the input's
@@ -330,20 +344,43 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     ``item_warp``: stage-1 warp-instructions per live work item outside its KV-tile loop (the
     persistent loop's body: item lookup, query load, partial store).
 
-    ``narrow``: the second stage-1 launch, which takes the chunks of at most ``max_rows`` rows (one work
-    item each) while the first takes the others: a dict of ``max_rows``, ``block_n``, ``grid``,
-    ``warps``, ``tile_instr``, ``item_warp`` and ``cta_warp`` (as above). The launches run one after
-    the other: their issue times add."""
+    ``block_m``: the first launch's query-tile rows (default ``block_r`` GQA groups padded to a power of
+    two, at least 16), for its MMA FLOP (16-bit inputs).
+    ``min_rows`` / ``max_rows``: the first launch takes the chunks of at least ``min_rows`` rows and,
+    when ``max_rows`` > 0, at most ``max_rows`` (its ``MIN_ROWS`` / ``MAX_ROWS``).
+    ``narrow``: the second stage-1 launch, which takes the chunks of ``min_rows`` (default 1) to
+    ``max_rows`` rows (its ``MIN_ROWS`` / ``MAX_ROWS``), one work item each: a dict of those, ``block_m``,
+    ``block_n``,
+    ``grid``, ``warps``, ``tile_instr``, ``item_warp`` and ``cta_warp`` (as above). Which launch takes a
+    chunk is the kernel's rule (``triton_kernel.Stage1Launch.takes``); a live chunk that no launch or both
+    take is a ``ValueError``. The launches run one after the other: their issue times add."""
+    from tts_kernels.attention.triton_kernel import Stage1Launch
+
     N = len(pairs_per_row)
     psz = partial_itemsize or (itemsize if itemsize == 2 else 4)
     kv_tok = D * 2 * itemsize  # K and V bytes of one token of one KV head
     nr = narrow["max_rows"] if narrow else 0
-    items = [it if r > nr else 0 for it, r in zip(work_items(rows_per_chunk, chunk_len, block_r), rows_per_chunk)]
-    n_items = [1 if (c > 0 and 0 < r <= nr) else 0 for c, r in zip(chunk_len, rows_per_chunk)]
+    first = Stage1Launch(None, min_rows, max_rows)
+    second = Stage1Launch(None, narrow.get("min_rows", 1), nr) if narrow else None
+    in_second = [bool(second and c > 0 and r > 0 and second.takes(r)) for c, r in zip(chunk_len, rows_per_chunk)]
+    for c, r, n in zip(chunk_len, rows_per_chunk, in_second):
+        if c > 0 and r > 0 and first.takes(r) == n:
+            raise ValueError(f"a chunk of {r} rows is taken by {'both launches' if n else 'no launch'} "
+                             f"(min_rows {min_rows}, narrow {narrow and (second.min_rows, nr)})")
+    items = [0 if n else it for it, n in zip(work_items(rows_per_chunk, chunk_len, block_r), in_second)]
+    n_items = [int(n) for n in in_second]
     rate = _rate(gpu)
+    mma = itemsize == 2  # 16-bit inputs: tensor-core dots (float32: an FMA dot, in the SASS counts)
+    flop_rate = gpu["sms"] * gpu["clock_hz"] * gpu["mma16_flop_per_clk_per_sm" if mma else "fp32_flop_per_clk_per_sm"]
+    block_d = max(16, 1 << (D - 1).bit_length())
+    gpad = 1 << (Hq // Hkv - 1).bit_length()
 
-    def launch(its, bn, grid, warps, t_instr, i_warp, c_warp):
+    hbm = gpu["hbm_bytes_per_s"]
+    pair_bytes = Hq * (D * itemsize + D * psz + 4)  # a pair's q read, its partial output and LSE written
+
+    def launch(its, bm, bn, grid, warps, t_instr, i_warp, c_warp):
         live_c = [(c, it) for c, it in zip(chunk_len, its) if it]
+        hbm_bytes = sum(c * Hkv * kv_tok + r * pair_bytes for c, r, it in zip(chunk_len, rows_per_chunk, its) if it)
         tiles = [math.ceil(c / bn) for c, _ in live_c]
         iters = sum(it * Hkv * t for (_, it), t in zip(live_c, tiles))
         launched = math.prod(grid)
@@ -351,14 +388,19 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
         live = min(launched, live_items)
         w = iters * t_instr * warps + live_items * i_warp + live * c_warp
         biggest = max([t * t_instr * warps + i_warp + c_warp for t in tiles] + [0])
-        t = max(w / (gpu["sms"] * rate), biggest / rate) if live_items else 0.0
-        return dict(block_n=bn, work_items_live=live_items, ctas_launched=launched, ctas_live=live,
-                    kv_tiles=iters, warp_instr=w, t=t)
+        t_issue = max(w / (gpu["sms"] * rate), biggest / rate) if live_items else 0.0
+        flop = 4 * iters * bm * bn * block_d if mma else 0
+        times = dict(issue=t_issue, mma=flop / flop_rate, hbm=hbm_bytes / hbm)
+        return dict(block_m=bm, block_n=bn, work_items_live=live_items, ctas_launched=launched, ctas_live=live,
+                    kv_tiles=iters, warp_instr=w, mma_flop=flop, hbm_bytes=hbm_bytes, t_issue=t_issue,
+                    t_mma=times["mma"], t_hbm=times["hbm"], t=max(times.values()), bound=_slowest(times))
 
-    parts = [launch(items, block_n, grid1, warps1, tile_instr, item_warp, cta1_warp)]
+    parts = [launch(items, block_m or max(16, block_r * gpad), block_n, grid1, warps1, tile_instr, item_warp,
+                    cta1_warp)]
     if narrow:
-        parts.append(launch(n_items, narrow["block_n"], narrow["grid"], narrow["warps"], narrow["tile_instr"],
-                            narrow.get("item_warp", 0), narrow.get("cta_warp", 0)))
+        parts.append(launch(n_items, narrow.get("block_m", max(16, gpad)), narrow["block_n"], narrow["grid"],
+                            narrow["warps"], narrow["tile_instr"], narrow.get("item_warp", 0),
+                            narrow.get("cta_warp", 0)))
     all_items = [a + b for a, b in zip(items, n_items)]
     launched = sum(p["ctas_launched"] for p in parts)
     live = sum(p["ctas_live"] for p in parts)
@@ -373,7 +415,7 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
 
     def ids(c, bn):
         return math.ceil(c / bn) if pow2 and block_size % bn == 0 else math.ceil(c / block_size) if pow2 else c
-    bn_of = [narrow["block_n"] if (narrow and 0 < r <= nr) else block_n for r in rows_per_chunk]
+    bn_of = [narrow["block_n"] if n else block_n for n in in_second]
     partial = P * Hq * (D * psz + 4)
     q_bytes = N * Hq * D * itemsize
     out_bytes = N * Hq * D * itemsize + N * Hq * 4
@@ -384,12 +426,18 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     steps2 = sum(math.ceil(p / block_p) for p in pairs_per_row)
     w2 = steps2 * hb * pair_instr * warps2 + N * hb * cta2_warp
     t1 = sum(p["t"] for p in parts)
+    useful_flop = sum(4 * r * Hq * c * D for c, r, _ in live_c)
+    t_compute_floor = useful_flop / flop_rate
     biggest2 = max([math.ceil(p / block_p) * pair_instr * warps2 + cta2_warp for p in pairs_per_row] + [0])
     t2 = max(w2 / (gpu["sms"] * rate), biggest2 / rate)
-    t_issue = t1 + t2
-    t_floor = floor / gpu["hbm_bytes_per_s"]
-    t_design = design_hbm / gpu["hbm_bytes_per_s"]
-    t = max(t_issue, t_design)
+    times2 = dict(issue=t2, hbm=(partial + out_bytes) / hbm)  # stage 2 reads the partials, writes the output
+    t1_issue = sum(p["t_issue"] for p in parts)
+    t_issue = t1_issue + t2
+    t_floor = floor / hbm
+    t_design = design_hbm / hbm
+    # the launches run one after the other: each is bound by its slowest resource, and their times add
+    t = t1 + max(times2.values())
+    kinds = [p["bound"] for p in parts] + [_slowest(times2)]
     kv_factor = _t(l2_kv / unique_kv) if unique_kv else None
     shared_factor = _t(shared_l2 / shared_u) if shared_u else None
     p_over = _t(2 * partial / unique_kv) if unique_kv else None
@@ -399,7 +447,8 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
         "work_items_live": live_items,
         "ctas_launched": launched, "ctas_live": live, "ctas_dead": launched - live,
         "ctas_exit_at_once_frac": _t(1 - live / launched) if launched else 0,
-        "stage1_launches": [{k: (_t(v) if k == "t" else v) for k, v in p.items()} for p in parts],
+        "stage1_launches": [{k: (_t(v) if k.startswith("t_") or k == "t" else v) for k, v in p.items()}
+                            for p in parts],
         "narrow_rows": nr,
         "bytes_floor": floor, "unique_kv_bytes": unique_kv, "l2_to_sm_kv_bytes": l2_kv,
         "kv_reads_per_unique_byte": kv_factor, "shared_kv_read_factor": shared_factor,
@@ -409,10 +458,16 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
         "partial_itemsize": psz, "partial_bytes_written_and_read": 2 * partial, "partial_over_kv": p_over,
         "hbm_bytes_this_design": design_hbm, "stage1_kv_tiles": sum(p["kv_tiles"] for p in parts),
         "stage1_warp_instr": int(w1), "stage2_warp_instr": int(w2),
-        "t_issue_s": _t(t_issue), "t_stage1_issue_s": _t(t1), "t_stage2_issue_s": _t(t2),
+        "stage1_mma_flop": sum(p["mma_flop"] for p in parts), "useful_flop": useful_flop,
+        "t_issue_s": _t(t_issue), "t_stage1_issue_s": _t(t1_issue), "t_stage2_issue_s": _t(t2),
+        "t_stage1_mma_s": _t(sum(p["t_mma"] for p in parts)), "t_stage1_s": _t(t1),
+        "t_stage2_s": _t(max(times2.values())), "t_stage2_hbm_s": _t(times2["hbm"]),
         "t_hbm_floor_s": _t(t_floor), "t_hbm_this_design_s": _t(t_design),
-        "t_bound_s": _t(t), "bound": "issue" if t_issue > t_design else "hbm",
+        "t_compute_floor_s": _t(t_compute_floor), "t_floor_s": _t(max(t_floor, t_compute_floor)),
+        "floor_bound": "hbm" if t_floor >= t_compute_floor else ("mma" if mma else "fp32 fma"),
+        "t_bound_s": _t(t), "bound": kinds[0] if len(set(kinds)) == 1 else " + ".join(kinds),
         "frac_of_floor_time": _t(t_floor / t) if t else None,
+        "frac_of_compute_or_hbm_floor_time": _t(max(t_floor, t_compute_floor) / t) if t else None,
         "targets": {
             "shared_kv_read_factor": {"value": shared_factor, "target_max": tg["shared_kv_read_factor"],
                                       "met": shared_factor is not None
@@ -423,6 +478,11 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
                           "met": launched - live <= tg["dead_ctas"]},
         },
     }
+
+
+def _slowest(times: Dict[str, float]) -> str:
+    """The resource of the largest time ("issue", "mma", "hbm")."""
+    return max(times, key=times.get)
 
 
 def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dict[str, Any]:
@@ -668,7 +728,9 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
     narrow = None
     if ln is not None:
         an = attention_instr(cn, c2)
-        narrow = dict(max_rows=ln.kwargs["MAX_ROWS"], block_n=ln.kwargs["BLOCK_N"], grid=ln.grid,
+        narrow = dict(min_rows=ln.kwargs["MIN_ROWS"], max_rows=ln.kwargs["MAX_ROWS"], block_m=ln.kwargs["BLOCK_M"],
+                      block_n=ln.kwargs["BLOCK_N"],
+                      grid=ln.grid,
                       warps=cn["num_warps"], tile_instr=an["tile_instr"], item_warp=an["item_instr"] * cn["num_warps"],
                       cta_warp=an["cta1_warp"])
     op = _arg(l1, "out_p_ptr")
@@ -679,7 +741,8 @@ def attention_record(look, N, prefix, suffix, hq, hkv, D, dname, plan_kwargs, gp
                           c2["num_warps"], ai["pair_instr"], block_size=plan.block_size, gpu=gpu,
                           partial_itemsize=op.element_size(), block_p=ai["block_p"],
                           cta1_warp=ai["cta1_warp"], cta2_warp=ai["cta2_warp"],
-                          item_warp=ai["item_instr"] * c1["num_warps"], narrow=narrow)
+                          item_warp=ai["item_instr"] * c1["num_warps"], narrow=narrow,
+                          min_rows=kw["MIN_ROWS"], max_rows=kw["MAX_ROWS"], block_m=kw["BLOCK_M"])
     rec.update(plan_kwargs=_jsonable_plan_kwargs(plan_kwargs), prefix=prefix, suffix=suffix, Hq=hq, Hkv=hkv, D=D,
                dtype=dname, stage1_spec=sid1, stage1_stats_from=p1 and p1["stats_from"],
                stage2_spec=sid2, stage2_stats_from=p2 and p2["stats_from"],

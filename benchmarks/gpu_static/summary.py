@@ -123,13 +123,21 @@ def _launches(r):
             " + ".join(f"{x['ctas_live']} / {x['ctas_launched']}" for x in ls))
 
 
+def _compute_floor(r):
+    """The useful FLOP at the modelled tensor-core (16-bit) or FP32 rate; bold when above the HBM floor."""
+    if "t_compute_floor_s" not in r:  # results from before the arithmetic bound
+        return "-"
+    cell = f"{r['t_compute_floor_s'] * 1e6:.0f} us ({'mma' if r['dtype'] != 'fp32' else 'fp32 fma'})"
+    return f"**{cell}**" if r["floor_bound"] != "hbm" else cell
+
+
 def attention_table(d):
     cm = d.get("cost_model", {})
     out = ["| dtype | Hq/Hkv, D | N, prefix + suffix | plan | chunks, pairs | BLOCK_R (wide + narrow) | "
            "CTAs live / launched (wide + narrow) | "
            "dead CTAs (target 0) | KV into SMs / unique | shared-KV read factor (target <= 1.25) | "
-           "partials / KV (target <= 0.25) | bound | t bound | HBM floor |",
-           "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|---:|"]
+           "partials / KV (target <= 0.25) | bound | t bound | HBM floor | compute floor |",
+           "|---|---|---|---|---:|---:|---:|---|---:|---|---|---|---:|---:|---:|"]
     for r in cm.get("tree_attention", []):
         tg = r.get("targets", {})
         plan = r.get("plan", "default") + (f" ({', '.join(_kwarg(k, v) for k, v in r['plan_kwargs'].items())})"
@@ -141,7 +149,8 @@ def attention_table(d):
                    f"{r['l2_to_sm_kv_bytes'] / 1e6:.0f} / {r['unique_kv_bytes'] / 1e6:.0f} MB | "
                    f"{_met(tg['shared_kv_read_factor']) if tg else '-'} | "
                    f"{_met(tg['partial_over_kv']) if tg else r['partial_over_kv']} | {r['bound']} | "
-                   f"{r['t_bound_s'] * 1e6:.0f} us | {r['t_hbm_floor_s'] * 1e6:.0f} us |")
+                   f"{r['t_bound_s'] * 1e6:.0f} us | {r['t_hbm_floor_s'] * 1e6:.0f} us | "
+                   f"{_compute_floor(r)} |")
     return "\n".join(out)
 
 

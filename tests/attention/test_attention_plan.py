@@ -1,6 +1,8 @@
 """The tree-attention planner: plan invariants, maximal sharing, fixed capacity, bad input."""
 from __future__ import annotations
 
+import random
+
 import pytest
 import torch
 
@@ -216,6 +218,8 @@ BAD_PLANS = [
      "parallelism.programs"),
     ("parallelism zero narrow programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 1, 0)), ValueError,
      "parallelism.programs_narrow"),
+    ("parallelism negative narrow programs", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, 0, -1)), ValueError,
+     "parallelism.programs_narrow"),
     ("parallelism negative narrow rows", lambda: dict(parallelism=tk.Parallelism(4, 2, 8, -1, 8)), ValueError,
      "parallelism.narrow_rows"),
     ("parallelism float rows", lambda: dict(parallelism=tk.Parallelism(4.0, 2, 8, 1, 8)), ValueError,
@@ -273,6 +277,25 @@ def test_makespan_estimate():
     assert [_est(segs, 64 * f, 16) for f in CHUNK_FACTORS] == [1024, 1024, 1092, 1092, 1604]
 
 
+def _makespan_by_definition(segments, chunk_len, programs):
+    """Every item's length, longest first, in rounds of ``programs``; a round as long as its first."""
+    lens = []
+    for tok, items in segments:
+        full, rem = divmod(tok, chunk_len)
+        lens += [chunk_len] * (full * items) + [rem] * (items if rem else 0)
+    lens.sort(reverse=True)
+    return sum(lens[::programs])
+
+
+def test_makespan_estimate_random():
+    """The vectorised estimate (full chunks counted, only the remainders sorted) against the definition."""
+    rng = random.Random(5)
+    for _ in range(300):
+        segs = [(rng.randint(0, 3000), rng.randint(0, 9)) for _ in range(rng.randint(1, 30))]
+        chunk_len, programs = rng.choice([16, 64, 512, 1000]), rng.randint(1, 140)
+        assert _est(segs, chunk_len, programs) == _makespan_by_definition(segs, chunk_len, programs)
+
+
 def test_balanced_chunk_factor():
     """f: the factor of least estimated makespan, the largest on a tie."""
     assert CHUNK_FACTORS == (1, 2, 4, 8, WIDE_CHUNK_MAX_FACTOR)
@@ -320,8 +343,11 @@ def test_balanced_plan_invariants(kind, programs):
     bs, cs = 4, 8
     gen = torch.Generator().manual_seed(7 + programs)
     bt, sl, _ = random_forest(kind, 9, bs, 12, gen)
-    par = tk.Parallelism(2, 2, programs, 0, 1)  # no narrow launch: one factor for every chunk
+    par = tk.Parallelism(2, 2, programs, 0, 0)  # no narrow launch: one factor for every chunk
     plan = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs, parallelism=par)
+    # without a narrow launch its program count is not read
+    other = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs, parallelism=par._replace(programs_narrow=7))
+    assert all(torch.equal(getattr(plan, n), getattr(other, n)) for n in plan.TENSORS)
     base = tk.plan_tree_attention(bt, sl, bs, chunk_size=cs * WIDE_CHUNK_MAX_FACTOR)
     rows = (base.chunk_q_ptr[1:] - base.chunk_q_ptr[:-1]).long()
     items = (rows + 1) // 2

@@ -17,6 +17,7 @@ from helpers.backends import require_triton
 from test_attention_kernels import (check_against_oracle, check_plan_covers, make_inputs, run_triton,
                                     simple_plan)
 
+import tts_kernels as tk
 from tts_kernels.attention.plan import TreeAttentionPlan
 
 
@@ -111,7 +112,6 @@ def test_persistent_programs(monkeypatch, num_sms):
 def test_wide_chunks_package_planner():
     """Plans with long chunks for widely shared segments (planner's wide_chunk_rows) run unchanged."""
     require_triton()
-    import tts_kernels as tk
 
     d, hq, hkv, bs = 16, 4, 2, 2
     q, k, v, bt, lens = make_inputs("identical", 8, bs, hq, hkv, d, torch.float32, seed=5, max_blocks_per_row=6)
@@ -230,7 +230,6 @@ def test_two_launches_at_the_row_boundary(hq, hkv, dtype, groups, how):
     """Chunks of exactly the narrow tile's rows and one more, rest windows, padding chunks and pairs, a
     load-balanced plan: every (chunk, row tile) is done once across the wide and the narrow launch."""
     require_triton()
-    import tts_kernels as tk
     from tts_kernels.attention import triton_kernel as tak
 
     bs, d = 4, 16
@@ -247,3 +246,18 @@ def test_two_launches_at_the_row_boundary(hq, hkv, dtype, groups, how):
     assert len(launches) == 2 and {nr, nr + 1} <= rows, (nr, rows)
     out, lse = run_triton(q, k, v, bt, sl, plan, 0.3)
     check_against_oracle(out, lse, q, k, v, bt, sl, 0.3)
+
+
+def test_partials_indexed_in_int32_are_bounded():
+    """The kernel indexes the partial outputs' (pair, head) rows in int32: a plan whose pairs x query
+    heads reach 2**31 is refused before anything is allocated (q is a zero-stride view here)."""
+    require_triton()
+    from tts_kernels.attention.triton_kernel import tree_attention_triton
+
+    bt = torch.zeros(2, 1, dtype=torch.int32)
+    lens = torch.ones(2, dtype=torch.int32)
+    plan = tk.plan_tree_attention(bt, lens, 1, sharing=False)  # 2 pairs
+    kv = torch.zeros(1, 1, 1, 1)
+    q = torch.zeros(1, 1, 1).expand(2, 2 ** 30, 1)
+    with pytest.raises(ValueError, match=r"plan.num_pairs \* Hq"):
+        tree_attention_triton(q, kv, kv, bt, lens, plan, 1.0)

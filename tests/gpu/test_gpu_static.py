@@ -183,7 +183,7 @@ def test_attention_bound_narrow_launch():
     r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
                            Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4,
                            tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
-                           narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3))
+                           narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3), min_rows=2)
     wide, narrow = r["stage1_launches"]
     assert (wide["work_items_live"], wide["ctas_launched"], wide["ctas_live"], wide["kv_tiles"]) == (4, 4, 4, 8)
     assert (narrow["work_items_live"], narrow["ctas_launched"], narrow["ctas_live"], narrow["kv_tiles"]) == (4, 6, 4, 4)
@@ -194,6 +194,48 @@ def test_attention_bound_narrow_launch():
     # tiny: each launch's largest CTA (2 tiles x 10 x 4 warps; 1 tile x 3 x 2), then stage 2
     assert r["t_stage1_issue_s"] == pytest.approx(80 / RATE + 6 / RATE, rel=1e-3)
     assert r["t_issue_s"] == pytest.approx(126 / RATE, rel=1e-3)
+    # the launches' row ranges must split the chunks: the own chunks in both launches, or in neither
+    kw = dict(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2], Hq=4, Hkv=2, D=8,
+              itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4,
+              pair_instr=5, narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3))
+    with pytest.raises(ValueError, match="both launches"):
+        cm.attention_bound(**kw)
+    with pytest.raises(ValueError, match="no launch"):
+        cm.attention_bound(**kw, min_rows=3)
+
+
+def test_attention_bound_mma():
+    # 128 rows x 32/8 heads over one 4096-token chunk, 256-row tiles (BLOCK_R 64): 2 items x 8 heads x 128
+    # KV tiles of 32 tokens; every query row is live, so the MMA FLOP executed are the useful ones:
+    # 4 x 128 rows x 32 heads x 4096 x 128 = 2**33. 16-bit: at 4096 FLOP / clock / SM they take longer
+    # than the (tiny) issue and than this design's HBM bytes, and exceed the HBM floor
+    kw = dict(chunk_len=[4096], rows_per_chunk=[128], pairs_per_row=[1] * 128, Hq=32, Hkv=8, D=128,
+              block_r=64, block_n=32, grid1=(132,), warps1=8, tile_instr=1, grid2=(128, 1), warps2=4,
+              pair_instr=1, block_m=256)
+    r = cm.attention_bound(itemsize=2, **kw)
+    assert r["stage1_mma_flop"] == r["useful_flop"] == 2 ** 33
+    t_mma = 2 ** 33 / (132 * 1.755e9 * 4096)
+    assert r["t_stage1_mma_s"] == pytest.approx(t_mma, rel=1e-3) and r["t_stage1_s"] == pytest.approx(t_mma, rel=1e-3)
+    assert r["t_stage1_issue_s"] < t_mma / 10
+    assert r["t_compute_floor_s"] == pytest.approx(t_mma, rel=1e-3)
+    assert r["t_hbm_floor_s"] < r["t_compute_floor_s"] == r["t_floor_s"] and r["floor_bound"] == "mma"
+    # each launch takes its slowest resource: stage 1 its MMAs (its 16.8 MB of KV + 2.1 MB of q and partials
+    # take 5.6 us of HBM), stage 2 its bytes (the partials read, the output written: 128 x 32 x 260 B each)
+    s1_bytes = 4096 * 8 * 128 * 2 * 2 + 128 * 32 * (128 * 2 * 2 + 4)
+    assert r["stage1_launches"][0]["hbm_bytes"] == s1_bytes and r["stage1_launches"][0]["bound"] == "mma"
+    t_s2 = 2 * 128 * 32 * (128 * 2 + 4) / 3.35e12
+    assert r["t_stage2_s"] == pytest.approx(t_s2, rel=1e-3) and r["t_stage2_issue_s"] < t_s2
+    assert r["bound"] == "mma + hbm" and r["t_bound_s"] == pytest.approx(t_mma + t_s2, rel=1e-3)
+    assert r["hbm_bytes_this_design"] == s1_bytes + 2 * 128 * 32 * (128 * 2 + 4)
+    # padded query rows count as executed: a 512-row tile would do twice the MMA work
+    assert cm.attention_bound(itemsize=2, **dict(kw, block_m=512, block_r=128))["stage1_mma_flop"] == 2 ** 33
+    assert cm.attention_bound(itemsize=2, **dict(kw, block_m=512))["stage1_mma_flop"] == 2 ** 34
+    # float32: no MMA (the FMA dot is in the issue counts); the floor at 256 FP32 FLOP / clock / SM
+    r32 = cm.attention_bound(itemsize=4, **kw)
+    assert r32["stage1_mma_flop"] == 0 and r32["t_stage1_mma_s"] == 0
+    assert r32["t_compute_floor_s"] == pytest.approx(2 ** 33 / (132 * 1.755e9 * 256), rel=1e-3)
+    assert r32["floor_bound"] == "fp32 fma" and r32["bound"] == "hbm"
+    assert r32["t_bound_s"] == pytest.approx(r32["hbm_bytes_this_design"] / 3.35e12, rel=1e-3)
 
 
 def test_attention_bound_wide_plan():
@@ -240,8 +282,9 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
         r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
                                cfg["BLOCK_N"], (grid,), 4, 10, (8, 1), 4, 5,
                                partial_itemsize=tak.partial_dtype(dt).itemsize,
-                               narrow=dict(max_rows=launches[1].max_rows, block_n=ncfg["BLOCK_N"], grid=(grid_n,),
-                                           warps=4, tile_instr=3))
+                               narrow=dict(min_rows=launches[1].min_rows, max_rows=launches[1].max_rows,
+                                           block_n=ncfg["BLOCK_N"], grid=(grid_n,), warps=4, tile_instr=3),
+                               min_rows=launches[0].min_rows)
         c = tak.stage1_cost(plan, Hq, Hkv, D, dt, num_sms=sms)
         assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
         assert r["work_items_live"] == c["items_live"]

@@ -117,7 +117,8 @@ class Parallelism(NamedTuple):
         Chunks of at most this many rows run in a launch of their own, one work
         item each (a smaller tile); 0 when every chunk runs in one launch.
     programs_narrow : int
-        Programs running at once in that launch.
+        Programs running at once in that launch; 0 when there is none
+        (``narrow_rows`` 0).
     """
 
     rows_per_item: int

@@ -169,7 +169,8 @@ def _check_parallelism(parallelism, wide_chunk_rows):
         raise TypeError(f"parallelism must be a Parallelism (tts_kernels.attention.tree_attention_parallelism), "
                         f"got {type(parallelism).__name__}")
     for name, v in parallelism._asdict().items():
-        least = 0 if name == "narrow_rows" else 1
+        # a narrow launch (narrow_rows > 0) needs programs; without one, programs_narrow is 0
+        least = 0 if name == "narrow_rows" or (name == "programs_narrow" and not parallelism.narrow_rows) else 1
         if isinstance(v, bool) or not isinstance(v, int) or v < least:
             raise ValueError(f"parallelism.{name} must be an int >= {least}, got {v!r}")
     if wide_chunk_rows is not None:
@@ -197,19 +198,18 @@ def makespan_estimate(tokens: torch.Tensor, items: torch.Tensor, chunk_len: int,
     The items, longest first, in rounds of one per program, each round as long as its longest item:
     the sum over rounds (a lower bound on neither side, but it sees the mean load, the longest item and
     the rounds that short leftover chunks add). A 0-d int64 tensor on the segments' device (no host
-    sync): the item lengths are ``chunk_len`` and each segment's remainder, so the rounds come from the
-    sorted lengths' cumulative counts, ``sum_j len_j x (ceil(C_j / P) - ceil(C_{j-1} / P))``."""
-    L = int(chunk_len)
+    sync): the items are the full chunks (``chunk_len`` tokens, the longest: ``ceil(F / P)`` rounds)
+    and each segment's remainder, sorted, whose rounds come from the cumulative counts,
+    ``sum_j len_j x (ceil(C_j / P) - ceil(C_{j-1} / P))`` with ``C_0 = F``."""
+    L, P = int(chunk_len), int(programs)
     full = tokens // L
     rem = tokens - full * L
-    lens = torch.cat([torch.full_like(tokens, L), rem])
-    counts = torch.cat([full * items, torch.where(rem > 0, items, 0)])
-    order = torch.argsort(lens, descending=True, stable=True)
-    lens, counts = lens[order], counts[order]
-    c = torch.cumsum(counts, 0)
-    P = int(programs)
-    rounds = (c + P - 1) // P - (c - counts + P - 1) // P  # rounds whose longest item is this length
-    return (lens * rounds).sum()
+    n_full = (full * items).sum()
+    order = torch.argsort(rem, descending=True)
+    rem, counts = rem[order], torch.where(rem > 0, items, 0)[order]
+    c = n_full + torch.cumsum(counts, 0)
+    rounds = (c + P - 1) // P - (c - counts + P - 1) // P  # rounds whose longest item is this remainder
+    return L * ((n_full + P - 1) // P) + (rem * rounds).sum()
 
 
 def balanced_chunk_factor(makespans: Sequence[int]) -> int:
@@ -358,11 +358,14 @@ def _build(block_tables, seq_lens, bs, cs, sharing, wide_chunk_rows=None, parall
         items = torch.where(narrow, 1, (nrows + parallelism.rows_per_item - 1) // parallelism.rows_per_item)
         items = items * parallelism.kv_heads
         tok = tok1 - tok0
+        launches = [(~narrow, parallelism.programs)]
+        if parallelism.narrow_rows:
+            launches.append((narrow, parallelism.programs_narrow))
         est = torch.stack([makespan_estimate(tok, torch.where(m, items, 0), cs * f, programs)
-                           for m, programs in ((~narrow, parallelism.programs), (narrow, parallelism.programs_narrow))
-                           for f in CHUNK_FACTORS]).tolist()
+                           for m, programs in launches for f in CHUNK_FACTORS]).tolist()
         k = len(CHUNK_FACTORS)
-        f_wide, f_narrow = balanced_chunk_factor(est[:k]), balanced_chunk_factor(est[k:])
+        f_wide = balanced_chunk_factor(est[:k])
+        f_narrow = balanced_chunk_factor(est[k:]) if parallelism.narrow_rows else 1  # no narrow chunk
         cs = cs * torch.where(narrow, f_narrow, f_wide)
     elif wide_chunk_rows:
         f = (nrows // int(wide_chunk_rows)).clamp(1, WIDE_CHUNK_MAX_FACTOR)

@@ -174,7 +174,12 @@ def _stage1_item(
         r = offs_m // GROUP_PAD
         g = offs_m % GROUP_PAD
         m_valid = (r < nrows) & (g < GROUP)
-        pair = (pa + r).to(tl.int64)
+        pair = pa + r
+        if BLOCK_M < 256:
+            # int64 indices, but int32 in the 256-row tiles (the wrapper bounds num_pairs * HQ below
+            # 2**31): the int64 pair held across the KV loop made the D = 128 one spill on sm_90 at 255
+            # registers, while three smaller tiles spill with int32 ones (ptxas's choices, static check)
+            pair = pair.to(tl.int64)
         qrow = tl.load(q_rows_ptr + pair, mask=m_valid, other=0).to(tl.int64)
         head = kvh * GROUP + g
         offs_d = tl.arange(0, BLOCK_D)
@@ -246,7 +251,7 @@ def _stage1_item(
         out = acc / l_i[:, None]
         lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
         hp = pair * HQ + head
-        tl.store(out_p_ptr + hp[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_p_ptr.dtype.element_ty),
+        tl.store(out_p_ptr + hp.to(tl.int64)[:, None] * HEAD_DIM + offs_d[None, :], out.to(out_p_ptr.dtype.element_ty),
                  mask=m_valid[:, None] & d_mask[None, :])
         tl.store(lse_p_ptr + hp, lse, mask=m_valid)
 
@@ -396,7 +401,7 @@ def parallelism(num_rows: int, Hq: int, Hkv: int, D: int, dtype: torch.dtype, de
     launches = rows_launches(num_rows, Hq, Hkv, D, dtype, arch, block_size, num_rows)
     wide, narrow = launches[0], launches[-1]
     if not narrow.max_rows:  # one launch takes every chunk
-        return Parallelism(wide.cfg["BLOCK_R"], Hkv, sms * wide.cfg["CTAS_PER_SM"], 0, 1)
+        return Parallelism(wide.cfg["BLOCK_R"], Hkv, sms * wide.cfg["CTAS_PER_SM"], 0, 0)
     return Parallelism(wide.cfg["BLOCK_R"], Hkv, sms * wide.cfg["CTAS_PER_SM"], narrow.max_rows,
                        sms * narrow.cfg["CTAS_PER_SM"])
 
@@ -413,15 +418,28 @@ def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arc
             and num_rows * _next_pow2(Hq // Hkv) > 128)
 
 
+def _query_tile_dims(Hq: int, Hkv: int, D: int):
+    """``(GROUP_PAD, BLOCK_D)`` of every stage-1 tile: the GQA group and the head dim, padded to powers
+    of two (a query tile holds whole padded groups)."""
+    return _next_pow2(Hq // Hkv), max(16, _next_pow2(D))
+
+
+def _gathered_block_n(block_n: int, dtype: torch.dtype, block_size: int) -> int:
+    """KV tokens per tile once the paged gather is known: blocks of fewer than 4 tokens, or of a size
+    that is not a power of two, load a block id per token, and 16-bit tiles of 64 such tokens spill."""
+    if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
+        return min(block_n, 32)
+    return block_n
+
+
 def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, wide: bool = False,
                   arch: int = 90, block_size: int = 16):
     """Stage-1 tiles, a function of dtype, head dim, GQA group, ``wide`` (:func:`wide_tiles`), the
     architecture and the KV block size.
 
     Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps, CTAS_PER_SM)``. Chosen
-    so that no variant spills on sm_90 or sm_80 but one (every launched variant is AOT-compiled by
-    the static check, benchmarks/gpu_static; the exception, 16 bytes in the 16-bit 256-row D = 128
-    tile on sm_90, is in its allow-list): 16-bit inputs use 128-row query tiles (64 at D = 256),
+    so that no variant spills on sm_90 or sm_80 (every launched variant is AOT-compiled by the static
+    check, benchmarks/gpu_static): 16-bit inputs use 128-row query tiles (64 at D = 256),
     256-row tiles for wide batches; float32 keeps an IEEE dot (the float32 tolerance rules out
     tf32) with 32-row tiles. mma.sync (sm_8x, and archs other than sm_90) holds less: 32-token KV
     tiles for 16-bit inputs, 8 warps at D = 256, no 256-row tile at D = 128, 16-token tiles for
@@ -431,9 +449,7 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     by registers (65536 per SM, counts from the static check), the persistent grid's programs
     per SM.
     """
-    group = Hq // Hkv
-    group_pad = _next_pow2(group)
-    block_d = max(16, _next_pow2(D))
+    group_pad, block_d = _query_tile_dims(Hq, Hkv, D)
     key = max(64, block_d)
     hopper = _wgmma(arch)
     # (query rows, KV tokens, warps, CTAs per SM) per tile; registers of the launched variants in the
@@ -447,10 +463,8 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
                                          128: (32, 16, 8, 2),     # 64 regs
                                          256: (16, 16, 8, 2)}.get(key, (16, 16, 8, 2))  # 80 regs
     elif wide and key <= (128 if hopper else 64):  # 256-row tiles
-        # sm_90 D = 128: 255 regs and a 16-byte spill in the KV loop since the loop became persistent
-        # (known_spills.json); num_stages=1 would remove it and the prefetch of the next KV tile
         max_m, block_n, warps, per_sm = {64: (256, 64, 8, 1),     # 216 / 243 regs
-                                         128: (256, 32, 8, 1)}[key]  # 255 regs
+                                         128: (256, 32, 8, 1)}[key]  # 244 regs
     elif hopper:  # wgmma
         max_m, block_n, warps, per_sm = {64: (128, 64, 4, 2),     # 247 regs
                                          128: (128, 64, 8, 1),    # 254 regs
@@ -459,8 +473,7 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
         max_m, block_n, warps, per_sm = {64: (128, 32, 4, 2),     # 240-246 regs
                                          128: (128, 32, 8, 1),    # 214 regs
                                          256: (64, 16, 8, 1)}.get(key, (64, 16, 8, 1))  # 238 regs
-    if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
-        block_n = min(block_n, 32)  # a block id per token: 64-token tiles spill
+    block_n = _gathered_block_n(block_n, dtype, block_size)
     block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
@@ -474,8 +487,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     GROUP_PAD``: 4 rows of 4 heads, 2 of 8, 1 of 16 or more), longer KV tiles than the wide tile's
     (the rescale of the accumulator and the row reductions are per tile), 4 warps (8 for float32 at
     D > 64 off sm_90). Same return as :func:`stage1_config`."""
-    group_pad = _next_pow2(Hq // Hkv)
-    block_d = max(16, _next_pow2(D))
+    group_pad, block_d = _query_tile_dims(Hq, Hkv, D)
     block_m = max(16, group_pad)
     # KV tokens per tile and warps (float32: the IEEE FMA dot; off sm_90 at D = 128 ptxas spills 4-8
     # bytes in the KV loop with 4 warps at 16 or 32 tokens, and with 8 warps at 32: 8 warps x 16 tokens)
@@ -487,8 +499,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
             block_n, warps = 16, 8
     else:
         block_n = 64 if block_d <= 128 else 32
-    if dtype != torch.float32 and (block_size < 4 or block_size & (block_size - 1)):
-        block_n = min(block_n, 32)  # a block id per token
+    block_n = _gathered_block_n(block_n, dtype, block_size)
     # registers of the launched variants (triton 3.9, the static check): 56-128 at D <= 64, 48-165 above
     per_sm = 4 if block_d <= 64 else 3
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_m // group_pad, BLOCK_M=block_m, BLOCK_N=block_n,
@@ -608,6 +619,8 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     group = Hq // Hkv
     P = plan.num_pairs
     C = plan.num_chunks
+    if P * Hq >= 2 ** 31:  # the kernel indexes the partials' (pair, head) rows in int32
+        raise ValueError(f"plan.num_pairs * Hq (q.shape[1]) must be below 2**31, got {P} * {Hq}")
     out_partial = torch.empty((P, Hq, D), dtype=partial_dtype(q.dtype), device=q.device)
     lse_partial = torch.empty((P, Hq), dtype=torch.float32, device=q.device)
     out = torch.empty((N, Hq, D), dtype=q.dtype, device=q.device)

@@ -70,6 +70,12 @@ _PASS1_BYTES = 8192  # bytes of logits per pass-1 tile (2048 fp32, 4096 bf16/fp1
 _HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _SCAN = 1024         # group stats per step of the finish's scan
 _NUM_WARPS = 8
+#: ptxas's register cap for the kernels that run the finish (``_sample_kernel``, ``_merge_kernel``; the
+#: issue's <= 128 in every budget variant). Without it ptxas on sm_80 kept 15 of them at 80 (48) registers
+#: for a third CTA per SM and spilled in the finish's loops; with it they take 86-128 and 2 CTAs per SM, as
+#: on sm_90 (static check). The pass-1 ``_partial_kernel`` has none: capped, ptxas gave it 56 registers
+#: instead of 40 on sm_90 (4 CTAs per SM instead of 6)
+_MAX_REGISTERS = 128
 _LOG2E = 1.4426950408889634
 
 
@@ -671,7 +677,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
-            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS)
+            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS,
+            maxnreg=_MAX_REGISTERS)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
@@ -685,5 +692,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
-        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS)
+        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
+        maxnreg=_MAX_REGISTERS)
     return tok, logp
