@@ -24,6 +24,7 @@ import ast
 import contextlib
 import dataclasses
 import functools
+import heapq
 import io
 import math
 import os
@@ -431,7 +432,9 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
 
     Per loop (all loops with the same head merged): ``instructions`` (static count of the body's
     instructions: every path of the body, each once), ``instructions_excl`` (without the loops
-    nested in it), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
+    nested in it), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
+    can execute, the shortest path from the head to a back edge: a branch around a rarely taken block,
+    such as a partial tile's mask or a lazy rescale, skips it), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
     nested loops), a few opcode classes, and the source loop most of its instructions come from.
     """
     if not instrs:
@@ -457,6 +460,21 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
                             body.add(p)
                             stack.append(p)
     loops = [{"head": h, "blocks": b} for h, b in sorted(bodies.items())]
+
+    def min_path(h: int, body: set) -> int:
+        # shortest head -> latch path, weighted by block sizes (Dijkstra; edges back to the head cut)
+        size = {b: blocks[b][1] - blocks[b][0] + 1 for b in body}
+        best, todo = {h: size[h]}, [(size[h], h)]
+        while todo:
+            d, b = heapq.heappop(todo)
+            if d > best[b]:
+                continue
+            for v in succ[b]:
+                if v in body and v != h and d + size[v] < best.get(v, 1 << 30):
+                    best[v] = d + size[v]
+                    heapq.heappush(todo, (best[v], v))
+        return min(best[b] for b in body if h in succ[b] and b in best)
+
     out = []
     for lp in loops:
         children = [o for o in loops if o is not lp and o["blocks"] < lp["blocks"]]
@@ -471,6 +489,7 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
         out.append({
             "start": f"0x{instrs[idx[0]].addr:04x}", "end": f"0x{instrs[idx[-1]].addr:04x}",
             "instructions": len(body), "instructions_excl": len(body_x),
+            "instructions_min_path": min_path(lp["head"], lp["blocks"]) if not children else None,
             "depth": len(parents), "innermost": not children,
             "stl": ops.count("STL"), "ldl": ops.count("LDL"),
             "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),

@@ -134,12 +134,14 @@ def allowed(entry_list, spec_id: str, arch: str):
     return None
 
 
-def judge(results, allow):
+def judge(results, allow, complete: bool = False):
     """(failures, known spills, stale allow-list entries) of compiled results.
 
     A failure: a compile error, or a spill inside a hot loop (``spill_in_loop``) that no allow-list
-    entry names for that spec and arch. Stale: an entry whose spec was compiled for a listed arch
-    and no longer spills in a loop there (entries for specs not compiled in this run are not judged).
+    entry names for that spec and arch; with ``complete`` (the full set: every specialization the
+    wrappers launch), also an entry that names no compiled specialization (a stale id would match
+    again, unnoticed, if the kernel went back to it). Stale: an entry whose spec was compiled for a
+    listed arch and no longer spills in a loop there.
     """
     failures, known = [], []
     for r in results:
@@ -155,6 +157,9 @@ def judge(results, allow):
                     failures.append(f"spill in a hot loop: {r['spec']} on {arch} ({res['spill_store_bytes']} B "
                                     f"stores, {res['spill_load_bytes']} B loads)")
     by_spec = {r["spec"]: r for r in results}
+    if complete:
+        failures += [f"allow-list entry names no specialization the wrappers launch (remove it): {e['spec']}"
+                     for e in allow if e["spec"] not in by_spec]
     stale = []
     for e in allow:
         r = by_spec.get(e["spec"])
@@ -276,7 +281,7 @@ def rejudge(path: str, allowlist: str) -> int:
     with open(path) as f:
         out = json.load(f)
     results = out["specs"]
-    failures, known, stale = judge(results, load_allowlist(allowlist))
+    failures, known, stale = judge(results, load_allowlist(allowlist), complete=out.get("set") == "full")
     failures += vector_load_failures(results)
     failures += occupancy_failures(results)
     failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
@@ -367,7 +372,7 @@ def main(argv=None) -> int:
         results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
                         "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs if (i, a) in compiled}})
-    failures, known, stale = judge(results, load_allowlist(args.allowlist))
+    failures, known, stale = judge(results, load_allowlist(args.allowlist), complete=args.level == "full")
     failures += vector_load_failures(results)
     failures += occupancy_failures(results)
     if missing and args.level == "full":

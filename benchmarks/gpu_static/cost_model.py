@@ -42,7 +42,7 @@ on a stream add up (no overlap between them).
 * Tree attention: from the real plan (:data:`ATTENTION_PLANS`: the default chunks, the
   ``wide_chunk_rows`` variant and the load-balanced chunks the engine and ``tree_attention``
   plan on CUDA, ``parallelism`` of the modelled GPU). Stage 1 is one launch, or two one after
-  the other (their issue times add) when the plan has chunks of at most the narrow tile's rows
+  the other (each bound as below, their times add) when the plan has chunks of at most the narrow tile's rows
   and wider ones: the wide launch takes the wider chunks, the narrow launch the others, one item
   each (``C x Hkv`` slots), with its own tile, grid and SASS counts. The wide launch is a
   work list of ``(C + (P - 1) // BLOCK_R) x Hkv`` slots, worked through by persistent CTAs (the
@@ -66,11 +66,14 @@ on a stream add up (no overlap between them).
   chunks' K and V once and each of its pairs' q, and writes their partials; stage 2 reads the partials
   and writes the output. The launches run one after the other (stage-1 wide, narrow, stage 2): each
   takes the largest of its issue, MMA and HBM times, and the call their sum (``bound``: each launch's
-  resource, joined by " + " when they differ). Compute floor: the useful FLOP (``4 x rows x Hq x chunk tokens x D`` over the live chunks) at
-  that rate (16-bit) or at 256 FP32 FLOP per clock per SM (float32); at N = 256 over a shared prefix it
-  exceeds the HBM floor (1024 query rows per KV token at 32/8 heads: ~1000 FLOP per KV byte, the
-  H100's ridge is ~280), so ``t_floor_s`` is the larger of the two and ``frac_of_floor_time`` stays
-  the HBM floor's share (the issue's floor). Issue-14 targets
+  resource, one per launch joined by " + ", or one word when they all agree). Compute floor: the
+  useful FLOP (``4 x rows x Hq x chunk tokens x D`` over the live chunks) at that rate (16-bit) or at
+  256 FP32 FLOP per clock per SM (float32). A shared prefix of N = 256 rows at 32/8 heads is 1024 query
+  rows per KV token, 1024 FLOP per byte of its KV (the H100's ridge at the model's clock: ~280), so
+  the compute floor can exceed the HBM floor (8192 + 64 tokens: 36 us vs 31 us; with 512 own tokens per
+  row the own KV makes it HBM-bound: 38 vs 172 us). ``t_floor_s`` is the larger of the two floors;
+  ``frac_of_floor_time`` stays the HBM floor's share (the issue's floor), and
+  ``frac_of_compute_or_hbm_floor_time`` is ``t_floor_s``'s. Issue-14 targets
   (:data:`ATTENTION_TARGETS`, judged per shape): shared-KV read factor <= 1.25, partial traffic
   <= 0.25 x unique KV bytes, no dead CTA.
 * Stats of a shape whose exact specialization the results do not hold (the check's cases did not
@@ -350,11 +353,13 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     when ``max_rows`` > 0, at most ``max_rows`` (its ``MIN_ROWS`` / ``MAX_ROWS``).
     ``narrow``: the second stage-1 launch, which takes the chunks of ``min_rows`` (default 1) to
     ``max_rows`` rows (its ``MIN_ROWS`` / ``MAX_ROWS``), one work item each: a dict of those, ``block_m``,
-    ``block_n``,
-    ``grid``, ``warps``, ``tile_instr``, ``item_warp`` and ``cta_warp`` (as above). Which launch takes a
-    chunk is the kernel's rule (``triton_kernel.Stage1Launch.takes``); a live chunk that no launch or both
-    take is a ``ValueError``. The launches run one after the other: their issue times add."""
-    from tts_kernels.attention.triton_kernel import Stage1Launch
+    ``block_n``, ``grid``, ``warps``, ``tile_instr``, ``item_warp`` and ``cta_warp`` (as above). With it,
+    the first launch's ``min_rows`` must leave the narrow chunks out (the kernel's wide launch has
+    ``MIN_ROWS = max_rows + 1``). Which launch takes a chunk is the kernel's rule
+    (``triton_kernel.Stage1Launch.takes``); a live chunk that no launch or both take is a ``ValueError``.
+    The launches (stage-1 launches, then stage 2) run one after the other: each takes the largest of its
+    issue, MMA and HBM times, and the call their sum."""
+    from tts_kernels.attention.triton_kernel import Stage1Launch, query_tile_dims
 
     N = len(pairs_per_row)
     psz = partial_itemsize or (itemsize if itemsize == 2 else 4)
@@ -372,8 +377,7 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     rate = _rate(gpu)
     mma = itemsize == 2  # 16-bit inputs: tensor-core dots (float32: an FMA dot, in the SASS counts)
     flop_rate = gpu["sms"] * gpu["clock_hz"] * gpu["mma16_flop_per_clk_per_sm" if mma else "fp32_flop_per_clk_per_sm"]
-    block_d = max(16, 1 << (D - 1).bit_length())
-    gpad = 1 << (Hq // Hkv - 1).bit_length()
+    gpad, block_d = query_tile_dims(Hq, Hkv, D)
 
     hbm = gpu["hbm_bytes_per_s"]
     pair_bytes = Hq * (D * itemsize + D * psz + 4)  # a pair's q read, its partial output and LSE written
@@ -495,16 +499,21 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
             raise ValueError("no loop in the SASS")
         return loops
     hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
+    # a KV tile: the KV loop's shortest iteration (results without it: every path); its blocks that a
+    # tile can skip (a partial last tile's mask, a lazy rescale: a work item's first tile rescales) once
+    # per work item
+    tile = hot1.get("instructions_min_path") or hot1["instructions_excl"]
     # per work item: every other loop of stage 1 once (the persistent loop's own body, one step of
     # the window lookup's binary search: first tiles skip the search, windows run it log2(C) times)
     item = sum(lp["instructions_excl"] for lp in compiled1["loops"] if lp is not hot1)
+    item += hot1["instructions_excl"] - tile
     l2 = inner(compiled2)
     stepped = [lp for lp in l2 if lp.get("tokens_per_iter")]
     if stepped:
         pair_instr, block_p = sum(lp["instructions_excl"] for lp in stepped), stepped[0]["tokens_per_iter"]
     else:
         pair_instr, block_p = max(lp["instructions_excl"] for lp in l2), 1
-    return {"tile_instr": hot1["instructions_excl"], "item_instr": item, "pair_instr": pair_instr,
+    return {"tile_instr": tile, "item_instr": item, "pair_instr": pair_instr,
             "block_p": block_p,
             "cta1_warp": straight_line_warp_instr(compiled1), "cta2_warp": straight_line_warp_instr(compiled2)}
 

@@ -394,7 +394,7 @@ def test_balanced_plan_adds_no_sync_but_its_one():
 
     bt, sl = _best_of_n(8, 64, 13, 4)
     counts = []
-    for par in (None, tk.Parallelism(4, 2, 132, 1, 396), tk.Parallelism(4, 2, 132, 0, 1)):
+    for par in (None, tk.Parallelism(4, 2, 132, 1, 396), tk.Parallelism(4, 2, 132, 0, 0)):
         with Syncs() as m:
             tk.plan_tree_attention(bt, sl, 4, chunk_size=8, validate=False, parallelism=par)
         counts.append(dict(m.n))

@@ -248,16 +248,53 @@ def test_two_launches_at_the_row_boundary(hq, hkv, dtype, groups, how):
     check_against_oracle(out, lse, q, k, v, bt, sl, 0.3)
 
 
-def test_partials_indexed_in_int32_are_bounded():
-    """The kernel indexes the partial outputs' (pair, head) rows in int32: a plan whose pairs x query
-    heads reach 2**31 is refused before anything is allocated (q is a zero-stride view here)."""
+def test_partials_indexed_in_int32_are_bounded(monkeypatch):
+    """The kernel may index the partial outputs' (pair, head) rows in int32: a plan whose pairs x query
+    heads reach the bound (2**31; lowered here) is refused before anything is allocated or launched, one
+    just below it runs."""
     require_triton()
-    from tts_kernels.attention.triton_kernel import tree_attention_triton
+    from tts_kernels.attention import triton_kernel as tk_tri
 
-    bt = torch.zeros(2, 1, dtype=torch.int32)
-    lens = torch.ones(2, dtype=torch.int32)
-    plan = tk.plan_tree_attention(bt, lens, 1, sharing=False)  # 2 pairs
-    kv = torch.zeros(1, 1, 1, 1)
-    q = torch.zeros(1, 1, 1).expand(2, 2 ** 30, 1)
+    assert tk_tri._MAX_PAIR_HEADS == 2 ** 31
+    d, hq, hkv, bs = 16, 4, 2, 4
+    q, k, v, bt, lens = make_inputs("forest", 5, bs, hq, hkv, d, torch.float32, seed=3)
+    plan = simple_plan(bt, lens, bs)
+    monkeypatch.setattr(tk_tri, "_MAX_PAIR_HEADS", plan.num_pairs * hq)
+    monkeypatch.setattr(torch, "empty", None)  # nothing may be allocated before the check
     with pytest.raises(ValueError, match=r"plan.num_pairs \* Hq"):
-        tree_attention_triton(q, kv, kv, bt, lens, plan, 1.0)
+        tk_tri.tree_attention_triton(q, k, v, bt, lens, plan, 0.3)
+    monkeypatch.undo()
+    monkeypatch.setattr(tk_tri, "_MAX_PAIR_HEADS", plan.num_pairs * hq + 1)
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.3)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_lazy_rescale(monkeypatch, dtype, lazy):
+    """LAZY_RESCALE tiles move a row's reference max only when a KV tile's max exceeds it by more than
+    2**RESCALE_LOG2 (the accumulator and sum are rescaled then, not every tile). Scores that grow along
+    the rows (later blocks' keys scaled up), sometimes past the threshold and sometimes not, against the
+    oracle, with both settings."""
+    require_triton()
+    from tts_kernels.attention import triton_kernel as tk_tri
+
+    real = tk_tri.stage1_config
+
+    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False, arch=90, block_size=16):
+        c = dict(real(Hq, Hkv, D, dtype, wide, arch, block_size))
+        c.update(BLOCK_R=2, BLOCK_M=max(16, 2 * c["GROUP_PAD"]), BLOCK_N=16, num_warps=4, LAZY_RESCALE=lazy)
+        return c
+
+    monkeypatch.setattr(tk_tri, "stage1_config", cfg)
+    d, hq, hkv, bs, scale = 16, 4, 2, 16, 0.25
+    q, k, v, bt, lens = make_inputs("chain", 6, bs, hq, hkv, d, dtype, seed=12, max_blocks_per_row=8)
+    k = (k.float() * (1 + 0.6 * torch.arange(k.shape[0]).view(-1, 1, 1, 1))).to(dtype)  # later blocks: larger scores
+    q = (q.float() * 4).to(dtype)
+    # some row's scores rise by more than 2**8 (log2 units) from its first block to a later one
+    s = torch.einsum("nhd,bshd->nhbs", q.float()[:, ::hq // hkv], k.float()) * scale * 1.4426950408889634
+    blk = s.amax(3)  # [N, Hkv, blocks]: each block's max per row and KV head
+    assert ((blk - blk[..., :1]).amax() > tk_tri.RESCALE_LOG2.value)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=3)
+    out, lse = run_triton(q, k, v, bt, lens, plan, scale)
+    check_against_oracle(out, lse, q, k, v, bt, lens, scale)

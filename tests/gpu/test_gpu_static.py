@@ -194,6 +194,13 @@ def test_attention_bound_narrow_launch():
     # tiny: each launch's largest CTA (2 tiles x 10 x 4 warps; 1 tile x 3 x 2), then stage 2
     assert r["t_stage1_issue_s"] == pytest.approx(80 / RATE + 6 / RATE, rel=1e-3)
     assert r["t_issue_s"] == pytest.approx(126 / RATE, rel=1e-3)
+    # each launch's own bytes: its chunks' K and V (32 B per token and KV head) and, per pair, q (4 heads x
+    # 8 x 2 B) and the partial (4 x (8 x 2 + 4) B) = 144 B; stage 2 reads the partials (4 pairs x 80 B) and
+    # writes the output (2 rows x 80 B); together this design's bytes
+    assert wide["hbm_bytes"] == 32 * 2 * 32 + 2 * 144 and narrow["hbm_bytes"] == 2 * (16 * 2 * 32 + 144)
+    assert wide["hbm_bytes"] + narrow["hbm_bytes"] + 4 * 80 + 2 * 80 == r["hbm_bytes_this_design"] == 5152
+    # tiny: every launch issue-bound, their times add
+    assert r["bound"] == "issue" and r["t_bound_s"] == pytest.approx(126 / RATE, rel=1e-3)
     # the launches' row ranges must split the chunks: the own chunks in both launches, or in neither
     kw = dict(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2], Hq=4, Hkv=2, D=8,
               itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4,
@@ -427,6 +434,36 @@ def test_sass_loops_nested_and_out_of_line():
     assert not aot.spill_in_hot_loop({"spill_store_bytes": 8}, [dict(lp, stl=0, ldl=0) for lp in loops])
 
 
+def test_sass_loop_shortest_iteration():
+    # a loop whose iteration can branch around a block (a partial tile's mask, a lazy rescale)
+    instrs, labels = _sass([
+        (".L_x_0", "FADD R1, R1, R2"),                 # head
+        (None, "@P0 BRA `(.L_x_1)"),                   # skips the next 3
+        (None, "FMUL R3, R3, R4"),
+        (None, "FMUL R5, R5, R4"),
+        (None, "FMUL R6, R6, R4"),
+        (".L_x_1", "FADD R7, R7, R1"),
+        (None, "@P1 BRA `(.L_x_0)"),                   # back edge
+        (None, "EXIT"),
+    ])
+    (lp,) = aot.sass_loops(instrs, labels)
+    assert lp["instructions_excl"] == 7 and lp["instructions_min_path"] == 4
+    # the model: a tile is the shortest iteration, the skippable block counts once per work item
+    c = {"loops": [lp], "sass_instructions": 8, "num_warps": 1}
+    ai = cm.attention_instr(c, c)
+    assert ai["tile_instr"] == 4 and ai["item_instr"] == 3
+    # an outer loop has no shortest iteration (its nested loop runs a data-dependent number of times)
+    instrs, labels = _sass([
+        (".L_x_0", "IADD3 R0, R0, 0x1, RZ"),
+        (".L_x_1", "FADD R1, R1, R2"),
+        (None, "@P0 BRA `(.L_x_1)"),
+        (None, "@P1 BRA `(.L_x_0)"),
+        (None, "EXIT"),
+    ])
+    outer, inner = aot.sass_loops(instrs, labels)
+    assert outer["instructions_min_path"] is None and inner["instructions_min_path"] == 2
+
+
 def test_call_noinc_is_a_loop_exit():
     instrs, labels = _sass([
         (".L_x_0", "FADD R1, R1, R2"),
@@ -601,6 +638,10 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     assert any(f.startswith("compile error: k[b] on sm_80") for f in failures)
     assert stale == ["k[c]"]
     assert judge(results[2:], [])[0] == []
+    # a full run (every launched specialization compiled): an entry naming none of them fails
+    failures_full = judge(results, allow, complete=True)[0]
+    assert failures_full == failures + ["allow-list entry names no specialization the wrappers launch "
+                                        "(remove it): k[z]"]
 
 
 def test_vector_load_rule_judges_aligned_rows_only():

@@ -43,7 +43,13 @@ query tile (``BLOCK_M = BLOCK_R * GROUP_PAD``), so every ``BLOCK_N``-token K/V
 tile gathered from the paged cache serves all of them: ``tl.dot`` for the
 scores, online softmax in float32 (base 2), ``acc += tl.dot(p, V)``. Tile sizes
 are chosen per dtype so that no variant spills (float32 keeps an IEEE dot and
-small tiles; 16-bit inputs take 128-row query tiles at D <= 128).
+small tiles; 16-bit inputs take 128-row query tiles at D <= 128). Query tiles of
+128 rows or more rescale lazily (``LAZY_RESCALE``): a row's reference max moves
+only when a KV tile's max exceeds it by more than ``2**RESCALE_LOG2`` (a branch
+uniform over the CTA), so most tiles skip the rescale of the ``[BLOCK_M, D]``
+accumulator (128 FMULs per thread per tile in a 256-row tile, a quarter of its
+KV loop); the probabilities stay below ``2**RESCALE_LOG2``, and the partial
+output and LSE are exact whatever reference max they end with.
 
 Paged gather: the block size is a constexpr. When it is a power of two, tiles
 are aligned to blocks (chunks start on block boundaries): a multiple of
@@ -73,6 +79,12 @@ from .plan import Parallelism, TreeAttentionPlan
 
 _LOG2E = 1.4426950408889634
 _FLT_MIN = 1.1754943508222875e-38  # float32's smallest normal
+#: pairs x query heads of a plan: the (pair, head) rows of the partials, indexed in int32 (``INT32_PAIRS``)
+_MAX_PAIR_HEADS = 2 ** 31
+#: lazy rescaling (``LAZY_RESCALE`` tiles): a row's reference max moves only when a KV tile's max exceeds it
+#: by more than this (log2 units), so its probabilities stay <= 2**8 and most tiles skip the accumulator
+#: rescale
+RESCALE_LOG2 = tl.constexpr(8.0)
 
 
 @triton.jit(do_not_specialize=["num_chunks", "num_items", "num_kv_heads", "search_steps", "stride_btn"])
@@ -100,6 +112,8 @@ def _tree_attn_stage1(
     DOT_UPCAST: tl.constexpr,
     MIN_ROWS: tl.constexpr,
     MAX_ROWS: tl.constexpr,
+    LAZY_RESCALE: tl.constexpr,
+    INT32_PAIRS: tl.constexpr,
 ):
     # Persistent: each program takes the next (item, KV head) from the counter at next_ptr (zeroed
     # by the wrapper) until the work list is exhausted.
@@ -121,7 +135,7 @@ def _tree_attn_stage1(
                      stride_qn, stride_qh, stride_qd, stride_kb, stride_ks, stride_kh, stride_kd,
                      stride_vb, stride_vs, stride_vh, stride_vd, stride_btn, stride_btb,
                      HQ, HEAD_DIM, GROUP, GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, BS, BS_POW2,
-                     DOT_PRECISION, DOT_UPCAST, MIN_ROWS, MAX_ROWS)
+                     DOT_PRECISION, DOT_UPCAST, MIN_ROWS, MAX_ROWS, LAZY_RESCALE, INT32_PAIRS)
         idx = tl.atomic_add(next_ptr, 1, sem="relaxed")
 
 
@@ -135,7 +149,7 @@ def _stage1_item(
     HQ: tl.constexpr, HEAD_DIM: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr,
     BLOCK_R: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BS: tl.constexpr, BS_POW2: tl.constexpr, DOT_PRECISION: tl.constexpr, DOT_UPCAST: tl.constexpr,
-    MIN_ROWS: tl.constexpr, MAX_ROWS: tl.constexpr,
+    MIN_ROWS: tl.constexpr, MAX_ROWS: tl.constexpr, LAZY_RESCALE: tl.constexpr, INT32_PAIRS: tl.constexpr,
 ):
     """One work item: the chunk's pairs [pa, pb) (at most BLOCK_R) x KV head ``kvh``; chunks of fewer
     than ``MIN_ROWS`` or (``MAX_ROWS`` > 0) more than ``MAX_ROWS`` rows belong to another launch."""
@@ -175,10 +189,7 @@ def _stage1_item(
         g = offs_m % GROUP_PAD
         m_valid = (r < nrows) & (g < GROUP)
         pair = pa + r
-        if BLOCK_M < 256:
-            # int64 indices, but int32 in the 256-row tiles (the wrapper bounds num_pairs * HQ below
-            # 2**31): the int64 pair held across the KV loop made the D = 128 one spill on sm_90 at 255
-            # registers, while three smaller tiles spill with int32 ones (ptxas's choices, static check)
+        if not INT32_PAIRS:  # (stage1_config) int32 pair indices: the wrapper bounds num_pairs * HQ
             pair = pair.to(tl.int64)
         qrow = tl.load(q_rows_ptr + pair, mask=m_valid, other=0).to(tl.int64)
         head = kvh * GROUP + g
@@ -232,10 +243,25 @@ def _stage1_item(
                 s = tl.where(n_mask[None, :], s, float("-inf"))
             # scale_log2 > 0 (the wrapper's): the row max of the scaled scores (log2 units) is the scaled
             # row max, finite (every tile holds a valid token); one FFMA per score
-            m_new = tl.maximum(m_i, tl.max(s, 1) * scale_log2)
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s * scale_log2 - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
+            m_tile = tl.max(s, 1) * scale_log2
+            if LAZY_RESCALE:
+                # Rescale only when some row's max grew past its reference by more than 2**RESCALE_LOG2
+                # (a uniform branch): the probabilities stay <= 2**RESCALE_LOG2, exact in the sums.
+                grow = tl.max((m_tile > m_i + RESCALE_LOG2).to(tl.int32), 0)
+                if grow > 0:
+                    m_new = tl.maximum(m_i, m_tile)
+                    alpha = tl.exp2(m_i - m_new)
+                    acc = acc * alpha[:, None]
+                    l_i = l_i * alpha
+                    m_i = m_new
+                p = tl.exp2(s * scale_log2 - m_i[:, None])
+                l_i = l_i + tl.sum(p, 1)
+            else:
+                m_new = tl.maximum(m_i, m_tile)
+                alpha = tl.exp2(m_i - m_new)
+                p = tl.exp2(s * scale_log2 - m_new[:, None])
+                l_i = l_i * alpha + tl.sum(p, 1)
+                m_i = m_new
             if BS_POW2 and (BS % BLOCK_N == 0):
                 v = tl.load(base_v + off[:, None] * stride_vs + offs_d[None, :] * stride_vd,
                             mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
@@ -245,8 +271,10 @@ def _stage1_item(
                             mask=n_mask[:, None] & d_mask[None, :], other=0.0)  # [BLOCK_N, BLOCK_D]
             if DOT_UPCAST:
                 v = v.to(tl.float32)
-            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
-            m_i = m_new
+            if LAZY_RESCALE:
+                acc = acc + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+            else:
+                acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
 
         out = acc / l_i[:, None]
         lse = (m_i + tl.log2(l_i)) * 0.6931471805599453
@@ -418,7 +446,7 @@ def wide_tiles(Hq: int, Hkv: int, D: int, dtype: torch.dtype, num_rows: int, arc
             and num_rows * _next_pow2(Hq // Hkv) > 128)
 
 
-def _query_tile_dims(Hq: int, Hkv: int, D: int):
+def query_tile_dims(Hq: int, Hkv: int, D: int):
     """``(GROUP_PAD, BLOCK_D)`` of every stage-1 tile: the GQA group and the head dim, padded to powers
     of two (a query tile holds whole padded groups)."""
     return _next_pow2(Hq // Hkv), max(16, _next_pow2(D))
@@ -437,7 +465,9 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     """Stage-1 tiles, a function of dtype, head dim, GQA group, ``wide`` (:func:`wide_tiles`), the
     architecture and the KV block size.
 
-    Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps, CTAS_PER_SM)``. Chosen
+    Returns ``dict(GROUP_PAD, BLOCK_R, BLOCK_M, BLOCK_N, BLOCK_D, num_warps, CTAS_PER_SM, LAZY_RESCALE,
+    INT32_PAIRS)`` (lazy rescaling in tiles of 128 rows or more, see the module docstring; int32 pair
+    indices in the 256-row tiles). Chosen
     so that no variant spills on sm_90 or sm_80 (every launched variant is AOT-compiled by the static
     check, benchmarks/gpu_static): 16-bit inputs use 128-row query tiles (64 at D = 256),
     256-row tiles for wide batches; float32 keeps an IEEE dot (the float32 tolerance rules out
@@ -449,8 +479,9 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     by registers (65536 per SM, counts from the static check), the persistent grid's programs
     per SM.
     """
-    group_pad, block_d = _query_tile_dims(Hq, Hkv, D)
+    group_pad, block_d = query_tile_dims(Hq, Hkv, D)
     key = max(64, block_d)
+    int32_pairs = False
     hopper = _wgmma(arch)
     # (query rows, KV tokens, warps, CTAs per SM) per tile; registers of the launched variants in the
     # comments (triton 3.9, the static check). Larger tiles spill.
@@ -463,6 +494,10 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
                                          128: (32, 16, 8, 2),     # 64 regs
                                          256: (16, 16, 8, 2)}.get(key, (16, 16, 8, 2))  # 80 regs
     elif wide and key <= (128 if hopper else 64):  # 256-row tiles
+        # int32 pair indices: the int64 pair held across the KV loop made the D = 128 tile spill on sm_90
+        # at 255 registers (now 244); the other tiles keep int64, with which ptxas spills less in three of
+        # them (fp32 32-row D = 128, fp32 narrow D = 256, the narrow tile at block size 6: 8-16 B)
+        int32_pairs = True
         max_m, block_n, warps, per_sm = {64: (256, 64, 8, 1),     # 216 / 243 regs
                                          128: (256, 32, 8, 1)}[key]  # 244 regs
     elif hopper:  # wgmma
@@ -477,7 +512,7 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_r, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_D=block_d,
-                num_warps=warps, CTAS_PER_SM=per_sm)
+                num_warps=warps, CTAS_PER_SM=per_sm, LAZY_RESCALE=block_m >= 128, INT32_PAIRS=int32_pairs)
 
 
 def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16, arch: int = 90,
@@ -487,7 +522,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     GROUP_PAD``: 4 rows of 4 heads, 2 of 8, 1 of 16 or more), longer KV tiles than the wide tile's
     (the rescale of the accumulator and the row reductions are per tile), 4 warps (8 for float32 at
     D > 64 off sm_90). Same return as :func:`stage1_config`."""
-    group_pad, block_d = _query_tile_dims(Hq, Hkv, D)
+    group_pad, block_d = query_tile_dims(Hq, Hkv, D)
     block_m = max(16, group_pad)
     # KV tokens per tile and warps (float32: the IEEE FMA dot; off sm_90 at D = 128 ptxas spills 4-8
     # bytes in the KV loop with 4 warps at 16 or 32 tokens, and with 8 warps at 32: 8 warps x 16 tokens)
@@ -503,7 +538,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     # registers of the launched variants (triton 3.9, the static check): 56-128 at D <= 64, 48-165 above
     per_sm = 4 if block_d <= 64 else 3
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_m // group_pad, BLOCK_M=block_m, BLOCK_N=block_n,
-                BLOCK_D=block_d, num_warps=warps, CTAS_PER_SM=per_sm)
+                BLOCK_D=block_d, num_warps=warps, CTAS_PER_SM=per_sm, LAZY_RESCALE=False, INT32_PAIRS=False)
 
 
 def stage2_config(Hq: int, D: int):
@@ -619,8 +654,8 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
     group = Hq // Hkv
     P = plan.num_pairs
     C = plan.num_chunks
-    if P * Hq >= 2 ** 31:  # the kernel indexes the partials' (pair, head) rows in int32
-        raise ValueError(f"plan.num_pairs * Hq (q.shape[1]) must be below 2**31, got {P} * {Hq}")
+    if P * Hq >= _MAX_PAIR_HEADS:  # the kernel may index the partials' (pair, head) rows in int32
+        raise ValueError(f"plan.num_pairs * Hq (q.shape[1]) must be below {_MAX_PAIR_HEADS}, got {P} * {Hq}")
     out_partial = torch.empty((P, Hq, D), dtype=partial_dtype(q.dtype), device=q.device)
     lse_partial = torch.empty((P, Hq), dtype=torch.float32, device=q.device)
     out = torch.empty((N, Hq, D), dtype=q.dtype, device=q.device)
@@ -660,6 +695,7 @@ def tree_attention_triton(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch
                 BLOCK_M=cfg["BLOCK_M"], BLOCK_N=cfg["BLOCK_N"], BLOCK_D=cfg["BLOCK_D"],
                 BS=block_size, BS_POW2=(block_size & (block_size - 1)) == 0,
                 DOT_PRECISION=precision, DOT_UPCAST=upcast, MIN_ROWS=ln.min_rows, MAX_ROWS=ln.max_rows,
+                LAZY_RESCALE=cfg["LAZY_RESCALE"], INT32_PAIRS=cfg["INT32_PAIRS"],
                 num_warps=cfg["num_warps"], num_stages=2,
             )
     c2 = stage2_config(Hq, D)

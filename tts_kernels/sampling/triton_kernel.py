@@ -76,6 +76,8 @@ _NUM_WARPS = 8
 #: on sm_90 (static check). The pass-1 ``_partial_kernel`` has none: capped, ptxas gave it 56 registers
 #: instead of 40 on sm_90 (4 CTAs per SM instead of 6)
 _MAX_REGISTERS = 128
+#: the launch option (CUDA only: Triton's HIP backend has no ``maxnreg``)
+_REGISTER_CAP = {} if torch.version.hip else {"maxnreg": _MAX_REGISTERS}
 _LOG2E = 1.4426950408889634
 
 
@@ -678,7 +680,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
             HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS,
-            maxnreg=_MAX_REGISTERS)
+            **_REGISTER_CAP)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
@@ -693,5 +695,5 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
         HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
-        maxnreg=_MAX_REGISTERS)
+        **_REGISTER_CAP)
     return tok, logp
