@@ -433,8 +433,9 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
     Per loop (all loops with the same head merged): ``instructions`` (static count of the body's
     instructions: every path of the body, each once), ``instructions_excl`` (without the loops
     nested in it), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
-    can execute, the shortest path from the head to a back edge: a branch around a rarely taken block,
-    such as a partial tile's mask or a lazy rescale, skips it), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
+    can execute, the shortest path from the head to a back edge; a typical iteration only where the
+    blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
+    common path takes its shorter arm), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
     nested loops), a few opcode classes, and the source loop most of its instructions come from.
     """
     if not instrs:

@@ -10,7 +10,8 @@ one program per row the wrapper picks on a CPU). ``python -m benchmarks.gpu_stat
 Assumptions (:data:`H100`): H100 SXM5, 132 SMs, HBM3 3.35 TB/s, 50 MB L2, 1.755 GHz boost
 clock, 4 warp-instructions issued per clock per SM (one per sub-partition). "Instructions" are
 SASS instructions counted statically: a loop body counts every path of the body once (so a body
-with a runtime branch, e.g. pass 1's ``if do_draw``, is counted with the branch taken), each
+with a runtime branch, e.g. pass 1's ``if do_draw``, is counted with the branch taken; the one
+exception is tree attention's KV loop, below), each
 executed by every warp of the CTA once per iteration; the code outside a kernel's top-level loops
 (*straight-line*: ``sass_instructions`` minus those loops, every path once, so an over-estimate)
 is executed once per CTA by every warp. The issue bound assumes perfect issue (no stalls, no
@@ -499,9 +500,13 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
             raise ValueError("no loop in the SASS")
         return loops
     hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
-    # a KV tile: the KV loop's shortest iteration (results without it: every path); its blocks that a
-    # tile can skip (a partial last tile's mask, a lazy rescale: a work item's first tile rescales) once
-    # per work item
+    # a KV tile: the KV loop's shortest iteration (results without it: every path); the blocks a tile can
+    # branch around (a partial last tile's mask, a lazy rescale) once per work item. An assumption: a work
+    # item's first tile rescales, later ones only when a row's max grows past 2**8 (data dependent; at
+    # bf16 32/8 8192 + 64 the wide launch stays MMA-bound up to about a quarter of its tiles rescaling,
+    # and every tile rescaling costs it 11 us of issue). The lazy rescale's CTA-wide flag reduction adds
+    # a barrier per tile that an issue count does not see. Sound for stage 1's KV loop, whose only
+    # branches are those two (the sampler's loops, with branches on common paths, keep every path)
     tile = hot1.get("instructions_min_path") or hot1["instructions_excl"]
     # per work item: every other loop of stage 1 once (the persistent loop's own body, one step of
     # the window lookup's binary search: first tiles skip the search, windows run it log2(C) times)

@@ -260,7 +260,11 @@ def test_partials_indexed_in_int32_are_bounded(monkeypatch):
     q, k, v, bt, lens = make_inputs("forest", 5, bs, hq, hkv, d, torch.float32, seed=3)
     plan = simple_plan(bt, lens, bs)
     monkeypatch.setattr(tk_tri, "_MAX_PAIR_HEADS", plan.num_pairs * hq)
-    monkeypatch.setattr(torch, "empty", None)  # nothing may be allocated before the check
+    def no_alloc(*args, **kwargs):
+        raise AssertionError("allocated before the bound check")
+
+    for name in ("empty", "zeros", "empty_like", "zeros_like"):  # nothing may be allocated before the check
+        monkeypatch.setattr(torch, name, no_alloc)
     with pytest.raises(ValueError, match=r"plan.num_pairs \* Hq"):
         tk_tri.tree_attention_triton(q, k, v, bt, lens, plan, 0.3)
     monkeypatch.undo()
@@ -296,5 +300,42 @@ def test_lazy_rescale(monkeypatch, dtype, lazy):
     blk = s.amax(3)  # [N, Hkv, blocks]: each block's max per row and KV head
     assert ((blk - blk[..., :1]).amax() > tk_tri.RESCALE_LOG2.value)
     plan = simple_plan(bt, lens, bs, max_chunk_blocks=3)
+    out, lse = run_triton(q, k, v, bt, lens, plan, scale)
+    check_against_oracle(out, lse, q, k, v, bt, lens, scale)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_lazy_rescale_overflows_without_it(monkeypatch, dtype):
+    """Within one chunk, one head's scores grow by far more than 2**128 (log2 units) while the other's
+    fall: a lazy tile that stopped rescaling (a threshold too high, or the flag reduced over the rows with
+    a min instead of a max) would overflow exp2 and give non-finite outputs; the kernel matches the
+    oracle."""
+    require_triton()
+    from tts_kernels.attention import triton_kernel as tk_tri
+
+    real = tk_tri.stage1_config
+
+    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False, arch=90, block_size=16):
+        c = dict(real(Hq, Hkv, D, dtype, wide, arch, block_size))
+        c.update(BLOCK_R=2, BLOCK_M=max(16, 2 * c["GROUP_PAD"]), BLOCK_N=16, num_warps=4, LAZY_RESCALE=True)
+        return c
+
+    monkeypatch.setattr(tk_tri, "stage1_config", cfg)
+    d, hq, hkv, bs, scale = 16, 4, 2, 16, 1.0
+    nb = 6
+    bt = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 6, 7, 8]], dtype=torch.int32)  # 3 shared blocks
+    lens = torch.tensor([nb * bs, nb * bs - 5], dtype=torch.int32)
+    pos = torch.arange(9 * bs, dtype=torch.float32).view(9, bs)
+    k = torch.zeros(9, bs, hkv, d)
+    k[..., 0] = 0.5 * pos[..., None]                                   # grows along the blocks
+    k[..., 1:] = 0.1 * torch.randn(9, bs, hkv, d - 1, generator=torch.Generator().manual_seed(4))
+    v = torch.randn(9, bs, hkv, d, generator=torch.Generator().manual_seed(5))
+    q = torch.zeros(2, hq, d)
+    q[:, 0::2, 0] = 8.0     # even heads: scores rise by 8 x 0.5 x log2(e) = 5.8 per token (log2 units)
+    q[:, 1::2, 0] = -8.0    # odd heads: they fall (their tiles never ask for a rescale)
+    q, k, v = q.to(dtype), k.to(dtype), v.to(dtype)
+    plan = simple_plan(bt, lens, bs, max_chunk_blocks=nb)
+    # a chunk of several 16-token tiles: its last tile's max is > 128 (log2) above its first tile's
+    assert int(plan.chunk_len.max()) >= 3 * bs and 5.77 * (int(plan.chunk_len.max()) - bs) > 128
     out, lse = run_triton(q, k, v, bt, lens, plan, scale)
     check_against_oracle(out, lse, q, k, v, bt, lens, scale)

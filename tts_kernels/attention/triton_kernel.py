@@ -46,10 +46,12 @@ are chosen per dtype so that no variant spills (float32 keeps an IEEE dot and
 small tiles; 16-bit inputs take 128-row query tiles at D <= 128). Query tiles of
 128 rows or more rescale lazily (``LAZY_RESCALE``): a row's reference max moves
 only when a KV tile's max exceeds it by more than ``2**RESCALE_LOG2`` (a branch
-uniform over the CTA), so most tiles skip the rescale of the ``[BLOCK_M, D]``
+uniform over the CTA, after a CTA-wide reduction: one barrier per tile), so a
+tile whose rows' maxima stay within that skips the rescale of the ``[BLOCK_M, D]``
 accumulator (128 FMULs per thread per tile in a 256-row tile, a quarter of its
-KV loop); the probabilities stay below ``2**RESCALE_LOG2``, and the partial
-output and LSE are exact whatever reference max they end with.
+KV loop). The probabilities stay below ``2**RESCALE_LOG2`` up to rounding, and the
+partial output and LSE do not depend on which reference max they end with (the
+same online-softmax algebra, with a stale max).
 
 Paged gather: the block size is a constexpr. When it is a power of two, tiles
 are aligned to blocks (chunks start on block boundaries): a multiple of
@@ -82,8 +84,8 @@ _FLT_MIN = 1.1754943508222875e-38  # float32's smallest normal
 #: pairs x query heads of a plan: the (pair, head) rows of the partials, indexed in int32 (``INT32_PAIRS``)
 _MAX_PAIR_HEADS = 2 ** 31
 #: lazy rescaling (``LAZY_RESCALE`` tiles): a row's reference max moves only when a KV tile's max exceeds it
-#: by more than this (log2 units), so its probabilities stay <= 2**8 and most tiles skip the accumulator
-#: rescale
+#: by more than this (log2 units), so its probabilities stay below 2**8 (up to rounding) and a tile within
+#: it skips the accumulator rescale
 RESCALE_LOG2 = tl.constexpr(8.0)
 
 
@@ -246,7 +248,7 @@ def _stage1_item(
             m_tile = tl.max(s, 1) * scale_log2
             if LAZY_RESCALE:
                 # Rescale only when some row's max grew past its reference by more than 2**RESCALE_LOG2
-                # (a uniform branch): the probabilities stay <= 2**RESCALE_LOG2, exact in the sums.
+                # (a uniform branch): the probabilities stay below 2**RESCALE_LOG2, up to rounding.
                 grow = tl.max((m_tile > m_i + RESCALE_LOG2).to(tl.int32), 0)
                 if grow > 0:
                     m_new = tl.maximum(m_i, m_tile)
