@@ -273,14 +273,8 @@ def test_partials_indexed_in_int32_are_bounded(monkeypatch):
     check_against_oracle(out, lse, q, k, v, bt, lens, 0.3)
 
 
-@pytest.mark.parametrize("lazy", [True, False])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
-def test_lazy_rescale(monkeypatch, dtype, lazy):
-    """LAZY_RESCALE tiles move a row's reference max only when a KV tile's max exceeds it by more than
-    2**RESCALE_LOG2 (the accumulator and sum are rescaled then, not every tile). Scores that grow along
-    the rows (later blocks' keys scaled up), sometimes past the threshold and sometimes not, against the
-    oracle, with both settings."""
-    require_triton()
+def _lazy_small_tiles(monkeypatch, lazy):
+    """16-row query tiles (2 rows of a padded GQA group), 16-token KV tiles, LAZY_RESCALE forced."""
     from tts_kernels.attention import triton_kernel as tk_tri
 
     real = tk_tri.stage1_config
@@ -291,6 +285,18 @@ def test_lazy_rescale(monkeypatch, dtype, lazy):
         return c
 
     monkeypatch.setattr(tk_tri, "stage1_config", cfg)
+    return tk_tri
+
+
+@pytest.mark.parametrize("lazy", [True, False])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["float32", "bfloat16"])
+def test_lazy_rescale(monkeypatch, dtype, lazy):
+    """LAZY_RESCALE tiles move a row's reference max only when a KV tile's max exceeds it by more than
+    2**RESCALE_LOG2 (the accumulator and sum are rescaled then, not every tile). Scores that grow along
+    the rows (later blocks' keys scaled up), sometimes past the threshold and sometimes not, against the
+    oracle, with both settings."""
+    require_triton()
+    tk_tri = _lazy_small_tiles(monkeypatch, lazy)
     d, hq, hkv, bs, scale = 16, 4, 2, 16, 0.25
     q, k, v, bt, lens = make_inputs("chain", 6, bs, hq, hkv, d, dtype, seed=12, max_blocks_per_row=8)
     k = (k.float() * (1 + 0.6 * torch.arange(k.shape[0]).view(-1, 1, 1, 1))).to(dtype)  # later blocks: larger scores
@@ -311,16 +317,7 @@ def test_lazy_rescale_overflows_without_it(monkeypatch, dtype):
     a min instead of a max) would overflow exp2 and give non-finite outputs; the kernel matches the
     oracle."""
     require_triton()
-    from tts_kernels.attention import triton_kernel as tk_tri
-
-    real = tk_tri.stage1_config
-
-    def cfg(Hq, Hkv, D, dtype=torch.bfloat16, wide=False, arch=90, block_size=16):
-        c = dict(real(Hq, Hkv, D, dtype, wide, arch, block_size))
-        c.update(BLOCK_R=2, BLOCK_M=max(16, 2 * c["GROUP_PAD"]), BLOCK_N=16, num_warps=4, LAZY_RESCALE=True)
-        return c
-
-    monkeypatch.setattr(tk_tri, "stage1_config", cfg)
+    _lazy_small_tiles(monkeypatch, True)
     d, hq, hkv, bs, scale = 16, 4, 2, 16, 1.0
     nb = 6
     bt = torch.tensor([[0, 1, 2, 3, 4, 5], [0, 1, 2, 6, 7, 8]], dtype=torch.int32)  # 3 shared blocks
