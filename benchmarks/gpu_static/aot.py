@@ -435,8 +435,10 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
     nested in it), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
     can execute, the shortest path from the head to a back edge; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
-    common path takes its shorter arm), ``depth``, ``innermost``, local-memory ops (``STL``/``LDL``; ``*_excl`` without
-    nested loops), a few opcode classes, and the source loop most of its instructions come from.
+    common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
+    its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
+    (``STL``/``LDL``; ``*_excl`` without nested loops), a few opcode classes, and the source loop most
+    of its instructions come from.
     """
     if not instrs:
         return []
@@ -462,23 +464,39 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
                             stack.append(p)
     loops = [{"head": h, "blocks": b} for h, b in sorted(bodies.items())]
 
-    def min_path(h: int, body: set) -> int:
-        # shortest head -> latch path, weighted by block sizes (Dijkstra; edges back to the head cut)
+    def min_path(h: int, body: set) -> List[int]:
+        # the blocks of the shortest head -> latch path, weighted by block sizes (Dijkstra; edges back
+        # to the head cut)
         size = {b: blocks[b][1] - blocks[b][0] + 1 for b in body}
-        best, todo = {h: size[h]}, [(size[h], h)]
+        best, via, todo = {h: size[h]}, {h: None}, [(size[h], h)]
         while todo:
             d, b = heapq.heappop(todo)
             if d > best[b]:
                 continue
             for v in succ[b]:
                 if v in body and v != h and d + size[v] < best.get(v, 1 << 30):
-                    best[v] = d + size[v]
+                    best[v], via[v] = d + size[v], b
                     heapq.heappush(todo, (best[v], v))
-        return min(best[b] for b in body if h in succ[b] and b in best)
+        b = min((b for b in body if h in succ[b] and b in best), key=lambda b: (best[b], b))
+        path = []
+        while b is not None:
+            path.append(b)
+            b = via[b]
+        return path[::-1]
+
+    def off_path(body: set, path: List[int]) -> Dict[str, Any]:
+        # what an iteration on the shortest path skips: its instructions, op classes and source lines
+        skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)]
+        ops: Dict[str, int] = {}
+        for ins in skipped:
+            ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
+        return {"instructions": len(skipped), "ops": dict(sorted(ops.items())),
+                "lines": sorted({ins.line for ins in skipped if ins.line is not None})}
 
     out = []
     for lp in loops:
         children = [o for o in loops if o is not lp and o["blocks"] < lp["blocks"]]
+        path = None if children else min_path(lp["head"], lp["blocks"])
         parents = [o for o in loops if o is not lp and lp["blocks"] < o["blocks"]]
         idx = sorted(i for b in lp["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1))
         nested = {i for c in children for b in c["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1)}
@@ -490,7 +508,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
         out.append({
             "start": f"0x{instrs[idx[0]].addr:04x}", "end": f"0x{instrs[idx[-1]].addr:04x}",
             "instructions": len(body), "instructions_excl": len(body_x),
-            "instructions_min_path": min_path(lp["head"], lp["blocks"]) if not children else None,
+            "instructions_min_path": None if path is None else sum(blocks[b][1] - blocks[b][0] + 1 for b in path),
+            "off_min_path": None if path is None else off_path(lp["blocks"], path),
             "depth": len(parents), "innermost": not children,
             "stl": ops.count("STL"), "ldl": ops.count("LDL"),
             "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),

@@ -34,6 +34,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Sequence  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -169,6 +170,22 @@ def judge(results, allow, complete: bool = False):
     return failures, known, stale
 
 
+def verdict(results, allow, level: str, arch_names: Sequence[str], not_reached: Sequence[str]):
+    """(failures, known spills, stale allow-list entries) of a run's results: :func:`judge`, complete
+    when the run compiled the full set for every arch of ``aot.ARCHS`` (``arch_names``: ``"sm_90"``, ...;
+    a subset of archs leaves some specializations unknown), the vector-load and occupancy rules, and,
+    for a full run, a failure per launched kernel that no case of ``spaces.py`` reached."""
+    from . import aot
+
+    complete = level == "full" and set(arch_names) == {f"sm_{a}" for a in aot.ARCHS}
+    failures, known, stale = judge(results, allow, complete=complete)
+    failures += vector_load_failures(results) + occupancy_failures(results) + min_path_failures(results)
+    if level == "full":
+        failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
+                     f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in not_reached]
+    return failures, known, stale
+
+
 #: kernels whose pass 1 streams a logits row: with aligned row starts (``stride_row`` divisible by 16
 #: elements, i.e. a vocabulary divisible by 16 or padded rows) its loop must use 16-byte loads
 ROW_STREAM_KERNELS = ("_sample_kernel", "_partial_kernel")
@@ -206,6 +223,44 @@ def occupancy_failures(results):
                         failures.append(f"persistent grid: {r['spec']} on {arch} fits {res['ctas_per_sm']} CTA(s) "
                                         f"per SM, {name} launches {cfg['CTAS_PER_SM']}")
                     break
+    return failures
+
+
+#: op classes that the blocks a KV tile can skip may not hold (memory, MMA, synchronisation)
+NOT_SKIPPABLE = frozenset({"LDG", "LDS", "LDSM", "LDL", "LDGSTS", "STG", "STS", "STL", "RED", "ATOM", "ATOMG",
+                           "ATOMS", "HMMA", "HGMMA", "IMMA", "BAR", "SHFL", "SYNCS", "UTMALDG", "UBLKCP"})
+#: the skippable blocks' bookkeeping besides one instruction per accumulator element and per score
+SKIPPABLE_SLACK = 64
+
+
+def min_path_failures(results):
+    """Stage 1's KV loop is modelled at its shortest iteration, the blocks off that path once per
+    work item (``cost_model.attention_instr``). That is sound only while those blocks are the rare
+    arithmetic of a partial last tile's mask and a lazy rescale: a spec fails when its KV loop can
+    skip a memory access, an MMA, a barrier or a shuffle (:data:`NOT_SKIPPABLE`), or more than one
+    instruction per thread for each accumulator element and each score of a tile (the rescale's
+    FMULs, the mask's selects) plus :data:`SKIPPABLE_SLACK`. Results without ``off_min_path`` (an
+    older run) are not judged."""
+    from .cost_model import kv_loop
+
+    failures = []
+    for r in results:
+        if r["kernel"] != "_tree_attn_stage1":
+            continue
+        p = r["params"]
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                continue
+            off = kv_loop(res).get("off_min_path")
+            if off is None:
+                continue
+            threads = 32 * res["num_warps"]
+            budget = int(p["BLOCK_M"]) * (int(p["BLOCK_D"]) + int(p["BLOCK_N"])) // threads + SKIPPABLE_SLACK
+            bad = sorted(set(off["ops"]) & NOT_SKIPPABLE)
+            if bad or off["instructions"] > budget:
+                failures.append(f"KV loop can skip more than a mask and a rescale: {r['spec']} on {arch} "
+                                f"({off['instructions']} instructions off its shortest iteration, at most "
+                                f"{budget}; not skippable: {bad or 'none'}; lines {off['lines']})")
     return failures
 
 
@@ -278,17 +333,11 @@ def summarise(results):
 def rejudge(path: str, allowlist: str) -> int:
     """The verdict of a full run's results (``path``) under the current allow-list, without compiling:
     for an allow-list edited after the run that produced the results."""
-    from . import aot
-
     with open(path) as f:
         out = json.load(f)
     results = out["specs"]
-    complete = out.get("set") == "full" and set(out.get("archs", [])) == {f"sm_{a}" for a in aot.ARCHS}
-    failures, known, stale = judge(results, load_allowlist(allowlist), complete=complete)
-    failures += vector_load_failures(results)
-    failures += occupancy_failures(results)
-    failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
-                 f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in out.get("kernels_not_reached", [])]
+    failures, known, stale = verdict(results, load_allowlist(allowlist), out.get("set"), out.get("archs", []),
+                                     out.get("kernels_not_reached", []))
     out.update(failures=failures, known_spills=known, stale_allowlist_entries=stale)
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
@@ -375,14 +424,8 @@ def main(argv=None) -> int:
         results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
                         "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs if (i, a) in compiled}})
-    # complete: every specialization of every arch (a subset of archs leaves some unknown)
-    complete = args.level == "full" and set(archs) == set(aot.ARCHS)
-    failures, known, stale = judge(results, load_allowlist(args.allowlist), complete=complete)
-    failures += vector_load_failures(results)
-    failures += occupancy_failures(results)
-    if missing and args.level == "full":
-        failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
-                     f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in missing]
+    failures, known, stale = verdict(results, load_allowlist(args.allowlist), args.level,
+                                     [f"sm_{a}" for a in archs], missing)
 
     out = {
         "what": "static GPU check: every Triton specialization the wrappers launch, compiled ahead of time "

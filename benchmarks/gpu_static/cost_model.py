@@ -336,11 +336,12 @@ def work_items(rows_per_chunk: Sequence[int], chunk_len: Sequence[int], block_r:
 
 def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pairs_per_row: Sequence[int],
                     Hq: int, Hkv: int, D: int, itemsize: int, block_r: int, block_n: int, grid1: Sequence[int],
-                    warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float,
-                    block_size: int = 16, gpu: Dict[str, Any] = H100, partial_itemsize: Optional[int] = None,
+                    warps1: int, tile_instr: float, grid2: Sequence[int], warps2: int, pair_instr: float, *,
+                    block_m: int, block_size: int = 16, gpu: Dict[str, Any] = H100,
+                    partial_itemsize: Optional[int] = None,
                     block_p: int = 1, cta1_warp: float = 0, cta2_warp: float = 0,
                     item_warp: float = 0, narrow: Optional[Dict[str, Any]] = None,
-                    min_rows: int = 1, max_rows: int = 0, block_m: Optional[int] = None) -> Dict[str, Any]:
+                    min_rows: int = 1, max_rows: int = 0) -> Dict[str, Any]:
     """Bounds for one tree-attention call. ``tile_instr``: per-thread SASS instructions of one
     stage-1 KV tile (BLOCK_N tokens); ``pair_instr``: of one stage-2 step over ``block_p`` pairs
     (both of its loops); ``partial_itemsize``: bytes of a partial output value (default: the input's
@@ -348,8 +349,8 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     ``item_warp``: stage-1 warp-instructions per live work item outside its KV-tile loop (the
     persistent loop's body: item lookup, query load, partial store).
 
-    ``block_m``: the first launch's query-tile rows (default ``block_r`` GQA groups padded to a power of
-    two, at least 16), for its MMA FLOP (16-bit inputs).
+    ``block_m``: the first launch's query-tile rows (its ``BLOCK_M``, padding included), for its MMA
+    FLOP (16-bit inputs).
     ``min_rows`` / ``max_rows``: the first launch takes the chunks of at least ``min_rows`` rows and,
     when ``max_rows`` > 0, at most ``max_rows`` (its ``MIN_ROWS`` / ``MAX_ROWS``).
     ``narrow``: the second stage-1 launch, which takes the chunks of ``min_rows`` (default 1) to
@@ -378,7 +379,7 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     rate = _rate(gpu)
     mma = itemsize == 2  # 16-bit inputs: tensor-core dots (float32: an FMA dot, in the SASS counts)
     flop_rate = gpu["sms"] * gpu["clock_hz"] * gpu["mma16_flop_per_clk_per_sm" if mma else "fp32_flop_per_clk_per_sm"]
-    gpad, block_d = query_tile_dims(Hq, Hkv, D)
+    _, block_d = query_tile_dims(Hq, Hkv, D)
 
     hbm = gpu["hbm_bytes_per_s"]
     pair_bytes = Hq * (D * itemsize + D * psz + 4)  # a pair's q read, its partial output and LSE written
@@ -400,10 +401,9 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
                     kv_tiles=iters, warp_instr=w, mma_flop=flop, hbm_bytes=hbm_bytes, t_issue=t_issue,
                     t_mma=times["mma"], t_hbm=times["hbm"], t=max(times.values()), bound=_slowest(times))
 
-    parts = [launch(items, block_m or max(16, block_r * gpad), block_n, grid1, warps1, tile_instr, item_warp,
-                    cta1_warp)]
+    parts = [launch(items, block_m, block_n, grid1, warps1, tile_instr, item_warp, cta1_warp)]
     if narrow:
-        parts.append(launch(n_items, narrow.get("block_m", max(16, gpad)), narrow["block_n"], narrow["grid"],
+        parts.append(launch(n_items, narrow["block_m"], narrow["block_n"], narrow["grid"],
                             narrow["warps"], narrow["tile_instr"], narrow.get("item_warp", 0),
                             narrow.get("cta_warp", 0)))
     all_items = [a + b for a, b in zip(items, n_items)]
@@ -425,7 +425,6 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     q_bytes = N * Hq * D * itemsize
     out_bytes = N * Hq * D * itemsize + N * Hq * 4
     floor = unique_kv + q_bytes + out_bytes
-    design_hbm = unique_kv + P * Hq * D * itemsize + 2 * partial + out_bytes
     hb = grid2[1] if len(grid2) > 1 else 1
     w1 = sum(p["warp_instr"] for p in parts)
     steps2 = sum(math.ceil(p / block_p) for p in pairs_per_row)
@@ -436,6 +435,7 @@ def attention_bound(chunk_len: Sequence[int], rows_per_chunk: Sequence[int], pai
     biggest2 = max([math.ceil(p / block_p) * pair_instr * warps2 + cta2_warp for p in pairs_per_row] + [0])
     t2 = max(w2 / (gpu["sms"] * rate), biggest2 / rate)
     times2 = dict(issue=t2, hbm=(partial + out_bytes) / hbm)  # stage 2 reads the partials, writes the output
+    design_hbm = sum(p["hbm_bytes"] for p in parts) + partial + out_bytes
     t1_issue = sum(p["t_issue"] for p in parts)
     t_issue = t1_issue + t2
     t_floor = floor / hbm
@@ -490,29 +490,37 @@ def _slowest(times: Dict[str, float]) -> str:
     return max(times, key=times.get)
 
 
+def _innermost(compiled: Dict[str, Any]) -> List[Dict[str, Any]]:
+    loops = [lp for lp in compiled["loops"] if lp["innermost"]]
+    if not loops:
+        raise ValueError("no loop in the SASS")
+    return loops
+
+
+def kv_loop(compiled1: Dict[str, Any]) -> Dict[str, Any]:
+    """Stage 1's KV-tile loop in its compiled stats: the innermost loop of most instructions."""
+    return max(_innermost(compiled1), key=lambda lp: lp["instructions_excl"])
+
+
 def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dict[str, Any]:
     """Stage-1 per-thread instructions of a KV tile (the hottest innermost loop) and stage 2's of one
     step over ``BLOCK_P`` pairs (its innermost loops stepping by ``BLOCK_P``: the LSE max and the
     weighted sum), plus each kernel's straight-line warp-instructions."""
-    def inner(c):
-        loops = [lp for lp in c["loops"] if lp["innermost"]]
-        if not loops:
-            raise ValueError("no loop in the SASS")
-        return loops
-    hot1 = max(inner(compiled1), key=lambda lp: lp["instructions_excl"])
+    hot1 = kv_loop(compiled1)
     # a KV tile: the KV loop's shortest iteration (results without it: every path); the blocks a tile can
     # branch around (a partial last tile's mask, a lazy rescale) once per work item. An assumption: a work
     # item's first tile rescales, later ones only when a row's max grows past 2**8 (data dependent; at
     # bf16 32/8 8192 + 64 the wide launch stays MMA-bound up to about a quarter of its tiles rescaling,
     # and every tile rescaling costs it 11 us of issue). The lazy rescale's CTA-wide flag reduction adds
     # a barrier per tile that an issue count does not see. Sound for stage 1's KV loop, whose only
-    # branches are those two (the sampler's loops, with branches on common paths, keep every path)
+    # branches are those two: the static check fails otherwise (check.min_path_failures); the sampler's
+    # loops, with branches on common paths, keep every path
     tile = hot1.get("instructions_min_path") or hot1["instructions_excl"]
     # per work item: every other loop of stage 1 once (the persistent loop's own body, one step of
     # the window lookup's binary search: first tiles skip the search, windows run it log2(C) times)
     item = sum(lp["instructions_excl"] for lp in compiled1["loops"] if lp is not hot1)
     item += hot1["instructions_excl"] - tile
-    l2 = inner(compiled2)
+    l2 = _innermost(compiled2)
     stepped = [lp for lp in l2 if lp.get("tokens_per_iter")]
     if stepped:
         pair_instr, block_p = sum(lp["instructions_excl"] for lp in stepped), stepped[0]["tokens_per_iter"]

@@ -130,7 +130,7 @@ def test_work_items_launched_equals_live():
     assert cm.work_items([3, 5], [16, 16], 4) == [1, 2]
     r = cm.attention_bound([16, 16], [3, 5], [2] * 3 + [1] * 2, Hq=2, Hkv=1, D=8, itemsize=2, block_r=4,
                            block_n=16, grid1=(2 + 7 // 4,), warps1=4, tile_instr=10, grid2=(5, 1), warps2=4,
-                           pair_instr=5)  # one program per slot
+                           pair_instr=5, block_m=16)  # one program per slot
     assert r["ctas_launched"] == r["ctas_live"] == 3 and r["ctas_dead"] == 0 and r["targets"]["dead_ctas"]["met"]
     assert cm.work_items([0, 2], [0, 16], 1) == [0, 2]            # an empty (padding) chunk has no live item
 
@@ -140,7 +140,7 @@ def test_attention_bound_hand_case():
     # work list: C + (P - 1) // BLOCK_R = 3 + 3 = 6 items per KV head, 12 slots; a grid of 12 programs
     r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
                            Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(6, 2), warps1=4,
-                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
+                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5, block_m=16)
     kv_tok = 8 * 2 * 2                                   # K and V of one token of one head, bf16
     assert r["ctas_launched"] == 12
     # chunk 0: its first tile (pair 0) + window 1 (pair 1); chunks 1, 2: a first tile each; windows 2, 3 hold
@@ -164,13 +164,14 @@ def test_attention_bound_hand_case():
     assert r["t_issue_s"] == pytest.approx(80 / RATE + 40 / RATE, rel=1e-3)
     # float32 inputs keep float32 partials
     r32 = cm.attention_bound([32, 16, 16], [2, 1, 1], [2, 2], Hq=4, Hkv=2, D=8, itemsize=4, block_r=1,
-                             block_n=16, grid1=(6, 2), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5)
+                             block_n=16, grid1=(6, 2), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
+                             block_m=16)
     assert r32["partial_bytes_written_and_read"] == 2 * 4 * 4 * (8 * 4 + 4)
     # persistent programs: 4 CTAs work through the 8 live (item, head) slots, none idle; every live item
     # also costs its instructions outside the KV-tile loop
     rp = cm.attention_bound([32, 16, 16], [2, 1, 1], [2, 2], Hq=4, Hkv=2, D=8, itemsize=2, block_r=1,
                             block_n=16, grid1=(4,), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
-                            item_warp=7)
+                            item_warp=7, block_m=16)
     assert rp["ctas_launched"] == rp["ctas_live"] == 4 and rp["ctas_dead"] == 0 and rp["work_items_live"] == 8
     assert rp["targets"]["dead_ctas"]["met"]
     assert rp["stage1_warp_instr"] == 12 * 10 * 4 + 8 * 7
@@ -182,8 +183,9 @@ def test_attention_bound_narrow_launch():
     # on 6 programs (2 find nothing); their issue times add
     r = cm.attention_bound(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2],
                            Hq=4, Hkv=2, D=8, itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4,
-                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5,
-                           narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3), min_rows=2)
+                           tile_instr=10, grid2=(2, 1), warps2=4, pair_instr=5, block_m=16,
+                           narrow=dict(max_rows=1, block_m=16, block_n=16, grid=(6,), warps=2, tile_instr=3),
+                           min_rows=2)
     wide, narrow = r["stage1_launches"]
     assert (wide["work_items_live"], wide["ctas_launched"], wide["ctas_live"], wide["kv_tiles"]) == (4, 4, 4, 8)
     assert (narrow["work_items_live"], narrow["ctas_launched"], narrow["ctas_live"], narrow["kv_tiles"]) == (4, 6, 4, 4)
@@ -204,7 +206,8 @@ def test_attention_bound_narrow_launch():
     # the launches' row ranges must split the chunks: the own chunks in both launches, or in neither
     kw = dict(chunk_len=[32, 16, 16], rows_per_chunk=[2, 1, 1], pairs_per_row=[2, 2], Hq=4, Hkv=2, D=8,
               itemsize=2, block_r=1, block_n=16, grid1=(4,), warps1=4, tile_instr=10, grid2=(2, 1), warps2=4,
-              pair_instr=5, narrow=dict(max_rows=1, block_n=16, grid=(6,), warps=2, tile_instr=3))
+              pair_instr=5, block_m=16, narrow=dict(max_rows=1, block_m=16, block_n=16, grid=(6,), warps=2,
+                                                    tile_instr=3))
     with pytest.raises(ValueError, match="both launches"):
         cm.attention_bound(**kw)
     with pytest.raises(ValueError, match="no launch"):
@@ -253,7 +256,7 @@ def test_attention_bound_wide_plan():
     P = 16 * 256 + 256
     r = cm.attention_bound(chunks, rows, [17] * 256, Hq=32, Hkv=8, D=128, itemsize=2, block_r=16, block_n=64,
                            grid1=(132,), warps1=4, tile_instr=300, grid2=(256, 1), warps2=4,
-                           pair_instr=50, block_p=4)
+                           pair_instr=50, block_p=4, block_m=64)
     assert r["ctas_launched"] == r["ctas_live"] == 132 and r["ctas_dead"] == 0
     assert r["work_items_live"] == (16 * 16 + 256) * 8
     # issue time: every tile of every live item spread over the 132 SMs (no item dominates)
@@ -288,9 +291,9 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
         cfg, ncfg = launches[0].cfg, launches[1].cfg
         r = cm.attention_bound(plan.chunk_len.tolist(), rows, pairs, Hq, Hkv, D, dt.itemsize, cfg["BLOCK_R"],
                                cfg["BLOCK_N"], (grid,), 4, 10, (8, 1), 4, 5,
-                               partial_itemsize=tak.partial_dtype(dt).itemsize,
+                               partial_itemsize=tak.partial_dtype(dt).itemsize, block_m=cfg["BLOCK_M"],
                                narrow=dict(min_rows=launches[1].min_rows, max_rows=launches[1].max_rows,
-                                           block_n=ncfg["BLOCK_N"], grid=(grid_n,), warps=4, tile_instr=3),
+                                           block_m=ncfg["BLOCK_M"], block_n=ncfg["BLOCK_N"], grid=(grid_n,), warps=4, tile_instr=3),
                                min_rows=launches[0].min_rows)
         c = tak.stage1_cost(plan, Hq, Hkv, D, dt, num_sms=sms)
         assert (r["ctas_launched"], r["ctas_live"]) == (c["ctas_launched"], c["ctas_live"])
@@ -448,6 +451,7 @@ def test_sass_loop_shortest_iteration():
     ])
     (lp,) = aot.sass_loops(instrs, labels)
     assert lp["instructions_excl"] == 7 and lp["instructions_min_path"] == 4
+    assert lp["off_min_path"] == {"instructions": 3, "ops": {"FMUL": 3}, "lines": []}
     # the model: a tile is the shortest iteration, the skippable block counts once per work item
     c = {"loops": [lp], "sass_instructions": 8, "num_warps": 1}
     ai = cm.attention_instr(c, c)
@@ -462,6 +466,31 @@ def test_sass_loop_shortest_iteration():
     ])
     outer, inner = aot.sass_loops(instrs, labels)
     assert outer["instructions_min_path"] is None and inner["instructions_min_path"] == 2
+    assert outer["off_min_path"] is None and inner["off_min_path"]["instructions"] == 0
+
+
+def test_min_path_rule_allows_only_a_mask_and_a_rescale():
+    # stage 1's KV loop is modelled at its shortest iteration: what it skips may be arithmetic only
+    # (the mask's selects, the rescale's FMULs), at most one per accumulator element and per score of a
+    # thread plus a slack; the sampler's loops are not judged
+    from benchmarks.gpu_static.check import SKIPPABLE_SLACK, min_path_failures
+
+    def spec(kernel, ops, n):
+        loop = {"innermost": True, "instructions_excl": 500, "off_min_path": {"instructions": n, "ops": ops,
+                                                                             "lines": [245]}}
+        return {"kernel": kernel, "spec": f"{kernel}[{n}]",
+                "params": {"BLOCK_M": "256", "BLOCK_N": "32", "BLOCK_D": "128"},
+                "compiled": {"sm_90": {"ok": True, "num_warps": 8, "loops": [loop]}}}
+    budget = 256 * (128 + 32) // 256 + SKIPPABLE_SLACK
+    assert min_path_failures([spec("_tree_attn_stage1", {"FMUL": 132, "FSEL": 32}, budget)]) == []
+    over = min_path_failures([spec("_tree_attn_stage1", {"FMUL": 200}, budget + 1)])
+    assert len(over) == 1 and f"at most {budget}" in over[0]
+    skips_loads = min_path_failures([spec("_tree_attn_stage1", {"LDG": 2, "HGMMA": 1}, 3)])
+    assert len(skips_loads) == 1 and "['HGMMA', 'LDG']" in skips_loads[0]
+    assert min_path_failures([spec("_sample_kernel", {"LDG": 2}, budget + 1)]) == []
+    old = spec("_tree_attn_stage1", {}, 0)
+    del old["compiled"]["sm_90"]["loops"][0]["off_min_path"]
+    assert min_path_failures([old]) == []                          # an older run's results: not judged
 
 
 def test_call_noinc_is_a_loop_exit():
@@ -642,6 +671,30 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     failures_full = judge(results, allow, complete=True)[0]
     assert failures_full == failures + ["allow-list entry names no specialization the wrappers launch "
                                         "(remove it): k[z]"]
+
+
+def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):
+    # one rule for a fresh run (check.main) and a re-judged one (check.rejudge): an allow-list entry that
+    # names no specialization fails only a full run on every arch; a kernel no case reached fails a full run
+    import json
+    from benchmarks.gpu_static.check import KERNEL_MODULES, rejudge, verdict
+
+    ok = {"ok": True, "spill_in_loop": False, "spill_store_bytes": 0, "spill_load_bytes": 0}
+    results = [{"kernel": "_k", "spec": "k[a]", "params": {}, "compiled": {f"sm_{a}": ok for a in aot.ARCHS}}]
+    allow = [{"spec": "k[z]", "archs": ["sm_90"], "issue": "#14"}]
+    every = [f"sm_{a}" for a in aot.ARCHS]
+    stale_entry = "allow-list entry names no specialization the wrappers launch (remove it): k[z]"
+    not_reached = ("kernel _x is launched in " + ", ".join(KERNEL_MODULES) + " but no case of "
+                   "benchmarks/gpu_static/spaces.py reached it: extend spaces.py")
+    assert verdict(results, allow, "full", every, ["_x"])[0] == [stale_entry, not_reached]
+    assert verdict(results, allow, "full", every[:1], ["_x"])[0] == [not_reached]
+    assert verdict(results, allow, "quick", every, ["_x"])[0] == []
+    path, allow_path = tmp_path / "gs.json", tmp_path / "allow.json"
+    for level, archs, want in (("full", every, 1), ("full", every[:1], 0), ("quick", every, 0)):
+        path.write_text(json.dumps({"set": level, "archs": archs, "specs": results, "kernels_not_reached": []}))
+        allow_path.write_text(json.dumps({"known_spills": allow}))
+        assert rejudge(str(path), str(allow_path)) == (1 if want else 0)
+        assert json.loads(path.read_text())["failures"] == [stale_entry] * want
 
 
 def test_vector_load_rule_judges_aligned_rows_only():

@@ -485,31 +485,32 @@ def stage1_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     key = max(64, block_d)
     int32_pairs = False
     hopper = _wgmma(arch)
-    # (query rows, KV tokens, warps, CTAs per SM) per tile; registers of the launched variants in the
-    # comments (triton 3.9, the static check). Larger tiles spill.
+    # (query rows, KV tokens, warps, CTAs per SM) per tile. Larger tiles spill; the registers of every
+    # launched variant are in benchmarks/results/gpu_static.json (the static check, which fails when a
+    # variant spills in a loop or does not fit CTAS_PER_SM per SM).
     if dtype == torch.float32 and hopper:  # IEEE FMA dot
-        max_m, block_n, warps, per_sm = {64: (32, 32, 4, 4),      # 95-102 regs
-                                         128: (32, 32, 8, 2),     # 107 regs
-                                         256: (32, 16, 8, 1)}.get(key, (32, 16, 8, 1))  # 191 regs
+        max_m, block_n, warps, per_sm = {64: (32, 32, 4, 4),
+                                         128: (32, 32, 8, 2),
+                                         256: (32, 16, 8, 1)}.get(key, (32, 16, 8, 1))
     elif dtype == torch.float32:
-        max_m, block_n, warps, per_sm = {64: (32, 16, 4, 4),      # 72 regs
-                                         128: (32, 16, 8, 2),     # 64 regs
-                                         256: (16, 16, 8, 2)}.get(key, (16, 16, 8, 2))  # 80 regs
+        max_m, block_n, warps, per_sm = {64: (32, 16, 4, 4),
+                                         128: (32, 16, 8, 2),
+                                         256: (16, 16, 8, 2)}.get(key, (16, 16, 8, 2))
     elif wide and key <= (128 if hopper else 64):  # 256-row tiles
         # int32 pair indices: the int64 pair held across the KV loop made the D = 128 tile spill on sm_90
-        # at 255 registers (now 244); the other tiles keep int64, with which ptxas spills less in three of
-        # them (fp32 32-row D = 128, fp32 narrow D = 256, the narrow tile at block size 6: 8-16 B)
+        # at 255 registers; the other tiles keep int64, with which ptxas spills less in three of them
+        # (fp32 32-row D = 128, fp32 narrow D = 256, the narrow tile at block size 6: 8-16 B with int32)
         int32_pairs = True
-        max_m, block_n, warps, per_sm = {64: (256, 64, 8, 1),     # 216 / 243 regs
-                                         128: (256, 32, 8, 1)}[key]  # 244 regs
+        max_m, block_n, warps, per_sm = {64: (256, 64, 8, 1),
+                                         128: (256, 32, 8, 1)}[key]
     elif hopper:  # wgmma
-        max_m, block_n, warps, per_sm = {64: (128, 64, 4, 2),     # 247 regs
-                                         128: (128, 64, 8, 1),    # 254 regs
-                                         256: (64, 16, 4, 2)}.get(key, (64, 16, 4, 2))  # 255 regs
+        max_m, block_n, warps, per_sm = {64: (128, 64, 4, 2),
+                                         128: (128, 64, 8, 1),
+                                         256: (64, 16, 4, 2)}.get(key, (64, 16, 4, 2))
     else:  # mma.sync
-        max_m, block_n, warps, per_sm = {64: (128, 32, 4, 2),     # 240-246 regs
-                                         128: (128, 32, 8, 1),    # 214 regs
-                                         256: (64, 16, 8, 1)}.get(key, (64, 16, 8, 1))  # 238 regs
+        max_m, block_n, warps, per_sm = {64: (128, 32, 4, 2),
+                                         128: (128, 32, 8, 1),
+                                         256: (64, 16, 8, 1)}.get(key, (64, 16, 8, 1))
     block_n = _gathered_block_n(block_n, dtype, block_size)
     block_r = max(1, max_m // group_pad)
     block_m = max(16, block_r * group_pad)
@@ -537,7 +538,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     else:
         block_n = 64 if block_d <= 128 else 32
     block_n = _gathered_block_n(block_n, dtype, block_size)
-    # registers of the launched variants (triton 3.9, the static check): 56-128 at D <= 64, 48-165 above
+    # CTAs per SM that the launched variants' registers allow (benchmarks/results/gpu_static.json)
     per_sm = 4 if block_d <= 64 else 3
     return dict(GROUP_PAD=group_pad, BLOCK_R=block_m // group_pad, BLOCK_M=block_m, BLOCK_N=block_n,
                 BLOCK_D=block_d, num_warps=warps, CTAS_PER_SM=per_sm, LAZY_RESCALE=False, INT32_PAIRS=False)
