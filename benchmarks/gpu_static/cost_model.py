@@ -513,8 +513,9 @@ def attention_instr(compiled1: Dict[str, Any], compiled2: Dict[str, Any]) -> Dic
     # bf16 32/8 8192 + 64 the wide launch stays MMA-bound up to about a quarter of its tiles rescaling,
     # and every tile rescaling costs it 11 us of issue). The lazy rescale's CTA-wide flag reduction adds
     # a barrier per tile that an issue count does not see. Sound for stage 1's KV loop, whose only
-    # branches are those two: the static check fails otherwise (check.min_path_failures); the sampler's
-    # loops, with branches on common paths, keep every path
+    # branches are those two: the static check fails a KV loop that can skip a memory, MMA or sync op,
+    # or more than the mask-and-rescale budget (check.min_path_failures); the sampler's loops, with
+    # branches on common paths, keep every path
     tile = hot1.get("instructions_min_path") or hot1["instructions_excl"]
     # per work item: every other loop of stage 1 once (the persistent loop's own body, one step of
     # the window lookup's binary search: first tiles skip the search, windows run it log2(C) times)

@@ -456,6 +456,23 @@ def test_sass_loop_shortest_iteration():
     c = {"loops": [lp], "sass_instructions": 8, "num_warps": 1}
     ai = cm.attention_instr(c, c)
     assert ai["tile_instr"] == 4 and ai["item_instr"] == 3
+    # an if/else whose shorter arm is the later block: the iteration takes it, skips the longer one
+    instrs, labels = _sass([
+        (".L_x_0", "FADD R1, R1, R2"),                 # head
+        (None, "@P0 BRA `(.L_x_1)"),
+        (None, "FMUL R3, R3, R4"),                     # the longer arm: 3 instructions and a jump
+        (None, "FMUL R5, R5, R4"),
+        (None, "MUFU.EX2 R6, R6"),
+        (None, "BRA `(.L_x_2)"),
+        (".L_x_1", "FSEL R7, R7, RZ, P1"),             # the shorter arm
+        (".L_x_2", "FADD R8, R8, R1"),
+        (None, "@P1 BRA `(.L_x_0)"),                   # back edge
+        (None, "EXIT"),
+    ])
+    (dia,) = aot.sass_loops(instrs, labels)
+    assert dia["instructions_excl"] == 9 and dia["instructions_min_path"] == 5
+    assert dia["off_min_path"] == {"instructions": 4, "ops": {"BRA": 1, "FMUL": 2, "MUFU": 1}, "lines": []}
+    assert dia["off_min_path"]["instructions"] == dia["instructions_excl"] - dia["instructions_min_path"]
     # an outer loop has no shortest iteration (its nested loop runs a data-dependent number of times)
     instrs, labels = _sass([
         (".L_x_0", "IADD3 R0, R0, 0x1, RZ"),
@@ -472,25 +489,37 @@ def test_sass_loop_shortest_iteration():
 def test_min_path_rule_allows_only_a_mask_and_a_rescale():
     # stage 1's KV loop is modelled at its shortest iteration: what it skips may be arithmetic only
     # (the mask's selects, the rescale's FMULs), at most one per accumulator element and per score of a
-    # thread plus a slack; the sampler's loops are not judged
+    # thread plus a slack; the KV loop is the innermost loop of most instructions; the sampler's loops
+    # and specs that failed to compile are not judged
     from benchmarks.gpu_static.check import SKIPPABLE_SLACK, min_path_failures
 
-    def spec(kernel, ops, n):
+    def spec(kernel, ops, n, ok=True, other=None):
         loop = {"innermost": True, "instructions_excl": 500, "off_min_path": {"instructions": n, "ops": ops,
                                                                              "lines": [245]}}
+        loops = [loop] + ([{"innermost": True, "instructions_excl": 20, "off_min_path": other}] if other else [])
         return {"kernel": kernel, "spec": f"{kernel}[{n}]",
                 "params": {"BLOCK_M": "256", "BLOCK_N": "32", "BLOCK_D": "128"},
-                "compiled": {"sm_90": {"ok": True, "num_warps": 8, "loops": [loop]}}}
+                "compiled": {"sm_90": {"ok": ok, "num_warps": 8, "loops": loops}}}
     budget = 256 * (128 + 32) // 256 + SKIPPABLE_SLACK
-    assert min_path_failures([spec("_tree_attn_stage1", {"FMUL": 132, "FSEL": 32}, budget)]) == []
+    assert min_path_failures([spec("_tree_attn_stage1", {"FMUL": 132, "FSEL": 32, "MUFU": 4}, budget)]) == []
     over = min_path_failures([spec("_tree_attn_stage1", {"FMUL": 200}, budget + 1)])
     assert len(over) == 1 and f"at most {budget}" in over[0]
-    skips_loads = min_path_failures([spec("_tree_attn_stage1", {"LDG": 2, "HGMMA": 1}, 3)])
+    skips_loads = min_path_failures([spec("_tree_attn_stage1", {"LDG": 2, "HGMMA": 1, "FMUL": 1}, 4)])
     assert len(skips_loads) == 1 and "['HGMMA', 'LDG']" in skips_loads[0]
+    # an opcode the rule does not know fails too (a decision, not a silent pass)
+    assert len(min_path_failures([spec("_tree_attn_stage1", {"STSM": 1}, 1)])) == 1
+    # only the KV loop is judged: a smaller innermost loop (the window search) may skip a load
+    small = {"instructions": 3, "ops": {"LDG": 1, "ISETP": 2}, "lines": [180]}
+    assert min_path_failures([spec("_tree_attn_stage1", {"FSEL": 8}, 8, other=small)]) == []
+    assert min_path_failures([spec("_tree_attn_stage1", {"LDG": 2}, 2, ok=False)]) == []
     assert min_path_failures([spec("_sample_kernel", {"LDG": 2}, budget + 1)]) == []
     old = spec("_tree_attn_stage1", {}, 0)
     del old["compiled"]["sm_90"]["loops"][0]["off_min_path"]
     assert min_path_failures([old]) == []                          # an older run's results: not judged
+    no_loop = spec("_tree_attn_stage1", {}, 0)
+    no_loop["compiled"]["sm_90"]["loops"] = []
+    (f,) = min_path_failures([no_loop])
+    assert f.startswith("no KV loop in the SASS")
 
 
 def test_call_noinc_is_a_loop_exit():
@@ -690,11 +719,13 @@ def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):
     assert verdict(results, allow, "full", every[:1], ["_x"])[0] == [not_reached]
     assert verdict(results, allow, "quick", every, ["_x"])[0] == []
     path, allow_path = tmp_path / "gs.json", tmp_path / "allow.json"
-    for level, archs, want in (("full", every, 1), ("full", every[:1], 0), ("quick", every, 0)):
-        path.write_text(json.dumps({"set": level, "archs": archs, "specs": results, "kernels_not_reached": []}))
+    for level, archs, want in (("full", every, [stale_entry, not_reached]), ("full", every[:1], [not_reached]),
+                               ("quick", every, [])):
+        path.write_text(json.dumps({"set": level, "archs": archs, "specs": results,
+                                    "kernels_not_reached": ["_x"]}))
         allow_path.write_text(json.dumps({"known_spills": allow}))
         assert rejudge(str(path), str(allow_path)) == (1 if want else 0)
-        assert json.loads(path.read_text())["failures"] == [stale_entry] * want
+        assert json.loads(path.read_text())["failures"] == want
 
 
 def test_vector_load_rule_judges_aligned_rows_only():
