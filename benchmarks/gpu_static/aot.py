@@ -34,8 +34,10 @@ import tempfile
 import time
 from typing import Any, Dict, List, Optional, Tuple
 
-#: Triton versions whose private binder API this module is written against
-SUPPORTED_TRITON = ("3.9",)
+#: Triton versions whose private binder API this module is written against: the releases that the
+#: supported CUDA torch wheels pin (torch 2.9: 3.5.1; 2.10, 2.11: 3.6.0; 2.12: 3.7.0; 2.14: 3.8.0)
+#: and the newest (3.9); create_function_from_signature / _pack_args are the same in all of them
+SUPPORTED_TRITON = ("3.5", "3.6", "3.7", "3.8", "3.9")
 ARCHS = (90, 80)
 
 
@@ -198,8 +200,11 @@ def tool_path(name: str) -> str:
 
 
 def ptxas_path(arch: int) -> str:
+    import inspect
+
     from triton.backends.nvidia.compiler import get_ptxas
-    return get_ptxas(arch).path
+    # triton 3.6+ picks the ptxas per arch (a Blackwell one beside the default); 3.5 has one
+    return (get_ptxas(arch) if inspect.signature(get_ptxas).parameters else get_ptxas()).path
 
 
 def ptxas_version(arch: int) -> str:
@@ -436,7 +441,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
     can execute, the shortest path from the head to a back edge; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
-    its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
+    its instruction count, op classes and source lines, and ``path_ops``: the op classes of the
+    shortest iteration itself), ``depth``, ``innermost``, local-memory ops
     (``STL``/``LDL``; ``*_excl`` without nested loops), a few opcode classes, and the source loop most
     of its instructions come from.
     """
@@ -484,14 +490,21 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
             b = via[b]
         return path[::-1]
 
-    def off_path(body: set, path: List[int]) -> Dict[str, Any]:
-        # what an iteration on the shortest path skips: its instructions, op classes and source lines
-        skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)]
+    def histogram(ins_list) -> Dict[str, int]:
         ops: Dict[str, int] = {}
-        for ins in skipped:
+        for ins in ins_list:
             ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
-        return {"instructions": len(skipped), "ops": dict(sorted(ops.items())),
-                "lines": sorted({ins.line for ins in skipped if ins.line is not None})}
+        return dict(sorted(ops.items()))
+
+    def off_path(body: set, path: List[int]) -> Dict[str, Any]:
+        # what an iteration on the shortest path skips (its instructions, op classes and source lines),
+        # and the op classes of that path itself
+        def block_instrs(bs):
+            return [instrs[i] for b in bs for i in range(blocks[b][0], blocks[b][1] + 1)]
+        skipped = block_instrs(sorted(body - set(path)))
+        return {"instructions": len(skipped), "ops": histogram(skipped),
+                "lines": sorted({ins.line for ins in skipped if ins.line is not None}),
+                "path_ops": histogram(block_instrs(path))}
 
     out = []
     for lp in loops:

@@ -37,7 +37,7 @@ import tempfile  # noqa: E402
 import time  # noqa: E402
 import traceback  # noqa: E402
 from pathlib import Path  # noqa: E402
-from typing import Sequence  # noqa: E402
+from typing import Optional, Sequence  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent.parent
@@ -138,15 +138,25 @@ def allowed(entry_list, spec_id: str, arch: str):
     return None
 
 
-def judge(results, allow, complete: bool = False):
+def triton_minor(version: str) -> str:
+    """``"3.8.0"`` -> ``"3.8"``: the release an allow-list entry's ``triton`` field names."""
+    return ".".join(str(version).split(".")[:2])
+
+
+def judge(results, allow, complete: bool = False, triton: Optional[str] = None):
     """(failures, known spills, stale allow-list entries) of compiled results.
 
     A failure: a compile error, or a spill inside a hot loop (``spill_in_loop``) that no allow-list
     entry names for that spec and arch; with ``complete`` (the full set: every specialization the
     wrappers launch), also an entry that names no compiled specialization (a stale id would match
     again, unnoticed, if the kernel went back to it). Stale: an entry whose spec was compiled for a
-    listed arch and no longer spills in a loop there.
+    listed arch and no longer spills in a loop there. An entry with a ``triton`` list (``"3.6"``, ...)
+    holds for runs under those Triton releases only (``triton``: this run's version); the others are
+    neither matched nor stale here.
     """
+    full_allow = allow
+    if triton is not None:
+        allow = [e for e in allow if not e.get("triton") or triton_minor(triton) in e["triton"]]
     failures, known = [], []
     for r in results:
         for arch, res in r["compiled"].items():
@@ -163,7 +173,7 @@ def judge(results, allow, complete: bool = False):
     by_spec = {r["spec"]: r for r in results}
     if complete:
         failures += [f"allow-list entry names no specialization the wrappers launch (remove it): {e['spec']}"
-                     for e in allow if e["spec"] not in by_spec]
+                     for e in full_allow if e["spec"] not in by_spec]
     stale = []
     for e in allow:
         r = by_spec.get(e["spec"])
@@ -173,15 +183,17 @@ def judge(results, allow, complete: bool = False):
     return failures, known, stale
 
 
-def verdict(results, allow, level: str, arch_names: Sequence[str], not_reached: Sequence[str]):
+def verdict(results, allow, level: str, arch_names: Sequence[str], not_reached: Sequence[str],
+            triton: Optional[str] = None):
     """(failures, known spills, stale allow-list entries) of a run's results: :func:`judge`, complete
     when the run compiled the full set for every arch of ``aot.ARCHS`` (``arch_names``: ``"sm_90"``, ...;
     a subset of archs leaves some specializations unknown), the vector-load and occupancy rules, and,
-    for a full run, a failure per launched kernel that no case of ``spaces.py`` reached."""
+    for a full run, a failure per launched kernel that no case of ``spaces.py`` reached. ``triton``:
+    the run's Triton version (for the allow-list entries of some releases only)."""
     from . import aot
 
     complete = level == "full" and set(arch_names) == {f"sm_{a}" for a in aot.ARCHS}
-    failures, known, stale = judge(results, allow, complete=complete)
+    failures, known, stale = judge(results, allow, complete=complete, triton=triton)
     failures += vector_load_failures(results) + occupancy_failures(results) + min_path_failures(results)
     if level == "full":
         failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
@@ -229,13 +241,15 @@ def occupancy_failures(results):
     return failures
 
 
-#: op classes that the blocks a KV tile can skip may hold: arithmetic, predicates and branches (no
-#: memory access, MMA, barrier, shuffle or fence); an op outside this set fails the rule, so a new
-#: opcode is a decision, not a silent pass
+#: op classes that the blocks a KV tile can skip may hold, within the instruction budget: arithmetic,
+#: predicates, branches, and shared-memory loads and stores (Triton 3.5 duplicates the store of the
+#: scores for the PV dot into the mask's arm, with other store instructions than the common arm's).
+#: Skipping more of any other op class (global memory, MMA, barrier, fence, shuffle) than the
+#: shortest iteration holds fails the rule, so a new opcode is a decision, not a silent pass
 SKIPPABLE_OPS = frozenset({
     "FADD", "FMUL", "FFMA", "FMNMX", "FSEL", "FSETP", "MUFU", "F2F", "F2FP", "F2I", "I2F", "HADD2", "HMUL2",
     "HFMA2", "IADD3", "IMAD", "IMNMX", "IABS", "ISETP", "LEA", "LOP3", "SHF", "SEL", "MOV", "PRMT", "VIADD",
-    "VIMNMX", "PLOP3", "P2R", "R2P", "BRA", "BSSY", "BSYNC", "NOP"})
+    "VIMNMX", "PLOP3", "P2R", "R2P", "BRA", "BSSY", "BSYNC", "NOP", "STS", "STSM", "LDS", "LDSM"})
 #: the skippable blocks' bookkeeping besides one instruction per accumulator element and per score
 SKIPPABLE_SLACK = 96
 
@@ -244,10 +258,13 @@ def min_path_failures(results):
     """Stage 1's KV loop is modelled at its shortest iteration, the blocks off that path once per
     work item (``cost_model.attention_instr``). That is sound only while those blocks are the rare
     arithmetic of a partial last tile's mask and a lazy rescale: a spec fails when its KV loop can
-    skip an op outside :data:`SKIPPABLE_OPS` (a memory access, an MMA, a barrier, a shuffle...), or
-    more than one instruction per thread for each accumulator element and each score of a tile (the
-    rescale's FMULs, the mask's selects) plus :data:`SKIPPABLE_SLACK`. Extra arithmetic within that
-    budget passes. Results without ``off_min_path`` (an older run) are not judged."""
+    skip more ops of a class outside :data:`SKIPPABLE_OPS` (a global memory access, an MMA, a
+    barrier, a shuffle...) than the shortest iteration itself holds (a compiler that duplicates the
+    loop's tail into both arms of the mask's branch skips one copy and runs the other), or more
+    than one instruction per thread for each accumulator element
+    and each score of a tile (the rescale's FMULs, the mask's selects) plus :data:`SKIPPABLE_SLACK`.
+    Extra arithmetic within that budget passes. Results without ``off_min_path`` (an older run) are
+    not judged."""
     from .cost_model import kv_loop
 
     failures = []
@@ -267,7 +284,8 @@ def min_path_failures(results):
                 continue
             threads = 32 * res["num_warps"]
             budget = int(p["BLOCK_M"]) * (int(p["BLOCK_D"]) + int(p["BLOCK_N"])) // threads + SKIPPABLE_SLACK
-            bad = sorted(set(off["ops"]) - SKIPPABLE_OPS)
+            on_path = off.get("path_ops", {})
+            bad = sorted(op for op, n in off["ops"].items() if op not in SKIPPABLE_OPS and n > on_path.get(op, 0))
             if bad or off["instructions"] > budget:
                 failures.append(f"KV loop can skip more than a mask and a rescale: {r['spec']} on {arch} "
                                 f"({off['instructions']} instructions off its shortest iteration, at most "
@@ -348,7 +366,7 @@ def rejudge(path: str, allowlist: str) -> int:
         out = json.load(f)
     results = out["specs"]
     failures, known, stale = verdict(results, load_allowlist(allowlist), out.get("set"), out.get("archs", []),
-                                     out.get("kernels_not_reached", []))
+                                     out.get("kernels_not_reached", []), out.get("environment", {}).get("triton"))
     out.update(failures=failures, known_spills=known, stale_allowlist_entries=stale)
     with open(path, "w") as f:
         json.dump(out, f, indent=1, default=str)
@@ -435,8 +453,9 @@ def main(argv=None) -> int:
         results.append({"kernel": launch.name, "spec": aot.spec_id(launch, b), "params": aot.spec_parts(launch, b),
                         "grid_example": list(launch.grid), "cases": cases[key][:3], "num_cases": len(cases[key]),
                         "compiled": {f"sm_{a}": compiled[(i, a)] for a in archs if (i, a) in compiled}})
+    import triton
     failures, known, stale = verdict(results, load_allowlist(args.allowlist), args.level,
-                                     [f"sm_{a}" for a in archs], missing)
+                                     [f"sm_{a}" for a in archs], missing, triton.__version__)
 
     out = {
         "what": "static GPU check: every Triton specialization the wrappers launch, compiled ahead of time "
@@ -487,7 +506,8 @@ def main(argv=None) -> int:
         print(f"[gpu-static] note: allow-list entry no longer spills (remove it): {s}")
     if args.print_allowlist:
         entries = [{"spec": r["spec"], "archs": [a for a, c in r["compiled"].items() if c.get("spill_in_loop")],
-                    "issue": "#14"} for r in results if any(c.get("spill_in_loop") for c in r["compiled"].values())]
+                    "triton": [triton_minor(triton.__version__)], "issue": "#14"}
+                   for r in results if any(c.get("spill_in_loop") for c in r["compiled"].values())]
         print(json.dumps({"known_spills": entries}, indent=1))
     print(f"[gpu-static] {len(_SPECS)} specializations x {len(archs)} archs compiled in {t_comp:.0f} s "
           f"({args.jobs} jobs); total {time.perf_counter() - t_start:.0f} s, {out['timing_s']['cpu']:.0f} CPU s, "

@@ -451,7 +451,8 @@ def test_sass_loop_shortest_iteration():
     ])
     (lp,) = aot.sass_loops(instrs, labels)
     assert lp["instructions_excl"] == 7 and lp["instructions_min_path"] == 4
-    assert lp["off_min_path"] == {"instructions": 3, "ops": {"FMUL": 3}, "lines": []}
+    assert lp["off_min_path"] == {"instructions": 3, "ops": {"FMUL": 3}, "lines": [],
+                                  "path_ops": {"BRA": 2, "FADD": 2}}
     # the model: a tile is the shortest iteration, the skippable block counts once per work item
     c = {"loops": [lp], "sass_instructions": 8, "num_warps": 1}
     ai = cm.attention_instr(c, c)
@@ -471,7 +472,8 @@ def test_sass_loop_shortest_iteration():
     ])
     (dia,) = aot.sass_loops(instrs, labels)
     assert dia["instructions_excl"] == 9 and dia["instructions_min_path"] == 5
-    assert dia["off_min_path"] == {"instructions": 4, "ops": {"BRA": 1, "FMUL": 2, "MUFU": 1}, "lines": []}
+    assert dia["off_min_path"] == {"instructions": 4, "ops": {"BRA": 1, "FMUL": 2, "MUFU": 1}, "lines": [],
+                                   "path_ops": {"BRA": 2, "FADD": 2, "FSEL": 1}}
     assert dia["off_min_path"]["instructions"] == dia["instructions_excl"] - dia["instructions_min_path"]
     # an outer loop has no shortest iteration (its nested loop runs a data-dependent number of times)
     instrs, labels = _sass([
@@ -506,8 +508,18 @@ def test_min_path_rule_allows_only_a_mask_and_a_rescale():
     assert len(over) == 1 and f"at most {budget}" in over[0]
     skips_loads = min_path_failures([spec("_tree_attn_stage1", {"LDG": 2, "HGMMA": 1, "FMUL": 1}, 4)])
     assert len(skips_loads) == 1 and "['HGMMA', 'LDG']" in skips_loads[0]
-    # an opcode the rule does not know fails too (a decision, not a silent pass)
-    assert len(min_path_failures([spec("_tree_attn_stage1", {"STSM": 1}, 1)])) == 1
+    # an opcode the rule does not know fails too (a decision, not a silent pass); shared-memory stores
+    # (a duplicated tail's, Triton 3.5) count in the budget only
+    assert len(min_path_failures([spec("_tree_attn_stage1", {"REDUX": 1}, 1)])) == 1
+    assert min_path_failures([spec("_tree_attn_stage1", {"STS": 4, "FSEL": 8}, 12)]) == []
+    # a tail duplicated into both arms of the mask's branch: the skipped copy is matched by the one the
+    # shortest iteration runs; skipping more than it holds fails
+    dup = spec("_tree_attn_stage1", {"LDG": 1, "FSEL": 8}, 9)
+    dup["compiled"]["sm_90"]["loops"][0]["off_min_path"]["path_ops"] = {"LDG": 1, "HGMMA": 4}
+    assert min_path_failures([dup]) == []
+    dup["compiled"]["sm_90"]["loops"][0]["off_min_path"]["ops"]["LDG"] = 2
+    (f,) = min_path_failures([dup])
+    assert "['LDG']" in f
     # only the KV loop is judged: a smaller innermost loop (the window search) may skip a load
     small = {"instructions": 3, "ops": {"LDG": 1, "ISETP": 2}, "lines": [180]}
     assert min_path_failures([spec("_tree_attn_stage1", {"FSEL": 8}, 8, other=small)]) == []
@@ -545,7 +557,10 @@ def test_allowlist_file():
     for e in entries:
         assert set(e) >= {"spec", "archs", "issue"} and e["issue"]
         assert all(a in ("sm_90", "sm_80") for a in e["archs"])
-    assert len({e["spec"] for e in entries}) == len(entries)
+    # at most one entry per (spec, arch, Triton release); releases the static check supports
+    covered = [(e["spec"], a, t) for e in entries for a in e["archs"] for t in e.get("triton", ["any"])]
+    assert len(set(covered)) == len(covered)
+    assert all(t in aot.SUPPORTED_TRITON for e in entries for t in e.get("triton", []))
     fake = [{"spec": "k[x=1]", "archs": ["sm_90"], "issue": "#14"}]
     assert allowed(fake, "k[x=1]", "sm_90") and not allowed(fake, "k[x=1]", "sm_80")
     assert not allowed(fake, "k[x=2]", "sm_90")
@@ -700,6 +715,14 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     failures_full = judge(results, allow, complete=True)[0]
     assert failures_full == failures + ["allow-list entry names no specialization the wrappers launch "
                                         "(remove it): k[z]"]
+    # an entry for some Triton releases only: matched under those, neither matched nor stale under others
+    only36 = [dict(allow[0], triton=["3.6"]), dict(allow[1], triton=["3.6"])]
+    failures36, known36, stale36 = judge(results, only36, triton="3.6.0")
+    assert (failures36, known36, stale36) == (failures, known, stale)
+    failures39, known39, stale39 = judge(results, only36, triton="3.9.0")
+    assert known39 == [] and stale39 == [] and len(failures39) == 3
+    assert any(f.startswith("spill in a hot loop: k[a] on sm_90") for f in failures39)
+    assert judge(results, only36, triton=None)[1] == known               # no version given: every entry
 
 
 def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):
