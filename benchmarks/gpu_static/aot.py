@@ -135,7 +135,7 @@ def bind(launch: Launch, arch: int) -> Bound:
     target = GPUTarget("cuda", arch, 32)
     backend = make_backend(target)
     kw = dict(launch.kwargs)
-    # the options JITFunction.run adds before binding (triton 3.9)
+    # the options JITFunction.run adds before binding (triton 3.5-3.9: each where its release has it)
     kw["debug"] = kw.get("debug", fn.debug) or knobs.runtime.debug
     if hasattr(knobs.compilation, "instrumentation_mode"):
         kw["instrumentation_mode"] = knobs.compilation.instrumentation_mode
@@ -231,7 +231,8 @@ def parse_ptxas_log(log: str) -> Dict[str, int]:
 
 
 def ptxas_stats(ptx: str, arch: int, sm_name: str, enable_fp_fusion: bool, workdir: str) -> Dict[str, Any]:
-    """``ptxas -v`` on Triton's PTX with the flags Triton's make_cubin passes (triton 3.9)."""
+    """``ptxas -v`` on Triton's PTX with the flags Triton 3.9's make_cubin passes (a cache hit only:
+    a fresh compile reads Triton's own ``ptxas -v`` log, whatever the release)."""
     src = os.path.join(workdir, "k.ptx")
     with open(src, "w") as f:
         f.write(ptx)

@@ -6,7 +6,7 @@ Each case calls the package's public entry points (``tts_kernels.sample(..., bac
 divisibility and options they choose, are what gets compiled. Only the inputs are chosen
 here, never the kernels' specialization parameters.
 
-What changes a specialization (triton 3.9): a tensor's dtype and 16-byte alignment; an int
+What changes a specialization (triton 3.5-3.9): a tensor's dtype and 16-byte alignment; an int
 argument equal to 1 (constexpr), divisible by 16, or neither, unless the kernel lists it in
 ``do_not_specialize`` (the sampler's budget token counts, the tree-attention plan's sizes); and
 every constexpr the wrapper derives (tile sizes from V, D, groups, N, ...). The sets below cover
