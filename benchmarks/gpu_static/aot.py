@@ -442,8 +442,7 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
     can execute, the shortest path from the head to a back edge; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
-    its instruction count, op classes and source lines, and ``path_ops``: the op classes of the
-    shortest iteration itself), ``depth``, ``innermost``, local-memory ops
+    its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
     (``STL``/``LDL``; ``*_excl`` without nested loops), a few opcode classes, and the source loop most
     of its instructions come from.
     """
@@ -491,21 +490,14 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
             b = via[b]
         return path[::-1]
 
-    def histogram(ins_list) -> Dict[str, int]:
-        ops: Dict[str, int] = {}
-        for ins in ins_list:
-            ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
-        return dict(sorted(ops.items()))
-
     def off_path(body: set, path: List[int]) -> Dict[str, Any]:
-        # what an iteration on the shortest path skips (its instructions, op classes and source lines),
-        # and the op classes of that path itself
-        def block_instrs(bs):
-            return [instrs[i] for b in bs for i in range(blocks[b][0], blocks[b][1] + 1)]
-        skipped = block_instrs(sorted(body - set(path)))
-        return {"instructions": len(skipped), "ops": histogram(skipped),
-                "lines": sorted({ins.line for ins in skipped if ins.line is not None}),
-                "path_ops": histogram(block_instrs(path))}
+        # what an iteration on the shortest path skips: its instructions, op classes and source lines
+        skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)]
+        ops: Dict[str, int] = {}
+        for ins in skipped:
+            ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
+        return {"instructions": len(skipped), "ops": dict(sorted(ops.items())),
+                "lines": sorted({ins.line for ins in skipped if ins.line is not None})}
 
     out = []
     for lp in loops:
