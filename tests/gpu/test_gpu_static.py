@@ -601,7 +601,7 @@ def test_quick_set_compiles(tmp_path):
         if r["kernel"] == "_sample_kernel":
             per_token = [lp["thread_instr_per_token"] for lp in r["compiled"]["sm_90"]["loops"]
                          if lp["thread_instr_per_token"]]
-            assert per_token and all(10 < x < 2000 for x in per_token)
+            assert per_token and all(5 < x < 2000 for x in per_token)   # pass 1: 2 ex2, 2 FMUL, 2 FADD, a max at least
     s = d["cost_model"]["sampler"]
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
     b1 = next(x for x in s if x["B"] == 1)

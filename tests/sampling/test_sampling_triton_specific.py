@@ -130,13 +130,71 @@ def test_invalid_rows():
     assert torch.isnan(lp[[1, 3, 4, 6]]).all() and not torch.isnan(lp[[0, 2, 5, 7]]).any()
 
 
-def test_long_row_multi_tile():
+@pytest.mark.parametrize("slices", [1, 3])
+@pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 0), (torch.bfloat16, 5)],
+                         ids=["fp32", "bf16", "bf16-pairs"])
+def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
+    # one program per row: two whole pass-1 tiles and a partial third (_pass1's [H, groups, units / H]
+    # tiles); 3 slices: the split-row path. An odd V, so bf16 reads 32-bit pairs only in padded rows
+    # (even stride), the last word straddling the row end
+    from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS, _bf16_pairs
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     torch.manual_seed(4)
-    B, V = 4, 4099
-    logits = torch.randn(B, V, device=DEV) * 2
-    logits[1, 4098] = 12.0  # maximum in the last, partial tile
-    logits[2, :2048] = float("-inf")
-    _check(logits, _params(B, [1.0, 0.8, 1.2, 0.0], [100, 0, 37, 0], [0.9, 0.95, 1.0, 1.0], [0.0, 0.02, 0.0, 0.0]))
+    B, V = 4, 2 * _PASS1_TOKENS + 259
+    buf = torch.randn(B, V + pad, device=DEV) * 2
+    buf[:, V:] = 60.0        # padding: read as a token, it would be every row's maximum
+    logits = buf[:, :V]
+    logits[1, V - 1] = 12.0  # maximum in the last, partial tile
+    logits[2, :_PASS1_TOKENS + 300] = float("-inf")   # a whole tile and part of a group without a finite logit
+    logits[3, _PASS1_TOKENS + 1001] = float("nan")    # an odd token: the high half of a pair
+    x = buf.to(dtype)[:, :V]
+    assert _bf16_pairs(x) == (pad > 0)
+    tok, _, _ = _check(x, _params(B, [1.0, 0.8, 1.2, 0.0], [100, 0, 37, 0], [0.9, 0.95, 1.0, 1.0],
+                                  [0.0, 0.02, 0.0, 0.0]))
+    assert tok[3] == -1 and tok[2] >= _PASS1_TOKENS + 300
+
+
+@pytest.mark.parametrize("B, V, vpad, slices, pairs", [
+    (5, 3001, 3008, 1, True),     # odd V in padded rows: pairs, the last word straddles the row end
+    (5, 3001, 3008, 2, True),     # the same through the split-row path (the last slice ends at V)
+    (5, 3001, 3001, 1, False),    # odd row stride: 2-byte aligned rows, 16-bit loads
+    (1, 3001, 3001, 1, False),    # one row, odd V, nothing after it in the storage
+    (1, 3001, 3002, 1, True),     # one row with one element of storage after it
+    (3, 2900, 2900, 2, True),     # even V
+])
+def test_bf16_pairs(monkeypatch, B, V, vpad, slices, pairs):
+    """Pass 1 reads bfloat16 rows as 32-bit pairs when every word it loads lies in the storage
+    (``_bf16_pairs``); the odd half past the row's end is masked to -inf: the padding never counts,
+    not even as a zero."""
+    from tts_kernels.sampling.triton_kernel import _bf16_pairs
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    torch.manual_seed(11)
+    buf = (torch.randn(B, vpad, device=DEV) * 2).to(torch.bfloat16)
+    buf[:, V:] = 60.0
+    x = buf[:, :V]
+    x[0, :V - 1] = float("-inf")   # one finite logit, the row's last: logprob 0 (log 2 if the padding were 0)
+    x[0, V - 1] = 0.0
+    assert _bf16_pairs(x) == pairs
+    if B > 2:
+        x[1, 2 * 700 + 1] = float("nan")    # odd tokens (high halves of pairs): invalid rows
+        x[2, 2 * 900 + 1] = float("inf")
+    params = _params(B, [0.0] + [0.9] * (B - 1), 0, 1.0, 0.0)
+    tok, lp, _ = _check(x, params)   # logprobs against the reference's
+    assert tok[0] == V - 1 and lp[0] == 0.0
+    if B > 2:
+        assert tok[1] == -1 and tok[2] == -1
+
+
+def test_bf16_pairs_unaligned_view():
+    """A view whose rows start 2 bytes past a 4-byte boundary takes the 16-bit loads (a GPU would
+    fault on misaligned 32-bit loads; the interpreter would not notice)."""
+    from tts_kernels.sampling.triton_kernel import _bf16_pairs
+    torch.manual_seed(12)
+    buf = (torch.randn(3, 1026, device=DEV) * 2).to(torch.bfloat16)
+    x = buf[:, 1:1025]
+    assert x.data_ptr() % 4 == 2 and not _bf16_pairs(x)
+    assert _bf16_pairs(buf[:, 2:1026])
+    _check(x, _params(3, [0.0, 0.7, 1.0], 0, 1.0, 0.0))
 
 
 def _budget_case(forcing, rows, V, device=DEV):

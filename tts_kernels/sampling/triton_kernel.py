@@ -9,7 +9,11 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maximum of the raw logits (NaN-propagating: validity), ``sum(exp(x - max))`` (logsumexp) and
   ``sum(exp((x - max) / T))`` (the group's mass for the draw), written to a workspace of
   3 float32 words per group (12 B per 256 tokens). Per token: a load, a max, two ex2 and two
-  adds; no random numbers.
+  adds; no random numbers. A thread's loads of a tile all fall in one group (8 lanes per group
+  in the per-row kernel's tiles of 8192 tokens: 3 shuffle levels per reduction instead of 5);
+  bfloat16 rows are read as 32-bit pairs and widened by a shift or a mask when every word lies
+  in the tensor's storage (``_bf16_pairs``: 4-byte aligned rows); the loop runs the whole tiles
+  unmasked and the row's partial last tile after it.
 * **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``: pass 1, then
   ``_finish`` reads the row's group stats back). Small B: ``_partial_kernel`` runs pass 1 over
   ``B x S`` row slices (``_num_slices``: about 2 programs per SM, slices of whole tiles) and
@@ -66,7 +70,18 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: pass 1, a radix-select pass, the filtered draw pass, the scan over the group stats
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
                     "groups": "_scan_groups"}
-_PASS1_BYTES = 8192  # bytes of logits per pass-1 tile (2048 fp32, 4096 bf16/fp16: 16 or 32 B per thread)
+#: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
+#: 16-byte loads (4 bf16/fp16, 8 fp32) all fall in one group and a group's reductions cross 8 lanes
+#: (3 shuffle levels) instead of 32 (5); the SASS of pass 1 went from 16.4 to 12.8 thread-instructions
+#: per bf16 token (Triton 3.9, sm_90; 16.75 -> 13.3 under 3.8)
+_PASS1_TOKENS = 8192
+#: bytes of logits per tile of the filtered draw's pass over the candidate groups (``_filtered_groups``,
+#: ``DBLOCK``): 2048 fp32 or 4096 16-bit tokens (with the pass-1 tile of 8192 bf16 tokens, a budget
+#: variant with an odd row stride spilled 232 B in that loop on sm_80 at 128 registers, Triton 3.9)
+_DRAW_BYTES = 8192
+#: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
+#: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
+_SLICE_TOKENS = 2048
 _HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _SCAN = 1024         # group stats per step of the finish's scan
 _NUM_WARPS = 8
@@ -233,38 +248,87 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _group_stats(x, kz, FAST_LOG: tl.constexpr):
-    """x float32 [GT, GROUP] -> per group (max, sum exp2((x - max) * log2e), sum exp2((x - max) * kz)),
-    ``kz = log2e / T``; the max propagates NaN; a group of -inf has max -inf and sums 0."""
-    m = tl.reduce(x, 1, _max_nan)
-    d = x - tl.where(m > float("-inf"), m, 0.0)[:, None]
-    sr = tl.sum(_exp2(d * 1.4426950408889634, FAST_LOG), 1)
-    sz = tl.sum(_exp2(d * kz, FAST_LOG), 1)
-    return m, sr, sz
+def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """Float32 tiles ``[H, GT, W]`` of a group's tokens (group g = ``a[:, g, :]``, and ``b[:, g, :]``
+    when PAIRS) -> per group (max, sum exp2((x - max) * log2e), sum exp2((x - max) * kz)),
+    ``kz = log2e / T``; the max propagates NaN; a group of -inf has max -inf and sums 0. Elementwise
+    first, then the axis-0 reductions in a thread; only axis 2 crosses lanes."""
+    if PAIRS:
+        mx = _max_nan(a, b)
+    else:
+        mx = a
+    m = tl.reduce(tl.reduce(mx, 0, _max_nan), 1, _max_nan)
+    ms = tl.where(m > float("-inf"), m, 0.0)[None, :, None]
+    da = a - ms
+    er = _exp2(da * 1.4426950408889634, FAST_LOG)
+    ez = _exp2(da * kz, FAST_LOG)
+    if PAIRS:
+        db = b - ms
+        er += _exp2(db * 1.4426950408889634, FAST_LOG)
+        ez += _exp2(db * kz, FAST_LOG)
+    return m, tl.sum(tl.sum(er, 0), 1), tl.sum(tl.sum(ez, 0), 1)
 
 
 @triton.jit
-def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
-    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): the stats of every group
-    (``_group_stats``) into the row's workspace planes ``ws_row[p * NGR + g]`` (p = max, raw sum,
-    draw sum). Tiles of BLOCK tokens as ``[BLOCK / GROUP, GROUP]``: one group per warp row."""
-    GT: tl.constexpr = BLOCK // GROUP
-    gi = tl.arange(0, GT)
-    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    for start in range(lo, hi, BLOCK):
+def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
+    """A pass-1 tile in float32: (a, b) = the tokens ``start + idx`` (b = a, unused), or with PAIRS
+    the 32-bit words ``start / 2 + idx`` of bfloat16 pairs: a = the even tokens, b = the odd ones
+    (a bfloat16 is the high half of its float32: one shift or mask per token, no convert).
+    FULL: the whole tile is in range (unmasked 16-byte loads); else out-of-range tokens are -inf."""
+    if PAIRS:
+        w_ptr = row_ptr.to(tl.pointer_type(tl.int32))
+        wo = start // 2 + idx
+        if FULL:
+            w = tl.load(w_ptr + wo)
+        else:   # a word straddling ``hi`` (odd hi) keeps its even token; its odd one is made -inf
+            w = tl.load(w_ptr + wo, mask=2 * wo < hi, other=-8323200)   # 0xff80ff80: two bf16 -inf
+            w = tl.where(2 * wo + 1 < hi, w, (w & 65535) | -8388608)     # high half := 0xff80
+        a = (w << 16).to(tl.float32, bitcast=True)
+        b = (w & -65536).to(tl.float32, bitcast=True)
+    else:
         offs = start + idx
-        if start + BLOCK <= hi:
-            # a full tile loads unmasked: 16-byte vector loads whenever the row start is aligned
-            # (row stride a multiple of 16 elements; padded rows of an odd vocabulary included)
-            x = tl.load(row_ptr + offs).to(tl.float32)
-        else:  # the row's (or slice's) last, partial tile
-            x = tl.load(row_ptr + offs, mask=offs < hi, other=float("-inf")).to(tl.float32)
-        m, sr, sz = _group_stats(x, kz, FAST_LOG)
-        g = start // GROUP + gi
-        gm = g * GROUP < hi          # groups of this slice only (a slice is whole tiles)
-        tl.store(ws_row + g, m, mask=gm)
-        tl.store(ws_row + NGR + g, sr, mask=gm)
-        tl.store(ws_row + 2 * NGR + g, sz, mask=gm)
+        if FULL:
+            a = tl.load(row_ptr + offs).to(tl.float32)
+        else:
+            a = tl.load(row_ptr + offs, mask=offs < hi, other=float("-inf")).to(tl.float32)
+        b = a
+    return a, b
+
+
+@triton.jit
+def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK: tl.constexpr, FULL: tl.constexpr,
+                PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
+    """The group stats of one tile (``_tile``, ``_group_stats``) into the row's workspace planes
+    ``ws_row[p * NGR + g]`` (p = max, raw sum, draw sum); only groups that start before ``hi``."""
+    a, b = _tile(row_ptr, start, hi, idx, FULL, PAIRS)
+    m, sr, sz = _group_stats(a, b, kz, PAIRS, FAST_LOG)
+    g = start // GROUP + tl.arange(0, BLOCK // GROUP)
+    gm = g * GROUP < hi
+    tl.store(ws_row + g, m, mask=gm)
+    tl.store(ws_row + NGR + g, sr, mask=gm)
+    tl.store(ws_row + 2 * NGR + g, sz, mask=gm)
+
+
+@triton.jit
+def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
+           FAST_LOG: tl.constexpr):
+    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): the whole tiles unmasked in
+    the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
+    elements, padded rows of an odd vocabulary included), then the last, partial one masked.
+    Tiles of BLOCK tokens as ``[H, BLOCK / GROUP, U / H]`` of U units per group (tokens, or with
+    PAIRS ``GROUP / 2`` bfloat16 pairs; unit ``g * U + h * U / H + t``): a thread's H vector loads
+    all fall in one group, so a group's reductions cross ``U / (H x vector)`` lanes (8 in the
+    per-row kernel's 8192-token tiles; 32 in 2048-token tiles of 16-bit logits)."""
+    GT: tl.constexpr = BLOCK // GROUP
+    U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
+    W: tl.constexpr = U // H
+    idx = (tl.arange(0, H)[:, None, None] * W + tl.arange(0, GT)[None, :, None] * U
+           + tl.arange(0, W)[None, None, :])
+    full_end = lo + (hi - lo) // BLOCK * BLOCK
+    for start in range(lo, full_end, BLOCK):
+        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK, True, PAIRS, FAST_LOG)
+    if full_end < hi:
+        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, BLOCK, False, PAIRS, FAST_LOG)
 
 
 @triton.jit
@@ -421,16 +485,16 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_
 
 @triton.jit
 def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
-                     BLOCK: tl.constexpr):
+                     DBLOCK: tl.constexpr):
     """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``; tiles
     without one are not read): every group's kept mass, plus its noise; returns the first group
     of the maximum score."""
-    GT: tl.constexpr = BLOCK // GROUP
+    GT: tl.constexpr = DBLOCK // GROUP
     gi = tl.arange(0, GT)
     idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     best = tl.full([], float("-inf"), tl.float32)
     gbest = tl.full([], 0, tl.int32)
-    for start in range(0, V, BLOCK):
+    for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
         cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= L / Tz
         if tl.max(cg.to(tl.int32), 0) > 0:
@@ -448,7 +512,7 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
 @triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
@@ -513,7 +577,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         # other group's unfiltered one, it still wins; otherwise rescore every group
         if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
             gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                  c1, c2, k0, k1, BLOCK)
+                                  c1, c2, k0, k1, DBLOCK)
             _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                                       tl.load(ws_row + gf) / Tz >= L / Tz, c1, c2, k0, k1, True)
 
@@ -573,29 +637,29 @@ def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
-        FAST_LOG: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
+        HBLOCK: tl.constexpr, FB: tl.constexpr, FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
-    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, FAST_LOG)
+    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            HAS_BUDGET, BLOCK, HBLOCK, FB)
+            HAS_BUDGET, DBLOCK, HBLOCK, FB)
 
 
 @triton.jit
 def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
-                    BLOCK: tl.constexpr, FAST_LOG: tl.constexpr):
+                    BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
     """Split-row pass 1: program (row, j) writes the group stats of ``[j * CHUNK, (j + 1) * CHUNK)``."""
     row = tl.program_id(0)
     j = tl.program_id(1)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     lo = j * CHUNK
-    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, FAST_LOG)
+    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -603,14 +667,14 @@ def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced,
-        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            HAS_BUDGET, BLOCK, HBLOCK, FB)
+            HAS_BUDGET, DBLOCK, HBLOCK, FB)
 
 
 def _fast_log(t):
@@ -618,10 +682,30 @@ def _fast_log(t):
     return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
-def _pass1_block(element_size, V):
-    """Tokens per pass-1 tile: ``_PASS1_BYTES`` of logits, at most the row rounded up to a power of
+def _pass1_block(tokens, V):
+    """Tokens per pass-1 tile: ``tokens``, at most the row rounded up to a power of
     two, at least one group."""
-    return max(_philox.GROUP_SIZE, min(_PASS1_BYTES // element_size, triton.next_power_of_2(V)))
+    return max(_philox.GROUP_SIZE, min(tokens, triton.next_power_of_2(V)))
+
+
+def _bf16_pairs(logits):
+    """Whether pass 1 reads the bfloat16 logits as 32-bit pairs (``_tile``): 4-byte aligned row starts
+    (an even row stride), and with an odd V the element after each row's last one in the tensor's
+    storage (the last word of a row holds it; it is masked to -inf, never used). Host metadata only."""
+    if logits.dtype != torch.bfloat16 or logits.data_ptr() % 4:
+        return False
+    B, V = logits.shape
+    if B > 1 and logits.stride(0) % 2:
+        return False
+    if V % 2 == 0:
+        return True
+    end = logits.storage_offset() + (B - 1) * logits.stride(0) + V + 1   # elements up to that one
+    return end * logits.element_size() <= logits.untyped_storage().nbytes()
+
+
+def _loads_per_thread(block, element_size):
+    """Pass 1's ``H``: the 16-byte loads of one thread per tile of ``block`` tokens (at least 1)."""
+    return max(1, block // (32 * _NUM_WARPS * (16 // element_size)))
 
 
 def slices_for(B, V, num_sms):
@@ -630,7 +714,7 @@ def slices_for(B, V, num_sms):
     1 (one program per row) when B >= num_sms."""
     if B >= num_sms:
         return 1
-    max_slices = max(1, triton.cdiv(V, _PASS1_BYTES // 4))
+    max_slices = max(1, triton.cdiv(V, _SLICE_TOKENS))
     return max(1, min(max_slices, triton.cdiv(2 * num_sms, B)))
 
 
@@ -667,33 +751,36 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    block = _pass1_block(logits.element_size(), V)
+    block = _pass1_block(_PASS1_TOKENS, V)
+    dblock = _pass1_block(_DRAW_BYTES // logits.element_size(), V)
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
     ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
     fast = _fast_log(logits)
+    pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
     if S <= 1:
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
-            HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS,
-            **_REGISTER_CAP)
+            HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, logits.element_size()), PAIRS=pairs,
+            DBLOCK=dblock, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
-    pblock = _pass1_block(4, V)
+    pblock = _pass1_block(_SLICE_TOKENS, V)
     chunk = triton.cdiv(triton.cdiv(V, S), pblock) * pblock   # whole tiles
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
-        BLOCK=pblock, FAST_LOG=fast, num_warps=_NUM_WARPS)
+        BLOCK=pblock, H=_loads_per_thread(pblock, logits.element_size()), PAIRS=pairs, FAST_LOG=fast,
+        num_warps=_NUM_WARPS)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
-        HAS_BUDGET=has_budget, BLOCK=block, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
+        HAS_BUDGET=has_budget, DBLOCK=dblock, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
         **_REGISTER_CAP)
     return tok, logp
