@@ -154,6 +154,21 @@ def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
     assert tok[3] == -1 and tok[2] >= _PASS1_TOKENS + 300
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_multi_tile_plain_layout(monkeypatch, dtype):
+    """The H = 1 tiles that Tritons before 3.7 get (``GROUP_ALIGNED_TILES``): same tokens."""
+    from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS
+    monkeypatch.setattr(_tk, "GROUP_ALIGNED_TILES", False)
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 1)
+    assert _tk._loads_per_thread(_PASS1_TOKENS, 2) == 1
+    torch.manual_seed(13)
+    B, V = 3, _PASS1_TOKENS + 2 * 256 + 10
+    buf = torch.randn(B, V + 6, device=DEV) * 2
+    buf[:, V:] = 60.0
+    buf[1, V - 2] = 11.0
+    _check(buf.to(dtype)[:, :V], _params(B, [0.9, 0.0, 1.1], [0, 0, 20], 1.0, 0.0))
+
+
 @pytest.mark.parametrize("B, V, vpad, slices, pairs", [
     (5, 3001, 3008, 1, True),     # odd V in padded rows: pairs, the last word straddles the row end
     (5, 3001, 3008, 2, True),     # the same through the split-row path (the last slice ends at V)
