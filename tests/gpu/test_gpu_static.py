@@ -719,11 +719,14 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     assert known39 == [] and stale39 == [] and len(failures39) == 3
     assert any(f.startswith("spill in a hot loop: k[a] on sm_90") for f in failures39)
     assert judge(results, only36, triton=None)[1] == known               # no version given: every entry
-    # a full run checks that this release's entries name launched specializations, not other releases'
+    # a full run checks that every entry names a launched specialization, except other releases' entries
+    # of the kernels whose specializations follow the release
+    gone = "allow-list entry names no specialization the wrappers launch (remove it): "
     z36 = [dict(allow[2], triton=["3.6"])]
-    assert judge(results[2:], z36, complete=True, triton="3.9.0")[0] == []
-    assert judge(results[2:], z36, complete=True, triton="3.6.0")[0] == [
-        "allow-list entry names no specialization the wrappers launch (remove it): k[z]"]
+    assert judge(results[2:], z36, complete=True, triton="3.9.0")[0] == [gone + "k[z]"]
+    s36 = [dict(allow[2], spec="_sample_kernel[z]", triton=["3.6"])]
+    assert judge(results[2:], s36, complete=True, triton="3.9.0")[0] == []
+    assert judge(results[2:], s36, complete=True, triton="3.6.0")[0] == [gone + "_sample_kernel[z]"]
 
 
 def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):

@@ -71,9 +71,10 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
                     "groups": "_scan_groups"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
-#: 16-byte loads (4 bf16/fp16, 8 fp32) all fall in one group and a group's reductions cross 8 lanes
-#: (3 shuffle levels) instead of 32 (5); the SASS of pass 1 went from 16.4 to 12.8 thread-instructions
-#: per bf16 token (Triton 3.9, sm_90; 16.75 -> 13.3 under 3.8)
+#: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions cross 8 lanes
+#: (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
+#: 16.4 to 10.9 thread-instructions per bf16 token and from 24.75 to 9.9 per fp32 token (static check,
+#: Triton 3.9 and 3.8, sm_90); the tiles alone took bf16 to 12.8
 _PASS1_TOKENS = 8192
 #: bytes of logits per tile of the filtered draw's pass over the candidate groups (``_filtered_groups``,
 #: ``DBLOCK``): 2048 fp32 or 4096 16-bit tokens (with the pass-1 tile of 8192 bf16 tokens, a budget
