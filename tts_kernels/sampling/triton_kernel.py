@@ -45,6 +45,7 @@ import triton
 import triton.language as tl
 
 from .. import _platform
+from .._torch_support import release
 from . import budget as _budget
 from . import philox as _philox
 from .triton_math import _exp2, _philox4, _uniform
@@ -71,8 +72,8 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
                     "groups": "_scan_groups"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
-#: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions cross 8 lanes
-#: (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
+#: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
+#: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
 #: 16.4 to 10.9 thread-instructions per bf16 token and from 24.75 to 9.9 per fp32 token (static check,
 #: Triton 3.9 and 3.8, sm_90); the tiles alone took bf16 to 12.8
 _PASS1_TOKENS = 8192
@@ -683,9 +684,9 @@ def _fast_log(t):
     return bool(t.is_cuda and os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
-def _pass1_block(tokens, V):
-    """Tokens per pass-1 tile: ``tokens``, at most the row rounded up to a power of
-    two, at least one group."""
+def _tile_tokens(tokens, V):
+    """Tokens per tile of a pass over a row (pass 1, the filtered draw): ``tokens``, at most the row
+    rounded up to a power of two, at least one group."""
     return max(_philox.GROUP_SIZE, min(tokens, triton.next_power_of_2(V)))
 
 
@@ -709,7 +710,7 @@ def _bf16_pairs(logits):
 #: 32 lanes again and, in fp32, over warps through shared memory: 18.5 (bf16) and 39 (fp32)
 #: instructions per token in the static check instead of 10.9 and 9.9), so they get H = 1, the plain
 #: ``[groups, units]`` tile
-GROUP_ALIGNED_TILES = tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 7)
+GROUP_ALIGNED_TILES = release(triton.__version__)[:2] >= (3, 7)
 
 
 def _loads_per_thread(block, element_size):
@@ -763,8 +764,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    block = _pass1_block(_PASS1_TOKENS, V)
-    dblock = _pass1_block(_DRAW_BYTES // logits.element_size(), V)
+    block = _tile_tokens(_PASS1_TOKENS, V)
+    dblock = _tile_tokens(_DRAW_BYTES // logits.element_size(), V)
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
@@ -782,7 +783,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
-    pblock = _pass1_block(_SLICE_TOKENS, V)
+    pblock = _tile_tokens(_SLICE_TOKENS, V)
     chunk = triton.cdiv(triton.cdiv(V, S), pblock) * pblock   # whole tiles
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
