@@ -30,12 +30,18 @@ on a stream add up (no overlap between them).
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
   stats and runs the selects and the filtered draw over the whole row on one SM:
   ``V x (selects x select + draws x draw) / 32``.
-* Both: full-row passes: 1 (greedy, temperature); + ``select_passes`` per top-k/top-p radix
-  select (data dependent: 1-8 by construction, default range (3, 7) as observed in issue 14);
-  + 0-1 filtered draw (only when the chosen group's filtered score no longer beats the others');
-  the selects and the draw read only the candidate groups, a share of the row
+* Both: full-row passes: 1 (greedy, temperature); with top-k or top-p + 1 compaction of the
+  candidates (the tokens at or above the selects' bound, written to a per-row buffer); + 0-1
+  filtered draw (only when the chosen group's filtered score no longer beats the others'); the
+  compaction and the draw read only the candidate groups, a share of the row
   (:func:`candidate_fraction`: ``50 x 256 / V`` with the benchmarks' top-k of 50; top-p or
-  min-p alone: one group to the whole row), so their passes count as that share of a full one.
+  min-p alone: one group to the whole row), so they count as that share of a full pass. The
+  top-k / top-p radix selects read the buffer, not the row: ``select_passes`` levels each (data
+  dependent: 1-8 by construction plus one exact read of the buffer after an early exit, default
+  range (3, 8)) over :data:`BUFFER_ENTRIES` values (from k, the least top-k's bound leaves, to the
+  buffer's capacity); they add instructions and L2 reads of 4 B per value, no row pass. A row with
+  more candidates than the capacity reads its candidate groups per select level instead (the
+  design before the buffer): data dependent, not in these bounds.
   Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
   row; this design adds the group-stats workspace (12 B per 256 tokens, written and read).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
@@ -104,9 +110,12 @@ SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
-SELECT_PASSES = (3, 7)
+SELECT_PASSES = (3, 8)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
+#: (low, high) values in a row's candidate buffer that each select level reads: k (top-k's bound keeps
+#: at least k tokens; the benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``)
+BUFFER_ENTRIES = (CANDIDATE_TOP_K, 4096)
 #: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
 WS_BYTES_PER_GROUP = 12
 #: issue-14 targets for tree attention at N = 256 (static model)
@@ -143,22 +152,34 @@ def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
 
 
 def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
-                   V: Optional[int] = None) -> Dict[str, Tuple[float, float]]:
-    """(low, high) full-row-equivalent passes by kind for a sampling config: the selects and the
-    filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`)."""
+                   V: Optional[int] = None,
+                   buffer_entries: Tuple[int, int] = BUFFER_ENTRIES) -> Dict[str, Tuple[float, float]]:
+    """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
+    the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
+    ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
+    only: ``selects x levels x entries / V``; ``V=None``: a row of 4096); ``total``: the row's
+    passes (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
     lo, hi = select_passes
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
-    p = {"pass1": (1, 1), "select": (_t(sel * lo * flo), _t(sel * hi * fhi)), "draw": (0, _t(fhi) if draw else 0)}
-    p["total"] = (_t(sum(v[0] for v in p.values())), _t(sum(v[1] for v in p.values())))
+    n = V or 4096
+    blo, bhi = (min(b, n) / n for b in buffer_entries)
+    p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
+         "select": (_t(sel * lo * blo), _t(sel * hi * bhi)), "draw": (0, _t(fhi) if draw else 0)}
+    p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
     return p
+
+
+#: the sampler's pass kinds in the instruction count (select: reads of the candidate buffer)
+_SAMPLER_KINDS = ("pass1", "compact", "select", "draw")
 
 
 def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
     floor = B * V * itemsize + 12 * B
+    buf = {side: passes["select"][k] * B * V * 4 for side, k in (("low", 0), ("high", 1))}
     out = {"B": B, "V": V, "itemsize": itemsize, "config": config, "bytes_floor": floor,
            "full_row_passes": list(passes["total"]), "rows_in_flight": rows_in_flight,
-           "l2_working_set_bytes": rows_in_flight * V * itemsize}
+           "l2_working_set_bytes": rows_in_flight * V * itemsize, "select_buffer_bytes": buf}
     out["l2_working_set_fits"] = out["l2_working_set_bytes"] <= gpu["l2_bytes"]
     return out
 
@@ -171,7 +192,7 @@ def _finish_side(out, side, passes_k, thr_per_token, logits, floor, design, kern
     t = max(sum(per), t_bw)
     issue_bound = any(k[1] > k[2] / gpu["hbm_bytes_per_s"] for k in kernels)
     out[side] = {"full_row_passes": passes_k, "thread_instr_per_token": _t(thr_per_token),
-                 "l2_to_sm_bytes": passes_k * logits, "t_issue_s": _t(t_issue),
+                 "l2_to_sm_bytes": passes_k * logits + out["select_buffer_bytes"][side], "t_issue_s": _t(t_issue),
                  "t_hbm_floor_s": _t(t_bw), "t_hbm_this_design_s": _t(design / gpu["hbm_bytes_per_s"]),
                  "t_bound_s": _t(t), "bound": "issue" if issue_bound else "hbm",
                  "gbps_bound": _t(floor / t / 1e9), "frac_hbm_bw": _t(floor / t / gpu["hbm_bytes_per_s"])}
@@ -212,7 +233,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
     for side, k in (("low", 0), ("high", 1)):
-        thr_per_token = sum(passes[p][k] * instr[p] for p in ("pass1", "select", "draw"))
+        thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
         warp_per_row = V * thr_per_token / 32 + _groups(V) * instr.get("groups", 0.0) / 32 + instr.get("cta_warp", 0)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
@@ -245,7 +266,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
-        thr_merge = passes["select"][k] * merge_instr["select"] + passes["draw"][k] * merge_instr["draw"]
+        thr_merge = sum(passes[p][k] * merge_instr.get(p, 0.0) for p in _SAMPLER_KINDS[1:])
         warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + merge_instr.get("cta_warp", 0)
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
@@ -287,11 +308,12 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
     roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
     row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
+    compact = [lp for lp in loops if lp["source"]["function"] == roles.get("compact")]
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
-    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups")}
+    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact")}
                and lp["innermost"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
@@ -306,12 +328,14 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
+            "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,
             "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
                            if p1 and p1[0].get("mufu") is not None else 0.0),
             "cta_warp": straight_line_warp_instr(compiled),
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
-            + [_loop_row("select", lp) for lp in helpers] + [_loop_row("groups", lp) for lp in scan]}
+            + [_loop_row("select", lp) for lp in helpers] + [_loop_row("compact", lp) for lp in compact]
+            + [_loop_row("groups", lp) for lp in scan]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -680,7 +704,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     instr = sampler_instr(comp, launches[0].name)
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
-                                 instr_per_token={k: instr[k] for k in ("pass1", "select", "draw")},
+                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS},
                                  instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
@@ -695,7 +719,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token={"pass1": ip["pass1"], "select": im["select"], "draw": im["draw"]},
+                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS}, pass1=ip["pass1"]),
                                  instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])

@@ -26,14 +26,23 @@ def test_sampler_passes():
     assert cm.sampler_passes("temp")["total"] == (1, 1)
     assert cm.sampler_passes("greedy")["total"] == (1, 1)
     assert cm.sampler_passes("min_p")["total"] == (1, 2)                    # + the filtered draw, if needed
-    assert cm.sampler_passes("top_k", (3, 7))["total"] == (4, 9)            # 1 + 3..7 + 0..1
-    assert cm.sampler_passes("topk_topp_minp", (3, 7))["total"] == (7, 16)  # 1 + 2 x (3..7) + 0..1
-    # the selects and the draw read only the candidate groups: with top-k (k = 50), 50 x 256 / V of the row
+    # top-k / top-p: pass 1 + the compaction of the candidates + 0..1 filtered draw (the whole row when
+    # V is not given); the radix selects read the candidate buffer, not the row
+    assert cm.sampler_passes("top_k", (3, 8))["total"] == (2, 3)
+    assert cm.sampler_passes("topk_topp_minp", (3, 8))["total"] == (2, 3)
+    # the compaction and the draw read only the candidate groups: with top-k (k = 50), 50 x 256 / V of the row
     f = 50 * 256 / 151936
-    lo, hi = cm.sampler_passes("topk_topp_minp", (3, 7), 151936)["total"]
-    assert lo == pytest.approx(1 + 6 * f, rel=1e-3) and hi == pytest.approx(1 + 15 * f, rel=1e-3)
-    assert cm.sampler_passes("min_p", (3, 7), 2560)["total"] == (1, 2)      # one group .. the whole row
-    assert cm.sampler_passes("top_p", (3, 7), 2560)["total"] == (1.3, 9)    # 1 + 3 x 0.1 .. 1 + 7 + 1
+    p = cm.sampler_passes("topk_topp_minp", (3, 8), 151936)
+    lo, hi = p["total"]
+    assert lo == pytest.approx(1 + f, rel=1e-3) and hi == pytest.approx(1 + 2 * f, rel=1e-3)
+    # 2 selects x 3..8 levels over 50..4096 buffered values, as a share of the row (instructions only)
+    assert p["select"] == (pytest.approx(2 * 3 * 50 / 151936, rel=1e-3), pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
+    # issue 14's "at most 3 full-row passes": V = 32000, 125 groups of which 50 are candidates
+    assert cm.sampler_passes("topk_topp_minp", (3, 8), 32000)["total"] == (1.4, 1.8)
+    assert cm.sampler_passes("min_p", (3, 8), 2560)["total"] == (1, 2)      # one group .. the whole row
+    p = cm.sampler_passes("top_p", (3, 8), 2560)
+    assert p["total"] == (1.1, 3)                                           # 1 + 0.1..1 + 0..1
+    assert p["select"] == (pytest.approx(3 * 50 / 2560, rel=1e-3), 8)       # the buffer holds up to the row
 
 
 def test_sampler_bound_b1_instruction_bound():
@@ -51,16 +60,19 @@ def test_sampler_bound_b1_instruction_bound():
 
 
 def test_sampler_bound_waves_and_passes():
-    instr = {"pass1": 100.0, "select": 200.0, "draw": 80.0}
+    instr = {"pass1": 100.0, "compact": 30.0, "select": 200.0, "draw": 80.0}
     r = cm.sampler_bound(264, 1000, 2, "top_p", instr, ctas_per_sm=2, select_passes=(2, 5))
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
-    assert r["full_row_passes"] == [1.512, 7]           # 1 + 2..5 selects + 0..1 draw, over 1 group .. all
+    assert r["full_row_passes"] == [1.256, 3]           # 1 + compaction + 0..1 draw, over 1 group .. all
+    # the select: 2..5 levels over 50..1000 buffered values (4 B each), 0.1..5 rows' worth of values
+    assert r["select_buffer_bytes"] == {"low": pytest.approx(0.1 * 264 * 1000 * 4), "high": 5 * 264 * 1000 * 4}
     lo, hi = r["low"], r["high"]
-    assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.512 * 200)
-    assert hi["thread_instr_per_token"] == 100 + 5 * 200 + 80
-    assert lo["l2_to_sm_bytes"] == pytest.approx(1.512 * 264 * 1000 * 2) and hi["l2_to_sm_bytes"] == 7 * 264 * 1000 * 2
-    assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1180 / 32 / (4 * 1.755e9), rel=1e-3)
+    assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.256 * 30 + 0.1 * 200, rel=1e-3)
+    assert hi["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
+    assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2 + 0.1 * 264 * 1000 * 4, rel=1e-3)
+    assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 4
+    assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1210 / 32 / (4 * 1.755e9), rel=1e-3)
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
     # and read) are this design's bytes beyond the floor
     r = cm.sampler_bound(10 ** 6, 64, 4, "greedy", {"pass1": 1.0, "select": 0, "draw": 0})
@@ -87,7 +99,7 @@ RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
 def test_split_row_bound_b1_hand_case():
     # B=1, V=32000 fp32 on an H100: S = 16 slices of 2048 tokens (slices_for: cdiv(32000, 2 x 1024) = 16 <= 264)
     pi = {"pass1": 114.0, "cta_warp": 6464}            # partial: per token of pass 1; straight-line per CTA
-    mi = {"select": 218.5, "draw": 98.25, "cta_warp": 3720}
+    mi = {"compact": 40.0, "select": 218.5, "draw": 98.25, "cta_warp": 3720}
     r = cm.split_row_bound(1, 32000, 4, "temp", 16, 2048, pi, mi)
     assert r["path"] == "split" and r["slices"] == 16 and r["active_sms"] == 16 and r["active_sms_merge"] == 1
     assert r["ctas_launched"] == 16 + 1 and r["slices_on_busiest_sm"] == 1 and r["rows_on_busiest_sm"] == 1
@@ -103,16 +115,19 @@ def test_split_row_bound_b1_hand_case():
     assert lo["t_bound_s"] == pytest.approx(t_partial + t_merge, rel=1e-3) and lo["bound"] == "issue"
     assert lo["gbps_bound"] == pytest.approx((32000 * 4 + 12) / (t_partial + t_merge) / 1e9, rel=1e-3)
     assert lo["l2_to_sm_bytes"] == 32000 * 4
-    # the filters run in the merge kernel on one SM, over the candidate groups: with top-k = 50, 50 x 256 / 32000
-    # = 0.4 of the row; 2 selects x 3..7 passes + 0..1 draw
-    f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 7))
-    assert f["full_row_passes"] == [pytest.approx(1 + 6 * 0.4), pytest.approx(1 + 15 * 0.4)]
-    t_m_hi = (32000 * 0.4 * (14 * 218.5 + 98.25) / 32 + 3720) / RATE
-    t_m_lo = (32000 * 0.4 * (6 * 218.5) / 32 + 3720) / RATE
+    # the filters run in the merge kernel on one SM: the compaction and the draw over the candidate groups
+    # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then 2 selects x 3..8 levels over 50..4096
+    # buffered values (0.009375..2.048 rows' worth)
+    f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 8))
+    assert f["full_row_passes"] == [pytest.approx(1.4), pytest.approx(1.8)]
+    thr_hi = 0.4 * 40 + 2.048 * 218.5 + 0.4 * 98.25
+    thr_lo = 0.4 * 40 + 0.009375 * 218.5
+    t_m_hi = (32000 * thr_hi / 32 + 3720) / RATE
+    t_m_lo = (32000 * thr_lo / 32 + 3720) / RATE
     assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)
     assert f["low"]["t_bound_s"] == pytest.approx(t_partial + t_m_lo, rel=1e-3)
-    assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(0.4 * (14 * 218.5 + 98.25), rel=1e-3)
-    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(7 * 32000 * 4)
+    assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(thr_hi, rel=1e-3)
+    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + 2.048 * 32000 * 4)
 
 
 def test_split_row_bound_b32_waves():
@@ -319,14 +334,15 @@ def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
 
 
 def _synthetic_compiled(kernel):
-    """sm_90 stats: pass 1 100, a select pass 200, the draw 80 thread-instructions per token, the scan
+    """sm_90 stats: pass 1 100, a select pass 200, the compaction 40, the draw 80 thread-instructions per token, the scan
     over the group stats 25 per group; 100 straight-line instructions (800 warp-instructions at
     8 warps) outside the loops."""
     loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
-                                _loop("_radix_select", 3, 512, 400), _loop("_filtered_groups", 4, 1024, 320)],
+                                _loop("_radix_select", 3, 512, 400), _loop("_compact_candidates", 5, 1024, 160),
+                                _loop("_filtered_groups", 4, 1024, 320)],
              "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
              "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_radix_select", 3, 512, 400),
-                               _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
+                               _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
 
@@ -361,7 +377,7 @@ def test_cost_model_from_results_json(tmp_path):
     b256 = next(r for r in c["sampler"] if r["B"] == 256)
     # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
     assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
-    assert b1["instr_per_token"] == {"pass1": 100.0, "select": 200.0, "draw": 80.0}
+    assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "draw": 80.0}
     assert b1["instr_per_group"] == 25.0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
     assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)

@@ -295,15 +295,22 @@ def test_tiny_vocab_and_single_row():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from tts_kernels.sampling.triton_kernel import _radix_select  # noqa: E402
+from tts_kernels.sampling.triton_kernel import _compact_candidates, _radix_select  # noqa: E402
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, out_ptr, V, NG, HBLOCK: tl.constexpr):
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP,
+                       HBLOCK: tl.constexpr, DBLOCK: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = g_ptr + row * NG
+    buf_row = buf_ptr + row * CAP
     L = tl.load(l_ptr + row)
+    k = tl.load(k_ptr + row)
+    nbuf = _compact_candidates(row_ptr, g_row, buf_row, L, V, -1, k != k, 1.0, CAP, DBLOCK)
+    tl.debug_barrier()
+    tl.store(n_ptr + row, nbuf)
+    use_buf = nbuf <= CAP
     offs = tl.arange(0, HBLOCK)
     zmax = tl.full([], float("-inf"), tl.float32)
     for start in range(0, V, HBLOCK):
@@ -315,9 +322,10 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, out_ptr, V, NG, HBLOCK
     mass_k = tl.full([], -1.0, tl.float32)
     if (k > 0) & (k < V):
         t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
-                                      g_row, L, False, HBLOCK)
+                                      g_row, L, buf_row, nbuf, use_buf, False, HBLOCK)
     if p < 1.0:
-        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L, True, HBLOCK)
+        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L,
+                                buf_row, nbuf, use_buf, True, HBLOCK)
         t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
 
@@ -328,11 +336,14 @@ def _keys(z):
     return k + 2 ** 31  # unsigned order
 
 
+@pytest.mark.parametrize("cap", [0, 64, 2048], ids=["row", "mixed", "buffer"])
 @pytest.mark.parametrize("quantize", [False, True])
-def test_threshold_search_exact(quantize):
+def test_threshold_search_exact(quantize, cap):
     """The radix select over the candidate groups (raw maximum >= L, here the k-th largest group
     maximum for top-k rows: _candidate_bound's rule; -inf, all groups, for the others): the
-    candidates with key >= T are exactly the reference's kept set."""
+    candidates with key >= T are exactly the reference's kept set, whether the selects read the
+    row's candidate groups or the values ``z >= L`` compacted into a buffer of ``cap`` (a row with
+    more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``."""
     torch.manual_seed(7)
     B, V = 16, 1333
     z = torch.randn(B, V, device=DEV) * 2
@@ -351,12 +362,25 @@ def test_threshold_search_exact(quantize):
     L = torch.where(on, srt.gather(1, (top_k.long() - 1).clamp(0, ng - 1).view(-1, 1)).squeeze(1), float("-inf"))
     assert (L > float("-inf")).sum() >= 5
     out = torch.empty(B, dtype=torch.int64, device=DEV)
-    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV), out, V, ng,
-                             HBLOCK=128)
+    nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
+    buf = torch.full((B, max(cap, 1)), float("nan"), device=DEV)
+    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV), buf, out,
+                             nbuf, V, ng, cap, HBLOCK=128, DBLOCK=512)
+    zc = z.cpu()
+    n_want = (zc >= L.view(-1, 1)).sum(1)
+    assert torch.equal(nbuf.cpu().long(), n_want)
+    for r in range(B):   # the buffer holds the candidates' values in row order
+        m = min(cap, int(n_want[r]))
+        assert torch.equal(buf.cpu()[r, :m], zc[r][zc[r] >= L[r]][:m])
+    on_buf = n_want <= cap
+    if cap == 64:
+        assert 0 < int(on_buf.sum()) < B
     cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
-    kept = (_keys(z.cpu()) >= out.cpu().view(-1, 1)) & cand
-    want = filter_mask(z.cpu(), top_k, top_p, torch.zeros(B))
+    above = _keys(zc) >= out.cpu().view(-1, 1)
+    want = filter_mask(zc, top_k, top_p, torch.zeros(B))
+    kept = above & cand
     assert torch.equal(kept, want), (kept != want).any(1).nonzero().flatten().tolist()
+    assert torch.equal(above[on_buf], want[on_buf]), (above != want)[on_buf].any(1).nonzero().flatten().tolist()
 
 
 # ---- split-row path (several programs per row, exact merge) and the pass-1 approximation -------
@@ -451,3 +475,26 @@ def test_candidate_bound_regressions():
     y[:, 5] = b
     tok, _, _ = _check(y.to(DEV), _params(40, 3.0, 1, 1.0, 0.0, seed=torch.arange(40)), allow_ties=False)
     assert set(tok.tolist()) == {5, 300}
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_candidate_buffer_and_overflow(monkeypatch, dtype):
+    """The selects read the candidates compacted into a per-row buffer; a row with more candidates
+    than it holds reads its candidate groups instead. Both give the reference's tokens, and the same
+    tokens whatever the capacity (here 4096: every row buffered; 24: the peaked top-k rows buffered,
+    the flat and top-p rows not; 0: none)."""
+    torch.manual_seed(33)
+    B, V = 10, 1700
+    x = torch.randn(B, V) * 2
+    x[:5, torch.randint(0, V, (12,))] += 9.0          # peaked rows: a few strong tokens
+    x[5:8] *= 0.05                                   # flat rows: every token a candidate
+    x[9, :] = torch.round(x[9] * 2) / 2              # ties at the thresholds
+    logits = x.to(dtype=dtype, device=DEV)
+    params = _params(B, [0.7, 1.0, 1.3, 0.9, 1.0, 0.8, 1.0, 1.0, 0.6, 1.0],
+                     [3, 5, 0, 10, 7, 20, 0, 300, 1, 40], [1.0, 0.9, 1.0, 0.8, 0.95, 1.0, 0.9, 0.5, 1.0, 0.7],
+                     [0.0, 0.0, 0.0, 0.05, 0.0, 0.0, 0.1, 0.0, 0.0, 0.02])
+    out = {}
+    for cap in (4096, 24, 0):
+        monkeypatch.setattr(_tk, "_CANDIDATES", cap)
+        out[cap], _, _ = _check(logits, params)
+    assert torch.equal(out[4096], out[24]) and torch.equal(out[4096], out[0])

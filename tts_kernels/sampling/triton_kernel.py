@@ -24,11 +24,16 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   ``M / T + ln(S_z) + group noise`` (Philox stream 1); then one group of 256 tokens is re-read:
   the greedy token, or the draw inside the chosen group with the exact per-token noise. The
   end token of budget rule 3 is masked by recomputing its group's stats only.
-* **Filters** (only rows with top-k / top-p / min-p): radix select over order-preserving uint32
-  keys of ``z`` (4-bit digits; top-k by count with early exit, top-p by mass against
-  ``top_p * mass(top-k set)``). Then the chosen group is re-read with the filter: if its filtered
-  score still beats every other group's unfiltered score, it still wins (filtering only removes
-  mass); otherwise one filtered pass over the row recomputes every group's score.
+* **Filters** (only rows with top-k / top-p / min-p): from the group maxima alone, a bound ``L``
+  that every kept token reaches (``_candidate_bound``); one read of the groups that reach it
+  compacts the values ``z >= L / T`` into a per-row buffer (``_compact_candidates``, at most
+  ``_CANDIDATES``); radix selects over their order-preserving uint32 keys (4-bit digits; top-k by
+  count with early exit, top-p by mass against ``top_p * mass(top-k set)``) read the buffer, not the
+  row (a row with more candidates than the buffer holds reads its candidate groups per level).
+  Then the chosen group is re-read with the filter: if its filtered score still beats every other
+  group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
+  pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
+  (compaction) + at most that share again (the draw).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 The token equals the reference's except at float near-ties of either level (two group scores,
@@ -68,9 +73,10 @@ DONE = tl.constexpr(_budget.DONE)
 #: tokens per group of the two-level draw (philox.GROUP_SIZE)
 GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a radix-select pass, the filtered draw pass, the scan over the group stats
+#: pass 1, a radix-select pass, the filtered draw pass, the scan over the group stats, the compaction of
+#: the selects' candidates
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
-                    "groups": "_scan_groups"}
+                    "groups": "_scan_groups", "compact": "_compact_candidates"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -84,6 +90,10 @@ _DRAW_BYTES = 8192
 #: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
 #: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
 _SLICE_TOKENS = 2048
+#: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row): the values of the
+#: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
+#: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
+_CANDIDATES = 4096
 _HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _SCAN = 1024         # group stats per step of the finish's scan
 _NUM_WARPS = 8
@@ -124,7 +134,7 @@ def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
 
 @triton.jit
 def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass, gmax_ptr, L,
-                  BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
+                  buf_ptr, nbuf, use_buf, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
     """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
     ``kk`` = k) or the top-p set (BY_MASS True: the largest value whose mass from the top
     reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the candidates).
@@ -134,7 +144,12 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     Only the *candidates* count: tokens of groups whose raw maximum ``gmax_ptr[g]`` reaches ``L``
     after the division by T (``gmax / T >= L / T``: two raw values may round to one z; tiles
     without a candidate are not read). When every token of the kept set is a candidate, the
-    candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``)."""
+    candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``).
+
+    With ``use_buf`` the candidates are instead the ``nbuf`` values ``z >= L / T`` that
+    ``_compact_candidates`` wrote to ``buf_ptr``: each level reads them, not the row, and ``T`` is
+    then the exact key of the kept set's smallest candidate (one more read of the buffer after an
+    early exit), so that every token the draw keeps (``key >= T``, whatever its group) is one of them."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
     offs0 = tl.arange(0, HBLOCK)
@@ -149,12 +164,18 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
         shift = 28 - 4 * lvl
         cnt = tl.zeros([16], tl.int32)
         mass = tl.zeros([16], tl.float32)
-        for start in range(0, V, HBLOCK):
+        for start in range(0, tl.where(use_buf, nbuf, V), HBLOCK):
             offs = start + offs0
-            inb = offs < V
-            cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) / Tz >= L / Tz)
+            if use_buf:
+                cand = offs < nbuf
+            else:
+                inb = offs < V
+                cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) / Tz >= L / Tz)
             if tl.max(cand.to(tl.int32), 0) > 0:
-                z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
+                if use_buf:
+                    z = tl.load(buf_ptr + offs, mask=cand, other=float("-inf"))
+                else:
+                    z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
                 key = _order_key(z)
                 hi = key >> shift
                 match = cand & ((hi >> 4) == prefix)
@@ -186,7 +207,40 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
         else:
             done = (c_sel <= kk - above_cnt).to(tl.int32)
     t = prefix << (32 - 4 * lvl)
+    if use_buf & (lvl < 8):
+        # the exact key of the smallest candidate at or above the prefix (every one of them is kept)
+        t_min = tl.full([], 0xFFFFFFFF, tl.uint32)
+        for start in range(0, nbuf, HBLOCK):
+            offs = start + offs0
+            key = _order_key(tl.load(buf_ptr + offs, mask=offs < nbuf, other=float("-inf")))
+            t_min = tl.minimum(t_min, tl.min(tl.where((offs < nbuf) & (key >= t), key, 0xFFFFFFFF), 0))
+        t = t_min
     return t, above_mass + sel_mass
+
+
+@triton.jit
+def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
+    """One read of the candidate groups (raw maximum ``/ T >= Lz``; tiles without one are not read):
+    writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP``
+    of them, and returns how many there are (more than ``CAP``: the selects read the row instead).
+    The selects then read these few values, not the row (``_radix_select``'s ``use_buf``)."""
+    GT: tl.constexpr = DBLOCK // GROUP
+    gi = tl.arange(0, GT)
+    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    n = tl.full([], 0, tl.int32)
+    for start in range(0, V, DBLOCK):
+        g = start // GROUP + gi
+        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= Lz
+        if tl.max(cg.to(tl.int32), 0) > 0:
+            offs = start + idx
+            inb = (offs < V) & cg[:, None]
+            z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
+            sel = (inb & (z >= Lz)).to(tl.int32)
+            per_group = tl.sum(sel, 1)
+            pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
+            tl.store(buf_ptr + pos, z, mask=(sel > 0) & (pos < CAP))
+            n += tl.sum(per_group, 0)
+    return n
 
 
 @triton.jit
@@ -513,7 +567,7 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
 
 @triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
             HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
@@ -565,13 +619,20 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
         t_key = tl.full([], 0, tl.uint32)      # keep all
         mass_k = total                         # the row's draw mass (relative to exp(zmax))
+        # the candidates' values compacted once; the selects' passes read them, not the row (when
+        # there are more than CAP of them they read the row's candidate groups instead)
+        nbuf = tl.full([], 0, tl.int32)
+        if k_on | p_on:
+            nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
+            tl.debug_barrier()  # the values written by every warp, visible to the selects
+        use_buf = nbuf <= CAP
         if k_on:
             t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                        p_on, ws_row, Ls, False, HBLOCK)
+                                        p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
             t_key = t_k
         if p_on:
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         p_on, ws_row, Ls, True, HBLOCK)
+                                         p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                                  tl.load(ws_row + g1) / Tz >= L / Tz, c1, c2, k0, k1, True)
@@ -628,17 +689,17 @@ def _row_kz(temp_ptr, row):
     return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
 
 
-#: budget-forcing token counts: scalar offsets into forced_ids only, never a loop bound or an
-#: alignment. Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
+#: budget-forcing token counts and the candidate buffer's capacity: scalar offsets only, never a loop
+#: bound or an alignment. Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
 #: budget strings (and 2x the variants the static check compiles) for nothing.
-_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced"]
+_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "CAP"]
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
         HBLOCK: tl.constexpr, FB: tl.constexpr, FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
@@ -649,7 +710,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            HAS_BUDGET, DBLOCK, HBLOCK, FB)
+            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB)
 
 
 @triton.jit
@@ -667,8 +728,8 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced,
+        budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
@@ -676,7 +737,7 @@ def _merge_kernel(
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            HAS_BUDGET, DBLOCK, HBLOCK, FB)
+            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB)
 
 
 def _fast_log(t):
@@ -770,14 +831,16 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     ngr = _philox.num_groups(V)
     fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
     ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
+    cap = min(_CANDIDATES, V)
+    cand = torch.empty(B * cap, dtype=torch.float32, device=dev)     # the selects' compacted candidates
     fast = _fast_log(logits)
     pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
     if S <= 1:
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
-            budget, forced, tok, logp, ws,
-            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
+            budget, forced, tok, logp, ws, cand,
+            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, logits.element_size()), PAIRS=pairs,
             DBLOCK=dblock, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
         return tok, logp
@@ -792,8 +855,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         num_warps=_NUM_WARPS)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
-        budget, forced, tok, logp, ws,
-        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced,
+        budget, forced, tok, logp, ws, cand,
+        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
         HAS_BUDGET=has_budget, DBLOCK=dblock, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
         **_REGISTER_CAP)
     return tok, logp
