@@ -114,7 +114,8 @@ SELECT_PASSES = (3, 8)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
 #: (low, high) values in a row's candidate buffer that each select level reads: k (top-k's bound keeps
-#: at least k tokens; the benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``)
+#: at least k tokens; the benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``, a test
+#: keeps the two equal)
 BUFFER_ENTRIES = (CANDIDATE_TOP_K, 4096)
 #: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
 WS_BYTES_PER_GROUP = 12

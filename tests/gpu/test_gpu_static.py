@@ -43,6 +43,9 @@ def test_sampler_passes():
     p = cm.sampler_passes("top_p", (3, 8), 2560)
     assert p["total"] == (1.1, 3)                                           # 1 + 0.1..1 + 0..1
     assert p["select"] == (pytest.approx(3 * 50 / 2560, rel=1e-3), 8)       # the buffer holds up to the row
+    pytest.importorskip("triton")
+    from tts_kernels.sampling import triton_kernel
+    assert cm.BUFFER_ENTRIES[1] == triton_kernel._CANDIDATES
 
 
 def test_sampler_bound_b1_instruction_bound():

@@ -336,7 +336,7 @@ def _keys(z):
     return k + 2 ** 31  # unsigned order
 
 
-@pytest.mark.parametrize("cap", [0, 64, 2048], ids=["row", "mixed", "buffer"])
+@pytest.mark.parametrize("cap", [0, 64, 1333, 2048], ids=["row", "mixed", "row-length", "buffer"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize, cap):
     """The radix select over the candidate groups (raw maximum >= L, here the k-th largest group
@@ -481,8 +481,9 @@ def test_candidate_bound_regressions():
 def test_candidate_buffer_and_overflow(monkeypatch, dtype):
     """The selects read the candidates compacted into a per-row buffer; a row with more candidates
     than it holds reads its candidate groups instead. Both give the reference's tokens, and the same
-    tokens whatever the capacity (here 4096: every row buffered; 24: the peaked top-k rows buffered,
-    the flat and top-p rows not; 0: none)."""
+    tokens whatever the capacity (here 4096: every filtered row buffered; 24: some rows buffered (the
+    peaked rows with a small k), the others (flat rows, top-p alone, k beyond the 7 groups) not; 0:
+    none)."""
     torch.manual_seed(33)
     B, V = 10, 1700
     x = torch.randn(B, V) * 2

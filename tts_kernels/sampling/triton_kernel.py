@@ -689,8 +689,8 @@ def _row_kz(temp_ptr, row):
     return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
 
 
-#: budget-forcing token counts and the candidate buffer's capacity: scalar offsets only, never a loop
-#: bound or an alignment. Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
+#: budget-forcing token counts and the candidate buffer's capacity: scalar offsets (the capacity also the
+#: buffer's row stride: its loads are scalar, masked by the count, so an alignment hint buys nothing). Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
 #: budget strings (and 2x the variants the static check compiles) for nothing.
 _NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "CAP"]
 
