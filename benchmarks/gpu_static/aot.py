@@ -267,6 +267,9 @@ class Instr:
     text: str
     file: Optional[str]
     line: Optional[int]
+    #: (file, line) of each frame, innermost first: the source line, then the lines it was inlined at
+    #: (``nvdisasm -gi``); just the source line when the cubin has no inlining info
+    chain: Tuple[Tuple[str, int], ...] = ()
 
 
 _INSTR_RE = re.compile(r"/\*([0-9a-f]{4,})\*/\s+(.*?)\s*;")
@@ -275,16 +278,28 @@ _LINE_RE = re.compile(r'//## File "([^"]+)", line (\d+)')
 _TARGET_RE = re.compile(r"`\((\.L_x_\d+)\)")
 
 
-def disassemble(cubin_path: str) -> Tuple[List[Instr], Dict[str, int]]:
-    """SASS with line info (``nvdisasm -g -c``): instructions and label -> address."""
-    out = subprocess.run([tool_path("nvdisasm"), "-g", "-c", cubin_path], capture_output=True, text=True,
-                         check=True).stdout
-    instrs, labels, pending, cur = [], {}, [], (None, None)
+def _nvdisasm(cubin_path: str) -> str:
+    """``nvdisasm -gi -c``: SASS with line info and the lines each was inlined at (``-g`` where the
+    bundled nvdisasm lacks ``-gi``)."""
+    for flags in (["-gi"], ["-g"]):
+        p = subprocess.run([tool_path("nvdisasm"), *flags, "-c", cubin_path], capture_output=True, text=True)
+        if p.returncode == 0:
+            return p.stdout
+    raise subprocess.CalledProcessError(p.returncode, p.args, p.stdout, p.stderr)
+
+
+def parse_sass(out: str) -> Tuple[List[Instr], Dict[str, int]]:
+    """Instructions (with their line-info chains) and label -> address of ``nvdisasm -g[i] -c`` output.
+    A run of ``//## File`` lines before an instruction is one chain, innermost frame first; an
+    instruction without one keeps the chain before it."""
+    instrs, labels, pending, cur, frames = [], {}, [], (), []
     for line in out.splitlines():
         m = _LINE_RE.search(line)
         if m:
-            cur = (m.group(1), int(m.group(2)))
+            frames.append((m.group(1), int(m.group(2))))
             continue
+        if frames:
+            cur, frames = tuple(frames), []
         m = _LABEL_RE.match(line)
         if m:
             pending.append(m.group(1))
@@ -295,11 +310,54 @@ def disassemble(cubin_path: str) -> Tuple[List[Instr], Dict[str, int]]:
             text = m.group(2).strip()
             body = re.sub(r"^@!?U?P[T\d]+\s+", "", text)
             op = body.split()[0] if body else ""
-            instrs.append(Instr(addr, op, text, cur[0], cur[1]))
+            f, ln = cur[0] if cur else (None, None)
+            instrs.append(Instr(addr, op, text, f, ln, cur))
             for lab in pending:
                 labels[lab] = addr
             pending = []
     return instrs, labels
+
+
+def disassemble(cubin_path: str) -> Tuple[List[Instr], Dict[str, int]]:
+    """SASS with line info (:func:`parse_sass` of ``nvdisasm -gi -c``): instructions and label -> address."""
+    return parse_sass(_nvdisasm(cubin_path))
+
+
+@functools.lru_cache(maxsize=None)
+def _source_functions(path: str) -> Tuple[Tuple[int, int, str], ...]:
+    """(first line, last line, name) of each function defined in a Python source file."""
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError):
+        return ()
+    return tuple((n.lineno, n.end_lineno, n.name) for n in ast.walk(tree)
+                 if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)))
+
+
+def chain_functions(ins: Instr) -> set:
+    """Names of the functions on an instruction's inlining chain (the innermost definition holding
+    each frame's line)."""
+    out = set()
+    for f, ln in ins.chain:
+        best = None
+        for lo, hi, name in _source_functions(f):
+            if lo <= ln <= hi and (best is None or hi - lo < best[1] - best[0]):
+                best = (lo, hi, name)
+        if best:
+            out.add(best[2])
+    return out
+
+
+def straight_line_by_function(instrs: List[Instr], in_loops: set) -> Dict[str, int]:
+    """Per function, the instructions outside ``in_loops`` (indices) whose inlining chain passes through
+    it: the straight-line code a row skips when it skips a call of that function (every call site)."""
+    counts: Dict[str, int] = {}
+    for i, ins in enumerate(instrs):
+        if i not in in_loops:
+            for fn in chain_functions(ins):
+                counts[fn] = counts.get(fn, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def _base(op: str) -> str:
@@ -432,7 +490,8 @@ def _dominators(n: int, succ: List[List[int]]) -> List[set]:
     return dom
 
 
-def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, Any]]:
+def sass_loops(instrs: List[Instr], labels: Dict[str, int],
+               top_level: Optional[set] = None) -> List[Dict[str, Any]]:
     """Every natural loop of the SASS control-flow graph (a back edge: a branch to a block that
     dominates it; out-of-line blocks that jump back are not loops).
 
@@ -444,7 +503,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
     its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
     (``STL``/``LDL``; ``*_excl`` without nested loops), a few opcode classes, and the source loop most
-    of its instructions come from.
+    of its instructions come from. ``top_level``, when given, gets the indices of the instructions in
+    top-level loops.
     """
     if not instrs:
         return []
@@ -511,6 +571,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int]) -> List[Dict[str, An
         ops = [_base(i.op) for i in body]
         ops_x = [_base(i.op) for i in body_x]
         src = _attribute(body_x)
+        if top_level is not None and not parents:
+            top_level.update(idx)
         out.append({
             "start": f"0x{instrs[idx[0]].addr:04x}", "end": f"0x{instrs[idx[-1]].addr:04x}",
             "instructions": len(body), "instructions_excl": len(body_x),
@@ -600,7 +662,8 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
                              workdir)
         ru = resource_usage(cubin)
         instrs, labels = disassemble(cubin)
-        loops = sass_loops(instrs, labels)
+        in_loops: set = set()
+        loops = sass_loops(instrs, labels, in_loops)
     finally:
         if own_dir:
             import shutil
@@ -632,5 +695,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         "global_load_ops": vec_loads,
         "spill_in_loop": hot_spill,
         "loops": loops,
+        "inline_info": any(len(i.chain) > 1 for i in instrs),
+        "straight_line_by_function": straight_line_by_function(instrs, in_loops),
         "ptxas_log": px["log"],
     }

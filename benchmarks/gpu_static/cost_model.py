@@ -14,7 +14,10 @@ with a runtime branch, e.g. pass 1's ``if do_draw``, is counted with the branch 
 exception is tree attention's KV loop, below), each
 executed by every warp of the CTA once per iteration; the code outside a kernel's top-level loops
 (*straight-line*: ``sass_instructions`` minus those loops, every path once, so an over-estimate)
-is executed once per CTA by every warp. The issue bound assumes perfect issue (no stalls, no
+is executed once per CTA by every warp; a config whose rows skip a function (temperature and greedy:
+the filters, ``_filtered_draw``; min-p alone: the top-k / top-p thresholds) counts the straight-line
+code without the instructions inlined from it (by the SASS's inlining info, ``nvdisasm -gi``;
+the other paths still once each). The issue bound assumes perfect issue (no stalls, no
 latency) and CTAs spread evenly over the SMs: it is a floor on time, as is the bandwidth bound; a
 kernel is at best ``max(issue bound, bandwidth bound)``, and kernels launched one after the other
 on a stream add up (no overlap between them).
@@ -158,12 +161,12 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
     the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
     ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
-    only: ``selects x levels x entries / V``; ``V=None``: a row of 4096); ``total``: the row's
+    only: ``selects x levels x entries / V``; ``V=None``: a row as long as the buffer); ``total``: the row's
     passes (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
     lo, hi = select_passes
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
-    n = V or 4096
+    n = V or buffer_entries[1]
     blo, bhi = (min(b, n) / n for b in buffer_entries)
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
          "select": (_t(sel * lo * blo), _t(sel * hi * bhi)), "draw": (0, _t(fhi) if draw else 0)}
@@ -233,9 +236,10 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     out.update(path="row", slices=1, active_sms=min(B, gpu["sms"]), rows_on_busiest_sm=rows_busiest_sm,
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
+    out["cta_warp_this_config"] = _cta_warp(instr, config)
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
-        warp_per_row = V * thr_per_token / 32 + _groups(V) * instr.get("groups", 0.0) / 32 + instr.get("cta_warp", 0)
+        warp_per_row = V * thr_per_token / 32 + _groups(V) * instr.get("groups", 0.0) / 32 + _cta_warp(instr, config)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
@@ -262,13 +266,14 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                slices_on_busiest_sm=math.ceil(ctas / gpu["sms"]), rows_on_busiest_sm=math.ceil(B / gpu["sms"]),
                partial_ctas_in_flight=min(ctas, gpu["sms"] * partial_ctas_per_sm),
                workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
+    out["merge_cta_warp_this_config"] = _cta_warp(merge_instr, config)
     rate = _rate(gpu)
     warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = sum(passes[p][k] * merge_instr.get(p, 0.0) for p in _SAMPLER_KINDS[1:])
-        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + merge_instr.get("cta_warp", 0)
+        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + _cta_warp(merge_instr, config)
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
@@ -287,11 +292,27 @@ def _sampler_roles() -> Dict[str, str]:
     return dict(getattr(triton_kernel, "COST_MODEL_ROLES", {}))
 
 
-def straight_line_warp_instr(compiled: Dict[str, Any]) -> int:
+def straight_line_warp_instr(compiled: Dict[str, Any], skip: Optional[str] = None) -> int:
     """Warp-instructions of a kernel's code outside its top-level loops (every path once): the SASS
-    instruction count minus the top-level loops' bodies, times the warps."""
+    instruction count minus the top-level loops' bodies, times the warps; ``skip``: less the
+    instructions inlined from that function (``straight_line_by_function``: a row that does not call it;
+    0 when the SASS had no inlining info)."""
     in_loops = sum(lp["instructions"] for lp in compiled["loops"] if lp["depth"] == 0)
-    return max(0, compiled["sass_instructions"] - in_loops) * compiled["num_warps"]
+    n = compiled["sass_instructions"] - in_loops
+    if skip:
+        n -= (compiled.get("straight_line_by_function") or {}).get(skip, 0)
+    return max(0, n) * compiled["num_warps"]
+
+
+#: the straight-line code a config's rows run: the module's role whose function they skip
+#: (temperature and greedy: every filter; min-p alone: the top-k / top-p thresholds), else all of it
+_SKIPPED_ROLE = {"temp": "filtered", "greedy": "filtered", "min_p": "thresholds"}
+
+
+def _cta_warp(instr: Dict[str, Any], config: str) -> float:
+    """Straight-line warp-instructions per program for a row of ``config`` (``cta_warp_paths``), every
+    path when the config runs them all or the split by function is unknown."""
+    return (instr.get("cta_warp_paths") or {}).get(_SKIPPED_ROLE.get(config), instr.get("cta_warp", 0))
 
 
 def _loop_row(role, lp):
@@ -303,7 +324,8 @@ def _loop_row(role, lp):
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
-    filtered draw) and the innermost loops of its helpers (the radix-select passes, the largest).
+    filtered draw) and the innermost loops of its helpers (the radix-select passes: the largest of those
+    in the module's ``select`` role, of every helper without it).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
@@ -316,6 +338,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact")}
                and lp["innermost"]]
+    if roles.get("select"):  # the module names the select levels' loop: that one, not every helper loop
+        helpers = [lp for lp in helpers if lp["source"]["function"] == roles["select"]]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
     p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
@@ -333,6 +357,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
                            if p1 and p1[0].get("mufu") is not None else 0.0),
             "cta_warp": straight_line_warp_instr(compiled),
+            "cta_warp_paths": {role: straight_line_warp_instr(compiled, roles[role])
+                               for role in sorted(set(_SKIPPED_ROLE.values())) if roles.get(role)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
             + [_loop_row("select", lp) for lp in helpers] + [_loop_row("compact", lp) for lp in compact]
@@ -707,7 +733,8 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
                                  instr_per_token={k: instr[k] for k in _SAMPLER_KINDS},
                                  instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
-                                 cta_warp_instr=instr["cta_warp"], stats_from=prov and prov["stats_from"])
+                                 cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
+                                 stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
                             for cfg in shapes["configs"]]
                     loops = {"row": instr["loops"]}
@@ -723,6 +750,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS}, pass1=ip["pass1"]),
                                  instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
+                                 cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
                     recs = [split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu)
                             for cfg in shapes["configs"]]

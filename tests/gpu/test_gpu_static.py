@@ -99,6 +99,56 @@ def test_sampler_bound_groups_and_mufu():
 RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
 
 
+def test_sampler_bound_straight_line_per_config():
+    # the straight-line code a config's rows run: temperature and greedy skip the filters' (8000 -> 3000
+    # warp-instructions), min-p alone the thresholds' (-> 5000), top-k / top-p run every path
+    instr = {"pass1": 16.0, "select": 0.0, "draw": 0.0, "cta_warp": 8000,
+             "cta_warp_paths": {"filtered": 3000, "thresholds": 5000}}
+    for config, cta in (("temp", 3000), ("greedy", 3000), ("min_p", 5000), ("top_k", 8000), ("topk_topp_minp", 8000)):
+        r = cm.sampler_bound(264, 1000, 2, config, instr)
+        assert r["cta_warp_this_config"] == cta, config
+        assert r["low"]["t_issue_s"] == pytest.approx(2 * (1000 * 16 / 32 + cta) / RATE, rel=1e-3), config
+    # without the split (an older results JSON), every path
+    assert cm.sampler_bound(264, 1000, 2, "temp", {"pass1": 16.0, "cta_warp": 8000})["cta_warp_this_config"] == 8000
+    r = cm.split_row_bound(32, 1000, 2, "temp", 1, 1000, {"pass1": 16.0}, instr)
+    assert r["merge_cta_warp_this_config"] == 3000
+
+
+def test_sass_inlining_chains_and_straight_line_by_function(tmp_path):
+    # nvdisasm -gi: a run of "//## File" lines is one chain, innermost first; the functions of each frame
+    src = tmp_path / "k.py"
+    src.write_text("def outer():\n    x = 1\n    inner()\n    y = 2\n\n\ndef inner():\n    z = 3\n    return z\n")
+    f = str(src)
+    out = "\n".join([
+        f'\t//## File "{f}", line 2',
+        "        /*0000*/                   MOV R0, RZ ;",
+        f'\t//## File "{f}", line 8 inlined at "{f}", line 3',
+        f'\t//## File "{f}", line 3',
+        "        /*0010*/                   IADD3 R0, R0, 0x1, RZ ;",
+        "        /*0020*/                   IADD3 R0, R0, 0x2, RZ ;",       # keeps the chain before it
+        ".L_x_0:",
+        f'\t//## File "{f}", line 4',
+        "        /*0030*/                   FADD R1, R1, R2 ;",
+        "        /*0040*/                   @P0 BRA `(.L_x_0) ;",           # a loop: lines 4
+        "        /*0050*/                   EXIT ;",
+    ])
+    instrs, labels = aot.parse_sass(out)
+    assert [i.line for i in instrs] == [2, 8, 8, 4, 4, 4]
+    assert instrs[1].chain == ((f, 8), (f, 3)) and instrs[2].chain == ((f, 8), (f, 3))
+    assert labels == {".L_x_0": 0x30}
+    assert aot.chain_functions(instrs[1]) == {"inner", "outer"} and aot.chain_functions(instrs[0]) == {"outer"}
+    in_loops = set()
+    (lp,) = aot.sass_loops(instrs, labels, in_loops)
+    assert in_loops == {3, 4}
+    assert aot.straight_line_by_function(instrs, in_loops) == {"inner": 2, "outer": 4}
+    # the cost model: the straight-line count without the code inlined from a skipped function
+    compiled = {"loops": [dict(lp, depth=0)], "sass_instructions": 6, "num_warps": 8,
+                "straight_line_by_function": {"inner": 2, "outer": 4}}
+    assert cm.straight_line_warp_instr(compiled) == 4 * 8
+    assert cm.straight_line_warp_instr(compiled, "inner") == 2 * 8
+    assert cm.straight_line_warp_instr(dict(compiled, straight_line_by_function=None), "inner") == 4 * 8
+
+
 def test_split_row_bound_b1_hand_case():
     # B=1, V=32000 fp32 on an H100: S = 16 slices of 2048 tokens (slices_for: cdiv(32000, 2 x 1024) = 16 <= 264)
     pi = {"pass1": 114.0, "cta_warp": 6464}            # partial: per token of pass 1; straight-line per CTA
@@ -337,14 +387,14 @@ def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
 
 
 def _synthetic_compiled(kernel):
-    """sm_90 stats: pass 1 100, a select pass 200, the compaction 40, the draw 80 thread-instructions per token, the scan
-    over the group stats 25 per group; 100 straight-line instructions (800 warp-instructions at
-    8 warps) outside the loops."""
+    """sm_90 stats: pass 1 100, a select pass 200 (the buffer's loop; the row's, 450, is not in the bounds), the
+    compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group; 100
+    straight-line instructions (800 warp-instructions at 8 warps) outside the loops."""
     loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
-                                _loop("_radix_select", 3, 512, 400), _loop("_compact_candidates", 5, 1024, 160),
+                                _loop("_buffer_hist", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
                                 _loop("_filtered_groups", 4, 1024, 320)],
              "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
-             "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_radix_select", 3, 512, 400),
+             "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_hist", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
                                _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}

@@ -29,7 +29,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   compacts the values ``z >= L / T`` into a per-row buffer (``_compact_candidates``, at most
   ``_CANDIDATES``); radix selects over their order-preserving uint32 keys (4-bit digits; top-k by
   count with early exit, top-p by mass against ``top_p * mass(top-k set)``) read the buffer, not the
-  row (a row with more candidates than the buffer holds reads its candidate groups per level).
+  row (``_buffer_hist``; a row with more candidates than the buffer holds reads its candidate groups
+  per level, ``_row_hist``, and skips the compaction when it has no bound and is longer than the buffer).
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
@@ -73,10 +74,12 @@ DONE = tl.constexpr(_budget.DONE)
 #: tokens per group of the two-level draw (philox.GROUP_SIZE)
 GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a radix-select pass, the filtered draw pass, the scan over the group stats, the compaction of
-#: the selects' candidates
-COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_radix_select", "draw": "_filtered_groups",
-                    "groups": "_scan_groups", "compact": "_compact_candidates"}
+#: pass 1, a radix-select level's read of the candidate buffer, the filtered draw pass, the scan over the
+#: group stats, the compaction of the selects' candidates; and the code only some rows run: ``filtered``
+#: (rows with a filter), ``thresholds`` (rows with top-k or top-p)
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_hist", "draw": "_filtered_groups",
+                    "groups": "_scan_groups", "compact": "_compact_candidates",
+                    "filtered": "_filtered_draw", "thresholds": "_select_thresholds"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -133,6 +136,64 @@ def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
 
 
 @triton.jit
+def _is_candidate(ws_row, g, V, Tz, Lz):
+    """Whether group ``g`` (of the row's ``V`` tokens) can hold a candidate: its raw maximum
+    (``ws_row[g]``) divided by T reaches ``Lz``; False for a group past the row."""
+    return tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= Lz
+
+
+@triton.jit
+def _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass):
+    """Per 4-bit digit ``(key(z) >> shift) & 15`` of the candidates whose higher digits equal
+    ``prefix``: their count and (when ``need_mass``) their mass ``exp(z - zmax)``."""
+    hi = _order_key(z) >> shift
+    match = cand & ((hi >> 4) == prefix)
+    oh = ((hi & 15).to(tl.int32)[:, None] == bins[None, :]) & match[:, None]
+    mass = tl.zeros([16], tl.float32)
+    if need_mass:
+        mass = tl.sum(tl.where(oh, tl.exp(z - zmax)[:, None], 0.0), 0)
+    return tl.sum(oh.to(tl.int32), 0), mass
+
+
+@triton.jit
+def _buffer_hist(buf_ptr, nbuf, shift, prefix, zmax, need_mass, HBLOCK: tl.constexpr):
+    """:func:`_digit_hist` over the ``nbuf`` candidate values of the buffer: a select level's read
+    when the candidates fit the buffer."""
+    bins = tl.arange(0, 16)
+    offs0 = tl.arange(0, HBLOCK)
+    cnt = tl.zeros([16], tl.int32)
+    mass = tl.zeros([16], tl.float32)
+    for start in range(0, nbuf, HBLOCK):
+        offs = start + offs0
+        cand = offs < nbuf
+        z = tl.load(buf_ptr + offs, mask=cand, other=float("-inf"))
+        c, m = _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass)
+        cnt += c
+        mass += m
+    return cnt, mass
+
+
+@triton.jit
+def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax, need_mass,
+              HBLOCK: tl.constexpr):
+    """:func:`_digit_hist` over the row's candidate groups (:func:`_is_candidate`; tiles without one
+    are not read): a select level's read when the candidates overflow the buffer."""
+    bins = tl.arange(0, 16)
+    offs0 = tl.arange(0, HBLOCK)
+    cnt = tl.zeros([16], tl.int32)
+    mass = tl.zeros([16], tl.float32)
+    for start in range(0, V, HBLOCK):
+        offs = start + offs0
+        cand = (offs < V) & _is_candidate(gmax_ptr, offs // GROUP, V, Tz, Lz)
+        if tl.max(cand.to(tl.int32), 0) > 0:
+            c, m = _digit_hist(_scaled(row_ptr, offs, cand, end0, mask_end, Tz), cand, shift, prefix, zmax,
+                               bins, need_mass)
+            cnt += c
+            mass += m
+    return cnt, mass
+
+
+@triton.jit
 def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass, gmax_ptr, L,
                   buf_ptr, nbuf, use_buf, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
     """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
@@ -147,12 +208,12 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``).
 
     With ``use_buf`` the candidates are instead the ``nbuf`` values ``z >= L / T`` that
-    ``_compact_candidates`` wrote to ``buf_ptr``: each level reads them, not the row, and ``T`` is
-    then the exact key of the kept set's smallest candidate (one more read of the buffer after an
-    early exit), so that every token the draw keeps (``key >= T``, whatever its group) is one of them."""
+    ``_compact_candidates`` wrote to ``buf_ptr``: each level reads them (``_buffer_hist``), not
+    the row (``_row_hist``), and ``T`` is then the exact key of the kept set's smallest candidate
+    (one more read of the buffer after an early exit), so that every token the draw keeps
+    (``key >= T``, whatever its group) is one of them."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
-    offs0 = tl.arange(0, HBLOCK)
     prefix = tl.full([], 0, tl.uint32)        # digits chosen so far
     above_cnt = tl.full([], 0, tl.int32)      # tokens with a larger prefix (all kept)
     above_mass = tl.full([], 0.0, tl.float32)
@@ -162,29 +223,11 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     done = tl.full([], 0, tl.int32)
     while (lvl < 8) & (done == 0):
         shift = 28 - 4 * lvl
-        cnt = tl.zeros([16], tl.int32)
-        mass = tl.zeros([16], tl.float32)
-        for start in range(0, tl.where(use_buf, nbuf, V), HBLOCK):
-            offs = start + offs0
-            if use_buf:
-                cand = offs < nbuf
-            else:
-                inb = offs < V
-                cand = inb & (tl.load(gmax_ptr + offs // GROUP, mask=inb, other=float("-inf")) / Tz >= L / Tz)
-            if tl.max(cand.to(tl.int32), 0) > 0:
-                if use_buf:
-                    z = tl.load(buf_ptr + offs, mask=cand, other=float("-inf"))
-                else:
-                    z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
-                key = _order_key(z)
-                hi = key >> shift
-                match = cand & ((hi >> 4) == prefix)
-                d = (hi & 15).to(tl.int32)
-                oh = (d[:, None] == bins[None, :]) & match[:, None]
-                cnt += tl.sum(oh.to(tl.int32), 0)
-                if need_mass:
-                    e = tl.exp(z - zmax)
-                    mass += tl.sum(tl.where(oh, e[:, None], 0.0), 0)
+        if use_buf:
+            cnt, mass = _buffer_hist(buf_ptr, nbuf, shift, prefix, zmax, need_mass, HBLOCK)
+        else:
+            cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, L / Tz, shift, prefix, zmax,
+                                  need_mass, HBLOCK)
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         if BY_MASS:
@@ -208,13 +251,15 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
             done = (c_sel <= kk - above_cnt).to(tl.int32)
     t = prefix << (32 - 4 * lvl)
     if use_buf & (lvl < 8):
-        # the exact key of the smallest candidate at or above the prefix (every one of them is kept)
+        # the exact key of the smallest candidate at or above the prefix (every one of them is kept;
+        # a valid filtered row has one, the guard keeps the prefix if not)
+        offs0 = tl.arange(0, HBLOCK)
         t_min = tl.full([], 0xFFFFFFFF, tl.uint32)
         for start in range(0, nbuf, HBLOCK):
             offs = start + offs0
             key = _order_key(tl.load(buf_ptr + offs, mask=offs < nbuf, other=float("-inf")))
             t_min = tl.minimum(t_min, tl.min(tl.where((offs < nbuf) & (key >= t), key, 0xFFFFFFFF), 0))
-        t = t_min
+        t = tl.where(t_min == 0xFFFFFFFF, t, t_min)
     return t, above_mass + sel_mass
 
 
@@ -230,7 +275,7 @@ def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP
     n = tl.full([], 0, tl.int32)
     for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
-        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= Lz
+        cg = _is_candidate(ws_row, g, V, Tz, Lz)
         if tl.max(cg.to(tl.int32), 0) > 0:
             offs = start + idx
             inb = (offs < V) & cg[:, None]
@@ -552,7 +597,7 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
     gbest = tl.full([], 0, tl.int32)
     for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
-        cg = tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= L / Tz
+        cg = _is_candidate(ws_row, g, V, Tz, L / Tz)
         if tl.max(cg.to(tl.int32), 0) > 0:
             offs = start + idx
             x, z = _masked(row_ptr, offs, (offs < V) & cg[:, None], end0, mask_end, Tz)
@@ -563,6 +608,63 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
             gbest = tl.where(t1 > best, ti, gbest)
             best = tl.maximum(best, t1)
     return gbest
+
+
+@triton.jit
+def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0, mask_end,
+                       buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
+    group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
+    top-k set), the compaction of the candidates and the radix selects. Returns (Ls, the smallest key
+    the filters keep)."""
+    zmax = xmax / Tz
+    Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
+    # the candidates' values compacted once; the selects' passes read them, not the row (when there are
+    # more than CAP of them they read the row's candidate groups instead; with no bound, Ls = -inf,
+    # every token is a candidate and a row longer than the buffer overflows it: no compaction)
+    compact = (Ls > float("-inf")) | (V <= CAP)
+    nbuf = tl.full([], 0, tl.int32)
+    if compact:
+        nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
+        tl.debug_barrier()  # the values written by every warp, visible to the selects
+    use_buf = compact & (nbuf <= CAP)
+    t_key = tl.full([], 0, tl.uint32)      # keep all
+    mass_k = total                         # the row's draw mass (relative to exp(zmax))
+    if k_on:
+        t_key, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
+                                      p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
+    if p_on:
+        t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
+                                     p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
+        t_key = tl.maximum(t_key, t_p)
+    return Ls, t_key
+
+
+@triton.jit
+def _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on, min_p, m_on,
+                   V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+                   FB: tl.constexpr):
+    """The draw of a row with filters (top-k / top-p / min-p): their thresholds, then the chosen group
+    ``g1`` re-read with them; when its filtered score no longer beats ``b2`` (the best unfiltered
+    score of the other groups), one filtered pass over the candidate groups (raw maximum >= ``L``,
+    min-p's bound included) picks the group again. Returns the token."""
+    zmax = xmax / Tz
+    Ls = tl.full([], float("-inf"), tl.float32)
+    t_key = tl.full([], 0, tl.uint32)      # keep all
+    if k_on | p_on:
+        Ls, t_key = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
+                                       V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB)
+    L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
+    sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                             _is_candidate(ws_row, g1, V, Tz, L / Tz), c1, c2, k0, k1, True)
+    # filtering only removes mass: if the chosen group's filtered score still beats every
+    # other group's unfiltered one, it still wins; otherwise rescore every group
+    if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
+        gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                              c1, c2, k0, k1, DBLOCK)
+        _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                                  _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1, True)
+    return s_tok
 
 
 @triton.jit
@@ -612,37 +714,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
 
     # ---- filters: thresholds, then the chosen group re-read with them ------------------------
     if filtered:
-        # every kept token lies in a group whose raw maximum is >= L: the selects and the
-        # filtered draw read only those groups
-        # (the selects count every token of the top-k set: their bound leaves min-p out)
-        Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
-        L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
-        t_key = tl.full([], 0, tl.uint32)      # keep all
-        mass_k = total                         # the row's draw mass (relative to exp(zmax))
-        # the candidates' values compacted once; the selects' passes read them, not the row (when
-        # there are more than CAP of them they read the row's candidate groups instead)
-        nbuf = tl.full([], 0, tl.int32)
-        if k_on | p_on:
-            nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
-            tl.debug_barrier()  # the values written by every warp, visible to the selects
-        use_buf = nbuf <= CAP
-        if k_on:
-            t_k, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                        p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
-            t_key = t_k
-        if p_on:
-            t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
-            t_key = tl.maximum(t_key, t_p)
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                 tl.load(ws_row + g1) / Tz >= L / Tz, c1, c2, k0, k1, True)
-        # filtering only removes mass: if the chosen group's filtered score still beats every
-        # other group's unfiltered one, it still wins; otherwise rescore every group
-        if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
-            gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                  c1, c2, k0, k1, DBLOCK)
-            _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                      tl.load(ws_row + gf) / Tz >= L / Tz, c1, c2, k0, k1, True)
+        s_tok = _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on,
+                               min_p, m_on, V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK, HBLOCK, FB)
 
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
@@ -689,9 +762,9 @@ def _row_kz(temp_ptr, row):
     return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
 
 
-#: budget-forcing token counts and the candidate buffer's capacity: scalar offsets (the capacity also the
-#: buffer's row stride: its loads are scalar, masked by the count, so an alignment hint buys nothing). Triton would specialise on each being 1 or divisible by 16, a compile per tokenizer's
-#: budget strings (and 2x the variants the static check compiles) for nothing.
+#: scalar offsets Triton would otherwise specialise on (== 1, % 16 == 0): the budget-forcing token counts (a
+#: compile per tokenizer's budget strings, 2x the static check's variants, for nothing) and the candidate
+#: buffer's capacity (also its row stride; its loads are scalar, masked by the count: no alignment to gain).
 _NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "CAP"]
 
 
