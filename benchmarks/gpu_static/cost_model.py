@@ -39,10 +39,12 @@ on a stream add up (no overlap between them).
   compaction and the draw read only the candidate groups, a share of the row
   (:func:`candidate_fraction`: ``50 x 256 / V`` with the benchmarks' top-k of 50; top-p or
   min-p alone: one group to the whole row), so they count as that share of a full pass. The
-  top-k / top-p radix selects read the buffer, not the row: ``select_passes`` levels each (data
-  dependent: 1-8 by construction plus one exact read of the buffer after an early exit, default
-  range (3, 8)) over :data:`BUFFER_ENTRIES` values (from k, the least top-k's bound leaves, to the
-  buffer's capacity); they add instructions and L2 reads of 4 B per value, no row pass. A row with
+  top-k / top-p thresholds come from the buffer, not the row, over :data:`BUFFER_ENTRIES` values
+  (from k, the least top-k's bound leaves, to the buffer's capacity): at most
+  :data:`SORTED_ENTRIES` of them by one sort (straight-line code, counted there); more by radix
+  selects, ``select_passes`` levels each (data dependent: 1-8 by construction plus one exact read
+  of the buffer after an early exit, default range (3, 8); the values rounded up to whole loop
+  iterations); they add instructions and L2 reads of 4 B per value, no row pass. A row with
   more candidates than the capacity reads its candidate groups per select level instead (the
   design before the buffer): data dependent, not in these bounds.
   Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
@@ -116,10 +118,13 @@ SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
 SELECT_PASSES = (3, 8)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
-#: (low, high) values in a row's candidate buffer that each select level reads: k (top-k's bound keeps
-#: at least k tokens; the benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``, a test
-#: keeps the two equal)
+#: (low, high) values in a row's candidate buffer: k (top-k's bound keeps at least k tokens; the
+#: benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``, a test keeps the two equal)
 BUFFER_ENTRIES = (CANDIDATE_TOP_K, 4096)
+#: buffers of at most this many values get their thresholds from one sort (``_SORTED``: straight-line
+#: code, in the kernel's straight-line count), larger ones from radix levels over the buffer (a test
+#: keeps the two equal)
+SORTED_ENTRIES = 256
 #: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
 WS_BYTES_PER_GROUP = 12
 #: issue-14 targets for tree attention at N = 256 (static model)
@@ -156,20 +161,22 @@ def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
 
 
 def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
-                   V: Optional[int] = None,
-                   buffer_entries: Tuple[int, int] = BUFFER_ENTRIES) -> Dict[str, Tuple[float, float]]:
+                   V: Optional[int] = None, buffer_entries: Tuple[int, int] = BUFFER_ENTRIES,
+                   select_block: int = 1) -> Dict[str, Tuple[float, float]]:
     """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
     the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
-    ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
-    only: ``selects x levels x entries / V``; ``V=None``: a row as long as the buffer); ``total``: the row's
-    passes (pass 1, compaction, draw)."""
+    ``select``: the radix levels' reads of the candidate buffer as a share of the row (instructions
+    only: ``selects x levels x entries / V``, the entries rounded up to whole loop iterations of
+    ``select_block`` values; none for a buffer of at most :data:`SORTED_ENTRIES`, whose sort is
+    straight-line code; ``V=None``: a row as long as the buffer); ``total``: the row's passes
+    (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
-    lo, hi = select_passes
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
     n = V or buffer_entries[1]
-    blo, bhi = (min(b, n) / n for b in buffer_entries)
+    read = [0.0 if b <= SORTED_ENTRIES else levels * -(-min(b, n) // select_block) * select_block / n
+            for b, levels in zip(buffer_entries, select_passes)]
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
-         "select": (_t(sel * lo * blo), _t(sel * hi * bhi)), "draw": (0, _t(fhi) if draw else 0)}
+         "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0)}
     p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
     return p
 
@@ -228,7 +235,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     of the finish's scan over the group stats), ``pass1_mufu`` (MUFU operations per token of pass 1)
     and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
     SM is the larger of its instruction issue and its pass-1 MUFU time."""
-    passes = sampler_passes(config, select_passes, V)
+    passes = sampler_passes(config, select_passes, V, select_block=instr.get("select_block") or 1)
     logits = B * V * itemsize
     rows_busiest_sm = math.ceil(B / gpu["sms"])
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -256,7 +263,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     selects and the filtered draw). ``partial_instr``: ``pass1`` (thread-instructions per token),
     ``pass1_mufu`` and ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``:
     ``select``, ``draw``, ``groups`` and ``cta_warp``."""
-    passes = sampler_passes(config, select_passes, V)
+    passes = sampler_passes(config, select_passes, V, select_block=merge_instr.get("select_block") or 1)
     logits = B * V * itemsize
     ctas = B * S
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -351,6 +358,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
+            "select_block": sel["tokens_per_iter"] if sel else None,
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,

@@ -35,17 +35,22 @@ def test_sampler_passes():
     p = cm.sampler_passes("topk_topp_minp", (3, 8), 151936)
     lo, hi = p["total"]
     assert lo == pytest.approx(1 + f, rel=1e-3) and hi == pytest.approx(1 + 2 * f, rel=1e-3)
-    # 2 selects x 3..8 levels over 50..4096 buffered values, as a share of the row (instructions only)
-    assert p["select"] == (pytest.approx(2 * 3 * 50 / 151936, rel=1e-3), pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
+    # 50 buffered values: one sort (straight-line code, no select loop); 4096: 2 selects x 8 radix levels over
+    # them, as a share of the row (instructions only)
+    assert p["select"] == (0, pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
+    # more than 256 values take the radix levels, the values rounded up to whole loop iterations
+    p = cm.sampler_passes("top_k", (3, 8), 151936, buffer_entries=(257, 4000), select_block=512)
+    assert p["select"] == (pytest.approx(3 * 512 / 151936, rel=1e-3), pytest.approx(8 * 4096 / 151936, rel=1e-3))
     # issue 14's "at most 3 full-row passes": V = 32000, 125 groups of which 50 are candidates
     assert cm.sampler_passes("topk_topp_minp", (3, 8), 32000)["total"] == (1.4, 1.8)
     assert cm.sampler_passes("min_p", (3, 8), 2560)["total"] == (1, 2)      # one group .. the whole row
     p = cm.sampler_passes("top_p", (3, 8), 2560)
     assert p["total"] == (1.1, 3)                                           # 1 + 0.1..1 + 0..1
-    assert p["select"] == (pytest.approx(3 * 50 / 2560, rel=1e-3), 8)       # the buffer holds up to the row
+    assert p["select"] == (0, 8)                                            # the buffer holds up to the row
     pytest.importorskip("triton")
     from tts_kernels.sampling import triton_kernel
     assert cm.BUFFER_ENTRIES[1] == triton_kernel._CANDIDATES
+    assert cm.SORTED_ENTRIES == triton_kernel._SORTED
 
 
 def test_sampler_bound_b1_instruction_bound():
@@ -68,12 +73,13 @@ def test_sampler_bound_waves_and_passes():
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
     assert r["full_row_passes"] == [1.256, 3]           # 1 + compaction + 0..1 draw, over 1 group .. all
-    # the select: 2..5 levels over 50..1000 buffered values (4 B each), 0.1..5 rows' worth of values
-    assert r["select_buffer_bytes"] == {"low": pytest.approx(0.1 * 264 * 1000 * 4), "high": 5 * 264 * 1000 * 4}
+    # the select: 50 buffered values sorted (straight-line code), 1000 read by 5 radix levels (4 B each):
+    # 0..5 rows' worth of values
+    assert r["select_buffer_bytes"] == {"low": 0, "high": 5 * 264 * 1000 * 4}
     lo, hi = r["low"], r["high"]
-    assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.256 * 30 + 0.1 * 200, rel=1e-3)
+    assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.256 * 30, rel=1e-3)
     assert hi["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
-    assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2 + 0.1 * 264 * 1000 * 4, rel=1e-3)
+    assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2, rel=1e-3)
     assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 4
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1210 / 32 / (4 * 1.755e9), rel=1e-3)
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
@@ -169,12 +175,12 @@ def test_split_row_bound_b1_hand_case():
     assert lo["gbps_bound"] == pytest.approx((32000 * 4 + 12) / (t_partial + t_merge) / 1e9, rel=1e-3)
     assert lo["l2_to_sm_bytes"] == 32000 * 4
     # the filters run in the merge kernel on one SM: the compaction and the draw over the candidate groups
-    # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then 2 selects x 3..8 levels over 50..4096
-    # buffered values (0.009375..2.048 rows' worth)
+    # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then the thresholds: 50 buffered values sorted
+    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 radix levels (2.048 rows' worth)
     f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 8))
     assert f["full_row_passes"] == [pytest.approx(1.4), pytest.approx(1.8)]
     thr_hi = 0.4 * 40 + 2.048 * 218.5 + 0.4 * 98.25
-    thr_lo = 0.4 * 40 + 0.009375 * 218.5
+    thr_lo = 0.4 * 40
     t_m_hi = (32000 * thr_hi / 32 + 3720) / RATE
     t_m_lo = (32000 * thr_lo / 32 + 3720) / RATE
     assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)

@@ -295,12 +295,12 @@ def test_tiny_vocab_and_single_row():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from tts_kernels.sampling.triton_kernel import _compact_candidates, _radix_select  # noqa: E402
+from tts_kernels.sampling.triton_kernel import _compact_candidates, _sorted_thresholds, _radix_select  # noqa: E402
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP,
-                       HBLOCK: tl.constexpr, DBLOCK: tl.constexpr):
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, SORT,
+                       HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = g_ptr + row * NG
@@ -320,13 +320,17 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_pt
     p = tl.load(p_ptr + row)
     t_key = tl.full([], 0, tl.uint32)
     mass_k = tl.full([], -1.0, tl.float32)
-    if (k > 0) & (k < V):
-        t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
-                                      g_row, L, buf_row, nbuf, use_buf, False, HBLOCK)
-    if p < 1.0:
-        t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L,
-                                buf_row, nbuf, use_buf, True, HBLOCK)
-        t_key = tl.maximum(t_key, t_p)
+    if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
+        if ((k > 0) & (k < V)) | (p < 1.0):
+            t_key = _sorted_thresholds(buf_row, nbuf, zmax, k, (k > 0) & (k < V), p, p < 1.0, PW)
+    else:
+        if (k > 0) & (k < V):
+            t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
+                                          g_row, L, buf_row, nbuf, use_buf, False, HBLOCK)
+        if p < 1.0:
+            t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L,
+                                    buf_row, nbuf, use_buf, True, HBLOCK)
+            t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
 
 
@@ -336,14 +340,16 @@ def _keys(z):
     return k + 2 ** 31  # unsigned order
 
 
+@pytest.mark.parametrize("sort", [False, True], ids=["radix", "sorted"])
 @pytest.mark.parametrize("cap", [0, 64, 1333, 2048], ids=["row", "mixed", "row-length", "buffer"])
 @pytest.mark.parametrize("quantize", [False, True])
-def test_threshold_search_exact(quantize, cap):
+def test_threshold_search_exact(quantize, cap, sort):
     """The radix select over the candidate groups (raw maximum >= L, here the k-th largest group
     maximum for top-k rows: _candidate_bound's rule; -inf, all groups, for the others): the
     candidates with key >= T are exactly the reference's kept set, whether the selects read the
     row's candidate groups or the values ``z >= L`` compacted into a buffer of ``cap`` (a row with
-    more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``."""
+    more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``.
+    ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds) instead of radix levels."""
     torch.manual_seed(7)
     B, V = 16, 1333
     z = torch.randn(B, V, device=DEV) * 2
@@ -365,7 +371,7 @@ def test_threshold_search_exact(quantize, cap):
     nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
     buf = torch.full((B, max(cap, 1)), float("nan"), device=DEV)
     _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV), buf, out,
-                             nbuf, V, ng, cap, HBLOCK=128, DBLOCK=512)
+                             nbuf, V, ng, cap, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
     zc = z.cpu()
     n_want = (zc >= L.view(-1, 1)).sum(1)
     assert torch.equal(nbuf.cpu().long(), n_want)
@@ -375,6 +381,9 @@ def test_threshold_search_exact(quantize, cap):
     on_buf = n_want <= cap
     if cap == 64:
         assert 0 < int(on_buf.sum()) < B
+    if sort and cap >= 64:   # rows on the sort (and, with a larger buffer, on its radix levels)
+        assert 0 < int((n_want <= 64).sum())
+        assert cap == 64 or 0 < int(((n_want > 64) & on_buf).sum())
     cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
     above = _keys(zc) >= out.cpu().view(-1, 1)
     want = filter_mask(zc, top_k, top_p, torch.zeros(B))

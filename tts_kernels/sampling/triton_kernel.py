@@ -27,10 +27,12 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
 * **Filters** (only rows with top-k / top-p / min-p): from the group maxima alone, a bound ``L``
   that every kept token reaches (``_candidate_bound``); one read of the groups that reach it
   compacts the values ``z >= L / T`` into a per-row buffer (``_compact_candidates``, at most
-  ``_CANDIDATES``); radix selects over their order-preserving uint32 keys (4-bit digits; top-k by
-  count with early exit, top-p by mass against ``top_p * mass(top-k set)``) read the buffer, not the
-  row (``_buffer_hist``; a row with more candidates than the buffer holds reads its candidate groups
-  per level, ``_row_hist``, and skips the compaction when it has no bound and is longer than the buffer).
+  ``_CANDIDATES``); the thresholds (top-k: the k-th largest key, ties kept; top-p: by mass against
+  ``top_p * mass(top-k set)``) come from the buffer, not the row: up to ``_SORTED`` values by one sort
+  and a running sum (``_sorted_thresholds``), more by radix selects over their order-preserving
+  uint32 keys (4-bit digits, early exit; ``_buffer_hist``). A row with more candidates than the
+  buffer holds reads its candidate groups per radix level (``_row_hist``), and skips the compaction
+  when it has no bound and is longer than the buffer.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
@@ -97,6 +99,9 @@ _SLICE_TOKENS = 2048
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
 #: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
 _CANDIDATES = 4096
+#: candidates whose thresholds come from one sort and a running sum (``_sorted_thresholds``) instead of
+#: radix levels: the benchmarks' top-k of 50 buffers 50-77 values
+_SORTED = 256
 _HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _SCAN = 1024         # group stats per step of the finish's scan
 _NUM_WARPS = 8
@@ -191,6 +196,28 @@ def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax,
             cnt += c
             mass += m
     return cnt, mass
+
+
+@triton.jit
+def _sorted_thresholds(buf_ptr, nbuf, zmax, top_k, k_on, top_p, p_on, PW: tl.constexpr):
+    """Top-k / top-p thresholds of a row whose candidates fit one sort (``nbuf <= PW``): the buffered
+    values sorted in descending order and their masses (``exp(z - zmax)``) summed from the top in that
+    order; top-k's threshold is the k-th largest key (ties kept), top-p's the largest key whose mass
+    from the top reaches ``top_p`` x the mass of the top-k set (of every candidate without top-k).
+    Exact keys of candidates: every token the draw keeps is one of them."""
+    i = tl.arange(0, PW)
+    valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
+    z = tl.sort(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), 0, descending=True)
+    key = _order_key(z)
+    cum = tl.cumsum(tl.where(valid, tl.exp(z - zmax), 0.0), 0)
+    t_key = tl.full([], 0, tl.uint32)      # keep all
+    mass_k = tl.max(cum, 0)                # every candidate's mass
+    if k_on:
+        t_key = tl.max(tl.where(i == top_k - 1, key, 0), 0)
+        mass_k = tl.max(tl.where(valid & (key >= t_key), cum, 0.0), 0)   # the mass of the top-k set, ties in
+    if p_on:
+        t_key = tl.maximum(t_key, tl.max(tl.where(valid & (cum >= top_p * mass_k), key, 0), 0))
+    return t_key
 
 
 @triton.jit
@@ -612,7 +639,8 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
 
 @triton.jit
 def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0, mask_end,
-                       buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+                       buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+                       PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
     group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
     top-k set), the compaction of the candidates and the radix selects. Returns (Ls, the smallest key
@@ -629,21 +657,24 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
         tl.debug_barrier()  # the values written by every warp, visible to the selects
     use_buf = compact & (nbuf <= CAP)
     t_key = tl.full([], 0, tl.uint32)      # keep all
-    mass_k = total                         # the row's draw mass (relative to exp(zmax))
-    if k_on:
-        t_key, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                      p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
-    if p_on:
-        t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                     p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
-        t_key = tl.maximum(t_key, t_p)
+    if use_buf & (nbuf <= PW):
+        t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, top_k, k_on, top_p, p_on, PW)
+    else:
+        mass_k = total                     # the row's draw mass (relative to exp(zmax))
+        if k_on:
+            t_key, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
+                                          p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
+        if p_on:
+            t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
+                                         p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
+            t_key = tl.maximum(t_key, t_p)
     return Ls, t_key
 
 
 @triton.jit
 def _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on, min_p, m_on,
                    V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
-                   FB: tl.constexpr):
+                   FB: tl.constexpr, PW: tl.constexpr):
     """The draw of a row with filters (top-k / top-p / min-p): their thresholds, then the chosen group
     ``g1`` re-read with them; when its filtered score no longer beats ``b2`` (the best unfiltered
     score of the other groups), one filtered pass over the candidate groups (raw maximum >= ``L``,
@@ -653,7 +684,7 @@ def _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, to
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if k_on | p_on:
         Ls, t_key = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                                       V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB)
+                                       V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
     L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
     sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                              _is_candidate(ws_row, g1, V, Tz, L / Tz), c1, c2, k0, k1, True)
@@ -670,7 +701,8 @@ def _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, to
 @triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
-            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+            PW: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
@@ -715,7 +747,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     # ---- filters: thresholds, then the chosen group re-read with them ------------------------
     if filtered:
         s_tok = _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on,
-                               min_p, m_on, V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK, HBLOCK, FB)
+                               min_p, m_on, V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
 
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
@@ -774,7 +806,7 @@ def _sample_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
-        HBLOCK: tl.constexpr, FB: tl.constexpr, FAST_LOG: tl.constexpr):
+        HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
@@ -783,7 +815,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB)
+            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
 
 
 @triton.jit
@@ -803,14 +835,14 @@ def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
-        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB)
+            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
 
 
 def _fast_log(t):
@@ -901,6 +933,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     block = _tile_tokens(_PASS1_TOKENS, V)
     dblock = _tile_tokens(_DRAW_BYTES // logits.element_size(), V)
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
+    pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
     ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
@@ -915,7 +948,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, logits.element_size()), PAIRS=pairs,
-            DBLOCK=dblock, HBLOCK=hblock, FB=fb, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
+            DBLOCK=dblock, HBLOCK=hblock, FB=fb, PW=pw, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
@@ -930,6 +963,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, DBLOCK=dblock, HBLOCK=hblock, FB=fb, num_warps=_NUM_WARPS,
+        HAS_BUDGET=has_budget, DBLOCK=dblock, HBLOCK=hblock, FB=fb, PW=pw, num_warps=_NUM_WARPS,
         **_REGISTER_CAP)
     return tok, logp
