@@ -24,7 +24,8 @@ on a stream add up (no overlap between them).
 
 * Sampler, one program per row (``_sample_kernel``, ``B >= 132``): the busiest SM runs
   ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
-  thread-instructions per token / 32 warp-instructions, plus the finish's scan over the row's
+  thread-instructions per token / 32 warp-instructions (pass 1's loop: only the row's whole tiles;
+  its partial last tile is straight-line code, the module's ``tile`` role), plus the finish's scan over the row's
   ``ceil(V / 256)`` group stats (``groups`` per group) and the kernel's straight-line code; the
   row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132``: ``S = slices_for(B, V, 132)`` slices of ``CHUNK`` tokens):
@@ -244,9 +245,16 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
     out["cta_warp_this_config"] = _cta_warp(instr, config)
+    # pass 1's loop runs the whole tiles; the partial last one is straight-line code (in the count once),
+    # none when V is a multiple of the tile
+    block = instr.get("pass1_block") or 0
+    loop_tokens = V // block * block if block else V
+    tail = instr.get("tail_warp", 0) if loop_tokens == V else 0
+    out["pass1_loop_tokens"] = loop_tokens
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
-        warp_per_row = V * thr_per_token / 32 + _groups(V) * instr.get("groups", 0.0) / 32 + _cta_warp(instr, config)
+        warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
+                        + _groups(V) * instr.get("groups", 0.0) / 32 + _cta_warp(instr, config) - tail)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
@@ -275,7 +283,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     out["merge_cta_warp_this_config"] = _cta_warp(merge_instr, config)
     rate = _rate(gpu)
-    warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
+    # a slice of whole tiles (all but a row's last) skips the partial tile's straight-line code
+    warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0) - partial_instr.get("tail_warp", 0)
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
@@ -365,6 +374,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
                            if p1 and p1[0].get("mufu") is not None else 0.0),
             "cta_warp": straight_line_warp_instr(compiled),
+            "pass1_block": p1[0]["tokens_per_iter"] if p1 else None,
+            # the partial last tile of pass 1: the pass-1 tile function's straight-line instructions
+            "tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("tile"), 0)
+                          * compiled["num_warps"] if p1 else 0),
             "cta_warp_paths": {role: straight_line_warp_instr(compiled, roles[role])
                                for role in sorted(set(_SKIPPED_ROLE.values())) if roles.get(role)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],

@@ -120,6 +120,23 @@ def test_sampler_bound_straight_line_per_config():
     assert r["merge_cta_warp_this_config"] == 3000
 
 
+def test_sampler_bound_pass1_tail():
+    # pass 1's loop runs V = 20000's 2 whole tiles of 8192; the partial one (3616 tokens) is straight-line code
+    # (tail_warp of the 5000 straight-line warp-instructions), counted once, not again at the loop's rate
+    instr = {"pass1": 16.0, "cta_warp": 5000, "pass1_block": 8192, "tail_warp": 1200}
+    r = cm.sampler_bound(264, 20000, 2, "temp", instr)
+    assert r["pass1_loop_tokens"] == 16384
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * (16384 * 16 / 32 + 5000) / RATE, rel=1e-3)
+    # a row of whole tiles skips the partial tile's code
+    r = cm.sampler_bound(264, 16384, 2, "temp", instr)
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * (16384 * 16 / 32 + 5000 - 1200) / RATE, rel=1e-3)
+    # split rows: a slice of whole tiles skips it too
+    r = cm.split_row_bound(1, 20000, 2, "temp", 10, 2048, {"pass1": 16.0, "cta_warp": 900, "tail_warp": 300},
+                           {"cta_warp": 100})
+    assert r["low"]["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx((2048 * 16 / 32 + 600) / RATE,
+                                                                                  rel=1e-3)
+
+
 def test_sass_inlining_chains_and_straight_line_by_function(tmp_path):
     # nvdisasm -gi: a run of "//## File" lines is one chain, innermost first; the functions of each frame
     src = tmp_path / "k.py"
@@ -196,7 +213,11 @@ def test_split_row_bound_b32_waves():
     assert r["low"]["t_issue_s"] == pytest.approx(2 * 4096 * 100 / 32 / RATE, rel=1e-3)
     # the slice count the model is fed is the wrapper's rule on an H100
     from tts_kernels.sampling.triton_kernel import slices_for
-    assert slices_for(1, 32000, 132) == 16 and slices_for(32, 32000, 132) == 9 and slices_for(256, 32000, 132) == 1
+    assert slices_for(1, 32000, 132) == 16 and slices_for(32, 32000, 132) == 8 and slices_for(256, 32000, 132) == 1
+    # the fewest tiles on the busiest SM, at most 2 programs per SM: B=32, V=151936 (75 tiles of 2048): 4 slices
+    # of 19 tiles (19 on the busiest SM; 9 slices of 9 tiles put 3 programs on some SMs: 27); B=1: 75 of 1
+    assert slices_for(32, 151936, 132) == 4 and slices_for(1, 151936, 132) == 75
+    assert slices_for(100, 151936, 132) == 1            # one program per row: 75 tiles' worth, as with 2 slices
 
 
 def test_work_items_launched_equals_live():
@@ -442,7 +463,8 @@ def test_cost_model_from_results_json(tmp_path):
     assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
     # B=256: one program per row, 2 rows on the busiest SM
     assert (b256["path"], b256["rows_on_busiest_sm"]) == ("row", 2)
-    assert b256["low"]["t_issue_s"] == pytest.approx(2 * (32000 * 100 / 32 + scan + 800) / RATE, rel=1e-3)
+    # pass 1's loop: the 31 whole tiles of 1024 (the partial one is straight-line code, none in this SASS)
+    assert b256["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 100 / 32 + scan + 800) / RATE, rel=1e-3)
 
 
 def test_sibling_stats_only_for_loop_neutral_differences():

@@ -46,6 +46,7 @@ bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -77,10 +78,11 @@ DONE = tl.constexpr(_budget.DONE)
 GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
 #: pass 1, a radix-select level's read of the candidate buffer, the filtered draw pass, the scan over the
-#: group stats, the compaction of the selects' candidates; and the code only some rows run: ``filtered``
-#: (rows with a filter), ``thresholds`` (rows with top-k or top-p)
+#: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
+#: last tile); and the code only some rows run: ``filtered`` (rows with a filter), ``thresholds`` (rows with
+#: top-k or top-p)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_hist", "draw": "_filtered_groups",
-                    "groups": "_scan_groups", "compact": "_compact_candidates",
+                    "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
                     "filtered": "_filtered_draw", "thresholds": "_select_thresholds"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
@@ -887,14 +889,30 @@ def _loads_per_thread(block, element_size):
     return max(1, block // (32 * _NUM_WARPS * (16 // element_size)))
 
 
+@functools.lru_cache(maxsize=1024)
 def slices_for(B, V, num_sms):
-    """Row slices per row on a GPU with ``num_sms`` SMs: enough programs to fill it (2 per SM) when
-    B is small, slices of at least 2048 tokens (whole split-row pass-1 tiles of 2048 tokens);
-    1 (one program per row) when B >= num_sms."""
+    """Row slices per row on a GPU with ``num_sms`` SMs when B is small (1, one program per row, when
+    ``B >= num_sms``). Slices are whole split-row pass-1 tiles of ``_SLICE_TOKENS``, at most 2
+    programs per SM (latency hiding; more would add per-program overhead). An SM runs its programs'
+    tiles one after the other, so the count is the one that gives the busiest SM the fewest tiles
+    (``ceil(B S / num_sms) x tiles per slice``), then the most programs. Returns the count the
+    wrapper launches (``cdiv(V, chunk)`` after rounding the chunk to whole tiles). B=32, V=151936:
+    4 slices of 19 tiles, 19 on the busiest SM ("2 programs per SM" alone gave 9 slices of 9 tiles,
+    3 of them on some SMs: 27); B=100: 1 (the per-row kernel: 75 tiles' worth on each busy SM,
+    as with 2 slices)."""
     if B >= num_sms:
         return 1
-    max_slices = max(1, triton.cdiv(V, _SLICE_TOKENS))
-    return max(1, min(max_slices, triton.cdiv(2 * num_sms, B)))
+
+    def launched(S):
+        chunk = triton.cdiv(triton.cdiv(V, S), _SLICE_TOKENS)        # tiles per slice, as the wrapper rounds
+        return triton.cdiv(V, chunk * _SLICE_TOKENS), chunk
+
+    def key(S):
+        s, chunk = launched(S)
+        return triton.cdiv(B * s, num_sms) * chunk, -B * s
+
+    most = max(1, min(triton.cdiv(V, _SLICE_TOKENS), 2 * num_sms // B))
+    return launched(min(range(1, most + 1), key=key))[0]
 
 
 def _num_slices(B, V, device):
