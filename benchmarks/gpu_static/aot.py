@@ -15,8 +15,9 @@ Three steps, each usable on its own:
    down to cubin with Triton's bundled ptxas, then :func:`ptxas_stats` (registers, spill
    bytes, stack from ``ptxas -v`` on the same PTX with Triton's ptxas flags),
    :func:`resource_usage` (``cuobjdump --dump-resource-usage`` of Triton's cubin) and
-   :func:`sass_loops` (``nvdisasm -g`` of the cubin: every loop, its instruction count per
-   iteration, its STL/LDL, and the source loop it comes from).
+   :func:`sass_loops` (``nvdisasm -gi`` of the cubin: every loop, its instruction count per
+   iteration, its STL/LDL, and the source loop it comes from) and :func:`straight_line_by_function`
+   (the instructions outside the loops per function on their inlining chains).
 """
 from __future__ import annotations
 

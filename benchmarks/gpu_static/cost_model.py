@@ -22,13 +22,13 @@ latency) and CTAs spread evenly over the SMs: it is a floor on time, as is the b
 kernel is at best ``max(issue bound, bandwidth bound)``, and kernels launched one after the other
 on a stream add up (no overlap between them).
 
-* Sampler, one program per row (``_sample_kernel``, ``B >= 132``): the busiest SM runs
+* Sampler, one program per row (``_sample_kernel``: ``B >= 132``, or ``slices_for`` gives 1): the busiest SM runs
   ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
   thread-instructions per token / 32 warp-instructions (pass 1's loop: only the row's whole tiles;
   its partial last tile is straight-line code, the module's ``tile`` role), plus the finish's scan over the row's
   ``ceil(V / 256)`` group stats (``groups`` per group) and the kernel's straight-line code; the
   row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
-* Sampler, split rows (``B < 132``: ``S = slices_for(B, V, 132)`` slices of ``CHUNK`` tokens):
+* Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
@@ -174,7 +174,7 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     sel, draw = SAMPLER_CONFIGS[config]
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
     n = V or buffer_entries[1]
-    read = [0.0 if b <= SORTED_ENTRIES else levels * -(-min(b, n) // select_block) * select_block / n
+    read = [0.0 if min(b, n) <= SORTED_ENTRIES else levels * -(-min(b, n) // select_block) * select_block / n
             for b, levels in zip(buffer_entries, select_passes)]
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
          "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0)}

@@ -51,6 +51,12 @@ def test_sampler_passes():
     from tts_kernels.sampling import triton_kernel
     assert cm.BUFFER_ENTRIES[1] == triton_kernel._CANDIDATES
     assert cm.SORTED_ENTRIES == triton_kernel._SORTED
+    # a row no longer than the sort's capacity is always sorted, whatever the buffer's capacity
+    assert cm.sampler_passes("top_k", (3, 8), 200, select_block=512)["select"] == (0, 0)
+    # every role the cost model looks up names a Triton function of the module (a missing one would fall
+    # back to every path silently)
+    for role, fn in triton_kernel.COST_MODEL_ROLES.items():   # (a JITFunction, or the interpreter's wrapper)
+        assert getattr(getattr(getattr(triton_kernel, fn, None), "fn", None), "__name__", None) == fn, (role, fn)
 
 
 def test_sampler_bound_b1_instruction_bound():
@@ -217,7 +223,7 @@ def test_split_row_bound_b32_waves():
     # the fewest tiles on the busiest SM, at most 2 programs per SM: B=32, V=151936 (75 tiles of 2048): 4 slices
     # of 19 tiles (19 on the busiest SM; 9 slices of 9 tiles put 3 programs on some SMs: 27); B=1: 75 of 1
     assert slices_for(32, 151936, 132) == 4 and slices_for(1, 151936, 132) == 75
-    assert slices_for(100, 151936, 132) == 1            # one program per row: 75 tiles' worth, as with 2 slices
+    assert slices_for(100, 151936, 132) == 1            # one program per row: 75 tiles' worth (2 slices: 76)
 
 
 def test_work_items_launched_equals_live():

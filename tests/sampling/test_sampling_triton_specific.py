@@ -299,7 +299,7 @@ from tts_kernels.sampling.triton_kernel import _compact_candidates, _sorted_thre
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, SORT,
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, SORT,
                        HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
@@ -319,10 +319,10 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, buf_ptr, out_ptr, n_pt
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
     t_key = tl.full([], 0, tl.uint32)
-    mass_k = tl.full([], -1.0, tl.float32)
+    mass_k = tl.load(m_ptr + row)              # the row's mass, relative to exp(zmax), as the finish's scan gives it
     if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
         if ((k > 0) & (k < V)) | (p < 1.0):
-            t_key = _sorted_thresholds(buf_row, nbuf, zmax, k, (k > 0) & (k < V), p, p < 1.0, PW)
+            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, (k > 0) & (k < V), p, p < 1.0, PW)
     else:
         if (k > 0) & (k < V):
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
@@ -340,12 +340,15 @@ def _keys(z):
     return k + 2 ** 31  # unsigned order
 
 
-@pytest.mark.parametrize("sort", [False, True], ids=["radix", "sorted"])
-@pytest.mark.parametrize("cap", [0, 64, 1333, 2048], ids=["row", "mixed", "row-length", "buffer"])
+@pytest.mark.parametrize("cap, sort", [(0, False), (64, False), (64, True), (1333, False), (1333, True),
+                                       (2048, False), (2048, True)],
+                         ids=["row", "mixed", "mixed-sorted", "row-length", "row-length-sorted", "buffer",
+                              "buffer-sorted"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize, cap, sort):
-    """The radix select over the candidate groups (raw maximum >= L, here the k-th largest group
-    maximum for top-k rows: _candidate_bound's rule; -inf, all groups, for the others): the
+    """The radix select over the candidate groups (raw maximum >= L: _candidate_bound's rule, the k-th
+    largest group maximum for top-k rows, for top-p alone the largest group maximum down to which the
+    group maxima's weights reach 1.001 x top_p of the row's mass; -inf, all groups, for the others): the
     candidates with key >= T are exactly the reference's kept set, whether the selects read the
     row's candidate groups or the values ``z >= L`` compacted into a buffer of ``cap`` (a row with
     more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``.
@@ -357,6 +360,8 @@ def test_threshold_search_exact(quantize, cap, sort):
         z = torch.round(z * 4) / 4  # ties at the thresholds
     z[0, 10:] = float("-inf")
     z[1, :] = 1.5
+    z[6, [5, 300, 700]] += 8.0    # peaked top-p rows: a few group maxima carry the mass (a finite bound)
+    z[12, [10, 600]] += 7.0
     z = torch.where(z == 0, torch.zeros_like(z), z)  # -0 -> +0 as the kernel does
     top_k = torch.tensor([3, 5, 1, 2, 4, 100, 0, 0, 0, 6, 40, 1332, 0, 250, 7, 1], dtype=torch.int32)
     top_p = torch.tensor([1.0, 0.5, 1.0, 0.9, 1.0, 0.8, 0.5, 0.95, 0.01, 0.9, 0.99, 1.0, 0.3, 0.999, 1.0, 0.2])
@@ -366,11 +371,18 @@ def test_threshold_search_exact(quantize, cap, sort):
     srt = gmax.sort(1, descending=True).values
     on = (top_k > 0) & (top_k < V) & (top_k <= ng)
     L = torch.where(on, srt.gather(1, (top_k.long() - 1).clamp(0, ng - 1).view(-1, 1)).squeeze(1), float("-inf"))
-    assert (L > float("-inf")).sum() >= 5
+    zmax = z.cpu().amax(1, keepdim=True)
+    mass = torch.exp(z.cpu() - zmax).sum(1)                       # the row's mass, relative to exp(zmax)
+    w = torch.where(srt > float("-inf"), torch.exp(srt - zmax), 0.0).cumsum(1)
+    p_bound = torch.where(w >= (top_p * mass * 1.001).view(-1, 1), srt, float("-inf")).amax(1)
+    p_only = ~((top_k > 0) & (top_k < V)) & (top_p < 1.0)
+    L = torch.where(p_only, p_bound, L)
+    assert (L > float("-inf")).sum() >= 8 and (L[p_only] > float("-inf")).sum() >= 3
     out = torch.empty(B, dtype=torch.int64, device=DEV)
     nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
     buf = torch.full((B, max(cap, 1)), float("nan"), device=DEV)
-    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV), buf, out,
+    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV),
+                             mass.float().to(DEV), buf, out,
                              nbuf, V, ng, cap, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
     zc = z.cpu()
     n_want = (zc >= L.view(-1, 1)).sum(1)
@@ -381,8 +393,8 @@ def test_threshold_search_exact(quantize, cap, sort):
     on_buf = n_want <= cap
     if cap == 64:
         assert 0 < int(on_buf.sum()) < B
-    if sort and cap >= 64:   # rows on the sort (and, with a larger buffer, on its radix levels)
-        assert 0 < int((n_want <= 64).sum())
+    if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on its radix levels)
+        assert 0 < int((p_only & (n_want <= 64)).sum()) and 0 < int((~p_only & (n_want <= 64)).sum())
         assert cap == 64 or 0 < int(((n_want > 64) & on_buf).sum())
     cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
     above = _keys(zc) >= out.cpu().view(-1, 1)
@@ -484,6 +496,20 @@ def test_candidate_bound_regressions():
     y[:, 5] = b
     tok, _, _ = _check(y.to(DEV), _params(40, 3.0, 1, 1.0, 0.0, seed=torch.arange(40)), allow_ties=False)
     assert set(tok.tolist()) == {5, 300}
+
+
+def test_top_p_alone_on_the_sort_keeps_the_row_share():
+    """Top-p alone on a peaked row: its bound leaves a few candidates (one sort), and the kept set is the
+    top of the *row's* mass, not of the candidates' (10 strong tokens over 8182 zeros, top_p = 0.02:
+    the reference keeps 8 of the 10; a target relative to the candidates' mass kept only the top one)."""
+    B, V = 6, 8192
+    x = torch.zeros(B, V)
+    for j in range(10):
+        x[:, 256 * j] = 3.0 + 0.01 * j
+    params = _params(B, 1.0, 0, 0.02, 0.0)
+    assert filter_mask(x, params[1].cpu(), params[2].cpu(), params[3].cpu()).sum(1).tolist() == [8] * B
+    tok, _, _ = _check(x.to(DEV), params, allow_ties=False)
+    assert len(set(tok.tolist())) > 1      # the draws spread over the kept tokens
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])

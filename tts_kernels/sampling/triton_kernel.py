@@ -145,7 +145,8 @@ def _scaled(row_ptr, offs, inb, end0, mask_end, Tz):
 @triton.jit
 def _is_candidate(ws_row, g, V, Tz, Lz):
     """Whether group ``g`` (of the row's ``V`` tokens) can hold a candidate: its raw maximum
-    (``ws_row[g]``) divided by T reaches ``Lz``; False for a group past the row."""
+    (``ws_row[g]``) divided by T reaches ``Lz`` (-inf for a group past the row: True only when ``Lz``
+    is -inf, so callers mask the tokens past the row themselves)."""
     return tl.load(ws_row + g, mask=g * GROUP < V, other=float("-inf")) / Tz >= Lz
 
 
@@ -201,19 +202,20 @@ def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax,
 
 
 @triton.jit
-def _sorted_thresholds(buf_ptr, nbuf, zmax, top_k, k_on, top_p, p_on, PW: tl.constexpr):
+def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW: tl.constexpr):
     """Top-k / top-p thresholds of a row whose candidates fit one sort (``nbuf <= PW``): the buffered
     values sorted in descending order and their masses (``exp(z - zmax)``) summed from the top in that
     order; top-k's threshold is the k-th largest key (ties kept), top-p's the largest key whose mass
-    from the top reaches ``top_p`` x the mass of the top-k set (of every candidate without top-k).
-    Exact keys of candidates: every token the draw keeps is one of them."""
+    from the top reaches ``top_p`` x the mass of the top-k set (without top-k: ``total``, the whole
+    row's mass; the candidates hold more than ``top_p`` of it, ``_candidate_bound``). Exact keys of
+    candidates: every token the draw keeps is one of them."""
     i = tl.arange(0, PW)
     valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
     z = tl.sort(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), 0, descending=True)
     key = _order_key(z)
     cum = tl.cumsum(tl.where(valid, tl.exp(z - zmax), 0.0), 0)
     t_key = tl.full([], 0, tl.uint32)      # keep all
-    mass_k = tl.max(cum, 0)                # every candidate's mass
+    mass_k = total                         # the row's mass (relative to exp(zmax))
     if k_on:
         t_key = tl.max(tl.where(i == top_k - 1, key, 0), 0)
         mass_k = tl.max(tl.where(valid & (key >= t_key), cum, 0.0), 0)   # the mass of the top-k set, ties in
@@ -297,7 +299,8 @@ def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP
     """One read of the candidate groups (raw maximum ``/ T >= Lz``; tiles without one are not read):
     writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP``
     of them, and returns how many there are (more than ``CAP``: the selects read the row instead).
-    The selects then read these few values, not the row (``_radix_select``'s ``use_buf``)."""
+    The thresholds then come from these few values, not the row (``_sorted_thresholds``, or
+    ``_radix_select``'s ``use_buf``)."""
     GT: tl.constexpr = DBLOCK // GROUP
     gi = tl.arange(0, GT)
     idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
@@ -645,7 +648,7 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
                        PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
     group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
-    top-k set), the compaction of the candidates and the radix selects. Returns (Ls, the smallest key
+    top-k set), the compaction of the candidates, then the sort or the radix selects. Returns (Ls, the smallest key
     the filters keep)."""
     zmax = xmax / Tz
     Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
@@ -660,7 +663,7 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
     use_buf = compact & (nbuf <= CAP)
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if use_buf & (nbuf <= PW):
-        t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, top_k, k_on, top_p, p_on, PW)
+        t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW)
     else:
         mass_k = total                     # the row's draw mass (relative to exp(zmax))
         if k_on:
@@ -898,8 +901,9 @@ def slices_for(B, V, num_sms):
     (``ceil(B S / num_sms) x tiles per slice``), then the most programs. Returns the count the
     wrapper launches (``cdiv(V, chunk)`` after rounding the chunk to whole tiles). B=32, V=151936:
     4 slices of 19 tiles, 19 on the busiest SM ("2 programs per SM" alone gave 9 slices of 9 tiles,
-    3 of them on some SMs: 27); B=100: 1 (the per-row kernel: 75 tiles' worth on each busy SM,
-    as with 2 slices)."""
+    3 of them on some SMs: 27); B=100: 1 (the per-row kernel: 75 tiles of 2048 tokens' worth on each
+    busy SM, against 76 with 2 slices; the per-row kernel's own tiles are 8192 tokens, cheaper per
+    token, which this count does not weigh)."""
     if B >= num_sms:
         return 1
 
