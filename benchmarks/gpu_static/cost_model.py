@@ -14,10 +14,11 @@ with a runtime branch, e.g. pass 1's ``if do_draw``, is counted with the branch 
 exception is tree attention's KV loop, below), each
 executed by every warp of the CTA once per iteration; the code outside a kernel's top-level loops
 (*straight-line*: ``sass_instructions`` minus those loops, every path once, so an over-estimate)
-is executed once per CTA by every warp; a config whose rows skip a function (temperature and greedy:
-the filters, ``_filtered_draw``; min-p alone: the top-k / top-p thresholds) counts the straight-line
-code without the instructions inlined from it (by the SASS's inlining info, ``nvdisasm -gi``;
-the other paths still once each). The issue bound assumes perfect issue (no stalls, no
+is executed once per CTA by every warp; a config whose rows skip functions (:func:`skipped_roles`:
+temperature and greedy every filter's code; min-p alone the top-k / top-p thresholds; a filtered row
+whose chosen group stands, the bounds' low side, the rescoring) counts the straight-line code without
+the instructions inlined from them (by the SASS's inlining info, ``nvdisasm -gi``; the other paths
+still once each). The issue bound assumes perfect issue (no stalls, no
 latency) and CTAs spread evenly over the SMs: it is a floor on time, as is the bandwidth bound; a
 kernel is at best ``max(issue bound, bandwidth bound)``, and kernels launched one after the other
 on a stream add up (no overlap between them).
@@ -244,7 +245,9 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     out.update(path="row", slices=1, active_sms=min(B, gpu["sms"]), rows_on_busiest_sm=rows_busiest_sm,
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
-    out["cta_warp_this_config"] = _cta_warp(instr, config)
+    # straight-line code per side: the low side's rows keep their chosen group (no filtered draw pass)
+    cta = {side: _cta_warp(instr, config, passes["draw"][k] > 0) for side, k in (("low", 0), ("high", 1))}
+    out["cta_warp_this_config"] = [cta["low"], cta["high"]]
     # pass 1's loop runs the whole tiles; the partial last one is straight-line code (in the count once),
     # none when V is a multiple of the tile
     block = instr.get("pass1_block") or 0
@@ -254,7 +257,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
         warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
-                        + _groups(V) * instr.get("groups", 0.0) / 32 + _cta_warp(instr, config) - tail)
+                        + _groups(V) * instr.get("groups", 0.0) / 32 + cta[side] - tail)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
@@ -281,7 +284,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                slices_on_busiest_sm=math.ceil(ctas / gpu["sms"]), rows_on_busiest_sm=math.ceil(B / gpu["sms"]),
                partial_ctas_in_flight=min(ctas, gpu["sms"] * partial_ctas_per_sm),
                workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
-    out["merge_cta_warp_this_config"] = _cta_warp(merge_instr, config)
+    cta = {side: _cta_warp(merge_instr, config, passes["draw"][k] > 0) for side, k in (("low", 0), ("high", 1))}
+    out["merge_cta_warp_this_config"] = [cta["low"], cta["high"]]
     rate = _rate(gpu)
     # a slice of whole tiles (all but a row's last) skips the partial tile's straight-line code
     warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0) - partial_instr.get("tail_warp", 0)
@@ -289,7 +293,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = sum(passes[p][k] * merge_instr.get(p, 0.0) for p in _SAMPLER_KINDS[1:])
-        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + _cta_warp(merge_instr, config)
+        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + cta[side]
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
@@ -308,27 +312,41 @@ def _sampler_roles() -> Dict[str, str]:
     return dict(getattr(triton_kernel, "COST_MODEL_ROLES", {}))
 
 
-def straight_line_warp_instr(compiled: Dict[str, Any], skip: Optional[str] = None) -> int:
+def straight_line_warp_instr(compiled: Dict[str, Any], skip: Sequence[str] = ()) -> int:
     """Warp-instructions of a kernel's code outside its top-level loops (every path once): the SASS
     instruction count minus the top-level loops' bodies, times the warps; ``skip``: less the
-    instructions inlined from that function (``straight_line_by_function``: a row that does not call it;
-    0 when the SASS had no inlining info)."""
+    instructions inlined from those functions (``straight_line_by_function``: a row that calls none of
+    them; they must be disjoint call trees, none inlined into another, or their code counts twice;
+    nothing is skipped when the SASS had no inlining info)."""
     in_loops = sum(lp["instructions"] for lp in compiled["loops"] if lp["depth"] == 0)
     n = compiled["sass_instructions"] - in_loops
-    if skip:
-        n -= (compiled.get("straight_line_by_function") or {}).get(skip, 0)
+    by_fn = compiled.get("straight_line_by_function") or {}
+    n -= sum(by_fn.get(fn, 0) for fn in ([skip] if isinstance(skip, str) else skip))
     return max(0, n) * compiled["num_warps"]
 
 
-#: the straight-line code a config's rows run: the module's role whose function they skip
-#: (temperature and greedy: every filter; min-p alone: the top-k / top-p thresholds), else all of it
-_SKIPPED_ROLE = {"temp": "filtered", "greedy": "filtered", "min_p": "thresholds"}
+def skipped_roles(config: str, rescored: bool) -> Tuple[str, ...]:
+    """The module's roles (disjoint call trees) whose straight-line code a row of ``config`` does not
+    run: temperature and greedy rows every filter's (``filtered``: the bounds; ``redraw``: the check of
+    the chosen group and the rescoring); min-p alone the top-k / top-p thresholds'; and a filtered row
+    whose chosen group stands (``rescored`` False: no filtered draw pass) the rescoring's."""
+    if config in ("temp", "greedy"):
+        return ("filtered", "redraw")
+    return (() if config != "min_p" else ("thresholds",)) + (() if rescored else ("rescore",))
 
 
-def _cta_warp(instr: Dict[str, Any], config: str) -> float:
-    """Straight-line warp-instructions per program for a row of ``config`` (``cta_warp_paths``), every
-    path when the config runs them all or the split by function is unknown."""
-    return (instr.get("cta_warp_paths") or {}).get(_SKIPPED_ROLE.get(config), instr.get("cta_warp", 0))
+def _paths_key(roles: Sequence[str]) -> str:
+    return "+".join(sorted(roles))
+
+
+def _cta_warp(instr: Dict[str, Any], config: str, rescored: bool = True) -> float:
+    """Straight-line warp-instructions per program for a row of ``config`` (``cta_warp_paths``: with the
+    code of :func:`skipped_roles` left out), every path when the config runs them all or the split by
+    function is unknown."""
+    roles = skipped_roles(config, rescored)
+    if not roles:
+        return instr.get("cta_warp", 0)
+    return (instr.get("cta_warp_paths") or {}).get(_paths_key(roles), instr.get("cta_warp", 0))
 
 
 def _loop_row(role, lp):
@@ -378,8 +396,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             # the partial last tile of pass 1: the pass-1 tile function's straight-line instructions
             "tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("tile"), 0)
                           * compiled["num_warps"] if p1 else 0),
-            "cta_warp_paths": {role: straight_line_warp_instr(compiled, roles[role])
-                               for role in sorted(set(_SKIPPED_ROLE.values())) if roles.get(role)},
+            "cta_warp_paths": {_paths_key(rs): straight_line_warp_instr(compiled, [roles[r] for r in rs])
+                               for rs in sorted({skipped_roles(c, r) for c in SAMPLER_CONFIGS for r in (False, True)})
+                               if rs and all(roles.get(r) for r in rs)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
             + [_loop_row("select", lp) for lp in helpers] + [_loop_row("compact", lp) for lp in compact]

@@ -3,8 +3,10 @@ loop finder and the spill rule on synthetic SASS, the allow-list, and the quick 
 sm_90 and sm_80 end to end (no GPU; skipped with the tool's reason on an unsupported Triton)."""
 from __future__ import annotations
 
+import inspect
 import json
 import math
+import re
 import os
 import subprocess
 import sys
@@ -57,6 +59,21 @@ def test_sampler_passes():
     # back to every path silently)
     for role, fn in triton_kernel.COST_MODEL_ROLES.items():   # (a JITFunction, or the interpreter's wrapper)
         assert getattr(getattr(getattr(triton_kernel, fn, None), "fn", None), "__name__", None) == fn, (role, fn)
+    # the roles a row skips together are disjoint call trees (straight_line_warp_instr adds their counts)
+    def calls(fn, seen=None):
+        seen = set() if seen is None else seen
+        src = inspect.getsource(getattr(triton_kernel, fn).fn)
+        for name in re.findall(r"\b(_[a-z0-9_]+)\(", src.split(":", 1)[1]):
+            if name not in seen and hasattr(getattr(triton_kernel, name, None), "fn"):
+                seen.add(name)
+                calls(name, seen)
+        return seen
+    roles = triton_kernel.COST_MODEL_ROLES
+    assert "_select_thresholds" in calls(roles["filtered"]) and "_rescore" in calls(roles["redraw"])
+    for rs in {cm.skipped_roles(c, r) for c in cm.SAMPLER_CONFIGS for r in (False, True)}:
+        for a in rs:
+            for b in rs:
+                assert a == b or roles[b] not in calls(roles[a]), (rs, a, b)
 
 
 def test_sampler_bound_b1_instruction_bound():
@@ -112,18 +129,50 @@ RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
 
 
 def test_sampler_bound_straight_line_per_config():
-    # the straight-line code a config's rows run: temperature and greedy skip the filters' (8000 -> 3000
-    # warp-instructions), min-p alone the thresholds' (-> 5000), top-k / top-p run every path
+    # the straight-line code a config's rows run: temperature and greedy skip every filter's (8000 -> 3000
+    # warp-instructions), min-p alone the thresholds' (-> 5000), top-k / top-p run every path; on the low
+    # side (no filtered draw pass: the chosen group stands) a filtered row also skips the rescoring's
     instr = {"pass1": 16.0, "select": 0.0, "draw": 0.0, "cta_warp": 8000,
-             "cta_warp_paths": {"filtered": 3000, "thresholds": 5000}}
-    for config, cta in (("temp", 3000), ("greedy", 3000), ("min_p", 5000), ("top_k", 8000), ("topk_topp_minp", 8000)):
+             "cta_warp_paths": {"filtered+redraw": 3000, "rescore+thresholds": 4500, "thresholds": 5000,
+                                "rescore": 7000}}
+    for config, cta in (("temp", (3000, 3000)), ("greedy", (3000, 3000)), ("min_p", (4500, 5000)),
+                        ("top_k", (7000, 8000)), ("topk_topp_minp", (7000, 8000))):
         r = cm.sampler_bound(264, 1000, 2, config, instr)
-        assert r["cta_warp_this_config"] == cta, config
-        assert r["low"]["t_issue_s"] == pytest.approx(2 * (1000 * 16 / 32 + cta) / RATE, rel=1e-3), config
+        assert r["cta_warp_this_config"] == list(cta), config
+        assert r["low"]["t_issue_s"] == pytest.approx(2 * (1000 * 16 / 32 + cta[0]) / RATE, rel=1e-3), config
+        assert r["high"]["t_issue_s"] == pytest.approx(2 * (1000 * 16 / 32 + cta[1]) / RATE, rel=1e-3), config
     # without the split (an older results JSON), every path
-    assert cm.sampler_bound(264, 1000, 2, "temp", {"pass1": 16.0, "cta_warp": 8000})["cta_warp_this_config"] == 8000
+    assert cm.sampler_bound(264, 1000, 2, "temp", {"pass1": 16.0, "cta_warp": 8000})["cta_warp_this_config"] == [8000, 8000]
     r = cm.split_row_bound(32, 1000, 2, "temp", 1, 1000, {"pass1": 16.0}, instr)
-    assert r["merge_cta_warp_this_config"] == 3000
+    assert r["merge_cta_warp_this_config"] == [3000, 3000]
+    r = cm.split_row_bound(32, 1000, 2, "min_p", 1, 1000, {"pass1": 16.0}, instr)
+    assert r["merge_cta_warp_this_config"] == [4500, 5000]
+    # the roles a row skips are sibling call trees of the kernel module (never one inside another)
+    assert cm.skipped_roles("temp", True) == ("filtered", "redraw")
+    assert cm.skipped_roles("min_p", False) == ("thresholds", "rescore")
+    assert cm.skipped_roles("top_p", True) == ()
+
+
+def test_sampler_instr_paths_from_the_inlining_counts():
+    # sampler_instr turns the SASS's per-function straight-line counts into the per-path counts
+    # _cta_warp looks up, under the module's role names: 1000 straight-line instructions (8 warps),
+    # of which the bounds 300 (the thresholds 250 of them) and the redraw 200 (the rescoring 150)
+    roles = cm._sampler_roles()
+    if not roles:
+        pytest.skip("the Triton sampler module does not load here")
+    loop = {"depth": 0, "instructions": 500, "innermost": True, "thread_instr_per_token": 10.0,
+            "tokens_per_iter": 8192, "instructions_excl": 500, "ldg_ops": ["LDG.E.128"], "mufu": 2,
+            "source": {"function": roles["pass1"], "line": 1}}
+    by_fn = {roles["filtered"]: 300, roles["thresholds"]: 250, roles["redraw"]: 200, roles["rescore"]: 150}
+    compiled = {"loops": [loop], "sass_instructions": 1500, "num_warps": 8, "straight_line_by_function": by_fn}
+    instr = cm.sampler_instr(compiled, "_sample_kernel")
+    assert instr["cta_warp"] == 1000 * 8
+    expect = {"temp": (500, 500), "greedy": (500, 500), "min_p": (600, 750), "top_k": (850, 1000),
+              "top_p": (850, 1000), "topk_topp_minp": (850, 1000)}
+    assert set(expect) == set(cm.SAMPLER_CONFIGS)
+    for config, (lo, hi) in expect.items():
+        r = cm.sampler_bound(264, 8192, 2, config, instr)
+        assert r["cta_warp_this_config"] == [lo * 8, hi * 8], config
 
 
 def test_sampler_bound_pass1_tail():

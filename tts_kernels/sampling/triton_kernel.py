@@ -79,11 +79,13 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
 #: pass 1, a radix-select level's read of the candidate buffer, the filtered draw pass, the scan over the
 #: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
-#: last tile); and the code only some rows run: ``filtered`` (rows with a filter), ``thresholds`` (rows with
-#: top-k or top-p)
+#: last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter), ``thresholds``
+#: (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands), ``rescore``
+#: (rows whose chosen group does not)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_hist", "draw": "_filtered_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
-                    "filtered": "_filtered_draw", "thresholds": "_select_thresholds"}
+                    "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
+                    "thresholds": "_select_thresholds"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -599,16 +601,15 @@ def _minp_bound(L, X, Tz, min_p, m_on):
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1,
-                FILTER: tl.constexpr):
-    """Re-read group ``g`` (end token masked, filters applied when FILTER): its draw score without
-    the noise ``M / T + ln(S_z)`` (-inf if nothing is kept) and the first index of the maximum of
-    ``z + token noise`` over its kept tokens."""
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1):
+    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, nothing kept
+    unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
+    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``t_key`` 0,
+    ``min_p`` 0, ``zmax`` -inf and ``cand_g`` True keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
-    if FILTER:
-        # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-        x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
+    # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
+    x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
     ts = tl.where(x > float("-inf"), z + _gumbel(offs, c1, c2, k0, k1, 0), float("-inf"))
@@ -677,29 +678,41 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
 
 
 @triton.jit
-def _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on, min_p, m_on,
-                   V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on, min_p, m_on,
+                   V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
-    """The draw of a row with filters (top-k / top-p / min-p): their thresholds, then the chosen group
-    ``g1`` re-read with them; when its filtered score no longer beats ``b2`` (the best unfiltered
-    score of the other groups), one filtered pass over the candidate groups (raw maximum >= ``L``,
-    min-p's bound included) picks the group again. Returns the token."""
-    zmax = xmax / Tz
+    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p key
+    threshold (0: keep all) and ``L``, a raw-logit bound every kept token's group maximum reaches
+    (the selects' bound raised to min-p's). Returns (L, t_key)."""
     Ls = tl.full([], float("-inf"), tl.float32)
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if k_on | p_on:
         Ls, t_key = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
                                        V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    L = _minp_bound(Ls, xmax, Tz, min_p, m_on)
-    sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                             _is_candidate(ws_row, g1, V, Tz, L / Tz), c1, c2, k0, k1, True)
-    # filtering only removes mass: if the chosen group's filtered score still beats every
-    # other group's unfiltered one, it still wins; otherwise rescore every group
+    return _minp_bound(Ls, xmax, Tz, min_p, m_on), t_key
+
+
+@triton.jit
+def _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
+             DBLOCK: tl.constexpr):
+    """The filtered draw's rare path: one filtered pass over the candidate groups picks the group
+    again, then the draw inside it. Returns the token."""
+    gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                          c1, c2, k0, k1, DBLOCK)
+    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
+    return tok
+
+
+@triton.jit
+def _filtered_redraw(s_tok, sc1, g1, b2, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                     c1, c2, k0, k1, DBLOCK: tl.constexpr):
+    """Whether the draw in the chosen group ``g1`` (filtered score ``sc1``, token ``s_tok``) stands:
+    filtering only removes mass, so if ``g1``'s filtered score plus its noise still beats ``b2`` (the
+    best unfiltered score of the other groups) it still wins; otherwise :func:`_rescore`."""
     if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
-        gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                              c1, c2, k0, k1, DBLOCK)
-        _sc2, s_tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                                  _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1, True)
+        s_tok = _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+                         c1, c2, k0, k1, DBLOCK)
     return s_tok
 
 
@@ -744,15 +757,23 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
         xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
         g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
-    if do_draw & (filtered == 0):
-        # the draw: inside the group of the best score, unfiltered
-        _sc, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, zmax, min_p, 0, True,
-                                 c1, c2, k0, k1, False)
 
-    # ---- filters: thresholds, then the chosen group re-read with them ------------------------
+    # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
+    L = tl.full([], float("-inf"), tl.float32)
+    t_key = tl.full([], 0, tl.uint32)
     if filtered:
-        s_tok = _filtered_draw(row_ptr, ws_row, NGR, ge, Me, xmax, total, b2, g1, Tz, kz, top_k, k_on, top_p, p_on,
-                               min_p, m_on, V, end0, mask_end, c1, c2, k0, k1, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+        L, t_key = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
+                                  min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+    # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0 (a z that overflowed to
+    # +inf included, as zmax did: exp(z - zmax) would be NaN), every group a candidate
+    mp = tl.where(filtered, min_p, 0.0)
+    mz = tl.where(filtered, zmax, float("-inf"))
+    if do_draw:
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key,
+                                 _is_candidate(ws_row, g1, V, Tz, L / Tz) | (filtered == 0), c1, c2, k0, k1)
+        if filtered:
+            s_tok = _filtered_redraw(s_tok, sc1, g1, b2, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax,
+                                     min_p, t_key, c1, c2, k0, k1, DBLOCK)
 
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
