@@ -74,6 +74,10 @@ def test_sampler_passes():
         for a in rs:
             for b in rs:
                 assert a == b or roles[b] not in calls(roles[a]), (rs, a, b)
+    # ... and each is called from one place only (a second call site on a row's path would be skipped too)
+    module_src = inspect.getsource(triton_kernel)
+    for role in {r for c in cm.SAMPLER_CONFIGS for x in (False, True) for r in cm.skipped_roles(c, x)}:
+        assert len(re.findall(rf"\b{roles[role]}\(", module_src)) == 2, role   # its def and one call
 
 
 def test_sampler_bound_b1_instruction_bound():
