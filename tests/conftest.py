@@ -16,7 +16,7 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 if os.environ.get("PYTEST_XDIST_WORKER"):  # pytest -n W: the cores shared out, no oversubscribed intra-op pools
-    torch.set_num_threads(max(1, (os.cpu_count() or 1) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
+    torch.set_num_threads(max(1, len(os.sched_getaffinity(0)) // int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))))
 if os.environ.get("TRITON_INTERPRET") == "1":
     from helpers import interpreter  # noqa: E402  (the interpreter's two speed-ups; kernels unchanged)
     interpreter.install()
