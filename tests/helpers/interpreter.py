@@ -125,9 +125,9 @@ def install() -> str:
         try:
             while n > 1:
                 n //= 2
-                halves = [[self.to_tensor(np.ascontiguousarray(np.moveaxis(
-                    np.moveaxis(a, axis, -1).reshape(*a.shape[:axis], *a.shape[axis + 1:], n, 2)[..., k], -1, axis)), d)
-                    for a, d in zip(arrays, dtypes)] for k in (0, 1)]
+                # elements 0, 2, 4, ... of the axis against 1, 3, 5, ...: adjacent pairs, in order
+                halves = [[self.to_tensor(np.take(a, np.arange(k, 2 * n, 2), axis=axis), d)
+                           for a, d in zip(arrays, dtypes)] for k in (0, 1)]
                 out = self.combine_fn.fn(*halves[0], *halves[1])
                 out = out if isinstance(out, tuple) else (out,)
                 if len(out) != len(arrays) or any(
