@@ -301,7 +301,7 @@ static int64_t finish_small(Scratch& s, const float* x, float T, float zmax, flo
   return draw_list(x, T, s.kept, key);
 }
 
-// Draw of a sampled row (T > 0) from float logits x with maximum xmax.
+// Draw of a sampled row (not greedy_row(T, xmax)) from float logits x with maximum xmax.
 static int64_t draw_row(const Ctx& c, Scratch& s, int64_t r, const float* x, float xmax, const Chunks& ch) {
   const int64_t V = c.V;
   const float T = c.temperature[r];
@@ -431,7 +431,8 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   bool nan;
   double se;
   row_stats(c, s, x, ch, xmax, nan, se);
-  bool valid = !nan && xmax > -kInf && xmax < kInf;
+  const float T = c.temperature[r];
+  bool valid = !nan && xmax > -kInf && xmax < kInf && !std::isnan(T);
   if (!valid) {
     c.out_tok[r] = -1;
     c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
@@ -465,8 +466,7 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
         return;
       }
     }
-    const float T = c.temperature[r];
-    if (!(T > 0.0f)) {
+    if (greedy_row(T, dmax)) {
       tok = c.ops.find_first(xd, V, dmax);
     } else {
       tok = draw_row(c, s, r, xd, dmax, ch);

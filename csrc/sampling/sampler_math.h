@@ -31,6 +31,16 @@ constexpr float kFloatMax = std::numeric_limits<float>::max();
 // tts_kernels/sampling/philox.py: GROUP_SIZE.
 constexpr int64_t kGroupSize = 256;
 
+// The greedy rule (tts_kernels/sampling/params.py: MIN_SAMPLING_TEMPERATURE and
+// greedy_rows, where it is defined): a row is greedy below float32's smallest normal
+// temperature (0 and the subnormals) or when its largest logit / T overflows (to +-inf); a NaN
+// temperature makes the row invalid (process_row).
+constexpr float kMinSamplingTemperature = 0x1p-126f;
+
+static inline bool greedy_row(float T, float xmax) {
+  return !(T >= kMinSamplingTemperature) || std::isinf(xmax / T);
+}
+
 // Counter word 3 of the two noise streams.
 constexpr uint32_t kTokenStream = 0u;
 constexpr uint32_t kGroupStream = 1u;

@@ -112,3 +112,15 @@ def test_group_size_is_one_value():
     assert m, "kGroupSize not found in sampler_math.h"
     assert int(m.group(1)) == philox.GROUP_SIZE
     assert "_philox.GROUP_SIZE" in TRITON_SRC.read_text()
+
+
+def test_greedy_temperature_is_one_value():
+    """The greedy rule's temperature: params.MIN_SAMPLING_TEMPERATURE (the reference and the adapters call
+    params.greedy_rows), kMinSamplingTemperature in the C++ sampler (a hex float, parsed here) and the
+    Triton kernel's MIN_TEMPERATURE, read from params."""
+    from tts_kernels.sampling import params
+    text = (ROOT / "csrc" / "sampling" / "sampler_math.h").read_text()
+    m = re.search(r"constexpr\s+float\s+kMinSamplingTemperature\s*=\s*([0-9a-fA-FxXpP.+-]+)f\s*;", text)
+    assert m, "kMinSamplingTemperature not found in sampler_math.h"
+    assert float.fromhex(m.group(1)) == params.MIN_SAMPLING_TEMPERATURE == 2.0 ** -126
+    assert re.search(r"MIN_TEMPERATURE\s*=\s*tl\.constexpr\(_params\.MIN_SAMPLING_TEMPERATURE\)", TRITON_SRC.read_text())

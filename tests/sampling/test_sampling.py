@@ -146,6 +146,62 @@ def test_greedy_ties_take_lowest_index(backend):
     assert out.token_ids.tolist() == [7, 0, 11]
 
 
+def test_greedy_rule_at_extreme_temperatures(backend):
+    """params.greedy_rows: below 2**-126 (0 and the subnormals) or with max(x) / T overflowing, a row is
+    greedy; a tiny normal T whose z stays finite samples, which here is the argmax as well (the
+    runner-up is 1e-3 below, exp(-1e-3 / 1e-30) = 0). Each row's maximum sits in a later group of
+    256 than its runner-up, so a +inf z dropped or an overflowed scale would show."""
+    V = 300
+    temps = [0.0, 1e-45, 2.0 ** -127, 2.0 ** -126, 1e-38, 1e-30, 1e-6, 0.5, 1.0, 1e-45, 2.0 ** -126, 0.5]
+    B = len(temps)
+    gen = torch.Generator().manual_seed(11)
+    logits = random_logits(B, V, gen=gen)
+    best = torch.tensor([260 + r % 40 for r in range(B)])
+    logits[torch.arange(B), best] = 20.0
+    logits[torch.arange(B), best - 250] = 20.0 - 1e-3
+    logits[7:9, 3] = 2e38          # huge finite logits: z = 4e38 overflows at T = 0.5, not at T = 1
+    logits[[7, 8], best[7:9]] = 3e38
+    logits[9] = -logits[9].abs()   # max(x) = 0: z = 0 / T stays finite, T is subnormal: greedy
+    logits[9, best[9]] = 0.0
+    logits[10, best[10] - 1] = 20.0   # a tie at the maximum with max(x) / T overflowing: the first index
+    best[10] -= 1
+    logits[11] = -3.3e38              # max(x) / T overflows to -inf: every z would be -inf
+    logits[11, best[11]] = -3.0e38
+    logits[11, best[11] - 250] = -3.05e38
+    T = torch.tensor(temps)
+    seeds = torch.arange(B)
+    out = call(backend, logits, temperature=T, seed=seeds)
+    ref = call("reference", logits, temperature=T, seed=seeds)
+    assert out.token_ids.tolist() == best.tolist()
+    assert ref.token_ids.tolist() == best.tolist()
+    torch.testing.assert_close(out.logprobs, torch.log_softmax(logits.double(), 1).float()[torch.arange(B), best])
+    # filters on the same rows: the greedy rule comes first, and a sampled row's filters keep its maximum
+    for kw in (dict(top_k=5), dict(top_p=0.9), dict(min_p=0.5)):
+        got = call(backend, logits, temperature=T, seed=seeds, **kw)
+        assert got.token_ids.tolist() == best.tolist(), kw
+
+
+def test_nan_temperature_is_an_invalid_row(backend):
+    gen = torch.Generator().manual_seed(12)
+    logits = random_logits(4, 300, gen=gen)
+    T = torch.tensor([0.7, float("nan"), 0.0, float("nan")])
+    with pytest.raises(ValueError, match=r"temperature\[1\]"):
+        call(backend, logits, temperature=T, seed=0)
+    bf = tk.BudgetForcing(end_think_ids=[2], wait_ids=[3])
+    state = bf.init_state(4, min_tokens=0, max_tokens=5)
+    before = state.data.clone()
+    seeds = torch.arange(4)
+    with pytest.raises(ValueError, match=r"temperature\[1\] is NaN"):
+        call(backend, logits, temperature=T, seed=seeds, validate=False)
+    out = call(backend, logits, temperature=T, seed=seeds, budget=state, validate=False, check_nan=False)
+    bad = torch.isnan(T)
+    assert (out.token_ids[bad] == -1).all() and torch.isnan(out.logprobs[bad]).all()
+    assert torch.equal(state.data[bad], before[bad]), "an invalid row's budget state changed"
+    assert not torch.equal(state.data[~bad], before[~bad])
+    ok = call(backend, logits[~bad], temperature=T[~bad], seed=seeds[~bad])
+    assert torch.equal(out.token_ids[~bad], ok.token_ids)
+
+
 # ---------------------------------------------------------------------------
 # Determinism and batch invariance
 # ---------------------------------------------------------------------------

@@ -57,3 +57,12 @@ def test_unsupported_filter_runs_on_the_reference(cpp_without_min_p):
         tk.sample(lg, temperature=0.9, min_p=0.2, seed=seed, backend="cpp")
     tk.sample(lg, temperature=0.9, min_p=0.0, seed=seed, backend="cpp")  # off: the kernel may run it
     assert len(cpp_without_min_p) == 1
+
+
+def test_greedy_rule():
+    """params.greedy_rows, the one definition: below 2**-126, or max(x) / T infinite; NaN: not greedy
+    (the row is invalid)."""
+    T = torch.tensor([0.0, 1e-45, 2.0 ** -127, 2.0 ** -126, 2.0 ** -126, 1e-6, 0.5, 0.5, 0.5, float("nan"), 1.0])
+    x = torch.tensor([5.0, 0.0, -1.0, 1.0, 300.0, 1e30, 3e38, -3e38, 1e38, 5.0, 3.4e38])
+    want = [True, True, True, False, True, False, True, True, False, False, False]
+    assert params.greedy_rows(T, x).tolist() == want

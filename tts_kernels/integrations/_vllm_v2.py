@@ -49,8 +49,6 @@ from . import common
 
 logger = logging.getLogger("tts_kernels.integrations.vllm")
 
-_SAMPLING_EPS = 1e-5  # vLLM's greedy threshold
-
 
 class V2Impl:
     """MRV2 implementation mixin (combined with vLLM's V2 ``LogitsProcessor`` in ``vllm.py``)."""
@@ -101,8 +99,7 @@ class V2Impl:
             return False
         cfg, forcing = parsed
         p = sampling_params
-        t = float(p.temperature)
-        t = 0.0 if t < _SAMPLING_EPS else t
+        t = common.vllm_temperature(p.temperature)
         k = int(p.top_k or 0)
         k = 0 if k < 0 or k >= self.vocab_size else k
         tp = float(p.top_p)

@@ -29,9 +29,19 @@ import torch
 from ..sampling import philox
 # the state machine itself (one definition, shared with the fused sampler's reference)
 from ..sampling.budget_rules import ForcingTable, advance, init_state, plan, replay, rules  # noqa: F401
+from ..sampling.params import greedy_rows
 from ..sampling.reference import filter_mask
 
 _NEG_INF = float("-inf")
+#: vLLM's greedy threshold (its samplers treat a temperature below it as greedy); the adapters map such a
+#: request's temperature to 0 so that the budget masking matches the token vLLM draws
+VLLM_SAMPLING_EPS = 1e-5
+
+
+def vllm_temperature(t) -> float:
+    """A vLLM request's temperature as the sampler sees it: 0 (greedy) below :data:`VLLM_SAMPLING_EPS`."""
+    t = float(t)
+    return 0.0 if t < VLLM_SAMPLING_EPS else t
 
 
 def end_probability(logits: torch.Tensor, end0: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
@@ -40,14 +50,15 @@ def end_probability(logits: torch.Tensor, end0: torch.Tensor, temperature: torch
 
     The distribution of ``tts_kernels.sample``: ``softmax(logits / T)`` over the
     tokens kept by top-k, then top-p, then min-p (``filter_mask``), renormalised.
-    A row with ``temperature <= 0`` is greedy: ``p_end`` is 1 when the end is
+    A greedy row (``params.greedy_rows``: temperature 0, or so small that ``max(x) / T``
+    overflows) has ``p_end`` 1 when the end is
     the first index of the maximum, else 0, and ``keep`` is all True.
     ``sort=False`` skips the sort of ``filter_mask`` (same result only when no
     row has top-k or top-p on; the caller knows this from the request
     settings, without reading the device).
     """
     x = logits.float()
-    greedy = temperature <= 0
+    greedy = greedy_rows(temperature, x.amax(1))
     t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1).float()
     z = x / t
     if sort:

@@ -92,7 +92,6 @@ _INT_KEYS = ("min_tokens", "max_tokens", "min_waits")
 _ID_KEYS = ("end_think_ids", "wait_ids", "answer_prefix_ids")
 _ALLOWED = frozenset(_INT_KEYS + _ID_KEYS)
 _ENV_CONFIG = "TTS_KERNELS_BUDGET_FORCING"  # JSON with default end_think_ids / wait_ids / answer_prefix_ids
-_SAMPLING_EPS = 1e-5  # vLLM's greedy threshold
 _LIVE: dict = {}  # id(vllm_config) -> weakref of the acting instance
 _VOCAB: dict = {"size": None}  # vocabulary size of the last processor built in this process
 
@@ -271,8 +270,7 @@ class BudgetForcingLogitsProcessorV1(_Shared, *((_V1Base,) if _V1Base is not Non
         self.ids[index, :len(fids)] = torch.tensor(fids, dtype=torch.int64)
         self.lw[index], self.le[index], self.la[index] = (len(forcing.wait_ids), len(forcing.end_think_ids),
                                                            len(forcing.answer_prefix_ids))
-        t = float(params.temperature)
-        self.temperature[index] = 0.0 if t < _SAMPLING_EPS else t
+        self.temperature[index] = common.vllm_temperature(params.temperature)
         self.top_k[index] = int(params.top_k or 0)
         self.top_p[index] = float(params.top_p)
         self.min_p[index] = float(params.min_p or 0.0)

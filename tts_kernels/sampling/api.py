@@ -31,7 +31,10 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         stride ``>= V``, unit stride along V; e.g. ``buf[:, :V]`` of a ``[B, Vpad]`` buffer): read in
         place, and with ``Vpad`` a multiple of 16 the GPU kernel uses 16-byte loads for any V.
     temperature : float or Tensor
-        Softmax temperature, ``>= 0``; 0 means greedy (argmax, first index on ties) for the row.
+        Softmax temperature, ``>= 0``; 0 means greedy (argmax, first index on ties) for the row, and
+        so does a temperature below 2**-126 or one at which the row's largest logit / T overflows
+        float32 (``params.greedy_rows``; the draw would be the argmax anyway). A NaN temperature is
+        refused (``validate=False``: its row gets token -1, as an invalid row does).
     top_k : int or Tensor
         Keep the ``top_k`` most likely tokens (ties at the threshold kept); 0 = off.
     top_p : float or Tensor
@@ -54,9 +57,10 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         logit. Costs one extra read of the logits and a host sync; pass
         ``False`` inside decode loops and CUDA graphs, where such a row gets
         token -1 (logprob NaN, budget row untouched) and other rows are unaffected.
-        The one other way to get no token (a row below its thinking minimum,
-        no Wait ids, and the end token its only finite logit) also raises with
-        ``check_nan=True``, after the other rows' budget states have advanced.
+        The other ways to get no token (a NaN temperature passed with
+        ``validate=False``; a row below its thinking minimum, no Wait ids, and the
+        end token its only finite logit) also raise with ``check_nan=True``, after
+        the other rows' budget states have advanced.
     validate : bool, keyword-only
         Check the values of tensor-valued parameters (a host sync on CUDA).
         Python scalars are always checked. Every check is skipped while
@@ -117,8 +121,11 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         fn = impls.get(backend)
     token_ids, logprobs = fn(logits, *rows, state, forced, num_wait, num_end)
     if checking and check_nan and B > 0 and bool((token_ids < 0).any()):
-        # passed the NaN check, so the row's only finite logit was an end token masked by budget rule 3
+        # passed the NaN check: a NaN temperature (validate=False), or the row's only finite logit was an end
+        # token masked by budget rule 3
         i = int((token_ids < 0).nonzero()[0, 0])
+        if bool(torch.isnan(rows.temperature[i])):
+            raise ValueError(f"temperature[{i}] is NaN (with check_nan=False its row gets token -1)")
         raise ValueError(f"logits row {i}: no token can be drawn: its only finite logit is the end-of-thinking "
                          f"token, masked because the row is below its thinking minimum and "
                          f"budget.forcing.wait_ids is empty")

@@ -48,7 +48,7 @@ class SamplerParam:
 #: temperature and the filters, in the order every implementation takes them
 FILTERS = (
     SamplerParam("temperature", torch.float32, 1.0, 0.0, float("inf"), hi_open=True,
-                 doc="softmax temperature; 0 = greedy"),
+                 doc="softmax temperature; 0 = greedy (see greedy_rows)"),
     SamplerParam("top_k", torch.int32, 0, 0, 2 ** 31 - 1, doc="keep the k most likely (ties kept); 0 = off"),
     SamplerParam("top_p", torch.float32, 1.0, 0.0, 1.0, lo_open=True, doc="nucleus mass; 1 = off"),
     SamplerParam("min_p", torch.float32, 0.0, 0.0, 1.0, doc="drop below min_p x the largest; 0 = off"),
@@ -68,6 +68,26 @@ SAMPLE_SCHEMA = ("(Tensor logits, " + ", ".join(f"Tensor {n}" for n in SamplingP
                  + ", Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end) -> (Tensor, Tensor)")
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
+
+#: The greedy rule, defined here once (the reference and the adapters call :func:`greedy_rows`; the C++
+#: sampler's ``kMinSamplingTemperature`` and the Triton kernel's ``MIN_TEMPERATURE`` are this value, a test
+#: checks both). A row is greedy (the first index of its largest logit) when its temperature is below
+#: float32's smallest normal number, 2**-126 (0, and the subnormals, for which the kernels' scale
+#: ``log2(e) / T`` would overflow), or when its largest logit divided by T overflows float32 to +-inf
+#: (``z = x / T`` would be infinite; every other token's probability ``exp((x - xmax) / T)`` is then below
+#: exp(-1e31), 0 in float32, so the draw is the argmax but for exact ties, which greedy breaks to the
+#: first). A NaN temperature (passed with ``validate=False``) makes its row invalid: token -1, logprob NaN,
+#: budget row untouched, as a NaN logit does.
+MIN_SAMPLING_TEMPERATURE = 2.0 ** -126
+
+
+def greedy_rows(temperature: torch.Tensor, xmax: torch.Tensor) -> torch.Tensor:
+    """bool [B]: rows that take the greedy token (see :data:`MIN_SAMPLING_TEMPERATURE`), from the
+    temperatures and the rows' largest (end-masked) logits, float32 [B]. False for a NaN temperature."""
+    t = temperature.float()
+    sampled = t >= MIN_SAMPLING_TEMPERATURE
+    z = xmax.float() / torch.where(sampled, t, torch.ones_like(t))
+    return (~sampled & ~torch.isnan(t)) | (sampled & torch.isinf(z))
 
 
 def check_scalars(values: dict, *, validate: bool) -> None:

@@ -3,7 +3,7 @@
 Every implementation takes the same materialised arguments::
 
     logits       float32/bfloat16/float16 [B, V]
-    temperature  float32 [B]   (0 = greedy)
+    temperature  float32 [B]   (0 = greedy; params.greedy_rows)
     top_k        int32   [B]   (<= 0 or >= V: off)
     top_p        float32 [B]   (>= 1: off)
     min_p        float32 [B]   (<= 0: off)
@@ -16,10 +16,11 @@ and returns ``(token_ids int64 [B], logprobs float32 [B])``.
 
 Semantics of one row (``z = logits / temperature`` in float32):
 
-* invalid row (any NaN or +inf, or no finite logit): token -1, logprob NaN,
-  budget row untouched.
+* invalid row (any NaN or +inf, or no finite logit, or a NaN temperature): token -1,
+  logprob NaN, budget row untouched.
 * forced token (budget rules 1 and 2): emitted as is.
-* greedy row: first index of the maximum logit.
+* greedy row (``params.greedy_rows``: temperature 0 or below 2**-126, or ``max(x) / T``
+  overflowing float32): first index of the maximum logit.
 * sampled row: keep ``z >= t_k`` (t_k = k-th largest z; ties at the threshold
   are kept), then, renormalised over that set, the most likely tokens down to
   the first whose cumulative probability reaches top_p (``z >= t_p``, ties
@@ -35,7 +36,7 @@ from __future__ import annotations
 
 import torch
 
-from . import philox
+from . import params, philox
 from .budget_rules import ForcingTable, advance, plan, rules
 
 
@@ -100,7 +101,7 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
     B, V = logits.shape
     dev = logits.device
     x = logits.float()
-    valid = row_validity(x)
+    valid = row_validity(x) & ~torch.isnan(temperature)
     lse = torch.logsumexp(x, dim=1)
 
     # ---- budget rules 1 and 2: forced tokens; rule 3's end masking (budget_rules.py) ----
@@ -115,7 +116,7 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
             valid = valid & torch.isfinite(x).any(1)
 
     # ---- draw -------------------------------------------------------------------
-    greedy = temperature <= 0
+    greedy = params.greedy_rows(temperature, x.amax(1))
     t = torch.where(greedy, torch.ones_like(temperature), temperature).view(-1, 1)
     z = x / t
     keep = filter_mask(z, top_k, top_p, min_p)

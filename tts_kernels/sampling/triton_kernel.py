@@ -56,6 +56,7 @@ import triton.language as tl
 from .. import _platform
 from .._torch_support import release
 from . import budget as _budget
+from . import params as _params
 from . import philox as _philox
 from .triton_math import _exp2, _philox4, _uniform
 
@@ -76,6 +77,8 @@ DONE = tl.constexpr(_budget.DONE)
 
 #: tokens per group of the two-level draw (philox.GROUP_SIZE)
 GROUP = tl.constexpr(_philox.GROUP_SIZE)
+#: below it a row is greedy (params.MIN_SAMPLING_TEMPERATURE: the greedy rule, with ``max(x) / T`` overflowing)
+MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
 #: pass 1, a radix-select level's read of the candidate buffer, the filtered draw pass, the scan over the
 #: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
@@ -346,7 +349,8 @@ def _budget_rules(budget_ptr, row):
 @triton.jit
 def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced, HAS_BUDGET: tl.constexpr):
     """Budget rules 1 and 2 (forced tokens) and rule 3's end masking, for one row: read only.
-    Returns (end0, mask_end, forced_tok, do_draw, Tz)."""
+    Returns (end0, mask_end, forced_tok, do_draw, Tz); ``do_draw`` before the greedy rule's overflow
+    test, which needs the row maximum (``_finish``)."""
     temp = tl.load(temp_ptr + row)
     if HAS_BUDGET:
         bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
@@ -360,9 +364,9 @@ def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced,
         end0 = -1
         mask_end = top_k != top_k  # False
         forced_tok = -1
-    greedy = temp <= 0.0
-    Tz = tl.where(greedy, 1.0, temp)
-    do_draw = (temp > 0.0) & (forced_tok < 0)
+    sampled = temp >= MIN_TEMPERATURE        # False for a NaN temperature (an invalid row)
+    Tz = tl.where(sampled, temp, 1.0)
+    do_draw = sampled & (forced_tok < 0)
     return end0, mask_end, forced_tok, do_draw, Tz
 
 
@@ -736,27 +740,19 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         xe, _ze = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
         Me, SZe = _max_mass(xe, kz, 0)
     bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB)
-    valid = (bad == 0) & (fin > 0)
-
     temp = tl.load(temp_ptr + row)
+    valid = (bad == 0) & (fin > 0) & (temp == temp)
+
     top_k = tl.load(topk_ptr + row)
     top_p = tl.load(topp_ptr + row)
     min_p = tl.load(minp_ptr + row)
-    greedy = temp <= 0.0
     k_on = (top_k > 0) & (top_k < V)
     p_on = top_p < 1.0
     m_on = min_p > 0.0
     zmax = xmax / Tz
 
     filtered = valid & do_draw & (k_on | p_on | m_on)
-    g_tok = tl.full([], 0, tl.int32)
     s_tok = tl.full([], 0, tl.int32)
-    if greedy:
-        # the first index of the maximum in the first group that holds it
-        goffs = gX * GROUP + tl.arange(0, GROUP)
-        xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
-        xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
-        g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
 
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
     L = tl.full([], float("-inf"), tl.float32)
@@ -764,8 +760,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     if filtered:
         L, t_key = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
                                   min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0 (a z that overflowed to
-    # +inf included, as zmax did: exp(z - zmax) would be NaN), every group a candidate
+    # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
     mz = tl.where(filtered, zmax, float("-inf"))
     if do_draw:
@@ -775,6 +770,20 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
             s_tok = _filtered_redraw(s_tok, sc1, g1, b2, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax,
                                      min_p, t_key, c1, c2, k0, k1, DBLOCK)
 
+    # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
+    # which the best draw score shows without a division: a group's score M / T + ln(S_z) + noise is
+    # infinite exactly when M / T is (S_z >= 1 and the noise are finite), so |b1| is infinite exactly
+    # when xmax / T is (of a valid row; -inf: every group's M / T is). Such a row's draw above, on
+    # infinite scores, is discarded. (Here, after the draw: tested before it, ptxas grew the filters'
+    # code by ~110 SASS instructions, Triton 3.9, sm_90.)
+    greedy = (temp < MIN_TEMPERATURE) | (tl.abs(b1) == float("inf"))
+    g_tok = tl.full([], 0, tl.int32)
+    if greedy:
+        # the first index of the maximum in the first group that holds it
+        goffs = gX * GROUP + tl.arange(0, GROUP)
+        xg = tl.load(row_ptr + goffs, mask=goffs < V, other=float("-inf")).to(tl.float32)
+        xg = tl.where(mask_end & (goffs == end0), float("-inf"), xg)
+        g_tok = tl.min(tl.where(xg == xmax, goffs, 2147483647))
     drawn = tl.where(greedy, g_tok, s_tok)
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
 
@@ -815,9 +824,9 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
 
 @triton.jit
 def _row_kz(temp_ptr, row):
-    """log2(e) / T of a row (T = 1 for greedy rows): the draw sums' scale."""
+    """log2(e) / T of a row (T = 1 below the greedy rule's temperature): the draw sums' scale."""
     temp = tl.load(temp_ptr + row)
-    return 1.4426950408889634 / tl.where(temp <= 0.0, 1.0, temp)
+    return 1.4426950408889634 / tl.where(temp >= MIN_TEMPERATURE, temp, 1.0)
 
 
 #: scalar offsets Triton would otherwise specialise on (== 1, % 16 == 0): the budget-forcing token counts (a
