@@ -682,18 +682,26 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
 
 
 @triton.jit
-def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on, min_p, m_on,
-                   V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
+                   min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
     """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p key
-    threshold (0: keep all) and ``L``, a raw-logit bound every kept token's group maximum reaches
-    (the selects' bound raised to min-p's). Returns (L, t_key)."""
+    threshold (0: keep all), ``L``, a raw-logit bound every kept token's group maximum reaches
+    (the selects' bound raised to min-p's), and ``bar``, the filtered score (without noise) that the
+    chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1`` less its unfiltered
+    score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no Philox call;
+    rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores).
+    Returns (L, t_key, bar)."""
+    isE = g1 == ge
+    M1 = tl.where(isE, Me, tl.load(ws_row + g1))
+    SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))
+    bar = b2 - (b1 - (M1 / Tz + tl.log(SZ1)))
     Ls = tl.full([], float("-inf"), tl.float32)
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if k_on | p_on:
         Ls, t_key = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
                                        V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    return _minp_bound(Ls, xmax, Tz, min_p, m_on), t_key
+    return _minp_bound(Ls, xmax, Tz, min_p, m_on), t_key, bar
 
 
 @triton.jit
@@ -709,12 +717,13 @@ def _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, 
 
 
 @triton.jit
-def _filtered_redraw(s_tok, sc1, g1, b2, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                      c1, c2, k0, k1, DBLOCK: tl.constexpr):
-    """Whether the draw in the chosen group ``g1`` (filtered score ``sc1``, token ``s_tok``) stands:
-    filtering only removes mass, so if ``g1``'s filtered score plus its noise still beats ``b2`` (the
-    best unfiltered score of the other groups) it still wins; otherwise :func:`_rescore`."""
-    if (sc1 + _gumbel(g1, c1, c2, k0, k1, 1)) <= b2:
+    """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
+    stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
+    unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
+    otherwise :func:`_rescore`."""
+    if sc1 <= bar:
         s_tok = _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                          c1, c2, k0, k1, DBLOCK)
     return s_tok
@@ -757,9 +766,11 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
     L = tl.full([], float("-inf"), tl.float32)
     t_key = tl.full([], 0, tl.uint32)
+    bar = b2
     if filtered:
-        L, t_key = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                                  min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+        L, t_key, bar = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on,
+                                       top_p, p_on, min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK,
+                                       FB, PW)
     # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
     mz = tl.where(filtered, zmax, float("-inf"))
@@ -767,7 +778,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key,
                                  _is_candidate(ws_row, g1, V, Tz, L / Tz) | (filtered == 0), c1, c2, k0, k1)
         if filtered:
-            s_tok = _filtered_redraw(s_tok, sc1, g1, b2, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax,
+            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax,
                                      min_p, t_key, c1, c2, k0, k1, DBLOCK)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
