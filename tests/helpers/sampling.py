@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 import tts_kernels as tk
-from tts_kernels.sampling import impls, philox
+from tts_kernels.sampling import impls, params, philox
 from tts_kernels.sampling.budget_rules import ForcingTable, plan
 from tts_kernels.sampling.reference import draw_scores, filter_mask, row_validity
 
@@ -48,7 +48,7 @@ def reference_keep(logits, temperature, top_k, top_p, min_p):
     """(z, keep): the reference's scaled logits and kept tokens (bool [B, V])."""
     x = logits.float().cpu()
     t = temperature.cpu()
-    z = x / torch.where(t <= 0, torch.ones_like(t), t).view(-1, 1)
+    z = x / torch.where(params.greedy_rows(t, x.amax(1)), torch.ones_like(t), t).view(-1, 1)
     keep = filter_mask(z, top_k.cpu(), top_p.cpu(), min_p.cpu()) & torch.isfinite(z)
     return z, keep
 
@@ -84,7 +84,8 @@ def decisive_rows(logits, temperature, top_k, top_p, min_p, seed, offset, rel=1e
     g = torch.argmax(gs, dim=1)
     in_group = (torch.arange(z.shape[1]).view(1, -1) // philox.GROUP_SIZE) == g.view(-1, 1)
     ts = torch.where(in_group, ts, float("-inf"))
-    return (temperature.cpu() <= 0) | (_clear(gs.double(), rel) & _clear(ts.double(), rel))
+    greedy = params.greedy_rows(temperature.cpu(), logits.float().cpu().amax(1))
+    return greedy | (_clear(gs.double(), rel) & _clear(ts.double(), rel))
 
 
 def call(backend, logits, **kw):

@@ -181,6 +181,23 @@ def test_greedy_rule_at_extreme_temperatures(backend):
         assert got.token_ids.tolist() == best.tolist(), kw
 
 
+def test_greedy_threshold_is_the_smallest_normal_temperature(backend):
+    """Where each backend puts the rule's temperature: two tokens one T apart (z = -1 and 0), the
+    maximum second. Below 2**-126 the row is greedy (always the maximum); at 2**-126 and at 1e-30 it
+    samples (the runner-up with probability e^-1 / (1 + e^-1) = 0.27: 17 of 64 rows expected)."""
+    n = 64
+    seeds = torch.arange(n) * 7919 + 1
+    for T, gap, greedy in ((2.0 ** -127, 2.0 ** -126, True), (2.0 ** -126, 2.0 ** -126, False),
+                           (1e-30, 1e-30, False)):
+        logits = torch.tensor([[-gap, 0.0]]).repeat(n, 1)
+        toks = call(backend, logits, temperature=T, seed=seeds).token_ids
+        runner_up = int((toks == 0).sum())
+        if greedy:
+            assert runner_up == 0, (T, runner_up)
+        else:
+            assert 4 <= runner_up <= 34, (T, runner_up)
+
+
 def test_nan_temperature_is_an_invalid_row(backend):
     gen = torch.Generator().manual_seed(12)
     logits = random_logits(4, 300, gen=gen)
@@ -200,6 +217,17 @@ def test_nan_temperature_is_an_invalid_row(backend):
     assert not torch.equal(state.data[~bad], before[~bad])
     ok = call(backend, logits[~bad], temperature=T[~bad], seed=seeds[~bad])
     assert torch.equal(out.token_ids[~bad], ok.token_ids)
+    # rows a budget rule forces (the end at max_tokens = 0) or masks (an early end, no Wait ids)
+    for forcing, lo, hi in ((tk.BudgetForcing(end_think_ids=[2], wait_ids=[3]), 0, 0),
+                            (tk.BudgetForcing(end_think_ids=[2]), 3, 8)):
+        state = forcing.init_state(4, min_tokens=lo, max_tokens=hi)
+        before = state.data.clone()
+        out = call(backend, logits, temperature=T, seed=seeds, budget=state, validate=False, check_nan=False)
+        assert (out.token_ids[bad] == -1).all() and torch.isnan(out.logprobs[bad]).all()
+        assert torch.equal(state.data[bad], before[bad]), "an invalid row's budget state changed"
+        assert (out.token_ids[~bad] >= 0).all() and not torch.equal(state.data[~bad], before[~bad])
+        if hi == 0:
+            assert (out.token_ids[~bad] == 2).all()
 
 
 # ---------------------------------------------------------------------------

@@ -34,7 +34,8 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         Softmax temperature, ``>= 0``; 0 means greedy (argmax, first index on ties) for the row, and
         so does a temperature below 2**-126 or one at which the row's largest logit / T overflows
         float32 (``params.greedy_rows``; the draw would be the argmax anyway). A NaN temperature is
-        refused (``validate=False``: its row gets token -1, as an invalid row does).
+        refused (with ``validate=False``: refused by ``check_nan=True`` after the draw, and with
+        ``check_nan=False`` its row gets token -1, as an invalid row does).
     top_k : int or Tensor
         Keep the ``top_k`` most likely tokens (ties at the threshold kept); 0 = off.
     top_p : float or Tensor

@@ -786,7 +786,9 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     # infinite exactly when M / T is (S_z >= 1 and the noise are finite), so |b1| is infinite exactly
     # when xmax / T is (of a valid row; -inf: every group's M / T is). Such a row's draw above, on
     # infinite scores, is discarded. (Here, after the draw: tested before it, ptxas grew the filters'
-    # code by ~110 SASS instructions, Triton 3.9, sm_90.)
+    # code by ~110 SASS instructions, Triton 3.9, sm_90.) Triton divides with div.full.f32 (2 ulp), so
+    # within a few ulp of float32's maximum the test can differ from the IEEE xmax / T of the other
+    # backends; either way the token is the maximum, and only exact ties at it could differ.
     greedy = (temp < MIN_TEMPERATURE) | (tl.abs(b1) == float("inf"))
     g_tok = tl.full([], 0, tl.int32)
     if greedy:

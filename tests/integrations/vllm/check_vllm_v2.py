@@ -256,11 +256,12 @@ def greedy_fn(torch):
 
 def make_sampler(torch, params):
     """vLLM's post-processor order: temperature, min_p, top-k/top-p, then a draw (per-request generator)."""
+    from tts_kernels.integrations.common import VLLM_SAMPLING_EPS
     gens = {}
 
     def fn(r, row, p):
         sp = params[r]
-        if sp.temperature < 1e-5:
+        if sp.temperature < VLLM_SAMPLING_EPS:
             return int(torch.argmax(row))
         g = gens.setdefault(r, torch.Generator().manual_seed(sp.seed or 0))
         z = row / sp.temperature
