@@ -578,8 +578,8 @@ def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total
     * top-p without top-k: the largest group maximum ``s_j`` such that the maxima of the groups
       from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin).
 
-    The selects read only the groups at or above ``L``; the filtered draw those at or above
-    ``_minp_bound(L, ...)`` (min-p's bound too)."""
+    The selects read only the groups at or above ``L``; the rescoring (``_rescore``) those at or
+    above ``_minp_bound(L, ...)`` (min-p's bound too)."""
     L = tl.full([], float("-inf"), tl.float32)
     if NGR <= FB:
         fb = tl.arange(0, FB)
@@ -605,15 +605,19 @@ def _minp_bound(L, X, Tz, min_p, m_on):
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1):
-    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, nothing kept
-    unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
-    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``t_key`` 0,
-    ``min_p`` 0, ``zmax`` -inf and ``cand_g`` True keep every token: the unfiltered draw."""
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1,
+                CAND: tl.constexpr):
+    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, and with ``CAND``
+    nothing kept unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if
+    nothing is kept) and the first index of the maximum of ``z + token noise`` over its kept tokens.
+    ``t_key`` 0, ``min_p`` 0 and ``zmax`` -inf keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
-    # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-    x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
+    keep = _keep(z, t_key, zmax, min_p)
+    if CAND:
+        # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
+        keep = keep & ((offs * 0 + cand_g.to(tl.int32)) > 0)
+    x = tl.where(keep, x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
     ts = tl.where(x > float("-inf"), z + _gumbel(offs, c1, c2, k0, k1, 0), float("-inf"))
@@ -648,13 +652,15 @@ def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p,
 
 
 @triton.jit
-def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0, mask_end,
-                       buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0,
+                       mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
                        PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
     group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
     top-k set), the compaction of the candidates, then the sort or the radix selects. Returns (Ls, the smallest key
-    the filters keep)."""
+    the filters keep, whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the
+    candidates, because a radix select over the row's candidate groups (a row that overflows the buffer)
+    can stop at a key prefix, below the exact threshold, which only the candidates are known to respect)."""
     zmax = xmax / Tz
     Ls = _candidate_bound(ws_row, NGR, ge, Me, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
     # the candidates' values compacted once; the selects' passes read them, not the row (when there are
@@ -678,53 +684,56 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_o
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
                                          p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
-    return Ls, t_key
+    return Ls, t_key, _is_candidate(ws_row, g1, V, Tz, Ls / Tz)
 
 
 @triton.jit
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                   min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+                   V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
     """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p key
-    threshold (0: keep all), ``L``, a raw-logit bound every kept token's group maximum reaches
-    (the selects' bound raised to min-p's), and ``bar``, the filtered score (without noise) that the
+    threshold (0: keep all), ``Ls``, the selects' raw-logit bound that every token top-k / top-p keep
+    reaches in its group maximum (-inf without them; :func:`_rescore` raises it to min-p's: the chosen
+    group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score (without noise) that the
     chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1`` less its unfiltered
     score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no Philox call;
-    rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores).
-    Returns (L, t_key, bar)."""
+    rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
+    ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, t_key, bar, cand1)."""
     isE = g1 == ge
     M1 = tl.where(isE, Me, tl.load(ws_row + g1))
     SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))
     bar = b2 - (b1 - (M1 / Tz + tl.log(SZ1)))
     Ls = tl.full([], float("-inf"), tl.float32)
     t_key = tl.full([], 0, tl.uint32)      # keep all
+    cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
     if k_on | p_on:
-        Ls, t_key = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                                       V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    return _minp_bound(Ls, xmax, Tz, min_p, m_on), t_key, bar
+        Ls, t_key, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k, k_on, top_p,
+                                              p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+    return Ls, t_key, bar, cand1
 
 
 @triton.jit
-def _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
+def _rescore(row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
              DBLOCK: tl.constexpr):
-    """The filtered draw's rare path: one filtered pass over the candidate groups picks the group
-    again, then the draw inside it. Returns the token."""
+    """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
+    bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
+    L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
     gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                           c1, c2, k0, k1, DBLOCK)
     _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
+                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1, True)
     return tok
 
 
 @triton.jit
-def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                      c1, c2, k0, k1, DBLOCK: tl.constexpr):
     """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
     stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
     unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
     otherwise :func:`_rescore`."""
     if sc1 <= bar:
-        s_tok = _rescore(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+        s_tok = _rescore(row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                          c1, c2, k0, k1, DBLOCK)
     return s_tok
 
@@ -764,21 +773,21 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     s_tok = tl.full([], 0, tl.int32)
 
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
-    L = tl.full([], float("-inf"), tl.float32)
+    Ls = tl.full([], float("-inf"), tl.float32)
     t_key = tl.full([], 0, tl.uint32)
     bar = b2
+    cand1 = g1 == g1
     if filtered:
-        L, t_key, bar = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on,
-                                       top_p, p_on, min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK,
-                                       FB, PW)
+        Ls, t_key, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on,
+                                       top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
     # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
     mz = tl.where(filtered, zmax, float("-inf"))
     if do_draw:
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key,
-                                 _is_candidate(ws_row, g1, V, Tz, L / Tz) | (filtered == 0), c1, c2, k0, k1)
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key, cand1, c1, c2, k0, k1,
+                                 True)
         if filtered:
-            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax,
+            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax,
                                      min_p, t_key, c1, c2, k0, k1, DBLOCK)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
