@@ -605,19 +605,15 @@ def _minp_bound(L, X, Tz, min_p, m_on):
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1,
-                CAND: tl.constexpr):
-    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, and with ``CAND``
-    nothing kept unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if
-    nothing is kept) and the first index of the maximum of ``z + token noise`` over its kept tokens.
-    ``t_key`` 0, ``min_p`` 0 and ``zmax`` -inf keep every token: the unfiltered draw."""
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1):
+    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, nothing kept
+    unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
+    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``t_key`` 0,
+    ``min_p`` 0, ``zmax`` -inf and ``cand_g`` True keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
-    keep = _keep(z, t_key, zmax, min_p)
-    if CAND:
-        # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-        keep = keep & ((offs * 0 + cand_g.to(tl.int32)) > 0)
-    x = tl.where(keep, x, float("-inf"))
+    # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
+    x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
     ts = tl.where(x > float("-inf"), z + _gumbel(offs, c1, c2, k0, k1, 0), float("-inf"))
@@ -721,7 +717,7 @@ def _rescore(row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, 
     gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
                           c1, c2, k0, k1, DBLOCK)
     _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1, True)
+                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
     return tok
 
 
@@ -784,8 +780,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     mp = tl.where(filtered, min_p, 0.0)
     mz = tl.where(filtered, zmax, float("-inf"))
     if do_draw:
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key, cand1, c1, c2, k0, k1,
-                                 True)
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key, cand1, c1, c2, k0, k1)
         if filtered:
             s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax,
                                      min_p, t_key, c1, c2, k0, k1, DBLOCK)
