@@ -347,6 +347,15 @@ def _budget_rules(budget_ptr, row):
 
 
 @triton.jit
+def _sampled_temperature(temp):
+    """The greedy rule's temperature test (``params.greedy_rows``, the part without the row maximum):
+    whether a row at ``temp`` is sampled (False below ``MIN_TEMPERATURE`` and for a NaN temperature, an
+    invalid row), and the temperature its draw sums use (1 when it is not sampled)."""
+    sampled = temp >= MIN_TEMPERATURE
+    return sampled, tl.where(sampled, temp, 1.0)
+
+
+@triton.jit
 def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced, HAS_BUDGET: tl.constexpr):
     """Budget rules 1 and 2 (forced tokens) and rule 3's end masking, for one row: read only.
     Returns (end0, mask_end, forced_tok, do_draw, Tz); ``do_draw`` before the greedy rule's overflow
@@ -364,8 +373,7 @@ def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced,
         end0 = -1
         mask_end = top_k != top_k  # False
         forced_tok = -1
-    sampled = temp >= MIN_TEMPERATURE        # False for a NaN temperature (an invalid row)
-    Tz = tl.where(sampled, temp, 1.0)
+    sampled, Tz = _sampled_temperature(temp)
     do_draw = sampled & (forced_tok < 0)
     return end0, mask_end, forced_tok, do_draw, Tz
 
@@ -690,8 +698,8 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p key
     threshold (0: keep all), ``Ls``, the selects' raw-logit bound that every token top-k / top-p keep
     reaches in its group maximum (-inf without them; :func:`_rescore` raises it to min-p's: the chosen
-    group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score (without noise) that the
-    chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1`` less its unfiltered
+    group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score
+    (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1`` less its unfiltered
     score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no Philox call;
     rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
     ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, t_key, bar, cand1)."""
@@ -774,8 +782,9 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     bar = b2
     cand1 = g1 == g1
     if filtered:
-        Ls, t_key, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on,
-                                       top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+        Ls, t_key, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
+                                               top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
+                                               DBLOCK, HBLOCK, FB, PW)
     # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
     mz = tl.where(filtered, zmax, float("-inf"))
@@ -842,8 +851,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
 @triton.jit
 def _row_kz(temp_ptr, row):
     """log2(e) / T of a row (T = 1 below the greedy rule's temperature): the draw sums' scale."""
-    temp = tl.load(temp_ptr + row)
-    return 1.4426950408889634 / tl.where(temp >= MIN_TEMPERATURE, temp, 1.0)
+    _sampled, Tz = _sampled_temperature(tl.load(temp_ptr + row))
+    return 1.4426950408889634 / Tz
 
 
 #: scalar offsets Triton would otherwise specialise on (== 1, % 16 == 0): the budget-forcing token counts (a
