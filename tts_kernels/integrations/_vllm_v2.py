@@ -56,6 +56,15 @@ class V2Impl:
     def __init__(self, vllm_config, req_states):
         from . import vllm as _front
 
+        parallel = getattr(vllm_config, "parallel_config", None)
+        if getattr(parallel, "enable_batch_sharded_sampling", None):
+            # a request's budget state (and its record of forced Waits) lives where the processor
+            # runs; vLLM 0.34 hands each step's rows to the tensor-parallel ranks by batch position,
+            # so a request's rows move between ranks and its state would fall behind
+            raise ValueError(
+                "budget forcing (tts_kernels BudgetForcingLogitsProcessor) does not support "
+                "enable_batch_sharded_sampling=True: the ranks sample different requests from step to step "
+                "and each request's budget state lives on one rank; leave the option off")
         _front._register_live(self, vllm_config)
         self.req_states = req_states
         self.device = torch.device(req_states.device)

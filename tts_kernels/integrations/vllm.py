@@ -1,11 +1,14 @@
 """Budget forcing as a vLLM logits processor, for the V1 runner and Model Runner V2.
 
 One public class, :class:`BudgetForcingLogitsProcessor`, subclasses vLLM's V1
-``LogitsProcessor`` and (where the installed vLLM has it) Model Runner V2's, so
+``LogitsProcessor`` and Model Runner V2's, where the installed vLLM has them, so
 both loaders accept it, and builds the implementation of the runner that calls
 it: :class:`BudgetForcingLogitsProcessorV1` (below) or
-:class:`BudgetForcingLogitsProcessorV2` (:mod:`._vllm_v2`). The module imports
-without vLLM (then neither implementation can be built).
+:class:`BudgetForcingLogitsProcessorV2` (:mod:`._vllm_v2`). vLLM 0.34 removed the
+V1 runner and its interface: there the class is an MRV2 processor only. The
+module imports without vLLM (then neither implementation can be built).
+MRV2 refuses ``enable_batch_sharded_sampling`` (a request's state lives on one
+tensor-parallel rank; 0.34 moves requests between ranks every step).
 
 Load it with ``LLM(model, logits_processors=[BudgetForcingLogitsProcessor])``,
 ``vllm serve MODEL --logits-processors tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor``,
@@ -404,7 +407,9 @@ class BudgetForcingLogitsProcessor(_Shared, *_public_bases()):
             impl = BudgetForcingLogitsProcessorV2
         else:
             if _V1Base is None:
-                raise TypeError("vLLM's V1 logits-processor interface is not importable (is vllm installed?)")
+                raise TypeError("vLLM's V1 logits-processor interface is not importable: vLLM is not installed, "
+                                "or it is 0.34 or later, which has only Model Runner V2 (built as "
+                                "cls(vllm_config, req_states))")
             impl = BudgetForcingLogitsProcessorV1
         if cls.default_forcing is not impl.default_forcing:  # a configure()d subclass: carry its defaults
             impl = _configured(impl, cls.default_forcing)

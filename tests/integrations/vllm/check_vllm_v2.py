@@ -13,15 +13,17 @@ writes of ``all_token_ids`` / ``total_len`` and ``post_update`` (sampled tokens
 appended on the device). ``vllm_config`` is a stand-in with the two fields the
 processor reads (``model_config.tokenizer``, ``num_speculative_tokens``).
 
-Checks (each recorded in the JSON): the V2 / V1 loaders on an installed entry
-point and the FQCN (subprocess with a temporary ``*.dist-info``), mixed sampled
+Checks (each recorded in the JSON): the V2 / V1 loaders (V1 where the installed
+vLLM still has its runner: removed in 0.34) on an installed entry point and the FQCN (subprocess with a temporary ``*.dist-info``), mixed sampled
 budgets with rows reordered every step (every sequence against
 ``budget_checker.check_sequence`` with the processor's own Wait record;
 unbudgeted rows bit-identical), greedy exactness against ``tts_kernels.sample``
 with a ``BudgetState`` (forced end + answer prefix at max, whole Wait
 sequences, min_waits), recycled slots, resumption with existing output,
 speculative decoding (draft rows, greedy verification = the non-speculative
-result), bad settings rejected.
+result), bad settings rejected (batch-sharded sampling too, when vLLM builds the
+processor). With a CUDA build of vLLM (0.33+, e.g. installed with ``pip --target`` and put first
+on ``PYTHONPATH``) the same checks run on that release's classes, on this GPU-less machine.
 """
 import json
 import os
@@ -48,13 +50,17 @@ LOADER_PROBE = textwrap.dedent('''
     from importlib.metadata import entry_points
     eps = [e.value for e in entry_points(group="vllm.logits_processors")]
     from vllm.v1.worker.gpu.sample.logits_processor import loader as v2
-    from vllm.v1.sample import logits_processor as v1
     from tts_kernels.integrations.vllm import BudgetForcingLogitsProcessor as P
     out = {"entry_points": eps}
     out["v2_plugins"] = [c is P for c in v2._load_v2_logitsprocs_plugins()]
     out["v2_fqcn"] = [c is P for c in v2._load_v2_logitsprocs_by_fqcns([sys.argv[2]])]
-    out["v1_plugins"] = [c is P for c in v1._load_logitsprocs_plugins()]
-    out["v1_fqcn"] = [c is P for c in v1._load_logitsprocs_by_fqcns([sys.argv[2]])]
+    try:  # the V1 runner and its loaders: gone in vLLM 0.34
+        from vllm.v1.sample import logits_processor as v1
+    except ImportError:
+        v1 = None
+    out["v1_runner"] = v1 is not None
+    out["v1_plugins"] = None if v1 is None else [c is P for c in v1._load_logitsprocs_plugins()]
+    out["v1_fqcn"] = None if v1 is None else [c is P for c in v1._load_logitsprocs_by_fqcns([sys.argv[2]])]
     validate = v2.build_custom_logits_processors_params_validator(())
     from vllm import SamplingParams
     validate(SamplingParams(extra_args={"budget_forcing": {"max_tokens": 4}}))
@@ -82,8 +88,8 @@ def check_loaders():
     out = json.loads(line[0][6:])
     # one entry point from the temporary dist-info, a second where this tree is installed (CI's editable install)
     loaded = lambda key: 1 <= len(out[key]) <= 2 and all(out[key])  # noqa: E731
-    out["ok"] = (FQCN in out["entry_points"] and loaded("v2_plugins") and out["v2_fqcn"] == [True]
-                 and loaded("v1_plugins") and out["v1_fqcn"] == [True]
+    v1_ok = not out["v1_runner"] or (loaded("v1_plugins") and out["v1_fqcn"] == [True])
+    out["ok"] = (FQCN in out["entry_points"] and loaded("v2_plugins") and out["v2_fqcn"] == [True] and v1_ok
                  and bool(out["validator_rejects"]) and "min_tokens" in out["validator_rejects"])
     return out
 
@@ -96,7 +102,13 @@ class Harness:
         import torch
         import vllm.v1.worker.gpu.buffer_utils as bu
 
-        bu.is_uva_available = lambda: False  # CPU: vLLM's own NonUvaBuffer fallback (no pinned memory)
+        # CPU: vLLM's own NonUvaBuffer fallback, without pinned memory (which 0.34's NonUvaBuffer asks for)
+        bu.is_uva_available = lambda: False
+        bu.is_pin_memory_available = lambda: False
+        from vllm.platforms import current_platform
+
+        if not current_platform.device_type:  # a CUDA build of vLLM (0.33+) on this GPU-less machine
+            current_platform.device_type = "cpu"
         from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors
         from vllm.v1.worker.gpu.states import RequestState
 
@@ -457,8 +469,22 @@ def check_bad_settings(SamplingParams):
     finally:
         v._VOCAB["size"] = saved
     plain = h.add("y", [1, 2], SamplingParams(max_tokens=3)) is not None and h.needs["y"] is False
-    ok = all(m and "budget_forcing" in m for m in out.values()) and declined and plain
-    return {"ok": bool(ok), "rejected": out, "oov_declined_at_add_request": declined, "unbudgeted_declined": plain}
+    # batch-sharded sampling (tensor-parallel ranks sample different requests each step): refused when
+    # vLLM builds the processor, naming the option
+    from vllm.v1.worker.gpu.sample.logits_processor import build_custom_logits_processors
+
+    cfg = SimpleNamespace(model_config=SimpleNamespace(tokenizer=None, trust_remote_code=False),
+                          num_speculative_tokens=0,
+                          parallel_config=SimpleNamespace(enable_batch_sharded_sampling=True))
+    try:
+        build_custom_logits_processors(cfg, h.rs, False, (FQCN,))
+        sharded = None
+    except ValueError as exc:
+        sharded = str(exc)
+    ok = (all(m and "budget_forcing" in m for m in out.values()) and declined and plain
+          and bool(sharded) and "enable_batch_sharded_sampling" in sharded)
+    return {"ok": bool(ok), "rejected": out, "oov_declined_at_add_request": declined, "unbudgeted_declined": plain,
+            "batch_sharded_sampling_refused": sharded}
 
 
 def main():
