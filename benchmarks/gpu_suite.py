@@ -33,6 +33,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCH = ROOT / "benchmarks"
+if str(ROOT) not in sys.path:  # the cost model imports the package: run from a checkout, not installed
+    sys.path.insert(0, str(ROOT))
+STAGES = ("cuda_tests", "sampler", "tree_attention", "decode")
 
 
 def stages(out: Path, dry_run: bool):
@@ -107,15 +110,26 @@ def run_stage(name, argv, limit, log) -> dict:
             "limit_s": limit, "output_tail": text[-4000:]}
 
 
-def cost_model_predictions(results: dict) -> dict | None:
-    """Predictions of the static cost model for the measured shapes, when the model is in the tree."""
+def static_results_for(triton_version) -> Path:
+    """The committed static-check JSON of the running Triton's release when there is one
+    (``results/gpu_static_triton<major.minor>.json``), else the default (``results/gpu_static.json``)."""
+    if triton_version:
+        own = BENCH / "results" / f"gpu_static_triton{'.'.join(str(triton_version).split('.')[:2])}.json"
+        if own.exists():
+            return own
+    return BENCH / "results" / "gpu_static.json"
+
+
+def cost_model_predictions(results: dict, triton_version=None) -> dict:
+    """Predictions of the static cost model for the measured shapes. Never raises: a failure is
+    recorded in the report (the measurements are written whatever happens here)."""
     try:
-        sys.path.insert(0, str(BENCH))
-        from gpu_static import cost_model  # noqa: F401  (benchmarks/gpu_static, the static GPU check)
-    except ImportError:
-        return None
-    predict = getattr(cost_model, "predict_for_results", None)
-    return predict(results) if predict is not None else None
+        from benchmarks.gpu_static import cost_model
+
+        return cost_model.predict_for_results(results, str(static_results_for(triton_version)))
+    except Exception:  # noqa: BLE001
+        import traceback
+        return {"error": traceback.format_exc()[-3000:]}
 
 
 def main(argv=None) -> int:
@@ -123,6 +137,8 @@ def main(argv=None) -> int:
     ap.add_argument("--out", default=os.environ.get("OUT") or str(BENCH / "results" / "gpu"),
                     help="folder for gpu_suite.json, the benchmarks' JSON and gpu_suite.log (default $OUT)")
     ap.add_argument("--dry-run", action="store_true", help="CPU: run the plumbing on tiny shapes")
+    ap.add_argument("--stages", nargs="+", choices=STAGES, default=list(STAGES),
+                    help="run only these stages (default: all, in order)")
     args = ap.parse_args(argv)
     import torch
 
@@ -136,14 +152,21 @@ def main(argv=None) -> int:
     print(f"gpu_suite: {report['environment']}", flush=True)
     with open(out / "gpu_suite.log", "w") as log:
         for name, cmd, limit, produced in stages(out, args.dry_run):
+            if name not in args.stages:
+                continue
+            if produced is not None:
+                Path(produced).unlink(missing_ok=True)   # a stale file from an earlier run is not a result
             report["stages"].append(run_stage(name, cmd, limit, log))
             if produced is not None and Path(produced).exists():
                 report["results"][name] = json.loads(Path(produced).read_text())
-    report["cost_model"] = cost_model_predictions(report["results"])
+    report["cost_model"] = cost_model_predictions(report["results"], report["environment"].get("triton"))
     report["seconds"] = round(time.perf_counter() - t0, 1)
     path = out / "gpu_suite.json"
     path.write_text(json.dumps(report, indent=1, default=str) + "\n")
     failed = [s["name"] for s in report["stages"] if s["rc"] != 0]
+    if "error" in report["cost_model"]:
+        print("gpu_suite: the cost model's predictions failed (the measurements are written):\n"
+              + report["cost_model"]["error"].strip().splitlines()[-1])
     print(f"gpu_suite: {report['seconds']} s in all; wrote {path}; "
           + (f"FAILED: {', '.join(failed)}" if failed else "every stage passed"))
     return 1 if failed else 0
