@@ -158,7 +158,10 @@ def main(argv=None) -> int:
                 Path(produced).unlink(missing_ok=True)   # a stale file from an earlier run is not a result
             report["stages"].append(run_stage(name, cmd, limit, log))
             if produced is not None and Path(produced).exists():
-                report["results"][name] = json.loads(Path(produced).read_text())
+                try:   # a stage stopped at its limit may leave its JSON cut short
+                    report["results"][name] = json.loads(Path(produced).read_text())
+                except ValueError as exc:
+                    report["results"][name] = {"error": f"{produced}: {exc}"}
     report["cost_model"] = cost_model_predictions(report["results"], report["environment"].get("triton"))
     report["seconds"] = round(time.perf_counter() - t0, 1)
     path = out / "gpu_suite.json"

@@ -60,11 +60,14 @@ class V2Impl:
         if getattr(parallel, "enable_batch_sharded_sampling", None):
             # a request's budget state (and its record of forced Waits) lives where the processor
             # runs; vLLM 0.34 hands each step's rows to the tensor-parallel ranks by batch position,
-            # so a request's rows move between ranks and its state would fall behind
+            # so a request's rows move between ranks and its state would fall behind. Refused whenever
+            # the option is set: whether vLLM shards (the model must support it) is not known here,
+            # and sharded sampling was never tested with this processor on any release
             raise ValueError(
-                "budget forcing (tts_kernels BudgetForcingLogitsProcessor) does not support "
-                "enable_batch_sharded_sampling=True: the ranks sample different requests from step to step "
-                "and each request's budget state lives on one rank; leave the option off")
+                "budget forcing (tts_kernels BudgetForcingLogitsProcessor) is not supported with "
+                "enable_batch_sharded_sampling=True: each request's budget state lives on one rank, and "
+                "vLLM 0.34 moves a request between tensor-parallel ranks from step to step (sharded "
+                "sampling is untested with this processor on every release); leave the option off")
         _front._register_live(self, vllm_config)
         self.req_states = req_states
         self.device = torch.device(req_states.device)

@@ -7,8 +7,9 @@ it: :class:`BudgetForcingLogitsProcessorV1` (below) or
 :class:`BudgetForcingLogitsProcessorV2` (:mod:`._vllm_v2`). vLLM 0.34 removed the
 V1 runner and its interface: there the class is an MRV2 processor only. The
 module imports without vLLM (then neither implementation can be built).
-MRV2 refuses ``enable_batch_sharded_sampling`` (a request's state lives on one
-tensor-parallel rank; 0.34 moves requests between ranks every step).
+MRV2 refuses ``enable_batch_sharded_sampling`` whenever it is set (a request's
+state lives on one tensor-parallel rank; 0.34 moves requests between ranks every
+step; untested on every release).
 
 Load it with ``LLM(model, logits_processors=[BudgetForcingLogitsProcessor])``,
 ``vllm serve MODEL --logits-processors tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor``,
@@ -391,8 +392,8 @@ class BudgetForcingLogitsProcessor(_Shared, *_public_bases()):
     The one name to give vLLM (``logits_processors=[...]``, the FQCN
     ``tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor`` or the
     ``tts_kernels_budget_forcing`` entry point). It subclasses the V1
-    ``LogitsProcessor`` and, where vLLM has it, Model Runner V2's, so both
-    loaders accept it; calling it builds the implementation for the runner
+    ``LogitsProcessor`` and Model Runner V2's, each where the installed vLLM
+    has it (0.34 has MRV2 only), so both loaders accept it; calling it builds the implementation for the runner
     that calls: ``cls(vllm_config, device, is_pin_memory)`` (V1) gives a
     :class:`BudgetForcingLogitsProcessorV1`, ``cls(vllm_config, req_states)``
     (MRV2) a :class:`BudgetForcingLogitsProcessorV2`, each carrying this class's

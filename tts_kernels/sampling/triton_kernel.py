@@ -699,8 +699,9 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     threshold (0: keep all), ``Ls``, the selects' raw-logit bound that every token top-k / top-p keep
     reaches in its group maximum (-inf without them; :func:`_rescore` raises it to min-p's: the chosen
     group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score
-    (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1`` less its unfiltered
-    score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no Philox call;
+    (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise,
+    ``b1`` less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as
+    the scan did (no Philox call;
     rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
     ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, t_key, bar, cand1)."""
     isE = g1 == ge

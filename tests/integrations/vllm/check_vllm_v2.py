@@ -54,9 +54,13 @@ LOADER_PROBE = textwrap.dedent('''
     out = {"entry_points": eps}
     out["v2_plugins"] = [c is P for c in v2._load_v2_logitsprocs_plugins()]
     out["v2_fqcn"] = [c is P for c in v2._load_v2_logitsprocs_by_fqcns([sys.argv[2]])]
-    try:  # the V1 runner and its loaders: gone in vLLM 0.34
+    import vllm
+    out["vllm"] = vllm.__version__
+    try:  # the V1 runner and its loaders: gone in vLLM 0.34 (only that module's absence is accepted)
         from vllm.v1.sample import logits_processor as v1
-    except ImportError:
+    except ModuleNotFoundError as exc:
+        if exc.name != "vllm.v1.sample.logits_processor":
+            raise
         v1 = None
     out["v1_runner"] = v1 is not None
     out["v1_plugins"] = None if v1 is None else [c is P for c in v1._load_logitsprocs_plugins()]
@@ -88,10 +92,24 @@ def check_loaders():
     out = json.loads(line[0][6:])
     # one entry point from the temporary dist-info, a second where this tree is installed (CI's editable install)
     loaded = lambda key: 1 <= len(out[key]) <= 2 and all(out[key])  # noqa: E731
-    v1_ok = not out["v1_runner"] or (loaded("v1_plugins") and out["v1_fqcn"] == [True])
+    # V1 must be there before 0.34 (its absence would skip its loader checks) and load the class where it is
+    import vllm
+    out["v1_required"] = _release(vllm.__version__) < (0, 34)
+    v1_ok = ((loaded("v1_plugins") and out["v1_fqcn"] == [True]) if out["v1_runner"]
+             else not out["v1_required"])
+    out["same_vllm_as_harness"] = out["vllm"] == vllm.__version__
     out["ok"] = (FQCN in out["entry_points"] and loaded("v2_plugins") and out["v2_fqcn"] == [True] and v1_ok
+                 and out["same_vllm_as_harness"]
                  and bool(out["validator_rejects"]) and "min_tokens" in out["validator_rejects"])
     return out
+
+
+def _release(version: str) -> tuple:
+    """``"0.34.0rc1+cpu"`` -> ``(0, 34, 0)``."""
+    import re
+
+    return tuple(int(m.group()) if m else 0
+                 for m in (re.match(r"\d+", part) for part in version.split("+")[0].split(".")[:3]))
 
 
 # ---------------------------------------------------------------------------------- harness
