@@ -56,8 +56,9 @@ LOADER_PROBE = textwrap.dedent('''
     out["v2_fqcn"] = [c is P for c in v2._load_v2_logitsprocs_by_fqcns([sys.argv[2]])]
     import vllm
     out["vllm"] = vllm.__version__
+    import importlib
     try:  # the V1 runner and its loaders: gone in vLLM 0.34 (only that module's absence is accepted)
-        from vllm.v1.sample import logits_processor as v1
+        v1 = importlib.import_module("vllm.v1.sample.logits_processor")
     except ModuleNotFoundError as exc:
         if exc.name != "vllm.v1.sample.logits_processor":
             raise
