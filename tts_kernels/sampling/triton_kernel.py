@@ -701,9 +701,9 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score
     (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise,
     ``b1`` less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as
-    the scan did (no Philox call;
-    rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
-    ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, t_key, bar, cand1)."""
+    the scan did (no Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the
+    group scores), and whether ``g1`` is a candidate of the selects (:func:`_select_thresholds`).
+    Returns (Ls, t_key, bar, cand1)."""
     isE = g1 == ge
     M1 = tl.where(isE, Me, tl.load(ws_row + g1))
     SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))

@@ -14,16 +14,18 @@ appended on the device). ``vllm_config`` is a stand-in with the two fields the
 processor reads (``model_config.tokenizer``, ``num_speculative_tokens``).
 
 Checks (each recorded in the JSON): the V2 / V1 loaders (V1 where the installed
-vLLM still has its runner: removed in 0.34) on an installed entry point and the FQCN (subprocess with a temporary ``*.dist-info``), mixed sampled
-budgets with rows reordered every step (every sequence against
+vLLM still has its runner: removed in 0.34) on an installed entry point and the
+FQCN (subprocess with a temporary ``*.dist-info``), mixed sampled budgets with
+rows reordered every step (every sequence against
 ``budget_checker.check_sequence`` with the processor's own Wait record;
 unbudgeted rows bit-identical), greedy exactness against ``tts_kernels.sample``
 with a ``BudgetState`` (forced end + answer prefix at max, whole Wait
 sequences, min_waits), recycled slots, resumption with existing output,
 speculative decoding (draft rows, greedy verification = the non-speculative
 result), bad settings rejected (batch-sharded sampling too, when vLLM builds the
-processor). With a CUDA build of vLLM (0.33+, e.g. installed with ``pip --target`` and put first
-on ``PYTHONPATH``) the same checks run on that release's classes, on this GPU-less machine.
+processor). With a CUDA build of vLLM (0.33+, e.g. installed with ``pip --target``
+and put first on ``PYTHONPATH``) the same checks run on that release's classes,
+on this GPU-less machine.
 """
 import json
 import os
@@ -95,7 +97,9 @@ def check_loaders():
     loaded = lambda key: 1 <= len(out[key]) <= 2 and all(out[key])  # noqa: E731
     # V1 must be there before 0.34 (its absence would skip its loader checks) and load the class where it is
     import vllm
-    out["v1_required"] = _release(vllm.__version__) < (0, 34)
+
+    from tts_kernels._torch_support import release
+    out["v1_required"] = release(vllm.__version__) < (0, 34)
     v1_ok = ((loaded("v1_plugins") and out["v1_fqcn"] == [True]) if out["v1_runner"]
              else not out["v1_required"])
     out["same_vllm_as_harness"] = out["vllm"] == vllm.__version__
@@ -103,14 +107,6 @@ def check_loaders():
                  and out["same_vllm_as_harness"]
                  and bool(out["validator_rejects"]) and "min_tokens" in out["validator_rejects"])
     return out
-
-
-def _release(version: str) -> tuple:
-    """``"0.34.0rc1+cpu"`` -> ``(0, 34, 0)``."""
-    import re
-
-    return tuple(int(m.group()) if m else 0
-                 for m in (re.match(r"\d+", part) for part in version.split("+")[0].split(".")[:3]))
 
 
 # ---------------------------------------------------------------------------------- harness
