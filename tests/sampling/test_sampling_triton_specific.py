@@ -295,7 +295,8 @@ def test_tiny_vocab_and_single_row():
 import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
-from tts_kernels.sampling.triton_kernel import _compact_candidates, _sorted_thresholds, _radix_select  # noqa: E402
+from tts_kernels.sampling.triton_kernel import (  # noqa: E402
+    _candidate_bound, _compact_candidates, _radix_select, _sort_desc, _sorted_thresholds)
 
 
 @triton.jit
@@ -474,6 +475,21 @@ def test_filters_on_candidate_groups(dtype):
     _check(logits, params, budget, forced, 0, 2)
 
 
+@pytest.mark.parametrize("V", [2900, 5000], ids=["one-block", "two-blocks"])
+def test_scan_blocks(monkeypatch, V):
+    """Rows of more than _SCAN_POW2_GROUPS groups scan their stats in blocks of _SCAN (shrunk here to
+    8 and 16): 12 groups in one padded block (the candidate bound on), 20 in two (no bound: every
+    group a candidate); tokens equal the reference's, every filter mix."""
+    monkeypatch.setattr(_tk, "_SCAN", 16)
+    monkeypatch.setattr(_tk, "_SCAN_POW2_GROUPS", 8)
+    torch.manual_seed(V)
+    B = 8
+    x = torch.randn(B, V) * 3
+    x[:4, torch.randint(0, V, (4,))] += 8.0
+    _check(x.to(DEV), _params(B, [0.7, 1.0, 1.3, 1.0, 0.9, 1.1, 1.0, 0.5], [0, 5, 0, 40, 3, 0, 700, 0],
+                              [1.0, 0.9, 0.7, 1.0, 0.95, 1.0, 0.8, 1.0], [0.0, 0.0, 0.1, 0.0, 0.05, 0.2, 0.0, 0.0]))
+
+
 def test_candidate_bound_regressions():
     """Two rows an earlier candidate bound got wrong (review of the redesign): (1) top-k, top-p and
     min-p together, where min-p's bound dropped part of the top-k set from the selects; (2) two
@@ -496,6 +512,87 @@ def test_candidate_bound_regressions():
     y[:, 5] = b
     tok, _, _ = _check(y.to(DEV), _params(40, 3.0, 1, 1.0, 0.0, seed=torch.arange(40)), allow_ties=False)
     assert set(tok.tolist()) == {5, 300}
+
+
+@triton.jit
+def _sort_kernel(x_ptr, o_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(o_ptr + i, _sort_desc(tl.load(x_ptr + i), N))
+
+
+@pytest.mark.parametrize("N", [2, 16, 256, 4096])
+def test_sort_desc(N):
+    """The bitonic sort of the thresholds' buffer equals torch.sort: -inf entries, ties, +-0."""
+    torch.manual_seed(N)
+    for _ in range(3):
+        x = torch.randn(N) * 5
+        x[:: 7] = float("-inf")
+        x[1:: 11] = x[0]
+        x[2:: 13] = -0.0
+        x[3:: 17] = 0.0
+        out = torch.empty(N, device=DEV)
+        _sort_kernel[(1,)](x.to(DEV), out, N)
+        assert torch.equal(out.cpu(), x.sort(descending=True).values)
+
+
+@triton.jit
+def _bound_kernel(m_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, out_ptr, NGR, FB: tl.constexpr):
+    row = tl.program_id(0)
+    ws_row = m_ptr + row * NGR
+    k = tl.load(k_ptr + row)
+    p = tl.load(p_ptr + row)
+    X = tl.max(tl.load(ws_row + tl.arange(0, FB), mask=tl.arange(0, FB) < NGR, other=float("-inf")), 0)
+    L = _candidate_bound(ws_row, NGR, -1, 0.0, X, tl.load(t_ptr + row), k, k > 0, p, p < 1.0,
+                         tl.load(tot_ptr + row), FB)
+    tl.store(out_ptr + row, L)
+
+
+def _truncated(v):
+    """v rounded down to the top 16 bits of its order key (-inf at or below -inf's key)."""
+    key = int(_keys(torch.tensor([v], dtype=torch.float32))[0]) & 0xFFFF0000
+    if key <= 0x007FFFFF:
+        return float("-inf")
+    k = key - 2 ** 31
+    b = k ^ 0x7FFFFFFF if k < 0 else k
+    return torch.tensor([b], dtype=torch.int32).view(torch.float32).item()
+
+
+def test_candidate_bound_bisection():
+    """_candidate_bound against a sort: top-k's bound is the k-th largest group maximum (the padding's
+    -inf counted: k beyond the groups gives -inf), top-p's the largest maximum whose mass from the top
+    (maxima weighed by exp((M - X) / T)) reaches 1.001 x top_p x total, each rounded down to the top 16
+    bits of its order key; negative maxima, -0.0, -inf groups and ties included."""
+    torch.manual_seed(5)
+    R, NGR, FB = 48, 37, 64
+    m = torch.randn(R, NGR) * torch.tensor([0.3, 3.0, 40.0]).repeat(R // 3)[:, None]
+    m[::4, 5:9] = float("-inf")
+    m[1::5, 2] = -0.0
+    m[2::6, 10:14] = m[2::6, 3:4]                 # ties
+    k = torch.tensor([0, 1, 2, 5, 36, 37, 50, 64, 65, 3, 0, 7] * (R // 12), dtype=torch.int32)
+    p = torch.tensor([0.9, 1.0, 0.5, 1.0, 1.0, 1.0, 0.3, 1.0, 1.0, 0.99, 0.02, 1.0] * (R // 12))
+    T = torch.rand(R) + 0.5
+    X = m.max(1).values
+    w = torch.where(m > float("-inf"), torch.exp((m - X[:, None]) / T[:, None]), torch.zeros(()))
+    total = w.sum(1) * (1.0 + torch.rand(R))     # the row's mass: at least its maxima's
+    out = torch.empty(R, device=DEV)
+    _bound_kernel[(R,)](m.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), out, NGR, FB)
+    out = out.cpu()
+    padded = torch.cat([m, torch.full((R, FB - NGR), float("-inf"))], 1)
+    for r in range(R):
+        srt = padded[r].sort(descending=True).values
+        if 0 < k[r]:
+            want = [_truncated(srt[k[r] - 1].item()) if k[r] <= FB else float("-inf")]
+        elif p[r] < 1.0:
+            cum = torch.where(srt > float("-inf"), torch.exp((srt - X[r]) / T[r]), torch.zeros(())).cumsum(0)
+            # either side of a summation-order rounding of the target
+            want = [_truncated(srt[cum >= t].max().item()) if bool((cum >= t).any()) else float("-inf")
+                    for t in (p[r] * total[r] * 1.001 * (1 - 1e-5), p[r] * total[r] * 1.001 * (1 + 1e-5))]
+        else:
+            want = [float("-inf")]
+        assert out[r].item() in want, (r, out[r].item(), want)
+        if 0 < k[r] <= FB and want[0] > float("-inf"):
+            kth = srt[k[r] - 1].item()
+            assert want[0] <= kth and kth - want[0] <= abs(kth) * 2 ** -7
 
 
 def test_top_p_alone_on_the_sort_keeps_the_row_share():

@@ -25,10 +25,13 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   the greedy token, or the draw inside the chosen group with the exact per-token noise. The
   end token of budget rule 3 is masked by recomputing its group's stats only.
 * **Filters** (only rows with top-k / top-p / min-p): from the group maxima alone, a bound ``L``
-  that every kept token reaches (``_candidate_bound``); one read of the groups that reach it
-  compacts the values ``z >= L / T`` into a per-row buffer (``_compact_candidates``, at most
-  ``_CANDIDATES``); the thresholds (top-k: the k-th largest key, ties kept; top-p: by mass against
-  ``top_p * mass(top-k set)``) come from the buffer, not the row: up to ``_SORTED`` values by one sort
+  that every kept token reaches (``_candidate_bound``: a bisection over the top 16 bits of their
+  order keys, one block reduction per bit; ``tl.sort`` of the 1024 group maxima took 3.3 times the
+  SASS instructions and was most of a compile's time in Triton's ``TritonGPUCoalesce`` pass); one
+  read of the groups that reach it compacts the values ``z >= L / T`` into a per-row buffer
+  (``_compact_candidates``, at most ``_CANDIDATES``); the thresholds (top-k: the k-th largest key,
+  ties kept; top-p: by mass against ``top_p * mass(top-k set)``) come from the buffer, not the row:
+  up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
   and a running sum (``_sorted_thresholds``), more by radix selects over their order-preserving
   uint32 keys (4-bit digits, early exit; ``_buffer_hist``). A row with more candidates than the
   buffer holds reads its candidate groups per radix level (``_row_hist``), and skips the compaction
@@ -111,6 +114,10 @@ _CANDIDATES = 4096
 _SORTED = 256
 _HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
 _SCAN = 1024         # group stats per step of the finish's scan
+#: rows of more groups than this scan them in blocks of ``_SCAN`` (one compiled variant for V = 65537 to
+#: 262144 instead of two: 8 fewer specializations to compile; the scan of a V=128256 row then takes 834
+#: SASS instructions instead of 556, bf16 sm_90, Triton 3.8); fewer, in the next power of 2
+_SCAN_POW2_GROUPS = 256
 _NUM_WARPS = 8
 #: ptxas's register cap for the kernels that run the finish (``_sample_kernel``, ``_merge_kernel``; the
 #: issue's <= 128 in every budget variant). Without it ptxas on sm_80 kept 15 of them at 80 (48) registers
@@ -207,6 +214,52 @@ def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax,
 
 
 @triton.jit
+def _key_prefix_reaching(key, w, target, BITS: tl.constexpr):
+    """The largest uint32 ``t`` whose low ``32 - BITS`` bits are 0 such that the entries with
+    ``key >= t`` weigh (``w`` summed) at least ``target``, and more than 0; 0 if none does. A
+    bisection over the key's top ``BITS`` bits, one reduction per bit. ``t`` is the exact such key
+    truncated to those bits, so a lower bound of it: with unit weights, of the ``target``-th largest
+    key; with masses, of the smallest key of the shortest top set that holds ``target``."""
+    t = tl.full([], 0, tl.uint32)
+    bit = tl.full([], 0x80000000, tl.uint32)
+    for _ in tl.static_range(BITS):
+        c = t | bit
+        s = tl.sum(tl.where(key >= c, w, 0.0), 0)
+        t = tl.where((s >= target) & (s > 0.0), c, t)
+        bit = bit >> 1
+    return t
+
+
+@triton.jit
+def _from_key(t):
+    """The float32 whose ``_order_key`` is ``t`` (its inverse); -inf for a key at or below -inf's
+    (0x007FFFFF; the keys below it are NaNs)."""
+    k = (t ^ 0x80000000).to(tl.int32, bitcast=True)
+    z = (k ^ ((k >> 31) & 0x7FFFFFFF)).to(tl.float32, bitcast=True)
+    return tl.where(t <= 0x007FFFFF, float("-inf"), z)
+
+
+@triton.jit
+def _sort_desc(x, N: tl.constexpr):
+    """The ``N`` values of ``x`` (``N`` a power of 2, at most 4096) in descending order: a bitonic
+    network, each stage's partner values by one ``tl.gather``. ``tl.sort`` builds each stage from a
+    reshape and a reduction; its 36 stages for 256 values were about a fifth of the sampler's Triton
+    IR and most of ``TritonGPUCoalesce``'s time, and 629 SASS instructions against 407 for this one
+    (bf16, V=32000, sm_90, Triton 3.8)."""
+    i = tl.arange(0, N)
+    for s in tl.static_range(1, 13):
+        if (1 << s) <= N:
+            for u in tl.static_range(s):
+                # partner distance 2**(s - 1 - u) (a constexpr cannot be reassigned in the loop)
+                p = tl.gather(x, i ^ (1 << (s - 1 - u)), 0)
+                # merging blocks of 2**s: the lower index of a pair keeps the larger value in the
+                # blocks that go down (bit s of the index 0; the last merge: every block)
+                keep_max = ((i & (1 << (s - 1 - u))) == 0) == ((i & (1 << s)) == 0)
+                x = tl.where(keep_max, tl.maximum(x, p), tl.minimum(x, p))
+    return x
+
+
+@triton.jit
 def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW: tl.constexpr):
     """Top-k / top-p thresholds of a row whose candidates fit one sort (``nbuf <= PW``): the buffered
     values sorted in descending order and their masses (``exp(z - zmax)``) summed from the top in that
@@ -216,7 +269,7 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW:
     candidates: every token the draw keeps is one of them."""
     i = tl.arange(0, PW)
     valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
-    z = tl.sort(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), 0, descending=True)
+    z = _sort_desc(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), PW)
     key = _order_key(z)
     cum = tl.cumsum(tl.where(valid, tl.exp(z - zmax), 0.0), 0)
     t_key = tl.full([], 0, tl.uint32)      # keep all
@@ -580,11 +633,15 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
 @triton.jit
 def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total, FB: tl.constexpr):
     """A raw-logit bound ``L`` such that every token that top-k / top-p keep lies in a group whose
-    raw maximum is ``>= L`` (from the group maxima alone, one sort; -inf when it cannot tell):
+    raw maximum is ``>= L`` (from the group maxima alone; -inf when it cannot tell):
 
     * top-k: the k-th largest group maximum (the k best groups hold k tokens at least as large);
     * top-p without top-k: the largest group maximum ``s_j`` such that the maxima of the groups
-      from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin).
+      from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin);
+
+    each rounded down to the top 16 bits of its order key (``_key_prefix_reaching``: 16 reductions
+    instead of a sort; at most 2**-7 of ``|L|`` lower, which admits the groups whose maximum lies in
+    that margin as candidates too).
 
     The selects read only the groups at or above ``L``; the rescoring (``_rescore``) those at or
     above ``_minp_bound(L, ...)`` (min-p's bound too)."""
@@ -593,13 +650,12 @@ def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total
         fb = tl.arange(0, FB)
         M = tl.load(ws_row + fb, mask=fb < NGR, other=float("-inf"))
         Mz = tl.where(fb == ge, Me, M)
-        srt = tl.sort(Mz, 0, descending=True)
-        if k_on:
-            L = tl.max(tl.where(fb == top_k - 1, srt, float("-inf")))
-        elif p_on:
-            w = tl.where(srt > float("-inf"), tl.exp((srt - X) / Tz), 0.0)
-            cum = tl.cumsum(w, 0)
-            L = tl.max(tl.where(cum >= top_p * total * 1.001, srt, float("-inf")))
+        if k_on | p_on:
+            # top-k counts the maxima (the padding's -inf too: k beyond the groups gives -inf),
+            # top-p weighs them by their own mass
+            w = tl.where(k_on, 1.0, tl.where(Mz > float("-inf"), tl.exp((Mz - X) / Tz), 0.0))
+            target = tl.where(k_on, top_k.to(tl.float32), top_p * total * 1.001)
+            L = _from_key(_key_prefix_reaching(_order_key(Mz + 0.0), w, target, 16))
     return L
 
 
@@ -1014,7 +1070,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
     pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
-    fb = min(_SCAN, max(16, triton.next_power_of_2(ngr)))
+    fb = _SCAN if ngr > _SCAN_POW2_GROUPS else max(16, triton.next_power_of_2(ngr))
     ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
     cap = min(_CANDIDATES, V)
     cand = torch.empty(B * cap, dtype=torch.float32, device=dev)     # the selects' compacted candidates
