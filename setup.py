@@ -22,9 +22,10 @@ from setuptools import Extension, find_packages, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
-SUPPORT = {}  # TORCH_MIN, release(): one definition, shared with the package and CI
+SUPPORT = {}  # TORCH_MIN, TRITON_MIN, release(): one definition, shared with the package and CI
 exec((ROOT / "tts_kernels" / "_torch_support.py").read_text(), SUPPORT)
 TORCH_MIN = SUPPORT["TORCH_MIN"]
+TRITON_MIN = SUPPORT["TRITON_MIN"]
 NO_EXT = os.environ.get("TTS_KERNELS_NO_EXT", "0") not in ("", "0")
 HOW_TO_SKIP = ("To install without the C++ extension (the package then runs its PyTorch reference on CPU):\n"
                "    TTS_KERNELS_NO_EXT=1 pip install --no-build-isolation .")
@@ -128,9 +129,9 @@ setup(
     cmdclass={"build_ext": CMakeBuild},
     install_requires=[f"torch>={TORCH_MIN}", "numpy"],
     extras_require={
-        "cuda": ["triton>=3.0"],
+        "cuda": [f"triton>={TRITON_MIN}"],
         "eval": ["matplotlib", "tqdm"],
-        "test": ["pytest", "scipy", "triton>=3.0", "pytest-benchmark", "transformers", "matplotlib", "tqdm"],
+        "test": ["pytest", "scipy", f"triton>={TRITON_MIN}", "pytest-benchmark", "transformers", "matplotlib", "tqdm"],
     },
     entry_points={"console_scripts": ["tts-kernels = tts_kernels.cli:main"],
                   "vllm.logits_processors": [

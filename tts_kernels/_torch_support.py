@@ -10,6 +10,9 @@ TORCH_MIN = "2.9.1"
 TORCH_NEWEST_TESTED = "2.14.1"
 #: the torch the main CI suite pins (CPU build)
 TORCH_PINNED = "2.13.0"
+#: the oldest Triton the kernels are compiled and checked with (TORCH_MIN's pin is 3.5.1; the sampler's
+#: ``tl.gather`` needs 3.3 or later): the floor of the ``cuda`` and ``test`` extras
+TRITON_MIN = "3.5"
 
 
 def release(version: str) -> tuple:

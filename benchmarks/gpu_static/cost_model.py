@@ -121,7 +121,8 @@ SELECT_PASSES = (3, 8)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
 #: (low, high) values in a row's candidate buffer: k (top-k's bound keeps at least k tokens; the
-#: benchmarks' logits give 50-77) up to the capacity (``_CANDIDATES``, a test keeps the two equal)
+#: benchmarks' logits give 50-80, 50-77 before a5c55ea rounded the bound down) up to the capacity
+#: (``_CANDIDATES``, a test keeps the two equal)
 BUFFER_ENTRIES = (CANDIDATE_TOP_K, 4096)
 #: buffers of at most this many values get their thresholds from one sort (``_SORTED``: straight-line
 #: code, in the kernel's straight-line count), larger ones from radix levels over the buffer (a test
@@ -150,8 +151,10 @@ def _rate(gpu):
 # ----------------------------------------------------------------------------------------------
 def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
     """(low, high) share of the row the selects and the filtered draw read: only the candidate
-    groups (``_candidate_bound``). With top-k: at most the k groups of the largest maxima
-    (``CANDIDATE_TOP_K`` = the benchmarks' k), so ``k x 256 / V``; top-p or min-p alone: data
+    groups (``_candidate_bound``). With top-k: the k groups of the largest maxima
+    (``CANDIDATE_TOP_K`` = the benchmarks' k), so ``k x 256 / V``, plus the groups tied with the k-th
+    or within the bound's rounding below it (2**-7 of it), not counted here (the benchmarks' logits:
+    50-56 groups at k = 50, 50-55 before the rounding, from bf16 ties); top-p or min-p alone: data
     dependent, from one group (peaked) to the whole row (flat). ``V=None``: the whole row."""
     if V is None:
         return (1.0, 1.0)

@@ -347,9 +347,10 @@ def _keys(z):
                               "buffer-sorted"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize, cap, sort):
-    """The radix select over the candidate groups (raw maximum >= L: _candidate_bound's rule, the k-th
-    largest group maximum for top-k rows, for top-p alone the largest group maximum down to which the
-    group maxima's weights reach 1.001 x top_p of the row's mass; -inf, all groups, for the others): the
+    """The radix select over the candidate groups (raw maximum >= L: here the exact form of
+    _candidate_bound's rule, the k-th largest group maximum for top-k rows, for top-p alone the largest
+    group maximum down to which the group maxima's weights reach 1.001 x top_p of the row's mass; -inf,
+    all groups, for the others; the kernel rounds it down, test_candidate_bound_bisection): the
     candidates with key >= T are exactly the reference's kept set, whether the selects read the
     row's candidate groups or the values ``z >= L`` compacted into a buffer of ``cap`` (a row with
     more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``.
@@ -522,13 +523,13 @@ def _sort_kernel(x_ptr, o_ptr, N: tl.constexpr):
 
 @pytest.mark.parametrize("N", [2, 16, 256, 4096])
 def test_sort_desc(N):
-    """The bitonic sort of the thresholds' buffer equals torch.sort: -inf entries, ties, +-0."""
+    """The bitonic sort of the thresholds' buffer equals torch.sort: -inf entries, ties, zeros."""
     torch.manual_seed(N)
     for _ in range(3):
         x = torch.randn(N) * 5
         x[:: 7] = float("-inf")
-        x[1:: 11] = x[0]
-        x[2:: 13] = -0.0
+        x[1:: 11] = x[4] if N > 4 else 1.0            # finite ties
+        x[2:: 13] = -0.0                              # zeros of both signs (equal as values)
         x[3:: 17] = 0.0
         out = torch.empty(N, device=DEV)
         _sort_kernel[(1,)](x.to(DEV), out, N)
@@ -548,8 +549,8 @@ def _bound_kernel(m_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, out_ptr, NGR, FB: tl.cons
 
 
 def _truncated(v):
-    """v rounded down to the top 16 bits of its order key (-inf at or below -inf's key)."""
-    key = int(_keys(torch.tensor([v], dtype=torch.float32))[0]) & 0xFFFF0000
+    """v (-0 as +0) rounded down to the top 16 bits of its order key (-inf at or below -inf's key)."""
+    key = int(_keys(torch.tensor([v + 0.0 if v == 0 else v], dtype=torch.float32))[0]) & 0xFFFF0000
     if key <= 0x007FFFFF:
         return float("-inf")
     k = key - 2 ** 31
@@ -561,14 +562,19 @@ def test_candidate_bound_bisection():
     """_candidate_bound against a sort: top-k's bound is the k-th largest group maximum (the padding's
     -inf counted: k beyond the groups gives -inf), top-p's the largest maximum whose mass from the top
     (maxima weighed by exp((M - X) / T)) reaches 1.001 x top_p x total, each rounded down to the top 16
-    bits of its order key; negative maxima, -0.0, -inf groups and ties included."""
+    bits of its order key; negative maxima, -inf groups, ties (at the top for top-p), a -0.0 maximum at
+    the top-k bound (+0.0 after the kernel's canonicalisation), and rows with neither filter (-inf)."""
     torch.manual_seed(5)
     R, NGR, FB = 48, 37, 64
     m = torch.randn(R, NGR) * torch.tensor([0.3, 3.0, 40.0]).repeat(R // 3)[:, None]
     m[::4, 5:9] = float("-inf")
     m[1::5, 2] = -0.0
     m[2::6, 10:14] = m[2::6, 3:4]                 # ties
-    k = torch.tensor([0, 1, 2, 5, 36, 37, 50, 64, 65, 3, 0, 7] * (R // 12), dtype=torch.int32)
+    m[::6, 20:23] = m[::6].max(1, keepdim=True).values   # ties at the top (top-p rows)
+    m[3::12] = -m[3::12].abs() - 1.0              # top-k = 5 at a -0.0 maximum: 4 positive ones above it
+    m[3::12, 30:34] = torch.tensor([1.0, 2.0, 3.0, 4.0])
+    m[3::12, 11] = -0.0
+    k = torch.tensor([0, 1, 2, 5, 36, 37, 50, 0, 65, 3, 0, 7] * (R // 12), dtype=torch.int32)
     p = torch.tensor([0.9, 1.0, 0.5, 1.0, 1.0, 1.0, 0.3, 1.0, 1.0, 0.99, 0.02, 1.0] * (R // 12))
     T = torch.rand(R) + 0.5
     X = m.max(1).values
@@ -593,6 +599,8 @@ def test_candidate_bound_bisection():
         if 0 < k[r] <= FB and want[0] > float("-inf"):
             kth = srt[k[r] - 1].item()
             assert want[0] <= kth and kth - want[0] <= abs(kth) * 2 ** -7
+    assert (out[3::12] == 0.0).all()                  # the -0.0 at the bound: +0.0, not a tiny negative
+    assert torch.isinf(out[7::12]).all()              # neither filter: no bound
 
 
 def test_top_p_alone_on_the_sort_keeps_the_row_share():

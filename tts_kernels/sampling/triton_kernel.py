@@ -139,12 +139,18 @@ def _order_key(z):
 
 
 @triton.jit
+def _plus_zero(z):
+    """``z`` with -0 as +0 (``_order_key`` tells them apart; a select, which no compiler folds as it may
+    ``z + 0.0``)."""
+    return tl.where(z == 0.0, 0.0, z)
+
+
+@triton.jit
 def _masked(row_ptr, offs, inb, end0, mask_end, Tz):
     """(x, z): the end-masked logits in float32 and ``z = x / T`` (-0 -> +0); out-of-row entries -inf."""
     x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
     x = tl.where(mask_end & (offs == end0), float("-inf"), x)
-    z = x / Tz
-    return x, tl.where(z == 0.0, 0.0, z)
+    return x, _plus_zero(x / Tz)
 
 
 @triton.jit
@@ -246,6 +252,7 @@ def _sort_desc(x, N: tl.constexpr):
     reshape and a reduction; its 36 stages for 256 values were about a fifth of the sampler's Triton
     IR and most of ``TritonGPUCoalesce``'s time, and 629 SASS instructions against 407 for this one
     (bf16, V=32000, sm_90, Triton 3.8)."""
+    tl.static_assert(N <= 4096, "_sort_desc: at most 4096 values")
     i = tl.arange(0, N)
     for s in tl.static_range(1, 13):
         if (1 << s) <= N:
@@ -640,8 +647,8 @@ def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total
       from the best down to it already carry ``p x total`` of the mass (with a 1e-3 margin);
 
     each rounded down to the top 16 bits of its order key (``_key_prefix_reaching``: 16 reductions
-    instead of a sort; at most 2**-7 of ``|L|`` lower, which admits the groups whose maximum lies in
-    that margin as candidates too).
+    instead of a sort; at most 2**-7 of ``|L|`` lower for a normal float, which admits the groups whose
+    maximum lies in that margin as candidates too).
 
     The selects read only the groups at or above ``L``; the rescoring (``_rescore``) those at or
     above ``_minp_bound(L, ...)`` (min-p's bound too)."""
@@ -655,7 +662,7 @@ def _candidate_bound(ws_row, NGR, ge, Me, X, Tz, top_k, k_on, top_p, p_on, total
             # top-p weighs them by their own mass
             w = tl.where(k_on, 1.0, tl.where(Mz > float("-inf"), tl.exp((Mz - X) / Tz), 0.0))
             target = tl.where(k_on, top_k.to(tl.float32), top_p * total * 1.001)
-            L = _from_key(_key_prefix_reaching(_order_key(Mz + 0.0), w, target, 16))
+            L = _from_key(_key_prefix_reaching(_order_key(_plus_zero(Mz)), w, target, 16))
     return L
 
 
