@@ -739,6 +739,9 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
         nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
         tl.debug_barrier()  # the values written by every warp, visible to the selects
     use_buf = compact & (nbuf <= CAP)
+    # before the selects: with Ls live through their loops instead, ptxas reloaded a spilled value in
+    # every radix level of the 16-bit budget _merge_kernel on sm_90 (Triton 3.9)
+    cand1 = _is_candidate(ws_row, g1, V, Tz, Ls / Tz)
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if use_buf & (nbuf <= PW):
         t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW)
@@ -751,7 +754,7 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
                                          p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
-    return Ls, t_key, _is_candidate(ws_row, g1, V, Tz, Ls / Tz)
+    return Ls, t_key, cand1
 
 
 @triton.jit
