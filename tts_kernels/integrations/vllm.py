@@ -393,8 +393,9 @@ class BudgetForcingLogitsProcessor(_Shared, *_public_bases()):
     ``tts_kernels.integrations.vllm:BudgetForcingLogitsProcessor`` or the
     ``tts_kernels_budget_forcing`` entry point). It subclasses the V1
     ``LogitsProcessor`` and Model Runner V2's, each where the installed vLLM
-    has it (0.34 has MRV2 only), so both loaders accept it; calling it builds the implementation for the runner
-    that calls: ``cls(vllm_config, device, is_pin_memory)`` (V1) gives a
+    has it (0.34 has MRV2 only), so both loaders accept it; calling it builds
+    the implementation for the runner that calls:
+    ``cls(vllm_config, device, is_pin_memory)`` (V1) gives a
     :class:`BudgetForcingLogitsProcessorV1`, ``cls(vllm_config, req_states)``
     (MRV2) a :class:`BudgetForcingLogitsProcessorV2`, each carrying this class's
     :attr:`default_forcing`.

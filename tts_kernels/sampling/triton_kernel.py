@@ -739,8 +739,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
         nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
         tl.debug_barrier()  # the values written by every warp, visible to the selects
     use_buf = compact & (nbuf <= CAP)
-    # before the selects: with Ls live through their loops instead, ptxas reloaded a spilled value in
-    # every radix level of the 16-bit budget _merge_kernel on sm_90 (Triton 3.9)
+    # before the selects: tested after them, g1 stayed live through their loops, and ptxas reloaded a
+    # spilled value in every radix level of the 16-bit budget _merge_kernel on sm_90 (Triton 3.9)
     cand1 = _is_candidate(ws_row, g1, V, Tz, Ls / Tz)
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if use_buf & (nbuf <= PW):
