@@ -296,7 +296,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _candidate_bound, _compact_candidates, _radix_select, _sort_desc, _sorted_thresholds)
+    _buffer_thresholds, _candidate_bound, _compact_candidates, _radix_select, _sort_desc, _sorted_thresholds)
 
 
 @triton.jit
@@ -321,16 +321,20 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
     p = tl.load(p_ptr + row)
     t_key = tl.full([], 0, tl.uint32)
     mass_k = tl.load(m_ptr + row)              # the row's mass, relative to exp(zmax), as the finish's scan gives it
+    k_on = (k > 0) & (k < V)
     if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
-        if ((k > 0) & (k < V)) | (p < 1.0):
-            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, (k > 0) & (k < V), p, p < 1.0, PW)
-    else:
-        if (k > 0) & (k < V):
+        if k_on | (p < 1.0):
+            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, PW)
+    elif use_buf:                              # the bisection over the buffer (every size without SORT)
+        if k_on | (p < 1.0):
+            t_key = _buffer_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, HBLOCK)
+    else:                                      # overflow: the radix selects over the candidate groups
+        if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
-                                          g_row, L, buf_row, nbuf, use_buf, False, HBLOCK)
+                                          g_row, L, False, HBLOCK)
         if p < 1.0:
             t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L,
-                                    buf_row, nbuf, use_buf, True, HBLOCK)
+                                    True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
 
@@ -347,14 +351,15 @@ def _keys(z):
                               "buffer-sorted"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize, cap, sort):
-    """The radix select over the candidate groups (raw maximum >= L: here the exact form of
+    """The thresholds over the candidates (the groups whose raw maximum is >= L: here the exact form of
     _candidate_bound's rule, the k-th largest group maximum for top-k rows, for top-p alone the largest
     group maximum down to which the group maxima's weights reach 1.001 x top_p of the row's mass; -inf,
     all groups, for the others; the kernel rounds it down, test_candidate_bound_bisection): the
-    candidates with key >= T are exactly the reference's kept set, whether the selects read the
-    row's candidate groups or the values ``z >= L`` compacted into a buffer of ``cap`` (a row with
-    more reads the row); from the buffer, ``T`` is exact: no token outside it has ``key >= T``.
-    ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds) instead of radix levels."""
+    candidates with key >= T are exactly the reference's kept set, whether the values ``z >= L`` are
+    compacted into a buffer of ``cap`` (the bisection, _buffer_thresholds) or, for a row with more, the
+    radix selects read the row's candidate groups; from the buffer, ``T`` is exact: no token outside it
+    has ``key >= T``. ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds) instead
+    of the bisection."""
     torch.manual_seed(7)
     B, V = 16, 1333
     z = torch.randn(B, V, device=DEV) * 2
@@ -601,6 +606,80 @@ def test_candidate_bound_bisection():
             assert want[0] <= kth and kth - want[0] <= abs(kth) * 2 ** -7
     assert (out[3::12] == 0.0).all()                  # the -0.0 at the bound: +0.0, not a tiny negative
     assert torch.isinf(out[7::12]).all()              # neither filter: no bound
+
+
+@triton.jit
+def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, HBLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    k = tl.load(k_ptr + row)
+    p = tl.load(p_ptr + row)
+    t = _buffer_thresholds(b_ptr + row * CAP, tl.load(n_ptr + row), tl.load(zmax_ptr + row), tl.load(tot_ptr + row),
+                           k, k > 0, p, p < 1.0, HBLOCK)
+    tl.store(out_ptr + row, t.to(tl.int64))
+
+
+def _buffer_thresholds_ref(z, k, p, zmax, total, rel=0.0):
+    """The thresholds' rules on a buffer, by a sort: top-k the k-th largest key (the smallest with k
+    beyond the buffer), its set's mass; top-p the largest key whose values at or above it carry
+    p x that mass (the row's ``total`` without top-k) and more than 0, else the smallest key."""
+    keys = _keys(z)
+    w = torch.exp(z.double() - zmax)
+    t, mass_k = 0, total
+    if k > 0:
+        t = int(keys.sort(descending=True).values[min(k, len(z)) - 1])
+        mass_k = float(w[keys >= t].sum())
+    if p < 1.0:
+        u = keys.unique()
+        ge = torch.stack([w[keys >= x].sum() for x in u])
+        ok = (ge >= p * mass_k * (1 + rel)) & (ge > 0)
+        t = max(t, int(u[ok].max()) if bool(ok.any()) else int(u.min()))
+    return t
+
+
+def test_buffer_bisection():
+    """_buffer_thresholds (the bisection over buffers of more than _SORTED values) against a sort, on
+    buffers of 1 to 4096 values: normal values, ties, one value repeated, -inf entries with both signs
+    and zeros, a spread of 1e-6 (keys that share most bits), masses that underflow; k at, beyond and
+    far below the count; top-p alone, after top-k, at 0 (the largest value only) and above the
+    buffer's mass (every value kept)."""
+    torch.manual_seed(21)
+    CAP = 4096
+    rows = [  # (values, k, p, total / the buffer's mass)
+        (torch.randn(4096) * 3, 50, 1.0, 1.0), (torch.randn(4096) * 3, 0, 0.9, 1.0),
+        (torch.randn(4096), 1000, 0.5, 1.0), (torch.round(torch.randn(3000) * 4) / 2, 7, 0.8, 1.0),
+        (torch.full((500,), 1.5), 3, 0.3, 1.0), (torch.randn(777) * 20, 700, 0.99, 1.0),
+        (torch.randn(300), 300, 1.0, 1.0), (torch.randn(300), 400, 1.0, 1.0),
+        (torch.randn(600), 0, 0.0, 1.0), (torch.randn(600), 0, 0.5, 10.0), (torch.randn(1), 1, 0.5, 1.0),
+        (torch.randn(2000) * 1e3, 0, 0.9, 1.0), (5 + 1e-6 * torch.randn(4096), 2000, 1.0, 1.0),
+        (torch.randn(257), 10, 0.95, 1.0), (torch.round(torch.randn(4096) * 8) / 8, 0, 0.7, 1.0),
+    ]
+    for _ in range(16):   # random sizes and k, top-p on half of them
+        m = int(torch.randint(257, 4097, ()))
+        rows.append((torch.randn(m) * 2, int(torch.randint(1, m + 1, ())), [1.0, 0.8][len(rows) % 2], 1.0))
+    rows[5][0][::9] = float("-inf")
+    rows[5][0][1::13] = 0.0
+    R = len(rows)
+    buf = torch.full((R, CAP), float("nan"))
+    n = torch.tensor([len(r[0]) for r in rows], dtype=torch.int32)
+    zmax = torch.tensor([float(r[0].max()) + 0.25 for r in rows])     # the row's maximum: at least the buffer's
+    total = torch.empty(R)
+    for i, (z, _k, _p, f) in enumerate(rows):
+        buf[i, :len(z)] = z
+        total[i] = float(torch.exp(z.double() - zmax[i]).sum()) * f
+    k = torch.tensor([r[1] for r in rows], dtype=torch.int32)
+    p = torch.tensor([r[2] for r in rows])
+    out = torch.empty(R, dtype=torch.int64, device=DEV)
+    _bisect_kernel[(R,)](buf.to(DEV), n.to(DEV), k.to(DEV), p.to(DEV), zmax.to(DEV), total.to(DEV), out, CAP,
+                         HBLOCK=128)
+    for i, (z, kk, pp, _f) in enumerate(rows):
+        # either side of a summation-order rounding of top-p's target
+        want = {_buffer_thresholds_ref(z, kk, float(p[i]), float(zmax[i]), float(total[i]), rel)
+                for rel in (-1e-5, 0.0, 1e-5)}
+        assert int(out[i]) in want, (i, int(out[i]), want)
+    assert int(out[4]) == int(_keys(torch.tensor([1.5])))          # all tied: that value
+    assert int(out[7]) == int(_keys(rows[7][0]).min())              # k beyond the buffer: keep all
+    assert int(out[8]) == int(_keys(rows[8][0]).max())              # top_p = 0: the largest only
+    assert int(out[9]) == int(_keys(rows[9][0]).min())              # target above the buffer's mass: keep all
 
 
 def test_top_p_alone_on_the_sort_keeps_the_row_share():

@@ -32,9 +32,12 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   (``_compact_candidates``, at most ``_CANDIDATES``); the thresholds (top-k: the k-th largest key,
   ties kept; top-p: by mass against ``top_p * mass(top-k set)``) come from the buffer, not the row:
   up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
-  and a running sum (``_sorted_thresholds``), more by radix selects over their order-preserving
-  uint32 keys (4-bit digits, early exit; ``_buffer_hist``). A row with more candidates than the
-  buffer holds reads its candidate groups per radix level (``_row_hist``), and skips the compaction
+  and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
+  keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``;
+  it replaced radix levels of 4-bit digits: 287 SASS thread-instructions per value and level, 8 levels at
+  worst, against 12.75 per value and step counting and 22.5 weighing masses, 34 reads at worst; bf16,
+  sm_90, Triton 3.9). A row with more candidates than the buffer holds reads its candidate groups per
+  radix level (``_radix_select``, ``_row_hist``), and skips the compaction
   when it has no bound and is longer than the buffer.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
@@ -83,15 +86,16 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: below it a row is greedy (params.MIN_SAMPLING_TEMPERATURE: the greedy rule, with ``max(x) / T`` overflowing)
 MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a radix-select level's read of the candidate buffer, the filtered draw pass, the scan over the
+#: pass 1, a select step's read of the candidate buffer (a bisection step), the filtered draw pass, the scan over the
 #: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
 #: last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter), ``thresholds``
 #: (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands), ``rescore``
-#: (rows whose chosen group does not)
-COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_hist", "draw": "_filtered_groups",
+#: (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one sort /
+#: of more)
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "draw": "_filtered_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
-                    "thresholds": "_select_thresholds"}
+                    "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -110,9 +114,11 @@ _SLICE_TOKENS = 2048
 #: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
 _CANDIDATES = 4096
 #: candidates whose thresholds come from one sort and a running sum (``_sorted_thresholds``) instead of
-#: radix levels: the benchmarks' top-k of 50 buffers 50-77 values
+#: a bisection over the buffer (``_buffer_thresholds``): the benchmarks' top-k of 50 buffers 50-77 values
 _SORTED = 256
-_HBLOCK = 512        # histogram passes ([HBLOCK, 16] one-hot per tile; 1024 needs > 128 registers)
+#: values per iteration of the selects' reads: the radix levels over an overflowing row's candidate groups
+#: (a ``[HBLOCK, 16]`` one-hot per tile; 1024 needs > 128 registers) and the bisection's reads of the buffer
+_HBLOCK = 512
 _SCAN = 1024         # group stats per step of the finish's scan
 #: rows of more groups than this scan them in blocks of ``_SCAN`` (one compiled variant for V = 65537 to
 #: 262144 instead of two: 8 fewer specializations to compile; the scan of a V=128256 row then takes 834
@@ -182,21 +188,84 @@ def _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass):
 
 
 @triton.jit
-def _buffer_hist(buf_ptr, nbuf, shift, prefix, zmax, need_mass, HBLOCK: tl.constexpr):
-    """:func:`_digit_hist` over the ``nbuf`` candidate values of the buffer: a select level's read
-    when the candidates fit the buffer."""
-    bins = tl.arange(0, 16)
+def _buffer_scan(buf_ptr, nbuf, t, zmax, HBLOCK: tl.constexpr):
+    """One read of the ``nbuf`` buffered candidate values: the count and the mass (``exp(z - zmax)``)
+    of those whose key is ``>= t``, the smallest such key (0xFFFFFFFF if none) and the largest key of
+    all. Per-lane partials, reduced once after the loop."""
     offs0 = tl.arange(0, HBLOCK)
-    cnt = tl.zeros([16], tl.int32)
-    mass = tl.zeros([16], tl.float32)
+    cnt = tl.zeros([HBLOCK], tl.int32)
+    mass = tl.zeros([HBLOCK], tl.float32)
+    kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
+    kmax = tl.zeros([HBLOCK], tl.uint32)
     for start in range(0, nbuf, HBLOCK):
         offs = start + offs0
-        cand = offs < nbuf
-        z = tl.load(buf_ptr + offs, mask=cand, other=float("-inf"))
-        c, m = _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass)
-        cnt += c
-        mass += m
-    return cnt, mass
+        inb = offs < nbuf
+        z = tl.load(buf_ptr + offs, mask=inb, other=float("-inf"))
+        key = _order_key(z)
+        hit = inb & (key >= t)
+        cnt += hit.to(tl.int32)
+        mass += tl.where(hit, tl.exp(z - zmax), 0.0)
+        kmin = tl.minimum(kmin, tl.where(hit, key, 0xFFFFFFFF))
+        kmax = tl.maximum(kmax, tl.where(inb, key, 0))
+    return tl.sum(cnt, 0), tl.sum(mass, 0), tl.min(kmin, 0), tl.max(kmax, 0)
+
+
+@triton.jit
+def _buffer_bisect(buf_ptr, nbuf, lo, hi, target, zmax, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
+    """The exact threshold over the buffered values: the largest key ``t`` such that the values with
+    ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass ``exp(z -
+    zmax)``) and more than 0, taken as the smallest buffered key at or above it; and the mass of the
+    values it keeps. ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key:
+    a bisection over the bits below the highest one where they differ, one read of the buffer
+    (:func:`_buffer_scan`) per bit, which stops once ``[t, t + 2 bit)`` holds one value or, counting,
+    once the values at or above ``t`` are exactly ``target``; then one read for the smallest key.
+    When no ``t`` reaches the target (mass rounding), every value is kept (the smallest key)."""
+    d = lo ^ hi
+    # the highest bit where lo and hi differ: the exponent of float(d) (rounded up at worst, which adds
+    # a step that changes nothing: lo and hi agree on that bit)
+    e = tl.minimum(tl.maximum((d.to(tl.float32).to(tl.int32, bitcast=True) >> 23) - 127, 0), 31)
+    one = tl.full([], 1, tl.uint32)
+    t = lo & ~((one << e.to(tl.uint32)) - 1)                      # lo, the bits below e cleared
+    bit = tl.where(d > 0, one << e.to(tl.uint32), 0)
+    n_t = nbuf                  # values at or above t (at most: an upper bound until a step sets it)
+    n_hi = nbuf * 0             # values at or above t + 2 bit (none: every key is <= hi)
+    go = (bit > 0) & (n_t - n_hi > 1)
+    if not BY_MASS:
+        go = go & (n_t.to(tl.float32) != target)
+    while go:
+        c = t | bit
+        n, m, _kmin, _kmax = _buffer_scan(buf_ptr, nbuf, c, zmax, HBLOCK)
+        w = n.to(tl.float32)
+        if BY_MASS:
+            w = m
+        ok = (w >= target) & (w > 0.0)
+        t = tl.where(ok, c, t)
+        n_t = tl.where(ok, n, n_t)
+        n_hi = tl.where(ok, n_hi, n)
+        bit = bit >> 1
+        go = (bit > 0) & (n_t - n_hi > 1)
+        if not BY_MASS:
+            go = go & (n_t.to(tl.float32) != target)
+    _n, mass, t_min, _kmax = _buffer_scan(buf_ptr, nbuf, t, zmax, HBLOCK)
+    return tl.where(t_min == 0xFFFFFFFF, t, t_min), mass
+
+
+@triton.jit
+def _buffer_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK: tl.constexpr):
+    """Top-k / top-p thresholds of a row whose candidates fit the buffer but not one sort: the same
+    rules as :func:`_sorted_thresholds` (top-k: the k-th largest key, ties kept; top-p: the largest
+    key whose mass from the top reaches ``top_p`` x the top-k set's mass, ``total`` without top-k),
+    each by :func:`_buffer_bisect` over the buffered values' key range (one read for it). Exact keys of
+    candidates: every token the draw keeps is one of them."""
+    _n, _m, lo, hi = _buffer_scan(buf_ptr, nbuf, tl.full([], 0, tl.uint32), zmax, HBLOCK)
+    t_key = tl.full([], 0, tl.uint32)      # keep all
+    mass_k = total
+    if k_on:
+        t_key, mass_k = _buffer_bisect(buf_ptr, nbuf, lo, hi, top_k.to(tl.float32), zmax, False, HBLOCK)
+    if p_on:
+        t_p, _mass = _buffer_bisect(buf_ptr, nbuf, tl.maximum(lo, t_key), hi, top_p * mass_k, zmax, True, HBLOCK)
+        t_key = tl.maximum(t_key, t_p)
+    return t_key
 
 
 @triton.jit
@@ -291,23 +360,20 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW:
 
 @triton.jit
 def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_mass, gmax_ptr, L,
-                  buf_ptr, nbuf, use_buf, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
-    """Smallest key T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
+                  BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
+    """Smallest key prefix T such that the kept set ``key(z) >= T`` is the top-k set (BY_MASS False,
     ``kk`` = k) or the top-p set (BY_MASS True: the largest value whose mass from the top
-    reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the candidates).
-    Returns (T, mass of the kept set); with BY_MASS False the masses are only accumulated
-    when ``need_mass`` (a runtime flag: top-p follows).
+    reaches ``p * base_mass``; ``base_mass < 0`` means the mass of the candidates), read from the row:
+    a row whose candidates overflow the buffer (the others take :func:`_sorted_thresholds` or
+    :func:`_buffer_thresholds`). Returns (T, mass of the kept set); with BY_MASS False the masses are
+    only accumulated when ``need_mass`` (a runtime flag: top-p follows).
 
     Only the *candidates* count: tokens of groups whose raw maximum ``gmax_ptr[g]`` reaches ``L``
     after the division by T (``gmax / T >= L / T``: two raw values may round to one z; tiles
-    without a candidate are not read). When every token of the kept set is a candidate, the
-    candidates with ``key >= T`` are exactly the kept set (``_candidate_bound``).
-
-    With ``use_buf`` the candidates are instead the ``nbuf`` values ``z >= L / T`` that
-    ``_compact_candidates`` wrote to ``buf_ptr``: each level reads them (``_buffer_hist``), not
-    the row (``_row_hist``), and ``T`` is then the exact key of the kept set's smallest candidate
-    (one more read of the buffer after an early exit), so that every token the draw keeps
-    (``key >= T``, whatever its group) is one of them."""
+    without a candidate are not read), one read of them per 4-bit digit (``_row_hist``, early exit).
+    When every token of the kept set is a candidate, the candidates with ``key >= T`` are exactly the
+    kept set (``_candidate_bound``); ``T`` can be a prefix below the exact threshold, so the draw keeps
+    nothing outside the candidates."""
     bins = tl.arange(0, 16)
     ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
     prefix = tl.full([], 0, tl.uint32)        # digits chosen so far
@@ -319,11 +385,8 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     done = tl.full([], 0, tl.int32)
     while (lvl < 8) & (done == 0):
         shift = 28 - 4 * lvl
-        if use_buf:
-            cnt, mass = _buffer_hist(buf_ptr, nbuf, shift, prefix, zmax, need_mass, HBLOCK)
-        else:
-            cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, L / Tz, shift, prefix, zmax,
-                                  need_mass, HBLOCK)
+        cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, L / Tz, shift, prefix, zmax,
+                              need_mass, HBLOCK)
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         if BY_MASS:
@@ -345,18 +408,7 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
             done = (c_sel <= 1).to(tl.int32)
         else:
             done = (c_sel <= kk - above_cnt).to(tl.int32)
-    t = prefix << (32 - 4 * lvl)
-    if use_buf & (lvl < 8):
-        # the exact key of the smallest candidate at or above the prefix (every one of them is kept;
-        # a valid filtered row has one, the guard keeps the prefix if not)
-        offs0 = tl.arange(0, HBLOCK)
-        t_min = tl.full([], 0xFFFFFFFF, tl.uint32)
-        for start in range(0, nbuf, HBLOCK):
-            offs = start + offs0
-            key = _order_key(tl.load(buf_ptr + offs, mask=offs < nbuf, other=float("-inf")))
-            t_min = tl.minimum(t_min, tl.min(tl.where((offs < nbuf) & (key >= t), key, 0xFFFFFFFF), 0))
-        t = tl.where(t_min == 0xFFFFFFFF, t, t_min)
-    return t, above_mass + sel_mass
+    return prefix << (32 - 4 * lvl), above_mass + sel_mass
 
 
 @triton.jit
@@ -365,7 +417,7 @@ def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP
     writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP``
     of them, and returns how many there are (more than ``CAP``: the selects read the row instead).
     The thresholds then come from these few values, not the row (``_sorted_thresholds``, or
-    ``_radix_select``'s ``use_buf``)."""
+    ``_buffer_thresholds``)."""
     GT: tl.constexpr = DBLOCK // GROUP
     gi = tl.arange(0, GT)
     idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
@@ -724,7 +776,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
                        PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
     group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
-    top-k set), the compaction of the candidates, then the sort or the radix selects. Returns (Ls, the smallest key
+    top-k set), the compaction of the candidates, then the sort, the bisection over the buffer or, when
+    the candidates overflow it, the radix selects over the row's candidate groups. Returns (Ls, the smallest key
     the filters keep, whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the
     candidates, because a radix select over the row's candidate groups (a row that overflows the buffer)
     can stop at a key prefix, below the exact threshold, which only the candidates are known to respect)."""
@@ -745,14 +798,16 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
     t_key = tl.full([], 0, tl.uint32)      # keep all
     if use_buf & (nbuf <= PW):
         t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW)
+    elif use_buf:
+        t_key = _buffer_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK)
     else:
         mass_k = total                     # the row's draw mass (relative to exp(zmax))
         if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, 1.0, -1.0,
-                                          p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, False, HBLOCK)
+                                          p_on, ws_row, Ls, False, HBLOCK)
         if p_on:
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
-                                         p_on, ws_row, Ls, buf_ptr, nbuf, use_buf, True, HBLOCK)
+                                         p_on, ws_row, Ls, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
     return Ls, t_key, cand1
 
