@@ -503,8 +503,10 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
     its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
-    (``STL``/``LDL``; ``*_excl`` without nested loops), a few opcode classes, and the source loop most
-    of its instructions come from. ``top_level``, when given, gets the indices of the instructions in
+    (``STL``/``LDL``; ``*_excl`` without nested loops), ``head`` (its head's address) and ``parent``
+    (the head of the loop just around it, or None; ``start`` / ``end``, its lowest and highest
+    addresses, do not tell nesting: loops' blocks interleave), a few opcode classes, and the source
+    loop most of its instructions come from. ``top_level``, when given, gets the indices of the instructions in
     top-level loops.
     """
     if not instrs:
@@ -574,8 +576,11 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
         src = _attribute(body_x)
         if top_level is not None and not parents:
             top_level.update(idx)
+        parent = min(parents, key=lambda o: len(o["blocks"]), default=None)
         out.append({
             "start": f"0x{instrs[idx[0]].addr:04x}", "end": f"0x{instrs[idx[-1]].addr:04x}",
+            "head": f"0x{instrs[blocks[lp['head']][0]].addr:04x}",
+            "parent": None if parent is None else f"0x{instrs[blocks[parent['head']][0]].addr:04x}",
             "instructions": len(body), "instructions_excl": len(body_x),
             "instructions_min_path": None if path is None else sum(blocks[b][1] - blocks[b][0] + 1 for b in path),
             "off_min_path": None if path is None else off_path(lp["blocks"], path),
@@ -589,8 +594,48 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "bar": ops_x.count("BAR"), "shfl": ops_x.count("SHFL"),
             "source": None if src is None else {"file": os.path.basename(src[0]), "line": src[1],
                                                  "function": src[2], "header": src[3], "step": src[4]},
+            "induction_adds": None if src is None else induction_adds(body_x, src[1]),
         })
     return out
+
+
+_ADD_OPS = ("VIADD", "IADD3", "IADD")
+_IMM_RE = re.compile(r"^-?0x[0-9a-fA-F]+$|^-?\d+$")
+
+
+def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
+    """The integer adds of a loop body that can step its source loop's induction variable: ``self``,
+    the immediates of adds of a register to itself on the source loop's header ``line``; ``offset``,
+    the immediates added to one of those registers (with another register or not) into another one
+    anywhere in the body (the copies of an unrolled body: ``start + step``, ``start + lane + 2 step``,
+    ...). See :func:`unroll_factor`."""
+    def parse(ins):
+        ops = ([o.strip().replace(".reuse", "") for o in ins.text.split(None, 1)[1].split(",")]
+               if " " in ins.text.strip() else [])
+        ops = [o for o in ops if o not in ("RZ", "PT") and not re.fullmatch(r"!?P\d", o)]
+        imms = [int(o, 0) for o in ops[1:] if _IMM_RE.match(o)]
+        return (ops[0], [o for o in ops[1:] if o.startswith("R")], imms) if ops and len(imms) == 1 else None
+
+    adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS and not ins.text.startswith("@")]
+    adds = [(ins, a) for ins, a in adds if a]
+    self_regs = {a[0]: a[2][0] for ins, a in adds if ins.line == line and a[1] == [a[0]]}
+    offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in self_regs for r in a[1])})
+    return {"self": sorted(set(self_regs.values())), "offset": offsets}
+
+
+def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int]) -> int:
+    """How many source iterations one SASS iteration of a loop runs (LLVM unrolls small loops with a
+    runtime trip count, 4x for the candidate buffer's scans): the largest ``u`` such that the header
+    line adds ``u x step`` to a register and the body adds ``step, 2 step, ..., (u - 1) step`` to it
+    (the copies' offsets); 1 otherwise (a pointer stepped in bytes has no such copies)."""
+    if not adds or not step:
+        return 1
+    best = 1
+    for imm in adds["self"]:
+        u = imm // step
+        if imm % step == 0 and u > 1 and all(j * step in adds["offset"] for j in range(1, u)):
+            best = max(best, u)
+    return best
 
 
 def _eval_step(step: str, consts: Dict[str, Any]) -> Optional[int]:
@@ -677,6 +722,8 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
         src_step = lp["source"]["step"] if lp["source"] else ""
         step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
+        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step)
+        step = step * lp["unroll"] if step else step
         lp["tokens_per_iter"] = step
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps
         lp["thread_instr_per_token"] = (round(lp["instructions_excl"] * 32 * num_warps / step, 2)

@@ -43,10 +43,13 @@ on a stream add up (no overlap between them).
   min-p alone: one group to the whole row), so they count as that share of a full pass. The
   top-k / top-p thresholds come from the buffer, not the row, over :data:`BUFFER_ENTRIES` values
   (from k, the least top-k's bound leaves, to the buffer's capacity): at most
-  :data:`SORTED_ENTRIES` of them by one sort (straight-line code, counted there); more by radix
-  selects, ``select_passes`` levels each (data dependent: 1-8 by construction plus one exact read
-  of the buffer after an early exit, default range (3, 8); the values rounded up to whole loop
-  iterations); they add instructions and L2 reads of 4 B per value, no row pass. A row with
+  :data:`SORTED_ENTRIES` of them by one sort (straight-line code, counted there); more by a
+  bisection over the values' keys, ``select_passes`` reads of the buffer per select (data
+  dependent: one per key bit below the highest one where the smallest and largest key differ, until
+  one value or, for top-k, exactly k remain, plus the key range and the final read: at most 34,
+  default range (14, 34); the values rounded up to whole loop iterations), each read its loop over the
+  values plus the step's own code (``select_step``, warp-instructions of the loop around the values'
+  loop); they add instructions and L2 reads of 4 B per value, no row pass. A row with
   more candidates than the capacity reads its candidate groups per select level instead (the
   design before the buffer): data dependent, not in these bounds.
   Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
@@ -113,11 +116,13 @@ H100 = dict(name="H100 SXM5 (assumed, not measured)", sms=132, hbm_bytes_per_s=3
             clock_hz=1.755e9, warp_instr_per_clk_per_sm=4, mufu_per_clk_per_sm=16, arch="sm_90",
             mma16_flop_per_clk_per_sm=4096, fp32_flop_per_clk_per_sm=256)
 
-SAMPLER_CONFIGS = {  # name -> (radix selects, filtered draw possible)
+SAMPLER_CONFIGS = {  # name -> (threshold selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
-SELECT_PASSES = (3, 8)
+#: (low, high) reads of the candidate buffer per select (``_buffer_bisect``: a step per key bit, at most
+#: 32, plus the final read and a share of the key range's; low: about log2(4096) + 2, assumed)
+SELECT_PASSES = (14, 34)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
 #: (low, high) values in a row's candidate buffer: k (top-k's bound keeps at least k tokens; the
@@ -125,7 +130,7 @@ CANDIDATE_TOP_K = 50
 #: (``_CANDIDATES``, a test keeps the two equal)
 BUFFER_ENTRIES = (CANDIDATE_TOP_K, 4096)
 #: buffers of at most this many values get their thresholds from one sort (``_SORTED``: straight-line
-#: code, in the kernel's straight-line count), larger ones from radix levels over the buffer (a test
+#: code, in the kernel's straight-line count), larger ones from a bisection over the buffer (a test
 #: keeps the two equal)
 SORTED_ENTRIES = 256
 #: workspace per group of GROUP_SIZE tokens: 3 float32 group stats, written by pass 1, read by the finish
@@ -170,18 +175,23 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
                    select_block: int = 1) -> Dict[str, Tuple[float, float]]:
     """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
     the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
-    ``select``: the radix levels' reads of the candidate buffer as a share of the row (instructions
+    ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
     only: ``selects x levels x entries / V``, the entries rounded up to whole loop iterations of
     ``select_block`` values; none for a buffer of at most :data:`SORTED_ENTRIES`, whose sort is
-    straight-line code; ``V=None``: a row as long as the buffer); ``total``: the row's passes
+    straight-line code; ``V=None``: a row as long as the buffer); ``select_steps``: how many times the
+    selects' step code runs (``selects x levels``, 0 on the sort); ``sorted``: whether the buffer takes
+    the sort (else the bisection); ``total``: the row's passes
     (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
     n = V or buffer_entries[1]
-    read = [0.0 if min(b, n) <= SORTED_ENTRIES else levels * -(-min(b, n) // select_block) * select_block / n
-            for b, levels in zip(buffer_entries, select_passes)]
+    sorted_ = [min(b, n) <= SORTED_ENTRIES for b in buffer_entries]
+    read = [0.0 if srt else levels * -(-min(b, n) // select_block) * select_block / n
+            for b, levels, srt in zip(buffer_entries, select_passes, sorted_)]
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
-         "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0)}
+         "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0),
+         "select_steps": tuple(0 if srt else sel * levels for levels, srt in zip(select_passes, sorted_)),
+         "sorted": tuple(sorted_)}
     p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
     return p
 
@@ -249,7 +259,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
     t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
     # straight-line code per side: the low side's rows keep their chosen group (no filtered draw pass)
-    cta = {side: _cta_warp(instr, config, passes["draw"][k] > 0) for side, k in (("low", 0), ("high", 1))}
+    cta = {side: _cta_warp(instr, config, passes["draw"][k] > 0, passes["sorted"][k])
+           for side, k in (("low", 0), ("high", 1))}
     out["cta_warp_this_config"] = [cta["low"], cta["high"]]
     # pass 1's loop runs the whole tiles; the partial last one is straight-line code (in the count once),
     # none when V is a multiple of the tile
@@ -260,7 +271,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
         warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
-                        + _groups(V) * instr.get("groups", 0.0) / 32 + cta[side] - tail)
+                        + _groups(V) * instr.get("groups", 0.0) / 32 + cta[side] - tail
+                        + passes["select_steps"][k] * instr.get("select_step", 0))
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
@@ -287,7 +299,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                slices_on_busiest_sm=math.ceil(ctas / gpu["sms"]), rows_on_busiest_sm=math.ceil(B / gpu["sms"]),
                partial_ctas_in_flight=min(ctas, gpu["sms"] * partial_ctas_per_sm),
                workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
-    cta = {side: _cta_warp(merge_instr, config, passes["draw"][k] > 0) for side, k in (("low", 0), ("high", 1))}
+    cta = {side: _cta_warp(merge_instr, config, passes["draw"][k] > 0, passes["sorted"][k])
+           for side, k in (("low", 0), ("high", 1))}
     out["merge_cta_warp_this_config"] = [cta["low"], cta["high"]]
     rate = _rate(gpu)
     # a slice of whole tiles (all but a row's last) skips the partial tile's straight-line code
@@ -296,7 +309,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = sum(passes[p][k] * merge_instr.get(p, 0.0) for p in _SAMPLER_KINDS[1:])
-        warp_row = V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + cta[side]
+        warp_row = (V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + cta[side]
+                    + passes["select_steps"][k] * merge_instr.get("select_step", 0))
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
@@ -328,28 +342,36 @@ def straight_line_warp_instr(compiled: Dict[str, Any], skip: Sequence[str] = ())
     return max(0, n) * compiled["num_warps"]
 
 
-def skipped_roles(config: str, rescored: bool) -> Tuple[str, ...]:
+def skipped_roles(config: str, rescored: bool, sorted_buffer: Optional[bool] = None) -> Tuple[str, ...]:
     """The module's roles (disjoint call trees) whose straight-line code a row of ``config`` does not
     run: temperature and greedy rows every filter's (``filtered``: the bounds; ``redraw``: the check of
-    the chosen group and the rescoring); min-p alone the top-k / top-p thresholds'; and a filtered row
-    whose chosen group stands (``rescored`` False: no filtered draw pass) the rescoring's."""
+    the chosen group and the rescoring); min-p alone the top-k / top-p thresholds'; a filtered row
+    whose chosen group stands (``rescored`` False: no filtered draw pass) the rescoring's; and a row
+    with top-k / top-p whose candidates take the sort (``sorted_buffer`` True) the bisection's, or the
+    bisection (False) the sort's (None: both counted)."""
     if config in ("temp", "greedy"):
         return ("filtered", "redraw")
-    return (() if config != "min_p" else ("thresholds",)) + (() if rescored else ("rescore",))
+    if config == "min_p":
+        return ("thresholds",) + (() if rescored else ("rescore",))
+    which = () if sorted_buffer is None else (("bisect",) if sorted_buffer else ("sort",))
+    return tuple(sorted(which + (() if rescored else ("rescore",))))
 
 
 def _paths_key(roles: Sequence[str]) -> str:
     return "+".join(sorted(roles))
 
 
-def _cta_warp(instr: Dict[str, Any], config: str, rescored: bool = True) -> float:
+def _cta_warp(instr: Dict[str, Any], config: str, rescored: bool = True, sorted_buffer: Optional[bool] = None) -> float:
     """Straight-line warp-instructions per program for a row of ``config`` (``cta_warp_paths``: with the
     code of :func:`skipped_roles` left out), every path when the config runs them all or the split by
-    function is unknown."""
-    roles = skipped_roles(config, rescored)
-    if not roles:
-        return instr.get("cta_warp", 0)
-    return (instr.get("cta_warp_paths") or {}).get(_paths_key(roles), instr.get("cta_warp", 0))
+    function is unknown (a results JSON without the sort / bisection split: those counted)."""
+    paths = instr.get("cta_warp_paths") or {}
+    for roles in (skipped_roles(config, rescored, sorted_buffer), skipped_roles(config, rescored)):
+        if not roles:
+            return instr.get("cta_warp", 0)
+        if _paths_key(roles) in paths:
+            return paths[_paths_key(roles)]
+    return instr.get("cta_warp", 0)
 
 
 def _loop_row(role, lp):
@@ -358,11 +380,18 @@ def _loop_row(role, lp):
             "thread_instr_per_token": lp["thread_instr_per_token"], "ldg_ops": lp["ldg_ops"]}
 
 
+def _encloses(outer: Dict[str, Any], inner: Dict[str, Any]) -> bool:
+    """Whether loop ``outer`` is the one just around loop ``inner`` (``parent``: by the loops' blocks,
+    not their address ranges, which interleave)."""
+    return inner.get("parent") is not None and inner["parent"] == outer.get("head")
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
-    filtered draw) and the innermost loops of its helpers (the radix-select passes: the largest of those
-    in the module's ``select`` role, of every helper without it).
+    filtered draw) and the innermost loops of its helpers (the selects' reads: the largest of those
+    in the module's ``select`` role, of every helper without it), with ``select_step`` the warp-instructions
+    of the largest loop just around one of those (a select step's own code, :func:`_encloses`).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
@@ -386,9 +415,12 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
     candidates = helpers + [lp for lp in rest if lp is not draw and lp["innermost"]]
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
+    # a select step's own code: the loop just around a values' loop (the bisection's step), the largest
+    steps = [lp for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "select_block": sel["tokens_per_iter"] if sel else None,
+            "select_step": max((lp["instructions_excl"] for lp in steps), default=0) * compiled["num_warps"],
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,
@@ -400,7 +432,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("tile"), 0)
                           * compiled["num_warps"] if p1 else 0),
             "cta_warp_paths": {_paths_key(rs): straight_line_warp_instr(compiled, [roles[r] for r in rs])
-                               for rs in sorted({skipped_roles(c, r) for c in SAMPLER_CONFIGS for r in (False, True)})
+                               for rs in sorted({skipped_roles(c, r, s) for c in SAMPLER_CONFIGS for r in (False, True)
+                                                 for s in (None, False, True)})
                                if rs and all(roles.get(r) for r in rs)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
@@ -775,7 +808,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
                                  instr_per_token={k: instr[k] for k in _SAMPLER_KINDS},
-                                 instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
+                                 select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
@@ -791,7 +824,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
                                  instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS}, pass1=ip["pass1"]),
-                                 instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
+                                 select_step_warp_instr=im["select_step"], instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
@@ -898,7 +931,7 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
     plan as ``tree_wide``, the load-balanced plan as ``tree_balanced``) is modelled here from that file's compiled stats. The model assumes
     ``gpu`` (an H100 unless told): on another GPU compare ratios, not absolute times. Returns
     ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
-    ``measured_s``, ``predicted_s`` (a range for the sampler: select passes assumed 3-7) and
+    ``measured_s``, ``predicted_s`` (a range for the sampler: the select reads assumed, ``SELECT_PASSES``) and
     ``measured_over_predicted``."""
     path = Path(static_path or STATIC_RESULTS)
     if not path.exists():

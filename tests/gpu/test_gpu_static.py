@@ -29,7 +29,7 @@ def test_sampler_passes():
     assert cm.sampler_passes("greedy")["total"] == (1, 1)
     assert cm.sampler_passes("min_p")["total"] == (1, 2)                    # + the filtered draw, if needed
     # top-k / top-p: pass 1 + the compaction of the candidates + 0..1 filtered draw (the whole row when
-    # V is not given); the radix selects read the candidate buffer, not the row
+    # V is not given); the selects read the candidate buffer, not the row
     assert cm.sampler_passes("top_k", (3, 8))["total"] == (2, 3)
     assert cm.sampler_passes("topk_topp_minp", (3, 8))["total"] == (2, 3)
     # the compaction and the draw read only the candidate groups: with top-k (k = 50), 50 x 256 / V of the row
@@ -37,10 +37,10 @@ def test_sampler_passes():
     p = cm.sampler_passes("topk_topp_minp", (3, 8), 151936)
     lo, hi = p["total"]
     assert lo == pytest.approx(1 + f, rel=1e-3) and hi == pytest.approx(1 + 2 * f, rel=1e-3)
-    # 50 buffered values: one sort (straight-line code, no select loop); 4096: 2 selects x 8 radix levels over
+    # 50 buffered values: one sort (straight-line code, no select loop); 4096: 2 selects x 8 reads of
     # them, as a share of the row (instructions only)
     assert p["select"] == (0, pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
-    # more than 256 values take the radix levels, the values rounded up to whole loop iterations
+    # more than 256 values take the bisection's reads, the values rounded up to whole loop iterations
     p = cm.sampler_passes("top_k", (3, 8), 151936, buffer_entries=(257, 4000), select_block=512)
     assert p["select"] == (pytest.approx(3 * 512 / 151936, rel=1e-3), pytest.approx(8 * 4096 / 151936, rel=1e-3))
     # issue 14's "at most 3 full-row passes": V = 32000, 125 groups of which 50 are candidates
@@ -70,13 +70,14 @@ def test_sampler_passes():
         return seen
     roles = triton_kernel.COST_MODEL_ROLES
     assert "_select_thresholds" in calls(roles["filtered"]) and "_rescore" in calls(roles["redraw"])
-    for rs in {cm.skipped_roles(c, r) for c in cm.SAMPLER_CONFIGS for r in (False, True)}:
+    for rs in {cm.skipped_roles(c, r, b) for c in cm.SAMPLER_CONFIGS for r in (False, True) for b in (None, False, True)}:
         for a in rs:
             for b in rs:
                 assert a == b or roles[b] not in calls(roles[a]), (rs, a, b)
     # ... and each is called from one place only (a second call site on a row's path would be skipped too)
     module_src = inspect.getsource(triton_kernel)
-    for role in {r for c in cm.SAMPLER_CONFIGS for x in (False, True) for r in cm.skipped_roles(c, x)}:
+    for role in {r for c in cm.SAMPLER_CONFIGS for x in (False, True) for b in (None, False, True)
+                 for r in cm.skipped_roles(c, x, b)}:
         assert len(re.findall(rf"\b{roles[role]}\(", module_src)) == 2, role   # its def and one call
 
 
@@ -100,7 +101,7 @@ def test_sampler_bound_waves_and_passes():
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
     assert r["full_row_passes"] == [1.256, 3]           # 1 + compaction + 0..1 draw, over 1 group .. all
-    # the select: 50 buffered values sorted (straight-line code), 1000 read by 5 radix levels (4 B each):
+    # the select: 50 buffered values sorted (straight-line code), 1000 read 5 times (4 B each):
     # 0..5 rows' worth of values
     assert r["select_buffer_bytes"] == {"low": 0, "high": 5 * 264 * 1000 * 4}
     lo, hi = r["low"], r["high"]
@@ -151,6 +152,14 @@ def test_sampler_bound_straight_line_per_config():
     assert r["merge_cta_warp_this_config"] == [3000, 3000]
     r = cm.split_row_bound(32, 1000, 2, "min_p", 1, 1000, {"pass1": 16.0}, instr)
     assert r["merge_cta_warp_this_config"] == [4500, 5000]
+    # top-k / top-p: the low side's 50 candidates take the sort and skip the bisection's code, the high
+    # side's 1000 (the buffer holds up to the row) the bisection and skip the sort's
+    split = dict(instr, cta_warp_paths=dict(instr["cta_warp_paths"], **{"bisect+rescore": 6600, "sort": 7800}))
+    for config in ("top_k", "top_p", "topk_topp_minp"):
+        assert cm.sampler_bound(264, 1000, 2, config, split)["cta_warp_this_config"] == [6600, 7800], config
+    assert cm.sampler_bound(264, 1000, 2, "min_p", split)["cta_warp_this_config"] == [4500, 5000]
+    assert cm.skipped_roles("top_k", False, True) == ("bisect", "rescore")
+    assert cm.skipped_roles("top_k", True, False) == ("sort",) and cm.skipped_roles("min_p", True, False) == ("thresholds",)
     # the roles a row skips are sibling call trees of the kernel module (never one inside another)
     assert cm.skipped_roles("temp", True) == ("filtered", "redraw")
     assert cm.skipped_roles("min_p", False) == ("thresholds", "rescore")
@@ -252,7 +261,7 @@ def test_split_row_bound_b1_hand_case():
     assert lo["l2_to_sm_bytes"] == 32000 * 4
     # the filters run in the merge kernel on one SM: the compaction and the draw over the candidate groups
     # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then the thresholds: 50 buffered values sorted
-    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 radix levels (2.048 rows' worth)
+    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 reads (2.048 rows' worth)
     f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 8))
     assert f["full_row_passes"] == [pytest.approx(1.4), pytest.approx(1.8)]
     thr_hi = 0.4 * 40 + 2.048 * 218.5 + 0.4 * 98.25
@@ -477,10 +486,10 @@ def _synthetic_compiled(kernel):
     compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group; 100
     straight-line instructions (800 warp-instructions at 8 warps) outside the loops."""
     loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
-                                _loop("_buffer_hist", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
+                                _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
                                 _loop("_filtered_groups", 4, 1024, 320)],
              "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
-             "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_hist", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
+             "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
                                _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
@@ -584,6 +593,7 @@ def test_sass_loops_nested_and_out_of_line():
     outer, inner = by_start["0x0010"], by_start["0x0020"]
     assert inner["innermost"] and inner["depth"] == 1 and inner["instructions"] == 3 and inner["stl"] == 1
     assert not outer["innermost"] and outer["depth"] == 0
+    assert (outer["head"], outer["parent"], inner["head"], inner["parent"]) == ("0x0010", None, "0x0020", "0x0010")
     assert outer["instructions"] == 7 + 2          # head..back edge plus the out-of-line block it reaches
     assert outer["instructions_excl"] == 9 - 3
     assert "0x0090" not in by_start                # the out-of-line block is not a loop head
@@ -591,6 +601,60 @@ def test_sass_loops_nested_and_out_of_line():
     assert aot.spill_in_hot_loop({"spill_store_bytes": 8, "spill_load_bytes": 8}, loops)
     # a spill outside every loop passes
     assert not aot.spill_in_hot_loop({"spill_store_bytes": 8}, [dict(lp, stl=0, ldl=0) for lp in loops])
+
+
+def test_unroll_factor_from_the_induction_adds():
+    """A loop LLVM unrolled 4x (the candidate buffer's scans: ``start`` stepped by 4 x HBLOCK on the
+    header line, the copies at start + HBLOCK, + 2 HBLOCK, + 3 HBLOCK) counts 4 x HBLOCK values per SASS
+    iteration; a plain loop, a pointer stepped in bytes (no copies) and a missing copy count 1."""
+    def body(lines):
+        return [aot.Instr(16 * i, t.split()[0], t, "k.py", ln) for i, (t, ln) in enumerate(lines)]
+
+    unrolled = body([("VIADD R18, R22.reuse, 0x200", 196), ("IMAD R25, R3, 0x2, R18", 197), ("IADD3 R16, R2, 0x400, R22", 201),
+                     ("@!P2 VIADD R9, R22, 0x1000", 196), ("VIADD R18, R22, 0x600", 196), ("VIADD R22, R22, 0x800", 196),
+                     ("IADD3 R7, R7, 0x1, RZ", 199)])
+    adds = aot.induction_adds(unrolled, 196)
+    assert adds == {"self": [0x800], "offset": [0x200, 0x400, 0x600]}     # predicated adds left out
+    assert aot.unroll_factor(adds, 512) == 4
+    assert aot.unroll_factor(adds, 256) == 1          # 0x800 = 8 x 256, but no copies at 256 x 1, 3, 5, 7
+    assert aot.unroll_factor(adds, None) == 1 and aot.unroll_factor(None, 512) == 1
+    plain = aot.induction_adds(body([("IADD3 R22, R22, 0x200, RZ", 196)]), 196)
+    assert plain == {"self": [0x200], "offset": []} and aot.unroll_factor(plain, 512) == 1
+    missing = aot.induction_adds(body([("VIADD R18, R22, 0x200", 196), ("VIADD R22, R22, 0x800", 196)]), 196)
+    assert aot.unroll_factor(missing, 512) == 1       # the copies at + 2 and + 3 HBLOCK are not there
+    other_line = aot.induction_adds(body([("VIADD R22, R22, 0x800", 197), ("VIADD R18, R22, 0x200", 196)]), 196)
+    assert other_line == {"self": [], "offset": []}
+
+
+def test_select_step_code_counts_per_step():
+    """The selects' step code (the loop around the values' loop: the bisection's step) counts once per
+    select step: ``selects x levels`` warp-instructions of it on the high side, none on the sort."""
+    values = {"source": {"function": "_buffer_scan", "line": 3, "file": "x.py", "header": "", "step": ""},
+              "innermost": True, "depth": 1, "start": "0x0100", "end": "0x0200", "head": "0x0100",
+              "parent": "0x0080", "tokens_per_iter": 2048,
+              "instructions": 100, "instructions_excl": 100, "thread_instr_per_token": 12.5, "ldg_ops": ["LDG.E"]}
+    step = dict(values, innermost=False, depth=0, start="0x0080", end="0x0300", head="0x0080", parent=None,
+                instructions=260, instructions_excl=160, thread_instr_per_token=80.0)
+    # a loop whose address range spans the values' loop without holding it (blocks interleave)
+    wide = dict(values, depth=0, start="0x0000", end="0x0500", head="0x0040", parent=None, instructions_excl=400,
+                thread_instr_per_token=5.0, source=dict(values["source"], function="_compact_candidates"))
+    other = dict(values, depth=0, start="0x0400", end="0x0480", head="0x0400", parent=None, instructions_excl=40,
+                 thread_instr_per_token=20.0)
+    p1 = {"source": {"function": "_pass1", "line": 1, "file": "x.py", "header": "", "step": ""}, "innermost": True,
+          "depth": 0, "start": "0x0000", "end": "0x0070", "tokens_per_iter": 1024, "instructions": 50,
+          "instructions_excl": 50, "thread_instr_per_token": 12.5, "ldg_ops": ["LDG.E.128"]}
+    compiled = {"loops": [p1, wide, step, values, other], "num_warps": 8, "sass_instructions": 1000}
+    instr = cm.sampler_instr(compiled, "_sample_kernel")
+    assert instr["select"] == 20.0                    # the values' loops: the largest per value
+    assert instr["select_step"] == 160 * 8            # the step's own code, not the values' loop in it
+    assert cm._encloses(step, values) and not cm._encloses(step, other) and not cm._encloses(values, step)
+    assert not cm._encloses(wide, values)
+    base = {"pass1": 10.0, "compact": 30.0, "select": 20.0, "draw": 80.0}
+    a = cm.sampler_bound(132, 151936, 2, "topk_topp_minp", base, select_passes=(3, 8))
+    b = cm.sampler_bound(132, 151936, 2, "topk_topp_minp", dict(base, select_step=1280), select_passes=(3, 8))
+    assert cm.sampler_passes("topk_topp_minp", (3, 8), 151936)["select_steps"] == (0, 16)
+    assert b["low"]["t_issue_s"] == a["low"]["t_issue_s"]                  # 50 values: the sort
+    assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 16 * 1280 / RATE, rel=1e-3)
 
 
 def test_sass_loop_shortest_iteration():
