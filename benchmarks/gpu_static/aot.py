@@ -610,30 +610,45 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     anywhere in the body (the copies of an unrolled body: ``start + step``, ``start + lane + 2 step``,
     ...). See :func:`unroll_factor`."""
     def parse(ins):
-        ops = ([o.strip().replace(".reuse", "") for o in ins.text.split(None, 1)[1].split(",")]
-               if " " in ins.text.strip() else [])
-        ops = [o for o in ops if o not in ("RZ", "PT") and not re.fullmatch(r"!?P\d", o)]
-        imms = [int(o, 0) for o in ops[1:] if _IMM_RE.match(o)]
-        return (ops[0], [o for o in ops[1:] if o.startswith("R")], imms) if ops and len(imms) == 1 else None
+        text = ins.text.strip()
+        if text.startswith("@") or " " not in text:   # predicated: not every iteration's step
+            return None
+        ops = [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
+        if any(re.fullmatch(r"!?P\d", o) for o in ops):  # a carry in or out: half of a 64-bit (pointer) add
+            return None
+        ops = [o for o in ops if o not in ("RZ", "PT")]
+        if not all(re.fullmatch(r"R\d+", o) or _IMM_RE.match(o) for o in ops):   # negated, uniform, constant bank
+            return None
+        imms = [_s32(int(o, 0)) for o in ops[1:] if _IMM_RE.match(o)]
+        return (ops[0], ops[1:len(ops)], imms) if len(imms) == 1 and ops[0].startswith("R") else None
 
-    adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS and not ins.text.startswith("@")]
-    adds = [(ins, a) for ins, a in adds if a]
+    adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS]
+    adds = [(ins, (a[0], [r for r in a[1] if r.startswith("R")], a[2])) for ins, a in adds if a]
     self_regs = {a[0]: a[2][0] for ins, a in adds if ins.line == line and a[1] == [a[0]]}
     offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in self_regs for r in a[1])})
     return {"self": sorted(set(self_regs.values())), "offset": offsets}
 
 
-def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int]) -> int:
+def _s32(v: int) -> int:
+    """An immediate as a signed 32-bit value (SASS prints some as unsigned)."""
+    v &= 0xFFFFFFFF
+    return v - (1 << 32) if v >= 1 << 31 else v
+
+
+def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int], loads: Optional[int] = None) -> int:
     """How many source iterations one SASS iteration of a loop runs (LLVM unrolls small loops with a
     runtime trip count, 4x for the candidate buffer's scans): the largest ``u`` such that the header
-    line adds ``u x step`` to a register and the body adds ``step, 2 step, ..., (u - 1) step`` to it
-    (the copies' offsets); 1 otherwise (a pointer stepped in bytes has no such copies)."""
+    line adds ``u x step`` to a register, the body adds ``step, 2 step, ..., (u - 1) step`` to it (the
+    copies' offsets) and, when given, the body's global ``loads`` split into u equal copies; 1
+    otherwise. A 64-bit pointer stepped in bytes carries into its high half and is not counted
+    (:func:`induction_adds`)."""
     if not adds or not step:
         return 1
     best = 1
     for imm in adds["self"]:
         u = imm // step
-        if imm % step == 0 and u > 1 and all(j * step in adds["offset"] for j in range(1, u)):
+        if (imm % step == 0 and u > 1 and all(j * step in adds["offset"] for j in range(1, u))
+                and (loads is None or loads % u == 0)):
             best = max(best, u)
     return best
 
@@ -722,7 +737,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
         src_step = lp["source"]["step"] if lp["source"] else ""
         step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
-        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step)
+        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"))
         step = step * lp["unroll"] if step else step
         lp["tokens_per_iter"] = step
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps

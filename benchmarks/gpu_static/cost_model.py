@@ -45,11 +45,12 @@ on a stream add up (no overlap between them).
   (from k, the least top-k's bound leaves, to the buffer's capacity): at most
   :data:`SORTED_ENTRIES` of them by one sort (straight-line code, counted there); more by a
   bisection over the values' keys, ``select_passes`` reads of the buffer per select (data
-  dependent: one per key bit below the highest one where the smallest and largest key differ, until
+  dependent: one per key bit from the highest one where the smallest and largest key differ down, until
   one value or, for top-k, exactly k remain, plus the key range and the final read: at most 34,
-  default range (14, 34); the values rounded up to whole loop iterations), each read its loop over the
-  values plus the step's own code (``select_step``, warp-instructions of the loop around the values'
-  loop); they add instructions and L2 reads of 4 B per value, no row pass. A row with
+  default range (20, 34); the values rounded up to whole loop iterations), each read its loop over the
+  values (the largest rate of the selects' loops, counting or weighing) plus the step's own code
+  (``select_step``, warp-instructions of the loop around the values' loop, less an unrolled values'
+  loop's remainder); they add instructions and L2 reads of 4 B per value, no row pass. A row with
   more candidates than the capacity reads its candidate groups per select level instead (the
   design before the buffer): data dependent, not in these bounds.
   Bytes that must move (floor): the logits once (``B x V x itemsize``) plus 12 B of output per
@@ -120,9 +121,11 @@ SAMPLER_CONFIGS = {  # name -> (threshold selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
-#: (low, high) reads of the candidate buffer per select (``_buffer_bisect``: a step per key bit, at most
-#: 32, plus the final read and a share of the key range's; low: about log2(4096) + 2, assumed)
-SELECT_PASSES = (14, 34)
+#: (low, high) reads of the candidate buffer per select (``_buffer_bisect``: a step per key bit from the
+#: highest one where the buffer's smallest and largest keys differ down, at most 32, plus the final read
+#: and the key range's, counted for each select; low: 20, assumed (normal values took 15-22 in a numpy
+#: emulation); the benchmark rows' low side takes the sort and never uses it)
+SELECT_PASSES = (20, 34)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
 #: (low, high) values in a row's candidate buffer: k (top-k's bound keeps at least k tokens; the
@@ -386,6 +389,19 @@ def _encloses(outer: Dict[str, Any], inner: Dict[str, Any]) -> bool:
     return inner.get("parent") is not None and inner["parent"] == outer.get("head")
 
 
+def _step_code(step: Dict[str, Any], values: Dict[str, Any]) -> float:
+    """A select step's own instructions per thread: the step loop's exclusive instructions less the
+    straight-line remainder of its values' loop when LLVM unrolled that one (the remainder's loads at
+    the values' loop's loads per source iteration, times its instructions per source iteration: they
+    are values, counted by the select's per-value rate)."""
+    n = step["instructions_excl"]
+    u = values.get("unroll") or 1
+    loads = (values.get("ldg") or 0) / u
+    if u > 1 and loads:
+        n -= (step.get("ldg") or 0) / loads * values["instructions_excl"] / u
+    return max(0.0, n)
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
@@ -416,11 +432,11 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     candidates = helpers + [lp for lp in rest if lp is not draw and lp["innermost"]]
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
     # a select step's own code: the loop just around a values' loop (the bisection's step), the largest
-    steps = [lp for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
+    steps = [_step_code(lp, h) for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "select_block": sel["tokens_per_iter"] if sel else None,
-            "select_step": max((lp["instructions_excl"] for lp in steps), default=0) * compiled["num_warps"],
+            "select_step": round(max(steps, default=0) * compiled["num_warps"]),
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,

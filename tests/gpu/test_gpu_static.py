@@ -607,8 +607,9 @@ def test_unroll_factor_from_the_induction_adds():
     """A loop LLVM unrolled 4x (the candidate buffer's scans: ``start`` stepped by 4 x HBLOCK on the
     header line, the copies at start + HBLOCK, + 2 HBLOCK, + 3 HBLOCK) counts 4 x HBLOCK values per SASS
     iteration; a plain loop, a pointer stepped in bytes (no copies) and a missing copy count 1."""
-    def body(lines):
-        return [aot.Instr(16 * i, t.split()[0], t, "k.py", ln) for i, (t, ln) in enumerate(lines)]
+    def body(lines):   # (the opcode after a predicate, as aot.parse_sass gives it)
+        return [aot.Instr(16 * i, t.split()[1 if t.startswith("@") else 0], t, "k.py", ln)
+                for i, (t, ln) in enumerate(lines)]
 
     unrolled = body([("VIADD R18, R22.reuse, 0x200", 196), ("IMAD R25, R3, 0x2, R18", 197), ("IADD3 R16, R2, 0x400, R22", 201),
                      ("@!P2 VIADD R9, R22, 0x1000", 196), ("VIADD R18, R22, 0x600", 196), ("VIADD R22, R22, 0x800", 196),
@@ -618,6 +619,13 @@ def test_unroll_factor_from_the_induction_adds():
     assert aot.unroll_factor(adds, 512) == 4
     assert aot.unroll_factor(adds, 256) == 1          # 0x800 = 8 x 256, but no copies at 256 x 1, 3, 5, 7
     assert aot.unroll_factor(adds, None) == 1 and aot.unroll_factor(None, 512) == 1
+    assert aot.unroll_factor(adds, 512, loads=8) == 4 and aot.unroll_factor(adds, 512, loads=6) == 1
+    # a 64-bit pointer's low half (a carry out), a negated operand and a constant-bank operand are not
+    # induction adds; an immediate printed unsigned reads as signed
+    odd = aot.induction_adds(body([("IADD3 R4, P0, R4, 0x8000, RZ", 196), ("IADD3 R5, -R4, 0x800, R5", 196),
+                                   ("IADD3 R6, R6, c[0x0][0x10], RZ", 196), ("VIADD R7, R7, 0xffffffe0", 196),
+                                   ("VIADD R8, R7, 0x10", 197)]), 196)
+    assert odd == {"self": [-32], "offset": [0x10]}
     plain = aot.induction_adds(body([("IADD3 R22, R22, 0x200, RZ", 196)]), 196)
     assert plain == {"self": [0x200], "offset": []} and aot.unroll_factor(plain, 512) == 1
     missing = aot.induction_adds(body([("VIADD R18, R22, 0x200", 196), ("VIADD R22, R22, 0x800", 196)]), 196)
@@ -631,10 +639,10 @@ def test_select_step_code_counts_per_step():
     select step: ``selects x levels`` warp-instructions of it on the high side, none on the sort."""
     values = {"source": {"function": "_buffer_scan", "line": 3, "file": "x.py", "header": "", "step": ""},
               "innermost": True, "depth": 1, "start": "0x0100", "end": "0x0200", "head": "0x0100",
-              "parent": "0x0080", "tokens_per_iter": 2048,
+              "parent": "0x0080", "tokens_per_iter": 2048, "unroll": 4, "ldg": 8,
               "instructions": 100, "instructions_excl": 100, "thread_instr_per_token": 12.5, "ldg_ops": ["LDG.E"]}
     step = dict(values, innermost=False, depth=0, start="0x0080", end="0x0300", head="0x0080", parent=None,
-                instructions=260, instructions_excl=160, thread_instr_per_token=80.0)
+                instructions=260, instructions_excl=160, thread_instr_per_token=80.0, unroll=1, ldg=6)
     # a loop whose address range spans the values' loop without holding it (blocks interleave)
     wide = dict(values, depth=0, start="0x0000", end="0x0500", head="0x0040", parent=None, instructions_excl=400,
                 thread_instr_per_token=5.0, source=dict(values["source"], function="_compact_candidates"))
@@ -646,7 +654,9 @@ def test_select_step_code_counts_per_step():
     compiled = {"loops": [p1, wide, step, values, other], "num_warps": 8, "sass_instructions": 1000}
     instr = cm.sampler_instr(compiled, "_sample_kernel")
     assert instr["select"] == 20.0                    # the values' loops: the largest per value
-    assert instr["select_step"] == 160 * 8            # the step's own code, not the values' loop in it
+    # the step's own code: not the values' loop in it, nor that loop's unrolled remainder (6 loads at 2 per
+    # source iteration: 3 iterations of 100 / 4 instructions)
+    assert instr["select_step"] == (160 - 3 * 25) * 8
     assert cm._encloses(step, values) and not cm._encloses(step, other) and not cm._encloses(values, step)
     assert not cm._encloses(wide, values)
     base = {"pass1": 10.0, "compact": 30.0, "select": 20.0, "draw": 80.0}

@@ -400,7 +400,7 @@ def test_threshold_search_exact(quantize, cap, sort):
     on_buf = n_want <= cap
     if cap == 64:
         assert 0 < int(on_buf.sum()) < B
-    if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on its radix levels)
+    if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on the bisection)
         assert 0 < int((p_only & (n_want <= 64)).sum()) and 0 < int((~p_only & (n_want <= 64)).sum())
         assert cap == 64 or 0 < int(((n_want > 64) & on_buf).sum())
     cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
@@ -638,10 +638,12 @@ def _buffer_thresholds_ref(z, k, p, zmax, total, rel=0.0):
 
 def test_buffer_bisection():
     """_buffer_thresholds (the bisection over buffers of more than _SORTED values) against a sort, on
-    buffers of 1 to 4096 values: normal values, ties, one value repeated, -inf entries with both signs
-    and zeros, a spread of 1e-6 (keys that share most bits), masses that underflow; k at, beyond and
-    far below the count; top-p alone, after top-k, at 0 (the largest value only) and above the
-    buffer's mass (every value kept)."""
+    buffers of 1 to 4096 values: normal values, ties, one value repeated, -inf entries among values of
+    both signs and zeros, a spread of 1e-6 (keys that share most bits), masses that underflow, the
+    smallest value the largest's negative (the keys differ in every bit: the start bit's clamp to 31),
+    keys 2**25 - 1 apart (float(2**25 - 1) rounds up: the start bit one too high); k at, beyond and far
+    below the count; top-p alone, after top-k, at 0 (the largest value only) and above the buffer's
+    mass (every value kept)."""
     torch.manual_seed(21)
     CAP = 4096
     rows = [  # (values, k, p, total / the buffer's mass)
@@ -653,6 +655,11 @@ def test_buffer_bisection():
         (torch.randn(2000) * 1e3, 0, 0.9, 1.0), (5 + 1e-6 * torch.randn(4096), 2000, 1.0, 1.0),
         (torch.randn(257), 10, 0.95, 1.0), (torch.round(torch.randn(4096) * 8) / 8, 0, 0.7, 1.0),
     ]
+    x = torch.randn(1000).abs() + 0.5
+    rows += [(torch.cat([x, -x]), 900, 0.6, 1.0), (torch.cat([x, -x]), 0, 0.3, 1.0)]   # min = -max
+    lo_bits = 0x3F800000                                         # 1.0, and a value 2**25 - 1 above it in bits
+    bits = torch.cat([torch.tensor([lo_bits, lo_bits + 2 ** 25 - 1]), torch.randint(lo_bits, lo_bits + 2 ** 25, (1500,))])
+    rows += [(bits.to(torch.int32).view(torch.float32), 300, 0.9, 1.0)]
     for _ in range(16):   # random sizes and k, top-p on half of them
         m = int(torch.randint(257, 4097, ()))
         rows.append((torch.randn(m) * 2, int(torch.randint(1, m + 1, ())), [1.0, 0.8][len(rows) % 2], 1.0))

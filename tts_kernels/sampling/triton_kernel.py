@@ -34,11 +34,11 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
   and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
   keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``;
-  it replaced radix levels of 4-bit digits: 287 SASS thread-instructions per value and level, 8 levels at
-  worst, against 12.75 per value and step counting and 22.5 weighing masses, 34 reads at worst; bf16,
-  sm_90, Triton 3.9). A row with more candidates than the buffer holds reads its candidate groups per
-  radix level (``_radix_select``, ``_row_hist``), and skips the compaction
-  when it has no bound and is longer than the buffer.
+  it replaced radix levels of 4-bit digits: 287 SASS thread-instructions per value and level, 8 levels
+  at worst, against 12.75 per value and step counting and 22.5 weighing masses, 33 reads per select and
+  one for the key range at worst; bf16, sm_90, Triton 3.9). A row with more candidates than the buffer
+  holds reads its candidate groups per radix level (``_radix_select``, ``_row_hist``), and skips the
+  compaction when it has no bound and is longer than the buffer.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
@@ -216,7 +216,7 @@ def _buffer_bisect(buf_ptr, nbuf, lo, hi, target, zmax, BY_MASS: tl.constexpr, H
     ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass ``exp(z -
     zmax)``) and more than 0, taken as the smallest buffered key at or above it; and the mass of the
     values it keeps. ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key:
-    a bisection over the bits below the highest one where they differ, one read of the buffer
+    a bisection over the bits from the highest one where they differ down, one read of the buffer
     (:func:`_buffer_scan`) per bit, which stops once ``[t, t + 2 bit)`` holds one value or, counting,
     once the values at or above ``t`` are exactly ``target``; then one read for the smallest key.
     When no ``t`` reaches the target (mass rounding), every value is kept (the smallest key)."""
