@@ -506,8 +506,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     (``STL``/``LDL``; ``*_excl`` without nested loops), ``head`` (its head's address) and ``parent``
     (the head of the loop just around it, or None; ``start`` / ``end``, its lowest and highest
     addresses, do not tell nesting: loops' blocks interleave), a few opcode classes, and the source
-    loop most of its instructions come from. ``top_level``, when given, gets the indices of the instructions in
-    top-level loops.
+    loop most of its instructions come from. ``top_level``, when given, gets the indices of the
+    instructions in top-level loops.
     """
     if not instrs:
         return []

@@ -824,7 +824,8 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
                                  instr_per_token={k: instr[k] for k in _SAMPLER_KINDS},
-                                 select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"], pass1_mufu_per_token=instr["pass1_mufu"],
+                                 select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
+                                 pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
@@ -840,7 +841,8 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
                                  instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS}, pass1=ip["pass1"]),
-                                 select_step_warp_instr=im["select_step"], instr_per_group=im["groups"], pass1_mufu_per_token=ip["pass1_mufu"],
+                                 select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
+                                 pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])

@@ -70,7 +70,8 @@ def test_sampler_passes():
         return seen
     roles = triton_kernel.COST_MODEL_ROLES
     assert "_select_thresholds" in calls(roles["filtered"]) and "_rescore" in calls(roles["redraw"])
-    for rs in {cm.skipped_roles(c, r, b) for c in cm.SAMPLER_CONFIGS for r in (False, True) for b in (None, False, True)}:
+    for rs in {cm.skipped_roles(c, r, b) for c in cm.SAMPLER_CONFIGS for r in (False, True)
+               for b in (None, False, True)}:
         for a in rs:
             for b in rs:
                 assert a == b or roles[b] not in calls(roles[a]), (rs, a, b)
@@ -159,7 +160,8 @@ def test_sampler_bound_straight_line_per_config():
         assert cm.sampler_bound(264, 1000, 2, config, split)["cta_warp_this_config"] == [6600, 7800], config
     assert cm.sampler_bound(264, 1000, 2, "min_p", split)["cta_warp_this_config"] == [4500, 5000]
     assert cm.skipped_roles("top_k", False, True) == ("bisect", "rescore")
-    assert cm.skipped_roles("top_k", True, False) == ("sort",) and cm.skipped_roles("min_p", True, False) == ("thresholds",)
+    assert cm.skipped_roles("top_k", True, False) == ("sort",)
+    assert cm.skipped_roles("min_p", True, False) == ("thresholds",)
     # the roles a row skips are sibling call trees of the kernel module (never one inside another)
     assert cm.skipped_roles("temp", True) == ("filtered", "redraw")
     assert cm.skipped_roles("min_p", False) == ("thresholds", "rescore")
@@ -611,9 +613,9 @@ def test_unroll_factor_from_the_induction_adds():
         return [aot.Instr(16 * i, t.split()[1 if t.startswith("@") else 0], t, "k.py", ln)
                 for i, (t, ln) in enumerate(lines)]
 
-    unrolled = body([("VIADD R18, R22.reuse, 0x200", 196), ("IMAD R25, R3, 0x2, R18", 197), ("IADD3 R16, R2, 0x400, R22", 201),
-                     ("@!P2 VIADD R9, R22, 0x1000", 196), ("VIADD R18, R22, 0x600", 196), ("VIADD R22, R22, 0x800", 196),
-                     ("IADD3 R7, R7, 0x1, RZ", 199)])
+    unrolled = body([("VIADD R18, R22.reuse, 0x200", 196), ("IMAD R25, R3, 0x2, R18", 197),
+                     ("IADD3 R16, R2, 0x400, R22", 201), ("@!P2 VIADD R9, R22, 0x1000", 196),
+                     ("VIADD R18, R22, 0x600", 196), ("VIADD R22, R22, 0x800", 196), ("IADD3 R7, R7, 0x1, RZ", 199)])
     adds = aot.induction_adds(unrolled, 196)
     assert adds == {"self": [0x800], "offset": [0x200, 0x400, 0x600]}     # predicated adds left out
     assert aot.unroll_factor(adds, 512) == 4

@@ -658,7 +658,8 @@ def test_buffer_bisection():
     x = torch.randn(1000).abs() + 0.5
     rows += [(torch.cat([x, -x]), 900, 0.6, 1.0), (torch.cat([x, -x]), 0, 0.3, 1.0)]   # min = -max
     lo_bits = 0x3F800000                                         # 1.0, and a value 2**25 - 1 above it in bits
-    bits = torch.cat([torch.tensor([lo_bits, lo_bits + 2 ** 25 - 1]), torch.randint(lo_bits, lo_bits + 2 ** 25, (1500,))])
+    bits = torch.cat([torch.tensor([lo_bits, lo_bits + 2 ** 25 - 1]),
+                      torch.randint(lo_bits, lo_bits + 2 ** 25, (1500,))])
     rows += [(bits.to(torch.int32).view(torch.float32), 300, 0.9, 1.0)]
     for _ in range(16):   # random sizes and k, top-p on half of them
         m = int(torch.randint(257, 4097, ()))
