@@ -620,10 +620,11 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
         if not all(re.fullmatch(r"R\d+", o) or _IMM_RE.match(o) for o in ops):   # negated, uniform, constant bank
             return None
         imms = [_s32(int(o, 0)) for o in ops[1:] if _IMM_RE.match(o)]
-        return (ops[0], ops[1:len(ops)], imms) if len(imms) == 1 and ops[0].startswith("R") else None
+        regs = [o for o in ops[1:] if o.startswith("R")]
+        return (ops[0], regs, imms) if len(imms) == 1 and ops[0].startswith("R") else None
 
     adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS]
-    adds = [(ins, (a[0], [r for r in a[1] if r.startswith("R")], a[2])) for ins, a in adds if a]
+    adds = [(ins, a) for ins, a in adds if a]
     self_regs = {a[0]: a[2][0] for ins, a in adds if ins.line == line and a[1] == [a[0]]}
     offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in self_regs for r in a[1])})
     return {"self": sorted(set(self_regs.values())), "offset": offsets}

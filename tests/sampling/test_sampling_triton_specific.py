@@ -618,27 +618,10 @@ def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, 
     tl.store(out_ptr + row, t.to(tl.int64))
 
 
-def _buffer_thresholds_ref(z, k, p, zmax, total, rel=0.0):
-    """The thresholds' rules on a buffer, by a sort: top-k the k-th largest key (the smallest with k
-    beyond the buffer), its set's mass; top-p the largest key whose values at or above it carry
-    p x that mass (the row's ``total`` without top-k) and more than 0, else the smallest key."""
-    keys = _keys(z)
-    w = torch.exp(z.double() - zmax)
-    t, mass_k = 0, total
-    if k > 0:
-        t = int(keys.sort(descending=True).values[min(k, len(z)) - 1])
-        mass_k = float(w[keys >= t].sum())
-    if p < 1.0:
-        u = keys.unique()
-        ge = torch.stack([w[keys >= x].sum() for x in u])
-        ok = (ge >= p * mass_k * (1 + rel)) & (ge > 0)
-        t = max(t, int(u[ok].max()) if bool(ok.any()) else int(u.min()))
-    return t
-
-
 def test_buffer_bisection():
-    """_buffer_thresholds (the bisection over buffers of more than _SORTED values) against a sort, on
-    buffers of 1 to 4096 values: normal values, ties, one value repeated, -inf entries among values of
+    """_buffer_thresholds (the bisection over buffers of more than _SORTED values): an exact key of the
+    buffer, whose values at or above it are the reference's kept set (filter_mask), on buffers of 1 to
+    4096 values: normal values, ties, one value repeated, -inf entries among values of
     both signs and zeros, a spread of 1e-6 (keys that share most bits), masses that underflow, the
     smallest value the largest's negative (the keys differ in every bit: the start bit's clamp to 31),
     keys 2**25 - 1 apart (float(2**25 - 1) rounds up: the start bit one too high); k at, beyond and far
@@ -679,11 +662,15 @@ def test_buffer_bisection():
     out = torch.empty(R, dtype=torch.int64, device=DEV)
     _bisect_kernel[(R,)](buf.to(DEV), n.to(DEV), k.to(DEV), p.to(DEV), zmax.to(DEV), total.to(DEV), out, CAP,
                          HBLOCK=128)
-    for i, (z, kk, pp, _f) in enumerate(rows):
-        # either side of a summation-order rounding of top-p's target
-        want = {_buffer_thresholds_ref(z, kk, float(p[i]), float(zmax[i]), float(total[i]), rel)
-                for rel in (-1e-5, 0.0, 1e-5)}
-        assert int(out[i]) in want, (i, int(out[i]), want)
+    for i, (z, kk, pp, f) in enumerate(rows):
+        assert int(out[i]) in set(_keys(z).tolist()), i                 # an exact key of the buffer
+        if f != 1.0:
+            continue                                                    # a mass not the buffer's: below
+        kept = _keys(z) >= int(out[i])
+        # the reference's kept set, either side of a summation-order rounding of top-p's target
+        ps = [pp] if pp >= 1.0 else [pp * (1 + rel) for rel in (-1e-5, 0.0, 1e-5)]
+        wants = [filter_mask(z.view(1, -1), torch.tensor([kk]), torch.tensor([q]), torch.zeros(1))[0] for q in ps]
+        assert any(torch.equal(kept, w) for w in wants), (i, int(kept.sum()), [int(w.sum()) for w in wants])
     assert int(out[4]) == int(_keys(torch.tensor([1.5])))          # all tied: that value
     assert int(out[7]) == int(_keys(rows[7][0]).min())              # k beyond the buffer: keep all
     assert int(out[8]) == int(_keys(rows[8][0]).max())              # top_p = 0: the largest only
