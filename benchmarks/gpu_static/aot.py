@@ -608,7 +608,8 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     the immediates of adds of a register to itself on the source loop's header ``line``; ``offset``,
     the immediates added to one of those registers (with another register or not) into another one
     anywhere in the body (the copies of an unrolled body: ``start + step``, ``start + lane + 2 step``,
-    ...). See :func:`unroll_factor`."""
+    ...), or to a register that holds one of them plus a lane offset (``IMAD R23, R3, 0x2, R24``, then
+    ``R23 + step``: the copies of an unrolled body with aligned loads). See :func:`unroll_factor`."""
     def parse(ins):
         text = ins.text.strip()
         if text.startswith("@") or " " not in text:   # predicated: not every iteration's step
@@ -626,7 +627,21 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS]
     adds = [(ins, a) for ins, a in adds if a]
     self_regs = {a[0]: a[2][0] for ins, a in adds if ins.line == line and a[1] == [a[0]]}
-    offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in self_regs for r in a[1])})
+    # start + lane: an IMAD whose addend is a self register, or a register-only add of one
+    lanes = set()
+    for ins in body:
+        text = ins.text.strip()
+        if text.startswith("@") or " " not in text or _base(ins.op) not in ("IMAD", "IADD3", "IADD"):
+            continue
+        ops = [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
+        srcs = [o for o in ops[1:] if o not in ("RZ", "PT")]
+        if ins.op == "IMAD" and len(ops) == 4 and ops[3] in self_regs:
+            lanes.add(ops[0])
+        elif ins.op in ("IMAD.IADD", "IADD3", "IADD") and all(re.fullmatch(r"R\d+", o) for o in srcs) \
+                and any(o in self_regs for o in srcs):
+            lanes.add(ops[0])
+    bases = set(self_regs) | (lanes - set(self_regs))
+    offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in bases for r in a[1])})
     return {"self": sorted(set(self_regs.values())), "offset": offsets}
 
 
@@ -738,7 +753,9 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
         src_step = lp["source"]["step"] if lp["source"] else ""
         step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
-        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"))
+        # LLVM unrolls innermost loops: a loop around one holds the unrolled loop's remainder, whose
+        # copies' adds would read as an unrolled body
+        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step, lp.get("ldg")) if lp.get("innermost") else 1
         step = step * lp["unroll"] if step else step
         lp["tokens_per_iter"] = step
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps

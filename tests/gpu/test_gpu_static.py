@@ -634,6 +634,16 @@ def test_unroll_factor_from_the_induction_adds():
     assert aot.unroll_factor(missing, 512) == 1       # the copies at + 2 and + 3 HBLOCK are not there
     other_line = aot.induction_adds(body([("VIADD R22, R22, 0x800", 197), ("VIADD R18, R22, 0x200", 196)]), 196)
     assert other_line == {"self": [], "offset": []}
+    # the copies stepped from start + lane (aligned 8-byte loads, Triton 3.9): R23 = 2 x lane + start
+    lane = aot.induction_adds(body([("IMAD R23, R3, 0x2, R24", 226), ("VIADD R33, R23.reuse, 0x200", 226),
+                                    ("VIADD R37, R23, 0x400", 226), ("VIADD R25, R23, 0x600", 226),
+                                    ("IMAD.WIDE R16, R23, 0x4, R20", 226), ("VIADD R24, R24, 0x800", 224)]), 224)
+    assert lane == {"self": [0x800], "offset": [0x200, 0x400, 0x600]} and aot.unroll_factor(lane, 512) == 4
+    # a register-only add of start is a lane base too; a product of start is not
+    regs = aot.induction_adds(body([("IADD3 R15, R2, R29, RZ", 224), ("VIADD R16, R15, 0x200", 224),
+                                    ("IMAD R17, R29, 0x4, R2", 224), ("VIADD R18, R17, 0x400", 224),
+                                    ("VIADD R29, R29, 0x800", 224)]), 224)
+    assert regs == {"self": [0x800], "offset": [0x200]}
 
 
 def test_select_step_code_counts_per_step():

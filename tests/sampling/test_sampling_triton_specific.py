@@ -300,12 +300,12 @@ from tts_kernels.sampling.triton_kernel import (  # noqa: E402
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, SORT,
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, CAPR, SORT,
                        HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = g_ptr + row * NG
-    buf_row = buf_ptr + row * CAP
+    buf_row = buf_ptr + row * 2 * CAPR     # CAP values (CAPR: CAP in whole HBLOCK tiles), then the masses
     L = tl.load(l_ptr + row)
     k = tl.load(k_ptr + row)
     nbuf = _compact_candidates(row_ptr, g_row, buf_row, L, V, -1, k != k, 1.0, CAP, DBLOCK)
@@ -327,7 +327,7 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
             t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, PW)
     elif use_buf:                              # the bisection over the buffer (every size without SORT)
         if k_on | (p < 1.0):
-            t_key = _buffer_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, HBLOCK)
+            t_key = _buffer_thresholds(buf_row, buf_row + CAPR, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, HBLOCK)
     else:                                      # overflow: the radix selects over the candidate groups
         if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
@@ -387,17 +387,25 @@ def test_threshold_search_exact(quantize, cap, sort):
     assert (L > float("-inf")).sum() >= 8 and (L[p_only] > float("-inf")).sum() >= 3
     out = torch.empty(B, dtype=torch.int64, device=DEV)
     nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
-    buf = torch.full((B, max(cap, 1)), float("nan"), device=DEV)
+    capr = -(-max(cap, 1) // 128) * 128
+    buf = torch.full((B, 2 * capr), float("nan"), device=DEV)
     _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV),
                              mass.float().to(DEV), buf, out,
-                             nbuf, V, ng, cap, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
+                             nbuf, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
     zc = z.cpu()
     n_want = (zc >= L.view(-1, 1)).sum(1)
     assert torch.equal(nbuf.cpu().long(), n_want)
-    for r in range(B):   # the buffer holds the candidates' values in row order
-        m = min(cap, int(n_want[r]))
-        assert torch.equal(buf.cpu()[r, :m], zc[r][zc[r] >= L[r]][:m])
     on_buf = n_want <= cap
+    filtered = ((top_k > 0) & (top_k < V)) | (top_p < 1.0)
+    bisected = on_buf & filtered & ~(sort & (n_want <= 64))
+    assert int(bisected.sum()) > 0 or cap == 0 or (sort and cap == 64)   # a buffer of 64 sorts every row
+    for r in range(B):   # the buffer holds the candidates' values in row order (the bisection's rows: their keys)
+        m = min(cap, int(n_want[r]))
+        vals = zc[r][zc[r] >= L[r]][:m]
+        if bisected[r]:
+            assert torch.equal(buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF, _keys(vals))
+        else:
+            assert torch.equal(buf.cpu()[r, :m], vals)
     if cap == 64:
         assert 0 < int(on_buf.sum()) < B
     if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on the bisection)
@@ -613,7 +621,8 @@ def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, 
     row = tl.program_id(0)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
-    t = _buffer_thresholds(b_ptr + row * CAP, tl.load(n_ptr + row), tl.load(zmax_ptr + row), tl.load(tot_ptr + row),
+    b_row = b_ptr + row * 2 * CAP       # CAP values, then their masses
+    t = _buffer_thresholds(b_row, b_row + CAP, tl.load(n_ptr + row), tl.load(zmax_ptr + row), tl.load(tot_ptr + row),
                            k, k > 0, p, p < 1.0, HBLOCK)
     tl.store(out_ptr + row, t.to(tl.int64))
 
@@ -650,7 +659,7 @@ def test_buffer_bisection():
     rows[5][0][::9] = float("-inf")
     rows[5][0][1::13] = 0.0
     R = len(rows)
-    buf = torch.full((R, CAP), float("nan"))
+    buf = torch.full((R, 2 * CAP), float("nan"))
     n = torch.tensor([len(r[0]) for r in rows], dtype=torch.int32)
     zmax = torch.tensor([float(r[0].max()) + 0.25 for r in rows])     # the row's maximum: at least the buffer's
     total = torch.empty(R)
@@ -660,9 +669,19 @@ def test_buffer_bisection():
     k = torch.tensor([r[1] for r in rows], dtype=torch.int32)
     p = torch.tensor([r[2] for r in rows])
     out = torch.empty(R, dtype=torch.int64, device=DEV)
-    _bisect_kernel[(R,)](buf.to(DEV), n.to(DEV), k.to(DEV), p.to(DEV), zmax.to(DEV), total.to(DEV), out, CAP,
+    buf_dev = buf.to(DEV)
+    _bisect_kernel[(R,)](buf_dev, n.to(DEV), k.to(DEV), p.to(DEV), zmax.to(DEV), total.to(DEV), out, CAP,
                          HBLOCK=128)
+    after = buf_dev.cpu()
     for i, (z, kk, pp, f) in enumerate(rows):
+        # the first read rewrote the values as their keys and wrote their masses, both padded to whole
+        # tiles of 128 with key 0 and mass 0; the rest untouched
+        m, mp = len(z), -(-len(z) // 128) * 128
+        keys = after[i, :CAP].view(torch.int32).long() & 0xFFFFFFFF
+        assert torch.equal(keys[:m], _keys(z)) and (keys[m:mp] == 0).all()
+        assert after[i, mp:CAP].isnan().all() and after[i, CAP + mp:].isnan().all()
+        torch.testing.assert_close(after[i, CAP:CAP + m], torch.exp(z - zmax[i]), rtol=2e-6, atol=1e-30)
+        assert (after[i, CAP + m:CAP + mp] == 0).all()
         assert int(out[i]) in set(_keys(z).tolist()), i                 # an exact key of the buffer
         if f != 1.0:
             continue                                                    # a mass not the buffer's: below
@@ -695,9 +714,9 @@ def test_top_p_alone_on_the_sort_keeps_the_row_share():
 def test_candidate_buffer_and_overflow(monkeypatch, dtype):
     """The selects read the candidates compacted into a per-row buffer; a row with more candidates
     than it holds reads its candidate groups instead. Both give the reference's tokens, and the same
-    tokens whatever the capacity (here 4096: every filtered row buffered; 24: some rows buffered (the
-    peaked rows with a small k), the others (flat rows, top-p alone, k beyond the 7 groups) not; 0:
-    none)."""
+    tokens whatever the capacity (here 4096: every filtered row buffered; 24, which the wrapper rounds
+    up to one tile of the reads, 512 values: some rows buffered (the peaked rows with a small k), the
+    others (flat rows, top-p alone, k beyond the 7 groups) not; 0: none)."""
     torch.manual_seed(33)
     B, V = 10, 1700
     x = torch.randn(B, V) * 2

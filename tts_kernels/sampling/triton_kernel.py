@@ -34,9 +34,11 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
   and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
   keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``;
-  it replaced radix levels of 4-bit digits: 287 SASS thread-instructions per value and level, 8 levels
-  at worst, against 12.75 per value and step counting and 22.5 weighing masses, 33 reads per select and
-  one for the key range at worst; bf16, sm_90, Triton 3.9). A row with more candidates than the buffer
+  one read first rewrites the values as their keys and writes their masses beside them, padded to
+  whole tiles, ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.38
+  SASS thread-instructions per value and step counting, 9.12 weighing masses, instead of 12.75 and
+  22.5 when each read recomputed key and mass, and 287 per value and level for the radix levels of
+  4-bit digits before them; 33 reads per select at worst; bf16, sm_90, Triton 3.9). A row with more candidates than the buffer
   holds reads its candidate groups per radix level (``_radix_select``, ``_row_hist``), and skips the
   compaction when it has no bound and is longer than the buffer.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
@@ -188,35 +190,57 @@ def _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass):
 
 
 @triton.jit
-def _buffer_scan(buf_ptr, nbuf, t, zmax, HBLOCK: tl.constexpr):
-    """One read of the ``nbuf`` buffered candidate values: the count and the mass (``exp(z - zmax)``)
-    of those whose key is ``>= t``, the smallest such key (0xFFFFFFFF if none) and the largest key of
-    all. Per-lane partials, reduced once after the loop."""
+def _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, HBLOCK: tl.constexpr):
+    """One read of the ``nbuf`` buffered values ``z``: rewrites each, in place, as its order key
+    (uint32) and writes its mass ``exp(z - zmax)`` to ``w_ptr``; pads both to whole ``HBLOCK`` tiles
+    with key 0 (below every value's key: only a NaN has it) and mass 0, so that the bisection's reads
+    need no mask and compute neither (they cost 22.5 SASS thread-instructions per value weighing and
+    12.75 counting when each read recomputed both; bf16, sm_90, Triton 3.9). Returns the smallest and
+    the largest key."""
+    kbuf = buf_ptr.to(tl.pointer_type(tl.uint32))
+    offs0 = tl.arange(0, HBLOCK)
+    kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
+    kmax = tl.zeros([HBLOCK], tl.uint32)
+    for start in range(0, nbuf, HBLOCK):      # whole tiles: the last one's tail is the padding
+        offs = start + offs0
+        inb = offs < nbuf
+        z = tl.load(buf_ptr + offs, mask=inb, other=float("-inf"))
+        key = tl.where(inb, _order_key(z), 0)
+        tl.store(kbuf + offs, key)
+        tl.store(w_ptr + offs, tl.where(inb, tl.exp(z - zmax), 0.0))
+        kmin = tl.minimum(kmin, tl.where(inb, key, 0xFFFFFFFF))
+        kmax = tl.maximum(kmax, key)
+    return tl.min(kmin, 0), tl.max(kmax, 0)
+
+
+@triton.jit
+def _buffer_scan(kbuf, w_ptr, nbuf, t, HBLOCK: tl.constexpr):
+    """One read of the buffered keys (and, where the caller uses it, their masses), unmasked over
+    whole ``HBLOCK`` tiles (:func:`_buffer_keys` padded them): the count and the mass of the values
+    whose key is ``>= t`` and the smallest such key (0xFFFFFFFF if none); ``t >= 1`` (the padding's
+    key is 0). Per-lane partials, reduced once after the loop."""
     offs0 = tl.arange(0, HBLOCK)
     cnt = tl.zeros([HBLOCK], tl.int32)
     mass = tl.zeros([HBLOCK], tl.float32)
     kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
-    kmax = tl.zeros([HBLOCK], tl.uint32)
     for start in range(0, nbuf, HBLOCK):
         offs = start + offs0
-        inb = offs < nbuf
-        z = tl.load(buf_ptr + offs, mask=inb, other=float("-inf"))
-        key = _order_key(z)
-        hit = inb & (key >= t)
+        key = tl.load(kbuf + offs)
+        hit = key >= t
         cnt += hit.to(tl.int32)
-        mass += tl.where(hit, tl.exp(z - zmax), 0.0)
+        w = tl.load(w_ptr + offs)
+        mass += tl.where(key < t, 0.0, w)      # not where(hit, load): Triton folds that into a masked (scalar) load
         kmin = tl.minimum(kmin, tl.where(hit, key, 0xFFFFFFFF))
-        kmax = tl.maximum(kmax, tl.where(inb, key, 0))
-    return tl.sum(cnt, 0), tl.sum(mass, 0), tl.min(kmin, 0), tl.max(kmax, 0)
+    return tl.sum(cnt, 0), tl.sum(mass, 0), tl.min(kmin, 0)
 
 
 @triton.jit
-def _buffer_bisect(buf_ptr, nbuf, lo, hi, target, zmax, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
-    """The exact threshold over the buffered values: the largest key ``t`` such that the values with
-    ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass ``exp(z -
-    zmax)``) and more than 0, taken as the smallest buffered key at or above it; and the mass of the
-    values it keeps. ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key:
-    a bisection over the bits from the highest one where they differ down, one read of the buffer
+def _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, target, BY_MASS: tl.constexpr, HBLOCK: tl.constexpr):
+    """The exact threshold over the buffered keys: the largest key ``t`` such that the values with
+    ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass) and more
+    than 0, taken as the smallest buffered key at or above it; and the mass of the values it keeps.
+    ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key: a bisection over
+    the bits from the highest one where they differ down, one read of the buffer
     (:func:`_buffer_scan`) per bit, which stops once ``[t, t + 2 bit)`` holds one value or, counting,
     once the values at or above ``t`` are exactly ``target``; then one read for the smallest key.
     When no ``t`` reaches the target (mass rounding), every value is kept (the smallest key)."""
@@ -233,8 +257,8 @@ def _buffer_bisect(buf_ptr, nbuf, lo, hi, target, zmax, BY_MASS: tl.constexpr, H
     if not BY_MASS:
         go = go & (n_t.to(tl.float32) != target)
     while go:
-        c = t | bit
-        n, m, _kmin, _kmax = _buffer_scan(buf_ptr, nbuf, c, zmax, HBLOCK)
+        c = t | bit             # >= 1: bit > 0
+        n, m, _kmin = _buffer_scan(kbuf, w_ptr, nbuf, c, HBLOCK)
         w = n.to(tl.float32)
         if BY_MASS:
             w = m
@@ -246,24 +270,29 @@ def _buffer_bisect(buf_ptr, nbuf, lo, hi, target, zmax, BY_MASS: tl.constexpr, H
         go = (bit > 0) & (n_t - n_hi > 1)
         if not BY_MASS:
             go = go & (n_t.to(tl.float32) != target)
-    _n, mass, t_min, _kmax = _buffer_scan(buf_ptr, nbuf, t, zmax, HBLOCK)
+    # t = 0 (lo's high bits cleared) would count the padding: every value's key is >= 1
+    _n, mass, t_min = _buffer_scan(kbuf, w_ptr, nbuf, tl.maximum(t, 1), HBLOCK)
     return tl.where(t_min == 0xFFFFFFFF, t, t_min), mass
 
 
 @triton.jit
-def _buffer_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK: tl.constexpr):
+def _buffer_thresholds(buf_ptr, w_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK: tl.constexpr):
     """Top-k / top-p thresholds of a row whose candidates fit the buffer but not one sort: the same
     rules as :func:`_sorted_thresholds` (top-k: the k-th largest key, ties kept; top-p: the largest
     key whose mass from the top reaches ``top_p`` x the top-k set's mass, ``total`` without top-k),
-    each by :func:`_buffer_bisect` over the buffered values' key range (one read for it). Exact keys of
-    candidates: every token the draw keeps is one of them."""
-    _n, _m, lo, hi = _buffer_scan(buf_ptr, nbuf, tl.full([], 0, tl.uint32), zmax, HBLOCK)
+    each by :func:`_buffer_bisect` over the buffered values' keys, which one read first writes with
+    their masses (:func:`_buffer_keys`, the key range too; ``w_ptr``: room for the masses, the buffer's
+    capacity rounded up to ``HBLOCK``, as the buffer's). Exact keys of candidates: every token the
+    draw keeps is one of them."""
+    lo, hi = _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, HBLOCK)
+    tl.debug_barrier()  # the keys and masses written by every warp, visible to the reads
+    kbuf = buf_ptr.to(tl.pointer_type(tl.uint32))
     t_key = tl.full([], 0, tl.uint32)      # keep all
     mass_k = total
     if k_on:
-        t_key, mass_k = _buffer_bisect(buf_ptr, nbuf, lo, hi, top_k.to(tl.float32), zmax, False, HBLOCK)
+        t_key, mass_k = _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, top_k.to(tl.float32), False, HBLOCK)
     if p_on:
-        t_p, _mass = _buffer_bisect(buf_ptr, nbuf, tl.maximum(lo, t_key), hi, top_p * mass_k, zmax, True, HBLOCK)
+        t_p, _mass = _buffer_bisect(kbuf, w_ptr, nbuf, tl.maximum(lo, t_key), hi, top_p * mass_k, True, HBLOCK)
         t_key = tl.maximum(t_key, t_p)
     return t_key
 
@@ -799,7 +828,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, g1, xmax, total, Tz, top_k,
     if use_buf & (nbuf <= PW):
         t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW)
     elif use_buf:
-        t_key = _buffer_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK)
+        t_key = _buffer_thresholds(buf_ptr, _buffer_masses(buf_ptr, CAP), nbuf, zmax, total, top_k, k_on, top_p,
+                                   p_on, HBLOCK)
     else:
         mass_k = total                     # the row's draw mass (relative to exp(zmax))
         if k_on:
@@ -978,9 +1008,28 @@ def _row_kz(temp_ptr, row):
 
 
 #: scalar offsets Triton would otherwise specialise on (== 1, % 16 == 0): the budget-forcing token counts (a
-#: compile per tokenizer's budget strings, 2x the static check's variants, for nothing) and the candidate
-#: buffer's capacity (also its row stride; its loads are scalar, masked by the count: no alignment to gain).
-_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "CAP"]
+#: compile per tokenizer's budget strings, 2x the static check's variants, for nothing). The candidate
+#: buffer's capacity ``CAP`` is specialised: always a multiple of 16 (:func:`_buffer_capacity`), one
+#: variant, whose buffer reads the compiler then knows aligned (8-byte loads of the masses, not 4)
+_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced"]
+
+
+def _buffer_capacity(V: int, hblock: int) -> int:
+    """Values a row's candidate buffer holds: ``_CANDIDATES`` (or V, if fewer) rounded up to whole
+    ``hblock`` tiles, so that the bisection's padded reads stay inside it; a multiple of 16."""
+    return triton.cdiv(min(_CANDIDATES, V), hblock) * hblock
+
+
+@triton.jit
+def _buffer_row(cand_ptr, row, CAP):
+    """A row's candidate buffer: ``CAP`` values, then room for their masses (``_buffer_keys``)."""
+    return cand_ptr + row.to(tl.int64) * (2 * CAP)
+
+
+@triton.jit
+def _buffer_masses(buf_ptr, CAP):
+    """Where a row's buffer (``_buffer_row``) keeps its values' masses."""
+    return buf_ptr + CAP
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -998,7 +1047,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
 
 
 @triton.jit
@@ -1025,7 +1074,7 @@ def _merge_kernel(
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            cand_ptr + row.to(tl.int64) * CAP, CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
 
 
 def _fast_log(t):
@@ -1137,8 +1186,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     ngr = _philox.num_groups(V)
     fb = _SCAN if ngr > _SCAN_POW2_GROUPS else max(16, triton.next_power_of_2(ngr))
     ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
-    cap = min(_CANDIDATES, V)
-    cand = torch.empty(B * cap, dtype=torch.float32, device=dev)     # the selects' compacted candidates
+    cap = _buffer_capacity(V, hblock)
+    cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
     fast = _fast_log(logits)
     pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
