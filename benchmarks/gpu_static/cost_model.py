@@ -121,6 +121,9 @@ SAMPLER_CONFIGS = {  # name -> (threshold selects, filtered draw possible)
     "greedy": (0, False), "temp": (0, False), "min_p": (0, True),
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
+#: how many of a config's selects count values (top-k's) rather than weigh their masses (top-p's):
+#: their reads cost the counting rate (``count`` in the instruction counts)
+COUNTING_SELECTS = {"top_k": 1, "topk_topp_minp": 1}
 #: (low, high) reads of the candidate buffer per select (``_buffer_bisect``: a step per key bit from the
 #: highest one where the buffer's smallest and largest keys differ down, at most 32, plus the final read
 #: and the key range's, counted for each select; low: 20, assumed (normal values took 15-22 in a numpy
@@ -181,7 +184,8 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
     only: ``selects x levels x entries / V``, the entries rounded up to whole loop iterations of
     ``select_block`` values; none for a buffer of at most :data:`SORTED_ENTRIES`, whose sort is
-    straight-line code; ``V=None``: a row as long as the buffer); ``select_steps``: how many times the
+    straight-line code; ``V=None``: a row as long as the buffer), ``select_count`` the part of it that
+    counts (top-k's: :data:`COUNTING_SELECTS`); ``select_steps``: how many times the
     selects' step code runs (``selects x levels``, 0 on the sort); ``sorted``: whether the buffer takes
     the sort (else the bisection); ``total``: the row's passes
     (pass 1, compaction, draw)."""
@@ -193,14 +197,26 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
             for b, levels, srt in zip(buffer_entries, select_passes, sorted_)]
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
          "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0),
+         "select_count": tuple(_t(COUNTING_SELECTS.get(config, 0) * r) for r in read),
          "select_steps": tuple(0 if srt else sel * levels for levels, srt in zip(select_passes, sorted_)),
          "sorted": tuple(sorted_)}
     p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
     return p
 
 
-#: the sampler's pass kinds in the instruction count (select: reads of the candidate buffer)
+#: the sampler's pass kinds in the instruction count (select: reads of the candidate buffer, weighing;
+#: count: the counting ones, at their own rate)
 _SAMPLER_KINDS = ("pass1", "compact", "select", "draw")
+
+
+def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float], kinds: Sequence[str] = _SAMPLER_KINDS) -> float:
+    """Thread-instructions per token of a row's passes (side ``k``): each kind's share of the row at its
+    rate, the counting selects' reads at the counting rate (``count``; the select rate when the
+    instruction counts have none)."""
+    n = sum(passes[p][k] * instr.get(p, 0.0) for p in kinds)
+    if "select" in kinds:
+        n += passes["select_count"][k] * (instr.get("count", instr.get("select", 0.0)) - instr.get("select", 0.0))
+    return n
 
 
 def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
@@ -272,7 +288,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     tail = instr.get("tail_warp", 0) if loop_tokens == V else 0
     out["pass1_loop_tokens"] = loop_tokens
     for side, k in (("low", 0), ("high", 1)):
-        thr_per_token = sum(passes[p][k] * instr.get(p, 0.0) for p in _SAMPLER_KINDS)
+        thr_per_token = _thread_instr(passes, k, instr)
         warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
                         + _groups(V) * instr.get("groups", 0.0) / 32 + cta[side] - tail
                         + passes["select_steps"][k] * instr.get("select_step", 0))
@@ -311,7 +327,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
-        thr_merge = sum(passes[p][k] * merge_instr.get(p, 0.0) for p in _SAMPLER_KINDS[1:])
+        thr_merge = _thread_instr(passes, k, merge_instr, _SAMPLER_KINDS[1:])
         warp_row = (V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + cta[side]
                     + passes["select_steps"][k] * merge_instr.get("select_step", 0))
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
@@ -406,7 +422,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
     filtered draw) and the innermost loops of its helpers (the selects' reads: the largest of those
-    in the module's ``select`` role, of every helper without it), with ``select_step`` the warp-instructions
+    in the module's ``select`` role, of every helper without it; ``count``: the largest of the ``count``
+    role's, the counting reads, else the select rate), with ``select_step`` the warp-instructions
     of the largest loop just around one of those (a select step's own code, :func:`_encloses`).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
@@ -420,8 +437,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact")}
                and lp["innermost"]]
+    counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
     if roles.get("select"):  # the module names the select levels' loop: that one, not every helper loop
-        helpers = [lp for lp in helpers if lp["source"]["function"] == roles["select"]]
+        helpers = [lp for lp in helpers if lp["source"]["function"] in (roles["select"], roles.get("count"))]
     if not own:
         raise ValueError(f"no row loop of {kernel_fn} found in the SASS")
     p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
@@ -429,12 +447,14 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     rest = [lp for lp in own if lp not in p1]
     draw = rest[-1] if rest and (not roles or rest[-1]["source"]["function"] == roles.get("draw")) else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
-    candidates = helpers + [lp for lp in rest if lp is not draw and lp["innermost"]]
+    candidates = [lp for lp in helpers if lp not in counting] + [lp for lp in rest if lp is not draw and lp["innermost"]]
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
+    count = max(counting, key=lambda lp: lp["thread_instr_per_token"]) if counting else sel
     # a select step's own code: the loop just around a values' loop (the bisection's step), the largest
     steps = [_step_code(lp, h) for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
+            "count": count["thread_instr_per_token"] if count else 0.0,
             "select_block": sel["tokens_per_iter"] if sel else None,
             "select_step": round(max(steps, default=0) * compiled["num_warps"]),
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
@@ -453,7 +473,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
                                if rs and all(roles.get(r) for r in rs)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
-            + [_loop_row("select", lp) for lp in helpers] + [_loop_row("compact", lp) for lp in compact]
+            + [_loop_row("count" if lp in counting else "select", lp) for lp in helpers]
+            + [_loop_row("compact", lp) for lp in compact]
             + [_loop_row("groups", lp) for lp in scan]}
 
 
@@ -823,7 +844,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     instr = sampler_instr(comp, launches[0].name)
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
-                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS},
+                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS + ("count",)},
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
@@ -840,7 +861,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS}, pass1=ip["pass1"]),
+                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count",)}, pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},

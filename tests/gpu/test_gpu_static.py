@@ -40,6 +40,8 @@ def test_sampler_passes():
     # 50 buffered values: one sort (straight-line code, no select loop); 4096: 2 selects x 8 reads of
     # them, as a share of the row (instructions only)
     assert p["select"] == (0, pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
+    assert p["select_count"] == (0, pytest.approx(8 * 4096 / 151936, rel=1e-3))   # top-k's counts, top-p's weighs
+    assert cm.sampler_passes("top_p", (3, 8), 151936)["select_count"] == (0, 0)
     # more than 256 values take the bisection's reads, the values rounded up to whole loop iterations
     p = cm.sampler_passes("top_k", (3, 8), 151936, buffer_entries=(257, 4000), select_block=512)
     assert p["select"] == (pytest.approx(3 * 512 / 151936, rel=1e-3), pytest.approx(8 * 4096 / 151936, rel=1e-3))
@@ -111,6 +113,13 @@ def test_sampler_bound_waves_and_passes():
     assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2, rel=1e-3)
     assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 4
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1210 / 32 / (4 * 1.755e9), rel=1e-3)
+    # top-k's select counts: its reads at the counting rate; top-k + top-p: one select at each rate
+    r = cm.sampler_bound(264, 1000, 2, "top_k", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
+    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 80
+    r = cm.sampler_bound(264, 1000, 2, "topk_topp_minp", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
+    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 5 * 200 + 80
+    r = cm.sampler_bound(264, 1000, 2, "top_k", instr, ctas_per_sm=2, select_passes=(2, 5))   # no count rate: the select's
+    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
     # and read) are this design's bytes beyond the floor
     r = cm.sampler_bound(10 ** 6, 64, 4, "greedy", {"pass1": 1.0, "select": 0, "draw": 0})
@@ -527,7 +536,7 @@ def test_cost_model_from_results_json(tmp_path):
     b256 = next(r for r in c["sampler"] if r["B"] == 256)
     # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
     assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
-    assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "draw": 80.0}
+    assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "draw": 80.0}
     assert b1["instr_per_group"] == 25.0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
     assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
@@ -666,6 +675,12 @@ def test_select_step_code_counts_per_step():
     compiled = {"loops": [p1, wide, step, values, other], "num_warps": 8, "sass_instructions": 1000}
     instr = cm.sampler_instr(compiled, "_sample_kernel")
     assert instr["select"] == 20.0                    # the values' loops: the largest per value
+    assert instr["count"] == 20.0                     # no counting loop: the select's rate
+    # a counting read (the module's ``count`` role) has its own rate, and is not the select's
+    counting = dict(values, head="0x0600", start="0x0600", end="0x0680", parent=None, thread_instr_per_token=50.0,
+                    source=dict(values["source"], function="_buffer_count"))
+    ci = cm.sampler_instr(dict(compiled, loops=compiled["loops"] + [counting]), "_sample_kernel")
+    assert ci["count"] == 50.0 and ci["select"] == 20.0
     # the step's own code: not the values' loop in it, nor that loop's unrolled remainder (6 loads at 2 per
     # source iteration: 3 iterations of 100 / 4 instructions)
     assert instr["select_step"] == (160 - 3 * 25) * 8

@@ -88,13 +88,14 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: below it a row is greedy (params.MIN_SAMPLING_TEMPERATURE: the greedy rule, with ``max(x) / T`` overflowing)
 MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a select step's read of the candidate buffer (a bisection step), the filtered draw pass, the scan over the
+#: pass 1, a select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one
+#: counting them, top-k's), the filtered draw pass, the scan over the
 #: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
 #: last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter), ``thresholds``
 #: (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands), ``rescore``
 #: (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one sort /
 #: of more)
-COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "draw": "_filtered_groups",
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "draw": "_filtered_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
@@ -214,6 +215,17 @@ def _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, HBLOCK: tl.constexpr):
 
 
 @triton.jit
+def _buffer_count(kbuf, nbuf, t, HBLOCK: tl.constexpr):
+    """One counting read of the buffered keys (top-k's steps): how many are ``>= t`` (``t >= 1``),
+    unmasked over whole ``HBLOCK`` tiles (:func:`_buffer_keys` padded them with key 0)."""
+    offs0 = tl.arange(0, HBLOCK)
+    cnt = tl.zeros([HBLOCK], tl.int32)
+    for start in range(0, nbuf, HBLOCK):
+        cnt += (tl.load(kbuf + start + offs0) >= t).to(tl.int32)
+    return tl.sum(cnt, 0)
+
+
+@triton.jit
 def _buffer_scan(kbuf, w_ptr, nbuf, t, HBLOCK: tl.constexpr):
     """One read of the buffered keys (and, where the caller uses it, their masses), unmasked over
     whole ``HBLOCK`` tiles (:func:`_buffer_keys` padded them): the count and the mass of the values
@@ -258,10 +270,11 @@ def _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, target, BY_MASS: tl.constexpr, HBL
         go = go & (n_t.to(tl.float32) != target)
     while go:
         c = t | bit             # >= 1: bit > 0
-        n, m, _kmin = _buffer_scan(kbuf, w_ptr, nbuf, c, HBLOCK)
-        w = n.to(tl.float32)
         if BY_MASS:
-            w = m
+            n, w, _kmin = _buffer_scan(kbuf, w_ptr, nbuf, c, HBLOCK)
+        else:
+            n = _buffer_count(kbuf, nbuf, c, HBLOCK)
+            w = n.to(tl.float32)
         ok = (w >= target) & (w > 0.0)
         t = tl.where(ok, c, t)
         n_t = tl.where(ok, n, n_t)
