@@ -219,9 +219,15 @@ def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float], kinds
     return n
 
 
+#: bytes a select's read takes per buffered value: a key (counting), a key and a mass (weighing)
+BUFFER_VALUE_BYTES = {"count": 4, "weigh": 8}
+
+
 def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
     floor = B * V * itemsize + 12 * B
-    buf = {side: passes["select"][k] * B * V * 4 for side, k in (("low", 0), ("high", 1))}
+    buf = {side: (passes["select_count"][k] * BUFFER_VALUE_BYTES["count"]
+                  + (passes["select"][k] - passes["select_count"][k]) * BUFFER_VALUE_BYTES["weigh"]) * B * V
+           for side, k in (("low", 0), ("high", 1))}
     out = {"B": B, "V": V, "itemsize": itemsize, "config": config, "bytes_floor": floor,
            "full_row_passes": list(passes["total"]), "rows_in_flight": rows_in_flight,
            "l2_working_set_bytes": rows_in_flight * V * itemsize, "select_buffer_bytes": buf}

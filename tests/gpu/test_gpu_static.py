@@ -104,18 +104,19 @@ def test_sampler_bound_waves_and_passes():
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
     assert r["full_row_passes"] == [1.256, 3]           # 1 + compaction + 0..1 draw, over 1 group .. all
-    # the select: 50 buffered values sorted (straight-line code), 1000 read 5 times (4 B each):
-    # 0..5 rows' worth of values
-    assert r["select_buffer_bytes"] == {"low": 0, "high": 5 * 264 * 1000 * 4}
+    # the select: 50 buffered values sorted (straight-line code), 1000 read 5 times (top-p weighs: a
+    # key and a mass, 8 B each): 0..5 rows' worth of values
+    assert r["select_buffer_bytes"] == {"low": 0, "high": 5 * 264 * 1000 * 8}
     lo, hi = r["low"], r["high"]
     assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.256 * 30, rel=1e-3)
     assert hi["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
     assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2, rel=1e-3)
-    assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 4
+    assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 8
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1210 / 32 / (4 * 1.755e9), rel=1e-3)
     # top-k's select counts: its reads at the counting rate; top-k + top-p: one select at each rate
     r = cm.sampler_bound(264, 1000, 2, "top_k", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
     assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 80
+    assert r["select_buffer_bytes"]["high"] == 5 * 264 * 1000 * 4                    # counting: keys only
     r = cm.sampler_bound(264, 1000, 2, "topk_topp_minp", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
     assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 5 * 200 + 80
     r = cm.sampler_bound(264, 1000, 2, "top_k", instr, ctas_per_sm=2, select_passes=(2, 5))   # no count rate: the select's
@@ -272,7 +273,8 @@ def test_split_row_bound_b1_hand_case():
     assert lo["l2_to_sm_bytes"] == 32000 * 4
     # the filters run in the merge kernel on one SM: the compaction and the draw over the candidate groups
     # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then the thresholds: 50 buffered values sorted
-    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 reads (2.048 rows' worth)
+    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 reads (2.048 rows' worth: top-k's
+    # 1.024 counting, 4 B a value, top-p's 1.024 weighing, 8 B)
     f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 8))
     assert f["full_row_passes"] == [pytest.approx(1.4), pytest.approx(1.8)]
     thr_hi = 0.4 * 40 + 2.048 * 218.5 + 0.4 * 98.25
@@ -282,7 +284,7 @@ def test_split_row_bound_b1_hand_case():
     assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)
     assert f["low"]["t_bound_s"] == pytest.approx(t_partial + t_m_lo, rel=1e-3)
     assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(thr_hi, rel=1e-3)
-    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + 2.048 * 32000 * 4)
+    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + 1.024 * 32000 * (4 + 8))
 
 
 def test_split_row_bound_b32_waves():

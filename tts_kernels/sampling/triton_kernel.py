@@ -112,7 +112,7 @@ _DRAW_BYTES = 8192
 #: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
 #: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
 _SLICE_TOKENS = 2048
-#: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row): the values of the
+#: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, and 16 KB for their masses, ``_buffer_keys``): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
 #: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
 _CANDIDATES = 4096
