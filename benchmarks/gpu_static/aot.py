@@ -627,20 +627,28 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     adds = [(ins, parse(ins)) for ins in body if _base(ins.op) in _ADD_OPS]
     adds = [(ins, a) for ins, a in adds if a]
     self_regs = {a[0]: a[2][0] for ins, a in adds if ins.line == line and a[1] == [a[0]]}
-    # start + lane: an IMAD whose addend is a self register, or a register-only add of one
+    # start + lane: an IMAD or a LEA whose addend is a self register (``IMAD R23, R3, 0x2, R24``,
+    # ``LEA R23, R3, R24, 0x1``), or a register-only add of one (``IADD3 R15, R2, R29, RZ``,
+    # ``IMAD.IADD R15, R2, 0x1, R29``)
     lanes = set()
     for ins in body:
         text = ins.text.strip()
-        if text.startswith("@") or " " not in text or _base(ins.op) not in ("IMAD", "IADD3", "IADD"):
+        if text.startswith("@") or " " not in text or _base(ins.op) not in ("IMAD", "IADD3", "IADD", "LEA"):
             continue
         ops = [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
+        if any(re.fullmatch(r"!?U?P\d+", o) for o in ops[1:]):   # a carry (not PT): half of a 64-bit add
+            continue
         srcs = [o for o in ops[1:] if o not in ("RZ", "PT")]
+        if ins.op == "IMAD.IADD" and len(ops) == 4 and ops[2] == "0x1":
+            srcs = [ops[1], ops[3]]
         if ins.op == "IMAD" and len(ops) == 4 and ops[3] in self_regs:
+            lanes.add(ops[0])
+        elif ins.op == "LEA" and len(ops) == 4 and ops[2] in self_regs and _IMM_RE.match(ops[3]):
             lanes.add(ops[0])
         elif ins.op in ("IMAD.IADD", "IADD3", "IADD") and all(re.fullmatch(r"R\d+", o) for o in srcs) \
                 and any(o in self_regs for o in srcs):
             lanes.add(ops[0])
-    bases = set(self_regs) | (lanes - set(self_regs))
+    bases = set(self_regs) | lanes
     offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in bases for r in a[1])})
     return {"self": sorted(set(self_regs.values())), "offset": offsets}
 
@@ -667,6 +675,15 @@ def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int], loa
                 and (loads is None or loads % u == 0)):
             best = max(best, u)
     return best
+
+
+def loop_unroll(lp: Dict[str, Any], step: Optional[int]) -> int:
+    """:func:`unroll_factor` of a SASS loop (``induction_adds``, ``ldg``) whose source loop steps by
+    ``step``; 1 for a loop that holds another: LLVM unrolls innermost loops, and a loop around one holds
+    the unrolled loop's remainder, whose copies' adds would read as an unrolled body."""
+    if not lp.get("innermost"):
+        return 1
+    return unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"))
 
 
 def _eval_step(step: str, consts: Dict[str, Any]) -> Optional[int]:
@@ -753,9 +770,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
         src_step = lp["source"]["step"] if lp["source"] else ""
         step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
-        # LLVM unrolls innermost loops: a loop around one holds the unrolled loop's remainder, whose
-        # copies' adds would read as an unrolled body
-        lp["unroll"] = unroll_factor(lp.get("induction_adds"), step, lp.get("ldg")) if lp.get("innermost") else 1
+        lp["unroll"] = loop_unroll(lp, step)
         step = step * lp["unroll"] if step else step
         lp["tokens_per_iter"] = step
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps

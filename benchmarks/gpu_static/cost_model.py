@@ -122,12 +122,13 @@ SAMPLER_CONFIGS = {  # name -> (threshold selects, filtered draw possible)
     "top_k": (1, True), "top_p": (1, True), "topk_topp_minp": (2, True),
 }
 #: how many of a config's selects count values (top-k's) rather than weigh their masses (top-p's):
-#: their reads cost the counting rate (``count`` in the instruction counts)
+#: their steps' reads cost the counting rate (``count`` in the instruction counts)
 COUNTING_SELECTS = {"top_k": 1, "topk_topp_minp": 1}
 #: (low, high) reads of the candidate buffer per select (``_buffer_bisect``: a step per key bit from the
-#: highest one where the buffer's smallest and largest keys differ down, at most 32, plus the final read
-#: and the key range's, counted for each select; low: 20, assumed (normal values took 15-22 in a numpy
-#: emulation); the benchmark rows' low side takes the sort and never uses it)
+#: highest one where the buffer's smallest and largest keys differ down, at most 32, plus the final read,
+#: which weighs, and the key range's, ``_buffer_keys``, one per row whatever the selects; low: 20,
+#: assumed (normal values took 15-22 in a numpy emulation); the benchmark rows' low side takes the sort
+#: and never uses it)
 SELECT_PASSES = (20, 34)
 #: k of the benchmark configs with top-k (bounds the candidate groups: candidate_fraction)
 CANDIDATE_TOP_K = 50
@@ -182,51 +183,61 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
     the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
     ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
-    only: ``selects x levels x entries / V``, the entries rounded up to whole loop iterations of
-    ``select_block`` values; none for a buffer of at most :data:`SORTED_ENTRIES`, whose sort is
-    straight-line code; ``V=None``: a row as long as the buffer), ``select_count`` the part of it that
-    counts (top-k's: :data:`COUNTING_SELECTS`); ``select_steps``: how many times the
-    selects' step code runs (``selects x levels``, 0 on the sort); ``sorted``: whether the buffer takes
+    only: ``(selects x (levels - 1) + 1) x entries / V``, the key range's read shared, the entries
+    rounded up to whole loop iterations of ``select_block`` values; none for a buffer of at most
+    :data:`SORTED_ENTRIES`, whose sort is straight-line code; ``V=None``: a row as long as the buffer),
+    of which ``select_keys`` the key range's read (keys and masses written) and ``select_count`` the
+    counting steps (top-k's, :data:`COUNTING_SELECTS`: ``levels - 2`` each; the rest weigh);
+    ``select_steps``: how many times the selects' step code runs (``selects x (levels - 2)``, 0 on
+    the sort); ``sorted``: whether the buffer takes
     the sort (else the bisection); ``total``: the row's passes
     (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
     n = V or buffer_entries[1]
     sorted_ = [min(b, n) <= SORTED_ENTRIES for b in buffer_entries]
-    read = [0.0 if srt else levels * -(-min(b, n) // select_block) * select_block / n
-            for b, levels, srt in zip(buffer_entries, select_passes, sorted_)]
+    unit = [0.0 if srt or not sel else -(-min(b, n) // select_block) * select_block / n
+            for b, srt in zip(buffer_entries, sorted_)]   # one read of the buffer, as a share of the row
+    counting = COUNTING_SELECTS.get(config, 0)
     p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
-         "select": (_t(sel * read[0]), _t(sel * read[1])), "draw": (0, _t(fhi) if draw else 0),
-         "select_count": tuple(_t(COUNTING_SELECTS.get(config, 0) * r) for r in read),
-         "select_steps": tuple(0 if srt else sel * levels for levels, srt in zip(select_passes, sorted_)),
+         "select": tuple(_t((sel * (levels - 1) + 1) * u) for u, levels in zip(unit, select_passes)),
+         "select_keys": tuple(_t(u) for u in unit),
+         "select_count": tuple(_t(counting * (levels - 2) * u) for u, levels in zip(unit, select_passes)),
+         "draw": (0, _t(fhi) if draw else 0),
+         "select_steps": tuple(0 if srt else sel * (levels - 2) for levels, srt in zip(select_passes, sorted_)),
          "sorted": tuple(sorted_)}
     p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
     return p
 
 
 #: the sampler's pass kinds in the instruction count (select: reads of the candidate buffer, weighing;
-#: count: the counting ones, at their own rate)
+#: of them, count: the counting steps, and keys: the key range's read, at their own rates)
 _SAMPLER_KINDS = ("pass1", "compact", "select", "draw")
 
 
 def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float], kinds: Sequence[str] = _SAMPLER_KINDS) -> float:
     """Thread-instructions per token of a row's passes (side ``k``): each kind's share of the row at its
-    rate, the counting selects' reads at the counting rate (``count``; the select rate when the
-    instruction counts have none)."""
+    rate, the selects' counting steps at the counting rate and their key range's read at its own
+    (``count``, ``keys``; the select rate when the instruction counts have none)."""
     n = sum(passes[p][k] * instr.get(p, 0.0) for p in kinds)
     if "select" in kinds:
-        n += passes["select_count"][k] * (instr.get("count", instr.get("select", 0.0)) - instr.get("select", 0.0))
+        sel = instr.get("select", 0.0)
+        n += passes["select_count"][k] * (instr.get("count", sel) - sel)
+        n += passes["select_keys"][k] * (instr.get("keys", sel) - sel)
     return n
 
 
-#: bytes a select's read takes per buffered value: a key (counting), a key and a mass (weighing)
-BUFFER_VALUE_BYTES = {"count": 4, "weigh": 8}
+#: bytes into the SMs per buffered value and read: a key (counting), a key and a mass (weighing), the
+#: value (the key range's read, which writes a key and a mass back)
+BUFFER_VALUE_BYTES = {"count": 4, "weigh": 8, "keys": 4}
 
 
 def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
     floor = B * V * itemsize + 12 * B
     buf = {side: (passes["select_count"][k] * BUFFER_VALUE_BYTES["count"]
-                  + (passes["select"][k] - passes["select_count"][k]) * BUFFER_VALUE_BYTES["weigh"]) * B * V
+                  + passes["select_keys"][k] * BUFFER_VALUE_BYTES["keys"]
+                  + (passes["select"][k] - passes["select_count"][k] - passes["select_keys"][k])
+                  * BUFFER_VALUE_BYTES["weigh"]) * B * V
            for side, k in (("low", 0), ("high", 1))}
     out = {"B": B, "V": V, "itemsize": itemsize, "config": config, "bytes_floor": floor,
            "full_row_passes": list(passes["total"]), "rows_in_flight": rows_in_flight,
@@ -429,7 +440,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
     filtered draw) and the innermost loops of its helpers (the selects' reads: the largest of those
     in the module's ``select`` role, of every helper without it; ``count``: the largest of the ``count``
-    role's, the counting reads, else the select rate), with ``select_step`` the warp-instructions
+    role's, the counting reads, else the select rate; ``keys``: the ``keys`` role's, the key range's
+    read), with ``select_step`` the warp-instructions
     of the largest loop just around one of those (a select step's own code, :func:`_encloses`).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
@@ -444,6 +456,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact")}
                and lp["innermost"]]
     counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
+    keys = [lp for lp in helpers if roles.get("keys") and lp["source"]["function"] == roles["keys"]]
     if roles.get("select"):  # the module names the select levels' loop: that one, not every helper loop
         helpers = [lp for lp in helpers if lp["source"]["function"] in (roles["select"], roles.get("count"))]
     if not own:
@@ -456,11 +469,13 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     candidates = [lp for lp in helpers if lp not in counting] + [lp for lp in rest if lp is not draw and lp["innermost"]]
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
     count = max(counting, key=lambda lp: lp["thread_instr_per_token"]) if counting else sel
+    key_read = max(keys, key=lambda lp: lp["thread_instr_per_token"]) if keys else sel
     # a select step's own code: the loop just around a values' loop (the bisection's step), the largest
     steps = [_step_code(lp, h) for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
             "select": sel["thread_instr_per_token"] if sel else 0.0, "select_found": sel is not None,
             "count": count["thread_instr_per_token"] if count else 0.0,
+            "keys": key_read["thread_instr_per_token"] if key_read else 0.0,
             "select_block": sel["tokens_per_iter"] if sel else None,
             "select_step": round(max(steps, default=0) * compiled["num_warps"]),
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
@@ -480,6 +495,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],
             "loops": [_loop_row("pass1" if lp in p1 else ("draw" if lp is draw else "row loop"), lp) for lp in own]
             + [_loop_row("count" if lp in counting else "select", lp) for lp in helpers]
+            + [_loop_row("keys", lp) for lp in keys]
             + [_loop_row("compact", lp) for lp in compact]
             + [_loop_row("groups", lp) for lp in scan]}
 
@@ -850,7 +866,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     instr = sampler_instr(comp, launches[0].name)
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
-                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS + ("count",)},
+                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS + ("count", "keys")},
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
@@ -867,7 +883,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count",)}, pass1=ip["pass1"]),
+                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count", "keys")}, pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},

@@ -38,10 +38,14 @@ def test_sampler_passes():
     lo, hi = p["total"]
     assert lo == pytest.approx(1 + f, rel=1e-3) and hi == pytest.approx(1 + 2 * f, rel=1e-3)
     # 50 buffered values: one sort (straight-line code, no select loop); 4096: 2 selects x 8 reads of
-    # them, as a share of the row (instructions only)
-    assert p["select"] == (0, pytest.approx(2 * 8 * 4096 / 151936, rel=1e-3))
-    assert p["select_count"] == (0, pytest.approx(8 * 4096 / 151936, rel=1e-3))   # top-k's counts, top-p's weighs
+    # them, their key range's read shared (2 x 7 + 1), as a share of the row (instructions only): the
+    # key range's read, top-k's 6 counting steps, the rest (its final read, top-p's 7) weigh
+    u = 4096 / 151936
+    assert p["select"] == (0, pytest.approx(15 * u, rel=1e-3))
+    assert p["select_keys"] == (0, pytest.approx(u, rel=1e-3))
+    assert p["select_count"] == (0, pytest.approx(6 * u, rel=1e-3))
     assert cm.sampler_passes("top_p", (3, 8), 151936)["select_count"] == (0, 0)
+    assert cm.sampler_passes("top_p", (3, 8), 151936)["select"] == (0, pytest.approx(8 * u, rel=1e-3))
     # more than 256 values take the bisection's reads, the values rounded up to whole loop iterations
     p = cm.sampler_passes("top_k", (3, 8), 151936, buffer_entries=(257, 4000), select_block=512)
     assert p["select"] == (pytest.approx(3 * 512 / 151936, rel=1e-3), pytest.approx(8 * 4096 / 151936, rel=1e-3))
@@ -104,21 +108,23 @@ def test_sampler_bound_waves_and_passes():
     assert r["rows_on_busiest_sm"] == 2                 # 264 rows over 132 SMs
     assert r["rows_in_flight"] == 264 and r["l2_working_set_bytes"] == 264 * 1000 * 2
     assert r["full_row_passes"] == [1.256, 3]           # 1 + compaction + 0..1 draw, over 1 group .. all
-    # the select: 50 buffered values sorted (straight-line code), 1000 read 5 times (top-p weighs: a
-    # key and a mass, 8 B each): 0..5 rows' worth of values
-    assert r["select_buffer_bytes"] == {"low": 0, "high": 5 * 264 * 1000 * 8}
+    # the select: 50 buffered values sorted (straight-line code), 1000 read 5 times: the key range's
+    # read (the values, 4 B each), then 4 weighing reads (top-p: a key and a mass, 8 B each)
+    assert r["select_buffer_bytes"] == {"low": 0, "high": (4 + 4 * 8) * 264 * 1000}
     lo, hi = r["low"], r["high"]
     assert lo["thread_instr_per_token"] == pytest.approx(100 + 0.256 * 30, rel=1e-3)
     assert hi["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
     assert lo["l2_to_sm_bytes"] == pytest.approx(1.256 * 264 * 1000 * 2, rel=1e-3)
-    assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + 5 * 264 * 1000 * 8
+    assert hi["l2_to_sm_bytes"] == 3 * 264 * 1000 * 2 + (4 + 4 * 8) * 264 * 1000
     assert hi["t_issue_s"] == pytest.approx(2 * 1000 * 1210 / 32 / (4 * 1.755e9), rel=1e-3)
-    # top-k's select counts: its reads at the counting rate; top-k + top-p: one select at each rate
-    r = cm.sampler_bound(264, 1000, 2, "top_k", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
-    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 80
-    assert r["select_buffer_bytes"]["high"] == 5 * 264 * 1000 * 4                    # counting: keys only
-    r = cm.sampler_bound(264, 1000, 2, "topk_topp_minp", dict(instr, count=50.0), ctas_per_sm=2, select_passes=(2, 5))
-    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 50 + 5 * 200 + 80
+    # top-k's select counts: its 3 steps at the counting rate, its final read weighs, the key range's read
+    # at its own rate; top-k + top-p: 9 reads, the key range's shared
+    rates = dict(instr, count=50.0, keys=70.0)
+    r = cm.sampler_bound(264, 1000, 2, "top_k", rates, ctas_per_sm=2, select_passes=(2, 5))
+    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 70 + 3 * 50 + 200 + 80
+    assert r["select_buffer_bytes"]["high"] == (4 + 3 * 4 + 8) * 264 * 1000            # counting: keys only
+    r = cm.sampler_bound(264, 1000, 2, "topk_topp_minp", rates, ctas_per_sm=2, select_passes=(2, 5))
+    assert r["high"]["thread_instr_per_token"] == 100 + 30 + 70 + 3 * 50 + 5 * 200 + 80
     r = cm.sampler_bound(264, 1000, 2, "top_k", instr, ctas_per_sm=2, select_passes=(2, 5))   # no count rate: the select's
     assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
@@ -273,18 +279,19 @@ def test_split_row_bound_b1_hand_case():
     assert lo["l2_to_sm_bytes"] == 32000 * 4
     # the filters run in the merge kernel on one SM: the compaction and the draw over the candidate groups
     # (with top-k = 50, 50 x 256 / 32000 = 0.4 of the row), then the thresholds: 50 buffered values sorted
-    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 reads (2.048 rows' worth: top-k's
-    # 1.024 counting, 4 B a value, top-p's 1.024 weighing, 8 B)
+    # (straight-line code, in cta_warp), 4096 read by 2 selects x 8 reads, the key range's shared: 15
+    # reads, 1.92 rows' worth (the key range's 0.128, 4 B a value; top-k's 6 counting steps 0.768, 4 B;
+    # top-k's final read and top-p's 7, 1.024, weighing, 8 B; one rate here for all)
     f = cm.split_row_bound(1, 32000, 4, "topk_topp_minp", 16, 2048, pi, mi, select_passes=(3, 8))
     assert f["full_row_passes"] == [pytest.approx(1.4), pytest.approx(1.8)]
-    thr_hi = 0.4 * 40 + 2.048 * 218.5 + 0.4 * 98.25
+    thr_hi = 0.4 * 40 + 1.92 * 218.5 + 0.4 * 98.25
     thr_lo = 0.4 * 40
     t_m_hi = (32000 * thr_hi / 32 + 3720) / RATE
     t_m_lo = (32000 * thr_lo / 32 + 3720) / RATE
     assert f["high"]["t_bound_s"] == pytest.approx(t_partial + t_m_hi, rel=1e-3)
     assert f["low"]["t_bound_s"] == pytest.approx(t_partial + t_m_lo, rel=1e-3)
     assert f["high"]["merge_thread_instr_per_token"] == pytest.approx(thr_hi, rel=1e-3)
-    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + 1.024 * 32000 * (4 + 8))
+    assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + (0.128 * 4 + 0.768 * 4 + 1.024 * 8) * 32000)
 
 
 def test_split_row_bound_b32_waves():
@@ -538,7 +545,8 @@ def test_cost_model_from_results_json(tmp_path):
     b256 = next(r for r in c["sampler"] if r["B"] == 256)
     # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
     assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
-    assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "draw": 80.0}
+    assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "keys": 200.0,
+                                     "draw": 80.0}
     assert b1["instr_per_group"] == 25.0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
     assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
@@ -655,6 +663,18 @@ def test_unroll_factor_from_the_induction_adds():
                                     ("IMAD R17, R29, 0x4, R2", 224), ("VIADD R18, R17, 0x400", 224),
                                     ("VIADD R29, R29, 0x800", 224)]), 224)
     assert regs == {"self": [0x800], "offset": [0x200]}
+    # the same lane bases as IMAD.IADD (SASS prints its multiplier 0x1) and LEA (a shifted lane plus start);
+    # a LEA carrying into a high half is a pointer's, not a lane base
+    more = aot.induction_adds(body([("IMAD.IADD R15, R2, 0x1, R29", 224), ("VIADD R16, R15, 0x200", 224),
+                                    ("LEA R17, R3, R29, 0x1", 224), ("VIADD R18, R17, 0x400", 224),
+                                    ("LEA R19, P0, R3, R29, 0x2", 224), ("VIADD R20, R19, 0x600", 224),
+                                    ("IADD3 R21, PT, PT, R4, R29, RZ", 224), ("VIADD R22, R21, 0xa00", 224),
+                                    ("VIADD R29, R29, 0x800", 224)]), 224)
+    assert more == {"self": [0x800], "offset": [0x200, 0x400, 0xa00]}
+    # only an innermost loop gets a factor: a loop around one holds its remainder's copies
+    lp = {"innermost": True, "induction_adds": lane, "ldg": 8}
+    assert aot.loop_unroll(lp, 512) == 4 and aot.loop_unroll(dict(lp, innermost=False), 512) == 1
+    assert aot.loop_unroll(lp, None) == 1
 
 
 def test_select_step_code_counts_per_step():
@@ -683,6 +703,11 @@ def test_select_step_code_counts_per_step():
                     source=dict(values["source"], function="_buffer_count"))
     ci = cm.sampler_instr(dict(compiled, loops=compiled["loops"] + [counting]), "_sample_kernel")
     assert ci["count"] == 50.0 and ci["select"] == 20.0
+    # so has the key range's read (the ``keys`` role), the select rate without one
+    keys = dict(counting, head="0x0700", start="0x0700", end="0x0780", thread_instr_per_token=30.0,
+                source=dict(values["source"], function="_buffer_keys"))
+    ki = cm.sampler_instr(dict(compiled, loops=compiled["loops"] + [counting, keys]), "_sample_kernel")
+    assert (ki["keys"], ki["count"], ki["select"]) == (30.0, 50.0, 20.0) and ci["keys"] == 20.0
     # the step's own code: not the values' loop in it, nor that loop's unrolled remainder (6 loads at 2 per
     # source iteration: 3 iterations of 100 / 4 instructions)
     assert instr["select_step"] == (160 - 3 * 25) * 8
@@ -691,9 +716,9 @@ def test_select_step_code_counts_per_step():
     base = {"pass1": 10.0, "compact": 30.0, "select": 20.0, "draw": 80.0}
     a = cm.sampler_bound(132, 151936, 2, "topk_topp_minp", base, select_passes=(3, 8))
     b = cm.sampler_bound(132, 151936, 2, "topk_topp_minp", dict(base, select_step=1280), select_passes=(3, 8))
-    assert cm.sampler_passes("topk_topp_minp", (3, 8), 151936)["select_steps"] == (0, 16)
+    assert cm.sampler_passes("topk_topp_minp", (3, 8), 151936)["select_steps"] == (0, 12)   # 2 x (8 - 2)
     assert b["low"]["t_issue_s"] == a["low"]["t_issue_s"]                  # 50 values: the sort
-    assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 16 * 1280 / RATE, rel=1e-3)
+    assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 12 * 1280 / RATE, rel=1e-3)
 
 
 def test_sass_loop_shortest_iteration():

@@ -680,7 +680,8 @@ def test_buffer_bisection():
         keys = after[i, :CAP].view(torch.int32).long() & 0xFFFFFFFF
         assert torch.equal(keys[:m], _keys(z)) and (keys[m:mp] == 0).all()
         assert after[i, mp:CAP].isnan().all() and after[i, CAP + mp:].isnan().all()
-        torch.testing.assert_close(after[i, CAP:CAP + m], torch.exp(z - zmax[i]), rtol=2e-6, atol=1e-30)
+        # (on a GPU tl.exp is ex2.approx of a rounded product: up to ~5e-6 relative near |z - zmax| = 88)
+        torch.testing.assert_close(after[i, CAP:CAP + m], torch.exp(z - zmax[i]), rtol=1e-5, atol=1e-30)
         assert (after[i, CAP + m:CAP + mp] == 0).all()
         assert int(out[i]) in set(_keys(z).tolist()), i                 # an exact key of the buffer
         if f != 1.0:

@@ -35,7 +35,7 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
   keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``;
   one read first rewrites the values as their keys and writes their masses beside them, padded to
-  whole tiles, ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.38
+  whole tiles, ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25
   SASS thread-instructions per value and step counting, 9.12 weighing masses, instead of 12.75 and
   22.5 when each read recomputed key and mass, and 287 per value and level for the radix levels of
   4-bit digits before them; 33 reads per select at worst; bf16, sm_90, Triton 3.9). A row with more candidates than the buffer
@@ -89,13 +89,14 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
 #: pass 1, a select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one
-#: counting them, top-k's), the filtered draw pass, the scan over the
+#: counting them, top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass, the scan over the
 #: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
 #: last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter), ``thresholds``
 #: (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands), ``rescore``
 #: (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one sort /
 #: of more)
-COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "draw": "_filtered_groups",
+COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
+                    "draw": "_filtered_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
@@ -252,8 +253,8 @@ def _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, target, BY_MASS: tl.constexpr, HBL
     ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass) and more
     than 0, taken as the smallest buffered key at or above it; and the mass of the values it keeps.
     ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key: a bisection over
-    the bits from the highest one where they differ down, one read of the buffer
-    (:func:`_buffer_scan`) per bit, which stops once ``[t, t + 2 bit)`` holds one value or, counting,
+    the bits from the highest one where they differ down, one read of the buffer per bit
+    (:func:`_buffer_count` counting, :func:`_buffer_scan` weighing), which stops once ``[t, t + 2 bit)`` holds one value or, counting,
     once the values at or above ``t`` are exactly ``target``; then one read for the smallest key.
     When no ``t`` reaches the target (mass rounding), every value is kept (the smallest key)."""
     d = lo ^ hi
@@ -1030,7 +1031,9 @@ _NO_SPECIALIZE = ["num_wait", "num_end", "num_forced"]
 def _buffer_capacity(V: int, hblock: int) -> int:
     """Values a row's candidate buffer holds: ``_CANDIDATES`` (or V, if fewer) rounded up to whole
     ``hblock`` tiles, so that the bisection's padded reads stay inside it; a multiple of 16."""
-    return triton.cdiv(min(_CANDIDATES, V), hblock) * hblock
+    cap = triton.cdiv(min(_CANDIDATES, V), hblock) * hblock
+    assert cap % hblock == 0 and cap % 16 == 0, (V, hblock, cap)   # the unmasked reads rely on it
+    return cap
 
 
 @triton.jit
