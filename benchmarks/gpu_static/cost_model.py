@@ -215,7 +215,8 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
 _SAMPLER_KINDS = ("pass1", "compact", "select", "draw")
 
 
-def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float], kinds: Sequence[str] = _SAMPLER_KINDS) -> float:
+def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float],
+                  kinds: Sequence[str] = _SAMPLER_KINDS) -> float:
     """Thread-instructions per token of a row's passes (side ``k``): each kind's share of the row at its
     rate, the selects' counting steps at the counting rate and their key range's read at its own
     (``count``, ``keys``; the select rate when the instruction counts have none)."""
@@ -466,7 +467,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     rest = [lp for lp in own if lp not in p1]
     draw = rest[-1] if rest and (not roles or rest[-1]["source"]["function"] == roles.get("draw")) else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
-    candidates = [lp for lp in helpers if lp not in counting] + [lp for lp in rest if lp is not draw and lp["innermost"]]
+    candidates = ([lp for lp in helpers if lp not in counting]
+                  + [lp for lp in rest if lp is not draw and lp["innermost"]])
     sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
     count = max(counting, key=lambda lp: lp["thread_instr_per_token"]) if counting else sel
     key_read = max(keys, key=lambda lp: lp["thread_instr_per_token"]) if keys else sel
@@ -883,7 +885,8 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count", "keys")}, pass1=ip["pass1"]),
+                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count", "keys")},
+                                                      pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},

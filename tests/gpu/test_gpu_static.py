@@ -125,7 +125,8 @@ def test_sampler_bound_waves_and_passes():
     assert r["select_buffer_bytes"]["high"] == (4 + 3 * 4 + 8) * 264 * 1000            # counting: keys only
     r = cm.sampler_bound(264, 1000, 2, "topk_topp_minp", rates, ctas_per_sm=2, select_passes=(2, 5))
     assert r["high"]["thread_instr_per_token"] == 100 + 30 + 70 + 3 * 50 + 5 * 200 + 80
-    r = cm.sampler_bound(264, 1000, 2, "top_k", instr, ctas_per_sm=2, select_passes=(2, 5))   # no count rate: the select's
+    # no count or keys rate: the select's
+    r = cm.sampler_bound(264, 1000, 2, "top_k", instr, ctas_per_sm=2, select_passes=(2, 5))
     assert r["high"]["thread_instr_per_token"] == 100 + 30 + 5 * 200 + 80
     # a huge batch of a tiny row is bandwidth bound; the group stats (12 B per group of 256, written
     # and read) are this design's bytes beyond the floor

@@ -33,14 +33,14 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   ties kept; top-p: by mass against ``top_p * mass(top-k set)``) come from the buffer, not the row:
   up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
   and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
-  keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``;
-  one read first rewrites the values as their keys and writes their masses beside them, padded to
-  whole tiles, ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25
-  SASS thread-instructions per value and step counting, 9.12 weighing masses, instead of 12.75 and
-  22.5 when each read recomputed key and mass, and 287 per value and level for the radix levels of
-  4-bit digits before them; 33 reads per select at worst; bf16, sm_90, Triton 3.9). A row with more candidates than the buffer
-  holds reads its candidate groups per radix level (``_radix_select``, ``_row_hist``), and skips the
-  compaction when it has no bound and is longer than the buffer.
+  keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``; one read
+  first rewrites the values as their keys and writes their masses beside them, padded to whole tiles,
+  ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25 SASS thread-instructions
+  per value and step counting, 9.12 weighing masses, instead of 12.75 and 22.5 when each read recomputed key and
+  mass, and 287 per value and level for the radix levels of 4-bit digits before them; 33 reads per select at worst;
+  bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds reads its candidate groups per radix
+  level (``_radix_select``, ``_row_hist``), and skips the compaction when it has no bound and is longer than the
+  buffer.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
@@ -88,13 +88,13 @@ GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: below it a row is greedy (params.MIN_SAMPLING_TEMPERATURE: the greedy rule, with ``max(x) / T`` overflowing)
 MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one
-#: counting them, top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass, the scan over the
-#: group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's partial
-#: last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter), ``thresholds``
-#: (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands), ``rescore``
-#: (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one sort /
-#: of more)
+#: pass 1, a select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting
+#: them, top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass, the scan
+#: over the group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's
+#: partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter),
+#: ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands),
+#: ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one
+#: sort / of more)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
                     "draw": "_filtered_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
@@ -113,7 +113,7 @@ _DRAW_BYTES = 8192
 #: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
 #: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
 _SLICE_TOKENS = 2048
-#: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, and 16 KB for their masses, ``_buffer_keys``): the values of the
+#: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, + 16 KB of masses): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
 #: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
 _CANDIDATES = 4096
@@ -253,10 +253,10 @@ def _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, target, BY_MASS: tl.constexpr, HBL
     ``key >= t`` weigh at least ``target`` (their count, or with ``BY_MASS`` their mass) and more
     than 0, taken as the smallest buffered key at or above it; and the mass of the values it keeps.
     ``lo`` is at most the answer (or the smallest key) and ``hi`` the largest key: a bisection over
-    the bits from the highest one where they differ down, one read of the buffer per bit
-    (:func:`_buffer_count` counting, :func:`_buffer_scan` weighing), which stops once ``[t, t + 2 bit)`` holds one value or, counting,
-    once the values at or above ``t`` are exactly ``target``; then one read for the smallest key.
-    When no ``t`` reaches the target (mass rounding), every value is kept (the smallest key)."""
+    the bits from the highest one where they differ down, one read of the buffer per bit (:func:`_buffer_count`
+    counting, :func:`_buffer_scan` weighing), which stops once ``[t, t + 2 bit)`` holds one value or, counting, once
+    the values at or above ``t`` are exactly ``target``; then one read for the smallest key. When no ``t`` reaches
+    the target (mass rounding), every value is kept (the smallest key)."""
     d = lo ^ hi
     # the highest bit where lo and hi differ: the exponent of float(d) (rounded up at worst, which adds
     # a step that changes nothing: lo and hi agree on that bit)
