@@ -611,10 +611,9 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     ...), or to a register that holds one of them plus a lane offset (``IMAD R23, R3, 0x2, R24``, then
     ``R23 + step``: the copies of an unrolled body with aligned loads). See :func:`unroll_factor`."""
     def parse(ins):
-        text = ins.text.strip()
-        if text.startswith("@") or " " not in text:   # predicated: not every iteration's step
+        ops = _operands(ins)
+        if ops is None:   # predicated: not every iteration's step
             return None
-        ops = [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
         if any(re.fullmatch(r"!?P\d", o) for o in ops):  # a carry in or out: half of a 64-bit (pointer) add
             return None
         ops = [o for o in ops if o not in ("RZ", "PT")]
@@ -632,10 +631,9 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     # ``IMAD.IADD R15, R2, 0x1, R29``)
     lanes = set()
     for ins in body:
-        text = ins.text.strip()
-        if text.startswith("@") or " " not in text or _base(ins.op) not in ("IMAD", "IADD3", "IADD", "LEA"):
+        ops = _operands(ins) if _base(ins.op) in ("IMAD", "IADD3", "IADD", "LEA") else None
+        if ops is None:
             continue
-        ops = [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
         if any(re.fullmatch(r"!?U?P\d+", o) for o in ops[1:]):   # a carry (not PT): half of a 64-bit add
             continue
         srcs = [o for o in ops[1:] if o not in ("RZ", "PT")]
@@ -651,6 +649,15 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     bases = set(self_regs) | lanes
     offsets = sorted({a[2][0] for _ins, a in adds if a[0] not in self_regs and any(r in bases for r in a[1])})
     return {"self": sorted(set(self_regs.values())), "offset": offsets}
+
+
+def _operands(ins: Instr) -> Optional[List[str]]:
+    """An unpredicated instruction's operands, destination first (``.reuse`` flags dropped); None for a
+    predicated one or one without operands."""
+    text = ins.text.strip()
+    if text.startswith("@") or " " not in text:
+        return None
+    return [o.strip().replace(".reuse", "") for o in text.split(None, 1)[1].split(",")]
 
 
 def _s32(v: int) -> int:

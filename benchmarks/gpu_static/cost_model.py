@@ -213,6 +213,8 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
 #: the sampler's pass kinds in the instruction count (select: reads of the candidate buffer, weighing;
 #: of them, count: the counting steps, and keys: the key range's read, at their own rates)
 _SAMPLER_KINDS = ("pass1", "compact", "select", "draw")
+#: the rates a results JSON records per specialization (``instr_per_token``)
+_SAMPLER_RATES = _SAMPLER_KINDS + ("count", "keys")
 
 
 def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float],
@@ -469,9 +471,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
     candidates = ([lp for lp in helpers if lp not in counting]
                   + [lp for lp in rest if lp is not draw and lp["innermost"]])
-    sel = max(candidates, key=lambda lp: lp["thread_instr_per_token"]) if candidates else None
-    count = max(counting, key=lambda lp: lp["thread_instr_per_token"]) if counting else sel
-    key_read = max(keys, key=lambda lp: lp["thread_instr_per_token"]) if keys else sel
+    def largest(lps, default=None):   # the loop of the most instructions per value
+        return max(lps, key=lambda lp: lp["thread_instr_per_token"]) if lps else default
+    sel = largest(candidates)
+    count, key_read = largest(counting, sel), largest(keys, sel)
     # a select step's own code: the loop just around a values' loop (the bisection's step), the largest
     steps = [_step_code(lp, h) for lp in compiled["loops"] for h in helpers if _encloses(lp, h)]
     return {"pass1": p1[0]["thread_instr_per_token"] if p1 else 0.0,
@@ -868,7 +871,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     instr = sampler_instr(comp, launches[0].name)
                     extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
-                                 instr_per_token={k: instr[k] for k in _SAMPLER_KINDS + ("count", "keys")},
+                                 instr_per_token={k: instr[k] for k in _SAMPLER_RATES},
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
@@ -885,8 +888,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_KINDS + ("count", "keys")},
-                                                      pass1=ip["pass1"]),
+                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_RATES}, pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},

@@ -296,7 +296,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _buffer_thresholds, _candidate_bound, _compact_candidates, _radix_select, _sort_desc, _sorted_thresholds)
+    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_candidates, _radix_select, _sort_desc,
+    _sorted_thresholds)
 
 
 @triton.jit
@@ -305,7 +306,7 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = g_ptr + row * NG
-    buf_row = buf_ptr + row * 2 * CAPR     # CAP values (CAPR: CAP in whole HBLOCK tiles), then the masses
+    buf_row = _buffer_row(buf_ptr, row, CAPR)   # CAP values (CAPR: CAP in whole HBLOCK tiles), then the masses
     L = tl.load(l_ptr + row)
     k = tl.load(k_ptr + row)
     nbuf = _compact_candidates(row_ptr, g_row, buf_row, L, V, -1, k != k, 1.0, CAP, DBLOCK)
@@ -327,7 +328,8 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
             t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, PW)
     elif use_buf:                              # the bisection over the buffer (every size without SORT)
         if k_on | (p < 1.0):
-            t_key = _buffer_thresholds(buf_row, buf_row + CAPR, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, HBLOCK)
+            t_key = _buffer_thresholds(buf_row, _buffer_masses(buf_row, CAPR), nbuf, zmax, mass_k, k, k_on, p,
+                                       p < 1.0, HBLOCK)
     else:                                      # overflow: the radix selects over the candidate groups
         if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
@@ -621,9 +623,9 @@ def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, 
     row = tl.program_id(0)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
-    b_row = b_ptr + row * 2 * CAP       # CAP values, then their masses
-    t = _buffer_thresholds(b_row, b_row + CAP, tl.load(n_ptr + row), tl.load(zmax_ptr + row), tl.load(tot_ptr + row),
-                           k, k > 0, p, p < 1.0, HBLOCK)
+    b_row = _buffer_row(b_ptr, row, CAP)       # CAP values, then their masses
+    t = _buffer_thresholds(b_row, _buffer_masses(b_row, CAP), tl.load(n_ptr + row), tl.load(zmax_ptr + row),
+                           tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, HBLOCK)
     tl.store(out_ptr + row, t.to(tl.int64))
 
 
