@@ -552,15 +552,28 @@ def test_sort_desc(N):
 
 
 @triton.jit
-def _bound_kernel(m_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, out_ptr, NGR, FB: tl.constexpr):
+def _bound_kernel(ws_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, out_ptr, NGR, FB: tl.constexpr):
     row = tl.program_id(0)
-    ws_row = m_ptr + row * NGR
+    ws_row = ws_ptr + row * 3 * NGR             # a row's stats planes: maxima, raw sums (unused), draw sums
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
     X = tl.max(tl.load(ws_row + tl.arange(0, FB), mask=tl.arange(0, FB) < NGR, other=float("-inf")), 0)
-    L = _candidate_bound(ws_row, NGR, -1, 0.0, X, tl.load(t_ptr + row), k, k > 0, p, p < 1.0,
+    L = _candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, tl.load(t_ptr + row), k, k > 0, p, p < 1.0,
                          tl.load(tot_ptr + row), FB)
     tl.store(out_ptr + row, L)
+
+
+def _bounds(m, sz, k, p, T, FB):
+    """_candidate_bound of rows of group maxima ``m`` and draw sums ``sz`` (each group's mass relative to
+    its maximum), with the row's mass ``total`` their sum; returns (bounds, total)."""
+    R, NGR = m.shape
+    X = m.max(1).values
+    eM = torch.where(m > float("-inf"), torch.exp((m - X[:, None]) / T[:, None]), torch.zeros(()))
+    total = (sz * eM).sum(1)
+    ws = torch.stack([m, torch.zeros_like(m), sz], 1)
+    out = torch.empty(R, device=DEV)
+    _bound_kernel[(R,)](ws.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), out, NGR, FB)
+    return out.cpu(), total
 
 
 def _truncated(v):
@@ -573,12 +586,37 @@ def _truncated(v):
     return torch.tensor([b], dtype=torch.int32).view(torch.float32).item()
 
 
+def _prefix_values():
+    """The float of every 16-bit order-key prefix ``j << 16`` (float64; -inf at or below -inf's key)."""
+    key = torch.arange(65536, dtype=torch.int64) << 16
+    k = key - 2 ** 31
+    b = torch.where(k < 0, k ^ 0x7FFFFFFF, k)
+    return torch.where(key <= 0x007FFFFF, float("-inf"), b.to(torch.int32).view(torch.float32).double())
+
+
+def _top_p_bound_key(m, sz, X, T, target):
+    """Top-p's bound by brute force in float64: the largest 16-bit prefix ``c`` at which the groups whose
+    maximum reaches it weigh at least ``target`` (and more than 0), a group ``max(exp((M - X) / T),
+    its mass - 255 exp((c - X) / T))``; as its key (0: none)."""
+    vals = _prefix_values()
+    m, sz = m.double(), sz.double()
+    eM = torch.where(m > float("-inf"), torch.exp((m - X) / T), torch.zeros((), dtype=torch.float64))
+    below = 255 * torch.exp((vals - X) / T)
+    w = torch.maximum(eM[None, :], (sz * eM)[None, :] - below[:, None])
+    W = torch.where(m[None, :] >= vals[:, None], w, torch.zeros((), dtype=torch.float64)).sum(1)
+    ok = ((W >= target) & (W > 0)).nonzero()
+    return int(ok.max()) << 16 if len(ok) else 0
+
+
 def test_candidate_bound_bisection():
-    """_candidate_bound against a sort: top-k's bound is the k-th largest group maximum (the padding's
-    -inf counted: k beyond the groups gives -inf), top-p's the largest maximum whose mass from the top
-    (maxima weighed by exp((M - X) / T)) reaches 1.001 x top_p x total, each rounded down to the top 16
-    bits of its order key; negative maxima, -inf groups, ties (at the top for top-p), a -0.0 maximum at
-    the top-k bound (+0.0 after the kernel's canonicalisation), and rows with neither filter (-inf)."""
+    """_candidate_bound against a sort and a brute force: top-k's bound is the k-th largest group maximum
+    (the padding's -inf counted: k beyond the groups gives -inf), top-p's the largest 16-bit key prefix at
+    which the groups whose maximum reaches it hold 1.001 x top_p x total at least (each group its maximum's
+    mass or its whole mass less what 255 tokens below the prefix can weigh, whichever is more), each
+    rounded down to the top 16 bits of its order key; negative maxima, -inf groups, ties (at the top for
+    top-p), groups whose mass is all in their maximum (the bound from the maxima alone) or spread over many
+    tokens, a -0.0 maximum at the top-k bound (+0.0 after the kernel's canonicalisation), and rows with
+    neither filter (-inf)."""
     torch.manual_seed(5)
     R, NGR, FB = 48, 37, 64
     m = torch.randn(R, NGR) * torch.tensor([0.3, 3.0, 40.0]).repeat(R // 3)[:, None]
@@ -589,33 +627,70 @@ def test_candidate_bound_bisection():
     m[3::12] = -m[3::12].abs() - 1.0              # top-k = 5 at a -0.0 maximum: 4 positive ones above it
     m[3::12, 30:34] = torch.tensor([1.0, 2.0, 3.0, 4.0])
     m[3::12, 11] = -0.0
+    # each group's mass over its maximum's: 1 (all in the maximum) up to 256 (flat)
+    sz = 1.0 + torch.rand(R, NGR) * torch.tensor([0.0, 3.0, 255.0, 40.0]).repeat(R // 4)[:, None]
+    sz = torch.where(m > float("-inf"), sz, torch.zeros(()))
     k = torch.tensor([0, 1, 2, 5, 36, 37, 50, 0, 65, 3, 0, 7] * (R // 12), dtype=torch.int32)
     p = torch.tensor([0.9, 1.0, 0.5, 1.0, 1.0, 1.0, 0.3, 1.0, 1.0, 0.99, 0.02, 1.0] * (R // 12))
     T = torch.rand(R) + 0.5
+    out, total = _bounds(m, sz, k, p, T, FB)
     X = m.max(1).values
-    w = torch.where(m > float("-inf"), torch.exp((m - X[:, None]) / T[:, None]), torch.zeros(()))
-    total = w.sum(1) * (1.0 + torch.rand(R))     # the row's mass: at least its maxima's
-    out = torch.empty(R, device=DEV)
-    _bound_kernel[(R,)](m.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), out, NGR, FB)
-    out = out.cpu()
     padded = torch.cat([m, torch.full((R, FB - NGR), float("-inf"))], 1)
+    spread = 0
     for r in range(R):
-        srt = padded[r].sort(descending=True).values
         if 0 < k[r]:
-            want = [_truncated(srt[k[r] - 1].item()) if k[r] <= FB else float("-inf")]
+            srt = padded[r].sort(descending=True).values
+            want = _truncated(srt[k[r] - 1].item()) if k[r] <= FB else float("-inf")
+            assert out[r].item() == want, (r, out[r].item(), want)
+            if want > float("-inf"):
+                kth = srt[k[r] - 1].item()
+                assert want <= kth and kth - want <= abs(kth) * 2 ** -7
         elif p[r] < 1.0:
-            cum = torch.where(srt > float("-inf"), torch.exp((srt - X[r]) / T[r]), torch.zeros(())).cumsum(0)
             # either side of a summation-order rounding of the target
-            want = [_truncated(srt[cum >= t].max().item()) if bool((cum >= t).any()) else float("-inf")
-                    for t in (p[r] * total[r] * 1.001 * (1 - 1e-5), p[r] * total[r] * 1.001 * (1 + 1e-5))]
+            lo, hi = (_top_p_bound_key(m[r], sz[r], X[r].item(), T[r].item(), p[r].item() * total[r].item() * 1.001 * f)
+                      for f in (1 + 1e-5, 1 - 1e-5))
+            got = int(_keys(out[r:r + 1])[0]) if out[r] > float("-inf") else 0
+            assert lo <= got <= hi, (r, hex(got), hex(lo), hex(hi))
+            # the maxima alone: the largest maximum whose maxima from the top reach the target
+            eM = torch.exp((m[r] - X[r]) / T[r]).sort(descending=True)
+            reach = eM.values.cumsum(0) >= p[r] * total[r] * 1.001
+            spread += int(not reach.any() and got > 0)
         else:
-            want = [float("-inf")]
-        assert out[r].item() in want, (r, out[r].item(), want)
-        if 0 < k[r] <= FB and want[0] > float("-inf"):
-            kth = srt[k[r] - 1].item()
-            assert want[0] <= kth and kth - want[0] <= abs(kth) * 2 ** -7
+            assert torch.isinf(out[r])
+    assert spread >= 2                              # rows that only the mass beside the maxima bounds
     assert (out[3::12] == 0.0).all()                  # the -0.0 at the bound: +0.0, not a tiny negative
     assert torch.isinf(out[7::12]).all()              # neither filter: no bound
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_top_p_bound_counts_the_mass_beside_a_maximum(dtype):
+    """Top-p alone on rows whose group maxima carry less than top_p of the mass: the two strongest
+    tokens share a group, over a tail of 4000 weak ones (the case that left 31% of SmolLM2-135M's rows
+    at T = 0.6, top-p 0.95 without a bound: no compaction, radix selects over the whole row). The bound
+    is finite, every kept token reaches it, only the strong tokens do, and the sampler's tokens equal
+    the reference's."""
+    torch.manual_seed(12)
+    B, V = 8, 4096
+    x = torch.randn(B, V) * 0.5 - 12.0
+    x[:, 10] = 2.0
+    x[:, 20] = 1.8 - 0.1 * torch.arange(B)            # same group (0) as token 10
+    x[1::2, 700] = 1.5                                # and a third strong token elsewhere
+    x = x.to(dtype).float()
+    T = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 1.1, 1.0, 0.8])
+    p = torch.tensor([0.9, 0.95, 0.8, 0.97, 0.9, 0.95, 0.85, 0.9])
+    G = 256
+    xg = x.view(B, V // G, G)
+    m = xg.max(2).values
+    sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
+    k = torch.zeros(B, dtype=torch.int32)
+    L, total = _bounds(m, sz, k, p, T, 64)
+    eM = torch.exp((m - m.max(1, keepdim=True).values) / T[:, None])
+    assert (eM.sum(1) < p * total).all()             # the maxima alone: no bound
+    assert torch.isfinite(L).all()
+    kept = filter_mask(x / T[:, None], k, p, torch.zeros(B))
+    assert (x[kept] >= L.repeat_interleave(kept.sum(1))).all()
+    assert ((x >= L[:, None]).sum(1) <= 3).all()      # the candidates: the strong tokens only
+    _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 
 @triton.jit
