@@ -37,7 +37,7 @@ import triton.language as tl  # noqa: E402
 from benchmarks.common import env_metadata, save_results  # noqa: E402
 from tts_kernels.sampling import philox  # noqa: E402
 from tts_kernels.sampling import triton_kernel as tk  # noqa: E402
-from tts_kernels.sampling.reference import filter_mask  # noqa: E402
+from tts_kernels.sampling.reference import draw_scores, filter_mask  # noqa: E402
 
 #: name: (temperature, top_k, top_p, min_p)
 CONFIGS = {
@@ -77,7 +77,7 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
     X = tl.max(M, 0)
     if MAXIMA_ONLY:
         eM = tl.where(M > float("-inf"), tl.exp((M - X) / T), 0.0)
-        L = tk._from_key(tk._key_prefix_reaching(tk._order_key(tk._plus_zero(M)), eM, 0.0, p * total * 1.001,
+        L = tk._from_key(tk._key_prefix_reaching(tk._order_key(tk._plus_zero(M)), eM, 0.0, 0.0, p * total * 1.001,
                                                  X, T, 16))
     else:
         L = tk._candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, T, k, k > 0, p, p < 1.0, total, FB)
@@ -138,7 +138,16 @@ def measure(x: torch.Tensor, device: torch.device) -> dict:
         pp = torch.full((R,), p)
         keep = filter_mask(x / T, kk, pp, torch.full((R,), mp))
         keep_kp = filter_mask(x / T, kk, pp, torch.zeros(R))    # what the selects must keep
-        row = {"temperature": T, "top_k": k, "top_p": p, "min_p": mp, "kept_q50_q90_q99_max": _quantiles(keep.sum(1))}
+        # the filtered draw's rescoring pass (``_filtered_redraw``): the unfiltered draw's group g1 no longer
+        # beats the best unfiltered score of the other groups once filtered (seeds: one per row)
+        seed, offset = torch.arange(R, dtype=torch.int64) * 1000003 + 17, torch.full((R,), 5, dtype=torch.int64)
+        gs_all, _ = draw_scores(x / T, torch.ones_like(keep), seed, offset)
+        gs_f, _ = draw_scores(x / T, keep, seed, offset)
+        g1 = gs_all.argmax(1, keepdim=True)
+        b2 = gs_all.scatter(1, g1, float("-inf")).max(1).values
+        rescore = gs_f.gather(1, g1)[:, 0] <= b2
+        row = {"temperature": T, "top_k": k, "top_p": p, "min_p": mp, "kept_q50_q90_q99_max": _quantiles(keep.sum(1)),
+               "rescoring_rows": int(rescore.sum())}
         for label, maxima_only in (("kernel", False), ("maxima_only", True)):
             if maxima_only and (k > 0 or p >= 1.0):
                 continue                                      # the same bound: only top-p alone changed
@@ -160,6 +169,14 @@ def measure(x: torch.Tensor, device: torch.device) -> dict:
                           "candidate_groups_share_mean": round(float(share.mean()), 4),
                           "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
                                                                  torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}
+            # reads of the row by the rows whose thresholds come from the buffer: pass 1, the compaction
+            # and, when the draw rescores, the filtered pass over the candidate groups (min-p can narrow
+            # those: an upper bound with min-p)
+            fits = (n >= 0) & (n <= cap)
+            if bool(fits.any()):
+                reads = 1.0 + share * (1.0 + rescore.float())
+                row[label]["row_reads_buffered_rows_mean_max"] = [round(float(reads[fits].mean()), 3),
+                                                                  round(float(reads[fits].max()), 3)]
         row["seconds"] = round(time.perf_counter() - t0, 1)
         out[name] = row
         print(f"{name}: kept {row['kept_q50_q90_q99_max']}", {k_: v for k_, v in row.items()

@@ -353,10 +353,11 @@ def _keys(z):
                               "buffer-sorted"])
 @pytest.mark.parametrize("quantize", [False, True])
 def test_threshold_search_exact(quantize, cap, sort):
-    """The thresholds over the candidates (the groups whose raw maximum is >= L: here the exact form of
-    _candidate_bound's rule, the k-th largest group maximum for top-k rows, for top-p alone the largest
-    group maximum down to which the group maxima's weights reach 1.001 x top_p of the row's mass; -inf,
-    all groups, for the others; the kernel rounds it down, test_candidate_bound_bisection): the
+    """The thresholds over the candidates (the groups whose raw maximum is >= L: here the k-th largest
+    group maximum for top-k rows, as _candidate_bound's rule before its rounding, and for top-p alone the
+    largest group maximum down to which the group maxima's weights reach 1.001 x top_p of the row's mass,
+    a lower bound every kept token reaches though not the kernel's (test_candidate_bound_bisection);
+    -inf, all groups, for the others): the
     candidates with key >= T are exactly the reference's kept set, whether the values ``z >= L`` are
     compacted into a buffer of ``cap`` (the bisection, _buffer_thresholds) or, for a row with more, the
     radix selects read the row's candidate groups; from the buffer, ``T`` is exact: no token outside it
@@ -552,27 +553,35 @@ def test_sort_desc(N):
 
 
 @triton.jit
-def _bound_kernel(ws_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, out_ptr, NGR, FB: tl.constexpr):
+def _bound_kernel(ws_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, x_ptr, ge_ptr, me_ptr, sze_ptr, out_ptr, NGR,
+                  FB: tl.constexpr):
     row = tl.program_id(0)
     ws_row = ws_ptr + row * 3 * NGR             # a row's stats planes: maxima, raw sums (unused), draw sums
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
-    X = tl.max(tl.load(ws_row + tl.arange(0, FB), mask=tl.arange(0, FB) < NGR, other=float("-inf")), 0)
-    L = _candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, tl.load(t_ptr + row), k, k > 0, p, p < 1.0,
-                         tl.load(tot_ptr + row), FB)
+    L = _candidate_bound(ws_row, NGR, tl.load(ge_ptr + row), tl.load(me_ptr + row), tl.load(sze_ptr + row),
+                         tl.load(x_ptr + row), tl.load(t_ptr + row), k, k > 0, p, p < 1.0, tl.load(tot_ptr + row), FB)
     tl.store(out_ptr + row, L)
 
 
-def _bounds(m, sz, k, p, T, FB):
+def _bounds(m, sz, k, p, T, FB, ge=None, me=None, sze=None):
     """_candidate_bound of rows of group maxima ``m`` and draw sums ``sz`` (each group's mass relative to
-    its maximum), with the row's mass ``total`` their sum; returns (bounds, total)."""
+    its maximum), with the row's mass ``total`` their sum; returns (bounds, total). ``ge``: a group per
+    row whose stats the kernel takes from ``me`` / ``sze`` instead of the workspace (the end-masked
+    group; -1: none)."""
     R, NGR = m.shape
-    X = m.max(1).values
-    eM = torch.where(m > float("-inf"), torch.exp((m - X[:, None]) / T[:, None]), torch.zeros(()))
-    total = (sz * eM).sum(1)
+    if ge is None:
+        ge, me, sze = torch.full((R,), -1, dtype=torch.int32), torch.zeros(R), torch.zeros(R)
+    mz, szz = m.clone(), sz.clone()
+    on = ge >= 0
+    mz[on, ge[on].long()], szz[on, ge[on].long()] = me[on], sze[on]
+    X = mz.max(1).values
+    eM = torch.where(mz > float("-inf"), torch.exp((mz - X[:, None]) / T[:, None]), torch.zeros(()))
+    total = (szz * eM).sum(1)
     ws = torch.stack([m, torch.zeros_like(m), sz], 1)
     out = torch.empty(R, device=DEV)
-    _bound_kernel[(R,)](ws.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), out, NGR, FB)
+    _bound_kernel[(R,)](ws.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), X.to(DEV), ge.to(DEV),
+                        me.to(DEV), sze.to(DEV), out, NGR, FB)
     return out.cpu(), total
 
 
@@ -597,12 +606,12 @@ def _prefix_values():
 def _top_p_bound_key(m, sz, X, T, target):
     """Top-p's bound by brute force in float64: the largest 16-bit prefix ``c`` at which the groups whose
     maximum reaches it weigh at least ``target`` (and more than 0), a group ``max(exp((M - X) / T),
-    its mass - 255 exp((c - X) / T))``; as its key (0: none)."""
+    its mass (1 - 1e-4) - 255 (1 + 1e-4) exp((c - X) / T))``; as its key (0: none)."""
     vals = _prefix_values()
     m, sz = m.double(), sz.double()
     eM = torch.where(m > float("-inf"), torch.exp((m - X) / T), torch.zeros((), dtype=torch.float64))
-    below = 255 * torch.exp((vals - X) / T)
-    w = torch.maximum(eM[None, :], (sz * eM)[None, :] - below[:, None])
+    below = 255 * (1 + 1e-4) * torch.exp((vals - X) / T)
+    w = torch.maximum(eM[None, :], (sz * eM * (1 - 1e-4))[None, :] - below[:, None])
     W = torch.where(m[None, :] >= vals[:, None], w, torch.zeros((), dtype=torch.float64)).sum(1)
     ok = ((W >= target) & (W > 0)).nonzero()
     return int(ok.max()) << 16 if len(ok) else 0
@@ -628,7 +637,7 @@ def test_candidate_bound_bisection():
     m[3::12, 30:34] = torch.tensor([1.0, 2.0, 3.0, 4.0])
     m[3::12, 11] = -0.0
     # each group's mass over its maximum's: 1 (all in the maximum) up to 256 (flat)
-    sz = 1.0 + torch.rand(R, NGR) * torch.tensor([0.0, 3.0, 255.0, 40.0]).repeat(R // 4)[:, None]
+    sz = 1.0 + torch.rand(R, NGR) * torch.tensor([0.0, 3.0, 255.0, 40.0, 10.0]).repeat(10)[:R, None]
     sz = torch.where(m > float("-inf"), sz, torch.zeros(()))
     k = torch.tensor([0, 1, 2, 5, 36, 37, 50, 0, 65, 3, 0, 7] * (R // 12), dtype=torch.int32)
     p = torch.tensor([0.9, 1.0, 0.5, 1.0, 1.0, 1.0, 0.3, 1.0, 1.0, 0.99, 0.02, 1.0] * (R // 12))
@@ -660,24 +669,39 @@ def test_candidate_bound_bisection():
     assert spread >= 2                              # rows that only the mass beside the maxima bounds
     assert (out[3::12] == 0.0).all()                  # the -0.0 at the bound: +0.0, not a tiny negative
     assert torch.isinf(out[7::12]).all()              # neither filter: no bound
+    # the end-masked group: its stats from (ge, Me, SZe), not the workspace, give the bound of a workspace
+    # that holds them
+    ge = torch.randint(0, NGR, (R,), dtype=torch.int32)
+    me = m.gather(1, ge[:, None].long())[:, 0] - torch.rand(R) * 2
+    sze = 1.0 + torch.rand(R) * 100
+    masked, _ = _bounds(m, sz, k, p, T, FB, ge, me, sze)
+    m2, sz2 = m.clone(), sz.clone()
+    m2[torch.arange(R), ge.long()], sz2[torch.arange(R), ge.long()] = me, sze
+    direct, _ = _bounds(m2, sz2, k, p, T, FB)
+    assert torch.equal(masked, direct) and not torch.equal(masked, out)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_top_p_bound_counts_the_mass_beside_a_maximum(dtype):
-    """Top-p alone on rows whose group maxima carry less than top_p of the mass: the two strongest
-    tokens share a group, over a tail of 4000 weak ones (the case that left 31% of SmolLM2-135M's rows
-    at T = 0.6, top-p 0.95 without a bound: no compaction, radix selects over the whole row). The bound
-    is finite, every kept token reaches it, only the strong tokens do, and the sampler's tokens equal
-    the reference's."""
+def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
+    """Top-p alone on rows whose group maxima carry less than top_p of the mass (the case that left 31%
+    of SmolLM2-135M's rows at T = 0.6, top-p 0.95 without a bound: no compaction, radix selects over the
+    whole row): rows 0-7, the two strongest tokens share a group over a tail of 4000 weak ones; rows
+    8-11, the strongest token's 255 group-mates sit 3 below it and together outweigh it, so top-p keeps
+    them (a bound that let fewer than 255 of them weigh below it would cut them off). The bound is
+    finite, every kept token reaches it, on rows 0-7 only the strong tokens do, and the sampler's
+    tokens equal the reference's with a buffer (512 values) shorter than the row, which a row
+    without a bound would not fill."""
     torch.manual_seed(12)
-    B, V = 8, 4096
+    B, V = 12, 4096
     x = torch.randn(B, V) * 0.5 - 12.0
     x[:, 10] = 2.0
-    x[:, 20] = 1.8 - 0.1 * torch.arange(B)            # same group (0) as token 10
-    x[1::2, 700] = 1.5                                # and a third strong token elsewhere
+    x[:8, 20] = 1.8 - 0.1 * torch.arange(8)            # same group (0) as token 10
+    x[1:8:2, 700] = 1.5                                # and a third strong token elsewhere
+    x[8:, 1:256] = -1.0 - 0.01 * torch.rand(4, 255)    # the group-mates of token 10
+    x[8:, 300:310] = -1.5                              # and some strong tokens elsewhere
     x = x.to(dtype).float()
-    T = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 1.1, 1.0, 0.8])
-    p = torch.tensor([0.9, 0.95, 0.8, 0.97, 0.9, 0.95, 0.85, 0.9])
+    T = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 1.1, 1.0, 0.8, 1.0, 1.0, 1.2, 0.9])
+    p = torch.tensor([0.9, 0.95, 0.8, 0.97, 0.9, 0.95, 0.85, 0.9, 0.5, 0.9, 0.95, 0.7])
     G = 256
     xg = x.view(B, V // G, G)
     m = xg.max(2).values
@@ -689,7 +713,9 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(dtype):
     assert torch.isfinite(L).all()
     kept = filter_mask(x / T[:, None], k, p, torch.zeros(B))
     assert (x[kept] >= L.repeat_interleave(kept.sum(1))).all()
-    assert ((x >= L[:, None]).sum(1) <= 3).all()      # the candidates: the strong tokens only
+    assert (kept[8:, 1:256].sum(1) >= 100).all()       # top-p keeps many of the group-mates
+    assert ((x[:8] >= L[:8, None]).sum(1) <= 3).all()  # the candidates: the strong tokens only
+    monkeypatch.setattr(_tk, "_CANDIDATES", 24)
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 

@@ -24,9 +24,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   ``M / T + ln(S_z) + group noise`` (Philox stream 1); then one group of 256 tokens is re-read:
   the greedy token, or the draw inside the chosen group with the exact per-token noise. The
   end token of budget rule 3 is masked by recomputing its group's stats only.
-* **Filters** (only rows with top-k / top-p / min-p): from the group maxima alone, a bound ``L``
-  that every kept token reaches (``_candidate_bound``: a bisection over the top 16 bits of their
-  order keys, one block reduction per bit; ``tl.sort`` of the 1024 group maxima took 3.3 times the
+* **Filters** (only rows with top-k / top-p / min-p): from the group stats, a bound ``L``
+  that every kept token reaches (``_candidate_bound``: a bisection over the top 16 bits of the group
+  maxima's order keys, one block reduction per bit; ``tl.sort`` of the 1024 group maxima took 3.3 times the
   SASS instructions and was most of a compile's time in Triton's ``TritonGPUCoalesce`` pass); one
   read of the groups that reach it compacts the values ``z >= L / T`` into a per-row buffer
   (``_compact_candidates``, at most ``_CANDIDATES``); the thresholds (top-k: the k-th largest key,
@@ -332,23 +332,22 @@ def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax,
 
 
 @triton.jit
-def _key_prefix_reaching(key, w, spread, target, X, Tz, BITS: tl.constexpr):
+def _key_prefix_reaching(key, w, spread, others, target, X, Tz, BITS: tl.constexpr):
     """The largest uint32 ``t`` whose low ``32 - BITS`` bits are 0 such that the entries with
     ``key >= t`` weigh at least ``target``, and more than 0; 0 if none does. At a prefix ``c`` an
-    entry weighs ``max(w, spread - (GROUP - 1) exp((_from_key(c) - X) / T))``: with ``spread`` 0, ``w``
+    entry weighs ``max(w, spread - others x exp((_from_key(c) - X) / T))``: with ``spread`` 0, ``w``
     (unit weights count entries); with a group's maximum as the key, its mass ``exp((M - X) / T)`` as
-    ``w`` and its whole mass as ``spread``, at least the mass of its tokens at or above ``c`` (its
-    maximum is one of them, and the other 255 below ``c`` weigh less than ``exp((c - X) / T)`` each),
-    a weight that falls as ``c`` rises, so the bisection over the key's top ``BITS`` bits, one
-    reduction per bit, still finds the largest such prefix. ``t`` is truncated to those bits, so a
-    lower bound of the exact key: with unit weights, of the ``target``-th largest key; with masses,
-    of the smallest key of the shortest top set that holds ``target``."""
+    ``w``, its whole mass as ``spread`` and 255 as ``others``, at least the mass of its tokens at or
+    above ``c`` (its maximum is one of them, and the other 255 below ``c`` weigh less than
+    ``exp((c - X) / T)`` each), a weight that falls as ``c`` rises, so the bisection over the key's top ``BITS`` bits, one
+    reduction per bit, still finds the largest such prefix. With unit weights ``t`` is the
+    ``target``-th largest key truncated to those bits, so a lower bound of it."""
     t = tl.full([], 0, tl.uint32)
     bit = tl.full([], 0x80000000, tl.uint32)
     kx = 1.4426950408889634 / Tz            # no division per step (a bound: an ulp of the exponent is noise)
     for _ in tl.static_range(BITS):
         c = t | bit
-        below = (GROUP - 1) * tl.exp2((_from_key(c) - X) * kx)
+        below = others * tl.exp2((_from_key(c) - X) * kx)
         s = tl.sum(tl.where(key >= c, tl.maximum(w, spread - below), 0.0), 0)
         t = tl.where((s >= target) & (s > 0.0), c, t)
         bit = bit >> 1
@@ -752,9 +751,12 @@ def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, 
       holds beside its maximum: on SmolLM2-135M's logits (T = 0.6, top-p 0.95) 31% of the rows got
       no bound, so no compaction and radix selects over the whole row (``benchmarks/bench_candidates_real.py``);
 
-    each rounded down to the top 16 bits of its order key (``_key_prefix_reaching``: 16 reductions
-    instead of a sort; at most 2**-7 of ``|L|`` lower for a normal float, which admits the groups whose
-    maximum lies in that margin as candidates too).
+    each a 16-bit order-key prefix (``_key_prefix_reaching``: 16 reductions instead of a sort; top-k's
+    the k-th largest maximum rounded down, at most 2**-7 of ``|L|`` lower for a normal float, which
+    admits the groups whose maximum lies in that margin as candidates too). Top-p's weights shave
+    ``1e-4`` off each group's mass and add it to what its other tokens can weigh: the two nearly cancel
+    where the bound is decided, and their rounding (the sums of pass 1, ``exp2``) must not make it
+    more than a lower bound.
 
     The selects read only the groups at or above ``L``; the rescoring (``_rescore``) those at or
     above ``_minp_bound(L, ...)`` (min-p's bound too)."""
@@ -770,9 +772,10 @@ def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, 
             eM = tl.where(Mz > float("-inf"), tl.exp((Mz - X) / Tz), 0.0)
             SZ = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + fb, mask=gm, other=0.0))
             w = tl.where(k_on, 1.0, eM)
-            spread = tl.where(k_on, 0.0, SZ * eM)
+            spread = tl.where(k_on, 0.0, SZ * eM * (1.0 - 1e-4))
             target = tl.where(k_on, top_k.to(tl.float32), top_p * total * 1.001)
-            L = _from_key(_key_prefix_reaching(_order_key(_plus_zero(Mz)), w, spread, target, X, Tz, 16))
+            L = _from_key(_key_prefix_reaching(_order_key(_plus_zero(Mz)), w, spread, (GROUP - 1) * (1.0 + 1e-4),
+                                               target, X, Tz, 16))
     return L
 
 
