@@ -656,8 +656,8 @@ def test_candidate_bound_bisection():
                 assert want <= kth and kth - want <= abs(kth) * 2 ** -7
         elif p[r] < 1.0:
             # either side of a summation-order rounding of the target
-            lo, hi = (_top_p_bound_key(m[r], sz[r], X[r].item(), T[r].item(), p[r].item() * total[r].item() * 1.001 * f)
-                      for f in (1 + 1e-5, 1 - 1e-5))
+            target = p[r].item() * total[r].item() * 1.001
+            lo, hi = (_top_p_bound_key(m[r], sz[r], X[r].item(), T[r].item(), target * f) for f in (1 + 1e-5, 1 - 1e-5))
             got = int(_keys(out[r:r + 1])[0]) if out[r] > float("-inf") else 0
             assert lo <= got <= hi, (r, hex(got), hex(lo), hex(hi))
             # the maxima alone: the largest maximum whose maxima from the top reach the target

@@ -339,9 +339,9 @@ def _key_prefix_reaching(key, w, spread, others, target, X, Tz, BITS: tl.constex
     (unit weights count entries); with a group's maximum as the key, its mass ``exp((M - X) / T)`` as
     ``w``, its whole mass as ``spread`` and 255 as ``others``, at least the mass of its tokens at or
     above ``c`` (its maximum is one of them, and the other 255 below ``c`` weigh less than
-    ``exp((c - X) / T)`` each), a weight that falls as ``c`` rises, so the bisection over the key's top ``BITS`` bits, one
-    reduction per bit, still finds the largest such prefix. With unit weights ``t`` is the
-    ``target``-th largest key truncated to those bits, so a lower bound of it."""
+    ``exp((c - X) / T)`` each), a weight that falls as ``c`` rises, so the bisection over the key's
+    top ``BITS`` bits, one reduction per bit, still finds the largest such prefix. With unit weights
+    ``t`` is the ``target``-th largest key truncated to those bits, so a lower bound of it."""
     t = tl.full([], 0, tl.uint32)
     bit = tl.full([], 0x80000000, tl.uint32)
     kx = 1.4426950408889634 / Tz            # no division per step (a bound: an ulp of the exponent is noise)
@@ -895,8 +895,8 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     t_key = tl.full([], 0, tl.uint32)      # keep all
     cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
     if k_on | p_on:
-        Ls, t_key, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on, top_p,
-                                              p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+        Ls, t_key, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
+                                              top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
     return Ls, t_key, bar, cand1
 
 
