@@ -686,8 +686,8 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     """Top-p alone on rows whose group maxima carry less than top_p of the mass (the case that left 31%
     of SmolLM2-135M's rows at T = 0.6, top-p 0.95 without a bound: no compaction, radix selects over the
     whole row): rows 0-7, the two strongest tokens share a group over a tail of 4000 weak ones; rows
-    8-11, the strongest token's 255 group-mates sit 3 below it and together outweigh it, so top-p keeps
-    them (a bound that let fewer than 255 of them weigh below it would cut them off). The bound is
+    8-11, the strongest token's other group-mates sit 3 below it and together outweigh it, so top-p
+    keeps it and many of them (a bound that let fewer than 255 of them weigh below it would cut them off). The bound is
     finite, every kept token reaches it, on rows 0-7 only the strong tokens do, and the sampler's
     tokens equal the reference's with a buffer (512 values) shorter than the row, which a row
     without a bound would not fill."""
@@ -697,7 +697,8 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     x[:, 10] = 2.0
     x[:8, 20] = 1.8 - 0.1 * torch.arange(8)            # same group (0) as token 10
     x[1:8:2, 700] = 1.5                                # and a third strong token elsewhere
-    x[8:, 1:256] = -1.0 - 0.01 * torch.rand(4, 255)    # the group-mates of token 10
+    x[8:, 1:256] = -1.0 - 0.01 * torch.rand(4, 255)    # the group-mates of token 10 ...
+    x[8:, 10] = 2.0                                    # ... which stays the strong maximum
     x[8:, 300:310] = -1.5                              # and some strong tokens elsewhere
     x = x.to(dtype).float()
     T = torch.tensor([1.0, 0.7, 1.3, 1.0, 0.9, 1.1, 1.0, 0.8, 1.0, 1.0, 1.2, 0.9])
@@ -713,7 +714,7 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     assert torch.isfinite(L).all()
     kept = filter_mask(x / T[:, None], k, p, torch.zeros(B))
     assert (x[kept] >= L.repeat_interleave(kept.sum(1))).all()
-    assert (kept[8:, 1:256].sum(1) >= 100).all()       # top-p keeps many of the group-mates
+    assert (kept[8:, 1:256].sum(1) >= 100).all() and kept[8:, 10].all()   # the maximum and many group-mates
     assert ((x[:8] >= L[:8, None]).sum(1) <= 3).all()  # the candidates: the strong tokens only
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))

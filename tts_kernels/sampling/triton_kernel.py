@@ -337,8 +337,8 @@ def _key_prefix_reaching(key, w, spread, others, target, X, Tz, BITS: tl.constex
     ``key >= t`` weigh at least ``target``, and more than 0; 0 if none does. At a prefix ``c`` an
     entry weighs ``max(w, spread - others x exp((_from_key(c) - X) / T))``: with ``spread`` 0, ``w``
     (unit weights count entries); with a group's maximum as the key, its mass ``exp((M - X) / T)`` as
-    ``w``, its whole mass as ``spread`` and 255 as ``others``, at least the mass of its tokens at or
-    above ``c`` (its maximum is one of them, and the other 255 below ``c`` weigh less than
+    ``w``, its whole mass as ``spread`` and 255 (with a margin) as ``others``, at least the mass of its
+    tokens at or above ``c`` (its maximum is one of them, and its other 255 below ``c`` weigh less than
     ``exp((c - X) / T)`` each), a weight that falls as ``c`` rises, so the bisection over the key's
     top ``BITS`` bits, one reduction per bit, still finds the largest such prefix. With unit weights
     ``t`` is the ``target``-th largest key truncated to those bits, so a lower bound of it."""
