@@ -157,13 +157,14 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
         total = (sz * torch.exp((M - M.max(1, keepdim=True).values) / T)).sum(1)
         kk = torch.full((R,), k, dtype=torch.int32)
         pp = torch.full((R,), p)
-        keep = filter_mask(x / T, kk, pp, torch.full((R,), mp))
-        keep_kp = filter_mask(x / T, kk, pp, torch.zeros(R))    # what the selects must keep
+        z = x / T
+        keep = filter_mask(z, kk, pp, torch.full((R,), mp))
+        keep_kp = filter_mask(z, kk, pp, torch.zeros(R)) if mp > 0 else keep   # what the selects must keep
         # the filtered draw's rescoring pass (``_filtered_redraw``): the unfiltered draw's group g1 no longer
         # beats the best unfiltered score of the other groups once filtered (seeds: one per row)
         seed, offset = torch.arange(R, dtype=torch.int64) * 1000003 + 17, torch.full((R,), 5, dtype=torch.int64)
-        gs_all, _ = draw_scores(x / T, torch.ones_like(keep), seed, offset)
-        gs_f, _ = draw_scores(x / T, keep, seed, offset)
+        gs_all, _ = draw_scores(z, torch.ones_like(keep), seed, offset)
+        gs_f, _ = draw_scores(z, keep, seed, offset)
         g1 = gs_all.argmax(1, keepdim=True)
         b2 = gs_all.scatter(1, g1, float("-inf")).max(1).values
         rescore = gs_f.gather(1, g1)[:, 0] <= b2

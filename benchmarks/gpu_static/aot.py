@@ -601,6 +601,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
 
 _ADD_OPS = ("VIADD", "IADD3", "IADD")
 _IMM_RE = re.compile(r"^-?0x[0-9a-fA-F]+$|^-?\d+$")
+#: a predicate operand other than PT (``P0``, ``!P1``, ``UP0``): an add's carry in or out, half of a 64-bit add
+_CARRY_RE = re.compile(r"!?U?P\d+")
 
 
 def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
@@ -614,7 +616,7 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
         ops = _operands(ins)
         if ops is None:   # predicated: not every iteration's step
             return None
-        if any(re.fullmatch(r"!?P\d", o) for o in ops):  # a carry in or out: half of a 64-bit (pointer) add
+        if any(_CARRY_RE.fullmatch(o) for o in ops):  # half of a 64-bit (pointer) add
             return None
         ops = [o for o in ops if o not in ("RZ", "PT")]
         if not all(re.fullmatch(r"R\d+", o) or _IMM_RE.match(o) for o in ops):   # negated, uniform, constant bank
@@ -634,7 +636,7 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
         ops = _operands(ins) if _base(ins.op) in ("IMAD", "IADD3", "IADD", "LEA") else None
         if ops is None:
             continue
-        if any(re.fullmatch(r"!?U?P\d+", o) for o in ops[1:]):   # a carry (not PT): half of a 64-bit add
+        if any(_CARRY_RE.fullmatch(o) for o in ops[1:]):   # half of a 64-bit add
             continue
         srcs = [o for o in ops[1:] if o not in ("RZ", "PT")]
         if ins.op == "IMAD.IADD" and len(ops) == 4 and ops[2] == "0x1":
