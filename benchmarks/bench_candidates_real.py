@@ -12,12 +12,15 @@ functions (``_candidate_bound``, ``_compact_candidates``; compiled on a GPU, Tri
 CPU) give each row's bound and how many values the compaction buffers, and the reference
 (``filter_mask``) the kept set. A row then takes one of four paths: no bound, so no compaction (a row
 longer than the buffer: radix selects over the row's candidate groups, one read per 4-bit digit), the
-sort (<= ``_SORTED`` values), the bisection over the buffer (<= the buffer's capacity), or overflow
-(radix selects over the candidate groups). Top-p's bound is reported twice, side by side on the same
+sort (<= ``_SORTED`` values), the bisection over the buffer (<= the buffer's capacity), or overflow:
+one more read of the candidate groups raises the bound (``_compact_bounded``), and the values above it
+are compacted again, or, still too many, the radix selects read the candidate groups (their levels
+replayed on the CPU, ``radix_levels``: what every overflowing row read before). Top-p's bound is reported twice, side by side on the same
 rows: the kernel's, and the one from the group maxima alone that it replaced (the same bisection,
 ``_key_prefix_reaching``, each group weighing its maximum's mass only). Also counted: the rows whose
 filtered draw rescores (from the reference's draw scores), and the reads of the row (full-row
-equivalents: pass 1, the compaction, the rescoring's filtered pass) of the rows that take the buffer.
+equivalents: pass 1, the compaction, the rescoring's filtered pass) of the rows that take the buffer,
+and of the overflowing rows before (the radix selects) and now.
 On ``--token-rows`` rows per config the whole Triton sampler runs against the reference: its tokens
 must be the reference's but at near-ties.
 """
@@ -67,10 +70,12 @@ PROMPTS = [
 
 
 @triton.jit
-def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr, bound_ptr, V, NGR, CAP,
-                  MAXIMA_ONLY: tl.constexpr, FB: tl.constexpr, DBLOCK: tl.constexpr):
+def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr, bound_ptr, raised_ptr, V, NGR, CAP,
+                  MAXIMA_ONLY: tl.constexpr, FB: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
     """Per row: the candidate bound (the kernel's, or with MAXIMA_ONLY top-p's from the group maxima
-    alone) and the compaction's count (-1: no compaction, the finish's rule)."""
+    alone), the compaction's count (``_compact_bounded``: more than CAP, the selects read the row; -1: no
+    compaction, the finish's rule) and the bound the buffer holds every value above (raised where the
+    candidates overflowed)."""
     row = tl.program_id(0)
     ws_row = ws_ptr + row * 3 * NGR
     T = tl.load(t_ptr + row)
@@ -87,11 +92,52 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
     else:
         L = tk._candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, T, k, k > 0, p, p < 1.0, total, FB)
     n = tl.full([], -1, tl.int32)
+    Lb = L / T
     if (L > float("-inf")) | (V <= CAP):
-        n = tk._compact_candidates(x_ptr + row.to(tl.int64) * V, ws_row, buf_ptr + row.to(tl.int64) * CAP, L / T,
-                                   V, -1, k != k, T, CAP, DBLOCK)
+        n, Lb = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, buf_ptr + row.to(tl.int64) * CAP, L / T,
+                                    X / T, total, k, k > 0, p, V, -1, k != k, T, CAP, DBLOCK, HBLOCK)
     tl.store(out_ptr + row, n)
     tl.store(bound_ptr + row, L)
+    tl.store(raised_ptr + row, Lb)
+
+
+def radix_levels(z: torch.Tensor, cand: torch.Tensor, k: int, p: float, total: float) -> int:
+    """Reads of the candidate groups the radix selects take on a row (``_radix_select``'s levels of
+    4-bit digits, early exit, top-k's select then top-p's), replayed in float64 on the CPU: what a row
+    whose candidates overflow the buffer reads after the compaction. ``cand``: the tokens of the
+    candidate groups (all of them count, as ``_row_hist`` counts them)."""
+    zc = z[cand].double()
+    b = zc.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    keys = torch.where(b >= 2 ** 31, b ^ 0xFFFFFFFF, b | 2 ** 31)
+    w = torch.exp(zc - zc.max())
+
+    def select(kk, target, by_mass):
+        prefix, above_c, above_m, lvl = 0, 0, 0.0, 0
+        while lvl < 8:
+            hi = keys >> (28 - 4 * lvl)
+            match = (hi >> 4) == prefix
+            d = (hi & 15)[match]
+            cnt = torch.bincount(d, minlength=16)
+            mass = torch.bincount(d, weights=w[match], minlength=16)
+            ge_c, ge_m = cnt.flip(0).cumsum(0).flip(0), mass.flip(0).cumsum(0).flip(0)
+            ok = (above_m + ge_m >= target) if by_mass else (above_c + ge_c >= kk)
+            nonempty = (cnt > 0).nonzero()
+            b_sel = max(int(ok.nonzero().max()) if bool(ok.any()) else -1, int(nonempty.min()) if len(nonempty) else 16)
+            c_sel, m_sel = int(cnt[b_sel]) if b_sel < 16 else 0, float(mass[b_sel]) if b_sel < 16 else 0.0
+            above_c += int(cnt[b_sel + 1:].sum())
+            above_m += float(mass[b_sel + 1:].sum())
+            prefix = (prefix << 4) | b_sel
+            lvl += 1
+            if (c_sel <= 1) if by_mass else (c_sel <= kk - above_c):
+                break
+        return lvl, above_m + m_sel
+
+    levels, mass_k = 0, total
+    if 0 < k < z.numel():
+        levels, mass_k = select(k, 0.0, False)
+    if p < 1.0:
+        levels += select(0, p * mass_k, True)[0]
+    return levels
 
 
 def collect_logits(new_tokens: int, seed: int) -> torch.Tensor:
@@ -175,31 +221,61 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                 continue                                      # the same bound: only top-p alone changed
             n = torch.empty(R, dtype=torch.int32, device=device)
             L = torch.empty(R, device=device)
+            Lb = torch.empty(R, device=device)
             buf = torch.empty(R * cap, device=device)
             _paths_kernel[(R,)](x.to(device), ws, torch.full((R,), T, device=device), kk.to(device), pp.to(device),
-                                total.to(device), buf, n, L, V, NGR, cap, MAXIMA_ONLY=maxima_only, FB=1024,
-                                DBLOCK=4096)
-            n, L = n.cpu().long(), L.cpu()
-            # the share of the row a read of the candidate groups covers (``_is_candidate``; all without a bound)
-            share = (M / T >= (L / T)[:, None]).sum(1) / NGR
-            # every token the selects keep is a candidate when the row compacts (the bound's guarantee; the
-            # count goes on past the buffer's capacity)
-            assert bool(((n < 0) | (n >= keep_kp.sum(1))).all()), f"{name}: a kept token below the bound"
-            row[label] = {"no_bound_rows": int((n < 0).sum()), "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
+                                total.to(device), buf, n, L, Lb, V, NGR, cap, MAXIMA_ONLY=maxima_only, FB=1024,
+                                DBLOCK=4096, HBLOCK=tk._HBLOCK)
+            n, L, Lb = n.cpu().long(), L.cpu(), Lb.cpu()
+            # the candidate groups (``_is_candidate``; all without a bound), the share of the row a read of
+            # them covers, and the values the first compaction finds (its count, past the buffer's capacity)
+            cg = M / T >= (L / T)[:, None]
+            share = cg.sum(1) / NGR
+            n_all = torch.where(n >= 0, ((z >= (L / T)[:, None]) & cg.repeat_interleave(G, 1)[:, :V]).sum(1), -1)
+            # every token the selects keep is a candidate when the row compacts (the bound's guarantee), and
+            # at or above the raised bound where the buffer holds the values above it
+            assert bool(((n_all < 0) | (n_all >= keep_kp.sum(1))).all()), f"{name}: a kept token below the bound"
+            fits = (n >= 0) & (n <= cap)
+            assert bool(((z >= Lb[:, None]) | ~keep_kp)[fits].all()), f"{name}: a kept token below the raised bound"
+            assert torch.equal(n[fits], (z >= Lb[:, None]).sum(1)[fits])
+            over = n_all > cap
+            raised = over & fits
+            row[label] = {"no_bound_rows": int((n < 0).sum()),
+                          "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
                           "bisection_rows": int(((n > tk._SORTED) & (n <= cap)).sum()),
-                          "overflow_rows": int((n > cap).sum()),
-                          "buffered_q50_q90_q99_max": _quantiles(n[n >= 0]) if bool((n >= 0).any()) else None,
+                          "overflow_rows": int(over.sum()), "overflow_rows_raised_to_fit": int(raised.sum()),
+                          "buffered_q50_q90_q99_max": _quantiles(n_all[n_all >= 0]) if bool((n_all >= 0).any()) else None,
                           "candidate_groups_share_mean": round(float(share.mean()), 4),
                           "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
                                                                  torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}
-            # reads of the row by the rows whose thresholds come from the buffer: pass 1, the compaction
-            # and, when the draw rescores, the filtered pass over the candidate groups (min-p can narrow
-            # those: an upper bound with min-p)
-            fits = (n >= 0) & (n <= cap)
-            if bool(fits.any()):
-                reads = 1.0 + share * (1.0 + rescore.float())
-                row[label]["row_reads_buffered_rows_mean_max"] = [round(float(reads[fits].mean()), 3),
-                                                                  round(float(reads[fits].max()), 3)]
+            # reads of the row (full-row equivalents) by the rows that compact: pass 1, the compaction and,
+            # when the draw rescores, the filtered pass over the candidate groups (min-p can narrow those: an
+            # upper bound with min-p); a row that overflows reads the rest of its candidate groups to raise the
+            # bound, then the groups above the raised bound (which its draw's candidates are then), and, still
+            # overflowing, those once per radix level
+            share2 = (M / T >= Lb[:, None]).sum(1) / NGR
+            levels = torch.zeros(R)
+            for r in (over & ~fits).nonzero().flatten().tolist():
+                levels[r] = radix_levels(z[r], (M[r] / T >= Lb[r]).repeat_interleave(G)[:V], k, p, float(total[r]))
+            now = 1.0 + share + torch.where(Lb > L / T, share2, 0.0) + share2 * (levels + rescore.float())
+            first_fit = fits & ~over
+            if bool(first_fit.any()):
+                row[label]["row_reads_buffered_rows_mean_max"] = [round(float(now[first_fit].mean()), 3),
+                                                                  round(float(now[first_fit].max()), 3)]
+            if bool(over.any()):
+                for r in over.nonzero().flatten().tolist():   # what every overflowing row read before
+                    levels[r] = radix_levels(z[r], cg[r].repeat_interleave(G)[:V], k, p, float(total[r]))
+                before = 1.0 + share * (1.0 + levels + rescore.float())   # the radix selects after the compaction
+                row[label]["overflow_rows_reads_radix_before_now_mean_max"] = {
+                    "radix_before": [round(float(before[over].mean()), 3), round(float(before[over].max()), 3)],
+                    "now": [round(float(now[over].mean()), 3), round(float(now[over].max()), 3)],
+                    "raised_to_fit_now": ([round(float(now[raised].mean()), 3), round(float(now[raised].max()), 3)]
+                                          if bool(raised.any()) else None)}
+                row[label]["raised_buffered_q50_max"] = ([int(n[raised].median()), int(n[raised].max())]
+                                                         if bool(raised.any()) else None)
+                if token_rows and label == "kernel":   # the whole sampler on overflowing rows too
+                    row["tokens_vs_reference_overflow_rows"] = check_tokens(x[over][:token_rows // 3], T, k, p, mp,
+                                                                            device)
         if token_rows:
             row["tokens_vs_reference"] = check_tokens(x[:: max(1, R // token_rows)][:token_rows], T, k, p, mp, device)
         row["seconds"] = round(time.perf_counter() - t0, 1)
@@ -216,7 +292,8 @@ def main(argv=None):
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="results name (default: candidates_smollm2_<cpu|cuda>)")
     ap.add_argument("--token-rows", type=int, default=48,
-                    help="rows per config on which the whole Triton sampler runs against the reference (0: none)")
+                    help="rows per config on which the whole Triton sampler runs against the reference, and a third "
+                         "as many of the rows whose candidates overflow the buffer (0: none)")
     args = ap.parse_args(argv)
     if args.logits and os.path.exists(args.logits):
         x = torch.load(args.logits)

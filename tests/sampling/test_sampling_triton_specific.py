@@ -296,33 +296,34 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_candidates, _radix_select, _sort_desc,
+    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _radix_select, _sort_desc,
     _sorted_thresholds)
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, V, NG, CAP, CAPR, SORT,
-                       HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, V, NG, CAP, CAPR,
+                       SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = g_ptr + row * NG
     buf_row = _buffer_row(buf_ptr, row, CAPR)   # CAP values (CAPR: CAP in whole HBLOCK tiles), then the masses
     L = tl.load(l_ptr + row)
     k = tl.load(k_ptr + row)
-    nbuf = _compact_candidates(row_ptr, g_row, buf_row, L, V, -1, k != k, 1.0, CAP, DBLOCK)
-    tl.debug_barrier()
-    tl.store(n_ptr + row, nbuf)
-    use_buf = nbuf <= CAP
+    p = tl.load(p_ptr + row)
+    k_on = (k > 0) & (k < V)
     offs = tl.arange(0, HBLOCK)
     zmax = tl.full([], float("-inf"), tl.float32)
     for start in range(0, V, HBLOCK):
         zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
                                                other=float("-inf"))))
-    k = tl.load(k_ptr + row)
-    p = tl.load(p_ptr + row)
+    mass_row = tl.load(m_ptr + row)            # the row's mass, relative to exp(zmax), as the finish's scan gives it
+    nbuf, Lb = _compact_bounded(row_ptr, g_row, buf_row, L, zmax, mass_row, k, k_on, p, V, -1, k != k, 1.0, CAP,
+                                DBLOCK, HBLOCK)
+    tl.store(n_ptr + row, nbuf)
+    tl.store(lb_ptr + row, Lb)
+    use_buf = nbuf <= CAP
     t_key = tl.full([], 0, tl.uint32)
-    mass_k = tl.load(m_ptr + row)              # the row's mass, relative to exp(zmax), as the finish's scan gives it
-    k_on = (k > 0) & (k < V)
+    mass_k = mass_row
     if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
         if k_on | (p < 1.0):
             t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, PW)
@@ -372,6 +373,8 @@ def test_threshold_search_exact(quantize, cap, sort):
     z[1, :] = 1.5
     z[6, [5, 300, 700]] += 8.0    # peaked top-p rows: a few group maxima carry the mass (a finite bound)
     z[12, [10, 600]] += 7.0
+    z[4, 512:1280] = z[4, 512:1280] * 0.1 - 3.0   # low groups: top-k's bound (the 4th / 6th largest group maximum)
+    z[9, 1280:] = z[9, 1280:] * 0.1 - 3.0         # is low, and its candidates overflow a small buffer
     z = torch.where(z == 0, torch.zeros_like(z), z)  # -0 -> +0 as the kernel does
     top_k = torch.tensor([3, 5, 1, 2, 4, 100, 0, 0, 0, 6, 40, 1332, 0, 250, 7, 1], dtype=torch.int32)
     top_p = torch.tensor([1.0, 0.5, 1.0, 0.9, 1.0, 0.8, 0.5, 0.95, 0.01, 0.9, 0.99, 1.0, 0.3, 0.999, 1.0, 0.2])
@@ -390,21 +393,32 @@ def test_threshold_search_exact(quantize, cap, sort):
     assert (L > float("-inf")).sum() >= 8 and (L[p_only] > float("-inf")).sum() >= 3
     out = torch.empty(B, dtype=torch.int64, device=DEV)
     nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
+    Lb = torch.empty(B, device=DEV)
     capr = -(-max(cap, 1) // 128) * 128
     buf = torch.full((B, 2 * capr), float("nan"), device=DEV)
     _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV),
                              mass.float().to(DEV), buf, out,
-                             nbuf, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
+                             nbuf, Lb, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
     zc = z.cpu()
+    nbuf, Lb = nbuf.cpu().long(), Lb.cpu()
     n_want = (zc >= L.view(-1, 1)).sum(1)
-    assert torch.equal(nbuf.cpu().long(), n_want)
-    on_buf = n_want <= cap
+    over = n_want > cap
+    # a row that fits keeps its bound; one that overflows raises it (_overflow_bound) or reads the row
+    assert torch.equal(Lb[~over], L[~over].float()) and bool((Lb[over] >= L[over]).all())
+    n_b = (zc >= Lb.view(-1, 1)).sum(1)
+    on_buf = nbuf <= cap
+    assert torch.equal(nbuf[on_buf], n_b[on_buf]) and bool((nbuf[~on_buf] == cap + 1).all())
+    assert bool(((n_b > cap) | (Lb == L))[~on_buf].all())
+    if cap == 64:   # overflowing rows whose raised bound fits the buffer, and rows it cannot fit
+        assert int((over & on_buf).sum()) >= 2 and int((over & ~on_buf).sum()) >= 2, (n_want, nbuf, n_b)
     filtered = ((top_k > 0) & (top_k < V)) | (top_p < 1.0)
-    bisected = on_buf & filtered & ~(sort & (n_want <= 64))
+    bisected = on_buf & filtered & ~(sort & (nbuf <= 64))
     assert int(bisected.sum()) > 0 or cap == 0 or (sort and cap == 64)   # a buffer of 64 sorts every row
     for r in range(B):   # the buffer holds the candidates' values in row order (the bisection's rows: their keys)
-        m = min(cap, int(n_want[r]))
-        vals = zc[r][zc[r] >= L[r]][:m]
+        if not on_buf[r]:
+            continue
+        m = int(nbuf[r])
+        vals = zc[r][zc[r] >= Lb[r]]
         if bisected[r]:
             assert torch.equal(buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF, _keys(vals))
         else:
@@ -718,6 +732,102 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     assert ((x[:8] >= L[:8, None]).sum(1) <= 3).all()  # the candidates: the strong tokens only
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
+
+
+@triton.jit
+def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, n_ptr, lb_ptr, V, NGR, CAP,
+                    HBLOCK: tl.constexpr, DBLOCK: tl.constexpr):
+    row = tl.program_id(0)
+    T = tl.load(t_ptr + row)
+    k = tl.load(k_ptr + row)
+    nbuf, Lb = _compact_bounded(x_ptr + row * V, ws_ptr + row * 3 * NGR, buf_ptr + row * CAP, tl.load(l_ptr + row) / T,
+                                tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0, tl.load(p_ptr + row), V, -1,
+                                k != k, T, CAP, DBLOCK, HBLOCK)
+    tl.store(n_ptr + row, nbuf)
+    tl.store(lb_ptr + row, Lb)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
+    """Rows like a language model's at T ~ 1 (a Zipf tail: the value of rank r about -1.6 s ln(r)) whose
+    candidates for top-p alone overflow a buffer of 512: the compaction stops at the tile that would
+    overflow it, one more read bins the candidates (_overflow_bound) and the values above the raised
+    bound are compacted again. Rows 0 and 1 fit then (the radix selects' 5-7 reads of the row avoided),
+    rows 2 and 6 cannot (top-p keeps more than 512 values), row 5 keeps fewer but its threshold's bin
+    is too full; rows 3, 4 and 7 never overflow. The buffer holds exactly the values at or above the
+    returned bound, which every kept token reaches, and the sampler's tokens equal the reference's on
+    either path."""
+    torch.manual_seed(5)
+    B, V, G, CAP = 8, 6007, philox.GROUP_SIZE, 512
+    NGR = philox.num_groups(V)
+    s = torch.tensor([1.0, 1.1, 0.9, 1.0, 1.2, 0.8, 1.0, 1.0])
+    rank = torch.stack([torch.randperm(V) for _ in range(B)]).float()
+    x = (6.0 - s[:, None] * torch.log1p(rank) * 1.6 + 0.1 * torch.randn(B, V)).to(dtype).float()
+    T = torch.tensor([1.0, 1.0, 1.2, 0.9, 1.0, 1.0, 1.3, 0.7])
+    p = torch.tensor([0.95, 0.99, 0.9, 0.95, 0.97, 0.9, 0.95, 0.99])
+    k = torch.zeros(B, dtype=torch.int32)
+    xg = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(B, NGR, G)
+    m = xg.max(2).values
+    sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
+    L, total = _bounds(m, sz, k, p, T, 64)
+    z = x / T[:, None]
+    kept = filter_mask(z, k, p, torch.zeros(B))
+    n_cand = (z >= (L / T)[:, None]).sum(1)
+    n = torch.empty(B, dtype=torch.int32, device=DEV)
+    Lb = torch.empty(B, device=DEV)
+    buf = torch.full((B, CAP), float("nan"), device=DEV)
+    ws = torch.stack([m, torch.zeros_like(m), sz], 1).contiguous()
+    _bounded_kernel[(B,)](x.to(DEV), ws.to(DEV), buf, L.to(DEV), T.to(DEV), k.to(DEV), p.to(DEV),
+                          z.max(1).values.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
+    n, Lb, buf = n.cpu().long(), Lb.cpu(), buf.cpu()
+    over, fits = n_cand > CAP, n <= CAP
+    assert over.tolist() == [True, True, True, False, False, True, True, False]
+    assert (over & fits).tolist() == [True, True] + [False] * 6, (n_cand, n)
+    assert bool((kept.sum(1)[[2, 6]] > CAP).all()) and int(kept[5].sum()) < CAP
+    assert torch.equal(Lb[~over], (L / T)[~over]) and bool((Lb[over & fits] > (L / T)[over & fits]).all())
+    assert bool((n[~fits] == CAP + 1).all())
+    for r in fits.nonzero().flatten().tolist():   # every value at or above the bound, in row order
+        assert torch.equal(buf[r, :n[r]], z[r][z[r] >= Lb[r]])
+        assert bool((z[r][kept[r]] >= Lb[r]).all())
+    monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 512 in the sampler too
+    _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
+
+
+def test_raised_bound_that_still_overflows():
+    """A top-k row whose raised bound still leaves more values than the buffer holds: the top bin holds
+    the 100 largest values (top-k 60 reaches there, and they fit a buffer of 512), but 700 values sit in
+    the upper half of the bin below, above the bound's half-bin margin. The second compaction
+    overflows, and the radix selects read the groups above the raised bound; the sampler's tokens
+    equal the reference's (fp32 and bf16, where the 700 tie in a few values)."""
+    G, V, CAP = philox.GROUP_SIZE, 16384, 512
+    NGR = V // G
+    x = torch.full((2, V), -20.0)
+    x[:, :100] = 9.4 + 0.001 * torch.arange(100)                      # group 0: the top bin
+    x[:, G:G + 700] = 8.3 + 1e-4 * torch.arange(700)                  # groups 1-3: the upper half of the bin below
+    x[:, 4 * G::G] = -5.0 - 0.01 * torch.arange(NGR - 4)              # the other groups' maxima: top-k's bound
+    T = torch.tensor([1.0, 1.0])
+    k = torch.tensor([60, 60], dtype=torch.int32)
+    p = torch.tensor([1.0, 0.9])
+    xg = x.view(2, NGR, G)
+    m = xg.max(2).values
+    sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
+    L, total = _bounds(m, sz, k, p, T, 64)
+    n = torch.empty(2, dtype=torch.int32, device=DEV)
+    Lb = torch.empty(2, device=DEV)
+    ws = torch.stack([m, torch.zeros_like(m), sz], 1).contiguous()
+    _bounded_kernel[(2,)](x.to(DEV), ws.to(DEV), torch.empty(2 * CAP, device=DEV), L.to(DEV), T.to(DEV), k.to(DEV),
+                          p.to(DEV), (x.max(1).values / T).to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512,
+                          DBLOCK=2048)
+    assert bool(((x >= L[:, None]).sum(1) > 800).all())                 # the first compaction overflows
+    assert n.cpu().tolist() == [CAP + 1] * 2
+    assert bool(((Lb.cpu() > 8.0) & (Lb.cpu() < 8.3)).all())        # raised into the bin below the top one
+    _tk_cap = _tk._CANDIDATES
+    try:
+        _tk._CANDIDATES = 24                                          # a buffer of 512 in the sampler too
+        for dtype in (torch.float32, torch.bfloat16):
+            _check(x.to(dtype).to(DEV), _params(2, T, k, p, 0.0))
+    finally:
+        _tk._CANDIDATES = _tk_cap
 
 
 @triton.jit

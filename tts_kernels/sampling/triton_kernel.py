@@ -38,13 +38,16 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25 SASS thread-instructions
   per value and step counting, 9.12 weighing masses, instead of 12.75 and 22.5 when each read recomputed key and
   mass, and 287 per value and level for the radix levels of 4-bit digits before them; 33 reads per select at worst;
-  bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds reads its candidate groups per radix
-  level (``_radix_select``, ``_row_hist``), and skips the compaction when it has no bound and is longer than the
-  buffer.
+  bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds raises its bound from their
+  values (``_compact_bounded``: the compaction stops at the tile that would overflow the buffer, one read of the
+  rest bins every candidate by value and mass, ``_overflow_bound``) and compacts the values above it again; if
+  those still overflow it, it reads its candidate groups per radix level (``_radix_select``, ``_row_hist``). A row
+  with no bound that is longer than the buffer skips the compaction and takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
-  (compaction) + at most that share again (the draw).
+  (compaction) + at most that share again (the draw); with an overflow that the raised bound resolves,
+  + the share of the groups above it (the second compaction).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 The token equals the reference's except at float near-ties of either level (two group scores,
@@ -179,16 +182,29 @@ def _is_candidate(ws_row, g, V, Tz, Lz):
 
 
 @triton.jit
-def _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass):
-    """Per 4-bit digit ``(key(z) >> shift) & 15`` of the candidates whose higher digits equal
-    ``prefix``: their count and (when ``need_mass``) their mass ``exp(z - zmax)``."""
-    hi = _order_key(z) >> shift
-    match = cand & ((hi >> 4) == prefix)
-    oh = ((hi & 15).to(tl.int32)[:, None] == bins[None, :]) & match[:, None]
+def _bin_hist(d, match, z, zmax, bins, need_mass):
+    """Per bin ``d`` (0-15) of the values with ``match``: their count and (when ``need_mass``) their
+    mass ``exp(z - zmax)``."""
+    oh = (d[:, None] == bins[None, :]) & match[:, None]
     mass = tl.zeros([16], tl.float32)
     if need_mass:
         mass = tl.sum(tl.where(oh, tl.exp(z - zmax)[:, None], 0.0), 0)
     return tl.sum(oh.to(tl.int32), 0), mass
+
+
+@triton.jit
+def _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass):
+    """:func:`_bin_hist` per 4-bit digit ``(key(z) >> shift) & 15`` of the candidates whose higher
+    digits equal ``prefix``."""
+    hi = _order_key(z) >> shift
+    return _bin_hist((hi & 15).to(tl.int32), cand & ((hi >> 4) == prefix), z, zmax, bins, need_mass)
+
+
+@triton.jit
+def _z_bin(z, Lz, scale):
+    """The bin of ``z`` among 16 of width ``1 / scale`` from ``Lz`` up (below ``Lz``: 0; the last one
+    takes everything above)."""
+    return tl.minimum(tl.maximum((z - Lz) * scale, 0.0), 15.0).to(tl.int32)
 
 
 @triton.jit
@@ -312,23 +328,74 @@ def _buffer_thresholds(buf_ptr, w_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_
 
 
 @triton.jit
-def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax, need_mass,
-              HBLOCK: tl.constexpr):
+def _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, Lz, shift, prefix, zmax, need_mass, lo, scale,
+              Z_BINS: tl.constexpr, HBLOCK: tl.constexpr):
     """:func:`_digit_hist` over the row's candidate groups (:func:`_is_candidate`; tiles without one
-    are not read): a select level's read when the candidates overflow the buffer."""
+    are not read) from ``lo`` on: a select level's read when the candidates overflow the buffer. With
+    ``Z_BINS``, the values ``z >= Lz`` per bin of :func:`_z_bin` instead (``shift`` and ``prefix``
+    unused): :func:`_overflow_bound`'s read."""
     bins = tl.arange(0, 16)
     offs0 = tl.arange(0, HBLOCK)
     cnt = tl.zeros([16], tl.int32)
     mass = tl.zeros([16], tl.float32)
-    for start in range(0, V, HBLOCK):
+    for start in range(lo, V, HBLOCK):
         offs = start + offs0
         cand = (offs < V) & _is_candidate(gmax_ptr, offs // GROUP, V, Tz, Lz)
         if tl.max(cand.to(tl.int32), 0) > 0:
-            c, m = _digit_hist(_scaled(row_ptr, offs, cand, end0, mask_end, Tz), cand, shift, prefix, zmax,
-                               bins, need_mass)
+            z = _scaled(row_ptr, offs, cand, end0, mask_end, Tz)
+            if Z_BINS:
+                c, m = _bin_hist(_z_bin(z, Lz, scale), cand & (z >= Lz), z, zmax, bins, need_mass)
+            else:
+                c, m = _digit_hist(z, cand, shift, prefix, zmax, bins, need_mass)
             cnt += c
             mass += m
     return cnt, mass
+
+
+@triton.jit
+def _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK: tl.constexpr):
+    """:func:`_bin_hist` per bin of :func:`_z_bin` of the ``nbuf`` buffered values (all ``>= Lz``)."""
+    bins = tl.arange(0, 16)
+    offs0 = tl.arange(0, HBLOCK)
+    cnt = tl.zeros([16], tl.int32)
+    mass = tl.zeros([16], tl.float32)
+    for start in range(0, nbuf, HBLOCK):
+        offs = start + offs0
+        inb = offs < nbuf
+        z = tl.load(buf_ptr + offs, mask=inb, other=float("-inf"))
+        c, m = _bin_hist(_z_bin(z, Lz, scale), inb, z, zmax, bins, need_mass)
+        cnt += c
+        mass += m
+    return cnt, mass
+
+
+@triton.jit
+def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz,
+                    CAP, HBLOCK: tl.constexpr):
+    """A bound above ``Lz`` for a row whose candidates ``z >= Lz`` overflow the buffer: their values in
+    16 bins of equal width from ``Lz`` to ``zmax``, count and mass per bin, from the ``nbuf`` the
+    compaction buffered and one read of the row's candidate groups from ``lo`` on (the tile where it
+    stopped): the highest bin edge at or above which they still reach top-k's count (top-k on), or
+    weigh ``top_p x total`` with the candidate bound's 1e-3 margin (top-p alone), less half a bin for
+    the rounding of the bins (a key range under 1e-3 of the values: no bound). The kept set lies above
+    it. ``Lz`` when the lowest edge is the highest, or when the values from that edge up are more than
+    ``CAP`` (they would overflow the buffer again: the radix selects follow)."""
+    L2 = Lz
+    if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
+        scale = 16.0 / (zmax - Lz)
+        need_mass = k_on == 0
+        cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, ws_row, Lz, 0, 0, zmax, need_mass, lo, scale, True,
+                              HBLOCK)
+        cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK)
+        bins = tl.arange(0, 16)
+        ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
+        ge_cnt = tl.sum(tl.where(ge, (cnt + cb)[None, :], 0), 1)
+        ge_mass = tl.sum(tl.where(ge, (mass + mb)[None, :], 0.0), 1)
+        reach = tl.where(k_on, ge_cnt >= top_k, ge_mass >= top_p * total * 1.001)
+        b = tl.max(tl.where(reach, bins, 0), 0)
+        fit = tl.sum(tl.where(bins == b, ge_cnt, 0), 0) <= CAP     # else the values above still overflow it
+        L2 = tl.where((b > 0) & fit, Lz + (b.to(tl.float32) - 0.5) * (zmax - Lz) * 0.0625, Lz)
+    return L2
 
 
 @triton.jit
@@ -435,7 +502,7 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
     while (lvl < 8) & (done == 0):
         shift = 28 - 4 * lvl
         cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, gmax_ptr, L / Tz, shift, prefix, zmax,
-                              need_mass, HBLOCK)
+                              need_mass, 0, 0.0, False, HBLOCK)
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         if BY_MASS:
@@ -464,26 +531,56 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
 def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
     """One read of the candidate groups (raw maximum ``/ T >= Lz``; tiles without one are not read):
     writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP``
-    of them, and returns how many there are (more than ``CAP``: the selects read the row instead).
-    The thresholds then come from these few values, not the row (``_sorted_thresholds``, or
-    ``_buffer_thresholds``)."""
+    of them. Returns how many it wrote and where it stopped: ``V``, or the start of the first tile
+    whose values would overflow the buffer (none of them written: :func:`_compact_bounded` goes on
+    from there). The thresholds then come from these few values, not the row (``_sorted_thresholds``,
+    or ``_buffer_thresholds``)."""
     GT: tl.constexpr = DBLOCK // GROUP
     gi = tl.arange(0, GT)
     idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
     n = tl.full([], 0, tl.int32)
+    stop = n + V
     for start in range(0, V, DBLOCK):
-        g = start // GROUP + gi
-        cg = _is_candidate(ws_row, g, V, Tz, Lz)
-        if tl.max(cg.to(tl.int32), 0) > 0:
-            offs = start + idx
-            inb = (offs < V) & cg[:, None]
-            z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
-            sel = (inb & (z >= Lz)).to(tl.int32)
-            per_group = tl.sum(sel, 1)
-            pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
-            tl.store(buf_ptr + pos, z, mask=(sel > 0) & (pos < CAP))
-            n += tl.sum(per_group, 0)
-    return n
+        if start < stop:         # (a loop over every tile, a compare after the stop: a ``range`` of known step)
+            g = start // GROUP + gi
+            cg = _is_candidate(ws_row, g, V, Tz, Lz)
+            if tl.max(cg.to(tl.int32), 0) > 0:
+                offs = start + idx
+                inb = (offs < V) & cg[:, None]
+                z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
+                sel = (inb & (z >= Lz)).to(tl.int32)
+                per_group = tl.sum(sel, 1)
+                fits = n + tl.sum(per_group, 0) <= CAP
+                pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
+                tl.store(buf_ptr + pos, z, mask=(sel * fits.to(tl.int32)) > 0)
+                n = tl.where(fits, n + tl.sum(per_group, 0), n)
+                stop = tl.where(fits, stop, start)
+    return n, stop
+
+
+@triton.jit
+def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz, CAP,
+                     DBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+    """The candidates ``z >= Lz`` compacted into the buffer (:func:`_compact_candidates`); when they
+    overflow it, the bound raised from the values that read found (:func:`_overflow_bound`: the rest
+    of the candidate groups read once more, from the tile where it stopped) and the values above it
+    compacted again. Returns the buffered count (``CAP + 1``: they still overflow, the selects read
+    the row) and the bound at or above which the buffer holds every value. Row reads: the candidate
+    groups once, twice with an overflow (the second time those above the raised bound only)."""
+    nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
+    tl.debug_barrier()  # the values written by every warp, visible to the reads
+    Lb = Lz
+    if stop < V:
+        L2 = _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, V, end0,
+                             mask_end, Tz, CAP, HBLOCK)
+        nbuf = CAP + 1
+        if L2 > Lz:
+            tl.debug_barrier()  # every read of the buffer done before it is rewritten
+            nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, L2, V, end0, mask_end, Tz, CAP, DBLOCK)
+            tl.debug_barrier()
+            nbuf = tl.where(stop < V, CAP + 1, nbuf)
+            Lb = L2
+    return nbuf, Lb
 
 
 @triton.jit
@@ -837,21 +934,25 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
                        PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
     group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
-    top-k set), the compaction of the candidates, then the sort, the bisection over the buffer or, when
-    the candidates overflow it, the radix selects over the row's candidate groups. Returns (Ls, the smallest key
+    top-k set), the compaction of the candidates (the bound raised when they overflow the buffer,
+    :func:`_compact_bounded`), then the sort, the bisection over the buffer or, when the candidates still
+    overflow it, the radix selects over the row's candidate groups. Returns (Ls, the smallest key
     the filters keep, whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the
     candidates, because a radix select over the row's candidate groups (a row that overflows the buffer)
     can stop at a key prefix, below the exact threshold, which only the candidates are known to respect)."""
     zmax = xmax / Tz
     Ls = _candidate_bound(ws_row, NGR, ge, Me, SZe, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
     # the candidates' values compacted once; the selects' passes read them, not the row (when there are
-    # more than CAP of them they read the row's candidate groups instead; with no bound, Ls = -inf,
+    # still more than CAP of them they read the row's candidate groups instead; with no bound, Ls = -inf,
     # every token is a candidate and a row longer than the buffer overflows it: no compaction)
     compact = (Ls > float("-inf")) | (V <= CAP)
     nbuf = tl.full([], 0, tl.int32)
     if compact:
-        nbuf = _compact_candidates(row_ptr, ws_row, buf_ptr, Ls / Tz, V, end0, mask_end, Tz, CAP, DBLOCK)
-        tl.debug_barrier()  # the values written by every warp, visible to the selects
+        nbuf, Lb = _compact_bounded(row_ptr, ws_row, buf_ptr, Ls / Tz, zmax, total, top_k, k_on, top_p, V, end0,
+                                    mask_end, Tz, CAP, DBLOCK, HBLOCK)
+        # a raised bound holds for the draw's candidates too: it lies half a bin below every value it keeps
+        # (_overflow_bound), far more than its rounding back to a raw logit
+        Ls = tl.where(Lb > Ls / Tz, Lb * Tz, Ls)
     use_buf = compact & (nbuf <= CAP)
     # before the selects: tested after them, g1 stayed live through their loops, and ptxas reloaded a
     # spilled value in every radix level of the 16-bit budget _merge_kernel on sm_90 (Triton 3.9)
