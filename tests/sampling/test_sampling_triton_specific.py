@@ -334,9 +334,9 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
     else:                                      # overflow: the radix selects over the candidate groups
         if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
-                                          g_row, L, False, HBLOCK)
+                                          g_row, Lb, False, HBLOCK)
         if p < 1.0:
-            t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, L,
+            t_p, _m = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, p, mass_k, p < 1.0, g_row, Lb,
                                     True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
@@ -360,10 +360,11 @@ def test_threshold_search_exact(quantize, cap, sort):
     a lower bound every kept token reaches though not the kernel's (test_candidate_bound_bisection);
     -inf, all groups, for the others): the
     candidates with key >= T are exactly the reference's kept set, whether the values ``z >= L`` are
-    compacted into a buffer of ``cap`` (the bisection, _buffer_thresholds) or, for a row with more, the
-    radix selects read the row's candidate groups; from the buffer, ``T`` is exact: no token outside it
-    has ``key >= T``. ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds) instead
-    of the bisection."""
+    compacted into a buffer of ``cap`` (the bisection, _buffer_thresholds), or, for a row with more, the
+    values above the raised bound (_compact_bounded; rows 4 and 9: low top-k bounds), or the radix
+    selects read the row's candidate groups above that bound; from the buffer, ``T`` is exact: no token
+    outside it has ``key >= T``. ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds)
+    instead of the bisection."""
     torch.manual_seed(7)
     B, V = 16, 1333
     z = torch.randn(B, V, device=DEV) * 2
@@ -408,9 +409,8 @@ def test_threshold_search_exact(quantize, cap, sort):
     n_b = (zc >= Lb.view(-1, 1)).sum(1)
     on_buf = nbuf <= cap
     assert torch.equal(nbuf[on_buf], n_b[on_buf]) and bool((nbuf[~on_buf] == cap + 1).all())
-    assert bool(((n_b > cap) | (Lb == L))[~on_buf].all())
-    if cap == 64:   # overflowing rows whose raised bound fits the buffer, and rows it cannot fit
-        assert int((over & on_buf).sum()) >= 2 and int((over & ~on_buf).sum()) >= 2, (n_want, nbuf, n_b)
+    if cap == 64:   # overflowing rows whose raised bound fits the buffer
+        assert int((over & on_buf).sum()) >= 2, (n_want, nbuf, n_b)
     filtered = ((top_k > 0) & (top_k < V)) | (top_p < 1.0)
     bisected = on_buf & filtered & ~(sort & (nbuf <= 64))
     assert int(bisected.sum()) > 0 or cap == 0 or (sort and cap == 64)   # a buffer of 64 sorts every row
@@ -428,7 +428,7 @@ def test_threshold_search_exact(quantize, cap, sort):
     if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on the bisection)
         assert 0 < int((p_only & (n_want <= 64)).sum()) and 0 < int((~p_only & (n_want <= 64)).sum())
         assert cap == 64 or 0 < int(((n_want > 64) & on_buf).sum())
-    cand = (gmax >= L.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
+    cand = (gmax >= Lb.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]   # the radix selects' candidates too
     above = _keys(zc) >= out.cpu().view(-1, 1)
     want = filter_mask(zc, top_k, top_p, torch.zeros(B))
     kept = above & cand
@@ -751,12 +751,12 @@ def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr
 def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
     """Rows like a language model's at T ~ 1 (a Zipf tail: the value of rank r about -1.6 s ln(r)) whose
     candidates for top-p alone overflow a buffer of 512: the compaction stops at the tile that would
-    overflow it, one more read bins the candidates (_overflow_bound) and the values above the raised
-    bound are compacted again. Rows 0 and 1 fit then (the radix selects' 5-7 reads of the row avoided),
-    rows 2 and 6 cannot (top-p keeps more than 512 values), row 5 keeps fewer but its threshold's bin
-    is too full; rows 3, 4 and 7 never overflow. The buffer holds exactly the values at or above the
-    returned bound, which every kept token reaches, and the sampler's tokens equal the reference's on
-    either path."""
+    overflow it, one more read bins the candidates (_overflow_bound) and raises the bound. Rows 0, 1
+    and 5 fit then, and the values above the raised bound are compacted again (the radix selects' 5-7
+    reads of the row avoided); rows 2 and 6 cannot (top-p keeps more than 512 values): they keep the
+    raised bound for the radix selects; rows 3, 4 and 7 never overflow. Every kept token reaches the returned bound, the buffer holds exactly the
+    values at or above it where it fits, and the sampler's tokens equal the reference's on every path.
+    (The kernel gets ``z = x / T`` and T = 1, so that its values are the test's on a GPU too.)"""
     torch.manual_seed(5)
     B, V, G, CAP = 8, 6007, philox.GROUP_SIZE, 512
     NGR = philox.num_groups(V)
@@ -770,64 +770,70 @@ def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
     m = xg.max(2).values
     sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
     L, total = _bounds(m, sz, k, p, T, 64)
-    z = x / T[:, None]
+    z, Lz = x / T[:, None], L / T
     kept = filter_mask(z, k, p, torch.zeros(B))
-    n_cand = (z >= (L / T)[:, None]).sum(1)
+    n_cand = (z >= Lz[:, None]).sum(1)
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     Lb = torch.empty(B, device=DEV)
     buf = torch.full((B, CAP), float("nan"), device=DEV)
-    ws = torch.stack([m, torch.zeros_like(m), sz], 1).contiguous()
-    _bounded_kernel[(B,)](x.to(DEV), ws.to(DEV), buf, L.to(DEV), T.to(DEV), k.to(DEV), p.to(DEV),
+    ws = torch.stack([m / T[:, None], torch.zeros_like(m), sz], 1).contiguous()
+    _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, Lz.to(DEV), torch.ones(B, device=DEV), k.to(DEV), p.to(DEV),
                           z.max(1).values.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
     n, Lb, buf = n.cpu().long(), Lb.cpu(), buf.cpu()
     over, fits = n_cand > CAP, n <= CAP
     assert over.tolist() == [True, True, True, False, False, True, True, False]
-    assert (over & fits).tolist() == [True, True] + [False] * 6, (n_cand, n)
-    assert bool((kept.sum(1)[[2, 6]] > CAP).all()) and int(kept[5].sum()) < CAP
-    assert torch.equal(Lb[~over], (L / T)[~over]) and bool((Lb[over & fits] > (L / T)[over & fits]).all())
-    assert bool((n[~fits] == CAP + 1).all())
-    for r in fits.nonzero().flatten().tolist():   # every value at or above the bound, in row order
+    assert (over & fits).tolist() == [True, True, False, False, False, True, False, False], (n_cand, n)
+    assert bool((kept.sum(1)[[2, 6]] > CAP).all())
+    assert torch.equal(Lb[~over], Lz[~over]) and bool((Lb[over] > Lz[over]).all())
+    assert bool((n[~fits] == CAP + 1).all()) and bool(((z >= Lb[:, None]).sum(1)[over & ~fits] > CAP).all())
+    assert bool(((z >= Lb[:, None]) | ~kept).all())                  # every kept token reaches the bound
+    for r in fits.nonzero().flatten().tolist():                       # every value at or above it, in row order
         assert torch.equal(buf[r, :n[r]], z[r][z[r] >= Lb[r]])
-        assert bool((z[r][kept[r]] >= Lb[r]).all())
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 512 in the sampler too
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 
-def test_raised_bound_that_still_overflows():
+def test_raised_bound_that_still_overflows(monkeypatch):
     """A top-k row whose raised bound still leaves more values than the buffer holds: the top bin holds
-    the 100 largest values (top-k 60 reaches there, and they fit a buffer of 512), but 700 values sit in
-    the upper half of the bin below, above the bound's half-bin margin. The second compaction
-    overflows, and the radix selects read the groups above the raised bound; the sampler's tokens
-    equal the reference's (fp32 and bf16, where the 700 tie in a few values)."""
+    the 100 largest values (top-k 60 reaches there, and they fit a buffer of 512), but 700 values sit
+    just below its edge, above the bound's 1/16-bin margin. The second compaction overflows, and the
+    radix selects read the groups above the raised bound; the sampler's tokens equal the reference's
+    (fp32, and bf16, where the rounding moves the 700 elsewhere)."""
     G, V, CAP = philox.GROUP_SIZE, 16384, 512
     NGR = V // G
     x = torch.full((2, V), -20.0)
     x[:, :100] = 9.4 + 0.001 * torch.arange(100)                      # group 0: the top bin
-    x[:, G:G + 700] = 8.3 + 1e-4 * torch.arange(700)                  # groups 1-3: the upper half of the bin below
     x[:, 4 * G::G] = -5.0 - 0.01 * torch.arange(NGR - 4)              # the other groups' maxima: top-k's bound
+    x[:, G:G + 700] = 0.0                                             # groups 1-3: placed below
     T = torch.tensor([1.0, 1.0])
     k = torch.tensor([60, 60], dtype=torch.int32)
     p = torch.tensor([1.0, 0.9])
-    xg = x.view(2, NGR, G)
-    m = xg.max(2).values
-    sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
-    L, total = _bounds(m, sz, k, p, T, 64)
+
+    def bound():
+        xg = x.view(2, NGR, G)
+        m = xg.max(2).values
+        sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
+        return m, sz, *_bounds(m, sz, k, p, T, 64)
+
+    _m, _sz, L, _total = bound()
+    zmax = x.max(1).values
+    edge = L + 15 * (zmax - L) / 16                                   # the top bin's lower edge
+    width = (zmax - L) / 16
+    x[:, G:G + 700] = (edge - width / 32)[:, None] + (width / 32000)[:, None] * torch.arange(700)   # under the edge
+    m, sz, L2, total = bound()
+    assert torch.equal(L, L2)                                         # groups 1-3 stay above the bound
     n = torch.empty(2, dtype=torch.int32, device=DEV)
     Lb = torch.empty(2, device=DEV)
     ws = torch.stack([m, torch.zeros_like(m), sz], 1).contiguous()
     _bounded_kernel[(2,)](x.to(DEV), ws.to(DEV), torch.empty(2 * CAP, device=DEV), L.to(DEV), T.to(DEV), k.to(DEV),
-                          p.to(DEV), (x.max(1).values / T).to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512,
-                          DBLOCK=2048)
-    assert bool(((x >= L[:, None]).sum(1) > 800).all())                 # the first compaction overflows
-    assert n.cpu().tolist() == [CAP + 1] * 2
-    assert bool(((Lb.cpu() > 8.0) & (Lb.cpu() < 8.3)).all())        # raised into the bin below the top one
-    _tk_cap = _tk._CANDIDATES
-    try:
-        _tk._CANDIDATES = 24                                          # a buffer of 512 in the sampler too
-        for dtype in (torch.float32, torch.bfloat16):
-            _check(x.to(dtype).to(DEV), _params(2, T, k, p, 0.0))
-    finally:
-        _tk._CANDIDATES = _tk_cap
+                          p.to(DEV), zmax.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
+    Lb = Lb.cpu()
+    assert bool(((x >= L[:, None]).sum(1) > 800).all())               # the first compaction overflows
+    assert n.cpu().tolist() == [CAP + 1] * 2                          # and so does the second
+    assert bool(((Lb > edge - width / 12) & (Lb < x[:, G])).all())  # 1/16 of a bin below the edge, under the 700
+    monkeypatch.setattr(_tk, "_CANDIDATES", 24)                       # a buffer of 512 in the sampler too
+    for dtype in (torch.float32, torch.bfloat16):
+        _check(x.to(dtype).to(DEV), _params(2, T, k, p, 0.0))
 
 
 @triton.jit
@@ -928,7 +934,8 @@ def test_top_p_alone_on_the_sort_keeps_the_row_share():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_candidate_buffer_and_overflow(monkeypatch, dtype):
     """The selects read the candidates compacted into a per-row buffer; a row with more candidates
-    than it holds reads its candidate groups instead. Both give the reference's tokens, and the same
+    than it holds raises its bound from their values, and compacts those above it again where they fit,
+    or reads its candidate groups. Every path gives the reference's tokens, and the same
     tokens whatever the capacity (here 4096: every filtered row buffered; 24, which the wrapper rounds
     up to one tile of the reads, 512 values: some rows buffered (the peaked rows with a small k), the
     others (flat rows, top-p alone, k beyond the 7 groups) not; 0: none)."""

@@ -118,7 +118,7 @@ _DRAW_BYTES = 8192
 _SLICE_TOKENS = 2048
 #: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, + 16 KB of masses): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
-#: benchmarks' k = 50: about 60-70 of them); a row with more reads the row's candidate groups per select pass
+#: benchmarks' k = 50: about 60-70 of them); a row with more raises its bound from their values (``_compact_bounded``)
 _CANDIDATES = 4096
 #: candidates whose thresholds come from one sort and a running sum (``_sorted_thresholds``) instead of
 #: a bisection over the buffer (``_buffer_thresholds``): the benchmarks' top-k of 50 buffers 50-77 values
@@ -375,12 +375,15 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
     """A bound above ``Lz`` for a row whose candidates ``z >= Lz`` overflow the buffer: their values in
     16 bins of equal width from ``Lz`` to ``zmax``, count and mass per bin, from the ``nbuf`` the
     compaction buffered and one read of the row's candidate groups from ``lo`` on (the tile where it
-    stopped): the highest bin edge at or above which they still reach top-k's count (top-k on), or
-    weigh ``top_p x total`` with the candidate bound's 1e-3 margin (top-p alone), less half a bin for
-    the rounding of the bins (a key range under 1e-3 of the values: no bound). The kept set lies above
-    it. ``Lz`` when the lowest edge is the highest, or when the values from that edge up are more than
-    ``CAP`` (they would overflow the buffer again: the radix selects follow)."""
+    stopped; a one-hot histogram, a radix level's instructions per value): the highest bin edge at or
+    above which they still reach top-k's count (top-k on), or weigh ``top_p x total`` with the candidate
+    bound's 1e-3 margin (top-p alone), less 1/16 of a bin for the rounding of the bins and of the bound
+    (at most ~1/300 of a bin where the key range is at least 1e-3 of the values; a narrower range gets no
+    bound). The kept set lies above it. Returns it (``Lz`` when the lowest edge is the highest) and
+    whether the values from that edge up fit the buffer (those in the 1/16 of a bin below it can still
+    overflow it: the caller's second compaction tells)."""
     L2 = Lz
+    fit = Lz != Lz                           # False
     if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
         scale = 16.0 / (zmax - Lz)
         need_mass = k_on == 0
@@ -393,9 +396,9 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
         ge_mass = tl.sum(tl.where(ge, (mass + mb)[None, :], 0.0), 1)
         reach = tl.where(k_on, ge_cnt >= top_k, ge_mass >= top_p * total * 1.001)
         b = tl.max(tl.where(reach, bins, 0), 0)
-        fit = tl.sum(tl.where(bins == b, ge_cnt, 0), 0) <= CAP     # else the values above still overflow it
-        L2 = tl.where((b > 0) & fit, Lz + (b.to(tl.float32) - 0.5) * (zmax - Lz) * 0.0625, Lz)
-    return L2
+        fit = tl.sum(tl.where(bins == b, ge_cnt, 0), 0) <= CAP
+        L2 = tl.where(b > 0, Lz + (b.to(tl.float32) - 0.0625) * (zmax - Lz) * 0.0625, Lz)
+    return L2, fit
 
 
 @triton.jit
@@ -563,23 +566,23 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
                      DBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
     """The candidates ``z >= Lz`` compacted into the buffer (:func:`_compact_candidates`); when they
     overflow it, the bound raised from the values that read found (:func:`_overflow_bound`: the rest
-    of the candidate groups read once more, from the tile where it stopped) and the values above it
-    compacted again. Returns the buffered count (``CAP + 1``: they still overflow, the selects read
-    the row) and the bound at or above which the buffer holds every value. Row reads: the candidate
-    groups once, twice with an overflow (the second time those above the raised bound only)."""
+    of the candidate groups read from the tile where it stopped) and, where the values above it fit
+    the buffer, those compacted again. Returns the buffered count (``CAP + 1``: they still overflow, the
+    selects read the candidate groups above the bound) and the bound (raised or not) at or above which
+    every kept value lies, and the buffer holds every value when it fits. Row reads: the candidate
+    groups once; with an overflow, the groups above the raised bound once more where it fits."""
     nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
     if stop < V:
-        L2 = _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, V, end0,
-                             mask_end, Tz, CAP, HBLOCK)
+        Lb, fit = _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, V, end0,
+                                  mask_end, Tz, CAP, HBLOCK)
         nbuf = CAP + 1
-        if L2 > Lz:
+        if (Lb > Lz) & fit:
             tl.debug_barrier()  # every read of the buffer done before it is rewritten
-            nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, L2, V, end0, mask_end, Tz, CAP, DBLOCK)
+            nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, DBLOCK)
             tl.debug_barrier()
             nbuf = tl.where(stop < V, CAP + 1, nbuf)
-            Lb = L2
     return nbuf, Lb
 
 
@@ -950,8 +953,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     if compact:
         nbuf, Lb = _compact_bounded(row_ptr, ws_row, buf_ptr, Ls / Tz, zmax, total, top_k, k_on, top_p, V, end0,
                                     mask_end, Tz, CAP, DBLOCK, HBLOCK)
-        # a raised bound holds for the draw's candidates too: it lies half a bin below every value it keeps
-        # (_overflow_bound), far more than its rounding back to a raw logit
+        # a raised bound holds for the draw's candidates and the radix selects too: it lies 1/16 of a bin
+        # below every value it keeps (_overflow_bound), far more than its rounding back to a raw logit
         Ls = tl.where(Lb > Ls / Tz, Lb * Tz, Ls)
     use_buf = compact & (nbuf <= CAP)
     # before the selects: tested after them, g1 stayed live through their loops, and ptxas reloaded a
