@@ -387,9 +387,11 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
     if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
         scale = 16.0 / (zmax - Lz)
         need_mass = k_on == 0
+        # tiles of HBLOCK / 4 values (a [128, 16] one-hot): with HBLOCK's, ptxas spilled the finish's live values
+        # and reloaded them inside the compactions' loops (16-bit budget _merge_kernel, sm_90, Triton 3.9)
         cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, ws_row, Lz, 0, 0, zmax, need_mass, lo, scale, True,
-                              HBLOCK)
-        cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK)
+                              HBLOCK // 4)
+        cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK // 4)
         bins = tl.arange(0, 16)
         ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
         ge_cnt = tl.sum(tl.where(ge, (cnt + cb)[None, :], 0), 1)
@@ -574,15 +576,19 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
     nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
+    again = stop < 0
     if stop < V:
         Lb, fit = _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, V, end0,
                                   mask_end, Tz, CAP, HBLOCK)
         nbuf = CAP + 1
-        if (Lb > Lz) & fit:
-            tl.debug_barrier()  # every read of the buffer done before it is rewritten
-            nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, DBLOCK)
-            tl.debug_barrier()
-            nbuf = tl.where(stop < V, CAP + 1, nbuf)
+        again = (Lb > Lz) & fit
+    if again:
+        tl.debug_barrier()  # every read of the buffer done before it is rewritten
+        # in tiles of DBLOCK / 2: with DBLOCK's, the odd-stride 16-bit budget _merge_kernel (sm_90, Triton 3.9)
+        # reloaded spilled values inside both compactions' loops
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, DBLOCK // 2)
+        tl.debug_barrier()
+        nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb
 
 
