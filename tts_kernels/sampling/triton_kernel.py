@@ -586,7 +586,8 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
         tl.debug_barrier()  # every read of the buffer done before it is rewritten
         # in tiles of DBLOCK / 2: with DBLOCK's, the odd-stride 16-bit budget _merge_kernel (sm_90, Triton 3.9)
         # reloaded spilled values inside both compactions' loops
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, DBLOCK // 2)
+        D2: tl.constexpr = DBLOCK // 2 if DBLOCK > GROUP else DBLOCK      # (whole groups: V < 512 compiles it too)
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D2)
         tl.debug_barrier()
         nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb
