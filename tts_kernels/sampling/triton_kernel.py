@@ -584,10 +584,11 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
         again = (Lb > Lz) & fit
     if again:
         tl.debug_barrier()  # every read of the buffer done before it is rewritten
-        # in tiles of DBLOCK / 2: with DBLOCK's, the odd-stride 16-bit budget _merge_kernel (sm_90, Triton 3.9)
-        # reloaded spilled values inside both compactions' loops
-        D2: tl.constexpr = DBLOCK // 2 if DBLOCK > GROUP else DBLOCK      # (whole groups: V < 512 compiles it too)
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D2)
+        # in tiles of DBLOCK / 4, whole groups (V < 1024 compiles it too): with DBLOCK's, the odd-stride 16-bit
+        # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
+        # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9)
+        D4: tl.constexpr = DBLOCK // 4 if DBLOCK >= 4 * GROUP else GROUP
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D4)
         tl.debug_barrier()
         nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb
