@@ -387,11 +387,13 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
     if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
         scale = 16.0 / (zmax - Lz)
         need_mass = k_on == 0
-        # tiles of HBLOCK / 4 values (a [128, 16] one-hot): with HBLOCK's, ptxas spilled the finish's live values
-        # and reloaded them inside the compactions' loops (16-bit budget _merge_kernel, sm_90, Triton 3.9)
+        # tiles of HBLOCK / 8 values (a [64, 16] one-hot): with HBLOCK's, ptxas spilled the finish's live values
+        # and reloaded them inside the compactions' loops (16-bit budget _merge_kernel, sm_90, Triton 3.9); with
+        # HBLOCK / 4 (and the second compaction's DBLOCK / 4) the code every row runs grew (V = 32000, bf16:
+        # 9600 warp-instructions of straight-line code per program against 9200 without this path, Triton 3.8)
         cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, ws_row, Lz, 0, 0, zmax, need_mass, lo, scale, True,
-                              HBLOCK // 4)
-        cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK // 4)
+                              HBLOCK // 8)
+        cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK // 8)
         bins = tl.arange(0, 16)
         ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
         ge_cnt = tl.sum(tl.where(ge, (cnt + cb)[None, :], 0), 1)
@@ -584,11 +586,11 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
         again = (Lb > Lz) & fit
     if again:
         tl.debug_barrier()  # every read of the buffer done before it is rewritten
-        # in tiles of DBLOCK / 4, whole groups (V < 1024 compiles it too): with DBLOCK's, the odd-stride 16-bit
+        # in tiles of DBLOCK / 8, whole groups (V < 2048 compiles it too): with DBLOCK's, the odd-stride 16-bit
         # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
-        # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9)
-        D4: tl.constexpr = DBLOCK // 4 if DBLOCK >= 4 * GROUP else GROUP
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D4)
+        # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
+        D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D8)
         tl.debug_barrier()
         nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb
