@@ -107,9 +107,9 @@ def radix_levels(z: torch.Tensor, cand: torch.Tensor, k: int, p: float, total: f
     4-bit digits, early exit, top-k's select then top-p's), replayed in float64 on the CPU: what a row
     whose candidates overflow the buffer reads after the compaction. ``cand``: the tokens of the
     candidate groups (all of them count, as ``_row_hist`` counts them)."""
+    from helpers.sampling import order_keys
     zc = z[cand].double()
-    b = zc.float().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
-    keys = torch.where(b >= 2 ** 31, b ^ 0xFFFFFFFF, b | 2 ** 31)
+    keys = order_keys(zc.float())
     w = torch.exp(zc - zc.max())
 
     def select(kk, target, by_mass):

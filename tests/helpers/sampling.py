@@ -53,6 +53,21 @@ def reference_keep(logits, temperature, top_k, top_p, min_p):
     return z, keep
 
 
+def order_keys(z):
+    """int64 tensor: the kernel's uint32 order keys of float32 ``z`` (``_order_key``: unsigned integers in the
+    floats' order, -0 just below +0)."""
+    b = z.contiguous().view(torch.int32).to(torch.int64)
+    return torch.where(b < 0, b ^ 0x7FFFFFFF, b) + 2 ** 31
+
+
+def key_floats(key):
+    """float32 tensor: the floats of order keys ``key`` (int64; the inverse of :func:`order_keys`, as
+    ``_from_key``: -inf at or below -inf's key 0x007FFFFF, whose keys below are NaNs)."""
+    k = key - 2 ** 31
+    b = torch.where(k < 0, k ^ 0x7FFFFFFF, k).to(torch.int32).view(torch.float32)
+    return torch.where(key <= 0x007FFFFF, float("-inf"), b)
+
+
 def _clear(scores, rel):
     """bool [B]: the best of ``scores`` (float64 [B, n]) beats the runner-up by more than rounding."""
     if scores.shape[1] < 2:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.backends import require_triton
-from helpers.sampling import decisive_rows, drawn_logits
+from helpers.sampling import decisive_rows, drawn_logits, key_floats, order_keys
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
 from tts_kernels.sampling.reference import draw, filter_mask, sample_reference
@@ -342,12 +342,6 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
     tl.store(out_ptr + row, t_key.to(tl.int64))
 
 
-def _keys(z):
-    b = z.contiguous().view(torch.int32).to(torch.int64)
-    k = torch.where(b < 0, b ^ 0x7FFFFFFF, b)
-    return k + 2 ** 31  # unsigned order
-
-
 @pytest.mark.parametrize("cap, sort", [(0, False), (64, False), (64, True), (1333, False), (1333, True),
                                        (2048, False), (2048, True)],
                          ids=["row", "mixed", "mixed-sorted", "row-length", "row-length-sorted", "buffer",
@@ -420,7 +414,7 @@ def test_threshold_search_exact(quantize, cap, sort):
         m = int(nbuf[r])
         vals = zc[r][zc[r] >= Lb[r]]
         if bisected[r]:
-            assert torch.equal(buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF, _keys(vals))
+            assert torch.equal(buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF, order_keys(vals))
         else:
             assert torch.equal(buf.cpu()[r, :m], vals)
     if cap == 64:
@@ -429,7 +423,7 @@ def test_threshold_search_exact(quantize, cap, sort):
         assert 0 < int((p_only & (n_want <= 64)).sum()) and 0 < int((~p_only & (n_want <= 64)).sum())
         assert cap == 64 or 0 < int(((n_want > 64) & on_buf).sum())
     cand = (gmax >= Lb.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]   # the radix selects' candidates too
-    above = _keys(zc) >= out.cpu().view(-1, 1)
+    above = order_keys(zc) >= out.cpu().view(-1, 1)
     want = filter_mask(zc, top_k, top_p, torch.zeros(B))
     kept = above & cand
     assert torch.equal(kept, want), (kept != want).any(1).nonzero().flatten().tolist()
@@ -601,20 +595,13 @@ def _bounds(m, sz, k, p, T, FB, ge=None, me=None, sze=None):
 
 def _truncated(v):
     """v (-0 as +0) rounded down to the top 16 bits of its order key (-inf at or below -inf's key)."""
-    key = int(_keys(torch.tensor([v + 0.0 if v == 0 else v], dtype=torch.float32))[0]) & 0xFFFF0000
-    if key <= 0x007FFFFF:
-        return float("-inf")
-    k = key - 2 ** 31
-    b = k ^ 0x7FFFFFFF if k < 0 else k
-    return torch.tensor([b], dtype=torch.int32).view(torch.float32).item()
+    key = order_keys(torch.tensor([v + 0.0 if v == 0 else v], dtype=torch.float32)) & 0xFFFF0000
+    return key_floats(key).item()
 
 
 def _prefix_values():
     """The float of every 16-bit order-key prefix ``j << 16`` (float64; -inf at or below -inf's key)."""
-    key = torch.arange(65536, dtype=torch.int64) << 16
-    k = key - 2 ** 31
-    b = torch.where(k < 0, k ^ 0x7FFFFFFF, k)
-    return torch.where(key <= 0x007FFFFF, float("-inf"), b.to(torch.int32).view(torch.float32).double())
+    return key_floats(torch.arange(65536, dtype=torch.int64) << 16).double()
 
 
 def _top_p_bound_key(m, sz, X, T, target):
@@ -672,7 +659,7 @@ def test_candidate_bound_bisection():
             # either side of a summation-order rounding of the target
             target = p[r].item() * total[r].item() * 1.001
             lo, hi = (_top_p_bound_key(m[r], sz[r], X[r].item(), T[r].item(), target * f) for f in (1 + 1e-5, 1 - 1e-5))
-            got = int(_keys(out[r:r + 1])[0]) if out[r] > float("-inf") else 0
+            got = int(order_keys(out[r:r + 1])[0]) if out[r] > float("-inf") else 0
             assert lo <= got <= hi, (r, hex(got), hex(lo), hex(hi))
             # the maxima alone: the largest maximum whose maxima from the top reach the target
             eM = torch.exp((m[r] - X[r]) / T[r]).sort(descending=True)
@@ -898,23 +885,23 @@ def test_buffer_bisection():
         # tiles of 128 with key 0 and mass 0; the rest untouched
         m, mp = len(z), -(-len(z) // 128) * 128
         keys = after[i, :CAP].view(torch.int32).long() & 0xFFFFFFFF
-        assert torch.equal(keys[:m], _keys(z)) and (keys[m:mp] == 0).all()
+        assert torch.equal(keys[:m], order_keys(z)) and (keys[m:mp] == 0).all()
         assert after[i, mp:CAP].isnan().all() and after[i, CAP + mp:].isnan().all()
         # (on a GPU tl.exp is ex2.approx of a rounded product: up to ~5e-6 relative near |z - zmax| = 88)
         torch.testing.assert_close(after[i, CAP:CAP + m], torch.exp(z - zmax[i]), rtol=1e-5, atol=1e-30)
         assert (after[i, CAP + m:CAP + mp] == 0).all()
-        assert int(out[i]) in set(_keys(z).tolist()), i                 # an exact key of the buffer
+        assert int(out[i]) in set(order_keys(z).tolist()), i                 # an exact key of the buffer
         if f != 1.0:
             continue                                                    # a mass not the buffer's: below
-        kept = _keys(z) >= int(out[i])
+        kept = order_keys(z) >= int(out[i])
         # the reference's kept set, either side of a summation-order rounding of top-p's target
         ps = [pp] if pp >= 1.0 else [pp * (1 + rel) for rel in (-1e-5, 0.0, 1e-5)]
         wants = [filter_mask(z.view(1, -1), torch.tensor([kk]), torch.tensor([q]), torch.zeros(1))[0] for q in ps]
         assert any(torch.equal(kept, w) for w in wants), (i, int(kept.sum()), [int(w.sum()) for w in wants])
-    assert int(out[4]) == int(_keys(torch.tensor([1.5])))          # all tied: that value
-    assert int(out[7]) == int(_keys(rows[7][0]).min())              # k beyond the buffer: keep all
-    assert int(out[8]) == int(_keys(rows[8][0]).max())              # top_p = 0: the largest only
-    assert int(out[9]) == int(_keys(rows[9][0]).min())              # target above the buffer's mass: keep all
+    assert int(out[4]) == int(order_keys(torch.tensor([1.5])))          # all tied: that value
+    assert int(out[7]) == int(order_keys(rows[7][0]).min())              # k beyond the buffer: keep all
+    assert int(out[8]) == int(order_keys(rows[8][0]).max())              # top_p = 0: the largest only
+    assert int(out[9]) == int(order_keys(rows[9][0]).min())              # target above the buffer's mass: keep all
 
 
 def test_top_p_alone_on_the_sort_keeps_the_row_share():
