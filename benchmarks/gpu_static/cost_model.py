@@ -27,8 +27,8 @@ on a stream add up (no overlap between them).
   ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
   thread-instructions per token / 32 warp-instructions (pass 1's loop: only the row's whole tiles;
   its partial last tile is straight-line code, the module's ``tile`` role), plus the finish's scan over the row's
-  ``ceil(V / 256)`` group stats (``groups`` per group) and the kernel's straight-line code; the
-  row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
+  ``ceil(V / 256)`` group stats (``groups`` per group; + ``draw_groups`` per group where the filtered draw
+  runs: its scores' pass over the groups) and the kernel's straight-line code; the row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
@@ -281,6 +281,12 @@ def _groups(V: int) -> int:
     return -(-V // _group_size())
 
 
+def _per_group(instr: Dict[str, float], passes: Dict[str, Any], k: int) -> float:
+    """Thread-instructions per group of a row's passes over its group stats (side ``k``): the finish's scan
+    (``groups``) and, when the filtered draw pass runs, its scores' pass (``draw_groups``)."""
+    return instr.get("groups", 0.0) + (instr.get("draw_groups", 0.0) if passes["draw"][k] > 0 else 0.0)
+
+
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
                   ctas_per_sm: int = 1, select_passes: Tuple[int, int] = SELECT_PASSES,
                   gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
@@ -310,7 +316,7 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = _thread_instr(passes, k, instr)
         warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
-                        + _groups(V) * instr.get("groups", 0.0) / 32 + cta[side] - tail
+                        + _groups(V) * _per_group(instr, passes, k) / 32 + cta[side] - tail
                         + passes["select_steps"][k] * instr.get("select_step", 0))
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
@@ -348,7 +354,7 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
                                                   _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = _thread_instr(passes, k, merge_instr, _SAMPLER_KINDS[1:])
-        warp_row = (V * thr_merge / 32 + _groups(V) * merge_instr.get("groups", 0.0) / 32 + cta[side]
+        warp_row = (V * thr_merge / 32 + _groups(V) * _per_group(merge_instr, passes, k) / 32 + cta[side]
                     + passes["select_steps"][k] * merge_instr.get("select_step", 0))
         t_merge = out["rows_on_busiest_sm"] * warp_row / rate
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
@@ -456,7 +462,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
-    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact")}
+    draw_scan = [lp for lp in loops if lp["source"]["function"] == roles.get("draw_groups")]
+    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact"),
+                                                                              roles.get("draw_groups")}
                and lp["innermost"]]
     counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
     keys = [lp for lp in helpers if roles.get("keys") and lp["source"]["function"] == roles["keys"]]
@@ -485,6 +493,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "select_step": round(max(steps, default=0) * compiled["num_warps"]),
             "draw": draw["thread_instr_per_token"] if draw else (p1[0]["thread_instr_per_token"] if p1 else 0.0),
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
+            "draw_groups": draw_scan[0]["thread_instr_per_token"] if draw_scan else 0.0,
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,
             "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
                            if p1 and p1[0].get("mufu") is not None else 0.0),
@@ -502,7 +511,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             + [_loop_row("count" if lp in counting else "select", lp) for lp in helpers]
             + [_loop_row("keys", lp) for lp in keys]
             + [_loop_row("compact", lp) for lp in compact]
-            + [_loop_row("groups", lp) for lp in scan]}
+            + [_loop_row("groups", lp) for lp in scan]
+            + [_loop_row("draw_groups", lp) for lp in draw_scan]}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -873,6 +883,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
                                  instr_per_token={k: instr[k] for k in _SAMPLER_RATES},
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
+                                 draw_instr_per_group=instr["draw_groups"],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
@@ -890,6 +901,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
                                  instr_per_token=dict({k: im[k] for k in _SAMPLER_RATES}, pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
+                                 draw_instr_per_group=im["draw_groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],

@@ -146,6 +146,17 @@ def test_sampler_bound_groups_and_mufu():
     # with 8 MUFU operations a token, the special-function units bound the row instead
     r8 = cm.sampler_bound(264, 151936, 2, "temp", dict(instr, pass1_mufu=8.0))
     assert r8["low"]["t_issue_s"] == pytest.approx(2 * 151936 * 8 / (16 * 1.755e9), rel=1e-3)
+    # the filtered draw's scores over the groups (30 per group) count only where its pass runs: min-p's high
+    # side (the whole row a candidate), not its low side nor temperature
+    drawn = dict(instr, draw=40.0, draw_groups=30.0, pass1_mufu=0.0)
+    r = cm.sampler_bound(264, 151936, 2, "min_p", drawn)
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * warp_row / RATE, rel=1e-3)
+    assert r["high"]["t_issue_s"] == pytest.approx(2 * (warp_row + 151936 * 40 / 32 + 594 * 30 / 32) / RATE,
+                                                   rel=1e-3)
+    assert cm.sampler_bound(264, 151936, 2, "temp", drawn)["high"]["t_issue_s"] == r["low"]["t_issue_s"]
+    r = cm.split_row_bound(32, 151936, 2, "min_p", 4, 38912, {"pass1": 16.0}, drawn)
+    assert r["high"]["t_issue_s"] - r["low"]["t_issue_s"] == pytest.approx(
+        (151936 * 40 / 32 + 594 * 30 / 32) / RATE, rel=1e-3)
 
 
 RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
@@ -504,14 +515,16 @@ def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
 
 def _synthetic_compiled(kernel):
     """sm_90 stats: pass 1 100, a select pass 200 (the buffer's loop; the row's, 450, is not in the bounds), the
-    compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group; 100
-    straight-line instructions (800 warp-instructions at 8 warps) outside the loops."""
+    compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group, the
+    draw's scores 10 per group; 100 straight-line instructions (800 warp-instructions at 8 warps) outside the
+    loops."""
     loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
                                 _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
-                                _loop("_filtered_groups", 4, 1024, 320)],
+                                _loop("_filtered_groups", 4, 1024, 320), _loop("_score_groups", 7, 1024, 40)],
              "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
              "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
-                               _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320)]}[kernel]
+                               _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320),
+                               _loop("_score_groups", 7, 1024, 40)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
 

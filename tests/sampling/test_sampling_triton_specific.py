@@ -296,8 +296,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _radix_select, _sort_desc,
-    _sorted_thresholds)
+    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _radix_select, _raw_threshold,
+    _sort_desc, _sorted_thresholds)
 
 
 @triton.jit
@@ -498,6 +498,74 @@ def test_filters_on_candidate_groups(dtype):
     f = BudgetForcing(end_think_ids=[int(x[0].argmax())], wait_ids=[], answer_prefix_ids=[3])
     budget, forced = _budget_case(f, [(4, 16, 0, 3, 0, THINKING, 0, 0)] * B, V)
     _check(logits, params, budget, forced, 0, 2)
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_filtered_draw_rescores(monkeypatch, dtype, slices):
+    """Rows whose best unfiltered group keeps nothing after the filters, so the chosen group cannot stand
+    and the filtered draw's pass (``_filtered_groups``, ``_score_groups``) picks the group again: a group of
+    256 strong tokens outweighs a few stronger ones scattered over the row, which top-k / min-p / top-p keep
+    alone. Rows of several draw tiles (an odd V), mixed temperatures, the end token (one of the peaks)
+    masked in half the rows; the split-row finish too. Tokens equal the reference's."""
+    from tts_kernels.sampling.reference import draw_scores
+    from tts_kernels.sampling.triton_kernel import _DRAW_BYTES
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    gen = torch.Generator().manual_seed(31)
+    B, V, G = 16, 2 * (_DRAW_BYTES // dtype.itemsize) + 301, philox.GROUP_SIZE
+    end = 777
+    x = torch.randn(B, V, generator=gen) * 0.5 - 4.0
+    for r in range(B):
+        a = int(torch.randint(0, V // G, (1,), generator=gen)) * G
+        x[r, a:a + G] = 3.0 + 0.01 * torch.randn(G, generator=gen)          # the heavy group
+        peaks = torch.randperm(V, generator=gen)[:12]
+        peaks = peaks[(peaks < a) | (peaks >= a + G)]
+        x[r, peaks] = 4.0 + torch.rand(len(peaks), generator=gen)            # the few strong tokens
+        x[r, end] = 5.5                                                      # the end token, strongest
+    logits = x.to(dtype=dtype, device=DEV)
+    kinds = [(1.0, 12, 1.0, 0.0), (0.8, 0, 1.0, 0.5), (1.3, 40, 0.6, 0.0), (1.0, 0, 0.15, 0.0),
+             (0.7, 8, 0.9, 0.2), (1.0, 0, 1.0, 0.6), (1.2, 5, 1.0, 0.0), (0.9, 0, 0.3, 0.1)]
+    T, k, p, m = (list(c) * 2 for c in zip(*kinds))
+    params = _params(B, T, k, p, m, seed=torch.arange(B) * 7919 + 3, offset=torch.arange(B) + 11)
+    f = BudgetForcing(end_think_ids=[end], wait_ids=[], answer_prefix_ids=[3])
+    state = [(4, 64, 0, 3, 0, THINKING, 0, 0)] * (B // 2) + [(0, 64, 0, 10, 0, THINKING, 0, 0)] * (B // 2)
+    budget, forced = _budget_case(f, state, V)
+    _check(logits, params, budget, forced, 0, 1)
+    # the rows really rescore: the reference's best unfiltered group keeps no token
+    drawn = drawn_logits(logits, budget, forced, 0, 1).float().cpu()
+    z = drawn / torch.tensor(T).view(-1, 1)
+    keep = filter_mask(z, *(t.cpu() for t in params[1:4])) & torch.isfinite(z)
+    gs, _ts = draw_scores(z, torch.isfinite(z), params[4].cpu(), params[5].cpu())
+    g = gs.argmax(1)
+    kept_in_best = torch.stack([keep[r, g[r] * G:(g[r] + 1) * G].any() for r in range(B)])
+    assert int((~kept_in_best).sum()) >= B // 2, kept_in_best
+
+
+@triton.jit
+def _raw_threshold_kernel(z_ptr, t_ptr, o_ptr, N: tl.constexpr):
+    i = tl.arange(0, N)
+    tl.store(o_ptr + i, _raw_threshold(tl.load(z_ptr + i), tl.load(t_ptr + i)))
+
+
+def test_raw_threshold():
+    """``_raw_threshold(zt, T)``: the smallest float32 x with x / T >= zt, for thresholds that are values
+    x / T and for any float; -inf for -inf, signed zeros, tiny and huge values."""
+    gen = torch.Generator().manual_seed(5)
+    N = 4096
+    T = torch.rand(N, generator=gen) * 1.8 + 0.2
+    T[:8] = torch.tensor([1.0, 0.7, 1 / 3, 1.3, 0.6, 2.0, 0.5, 1.1])
+    x = torch.randn(N, generator=gen) * 20
+    zt = x / T
+    zt[N // 2:] = torch.randn(N // 2, generator=gen) * 30                    # any float, not a quotient
+    zt[:6] = torch.tensor([float("-inf"), 0.0, -0.0, 1e-30, -3e38 / 2, 1e-38])
+    out = torch.empty(N, device=DEV)
+    _raw_threshold_kernel[(1,)](zt.to(DEV), T.to(DEV), out, N)
+    out = out.cpu()
+    assert out[0] == float("-inf")
+    fin = torch.isfinite(zt)
+    assert bool((out[fin] / T[fin] >= zt[fin]).all())
+    below = key_floats(order_keys(out) - 1)
+    assert bool((below[fin] / T[fin] < zt[fin]).all())
 
 
 @pytest.mark.parametrize("V", [2900, 5000], ids=["one-block", "two-blocks"])

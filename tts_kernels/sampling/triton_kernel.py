@@ -45,14 +45,19 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   with no bound that is longer than the buffer skips the compaction and takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
-  pass over the candidate groups recomputes their scores. Row passes: 1 + the candidate share
+  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token a
+  compare with top-k / top-p's threshold on the raw logits, ``_raw_threshold``, and one exp2 that is
+  both the token's mass and min-p's test, ``_keep``), and one pass over the group stats scores them
+  (``_score_groups``). Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow that the raised bound resolves,
   + the share of the groups above it (the second compaction).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
-different summation order); ``tests/helpers/sampling.py: decisive_rows`` is that rule.
+different summation order; ``tests/helpers/sampling.py: decisive_rows`` is that rule), and for a token
+within rounding of min-p's boundary (the kernel keeps ``exp2((x - xmax) log2(e) / T) >= min_p``, the
+reference ``exp(z - zmax) >= min_p``).
 bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
@@ -90,16 +95,16 @@ DONE = tl.constexpr(_budget.DONE)
 GROUP = tl.constexpr(_philox.GROUP_SIZE)
 #: below it a row is greedy (params.MIN_SAMPLING_TEMPERATURE: the greedy rule, with ``max(x) / T`` overflowing)
 MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
-#: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py):
-#: pass 1, a select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting
-#: them, top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass, the scan
-#: over the group stats, the compaction of the selects' candidates; the pass-1 tile (outside the loop: a row's
-#: partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a filter),
-#: ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group stands),
-#: ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates that fit one
-#: sort / of more)
+#: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py): pass 1, a
+#: select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting them,
+#: top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass (its tokens' read,
+#: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the compaction of the
+#: selects' candidates; the pass-1 tile (outside the loop: a row's partial last tile); and the code only some rows
+#: run: ``filtered`` (the bounds of rows with a filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows
+#: with a filter: whether the chosen group stands), ``rescore`` (rows whose chosen group does not), ``sort`` /
+#: ``bisect`` (the thresholds of candidates that fit one sort / of more)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
-                    "draw": "_filtered_groups",
+                    "draw": "_filtered_groups", "draw_groups": "_score_groups",
                     "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
@@ -780,9 +785,31 @@ def _max_mass(x, kz, AXIS: tl.constexpr):
 
 
 @triton.jit
-def _keep(z, t_key, zmax, min_p):
-    """Tokens kept by the filters: key(z) >= t_key (top-k / top-p threshold) and min-p."""
-    return (_order_key(z) >= t_key) & (tl.exp(z - zmax) >= min_p)
+def _raw_threshold(zt, Tz):
+    """The smallest float32 ``x`` with ``x / T >= zt`` (the division the kernel scales by, monotone in
+    ``x``): top-k / top-p's threshold on the raw logits, so that the draw compares without dividing; -inf
+    for ``zt = -inf``. ``zt x T`` lies within a few ulp of it; four steps of an ulp each way find it."""
+    x = zt * Tz
+    for _i in tl.static_range(4):
+        x = tl.where(x / Tz < zt, _from_key(_order_key(x) + 1), x)
+    for _i in tl.static_range(4):
+        below = _from_key(_order_key(x) - 1)
+        x = tl.where(below / Tz >= zt, below, x)
+    return x
+
+
+@triton.jit
+def _rel_mass(x, xmax, kz):
+    """``exp((x - xmax) / T)``: a token's draw mass relative to the row's (end-masked) maximum."""
+    return tl.exp2((x - xmax) * kz)
+
+
+@triton.jit
+def _keep(x, e, xt, min_p):
+    """The filters' rule per token, on its raw logit ``x`` and its mass ``e = _rel_mass(x, ...)``:
+    top-k / top-p keep ``x >= xt`` (``_raw_threshold`` of their threshold: ``x / T`` at or above it),
+    min-p keeps ``e >= min_p``. ``xt = -inf`` and ``min_p = 0`` keep every token."""
+    return (x >= xt) & (e >= min_p)
 
 
 @triton.jit
@@ -899,15 +926,16 @@ def _minp_bound(L, X, Tz, min_p, m_on):
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_g, c1, c2, k0, k1):
-    """Re-read group ``g`` (end token masked, the filters ``t_key`` / ``min_p`` applied, nothing kept
-    unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
-    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``t_key`` 0,
-    ``min_p`` 0, ``zmax`` -inf and ``cand_g`` True keep every token: the unfiltered draw."""
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, c1, c2, k0, k1):
+    """Re-read group ``g`` (end token masked, the filters ``xt`` / ``min_p`` applied (:func:`_keep`), nothing
+    kept unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
+    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``xt`` -inf,
+    ``min_p`` 0 and ``cand_g`` True keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
     # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-    x = tl.where(_keep(z, t_key, zmax, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0), x, float("-inf"))
+    kept = _keep(x, _rel_mass(x, xmax, kz), xt, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
+    x = tl.where(kept, x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
     ts = tl.where(x > float("-inf"), z + _gumbel(offs, c1, c2, k0, k1, 0), float("-inf"))
@@ -916,28 +944,57 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, cand_
 
 
 @triton.jit
-def _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
-                     DBLOCK: tl.constexpr):
-    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``; tiles
-    without one are not read): every group's kept mass, plus its noise; returns the first group
-    of the maximum score."""
+def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt, c1, c2, k0, k1,
+                     DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
+    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first
+    group of the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative
+    to the row's maximum (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is
+    0: a mass that underflows float32 lies more than 87 below the best group's score, which no noise
+    bridges). One read of the candidate groups (tiles without one are not read, nor the other groups'
+    tokens) writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
+    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
+    threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
+    Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a thread's DH vector loads fall in one
+    group, so a group's sum crosses fewer lanes)."""
     GT: tl.constexpr = DBLOCK // GROUP
+    W: tl.constexpr = GROUP // DH
     gi = tl.arange(0, GT)
-    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
-    best = tl.full([], float("-inf"), tl.float32)
-    gbest = tl.full([], 0, tl.int32)
+    idx = tl.arange(0, DH)[:, None, None] * W + gi[None, :, None] * GROUP + tl.arange(0, W)[None, None, :]
+    end_at = tl.where(mask_end, end0, -1)
+    Lz = L / Tz
     for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
-        cg = _is_candidate(ws_row, g, V, Tz, L / Tz)
+        cg = _is_candidate(ws_row, g, V, Tz, Lz)
         if tl.max(cg.to(tl.int32), 0) > 0:
             offs = start + idx
-            x, z = _masked(row_ptr, offs, (offs < V) & cg[:, None], end0, mask_end, Tz)
-            x = tl.where(_keep(z, t_key, zmax, min_p), x, float("-inf"))
-            m, sz = _max_mass(x, kz, 1)
-            sc = tl.where(m > float("-inf"), m / Tz + tl.log(sz) + _gumbel(g, c1, c2, k0, k1, 1), float("-inf"))
-            t1, ti = _argmax_first(sc, g)
-            gbest = tl.where(t1 > best, ti, gbest)
-            best = tl.maximum(best, t1)
+            x = tl.load(row_ptr + offs, mask=(offs < V) & cg[None, :, None], other=float("-inf")).to(tl.float32)
+            x = tl.where(offs == end_at, float("-inf"), x)
+            e = _rel_mass(x, xmax, kz)
+            tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1),
+                     mask=g < NGR)
+    tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
+    return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
+
+
+@triton.jit
+def _score_groups(ws_row, NGR, Lz, V, Tz, zmax, c1, c2, k0, k1, FB: tl.constexpr):
+    """The filtered draw's scores from the kept masses ``S`` that :func:`_filtered_groups` wrote (plane 1 of
+    the workspace), ``FB`` groups per step as ``_scan_groups`` reads them (one Philox call per 4 groups):
+    ``zmax + ln(S) + group noise`` for the candidate groups (scaled maximum ``>= Lz``) with ``S > 0``,
+    -inf for the others. Returns the first group of the maximum score."""
+    R: tl.constexpr = FB // 4
+    r4 = tl.arange(0, R)
+    fb = 4 * r4[:, None] + tl.arange(0, 4)[None, :]   # [R, 4]: group g0 + 4 r + j
+    best = tl.full([], float("-inf"), tl.float32)
+    gbest = tl.full([], 0, tl.int32)
+    for g0 in range(0, NGR, FB):
+        g = g0 + fb
+        cg = _is_candidate(ws_row, g, V, Tz, Lz) & (g < NGR)
+        S = tl.load(ws_row + NGR + g, mask=cg, other=0.0)
+        sc = tl.where(S > 0.0, zmax + tl.log(S) + _group_noise4(g0 // 4 + r4, c1, c2, k0, k1), float("-inf"))
+        t1, ti = _argmax_first(sc, g)
+        gbest = tl.where(t1 > best, ti, gbest)
+        best = tl.maximum(best, t1)
     return gbest
 
 
@@ -992,59 +1049,59 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
                    V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
-    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p key
-    threshold (0: keep all), ``Ls``, the selects' raw-logit bound that every token top-k / top-p keep
-    reaches in its group maximum (-inf without them; :func:`_rescore` raises it to min-p's: the chosen
-    group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered score
-    (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise,
-    ``b1`` less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as
-    the scan did (no Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the
-    group scores), and whether ``g1`` is a candidate of the selects (:func:`_select_thresholds`).
-    Returns (Ls, t_key, bar, cand1)."""
+    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw logits
+    (``_raw_threshold`` of the key threshold's value; -inf: keep all), ``Ls``, the selects' raw-logit bound that
+    every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
+    min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered
+    score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1``
+    less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no
+    Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
+    ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, xt, bar, cand1)."""
     isE = g1 == ge
     M1 = tl.where(isE, Me, tl.load(ws_row + g1))
     SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))
     bar = b2 - (b1 - (M1 / Tz + tl.log(SZ1)))
     Ls = tl.full([], float("-inf"), tl.float32)
-    t_key = tl.full([], 0, tl.uint32)      # keep all
+    xt = tl.full([], float("-inf"), tl.float32)      # keep all
     cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
     if k_on | p_on:
         Ls, t_key, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
                                               top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    return Ls, t_key, bar, cand1
+        xt = _raw_threshold(_from_key(t_key), Tz)
+    return Ls, xt, bar, cand1
 
 
 @triton.jit
-def _rescore(row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key, c1, c2, k0, k1,
-             DBLOCK: tl.constexpr):
+def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt, c1, c2, k0, k1,
+             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
     bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
-    gf = _filtered_groups(row_ptr, ws_row, L, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                          c1, c2, k0, k1, DBLOCK)
-    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
+    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
+                          c1, c2, k0, k1, DBLOCK, DH, FB)
+    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
                            _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
     return tok
 
 
 @triton.jit
-def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                     c1, c2, k0, k1, DBLOCK: tl.constexpr):
+def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
+                     c1, c2, k0, k1, DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
     stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
     unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
     otherwise :func:`_rescore`."""
     if sc1 <= bar:
-        s_tok = _rescore(row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax, min_p, t_key,
-                         c1, c2, k0, k1, DBLOCK)
+        s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
+                         c1, c2, k0, k1, DBLOCK, DH, FB)
     return s_tok
 
 
 @triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
-            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
-            PW: tl.constexpr):
+            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
+            FB: tl.constexpr, PW: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
@@ -1069,28 +1126,26 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     k_on = (top_k > 0) & (top_k < V)
     p_on = top_p < 1.0
     m_on = min_p > 0.0
-    zmax = xmax / Tz
 
     filtered = valid & do_draw & (k_on | p_on | m_on)
     s_tok = tl.full([], 0, tl.int32)
 
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
     Ls = tl.full([], float("-inf"), tl.float32)
-    t_key = tl.full([], 0, tl.uint32)
+    xt = tl.full([], float("-inf"), tl.float32)
     bar = b2
     cand1 = g1 == g1
     if filtered:
-        Ls, t_key, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
-                                               top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
-                                               DBLOCK, HBLOCK, FB, PW)
-    # an unfiltered draw keeps every token: key >= 0, and mass exp(z + inf) >= 0, every group a candidate
+        Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
+                                            top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
+                                            DBLOCK, HBLOCK, FB, PW)
+    # an unfiltered draw keeps every token: x >= -inf, and mass >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
-    mz = tl.where(filtered, zmax, float("-inf"))
     if do_draw:
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, mz, mp, t_key, cand1, c1, c2, k0, k1)
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xmax, mp, xt, cand1, c1, c2, k0, k1)
         if filtered:
-            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, Ls, xmax, V, end0, mask_end, Tz, kz, zmax,
-                                     min_p, t_key, c1, c2, k0, k1, DBLOCK)
+            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz,
+                                     min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
     # which the best draw score shows without a division: a group's score M / T + ln(S_z) + noise is
@@ -1186,7 +1241,7 @@ def _sample_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
-        HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, FAST_LOG: tl.constexpr):
+        DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
@@ -1195,7 +1250,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW)
 
 
 @triton.jit
@@ -1215,14 +1270,15 @@ def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
-        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr):
+        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+        PW: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW)
 
 
 def _fast_log(t):
@@ -1329,6 +1385,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         num_forced = 1
     block = _tile_tokens(_PASS1_TOKENS, V)
     dblock = _tile_tokens(_DRAW_BYTES // logits.element_size(), V)
+    dh = _loads_per_thread(dblock, logits.element_size())
     hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
     pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
@@ -1345,7 +1402,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, logits.element_size()), PAIRS=pairs,
-            DBLOCK=dblock, HBLOCK=hblock, FB=fb, PW=pw, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
+            DBLOCK=dblock, DH=dh, HBLOCK=hblock, FB=fb, PW=pw, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
@@ -1360,6 +1417,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, DBLOCK=dblock, HBLOCK=hblock, FB=fb, PW=pw, num_warps=_NUM_WARPS,
+        HAS_BUDGET=has_budget, DBLOCK=dblock, DH=dh, HBLOCK=hblock, FB=fb, PW=pw, num_warps=_NUM_WARPS,
         **_REGISTER_CAP)
     return tok, logp
