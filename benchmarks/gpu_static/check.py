@@ -143,10 +143,10 @@ def triton_minor(version: str) -> str:
     return ".".join(str(version).split(".")[:2])
 
 
-#: kernels whose specializations follow the Triton release (the sampler's pass-1 tiles:
-#: ``triton_kernel.GROUP_ALIGNED_TILES``): a full run checks only its own release's allow-list entries of
-#: these for a launched specialization
-RELEASE_SPECIALIZED = ("_sample_kernel", "_partial_kernel")
+#: kernels whose specializations follow the Triton release (the sampler's pass-1 and filtered-draw tiles,
+#: ``H`` and ``DH``: ``triton_kernel.GROUP_ALIGNED_TILES``): a full run checks only its own release's allow-list
+#: entries of these for a launched specialization
+RELEASE_SPECIALIZED = ("_sample_kernel", "_partial_kernel", "_merge_kernel")
 
 
 def judge(results, allow, complete: bool = False, triton: Optional[str] = None):

@@ -34,7 +34,7 @@ on a stream add up (no overlap between them).
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
   stats and runs the selects and the filtered draw over the whole row on one SM:
-  ``V x (selects x select + draws x draw) / 32``.
+  ``V x (selects x select + draws x draw) / 32`` (+ the scan's and, with a draw, ``draw_groups`` per group).
 * Both: full-row passes: 1 (greedy, temperature); with top-k or top-p + 1 compaction of the
   candidates (the tokens at or above the selects' bound, written to a per-row buffer); + 0-1
   filtered draw (only when the chosen group's filtered score no longer beats the others'); the
@@ -451,7 +451,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     in the module's ``select`` role, of every helper without it; ``count``: the largest of the ``count``
     role's, the counting reads, else the select rate; ``keys``: the ``keys`` role's, the key range's
     read), with ``select_step`` the warp-instructions
-    of the largest loop just around one of those (a select step's own code, :func:`_encloses`).
+    of the largest loop just around one of those (a select step's own code, :func:`_encloses`); ``groups`` and
+    ``draw_groups``: per group of the finish's scan and of the filtered draw's scores (the module's roles).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]

@@ -561,7 +561,7 @@ def test_cost_model_from_results_json(tmp_path):
     assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
     assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "keys": 200.0,
                                      "draw": 80.0}
-    assert b1["instr_per_group"] == 25.0
+    assert b1["instr_per_group"] == 25.0 and b1["draw_instr_per_group"] == 10.0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
     assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
     # B=256: one program per row, 2 rows on the busiest SM
@@ -1034,9 +1034,10 @@ def test_judge_fails_on_unlisted_hot_loop_spills():
     gone = "allow-list entry names no specialization the wrappers launch (remove it): "
     z36 = [dict(allow[2], triton=["3.6"])]
     assert judge(results[2:], z36, complete=True, triton="3.9.0")[0] == [gone + "k[z]"]
-    s36 = [dict(allow[2], spec="_sample_kernel[z]", triton=["3.6"])]
-    assert judge(results[2:], s36, complete=True, triton="3.9.0")[0] == []
-    assert judge(results[2:], s36, complete=True, triton="3.6.0")[0] == [gone + "_sample_kernel[z]"]
+    for kernel in ("_sample_kernel", "_partial_kernel", "_merge_kernel"):   # pass-1 / draw tiles follow it
+        s36 = [dict(allow[2], spec=f"{kernel}[z]", triton=["3.6"])]
+        assert judge(results[2:], s36, complete=True, triton="3.9.0")[0] == []
+        assert judge(results[2:], s36, complete=True, triton="3.6.0")[0] == [gone + f"{kernel}[z]"]
 
 
 def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):

@@ -296,8 +296,8 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _radix_select, _raw_threshold,
-    _sort_desc, _sorted_thresholds)
+    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _from_key, _order_key,
+    _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds)
 
 
 @triton.jit
@@ -500,17 +500,23 @@ def test_filters_on_candidate_groups(dtype):
     _check(logits, params, budget, forced, 0, 2)
 
 
-@pytest.mark.parametrize("slices", [1, 3])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_filtered_draw_rescores(monkeypatch, dtype, slices):
+@pytest.mark.parametrize("dtype, slices, scan", [(torch.float32, 1, None), (torch.float32, 3, None),
+                                                  (torch.bfloat16, 1, None), (torch.bfloat16, 3, None),
+                                                  (torch.float32, 1, 8)],
+                         ids=["fp32", "fp32-split", "bf16", "bf16-split", "fp32-scan-blocks"])
+def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     """Rows whose best unfiltered group keeps nothing after the filters, so the chosen group cannot stand
     and the filtered draw's pass (``_filtered_groups``, ``_score_groups``) picks the group again: a group of
     256 strong tokens outweighs a few stronger ones scattered over the row, which top-k / min-p / top-p keep
     alone. Rows of several draw tiles (an odd V), mixed temperatures, the end token (one of the peaks)
-    masked in half the rows; the split-row finish too. Tokens equal the reference's."""
+    masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
+    shrunk: the scores' pass over 18 groups in three blocks). Tokens equal the reference's."""
     from tts_kernels.sampling.reference import draw_scores
     from tts_kernels.sampling.triton_kernel import _DRAW_BYTES
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    if scan:
+        monkeypatch.setattr(_tk, "_SCAN", scan)
+        monkeypatch.setattr(_tk, "_SCAN_POW2_GROUPS", scan // 2)
     gen = torch.Generator().manual_seed(31)
     B, V, G = 16, 2 * (_DRAW_BYTES // dtype.itemsize) + 301, philox.GROUP_SIZE
     end = 777
@@ -543,13 +549,20 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices):
 
 @triton.jit
 def _raw_threshold_kernel(z_ptr, t_ptr, o_ptr, N: tl.constexpr):
+    """The threshold, and both it and the float just below it divided by T on the device (a GPU divides
+    with div.full.f32, within 2 ulp: the threshold is exact for the kernel's own division)."""
     i = tl.arange(0, N)
-    tl.store(o_ptr + i, _raw_threshold(tl.load(z_ptr + i), tl.load(t_ptr + i)))
+    T = tl.load(t_ptr + i)
+    x = _raw_threshold(tl.load(z_ptr + i), T)
+    tl.store(o_ptr + i, x)
+    tl.store(o_ptr + N + i, x / T)
+    tl.store(o_ptr + 2 * N + i, _from_key(_order_key(x) - 1) / T)
 
 
 def test_raw_threshold():
-    """``_raw_threshold(zt, T)``: the smallest float32 x with x / T >= zt, for thresholds that are values
-    x / T and for any float; -inf for -inf, signed zeros, tiny and huge values."""
+    """``_raw_threshold(zt, T)``: the smallest float32 x with x / T >= zt (the kernel's division), for
+    thresholds that are values x / T and for any float; -inf for -inf, signed zeros, tiny and huge values,
+    thresholds whose ``zt x T`` overflows (+inf: no finite x reaches them; -FLT_MAX)."""
     gen = torch.Generator().manual_seed(5)
     N = 4096
     T = torch.rand(N, generator=gen) * 1.8 + 0.2
@@ -557,15 +570,17 @@ def test_raw_threshold():
     x = torch.randn(N, generator=gen) * 20
     zt = x / T
     zt[N // 2:] = torch.randn(N // 2, generator=gen) * 30                    # any float, not a quotient
-    zt[:6] = torch.tensor([float("-inf"), 0.0, -0.0, 1e-30, -3e38 / 2, 1e-38])
-    out = torch.empty(N, device=DEV)
-    _raw_threshold_kernel[(1,)](zt.to(DEV), T.to(DEV), out, N)
-    out = out.cpu()
-    assert out[0] == float("-inf")
+    zt[:8] = torch.tensor([float("-inf"), 0.0, -0.0, 1e-30, -3e38 / 2, 1e-38, 3e38, -3e38])
+    T[6:8] = 2.0
+    res = torch.empty(3 * N, device=DEV)
+    _raw_threshold_kernel[(1,)](zt.to(DEV), T.to(DEV), res, N)
+    out, out_div, below_div = res.cpu().view(3, N)
+    assert out[0] == float("-inf") and out[6] == float("inf") and out[7] == -torch.finfo(torch.float32).max
     fin = torch.isfinite(zt)
-    assert bool((out[fin] / T[fin] >= zt[fin]).all())
-    below = key_floats(order_keys(out) - 1)
-    assert bool((below[fin] / T[fin] < zt[fin]).all())
+    assert bool((out_div[fin] >= zt[fin]).all())
+    assert bool((below_div[fin] < zt[fin]).all())
+    if DEV.type == "cpu":    # the interpreter divides as torch does
+        assert torch.equal(out_div, out / T)
 
 
 @pytest.mark.parametrize("V", [2900, 5000], ids=["one-block", "two-blocks"])

@@ -946,11 +946,11 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, 
 @triton.jit
 def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt, c1, c2, k0, k1,
                      DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
-    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first
-    group of the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative
-    to the row's maximum (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is
-    0: a mass that underflows float32 lies more than 87 below the best group's score, which no noise
-    bridges). One read of the candidate groups (tiles without one are not read, nor the other groups'
+    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
+    the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
+    (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
+    underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
+    in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
     tokens) writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
     ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
@@ -1002,14 +1002,14 @@ def _score_groups(ws_row, NGR, Lz, V, Tz, zmax, c1, c2, k0, k1, FB: tl.constexpr
 def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0,
                        mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
                        PW: tl.constexpr):
-    """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a
-    group whose raw maximum reaches it; it leaves min-p out, the selects count every token of the
-    top-k set), the compaction of the candidates (the bound raised when they overflow the buffer,
-    :func:`_compact_bounded`), then the sort, the bisection over the buffer or, when the candidates still
-    overflow it, the radix selects over the row's candidate groups. Returns (Ls, the smallest key
-    the filters keep, whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the
-    candidates, because a radix select over the row's candidate groups (a row that overflows the buffer)
-    can stop at a key prefix, below the exact threshold, which only the candidates are known to respect)."""
+    """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a group whose raw
+    maximum reaches it; it leaves min-p out, the selects count every token of the top-k set), the compaction of the
+    candidates (the bound raised when they overflow the buffer, :func:`_compact_bounded`), then the sort, the
+    bisection over the buffer or, when the candidates still overflow it, the radix selects over the row's candidate
+    groups. Returns (Ls, the filters' threshold on the raw logits (``_raw_threshold`` of the smallest key they
+    keep), whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the candidates, because a
+    radix select over the row's candidate groups (a row that overflows the buffer) can stop at a key prefix, below
+    the exact threshold, which only the candidates are known to respect)."""
     zmax = xmax / Tz
     Ls = _candidate_bound(ws_row, NGR, ge, Me, SZe, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
     # the candidates' values compacted once; the selects' passes read them, not the row (when there are
@@ -1042,15 +1042,15 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
             t_p, _unused = _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, top_k, top_p, mass_k,
                                          p_on, ws_row, Ls, True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
-    return Ls, t_key, cand1
+    return Ls, _raw_threshold(_from_key(t_key), Tz), cand1
 
 
 @triton.jit
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
                    V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
-    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw logits
-    (``_raw_threshold`` of the key threshold's value; -inf: keep all), ``Ls``, the selects' raw-logit bound that
+    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw
+    logits (:func:`_select_thresholds`; -inf: keep all), ``Ls``, the selects' raw-logit bound that
     every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
     min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered
     score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1``
@@ -1065,9 +1065,8 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     xt = tl.full([], float("-inf"), tl.float32)      # keep all
     cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
     if k_on | p_on:
-        Ls, t_key, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
-                                              top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-        xt = _raw_threshold(_from_key(t_key), Tz)
+        Ls, xt, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
+                                           top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
     return Ls, xt, bar, cand1
 
 
@@ -1194,8 +1193,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         tl.store(bp + STOP, new_stop, mask=valid)
 
     tok_safe = tl.minimum(tl.maximum(tok, 0), V - 1)
-    xt = tl.load(row_ptr + tok_safe).to(tl.float32)
-    logp = tl.where(valid, xt - lse, float("nan"))
+    x_tok = tl.load(row_ptr + tok_safe).to(tl.float32)
+    logp = tl.where(valid, x_tok - lse, float("nan"))
     tok = tl.where(valid, tok, -1)
     tl.store(tok_ptr + row, tok.to(tl.int64))
     tl.store(logp_ptr + row, logp)
@@ -1316,8 +1315,8 @@ GROUP_ALIGNED_TILES = release(triton.__version__)[:2] >= (3, 7)
 
 
 def _loads_per_thread(block, element_size):
-    """Pass 1's ``H``: the 16-byte loads of one thread per tile of ``block`` tokens (at least 1), or 1
-    where the Triton lays such tiles out badly (:data:`GROUP_ALIGNED_TILES`)."""
+    """Pass 1's ``H`` and the filtered draw's ``DH``: the 16-byte loads of one thread per tile of ``block``
+    tokens (at least 1), or 1 where the Triton lays such tiles out badly (:data:`GROUP_ALIGNED_TILES`)."""
     if not GROUP_ALIGNED_TILES:
         return 1
     return max(1, block // (32 * _NUM_WARPS * (16 // element_size)))
