@@ -45,9 +45,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   with no bound that is longer than the buffer skips the compaction and takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
-  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token a
-  compare with top-k / top-p's threshold on the raw logits, ``_raw_threshold``, and one exp2 that is
-  both the token's mass and min-p's test, ``_keep``), and one pass over the group stats scores them
+  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
+  compare with the filters' bound on the raw logits, ``_keep_bound``: top-k / top-p's threshold,
+  ``_raw_threshold``, or min-p's, and one exp2 for the mass), and one pass over the group stats scores them
   (``_score_groups``). Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow that the raised bound resolves,
   + the share of the groups above it (the second compaction).
@@ -56,8 +56,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
 different summation order; ``tests/helpers/sampling.py: decisive_rows`` is that rule), and for a token
-within rounding of min-p's boundary (the kernel keeps ``exp2((x - xmax) log2(e) / T) >= min_p``, the
-reference ``exp(z - zmax) >= min_p``).
+within rounding of min-p's boundary (the kernel keeps ``x >= xmax + T ln(min_p)``, the reference
+``exp(z - zmax) >= min_p``).
 bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
@@ -799,17 +799,18 @@ def _raw_threshold(zt, Tz):
 
 
 @triton.jit
-def _rel_mass(x, xmax, kz):
-    """``exp((x - xmax) / T)``: a token's draw mass relative to the row's (end-masked) maximum."""
-    return tl.exp2((x - xmax) * kz)
+def _keep_bound(xt, xmax, Tz, min_p):
+    """The filters' one bound on the raw logits: the larger of top-k / top-p's threshold ``xt``
+    (:func:`_raw_threshold`) and min-p's ``xmax + T ln(min_p)``, where a token's probability relative to the
+    row's maximum, ``exp((x - xmax) / T)``, reaches ``min_p`` (-inf for ``min_p = 0``). ``xt = -inf`` and
+    ``min_p = 0`` keep every token."""
+    return tl.maximum(xt, xmax + Tz * tl.log(min_p))
 
 
 @triton.jit
-def _keep(x, e, xt, min_p):
-    """The filters' rule per token, on its raw logit ``x`` and its mass ``e = _rel_mass(x, ...)``:
-    top-k / top-p keep ``x >= xt`` (``_raw_threshold`` of their threshold: ``x / T`` at or above it),
-    min-p keeps ``e >= min_p``. ``xt = -inf`` and ``min_p = 0`` keep every token."""
-    return (x >= xt) & (e >= min_p)
+def _keep(x, xk):
+    """The filters' rule per token, on its raw logit: ``x >= xk`` (:func:`_keep_bound`)."""
+    return x >= xk
 
 
 @triton.jit
@@ -934,7 +935,7 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, 
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
     # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-    kept = _keep(x, _rel_mass(x, xmax, kz), xt, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
+    kept = _keep(x, _keep_bound(xt, xmax, Tz, min_p)) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
     x = tl.where(kept, x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
@@ -948,20 +949,22 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
                      DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
-    (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
-    underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
-    in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
+    (the sum of ``exp((x - xmax) / T)`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept
+    mass underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it
+    lies in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
     tokens) writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
-    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
-    threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
-    Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a thread's DH vector loads fall in one
-    group, so a group's sum crosses fewer lanes)."""
+    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the
+    filters' raw bound (:func:`_keep_bound`), an exp2 and a sum (no division, no per-group maximum, no Philox or
+    logarithm in the tokens' loop). Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a
+    thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
     GT: tl.constexpr = DBLOCK // GROUP
     W: tl.constexpr = GROUP // DH
     gi = tl.arange(0, GT)
     idx = tl.arange(0, DH)[:, None, None] * W + gi[None, :, None] * GROUP + tl.arange(0, W)[None, None, :]
     end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
+    xk = _keep_bound(xt, xmax, Tz, min_p)
+    cz = xmax * kz
     for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
         cg = _is_candidate(ws_row, g, V, Tz, Lz)
@@ -969,8 +972,8 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
             offs = start + idx
             x = tl.load(row_ptr + offs, mask=(offs < V) & cg[None, :, None], other=float("-inf")).to(tl.float32)
             x = tl.where(offs == end_at, float("-inf"), x)
-            e = _rel_mass(x, xmax, kz)
-            tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1),
+            e = tl.where(_keep(x, xk), tl.exp2(x * kz - cz), 0.0)   # exp((x - xmax) / T) if kept
+            tl.store(ws_row + NGR + g, tl.sum(tl.sum(e, 0), 1),
                      mask=g < NGR)
     tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
     return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
