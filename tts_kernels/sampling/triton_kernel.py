@@ -45,9 +45,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   with no bound that is longer than the buffer skips the compaction and takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
-  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
-  compare with the filters' bound on the raw logits, ``_keep_bound``: top-k / top-p's threshold,
-  ``_raw_threshold``, or min-p's, and one exp2 for the mass), and one pass over the group stats scores them
+  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token a
+  compare with top-k / top-p's threshold on the raw logits, ``_raw_threshold``, and one exp2 that is
+  both the token's mass and min-p's test, ``_keep``), and one pass over the group stats scores them
   (``_score_groups``). Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow that the raised bound resolves,
   + the share of the groups above it (the second compaction).
@@ -56,8 +56,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
 different summation order; ``tests/helpers/sampling.py: decisive_rows`` is that rule), and for a token
-within rounding of min-p's boundary (the kernel keeps ``x >= xmax + T ln(min_p)``, the reference
-``exp(z - zmax) >= min_p``).
+within rounding of min-p's boundary (the kernel keeps ``exp2((x - xmax) log2(e) / T) >= min_p``, the
+reference ``exp(z - zmax) >= min_p``).
 bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
@@ -799,25 +799,17 @@ def _raw_threshold(zt, Tz):
 
 
 @triton.jit
-def _keep_bound(xt, xmax, Tz, min_p):
-    """The filters' one bound on the raw logits: the larger of top-k / top-p's threshold ``xt``
-    (:func:`_raw_threshold`) and min-p's ``xmax + T ln(min_p)``, where a token's probability relative to the
-    row's maximum, ``exp((x - xmax) / T)``, reaches ``min_p`` (-inf for ``min_p = 0``). ``xt = -inf`` and
-    ``min_p = 0`` keep every token."""
-    return tl.maximum(xt, _minp_threshold(xmax, Tz, min_p))
+def _rel_mass(x, xmax, kz):
+    """``exp((x - xmax) / T)``: a token's draw mass relative to the row's (end-masked) maximum."""
+    return tl.exp2((x - xmax) * kz)
 
 
 @triton.jit
-def _minp_threshold(xmax, Tz, min_p):
-    """Min-p's bound on the raw logits, ``xmax + T ln(min_p)``: where ``exp((x - xmax) / T)`` reaches ``min_p``
-    (-inf for ``min_p = 0``)."""
-    return xmax + Tz * tl.log(min_p)
-
-
-@triton.jit
-def _keep(x, xk):
-    """The filters' rule per token, on its raw logit: ``x >= xk`` (:func:`_keep_bound`)."""
-    return x >= xk
+def _keep(x, e, xt, min_p):
+    """The filters' rule per token, on its raw logit ``x`` and its mass ``e = _rel_mass(x, ...)``:
+    top-k / top-p keep ``x >= xt`` (``_raw_threshold`` of their threshold: ``x / T`` at or above it),
+    min-p keeps ``e >= min_p``. ``xt = -inf`` and ``min_p = 0`` keep every token."""
+    return (x >= xt) & (e >= min_p)
 
 
 @triton.jit
@@ -926,23 +918,23 @@ def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, 
 
 @triton.jit
 def _minp_bound(L, X, Tz, min_p, m_on):
-    """``L`` raised to min-p's bound (:func:`_minp_threshold`), less a rounding margin (when min-p is on)."""
+    """``L`` raised to min-p's bound ``X + T ln(min_p)``, less a rounding margin (when min-p is on)."""
     if m_on:
-        lm = _minp_threshold(X, Tz, min_p)
+        lm = X + Tz * tl.log(min_p)
         L = tl.maximum(L, lm - 1e-3 * (1.0 + tl.abs(X) + tl.abs(lm)))
     return L
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xk, cand_g, c1, c2, k0, k1):
-    """Re-read group ``g`` (end token masked, the filters' bound ``xk`` applied (:func:`_keep`), nothing kept
-    unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept) and the
-    first index of the maximum of ``z + token noise`` over its kept tokens. ``xk`` -inf and ``cand_g`` True
-    keep every token: the unfiltered draw."""
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, c1, c2, k0, k1):
+    """Re-read group ``g`` (end token masked, the filters ``xt`` / ``min_p`` applied (:func:`_keep`), nothing
+    kept unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
+    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``xt`` -inf,
+    ``min_p`` 0 and ``cand_g`` True keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
     # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-    kept = _keep(x, xk) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
+    kept = _keep(x, _rel_mass(x, xmax, kz), xt, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
     x = tl.where(kept, x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
@@ -952,25 +944,24 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xk, cand_g, c1, c2, k0, k
 
 
 @triton.jit
-def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xk, c1, c2, k0, k1,
+def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt, c1, c2, k0, k1,
                      DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
-    (the sum of ``exp((x - xmax) / T)`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept
-    mass underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it
-    lies in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
+    (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
+    underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
+    in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
     tokens) writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
-    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the
-    filters' raw bound (:func:`_keep_bound`), an exp2 and a sum (no division, no per-group maximum, no Philox or
-    logarithm in the tokens' loop). Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a
-    thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
+    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
+    threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
+    Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a thread's DH vector loads fall in one
+    group, so a group's sum crosses fewer lanes)."""
     GT: tl.constexpr = DBLOCK // GROUP
     W: tl.constexpr = GROUP // DH
     gi = tl.arange(0, GT)
     idx = tl.arange(0, DH)[:, None, None] * W + gi[None, :, None] * GROUP + tl.arange(0, W)[None, None, :]
     end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
-    cz = xmax * kz
     for start in range(0, V, DBLOCK):
         g = start // GROUP + gi
         cg = _is_candidate(ws_row, g, V, Tz, Lz)
@@ -978,8 +969,8 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
             offs = start + idx
             x = tl.load(row_ptr + offs, mask=(offs < V) & cg[None, :, None], other=float("-inf")).to(tl.float32)
             x = tl.where(offs == end_at, float("-inf"), x)
-            e = tl.where(_keep(x, xk), tl.exp2(x * kz - cz), 0.0)   # exp((x - xmax) / T) if kept
-            tl.store(ws_row + NGR + g, tl.sum(tl.sum(e, 0), 1),
+            e = _rel_mass(x, xmax, kz)
+            tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1),
                      mask=g < NGR)
     tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
     return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
@@ -1056,17 +1047,16 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
 
 @triton.jit
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                   min_p, V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+                   V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr):
-    """The filters' bounds of a row with filters (top-k / top-p / min-p): their one bound on the raw logits
-    (:func:`_keep_bound` of top-k / top-p's threshold, :func:`_select_thresholds`, and min-p's), ``Ls``, the
-    selects' raw-logit bound that every token top-k / top-p keep reaches in its group maximum (-inf without them;
-    :func:`_rescore` raises it to min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one
-    by one), ``bar``, the filtered score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 -
-    h1``, ``h1`` its noise, ``b1`` less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its
-    stats as the scan did (no Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the
-    group scores), and whether ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, xk,
-    bar, cand1)."""
+    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw
+    logits (:func:`_select_thresholds`; -inf: keep all), ``Ls``, the selects' raw-logit bound that
+    every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
+    min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered
+    score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1``
+    less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no
+    Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
+    ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, xt, bar, cand1)."""
     isE = g1 == ge
     M1 = tl.where(isE, Me, tl.load(ws_row + g1))
     SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))
@@ -1077,31 +1067,31 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     if k_on | p_on:
         Ls, xt, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
                                            top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
-    return Ls, _keep_bound(xt, xmax, Tz, min_p), bar, cand1
+    return Ls, xt, bar, cand1
 
 
 @triton.jit
-def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xk, c1, c2, k0, k1,
+def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt, c1, c2, k0, k1,
              DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
     bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
-    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xk,
+    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
                           c1, c2, k0, k1, DBLOCK, DH, FB)
-    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xk, _is_candidate(ws_row, gf, V, Tz, L / Tz),
-                           c1, c2, k0, k1)
+    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
+                           _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
     return tok
 
 
 @triton.jit
-def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xk,
+def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
                      c1, c2, k0, k1, DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
     """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
     stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
     unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
     otherwise :func:`_rescore`."""
     if sc1 <= bar:
-        s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xk,
+        s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
                          c1, c2, k0, k1, DBLOCK, DH, FB)
     return s_tok
 
@@ -1141,18 +1131,20 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
 
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
     Ls = tl.full([], float("-inf"), tl.float32)
-    xk = tl.full([], float("-inf"), tl.float32)     # an unfiltered draw keeps every token, every group a candidate
+    xt = tl.full([], float("-inf"), tl.float32)
     bar = b2
     cand1 = g1 == g1
     if filtered:
-        Ls, xk, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
-                                            top_k, k_on, top_p, p_on, min_p, V, end0, mask_end, buf_ptr, CAP,
+        Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
+                                            top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
                                             DBLOCK, HBLOCK, FB, PW)
+    # an unfiltered draw keeps every token: x >= -inf, and mass >= 0, every group a candidate
+    mp = tl.where(filtered, min_p, 0.0)
     if do_draw:
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xk, cand1, c1, c2, k0, k1)
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xmax, mp, xt, cand1, c1, c2, k0, k1)
         if filtered:
             s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz,
-                                     min_p, xk, c1, c2, k0, k1, DBLOCK, DH, FB)
+                                     min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
     # which the best draw score shows without a division: a group's score M / T + ln(S_z) + noise is
