@@ -28,7 +28,8 @@ on a stream add up (no overlap between them).
   thread-instructions per token / 32 warp-instructions (pass 1's loop: only the row's whole tiles;
   its partial last tile is straight-line code, the module's ``tile`` role), plus the finish's scan over the row's
   ``ceil(V / 256)`` group stats (``groups`` per group; + ``draw_groups`` per group where the filtered draw
-  runs: its scores' pass over the groups) and the kernel's straight-line code; the row's time is at least its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
+  runs: its scores' pass over the groups) and the kernel's straight-line code; the row's time is at least
+  its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
