@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from helpers.backends import require_triton
-from helpers.sampling import decisive_rows, drawn_logits, key_floats, order_keys
+from helpers.sampling import decisive_rows, drawn_logits, key_floats, order_keys, reference_keep
 from tts_kernels.sampling import philox
 from tts_kernels.sampling.budget import BudgetForcing, DONE, ENDING, THINKING
 from tts_kernels.sampling.reference import draw, filter_mask, sample_reference
@@ -538,9 +538,7 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     budget, forced = _budget_case(f, state, V)
     _check(logits, params, budget, forced, 0, 1)
     # the rows really rescore: the reference's best unfiltered group keeps no token
-    drawn = drawn_logits(logits, budget, forced, 0, 1).float().cpu()
-    z = drawn / torch.tensor(T).view(-1, 1)
-    keep = filter_mask(z, *(t.cpu() for t in params[1:4])) & torch.isfinite(z)
+    z, keep = reference_keep(drawn_logits(logits, budget, forced, 0, 1), *params[:4])
     gs, _ts = draw_scores(z, torch.isfinite(z), params[4].cpu(), params[5].cpu())
     g = gs.argmax(1)
     kept_in_best = torch.stack([keep[r, g[r] * G:(g[r] + 1) * G].any() for r in range(B)])
