@@ -17,7 +17,8 @@ Three steps, each usable on its own:
    :func:`resource_usage` (``cuobjdump --dump-resource-usage`` of Triton's cubin) and
    :func:`sass_loops` (``nvdisasm -gi`` of the cubin: every loop, its instruction count per
    iteration, its STL/LDL, and the source loop it comes from) and :func:`straight_line_by_function`
-   (the instructions outside the loops per function on their inlining chains).
+   (the instructions outside the loops per function on their inlining chains; :func:`infer_chains` where the
+   cubin has no inlining info).
 """
 from __future__ import annotations
 
@@ -339,14 +340,93 @@ def _source_functions(path: str) -> Tuple[Tuple[int, int, str], ...]:
 def chain_functions(ins: Instr) -> set:
     """Names of the functions on an instruction's inlining chain (the innermost definition holding
     each frame's line)."""
-    out = set()
-    for f, ln in ins.chain:
-        best = None
-        for lo, hi, name in _source_functions(f):
-            if lo <= ln <= hi and (best is None or hi - lo < best[1] - best[0]):
-                best = (lo, hi, name)
-        if best:
-            out.add(best[2])
+    return {g for g in (_innermost_function(f, ln) for f, ln in ins.chain) if g}
+
+
+@functools.lru_cache(maxsize=None)
+def _source_references(path: str) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
+    """(name, names it references) of each function defined in a Python source file: the bare names and
+    attribute names in its body (``_finish(...)``, ``tl.sum(...)``, ``reduce(x, 0, _sum_combine)``), a superset
+    of its callees once the caller keeps those that name a function."""
+    try:
+        with open(path) as f:
+            tree = ast.parse(f.read())
+    except (OSError, SyntaxError):
+        return ()
+    out = []
+    for n in ast.walk(tree):
+        if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
+            refs = {m.id for m in ast.walk(n) if isinstance(m, ast.Name)}
+            refs |= {m.attr for m in ast.walk(n) if isinstance(m, ast.Attribute)}
+            out.append((n.name, tuple(sorted(refs - {n.name}))))
+    return tuple(out)
+
+
+def _innermost_function(f: str, ln: int) -> Optional[str]:
+    """The innermost function of source file ``f`` that holds line ``ln`` (None: none does)."""
+    best = None
+    for lo, hi, name in _source_functions(f):
+        if lo <= ln <= hi and (best is None or hi - lo < best[1] - best[0]):
+            best = (lo, hi, name)
+    return best[2] if best else None
+
+
+def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Instr]:
+    """Inlining chains for SASS without inlining info (``nvdisasm`` frames of the innermost line only, as
+    Triton 3.5.1's cubins give), from the call graph of the source files the line info names, rooted at the
+    kernel function ``entry``. An instruction of a function that every path from ``entry`` reaches through the
+    same functions (every function that reaches it lies on each of those paths) gets them as its chain, as
+    ``nvdisasm -gi`` would name; one of a shared helper (``tl.sum``, a helper several passes call: the path is
+    ambiguous) takes the chain of the nearest instruction within ``window`` before it (else after it) whose
+    function is not shared and reaches the helper, plus its own frame: inlined code sits in its caller's
+    blocks. Where nothing in the window qualifies, the helper's dominators only. Returns new instructions."""
+    files = sorted({f for ins in instrs for f, _ln in ins.chain[:1] if f})
+    defs: Dict[str, Tuple[str, int]] = {}
+    refs: Dict[str, set] = {}
+    for f in files:
+        for lo, _hi, name in _source_functions(f):
+            defs.setdefault(name, (f, lo))
+        for name, rs in _source_references(f):
+            refs.setdefault(name, set()).update(rs)
+    graph = {name: {r for r in rs if r in defs} for name, rs in refs.items()}
+
+    def reach(src: str, without: Optional[str] = None) -> set:
+        seen, todo = set(), [src]
+        while todo:
+            g = todo.pop()
+            if g in seen or g == without:
+                continue
+            seen.add(g)
+            todo.extend(graph.get(g, ()))
+        return seen
+
+    if entry not in graph:
+        return list(instrs)
+    live = reach(entry)
+    below = {g: reach(g) for g in live}                                   # descendants, g included
+    doms = {g: {d for d in live if d == g or g not in reach(entry, without=d)} for g in live}
+    shared = {g for g in live if any(g in below[a] for a in live - doms[g])}
+
+    def frames(names) -> Tuple[Tuple[str, int], ...]:
+        return tuple(defs[n] for n in sorted(names, key=lambda n: len(doms.get(n, ())), reverse=True))
+
+    fn = [_innermost_function(*ins.chain[0]) if ins.chain and ins.chain[0][0] else None for ins in instrs]
+    out = []
+    for i, ins in enumerate(instrs):
+        g = fn[i]
+        if g not in live:
+            out.append(ins)
+            continue
+        names = doms[g]
+        if g in shared:
+            near = list(range(i - 1, max(-1, i - 1 - window), -1))
+            near += range(i + 1, min(len(instrs), i + 1 + window))
+            for j in near:
+                h = fn[j]
+                if h in live and h not in shared and g in below[h]:
+                    names = doms[h] | {g}
+                    break
+        out.append(dataclasses.replace(ins, chain=(ins.chain[0],) + frames(names - {g})))
     return out
 
 
@@ -786,6 +866,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         lp["thread_instr_per_token"] = (round(lp["instructions_excl"] * 32 * num_warps / step, 2)
                                         if step else None)
     ops = [_base(i.op) for i in instrs]
+    inline = any(len(i.chain) > 1 for i in instrs)   # Triton 3.5.1's cubins: the innermost line only
     vec_loads = sorted({i.op for i in instrs if _base(i.op) == "LDG"})
     hot_spill = spill_in_hot_loop(px, loops)
     return {
@@ -800,7 +881,8 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         "global_load_ops": vec_loads,
         "spill_in_loop": hot_spill,
         "loops": loops,
-        "inline_info": any(len(i.chain) > 1 for i in instrs),
-        "straight_line_by_function": straight_line_by_function(instrs, in_loops),
+        "inline_info": inline,
+        "straight_line_by_function": straight_line_by_function(
+            instrs if inline else infer_chains(instrs, launch.kernel.fn.__name__), in_loops),
         "ptxas_log": px["log"],
     }

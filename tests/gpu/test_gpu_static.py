@@ -270,6 +270,32 @@ def test_sass_inlining_chains_and_straight_line_by_function(tmp_path):
     assert cm.straight_line_warp_instr(dict(compiled, straight_line_by_function=None), "inner") == 4 * 8
 
 
+def test_infer_chains_without_inlining_info(tmp_path):
+    # Triton 3.5.1's cubins name only the innermost line: the chains come from the source's call graph. ``only``
+    # is reached through ``a`` alone (its chain: a, kernel); ``helper`` is shared by ``a`` and ``b`` (its
+    # instructions take the chain of the nearest one of a function that reaches it, before them first)
+    src = tmp_path / "k.py"
+    src.write_text("def kernel():\n    a()\n    b()\n\n\ndef a():\n    only()\n    helper()\n\n\n"
+                   "def b():\n    helper()\n\n\ndef only():\n    return 1\n\n\ndef helper():\n    return 2\n\n\n"
+                   "def unused():\n    helper()\n")
+    f = str(src)
+    lines = [2, 7, 16, 20, 12, 20, 20, 3]        # kernel, a, only, helper (in a), b, helper (in b) x 2, kernel
+    out = "\n".join(f'\t//## File "{f}", line {ln}\n        /*{16 * i:04x}*/                   NOP ;'
+                    for i, ln in enumerate(lines))
+    instrs, _labels = aot.parse_sass(out)
+    assert all(len(i.chain) == 1 for i in instrs)
+    got = [aot.chain_functions(i) for i in aot.infer_chains(instrs, "kernel")]
+    assert got == [{"kernel"}, {"kernel", "a"}, {"kernel", "a", "only"}, {"kernel", "a", "helper"},
+                   {"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "b", "helper"}, {"kernel"}]
+    assert aot.straight_line_by_function(aot.infer_chains(instrs, "kernel"), set()) == {
+        "a": 3, "b": 3, "helper": 3, "kernel": 8, "only": 1}
+    # a helper with no caller's instruction within the window: its dominators only (the entry)
+    lone = aot.parse_sass(f'\t//## File "{f}", line 20\n        /*0000*/                   NOP ;')[0]
+    assert [aot.chain_functions(i) for i in aot.infer_chains(lone, "kernel")] == [{"kernel", "helper"}]
+    # an unknown entry leaves them as they are
+    assert aot.infer_chains(instrs, "nope") == instrs
+
+
 def test_split_row_bound_b1_hand_case():
     # B=1, V=32000 fp32 on an H100: S = 16 slices of 2048 tokens (slices_for: cdiv(32000, 2 x 1024) = 16 <= 264)
     pi = {"pass1": 114.0, "cta_warp": 6464}            # partial: per token of pass 1; straight-line per CTA
