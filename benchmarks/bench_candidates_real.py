@@ -77,7 +77,7 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
     compaction, the finish's rule), the bound the buffer holds every value above (raised where the
     candidates overflowed: ``_compact_bounded``) and whether it was raised."""
     row = tl.program_id(0)
-    ws_row = ws_ptr + row * 3 * NGR
+    ws_row = tk._ws_row(ws_ptr, row, NGR)
     T = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
@@ -94,8 +94,8 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
     n = tl.full([], -1, tl.int32)
     Lb = L / T
     if (L > float("-inf")) | (V <= CAP):
-        n, Lb = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, buf_ptr + row.to(tl.int64) * CAP, L / T,
-                                    X / T, total, k, k > 0, p, V, -1, k != k, T, CAP, DBLOCK, HBLOCK)
+        n, Lb = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, NGR, buf_ptr + row.to(tl.int64) * CAP,
+                                    L / T, X / T, total, k, k > 0, p, V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
     tl.store(out_ptr + row, n)
     tl.store(bound_ptr + row, L)
     tl.store(raised_ptr + row, Lb)
@@ -200,7 +200,8 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     for name, (T, k, p, mp) in CONFIGS.items():
         t0 = time.perf_counter()
         sz = torch.exp((xg - M[..., None]) / T).sum(2)          # the draw sums of pass 1
-        ws = torch.stack([M, torch.zeros_like(M), sz], 1).to(device)
+        zero = torch.zeros_like(M)                              # raw sums (unused), the candidate list's plane
+        ws = torch.stack([M, zero, sz] + [zero] * (tk.WS_PLANES.value - 3), 1).to(device)
         total = (sz * torch.exp((M - M.max(1, keepdim=True).values) / T)).sum(1)
         kk = torch.full((R,), k, dtype=torch.int32)
         pp = torch.full((R,), p)
@@ -243,11 +244,24 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                 assert torch.equal(n[fits], (z >= Lb[:, None]).sum(1)[fits])
             over = n_all > cap
             raised = over & fits                         # raised, and the values above the bound fit the buffer
+            # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time
+            # (before the list: every tile with a candidate group ran its whole work) against walking the list of the
+            # candidate groups (whole tiles of listed groups), for the kernel's bf16 and fp32 tiles; and the row's tiles
+            tiles = {}
+            for dt, size in (("bf16", 2), ("fp32", 4)):
+                gt = tk._DRAW_BYTES // size // G
+                nt = -(-NGR // gt)
+                padded = torch.zeros(R, nt * gt, dtype=torch.bool)
+                padded[:, :NGR] = cg
+                walk = padded.view(R, nt, gt).any(2).sum(1).float()
+                listed = (-(-cg.sum(1) // gt)).float()
+                tiles[dt] = [round(float(walk[n >= 0].mean()), 2), round(float(listed[n >= 0].mean()), 2), nt]
             row[label] = {"no_bound_rows": int((n < 0).sum()),
                           "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
                           "bisection_rows": int(((n > tk._SORTED) & (n <= cap)).sum()),
                           "overflow_rows": int(over.sum()), "overflow_rows_raised_to_fit": int(raised.sum()),
                           "buffered_q50_q90_q99_max": _quantiles(n_all[n_all >= 0]) if bool((n_all >= 0).any()) else None,
+                          "compaction_tiles_row_walk_list_of": tiles if bool((n >= 0).any()) else None,
                           "candidate_groups_share_mean": round(float(share.mean()), 4),
                           "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
                                                                  torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}

@@ -17,8 +17,8 @@ Three steps, each usable on its own:
    :func:`resource_usage` (``cuobjdump --dump-resource-usage`` of Triton's cubin) and
    :func:`sass_loops` (``nvdisasm -gi`` of the cubin: every loop, its instruction count per
    iteration, its STL/LDL, and the source loop it comes from) and :func:`straight_line_by_function`
-   (the instructions outside the loops per function on their inlining chains; :func:`infer_chains` where the
-   cubin has no inlining info).
+   (the instructions outside the loops per function on their inlining chains; :func:`infer_chains` completes
+   those cut short, and all of them where the cubin has no inlining info).
 """
 from __future__ import annotations
 
@@ -372,15 +372,18 @@ def _innermost_function(f: str, ln: int) -> Optional[str]:
 
 
 def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Instr]:
-    """Inlining chains for SASS without inlining info (``nvdisasm`` frames of the innermost line only, as
-    Triton 3.5.1's cubins give), from the call graph of the source files the line info names, rooted at the
-    kernel function ``entry``. An instruction of a function that every path from ``entry`` reaches through the
-    same functions (every function that reaches it lies on each of those paths) gets them as its chain, as
-    ``nvdisasm -gi`` would name; one of a shared helper (``tl.sum``, a helper several passes call: the path is
-    ambiguous) takes the chain of the nearest instruction within ``window`` before it (else after it) whose
-    function is not shared and reaches the helper, plus its own frame: inlined code sits in its caller's
-    blocks. Where nothing in the window qualifies, the helper's dominators only. Returns new instructions."""
-    files = sorted({f for ins in instrs for f, _ln in ins.chain[:1] if f})
+    """Inlining chains completed where the SASS's are cut short: every chain of Triton 3.5.1's cubins (their
+    line info names the innermost line only), and under later ones the few instructions LLVM moves into a loop's
+    preheader, whose line info keeps the innermost frame only. A chain is complete when its outermost frame lies
+    in the kernel function ``entry``; the others are rebuilt from the call graph of the source files the line
+    info names, rooted at ``entry``. An instruction of a function that every path from ``entry`` reaches
+    through the same functions (every function that reaches it lies on each of those paths) gets them, as
+    ``nvdisasm -gi`` would name them; one of a shared helper (``tl.sum``, a function several callers share: the
+    path is ambiguous) takes its path from the nearest instruction within ``window`` before it (else after it)
+    that shows one: a complete chain's functions that reach the helper, or the dominators of a function that is
+    not shared and reaches it; inlined code sits in its caller's blocks. Where nothing in the window qualifies,
+    the helper's dominators only. Returns new instructions (complete chains unchanged)."""
+    files = sorted({f for ins in instrs for f, _ln in ins.chain if f})
     defs: Dict[str, Tuple[str, int]] = {}
     refs: Dict[str, set] = {}
     for f in files:
@@ -411,10 +414,20 @@ def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Inst
         return tuple(defs[n] for n in sorted(names, key=lambda n: len(doms.get(n, ())), reverse=True))
 
     fn = [_innermost_function(*ins.chain[0]) if ins.chain and ins.chain[0][0] else None for ins in instrs]
+    complete = [bool(ins.chain) and _innermost_function(*ins.chain[-1]) == entry for ins in instrs]
+
+    def path_to(j: int, g: str) -> Optional[set]:
+        """The functions instruction ``j`` shows on a path from ``entry`` to ``g`` (None: none)."""
+        if complete[j]:
+            on = {h for h in chain_functions(instrs[j]) if h in live and g in below[h] and h != g}
+            return on or None
+        h = fn[j]
+        return doms[h] if h in live and h not in shared and g in below[h] and h != g else None
+
     out = []
     for i, ins in enumerate(instrs):
         g = fn[i]
-        if g not in live:
+        if complete[i] or g not in live:
             out.append(ins)
             continue
         names = doms[g]
@@ -422,9 +435,9 @@ def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Inst
             near = list(range(i - 1, max(-1, i - 1 - window), -1))
             near += range(i + 1, min(len(instrs), i + 1 + window))
             for j in near:
-                h = fn[j]
-                if h in live and h not in shared and g in below[h]:
-                    names = doms[h] | {g}
+                on = path_to(j, g)
+                if on:
+                    names = on | {g}
                     break
         out.append(dataclasses.replace(ins, chain=(ins.chain[0],) + frames(names - {g})))
     return out
@@ -866,7 +879,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         lp["thread_instr_per_token"] = (round(lp["instructions_excl"] * 32 * num_warps / step, 2)
                                         if step else None)
     ops = [_base(i.op) for i in instrs]
-    inline = any(len(i.chain) > 1 for i in instrs)   # Triton 3.5.1's cubins: the innermost line only
+    inline = any(len(i.chain) > 1 for i in instrs)   # Triton 3.5.1's cubins: the innermost line only (infer_chains)
     vec_loads = sorted({i.op for i in instrs if _base(i.op) == "LDG"})
     hot_spill = spill_in_hot_loop(px, loops)
     return {
@@ -882,7 +895,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         "spill_in_loop": hot_spill,
         "loops": loops,
         "inline_info": inline,
-        "straight_line_by_function": straight_line_by_function(
-            instrs if inline else infer_chains(instrs, launch.kernel.fn.__name__), in_loops),
+        "straight_line_by_function": straight_line_by_function(infer_chains(instrs, launch.kernel.fn.__name__),
+                                                               in_loops),
         "ptxas_log": px["log"],
     }

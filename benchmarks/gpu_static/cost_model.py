@@ -29,7 +29,8 @@ on a stream add up (no overlap between them).
   ``ceil(B / 132)`` rows; a row costs ``V x (pass-1 + selects x select + draws x draw)``
   thread-instructions per token / 32 warp-instructions (pass 1's loop: only the row's whole tiles;
   its partial last tile is straight-line code, the module's ``tile`` role), plus the finish's scan over the row's
-  ``ceil(V / 256)`` group stats (``groups`` per group; + ``draw_groups`` per group where the filtered draw
+  ``ceil(V / 256)`` group stats (``groups`` per group; + ``list`` per group for the candidate-group list of the
+  compaction and of the filtered draw, each where it runs; + ``draw_groups`` per group where the filtered draw
   runs: its scores' pass over the groups) and the kernel's straight-line code; the row's time is at least
   its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
@@ -37,13 +38,15 @@ on a stream add up (no overlap between them).
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
   stats and runs the selects and the filtered draw over the whole row on one SM:
-  ``V x (selects x select + draws x draw) / 32`` (+ the scan's and, with a draw, ``draw_groups`` per group).
+  ``V x (selects x select + draws x draw) / 32`` (+ the scan's, the lists' and, with a draw, ``draw_groups`` per
+  group).
 * Both: full-row passes: 1 (greedy, temperature); with top-k or top-p + 1 compaction of the
   candidates (the tokens at or above the selects' bound, written to a per-row buffer); + 0-1
   filtered draw (only when the chosen group's filtered score no longer beats the others'); the
   compaction and the draw read only the candidate groups, a share of the row
   (:func:`candidate_fraction`: ``50 x 256 / V`` with the benchmarks' top-k of 50; top-p or
-  min-p alone: one group to the whole row), so they count as that share of a full pass. The
+  min-p alone: one group to the whole row), so they count as that share of a full pass, rounded up to
+  whole tiles of their loops (they walk a list of the candidate groups, a tile of listed groups at a time). The
   top-k / top-p thresholds come from the buffer, not the row, over :data:`BUFFER_ENTRIES` values
   (from k, the least top-k's bound leaves, to the buffer's capacity): at most
   :data:`SORTED_ENTRIES` of them by one sort (straight-line code, counted there); more by a
@@ -182,9 +185,11 @@ def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
 
 def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
                    V: Optional[int] = None, buffer_entries: Tuple[int, int] = BUFFER_ENTRIES,
-                   select_block: int = 1) -> Dict[str, Tuple[float, float]]:
+                   select_block: int = 1, compact_block: int = 1,
+                   draw_block: int = 1) -> Dict[str, Tuple[float, float]]:
     """(low, high) full-row-equivalent passes by kind for a sampling config: the compaction and
-    the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`);
+    the filtered draw scaled by the candidate share of the row (:func:`candidate_fraction`), rounded up to
+    whole loop iterations of ``compact_block`` / ``draw_block`` tokens (tiles of listed candidate groups);
     ``select``: the selects' reads of the candidate buffer as a share of the row (instructions
     only: ``(selects x (levels - 1) + 1) x entries / V``, the key range's read shared, the entries
     rounded up to whole loop iterations of ``select_block`` values; none for a buffer of at most
@@ -197,16 +202,19 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     (pass 1, compaction, draw)."""
     sel, draw = SAMPLER_CONFIGS[config]
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
+
+    def tiles(f, block):   # a pass over the listed candidate groups runs whole tiles of ``block`` tokens
+        return min(1.0, -(-round(f * V) // block) * block / V) if V and block > 1 else f
     n = V or buffer_entries[1]
     sorted_ = [min(b, n) <= SORTED_ENTRIES for b in buffer_entries]
     unit = [0.0 if srt or not sel else -(-min(b, n) // select_block) * select_block / n
             for b, srt in zip(buffer_entries, sorted_)]   # one read of the buffer, as a share of the row
     counting = COUNTING_SELECTS.get(config, 0)
-    p = {"pass1": (1, 1), "compact": (_t(flo), _t(fhi)) if sel else (0, 0),
+    p = {"pass1": (1, 1), "compact": (_t(tiles(flo, compact_block)), _t(tiles(fhi, compact_block))) if sel else (0, 0),
          "select": tuple(_t((sel * (levels - 1) + 1) * u) for u, levels in zip(unit, select_passes)),
          "select_keys": tuple(_t(u) for u in unit),
          "select_count": tuple(_t(counting * (levels - 2) * u) for u, levels in zip(unit, select_passes)),
-         "draw": (0, _t(fhi) if draw else 0),
+         "draw": (0, _t(tiles(fhi, draw_block)) if draw else 0),
          "select_steps": tuple(0 if srt else sel * (levels - 2) for levels, srt in zip(select_passes, sorted_)),
          "sorted": tuple(sorted_)}
     p["total"] = tuple(_t(sum(p[k][i] for k in ("pass1", "compact", "draw"))) for i in (0, 1))
@@ -286,8 +294,11 @@ def _groups(V: int) -> int:
 
 def _per_group(instr: Dict[str, float], passes: Dict[str, Any], k: int) -> float:
     """Thread-instructions per group of a row's passes over its group stats (side ``k``): the finish's scan
-    (``groups``) and, when the filtered draw pass runs, its scores' pass (``draw_groups``)."""
-    return instr.get("groups", 0.0) + (instr.get("draw_groups", 0.0) if passes["draw"][k] > 0 else 0.0)
+    (``groups``), the candidate-group list the compaction walks (``list``, rows with a select) and, when the
+    filtered draw pass runs, its own list and its scores' pass (``draw_groups``)."""
+    lst = instr.get("list", 0.0)
+    return (instr.get("groups", 0.0) + (lst if passes["compact"][k] > 0 else 0.0)
+            + (lst + instr.get("draw_groups", 0.0) if passes["draw"][k] > 0 else 0.0))
 
 
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
@@ -298,7 +309,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     of the finish's scan over the group stats), ``pass1_mufu`` (MUFU operations per token of pass 1)
     and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
     SM is the larger of its instruction issue and its pass-1 MUFU time."""
-    passes = sampler_passes(config, select_passes, V, select_block=instr.get("select_block") or 1)
+    passes = sampler_passes(config, select_passes, V, select_block=instr.get("select_block") or 1,
+                            compact_block=instr.get("compact_block") or 1, draw_block=instr.get("draw_block") or 1)
     logits = B * V * itemsize
     rows_busiest_sm = math.ceil(B / gpu["sms"])
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -337,7 +349,9 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     selects and the filtered draw). ``partial_instr``: ``pass1`` (thread-instructions per token),
     ``pass1_mufu`` and ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``:
     ``select``, ``draw``, ``groups`` and ``cta_warp``."""
-    passes = sampler_passes(config, select_passes, V, select_block=merge_instr.get("select_block") or 1)
+    passes = sampler_passes(config, select_passes, V, select_block=merge_instr.get("select_block") or 1,
+                            compact_block=merge_instr.get("compact_block") or 1,
+                            draw_block=merge_instr.get("draw_block") or 1)
     logits = B * V * itemsize
     ctas = B * S
     ws = B * _groups(V) * WS_BYTES_PER_GROUP
@@ -467,8 +481,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
     draw_scan = [lp for lp in loops if lp["source"]["function"] == roles.get("draw_groups")]
+    listing = [lp for lp in loops if lp["source"]["function"] == roles.get("list")]
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact"),
-                                                                              roles.get("draw_groups")}
+                                                                              roles.get("draw_groups"), roles.get("list")}
                and lp["innermost"]]
     counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
     keys = [lp for lp in helpers if roles.get("keys") and lp["source"]["function"] == roles["keys"]]
@@ -499,6 +514,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "groups": scan[0]["thread_instr_per_token"] if scan else 0.0,
             "draw_groups": draw_scan[0]["thread_instr_per_token"] if draw_scan else 0.0,
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,
+            "compact_block": compact[0]["tokens_per_iter"] if compact else None,
+            "draw_block": draw["tokens_per_iter"] if draw else None,
+            "list": listing[0]["thread_instr_per_token"] if listing else 0.0,
             "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
                            if p1 and p1[0].get("mufu") is not None else 0.0),
             "cta_warp": straight_line_warp_instr(compiled),
@@ -516,6 +534,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             + [_loop_row("keys", lp) for lp in keys]
             + [_loop_row("compact", lp) for lp in compact]
             + [_loop_row("groups", lp) for lp in scan]
+            + [_loop_row("list", lp) for lp in listing]
             + [_loop_row("draw_groups", lp) for lp in draw_scan]}
 
 

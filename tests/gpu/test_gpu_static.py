@@ -49,6 +49,14 @@ def test_sampler_passes():
     # more than 256 values take the bisection's reads, the values rounded up to whole loop iterations
     p = cm.sampler_passes("top_k", (3, 8), 151936, buffer_entries=(257, 4000), select_block=512)
     assert p["select"] == (pytest.approx(3 * 512 / 151936, rel=1e-3), pytest.approx(8 * 4096 / 151936, rel=1e-3))
+    # the compaction and the draw walk a list of the candidate groups a tile at a time: whole tiles (4096
+    # bf16 tokens, 16 groups: the 50 groups take 4 tiles, 64 groups); the whole row stays one pass
+    p = cm.sampler_passes("topk_topp_minp", (3, 8), 151936, compact_block=4096, draw_block=4096)
+    assert p["compact"] == (pytest.approx(4 * 4096 / 151936, rel=1e-3),) * 2
+    assert p["draw"] == (0, pytest.approx(4 * 4096 / 151936, rel=1e-3))
+    assert cm.sampler_passes("min_p", (3, 8), 151936, draw_block=4096)["draw"] == (0, 1)
+    assert cm.sampler_passes("top_p", (3, 8), 151936, compact_block=2048)["compact"] == (
+        pytest.approx(2048 / 151936, rel=1e-3), 1)                           # one group: one tile
     # issue 14's "at most 3 full-row passes": V = 32000, 125 groups of which 50 are candidates
     assert cm.sampler_passes("topk_topp_minp", (3, 8), 32000)["total"] == (1.4, 1.8)
     assert cm.sampler_passes("min_p", (3, 8), 2560)["total"] == (1, 2)      # one group .. the whole row
@@ -157,6 +165,17 @@ def test_sampler_bound_groups_and_mufu():
     r = cm.split_row_bound(32, 151936, 2, "min_p", 4, 38912, {"pass1": 16.0}, drawn)
     assert r["high"]["t_issue_s"] - r["low"]["t_issue_s"] == pytest.approx(
         (151936 * 40 / 32 + 594 * 30 / 32) / RATE, rel=1e-3)
+    # the candidate-group lists (12 per group): the compaction's on rows with a select, the draw's where it runs
+    listed = dict(drawn, list=12.0)
+    r = cm.sampler_bound(264, 151936, 2, "min_p", listed)
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * warp_row / RATE, rel=1e-3)
+    assert r["high"]["t_issue_s"] == pytest.approx(
+        2 * (warp_row + 151936 * 40 / 32 + 594 * (30 + 12) / 32) / RATE, rel=1e-3)
+    r = cm.sampler_bound(264, 151936, 2, "top_k", listed)
+    f = 50 * 256 / 151936
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * (warp_row + 594 * 12 / 32) / RATE, rel=1e-3)
+    assert r["high"]["t_issue_s"] == pytest.approx(
+        2 * (warp_row + f * 151936 * 40 / 32 + 594 * (30 + 2 * 12) / 32) / RATE, rel=1e-3)
 
 
 RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
@@ -294,6 +313,16 @@ def test_infer_chains_without_inlining_info(tmp_path):
     assert [aot.chain_functions(i) for i in aot.infer_chains(lone, "kernel")] == [{"kernel", "helper"}]
     # an unknown entry leaves them as they are
     assert aot.infer_chains(instrs, "nope") == instrs
+    # Triton 3.9 names whole chains but for a few hoisted instructions (a loop's preheader): complete chains (the
+    # outermost frame in the kernel) stay, a cut one takes the path of the nearest complete chain that reaches it
+    full = "\n".join([f'\t//## File "{f}", line 12\n\t//## File "{f}", line 3\n        /*0000*/      NOP ;',
+                      f'\t//## File "{f}", line 20\n        /*0010*/      NOP ;',                # cut: helper only
+                      f'\t//## File "{f}", line 20\n\t//## File "{f}", line 8\n\t//## File "{f}", line 2\n'
+                      "        /*0020*/      NOP ;"])
+    instrs, _labels = aot.parse_sass(full)
+    got = [aot.chain_functions(i) for i in aot.infer_chains(instrs, "kernel")]
+    assert got == [{"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "a", "helper"}]
+    assert aot.infer_chains(instrs, "kernel")[2] == instrs[2]
 
 
 def test_split_row_bound_b1_hand_case():

@@ -296,16 +296,24 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _from_key, _order_key,
-    _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds)
+    WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _from_key,
+    _group_list, _list_groups, _order_key, _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds, _ws_row)
+
+
+def _workspace(maxima, draw_sums=None):
+    """[B, WS_PLANES, NGR] workspace as pass 1 leaves it for the finish: the group maxima, raw sums (0: unused
+    here), draw sums (0 when not given), then the candidate-group list's plane (the filters write it)."""
+    z = torch.zeros_like(maxima)
+    planes = [maxima, z, z if draw_sums is None else draw_sums] + [z] * (WS_PLANES.value - 3)
+    return torch.stack(planes, 1).contiguous()
 
 
 @triton.jit
 def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, V, NG, CAP, CAPR,
-                       SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr):
+                       SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr, FB: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
-    g_row = g_ptr + row * NG
+    g_row = _ws_row(g_ptr, row, NG)
     buf_row = _buffer_row(buf_ptr, row, CAPR)   # CAP values (CAPR: CAP in whole HBLOCK tiles), then the masses
     L = tl.load(l_ptr + row)
     k = tl.load(k_ptr + row)
@@ -317,8 +325,8 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
         zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
                                                other=float("-inf"))))
     mass_row = tl.load(m_ptr + row)            # the row's mass, relative to exp(zmax), as the finish's scan gives it
-    nbuf, Lb = _compact_bounded(row_ptr, g_row, buf_row, L, zmax, mass_row, k, k_on, p, V, -1, k != k, 1.0, CAP,
-                                DBLOCK, HBLOCK)
+    nbuf, Lb = _compact_bounded(row_ptr, g_row, NG, buf_row, L, zmax, mass_row, k, k_on, p, V, -1, k != k, 1.0, CAP,
+                                DBLOCK, HBLOCK, FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
     use_buf = nbuf <= CAP
@@ -391,9 +399,9 @@ def test_threshold_search_exact(quantize, cap, sort):
     Lb = torch.empty(B, device=DEV)
     capr = -(-max(cap, 1) // 128) * 128
     buf = torch.full((B, 2 * capr), float("nan"), device=DEV)
-    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), gmax.contiguous().to(DEV), L.float().to(DEV),
+    _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), _workspace(gmax).to(DEV), L.float().to(DEV),
                              mass.float().to(DEV), buf, out,
-                             nbuf, Lb, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64)
+                             nbuf, Lb, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64, FB=64)
     zc = z.cpu()
     nbuf, Lb = nbuf.cpu().long(), Lb.cpu()
     n_want = (zc >= L.view(-1, 1)).sum(1)
@@ -546,6 +554,41 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
 
 
 @triton.jit
+def _list_kernel(ws_ptr, lz_ptr, t_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr):
+    row = tl.program_id(0)
+    ws_row = _ws_row(ws_ptr, row, NGR)
+    n = _list_groups(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), FB)
+    tl.store(n_ptr + row, n)
+    i = tl.arange(0, FB)
+    for i0 in range(0, NGR, FB):
+        tl.store(out_ptr + row * NGR + i0 + i, tl.load(_group_list(ws_row, NGR) + i0 + i, mask=i0 + i < n, other=-1),
+                 mask=i0 + i < NGR)
+
+
+@pytest.mark.parametrize("FB", [16, 64])
+def test_list_groups(FB):
+    """``_list_groups``: the candidate groups (raw maximum / T >= the bound: ``_is_candidate``) in increasing
+    order, over several blocks of group stats (FB = 16: 5 blocks of 70 groups), whatever their layout in the
+    row's tiles: none, one, every group, scattered ones, -inf maxima, the bound -inf (every group)."""
+    gen = torch.Generator().manual_seed(11)
+    V, B = 17900, 6
+    NGR = philox.num_groups(V)                                                # 70
+    m = torch.randn(B, NGR, generator=gen) * 4
+    m[:, 5::9] = float("-inf")
+    T = torch.tensor([1.0, 0.7, 1.3, 0.5, 2.0, 1.0])
+    Lz = torch.tensor([1e9, 0.0, 2.5, -1e9, 3.0, float("-inf")])             # none, ~half, few, all, few, all
+    Lz[2] = (m[2] / T[2]).max()                                               # exactly one group
+    n = torch.empty(B, dtype=torch.int32, device=DEV)
+    out = torch.empty(B, NGR, dtype=torch.int32, device=DEV)
+    _list_kernel[(B,)](_workspace(m).to(DEV), Lz.to(DEV), T.to(DEV), n, out, V, NGR, FB=FB)
+    n, out = n.cpu(), out.cpu()
+    for r in range(B):
+        want = ((m[r] / T[r]) >= Lz[r]).nonzero()[:, 0].int()
+        assert int(n[r]) == len(want) and torch.equal(out[r, :len(want)], want), r
+    assert n.tolist()[0] == 0 and n.tolist()[2] == 1 and n.tolist()[5] == NGR and 0 < n.tolist()[1] < NGR
+
+
+@triton.jit
 def _raw_threshold_kernel(z_ptr, t_ptr, o_ptr, N: tl.constexpr):
     """The threshold, and both it and the float just below it divided by T on the device (a GPU divides
     with div.full.f32, within 2 ulp: the threshold is exact for the kernel's own division)."""
@@ -645,7 +688,7 @@ def test_sort_desc(N):
 def _bound_kernel(ws_ptr, k_ptr, p_ptr, t_ptr, tot_ptr, x_ptr, ge_ptr, me_ptr, sze_ptr, out_ptr, NGR,
                   FB: tl.constexpr):
     row = tl.program_id(0)
-    ws_row = ws_ptr + row * 3 * NGR             # a row's stats planes: maxima, raw sums (unused), draw sums
+    ws_row = _ws_row(ws_ptr, row, NGR)          # a row's planes: maxima, raw sums (unused), draw sums, list
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
     L = _candidate_bound(ws_row, NGR, tl.load(ge_ptr + row), tl.load(me_ptr + row), tl.load(sze_ptr + row),
@@ -667,7 +710,7 @@ def _bounds(m, sz, k, p, T, FB, ge=None, me=None, sze=None):
     X = mz.max(1).values
     eM = torch.where(mz > float("-inf"), torch.exp((mz - X[:, None]) / T[:, None]), torch.zeros(()))
     total = (szz * eM).sum(1)
-    ws = torch.stack([m, torch.zeros_like(m), sz], 1)
+    ws = _workspace(m, sz)
     out = torch.empty(R, device=DEV)
     _bound_kernel[(R,)](ws.to(DEV), k.to(DEV), p.to(DEV), T.to(DEV), total.to(DEV), X.to(DEV), ge.to(DEV),
                         me.to(DEV), sze.to(DEV), out, NGR, FB)
@@ -804,13 +847,13 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
 
 @triton.jit
 def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, n_ptr, lb_ptr, V, NGR, CAP,
-                    HBLOCK: tl.constexpr, DBLOCK: tl.constexpr):
+                    HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, FB: tl.constexpr = 64):
     row = tl.program_id(0)
     T = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
-    nbuf, Lb = _compact_bounded(x_ptr + row * V, ws_ptr + row * 3 * NGR, buf_ptr + row * CAP, tl.load(l_ptr + row) / T,
-                                tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0, tl.load(p_ptr + row), V, -1,
-                                k != k, T, CAP, DBLOCK, HBLOCK)
+    nbuf, Lb = _compact_bounded(x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP,
+                                tl.load(l_ptr + row) / T, tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0,
+                                tl.load(p_ptr + row), V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
 
@@ -844,7 +887,7 @@ def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     Lb = torch.empty(B, device=DEV)
     buf = torch.full((B, CAP), float("nan"), device=DEV)
-    ws = torch.stack([m / T[:, None], torch.zeros_like(m), sz], 1).contiguous()
+    ws = _workspace(m / T[:, None], sz)
     _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, Lz.to(DEV), torch.ones(B, device=DEV), k.to(DEV), p.to(DEV),
                           z.max(1).values.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
     n, Lb, buf = n.cpu().long(), Lb.cpu(), buf.cpu()
@@ -892,7 +935,7 @@ def test_raised_bound_that_still_overflows(monkeypatch):
     assert torch.equal(L, L2)                                         # groups 1-3 stay above the bound
     n = torch.empty(2, dtype=torch.int32, device=DEV)
     Lb = torch.empty(2, device=DEV)
-    ws = torch.stack([m, torch.zeros_like(m), sz], 1).contiguous()
+    ws = _workspace(m, sz)
     _bounded_kernel[(2,)](x.to(DEV), ws.to(DEV), torch.empty(2 * CAP, device=DEV), L.to(DEV), T.to(DEV), k.to(DEV),
                           p.to(DEV), zmax.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
     Lb = Lb.cpu()

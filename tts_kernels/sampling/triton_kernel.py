@@ -29,7 +29,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maxima's order keys, one block reduction per bit; ``tl.sort`` of the 1024 group maxima took 3.3 times the
   SASS instructions and was most of a compile's time in Triton's ``TritonGPUCoalesce`` pass); one
   read of the groups that reach it compacts the values ``z >= L / T`` into a per-row buffer
-  (``_compact_candidates``, at most ``_CANDIDATES``); the thresholds (top-k: the k-th largest key,
+  (``_compact_candidates``, at most ``_CANDIDATES``; it walks a list of those groups, ``_list_groups``, a tile
+  of listed groups at a time, as the filtered draw's pass below does, so no tile of the row runs its work for
+  one candidate group among non-candidates); the thresholds (top-k: the k-th largest key,
   ties kept; top-p: by mass against ``top_p * mass(top-k set)``) come from the buffer, not the row:
   up to ``_SORTED`` values by one sort (``_sort_desc``, a bitonic network of ``tl.gather`` stages)
   and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
@@ -98,16 +100,21 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py): pass 1, a
 #: select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting them,
 #: top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass (its tokens' read,
-#: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the compaction of the
-#: selects' candidates; the pass-1 tile (outside the loop: a row's partial last tile); and the code only some rows
-#: run: ``filtered`` (the bounds of rows with a filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows
-#: with a filter: whether the chosen group stands), ``rescore`` (rows whose chosen group does not), ``sort`` /
-#: ``bisect`` (the thresholds of candidates that fit one sort / of more)
+#: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
+#: candidate groups (``list``, per group), the compaction of the selects' candidates; the pass-1 tile (outside the
+#: loop: a row's partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a
+#: filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group
+#: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
+#: that fit one sort / of more)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
                     "draw": "_filtered_groups", "draw_groups": "_score_groups",
-                    "groups": "_scan_groups", "compact": "_compact_candidates", "tile": "_pass1_tile",
+                    "groups": "_scan_groups", "list": "_list_groups", "compact": "_compact_candidates",
+                    "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
+#: float32 words per group in a row's workspace (``_ws_row``): the three group stats of pass 1 (maximum, raw sum,
+#: draw sum), then the candidate groups' list (``_list_groups``: int32 group indices, written by the filters)
+WS_PLANES = tl.constexpr(4)
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -540,39 +547,77 @@ def _radix_select(row_ptr, V, end0, mask_end, Tz, zmax, kk, p, base_mass, need_m
 
 
 @triton.jit
-def _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
-    """One read of the candidate groups (raw maximum ``/ T >= Lz``; tiles without one are not read):
-    writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP``
-    of them. Returns how many it wrote and where it stopped: ``V``, or the start of the first tile
-    whose values would overflow the buffer (none of them written: :func:`_compact_bounded` goes on
-    from there). The thresholds then come from these few values, not the row (``_sorted_thresholds``,
-    or ``_buffer_thresholds``)."""
+def _ws_row(ws_ptr, row, NGR):
+    """Row ``row``'s workspace: :data:`WS_PLANES` planes of ``NGR`` words."""
+    return ws_ptr + row.to(tl.int64) * (WS_PLANES * NGR)
+
+
+@triton.jit
+def _group_list(ws_row, NGR):
+    """Where a row's candidate-group list lives: the workspace's last plane, as int32."""
+    return (ws_row + (WS_PLANES - 1) * NGR).to(tl.pointer_type(tl.int32))
+
+
+@triton.jit
+def _list_groups(ws_row, NGR, V, Tz, Lz, FB: tl.constexpr):
+    """Writes the row's candidate groups (raw maximum ``/ T >= Lz``, :func:`_is_candidate`) in increasing order to
+    its list (:func:`_group_list`), ``FB`` group stats per step; returns how many. The passes over the candidate
+    groups then walk the list, tiles of whole candidate groups: walking the row, a tile of 16 groups ran its whole
+    work as soon as one of them was a candidate (the 50 groups of SmolLM2-135M's top-k 50 sat in 10 of its 12 bf16
+    tiles, against 4 tiles of listed groups)."""
+    lst = _group_list(ws_row, NGR)
+    n = tl.full([], 0, tl.int32)
+    for g0 in range(0, NGR, FB):
+        g = g0 + tl.arange(0, FB)
+        c = _is_candidate(ws_row, g, V, Tz, Lz) & (g < NGR)
+        ci = c.to(tl.int32)
+        tl.store(lst + n + tl.cumsum(ci, 0) - 1, g, mask=c)
+        n += tl.sum(ci, 0)
+    tl.debug_barrier()  # the list written by every warp, visible to the passes that walk it
+    return n
+
+
+@triton.jit
+def _listed(ws_row, NGR, nlist, t0, GT: tl.constexpr):
+    """The groups of list entries ``[t0 / GROUP, + GT)`` (``t0``: a multiple of ``GROUP``, the list walked in tokens
+    so that a loop's step is its tile's tokens) and which entries exist."""
+    i = t0 // GROUP + tl.arange(0, GT)
+    on = i < nlist
+    return tl.load(_group_list(ws_row, NGR) + i, mask=on, other=0), on
+
+
+@triton.jit
+def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
+    """One read of the ``nlist`` listed candidate groups (:func:`_list_groups`, whose bound is at most ``Lz``; a listed
+    group below ``Lz`` is not read): writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order,
+    at most ``CAP`` of them. Returns how many it wrote and where it stopped: ``V``, or the first token of the first
+    tile of ``DBLOCK / GROUP`` listed groups whose values would overflow the buffer (none of them written:
+    :func:`_compact_bounded` goes on from there). The thresholds then come from these few values, not the row
+    (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
     GT: tl.constexpr = DBLOCK // GROUP
-    gi = tl.arange(0, GT)
-    idx = gi[:, None] * GROUP + tl.arange(0, GROUP)[None, :]
+    tok = tl.arange(0, GROUP)[None, :]
     n = tl.full([], 0, tl.int32)
     stop = n + V
-    for start in range(0, V, DBLOCK):
-        if start < stop:         # (a loop over every tile, a compare after the stop: a ``range`` of known step)
-            g = start // GROUP + gi
-            cg = _is_candidate(ws_row, g, V, Tz, Lz)
-            if tl.max(cg.to(tl.int32), 0) > 0:
-                offs = start + idx
-                inb = (offs < V) & cg[:, None]
-                z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
-                sel = (inb & (z >= Lz)).to(tl.int32)
-                per_group = tl.sum(sel, 1)
-                fits = n + tl.sum(per_group, 0) <= CAP
-                pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
-                tl.store(buf_ptr + pos, z, mask=(sel * fits.to(tl.int32)) > 0)
-                n = tl.where(fits, n + tl.sum(per_group, 0), n)
-                stop = tl.where(fits, stop, start)
+    for t0 in range(0, nlist * GROUP, DBLOCK):
+        if stop == V:            # (a compare per tile after the stop: a ``range`` of known step)
+            g, on = _listed(ws_row, NGR, nlist, t0, GT)
+            cg = on & _is_candidate(ws_row, g, V, Tz, Lz)
+            offs = g[:, None] * GROUP + tok
+            inb = (offs < V) & cg[:, None]
+            z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
+            sel = (inb & (z >= Lz)).to(tl.int32)
+            per_group = tl.sum(sel, 1)
+            fits = n + tl.sum(per_group, 0) <= CAP
+            pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
+            tl.store(buf_ptr + pos, z, mask=(sel * fits.to(tl.int32)) > 0)
+            n = tl.where(fits, n + tl.sum(per_group, 0), n)
+            stop = tl.where(fits, stop, tl.min(tl.where(on, g, NGR), 0) * GROUP)
     return n, stop
 
 
 @triton.jit
-def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz, CAP,
-                     DBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
+def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz, CAP,
+                     DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """The candidates ``z >= Lz`` compacted into the buffer (:func:`_compact_candidates`); when they
     overflow it, the bound raised from the values that read found (:func:`_overflow_bound`: the rest
     of the candidate groups read from the tile where it stopped) and, where the values above it fit
@@ -580,7 +625,8 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
     selects read the candidate groups above the bound) and the bound (raised or not) at or above which
     every kept value lies, and the buffer holds every value when it fits. Row reads: the candidate
     groups once; with an overflow, the groups above the raised bound once more where it fits."""
-    nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
+    nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
+    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
     again = stop < 0
@@ -595,7 +641,7 @@ def _compact_bounded(row_ptr, ws_row, buf_ptr, Lz, zmax, total, top_k, k_on, top
         # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
         # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
         D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D8)
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D8)
         tl.debug_barrier()
         nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb
@@ -958,20 +1004,17 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
     group, so a group's sum crosses fewer lanes)."""
     GT: tl.constexpr = DBLOCK // GROUP
     W: tl.constexpr = GROUP // DH
-    gi = tl.arange(0, GT)
-    idx = tl.arange(0, DH)[:, None, None] * W + gi[None, :, None] * GROUP + tl.arange(0, W)[None, None, :]
+    tok = tl.arange(0, DH)[:, None, None] * W + tl.arange(0, W)[None, None, :]
     end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
-    for start in range(0, V, DBLOCK):
-        g = start // GROUP + gi
-        cg = _is_candidate(ws_row, g, V, Tz, Lz)
-        if tl.max(cg.to(tl.int32), 0) > 0:
-            offs = start + idx
-            x = tl.load(row_ptr + offs, mask=(offs < V) & cg[None, :, None], other=float("-inf")).to(tl.float32)
-            x = tl.where(offs == end_at, float("-inf"), x)
-            e = _rel_mass(x, xmax, kz)
-            tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1),
-                     mask=g < NGR)
+    nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
+    for t0 in range(0, nlist * GROUP, DBLOCK):
+        g, on = _listed(ws_row, NGR, nlist, t0, GT)
+        offs = g[None, :, None] * GROUP + tok
+        x = tl.load(row_ptr + offs, mask=(offs < V) & on[None, :, None], other=float("-inf")).to(tl.float32)
+        x = tl.where(offs == end_at, float("-inf"), x)
+        e = _rel_mass(x, xmax, kz)
+        tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1), mask=on)
     tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
     return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
 
@@ -1018,8 +1061,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     compact = (Ls > float("-inf")) | (V <= CAP)
     nbuf = tl.full([], 0, tl.int32)
     if compact:
-        nbuf, Lb = _compact_bounded(row_ptr, ws_row, buf_ptr, Ls / Tz, zmax, total, top_k, k_on, top_p, V, end0,
-                                    mask_end, Tz, CAP, DBLOCK, HBLOCK)
+        nbuf, Lb = _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Ls / Tz, zmax, total, top_k, k_on, top_p, V, end0,
+                                    mask_end, Tz, CAP, DBLOCK, HBLOCK, FB)
         # a raised bound holds for the draw's candidates and the radix selects too: it lies 1/16 of a bin
         # below every value it keeps (_overflow_bound), far more than its rounding back to a raw logit
         Ls = tl.where(Lb > Ls / Tz, Lb * Tz, Ls)
@@ -1244,7 +1287,7 @@ def _sample_kernel(
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
+    ws_row = _ws_row(ws_ptr, row, NGR)
     _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
@@ -1259,7 +1302,7 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
     row = tl.program_id(0)
     j = tl.program_id(1)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
+    ws_row = _ws_row(ws_ptr, row, NGR)
     lo = j * CHUNK
     _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
 
@@ -1274,7 +1317,7 @@ def _merge_kernel(
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
-    ws_row = ws_ptr + row.to(tl.int64) * (3 * NGR)
+    ws_row = _ws_row(ws_ptr, row, NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
             _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW)
@@ -1389,7 +1432,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     fb = _SCAN if ngr > _SCAN_POW2_GROUPS else max(16, triton.next_power_of_2(ngr))
-    ws = torch.empty(B * 3 * ngr, dtype=torch.float32, device=dev)   # group stats: 3 planes per row
+    ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats and the candidate list
     cap = _buffer_capacity(V, hblock)
     cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
     fast = _fast_log(logits)
