@@ -201,7 +201,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
         t0 = time.perf_counter()
         sz = torch.exp((xg - M[..., None]) / T).sum(2)          # the draw sums of pass 1
         zero = torch.zeros_like(M)                              # raw sums (unused), the candidate list's plane
-        ws = torch.stack([M, zero, sz] + [zero] * (tk.WS_PLANES.value - 3), 1).to(device)
+        ws = torch.stack([M, zero, sz] + [zero] * (tk.WS_PLANES.value - tk.STAT_PLANES.value), 1).to(device)
         total = (sz * torch.exp((M - M.max(1, keepdim=True).values) / T)).sum(1)
         kk = torch.full((R,), k, dtype=torch.int32)
         pp = torch.full((R,), p)
@@ -249,7 +249,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             # candidate groups (whole tiles of listed groups), for the kernel's bf16 and fp32 tiles; and the row's tiles
             tiles = {}
             for dt, size in (("bf16", 2), ("fp32", 4)):
-                gt = tk._DRAW_BYTES // size // G
+                gt = tk._tile_tokens(tk._DRAW_BYTES // size, V) // G
                 nt = -(-NGR // gt)
                 padded = torch.zeros(R, nt * gt, dtype=torch.bool)
                 padded[:, :NGR] = cg

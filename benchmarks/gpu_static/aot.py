@@ -345,9 +345,10 @@ def chain_functions(ins: Instr) -> set:
 
 @functools.lru_cache(maxsize=None)
 def _source_references(path: str) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
-    """(name, names it references) of each function defined in a Python source file: the bare names and
-    attribute names in its body (``_finish(...)``, ``tl.sum(...)``, ``reduce(x, 0, _sum_combine)``), a superset
-    of its callees once the caller keeps those that name a function."""
+    """(name, names it references) of each function defined in a Python source file: the bare names it reads and
+    the attribute names in its body (``_finish(...)``, ``tl.sum(...)``, ``reduce(x, 0, _sum_combine)``), less its
+    parameters and the names it assigns (a local ``key`` is not the function ``key``): a superset of its callees
+    once the caller keeps those that name a function."""
     try:
         with open(path) as f:
             tree = ast.parse(f.read())
@@ -356,7 +357,9 @@ def _source_references(path: str) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     out = []
     for n in ast.walk(tree):
         if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)):
-            refs = {m.id for m in ast.walk(n) if isinstance(m, ast.Name)}
+            local = {a.arg for a in ast.walk(n.args) if isinstance(a, ast.arg)}
+            local |= {m.id for m in ast.walk(n) if isinstance(m, ast.Name) and not isinstance(m.ctx, ast.Load)}
+            refs = {m.id for m in ast.walk(n) if isinstance(m, ast.Name) and isinstance(m.ctx, ast.Load)} - local
             refs |= {m.attr for m in ast.walk(n) if isinstance(m, ast.Attribute)}
             out.append((n.name, tuple(sorted(refs - {n.name}))))
     return tuple(out)
@@ -373,16 +376,17 @@ def _innermost_function(f: str, ln: int) -> Optional[str]:
 
 def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Instr]:
     """Inlining chains completed where the SASS's are cut short: every chain of Triton 3.5.1's cubins (their
-    line info names the innermost line only), and under later ones the few instructions LLVM moves into a loop's
-    preheader, whose line info keeps the innermost frame only. A chain is complete when its outermost frame lies
-    in the kernel function ``entry``; the others are rebuilt from the call graph of the source files the line
-    info names, rooted at ``entry``. An instruction of a function that every path from ``entry`` reaches
-    through the same functions (every function that reaches it lies on each of those paths) gets them, as
-    ``nvdisasm -gi`` would name them; one of a shared helper (``tl.sum``, a function several callers share: the
-    path is ambiguous) takes its path from the nearest instruction within ``window`` before it (else after it)
-    that shows one: a complete chain's functions that reach the helper, or the dominators of a function that is
-    not shared and reaches it; inlined code sits in its caller's blocks. Where nothing in the window qualifies,
-    the helper's dominators only. Returns new instructions (complete chains unchanged)."""
+    line info names the innermost line only), and under later ones a few instructions whose debug locations LLVM
+    merged (code of two inlined call sites: the common scope, not the path). A chain is complete when its
+    outermost frame lies in the kernel function ``entry``; the others keep their frames and get the path from
+    ``entry`` to their outermost function, from the call graph of the source files the line info names. A
+    function that every path from ``entry`` reaches through the same functions (every function that reaches it
+    lies on each of those paths) gets them, as ``nvdisasm -gi`` would name them; a shared one (``tl.sum``, a
+    function several callers share: the path is ambiguous) takes the path that the nearest instructions within
+    ``window`` before and after it show (a complete chain's functions that reach it, or the dominators of a
+    function that is not shared and reaches it; inlined code sits in its caller's blocks), only the functions
+    both show where both sides show one; with none, its dominators only. Returns new instructions (complete
+    chains unchanged)."""
     files = sorted({f for ins in instrs for f, _ln in ins.chain if f})
     defs: Dict[str, Tuple[str, int]] = {}
     refs: Dict[str, set] = {}
@@ -413,33 +417,35 @@ def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Inst
     def frames(names) -> Tuple[Tuple[str, int], ...]:
         return tuple(defs[n] for n in sorted(names, key=lambda n: len(doms.get(n, ())), reverse=True))
 
-    fn = [_innermost_function(*ins.chain[0]) if ins.chain and ins.chain[0][0] else None for ins in instrs]
-    complete = [bool(ins.chain) and _innermost_function(*ins.chain[-1]) == entry for ins in instrs]
+    outer = [_innermost_function(*ins.chain[-1]) if ins.chain and ins.chain[-1][0] else None for ins in instrs]
+    complete = [g == entry for g in outer]
 
     def path_to(j: int, g: str) -> Optional[set]:
         """The functions instruction ``j`` shows on a path from ``entry`` to ``g`` (None: none)."""
         if complete[j]:
             on = {h for h in chain_functions(instrs[j]) if h in live and g in below[h] and h != g}
             return on or None
-        h = fn[j]
+        h = outer[j]
         return doms[h] if h in live and h not in shared and g in below[h] and h != g else None
+
+    def nearest(js) -> Optional[set]:
+        return next((on for on in (path_to(j, g) for j in js) if on), None)
 
     out = []
     for i, ins in enumerate(instrs):
-        g = fn[i]
+        g = outer[i]
         if complete[i] or g not in live:
             out.append(ins)
             continue
         names = doms[g]
         if g in shared:
-            near = list(range(i - 1, max(-1, i - 1 - window), -1))
-            near += range(i + 1, min(len(instrs), i + 1 + window))
-            for j in near:
-                on = path_to(j, g)
-                if on:
-                    names = on | {g}
-                    break
-        out.append(dataclasses.replace(ins, chain=(ins.chain[0],) + frames(names - {g})))
+            before = nearest(range(i - 1, max(-1, i - 1 - window), -1))
+            after = nearest(range(i + 1, min(len(instrs), i + 1 + window)))
+            sides = [on for on in (before, after) if on]
+            if sides:
+                names = set.intersection(*sides) | {g}
+        known = chain_functions(ins)
+        out.append(dataclasses.replace(ins, chain=ins.chain + frames(names - known)))
     return out
 
 

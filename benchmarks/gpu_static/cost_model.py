@@ -183,6 +183,11 @@ def candidate_fraction(config: str, V: Optional[int]) -> Tuple[float, float]:
     return (one, 1.0)
 
 
+def _whole(n: int, block: int) -> int:
+    """``n`` values (tokens, buffered values) rounded up to whole loop iterations of ``block``."""
+    return -(-n // block) * block
+
+
 def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
                    V: Optional[int] = None, buffer_entries: Tuple[int, int] = BUFFER_ENTRIES,
                    select_block: int = 1, compact_block: int = 1,
@@ -204,10 +209,10 @@ def sampler_passes(config: str, select_passes: Tuple[int, int] = SELECT_PASSES,
     flo, fhi = candidate_fraction(config, V) if (sel or draw) else (1.0, 1.0)
 
     def tiles(f, block):   # a pass over the listed candidate groups runs whole tiles of ``block`` tokens
-        return min(1.0, -(-round(f * V) // block) * block / V) if V and block > 1 else f
+        return min(1.0, _whole(round(f * V), block) / V) if V else f
     n = V or buffer_entries[1]
     sorted_ = [min(b, n) <= SORTED_ENTRIES for b in buffer_entries]
-    unit = [0.0 if srt or not sel else -(-min(b, n) // select_block) * select_block / n
+    unit = [0.0 if srt or not sel else _whole(min(b, n), select_block) / n
             for b, srt in zip(buffer_entries, sorted_)]   # one read of the buffer, as a share of the row
     counting = COUNTING_SELECTS.get(config, 0)
     p = {"pass1": (1, 1), "compact": (_t(tiles(flo, compact_block)), _t(tiles(fhi, compact_block))) if sel else (0, 0),
@@ -396,7 +401,7 @@ def straight_line_warp_instr(compiled: Dict[str, Any], skip: Sequence[str] = ())
     instruction count minus the top-level loops' bodies, times the warps; ``skip``: less the
     instructions inlined from those functions (``straight_line_by_function``: a row that calls none of
     them; they must be disjoint call trees, none inlined into another, or their code counts twice;
-    nothing is skipped when the SASS had no inlining info)."""
+    chains that the SASS lacks or cuts short are inferred: ``aot.infer_chains``)."""
     in_loops = sum(lp["instructions"] for lp in compiled["loops"] if lp["depth"] == 0)
     n = compiled["sass_instructions"] - in_loops
     by_fn = compiled.get("straight_line_by_function") or {}
@@ -469,22 +474,26 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     role's, the counting reads, else the select rate; ``keys``: the ``keys`` role's, the key range's
     read), with ``select_step`` the warp-instructions
     of the largest loop just around one of those (a select step's own code, :func:`_encloses`); ``groups`` and
-    ``draw_groups``: per group of the finish's scan and of the filtered draw's scores (the module's roles).
+    ``draw_groups``: per group of the finish's scan and of the filtered draw's scores, ``list``: per group of a
+    candidate-group list (the module's roles); ``compact_block`` / ``draw_block``: the tokens per iteration of the
+    compaction's and the draw's loops (tiles of listed groups).
     A kernel without a pass-1 loop (the split-row merge) gets ``pass1`` 0. ``cta_warp``: the
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
     roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
     row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
-    compact = [lp for lp in loops if lp["source"]["function"] == roles.get("compact")]
+    # the compaction's loop: the first compaction's, not the rare second one's (its own smaller tiles, inlined with
+    # the same source step: its tokens per iteration would read 8 times too many)
+    compact = sorted((lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
+                     key=lambda lp: -lp["instructions_excl"])
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
     draw_scan = [lp for lp in loops if lp["source"]["function"] == roles.get("draw_groups")]
     listing = [lp for lp in loops if lp["source"]["function"] == roles.get("list")]
-    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | {roles.get("groups"), roles.get("compact"),
-                                                                              roles.get("draw_groups"), roles.get("list")}
-               and lp["innermost"]]
+    own_roles = {roles.get(r) for r in ("groups", "compact", "draw_groups", "list")}
+    helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | own_roles and lp["innermost"]]
     counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
     keys = [lp for lp in helpers if roles.get("keys") and lp["source"]["function"] == roles["keys"]]
     if roles.get("select"):  # the module names the select levels' loop: that one, not every helper loop

@@ -291,38 +291,45 @@ def test_sass_inlining_chains_and_straight_line_by_function(tmp_path):
 
 def test_infer_chains_without_inlining_info(tmp_path):
     # Triton 3.5.1's cubins name only the innermost line: the chains come from the source's call graph. ``only``
-    # is reached through ``a`` alone (its chain: a, kernel); ``helper`` is shared by ``a`` and ``b`` (its
-    # instructions take the chain of the nearest one of a function that reaches it, before them first)
+    # is reached through ``a`` alone (its chain: a, kernel); ``helper`` is shared by ``a`` and ``b``: its
+    # instructions take the path the nearest instructions before and after them show, only what both show
     src = tmp_path / "k.py"
     src.write_text("def kernel():\n    a()\n    b()\n\n\ndef a():\n    only()\n    helper()\n\n\n"
-                   "def b():\n    helper()\n\n\ndef only():\n    return 1\n\n\ndef helper():\n    return 2\n\n\n"
-                   "def unused():\n    helper()\n")
+                   "def b(key):\n    helper()\n\n\ndef only():\n    return 1\n\n\ndef helper():\n    return 2\n\n\n"
+                   "def unused():\n    helper()\n\n\ndef key():\n    helper()\n")
     f = str(src)
-    lines = [2, 7, 16, 20, 12, 20, 20, 3]        # kernel, a, only, helper (in a), b, helper (in b) x 2, kernel
+    # kernel, a, only, helper (in a), a, b, helper (in b), b, helper (between b and the kernel), kernel
+    lines = [2, 7, 16, 20, 8, 12, 20, 12, 20, 3]
     out = "\n".join(f'\t//## File "{f}", line {ln}\n        /*{16 * i:04x}*/                   NOP ;'
                     for i, ln in enumerate(lines))
     instrs, _labels = aot.parse_sass(out)
     assert all(len(i.chain) == 1 for i in instrs)
     got = [aot.chain_functions(i) for i in aot.infer_chains(instrs, "kernel")]
-    assert got == [{"kernel"}, {"kernel", "a"}, {"kernel", "a", "only"}, {"kernel", "a", "helper"},
-                   {"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "b", "helper"}, {"kernel"}]
+    assert got == [{"kernel"}, {"kernel", "a"}, {"kernel", "a", "only"}, {"kernel", "a", "helper"}, {"kernel", "a"},
+                   {"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "b"}, {"kernel", "helper"}, {"kernel"}]
     assert aot.straight_line_by_function(aot.infer_chains(instrs, "kernel"), set()) == {
-        "a": 3, "b": 3, "helper": 3, "kernel": 8, "only": 1}
+        "a": 4, "b": 3, "helper": 3, "kernel": 10, "only": 1}
+    # b's parameter ``key`` is not a reference to the function ``key``; its call of helper is
+    refs = dict(aot._source_references(f))
+    assert "key" not in refs["b"] and "helper" in refs["b"] and {"a", "b"} <= set(refs["kernel"])
     # a helper with no caller's instruction within the window: its dominators only (the entry)
     lone = aot.parse_sass(f'\t//## File "{f}", line 20\n        /*0000*/                   NOP ;')[0]
     assert [aot.chain_functions(i) for i in aot.infer_chains(lone, "kernel")] == [{"kernel", "helper"}]
     # an unknown entry leaves them as they are
     assert aot.infer_chains(instrs, "nope") == instrs
-    # Triton 3.9 names whole chains but for a few hoisted instructions (a loop's preheader): complete chains (the
-    # outermost frame in the kernel) stay, a cut one takes the path of the nearest complete chain that reaches it
+    # Triton 3.9 names whole chains but for a few instructions whose debug locations LLVM merged: complete chains
+    # (the outermost frame in the kernel) stay; a cut one keeps its frames and gets the rest of the path
     full = "\n".join([f'\t//## File "{f}", line 12\n\t//## File "{f}", line 3\n        /*0000*/      NOP ;',
                       f'\t//## File "{f}", line 20\n        /*0010*/      NOP ;',                # cut: helper only
+                      f'\t//## File "{f}", line 12\n\t//## File "{f}", line 3\n        /*0020*/      NOP ;',
                       f'\t//## File "{f}", line 20\n\t//## File "{f}", line 8\n\t//## File "{f}", line 2\n'
-                      "        /*0020*/      NOP ;"])
+                      "        /*0030*/      NOP ;",
+                      f'\t//## File "{f}", line 20\n\t//## File "{f}", line 8\n        /*0040*/      NOP ;'])
     instrs, _labels = aot.parse_sass(full)
-    got = [aot.chain_functions(i) for i in aot.infer_chains(instrs, "kernel")]
-    assert got == [{"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "a", "helper"}]
-    assert aot.infer_chains(instrs, "kernel")[2] == instrs[2]
+    inferred = aot.infer_chains(instrs, "kernel")
+    assert [aot.chain_functions(i) for i in inferred] == [{"kernel", "b"}, {"kernel", "b", "helper"}, {"kernel", "b"},
+                                                          {"kernel", "a", "helper"}, {"kernel", "a", "helper"}]
+    assert inferred[3] == instrs[3] and inferred[4].chain[:2] == instrs[4].chain
 
 
 def test_split_row_bound_b1_hand_case():

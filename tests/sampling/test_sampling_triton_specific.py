@@ -296,7 +296,7 @@ import triton  # noqa: E402
 import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
-    WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _from_key,
+    STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded, _from_key,
     _group_list, _list_groups, _order_key, _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds, _ws_row)
 
 
@@ -304,7 +304,7 @@ def _workspace(maxima, draw_sums=None):
     """[B, WS_PLANES, NGR] workspace as pass 1 leaves it for the finish: the group maxima, raw sums (0: unused
     here), draw sums (0 when not given), then the candidate-group list's plane (the filters write it)."""
     z = torch.zeros_like(maxima)
-    planes = [maxima, z, z if draw_sums is None else draw_sums] + [z] * (WS_PLANES.value - 3)
+    planes = [maxima, z, z if draw_sums is None else draw_sums] + [z] * (WS_PLANES.value - STAT_PLANES.value)
     return torch.stack(planes, 1).contiguous()
 
 
@@ -575,9 +575,9 @@ def test_list_groups(FB):
     NGR = philox.num_groups(V)                                                # 70
     m = torch.randn(B, NGR, generator=gen) * 4
     m[:, 5::9] = float("-inf")
-    T = torch.tensor([1.0, 0.7, 1.3, 0.5, 2.0, 1.0])
-    Lz = torch.tensor([1e9, 0.0, 2.5, -1e9, 3.0, float("-inf")])             # none, ~half, few, all, few, all
-    Lz[2] = (m[2] / T[2]).max()                                               # exactly one group
+    T = torch.tensor([1.0, 0.7, 0.5, 1.3, 2.0, 1.0])
+    Lz = torch.tensor([1e9, 0.0, 2.5, -1e9, 3.0, float("-inf")])  # none, ~half, one, all finite, few, all
+    Lz[2] = (m[2] / T[2]).max()           # exactly one group (T = 0.5: the device's division is exact too)
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     out = torch.empty(B, NGR, dtype=torch.int32, device=DEV)
     _list_kernel[(B,)](_workspace(m).to(DEV), Lz.to(DEV), T.to(DEV), n, out, V, NGR, FB=FB)

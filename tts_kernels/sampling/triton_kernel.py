@@ -112,9 +112,11 @@ COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buff
                     "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
-#: float32 words per group in a row's workspace (``_ws_row``): the three group stats of pass 1 (maximum, raw sum,
-#: draw sum), then the candidate groups' list (``_list_groups``: int32 group indices, written by the filters)
-WS_PLANES = tl.constexpr(4)
+#: a row's group stats (pass 1's planes of its workspace): maximum, raw sum, draw sum
+STAT_PLANES = tl.constexpr(3)
+#: float32 words per group in a row's workspace (``_ws_row``): the group stats, then the candidate groups' list
+#: (``_list_groups``: int32 group indices, written by the filters)
+WS_PLANES = tl.constexpr(STAT_PLANES + 1)
 #: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
 #: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
 #: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
@@ -554,8 +556,8 @@ def _ws_row(ws_ptr, row, NGR):
 
 @triton.jit
 def _group_list(ws_row, NGR):
-    """Where a row's candidate-group list lives: the workspace's last plane, as int32."""
-    return (ws_row + (WS_PLANES - 1) * NGR).to(tl.pointer_type(tl.int32))
+    """Where a row's candidate-group list lives: the workspace's plane after the group stats, as int32."""
+    return (ws_row + STAT_PLANES * NGR).to(tl.pointer_type(tl.int32))
 
 
 @triton.jit
@@ -588,9 +590,8 @@ def _listed(ws_row, NGR, nlist, t0, GT: tl.constexpr):
 
 @triton.jit
 def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
-    """One read of the ``nlist`` listed candidate groups (:func:`_list_groups`, whose bound is at most ``Lz``; a listed
-    group below ``Lz`` is not read): writes ``z`` of each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order,
-    at most ``CAP`` of them. Returns how many it wrote and where it stopped: ``V``, or the first token of the first
+    """One read of the ``nlist`` candidate groups listed at the bound ``Lz`` (:func:`_list_groups`): writes ``z`` of
+    each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it wrote and where it stopped: ``V``, or the first token of the first
     tile of ``DBLOCK / GROUP`` listed groups whose values would overflow the buffer (none of them written:
     :func:`_compact_bounded` goes on from there). The thresholds then come from these few values, not the row
     (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
@@ -601,9 +602,8 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_
     for t0 in range(0, nlist * GROUP, DBLOCK):
         if stop == V:            # (a compare per tile after the stop: a ``range`` of known step)
             g, on = _listed(ws_row, NGR, nlist, t0, GT)
-            cg = on & _is_candidate(ws_row, g, V, Tz, Lz)
             offs = g[:, None] * GROUP + tok
-            inb = (offs < V) & cg[:, None]
+            inb = (offs < V) & on[:, None]
             z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
             sel = (inb & (z >= Lz)).to(tl.int32)
             per_group = tl.sum(sel, 1)
@@ -641,6 +641,7 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on
         # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
         # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
         D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
+        nlist = _list_groups(ws_row, NGR, V, Tz, Lb, FB)       # the groups that reach the raised bound
         nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D8)
         tl.debug_barrier()
         nbuf = tl.where(stop < V, CAP + 1, nbuf)
@@ -996,8 +997,8 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
     (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
     underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
-    in [-2.9, 16.7]). One read of the candidate groups (tiles without one are not read, nor the other groups'
-    tokens) writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
+    in [-2.9, 16.7]). One read of the candidate groups (their list, :func:`_list_groups`; no other group's tokens)
+    writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
     ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a thread's DH vector loads fall in one
@@ -1432,7 +1433,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     fb = _SCAN if ngr > _SCAN_POW2_GROUPS else max(16, triton.next_power_of_2(ngr))
-    ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats and the candidate list
+    ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats, the candidate list
     cap = _buffer_capacity(V, hblock)
     cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
     fast = _fast_log(logits)
