@@ -18,8 +18,8 @@ is executed once per CTA by every warp; a config whose rows skip functions (:fun
 temperature and greedy every filter's code; min-p alone the top-k / top-p thresholds; a filtered row
 whose chosen group stands, the bounds' low side, the rescoring) counts the straight-line code without
 the instructions inlined from them (by the SASS's inlining info, ``nvdisasm -gi``; inferred from the call
-graph where a Triton's cubin has none, 3.5.1's: ``aot.infer_chains``, which kept from 0.6% less to 26% more
-of this code than the real chains did on the 46 sampler specializations of Triton 3.9's full set; the other
+graph where a Triton's cubin has none, 3.5.1's, or LLVM cut them short: ``aot.infer_chains``, which kept 0-29%
+more of this code than Triton 3.9's own chains on its sampler specializations of V > 256, never less; the other
 paths still once each). The issue bound assumes perfect issue (no stalls, no
 latency) and CTAs spread evenly over the SMs: it is a floor on time, as is the bandwidth bound; a
 kernel is at best ``max(issue bound, bandwidth bound)``, and kernels launched one after the other
