@@ -591,10 +591,10 @@ def _listed(ws_row, NGR, nlist, t0, GT: tl.constexpr):
 @triton.jit
 def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
     """One read of the ``nlist`` candidate groups listed at the bound ``Lz`` (:func:`_list_groups`): writes ``z`` of
-    each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it wrote and where it stopped: ``V``, or the first token of the first
-    tile of ``DBLOCK / GROUP`` listed groups whose values would overflow the buffer (none of them written:
-    :func:`_compact_bounded` goes on from there). The thresholds then come from these few values, not the row
-    (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
+    each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it
+    wrote and where it stopped: ``V``, or the first token of the first tile of ``DBLOCK / GROUP`` listed groups whose
+    values would overflow the buffer (none of them written: :func:`_compact_bounded` goes on from there). The
+    thresholds then come from these few values, not the row (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
     GT: tl.constexpr = DBLOCK // GROUP
     tok = tl.arange(0, GROUP)[None, :]
     n = tl.full([], 0, tl.int32)
