@@ -13,8 +13,9 @@ CPU) give each row's bound and how many values the compaction buffers, and the r
 (``filter_mask``) the kept set. A row then takes one of four paths: no bound, so no compaction (a row
 longer than the buffer: radix selects over the row's candidate groups, one read per 4-bit digit), the
 sort (<= ``_SORTED`` values), the bisection over the buffer (<= the buffer's capacity), or overflow:
-one more read of the candidate groups raises the bound (``_compact_bounded``), and the values above it
-are compacted again, or, still too many, the radix selects read the candidate groups (their levels
+one more read of the candidate groups bins their values (``_compact_bounded``), and the values of the
+threshold's bin (with top-k and top-p, of the bins from it up) are compacted again, those above them counted,
+or, still too many, the radix selects read the candidate groups (their levels
 replayed on the CPU, ``radix_levels``: what every overflowing row read before). Top-p's bound is reported twice, side by side on the same
 rows: the kernel's, and the one from the group maxima alone that it replaced (the same bisection,
 ``_key_prefix_reaching``, each group weighing its maximum's mass only). Also counted: the rows whose
@@ -74,8 +75,8 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
                   NROWS, MAXIMA_ONLY: tl.constexpr, FB: tl.constexpr, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr):
     """Per row: the candidate bound (the kernel's, or with MAXIMA_ONLY top-p's from the group maxima
     alone), the compaction's count (``_compact_bounded``: more than CAP, the selects read the row; -1: no
-    compaction, the finish's rule), the bound the buffer holds every value above (raised where the
-    candidates overflowed: ``_compact_bounded``) and whether it was raised."""
+    compaction, the finish's rule) and, after them, the count above a buffered window; the bound every kept value
+    reaches (raised where the candidates overflowed: ``_compact_bounded``) and whether it was raised."""
     row = tl.program_id(0)
     ws_row = tk._ws_row(ws_ptr, row, NGR)
     T = tl.load(t_ptr + row)
@@ -93,10 +94,13 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
         L = tk._candidate_bound(ws_row, NGR, -1, 0.0, 0.0, X, T, k, k > 0, p, p < 1.0, total, FB)
     n = tl.full([], -1, tl.int32)
     Lb = L / T
+    above = n * 0
     if (L > float("-inf")) | (V <= CAP):
-        n, Lb = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, NGR, buf_ptr + row.to(tl.int64) * CAP,
-                                    L / T, X / T, total, k, k > 0, p, V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
+        n, Lb, above, _mass = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, NGR,
+                                                  buf_ptr + row.to(tl.int64) * CAP, L / T, X / T, total, k, k > 0, p,
+                                                  p < 1.0, V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
     tl.store(out_ptr + row, n)
+    tl.store(out_ptr + NROWS + row, above)
     tl.store(bound_ptr + row, L)
     tl.store(raised_ptr + row, Lb)
     tl.store(raised_ptr + NROWS + row, (Lb > L / T).to(tl.float32))   # raised: compared here, not against the host's L / T
@@ -221,7 +225,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
         for label, maxima_only in (("kernel", False), ("maxima_only", True)):
             if maxima_only and (k > 0 or p >= 1.0):
                 continue                                      # the same bound: only top-p alone changed
-            n = torch.empty(R, dtype=torch.int32, device=device)
+            n = torch.empty(2 * R, dtype=torch.int32, device=device)
             L = torch.empty(R, device=device)
             Lb = torch.empty(2 * R, device=device)
             buf = torch.empty(R * cap, device=device)
@@ -229,6 +233,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                                 total.to(device), buf, n, L, Lb, V, NGR, cap, R, MAXIMA_ONLY=maxima_only, FB=1024,
                                 DBLOCK=4096, HBLOCK=tk._HBLOCK)
             n, L, Lb = n.cpu().long(), L.cpu(), Lb.cpu()
+            n, n_above = n[:R], n[R:]
             Lb, lifted = Lb[:R], Lb[R:] > 0
             # the candidate groups (``_is_candidate``; all without a bound), the share of the row a read of
             # them covers, and the values the first compaction finds (its count, past the buffer's capacity)
@@ -240,9 +245,14 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             assert bool(((n_all < 0) | (n_all >= keep_kp.sum(1))).all()), f"{name}: a kept token below the bound"
             fits = (n >= 0) & (n <= cap)
             assert bool(((z >= Lb[:, None]) | ~keep_kp)[n_all >= 0].all()), f"{name}: a kept token below the bound"
-            if device.type == "cpu":   # the host's z = x / T is the interpreter's (a GPU divides to 2 ulp)
-                assert torch.equal(n[fits], (z >= Lb[:, None]).sum(1)[fits])
             over = n_all > cap
+            if device.type == "cpu":   # the host's z = x / T is the interpreter's (a GPU divides to 2 ulp)
+                # every value at or above the bound where the first compaction fits; after an overflow, those of the
+                # threshold's bins (not the 1/16 of a bin under them that the bound admits), the values above them
+                # counted, and among the two every kept value
+                n_b = (z >= Lb[:, None]).sum(1)
+                assert torch.equal(n[fits & ~over], n_b[fits & ~over])
+                assert bool((n + n_above <= n_b)[fits].all()) and bool((n + n_above >= keep_kp.sum(1))[fits].all())
             raised = over & fits                         # raised, and the values above the bound fit the buffer
             # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time
             # (before the list: every tile with a candidate group ran its whole work) against walking the list of the
@@ -260,6 +270,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                           "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
                           "bisection_rows": int(((n > tk._SORTED) & (n <= cap)).sum()),
                           "overflow_rows": int(over.sum()), "overflow_rows_raised_to_fit": int(raised.sum()),
+                          "of_them_kept_more_than_capacity": int((raised & (keep_kp.sum(1) > cap)).sum()),
                           "buffered_q50_q90_q99_max": _quantiles(n_all[n_all >= 0]) if bool((n_all >= 0).any()) else None,
                           "compaction_tiles_row_walk_list_of": tiles if bool((n >= 0).any()) else None,
                           "candidate_groups_share_mean": round(float(share.mean()), 4),

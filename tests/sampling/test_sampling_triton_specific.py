@@ -310,7 +310,7 @@ def _workspace(maxima, draw_sums=None):
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, V, NG, CAP, CAPR,
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, a_ptr, V, NG, CAP, CAPR,
                        SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr, FB: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
@@ -326,20 +326,21 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
         zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
                                                other=float("-inf"))))
     mass_row = tl.load(m_ptr + row)            # the row's mass, relative to exp(zmax), as the finish's scan gives it
-    nbuf, Lb = _compact_bounded(row_ptr, g_row, NG, buf_row, L, zmax, mass_row, k, k_on, p, V, -1, k != k, 1.0, CAP,
-                                DBLOCK, HBLOCK, FB)
+    nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, g_row, NG, buf_row, L, zmax, mass_row, k, k_on, p,
+                                                       p < 1.0, V, -1, k != k, 1.0, CAP, DBLOCK, HBLOCK, FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
+    tl.store(a_ptr + row, above_cnt)
     use_buf = nbuf <= CAP
     t_key = tl.full([], 0, tl.uint32)
     mass_k = mass_row
     if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
         if k_on | (p < 1.0):
-            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k, k_on, p, p < 1.0, PW)
+            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k - above_cnt, k_on, p, p < 1.0, above_mass, PW)
     elif use_buf:                              # the bisection over the buffer (every size without SORT)
         if k_on | (p < 1.0):
-            t_key = _buffer_thresholds(buf_row, _buffer_masses(buf_row, CAPR), nbuf, zmax, mass_k, k, k_on, p,
-                                       p < 1.0, HBLOCK)
+            t_key = _buffer_thresholds(buf_row, _buffer_masses(buf_row, CAPR), nbuf, zmax, mass_k, k - above_cnt,
+                                       k_on, p, p < 1.0, above_mass, HBLOCK)
     else:                                      # overflow: the radix selects over the candidate groups
         if k_on:
             t_key, mass_k = _radix_select(row_ptr, V, -1, k != k, 1.0, zmax, k, 1.0, -1.0, p < 1.0,
@@ -349,6 +350,19 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
                                     True, HBLOCK)
             t_key = tl.maximum(t_key, t_p)
     tl.store(out_ptr + row, t_key.to(tl.int64))
+
+
+def _assert_window(got, keys, n_above, whole):
+    """A buffer's order keys ``got`` against the keys (row order) of the values at or above the bound that the
+    compaction returned: every value, or (``whole`` False: a row that overflowed and compacted again) those of one
+    range of values (the histogram's bins, ``_overflow_bound``), in row order, with ``n_above`` values above it
+    and the rest below it (the 1/16 of a bin under the threshold's bin that the bound admits)."""
+    if whole:
+        assert torch.equal(got, keys) and n_above == 0
+        return
+    assert got.numel() > 0
+    inside = (keys >= got.min()) & (keys <= got.max())
+    assert torch.equal(got, keys[inside]) and int((keys > got.max()).sum()) == n_above
 
 
 @pytest.mark.parametrize("cap, sort", [(0, False), (64, False), (64, True), (1333, False), (1333, True),
@@ -398,22 +412,22 @@ def test_threshold_search_exact(quantize, cap, sort):
     out = torch.empty(B, dtype=torch.int64, device=DEV)
     nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
     Lb = torch.empty(B, device=DEV)
+    above_n = torch.empty(B, dtype=torch.int32, device=DEV)
     capr = -(-max(cap, 1) // 128) * 128
     buf = torch.full((B, 2 * capr), float("nan"), device=DEV)
     _thresholds_kernel[(B,)](z, top_k.to(DEV), top_p.to(DEV), _workspace(gmax).to(DEV), L.float().to(DEV),
                              mass.float().to(DEV), buf, out,
-                             nbuf, Lb, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64, FB=64)
+                             nbuf, Lb, above_n, V, ng, cap, capr, int(sort), HBLOCK=128, DBLOCK=512, PW=64, FB=64)
     zc = z.cpu()
-    nbuf, Lb = nbuf.cpu().long(), Lb.cpu()
+    nbuf, Lb, above_n = nbuf.cpu().long(), Lb.cpu(), above_n.cpu().long()
     n_want = (zc >= L.view(-1, 1)).sum(1)
     over = n_want > cap
     # a row that fits keeps its bound; one that overflows raises it (_overflow_bound) or reads the row
     assert torch.equal(Lb[~over], L[~over].float()) and bool((Lb[over] >= L[over]).all())
-    n_b = (zc >= Lb.view(-1, 1)).sum(1)
     on_buf = nbuf <= cap
-    assert torch.equal(nbuf[on_buf], n_b[on_buf]) and bool((nbuf[~on_buf] == cap + 1).all())
-    if cap == 64:   # overflowing rows whose raised bound fits the buffer
-        assert int((over & on_buf).sum()) >= 2, (n_want, nbuf, n_b)
+    assert bool((nbuf[~on_buf] == cap + 1).all()) and bool((above_n[~over] == 0).all())
+    if cap == 64:   # overflowing rows whose window (or bins from the threshold's up) fits the buffer
+        assert int((over & on_buf).sum()) >= 2, (n_want, nbuf)
     filtered = ((top_k > 0) & (top_k < V)) | (top_p < 1.0)
     bisected = on_buf & filtered & ~(sort & (nbuf <= 64))
     assert int(bisected.sum()) > 0 or cap == 0 or (sort and cap == 64)   # a buffer of 64 sorts every row
@@ -422,10 +436,8 @@ def test_threshold_search_exact(quantize, cap, sort):
             continue
         m = int(nbuf[r])
         vals = zc[r][zc[r] >= Lb[r]]
-        if bisected[r]:
-            assert torch.equal(buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF, order_keys(vals))
-        else:
-            assert torch.equal(buf.cpu()[r, :m], vals)
+        got = buf.cpu()[r, :m].view(torch.int32).long() & 0xFFFFFFFF if bisected[r] else order_keys(buf.cpu()[r, :m])
+        _assert_window(got, order_keys(vals), int(above_n[r]), whole=not over[r])
     if cap == 64:
         assert 0 < int(on_buf.sum()) < B
     if sort:   # rows on the sort, top-p alone among them (and, with a larger buffer, rows on the bisection)
@@ -847,28 +859,49 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
 
 
 @triton.jit
-def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, n_ptr, lb_ptr, V, NGR, CAP,
-                    HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, FB: tl.constexpr = 64):
+def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, n_ptr, lb_ptr, a_ptr, V, NGR,
+                    CAP, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, FB: tl.constexpr = 64):
     row = tl.program_id(0)
     T = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
-    nbuf, Lb = _compact_bounded(x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP,
-                                tl.load(l_ptr + row) / T, tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0,
-                                tl.load(p_ptr + row), V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
+    p = tl.load(p_ptr + row)
+    nbuf, Lb, above_cnt, above_mass = _compact_bounded(
+        x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP, tl.load(l_ptr + row) / T,
+        tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, V, -1, k != k, T, CAP, DBLOCK, HBLOCK,
+        FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
+    tl.store(a_ptr + row, above_cnt)
+    tl.store(a_ptr + tl.num_programs(0) + row, above_mass.to(tl.int32, bitcast=True))
+
+
+def _bounded(z, ws, Lz, T, k, p, total, CAP):
+    """``_compact_bounded`` on rows ``z`` (raw logits x with ``Lz`` = the bound / T when T != 1): the buffered count,
+    the bound, the count and the mass above a buffered window, and the buffers."""
+    B, V = z.shape
+    n = torch.empty(B, dtype=torch.int32, device=DEV)
+    Lb = torch.empty(B, device=DEV)
+    a = torch.empty(2 * B, dtype=torch.int32, device=DEV)
+    buf = torch.full((B, CAP), float("nan"), device=DEV)
+    _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, Lz.to(DEV), T.to(DEV), k.to(DEV), p.to(DEV),
+                          z.max(1).values.to(DEV), total.to(DEV), n, Lb, a, V, ws.shape[2], CAP, HBLOCK=512,
+                          DBLOCK=2048)
+    a = a.cpu()
+    return n.cpu().long(), Lb.cpu(), a[:B].long(), a[B:].view(torch.float32), buf.cpu()
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
+def test_overflowing_candidates_take_the_threshold_bin(monkeypatch, dtype):
     """Rows like a language model's at T ~ 1 (a Zipf tail: the value of rank r about -1.6 s ln(r)) whose
     candidates for top-p alone overflow a buffer of 512: the compaction stops at the tile that would
-    overflow it, one more read bins the candidates (_overflow_bound) and raises the bound. Rows 0, 1
-    and 5 fit then, and the values above the raised bound are compacted again (the radix selects' 5-7
-    reads of the row avoided); rows 2 and 6 cannot (top-p keeps more than 512 values): they keep the
-    raised bound for the radix selects; rows 3, 4 and 7 never overflow. Every kept token reaches the returned bound, the buffer holds exactly the
-    values at or above it where it fits, and the sampler's tokens equal the reference's on every path.
-    (The kernel gets ``z = x / T`` and T = 1, so that its values are the test's on a GPU too.)"""
+    overflow it, one more read bins the candidates (_overflow_bound), and the values of the bin that holds
+    top-p's threshold are compacted again, the mass above that bin kept whole. Rows 0, 1, 2, 5 and 6
+    overflow, 2 and 6 with kept sets larger than the buffer (which the radix selects read 5-7 times before
+    the window); all but row 6 fit then (its threshold's bin alone holds more than 512 values: the radix
+    selects read the groups above the bound); rows 3, 4 and 7 never overflow. Every kept token reaches the
+    returned bound, the buffer holds exactly the values of one range of values in row order, the values
+    above it are the count and the mass returned, and the sampler's tokens equal the reference's on every
+    path. (The kernel gets ``z = x / T`` and T = 1, so that its values are the test's on a GPU too.)"""
     torch.manual_seed(5)
     B, V, G, CAP = 8, 6007, philox.GROUP_SIZE, 512
     NGR = philox.num_groups(V)
@@ -885,44 +918,45 @@ def test_overflowing_candidates_raise_the_bound(monkeypatch, dtype):
     z, Lz = x / T[:, None], L / T
     kept = filter_mask(z, k, p, torch.zeros(B))
     n_cand = (z >= Lz[:, None]).sum(1)
-    n = torch.empty(B, dtype=torch.int32, device=DEV)
-    Lb = torch.empty(B, device=DEV)
-    buf = torch.full((B, CAP), float("nan"), device=DEV)
-    ws = _workspace(m / T[:, None], sz)
-    _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, Lz.to(DEV), torch.ones(B, device=DEV), k.to(DEV), p.to(DEV),
-                          z.max(1).values.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
-    n, Lb, buf = n.cpu().long(), Lb.cpu(), buf.cpu()
+    n, Lb, n_above, m_above, buf = _bounded(z, _workspace(m / T[:, None], sz), Lz, torch.ones(B), k, p, total, CAP)
     over, fits = n_cand > CAP, n <= CAP
     assert over.tolist() == [True, True, True, False, False, True, True, False]
-    assert (over & fits).tolist() == [True, True, False, False, False, True, False, False], (n_cand, n)
+    assert fits.tolist() == [True] * 6 + [False, True], (n_cand, n)
+    assert n[6] == CAP + 1
     assert bool((kept.sum(1)[[2, 6]] > CAP).all())
     assert torch.equal(Lb[~over], Lz[~over]) and bool((Lb[over] > Lz[over]).all())
-    assert bool((n[~fits] == CAP + 1).all()) and bool(((z >= Lb[:, None]).sum(1)[over & ~fits] > CAP).all())
     assert bool(((z >= Lb[:, None]) | ~kept).all())                  # every kept token reaches the bound
-    for r in fits.nonzero().flatten().tolist():                       # every value at or above it, in row order
-        assert torch.equal(buf[r, :n[r]], z[r][z[r] >= Lb[r]])
+    zmax = z.max(1, keepdim=True).values
+    for r in fits.nonzero().flatten().tolist():
+        vals = z[r][z[r] >= Lb[r]]
+        _assert_window(order_keys(buf[r, :n[r]]), order_keys(vals), int(n_above[r]), whole=not over[r])
+        hi = vals[vals > buf[r, :n[r]].max()]
+        assert float(m_above[r]) == pytest.approx(float(torch.exp(hi - zmax[r]).sum()), rel=1e-5, abs=1e-30)
+    # the window holds the threshold: the mass above it is short of top-p's, the window's own completes it
+    assert bool((m_above < p * total)[fits].all())
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 512 in the sampler too
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 
-def test_raised_bound_that_still_overflows(monkeypatch):
-    """A top-k row whose raised bound still leaves more values than the buffer holds: the top bin holds
-    the 100 largest values (top-k 60 reaches there, and they fit a buffer of 512), but 700 values sit
-    just below its edge, above the bound's 1/16-bin margin. The second compaction overflows, and the
-    radix selects read the groups above the raised bound; the sampler's tokens equal the reference's
-    (fp32, and bf16, where the rounding moves the 700 elsewhere)."""
+def test_threshold_bin_that_overflows(monkeypatch):
+    """A row whose threshold's bin alone holds more values than the buffer: 700 values within 1/32 of a bin under
+    the top bin's edge, and top-k 60 reaches into them past the top bin's 40, so the second compaction overflows
+    a buffer of 512, and the radix selects read the groups above the bound; and rows whose threshold lies in the
+    top bin (of 100 values: top-k 60 alone, and with top-p 0.9 the bins from the threshold's up), which fit. The
+    sampler's tokens equal the reference's (fp32, and bf16, where the rounding moves the 700 elsewhere)."""
     G, V, CAP = philox.GROUP_SIZE, 16384, 512
     NGR = V // G
-    x = torch.full((2, V), -20.0)
+    x = torch.full((3, V), -20.0)
     x[:, :100] = 9.4 + 0.001 * torch.arange(100)                      # group 0: the top bin
+    x[0, 40:100] = -20.0                                              # (40 of them in row 0)
     x[:, 4 * G::G] = -5.0 - 0.01 * torch.arange(NGR - 4)              # the other groups' maxima: top-k's bound
     x[:, G:G + 700] = 0.0                                             # groups 1-3: placed below
-    T = torch.tensor([1.0, 1.0])
-    k = torch.tensor([60, 60], dtype=torch.int32)
-    p = torch.tensor([1.0, 0.9])
+    T = torch.ones(3)
+    k = torch.tensor([60, 60, 60], dtype=torch.int32)
+    p = torch.tensor([1.0, 1.0, 0.9])
 
     def bound():
-        xg = x.view(2, NGR, G)
+        xg = x.view(3, NGR, G)
         m = xg.max(2).values
         sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
         return m, sz, *_bounds(m, sz, k, p, T, 64)
@@ -934,18 +968,16 @@ def test_raised_bound_that_still_overflows(monkeypatch):
     x[:, G:G + 700] = (edge - width / 32)[:, None] + (width / 32000)[:, None] * torch.arange(700)   # under the edge
     m, sz, L2, total = bound()
     assert torch.equal(L, L2)                                         # groups 1-3 stay above the bound
-    n = torch.empty(2, dtype=torch.int32, device=DEV)
-    Lb = torch.empty(2, device=DEV)
-    ws = _workspace(m, sz)
-    _bounded_kernel[(2,)](x.to(DEV), ws.to(DEV), torch.empty(2 * CAP, device=DEV), L.to(DEV), T.to(DEV), k.to(DEV),
-                          p.to(DEV), zmax.to(DEV), total.to(DEV), n, Lb, V, NGR, CAP, HBLOCK=512, DBLOCK=2048)
-    Lb = Lb.cpu()
-    assert bool(((x >= L[:, None]).sum(1) > 800).all())               # the first compaction overflows
-    assert n.cpu().tolist() == [CAP + 1] * 2                          # and so does the second
-    assert bool(((Lb > edge - width / 12) & (Lb < x[:, G])).all())  # 1/16 of a bin below the edge, under the 700
+    n, Lb, n_above, _m_above, buf = _bounded(x, _workspace(m, sz), L, T, k, p, total, CAP)
+    assert bool(((x >= L[:, None]).sum(1) > 790).all())               # the first compaction overflows
+    assert n.tolist()[0] == CAP + 1                                   # and so does the threshold's bin
+    assert bool((Lb[0] > edge[0] - width[0] * 1.07) & (Lb[0] < x[0, G])), (Lb, edge, width)   # the bin under the top
+    # top-k 60 alone: the top bin; with top-p 0.9: the bins from it up (the top one too), all kept ones
+    assert n.tolist()[1:] == [100, 100] and n_above.tolist() == [40, 0, 0]
+    assert torch.equal(buf[1:, :100], x[1:, :100]) and bool((Lb[1:] > edge[1:] - width[1:] / 12).all())
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)                       # a buffer of 512 in the sampler too
     for dtype in (torch.float32, torch.bfloat16):
-        _check(x.to(dtype).to(DEV), _params(2, T, k, p, 0.0))
+        _check(x.to(dtype).to(DEV), _params(3, T, k, p, 0.0))
 
 
 @triton.jit
@@ -955,7 +987,7 @@ def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, 
     p = tl.load(p_ptr + row)
     b_row = _buffer_row(b_ptr, row, CAP)       # CAP values, then their masses
     t = _buffer_thresholds(b_row, _buffer_masses(b_row, CAP), tl.load(n_ptr + row), tl.load(zmax_ptr + row),
-                           tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, HBLOCK)
+                           tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, 0.0, HBLOCK)
     tl.store(out_ptr + row, t.to(tl.int64))
 
 

@@ -40,19 +40,23 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25 SASS thread-instructions
   per value and step counting, 9.12 weighing masses, instead of 12.75 and 22.5 when each read recomputed key and
   mass, and 287 per value and level for the radix levels of 4-bit digits before them; 33 reads per select at worst;
-  bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds raises its bound from their
-  values (``_compact_bounded``: the compaction stops at the tile that would overflow the buffer, one read of the
-  rest bins every candidate by value and mass, ``_overflow_bound``) and compacts the values above it again; if
-  those still overflow it, it reads its candidate groups per radix level (``_radix_select``, ``_row_hist``). A row
-  with no bound that is longer than the buffer skips the compaction and takes the radix levels.
+  bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds bins them (``_compact_bounded``: the
+  compaction stops at the tile that would overflow the buffer, one read of the rest bins every candidate by value
+  and mass, 16 bins, ``_overflow_bound``) and compacts again only the values of the bin that holds the threshold
+  (with top-k and top-p both on, of the bins from it up), from the groups that reach it; the select keeps the
+  values above that bin whole, so top-k takes the (k - their count)-th largest buffered value and top-p's target
+  drops by their mass: a kept set larger than the buffer still takes it (SmolLM2-135M at top-p 0.99 keeps up to
+  8115 tokens). If that bin's values still overflow it, the row reads its candidate groups per radix level
+  (``_radix_select``, ``_row_hist``). A row with no bound that is longer than the buffer skips the compaction and
+  takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token a
   compare with top-k / top-p's threshold on the raw logits, ``_raw_threshold``, and one exp2 that is
   both the token's mass and min-p's test, ``_keep``), and one pass over the group stats scores them
   (``_score_groups``). Row passes: 1 + the candidate share
-  (compaction) + at most that share again (the draw); with an overflow that the raised bound resolves,
-  + the share of the groups above it (the second compaction).
+  (compaction) + at most that share again (the draw); with an overflow whose threshold bin fits the buffer,
+  + the share of the groups that reach that bin (the second compaction).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
 
 The token equals the reference's except at float near-ties of either level (two group scores,
@@ -132,7 +136,7 @@ _DRAW_BYTES = 8192
 _SLICE_TOKENS = 2048
 #: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, + 16 KB of masses): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
-#: benchmarks' k = 50: about 60-70 of them); a row with more raises its bound from their values (``_compact_bounded``)
+#: benchmarks' k = 50: about 60-70 of them); a row with more buffers its threshold's bin of them (``_compact_bounded``)
 _CANDIDATES = 4096
 #: candidates whose thresholds come from one sort and a running sum (``_sorted_thresholds``) instead of
 #: a bisection over the buffer (``_buffer_thresholds``): the benchmarks' top-k of 50 buffers 50-77 values
@@ -320,14 +324,15 @@ def _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, target, BY_MASS: tl.constexpr, HBL
 
 
 @triton.jit
-def _buffer_thresholds(buf_ptr, w_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, HBLOCK: tl.constexpr):
+def _buffer_thresholds(buf_ptr, w_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, above_mass,
+                       HBLOCK: tl.constexpr):
     """Top-k / top-p thresholds of a row whose candidates fit the buffer but not one sort: the same
     rules as :func:`_sorted_thresholds` (top-k: the k-th largest key, ties kept; top-p: the largest
     key whose mass from the top reaches ``top_p`` x the top-k set's mass, ``total`` without top-k),
     each by :func:`_buffer_bisect` over the buffered values' keys, which one read first writes with
     their masses (:func:`_buffer_keys`, the key range too; ``w_ptr``: room for the masses, the buffer's
-    capacity rounded up to ``HBLOCK``, as the buffer's). Exact keys of candidates: every token the
-    draw keeps is one of them."""
+    capacity rounded up to ``HBLOCK``, as the buffer's; ``above_mass``: as there). Exact keys of candidates:
+    every token the draw keeps is one of them."""
     lo, hi = _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, HBLOCK)
     tl.debug_barrier()  # the keys and masses written by every warp, visible to the reads
     kbuf = buf_ptr.to(tl.pointer_type(tl.uint32))
@@ -336,7 +341,8 @@ def _buffer_thresholds(buf_ptr, w_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_
     if k_on:
         t_key, mass_k = _buffer_bisect(kbuf, w_ptr, nbuf, lo, hi, top_k.to(tl.float32), False, HBLOCK)
     if p_on:
-        t_p, _mass = _buffer_bisect(kbuf, w_ptr, nbuf, tl.maximum(lo, t_key), hi, top_p * mass_k, True, HBLOCK)
+        t_p, _mass = _buffer_bisect(kbuf, w_ptr, nbuf, tl.maximum(lo, t_key), hi, top_p * mass_k - above_mass, True,
+                                    HBLOCK)
         t_key = tl.maximum(t_key, t_p)
     return t_key
 
@@ -384,20 +390,28 @@ def _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK: tl.constexpr
 
 
 @triton.jit
-def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz,
-                    CAP, HBLOCK: tl.constexpr):
-    """A bound above ``Lz`` for a row whose candidates ``z >= Lz`` overflow the buffer: their values in
-    16 bins of equal width from ``Lz`` to ``zmax``, count and mass per bin, from the ``nbuf`` the
-    compaction buffered and one read of the row's candidate groups from ``lo`` on (the tile where it
-    stopped; a one-hot histogram, a radix level's instructions per value): the highest bin edge at or
-    above which they still reach top-k's count (top-k on), or weigh ``top_p x total`` with the candidate
-    bound's 1e-3 margin (top-p alone), less 1/16 of a bin for the rounding of the bins and of the bound
-    (at most ~1/300 of a bin where the key range is at least 1e-3 of the values; a narrower range gets no
-    bound). The kept set lies above it. Returns it (``Lz`` when the lowest edge is the highest) and
-    whether the values from that edge up fit the buffer (those in the 1/16 of a bin below it can still
-    overflow it: the caller's second compaction tells)."""
+def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end,
+                    Tz, CAP, HBLOCK: tl.constexpr):
+    """What a row whose candidates ``z >= Lz`` overflow the buffer compacts again: their values in 16 bins
+    (:func:`_z_bin`) of equal width from ``Lz`` to ``zmax``, count and mass per bin, from the ``nbuf`` the
+    compaction buffered and one read of the row's candidate groups from ``lo`` on (the tile where it stopped; a
+    one-hot histogram, a radix level's instructions per value); ``b``, the highest bin from which up they still
+    reach top-k's count (top-k on), or weigh ``top_p x total`` (top-p alone). The threshold lies in bin ``b``.
+    With one select on, the values of bin ``b`` alone (the window: bins ``b`` to ``bhi = b``), and the count and
+    the mass of those above it, which the select keeps whole; with top-k and top-p (top-p's threshold can lie
+    anywhere above top-k's), bins ``b`` to ``bhi = 15``. A key range under 1e-3 of the values gets no bins
+    (``fit`` False). Returns ``L2``, a bound at or below every value of bin ``b`` (its lower edge less 1/16 of a
+    bin for the rounding of the bins and of the bound; ``Lz`` for ``b = 0``): the candidate groups' bound for
+    the second compaction, the draw and the radix selects; whether the bins' values fit the buffer (``fit``);
+    ``scale``, ``b`` and ``bhi``, which the second compaction tests with the histogram's own :func:`_z_bin`
+    (so that it buffers exactly the values counted, and exactly those); the count and the mass above ``bhi``."""
     L2 = Lz
     fit = Lz != Lz                           # False
+    scale = tl.full([], 0.0, tl.float32)
+    b = tl.full([], 0, tl.int32)
+    bhi = b + 15
+    above_cnt = b
+    above_mass = scale
     if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
         scale = 16.0 / (zmax - Lz)
         need_mass = k_on == 0
@@ -408,15 +422,20 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
         cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, ws_row, Lz, 0, 0, zmax, need_mass, lo, scale, True,
                               HBLOCK // 8)
         cb, mb = _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, need_mass, HBLOCK // 8)
+        cnt += cb
+        mass += mb
         bins = tl.arange(0, 16)
         ge = bins[None, :] >= bins[:, None]       # [b, b']: b' >= b
-        ge_cnt = tl.sum(tl.where(ge, (cnt + cb)[None, :], 0), 1)
-        ge_mass = tl.sum(tl.where(ge, (mass + mb)[None, :], 0.0), 1)
-        reach = tl.where(k_on, ge_cnt >= top_k, ge_mass >= top_p * total * 1.001)
+        ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
+        ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
+        reach = tl.where(k_on, ge_cnt >= top_k, ge_mass >= top_p * total)
         b = tl.max(tl.where(reach, bins, 0), 0)
-        fit = tl.sum(tl.where(bins == b, ge_cnt, 0), 0) <= CAP
+        bhi = tl.where(k_on & p_on, 15, b)
+        fit = tl.sum(tl.where((bins >= b) & (bins <= bhi), cnt, 0), 0) <= CAP
+        above_cnt = tl.sum(tl.where(bins > bhi, cnt, 0), 0)
+        above_mass = tl.sum(tl.where(bins > bhi, mass, 0.0), 0)
         L2 = tl.where(b > 0, Lz + (b.to(tl.float32) - 0.0625) * (zmax - Lz) * 0.0625, Lz)
-    return L2, fit
+    return L2, fit, scale, b, bhi, above_cnt, above_mass
 
 
 @triton.jit
@@ -473,12 +492,13 @@ def _sort_desc(x, N: tl.constexpr):
 
 
 @triton.jit
-def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW: tl.constexpr):
+def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, above_mass, PW: tl.constexpr):
     """Top-k / top-p thresholds of a row whose candidates fit one sort (``nbuf <= PW``): the buffered
     values sorted in descending order and their masses (``exp(z - zmax)``) summed from the top in that
     order; top-k's threshold is the k-th largest key (ties kept), top-p's the largest key whose mass
     from the top reaches ``top_p`` x the mass of the top-k set (without top-k: ``total``, the whole
-    row's mass; the candidates hold more than ``top_p`` of it, ``_candidate_bound``). Exact keys of
+    row's mass; the candidates hold more than ``top_p`` of it, ``_candidate_bound``), less ``above_mass`` (the mass
+    of the values above a buffered window, :func:`_overflow_bound`: all kept; 0 otherwise). Exact keys of
     candidates: every token the draw keeps is one of them."""
     i = tl.arange(0, PW)
     valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
@@ -491,7 +511,7 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW:
         t_key = tl.max(tl.where(i == top_k - 1, key, 0), 0)
         mass_k = tl.max(tl.where(valid & (key >= t_key), cum, 0.0), 0)   # the mass of the top-k set, ties in
     if p_on:
-        t_key = tl.maximum(t_key, tl.max(tl.where(valid & (cum >= top_p * mass_k), key, 0), 0))
+        t_key = tl.maximum(t_key, tl.max(tl.where(valid & (cum >= top_p * mass_k - above_mass), key, 0), 0))
     return t_key
 
 
@@ -589,9 +609,11 @@ def _listed(ws_row, NGR, nlist, t0, GT: tl.constexpr):
 
 
 @triton.jit
-def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK: tl.constexpr):
-    """One read of the ``nlist`` candidate groups listed at the bound ``Lz`` (:func:`_list_groups`): writes ``z`` of
-    each of their tokens with ``z >= Lz`` to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it
+def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, scale, blo, bhi,
+                        DBLOCK: tl.constexpr, BINS: tl.constexpr):
+    """One read of the ``nlist`` candidate groups listed (:func:`_list_groups`): writes ``z`` of each of their tokens
+    with ``z >= Lz`` (with ``BINS``, only those whose bin of :func:`_overflow_bound`'s histogram, ``_z_bin(z, Lz,
+    scale)``, lies in ``[blo, bhi]``) to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it
     wrote and where it stopped: ``V``, or the first token of the first tile of ``DBLOCK / GROUP`` listed groups whose
     values would overflow the buffer (none of them written: :func:`_compact_bounded` goes on from there). The
     thresholds then come from these few values, not the row (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
@@ -605,7 +627,11 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_
             offs = g[:, None] * GROUP + tok
             inb = (offs < V) & on[:, None]
             z = _scaled(row_ptr, offs, inb, end0, mask_end, Tz)
-            sel = (inb & (z >= Lz)).to(tl.int32)
+            take = inb & (z >= Lz)
+            if BINS:
+                d = _z_bin(z, Lz, scale)
+                take = take & (d >= blo) & (d <= bhi)
+            sel = take.to(tl.int32)
             per_group = tl.sum(sel, 1)
             fits = n + tl.sum(per_group, 0) <= CAP
             pos = n + (tl.cumsum(per_group, 0) - per_group)[:, None] + tl.cumsum(sel, 1) - 1
@@ -616,36 +642,42 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_
 
 
 @triton.jit
-def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on, top_p, V, end0, mask_end, Tz, CAP,
-                     DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
-    """The candidates ``z >= Lz`` compacted into the buffer (:func:`_compact_candidates`); when they
-    overflow it, the bound raised from the values that read found (:func:`_overflow_bound`: the rest
-    of the candidate groups read from the tile where it stopped) and, where the values above it fit
-    the buffer, those compacted again. Returns the buffered count (``CAP + 1``: they still overflow, the
-    selects read the candidate groups above the bound) and the bound (raised or not) at or above which
-    every kept value lies, and the buffer holds every value when it fits. Row reads: the candidate
-    groups once; with an overflow, the groups above the raised bound once more where it fits."""
+def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end, Tz,
+                     CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """The candidates ``z >= Lz`` compacted into the buffer (:func:`_compact_candidates`); when they overflow it,
+    a histogram of their values (:func:`_overflow_bound`: the rest of the candidate groups read from the tile where
+    it stopped) tells the bin that holds the threshold, and where that bin's values (with top-k and top-p: the
+    bins from it up) fit the buffer, they are compacted again, from the groups that reach the bin
+    (``Lb``), and the count and mass of the values above them, which the selects keep whole, come out. Returns
+    the buffered count (``CAP + 1``: they still overflow, the selects read the candidate groups above ``Lb``), the
+    bound ``Lb`` (raised or not) at or above which every kept value lies, and the count and the mass (relative to
+    ``exp(zmax)``) of the candidates above the buffered ones (0 unless a window was buffered). Row reads: the
+    candidate groups once; with an overflow, the groups above the raised bound once more where it fits."""
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
-    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, DBLOCK)
+    zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
+    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, zero, 0,
+                                     0, DBLOCK, False)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
-    again = stop < 0
+    above_cnt = nbuf * 0
+    above_mass = zero
     if stop < V:
-        Lb, fit = _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, V, end0,
-                                  mask_end, Tz, CAP, HBLOCK)
+        Lb, fit, scale, b, bhi, above_cnt, above_mass = _overflow_bound(
+            row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end, Tz,
+            CAP, HBLOCK)
         nbuf = CAP + 1
-        again = (Lb > Lz) & fit
-    if again:
-        tl.debug_barrier()  # every read of the buffer done before it is rewritten
-        # in tiles of DBLOCK / 8, whole groups (V < 2048 compiles it too): with DBLOCK's, the odd-stride 16-bit
-        # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
-        # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
-        D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
-        nlist = _list_groups(ws_row, NGR, V, Tz, Lb, FB)       # the groups that reach the raised bound
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lb, V, end0, mask_end, Tz, CAP, D8)
-        tl.debug_barrier()
-        nbuf = tl.where(stop < V, CAP + 1, nbuf)
-    return nbuf, Lb
+        if fit:
+            tl.debug_barrier()  # every read of the buffer done before it is rewritten
+            # in tiles of DBLOCK / 8, whole groups (V < 2048 compiles it too): with DBLOCK's, the odd-stride 16-bit
+            # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
+            # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
+            D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
+            nlist = _list_groups(ws_row, NGR, V, Tz, Lb, FB)       # the groups that reach the bin
+            nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP,
+                                             scale, b, bhi, D8, True)
+            tl.debug_barrier()
+            nbuf = tl.where(stop < V, CAP + 1, nbuf)
+    return nbuf, Lb, above_cnt, above_mass
 
 
 @triton.jit
@@ -1061,9 +1093,12 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     # every token is a candidate and a row longer than the buffer overflows it: no compaction)
     compact = (Ls > float("-inf")) | (V <= CAP)
     nbuf = tl.full([], 0, tl.int32)
+    above_cnt = nbuf
+    above_mass = tl.full([], 0.0, tl.float32)
     if compact:
-        nbuf, Lb = _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Ls / Tz, zmax, total, top_k, k_on, top_p, V, end0,
-                                    mask_end, Tz, CAP, DBLOCK, HBLOCK, FB)
+        nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Ls / Tz, zmax, total, top_k,
+                                                           k_on, top_p, p_on, V, end0, mask_end, Tz, CAP, DBLOCK,
+                                                           HBLOCK, FB)
         # a raised bound holds for the draw's candidates and the radix selects too: it lies 1/16 of a bin
         # below every value it keeps (_overflow_bound), far more than its rounding back to a raw logit
         Ls = tl.where(Lb > Ls / Tz, Lb * Tz, Ls)
@@ -1072,11 +1107,13 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     # spilled value in every radix level of the 16-bit budget _merge_kernel on sm_90 (Triton 3.9)
     cand1 = _is_candidate(ws_row, g1, V, Tz, Ls / Tz)
     t_key = tl.full([], 0, tl.uint32)      # keep all
+    # a window of the candidates (_overflow_bound: one select on): the values above it are kept whole, so top-k
+    # takes the (k - their count)-th largest buffered value, and top-p's target drops by their mass
     if use_buf & (nbuf <= PW):
-        t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, PW)
+        t_key = _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k - above_cnt, k_on, top_p, p_on, above_mass, PW)
     elif use_buf:
-        t_key = _buffer_thresholds(buf_ptr, _buffer_masses(buf_ptr, CAP), nbuf, zmax, total, top_k, k_on, top_p,
-                                   p_on, HBLOCK)
+        t_key = _buffer_thresholds(buf_ptr, _buffer_masses(buf_ptr, CAP), nbuf, zmax, total, top_k - above_cnt, k_on,
+                                   top_p, p_on, above_mass, HBLOCK)
     else:
         mass_k = total                     # the row's draw mass (relative to exp(zmax))
         if k_on:
