@@ -941,22 +941,23 @@ def test_overflowing_candidates_take_the_threshold_bin(monkeypatch, dtype):
 def test_threshold_bin_that_overflows(monkeypatch):
     """A row whose threshold's bin alone holds more values than the buffer: 700 values within 1/32 of a bin under
     the top bin's edge, and top-k 60 reaches into them past the top bin's 40, so the second compaction overflows
-    a buffer of 512, and the radix selects read the groups above the bound; and rows whose threshold lies in the
-    top bin (of 100 values: top-k 60 alone, and with top-p 0.9 the bins from the threshold's up), which fit. The
+    a buffer of 512, and the radix selects read the groups above the bound; the same row with 300 of those values
+    and 400 far below them, whose threshold's bin fits (top-k takes its 20th largest value, the 40 above counted);
+    and rows whose threshold lies in the top bin (of 100 values: top-k 60 alone, and with top-p 0.9 the bins from the threshold's up), which fit. The
     sampler's tokens equal the reference's (fp32, and bf16, where the rounding moves the 700 elsewhere)."""
     G, V, CAP = philox.GROUP_SIZE, 16384, 512
     NGR = V // G
-    x = torch.full((3, V), -20.0)
+    x = torch.full((4, V), -20.0)
     x[:, :100] = 9.4 + 0.001 * torch.arange(100)                      # group 0: the top bin
-    x[0, 40:100] = -20.0                                              # (40 of them in row 0)
+    x[[0, 3], 40:100] = -20.0                                         # (40 of them in rows 0 and 3)
     x[:, 4 * G::G] = -5.0 - 0.01 * torch.arange(NGR - 4)              # the other groups' maxima: top-k's bound
     x[:, G:G + 700] = 0.0                                             # groups 1-3: placed below
-    T = torch.ones(3)
-    k = torch.tensor([60, 60, 60], dtype=torch.int32)
-    p = torch.tensor([1.0, 1.0, 0.9])
+    T = torch.ones(4)
+    k = torch.tensor([60, 60, 60, 60], dtype=torch.int32)
+    p = torch.tensor([1.0, 1.0, 0.9, 1.0])
 
     def bound():
-        xg = x.view(3, NGR, G)
+        xg = x.view(4, NGR, G)
         m = xg.max(2).values
         sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
         return m, sz, *_bounds(m, sz, k, p, T, 64)
@@ -966,6 +967,7 @@ def test_threshold_bin_that_overflows(monkeypatch):
     edge = L + 15 * (zmax - L) / 16                                   # the top bin's lower edge
     width = (zmax - L) / 16
     x[:, G:G + 700] = (edge - width / 32)[:, None] + (width / 32000)[:, None] * torch.arange(700)   # under the edge
+    x[3, G + 300:G + 700] = 0.0                                       # in a bin far below
     m, sz, L2, total = bound()
     assert torch.equal(L, L2)                                         # groups 1-3 stay above the bound
     n, Lb, n_above, _m_above, buf = _bounded(x, _workspace(m, sz), L, T, k, p, total, CAP)
@@ -973,11 +975,12 @@ def test_threshold_bin_that_overflows(monkeypatch):
     assert n.tolist()[0] == CAP + 1                                   # and so does the threshold's bin
     assert bool((Lb[0] > edge[0] - width[0] * 1.07) & (Lb[0] < x[0, G])), (Lb, edge, width)   # the bin under the top
     # top-k 60 alone: the top bin; with top-p 0.9: the bins from it up (the top one too), all kept ones
-    assert n.tolist()[1:] == [100, 100] and n_above.tolist() == [40, 0, 0]
-    assert torch.equal(buf[1:, :100], x[1:, :100]) and bool((Lb[1:] > edge[1:] - width[1:] / 12).all())
+    assert n.tolist()[1:] == [100, 100, 300] and n_above.tolist() == [40, 0, 0, 40]
+    assert torch.equal(buf[1:3, :100], x[1:3, :100]) and bool((Lb[1:3] > edge[1:3] - width[1:3] / 12).all())
+    assert torch.equal(buf[3, :300], x[3, G:G + 300])                  # the bin under the top one
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)                       # a buffer of 512 in the sampler too
     for dtype in (torch.float32, torch.bfloat16):
-        _check(x.to(dtype).to(DEV), _params(3, T, k, p, 0.0))
+        _check(x.to(dtype).to(DEV), _params(4, T, k, p, 0.0))
 
 
 @triton.jit
