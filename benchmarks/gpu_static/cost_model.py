@@ -413,15 +413,17 @@ def skipped_roles(config: str, rescored: bool, sorted_buffer: Optional[bool] = N
     """The module's roles (disjoint call trees) whose straight-line code a row of ``config`` does not
     run: temperature and greedy rows every filter's (``filtered``: the bounds; ``redraw``: the check of
     the chosen group and the rescoring); min-p alone the top-k / top-p thresholds'; a filtered row
-    whose chosen group stands (``rescored`` False: no filtered draw pass) the rescoring's; and a row
+    whose chosen group stands (``rescored`` False: no filtered draw pass) the rescoring's; a row
     with top-k / top-p whose candidates take the sort (``sorted_buffer`` True) the bisection's, or the
-    bisection (False) the sort's (None: both counted)."""
+    bisection (False) the sort's (None: both counted); and a row with top-k / top-p the overflow path's
+    (``overflow``: candidates beyond the buffer, which no side of the model has, :data:`BUFFER_ENTRIES`; its loops
+    are not counted either)."""
     if config in ("temp", "greedy"):
         return ("filtered", "redraw")
     if config == "min_p":
         return ("thresholds",) + (() if rescored else ("rescore",))
     which = () if sorted_buffer is None else (("bisect",) if sorted_buffer else ("sort",))
-    return tuple(sorted(which + (() if rescored else ("rescore",))))
+    return tuple(sorted(which + ("overflow",) + (() if rescored else ("rescore",))))
 
 
 def _paths_key(roles: Sequence[str]) -> str:
@@ -434,10 +436,11 @@ def _cta_warp(instr: Dict[str, Any], config: str, rescored: bool = True, sorted_
     function is unknown (a results JSON without the sort / bisection split: those counted)."""
     paths = instr.get("cta_warp_paths") or {}
     for roles in (skipped_roles(config, rescored, sorted_buffer), skipped_roles(config, rescored)):
-        if not roles:
-            return instr.get("cta_warp", 0)
-        if _paths_key(roles) in paths:
-            return paths[_paths_key(roles)]
+        for rs in (roles, tuple(r for r in roles if r != "overflow")):   # (a results JSON before the overflow role)
+            if not rs:
+                return instr.get("cta_warp", 0)
+            if _paths_key(rs) in paths:
+                return paths[_paths_key(rs)]
     return instr.get("cta_warp", 0)
 
 

@@ -206,13 +206,20 @@ def test_sampler_bound_straight_line_per_config():
     for config in ("top_k", "top_p", "topk_topp_minp"):
         assert cm.sampler_bound(264, 1000, 2, config, split)["cta_warp_this_config"] == [6600, 7800], config
     assert cm.sampler_bound(264, 1000, 2, "min_p", split)["cta_warp_this_config"] == [4500, 5000]
-    assert cm.skipped_roles("top_k", False, True) == ("bisect", "rescore")
-    assert cm.skipped_roles("top_k", True, False) == ("sort",)
+    assert cm.skipped_roles("top_k", False, True) == ("bisect", "overflow", "rescore")
+    assert cm.skipped_roles("top_k", True, False) == ("overflow", "sort")
     assert cm.skipped_roles("min_p", True, False) == ("thresholds",)
     # the roles a row skips are sibling call trees of the kernel module (never one inside another)
     assert cm.skipped_roles("temp", True) == ("filtered", "redraw")
     assert cm.skipped_roles("min_p", False) == ("thresholds", "rescore")
-    assert cm.skipped_roles("top_p", True) == ()
+    assert cm.skipped_roles("top_p", True) == ("overflow",)
+    # with the overflow path's own counts (no side of the model overflows the buffer), top-k / top-p rows skip it;
+    # the paths above (a results JSON before it) are the same rows with it counted
+    over = dict(split, cta_warp_paths=dict(split["cta_warp_paths"], **{"bisect+overflow+rescore": 6100,
+                                                                        "overflow+sort": 7300}))
+    for config in ("top_k", "top_p", "topk_topp_minp"):
+        assert cm.sampler_bound(264, 1000, 2, config, over)["cta_warp_this_config"] == [6100, 7300], config
+    assert cm.sampler_bound(264, 1000, 2, "temp", over)["cta_warp_this_config"] == [3000, 3000]
 
 
 def test_sampler_instr_paths_from_the_inlining_counts():

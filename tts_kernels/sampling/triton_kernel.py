@@ -109,10 +109,11 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: loop: a row's partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a
 #: filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group
 #: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
-#: that fit one sort / of more)
+#: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
                     "draw": "_filtered_groups", "draw_groups": "_score_groups",
                     "groups": "_scan_groups", "list": "_list_groups", "compact": "_compact_candidates",
+                    "overflow": "_compact_overflow",
                     "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
@@ -662,21 +663,35 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on
     above_cnt = nbuf * 0
     above_mass = zero
     if stop < V:
-        Lb, fit, scale, b, bhi, above_cnt, above_mass = _overflow_bound(
-            row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end, Tz,
-            CAP, HBLOCK)
-        nbuf = CAP + 1
-        if fit:
-            tl.debug_barrier()  # every read of the buffer done before it is rewritten
-            # in tiles of DBLOCK / 8, whole groups (V < 2048 compiles it too): with DBLOCK's, the odd-stride 16-bit
-            # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
-            # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
-            D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
-            nlist = _list_groups(ws_row, NGR, V, Tz, Lb, FB)       # the groups that reach the bin
-            nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP,
-                                             scale, b, bhi, D8, True)
-            tl.debug_barrier()
-            nbuf = tl.where(stop < V, CAP + 1, nbuf)
+        nbuf, Lb, above_cnt, above_mass = _compact_overflow(row_ptr, ws_row, NGR, buf_ptr, nbuf, stop, Lz, zmax, total,
+                                                            top_k, k_on, top_p, p_on, V, end0, mask_end, Tz, CAP,
+                                                            DBLOCK, HBLOCK, FB)
+    return nbuf, Lb, above_cnt, above_mass
+
+
+@triton.jit
+def _compact_overflow(row_ptr, ws_row, NGR, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0,
+                      mask_end, Tz, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """:func:`_compact_bounded`'s path for candidates that overflow the buffer (``nbuf`` buffered, the compaction
+    stopped at ``stop``): the histogram (:func:`_overflow_bound`), then, where the threshold's bins fit the buffer,
+    their values compacted again from the groups that reach them. Returns as :func:`_compact_bounded` does. Its own
+    function so that the static cost model can leave its code out of the rows that fit the buffer (the module's
+    ``overflow`` role)."""
+    Lb, fit, scale, b, bhi, above_cnt, above_mass = _overflow_bound(
+        row_ptr, ws_row, buf_ptr, nbuf, stop, Lz, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end, Tz,
+        CAP, HBLOCK)
+    nbuf = CAP + 1
+    if fit:
+        tl.debug_barrier()  # every read of the buffer done before it is rewritten
+        # in tiles of DBLOCK / 8, whole groups (V < 2048 compiles it too): with DBLOCK's, the odd-stride 16-bit
+        # budget _merge_kernel reloaded spilled values inside both compactions' loops, and with DBLOCK / 2 the
+        # 16-bit budget _sample_kernel of an odd V (sm_90, Triton 3.9); see _overflow_bound for / 8
+        D8: tl.constexpr = DBLOCK // 8 if DBLOCK >= 8 * GROUP else GROUP
+        nlist = _list_groups(ws_row, NGR, V, Tz, Lb, FB)       # the groups that reach the bin
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP,
+                                         scale, b, bhi, D8, True)
+        tl.debug_barrier()
+        nbuf = tl.where(stop < V, CAP + 1, nbuf)
     return nbuf, Lb, above_cnt, above_mass
 
 
