@@ -241,7 +241,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             share = cg.sum(1) / NGR
             n_all = torch.where(n >= 0, ((z >= (L / T)[:, None]) & cg.repeat_interleave(G, 1)[:, :V]).sum(1), -1)
             # every token the selects keep is a candidate when the row compacts (the bound's guarantee), and
-            # at or above the raised bound where the buffer holds the values above it
+            # at or above the raised bound (the threshold's bin's, less 1/16 of a bin) where the candidates overflow
             assert bool(((n_all < 0) | (n_all >= keep_kp.sum(1))).all()), f"{name}: a kept token below the bound"
             fits = (n >= 0) & (n <= cap)
             assert bool(((z >= Lb[:, None]) | ~keep_kp)[n_all >= 0].all()), f"{name}: a kept token below the bound"
@@ -253,7 +253,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                 n_b = (z >= Lb[:, None]).sum(1)
                 assert torch.equal(n[fits & ~over], n_b[fits & ~over])
                 assert bool((n + n_above <= n_b)[fits].all()) and bool((n + n_above >= keep_kp.sum(1))[fits].all())
-            raised = over & fits                         # raised, and the values above the bound fit the buffer
+            raised = over & fits                         # raised to the threshold's bin, whose values fit the buffer
             # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time
             # (before the list: every tile with a candidate group ran its whole work) against walking the list of the
             # candidate groups (whole tiles of listed groups), for the kernel's bf16 and fp32 tiles; and the row's tiles

@@ -310,8 +310,8 @@ def _workspace(maxima, draw_sums=None):
 
 
 @triton.jit
-def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, a_ptr, V, NG, CAP, CAPR,
-                       SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr, FB: tl.constexpr):
+def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_ptr, n_ptr, lb_ptr, a_ptr, V, NG, CAP,
+                       CAPR, SORT, HBLOCK: tl.constexpr, DBLOCK: tl.constexpr, PW: tl.constexpr, FB: tl.constexpr):
     row = tl.program_id(0)
     row_ptr = z_ptr + row * V
     g_row = _ws_row(g_ptr, row, NG)
@@ -378,8 +378,9 @@ def test_threshold_search_exact(quantize, cap, sort):
     -inf, all groups, for the others): the
     candidates with key >= T are exactly the reference's kept set, whether the values ``z >= L`` are
     compacted into a buffer of ``cap`` (the bisection, _buffer_thresholds), or, for a row with more, the
-    values above the raised bound (_compact_bounded; rows 4 and 9: low top-k bounds), or the radix
-    selects read the row's candidate groups above that bound; from the buffer, ``T`` is exact: no token
+    values of the bin that holds the threshold (top-k alone, row 4) or of the bins from it up (top-k and top-p,
+    row 9), those above them counted (_compact_bounded; rows 4 and 9: low top-k bounds), or the radix
+    selects read the row's candidate groups above the raised bound; from the buffer, ``T`` is exact: no token
     outside it has ``key >= T``. ``sort``: buffers of at most 64 values take the sort (_sorted_thresholds)
     instead of the bisection."""
     torch.manual_seed(7)
@@ -934,8 +935,56 @@ def test_overflowing_candidates_take_the_threshold_bin(monkeypatch, dtype):
         assert float(m_above[r]) == pytest.approx(float(torch.exp(hi - zmax[r]).sum()), rel=1e-5, abs=1e-30)
     # the window holds the threshold: the mass above it is short of top-p's, the window's own completes it
     assert bool((m_above < p * total)[fits].all())
+    for r in fits.nonzero().flatten().tolist():
+        if over[r]:
+            w = float(torch.exp(buf[r, :n[r]] - zmax[r]).sum())
+            assert float(m_above[r]) + w >= float(p[r] * total[r]) * (1 - 1e-5), r
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 512 in the sampler too
     _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
+
+
+@pytest.mark.parametrize("sort", [True, False], ids=["sorted", "bisected"])
+def test_window_top_p_at_a_bin_edge(sort):
+    """Top-p alone on a row whose 300 candidates overflow a buffer of 64: the window is the bin that holds the
+    threshold, and ``top_p`` steps across a bin edge in steps of 1e-7 of itself, so that the mass above the
+    window, summed in another order than the buffer's, falls within rounding of the target. The kept set is the
+    reference's but for one token at the edge (a near-tie); when no buffered value reaches the target, every one
+    of them is kept (the smallest key), never the whole row (the sort kept 512 tokens where the reference kept
+    201 before that rule)."""
+    torch.manual_seed(1)
+    V, G = 6007, philox.GROUP_SIZE
+    ng = philox.num_groups(V)
+    x = torch.full((V,), -20.0)
+    x[:300] = 3.0 * torch.rand(300)
+    Lz = torch.tensor(-5.0)
+    zmax = x.max()
+    zz = x[x >= Lz]
+    d = torch.clamp((zz - Lz) * (torch.tensor(16.0) / (zmax - Lz)), 0, 15).to(torch.int64)
+    ge = torch.zeros(16).index_add_(0, d, torch.exp(zz - zmax)).flip(0).cumsum(0).flip(0)
+    total = torch.exp(x - zmax).sum()
+    edges = [float(ge[b] / total) for b in range(16) if 0.5 < float(ge[b] / total) < 0.99]
+    assert len(edges) >= 2
+    R = 12
+    ps = torch.tensor([pe * (1 + (i - R // 2) * 1e-7) for pe in edges for i in range(R)], dtype=torch.float32)
+    B = ps.numel()
+    z = x.repeat(B, 1)
+    gmax = torch.nn.functional.pad(z, (0, ng * G - V), value=float("-inf")).view(B, ng, G).amax(2)
+    out = torch.empty(B, dtype=torch.int64, device=DEV)
+    nbuf = torch.empty(B, dtype=torch.int32, device=DEV)
+    Lb = torch.empty(B, device=DEV)
+    above_n = torch.empty(B, dtype=torch.int32, device=DEV)
+    buf = torch.full((B, 2 * 128), float("nan"), device=DEV)
+    _thresholds_kernel[(B,)](z.to(DEV), torch.zeros(B, dtype=torch.int32, device=DEV), ps.to(DEV),
+                             _workspace(gmax).to(DEV), torch.full((B,), -5.0, device=DEV),
+                             total.expand(B).contiguous().to(DEV), buf, out, nbuf, Lb, above_n, V, ng, 64, 128,
+                             int(sort), HBLOCK=128, DBLOCK=512, PW=64, FB=64)
+    nbuf, Lb, out = nbuf.cpu(), Lb.cpu(), out.cpu()
+    assert bool((nbuf <= 64).all()) and bool((Lb > Lz).all())       # every row's window fits the buffer
+    assert not sort or bool((nbuf <= 64).all())                      # (a buffer of 64: the sort when SORT)
+    cand = (gmax >= Lb.view(-1, 1)).repeat_interleave(G, dim=1)[:, :V]
+    kept = (order_keys(z) >= out.view(-1, 1)) & cand
+    want = filter_mask(z, torch.zeros(B, dtype=torch.int32), ps, torch.zeros(B))
+    assert bool(((kept != want).sum(1) <= 1).all()), (kept.sum(1), want.sum(1))
 
 
 def test_threshold_bin_that_overflows(monkeypatch):
@@ -943,8 +992,9 @@ def test_threshold_bin_that_overflows(monkeypatch):
     the top bin's edge, and top-k 60 reaches into them past the top bin's 40, so the second compaction overflows
     a buffer of 512, and the radix selects read the groups above the bound; the same row with 300 of those values
     and 400 far below them, whose threshold's bin fits (top-k takes its 20th largest value, the 40 above counted);
-    and rows whose threshold lies in the top bin (of 100 values: top-k 60 alone, and with top-p 0.9 the bins from the threshold's up), which fit. The
-    sampler's tokens equal the reference's (fp32, and bf16, where the rounding moves the 700 elsewhere)."""
+    and rows whose threshold lies in the top bin (of 100 values: top-k 60 alone, and with top-p 0.9 the bins from
+    the threshold's up), which fit. The sampler's tokens equal the reference's (fp32, and bf16, where the rounding
+    moves the 700 elsewhere)."""
     G, V, CAP = philox.GROUP_SIZE, 16384, 512
     NGR = V // G
     x = torch.full((4, V), -20.0)
@@ -1081,7 +1131,7 @@ def test_top_p_alone_on_the_sort_keeps_the_row_share():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_candidate_buffer_and_overflow(monkeypatch, dtype):
     """The selects read the candidates compacted into a per-row buffer; a row with more candidates
-    than it holds raises its bound from their values, and compacts those above it again where they fit,
+    than it holds bins their values, and compacts those of the threshold's bin again where they fit,
     or reads its candidate groups. Every path gives the reference's tokens, and the same
     tokens whatever the capacity (here 4096: every filtered row buffered; 24, which the wrapper rounds
     up to one tile of the reads, 512 values: some rows buffered (the peaked rows with a small k), the

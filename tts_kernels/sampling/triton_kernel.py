@@ -430,11 +430,14 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
         ge_cnt = tl.sum(tl.where(ge, cnt[None, :], 0), 1)
         ge_mass = tl.sum(tl.where(ge, mass[None, :], 0.0), 1)
         reach = tl.where(k_on, ge_cnt >= top_k, ge_mass >= top_p * total)
-        b = tl.max(tl.where(reach, bins, 0), 0)
+        # the highest bin that reaches (it holds a value: the bin above it falls short); never below the lowest
+        # non-empty one (when none reaches, by the rounding of the sums: every candidate is kept)
+        b = tl.maximum(tl.max(tl.where(reach, bins, -1), 0), tl.min(tl.where(cnt > 0, bins, 16), 0))
         bhi = tl.where(k_on & p_on, 15, b)
         fit = tl.sum(tl.where((bins >= b) & (bins <= bhi), cnt, 0), 0) <= CAP
-        above_cnt = tl.sum(tl.where(bins > bhi, cnt, 0), 0)
-        above_mass = tl.sum(tl.where(bins > bhi, mass, 0.0), 0)
+        # what lies above the bins: the very sums ``reach`` compared (0 above the top bin)
+        above_cnt = tl.sum(tl.where(bins == bhi + 1, ge_cnt, 0), 0)
+        above_mass = tl.sum(tl.where(bins == bhi + 1, ge_mass, 0.0), 0)
         L2 = tl.where(b > 0, Lz + (b.to(tl.float32) - 0.0625) * (zmax - Lz) * 0.0625, Lz)
     return L2, fit, scale, b, bhi, above_cnt, above_mass
 
@@ -499,8 +502,9 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, abo
     order; top-k's threshold is the k-th largest key (ties kept), top-p's the largest key whose mass
     from the top reaches ``top_p`` x the mass of the top-k set (without top-k: ``total``, the whole
     row's mass; the candidates hold more than ``top_p`` of it, ``_candidate_bound``), less ``above_mass`` (the mass
-    of the values above a buffered window, :func:`_overflow_bound`: all kept; 0 otherwise). Exact keys of
-    candidates: every token the draw keeps is one of them."""
+    of the values above a buffered window, :func:`_overflow_bound`: all kept; 0 otherwise); when none reaches it
+    (the rounding of the sums), every buffered value is kept: the smallest key, as :func:`_buffer_bisect` does.
+    Exact keys of candidates: every token the draw keeps is one of them."""
     i = tl.arange(0, PW)
     valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
     z = _sort_desc(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), PW)
@@ -512,7 +516,9 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, total, top_k, k_on, top_p, p_on, abo
         t_key = tl.max(tl.where(i == top_k - 1, key, 0), 0)
         mass_k = tl.max(tl.where(valid & (key >= t_key), cum, 0.0), 0)   # the mass of the top-k set, ties in
     if p_on:
-        t_key = tl.maximum(t_key, tl.max(tl.where(valid & (cum >= top_p * mass_k - above_mass), key, 0), 0))
+        t_p = tl.max(tl.where(valid & (cum >= top_p * mass_k - above_mass), key, 0), 0)
+        t_p = tl.where(t_p == 0, tl.min(tl.where(valid, key, 0xFFFFFFFF), 0), t_p)
+        t_key = tl.maximum(t_key, t_p)
     return t_key
 
 
@@ -616,7 +622,7 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_
     with ``z >= Lz`` (with ``BINS``, only those whose bin of :func:`_overflow_bound`'s histogram, ``_z_bin(z, Lz,
     scale)``, lies in ``[blo, bhi]``) to ``buf_ptr`` in row order, at most ``CAP`` of them. Returns how many it
     wrote and where it stopped: ``V``, or the first token of the first tile of ``DBLOCK / GROUP`` listed groups whose
-    values would overflow the buffer (none of them written: :func:`_compact_bounded` goes on from there). The
+    values would overflow the buffer (none of them written: :func:`_compact_overflow` goes on from there). The
     thresholds then come from these few values, not the row (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
     GT: tl.constexpr = DBLOCK // GROUP
     tok = tl.arange(0, GROUP)[None, :]
@@ -652,8 +658,9 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, zmax, total, top_k, k_on
     (``Lb``), and the count and mass of the values above them, which the selects keep whole, come out. Returns
     the buffered count (``CAP + 1``: they still overflow, the selects read the candidate groups above ``Lb``), the
     bound ``Lb`` (raised or not) at or above which every kept value lies, and the count and the mass (relative to
-    ``exp(zmax)``) of the candidates above the buffered ones (0 unless a window was buffered). Row reads: the
-    candidate groups once; with an overflow, the groups above the raised bound once more where it fits."""
+    ``exp(zmax)``) of the candidates above the threshold's bins (0 unless they overflowed; then whether those bins
+    fit or not). Row reads: the candidate groups once; with an overflow, the groups that reach the threshold's bin
+    once more where it fits."""
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
     nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, V, end0, mask_end, Tz, CAP, zero, 0,
@@ -1095,7 +1102,8 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
                        PW: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a group whose raw
     maximum reaches it; it leaves min-p out, the selects count every token of the top-k set), the compaction of the
-    candidates (the bound raised when they overflow the buffer, :func:`_compact_bounded`), then the sort, the
+    candidates (when they overflow the buffer, of the threshold's bins, the values above them counted:
+    :func:`_compact_bounded`), then the sort, the
     bisection over the buffer or, when the candidates still overflow it, the radix selects over the row's candidate
     groups. Returns (Ls, the filters' threshold on the raw logits (``_raw_threshold`` of the smallest key they
     keep), whether the chosen group ``g1`` is a candidate: the draw keeps nothing outside the candidates, because a
