@@ -297,8 +297,8 @@ import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
-    _from_key, _group_list, _list_groups, _order_key, _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds,
-    _ws_row)
+    _from_key, _group_list, _list_groups, _order_key, _radix_select, _raw_below, _raw_threshold, _sort_desc,
+    _sorted_thresholds, _ws_row)
 
 
 def _workspace(maxima, draw_sums=None):
@@ -326,7 +326,7 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
         zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
                                                other=float("-inf"))))
     mass_row = tl.load(m_ptr + row)            # the row's mass, relative to exp(zmax), as the finish's scan gives it
-    nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, g_row, NG, buf_row, L, zmax, mass_row, k, k_on, p,
+    nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, g_row, NG, buf_row, L, L, zmax, mass_row, k, k_on, p,
                                                        p < 1.0, V, -1, k != k, 1.0, CAP, DBLOCK, HBLOCK, FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
@@ -336,10 +336,11 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
     mass_k = mass_row
     if (SORT != 0) & use_buf & (nbuf <= PW):   # the sort, as _select_thresholds picks it
         if k_on | (p < 1.0):
-            t_key = _sorted_thresholds(buf_row, nbuf, zmax, mass_k, k - above_cnt, k_on, p, p < 1.0, above_mass, PW)
+            t_key = _sorted_thresholds(buf_row, nbuf, zmax, 1.0, mass_k, k - above_cnt, k_on, p, p < 1.0, above_mass,
+                                       PW)
     elif use_buf:                              # the bisection over the buffer (every size without SORT)
         if k_on | (p < 1.0):
-            t_key = _buffer_thresholds(buf_row, _buffer_masses(buf_row, CAPR), nbuf, zmax, mass_k, k - above_cnt,
+            t_key = _buffer_thresholds(buf_row, _buffer_masses(buf_row, CAPR), nbuf, zmax, 1.0, mass_k, k - above_cnt,
                                        k_on, p, p < 1.0, above_mass, HBLOCK)
     else:                                      # overflow: the radix selects over the candidate groups
         if k_on:
@@ -874,8 +875,9 @@ def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr
     T = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
+    L = tl.load(l_ptr + row)                   # a raw bound, as _select_thresholds passes it (Lz = L / T)
     nbuf, Lb, above_cnt, above_mass = _compact_bounded(
-        x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP, tl.load(l_ptr + row) / T,
+        x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP, L / T, _raw_below(L, L / T, T),
         tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, V, -1, k != k, T, CAP, DBLOCK, HBLOCK,
         FB)
     tl.store(n_ptr + row, nbuf)
@@ -1032,12 +1034,60 @@ def test_threshold_bin_that_overflows(monkeypatch):
 
 
 @triton.jit
+def _divide_kernel(x_ptr, t_ptr, o_ptr, V, N: tl.constexpr):
+    """``x / T`` per row with the device's own division (a GPU's is within 2 ulp of IEEE's: the kernels' z)."""
+    row = tl.program_id(0)
+    i = tl.arange(0, N)
+    x = tl.load(x_ptr + row * V + i, mask=i < V)
+    tl.store(o_ptr + row * V + i, x / tl.load(t_ptr + row), mask=i < V)
+
+
+def test_compaction_bound_under_a_temperature():
+    """The compaction tests the raw logits against ``_raw_threshold(Lz, T)`` instead of dividing each one by T, and
+    buffers the raw logits (the readers divide: ``_buffer_z``): with temperatures that round ``x / T`` (1/3, 0.7,
+    1.3, 2.9), bounds that are some token's own ``x / T`` and the floats just above and below it, with that token's
+    17 neighbouring floats in the row (``x / T`` maps several of them to one value when T > 1), ties and signed
+    zeros, the buffer holds exactly the logits whose ``x / T``, divided on the device as the kernel divides, reaches
+    ``Lz``, in row order (a bound ``xL = Lz x T`` misses one of them)."""
+    gen = torch.Generator().manual_seed(11)
+    B, V, G = 8, 1000, philox.GROUP_SIZE
+    x = torch.randn(B, V, generator=gen) * 3
+    x[:, ::7] = torch.round(x[:, ::7])                                # ties
+    x[:, 5] = -0.0
+    x[:, 6] = 0.0
+    T = torch.tensor([1 / 3, 0.7, 1.3, 2.9, 1 / 3, 0.7, 1.3, 2.9])
+    j = torch.randint(20, V, (B,), generator=gen)
+    x[:, 100:117] = key_floats(order_keys(x[torch.arange(B), j])[:, None] + torch.arange(-8, 9)[None, :])
+    L = x[torch.arange(B), j].clone()
+    L[1], L[5] = 0.0, -0.0                                            # a bound at zero
+    keys = order_keys(L)
+    L[2:4] = key_floats(keys[2:4] + 1)                                # just above a token's logit
+    L[6:8] = key_floats(keys[6:8] - 1)                                # just below one
+    ng = philox.num_groups(V)
+    xg = torch.nn.functional.pad(x, (0, ng * G - V), value=float("-inf")).view(B, ng, G)
+    m = xg.amax(2)
+    sz = torch.exp((xg - m[..., None]) / T[:, None, None]).sum(2)
+    k = torch.zeros(B, dtype=torch.int32)
+    p = torch.full((B,), 0.5)
+    n, Lb, n_above, _m_above, buf = _bounded(x, _workspace(m, sz), L, T, k, p, sz.sum(1), 1024)
+    z = torch.empty(B, V, device=DEV)
+    _divide_kernel[(B,)](x.to(DEV), T.to(DEV), z, V, N=1024)
+    Lz = torch.empty(B, 1, device=DEV)
+    _divide_kernel[(B,)](L.to(DEV), T.to(DEV), Lz, 1, N=16)
+    want = (z >= Lz).cpu()
+    assert torch.equal(n, want.sum(1)) and int(n_above.abs().sum()) == 0 and torch.equal(Lb, Lz.cpu()[:, 0])
+    assert int(want.sum()) < B * V and int(want[:, 100:117].sum()) > 0
+    for r in range(B):
+        assert torch.equal(buf[r, :n[r]], x[r][want[r]]), r
+
+
+@triton.jit
 def _bisect_kernel(b_ptr, n_ptr, k_ptr, p_ptr, zmax_ptr, tot_ptr, out_ptr, CAP, HBLOCK: tl.constexpr):
     row = tl.program_id(0)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
     b_row = _buffer_row(b_ptr, row, CAP)       # CAP values, then their masses
-    t = _buffer_thresholds(b_row, _buffer_masses(b_row, CAP), tl.load(n_ptr + row), tl.load(zmax_ptr + row),
+    t = _buffer_thresholds(b_row, _buffer_masses(b_row, CAP), tl.load(n_ptr + row), tl.load(zmax_ptr + row), 1.0,
                            tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, 0.0, HBLOCK)
     tl.store(out_ptr + row, t.to(tl.int64))
 
@@ -1076,10 +1126,14 @@ def test_buffer_bisection():
     R = len(rows)
     buf = torch.full((R, 2 * CAP), float("nan"))
     n = torch.tensor([len(r[0]) for r in rows], dtype=torch.int32)
+    # the buffer holds raw logits (here z, T = 1), whose -0 (row 3's rounding) the reads take as +0 (_buffer_z)
+    raw = [r[0] for r in rows]
+    assert any(bool((torch.signbit(z) & (z == 0)).any()) for z in raw)
+    rows = [(torch.where(z == 0, 0.0, z), kk, pp, f) for z, kk, pp, f in rows]
     zmax = torch.tensor([float(r[0].max()) + 0.25 for r in rows])     # the row's maximum: at least the buffer's
     total = torch.empty(R)
     for i, (z, _k, _p, f) in enumerate(rows):
-        buf[i, :len(z)] = z
+        buf[i, :len(z)] = raw[i]
         total[i] = float(torch.exp(z.double() - zmax[i]).sum()) * f
     k = torch.tensor([r[1] for r in rows], dtype=torch.int32)
     p = torch.tensor([r[2] for r in rows])
