@@ -886,15 +886,16 @@ def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr
     tl.store(a_ptr + tl.num_programs(0) + row, above_mass.to(tl.int32, bitcast=True))
 
 
-def _bounded(z, ws, Lz, T, k, p, total, CAP):
-    """``_compact_bounded`` on rows ``z`` (raw logits x with ``Lz`` = the bound / T when T != 1): the buffered count,
-    the bound, the count and the mass above a buffered window, and the buffers."""
+def _bounded(z, ws, L, T, k, p, total, CAP):
+    """``_compact_bounded`` on rows ``z`` of raw logits with the raw bound ``L`` (``Lz = L / T`` and ``xL =
+    _raw_below(L, Lz, T)``, as ``_select_thresholds`` passes them): the buffered count, the bound, the count and the
+    mass above a buffered window, and the buffers."""
     B, V = z.shape
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     Lb = torch.empty(B, device=DEV)
     a = torch.empty(2 * B, dtype=torch.int32, device=DEV)
     buf = torch.full((B, CAP), float("nan"), device=DEV)
-    _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, Lz.to(DEV), T.to(DEV), k.to(DEV), p.to(DEV),
+    _bounded_kernel[(B,)](z.to(DEV), ws.to(DEV), buf, L.to(DEV), T.to(DEV), k.to(DEV), p.to(DEV),
                           z.max(1).values.to(DEV), total.to(DEV), n, Lb, a, V, ws.shape[2], CAP, HBLOCK=512,
                           DBLOCK=2048)
     a = a.cpu()
@@ -1043,7 +1044,7 @@ def _divide_kernel(x_ptr, t_ptr, o_ptr, V, N: tl.constexpr):
 
 
 def test_compaction_bound_under_a_temperature():
-    """The compaction tests the raw logits against ``_raw_threshold(Lz, T)`` instead of dividing each one by T, and
+    """The compaction tests the raw logits against ``_raw_below(L, L / T, T)`` instead of dividing each one by T, and
     buffers the raw logits (the readers divide: ``_buffer_z``): with temperatures that round ``x / T`` (1/3, 0.7,
     1.3, 2.9), bounds that are some token's own ``x / T`` and the floats just above and below it, with that token's
     17 neighbouring floats in the row (``x / T`` maps several of them to one value when T > 1), ties and signed
@@ -1063,6 +1064,7 @@ def test_compaction_bound_under_a_temperature():
     keys = order_keys(L)
     L[2:4] = key_floats(keys[2:4] + 1)                                # just above a token's logit
     L[6:8] = key_floats(keys[6:8] - 1)                                # just below one
+    L[4], x[4, 7] = -3.3e38, float("-inf")    # finite, but L / T overflows to -inf: every logit reaches it, -inf too
     ng = philox.num_groups(V)
     xg = torch.nn.functional.pad(x, (0, ng * G - V), value=float("-inf")).view(B, ng, G)
     m = xg.amax(2)
@@ -1076,7 +1078,8 @@ def test_compaction_bound_under_a_temperature():
     _divide_kernel[(B,)](L.to(DEV), T.to(DEV), Lz, 1, N=16)
     want = (z >= Lz).cpu()
     assert torch.equal(n, want.sum(1)) and int(n_above.abs().sum()) == 0 and torch.equal(Lb, Lz.cpu()[:, 0])
-    assert int(want.sum()) < B * V and int(want[:, 100:117].sum()) > 0
+    assert int(want.sum()) < B * V and int(want[:, 100:117].sum()) > 0 and bool(want[4].all())
+    assert any(bool((x[r][want[r]] < L[r]).any()) for r in range(B) if r != 4)   # a step below the bound
     for r in range(B):
         assert torch.equal(buf[r, :n[r]], x[r][want[r]]), r
 

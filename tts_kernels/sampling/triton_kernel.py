@@ -29,7 +29,7 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maxima's order keys, one block reduction per bit; ``tl.sort`` of the 1024 group maxima took 3.3 times the
   SASS instructions and was most of a compile's time in Triton's ``TritonGPUCoalesce`` pass); one
   read of the groups that reach it compacts the raw logits of the tokens with ``z >= L / T`` (tested as ``x >=
-  _raw_threshold(L / T)``: no division per token; its readers divide, ``_buffer_z``) into a per-row buffer
+  _raw_below(L, L / T)``: no division per token; its readers divide, ``_buffer_z``) into a per-row buffer
   (``_compact_candidates``, at most ``_CANDIDATES``; it walks a list of those groups, ``_list_groups``, a tile of
   listed groups at a time, as the draw's pass below does: no tile runs for one candidate group among others); the
   thresholds (top-k: the k-th largest key, ties kept; top-p: by mass against ``top_p * mass(top-k set)``) come from
@@ -631,7 +631,7 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, m
     :func:`_overflow_bound`'s histogram, ``_z_bin(z, Lz, scale)``, lies in ``[blo, bhi]``) to ``buf_ptr`` in row
     order, at most ``CAP`` of them; the readers scale them (:func:`_buffer_z`). The test is ``x >= xL``, ``xL`` the
     smallest float with ``x / T >= Lz`` (:func:`_raw_below`): the same set without a division per token (static
-    check: 35.3 -> 31.0 SASS thread-instructions per token, bf16, sm_90, Triton 3.9). Returns how many it
+    check: 35.3 -> 31.0 SASS thread-instructions per bf16 token at V=32000, sm_90, Triton 3.9). Returns how many it
     wrote and where it stopped: ``V``, or the first token of the first tile of ``DBLOCK / GROUP`` listed groups whose
     values would overflow the buffer (none of them written: :func:`_compact_overflow` goes on from there). The
     thresholds then come from these few values, not the row (``_sorted_thresholds``, or ``_buffer_thresholds``)."""
@@ -915,12 +915,14 @@ def _raw_threshold(zt, Tz):
 def _raw_below(x0, zt, Tz):
     """:func:`_raw_threshold` from above: the smallest float32 ``x <= x0`` with ``x / T >= zt``, given ``x0 / T >=
     zt`` (a raw bound and its ``zt = x0 / T``): the floats that divide to one float32 value are at most 3 in the
-    normal range, so four steps of an ulp down find it, half the steps and divisions of the search both ways."""
+    normal range, so four steps of an ulp down find it, half the steps and divisions of the search both ways; -inf
+    for ``zt = -inf`` (a finite bound whose ``x0 / T`` overflows: every x reaches it). Not exact where ``zt`` is 0 or
+    subnormal and T above 4: more floats divide to one value there (logits within ``T x 2**-126`` of zero)."""
     x = x0
     for _i in tl.static_range(4):
         below = _from_key(_order_key(x) - 1)
         x = tl.where(below / Tz >= zt, below, x)
-    return x
+    return tl.where(zt == float("-inf"), float("-inf"), x)
 
 
 @triton.jit
