@@ -663,13 +663,12 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, m
 def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, xL, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end,
                      Tz, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
     """The candidates ``z >= Lz`` (``x >= xL``) compacted into the buffer (:func:`_compact_candidates`); when they
-    overflow it,
-    a histogram of their values (:func:`_overflow_bound`: the rest of the candidate groups read from the tile where
-    it stopped) tells the bin that holds the threshold, and where that bin's values (with top-k and top-p: the
-    bins from it up) fit the buffer, they are compacted again, from the groups that reach the bin
-    (``Lb``), and the count and mass of the values above them, which the selects keep whole, come out. Returns
-    the buffered count (``CAP + 1``: they still overflow, the selects read the candidate groups above ``Lb``), the
-    bound ``Lb`` (raised or not) at or above which every kept value lies, and the count and the mass (relative to
+    overflow it, a histogram of their values (:func:`_overflow_bound`: the rest of the candidate groups read from
+    the tile where it stopped) tells the bin that holds the threshold, and where that bin's values (with top-k and
+    top-p: the bins from it up) fit the buffer, they are compacted again, from the groups that reach the bin
+    (``Lb``), and the count and mass of the values above them, which the selects keep whole, come out. Returns the
+    buffered count (``CAP + 1``: they still overflow, the selects read the candidate groups above ``Lb``), the bound
+    ``Lb`` (raised or not) at or above which every kept value lies, and the count and the mass (relative to
     ``exp(zmax)``) of the candidates above the threshold's bins (0 unless they overflowed; then whether those bins
     fit or not). Row reads: the candidate groups once; with an overflow, the groups that reach the threshold's bin
     once more where it fits."""
