@@ -97,9 +97,8 @@ def _paths_kernel(x_ptr, ws_ptr, t_ptr, k_ptr, p_ptr, tot_ptr, buf_ptr, out_ptr,
     above = n * 0
     if (L > float("-inf")) | (V <= CAP):
         n, Lb, above, _mass = tk._compact_bounded(x_ptr + row.to(tl.int64) * V, ws_row, NGR,
-                                                  buf_ptr + row.to(tl.int64) * CAP, L / T, tk._raw_below(L, L / T, T),
-                                                  X / T, total, k, k > 0, p, p < 1.0, V, -1, k != k, T, CAP, DBLOCK,
-                                                  HBLOCK, FB)
+                                                  buf_ptr + row.to(tl.int64) * CAP, L, X / T, total, k, k > 0, p,
+                                                  p < 1.0, V, -1, k != k, T, CAP, DBLOCK, HBLOCK, FB)
     tl.store(out_ptr + row, n)
     tl.store(out_ptr + NROWS + row, above)
     tl.store(bound_ptr + row, L)

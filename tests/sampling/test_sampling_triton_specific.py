@@ -297,8 +297,8 @@ import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
-    _from_key, _group_list, _list_groups, _order_key, _radix_select, _raw_below, _raw_threshold, _sort_desc,
-    _sorted_thresholds, _ws_row)
+    _from_key, _group_list, _list_groups, _order_key, _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds,
+    _ws_row)
 
 
 def _workspace(maxima, draw_sums=None):
@@ -326,7 +326,7 @@ def _thresholds_kernel(z_ptr, k_ptr, p_ptr, g_ptr, l_ptr, m_ptr, buf_ptr, out_pt
         zmax = tl.maximum(zmax, tl.max(tl.load(row_ptr + start + offs, mask=start + offs < V,
                                                other=float("-inf"))))
     mass_row = tl.load(m_ptr + row)            # the row's mass, relative to exp(zmax), as the finish's scan gives it
-    nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, g_row, NG, buf_row, L, L, zmax, mass_row, k, k_on, p,
+    nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, g_row, NG, buf_row, L, zmax, mass_row, k, k_on, p,
                                                        p < 1.0, V, -1, k != k, 1.0, CAP, DBLOCK, HBLOCK, FB)
     tl.store(n_ptr + row, nbuf)
     tl.store(lb_ptr + row, Lb)
@@ -875,9 +875,8 @@ def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr
     T = tl.load(t_ptr + row)
     k = tl.load(k_ptr + row)
     p = tl.load(p_ptr + row)
-    L = tl.load(l_ptr + row)                   # a raw bound, as _select_thresholds passes it (Lz = L / T)
     nbuf, Lb, above_cnt, above_mass = _compact_bounded(
-        x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP, L / T, _raw_below(L, L / T, T),
+        x_ptr + row * V, _ws_row(ws_ptr, row, NGR), NGR, buf_ptr + row * CAP, tl.load(l_ptr + row),
         tl.load(zmax_ptr + row), tl.load(tot_ptr + row), k, k > 0, p, p < 1.0, V, -1, k != k, T, CAP, DBLOCK, HBLOCK,
         FB)
     tl.store(n_ptr + row, nbuf)
@@ -887,9 +886,9 @@ def _bounded_kernel(x_ptr, ws_ptr, buf_ptr, l_ptr, t_ptr, k_ptr, p_ptr, zmax_ptr
 
 
 def _bounded(z, ws, L, T, k, p, total, CAP):
-    """``_compact_bounded`` on rows ``z`` of raw logits with the raw bound ``L`` (``Lz = L / T`` and ``xL =
-    _raw_below(L, Lz, T)``, as ``_select_thresholds`` passes them): the buffered count, the bound, the count and the
-    mass above a buffered window, and the buffers."""
+    """``_compact_bounded`` on rows ``z`` of raw logits with the raw bound ``L`` (it derives ``Lz = L / T`` and
+    ``xL = _raw_below(L, Lz, T)``): the buffered count, the bound, the count and the mass above a buffered window,
+    and the buffers."""
     B, V = z.shape
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     Lb = torch.empty(B, device=DEV)

@@ -178,11 +178,18 @@ def _plus_zero(z):
 
 
 @triton.jit
+def _to_z(x, Tz):
+    """``z = x / T`` of raw logits, -0 -> +0: the one division by the temperature that the compaction's raw bound
+    (:func:`_raw_below`) and every reader of the buffered logits (:func:`_buffer_z`) must share."""
+    return _plus_zero(x / Tz)
+
+
+@triton.jit
 def _masked(row_ptr, offs, inb, end0, mask_end, Tz):
     """(x, z): the end-masked logits in float32 and ``z = x / T`` (-0 -> +0); out-of-row entries -inf."""
     x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
     x = tl.where(mask_end & (offs == end0), float("-inf"), x)
-    return x, _plus_zero(x / Tz)
+    return x, _to_z(x, Tz)
 
 
 @triton.jit
@@ -230,7 +237,7 @@ def _z_bin(z, Lz, scale):
 def _buffer_z(buf_ptr, offs, inb, Tz):
     """The ``z = x / T`` (-0 -> +0) of buffered logits (:func:`_compact_candidates` buffers the raw ``x``, end token
     masked): exactly the value the compaction tested; -inf where not ``inb``."""
-    return _plus_zero(tl.load(buf_ptr + offs, mask=inb, other=float("-inf")) / Tz)
+    return _to_z(tl.load(buf_ptr + offs, mask=inb, other=float("-inf")), Tz)
 
 
 @triton.jit
@@ -515,7 +522,7 @@ def _sorted_thresholds(buf_ptr, nbuf, zmax, Tz, total, top_k, k_on, top_p, p_on,
     i = tl.arange(0, PW)
     valid = i < nbuf                        # after the sort too: the padding (-inf) goes last
     # the logits sorted, then scaled: x -> z = x / T keeps their order (:func:`_buffer_z`)
-    z = _plus_zero(_sort_desc(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), PW) / Tz)
+    z = _to_z(_sort_desc(tl.load(buf_ptr + i, mask=valid, other=float("-inf")), PW), Tz)
     key = _order_key(z)
     cum = tl.cumsum(tl.where(valid, tl.exp(z - zmax), 0.0), 0)
     t_key = tl.full([], 0, tl.uint32)      # keep all
@@ -660,9 +667,10 @@ def _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, m
 
 
 @triton.jit
-def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, xL, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end,
-                     Tz, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
-    """The candidates ``z >= Lz`` (``x >= xL``) compacted into the buffer (:func:`_compact_candidates`); when they
+def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, L, zmax, total, top_k, k_on, top_p, p_on, V, end0, mask_end, Tz,
+                     CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr):
+    """The candidates ``z >= Lz = L / T`` of the raw bound ``L`` (``x >= xL``, :func:`_raw_below`) compacted into
+    the buffer (:func:`_compact_candidates`); when they
     overflow it, a histogram of their values (:func:`_overflow_bound`: the rest of the candidate groups read from
     the tile where it stopped) tells the bin that holds the threshold, and where that bin's values (with top-k and
     top-p: the bins from it up) fit the buffer, they are compacted again, from the groups that reach the bin
@@ -672,6 +680,8 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Lz, xL, zmax, total, top_k, 
     ``exp(zmax)``) of the candidates above the threshold's bins (0 unless they overflowed; then whether those bins
     fit or not). Row reads: the candidate groups once; with an overflow, the groups that reach the threshold's bin
     once more where it fits."""
+    Lz = L / Tz
+    xL = _raw_below(L, Lz, Tz)
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
     nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, mask_end, Tz, CAP, zero,
@@ -904,6 +914,13 @@ def _raw_threshold(zt, Tz):
     x = zt * Tz
     for _i in tl.static_range(4):
         x = tl.where(x / Tz < zt, _from_key(_order_key(x) + 1), x)
+    return _steps_down(x, zt, Tz)
+
+
+@triton.jit
+def _steps_down(x, zt, Tz):
+    """From an ``x`` with ``x / T >= zt``, up to four ulp steps down while the float below still divides to
+    ``>= zt``: the smallest such float when it lies within four steps (the normal range)."""
     for _i in tl.static_range(4):
         below = _from_key(_order_key(x) - 1)
         x = tl.where(below / Tz >= zt, below, x)
@@ -917,11 +934,7 @@ def _raw_below(x0, zt, Tz):
     normal range, so four steps of an ulp down find it, half the steps and divisions of the search both ways; -inf
     for ``zt = -inf`` (a finite bound whose ``x0 / T`` overflows: every x reaches it). Not exact where ``zt`` is 0 or
     subnormal and T above 4: more floats divide to one value there (logits within ``T x 2**-126`` of zero)."""
-    x = x0
-    for _i in tl.static_range(4):
-        below = _from_key(_order_key(x) - 1)
-        x = tl.where(below / Tz >= zt, below, x)
-    return tl.where(zt == float("-inf"), float("-inf"), x)
+    return tl.where(zt == float("-inf"), float("-inf"), _steps_down(x0, zt, Tz))
 
 
 @triton.jit
@@ -1144,9 +1157,9 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     above_cnt = nbuf
     above_mass = tl.full([], 0.0, tl.float32)
     if compact:
-        nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Ls / Tz,
-                                                           _raw_below(Ls, Ls / Tz, Tz), zmax, total, top_k, k_on,
-                                                           top_p, p_on, V, end0, mask_end, Tz, CAP, DBLOCK, HBLOCK, FB)
+        nbuf, Lb, above_cnt, above_mass = _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, Ls, zmax, total, top_k,
+                                                           k_on, top_p, p_on, V, end0, mask_end, Tz, CAP, DBLOCK,
+                                                           HBLOCK, FB)
         # a raised bound holds for the draw's candidates and the radix selects too: it lies 1/16 of a bin
         # below every value it keeps (_overflow_bound), far more than its rounding back to a raw logit
         Ls = tl.where(Lb > Ls / Tz, Lb * Tz, Ls)
