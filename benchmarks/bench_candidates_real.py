@@ -197,7 +197,8 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     R, V = x.shape
     G = philox.GROUP_SIZE
     NGR = philox.num_groups(V)
-    cap = tk._buffer_capacity(V, tk._HBLOCK)
+    tiles = tk._finish_tiles(V, 2, tk._ROW_WARPS)     # the per-row kernel's bf16 tiles
+    cap = tk._buffer_capacity(V, tiles["HBLOCK"])
     xg = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(R, NGR, G)
     M = xg.max(2).values
     out = {}
@@ -230,8 +231,8 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             Lb = torch.empty(2 * R, device=device)
             buf = torch.empty(R * cap, device=device)
             _paths_kernel[(R,)](x.to(device), ws, torch.full((R,), T, device=device), kk.to(device), pp.to(device),
-                                total.to(device), buf, n, L, Lb, V, NGR, cap, R, MAXIMA_ONLY=maxima_only, FB=1024,
-                                DBLOCK=4096, HBLOCK=tk._HBLOCK)
+                                total.to(device), buf, n, L, Lb, V, NGR, cap, R, MAXIMA_ONLY=maxima_only,
+                                FB=tiles["FB"], DBLOCK=tiles["DBLOCK"], HBLOCK=tiles["HBLOCK"])
             n, L, Lb = n.cpu().long(), L.cpu(), Lb.cpu()
             n, n_above = n[:R], n[R:]
             Lb, lifted = Lb[:R], Lb[R:] > 0
@@ -257,22 +258,22 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time
             # (before the list: every tile with a candidate group ran its whole work) against walking the list of the
             # candidate groups (whole tiles of listed groups), for the kernel's bf16 and fp32 tiles; and the row's tiles
-            tiles = {}
+            walked = {}
             for dt, size in (("bf16", 2), ("fp32", 4)):
-                gt = tk._tile_tokens(tk._DRAW_BYTES // size, V) // G
+                gt = tk._finish_tiles(V, size, tk._ROW_WARPS)["DBLOCK"] // G
                 nt = -(-NGR // gt)
                 padded = torch.zeros(R, nt * gt, dtype=torch.bool)
                 padded[:, :NGR] = cg
                 walk = padded.view(R, nt, gt).any(2).sum(1).float()
                 listed = (-(-cg.sum(1) // gt)).float()
-                tiles[dt] = [round(float(walk[n >= 0].mean()), 2), round(float(listed[n >= 0].mean()), 2), nt]
+                walked[dt] = [round(float(walk[n >= 0].mean()), 2), round(float(listed[n >= 0].mean()), 2), nt]
             row[label] = {"no_bound_rows": int((n < 0).sum()),
                           "sort_rows": int(((n >= 0) & (n <= tk._SORTED)).sum()),
                           "bisection_rows": int(((n > tk._SORTED) & (n <= cap)).sum()),
                           "overflow_rows": int(over.sum()), "overflow_rows_raised_to_fit": int(raised.sum()),
                           "of_them_kept_more_than_capacity": int((raised & (keep_kp.sum(1) > cap)).sum()),
                           "buffered_q50_q90_q99_max": _quantiles(n_all[n_all >= 0]) if bool((n_all >= 0).any()) else None,
-                          "compaction_tiles_row_walk_list_of": tiles if bool((n >= 0).any()) else None,
+                          "compaction_tiles_row_walk_list_of": walked if bool((n >= 0).any()) else None,
                           "candidate_groups_share_mean": round(float(share.mean()), 4),
                           "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
                                                                  torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}

@@ -160,7 +160,7 @@ def test_multi_tile_plain_layout(monkeypatch, dtype):
     from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS
     monkeypatch.setattr(_tk, "GROUP_ALIGNED_TILES", False)
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 1)
-    assert _tk._loads_per_thread(_PASS1_TOKENS, 2) == 1
+    assert _tk._loads_per_thread(_PASS1_TOKENS, 2, _tk._ROW_WARPS) == 1
     torch.manual_seed(13)
     B, V = 3, _PASS1_TOKENS + 2 * 256 + 10
     buf = torch.randn(B, V + 6, device=DEV) * 2
@@ -543,13 +543,13 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
     shrunk: the scores' pass over 18 groups in three blocks). Tokens equal the reference's."""
     from tts_kernels.sampling.reference import draw_scores
-    from tts_kernels.sampling.triton_kernel import _DRAW_BYTES
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     if scan:
         monkeypatch.setattr(_tk, "_SCAN", scan)
         monkeypatch.setattr(_tk, "_SCAN_POW2_GROUPS", scan // 2)
     gen = torch.Generator().manual_seed(31)
-    B, V, G = 16, 2 * (_DRAW_BYTES // dtype.itemsize) + 301, philox.GROUP_SIZE
+    dblock = max(_tk._finish_tiles(1 << 20, dtype.itemsize, w)["DBLOCK"] for w in (_tk._ROW_WARPS, _tk._SPLIT_WARPS))
+    B, V, G = 16, 2 * dblock + 301, philox.GROUP_SIZE
     end = 777
     x = torch.randn(B, V, generator=gen) * 0.5 - 4.0
     for r in range(B):

@@ -9,13 +9,13 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maximum of the raw logits (NaN-propagating: validity), ``sum(exp(x - max))`` (logsumexp) and
   ``sum(exp((x - max) / T))`` (the group's mass for the draw), written to a workspace of
   3 float32 words per group (12 B per 256 tokens). Per token: a load, a max, two ex2 and two
-  adds; no random numbers. A thread's loads of a tile all fall in one group (8 lanes per group
-  in the per-row kernel's tiles of 8192 tokens: 3 shuffle levels per reduction instead of 5);
+  adds; no random numbers. A thread's loads of a tile all fall in one group (4 lanes per group
+  in the per-row kernel's tiles of 8192 tokens over 4 warps: 2 shuffle levels per reduction instead of 5);
   bfloat16 rows are read as 32-bit pairs and widened by a shift or a mask when every word lies
   in the tensor's storage (``_bf16_pairs``: 4-byte aligned rows); the loop runs the whole tiles
   unmasked and the row's partial last tile after it.
-* **Grid.** ``B >= #SMs`` (or off CUDA): one program per row (``_sample_kernel``: pass 1, then
-  ``_finish`` reads the row's group stats back). Small B: ``_partial_kernel`` runs pass 1 over
+* **Grid.** ``B >= #SMs`` (or off CUDA): one program of 4 warps per row (``_sample_kernel``: pass 1, then
+  ``_finish`` reads the row's group stats back; ``_ROW_WARPS``). Small B: ``_partial_kernel`` runs pass 1 over
   ``B x S`` row slices (``_num_slices``: about 2 programs per SM, slices of whole tiles) and
   ``_merge_kernel`` (one program per row) runs ``_finish``. The group stats do not depend on the
   slicing, so both paths give the same tokens. The grid is a function of (B, V) only.
@@ -122,16 +122,19 @@ STAT_PLANES = tl.constexpr(3)
 #: float32 words per group in a row's workspace (``_ws_row``): the group stats, then the candidate groups' list
 #: (``_list_groups``: int32 group indices, written by the filters)
 WS_PLANES = tl.constexpr(STAT_PLANES + 1)
-#: tokens per pass-1 tile of a whole row (``_sample_kernel``): 32 per thread, so that each thread's
-#: 16-byte loads (4 of them for bf16/fp16, 8 for fp32) all fall in one group and a group's reductions
-#: cross 8 lanes (3 shuffle levels) instead of 32 (5). With the bf16 pairs and the unmasked loop, pass 1 went from
-#: 16.4 to 10.9 thread-instructions per bf16 token and from 24.75 to 9.9 per fp32 token (static check,
-#: Triton 3.9 and 3.8, sm_90); the tiles alone took bf16 to 12.8
+#: tokens per pass-1 tile of a whole row (``_sample_kernel``): 64 per thread of its 4 warps, so that each
+#: thread's 16-byte loads (8 of them for bf16/fp16, 16 for fp32) all fall in one group and a group's
+#: reductions cross 4 lanes (2 shuffle levels) instead of 32 (5); a program keeps 16 KB (bf16) or 32 KB (fp32)
+#: of loads in flight per tile, as with 8 warps of 32 tokens. With the bf16 pairs and the unmasked loop, pass 1
+#: went from 16.4 to 10.9 thread-instructions per bf16 token and from 24.75 to 9.9 per fp32 token at 8 warps
+#: (static check, Triton 3.9 and 3.8, sm_90; the tiles alone took bf16 to 12.8), and to 10.2 and 9.1 at 4
 _PASS1_TOKENS = 8192
-#: bytes of logits per tile of the filtered draw's pass over the candidate groups (``_filtered_groups``,
-#: ``DBLOCK``): 2048 fp32 or 4096 16-bit tokens (with the pass-1 tile of 8192 bf16 tokens, a budget
-#: variant with an odd row stride spilled 232 B in that loop on sm_80 at 128 registers, Triton 3.9)
-_DRAW_BYTES = 8192
+#: bytes of logits per thread in a tile of the passes over the candidate groups (the compaction,
+#: ``_compact_candidates``, and the filtered draw's, ``_filtered_groups``; ``DBLOCK``, :func:`_finish_tiles`):
+#: 8 fp32 or 16 16-bit tokens (with 8 warps and twice that, the pass-1 tile of 8192 bf16 tokens, a budget
+#: variant with an odd row stride spilled 232 B in that loop on sm_80 at 128 registers, Triton 3.9; with 4
+#: warps and twice that, the bf16 V=32000 ``_sample_kernel`` spilled 164 B in a loop on sm_90)
+_DRAW_BYTES_PER_THREAD = 32
 #: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
 #: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
 _SLICE_TOKENS = 2048
@@ -142,15 +145,30 @@ _CANDIDATES = 4096
 #: candidates whose thresholds come from one sort and a running sum (``_sorted_thresholds``) instead of
 #: a bisection over the buffer (``_buffer_thresholds``): the benchmarks' top-k of 50 buffers 50-77 values
 _SORTED = 256
-#: values per iteration of the selects' reads: the radix levels over an overflowing row's candidate groups
-#: (a ``[HBLOCK, 16]`` one-hot per tile; 1024 needs > 128 registers) and the bisection's reads of the buffer
-_HBLOCK = 512
-_SCAN = 1024         # group stats per step of the finish's scan
-#: rows of more groups than this scan them in blocks of ``_SCAN`` (one compiled variant for V = 65537 to
-#: 262144 instead of two: 8 fewer specializations to compile; the scan of a V=128256 row then takes 834
-#: SASS instructions instead of 556, bf16 sm_90, Triton 3.8); fewer, in the next power of 2
+#: values per thread and iteration of the selects' reads (``HBLOCK``: 512 values at 8 warps, 256 at 4): the
+#: radix levels over an overflowing row's candidate groups (a ``[HBLOCK, 16]`` one-hot per tile; 4 values per
+#: thread need > 128 registers) and the bisection's reads of the buffer
+_HBLOCK_PER_THREAD = 2
+#: group stats per step of the finish's scan over them (``FB``): at most this many, and at most
+#: :data:`_SCAN_PER_THREAD` per thread
+_SCAN = 1024
+#: 1024 at 8 warps, 512 at the per-row kernel's 4 (1024 there made three of its V >= 128256 variants reload a
+#: spilled value in the compaction's loop on sm_90 at 128 registers, Triton 3.9)
+_SCAN_PER_THREAD = 4
+#: rows of more groups than this scan them in blocks (``FB``, :func:`_finish_tiles`; one compiled variant for
+#: V = 65537 to 262144 instead of two: 8 fewer specializations to compile; the scan of a V=128256 row then
+#: takes 834 SASS instructions instead of 556, bf16 sm_90, Triton 3.8); fewer, in the next power of 2
 _SCAN_POW2_GROUPS = 256
-_NUM_WARPS = 8
+#: warps per program of the per-row kernel (``_sample_kernel``: B >= #SMs, and off CUDA). Its straight-line code
+#: (the finish's scalar chains: the bounds' bisection, the sort, the draw's group) runs once per warp, so 4
+#: warps issue half the 8 warps' instructions for it: 21592 -> 13032 warp-instructions per top-k + top-p +
+#: min-p row that keeps its group (bf16 V=32000, sm_90, Triton 3.9). The per-thread tiles keep their sizes
+#: (:data:`_PASS1_TOKENS`, :data:`_DRAW_BYTES_PER_THREAD`, :data:`_HBLOCK_PER_THREAD`), and with a 128-register
+#: cap an SM holds 4 programs instead of 2: the same warps per SM at B >= 4 x #SMs
+_ROW_WARPS = 4
+#: warps per program of the split-row kernels (``_partial_kernel``, ``_merge_kernel``: B < #SMs). A merge
+#: program is alone on its SM: 8 warps keep twice the loads of 4 in flight in its passes over the candidate groups
+_SPLIT_WARPS = 8
 #: ptxas's register cap for the kernels that run the finish (``_sample_kernel``, ``_merge_kernel``; the
 #: issue's <= 128 in every budget variant). Without it ptxas on sm_80 kept 15 of them at 80 (48) registers
 #: for a third CTA per SM and spilled in the finish's loops; with it they take 86-128 and 2 CTAs per SM, as
@@ -862,8 +880,8 @@ def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexp
     elements, padded rows of an odd vocabulary included), then the last, partial one masked.
     Tiles of BLOCK tokens as ``[H, BLOCK / GROUP, U / H]`` of U units per group (tokens, or with
     PAIRS ``GROUP / 2`` bfloat16 pairs; unit ``g * U + h * U / H + t``): a thread's H vector loads
-    all fall in one group, so a group's reductions cross ``U / (H x vector)`` lanes (8 in the
-    per-row kernel's 8192-token tiles; 32 in 2048-token tiles of 16-bit logits)."""
+    all fall in one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the
+    per-row kernel's 8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits)."""
     GT: tl.constexpr = BLOCK // GROUP
     U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
     W: tl.constexpr = U // H
@@ -1457,12 +1475,26 @@ def _bf16_pairs(logits):
 GROUP_ALIGNED_TILES = release(triton.__version__)[:2] >= (3, 7)
 
 
-def _loads_per_thread(block, element_size):
-    """Pass 1's ``H`` and the filtered draw's ``DH``: the 16-byte loads of one thread per tile of ``block``
-    tokens (at least 1), or 1 where the Triton lays such tiles out badly (:data:`GROUP_ALIGNED_TILES`)."""
+def _loads_per_thread(block, element_size, warps):
+    """Pass 1's ``H`` and the filtered draw's ``DH``: the 16-byte loads of one thread of a ``warps``-warp
+    program per tile of ``block`` tokens (at least 1), or 1 where the Triton lays such tiles out badly
+    (:data:`GROUP_ALIGNED_TILES`)."""
     if not GROUP_ALIGNED_TILES:
         return 1
-    return max(1, block // (32 * _NUM_WARPS * (16 // element_size)))
+    return max(1, block // (32 * warps * (16 // element_size)))
+
+
+def _finish_tiles(V, element_size, warps):
+    """The finish's tile constexprs for programs of ``warps`` warps: ``DBLOCK`` (tokens per tile of the passes
+    over the candidate groups, :data:`_DRAW_BYTES_PER_THREAD`), its ``DH``, and ``HBLOCK`` (values per
+    iteration of the selects' reads, :data:`_HBLOCK_PER_THREAD`, at most V's next power of two) and ``FB`` (group
+    stats per step of the scan over them: all of them, to the next power of two, or :data:`_SCAN`'s blocks)."""
+    dblock = _tile_tokens(_DRAW_BYTES_PER_THREAD * 32 * warps // element_size, V)
+    hblock = min(_HBLOCK_PER_THREAD * 32 * warps, max(16, triton.next_power_of_2(V)))
+    ngr = _philox.num_groups(V)
+    fb = (min(_SCAN, _SCAN_PER_THREAD * 32 * warps) if ngr > _SCAN_POW2_GROUPS
+          else max(16, triton.next_power_of_2(ngr)))
+    return dict(DBLOCK=dblock, DH=_loads_per_thread(dblock, element_size, warps), HBLOCK=hblock, FB=fb)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1525,26 +1557,25 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget = tok  # dummy pointers, never dereferenced
         forced = tok
         num_forced = 1
-    block = _tile_tokens(_PASS1_TOKENS, V)
-    dblock = _tile_tokens(_DRAW_BYTES // logits.element_size(), V)
-    dh = _loads_per_thread(dblock, logits.element_size())
-    hblock = min(_HBLOCK, max(16, triton.next_power_of_2(V)))
+    es = logits.element_size()
     pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
-    fb = _SCAN if ngr > _SCAN_POW2_GROUPS else max(16, triton.next_power_of_2(ngr))
     ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats, the candidate list
-    cap = _buffer_capacity(V, hblock)
-    cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
     fast = _fast_log(logits)
     pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
+    warps = _ROW_WARPS if S <= 1 else _SPLIT_WARPS
+    tiles = _finish_tiles(V, es, warps)
+    cap = _buffer_capacity(V, tiles["HBLOCK"])
+    cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
     if S <= 1:
+        block = _tile_tokens(_PASS1_TOKENS, V)
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-            HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, logits.element_size()), PAIRS=pairs,
-            DBLOCK=dblock, DH=dh, HBLOCK=hblock, FB=fb, PW=pw, FAST_LOG=fast, num_warps=_NUM_WARPS, **_REGISTER_CAP)
+            HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
+            PW=pw, FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
     # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
     # vocabulary of 151936 still makes 75 slices at B=1
@@ -1553,12 +1584,10 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
-        BLOCK=pblock, H=_loads_per_thread(pblock, logits.element_size()), PAIRS=pairs, FAST_LOG=fast,
-        num_warps=_NUM_WARPS)
+        BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast, num_warps=warps)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, DBLOCK=dblock, DH=dh, HBLOCK=hblock, FB=fb, PW=pw, num_warps=_NUM_WARPS,
-        **_REGISTER_CAP)
+        HAS_BUDGET=has_budget, PW=pw, **tiles, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
