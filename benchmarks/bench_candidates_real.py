@@ -197,7 +197,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     R, V = x.shape
     G = philox.GROUP_SIZE
     NGR = philox.num_groups(V)
-    tiles = tk._finish_tiles(V, 2, tk._ROW_WARPS)     # the per-row kernel's bf16 tiles
+    tiles = tk._finish_tiles(V, 2, tk._ROW_WARPS)     # the per-row kernel's bf16 tiles (the paths, not the dtype)
     cap = tk._buffer_capacity(V, tiles["HBLOCK"])
     xg = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(R, NGR, G)
     M = xg.max(2).values
@@ -232,7 +232,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
             buf = torch.empty(R * cap, device=device)
             _paths_kernel[(R,)](x.to(device), ws, torch.full((R,), T, device=device), kk.to(device), pp.to(device),
                                 total.to(device), buf, n, L, Lb, V, NGR, cap, R, MAXIMA_ONLY=maxima_only,
-                                FB=tiles["FB"], DBLOCK=tiles["DBLOCK"], HBLOCK=tiles["HBLOCK"])
+                                FB=tiles["NB"], DBLOCK=tiles["DBLOCK"], HBLOCK=tiles["HBLOCK"])   # FB: all the maxima
             n, L, Lb = n.cpu().long(), L.cpu(), Lb.cpu()
             n, n_above = n[:R], n[R:]
             Lb, lifted = Lb[:R], Lb[R:] > 0

@@ -38,6 +38,15 @@ def _params(B, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset
             vec(min_p, torch.float32), vec(seed, torch.int64), vec(offset, torch.int64))
 
 
+def _check_both_paths(monkeypatch, logits, params):
+    """``_check`` on the per-row kernel (4 warps) and on split rows (8 warps; 3 slices): their finishes' tiles
+    differ (``_finish_tiles``), and so does a small candidate buffer's capacity (whole ``HBLOCK`` tiles: with
+    ``_CANDIDATES`` 24, 256 values per row on the per-row path, 512 on split rows)."""
+    for slices in (1, 3):
+        monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device, s=slices: s)
+        _check(logits, params)
+
+
 def _check(logits, params, budget=None, forced=None, num_wait=0, num_end=0, allow_ties=True):
     b_ref = budget.clone() if budget is not None else None
     b_tri = budget.clone() if budget is not None else None
@@ -130,17 +139,81 @@ def test_invalid_rows():
     assert torch.isnan(lp[[1, 3, 4, 6]]).all() and not torch.isnan(lp[[0, 2, 5, 7]]).any()
 
 
-@pytest.mark.parametrize("slices", [1, 3])
+def test_slice_tiles():
+    """The split rows' pass-1 tiles (``_slice_tiles``): the largest tile, 8192 tokens down to 2048, that keeps the
+    slice count and adds at most a quarter to a slice's tokens; whole tiles; the count the wrapper launches."""
+    st = _tk._slice_tiles
+    assert st(151936, 4) == (8192, 40960)       # B=32 on an H100: 5 tiles of 8192 instead of 19 of 2048
+    assert st(151936, 75) == (2048, 2048)       # B=1: 75 slices of one tile
+    assert st(151936, 15) == (2048, 10240)      # 12288-token slices of 4096 would launch 13
+    assert st(32000, 8) == (4096, 4096) and st(128256, 8) == (8192, 16384)
+    assert st(300, 1) == (512, 512)             # a short row: one tile, to its next power of two
+    def cdiv(a, b):
+        return -(-a // b)
+
+    for V in (257, 3001, 16643, 32000, 50257, 99557, 128256, 151936):
+        least = _tk._tile_tokens(2048, V)
+        for S in range(1, min(cdiv(V, 2048), 132) + 1):
+            S0 = cdiv(V, cdiv(cdiv(V, S), least) * least)          # the count launched with tiles of 2048
+            base = cdiv(cdiv(V, S0), least) * least
+            tile, chunk = st(V, S0)
+            assert chunk % tile == 0 and tile in (least, _tk._tile_tokens(4096, V), _tk._tile_tokens(8192, V))
+            assert cdiv(V, chunk) == S0 and 4 * chunk <= 5 * base, (V, S0, tile, chunk)
+            assert st(V, cdiv(V, chunk)) == (tile, chunk)           # the launched count gives the same tiles
+
+
+def test_finish_tiles():
+    """The finish's tiles per program of 4 and 8 warps (``_finish_tiles``): the same sizes per thread; the scan's
+    steps of at most 4 group stats per thread; and the candidate bound reads every group maximum of a row up to
+    262144 tokens at once (``NB``): a bound narrower than the row's groups leaves the row without one, and its
+    selects then read the whole row per radix level."""
+    for V in (29, 300, 32000, 50257, 65536, 65537, 128256, 151936, 262144):
+        ngr = philox.num_groups(V)
+        for warps, es in ((_tk._ROW_WARPS, 2), (_tk._ROW_WARPS, 4), (_tk._SPLIT_WARPS, 2), (_tk._SPLIT_WARPS, 4)):
+            t = _tk._finish_tiles(V, es, warps)
+            assert t["NB"] >= ngr and t["NB"] in (t["FB"], _tk._SCAN), (V, warps, t)
+            assert t["FB"] <= max(_tk._SCAN_PER_THREAD * 32 * warps, triton.next_power_of_2(ngr), 16)
+            assert t["DBLOCK"] == _tk._tile_tokens(32 * 32 * warps // es, V)
+            assert t["HBLOCK"] == min(2 * 32 * warps, max(16, triton.next_power_of_2(V)))
+            assert t["DH"] == _tk._loads_per_thread(t["DBLOCK"], es, warps)
+    pick = ("DBLOCK", "HBLOCK", "FB", "NB")
+    assert [_tk._finish_tiles(151936, 2, 4)[k] for k in pick] == [2048, 256, 512, 1024]
+    assert [_tk._finish_tiles(151936, 2, 8)[k] for k in pick] == [4096, 512, 1024, 1024]
+    assert [_tk._finish_tiles(32000, 4, 4)[k] for k in pick] == [1024, 256, 128, 128]
+
+
+@pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 1)], ids=["fp32", "bf16-pairs"])
+def test_split_rows_large_tiles(monkeypatch, dtype, pad):
+    """Split rows in slices of 8192-token tiles (V=40001 in 2 slices: 3 tiles and 3 tiles less 7 tokens, the
+    last partial), with filters, a greedy row and a -inf stretch across the slices' border: the reference's
+    tokens and logprobs."""
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 2)
+    B, V = 4, 40001
+    assert _tk._slice_tiles(V, 2) == (8192, 24576)
+    gen = torch.Generator().manual_seed(23)
+    buf = torch.randn(B, V + pad, generator=gen) * 2
+    buf[:, V:] = 60.0                                  # padding: read as a token, it would be every row's maximum
+    buf[1, 24576 - 300:24576 + 300] = float("-inf")    # across the border of the two slices
+    buf[2, 24576 + 5] = 9.0                            # the maximum, first group of the second slice
+    buf[3, V - 1] = 9.0                                # the maximum, the row's last token
+    x = buf.to(dtype)[:, :V].to(DEV)
+    _check(x, _params(B, [1.0, 0.7, 0.0, 1.3], [0, 40, 0, 0], [0.9, 1.0, 1.0, 0.95], [0.05, 0.0, 0.0, 0.0]))
+
+
+@pytest.mark.parametrize("slices", [1, 2, 3])
 @pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 0), (torch.bfloat16, 5)],
                          ids=["fp32", "bf16", "bf16-pairs"])
 def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
     # one program per row: two whole pass-1 tiles and a partial third (_pass1's [H, groups, units / H]
-    # tiles); 3 slices: the split-row path. An odd V, so bf16 reads 32-bit pairs only in padded rows
-    # (even stride), the last word straddling the row end
+    # tiles); 2 and 3 slices: the split-row path, in slices of 4096-token tiles (2: 3 of them and a partial
+    # one) and of 2048. An odd V, so bf16 reads 32-bit pairs only in padded rows (even stride), the last word
+    # straddling the row end
     from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS, _bf16_pairs
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     torch.manual_seed(4)
     B, V = 4, 2 * _PASS1_TOKENS + 259
+    if slices > 1:
+        assert _tk._slice_tiles(V, slices)[0] == {2: 4096, 3: 2048}[slices]
     buf = torch.randn(B, V + pad, device=DEV) * 2
     buf[:, V:] = 60.0        # padding: read as a token, it would be every row's maximum
     logits = buf[:, :V]
@@ -837,8 +910,8 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     8-11, the strongest token's other group-mates sit 3 below it and together outweigh it, so top-p
     keeps it and many of them (a bound that let fewer than 255 of them weigh below it would cut them off). The bound is
     finite, every kept token reaches it, on rows 0-7 only the strong tokens do, and the sampler's
-    tokens equal the reference's with a buffer (512 values) shorter than the row, which a row
-    without a bound would not fill."""
+    tokens equal the reference's with a buffer (256 values per-row, 512 on split rows) shorter than the row, which
+    a row without a bound would not fill."""
     torch.manual_seed(12)
     B, V = 12, 4096
     x = torch.randn(B, V) * 0.5 - 12.0
@@ -865,7 +938,7 @@ def test_top_p_bound_counts_the_mass_beside_a_maximum(monkeypatch, dtype):
     assert (kept[8:, 1:256].sum(1) >= 100).all() and kept[8:, 10].all()   # the maximum and many group-mates
     assert ((x[:8] >= L[:8, None]).sum(1) <= 3).all()  # the candidates: the strong tokens only
     monkeypatch.setattr(_tk, "_CANDIDATES", 24)
-    _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
+    _check_both_paths(monkeypatch, x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 
 @triton.jit
@@ -948,8 +1021,8 @@ def test_overflowing_candidates_take_the_threshold_bin(monkeypatch, dtype):
         if over[r]:
             w = float(torch.exp(buf[r, :n[r]] - zmax[r]).sum())
             assert float(m_above[r]) + w >= float(p[r] * total[r]) * (1 - 1e-5), r
-    monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 512 in the sampler too
-    _check(x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
+    monkeypatch.setattr(_tk, "_CANDIDATES", 24)   # a buffer of 256 (per-row) or 512 (split rows) in the sampler
+    _check_both_paths(monkeypatch, x.to(dtype).to(DEV), _params(B, T, 0, p, 0.0))
 
 
 @pytest.mark.parametrize("sort", [True, False], ids=["sorted", "bisected"])
@@ -1028,9 +1101,9 @@ def test_threshold_bin_that_overflows(monkeypatch):
     assert n.tolist()[1:] == [100, 100, 300] and n_above.tolist() == [40, 0, 0, 40]
     assert torch.equal(buf[1:3, :100], x[1:3, :100]) and bool((Lb[1:3] > edge[1:3] - width[1:3] / 12).all())
     assert torch.equal(buf[3, :300], x[3, G:G + 300])                  # the bin under the top one
-    monkeypatch.setattr(_tk, "_CANDIDATES", 24)                       # a buffer of 512 in the sampler too
+    monkeypatch.setattr(_tk, "_CANDIDATES", 24)           # a buffer of 256 (per-row) or 512 (split rows) in the sampler
     for dtype in (torch.float32, torch.bfloat16):
-        _check(x.to(dtype).to(DEV), _params(4, T, k, p, 0.0))
+        _check_both_paths(monkeypatch, x.to(dtype).to(DEV), _params(4, T, k, p, 0.0))
 
 
 @triton.jit
@@ -1188,8 +1261,8 @@ def test_candidate_buffer_and_overflow(monkeypatch, dtype):
     than it holds bins their values, and compacts those of the threshold's bin again where they fit,
     or reads its candidate groups. Every path gives the reference's tokens, and the same
     tokens whatever the capacity (here 4096: every filtered row buffered; 24, which the wrapper rounds
-    up to one tile of the reads, 512 values: some rows buffered (the peaked rows with a small k), the
-    others (flat rows, top-p alone, k beyond the 7 groups) not; 0: none)."""
+    up to one tile of the reads, 256 values on the per-row path: some rows buffered (the peaked rows with a
+    small k), the others (flat rows, top-p alone, k beyond the 7 groups) not; 0: none)."""
     torch.manual_seed(33)
     B, V = 10, 1700
     x = torch.randn(B, V) * 2

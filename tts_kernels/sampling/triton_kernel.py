@@ -135,8 +135,9 @@ _PASS1_TOKENS = 8192
 #: variant with an odd row stride spilled 232 B in that loop on sm_80 at 128 registers, Triton 3.9; with 4
 #: warps and twice that, the bf16 V=32000 ``_sample_kernel`` spilled 164 B in a loop on sm_90)
 _DRAW_BYTES_PER_THREAD = 32
-#: tokens per pass-1 tile of the split-row ``_partial_kernel``: slices are whole tiles, and small tiles
-#: make enough slices (V = 151936 -> 75) for B = 1 to fill >= 64 SMs
+#: tokens per pass-1 tile of the split-row ``_partial_kernel`` (the least; :func:`_slice_tiles` takes larger ones
+#: where the slices allow): slices are whole tiles, and small tiles make enough slices (V = 151936 -> 75) for
+#: B = 1 to fill >= 64 SMs
 _SLICE_TOKENS = 2048
 #: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, + 16 KB of masses): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
@@ -161,10 +162,10 @@ _SCAN_PER_THREAD = 4
 _SCAN_POW2_GROUPS = 256
 #: warps per program of the per-row kernel (``_sample_kernel``: B >= #SMs, and off CUDA). Its straight-line code
 #: (the finish's scalar chains: the bounds' bisection, the sort, the draw's group) runs once per warp, so 4
-#: warps issue half the 8 warps' instructions for it: 21592 -> 13032 warp-instructions per top-k + top-p +
-#: min-p row that keeps its group (bf16 V=32000, sm_90, Triton 3.9). The per-thread tiles keep their sizes
-#: (:data:`_PASS1_TOKENS`, :data:`_DRAW_BYTES_PER_THREAD`, :data:`_HBLOCK_PER_THREAD`), and with a 128-register
-#: cap an SM holds 4 programs instead of 2: the same warps per SM at B >= 4 x #SMs
+#: warps issue half the 8 warps' instructions for it: 21568 -> 13032 warp-instructions per top-k + top-p +
+#: min-p row that keeps its group (bf16 V=32000, sm_90, Triton 3.9). The finish's tiles keep their sizes per
+#: thread (:func:`_finish_tiles`), pass 1's per program (:data:`_PASS1_TOKENS`: its loads in flight), and with
+#: a 128-register cap an SM holds 4 programs instead of 2: the same warps per SM at B >= 4 x #SMs
 _ROW_WARPS = 4
 #: warps per program of the split-row kernels (``_partial_kernel``, ``_merge_kernel``: B < #SMs). A merge
 #: program is alone on its SM: 8 warps keep twice the loads of 4 in flight in its passes over the candidate groups
@@ -448,8 +449,9 @@ def _overflow_bound(row_ptr, ws_row, buf_ptr, nbuf, lo, Lz, zmax, total, top_k, 
     if zmax - Lz > 1e-3 * (1.0 + tl.abs(Lz) + tl.abs(zmax)):
         scale = 16.0 / (zmax - Lz)
         need_mass = k_on == 0
-        # tiles of HBLOCK / 8 values (a [64, 16] one-hot): with HBLOCK's, ptxas spilled the finish's live values
-        # and reloaded them inside the compactions' loops (16-bit budget _merge_kernel, sm_90, Triton 3.9); with
+        # tiles of HBLOCK / 8 values (a [64, 16] one-hot at 8 warps, [32, 16] at 4): with HBLOCK's, ptxas spilled
+        # the finish's live values and reloaded them inside the compactions' loops (16-bit budget _merge_kernel,
+        # sm_90, Triton 3.9); with
         # HBLOCK / 4 (and the second compaction's DBLOCK / 4) the code every row runs grew (V = 32000, bf16:
         # 9600 warp-instructions of straight-line code per program against 9200 without this path, Triton 3.8)
         cnt, mass = _row_hist(row_ptr, V, end0, mask_end, Tz, ws_row, Lz, 0, 0, zmax, need_mass, lo, scale, True,
@@ -1033,7 +1035,7 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
 
 
 @triton.jit
-def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, total, FB: tl.constexpr):
+def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, total, NB: tl.constexpr):
     """A raw-logit bound ``L`` such that every token that top-k / top-p keep lies in a group whose
     raw maximum is ``>= L`` (from the group stats alone; -inf when it cannot tell):
 
@@ -1052,11 +1054,12 @@ def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, 
     where the bound is decided, and their rounding (the sums of pass 1, ``exp2``) must not make it
     more than a lower bound.
 
-    The selects read only the groups at or above ``L``; the rescoring (``_rescore``) those at or
-    above ``_minp_bound(L, ...)`` (min-p's bound too)."""
+    ``NB`` group maxima at once (the wrapper's ``_finish_tiles``: all of a row's groups up to ``_SCAN``);
+    a row of more groups gets -inf. The selects read only the groups at or above ``L``; the rescoring
+    (``_rescore``) those at or above ``_minp_bound(L, ...)`` (min-p's bound too)."""
     L = tl.full([], float("-inf"), tl.float32)
-    if NGR <= FB:
-        fb = tl.arange(0, FB)
+    if NGR <= NB:
+        fb = tl.arange(0, NB)
         gm = fb < NGR
         isE = fb == ge
         Mz = tl.where(isE, Me, tl.load(ws_row + fb, mask=gm, other=float("-inf")))
@@ -1155,7 +1158,7 @@ def _score_groups(ws_row, NGR, Lz, V, Tz, zmax, c1, c2, k0, k1, FB: tl.constexpr
 @triton.jit
 def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on, top_p, p_on, V, end0,
                        mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
-                       PW: tl.constexpr):
+                       PW: tl.constexpr, NB: tl.constexpr):
     """Top-k / top-p of a row (at least one on): the selects' bound ``Ls`` (every kept token lies in a group whose raw
     maximum reaches it; it leaves min-p out, the selects count every token of the top-k set), the compaction of the
     candidates (when they overflow the buffer, of the threshold's bins, the values above them counted:
@@ -1166,7 +1169,7 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
     radix select over the row's candidate groups (a row that overflows the buffer) can stop at a key prefix, below
     the exact threshold, which only the candidates are known to respect)."""
     zmax = xmax / Tz
-    Ls = _candidate_bound(ws_row, NGR, ge, Me, SZe, xmax, Tz, top_k, k_on, top_p, p_on, total, FB)
+    Ls = _candidate_bound(ws_row, NGR, ge, Me, SZe, xmax, Tz, top_k, k_on, top_p, p_on, total, NB)
     # the candidates' values compacted once; the selects' passes read them, not the row (when there are
     # still more than CAP of them they read the row's candidate groups instead; with no bound, Ls = -inf,
     # every token is a candidate and a row longer than the buffer overflows it: no compaction)
@@ -1209,7 +1212,7 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
 @triton.jit
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
                    V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
-                   FB: tl.constexpr, PW: tl.constexpr):
+                   FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr):
     """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw
     logits (:func:`_select_thresholds`; -inf: keep all), ``Ls``, the selects' raw-logit bound that
     every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
@@ -1227,7 +1230,7 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
     if k_on | p_on:
         Ls, xt, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
-                                           top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW)
+                                           top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW, NB)
     return Ls, xt, bar, cand1
 
 
@@ -1261,7 +1264,7 @@ def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, m
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
             HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
-            FB: tl.constexpr, PW: tl.constexpr):
+            FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
@@ -1298,7 +1301,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     if filtered:
         Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
                                             top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
-                                            DBLOCK, HBLOCK, FB, PW)
+                                            DBLOCK, HBLOCK, FB, PW, NB)
     # an unfiltered draw keeps every token: x >= -inf, and mass >= 0, every group a candidate
     mp = tl.where(filtered, min_p, 0.0)
     if do_draw:
@@ -1401,7 +1404,8 @@ def _sample_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
-        DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, FAST_LOG: tl.constexpr):
+        DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr,
+        FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
@@ -1410,7 +1414,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB)
 
 
 @triton.jit
@@ -1431,14 +1435,14 @@ def _merge_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
-        PW: tl.constexpr):
+        PW: tl.constexpr, NB: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB)
 
 
 def _fast_log(t):
@@ -1481,20 +1485,28 @@ def _loads_per_thread(block, element_size, warps):
     (:data:`GROUP_ALIGNED_TILES`)."""
     if not GROUP_ALIGNED_TILES:
         return 1
-    return max(1, block // (32 * warps * (16 // element_size)))
+    return max(1, block // (_threads(warps) * (16 // element_size)))
+
+
+def _threads(warps):
+    """Threads of a program of ``warps`` warps."""
+    return 32 * warps
 
 
 def _finish_tiles(V, element_size, warps):
     """The finish's tile constexprs for programs of ``warps`` warps: ``DBLOCK`` (tokens per tile of the passes
-    over the candidate groups, :data:`_DRAW_BYTES_PER_THREAD`), its ``DH``, and ``HBLOCK`` (values per
-    iteration of the selects' reads, :data:`_HBLOCK_PER_THREAD`, at most V's next power of two) and ``FB`` (group
-    stats per step of the scan over them: all of them, to the next power of two, or :data:`_SCAN`'s blocks)."""
-    dblock = _tile_tokens(_DRAW_BYTES_PER_THREAD * 32 * warps // element_size, V)
-    hblock = min(_HBLOCK_PER_THREAD * 32 * warps, max(16, triton.next_power_of_2(V)))
+    over the candidate groups, :data:`_DRAW_BYTES_PER_THREAD`), its ``DH``, ``HBLOCK`` (values per iteration of
+    the selects' reads, :data:`_HBLOCK_PER_THREAD`, at most V's next power of two), ``FB`` (group stats per step
+    of the scans over them: all of them, to the next power of two, or blocks of :data:`_SCAN` and
+    :data:`_SCAN_PER_THREAD`) and ``NB`` (the group maxima the candidate bound reads at once: all of a row's,
+    up to ``_SCAN``; rows of more groups get no bound, so the 4-warp scan's blocks of 512 must not set it)."""
+    dblock = _tile_tokens(_DRAW_BYTES_PER_THREAD * _threads(warps) // element_size, V)
+    hblock = min(_HBLOCK_PER_THREAD * _threads(warps), max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
-    fb = (min(_SCAN, _SCAN_PER_THREAD * 32 * warps) if ngr > _SCAN_POW2_GROUPS
-          else max(16, triton.next_power_of_2(ngr)))
-    return dict(DBLOCK=dblock, DH=_loads_per_thread(dblock, element_size, warps), HBLOCK=hblock, FB=fb)
+    blocked = ngr > _SCAN_POW2_GROUPS
+    fb = min(_SCAN, _SCAN_PER_THREAD * _threads(warps)) if blocked else max(16, triton.next_power_of_2(ngr))
+    return dict(DBLOCK=dblock, DH=_loads_per_thread(dblock, element_size, warps), HBLOCK=hblock, FB=fb,
+                NB=_SCAN if blocked else fb)
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1522,6 +1534,27 @@ def slices_for(B, V, num_sms):
 
     most = max(1, min(triton.cdiv(V, _SLICE_TOKENS), 2 * num_sms // B))
     return launched(min(range(1, most + 1), key=key))[0]
+
+
+def _slice_tiles(V, S):
+    """(tokens per pass-1 tile, tokens per slice) for a row of V tokens cut into the ``S`` slices of
+    :func:`slices_for`: slices of whole tiles, of the largest tile from the per-row kernel's
+    (``_PASS1_TOKENS``) down to ``_SLICE_TOKENS`` that keeps the slice count and adds at most a quarter to a
+    slice's tokens. A 2048-token tile puts one 16-byte load per thread in flight and spreads a group over 32
+    lanes (17.1 thread-instructions per bf16 token, sm_90, Triton 3.9); an 8192-token one four, over 8 lanes
+    (10.9). B=32, V=151936: 4 slices of 5 tiles of 8192 (40960 tokens) instead of 19 of 2048 (38912); B=1 keeps
+    tiles of 2048 (75 slices of one)."""
+    share = triton.cdiv(V, S)
+    least = _tile_tokens(_SLICE_TOKENS, V)
+    base = triton.cdiv(share, least) * least
+    t = _PASS1_TOKENS
+    while t > _SLICE_TOKENS:
+        tile = _tile_tokens(t, V)
+        chunk = triton.cdiv(share, tile) * tile
+        if triton.cdiv(V, chunk) == triton.cdiv(V, base) and 4 * chunk <= 5 * base:
+            return tile, chunk
+        t //= 2
+    return least, base
 
 
 def _num_slices(B, V, device):
@@ -1577,10 +1610,9 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
             PW=pw, FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
-    # split rows: pass-1 tiles of 2048 tokens in every dtype (8 KB fp32, 4 KB 16-bit), so that a
-    # vocabulary of 151936 still makes 75 slices at B=1
-    pblock = _tile_tokens(_SLICE_TOKENS, V)
-    chunk = triton.cdiv(triton.cdiv(V, S), pblock) * pblock   # whole tiles
+    # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
+    # still makes 75 slices; larger where the slices allow)
+    pblock, chunk = _slice_tiles(V, S)
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
