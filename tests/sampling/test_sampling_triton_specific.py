@@ -39,7 +39,8 @@ def _params(B, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset
 
 
 def _check_both_paths(monkeypatch, logits, params):
-    """``_check`` on the per-row kernel (4 warps) and on split rows (8 warps; 3 slices): their finishes' tiles
+    """``_check`` on the per-row kernel (4 warps) and on split rows (8 warps; 3 slices, fewer for a short row,
+    as the wrapper rounds them to whole tiles): their finishes' tiles
     differ (``_finish_tiles``), and so does a small candidate buffer's capacity (whole ``HBLOCK`` tiles: with
     ``_CANDIDATES`` 24, 256 values per row on the per-row path, 512 on split rows)."""
     for slices in (1, 3):
@@ -159,7 +160,10 @@ def test_slice_tiles():
             tile, chunk = st(V, S0)
             assert chunk % tile == 0 and tile in (least, _tk._tile_tokens(4096, V), _tk._tile_tokens(8192, V))
             assert cdiv(V, chunk) == S0 and 4 * chunk <= 5 * base, (V, S0, tile, chunk)
-            assert st(V, cdiv(V, chunk)) == (tile, chunk)           # the launched count gives the same tiles
+        for B in (1, 2, 5, 16, 32, 64, 100):                         # the count slices_for promises is launched
+            for sms in (78, 132):
+                S = _tk.slices_for(B, V, sms)
+                assert S == 1 or cdiv(V, st(V, S)[1]) == S, (V, B, sms)
 
 
 def test_finish_tiles():
@@ -184,20 +188,25 @@ def test_finish_tiles():
 
 @pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 1)], ids=["fp32", "bf16-pairs"])
 def test_split_rows_large_tiles(monkeypatch, dtype, pad):
-    """Split rows in slices of 8192-token tiles (V=40001 in 2 slices: 3 tiles and 3 tiles less 7 tokens, the
-    last partial), with filters, a greedy row and a -inf stretch across the slices' border: the reference's
-    tokens and logprobs."""
+    """Split rows in slices of 8192-token tiles (V=40001 in 2 slices: 3 tiles, then one and 7233 tokens, the
+    last tile partial), with filters, a greedy row and a -inf stretch across the slices' border: the reference's
+    tokens and logprobs; bf16 in 32-bit pairs over padded rows."""
+    from tts_kernels.sampling.triton_kernel import _bf16_pairs
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 2)
+    used = []
+    slice_tiles = _tk._slice_tiles
+    monkeypatch.setattr(_tk, "_slice_tiles", lambda V, S: used.append(slice_tiles(V, S)) or used[-1])
     B, V = 4, 40001
-    assert _tk._slice_tiles(V, 2) == (8192, 24576)
     gen = torch.Generator().manual_seed(23)
     buf = torch.randn(B, V + pad, generator=gen) * 2
     buf[:, V:] = 60.0                                  # padding: read as a token, it would be every row's maximum
     buf[1, 24576 - 300:24576 + 300] = float("-inf")    # across the border of the two slices
     buf[2, 24576 + 5] = 9.0                            # the maximum, first group of the second slice
     buf[3, V - 1] = 9.0                                # the maximum, the row's last token
-    x = buf.to(dtype)[:, :V].to(DEV)
+    x = buf.to(dtype=dtype, device=DEV)[:, :V]
+    assert _bf16_pairs(x) == (pad > 0)
     _check(x, _params(B, [1.0, 0.7, 0.0, 1.3], [0, 40, 0, 0], [0.9, 1.0, 1.0, 0.95], [0.05, 0.0, 0.0, 0.0]))
+    assert used == [(8192, 24576)]                     # the wrapper's split: tiles of 8192
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])
@@ -205,9 +214,9 @@ def test_split_rows_large_tiles(monkeypatch, dtype, pad):
                          ids=["fp32", "bf16", "bf16-pairs"])
 def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
     # one program per row: two whole pass-1 tiles and a partial third (_pass1's [H, groups, units / H]
-    # tiles); 2 and 3 slices: the split-row path, in slices of 4096-token tiles (2: 3 of them and a partial
-    # one) and of 2048. An odd V, so bf16 reads 32-bit pairs only in padded rows (even stride), the last word
-    # straddling the row end
+    # tiles); 2 and 3 slices: the split-row path, in slices of 4096-token tiles (2 slices: 3 tiles, then one
+    # tile and 259 tokens) and of 2048. An odd V, so bf16 reads 32-bit pairs only in padded rows (even stride),
+    # the last word straddling the row end
     from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS, _bf16_pairs
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     torch.manual_seed(4)

@@ -151,7 +151,8 @@ _SORTED = 256
 #: thread need > 128 registers) and the bisection's reads of the buffer
 _HBLOCK_PER_THREAD = 2
 #: group stats per step of the finish's scan over them (``FB``): at most this many, and at most
-#: :data:`_SCAN_PER_THREAD` per thread
+#: :data:`_SCAN_PER_THREAD` per thread; and the most group maxima the candidate bound reads at once (``NB``,
+#: :func:`_finish_tiles`: a row of more groups, V > 262144, gets no bound)
 _SCAN = 1024
 #: 1024 at 8 warps, 512 at the per-row kernel's 4 (1024 there made three of its V >= 128256 variants reload a
 #: spilled value in the compaction's loop on sm_90 at 128 registers, Triton 3.9)
@@ -1512,7 +1513,8 @@ def _finish_tiles(V, element_size, warps):
 @functools.lru_cache(maxsize=1024)
 def slices_for(B, V, num_sms):
     """Row slices per row on a GPU with ``num_sms`` SMs when B is small (1, one program per row, when
-    ``B >= num_sms``). Slices are whole split-row pass-1 tiles of ``_SLICE_TOKENS``, at most 2
+    ``B >= num_sms``). Slices are counted in split-row pass-1 tiles of ``_SLICE_TOKENS`` (the wrapper may
+    take larger tiles that keep the count, :func:`_slice_tiles`), at most 2
     programs per SM (latency hiding; more would add per-program overhead). An SM runs its programs'
     tiles one after the other, so the count is the one that gives the busiest SM the fewest tiles
     (``ceil(B S / num_sms) x tiles per slice``), then the most programs. Returns the count the
@@ -1542,7 +1544,7 @@ def _slice_tiles(V, S):
     (``_PASS1_TOKENS``) down to ``_SLICE_TOKENS`` that keeps the slice count and adds at most a quarter to a
     slice's tokens. A 2048-token tile puts one 16-byte load per thread in flight and spreads a group over 32
     lanes (17.1 thread-instructions per bf16 token, sm_90, Triton 3.9); an 8192-token one four, over 8 lanes
-    (10.9). B=32, V=151936: 4 slices of 5 tiles of 8192 (40960 tokens) instead of 19 of 2048 (38912); B=1 keeps
+    (11.1). B=32, V=151936: 4 slices of 5 tiles of 8192 (40960 tokens) instead of 19 of 2048 (38912); B=1 keeps
     tiles of 2048 (75 slices of one)."""
     share = triton.cdiv(V, S)
     least = _tile_tokens(_SLICE_TOKENS, V)
