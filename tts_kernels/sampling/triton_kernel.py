@@ -1480,6 +1480,11 @@ def _bf16_pairs(logits):
 GROUP_ALIGNED_TILES = release(triton.__version__)[:2] >= (3, 7)
 
 
+def _threads(warps):
+    """Threads of a program of ``warps`` warps."""
+    return 32 * warps
+
+
 def _loads_per_thread(block, element_size, warps):
     """Pass 1's ``H`` and the filtered draw's ``DH``: the 16-byte loads of one thread of a ``warps``-warp
     program per tile of ``block`` tokens (at least 1), or 1 where the Triton lays such tiles out badly
@@ -1487,11 +1492,6 @@ def _loads_per_thread(block, element_size, warps):
     if not GROUP_ALIGNED_TILES:
         return 1
     return max(1, block // (_threads(warps) * (16 // element_size)))
-
-
-def _threads(warps):
-    """Threads of a program of ``warps`` warps."""
-    return 32 * warps
 
 
 def _finish_tiles(V, element_size, warps):
