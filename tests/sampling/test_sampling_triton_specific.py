@@ -180,6 +180,7 @@ def test_finish_tiles():
             assert t["DBLOCK"] == _tk._tile_tokens(32 * 32 * warps // es, V)
             assert t["HBLOCK"] == min(2 * 32 * warps, max(16, triton.next_power_of_2(V)))
             assert t["DH"] == _tk._loads_per_thread(t["DBLOCK"], es, warps)
+            assert t["PW"] == min(256, max(16, triton.next_power_of_2(V)))
     pick = ("DBLOCK", "HBLOCK", "FB", "NB")
     assert [_tk._finish_tiles(151936, 2, 4)[k] for k in pick] == [2048, 256, 512, 1024]
     assert [_tk._finish_tiles(151936, 2, 8)[k] for k in pick] == [4096, 512, 1024, 1024]

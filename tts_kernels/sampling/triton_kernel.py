@@ -1499,15 +1499,16 @@ def _finish_tiles(V, element_size, warps):
     over the candidate groups, :data:`_DRAW_BYTES_PER_THREAD`), its ``DH``, ``HBLOCK`` (values per iteration of
     the selects' reads, :data:`_HBLOCK_PER_THREAD`, at most V's next power of two), ``FB`` (group stats per step
     of the scans over them: all of them, to the next power of two, or blocks of :data:`_SCAN` and
-    :data:`_SCAN_PER_THREAD`) and ``NB`` (the group maxima the candidate bound reads at once: all of a row's,
-    up to ``_SCAN``; rows of more groups get no bound, so the 4-warp scan's blocks of 512 must not set it)."""
+    :data:`_SCAN_PER_THREAD`), ``NB`` (the group maxima the candidate bound reads at once: all of a row's,
+    up to ``_SCAN``; rows of more groups get no bound, so the 4-warp scan's blocks of 512 must not set it) and
+    ``PW`` (the sort's width, :data:`_SORTED`, at most V's next power of two; the same for any warps)."""
     dblock = _tile_tokens(_DRAW_BYTES_PER_THREAD * _threads(warps) // element_size, V)
     hblock = min(_HBLOCK_PER_THREAD * _threads(warps), max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     blocked = ngr > _SCAN_POW2_GROUPS
     fb = min(_SCAN, _SCAN_PER_THREAD * _threads(warps)) if blocked else max(16, triton.next_power_of_2(ngr))
     return dict(DBLOCK=dblock, DH=_loads_per_thread(dblock, element_size, warps), HBLOCK=hblock, FB=fb,
-                NB=_SCAN if blocked else fb)
+                NB=_SCAN if blocked else fb, PW=min(_SORTED, max(16, triton.next_power_of_2(V))))
 
 
 @functools.lru_cache(maxsize=1024)
@@ -1593,7 +1594,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         forced = tok
         num_forced = 1
     es = logits.element_size()
-    pw = min(_SORTED, max(16, triton.next_power_of_2(V)))
     ngr = _philox.num_groups(V)
     ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats, the candidate list
     fast = _fast_log(logits)
@@ -1610,7 +1610,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
-            PW=pw, FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
+            FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
     # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
     # still makes 75 slices; larger where the slices allow)
@@ -1623,5 +1623,5 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, PW=pw, **tiles, num_warps=warps, **_REGISTER_CAP)
+        HAS_BUDGET=has_budget, **tiles, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
