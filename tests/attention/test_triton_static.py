@@ -78,6 +78,13 @@ def test_tiles_follow_arch_and_block_size():
     assert stage1_config(32, 8, 128, torch.float32, False, 90, 6) == stage1_config(32, 8, 128, torch.float32)
     # archs the static check does not compile take the mma.sync tiles
     assert stage1_config(32, 8, 128, torch.bfloat16, False, 120) == a
+    # the narrow launch's 16-bit KV tiles too: 32 tokens off sm_90 (64 spilled in the KV loop of Triton
+    # 3.8's GQA-7 D = 64 tile on sm_80), 64 on sm_90 up to D = 128; float32 the same on both archs at D = 64
+    from tts_kernels.attention.triton_kernel import narrow_config
+    for dt in (torch.bfloat16, torch.float16):
+        assert [narrow_config(14, 2, 64, dt, arch)["BLOCK_N"] for arch in (90, 80, 120)] == [64, 32, 32]
+        assert [narrow_config(8, 2, 256, dt, arch)["BLOCK_N"] for arch in (90, 80)] == [32, 32]
+    assert narrow_config(14, 2, 64, torch.float32, 90) == narrow_config(14, 2, 64, torch.float32, 80)
     assert not wide_tiles(32, 8, 128, torch.bfloat16, 256, 100)
 
 

@@ -955,19 +955,21 @@ def test_quick_set_compiles(tmp_path):
     import triton
     assert d["set"] == "quick" and d["environment"]["triton"] == triton.__version__
     # the quick set: two one-program-per-row sampler variants, one split-row launch (partial + merge), one
-    # tree attention call (stage 1 wide and narrow, stage 2); its wide stage 1 takes different tiles on
-    # sm_90 (wgmma) and sm_80 (mma.sync): one specialization per arch, each compiled for its arch only
-    assert d["specializations"] == 8 and d["compiles"] == 14 and not d["failures"]
+    # tree attention call (stage 1 wide and narrow, stage 2); its bf16 stage-1 launches, wide and narrow,
+    # take different KV tiles on sm_90 (wgmma: 64 tokens) and sm_80 (mma.sync: 32): one specialization per
+    # arch, each compiled for its arch only
+    assert d["specializations"] == 9 and d["compiles"] == 14 and not d["failures"]
     assert d["kernels_launched_in_source"] == ["_merge_kernel", "_partial_kernel", "_sample_kernel",
                                                "_tree_attn_stage1", "_tree_attn_stage2"]
     assert d["kernels_not_reached"] == []
     kernels = sorted(r["kernel"] for r in d["specs"])
     assert kernels == ["_merge_kernel", "_partial_kernel", "_sample_kernel", "_sample_kernel",
-                       "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage2"]
+                       "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1",
+                       "_tree_attn_stage2"]
     for r in d["specs"]:
         archs = sorted(r["compiled"])
-        wide = r["kernel"] == "_tree_attn_stage1" and "MAX_ROWS=0," in r["spec"]
-        assert archs == (["sm_80"] if wide and "BLOCK_N=32" in r["spec"] else ["sm_90"] if wide
+        stage1 = r["kernel"] == "_tree_attn_stage1"
+        assert archs == (["sm_80"] if stage1 and "BLOCK_N=32" in r["spec"] else ["sm_90"] if stage1
                          else ["sm_80", "sm_90"]), r["spec"]
         for arch in archs:
             c = r["compiled"][arch]

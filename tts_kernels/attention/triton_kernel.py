@@ -528,7 +528,9 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
     group_pad, block_d = query_tile_dims(Hq, Hkv, D)
     block_m = max(16, group_pad)
     # KV tokens per tile and warps (float32: the IEEE FMA dot; off sm_90 at D = 128 ptxas spills 4-8
-    # bytes in the KV loop with 4 warps at 16 or 32 tokens, and with 8 warps at 32: 8 warps x 16 tokens)
+    # bytes in the KV loop with 4 warps at 16 or 32 tokens, and with 8 warps at 32: 8 warps x 16 tokens;
+    # 16-bit off sm_90: 32 tokens, as the wide mma.sync tile's: with 64, Triton 3.8's GQA-7 D = 64 tile
+    # (Qwen2.5-0.5B's 14/2 heads) spilled 16 B in the KV loop on sm_80 at 80 registers)
     warps = 4
     if dtype == torch.float32:
         if _wgmma(arch) or block_d <= 64:
@@ -536,7 +538,7 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
         else:
             block_n, warps = 16, 8
     else:
-        block_n = 64 if block_d <= 128 else 32
+        block_n = 64 if block_d <= 128 and _wgmma(arch) else 32
     block_n = _gathered_block_n(block_n, dtype, block_size)
     # CTAs per SM that the launched variants' registers allow (benchmarks/results/gpu_static.json)
     per_sm = 4 if block_d <= 64 else 3
