@@ -35,7 +35,8 @@ on a stream add up (no overlap between them).
   its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
 * Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
-  them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code);
+  them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code; a slice shorter than
+  pass 1's tile, whole groups at small B, is its one masked tile: straight-line code only);
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
   stats and runs the selects and the filtered draw over the whole row on one SM:
   ``V x (selects x select + draws x draw) / 32`` (+ the scan's, the lists' and, with a draw, ``draw_groups`` per
@@ -370,10 +371,15 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
            for side, k in (("low", 0), ("high", 1))}
     out["merge_cta_warp_this_config"] = [cta["low"], cta["high"]]
     rate = _rate(gpu)
-    # a slice of whole tiles (all but a row's last) skips the partial tile's straight-line code
-    warp_slice = chunk * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0) - partial_instr.get("tail_warp", 0)
+    # a slice of whole tiles (all but a row's last) skips the partial tile's straight-line code; a slice shorter
+    # than a tile (whole groups, small B) is that code alone, the loop not run
+    block = partial_instr.get("pass1_block") or chunk
+    loop_tokens = chunk // block * block
+    warp_slice = (loop_tokens * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
+                  - (partial_instr.get("tail_warp", 0) if loop_tokens == chunk else 0))
+    mufu_tokens = chunk if loop_tokens == chunk else loop_tokens + block     # a masked tile computes all its lanes
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
-                                                  _mufu_s(chunk, partial_instr.get("pass1_mufu", 0.0), gpu))
+                                                  _mufu_s(mufu_tokens, partial_instr.get("pass1_mufu", 0.0), gpu))
     for side, k in (("low", 0), ("high", 1)):
         thr_merge = _thread_instr(passes, k, merge_instr, _SAMPLER_KINDS[1:])
         warp_row = (V * thr_merge / 32 + _groups(V) * _per_group(merge_instr, passes, k) / 32 + cta[side]

@@ -340,7 +340,8 @@ def test_infer_chains_without_inlining_info(tmp_path):
 
 
 def test_split_row_bound_b1_hand_case():
-    # B=1, V=32000 fp32 on an H100: S = 16 slices of 2048 tokens (slices_for: cdiv(32000, 2 x 1024) = 16 <= 264)
+    # B=1, V=32000 fp32: S = 16 slices of 2048 tokens (whole tiles; an H100 gets 125 slices of one group,
+    # test_split_row_bound_group_slices)
     pi = {"pass1": 114.0, "cta_warp": 6464}            # partial: per token of pass 1; straight-line per CTA
     mi = {"compact": 40.0, "select": 218.5, "draw": 98.25, "cta_warp": 3720}
     r = cm.split_row_bound(1, 32000, 4, "temp", 16, 2048, pi, mi)
@@ -375,6 +376,21 @@ def test_split_row_bound_b1_hand_case():
     assert f["high"]["l2_to_sm_bytes"] == pytest.approx(1.8 * 32000 * 4 + (0.128 * 4 + 0.768 * 4 + 1.024 * 8) * 32000)
 
 
+def test_split_row_bound_group_slices():
+    # B=1, V=32000 on an H100: 125 slices of one group (256 tokens), each one masked tile of 2048 tokens:
+    # the partial tile's straight-line code alone (no loop tokens), and its MUFU work is the whole tile's
+    pi = {"pass1": 114.0, "cta_warp": 6464, "tail_warp": 900, "pass1_block": 2048, "pass1_mufu": 2.0}
+    mi = {"compact": 40.0, "select": 218.5, "draw": 98.25, "cta_warp": 3720}
+    r = cm.split_row_bound(1, 32000, 4, "temp", 125, 256, pi, mi)
+    assert r["active_sms"] == 125 and r["slices_on_busiest_sm"] == 1 and r["ctas_launched"] == 126
+    t_partial = max(6464 / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
+    assert r["low"]["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx(t_partial, rel=1e-3)
+    # whole tiles skip the partial tile's code: 2 slices of one 2048-token tile each
+    w = cm.split_row_bound(1, 4096, 4, "temp", 2, 2048, pi, mi)
+    t_whole = max((2048 * 114 / 32 + 6464 - 900) / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
+    assert w["low"]["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx(t_whole, rel=1e-3)
+
+
 def test_split_row_bound_b32_waves():
     # B=32, V=32000: 8 slices of 4096 (the wrapper's S after rounding CHUNK to the tile): 256 CTAs on 132 SMs
     r = cm.split_row_bound(32, 32000, 2, "temp", 8, 4096, {"pass1": 100.0}, {"select": 0, "draw": 0})
@@ -382,7 +398,8 @@ def test_split_row_bound_b32_waves():
     assert r["low"]["t_issue_s"] == pytest.approx(2 * 4096 * 100 / 32 / RATE, rel=1e-3)
     # the slice count the model is fed is the wrapper's rule on an H100
     from tts_kernels.sampling.triton_kernel import slices_for
-    assert slices_for(1, 32000, 132) == 16 and slices_for(32, 32000, 132) == 8 and slices_for(256, 32000, 132) == 1
+    assert slices_for(1, 32000, 132) == 125 and slices_for(32, 32000, 132) == 8 and slices_for(256, 32000, 132) == 1
+    assert slices_for(1, 128256, 132) == 72            # 63 tiles of 2048 would leave 69 of the 132 SMs idle
     # the fewest tiles on the busiest SM, at most 2 programs per SM: B=32, V=151936 (75 tiles of 2048): 4 slices
     # of 19 tiles (19 on the busiest SM; 9 slices of 9 tiles put 3 programs on some SMs: 27); B=1: 75 of 1
     assert slices_for(32, 151936, 132) == 4 and slices_for(1, 151936, 132) == 75
@@ -626,13 +643,14 @@ def test_cost_model_from_results_json(tmp_path):
     assert c["not_compiled"] == [] and c["stats_from_sibling"] == []
     b1 = next(r for r in c["sampler"] if r["B"] == 1)
     b256 = next(r for r in c["sampler"] if r["B"] == 256)
-    # B=1: 16 slices of 2048 tokens, one per SM; then the merge (temperature: its straight-line code)
-    assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 16, 2048, 16)
+    # B=1: 125 slices of one group (256 tokens), one per SM, each one masked tile (the partial's straight-line
+    # code, no loop tokens); then the merge (temperature: its straight-line code)
+    assert (b1["path"], b1["slices"], b1["chunk"], b1["active_sms"]) == ("split", 125, 256, 125)
     assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "keys": 200.0,
                                      "draw": 80.0}
     assert b1["instr_per_group"] == 25.0 and b1["draw_instr_per_group"] == 10.0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
-    assert b1["low"]["t_issue_s"] == pytest.approx(((2048 * 100 / 32 + 800) + scan + 800) / RATE, rel=1e-3)
+    assert b1["low"]["t_issue_s"] == pytest.approx((800 + scan + 800) / RATE, rel=1e-3)
     # B=256: one program per row, 2 rows on the busiest SM
     assert (b256["path"], b256["rows_on_busiest_sm"]) == ("row", 2)
     # pass 1's loop: the 31 whole tiles of 1024 (the partial one is straight-line code, none in this SASS)

@@ -160,10 +160,23 @@ def test_slice_tiles():
             tile, chunk = st(V, S0)
             assert chunk % tile == 0 and tile in (least, _tk._tile_tokens(4096, V), _tk._tile_tokens(8192, V))
             assert cdiv(V, chunk) == S0 and 4 * chunk <= 5 * base, (V, S0, tile, chunk)
+        ngr = philox.num_groups(V)
         for B in (1, 2, 5, 16, 32, 64, 100):                         # the count slices_for promises is launched
             for sms in (78, 132):
                 S = _tk.slices_for(B, V, sms)
                 assert S == 1 or cdiv(V, st(V, S)[1]) == S, (V, B, sms)
+                # a small batch spreads over half the SMs at least, or one group per slice
+                assert B >= sms or B * S >= cdiv(sms, 2) or S == ngr, (V, B, sms, S)
+                if S > cdiv(V, least):                                # slices of whole groups, one masked tile
+                    tile, chunk = st(V, S)
+                    assert tile == least and chunk % philox.GROUP_SIZE == 0 and chunk < tile, (V, B, sms)
+                    # the fewest slices of whole groups that make half the SMs' programs (one group each where
+                    # none do), the groups spread evenly over them
+                    counts = [n for n in {cdiv(ngr, c) for c in range(1, ngr + 1)} if B * n >= cdiv(sms, 2)]
+                    assert S == min(counts, default=ngr) and chunk == cdiv(ngr, S) * philox.GROUP_SIZE, (V, B, sms)
+    # B=1 on an H100: 125 slices of one group (V=32000), 72 of 7 (V=128256), 75 tiles of 2048 (V=151936)
+    assert [_tk.slices_for(1, V, 132) for V in (32000, 128256, 151936)] == [125, 72, 75]
+    assert st(32000, 125) == (2048, 256) and st(128256, 72) == (2048, 1792)
 
 
 def test_finish_tiles():
@@ -208,6 +221,31 @@ def test_split_rows_large_tiles(monkeypatch, dtype, pad):
     assert _bf16_pairs(x) == (pad > 0)
     _check(x, _params(B, [1.0, 0.7, 0.0, 1.3], [0, 40, 0, 0], [0.9, 1.0, 1.0, 0.95], [0.05, 0.0, 0.0, 0.0]))
     assert used == [(8192, 24576)]                     # the wrapper's split: tiles of 8192
+
+
+@pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 1)], ids=["fp32", "bf16-pairs"])
+def test_split_rows_group_slices(monkeypatch, dtype, pad):
+    """Slices of whole groups, fewer tokens than a pass-1 tile (``slices_for`` at small B: B=2, V=5001 on 132
+    SMs makes 20 slices of one group, each one masked tile of 2048): the last slice 137 tokens, a -inf stretch
+    across two slices' borders, the maximum in a slice's first and in the row's last token, filters and a
+    greedy row; the reference's tokens and logprobs; bf16 in 32-bit pairs over padded rows."""
+    B, V = 2, 5001
+    S = _tk.slices_for(B, V, 132)
+    assert S == 20 and _tk._slice_tiles(V, S) == (2048, 256)
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: _tk.slices_for(B, V, 132))
+    used = []
+    slice_tiles = _tk._slice_tiles
+    monkeypatch.setattr(_tk, "_slice_tiles", lambda V, S: used.append((S, slice_tiles(V, S))) or used[-1][1])
+    gen = torch.Generator().manual_seed(29)
+    for params in (_params(B, [1.0, 0.0], [0, 0], [0.9, 1.0], [0.05, 0.0]),
+                   _params(B, [0.7, 1.3], [40, 0], [1.0, 0.95], [0.0, 0.1])):
+        buf = torch.randn(B, V + pad, generator=gen) * 2
+        buf[:, V:] = 60.0                               # padding: read as a token, it would be every row's maximum
+        buf[0, 3 * 256 - 300:4 * 256 + 10] = float("-inf")
+        buf[0, 7 * 256] = 9.0                           # the maximum, a slice's first token
+        buf[1, V - 1] = 9.0                             # the maximum, the row's last token
+        _check(buf.to(dtype=dtype, device=DEV)[:, :V], params)
+    assert used == [(20, (2048, 256))] * 2
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])
@@ -622,7 +660,8 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     """Rows whose best unfiltered group keeps nothing after the filters, so the chosen group cannot stand
     and the filtered draw's pass (``_filtered_groups``, ``_score_groups``) picks the group again: a group of
     256 strong tokens outweighs a few stronger ones scattered over the row, which top-k / min-p / top-p keep
-    alone. Rows of several draw tiles (an odd V), mixed temperatures, the end token (one of the peaks)
+    alone. Rows whose kept tokens lie in more groups than one tile of the draw's pass holds (so it reads
+    several tiles of listed groups; an odd V), mixed temperatures, the end token (one of the peaks)
     masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
     shrunk: the scores' pass over 18 groups in three blocks). Tokens equal the reference's."""
     from tts_kernels.sampling.reference import draw_scores
@@ -638,13 +677,13 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     for r in range(B):
         a = int(torch.randint(0, V // G, (1,), generator=gen)) * G
         x[r, a:a + G] = 3.0 + 0.01 * torch.randn(G, generator=gen)          # the heavy group
-        peaks = torch.randperm(V, generator=gen)[:12]
+        peaks = torch.randperm(V, generator=gen)[:40]
         peaks = peaks[(peaks < a) | (peaks >= a + G)]
         x[r, peaks] = 4.0 + torch.rand(len(peaks), generator=gen)            # the few strong tokens
         x[r, end] = 5.5                                                      # the end token, strongest
     logits = x.to(dtype=dtype, device=DEV)
     kinds = [(1.0, 12, 1.0, 0.0), (0.8, 0, 1.0, 0.5), (1.3, 40, 0.6, 0.0), (1.0, 0, 0.15, 0.0),
-             (0.7, 8, 0.9, 0.2), (1.0, 0, 1.0, 0.6), (1.2, 5, 1.0, 0.0), (0.9, 0, 0.3, 0.1)]
+             (0.7, 8, 0.9, 0.2), (1.0, 0, 1.0, 0.6), (1.2, 5, 1.0, 0.0), (1.0, 0, 1.0, 0.2)]
     T, k, p, m = (list(c) * 2 for c in zip(*kinds))
     params = _params(B, T, k, p, m, seed=torch.arange(B) * 7919 + 3, offset=torch.arange(B) + 11)
     f = BudgetForcing(end_think_ids=[end], wait_ids=[], answer_prefix_ids=[3])
@@ -657,6 +696,13 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
     g = gs.argmax(1)
     kept_in_best = torch.stack([keep[r, g[r] * G:(g[r] + 1) * G].any() for r in range(B)])
     assert int((~kept_in_best).sum()) >= B // 2, kept_in_best
+    # and some of them keep tokens in more groups than a tile of the draw's pass (DBLOCK tokens) holds: every
+    # group holding a kept token is a candidate group, so the pass reads more than one tile of listed groups
+    warps = _tk._ROW_WARPS if slices <= 1 else _tk._SPLIT_WARPS
+    tile_groups = _tk._finish_tiles(V, dtype.itemsize, warps)["DBLOCK"] // G
+    ngr = philox.num_groups(V)
+    kept_groups = torch.nn.functional.pad(keep, (0, ngr * G - V)).view(B, ngr, G).any(2).sum(1)
+    assert int(((~kept_in_best) & (kept_groups > tile_groups)).sum()) >= 2, (kept_groups, tile_groups)
 
 
 @triton.jit

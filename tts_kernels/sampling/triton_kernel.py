@@ -136,9 +136,14 @@ _PASS1_TOKENS = 8192
 #: warps and twice that, the bf16 V=32000 ``_sample_kernel`` spilled 164 B in a loop on sm_90)
 _DRAW_BYTES_PER_THREAD = 32
 #: tokens per pass-1 tile of the split-row ``_partial_kernel`` (the least; :func:`_slice_tiles` takes larger ones
-#: where the slices allow): slices are whole tiles, and small tiles make enough slices (V = 151936 -> 75) for
-#: B = 1 to fill >= 64 SMs
+#: where the slices allow): slices are whole tiles (V = 151936 -> 75 at B = 1), or whole groups where whole
+#: tiles make too few (:data:`_SPREAD`)
 _SLICE_TOKENS = 2048
+#: a small batch's pass 1 runs on at least ``1 / _SPREAD`` of the SMs (issue 14: B = 1 on >= 64 of an H100's
+#: 132): where slices of whole ``_SLICE_TOKENS`` tiles make fewer programs, :func:`slices_for` cuts slices of
+#: whole groups, each one masked tile (B = 1: V = 32000 -> 125 slices of one group, V = 128256 -> 72 of 7,
+#: instead of 16 and 63 of 2048 tokens)
+_SPREAD = 2
 #: capacity of a row's candidate buffer (``_compact_candidates``: 16 KB per row, + 16 KB of masses): the values of the
 #: tokens at or above the selects' bound, which top-k's bound keeps near k for peaked logits (the
 #: benchmarks' k = 50: about 60-70 of them); a row with more buffers its threshold's bin of them (``_compact_bounded``)
@@ -878,9 +883,10 @@ def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK: tl.constexpr, F
 @triton.jit
 def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
            FAST_LOG: tl.constexpr):
-    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of BLOCK): the whole tiles unmasked in
+    """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of GROUP): the whole tiles unmasked in
     the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
-    elements, padded rows of an odd vocabulary included), then the last, partial one masked.
+    elements, padded rows of an odd vocabulary included), then the last, partial one masked (a slice of
+    fewer tokens than BLOCK: that one only).
     Tiles of BLOCK tokens as ``[H, BLOCK / GROUP, U / H]`` of U units per group (tokens, or with
     PAIRS ``GROUP / 2`` bfloat16 pairs; unit ``g * U + h * U / H + t``): a thread's H vector loads
     all fall in one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the
@@ -1021,7 +1027,8 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
         gX = tl.where(upd, tg, gX)
         nX = tl.maximum(X, tX)
         sX = tl.where(nX > float("-inf"), nX, 0.0)
-        zs_run = zs_run * tl.exp((X - sX) / Tz) + tl.sum(tl.where(Mz > float("-inf"), SZz * tl.exp((Mz - sX) / Tz), 0.0))
+        zs_run = (zs_run * tl.exp((X - sX) / Tz)
+                  + tl.sum(tl.where(Mz > float("-inf"), SZz * tl.exp((Mz - sX) / Tz), 0.0)))
         X = nX
         h = _group_noise4(g0 // 4 + r4, c1, c2, k0, k1)
         sc = tl.where(Mz > float("-inf"), Mz / Tz + tl.log(SZz) + h, float("-inf"))
@@ -1523,7 +1530,9 @@ def slices_for(B, V, num_sms):
     4 slices of 19 tiles, 19 on the busiest SM ("2 programs per SM" alone gave 9 slices of 9 tiles,
     3 of them on some SMs: 27); B=100: 1 (the per-row kernel: 75 tiles of 2048 tokens' worth on each
     busy SM, against 76 with 2 slices; the per-row kernel's own tiles are 8192 tokens, cheaper per
-    token, which this count does not weigh)."""
+    token, which this count does not weigh). Where that leaves fewer than ``num_sms / _SPREAD`` programs
+    (B = 1 below V = 133120), slices of whole groups instead: the longest that make that many, or one
+    group each (B = 1, V = 32000: 125 slices of one group; V = 128256: 72 of 7)."""
     if B >= num_sms:
         return 1
 
@@ -1536,7 +1545,15 @@ def slices_for(B, V, num_sms):
         return triton.cdiv(B * s, num_sms) * chunk, -B * s
 
     most = max(1, min(triton.cdiv(V, _SLICE_TOKENS), 2 * num_sms // B))
-    return launched(min(range(1, most + 1), key=key))[0]
+    S = launched(min(range(1, most + 1), key=key))[0]
+    want = triton.cdiv(num_sms, _SPREAD)
+    if B * S >= want:
+        return S
+    ngr = _philox.num_groups(V)
+    # groups per slice: the most that still make ``want`` programs (the count is cdiv(ngr, groups), which
+    # :func:`_slice_tiles` launches exactly)
+    groups = max([c for c in range(1, ngr + 1) if B * triton.cdiv(ngr, c) >= want], default=1)
+    return max(S, triton.cdiv(ngr, groups))
 
 
 def _slice_tiles(V, S):
@@ -1546,9 +1563,12 @@ def _slice_tiles(V, S):
     slice's tokens. A 2048-token tile puts one 16-byte load per thread in flight and spreads a group over 32
     lanes (17.1 thread-instructions per bf16 token, sm_90, Triton 3.9); an 8192-token one four, over 8 lanes
     (11.1). B=32, V=151936: 4 slices of 5 tiles of 8192 (40960 tokens) instead of 19 of 2048 (38912); B=1 keeps
-    tiles of 2048 (75 slices of one)."""
+    tiles of 2048 (75 slices of one). More slices than tiles of ``_SLICE_TOKENS``: slices of whole groups, each
+    one masked tile of ``_SLICE_TOKENS`` (``S`` as :func:`slices_for` gives it, ``cdiv(groups, c)``)."""
     share = triton.cdiv(V, S)
     least = _tile_tokens(_SLICE_TOKENS, V)
+    if S > triton.cdiv(V, least):
+        return least, triton.cdiv(_philox.num_groups(V), S) * _philox.GROUP_SIZE
     base = triton.cdiv(share, least) * least
     t = _PASS1_TOKENS
     while t > _SLICE_TOKENS:
@@ -1613,7 +1633,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
     # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
-    # still makes 75 slices; larger where the slices allow)
+    # still makes 75 slices; larger where the slices allow), or of whole groups where those make too few
     pblock, chunk = _slice_tiles(V, S)
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
