@@ -198,6 +198,10 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     G = philox.GROUP_SIZE
     NGR = philox.num_groups(V)
     tiles = tk._finish_tiles(V, 2, tk._ROW_WARPS)     # the per-row kernel's bf16 tiles (the paths, not the dtype)
+    if NGR > tiles["NB"]:
+        # _paths_kernel reads all of a row's group maxima in one block of NB, as _candidate_bound does
+        raise ValueError(f"logits: V={V} has {NGR} groups; the paths are replayed for at most {tiles['NB']} "
+                         f"({tiles['NB'] * G} tokens)")
     cap = tk._buffer_capacity(V, tiles["HBLOCK"])
     xg = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(R, NGR, G)
     M = xg.max(2).values
