@@ -378,17 +378,20 @@ def test_split_row_bound_b1_hand_case():
 
 def test_split_row_bound_group_slices():
     # B=1, V=32000 on an H100: 125 slices of one group (256 tokens), each one masked tile of 2048 tokens:
-    # the partial tile's straight-line code alone (no loop tokens), and its MUFU work is the whole tile's
-    pi = {"pass1": 114.0, "cta_warp": 6464, "tail_warp": 900, "pass1_block": 2048, "pass1_mufu": 2.0}
+    # the partial tile's straight-line code alone (no loop tokens), and its MUFU work is the whole tile's.
+    # Figures of the fp32 partial kernel (sm_90): 16.5 per token in the loop, 1888 warp-instructions outside
+    # it, 1175 of them the masked tile's, which costs more than a loop iteration's 1056
+    pi = {"pass1": 16.5, "cta_warp": 1888, "tail_warp": 1175, "pass1_block": 2048, "pass1_mufu": 2.0}
     mi = {"compact": 40.0, "select": 218.5, "draw": 98.25, "cta_warp": 3720}
     r = cm.split_row_bound(1, 32000, 4, "temp", 125, 256, pi, mi)
     assert r["active_sms"] == 125 and r["slices_on_busiest_sm"] == 1 and r["ctas_launched"] == 126
-    t_partial = max(6464 / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
+    t_partial = max(1888 / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
     assert r["low"]["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx(t_partial, rel=1e-3)
-    # whole tiles skip the partial tile's code: 2 slices of one 2048-token tile each
-    w = cm.split_row_bound(1, 4096, 4, "temp", 2, 2048, pi, mi)
-    t_whole = max((2048 * 114 / 32 + 6464 - 900) / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
+    # whole tiles skip the masked tile's code: 16 slices of one 2048-token tile, slightly cheaper per slice
+    w = cm.split_row_bound(1, 32000, 4, "temp", 16, 2048, pi, mi)
+    t_whole = max((2048 * 16.5 / 32 + 1888 - 1175) / RATE, 2048 * 2.0 / (16 * cm.H100["clock_hz"]))
     assert w["low"]["kernels"]["_partial_kernel"]["t_issue_s"] == pytest.approx(t_whole, rel=1e-3)
+    assert t_whole < t_partial
 
 
 def test_split_row_bound_b32_waves():

@@ -165,8 +165,10 @@ def test_slice_tiles():
             for sms in (78, 132):
                 S = _tk.slices_for(B, V, sms)
                 assert S == 1 or cdiv(V, st(V, S)[1]) == S, (V, B, sms)
-                # a small batch spreads over half the SMs at least, or one group per slice
-                assert B >= sms or B * S >= cdiv(sms, 2) or S == ngr, (V, B, sms, S)
+                # a small batch spreads over half the SMs at least, or one group per slice; or it stays one
+                # program per row (the whole-tile rule's 1: a row of one tile, or enough rows)
+                assert S == 1 or B * S >= cdiv(sms, 2) or S == ngr, (V, B, sms, S)
+                assert S == 1 or cdiv(V, 2048) > 1, (V, B, sms, S)
                 if S > cdiv(V, least):                                # slices of whole groups, one masked tile
                     tile, chunk = st(V, S)
                     assert tile == least and chunk % philox.GROUP_SIZE == 0 and chunk < tile, (V, B, sms)
@@ -174,8 +176,9 @@ def test_slice_tiles():
                     # none do), the groups spread evenly over them
                     counts = [n for n in {cdiv(ngr, c) for c in range(1, ngr + 1)} if B * n >= cdiv(sms, 2)]
                     assert S == min(counts, default=ngr) and chunk == cdiv(ngr, S) * philox.GROUP_SIZE, (V, B, sms)
-    # B=1 on an H100: 125 slices of one group (V=32000), 72 of 7 (V=128256), 75 tiles of 2048 (V=151936)
-    assert [_tk.slices_for(1, V, 132) for V in (32000, 128256, 151936)] == [125, 72, 75]
+    # B=1 on an H100: 125 slices of one group (V=32000), 72 of 7 (V=128256), 75 tiles of 2048 (V=151936); a row
+    # of one tile stays whole (one launch, no merge), one token more makes 9 slices of one group
+    assert [_tk.slices_for(1, V, 132) for V in (32000, 128256, 151936, 300, 2048, 2049)] == [125, 72, 75, 1, 1, 9]
     assert st(32000, 125) == (2048, 256) and st(128256, 72) == (2048, 1792)
 
 
@@ -246,6 +249,32 @@ def test_split_rows_group_slices(monkeypatch, dtype, pad):
         buf[1, V - 1] = 9.0                             # the maximum, the row's last token
         _check(buf.to(dtype=dtype, device=DEV)[:, :V], params)
     assert used == [(20, (2048, 256))] * 2
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-pairs"])
+def test_partial_slices_write_own_groups(dtype):
+    """A slice's program writes the stats of its own groups only, each exactly: slices 0..j of a row cut in
+    one-group slices (each one masked tile of 2048 tokens), launched alone into a workspace filled with a
+    sentinel, leave every later group's stats as they were. In a whole launch the interpreter runs programs
+    in grid order, so a later slice would hide an earlier one's stray stores into its groups."""
+    from tts_kernels.sampling.triton_kernel import _bf16_pairs
+    V, G = 5001, philox.GROUP_SIZE
+    ngr = philox.num_groups(V)
+    gen = torch.Generator().manual_seed(37)
+    x = (torch.randn(1, V + 1, generator=gen) * 3).to(dtype)[:, :V]      # the element after an odd V in storage
+    pairs = _bf16_pairs(x)
+    assert pairs == (dtype == torch.bfloat16)
+    x = x.to(DEV)
+    block, warps = _tk._tile_tokens(_tk._SLICE_TOKENS, V), _tk._SPLIT_WARPS
+    xf = torch.nn.functional.pad(x.float().cpu(), (0, ngr * G - V), value=float("-inf")).view(ngr, G)
+    for j in (0, 6, ngr - 1):
+        ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
+        _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, BLOCK=block,
+                                        H=_tk._loads_per_thread(block, x.element_size(), warps), PAIRS=pairs,
+                                        FAST_LOG=False, num_warps=warps)
+        stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
+        assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
+        assert torch.equal(stats[0, :j + 1], xf[:j + 1].max(1).values), j   # each written group's maximum
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])

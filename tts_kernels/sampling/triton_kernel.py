@@ -851,9 +851,10 @@ def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
         wo = start // 2 + idx
         if FULL:
             w = tl.load(w_ptr + wo)
-        else:   # a word straddling ``hi`` (odd hi) keeps its even token; its odd one is made -inf
-            w = tl.load(w_ptr + wo, mask=2 * wo < hi, other=-8323200)   # 0xff80ff80: two bf16 -inf
-            w = tl.where(2 * wo + 1 < hi, w, (w & 65535) | -8388608)     # high half := 0xff80
+        else:   # the words below ``hi // 2``: whole 16-byte vectors when hi is a multiple of 8 (a slice's end, V % 16 == 0)
+            w = tl.load(w_ptr + wo, mask=wo < hi // 2, other=-8323200)   # 0xff80ff80: two bf16 -inf
+            if hi % 2 == 1:   # the word straddling an odd hi keeps its even token; its odd one is made -inf
+                w = tl.where(wo == hi // 2, (tl.load(w_ptr + hi // 2) & 65535) | -8388608, w)   # high := 0xff80
         a = (w << 16).to(tl.float32, bitcast=True)
         b = (w & -65536).to(tl.float32, bitcast=True)
     else:
@@ -1530,9 +1531,10 @@ def slices_for(B, V, num_sms):
     4 slices of 19 tiles, 19 on the busiest SM ("2 programs per SM" alone gave 9 slices of 9 tiles,
     3 of them on some SMs: 27); B=100: 1 (the per-row kernel: 75 tiles of 2048 tokens' worth on each
     busy SM, against 76 with 2 slices; the per-row kernel's own tiles are 8192 tokens, cheaper per
-    token, which this count does not weigh). Where that leaves fewer than ``num_sms / _SPREAD`` programs
-    (B = 1 below V = 133120), slices of whole groups instead: the longest that make that many, or one
-    group each (B = 1, V = 32000: 125 slices of one group; V = 128256: 72 of 7)."""
+    token, which this count does not weigh). Where that leaves more than one slice but fewer than
+    ``num_sms / _SPREAD`` programs (B = 1 at 2048 < V < 133120), slices of whole groups instead: the
+    longest that make that many, or one group each (B = 1, V = 32000: 125 slices of one group; V = 128256:
+    72 of 7)."""
     if B >= num_sms:
         return 1
 
@@ -1547,7 +1549,7 @@ def slices_for(B, V, num_sms):
     most = max(1, min(triton.cdiv(V, _SLICE_TOKENS), 2 * num_sms // B))
     S = launched(min(range(1, most + 1), key=key))[0]
     want = triton.cdiv(num_sms, _SPREAD)
-    if B * S >= want:
+    if S == 1 or B * S >= want:    # a row of one tile (V <= 2048) stays whole: one launch, no merge
         return S
     ngr = _philox.num_groups(V)
     # groups per slice: the most that still make ``want`` programs (the count is cdiv(ngr, groups), which
