@@ -851,7 +851,7 @@ def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
         wo = start // 2 + idx
         if FULL:
             w = tl.load(w_ptr + wo)
-        else:   # the words below ``hi // 2``: whole 16-byte vectors when hi is a multiple of 8 (a slice's end, V % 16 == 0)
+        else:   # the words below hi // 2: 16-byte vectors where hi is a multiple of 8 (a slice's end, V % 16 == 0)
             w = tl.load(w_ptr + wo, mask=wo < hi // 2, other=-8323200)   # 0xff80ff80: two bf16 -inf
             if hi % 2 == 1:   # the word straddling an odd hi keeps its even token; its odd one is made -inf
                 w = tl.where(wo == hi // 2, (tl.load(w_ptr + hi // 2) & 65535) | -8388608, w)   # high := 0xff80
