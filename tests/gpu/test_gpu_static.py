@@ -1008,8 +1008,10 @@ def test_quick_set_compiles(tmp_path):
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
     b1 = next(x for x in s if x["B"] == 1)
     assert b1["low"]["bound"] == "issue" and math.isfinite(b1["low"]["gbps_bound"])
-    # B=1 is modelled as an H100 launches it: split rows, the quick set's own partial and merge specs
-    assert b1["path"] == "split" and b1["slices"] == 16 and not b1["stats_from"] and not b1["merge_stats_from"]
+    # B=1 is modelled as an H100 launches it: split rows (125 slices of one group), the quick set's own partial
+    # and merge specs
+    assert (b1["path"], b1["slices"], b1["chunk"]) == ("split", 125, 256)
+    assert not b1["stats_from"] and not b1["merge_stats_from"]
     assert d["cost_model"]["not_compiled"] == []
     # the GPU suite's predictions from these results: a measured sampler shape the model holds, one it
     # does not, another implementation (ignored), and a tree-attention shape with the three plans (the
