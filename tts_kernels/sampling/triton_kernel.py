@@ -1552,10 +1552,10 @@ def slices_for(B, V, num_sms):
     if S == 1 or B * S >= want:    # a row of one tile (V <= 2048) stays whole: one launch, no merge
         return S
     ngr = _philox.num_groups(V)
-    # groups per slice: the most that still make ``want`` programs (the count is cdiv(ngr, groups), which
-    # :func:`_slice_tiles` launches exactly)
+    # groups per slice: the most that still make ``want`` programs, or one (the count, cdiv(ngr, groups), which
+    # :func:`_slice_tiles` launches exactly, is then above S: S whole tiles made fewer, and S <= ngr)
     groups = max([c for c in range(1, ngr + 1) if B * triton.cdiv(ngr, c) >= want], default=1)
-    return max(S, triton.cdiv(ngr, groups))
+    return triton.cdiv(ngr, groups)
 
 
 def _slice_tiles(V, S):
