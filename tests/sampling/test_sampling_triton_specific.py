@@ -203,6 +203,14 @@ def test_finish_tiles():
     assert [_tk._finish_tiles(32000, 4, 4)[k] for k in pick] == [1024, 256, 128, 128]
 
 
+def _record_slice_tiles(monkeypatch):
+    """The wrapper's calls of ``_slice_tiles``, as (S, (tile, chunk)) in a list that this returns."""
+    used = []
+    slice_tiles = _tk._slice_tiles
+    monkeypatch.setattr(_tk, "_slice_tiles", lambda V, S: used.append((S, slice_tiles(V, S))) or used[-1][1])
+    return used
+
+
 @pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 1)], ids=["fp32", "bf16-pairs"])
 def test_split_rows_large_tiles(monkeypatch, dtype, pad):
     """Split rows in slices of 8192-token tiles (V=40001 in 2 slices: 3 tiles, then one and 7233 tokens, the
@@ -210,9 +218,7 @@ def test_split_rows_large_tiles(monkeypatch, dtype, pad):
     tokens and logprobs; bf16 in 32-bit pairs over padded rows."""
     from tts_kernels.sampling.triton_kernel import _bf16_pairs
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 2)
-    used = []
-    slice_tiles = _tk._slice_tiles
-    monkeypatch.setattr(_tk, "_slice_tiles", lambda V, S: used.append(slice_tiles(V, S)) or used[-1])
+    used = _record_slice_tiles(monkeypatch)
     B, V = 4, 40001
     gen = torch.Generator().manual_seed(23)
     buf = torch.randn(B, V + pad, generator=gen) * 2
@@ -223,7 +229,7 @@ def test_split_rows_large_tiles(monkeypatch, dtype, pad):
     x = buf.to(dtype=dtype, device=DEV)[:, :V]
     assert _bf16_pairs(x) == (pad > 0)
     _check(x, _params(B, [1.0, 0.7, 0.0, 1.3], [0, 40, 0, 0], [0.9, 1.0, 1.0, 0.95], [0.05, 0.0, 0.0, 0.0]))
-    assert used == [(8192, 24576)]                     # the wrapper's split: tiles of 8192
+    assert used == [(2, (8192, 24576))]                # the wrapper's split: tiles of 8192
 
 
 @pytest.mark.parametrize("dtype, pad", [(torch.float32, 0), (torch.bfloat16, 1)], ids=["fp32", "bf16-pairs"])
@@ -236,9 +242,7 @@ def test_split_rows_group_slices(monkeypatch, dtype, pad):
     S = _tk.slices_for(B, V, 132)
     assert S == 20 and _tk._slice_tiles(V, S) == (2048, 256)
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: _tk.slices_for(B, V, 132))
-    used = []
-    slice_tiles = _tk._slice_tiles
-    monkeypatch.setattr(_tk, "_slice_tiles", lambda V, S: used.append((S, slice_tiles(V, S))) or used[-1][1])
+    used = _record_slice_tiles(monkeypatch)
     gen = torch.Generator().manual_seed(29)
     for params in (_params(B, [1.0, 0.0], [0, 0], [0.9, 1.0], [0.05, 0.0]),
                    _params(B, [0.7, 1.3], [40, 0], [1.0, 0.95], [0.0, 0.1])):
