@@ -275,7 +275,7 @@ def test_partial_slices_write_own_groups(dtype):
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
         _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, BLOCK=block,
                                         H=_tk._loads_per_thread(block, x.element_size(), warps), PAIRS=pairs,
-                                        FAST_LOG=False, num_warps=warps)
+                                        FAST_LOG=False, H_AXIS=_tk.TILE_H_AXIS, num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
         assert torch.equal(stats[0, :j + 1], xf[:j + 1].max(1).values), j   # each written group's maximum
@@ -309,12 +309,13 @@ def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_multi_tile_plain_layout(monkeypatch, dtype):
-    """The H = 1 tiles that Tritons before 3.7 get (``GROUP_ALIGNED_TILES``): same tokens."""
+def test_multi_tile_other_tile_axis(monkeypatch, dtype):
+    """Pass 1's tiles in the axis order that this Triton does not get (``TILE_H_AXIS``: ``[groups, H, units / H]``
+    under Triton 3.5 and 3.6, ``[H, groups, units / H]`` from 3.7): same tokens."""
     from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS
-    monkeypatch.setattr(_tk, "GROUP_ALIGNED_TILES", False)
+    monkeypatch.setattr(_tk, "TILE_H_AXIS", 1 - _tk.TILE_H_AXIS)
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 1)
-    assert _tk._loads_per_thread(_PASS1_TOKENS, 2, _tk._ROW_WARPS) == 1
+    assert _tk._loads_per_thread(_PASS1_TOKENS, dtype.itemsize, _tk._ROW_WARPS) > 1   # the order matters
     torch.manual_seed(13)
     B, V = 3, _PASS1_TOKENS + 2 * 256 + 10
     buf = torch.randn(B, V + 6, device=DEV) * 2
@@ -685,20 +686,24 @@ def test_filters_on_candidate_groups(dtype):
     _check(logits, params, budget, forced, 0, 2)
 
 
-@pytest.mark.parametrize("dtype, slices, scan", [(torch.float32, 1, None), (torch.float32, 3, None),
-                                                  (torch.bfloat16, 1, None), (torch.bfloat16, 3, None),
-                                                  (torch.float32, 1, 8)],
-                         ids=["fp32", "fp32-split", "bf16", "bf16-split", "fp32-scan-blocks"])
-def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan):
+@pytest.mark.parametrize("dtype, slices, scan, other_axis", [
+    (torch.float32, 1, None, False), (torch.float32, 3, None, False), (torch.bfloat16, 1, None, False),
+    (torch.bfloat16, 3, None, False), (torch.float32, 1, 8, False), (torch.bfloat16, 1, None, True),
+    (torch.float32, 3, None, True)],
+    ids=["fp32", "fp32-split", "bf16", "bf16-split", "fp32-scan-blocks", "bf16-other-axis", "fp32-split-other-axis"])
+def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
     """Rows whose best unfiltered group keeps nothing after the filters, so the chosen group cannot stand
     and the filtered draw's pass (``_filtered_groups``, ``_score_groups``) picks the group again: a group of
     256 strong tokens outweighs a few stronger ones scattered over the row, which top-k / min-p / top-p keep
     alone. Rows whose kept tokens lie in more groups than one tile of the draw's pass holds (so it reads
     several tiles of listed groups; an odd V), mixed temperatures, the end token (one of the peaks)
     masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
-    shrunk: the scores' pass over 18 groups in three blocks). Tokens equal the reference's."""
+    shrunk: the scores' pass over 18 groups in three blocks), and the tiles of pass 1 and the draw's pass in
+    the axis order this Triton does not get (``TILE_H_AXIS``). Tokens equal the reference's."""
     from tts_kernels.sampling.reference import draw_scores
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    if other_axis:
+        monkeypatch.setattr(_tk, "TILE_H_AXIS", 1 - _tk.TILE_H_AXIS)
     if scan:
         monkeypatch.setattr(_tk, "_SCAN", scan)
         monkeypatch.setattr(_tk, "_SCAN_POW2_GROUPS", scan // 2)

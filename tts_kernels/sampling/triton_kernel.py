@@ -819,17 +819,17 @@ def _max_nan(a, b):
 
 
 @triton.jit
-def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
-    """Float32 tiles ``[H, GT, W]`` of a group's tokens (group g = ``a[:, g, :]``, and ``b[:, g, :]``
-    when PAIRS) -> per group (max, sum exp2((x - max) * log2e), sum exp2((x - max) * kz)),
-    ``kz = log2e / T``; the max propagates NaN; a group of -inf has max -inf and sums 0. Elementwise
-    first, then the axis-0 reductions in a thread; only axis 2 crosses lanes."""
+def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
+    """Float32 tiles of groups (:func:`_group_tile`; and ``b`` when PAIRS) -> per group (max, sum
+    exp2((x - max) * log2e), sum exp2((x - max) * kz)), ``kz = log2e / T``; the max propagates NaN; a group
+    of -inf has max -inf and sums 0. Elementwise first, then the H axis's reductions in a thread; only the
+    last axis crosses lanes."""
     if PAIRS:
         mx = _max_nan(a, b)
     else:
         mx = a
-    m = tl.reduce(tl.reduce(mx, 0, _max_nan), 1, _max_nan)
-    ms = tl.where(m > float("-inf"), m, 0.0)[None, :, None]
+    m = tl.reduce(tl.reduce(mx, H_AXIS, _max_nan), 1, _max_nan)
+    ms = _per_group(tl.where(m > float("-inf"), m, 0.0), H_AXIS)
     da = a - ms
     er = _exp2(da * 1.4426950408889634, FAST_LOG)
     ez = _exp2(da * kz, FAST_LOG)
@@ -837,7 +837,24 @@ def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
         db = b - ms
         er += _exp2(db * 1.4426950408889634, FAST_LOG)
         ez += _exp2(db * kz, FAST_LOG)
-    return m, tl.sum(tl.sum(er, 0), 1), tl.sum(tl.sum(ez, 0), 1)
+    return m, tl.sum(tl.sum(er, H_AXIS), 1), tl.sum(tl.sum(ez, H_AXIS), 1)
+
+
+@triton.jit
+def _group_tile(base, H: tl.constexpr, W: tl.constexpr, H_AXIS: tl.constexpr):
+    """The offsets of a tile of groups: ``base[g] + h * W + t`` (``base``: a ``[GT]`` tensor, group g's
+    first unit; h < H, t < W), laid out ``[H, GT, W]`` (``H_AXIS`` 0) or ``[GT, H, W]`` (1). The wrapper
+    passes the order in which this Triton gives a thread the H vector loads of one group and puts the lanes
+    across the groups (:data:`TILE_H_AXIS`); a group's reductions (``tl.sum(tl.sum(x, H_AXIS), 1)``) then
+    cross ``W / vector`` lanes."""
+    hw = tl.arange(0, H)[:, None] * W + tl.arange(0, W)[None, :]
+    return _per_group(base, H_AXIS) + tl.expand_dims(hw, 1 - H_AXIS)
+
+
+@triton.jit
+def _per_group(v, H_AXIS: tl.constexpr):
+    """A ``[GT]`` tensor of per-group values broadcastable against a :func:`_group_tile` tile."""
+    return tl.expand_dims(tl.expand_dims(v, 1), H_AXIS)
 
 
 @triton.jit
@@ -869,11 +886,11 @@ def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
 
 @triton.jit
 def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK: tl.constexpr, FULL: tl.constexpr,
-                PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
+                PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """The group stats of one tile (``_tile``, ``_group_stats``) into the row's workspace planes
     ``ws_row[p * NGR + g]`` (p = max, raw sum, draw sum); only groups that start before ``hi``."""
     a, b = _tile(row_ptr, start, hi, idx, FULL, PAIRS)
-    m, sr, sz = _group_stats(a, b, kz, PAIRS, FAST_LOG)
+    m, sr, sz = _group_stats(a, b, kz, PAIRS, FAST_LOG, H_AXIS)
     g = start // GROUP + tl.arange(0, BLOCK // GROUP)
     gm = g * GROUP < hi
     tl.store(ws_row + g, m, mask=gm)
@@ -883,25 +900,23 @@ def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK: tl.constexpr, F
 
 @triton.jit
 def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
-           FAST_LOG: tl.constexpr):
+           FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of GROUP): the whole tiles unmasked in
     the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
     elements, padded rows of an odd vocabulary included), then the last, partial one masked (a slice of
     fewer tokens than BLOCK: that one only).
-    Tiles of BLOCK tokens as ``[H, BLOCK / GROUP, U / H]`` of U units per group (tokens, or with
-    PAIRS ``GROUP / 2`` bfloat16 pairs; unit ``g * U + h * U / H + t``): a thread's H vector loads
-    all fall in one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the
-    per-row kernel's 8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits)."""
+    Tiles of BLOCK tokens, ``BLOCK / GROUP`` groups of U units (tokens, or with PAIRS ``GROUP / 2``
+    bfloat16 pairs) as H runs of ``U / H`` (:func:`_group_tile`): a thread's H vector loads all fall in
+    one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the per-row kernel's
+    8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits)."""
     GT: tl.constexpr = BLOCK // GROUP
     U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
-    W: tl.constexpr = U // H
-    idx = (tl.arange(0, H)[:, None, None] * W + tl.arange(0, GT)[None, :, None] * U
-           + tl.arange(0, W)[None, None, :])
+    idx = _group_tile(tl.arange(0, GT) * U, H, U // H, H_AXIS)
     full_end = lo + (hi - lo) // BLOCK * BLOCK
     for start in range(lo, full_end, BLOCK):
-        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK, True, PAIRS, FAST_LOG)
+        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
     if full_end < hi:
-        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, BLOCK, False, PAIRS, FAST_LOG)
+        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
 
 
 @triton.jit
@@ -1114,7 +1129,7 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, 
 
 @triton.jit
 def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt, c1, c2, k0, k1,
-                     DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
+                     DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
     (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
@@ -1123,21 +1138,19 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
     writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
     ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
-    Tiles of ``DBLOCK`` tokens as ``[DH, groups, GROUP / DH]``, as pass 1's (a thread's DH vector loads fall in one
-    group, so a group's sum crosses fewer lanes)."""
+    Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
+    thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
     GT: tl.constexpr = DBLOCK // GROUP
-    W: tl.constexpr = GROUP // DH
-    tok = tl.arange(0, DH)[:, None, None] * W + tl.arange(0, W)[None, None, :]
     end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     for t0 in range(0, nlist * GROUP, DBLOCK):
         g, on = _listed(ws_row, NGR, nlist, t0, GT)
-        offs = g[None, :, None] * GROUP + tok
-        x = tl.load(row_ptr + offs, mask=(offs < V) & on[None, :, None], other=float("-inf")).to(tl.float32)
+        offs = _group_tile(g * GROUP, DH, GROUP // DH, H_AXIS)
+        x = tl.load(row_ptr + offs, mask=(offs < V) & _per_group(on, H_AXIS), other=float("-inf")).to(tl.float32)
         x = tl.where(offs == end_at, float("-inf"), x)
         e = _rel_mass(x, xmax, kz)
-        tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), 0), 1), mask=on)
+        tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), H_AXIS), 1), mask=on)
     tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
     return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
 
@@ -1245,12 +1258,12 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
 
 @triton.jit
 def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt, c1, c2, k0, k1,
-             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
+             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
     bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
     gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
-                          c1, c2, k0, k1, DBLOCK, DH, FB)
+                          c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
     _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
                            _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
     return tok
@@ -1258,14 +1271,15 @@ def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, x
 
 @triton.jit
 def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
-                     c1, c2, k0, k1, DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr):
+                     c1, c2, k0, k1, DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr,
+                     H_AXIS: tl.constexpr):
     """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
     stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
     unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
     otherwise :func:`_rescore`."""
     if sc1 <= bar:
         s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
-                         c1, c2, k0, k1, DBLOCK, DH, FB)
+                         c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
     return s_tok
 
 
@@ -1273,7 +1287,7 @@ def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, m
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
             HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
-            FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr):
+            FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
@@ -1317,7 +1331,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xmax, mp, xt, cand1, c1, c2, k0, k1)
         if filtered:
             s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz,
-                                     min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB)
+                                     min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
     # which the best draw score shows without a division: a group's score M / T + ln(S_z) + noise is
@@ -1414,28 +1428,30 @@ def _sample_kernel(
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
         DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr,
-        FAST_LOG: tl.constexpr):
+        H_AXIS: tl.constexpr, FAST_LOG: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
-    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
+    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
 @triton.jit
 def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
-                    BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr):
+                    BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr,
+                    H_AXIS: tl.constexpr):
     """Split-row pass 1: program (row, j) writes the group stats of ``[j * CHUNK, (j + 1) * CHUNK)``."""
     row = tl.program_id(0)
     j = tl.program_id(1)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     lo = j * CHUNK
-    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG)
+    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG,
+           H_AXIS)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -1444,14 +1460,14 @@ def _merge_kernel(
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
         HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
-        PW: tl.constexpr, NB: tl.constexpr):
+        PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB)
+            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
 def _fast_log(t):
@@ -1480,12 +1496,13 @@ def _bf16_pairs(logits):
     return end * logits.element_size() <= logits.untyped_storage().nbytes()
 
 
-#: whether this Triton lays pass 1's ``[H, groups, units / H]`` tiles out as intended (a thread's loads
-#: along H, lanes along the groups): 3.7 on. 3.5 and 3.6 put lanes along H (a group's loads spread over
-#: 32 lanes again and, in fp32, over warps through shared memory: 18.5 (bf16) and 39 (fp32)
-#: instructions per token in the static check instead of 10.9 and 9.9), so they get H = 1, the plain
-#: ``[groups, units]`` tile
-GROUP_ALIGNED_TILES = release(triton.__version__)[:2] >= (3, 7)
+#: the axis of pass 1's and the filtered draw's 3-d tiles that holds a thread's H (DH) loads of one group
+#: (``H_AXIS``, :func:`_group_tile`): 0, ``[H, groups, units / H]``, from Triton 3.7 on; 1, ``[groups, H,
+#: units / H]``, under 3.5 and 3.6. Both axes have contiguity 1, and Triton's coalescing puts the lanes on
+#: the middle one from 3.7 on, on the first one before (``order = [2, 0, 1]`` in 3.6's TTGIR): with the
+#: other order a group's loads spread over 32 lanes again (20.2-20.7 bf16 instructions per token in the
+#: static check instead of 10.0)
+TILE_H_AXIS = 0 if release(triton.__version__)[:2] >= (3, 7) else 1
 
 
 def _threads(warps):
@@ -1495,10 +1512,7 @@ def _threads(warps):
 
 def _loads_per_thread(block, element_size, warps):
     """Pass 1's ``H`` and the filtered draw's ``DH``: the 16-byte loads of one thread of a ``warps``-warp
-    program per tile of ``block`` tokens (at least 1), or 1 where the Triton lays such tiles out badly
-    (:data:`GROUP_ALIGNED_TILES`)."""
-    if not GROUP_ALIGNED_TILES:
-        return 1
+    program per tile of ``block`` tokens (at least 1)."""
     return max(1, block // (_threads(warps) * (16 // element_size)))
 
 
@@ -1632,7 +1646,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
-            FAST_LOG=fast, **tiles, num_warps=warps, **_REGISTER_CAP)
+            FAST_LOG=fast, **tiles, H_AXIS=TILE_H_AXIS, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
     # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
     # still makes 75 slices; larger where the slices allow), or of whole groups where those make too few
@@ -1640,10 +1654,11 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
-        BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast, num_warps=warps)
+        BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast, H_AXIS=TILE_H_AXIS,
+        num_warps=warps)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, **tiles, num_warps=warps, **_REGISTER_CAP)
+        HAS_BUDGET=has_budget, **tiles, H_AXIS=TILE_H_AXIS, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
