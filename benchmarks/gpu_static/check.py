@@ -144,7 +144,7 @@ def triton_minor(version: str) -> str:
 
 
 #: kernels whose specializations follow the Triton release (the sampler's pass-1 and filtered-draw tiles,
-#: axis order, ``H_AXIS``: ``triton_kernel.TILE_H_AXIS``): a full run checks only its own release's allow-list
+#: axis order, ``H_AXIS``: ``tts_kernels._triton_layout.REGISTER_AXIS``): a full run checks only its own release's allow-list
 #: entries of these for a launched specialization
 RELEASE_SPECIALIZED = ("_sample_kernel", "_partial_kernel", "_merge_kernel")
 

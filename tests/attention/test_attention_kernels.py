@@ -414,6 +414,27 @@ def test_triton_head_dims(d):
     check_against_oracle(out, lse, q, k, v, bt, lens, scale)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])
+def test_triton_stage2_other_pair_axis(dtype, monkeypatch):
+    """Stage 2's (pair, head, dim) tiles in the axis order this Triton does not get
+    (``_triton_layout.REGISTER_AXIS``: ``[H, P, D]`` under Triton 3.5 and 3.6, ``[P, H, D]`` from 3.7): rows of
+    more pairs than one step's ``BLOCK_P`` (a chain of rows in one-block chunks: row i has i + 1 pairs; partial
+    last steps) and a heads block with masked heads (12 of 16)."""
+    require_triton()
+    from tts_kernels import _triton_layout
+    from tts_kernels.attention import triton_kernel as tri
+
+    monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
+    cfg = tri.stage2_config(12, 32)
+    assert cfg["P_AXIS"] == _triton_layout.REGISTER_AXIS and cfg["BLOCK_H"] == 16, cfg
+    q, k, v, bt, lens = make_inputs("chain", 7, 2, 12, 4, 32, dtype, 29, 10)
+    plan = simple_plan(bt, lens, 2, max_chunk_blocks=1)
+    pairs = plan.row_pair_ptr[1:] - plan.row_pair_ptr[:-1]
+    assert int(pairs.max()) > cfg["BLOCK_P"] and bool((pairs % cfg["BLOCK_P"] != 0).any()), pairs
+    out, lse = run_triton(q, k, v, bt, lens, plan, 0.25)
+    check_against_oracle(out, lse, q, k, v, bt, lens, 0.25)
+
+
 @pytest.mark.parametrize("isa", ["best", "avx2", "generic"])
 @pytest.mark.parametrize("d", [16, 24, 48, 80, 128])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["f32", "bf16"])

@@ -275,7 +275,7 @@ def test_partial_slices_write_own_groups(dtype):
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
         _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, BLOCK=block,
                                         H=_tk._loads_per_thread(block, x.element_size(), warps), PAIRS=pairs,
-                                        FAST_LOG=False, H_AXIS=_tk.TILE_H_AXIS, num_warps=warps)
+                                        FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
         assert torch.equal(stats[0, :j + 1], xf[:j + 1].max(1).values), j   # each written group's maximum
@@ -310,10 +310,10 @@ def test_long_row_multi_tile(monkeypatch, dtype, pad, slices):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_multi_tile_other_tile_axis(monkeypatch, dtype):
-    """Pass 1's tiles in the axis order that this Triton does not get (``TILE_H_AXIS``: ``[groups, H, units / H]``
-    under Triton 3.5 and 3.6, ``[H, groups, units / H]`` from 3.7): same tokens."""
+    """Pass 1's tiles in the axis order that this Triton does not get (``_triton_layout.REGISTER_AXIS``: ``[groups,
+    H, units / H]`` under Triton 3.5 and 3.6, ``[H, groups, units / H]`` from 3.7): same tokens."""
     from tts_kernels.sampling.triton_kernel import _PASS1_TOKENS
-    monkeypatch.setattr(_tk, "TILE_H_AXIS", 1 - _tk.TILE_H_AXIS)
+    monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: 1)
     assert _tk._loads_per_thread(_PASS1_TOKENS, dtype.itemsize, _tk._ROW_WARPS) > 1   # the order matters
     torch.manual_seed(13)
@@ -617,6 +617,7 @@ def test_threshold_search_exact(quantize, cap, sort):
 
 
 # ---- split-row path (several programs per row, exact merge) and the pass-1 approximation -------
+from tts_kernels import _triton_layout  # noqa: E402
 from tts_kernels.sampling import triton_kernel as _tk  # noqa: E402
 
 
@@ -699,11 +700,11 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
     several tiles of listed groups; an odd V), mixed temperatures, the end token (one of the peaks)
     masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
     shrunk: the scores' pass over 18 groups in three blocks), and the tiles of pass 1 and the draw's pass in
-    the axis order this Triton does not get (``TILE_H_AXIS``). Tokens equal the reference's."""
+    the axis order this Triton does not get (``_triton_layout.REGISTER_AXIS``). Tokens equal the reference's."""
     from tts_kernels.sampling.reference import draw_scores
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     if other_axis:
-        monkeypatch.setattr(_tk, "TILE_H_AXIS", 1 - _tk.TILE_H_AXIS)
+        monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
     if scan:
         monkeypatch.setattr(_tk, "_SCAN", scan)
         monkeypatch.setattr(_tk, "_SCAN_POW2_GROUPS", scan // 2)

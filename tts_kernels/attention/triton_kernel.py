@@ -76,7 +76,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _platform
+from .. import _platform, _triton_layout
 from .plan import Parallelism, TreeAttentionPlan
 
 _LOG2E = 1.4426950408889634
@@ -287,6 +287,12 @@ def _stage1_item(
 
 
 @triton.jit
+def _on_axis(x, AXIS: tl.constexpr):
+    """A 1-d tensor along axis ``AXIS`` (0 or 1) of a 2-d tile."""
+    return tl.expand_dims(x, 1 - AXIS)
+
+
+@triton.jit
 def _tree_attn_stage2(
     out_p_ptr, lse_p_ptr, row_pair_ptr_ptr, row_pairs_ptr, out_ptr, lse_ptr,
     stride_on, stride_oh, stride_od,
@@ -295,7 +301,12 @@ def _tree_attn_stage2(
     BLOCK_P: tl.constexpr,
     BLOCK_H: tl.constexpr,
     BLOCK_D: tl.constexpr,
+    P_AXIS: tl.constexpr,
 ):
+    """Row ``i``'s output for heads block ``hb``: the LSE-weighted sum of its pairs' partial outputs.
+    Tiles of (pair, head[, dim]) with the pairs on axis ``P_AXIS`` and the heads on the other (``[P, H, D]``
+    or ``[H, P, D]``): the axis this Triton keeps in a thread's registers (``_triton_layout.REGISTER_AXIS``),
+    so that the sums over the pairs stay in the thread."""
     i = tl.program_id(0)
     hb = tl.program_id(1)
     offs_h = hb * BLOCK_H + tl.arange(0, BLOCK_H)
@@ -303,6 +314,8 @@ def _tree_attn_stage2(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = offs_d < HEAD_DIM
     offs_p = tl.arange(0, BLOCK_P)
+    hh = _on_axis(offs_h, 1 - P_AXIS)
+    hm = _on_axis(h_mask, 1 - P_AXIS)
 
     j0 = tl.load(row_pair_ptr_ptr + i)
     j1 = tl.load(row_pair_ptr_ptr + i + 1)
@@ -311,9 +324,9 @@ def _tree_attn_stage2(
     for j in range(j0, j1, BLOCK_P):
         jm = j + offs_p < j1
         p = tl.load(row_pairs_ptr + j + offs_p, mask=jm, other=0).to(tl.int64)
-        lp = tl.load(lse_p_ptr + p[:, None] * HQ + offs_h[None, :], mask=jm[:, None] & h_mask[None, :],
+        lp = tl.load(lse_p_ptr + _on_axis(p, P_AXIS) * HQ + hh, mask=_on_axis(jm, P_AXIS) & hm,
                      other=float("-inf"))
-        m = tl.maximum(m, tl.max(lp, 0))
+        m = tl.maximum(m, tl.max(lp, P_AXIS))
     m_safe = tl.where(m > float("-inf"), m, 0.0)
     # Pass 2: exact weights, weighted sum of the partial outputs.
     s = tl.zeros([BLOCK_H], tl.float32)
@@ -321,13 +334,14 @@ def _tree_attn_stage2(
     for j in range(j0, j1, BLOCK_P):
         jm = j + offs_p < j1
         p = tl.load(row_pairs_ptr + j + offs_p, mask=jm, other=0).to(tl.int64)
-        pm = jm[:, None] & h_mask[None, :]
-        lp = tl.load(lse_p_ptr + p[:, None] * HQ + offs_h[None, :], mask=pm, other=float("-inf"))
-        w = tl.where(pm, tl.exp(lp - m_safe[None, :]), 0.0)  # [BLOCK_P, BLOCK_H]
-        op = tl.load(out_p_ptr + (p[:, None, None] * HQ + offs_h[None, :, None]) * HEAD_DIM
-                     + offs_d[None, None, :], mask=pm[:, :, None] & d_mask[None, None, :], other=0.0)
-        acc += tl.sum(w[:, :, None] * op.to(tl.float32), 0)
-        s += tl.sum(w, 0)
+        ph = _on_axis(p, P_AXIS) * HQ + hh                 # [BLOCK_P, BLOCK_H] or [BLOCK_H, BLOCK_P]
+        pm = _on_axis(jm, P_AXIS) & hm
+        lp = tl.load(lse_p_ptr + ph, mask=pm, other=float("-inf"))
+        w = tl.where(pm, tl.exp(lp - _on_axis(m_safe, 1 - P_AXIS)), 0.0)
+        op = tl.load(out_p_ptr + ph[:, :, None] * HEAD_DIM + offs_d[None, None, :],
+                     mask=pm[:, :, None] & d_mask[None, None, :], other=0.0)
+        acc += tl.sum(w[:, :, None] * op.to(tl.float32), P_AXIS)
+        s += tl.sum(w, P_AXIS)
     has = s > 0.0
     out = tl.where(has[:, None], acc / tl.where(has, s, 1.0)[:, None], 0.0)
     lse = tl.where(has, m_safe + tl.log(tl.where(has, s, 1.0)), float("-inf"))
@@ -547,10 +561,12 @@ def narrow_config(Hq: int, Hkv: int, D: int, dtype: torch.dtype = torch.bfloat16
 
 
 def stage2_config(Hq: int, D: int):
+    """Stage 2's constexprs: tiles of ``BLOCK_P`` pairs x ``BLOCK_H`` heads x ``BLOCK_D``, the pairs on the
+    axis this Triton keeps in registers (``P_AXIS``, :data:`_triton_layout.REGISTER_AXIS`)."""
     block_d = max(16, _next_pow2(D))
     block_p = 4
     block_h = max(1, min(_next_pow2(Hq), max(1, 4096 // (block_d * block_p))))
-    return dict(BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_D=block_d)
+    return dict(BLOCK_P=block_p, BLOCK_H=block_h, BLOCK_D=block_d, P_AXIS=_triton_layout.REGISTER_AXIS)
 
 
 def partial_dtype(dtype: torch.dtype) -> torch.dtype:

@@ -75,8 +75,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .. import _platform
-from .._torch_support import release
+from .. import _platform, _triton_layout
 from . import budget as _budget
 from . import params as _params
 from . import philox as _philox
@@ -845,7 +844,7 @@ def _group_tile(base, H: tl.constexpr, W: tl.constexpr, H_AXIS: tl.constexpr):
     """The offsets of a tile of groups: ``base[g] + h * W + t`` (``base``: a ``[GT]`` tensor, group g's
     first unit; h < H, t < W), laid out ``[H, GT, W]`` (``H_AXIS`` 0) or ``[GT, H, W]`` (1). The wrapper
     passes the order in which this Triton gives a thread the H vector loads of one group and puts the lanes
-    across the groups (:data:`TILE_H_AXIS`); a group's reductions (``tl.sum(tl.sum(x, H_AXIS), 1)``) then
+    across the groups (``_triton_layout.REGISTER_AXIS``); a group's reductions (``tl.sum(tl.sum(x, H_AXIS), 1)``) then
     cross ``W / vector`` lanes."""
     hw = tl.arange(0, H)[:, None] * W + tl.arange(0, W)[None, :]
     return _per_group(base, H_AXIS) + tl.expand_dims(hw, 1 - H_AXIS)
@@ -1496,15 +1495,6 @@ def _bf16_pairs(logits):
     return end * logits.element_size() <= logits.untyped_storage().nbytes()
 
 
-#: the axis of pass 1's and the filtered draw's 3-d tiles that holds a thread's H (DH) loads of one group
-#: (``H_AXIS``, :func:`_group_tile`): 0, ``[H, groups, units / H]``, from Triton 3.7 on; 1, ``[groups, H,
-#: units / H]``, under 3.5 and 3.6. Both axes have contiguity 1, and Triton's coalescing puts the lanes on
-#: the middle one from 3.7 on, on the first one before (``order = [2, 0, 1]`` in 3.6's TTGIR): with the
-#: other order a group's loads spread over 32 lanes again (20.2-20.7 bf16 instructions per token in the
-#: static check instead of 10.0)
-TILE_H_AXIS = 0 if release(triton.__version__)[:2] >= (3, 7) else 1
-
-
 def _threads(warps):
     """Threads of a program of ``warps`` warps."""
     return 32 * warps
@@ -1646,7 +1636,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, logp, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
-            FAST_LOG=fast, **tiles, H_AXIS=TILE_H_AXIS, num_warps=warps, **_REGISTER_CAP)
+            FAST_LOG=fast, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
     # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
     # still makes 75 slices; larger where the slices allow), or of whole groups where those make too few
@@ -1654,11 +1644,11 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk,
-        BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast, H_AXIS=TILE_H_AXIS,
-        num_warps=warps)
+        BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast,
+        H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, logp, ws, cand,
         V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
-        HAS_BUDGET=has_budget, **tiles, H_AXIS=TILE_H_AXIS, num_warps=warps, **_REGISTER_CAP)
+        HAS_BUDGET=has_budget, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
