@@ -10,7 +10,8 @@ Exit status: 0 pass (or skip: an unsupported Triton prints ``SKIP ...``), 1 when
 specialization fails to compile or spills inside a hot loop without an entry in the
 allow-list (``known_spills.json``), when a tree-attention variant cannot hold its ``CTAS_PER_SM``
 (:func:`occupancy_failures`), when a pass-1 loop over aligned rows lacks 16-byte loads
-(:func:`vector_load_failures`), when stage 1's KV loop can skip more than a mask and a rescale
+(:func:`vector_load_failures`) or reduces a group across more lanes than its tile layout asks
+(:func:`tile_order_failures`, as does stage 2's loop over the pairs), when stage 1's KV loop can skip more than a mask and a rescale
 (:func:`min_path_failures`), or (full set) when a kernel launched as ``kernel[grid](...)`` in
 the kernel modules is never reached by ``spaces.py``; 2 when triton does not import.
 
@@ -202,7 +203,8 @@ def verdict(results, allow, level: str, arch_names: Sequence[str], not_reached: 
 
     complete = level == "full" and set(arch_names) == {f"sm_{a}" for a in aot.ARCHS}
     failures, known, stale = judge(results, allow, complete=complete, triton=triton)
-    failures += vector_load_failures(results) + occupancy_failures(results) + min_path_failures(results)
+    failures += (vector_load_failures(results) + tile_order_failures(results) + occupancy_failures(results)
+                 + min_path_failures(results))
     if level == "full":
         failures += [f"kernel {k} is launched in {', '.join(KERNEL_MODULES)} but no case of "
                      f"benchmarks/gpu_static/spaces.py reached it: extend spaces.py" for k in not_reached]
@@ -318,6 +320,50 @@ def vector_load_failures(results):
             if not loops or not any(op.endswith(".128") for op in loops[0]["ldg_ops"]):
                 got = loops[0]["ldg_ops"] if loops else "no pass-1 loop found"
                 failures.append(f"pass 1 without 16-byte loads on aligned rows: {r['spec']} on {arch} ({got})")
+    return failures
+
+
+#: shuffles a stage-2 step may hold: its sums over the pairs stay in a thread (the pairs on the register axis,
+#: ``P_AXIS``); 2-3 per step in the static runs of Triton 3.5-3.9 (50-66 with the pairs across lanes)
+STAGE2_SHUFFLES_PER_STEP = 8
+
+
+def tile_order_failures(results):
+    """Specializations whose 3-d tiles took the layout that spreads a thread's reduction over lanes again: the
+    pass-1 loop over aligned rows with more shuffles than a group's three reductions across ``U / (H x
+    vector)`` lanes take (``3 log2`` of those lanes, plus one level's slack: 6 per iteration in the per-row
+    kernel's tiles, 9-15 in the split rows'; 120-336 in the other axis order), and stage 2's loop over the
+    pairs with more than :data:`STAGE2_SHUFFLES_PER_STEP` (tiles of at least a 16-byte vector of (head, dim)
+    per thread; smaller ones, 10-12 shuffles, put the pairs across warps in either order). Which axis each Triton keeps in registers is a
+    heuristic of its coalescing pass, keyed by release (``tts_kernels._triton_layout``): this catches a Triton
+    that breaks the tie differently."""
+    from .cost_model import _sampler_roles
+
+    pass1 = _sampler_roles().get("pass1")
+    failures = []
+    for r in results:
+        p = r.get("params", {})
+        if r["kernel"] == "_tree_attn_stage2":
+            vec = 16 // (4 if "fp32" in str(p.get("out_p_ptr")) else 2)      # elements per 16-byte load
+            if int(p["BLOCK_H"]) * int(p["BLOCK_D"]) < 32 * int(p.get("@num_warps", 4)) * vec:
+                continue   # a tile of fewer (head, dim) vectors than threads spreads the pairs over warps anyway
+            limit, where = STAGE2_SHUFFLES_PER_STEP, {r["kernel"]}
+        elif (r["kernel"] in ROW_STREAM_KERNELS and str(p.get("stride_row", "")).endswith("/16")
+              and str(p.get("logits_ptr", "")).endswith("/16") and "H" in p):
+            pairs = p.get("PAIRS") == "True"
+            unit = 4 if pairs or "fp32" in p["logits_ptr"] else 2          # bytes per unit of a vector load
+            units = 128 if pairs else 256                                   # units per group of 256 tokens
+            lanes = max(1, min(32, units // int(p["H"]) // (16 // unit)))
+            limit, where = 3 * (lanes.bit_length() - 1) + 3, {pass1, r["kernel"]} - {None}
+        else:
+            continue
+        for arch, res in r["compiled"].items():
+            if not res.get("ok"):
+                continue
+            for lp in res["loops"]:
+                if lp.get("source") and lp["source"]["function"] in where and lp.get("shfl", 0) > limit:
+                    failures.append(f"tile layout: {lp['shfl']} shuffles per iteration of the loop at line "
+                                    f"{lp['source']['line']} (at most {limit}): {r['spec']} on {arch}")
     return failures
 
 

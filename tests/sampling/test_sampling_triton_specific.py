@@ -255,12 +255,18 @@ def test_split_rows_group_slices(monkeypatch, dtype, pad):
     assert used == [(20, (2048, 256))] * 2
 
 
+@pytest.mark.parametrize("other_axis", [False, True], ids=["axis", "other-axis"])
+@pytest.mark.parametrize("block", [2048, 8192])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-pairs"])
-def test_partial_slices_write_own_groups(dtype):
+def test_partial_slices_write_own_groups(dtype, block, other_axis, monkeypatch):
     """A slice's program writes the stats of its own groups only, each exactly: slices 0..j of a row cut in
-    one-group slices (each one masked tile of 2048 tokens), launched alone into a workspace filled with a
-    sentinel, leave every later group's stats as they were. In a whole launch the interpreter runs programs
-    in grid order, so a later slice would hide an earlier one's stray stores into its groups."""
+    one-group slices (each one masked tile of ``block`` tokens: H = 1-8 loads per thread), launched alone into a
+    workspace filled with a sentinel, leave every later group's stats as they were, and write each of theirs:
+    the maximum exactly, the two sums (T = 1) to float32 rounding; in both tile axis orders
+    (``_triton_layout.REGISTER_AXIS``). In a whole launch the interpreter runs programs in grid order, so a
+    later slice would hide an earlier one's stray stores into its groups."""
+    if other_axis:
+        monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
     from tts_kernels.sampling.triton_kernel import _bf16_pairs
     V, G = 5001, philox.GROUP_SIZE
     ngr = philox.num_groups(V)
@@ -269,8 +275,10 @@ def test_partial_slices_write_own_groups(dtype):
     pairs = _bf16_pairs(x)
     assert pairs == (dtype == torch.bfloat16)
     x = x.to(DEV)
-    block, warps = _tk._tile_tokens(_tk._SLICE_TOKENS, V), _tk._SPLIT_WARPS
+    warps = _tk._SPLIT_WARPS
     xf = torch.nn.functional.pad(x.float().cpu(), (0, ngr * G - V), value=float("-inf")).view(ngr, G)
+    mx = xf.max(1).values
+    sums = torch.exp(xf.double() - mx.double()[:, None]).sum(1).float()
     for j in (0, 6, ngr - 1):
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
         _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, BLOCK=block,
@@ -278,7 +286,9 @@ def test_partial_slices_write_own_groups(dtype):
                                         FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
-        assert torch.equal(stats[0, :j + 1], xf[:j + 1].max(1).values), j   # each written group's maximum
+        assert torch.equal(stats[0, :j + 1], mx[:j + 1]), j   # each written group's maximum
+        for plane in (1, 2):                                   # its raw and draw sums (T = 1: the same)
+            torch.testing.assert_close(stats[plane, :j + 1], sums[:j + 1], rtol=2e-6, atol=0, msg=str((j, plane)))
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])
@@ -452,8 +462,8 @@ import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
-    _from_key, _group_list, _list_groups, _order_key, _radix_select, _raw_threshold, _sort_desc, _sorted_thresholds,
-    _ws_row)
+    _filtered_groups, _from_key, _group_list, _list_groups, _order_key, _philox_key, _radix_select, _raw_threshold,
+    _sort_desc, _sorted_thresholds, _ws_row)
 
 
 def _workspace(maxima, draw_sums=None):
@@ -777,6 +787,63 @@ def test_list_groups(FB):
         want = ((m[r] / T[r]) >= Lz[r]).nonzero()[:, 0].int()
         assert int(n[r]) == len(want) and torch.equal(out[r, :len(want)], want), r
     assert n.tolist()[0] == 0 and n.tolist()[2] == 1 and n.tolist()[5] == NGR and 0 < n.tolist()[1] < NGR
+
+
+@triton.jit
+def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, Tz, xmax, min_p, xt, end0,
+                            DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
+    k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
+    g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, 1.4426950408889634 / Tz, xmax, min_p, xt,
+                         c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
+    tl.store(g_ptr, g)
+
+
+@pytest.mark.parametrize("other_axis", [False, True], ids=["axis", "other-axis"])
+@pytest.mark.parametrize("warps", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
+    """The filtered draw's pass (``_filtered_groups``) on its own: each candidate group's kept mass ``S`` (written
+    over its raw sum, workspace plane 1) equals the sum of ``exp((x - xmax) / T)`` over the group's tokens that the
+    filters keep (``x >= xt`` and that mass ``>= min_p``; the end token masked), to float32 rounding, and no other
+    group's is written; tiles of DH loads per thread (the per-row kernel's 4 warps, the split rows' 8) in both axis
+    orders (``_triton_layout.REGISTER_AXIS``), over several tiles of listed groups and a partial last group.
+    Compared mass by mass: the tokens a draw returns would not show one token missing from a group of 256."""
+    if other_axis:
+        monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
+    tiles = _tk._finish_tiles(1 << 20, dtype.itemsize, warps)
+    G = philox.GROUP_SIZE
+    V = 3 * tiles["DBLOCK"] + 301
+    NGR = philox.num_groups(V)
+    gen = torch.Generator().manual_seed(43)
+    x = (torch.randn(V, generator=gen) * 1.5).to(dtype).float()
+    x[G * 3 + 5] = 6.0                                          # the row's maximum
+    end0 = G * 5 + 17
+    xf = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(NGR, G)
+    mid = float(xf.max(1).values.median())                      # candidate groups by L: about half of them
+    cases = [(1.0, 0.0, float("-inf"), float("-inf")),          # every group, every token kept
+             (0.7, 0.02, float("-inf"), mid),                   # min-p
+             (1.3, 0.0, 1.0, mid)]                              # a raw threshold
+    for T, min_p, xt, L in cases:
+        xm = x.clone()
+        xm[end0] = float("-inf")
+        xmax = float(xm.max())
+        mass = torch.exp((xm.double() - xmax) / T)
+        keep = (xm >= xt) & (mass >= min_p)
+        want = torch.nn.functional.pad(torch.where(keep, mass, 0.0), (0, NGR * G - V)).view(NGR, G).sum(1)
+        cand = xf.max(1).values / T >= L / T
+        assert 0 < int(cand.sum()) and (L == float("-inf")) == bool(cand.all())
+        ws = torch.full((WS_PLANES.value, NGR), 12345.0)
+        ws[0] = xf.max(1).values
+        g = torch.zeros(1, dtype=torch.int32, device=DEV)
+        one = torch.ones(1, dtype=torch.int64, device=DEV)
+        ws = ws.flatten().to(DEV)
+        _filtered_groups_kernel[(1,)](x.to(dtype).to(DEV), ws, one, one, g, V, NGR, L, T, xmax, min_p, xt, end0,
+                                      DBLOCK=tiles["DBLOCK"], DH=tiles["DH"], FB=max(16, triton.next_power_of_2(NGR)),
+                                      H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
+        S = ws.cpu().view(WS_PLANES.value, NGR)[1]
+        assert (S[~cand] == 12345.0).all(), (T, (S[~cand] != 12345.0).nonzero()[:4])
+        torch.testing.assert_close(S[cand].double(), want[cand], rtol=2e-6, atol=1e-30, msg=str((T, min_p, xt, L)))
+        assert bool(cand[int(g)]), int(g)
 
 
 @triton.jit
