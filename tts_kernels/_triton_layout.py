@@ -10,9 +10,10 @@ tied axes differently by release, and the lanes left over by ``C`` go to the fir
 
 A kernel that reduces one axis in a thread (a group's H loads, the pairs a row's partial outputs are
 summed over) puts it on :data:`REGISTER_AXIS` and the other on the remaining one. The wrong order spreads
-that reduction over lanes and warps again: the static check measured 20.2-20.7 instead of 9.9 SASS
-instructions per bf16 token in the sampler's pass 1, and 437 instead of 169-207 per step in stage 2
-(sm_90).
+that reduction over lanes and warps again (static check, sm_90): 20.2-20.7 instead of 9.9 SASS instructions
+per bf16 token in the sampler's pass 1; 437 per step in stage 2 under 3.6 (32/8 x 128 bf16), against 209 in
+the right order there and 162-169 under 3.7-3.9. ``benchmarks/gpu_static/check.py``'s ``tile_order_failures``
+fails a compile whose loops show the other order.
 """
 from __future__ import annotations
 

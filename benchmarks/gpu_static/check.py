@@ -324,45 +324,55 @@ def vector_load_failures(results):
 
 
 #: shuffles a stage-2 step may hold: its sums over the pairs stay in a thread (the pairs on the register axis,
-#: ``P_AXIS``); 2-3 per step in the static runs of Triton 3.5-3.9 (50-66 with the pairs across lanes)
+#: ``P_AXIS``): 2-3 per step in the full runs of Triton 3.5-3.9 where the tile holds a 16-byte vector of (head,
+#: dim) per thread (18-66 with the pairs across lanes, 3.5 and 3.6 before bc0d96b); smaller tiles spread the
+#: pairs over warps in either order and take 10-12 (:data:`STAGE2_SMALL_TILE_SHUFFLES`; 34-35 for the 16-bit
+#: 8 x 64 tile in the other order)
 STAGE2_SHUFFLES_PER_STEP = 8
+STAGE2_SMALL_TILE_SHUFFLES = 16
 
 
 def tile_order_failures(results):
     """Specializations whose 3-d tiles took the layout that spreads a thread's reduction over lanes again: the
-    pass-1 loop over aligned rows with more shuffles than a group's three reductions across ``U / (H x
-    vector)`` lanes take (``3 log2`` of those lanes, plus one level's slack: 6 per iteration in the per-row
-    kernel's tiles, 9-15 in the split rows'; 120-336 in the other axis order), and stage 2's loop over the
-    pairs with more than :data:`STAGE2_SHUFFLES_PER_STEP` (tiles of at least a 16-byte vector of (head, dim)
-    per thread; smaller ones, 10-12 shuffles, put the pairs across warps in either order). Which axis each Triton keeps in registers is a
+    pass-1 loop over aligned rows with more shuffles per iteration than a group's three reductions across ``U /
+    (H x vector)`` lanes take (``3 log2`` of those lanes, plus one level's slack: 6 per iteration in the per-row
+    kernel's tiles, 9-15 in the split rows'; in the other axis order 336 (bf16 pairs) and 864 (fp32) per-row,
+    48-144 in split rows), and stage 2's loops with more than :data:`STAGE2_SHUFFLES_PER_STEP` (or
+    :data:`STAGE2_SMALL_TILE_SHUFFLES` for tiles of fewer (head, dim) vectors than threads). Shuffles are counted
+    per iteration of the source loop (a loop unrolled k times counts 1/k of its body). A judged specialization
+    without such a loop fails too (the rule would pass it unseen). Which axis each Triton keeps in registers is a
     heuristic of its coalescing pass, keyed by release (``tts_kernels._triton_layout``): this catches a Triton
     that breaks the tie differently."""
     from .cost_model import _sampler_roles
 
-    pass1 = _sampler_roles().get("pass1")
+    pass1 = _sampler_roles().get("pass1", "_pass1")
     failures = []
     for r in results:
         p = r.get("params", {})
         if r["kernel"] == "_tree_attn_stage2":
             vec = 16 // (4 if "fp32" in str(p.get("out_p_ptr")) else 2)      # elements per 16-byte load
-            if int(p["BLOCK_H"]) * int(p["BLOCK_D"]) < 32 * int(p.get("@num_warps", 4)) * vec:
-                continue   # a tile of fewer (head, dim) vectors than threads spreads the pairs over warps anyway
-            limit, where = STAGE2_SHUFFLES_PER_STEP, {r["kernel"]}
+            small = int(p["BLOCK_H"]) * int(p["BLOCK_D"]) < 32 * int(p.get("@num_warps", 4)) * vec
+            limit = STAGE2_SMALL_TILE_SHUFFLES if small else STAGE2_SHUFFLES_PER_STEP
+            where = r["kernel"]
         elif (r["kernel"] in ROW_STREAM_KERNELS and str(p.get("stride_row", "")).endswith("/16")
               and str(p.get("logits_ptr", "")).endswith("/16") and "H" in p):
             pairs = p.get("PAIRS") == "True"
             unit = 4 if pairs or "fp32" in p["logits_ptr"] else 2          # bytes per unit of a vector load
             units = 128 if pairs else 256                                   # units per group of 256 tokens
             lanes = max(1, min(32, units // int(p["H"]) // (16 // unit)))
-            limit, where = 3 * (lanes.bit_length() - 1) + 3, {pass1, r["kernel"]} - {None}
+            limit, where = 3 * (lanes.bit_length() - 1) + 3, pass1
         else:
             continue
         for arch, res in r["compiled"].items():
             if not res.get("ok"):
                 continue
-            for lp in res["loops"]:
-                if lp.get("source") and lp["source"]["function"] in where and lp.get("shfl", 0) > limit:
-                    failures.append(f"tile layout: {lp['shfl']} shuffles per iteration of the loop at line "
+            loops = [lp for lp in res["loops"] if lp.get("source") and lp["source"]["function"] == where]
+            if not loops:
+                failures.append(f"tile layout: no loop of {where} found: {r['spec']} on {arch}")
+            for lp in loops:
+                per_iter = lp.get("shfl", 0) / max(1, lp.get("unroll") or 1)
+                if per_iter > limit:
+                    failures.append(f"tile layout: {per_iter:g} shuffles per iteration of the loop at line "
                                     f"{lp['source']['line']} (at most {limit}): {r['spec']} on {arch}")
     return failures
 

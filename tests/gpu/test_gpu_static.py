@@ -1162,20 +1162,22 @@ def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):
 
 def test_tile_order_rule():
     """The pass-1 loop may shuffle as much as a group's three reductions across ``U / (H x vector)`` lanes take
-    (plus a level), stage 2's loop at most ``STAGE2_SHUFFLES_PER_STEP`` where its tile holds a vector of (head, dim)
-    per thread; misaligned rows and small stage-2 tiles are not judged. The counts are those of the full runs:
-    6 / 336 (per-row bf16 pairs, H=8, this Triton's order / the other), 15 (split rows, H=1), 2 / 50 (stage 2)."""
+    (plus a level), stage 2's loops at most ``STAGE2_SHUFFLES_PER_STEP`` where its tile holds a vector of (head, dim)
+    per thread and ``STAGE2_SMALL_TILE_SHUFFLES`` where it does not; per iteration of the source loop (an unrolled
+    body counts once per unrolled iteration); a judged specialization without such a loop fails; misaligned rows
+    are not judged. The counts are those of the full runs: 6 / 336 (per-row bf16 pairs, H=8, this Triton's order /
+    the other), 15 (split rows, H=1), 2 / 50 (stage 2), 12 / 34 (stage 2's 16-bit 8 x 64 tile)."""
     from benchmarks.gpu_static.check import STAGE2_SHUFFLES_PER_STEP, tile_order_failures
 
-    def spec(name, kernel, params, shfl, fn="_pass1"):
-        loop = {"source": {"function": fn, "line": 1}, "shfl": shfl}
+    def spec(name, kernel, params, shfl, fn="_pass1", unroll=1):
+        loop = {"source": {"function": fn, "line": 1}, "shfl": shfl, "unroll": unroll}
         return {"kernel": kernel, "spec": name, "params": params, "compiled": {"sm_90": {"ok": True, "loops": [loop]}}}
     row = {"logits_ptr": "*bf16/16", "stride_row": "i32/16", "H": "8", "PAIRS": "True"}
     split = {"logits_ptr": "*bf16/16", "stride_row": "i32/16", "H": "1", "PAIRS": "True"}
     fp32 = {"logits_ptr": "*fp32/16", "stride_row": "i32/16", "H": "16", "PAIRS": "False"}
     odd = {"logits_ptr": "*bf16/16", "stride_row": "i32", "H": "8", "PAIRS": "False"}
     st2 = {"out_p_ptr": "*bf16/16", "BLOCK_H": "8", "BLOCK_D": "128", "@num_warps": "4"}
-    small = {"out_p_ptr": "*fp32/16", "BLOCK_H": "4", "BLOCK_D": "32", "@num_warps": "4"}
+    small = {"out_p_ptr": "*bf16/16", "BLOCK_H": "8", "BLOCK_D": "64", "@num_warps": "4"}
     results = [spec("row-ok", "_sample_kernel", row, 6), spec("row-bad", "_sample_kernel", row, 336),
                spec("row-slack", "_sample_kernel", row, 9), spec("row-over", "_sample_kernel", row, 10),
                spec("split-ok", "_partial_kernel", split, 15), spec("fp32-ok", "_sample_kernel", fp32, 6),
@@ -1183,9 +1185,12 @@ def test_tile_order_rule():
                spec("st2-ok", "_tree_attn_stage2", st2, 2, "_tree_attn_stage2"),
                spec("st2-bad", "_tree_attn_stage2", st2, 50, "_tree_attn_stage2"),
                spec("st2-edge", "_tree_attn_stage2", st2, STAGE2_SHUFFLES_PER_STEP, "_tree_attn_stage2"),
-               spec("st2-small", "_tree_attn_stage2", small, 12, "_tree_attn_stage2")]
+               spec("st2-small", "_tree_attn_stage2", small, 12, "_tree_attn_stage2"),
+               spec("st2-small-bad", "_tree_attn_stage2", small, 34, "_tree_attn_stage2"),
+               spec("row-unrolled", "_sample_kernel", row, 12, unroll=2),
+               spec("row-no-loop", "_sample_kernel", row, 6, fn="_finish")]
     failed = sorted(f.split(": ")[-1].split(" on ")[0] for f in tile_order_failures(results))
-    assert failed == ["fp32-bad", "row-bad", "row-over", "st2-bad"], failed
+    assert failed == ["fp32-bad", "row-bad", "row-no-loop", "row-over", "st2-bad", "st2-small-bad"], failed
 
 
 def test_vector_load_rule_judges_aligned_rows_only():
