@@ -1160,6 +1160,17 @@ def test_verdict_is_complete_only_for_a_full_run_on_every_arch(tmp_path):
         assert json.loads(path.read_text())["failures"] == want
 
 
+def test_register_axis_by_release():
+    """The tile axis a thread keeps in registers (``tts_kernels._triton_layout``): 1 under Triton 3.5 and 3.6, 0 from
+    3.7 on (local and pre-release tags ignored); the installed Triton's is the module's constant."""
+    import triton
+
+    from tts_kernels import _triton_layout
+    got = [_triton_layout.register_axis(v) for v in ("3.5.1", "3.6.0", "3.7.0", "3.8.0", "3.9.0+git1a2b", "4.0.0rc1")]
+    assert got == [1, 1, 0, 0, 0, 0]
+    assert _triton_layout.REGISTER_AXIS == _triton_layout.register_axis(triton.__version__)
+
+
 def test_tile_order_rule():
     """The pass-1 loop may shuffle as much as a group's three reductions across ``U / (H x vector)`` lanes take
     (plus a level), stage 2's loops at most ``STAGE2_SHUFFLES_PER_STEP`` where its tile holds a vector of (head, dim)
