@@ -300,6 +300,14 @@ def min_path_failures(results):
     return failures
 
 
+def _aligned_row_stream(r) -> bool:
+    """Whether a specialization streams logits rows (:data:`ROW_STREAM_KERNELS`) whose starts are 16-byte
+    aligned (``stride_row`` and the logits pointer divisible by 16): the rows the pass-1 rules judge."""
+    p = r.get("params", {})
+    return (r["kernel"] in ROW_STREAM_KERNELS and str(p.get("stride_row", "")).endswith("/16")
+            and str(p.get("logits_ptr", "")).endswith("/16"))
+
+
 def vector_load_failures(results):
     """Specializations with aligned logits rows whose pass-1 loop does not load 16 bytes per thread
     (``LDG.E.128``) on some arch. Rows with an odd stride cannot be vector-loaded and are not judged."""
@@ -308,9 +316,7 @@ def vector_load_failures(results):
     pass1 = _sampler_roles().get("pass1")
     failures = []
     for r in results:
-        p = r.get("params", {})
-        if r["kernel"] not in ROW_STREAM_KERNELS or not str(p.get("stride_row", "")).endswith("/16") \
-                or not str(p.get("logits_ptr", "")).endswith("/16"):
+        if not _aligned_row_stream(r):
             continue
         for arch, res in r["compiled"].items():
             if not res.get("ok"):
@@ -354,8 +360,7 @@ def tile_order_failures(results):
             small = int(p["BLOCK_H"]) * int(p["BLOCK_D"]) < 32 * int(p.get("@num_warps", 4)) * vec
             limit = STAGE2_SMALL_TILE_SHUFFLES if small else STAGE2_SHUFFLES_PER_STEP
             where = r["kernel"]
-        elif (r["kernel"] in ROW_STREAM_KERNELS and str(p.get("stride_row", "")).endswith("/16")
-              and str(p.get("logits_ptr", "")).endswith("/16") and "H" in p):
+        elif _aligned_row_stream(r) and "H" in p:
             pairs = p.get("PAIRS") == "True"
             unit = 4 if pairs or "fp32" in p["logits_ptr"] else 2          # bytes per unit of a vector load
             units = 128 if pairs else 256                                   # units per group of 256 tokens
