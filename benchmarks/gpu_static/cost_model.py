@@ -312,7 +312,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
                   gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
     """Bounds for one launch of the one-program-per-row sampler. ``instr``: thread-instructions per
     token of a pass-1, select and draw pass (from the SASS) and, optionally, ``groups`` (per group
-    of the finish's scan over the group stats), ``pass1_mufu`` (MUFU operations per token of pass 1)
+    of the finish's scan over the group stats), ``pass1_mufu`` / ``draw_mufu`` (MUFU operations per token of pass 1
+    and of the filtered draw's pass)
     and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
     SM is the larger of its instruction issue and its pass-1 MUFU time."""
     passes = sampler_passes(config, select_passes, V, select_block=instr.get("select_block") or 1,
@@ -323,7 +324,6 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     out = _sampler_common(B, V, itemsize, config, passes, min(B, gpu["sms"] * ctas_per_sm), gpu)
     out.update(path="row", slices=1, active_sms=min(B, gpu["sms"]), rows_on_busiest_sm=rows_busiest_sm,
                ctas_launched=B, workspace_bytes=2 * ws, hbm_bytes_this_design=out["bytes_floor"] + 2 * ws)
-    t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0), gpu)
     # straight-line code per side: the low side's rows keep their chosen group (no filtered draw pass)
     cta = {side: _cta_warp(instr, config, passes["draw"][k] > 0, passes["sorted"][k])
            for side, k in (("low", 0), ("high", 1))}
@@ -339,10 +339,13 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
         warp_per_row = ((V * thr_per_token - (V - loop_tokens) * instr.get("pass1", 0.0)) / 32
                         + _groups(V) * _per_group(instr, passes, k) / 32 + cta[side] - tail
                         + passes["select_steps"][k] * instr.get("select_step", 0))
+        # the special-function units: pass 1's and, on a side with the filtered draw's pass, its exp2 per token
+        t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0) + passes["draw"][k] * instr.get("draw_mufu", 0.0),
+                                           gpu)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
-        out[side]["t_pass1_mufu_s"] = _t(t_mufu)
+        out[side]["t_mufu_s"] = _t(t_mufu)
     return out
 
 
@@ -384,7 +387,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
         thr_merge = _thread_instr(passes, k, merge_instr, _SAMPLER_KINDS[1:])
         warp_row = (V * thr_merge / 32 + _groups(V) * _per_group(merge_instr, passes, k) / 32 + cta[side]
                     + passes["select_steps"][k] * merge_instr.get("select_step", 0))
-        t_merge = out["rows_on_busiest_sm"] * warp_row / rate
+        t_merge = out["rows_on_busiest_sm"] * max(warp_row / rate, _mufu_s(passes["draw"][k] * V,
+                                                                            merge_instr.get("draw_mufu", 0.0), gpu))
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
                      [("_partial_kernel", t_partial, logits + ws), ("_merge_kernel", t_merge, ws + 12 * B)], gpu)
@@ -475,6 +479,13 @@ def _step_code(step: Dict[str, Any], values: Dict[str, Any]) -> float:
     return max(0.0, n)
 
 
+def _mufu_per_token(lp: Optional[Dict[str, Any]], compiled: Dict[str, Any]) -> float:
+    """MUFU operations per token of a token loop (0 without one)."""
+    if not lp or lp.get("mufu") is None or not lp.get("tokens_per_iter"):
+        return 0.0
+    return round(lp["mufu"] * 32 * compiled["num_warps"] / lp["tokens_per_iter"], 3)
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
@@ -535,8 +546,8 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "compact_block": compact[0]["tokens_per_iter"] if compact else None,
             "draw_block": draw["tokens_per_iter"] if draw else None,
             "list": listing[0]["thread_instr_per_token"] if listing else 0.0,
-            "pass1_mufu": (round(p1[0]["mufu"] * 32 * compiled["num_warps"] / p1[0]["tokens_per_iter"], 3)
-                           if p1 and p1[0].get("mufu") is not None else 0.0),
+            "pass1_mufu": _mufu_per_token(p1[0] if p1 else None, compiled),
+            "draw_mufu": _mufu_per_token(draw, compiled),
             "cta_warp": straight_line_warp_instr(compiled),
             "pass1_block": p1[0]["tokens_per_iter"] if p1 else None,
             # the partial last tile of pass 1: the pass-1 tile function's straight-line instructions
@@ -926,6 +937,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
                                  draw_instr_per_group=instr["draw_groups"],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
+                                 draw_mufu_per_token=instr["draw_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
                     recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
@@ -944,6 +956,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  draw_instr_per_group=im["draw_groups"],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
+                                 draw_mufu_per_token=im["draw_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])

@@ -149,7 +149,7 @@ def test_sampler_bound_groups_and_mufu():
     r = cm.sampler_bound(264, 151936, 2, "temp", instr)
     warp_row = 151936 * 16 / 32 + 594 * 200 / 32 + 8000
     assert r["low"]["t_issue_s"] == pytest.approx(2 * warp_row / RATE, rel=1e-3)
-    assert r["low"]["t_pass1_mufu_s"] == pytest.approx(2 * 151936 * 2 / (16 * 1.755e9), rel=1e-3)
+    assert r["low"]["t_mufu_s"] == pytest.approx(2 * 151936 * 2 / (16 * 1.755e9), rel=1e-3)
     assert r["hbm_bytes_this_design"] == 264 * (151936 * 2 + 12) + 2 * 264 * 594 * 12
     # with 8 MUFU operations a token, the special-function units bound the row instead
     r8 = cm.sampler_bound(264, 151936, 2, "temp", dict(instr, pass1_mufu=8.0))
@@ -162,6 +162,15 @@ def test_sampler_bound_groups_and_mufu():
     assert r["high"]["t_issue_s"] == pytest.approx(2 * (warp_row + 151936 * 40 / 32 + 594 * 30 / 32) / RATE,
                                                    rel=1e-3)
     assert cm.sampler_bound(264, 151936, 2, "temp", drawn)["high"]["t_issue_s"] == r["low"]["t_issue_s"]
+    # the filtered draw's exp2 per token takes the special-function units too, on the side where its pass runs:
+    # 2 + 1 MUFU per token bound min-p's high side, not its low side
+    mufu = dict(drawn, pass1_mufu=2.0, draw_mufu=1.0, draw=1.0, groups=0.0, draw_groups=0.0, cta_warp=0)
+    r = cm.sampler_bound(264, 151936, 2, "min_p", dict(mufu, pass1=1.0))
+    assert r["low"]["t_mufu_s"] == pytest.approx(2 * 151936 * 2 / (16 * 1.755e9), rel=1e-3)
+    assert r["high"]["t_mufu_s"] == pytest.approx(2 * 151936 * 3 / (16 * 1.755e9), rel=1e-3)
+    assert r["high"]["t_issue_s"] == r["high"]["t_mufu_s"]
+    r = cm.split_row_bound(32, 151936, 2, "min_p", 4, 38912, {"pass1": 1.0}, mufu)
+    assert r["high"]["kernels"]["_merge_kernel"]["t_issue_s"] == pytest.approx(151936 * 1 / (16 * 1.755e9), rel=1e-3)
     r = cm.split_row_bound(32, 151936, 2, "min_p", 4, 38912, {"pass1": 16.0}, drawn)
     assert r["high"]["t_issue_s"] - r["low"]["t_issue_s"] == pytest.approx(
         (151936 * 40 / 32 + 594 * 30 / 32) / RATE, rel=1e-3)

@@ -51,9 +51,10 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
-  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token a
-  compare with top-k / top-p's threshold on the raw logits, ``_raw_threshold``, and one exp2 that is
-  both the token's mass and min-p's test, ``_keep``), and one pass over the group stats scores them
+  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
+  compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
+  ``_raw_threshold``, and min-p's, ``_minp_raw``, the smallest logit whose mass reaches min-p, found once
+  per row by bisection; then the token's exp2 and a sum), and one pass over the group stats scores them
   (``_score_groups``). Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow whose threshold bin fits the buffer,
   + the share of the groups that reach that bin (the second compaction).
@@ -62,8 +63,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
 different summation order; ``tests/helpers/sampling.py: decisive_rows`` is that rule), and for a token
-within rounding of min-p's boundary (the kernel keeps ``exp2((x - xmax) log2(e) / T) >= min_p``, the
-reference ``exp(z - zmax) >= min_p``).
+within rounding of min-p's boundary (the kernel keeps ``x >= _minp_raw``, the tokens whose
+``exp2((x - xmax) log2(e) / T)`` reaches ``min_p``, the reference those with ``exp(z - zmax) >= min_p``).
 bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
@@ -986,11 +987,28 @@ def _rel_mass(x, xmax, kz):
 
 
 @triton.jit
-def _keep(x, e, xt, min_p):
-    """The filters' rule per token, on its raw logit ``x`` and its mass ``e = _rel_mass(x, ...)``:
-    top-k / top-p keep ``x >= xt`` (``_raw_threshold`` of their threshold: ``x / T`` at or above it),
-    min-p keeps ``e >= min_p``. ``xt = -inf`` and ``min_p = 0`` keep every token."""
-    return (x >= xt) & (e >= min_p)
+def _minp_raw(xmax, kz, min_p):
+    """Min-p's rule on the raw logits: the smallest float32 ``x`` whose mass ``_rel_mass(x, xmax, kz)`` reaches
+    ``min_p`` (in (0, 1]), by bisection over the order keys between -inf's (mass 0, not kept) and ``xmax``'s (mass
+    1, kept): 32 steps, straight-line scalar code once per row. The mass is monotone in ``x``, so ``x >= _minp_raw``
+    keeps exactly the tokens with ``_rel_mass >= min_p``, and the filters' per-token test is one compare
+    (:func:`_keep`). -inf when ``min_p <= 0`` (off)."""
+    lo = tl.full([], 0x007FFFFF, tl.uint32)
+    hi = _order_key(_plus_zero(xmax))
+    for _i in tl.static_range(32):
+        mid = lo + (hi - lo) // 2
+        kept = _rel_mass(_from_key(mid), xmax, kz) >= min_p
+        hi = tl.where(kept, mid, hi)
+        lo = tl.where(kept, lo, mid)
+    return tl.where(min_p > 0.0, _from_key(hi), float("-inf"))
+
+
+@triton.jit
+def _keep(x, xt):
+    """The filters' rule per token, on its raw logit ``x``: keep ``x >= xt``, ``xt`` the larger of top-k / top-p's
+    threshold (``_raw_threshold``: ``x / T`` at or above it) and min-p's (:func:`_minp_raw`); -inf keeps every
+    token."""
+    return x >= xt
 
 
 @triton.jit
@@ -1109,15 +1127,15 @@ def _minp_bound(L, X, Tz, min_p, m_on):
 
 
 @triton.jit
-def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, c1, c2, k0, k1):
-    """Re-read group ``g`` (end token masked, the filters ``xt`` / ``min_p`` applied (:func:`_keep`), nothing
+def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xt, cand_g, c1, c2, k0, k1):
+    """Re-read group ``g`` (end token masked, the filters' threshold ``xt`` applied (:func:`_keep`), nothing
     kept unless ``cand_g``): its draw score without the noise ``M / T + ln(S_z)`` (-inf if nothing is kept)
-    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``xt`` -inf,
-    ``min_p`` 0 and ``cand_g`` True keep every token: the unfiltered draw."""
+    and the first index of the maximum of ``z + token noise`` over its kept tokens. ``xt`` -inf and ``cand_g``
+    True keep every token: the unfiltered draw."""
     offs = g * GROUP + tl.arange(0, GROUP)
     x, z = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
     # (the flag as an int vector: the interpreter cannot AND a bool scalar into a bool vector)
-    kept = _keep(x, _rel_mass(x, xmax, kz), xt, min_p) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
+    kept = _keep(x, xt) & ((offs * 0 + cand_g.to(tl.int32)) > 0)
     x = tl.where(kept, x, float("-inf"))
     m, sz = _max_mass(x, kz, 0)
     score = tl.where(m > float("-inf"), m / Tz + tl.log(sz), float("-inf"))
@@ -1127,7 +1145,7 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xmax, min_p, xt, cand_g, 
 
 
 @triton.jit
-def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt, c1, c2, k0, k1,
+def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt, c1, c2, k0, k1,
                      DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
@@ -1149,7 +1167,7 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, m
         x = tl.load(row_ptr + offs, mask=(offs < V) & _per_group(on, H_AXIS), other=float("-inf")).to(tl.float32)
         x = tl.where(offs == end_at, float("-inf"), x)
         e = _rel_mass(x, xmax, kz)
-        tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, e, xt, min_p), e, 0.0), H_AXIS), 1), mask=on)
+        tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, xt), e, 0.0), H_AXIS), 1), mask=on)
     tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
     return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
 
@@ -1261,9 +1279,9 @@ def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, x
     """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
     bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
-    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
+    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt,
                           c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
-    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xmax, min_p, xt,
+    _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xt,
                            _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
     return tok
 
@@ -1324,10 +1342,12 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
                                             top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
                                             DBLOCK, HBLOCK, FB, PW, NB)
-    # an unfiltered draw keeps every token: x >= -inf, and mass >= 0, every group a candidate
-    mp = tl.where(filtered, min_p, 0.0)
+        # min-p's threshold joins top-k / top-p's: one compare per token in the draw's passes
+        if m_on:
+            xt = tl.maximum(xt, _minp_raw(xmax, kz, min_p))
+    # an unfiltered draw keeps every token: x >= -inf, every group a candidate
     if do_draw:
-        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xmax, mp, xt, cand1, c1, c2, k0, k1)
+        sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xt, cand1, c1, c2, k0, k1)
         if filtered:
             s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz,
                                      min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
