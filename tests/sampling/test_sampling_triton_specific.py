@@ -462,8 +462,8 @@ import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
-    _filtered_groups, _from_key, _group_list, _list_groups, _minp_raw, _order_key, _philox_key, _radix_select,
-    _raw_threshold, _rel_mass, _sort_desc, _sorted_thresholds, _ws_row)
+    _filtered_groups, _from_key, _group_list, _keep, _list_groups, _minp_raw, _order_key, _philox_key, _radix_select,
+    _raw_threshold, _sort_desc, _sorted_thresholds, _ws_row)
 
 
 def _workspace(maxima, draw_sums=None):
@@ -794,7 +794,7 @@ def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, 
                             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
     kz = 1.4426950408889634 / Tz
-    xt = tl.maximum(xt, _minp_raw(xmax, kz, min_p))     # as _finish joins min-p's threshold to top-k / top-p's
+    xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))     # as _finish joins min-p's threshold to top-k / top-p's
     g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, kz, xmax, xt, c1, c2, k0, k1, DBLOCK, DH,
                          FB, H_AXIS)
     tl.store(g_ptr, g)
@@ -849,38 +849,51 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
 
 
 @triton.jit
-def _minp_raw_kernel(xmax_ptr, t_ptr, p_ptr, o_ptr, N: tl.constexpr):
-    """Per lane: min-p's raw threshold, its mass and the mass of the float just below it (``_rel_mass``)."""
+def _minp_raw_kernel(xmax_ptr, t_ptr, p_ptr, x_ptr, o_ptr, N: tl.constexpr, M: tl.constexpr):
+    """Per row of ``N``: min-p's raw threshold, and whether the filters' test (``_keep``) keeps each of ``M``
+    logits."""
     i = tl.arange(0, N)
-    xmax = tl.load(xmax_ptr + i)
-    kz = 1.4426950408889634 / tl.load(t_ptr + i)
-    xm = _minp_raw(xmax, kz, tl.load(p_ptr + i))
+    xm = _minp_raw(tl.load(xmax_ptr + i), tl.load(t_ptr + i), tl.load(p_ptr + i))
     tl.store(o_ptr + i, xm)
-    tl.store(o_ptr + N + i, _rel_mass(xm, xmax, kz))
-    tl.store(o_ptr + 2 * N + i, _rel_mass(_from_key(_order_key(xm) - 1), xmax, kz))
+    x = tl.load(x_ptr + i[:, None] * M + tl.arange(0, M)[None, :])
+    tl.store(o_ptr + N + i[:, None] * M + tl.arange(0, M)[None, :], _keep(x, xm[:, None]).to(tl.float32))
 
 
 def test_minp_raw():
-    """``_minp_raw(xmax, kz, min_p)``: the smallest float32 ``x`` whose mass ``_rel_mass(x, xmax, kz)`` reaches
-    ``min_p``, so that the filters' one compare ``x >= xt`` keeps exactly min-p's tokens: its mass reaches min_p and
-    the float below's does not; it lies at ``xmax + T ln(min_p)``; ``xmax`` itself for min_p = 1, -inf for 0 (off);
-    over maxima of either sign, zero and large, temperatures 0.05-4 and min_p from 1e-30 to 1."""
+    """``_minp_raw(xmax, T, min_p)``, min-p's threshold on the raw logits (``xmax + T ln(min_p)``), with which the
+    filters' one compare (``_keep``) keeps min-p's tokens: within a few ulp of its terms of the float64 value, and
+    every logit farther than that from it is kept exactly when its probability relative to the maximum's,
+    ``exp((x - xmax) / T)`` in float64, reaches min_p; maxima of either sign, zero and large, temperatures 0.05-4, min_p from 1e-30 to 1 (the
+    maximum alone), -inf for min_p = 0 (off)."""
     gen = torch.Generator().manual_seed(11)
-    N = 1024
+    N, M = 256, 16
     xmax = torch.randn(N, generator=gen) * 30
     xmax[:6] = torch.tensor([0.0, -0.0, 1e-30, -7.5, 300.0, -300.0])
     T = torch.rand(N, generator=gen) * 3.95 + 0.05
     p = 10 ** (-torch.rand(N, generator=gen) * 30)
     p[6:10] = torch.tensor([1.0, 0.5, 0.0, 1e-30])
-    out = torch.zeros(3 * N, device=DEV)
-    _minp_raw_kernel[(1,)](xmax.to(DEV), T.to(DEV), p.to(DEV), out, N=N)
-    xm, e, e_below = out.cpu().view(3, N)
+    # logits whose relative probability is min_p x (1 +- 1e-4 .. 1e-2) (1 - ... only, at min_p = 1), and xmax
+    rel = torch.tensor([1e-4, 1e-3, 1e-2, 0.3])
+    above = torch.clamp(p.double()[:, None] * (1 + rel), max=1.0)
+    below = p.double()[:, None] * (1 - rel)
+    x = xmax.double()[:, None] + T.double()[:, None] * torch.log(torch.cat([above, below, above, below], 1))
+    x[:, 0] = xmax.double()
+    x = x.float()
+    out = torch.zeros(N + N * M, device=DEV)
+    _minp_raw_kernel[(1,)](xmax.to(DEV), T.to(DEV), p.to(DEV), x.to(DEV), out, N=N, M=M)
+    xm, kept = out.cpu()[:N], out.cpu()[N:].view(N, M) > 0
     on = p > 0
-    assert (xm[~on] == float("-inf")).all()
-    assert (e[on] >= p[on]).all() and (e_below[on] < p[on]).all(), (xm[on], e[on], e_below[on])
-    assert xm[6] == xmax[6]                                     # min_p = 1: the maximum alone
+    assert (xm[~on] == float("-inf")).all() and kept[~on].all()
+    # float32 rounding of xmax + T ln(min_p): a few ulp of its terms
     want = xmax.double() + T.double() * torch.log(p.double())
-    torch.testing.assert_close(xm[on].double(), want[on], rtol=1e-5, atol=1e-4 * T.double()[on].max().item())
+    ulps = 6e-8 * (xmax.double().abs() + (T.double() * torch.log(p.double())).abs() + 1e-30)
+    assert ((xm.double() - want).abs() <= 4 * ulps)[on].all(), ((xm.double() - want).abs() / ulps)[on].max()
+    # every logit farther than that from the threshold, kept exactly when its float64 mass reaches min_p
+    clear = ((x.double() - want[:, None]).abs() > 8 * ulps[:, None]) & on[:, None]
+    assert clear.sum() > N * M // 2
+    mass = torch.exp((x.double() - xmax.double()[:, None]) / T.double()[:, None])
+    assert (kept[clear] == (mass >= p.double()[:, None])[clear]).all()
+    assert kept[on, 0].all()                                     # the maximum, also at min_p = 1
 
 
 @triton.jit

@@ -53,8 +53,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
   compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
-  ``_raw_threshold``, and min-p's, ``_minp_raw``, the smallest logit whose mass reaches min-p, found once
-  per row by bisection; then the token's exp2 and a sum), and one pass over the group stats scores them
+  ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a sum), and
+  one pass over the group stats scores them
   (``_score_groups``). Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow whose threshold bin fits the buffer,
   + the share of the groups that reach that bin (the second compaction).
@@ -63,8 +63,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
 different summation order; ``tests/helpers/sampling.py: decisive_rows`` is that rule), and for a token
-within rounding of min-p's boundary (the kernel keeps ``x >= _minp_raw``, the tokens whose
-``exp2((x - xmax) log2(e) / T)`` reaches ``min_p``, the reference those with ``exp(z - zmax) >= min_p``).
+within rounding of min-p's boundary (the kernel keeps the raw logits ``x >= xmax + T ln(min_p)``, the
+reference the tokens with ``exp(z - zmax) >= min_p``).
 bf16/fp16 logits are read natively (16-byte loads) and upcast in registers.
 """
 from __future__ import annotations
@@ -987,20 +987,12 @@ def _rel_mass(x, xmax, kz):
 
 
 @triton.jit
-def _minp_raw(xmax, kz, min_p):
-    """Min-p's rule on the raw logits: the smallest float32 ``x`` whose mass ``_rel_mass(x, xmax, kz)`` reaches
-    ``min_p`` (in (0, 1]), by bisection over the order keys between -inf's (mass 0, not kept) and ``xmax``'s (mass
-    1, kept): 32 steps, straight-line scalar code once per row. The mass is monotone in ``x``, so ``x >= _minp_raw``
-    keeps exactly the tokens with ``_rel_mass >= min_p``, and the filters' per-token test is one compare
-    (:func:`_keep`). -inf when ``min_p <= 0`` (off)."""
-    lo = tl.full([], 0x007FFFFF, tl.uint32)
-    hi = _order_key(_plus_zero(xmax))
-    for _i in tl.static_range(32):
-        mid = lo + (hi - lo) // 2
-        kept = _rel_mass(_from_key(mid), xmax, kz) >= min_p
-        hi = tl.where(kept, mid, hi)
-        lo = tl.where(kept, lo, mid)
-    return tl.where(min_p > 0.0, _from_key(hi), float("-inf"))
+def _minp_raw(X, Tz, min_p):
+    """Min-p's threshold on the raw logits, ``X + T ln(min_p)`` (``X`` the row's end-masked maximum): a token's
+    probability reaches ``min_p`` times the largest's when its raw logit reaches it (the reference tests
+    ``exp(z - zmax) >= min_p``: the two differ only for a logit within float32 rounding of the threshold); -inf
+    when min-p is off (``min_p <= 0``)."""
+    return tl.where(min_p > 0.0, X + Tz * tl.log(min_p), float("-inf"))
 
 
 @triton.jit
@@ -1121,7 +1113,7 @@ def _candidate_bound(ws_row, NGR, ge, Me, SZe, X, Tz, top_k, k_on, top_p, p_on, 
 def _minp_bound(L, X, Tz, min_p, m_on):
     """``L`` raised to min-p's bound ``X + T ln(min_p)``, less a rounding margin (when min-p is on)."""
     if m_on:
-        lm = X + Tz * tl.log(min_p)
+        lm = _minp_raw(X, Tz, min_p)
         L = tl.maximum(L, lm - 1e-3 * (1.0 + tl.abs(X) + tl.abs(lm)))
     return L
 
@@ -1344,7 +1336,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
                                             DBLOCK, HBLOCK, FB, PW, NB)
         # min-p's threshold joins top-k / top-p's: one compare per token in the draw's passes
         if m_on:
-            xt = tl.maximum(xt, _minp_raw(xmax, kz, min_p))
+            xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))
     # an unfiltered draw keeps every token: x >= -inf, every group a candidate
     if do_draw:
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xt, cand1, c1, c2, k0, k1)
