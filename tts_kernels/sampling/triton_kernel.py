@@ -1242,10 +1242,12 @@ def _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, t
 
 @triton.jit
 def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz, top_k, k_on, top_p, p_on,
-                   V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
+                   min_p, m_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK: tl.constexpr, HBLOCK: tl.constexpr,
                    FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr):
-    """The filters' bounds of a row with filters (top-k / top-p / min-p): the top-k / top-p threshold on the raw
-    logits (:func:`_select_thresholds`; -inf: keep all), ``Ls``, the selects' raw-logit bound that
+    """The filters' bounds of a row with filters (top-k / top-p / min-p): ``xt``, the filters' threshold on the raw
+    logits (:func:`_keep`: the larger of top-k / top-p's, :func:`_select_thresholds`, and min-p's,
+    :func:`_minp_raw`, so that the draw's passes test one compare per token; -inf: keep all), ``Ls``, the selects'
+    raw-logit bound that
     every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
     min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered
     score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1``
@@ -1262,6 +1264,8 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     if k_on | p_on:
         Ls, xt, cand1 = _select_thresholds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, xmax, total, Tz, top_k, k_on,
                                            top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW, NB)
+    if m_on:
+        xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))
     return Ls, xt, bar, cand1
 
 
@@ -1332,11 +1336,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     cand1 = g1 == g1
     if filtered:
         Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
-                                            top_k, k_on, top_p, p_on, V, end0, mask_end, buf_ptr, CAP,
+                                            top_k, k_on, top_p, p_on, min_p, m_on, V, end0, mask_end, buf_ptr, CAP,
                                             DBLOCK, HBLOCK, FB, PW, NB)
-        # min-p's threshold joins top-k / top-p's: one compare per token in the draw's passes
-        if m_on:
-            xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))
     # an unfiltered draw keeps every token: x >= -inf, every group a candidate
     if do_draw:
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xt, cand1, c1, c2, k0, k1)
