@@ -32,7 +32,8 @@ on a stream add up (no overlap between them).
   ``ceil(V / 256)`` group stats (``groups`` per group; + ``list`` per group for the candidate-group list of the
   compaction and of the filtered draw, each where it runs; + ``draw_groups`` per group where the filtered draw
   runs: its scores' pass over the groups) and the kernel's straight-line code; the row's time is at least
-  its pass-1 MUFU time (ex2 and the like: 16 per clock per SM).
+  its MUFU time (ex2 and the like: 16 per clock per SM): pass 1's per token, and where the filtered draw's pass
+  runs, its own per token over the share of the row it reads.
 * Sampler, split rows (``B < 132`` and ``S = slices_for(B, V, 132) > 1`` slices of ``CHUNK`` tokens):
   ``_partial_kernel`` runs pass 1 on ``B x S`` CTAs (the busiest SM runs ``ceil(B S / 132)`` of
   them, each ``CHUNK x pass-1 / 32`` warp-instructions plus its straight-line code; a slice shorter than
@@ -40,7 +41,7 @@ on a stream add up (no overlap between them).
   ``_merge_kernel`` (one CTA per row, ``ceil(B / 132)`` rows on the busiest SM) scans the group
   stats and runs the selects and the filtered draw over the whole row on one SM:
   ``V x (selects x select + draws x draw) / 32`` (+ the scan's, the lists' and, with a draw, ``draw_groups`` per
-  group).
+  group); each kernel's time is at least its MUFU time (pass 1's in a slice, the filtered draw's in the merge).
 * Both: full-row passes: 1 (greedy, temperature); with top-k or top-p + 1 compaction of the
   candidates (the tokens at or above the selects' bound, written to a per-row buffer); + 0-1
   filtered draw (only when the chosen group's filtered score no longer beats the others'); the
@@ -315,7 +316,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
     of the finish's scan over the group stats), ``pass1_mufu`` / ``draw_mufu`` (MUFU operations per token of pass 1
     and of the filtered draw's pass)
     and ``cta_warp`` (the warp-instructions of a program's straight-line code). A row's time on its
-    SM is the larger of its instruction issue and its pass-1 MUFU time."""
+    SM is the larger of its instruction issue and its MUFU time (``t_mufu_s``: pass 1's, and the filtered draw's
+    pass where it runs)."""
     passes = sampler_passes(config, select_passes, V, select_block=instr.get("select_block") or 1,
                             compact_block=instr.get("compact_block") or 1, draw_block=instr.get("draw_block") or 1)
     logits = B * V * itemsize
@@ -340,8 +342,8 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
                         + _groups(V) * _per_group(instr, passes, k) / 32 + cta[side] - tail
                         + passes["select_steps"][k] * instr.get("select_step", 0))
         # the special-function units: pass 1's and, on a side with the filtered draw's pass, its exp2 per token
-        t_mufu = rows_busiest_sm * _mufu_s(V, instr.get("pass1_mufu", 0.0) + passes["draw"][k] * instr.get("draw_mufu", 0.0),
-                                           gpu)
+        mufu_per_token = instr.get("pass1_mufu", 0.0) + passes["draw"][k] * instr.get("draw_mufu", 0.0)
+        t_mufu = rows_busiest_sm * _mufu_s(V, mufu_per_token, gpu)
         t_issue = max(rows_busiest_sm * warp_per_row / _rate(gpu), t_mufu)
         _finish_side(out, side, passes["total"][k], thr_per_token, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"], [("_sample_kernel", t_issue, out["hbm_bytes_this_design"])], gpu)
@@ -357,7 +359,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     (pass 1: the group stats), then ``_merge_kernel`` on B rows (the scan over the group stats, the
     selects and the filtered draw). ``partial_instr``: ``pass1`` (thread-instructions per token),
     ``pass1_mufu`` and ``cta_warp`` (straight-line warp-instructions per CTA); ``merge_instr``:
-    ``select``, ``draw``, ``groups`` and ``cta_warp``."""
+    ``select``, ``draw``, ``groups``, ``draw_mufu`` and ``cta_warp``. Each side's ``t_mufu_s``: the merge
+    kernel's MUFU time (the filtered draw's pass, where it runs)."""
     passes = sampler_passes(config, select_passes, V, select_block=merge_instr.get("select_block") or 1,
                             compact_block=merge_instr.get("compact_block") or 1,
                             draw_block=merge_instr.get("draw_block") or 1)
@@ -387,12 +390,13 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
         thr_merge = _thread_instr(passes, k, merge_instr, _SAMPLER_KINDS[1:])
         warp_row = (V * thr_merge / 32 + _groups(V) * _per_group(merge_instr, passes, k) / 32 + cta[side]
                     + passes["select_steps"][k] * merge_instr.get("select_step", 0))
-        t_merge = out["rows_on_busiest_sm"] * max(warp_row / rate, _mufu_s(passes["draw"][k] * V,
-                                                                            merge_instr.get("draw_mufu", 0.0), gpu))
+        t_mufu = out["rows_on_busiest_sm"] * _mufu_s(passes["draw"][k] * V, merge_instr.get("draw_mufu", 0.0), gpu)
+        t_merge = max(out["rows_on_busiest_sm"] * warp_row / rate, t_mufu)
         _finish_side(out, side, passes["total"][k], partial_instr["pass1"] + thr_merge, logits, out["bytes_floor"],
                      out["hbm_bytes_this_design"],
                      [("_partial_kernel", t_partial, logits + ws), ("_merge_kernel", t_merge, ws + 12 * B)], gpu)
         out[side]["merge_thread_instr_per_token"] = _t(thr_merge)
+        out[side]["t_mufu_s"] = _t(t_mufu)
     return out
 
 

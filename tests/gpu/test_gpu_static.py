@@ -163,7 +163,7 @@ def test_sampler_bound_groups_and_mufu():
                                                    rel=1e-3)
     assert cm.sampler_bound(264, 151936, 2, "temp", drawn)["high"]["t_issue_s"] == r["low"]["t_issue_s"]
     # the filtered draw's exp2 per token takes the special-function units too, on the side where its pass runs:
-    # 2 + 1 MUFU per token bound min-p's high side, not its low side
+    # min-p's high side counts 2 + 1 MUFU per token, its low side pass 1's 2
     mufu = dict(drawn, pass1_mufu=2.0, draw_mufu=1.0, draw=1.0, groups=0.0, draw_groups=0.0, cta_warp=0)
     r = cm.sampler_bound(264, 151936, 2, "min_p", dict(mufu, pass1=1.0))
     assert r["low"]["t_mufu_s"] == pytest.approx(2 * 151936 * 2 / (16 * 1.755e9), rel=1e-3)
@@ -605,23 +605,24 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
 # ------------------------------------------------------------------------------------------------
 # --from: the cost model recomputed from a results JSON (no compiling), on a synthetic one
 # ------------------------------------------------------------------------------------------------
-def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8):
+def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8, mufu=0):
     return {"source": {"function": fn, "line": line, "file": "x.py", "header": "", "step": ""}, "innermost": innermost,
             "depth": depth, "tokens_per_iter": tokens, "instructions": instr, "instructions_excl": instr,
-            "thread_instr_per_token": instr * 32 * warps / tokens, "ldg_ops": ["LDG.E.128"]}
+            "thread_instr_per_token": instr * 32 * warps / tokens, "ldg_ops": ["LDG.E.128"], "mufu": mufu}
 
 
 def _synthetic_compiled(kernel):
     """sm_90 stats: pass 1 100, a select pass 200 (the buffer's loop; the row's, 450, is not in the bounds), the
     compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group, the
     draw's scores 10 per group; 100 straight-line instructions (800 warp-instructions at 8 warps) outside the
-    loops."""
-    loops = {"_sample_kernel": [_loop("_pass1", 1, 1024, 400), _loop("_scan_groups", 2, 1024, 100),
+    loops; MUFU operations per token: pass 1 2, the draw 1 (8 and 4 per thread and iteration of 1024 tokens)."""
+    p1, draw = _loop("_pass1", 1, 1024, 400, mufu=8), _loop("_filtered_groups", 4, 1024, 320, mufu=4)
+    loops = {"_sample_kernel": [p1, _loop("_scan_groups", 2, 1024, 100),
                                 _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
-                                _loop("_filtered_groups", 4, 1024, 320), _loop("_score_groups", 7, 1024, 40)],
-             "_partial_kernel": [_loop("_pass1", 1, 1024, 400)],
+                                draw, _loop("_score_groups", 7, 1024, 40)],
+             "_partial_kernel": [p1],
              "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
-                               _loop("_compact_candidates", 5, 1024, 160), _loop("_filtered_groups", 4, 1024, 320),
+                               _loop("_compact_candidates", 5, 1024, 160), draw,
                                _loop("_score_groups", 7, 1024, 40)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
@@ -661,6 +662,14 @@ def test_cost_model_from_results_json(tmp_path):
     assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "keys": 200.0,
                                      "draw": 80.0}
     assert b1["instr_per_group"] == 25.0 and b1["draw_instr_per_group"] == 10.0
+    # MUFU per token from the loops' counts: pass 1's (the partial kernel's) and the filtered draw's (the merge's)
+    for r in (b1, b256):
+        assert (r["pass1_mufu_per_token"], r["draw_mufu_per_token"]) == (2.0, 1.0), r["B"]
+    # the quick set's rows are temperature rows: no filtered draw pass, pass 1's MUFU alone (2 rows on an SM at
+    # B=256; the split row's merge none) on both sides (test_sampler_bound_groups_and_mufu: where the draw runs)
+    for side in ("low", "high"):
+        assert b256[side]["t_mufu_s"] == pytest.approx(2 * 32000 * 2 / (16 * 1.755e9), rel=1e-3)
+        assert b1[side]["t_mufu_s"] == 0
     scan = 125 * 25 / 32                      # the merge's scan over 125 groups of 256
     assert b1["low"]["t_issue_s"] == pytest.approx((800 + scan + 800) / RATE, rel=1e-3)
     # B=256: one program per row, 2 rows on the busiest SM

@@ -794,7 +794,7 @@ def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, 
                             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
     kz = 1.4426950408889634 / Tz
-    xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))     # as _finish joins min-p's threshold to top-k / top-p's
+    xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))     # as _filter_bounds joins min-p's threshold to the others
     g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, kz, xmax, xt, c1, c2, k0, k1, DBLOCK, DH,
                          FB, H_AXIS)
     tl.store(g_ptr, g)
@@ -863,8 +863,8 @@ def test_minp_raw():
     """``_minp_raw(xmax, T, min_p)``, min-p's threshold on the raw logits (``xmax + T ln(min_p)``), with which the
     filters' one compare (``_keep``) keeps min-p's tokens: within a few ulp of its terms of the float64 value, and
     every logit farther than that from it is kept exactly when its probability relative to the maximum's,
-    ``exp((x - xmax) / T)`` in float64, reaches min_p; maxima of either sign, zero and large, temperatures 0.05-4, min_p from 1e-30 to 1 (the
-    maximum alone), -inf for min_p = 0 (off)."""
+    ``exp((x - xmax) / T)`` in float64, reaches min_p; maxima of either sign, zero and large, temperatures
+    0.05-4, min_p from 1e-30 to 1 (the maximum alone), -inf for min_p = 0 (off)."""
     gen = torch.Generator().manual_seed(11)
     N, M = 256, 16
     xmax = torch.randn(N, generator=gen) * 30

@@ -53,9 +53,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
   compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
-  ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a sum), and
-  one pass over the group stats scores them
-  (``_score_groups``). Row passes: 1 + the candidate share
+  ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a
+  sum), and one pass over the group stats scores them (``_score_groups``).
+  Row passes: 1 + the candidate share
   (compaction) + at most that share again (the draw); with an overflow whose threshold bin fits the buffer,
   + the share of the groups that reach that bin (the second compaction).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
