@@ -590,14 +590,39 @@ def _dominators(n: int, succ: List[List[int]]) -> List[set]:
     return dom
 
 
+def divergence_fallbacks(instrs: List[Instr], labels: Dict[str, int]) -> set:
+    """Indices of the instructions only a diverged warp runs: the blocks that the target of a ``BRA.DIV``
+    dominates, when that branch is the target's only way in. ptxas puts a ``BRA.DIV`` before a warp-collective
+    (``SHFL``, ``VOTE``, ``REDUX``) it cannot prove converged, and the target block redoes the collective for
+    the active threads (``WARPSYNC`` ... ``ENDCOLLECTIVE``) before it jumps back. Triton's control flow is
+    uniform per program (a masked lane is predicated, never branched around), so every warp reaches its
+    collectives converged and never takes these blocks: the counts of what a warp runs leave them out."""
+    blocks, succ = control_flow(instrs, labels)
+    n = len(blocks)
+    pred = [[] for _ in range(n)]
+    for u, vs in enumerate(succ):
+        for v in vs:
+            pred[v].append(u)
+    dom = _dominators(n, succ)
+    out: set = set()
+    for u, (_s, e) in enumerate(blocks):
+        if instrs[e].op != "BRA.DIV":
+            continue
+        for t in succ[u]:
+            if t != u + 1 and pred[t] == [u]:       # the taken edge, the target's only predecessor
+                out.update(i for b in range(n) if t in dom[b] for i in range(blocks[b][0], blocks[b][1] + 1))
+    return out
+
+
 def sass_loops(instrs: List[Instr], labels: Dict[str, int],
-               top_level: Optional[set] = None) -> List[Dict[str, Any]]:
+               top_level: Optional[set] = None, fallback: Optional[set] = None) -> List[Dict[str, Any]]:
     """Every natural loop of the SASS control-flow graph (a back edge: a branch to a block that
     dominates it; out-of-line blocks that jump back are not loops).
 
     Per loop (all loops with the same head merged): ``instructions`` (static count of the body's
     instructions: every path of the body, each once), ``instructions_excl`` (without the loops
-    nested in it), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
+    nested in it and without ``fallback``, the indices of :func:`divergence_fallbacks`: every path a
+    converged warp can take; ``fallback_instructions``: the body's left out), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
     can execute, the shortest path from the head to a back edge; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
@@ -654,7 +679,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
 
     def off_path(body: set, path: List[int]) -> Dict[str, Any]:
         # what an iteration on the shortest path skips: its instructions, op classes and source lines
-        skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)]
+        skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)
+                   if i not in (fallback or ())]
         ops: Dict[str, int] = {}
         for ins in skipped:
             ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
@@ -669,7 +695,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
         idx = sorted(i for b in lp["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1))
         nested = {i for c in children for b in c["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1)}
         body = [instrs[i] for i in idx]
-        body_x = [instrs[i] for i in idx if i not in nested]
+        never = fallback or set()
+        body_x = [instrs[i] for i in idx if i not in nested and i not in never]
         ops = [_base(i.op) for i in body]
         ops_x = [_base(i.op) for i in body_x]
         src = _attribute(body_x)
@@ -681,6 +708,7 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "head": f"0x{instrs[blocks[lp['head']][0]].addr:04x}",
             "parent": None if parent is None else f"0x{instrs[blocks[parent['head']][0]].addr:04x}",
             "instructions": len(body), "instructions_excl": len(body_x),
+            "fallback_instructions": sum(i in never for i in idx),
             "instructions_min_path": None if path is None else sum(blocks[b][1] - blocks[b][0] + 1 for b in path),
             "off_min_path": None if path is None else off_path(lp["blocks"], path),
             "depth": len(parents), "innermost": not children,
@@ -865,7 +893,8 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         ru = resource_usage(cubin)
         instrs, labels = disassemble(cubin)
         in_loops: set = set()
-        loops = sass_loops(instrs, labels, in_loops)
+        fallback = divergence_fallbacks(instrs, labels)
+        loops = sass_loops(instrs, labels, in_loops, fallback)
     finally:
         if own_dir:
             import shutil
@@ -897,11 +926,14 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         "shared_bytes": shared, "shared_dynamic_bytes": int(getattr(md, "shared", 0) or 0),
         **ctas_per_sm(arch, px["registers"], num_warps, shared),
         "sass_instructions": len(instrs), "stl": ops.count("STL"), "ldl": ops.count("LDL"),
+        # the divergence fallbacks outside the loops (:func:`divergence_fallbacks`; the loops' own are out of
+        # their ``instructions_excl``): not straight-line code a warp runs
+        "fallback_instructions_outside_loops": len(fallback - in_loops),
         "global_load_ops": vec_loads,
         "spill_in_loop": hot_spill,
         "loops": loops,
         "inline_info": inline,
         "straight_line_by_function": straight_line_by_function(infer_chains(instrs, launch.kernel.fn.__name__),
-                                                               in_loops),
+                                                               in_loops | fallback),
         "ptxas_log": px["log"],
     }

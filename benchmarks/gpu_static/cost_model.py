@@ -411,13 +411,14 @@ def _sampler_roles() -> Dict[str, str]:
 
 
 def straight_line_warp_instr(compiled: Dict[str, Any], skip: Sequence[str] = ()) -> int:
-    """Warp-instructions of a kernel's code outside its top-level loops (every path once): the SASS
-    instruction count minus the top-level loops' bodies, times the warps; ``skip``: less the
+    """Warp-instructions of a kernel's code outside its top-level loops (every path a converged warp can take,
+    once): the SASS instruction count minus the top-level loops' bodies and the divergence fallbacks outside them
+    (``aot.divergence_fallbacks``), times the warps; ``skip``: less the
     instructions inlined from those functions (``straight_line_by_function``: a row that calls none of
     them; they must be disjoint call trees, none inlined into another, or their code counts twice;
     chains that the SASS lacks or cuts short are inferred: ``aot.infer_chains``)."""
     in_loops = sum(lp["instructions"] for lp in compiled["loops"] if lp["depth"] == 0)
-    n = compiled["sass_instructions"] - in_loops
+    n = compiled["sass_instructions"] - in_loops - compiled.get("fallback_instructions_outside_loops", 0)
     by_fn = compiled.get("straight_line_by_function") or {}
     n -= sum(by_fn.get(fn, 0) for fn in ([skip] if isinstance(skip, str) else skip))
     return max(0, n) * compiled["num_warps"]

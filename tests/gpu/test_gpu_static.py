@@ -843,6 +843,51 @@ def test_select_step_code_counts_per_step():
     assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 12 * 1280 / RATE, rel=1e-3)
 
 
+def test_divergence_fallbacks_left_out():
+    # ptxas's BRA.DIV before a shuffle: the target redoes the shuffle for a diverged warp and jumps back; a
+    # converged warp (every Triton program's) never takes it, in a loop or outside one
+    instrs, labels = _sass([
+        (None, "MOV R0, RZ"),
+        (None, "BRA.DIV UR4, `(.L_x_8)"),              # outside the loop
+        (None, "SHFL.BFLY PT, R1, R0, 0x1, 0x1f"),
+        (".L_x_1", "FADD R2, R2, R1"),
+        (".L_x_0", "FADD R3, R3, R4"),                 # loop head
+        (None, "BRA.DIV UR4, `(.L_x_9)"),
+        (None, "SHFL.BFLY PT, R5, R3, 0x1, 0x1f"),
+        (".L_x_2", "FADD R3, R3, R5"),
+        (None, "@P0 BRA `(.L_x_0)"),                   # back edge
+        (None, "EXIT"),
+        (".L_x_8", "WARPSYNC.ALL"),                    # the fallbacks: 3 + 4 instructions
+        (None, "SHFL.BFLY PT, R1, R0, 0x1, 0x1f"),
+        (None, "BRA `(.L_x_1)"),
+        (".L_x_9", "WARPSYNC.ALL"),
+        (None, "SHFL.BFLY PT, R5, R3, 0x1, 0x1f"),
+        (None, "ENDCOLLECTIVE"),
+        (None, "BRA `(.L_x_2)"),
+    ])
+    fb = aot.divergence_fallbacks(instrs, labels)
+    assert fb == set(range(10, 17))
+    top = set()
+    (lp,) = aot.sass_loops(instrs, labels, top, fb)
+    assert lp["instructions"] == 5 + 4 and lp["fallback_instructions"] == 4       # the loop's fallback is its body
+    assert lp["instructions_excl"] == 5 and lp["instructions_min_path"] == 5
+    assert lp["off_min_path"]["instructions"] == 0 and lp["shfl"] == 1
+    assert aot.sass_loops(instrs, labels)[0]["instructions_excl"] == 9         # without the set: every path
+    # straight-line code: 17 instructions less the loop's 9 and the outside fallback's 3
+    c = {"loops": [lp], "sass_instructions": 17, "num_warps": 2, "fallback_instructions_outside_loops": len(fb - top)}
+    assert c["fallback_instructions_outside_loops"] == 3
+    assert cm.straight_line_warp_instr(c) == (17 - 9 - 3) * 2
+    # a block that normal flow also reaches is not a fallback
+    instrs, labels = _sass([
+        (None, "@P0 BRA `(.L_x_1)"),
+        (None, "BRA.DIV UR4, `(.L_x_1)"),
+        (None, "SHFL.BFLY PT, R1, R0, 0x1, 0x1f"),
+        (".L_x_1", "FADD R2, R2, R1"),
+        (None, "EXIT"),
+    ])
+    assert aot.divergence_fallbacks(instrs, labels) == set()
+
+
 def test_sass_loop_shortest_iteration():
     # a loop whose iteration can branch around a block (a partial tile's mask, a lazy rescale)
     instrs, labels = _sass([
