@@ -302,10 +302,11 @@ def _groups(V: int) -> int:
 def _per_group(instr: Dict[str, float], passes: Dict[str, Any], k: int) -> float:
     """Thread-instructions per group of a row's passes over its group stats (side ``k``): the finish's scan
     (``groups``), the candidate-group list the compaction walks (``list``, rows with a select) and, when the
-    filtered draw pass runs, its own list and its scores' pass (``draw_groups``)."""
+    filtered draw pass runs, its own list (``draw_list``, which scores the groups; ``list`` when the counts have
+    none) and the pass over their scores (``draw_groups``), every group listed."""
     lst = instr.get("list", 0.0)
     return (instr.get("groups", 0.0) + (lst if passes["compact"][k] > 0 else 0.0)
-            + (lst + instr.get("draw_groups", 0.0) if passes["draw"][k] > 0 else 0.0))
+            + (instr.get("draw_list", lst) + instr.get("draw_groups", 0.0) if passes["draw"][k] > 0 else 0.0))
 
 
 def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, float],
@@ -550,7 +551,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "compact": compact[0]["thread_instr_per_token"] if compact else 0.0,
             "compact_block": compact[0]["tokens_per_iter"] if compact else None,
             "draw_block": draw["tokens_per_iter"] if draw else None,
-            "list": listing[0]["thread_instr_per_token"] if listing else 0.0,
+            "list": min(lp["thread_instr_per_token"] for lp in listing) if listing else 0.0,
+            # the draw's list scores the groups it lists (the noise, a logarithm): the costliest list loop
+            "draw_list": max(lp["thread_instr_per_token"] for lp in listing) if listing else 0.0,
             "pass1_mufu": _mufu_per_token(p1[0] if p1 else None, compiled),
             "draw_mufu": _mufu_per_token(draw, compiled),
             "cta_warp": straight_line_warp_instr(compiled),
@@ -941,6 +944,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  instr_per_token={k: instr[k] for k in _SAMPLER_RATES},
                                  select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
                                  draw_instr_per_group=instr["draw_groups"],
+                                 list_instr_per_group=[instr["list"], instr["draw_list"]],
                                  pass1_mufu_per_token=instr["pass1_mufu"],
                                  draw_mufu_per_token=instr["draw_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
@@ -960,6 +964,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  instr_per_token=dict({k: im[k] for k in _SAMPLER_RATES}, pass1=ip["pass1"]),
                                  select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
                                  draw_instr_per_group=im["draw_groups"],
+                                 list_instr_per_group=[im["list"], im["draw_list"]],
                                  pass1_mufu_per_token=ip["pass1_mufu"],
                                  draw_mufu_per_token=im["draw_mufu"],
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},

@@ -185,6 +185,11 @@ def test_sampler_bound_groups_and_mufu():
     assert r["low"]["t_issue_s"] == pytest.approx(2 * (warp_row + 594 * 12 / 32) / RATE, rel=1e-3)
     assert r["high"]["t_issue_s"] == pytest.approx(
         2 * (warp_row + f * 151936 * 40 / 32 + 594 * (30 + 2 * 12) / 32) / RATE, rel=1e-3)
+    # the draw's own list (``draw_list``, 20 per group: it scores the groups it lists) where the counts have one
+    r = cm.sampler_bound(264, 151936, 2, "top_k", dict(listed, draw_list=20.0))
+    assert r["low"]["t_issue_s"] == pytest.approx(2 * (warp_row + 594 * 12 / 32) / RATE, rel=1e-3)
+    assert r["high"]["t_issue_s"] == pytest.approx(
+        2 * (warp_row + f * 151936 * 40 / 32 + 594 * (30 + 12 + 20) / 32) / RATE, rel=1e-3)
 
 
 RATE = 4 * 1.755e9          # warp-instructions per second per SM (H100 model)
@@ -614,16 +619,19 @@ def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8, mufu=0):
 def _synthetic_compiled(kernel):
     """sm_90 stats: pass 1 100, a select pass 200 (the buffer's loop; the row's, 450, is not in the bounds), the
     compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group, the
-    draw's scores 10 per group; 100 straight-line instructions (800 warp-instructions at 8 warps) outside the
+    draw's scores 10 per group, the candidate lists 12 (the compaction's) and 40 (the draw's, which scores them) per
+    group; 100 straight-line instructions (800 warp-instructions at 8 warps) outside the
     loops; MUFU operations per token: pass 1 2, the draw 1 (8 and 4 per thread and iteration of 1024 tokens)."""
     p1, draw = _loop("_pass1", 1, 1024, 400, mufu=8), _loop("_filtered_groups", 4, 1024, 320, mufu=4)
     loops = {"_sample_kernel": [p1, _loop("_scan_groups", 2, 1024, 100),
                                 _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
-                                draw, _loop("_score_groups", 7, 1024, 40)],
+                                draw, _loop("_score_groups", 7, 1024, 40), _loop("_list_contenders", 8, 1024, 48),
+                                _loop("_list_contenders", 8, 1024, 160)],
              "_partial_kernel": [p1],
              "_merge_kernel": [_loop("_scan_groups", 2, 1024, 100), _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900),
                                _loop("_compact_candidates", 5, 1024, 160), draw,
-                               _loop("_score_groups", 7, 1024, 40)]}[kernel]
+                               _loop("_score_groups", 7, 1024, 40), _loop("_list_contenders", 8, 1024, 160),
+                               _loop("_list_contenders", 8, 1024, 48)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
             "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
 
@@ -662,6 +670,7 @@ def test_cost_model_from_results_json(tmp_path):
     assert b1["instr_per_token"] == {"pass1": 100.0, "compact": 40.0, "select": 200.0, "count": 200.0, "keys": 200.0,
                                      "draw": 80.0}
     assert b1["instr_per_group"] == 25.0 and b1["draw_instr_per_group"] == 10.0
+    assert b1["list_instr_per_group"] == [12.0, 40.0] and b256["list_instr_per_group"] == [12.0, 40.0]
     # MUFU per token from the loops' counts: pass 1's (the partial kernel's) and the filtered draw's (the merge's)
     for r in (b1, b256):
         assert (r["pass1_mufu_per_token"], r["draw_mufu_per_token"]) == (2.0, 1.0), r["B"]

@@ -462,7 +462,8 @@ import triton.language as tl  # noqa: E402
 
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
-    _filtered_groups, _from_key, _group_list, _keep, _list_groups, _minp_raw, _order_key, _philox_key, _radix_select,
+    _filtered_groups, _from_key, _group_list, _keep, _list_contenders, _list_groups, _minp_raw, _order_key, _philox_key,
+    _radix_select,
     _raw_threshold, _sort_desc, _sorted_thresholds, _ws_row)
 
 
@@ -754,6 +755,44 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
     assert int(((~kept_in_best) & (kept_groups > tile_groups)).sum()) >= 2, (kept_groups, tile_groups)
 
 
+@pytest.mark.parametrize("dtype, slices", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 3)],
+                         ids=["fp32", "bf16", "fp32-split"])
+def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
+    """Flat rows whose filters (min-p, top-p) drop part of every group's mass but keep tokens in every group, so
+    that every group is a candidate and the chosen group often does not stand: the rescoring lists only the
+    groups whose unfiltered score reaches the best filtered score it knows (``_rescore``: the chosen group's and
+    the row maximum's group's). Tokens equal the reference's; the rows do rescore, and the scores say the list
+    is a few groups of the row's 79 (computed here from the reference's scores, as the kernel's rule)."""
+    from tts_kernels.sampling.reference import draw_scores
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    gen = torch.Generator().manual_seed(8)
+    B, V = 24, 20111
+    x = torch.randn(B, V, generator=gen)
+    T = [0.7, 1.0, 1.5] * 8
+    minp = [0.05, 0.02, 0.1, 0.0] * 6
+    topp = [1.0] * 12 + [0.9] * 12
+    minp = [m if p < 1.0 or m > 0 else 0.05 for m, p in zip(minp, topp)]
+    logits = x.to(dtype=dtype, device=DEV)
+    params = _params(B, T, 0, topp, minp, seed=torch.arange(B) * 131 + 9, offset=torch.arange(B) * 3)
+    _check(logits, params)
+    z, keep = reference_keep(drawn_logits(logits, None, None, 0, 0), *params[:4])
+    fin = torch.isfinite(z)
+    gs, _ts = draw_scores(z, fin, params[4].cpu(), params[5].cpu())           # unfiltered
+    gf, _tf = draw_scores(z, keep, params[4].cpu(), params[5].cpu())          # filtered
+    top2 = gs.topk(2, dim=1)
+    g1 = top2.indices[:, 0]
+    s1 = gf.gather(1, g1[:, None])[:, 0]
+    rescored = s1 <= top2.values[:, 1]
+    gX = z.argmax(1) // philox.GROUP_SIZE
+    ref = torch.maximum(s1, gf.gather(1, gX[:, None])[:, 0])
+    contenders = (gs >= ref[:, None]).sum(1)
+    ngr = philox.num_groups(V)
+    cand = (torch.nn.functional.pad(keep, (0, ngr * philox.GROUP_SIZE - V)).view(B, ngr, -1).any(2)).sum(1)
+    assert int(rescored.sum()) >= B // 4, rescored
+    assert bool((cand[rescored] >= ngr - 1).all()), cand                     # (the short last group aside)
+    assert float(contenders[rescored].float().mean()) < ngr / 8, contenders[rescored]
+
+
 @triton.jit
 def _list_kernel(ws_ptr, lz_ptr, t_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr):
     row = tl.program_id(0)
@@ -790,13 +829,76 @@ def test_list_groups(FB):
 
 
 @triton.jit
+def _contenders_kernel(ws_ptr, lz_ptr, t_ptr, f_ptr, seed_ptr, off_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr):
+    row = tl.program_id(0)
+    ws_row = _ws_row(ws_ptr, row, NGR)
+    k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, row)
+    n = _list_contenders(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), tl.load(f_ptr + row),
+                         c1, c2, k0, k1, FB, True)
+    tl.store(n_ptr + row, n)
+    i = tl.arange(0, FB)
+    for i0 in range(0, NGR, FB):
+        tl.store(out_ptr + row * NGR + i0 + i, tl.load(_group_list(ws_row, NGR) + i0 + i, mask=i0 + i < n, other=-1),
+                 mask=i0 + i < NGR)
+
+
+@pytest.mark.parametrize("FB", [16, 64])
+def test_list_contenders(FB):
+    """``_list_contenders`` (the rescoring's list): the candidate groups (raw maximum / T >= the bound) whose
+    unfiltered score ``M / T + ln(S_z) + group noise`` (Philox stream 1, ``philox.group_gumbel``) reaches the
+    floor, in increasing order, over several blocks of group stats; the kept masses' plane (1, where the pass
+    writes them over the raw sums) zeroed for the candidates left out, untouched elsewhere; the others untouched. Floors: -inf (every candidate, as ``_list_groups``), a quantile
+    of the scores (about half), above all (none); groups within 1e-3 of the floor are not judged."""
+    gen = torch.Generator().manual_seed(5)
+    V, B = 17900, 6
+    NGR = philox.num_groups(V)                                                # 70
+    m = torch.randn(B, NGR, generator=gen) * 2
+    m[:, 7::11] = float("-inf")
+    sz = 1.0 + torch.rand(B, NGR, generator=gen) * 255
+    sz[m == float("-inf")] = 0.0
+    T = torch.tensor([1.0, 0.7, 1.6, 1.0, 0.5, 2.0])
+    Lz = torch.tensor([float("-inf"), 0.0, -1.0, float("-inf"), 1.0, -1e9])
+    seed, off = torch.arange(B) * 7 + 3, torch.arange(B) + 100
+    u = (m.double() / T[:, None] + torch.log(sz.double())
+         + philox.group_gumbel(seed, off, V).double())                        # -inf for the empty groups
+    finite = torch.where(torch.isfinite(u), u, torch.nan)
+    q = torch.nanquantile(finite, 0.5, dim=1)
+    floor = torch.stack([torch.tensor(float("-inf"), dtype=torch.float64), q[1], q[2], q[3], q[4],
+                         finite[5].nan_to_num(nan=-1e30).max() + 1.0]).float()
+    ws = _workspace(m, sz)
+    ws[:, 1] = 7.0                                                           # pass 1's raw sums
+    stats = ws[:, [0, 2]].clone()
+    ws = ws.to(DEV)
+    n = torch.empty(B, dtype=torch.int32, device=DEV)
+    out = torch.empty(B, NGR, dtype=torch.int32, device=DEV)
+    _contenders_kernel[(B,)](ws, Lz.to(DEV), T.to(DEV), floor.to(DEV), seed.to(DEV), off.to(DEV), n, out, V, NGR,
+                             FB=FB)
+    n, out, ws = n.cpu(), out.cpu(), ws.cpu()
+    for r in range(B):
+        cand = (m[r] / T[r]) >= Lz[r]
+        listed = torch.zeros(NGR, dtype=torch.bool)
+        listed[out[r, :int(n[r])].long()] = True
+        assert torch.equal(out[r, :int(n[r])], listed.nonzero()[:, 0].int()), r       # increasing, no repeats
+        judged = (u[r] - float(floor[r])).abs() > 1e-3
+        want = cand & (u[r] >= float(floor[r]))
+        assert torch.equal(listed[judged], want[judged]), (r, (listed != want).nonzero()[:, 0].tolist())
+        assert not (listed & ~cand).any()
+        plane = ws[r, 1]
+        assert (plane[cand & ~listed] == 0.0).all() and (plane[listed | ~cand] == 7.0).all(), r
+    assert torch.equal(ws[:, [0, 2]], stats)
+    counts = n.tolist()
+    assert counts[0] == NGR and counts[5] == 0          # floor -inf: every candidate (the bound -inf: every group)
+    assert 0 < counts[1] < int(((m[1] / T[1]) >= Lz[1]).sum())                 # the floor leaves some out
+
+
+@triton.jit
 def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, Tz, xmax, min_p, xt, end0,
                             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
     kz = 1.4426950408889634 / Tz
     xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))     # as _filter_bounds joins min-p's threshold to the others
-    g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, kz, xmax, xt, c1, c2, k0, k1, DBLOCK, DH,
-                         FB, H_AXIS)
+    g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, kz, xmax, xt, float("-inf"), c1, c2, k0, k1,
+                         DBLOCK, DH, FB, H_AXIS)
     tl.store(g_ptr, g)
 
 

@@ -51,7 +51,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   takes the radix levels.
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
-  pass over the candidate groups recomputes their kept masses (``_filtered_groups``: per token one
+  pass over the candidate groups that can still win (``_rescore``: those whose unfiltered score reaches the best
+  filtered score known, the chosen group's or the row maximum's group's; ``_list_contenders``) recomputes their
+  kept masses (``_filtered_groups``: per token one
   compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
   ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a
   sum), and one pass over the group stats scores them (``_score_groups``).
@@ -105,14 +107,15 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting them,
 #: top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass (its tokens' read,
 #: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
-#: candidate groups (``list``, per group), the compaction of the selects' candidates; the pass-1 tile (outside the
+#: candidate groups (``list``, per group: the compaction's the cheapest of its loops, the draw's, which scores the
+#: groups, the costliest), the compaction of the selects' candidates; the pass-1 tile (outside the
 #: loop: a row's partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a
 #: filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group
 #: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
 #: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
                     "draw": "_filtered_groups", "draw_groups": "_score_groups",
-                    "groups": "_scan_groups", "list": "_list_groups", "compact": "_compact_candidates",
+                    "groups": "_scan_groups", "list": "_list_contenders", "compact": "_compact_candidates",
                     "overflow": "_compact_overflow",
                     "tile": "_pass1_tile",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
@@ -635,11 +638,28 @@ def _list_groups(ws_row, NGR, V, Tz, Lz, FB: tl.constexpr):
     groups then walk the list, tiles of whole candidate groups: walking the row, a tile of 16 groups ran its whole
     work as soon as one of them was a candidate (the 50 groups of SmolLM2-135M's top-k 50 sat in 10 of its 12 bf16
     tiles, against 4 tiles of listed groups)."""
+    return _list_contenders(ws_row, NGR, V, Tz, Lz, float("-inf"), 0, 0, 0, 0, FB, False)
+
+
+@triton.jit
+def _list_contenders(ws_row, NGR, V, Tz, Lz, floor, c1, c2, k0, k1, FB: tl.constexpr, SCORED: tl.constexpr):
+    """:func:`_list_groups`; with ``SCORED``, only the candidate groups whose unfiltered draw score ``M / T +
+    ln(S_z) + group noise`` (as ``_scan_groups`` scores them; the end token's group by its unmasked stats, which
+    only raise it) reaches ``floor``: filtering only removes mass, so no other group's filtered score can reach
+    it. Their kept masses' plane (1, :func:`_filtered_groups`) gets 0 for the candidates left out, so that
+    :func:`_score_groups` skips them. ``FB`` groups per step as the scan reads them (one Philox call per 4)."""
     lst = _group_list(ws_row, NGR)
     n = tl.full([], 0, tl.int32)
     for g0 in range(0, NGR, FB):
         g = g0 + tl.arange(0, FB)
         c = _is_candidate(ws_row, g, V, Tz, Lz) & (g < NGR)
+        if SCORED:
+            M = tl.load(ws_row + g, mask=c, other=0.0)
+            SZ = tl.load(ws_row + 2 * NGR + g, mask=c, other=1.0)
+            h = tl.reshape(_group_noise4(g0 // 4 + tl.arange(0, FB // 4), c1, c2, k0, k1), [FB])
+            out = c & ~(M / Tz + tl.log(SZ) + h >= floor)
+            tl.store(ws_row + NGR + g, tl.zeros_like(M), mask=out)
+            c = c & ~out
         ci = c.to(tl.int32)
         tl.store(lst + n + tl.cumsum(ci, 0) - 1, g, mask=c)
         n += tl.sum(ci, 0)
@@ -1137,14 +1157,15 @@ def _group_draw(row_ptr, g, V, end0, mask_end, Tz, kz, xt, cand_g, c1, c2, k0, k
 
 
 @triton.jit
-def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt, c1, c2, k0, k1,
+def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt, floor, c1, c2, k0, k1,
                      DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
-    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``): returns the first group of
+    """The filtered draw's group choice over the candidate groups (raw maximum ``>= L``) whose unfiltered score
+    reaches ``floor`` (:func:`_list_contenders`; -inf: all of them): returns the first group of
     the maximum score ``xmax / T + ln(S) + group noise``, ``S`` the group's kept mass relative to the row's maximum
     (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
     underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
-    in [-2.9, 16.7]). One read of the candidate groups (their list, :func:`_list_groups`; no other group's tokens)
-    writes each candidate group's ``S`` over its raw sum in the workspace (plane 1, which only
+    in [-2.9, 16.7]). One read of the listed groups (their list; no other group's tokens)
+    writes each listed group's ``S`` over its raw sum in the workspace (plane 1, which only
     ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
@@ -1152,7 +1173,7 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     GT: tl.constexpr = DBLOCK // GROUP
     end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
-    nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
+    nlist = _list_contenders(ws_row, NGR, V, Tz, Lz, floor, c1, c2, k0, k1, FB, True)
     for t0 in range(0, nlist * GROUP, DBLOCK):
         g, on = _listed(ws_row, NGR, nlist, t0, GT)
         offs = _group_tile(g * GROUP, DH, GROUP // DH, H_AXIS)
@@ -1249,15 +1270,15 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
     :func:`_minp_raw`, so that the draw's passes test one compare per token; -inf: keep all), ``Ls``, the selects'
     raw-logit bound that
     every token top-k / top-p keep reaches in its group maximum (-inf without them; :func:`_rescore` raises it to
-    min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``bar``, the filtered
-    score (without noise) that the chosen group ``g1`` must beat to stand: ``b2 - h1``, ``h1`` its noise, ``b1``
-    less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its stats as the scan did (no
-    Philox call; rounding moves the test by about an ulp of ``b1``: a near-tie of the group scores), and whether
-    ``g1`` is a candidate of the selects (:func:`_select_thresholds`). Returns (Ls, xt, bar, cand1)."""
+    min-p's: the chosen group needs no bound of min-p's, its tokens are filtered one by one), ``h1``, the chosen
+    group ``g1``'s noise: ``b1`` less its unfiltered score without noise ``M / T + ln(S_z)``, recomputed from its
+    stats as the scan did (no Philox call; rounding moves it by about an ulp of ``b1``: a near-tie of the group
+    scores; :func:`_filtered_redraw`), and whether ``g1`` is a candidate of the selects
+    (:func:`_select_thresholds`). Returns (Ls, xt, h1, cand1)."""
     isE = g1 == ge
     M1 = tl.where(isE, Me, tl.load(ws_row + g1))
     SZ1 = tl.where(isE, SZe, tl.load(ws_row + 2 * NGR + g1))
-    bar = b2 - (b1 - (M1 / Tz + tl.log(SZ1)))
+    h1 = b1 - (M1 / Tz + tl.log(SZ1))
     Ls = tl.full([], float("-inf"), tl.float32)
     xt = tl.full([], float("-inf"), tl.float32)      # keep all
     cand1 = g1 == g1                       # (True: every group is a candidate without a bound)
@@ -1266,16 +1287,30 @@ def _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, T
                                            top_p, p_on, V, end0, mask_end, buf_ptr, CAP, DBLOCK, HBLOCK, FB, PW, NB)
     if m_on:
         xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))
-    return Ls, xt, bar, cand1
+    return Ls, xt, h1, cand1
 
 
 @triton.jit
-def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt, c1, c2, k0, k1,
+def _rescore(row_ptr, ws_row, NGR, Ls, xmax, gX, s1, V, end0, mask_end, Tz, kz, min_p, xt, c1, c2, k0, k1,
              DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     """The filtered draw's rare path: one filtered pass over the candidate groups (``Ls``, the selects'
-    bound, raised to min-p's) picks the group again, then the draw inside it. Returns the token."""
+    bound, raised to min-p's) that can still win picks the group again, then the draw inside it. Returns the token.
+    A group's filtered score is at most its unfiltered one, so a group whose unfiltered score stays below a
+    filtered score already known cannot win: the pass reads only the candidates whose unfiltered score reaches the
+    larger of the chosen group's filtered score ``s1`` (noise included; -inf when it keeps nothing) and that of
+    ``gX``, the group of the row's maximum (re-read here: it keeps its maximum whatever the filters), less a
+    margin of 1e-4 x (1 + |xmax / T| + |that score|) for the two sums' rounding (:func:`_list_contenders`): the
+    winner is the one a pass over every candidate finds. On a flat row (groups of about equal unfiltered scores)
+    whose filters keep a share ``f`` of each group's mass, those are the groups whose noise lies within ``ln(1 /
+    f)`` of the best, about ``1 / f`` of them whatever V, where every group is a candidate. At worst (scores spread
+    so that every candidate reaches the floor) the pass reads every candidate, as before."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
-    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt,
+    sX, _tX = _group_draw(row_ptr, gX, V, end0, mask_end, Tz, kz, xt, _is_candidate(ws_row, gX, V, Tz, L / Tz),
+                          c1, c2, k0, k1)
+    ref = tl.maximum(s1, sX + _gumbel(gX, c1, c2, k0, k1, 1))
+    floor = ref - 1e-4 * (1.0 + tl.abs(xmax / Tz) + tl.abs(ref))
+    floor = tl.where(floor == floor, floor, float("-inf"))
+    gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt, floor,
                           c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
     _sc, tok = _group_draw(row_ptr, gf, V, end0, mask_end, Tz, kz, xt,
                            _is_candidate(ws_row, gf, V, Tz, L / Tz), c1, c2, k0, k1)
@@ -1283,15 +1318,15 @@ def _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, x
 
 
 @triton.jit
-def _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
+def _filtered_redraw(s_tok, sc1, h1, b2, gX, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
                      c1, c2, k0, k1, DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr,
                      H_AXIS: tl.constexpr):
-    """Whether the draw in the chosen group (filtered score ``sc1`` without noise, token ``s_tok``)
-    stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
-    unfiltered score of the other groups (``sc1 > bar``, see :func:`_filter_bounds`) it still wins;
+    """Whether the draw in the chosen group (filtered score ``sc1`` without noise, ``h1`` its noise, token
+    ``s_tok``) stands: filtering only removes mass, so if its filtered score plus its noise still beats the best
+    unfiltered score of the other groups (``sc1 > b2 - h1``, see :func:`_filter_bounds`) it still wins;
     otherwise :func:`_rescore`."""
-    if sc1 <= bar:
-        s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz, min_p, xt,
+    if sc1 <= b2 - h1:
+        s_tok = _rescore(row_ptr, ws_row, NGR, Ls, xmax, gX, sc1 + h1, V, end0, mask_end, Tz, kz, min_p, xt,
                          c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
     return s_tok
 
@@ -1332,17 +1367,18 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     # ---- the draw inside the group of the best score, with the filters' bounds (keep-all without) ----
     Ls = tl.full([], float("-inf"), tl.float32)
     xt = tl.full([], float("-inf"), tl.float32)
-    bar = b2
+    h1 = tl.full([], 0.0, tl.float32)
     cand1 = g1 == g1
     if filtered:
-        Ls, xt, bar, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
+        Ls, xt, h1, cand1 = _filter_bounds(row_ptr, ws_row, NGR, ge, Me, SZe, g1, b1, b2, xmax, total, Tz,
                                             top_k, k_on, top_p, p_on, min_p, m_on, V, end0, mask_end, buf_ptr, CAP,
                                             DBLOCK, HBLOCK, FB, PW, NB)
     # an unfiltered draw keeps every token: x >= -inf, every group a candidate
     if do_draw:
         sc1, s_tok = _group_draw(row_ptr, g1, V, end0, mask_end, Tz, kz, xt, cand1, c1, c2, k0, k1)
         if filtered:
-            s_tok = _filtered_redraw(s_tok, sc1, bar, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz, kz,
+            s_tok = _filtered_redraw(s_tok, sc1, h1, b2, gX, row_ptr, ws_row, NGR, Ls, xmax, V, end0, mask_end, Tz,
+                                     kz,
                                      min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
 
     # the greedy rule (params.greedy_rows): a tiny temperature, or z = x / T overflowing at the maximum,
