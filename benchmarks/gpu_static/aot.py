@@ -622,8 +622,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     Per loop (all loops with the same head merged): ``instructions`` (static count of the body's
     instructions: every path of the body, each once), ``instructions_excl`` (without the loops
     nested in it and without ``fallback``, the indices of :func:`divergence_fallbacks`: every path a
-    converged warp can take; ``fallback_instructions``: the body's left out), ``instructions_min_path`` (innermost loops: the fewest instructions an iteration
-    can execute, the shortest path from the head to a back edge; a typical iteration only where the
+    converged warp can take; ``fallback_instructions``: the body's in ``fallback``, its nested loops' included),
+    ``instructions_min_path`` (innermost loops: the fewest instructions an iteration can execute, the shortest path from the head to a back edge; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
     its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops

@@ -492,6 +492,10 @@ def _mufu_per_token(lp: Optional[Dict[str, Any]], compiled: Dict[str, Any]) -> f
     return round(lp["mufu"] * 32 * compiled["num_warps"] / lp["tokens_per_iter"], 3)
 
 
+#: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
+_LEGACY_LIST = "_list_groups"
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
@@ -517,8 +521,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
                                  lp["source"]["function"] == roles.get("draw"), lp["source"]["line"]))
     scan = [lp for lp in loops if lp["source"]["function"] == roles.get("groups")]
     draw_scan = [lp for lp in loops if lp["source"]["function"] == roles.get("draw_groups")]
-    listing = [lp for lp in loops if lp["source"]["function"] == roles.get("list")]
-    own_roles = {roles.get(r) for r in ("groups", "compact", "draw_groups", "list")}
+    # (results of commits before 135890d attribute the lists' loops to ``_list_groups``)
+    listing = [lp for lp in loops if lp["source"]["function"] in (roles.get("list"), _LEGACY_LIST)]
+    own_roles = {roles.get(r) for r in ("groups", "compact", "draw_groups", "list")} | {_LEGACY_LIST}
     helpers = [lp for lp in loops if lp["source"]["function"] not in row_fns | own_roles and lp["innermost"]]
     counting = [lp for lp in helpers if roles.get("count") and lp["source"]["function"] == roles["count"]]
     keys = [lp for lp in helpers if roles.get("keys") and lp["source"]["function"] == roles["keys"]]

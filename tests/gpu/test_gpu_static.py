@@ -185,7 +185,8 @@ def test_sampler_bound_groups_and_mufu():
     assert r["low"]["t_issue_s"] == pytest.approx(2 * (warp_row + 594 * 12 / 32) / RATE, rel=1e-3)
     assert r["high"]["t_issue_s"] == pytest.approx(
         2 * (warp_row + f * 151936 * 40 / 32 + 594 * (30 + 2 * 12) / 32) / RATE, rel=1e-3)
-    # the draw's own list (``draw_list``, 20 per group: it scores the groups it lists) where the counts have one
+    # the draw's own list (``draw_list``, 20 per group: it scores every candidate to list the contenders) where the
+    # counts have one
     r = cm.sampler_bound(264, 151936, 2, "top_k", dict(listed, draw_list=20.0))
     assert r["low"]["t_issue_s"] == pytest.approx(2 * (warp_row + 594 * 12 / 32) / RATE, rel=1e-3)
     assert r["high"]["t_issue_s"] == pytest.approx(

@@ -463,8 +463,7 @@ import triton.language as tl  # noqa: E402
 from tts_kernels.sampling.triton_kernel import (  # noqa: E402
     STAT_PLANES, WS_PLANES, _buffer_masses, _buffer_row, _buffer_thresholds, _candidate_bound, _compact_bounded,
     _filtered_groups, _from_key, _group_list, _keep, _list_contenders, _list_groups, _minp_raw, _order_key, _philox_key,
-    _radix_select,
-    _raw_threshold, _sort_desc, _sorted_thresholds, _ws_row)
+    _radix_select, _raw_threshold, _rescore, _sort_desc, _sorted_thresholds, _ws_row)
 
 
 def _workspace(maxima, draw_sums=None):
@@ -707,8 +706,9 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
     """Rows whose best unfiltered group keeps nothing after the filters, so the chosen group cannot stand
     and the filtered draw's pass (``_filtered_groups``, ``_score_groups``) picks the group again: a group of
     256 strong tokens outweighs a few stronger ones scattered over the row, which top-k / min-p / top-p keep
-    alone. Rows whose kept tokens lie in more groups than one tile of the draw's pass holds (so it reads
-    several tiles of listed groups; an odd V), mixed temperatures, the end token (one of the peaks)
+    alone. Rows whose kept tokens lie in more groups than one tile of the draw's pass holds (candidate groups over
+    several tiles; the pass lists those that can still win: a tile or more on a few rows; an odd V), mixed
+    temperatures, the end token (one of the peaks)
     masked in half the rows; the split-row finish too, and the group scores in blocks of 8 groups (``_SCAN``
     shrunk: the scores' pass over 18 groups in three blocks), and the tiles of pass 1 and the draw's pass in
     the axis order this Triton does not get (``_triton_layout.REGISTER_AXIS``). Tokens equal the reference's."""
@@ -747,7 +747,8 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
     kept_in_best = torch.stack([keep[r, g[r] * G:(g[r] + 1) * G].any() for r in range(B)])
     assert int((~kept_in_best).sum()) >= B // 2, kept_in_best
     # and some of them keep tokens in more groups than a tile of the draw's pass (DBLOCK tokens) holds: every
-    # group holding a kept token is a candidate group, so the pass reads more than one tile of listed groups
+    # group holding a kept token is a candidate group (the pass lists only those that can still win, which
+    # test_rescoring_reads_contenders takes over several tiles)
     warps = _tk._ROW_WARPS if slices <= 1 else _tk._SPLIT_WARPS
     tile_groups = _tk._finish_tiles(V, dtype.itemsize, warps)["DBLOCK"] // G
     ngr = philox.num_groups(V)
@@ -758,18 +759,20 @@ def test_filtered_draw_rescores(monkeypatch, dtype, slices, scan, other_axis):
 @pytest.mark.parametrize("dtype, slices", [(torch.float32, 1), (torch.bfloat16, 1), (torch.float32, 3)],
                          ids=["fp32", "bf16", "fp32-split"])
 def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
-    """Flat rows whose filters (min-p, top-p) drop part of every group's mass but keep tokens in every group, so
-    that every group is a candidate and the chosen group often does not stand: the rescoring lists only the
+    """Flat rows whose filters (min-p, top-p) drop part of every group's mass but keep tokens in most groups, so
+    that most groups are candidates and the chosen group often does not stand: the rescoring lists only the
     groups whose unfiltered score reaches the best filtered score it knows (``_rescore``: the chosen group's and
-    the row maximum's group's). Tokens equal the reference's; the rows do rescore, and the scores say the list
-    is a few groups of the row's 79 (computed here from the reference's scores, as the kernel's rule)."""
+    the row maximum's group's). Tokens equal the reference's; the rows do rescore, and the scores say (computed
+    here from the reference's scores, as the kernel's rule; ``test_rescore_prunes`` reads the kernel's) that the list
+    is a few groups of the row's 79 on average, and more than one tile of the draw's pass on some rows (min-p 0.2:
+    its loop over several tiles of listed groups)."""
     from tts_kernels.sampling.reference import draw_scores
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     gen = torch.Generator().manual_seed(8)
     B, V = 24, 20111
     x = torch.randn(B, V, generator=gen)
     T = [0.7, 1.0, 1.5] * 8
-    minp = [0.05, 0.02, 0.1, 0.0] * 6
+    minp = [0.05, 0.2, 0.1, 0.0] * 6
     topp = [1.0] * 12 + [0.9] * 12
     minp = [m if p < 1.0 or m > 0 else 0.05 for m, p in zip(minp, topp)]
     logits = x.to(dtype=dtype, device=DEV)
@@ -789,8 +792,11 @@ def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
     ngr = philox.num_groups(V)
     cand = (torch.nn.functional.pad(keep, (0, ngr * philox.GROUP_SIZE - V)).view(B, ngr, -1).any(2)).sum(1)
     assert int(rescored.sum()) >= B // 4, rescored
-    assert bool((cand[rescored] >= ngr - 1).all()), cand                     # (the short last group aside)
+    assert float(cand[rescored].float().mean()) > ngr / 2, cand
     assert float(contenders[rescored].float().mean()) < ngr / 8, contenders[rescored]
+    warps = _tk._ROW_WARPS if slices <= 1 else _tk._SPLIT_WARPS
+    tile_groups = _tk._finish_tiles(V, dtype.itemsize, warps)["DBLOCK"] // philox.GROUP_SIZE
+    assert int((rescored & (contenders > tile_groups)).sum()) >= 2, (contenders[rescored], tile_groups)
 
 
 @triton.jit
@@ -847,8 +853,9 @@ def test_list_contenders(FB):
     """``_list_contenders`` (the rescoring's list): the candidate groups (raw maximum / T >= the bound) whose
     unfiltered score ``M / T + ln(S_z) + group noise`` (Philox stream 1, ``philox.group_gumbel``) reaches the
     floor, in increasing order, over several blocks of group stats; the kept masses' plane (1, where the pass
-    writes them over the raw sums) zeroed for the candidates left out, untouched elsewhere; the others untouched. Floors: -inf (every candidate, as ``_list_groups``), a quantile
-    of the scores (about half), above all (none); groups within 1e-3 of the floor are not judged."""
+    writes them over the raw sums) zeroed for the candidates left out and untouched elsewhere, the other planes
+    untouched. Floors: -inf (every candidate, as ``_list_groups``), a quantile of the scores (about half), above all
+    (none); groups within 1e-3 of the floor are not judged."""
     gen = torch.Generator().manual_seed(5)
     V, B = 17900, 6
     NGR = philox.num_groups(V)                                                # 70
@@ -948,6 +955,70 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
         assert (S[~cand] == 12345.0).all(), (T, (S[~cand] != 12345.0).nonzero()[:4])
         torch.testing.assert_close(S[cand].double(), want[cand], rtol=2e-6, atol=1e-30, msg=str((T, min_p, xt, L)))
         assert bool(cand[int(g)]), int(g)
+
+
+@triton.jit
+def _rescore_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, tok_ptr, V, NGR, Tz, xmax, gX, s1, min_p,
+                    DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
+    k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
+    xt = _minp_raw(xmax, Tz, min_p)                  # min-p alone: the filters' threshold and the candidates' bound
+    tok = _rescore(x_ptr, ws_ptr, NGR, float("-inf"), xmax, gX, s1, V, -1, V < 0, Tz,
+                   1.4426950408889634 / Tz, min_p, xt, c1, c2, k0, k1, DBLOCK, DH, FB, H_AXIS)
+    tl.store(tok_ptr, tok)
+
+
+def test_rescore_prunes():
+    """``_rescore`` on its own: the floor is the larger of the chosen group's filtered score (``s1``, given: that of
+    the group of the best unfiltered score, as ``_finish`` passes it; or -inf, a chosen group that keeps nothing)
+    and the row maximum's group's, which it reads, less the margin. Flat rows (standard normal logits) under
+    min-p 0.1: every group holds kept tokens (a candidate) and keeps about a quarter of its mass; the pass writes
+    the kept masses of the contenders (unfiltered score at least the floor) and 0 for the other candidates, which
+    it leaves unread: the zeros are the candidates whose float64 unfiltered score lies below the floor (those within
+    1e-3 of it not judged); with the chosen group's score, most of them. The token is the reference's (which scores
+    every group)."""
+    G, T, mp = philox.GROUP_SIZE, 1.0, 0.1
+    V = 20111
+    NGR = philox.num_groups(V)
+    tiles = _tk._finish_tiles(V, 4, _tk._ROW_WARPS)
+    gen = torch.Generator().manual_seed(21)
+    pruned = []
+    for r in range(6):
+        x = torch.randn(V, generator=gen)
+        xf = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(NGR, G)
+        M = xf.max(1).values
+        sz = torch.exp((xf.double() - M.double()[:, None]) / T).sum(1).float()
+        ws = _workspace(M[None], sz[None])[0]
+        ws[1] = 7.0
+        seed, off = torch.tensor([1000 + r]), torch.tensor([3 * r])
+        xmax = float(x.max())
+        gX = int(x.argmax()) // G
+        # float64: the groups' unfiltered and filtered scores; the chosen group's (rows 0-3) or -inf (4, 5)
+        h = philox.group_gumbel(seed, off, V)[0].double()
+        u = M.double() / T + torch.log(sz.double()) + h
+        keep = xf.double() >= xmax + T * math.log(mp)
+        kept = torch.where(keep, torch.exp((xf.double() - xmax) / T), 0.0).sum(1)
+        f = xmax / T + torch.log(kept) + h
+        s1 = float(f[int(u.argmax())]) if r < 4 else float("-inf")
+        tok = torch.zeros(1, dtype=torch.int32, device=DEV)
+        ws = ws.flatten().to(DEV)
+        _rescore_kernel[(1,)](x.to(DEV), ws, seed.to(DEV), off.to(DEV), tok, V, NGR, T, xmax, gX, s1, mp,
+                              DBLOCK=tiles["DBLOCK"], DH=tiles["DH"], FB=tiles["FB"],
+                              H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=_tk._ROW_WARPS)
+        plane = ws.cpu().view(WS_PLANES.value, NGR)[1]
+        ref = max(s1, float(f[gX]))
+        floor = ref - 1e-4 * (1 + abs(xmax / T) + abs(ref))
+        cand = M >= xmax + T * math.log(mp) - 1e-3 * (1 + 2 * abs(xmax))          # _minp_bound
+        judged = (u - floor).abs() > 1e-3
+        zero = (plane == 0.0) & cand
+        assert torch.equal(zero[judged], (cand & (u < floor))[judged]), r
+        listed = cand & ~zero
+        torch.testing.assert_close(plane[listed & judged].double(), kept[listed & judged], rtol=2e-6, atol=1e-30)
+        pruned.append(int(zero.sum()) / int(cand.sum()))
+        tok_r, _ = sample_reference(x[None], torch.tensor([T]), torch.zeros(1, dtype=torch.int32), torch.ones(1),
+                                    torch.tensor([mp]), seed, off)
+        assert int(tok) == int(tok_r), (r, int(tok), int(tok_r))
+    # with the chosen group's score, about 1 / (the share of its mass a group keeps) groups are read
+    assert min(pruned[:4]) > 0.8 and max(pruned[4:]) < 1.0, pruned
 
 
 @triton.jit
