@@ -19,7 +19,8 @@ or, still too many, the radix selects read the candidate groups (their levels
 replayed on the CPU, ``radix_levels``: what every overflowing row read before). Top-p's bound is reported twice, side by side on the same
 rows: the kernel's, and the one from the group maxima alone that it replaced (the same bisection,
 ``_key_prefix_reaching``, each group weighing its maximum's mass only). Also counted: the rows whose
-filtered draw rescores (from the reference's draw scores), and the reads of the row (full-row
+filtered draw rescores (from the reference's draw scores), the groups their rescoring reads (every candidate
+group of its bound before, only those that can still win now: ``rescoring_reads``), and the reads of the row (full-row
 equivalents: pass 1, the compaction, the rescoring's filtered pass) of the rows that take the buffer,
 and of the overflowing rows before (the radix selects) and now.
 On ``--token-rows`` rows per config the whole Triton sampler runs against the reference: its tokens
@@ -28,6 +29,7 @@ must be the reference's but at near-ties.
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import sys
 import time
@@ -57,6 +59,7 @@ CONFIGS = {
     "T=1.0, top-p 0.99": (1.0, 0, 0.99, 0.0),
     "T=1.0, top-k 50, top-p 0.9": (1.0, 50, 0.9, 0.0),
     "benchmarks: T=0.8, top-k 50, top-p 0.9, min-p 0.05": (0.8, 50, 0.9, 0.05),
+    "min-p at a high temperature: T=1.5, min-p 0.1": (1.5, 0, 1.0, 0.1),
 }
 PROMPTS = [
     "What is 17 * 23? Think step by step.",
@@ -193,6 +196,30 @@ def check_tokens(x: torch.Tensor, T: float, k: int, p: float, mp: float, device:
     return {"rows": R, "equal": int((~diff).sum()), "near_ties": int(ties.sum())}
 
 
+def rescoring_reads(M, x, T, mp, Lz, gs_all, gs_f, g1, rescore):
+    """The groups the rescoring's filtered pass reads on the rows that rescore (``_rescore``), with the kernel's
+    rule replayed from the reference's draw scores: every candidate group of its bound (the selects', ``Lz`` in
+    units of z, raised to min-p's, ``_minp_bound``: what it read before) against those of them whose
+    unfiltered score reaches the best filtered score it knows, the chosen group's or the row maximum's group's, less
+    the kernel's margin (now). Returns (mean and max over those rows, and the mean share of the candidates read
+    now; each row's share of its groups read now, 0 on the rows that do not rescore)."""
+    X = M.max(1).values
+    if mp > 0:   # _minp_bound: min-p's threshold less its rounding margin
+        lm = X + T * math.log(mp)
+        Lz = torch.maximum(Lz, (lm - 1e-3 * (1.0 + X.abs() + lm.abs())) / T)
+    cand = M / T >= Lz[:, None]
+    s1 = gs_f.gather(1, g1)[:, 0]
+    gX = x.argmax(1, keepdim=True) // philox.GROUP_SIZE
+    ref = torch.maximum(s1, gs_f.gather(1, gX)[:, 0])
+    floor = ref - 1e-4 * (1.0 + (X / T).abs() + ref.abs())
+    read = cand & (gs_all >= torch.nan_to_num(floor, nan=float("-inf"))[:, None])
+    before, now = cand.sum(1)[rescore].float(), read.sum(1)[rescore].float()
+    stats = {"rows": int(rescore.sum()), "before_mean_max": [round(float(before.mean()), 2), int(before.max())],
+             "now_mean_max": [round(float(now.mean()), 2), int(now.max())],
+             "now_share_of_before_mean": round(float((now / before.clamp(min=1)).mean()), 4)}
+    return stats, torch.where(rescore, read.sum(1) / M.shape[1], 0.0)
+
+
 def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
     R, V = x.shape
     G = philox.GROUP_SIZE
@@ -259,6 +286,9 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                 assert torch.equal(n[fits & ~over], n_b[fits & ~over])
                 assert bool((n + n_above <= n_b)[fits].all()) and bool((n + n_above >= keep_kp.sum(1))[fits].all())
             raised = over & fits                         # raised to the threshold's bin, whose values fit the buffer
+            stats, reread = rescoring_reads(M, x, T, mp, Lb, gs_all, gs_f, g1, rescore)
+            if label == "kernel" and bool(rescore.any()):
+                row["rescoring_groups_read"] = stats
             # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time
             # (before the list: every tile with a candidate group ran its whole work) against walking the list of the
             # candidate groups (whole tiles of listed groups), for the kernel's bf16 and fp32 tiles; and the row's tiles
@@ -282,15 +312,15 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                           "candidate_groups_share_q50_q90_max": [round(float(v), 4) for v in
                                                                  torch.quantile(share, torch.tensor([0.5, 0.9, 1.0]))]}
             # reads of the row (full-row equivalents) by the rows that compact: pass 1, the compaction and,
-            # when the draw rescores, the filtered pass over the candidate groups (min-p can narrow those: an
-            # upper bound with min-p); a row that overflows reads the rest of its candidate groups to raise the
+            # when the draw rescores, the filtered pass over the candidate groups that can still win
+            # (``rescoring_reads``); a row that overflows reads the rest of its candidate groups to raise the
             # bound, then the groups above the raised bound (which its draw's candidates are then), and, still
             # overflowing, those once per radix level
             share2 = (M / T >= Lb[:, None]).sum(1) / NGR
             levels = torch.zeros(R)
             for r in (over & ~fits).nonzero().flatten().tolist():
                 levels[r] = radix_levels(z[r], (M[r] / T >= Lb[r]).repeat_interleave(G)[:V], k, p, float(total[r]))
-            now = 1.0 + share + torch.where(raised, share2, 0.0) + share2 * (levels + rescore.float())
+            now = 1.0 + share + torch.where(raised, share2, 0.0) + share2 * levels + reread
             first_fit = fits & ~over
             if bool(first_fit.any()):
                 row[label]["row_reads_buffered_rows_mean_max"] = [round(float(now[first_fit].mean()), 3),
