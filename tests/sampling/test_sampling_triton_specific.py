@@ -800,10 +800,17 @@ def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
 
 
 @triton.jit
-def _list_kernel(ws_ptr, lz_ptr, t_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr):
+def _list_kernel(ws_ptr, lz_ptr, t_ptr, f_ptr, seed_ptr, off_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr,
+                 SCORED: tl.constexpr):
+    """A row's list (``_list_groups``; with SCORED ``_list_contenders`` at the floor ``f_ptr[row]``) and its length."""
     row = tl.program_id(0)
     ws_row = _ws_row(ws_ptr, row, NGR)
-    n = _list_groups(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), FB)
+    if SCORED:
+        k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, row)
+        n = _list_contenders(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), tl.load(f_ptr + row),
+                             c1, c2, k0, k1, FB, True)
+    else:
+        n = _list_groups(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), FB)
     tl.store(n_ptr + row, n)
     i = tl.arange(0, FB)
     for i0 in range(0, NGR, FB):
@@ -826,26 +833,13 @@ def test_list_groups(FB):
     Lz[2] = (m[2] / T[2]).max()           # exactly one group (T = 0.5: the device's division is exact too)
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     out = torch.empty(B, NGR, dtype=torch.int32, device=DEV)
-    _list_kernel[(B,)](_workspace(m).to(DEV), Lz.to(DEV), T.to(DEV), n, out, V, NGR, FB=FB)
+    _list_kernel[(B,)](_workspace(m).to(DEV), Lz.to(DEV), T.to(DEV), T.to(DEV), n, n, n, out, V, NGR, FB=FB,
+                       SCORED=False)
     n, out = n.cpu(), out.cpu()
     for r in range(B):
         want = ((m[r] / T[r]) >= Lz[r]).nonzero()[:, 0].int()
         assert int(n[r]) == len(want) and torch.equal(out[r, :len(want)], want), r
     assert n.tolist()[0] == 0 and n.tolist()[2] == 1 and n.tolist()[5] == NGR and 0 < n.tolist()[1] < NGR
-
-
-@triton.jit
-def _contenders_kernel(ws_ptr, lz_ptr, t_ptr, f_ptr, seed_ptr, off_ptr, n_ptr, out_ptr, V, NGR, FB: tl.constexpr):
-    row = tl.program_id(0)
-    ws_row = _ws_row(ws_ptr, row, NGR)
-    k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, row)
-    n = _list_contenders(ws_row, NGR, V, tl.load(t_ptr + row), tl.load(lz_ptr + row), tl.load(f_ptr + row),
-                         c1, c2, k0, k1, FB, True)
-    tl.store(n_ptr + row, n)
-    i = tl.arange(0, FB)
-    for i0 in range(0, NGR, FB):
-        tl.store(out_ptr + row * NGR + i0 + i, tl.load(_group_list(ws_row, NGR) + i0 + i, mask=i0 + i < n, other=-1),
-                 mask=i0 + i < NGR)
 
 
 @pytest.mark.parametrize("FB", [16, 64])
@@ -878,8 +872,8 @@ def test_list_contenders(FB):
     ws = ws.to(DEV)
     n = torch.empty(B, dtype=torch.int32, device=DEV)
     out = torch.empty(B, NGR, dtype=torch.int32, device=DEV)
-    _contenders_kernel[(B,)](ws, Lz.to(DEV), T.to(DEV), floor.to(DEV), seed.to(DEV), off.to(DEV), n, out, V, NGR,
-                             FB=FB)
+    _list_kernel[(B,)](ws, Lz.to(DEV), T.to(DEV), floor.to(DEV), seed.to(DEV), off.to(DEV), n, out, V, NGR, FB=FB,
+                       SCORED=True)
     n, out, ws = n.cpu(), out.cpu(), ws.cpu()
     for r in range(B):
         cand = (m[r] / T[r]) >= Lz[r]
