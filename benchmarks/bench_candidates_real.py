@@ -196,13 +196,14 @@ def check_tokens(x: torch.Tensor, T: float, k: int, p: float, mp: float, device:
     return {"rows": R, "equal": int((~diff).sum()), "near_ties": int(ties.sum())}
 
 
-def rescoring_reads(M, x, T, mp, Lz, gs_all, gs_f, g1, rescore):
+def rescoring_reads(M, x, T, mp, Lz, gs_all, gs_f, g1, rescore, seed, offset):
     """The groups the rescoring's filtered pass reads on the rows that rescore (``_rescore``), with the kernel's
     rule replayed from the reference's draw scores: every candidate group of its bound (the selects', ``Lz`` in
     units of z, raised to min-p's, ``_minp_bound``: what it read before) against those of them whose
-    unfiltered score reaches the best filtered score it knows, the chosen group's or the row maximum's group's, less
-    the kernel's margin (now). Returns (mean and max over those rows, and the mean share of the candidates read
-    now; each row's share of its groups read now, 0 on the rows that do not rescore)."""
+    unfiltered score reaches the best filtered score it knows, the chosen group's or ``X / T`` + the noise of the
+    row maximum's group (a bound of that group's filtered score), less the kernel's margin (now). Returns (mean and
+    max over those rows, and the mean share of the candidates read now; each row's share of its groups read now, 0
+    on the rows that do not rescore)."""
     X = M.max(1).values
     if mp > 0:   # _minp_bound: min-p's threshold less its rounding margin
         lm = X + T * math.log(mp)
@@ -210,7 +211,7 @@ def rescoring_reads(M, x, T, mp, Lz, gs_all, gs_f, g1, rescore):
     cand = M / T >= Lz[:, None]
     s1 = gs_f.gather(1, g1)[:, 0]
     gX = x.argmax(1, keepdim=True) // philox.GROUP_SIZE
-    ref = torch.maximum(s1, gs_f.gather(1, gX)[:, 0])
+    ref = torch.maximum(s1, X / T + philox.group_gumbel(seed, offset, x.shape[1]).gather(1, gX)[:, 0])
     floor = ref - 1e-4 * (1.0 + (X / T).abs() + ref.abs())
     read = cand & (gs_all >= torch.nan_to_num(floor, nan=float("-inf"))[:, None])
     before, now = cand.sum(1)[rescore].float(), read.sum(1)[rescore].float()
@@ -286,7 +287,7 @@ def measure(x: torch.Tensor, device: torch.device, token_rows: int = 0) -> dict:
                 assert torch.equal(n[fits & ~over], n_b[fits & ~over])
                 assert bool((n + n_above <= n_b)[fits].all()) and bool((n + n_above >= keep_kp.sum(1))[fits].all())
             raised = over & fits                         # raised to the threshold's bin, whose values fit the buffer
-            stats, reread = rescoring_reads(M, x, T, mp, Lb, gs_all, gs_f, g1, rescore)
+            stats, reread = rescoring_reads(M, x, T, mp, Lb, gs_all, gs_f, g1, rescore, seed, offset)
             if label == "kernel" and bool(rescore.any()):
                 row["rescoring_groups_read"] = stats
             # tiles the first compaction runs on the rows that compact: walking the row a tile of GT groups at a time

@@ -762,7 +762,7 @@ def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
     """Flat rows whose filters (min-p, top-p) drop part of every group's mass but keep tokens in most groups, so
     that most groups are candidates and the chosen group often does not stand: the rescoring lists only the
     groups whose unfiltered score reaches the best filtered score it knows (``_rescore``: the chosen group's and
-    the row maximum's group's). Tokens equal the reference's; the rows do rescore, and the scores say (computed
+    a bound of the row maximum's group's). Tokens equal the reference's; the rows do rescore, and the scores say (computed
     here from the reference's scores, as the kernel's rule; ``test_rescore_prunes`` reads the kernel's) that the list
     is a few groups of the row's 79 on average, and more than one tile of the draw's pass on some rows (min-p 0.2:
     its loop over several tiles of listed groups)."""
@@ -786,8 +786,9 @@ def test_rescoring_reads_contenders(monkeypatch, dtype, slices):
     g1 = top2.indices[:, 0]
     s1 = gf.gather(1, g1[:, None])[:, 0]
     rescored = s1 <= top2.values[:, 1]
-    gX = z.argmax(1) // philox.GROUP_SIZE
-    ref = torch.maximum(s1, gf.gather(1, gX[:, None])[:, 0])
+    gX = z.argmax(1) // philox.GROUP_SIZE                                   # its bound: zmax + its noise
+    ref = torch.maximum(s1, z.max(1).values + philox.group_gumbel(params[4].cpu(), params[5].cpu(), V).gather(
+        1, gX[:, None])[:, 0])
     contenders = (gs >= ref[:, None]).sum(1)
     ngr = philox.num_groups(V)
     cand = (torch.nn.functional.pad(keep, (0, ngr * philox.GROUP_SIZE - V)).view(B, ngr, -1).any(2)).sum(1)
@@ -964,7 +965,7 @@ def _rescore_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, tok_ptr, V, NGR, Tz, xmax,
 def test_rescore_prunes():
     """``_rescore`` on its own: the floor is the larger of the chosen group's filtered score (``s1``, given: that of
     the group of the best unfiltered score, as ``_finish`` passes it; or -inf, a chosen group that keeps nothing)
-    and the row maximum's group's, which it reads, less the margin. Flat rows (standard normal logits) under
+    and ``xmax / T`` + the row maximum's group's noise (a bound of that group's filtered score), less the margin. Flat rows (standard normal logits) under
     min-p 0.1: every group holds kept tokens (a candidate) and keeps about a quarter of its mass; the pass writes
     the kept masses of the contenders (unfiltered score at least the floor) and 0 for the other candidates, which
     it leaves unread: the zeros are the candidates whose float64 unfiltered score lies below the floor (those within
@@ -999,7 +1000,7 @@ def test_rescore_prunes():
                               DBLOCK=tiles["DBLOCK"], DH=tiles["DH"], FB=tiles["FB"],
                               H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=_tk._ROW_WARPS)
         plane = ws.cpu().view(WS_PLANES.value, NGR)[1]
-        ref = max(s1, float(f[gX]))
+        ref = max(s1, xmax / T + float(h[gX]))
         floor = ref - 1e-4 * (1 + abs(xmax / T) + abs(ref))
         cand = M >= xmax + T * math.log(mp) - 1e-3 * (1 + 2 * abs(xmax))          # _minp_bound
         judged = (u - floor).abs() > 1e-3

@@ -52,7 +52,7 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   Then the chosen group is re-read with the filter: if its filtered score still beats every other
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups that can still win (``_rescore``: those whose unfiltered score reaches the best
-  filtered score known, the chosen group's or the row maximum's group's; ``_list_contenders``) recomputes their
+  filtered score known, the chosen group's or a bound of the row maximum's group's; ``_list_contenders``) recomputes their
   kept masses (``_filtered_groups``: per token one
   compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
   ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a
@@ -1297,17 +1297,17 @@ def _rescore(row_ptr, ws_row, NGR, Ls, xmax, gX, s1, V, end0, mask_end, Tz, kz, 
     bound, raised to min-p's) that can still win picks the group again, then the draw inside it. Returns the token.
     A group's filtered score is at most its unfiltered one, so a group whose unfiltered score stays below a
     filtered score already known cannot win: the pass reads only the candidates whose unfiltered score reaches the
-    larger of the chosen group's filtered score ``s1`` (noise included; -inf when it keeps nothing) and that of
-    ``gX``, the group of the row's maximum (re-read here: it keeps its maximum whatever the filters), less a
+    larger of the chosen group's filtered score ``s1`` (noise included; -inf when it keeps nothing) and a lower
+    bound of the filtered score of ``gX``, the group of the row's maximum, which every filter keeps: ``xmax / T``
+    plus its noise (its maximum's mass alone; re-reading the group for its exact score made the 16-bit budget
+    ``_sample_kernel`` reload 19 spilled values in three loops on sm_80 under Triton 3.5.1), less a
     margin of 1e-4 x (1 + |xmax / T| + |that score|) for the two sums' rounding (:func:`_list_contenders`): the
     winner is the one a pass over every candidate finds. On a flat row (groups of about equal unfiltered scores)
     whose filters keep a share ``f`` of each group's mass, those are the groups whose noise lies within ``ln(1 /
     f)`` of the best, about ``1 / f`` of them whatever V, where every group is a candidate. At worst (scores spread
     so that every candidate reaches the floor) the pass reads every candidate, as before."""
     L = _minp_bound(Ls, xmax, Tz, min_p, min_p > 0.0)
-    sX, _tX = _group_draw(row_ptr, gX, V, end0, mask_end, Tz, kz, xt, _is_candidate(ws_row, gX, V, Tz, L / Tz),
-                          c1, c2, k0, k1)
-    ref = tl.maximum(s1, sX + _gumbel(gX, c1, c2, k0, k1, 1))
+    ref = tl.maximum(s1, xmax / Tz + _gumbel(gX, c1, c2, k0, k1, 1))
     floor = ref - 1e-4 * (1.0 + tl.abs(xmax / Tz) + tl.abs(ref))
     floor = tl.where(floor == floor, floor, float("-inf"))
     gf = _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, xt, floor,
