@@ -562,11 +562,17 @@ def control_flow(instrs: List[Instr], labels: Dict[str, int]):
     return blocks, succ
 
 
-def _dominators(n: int, succ: List[List[int]]) -> List[set]:
-    pred = [[] for _ in range(n)]
+def _predecessors(succ: List[List[int]]) -> List[List[int]]:
+    """Each block's predecessors, from the successor lists of :func:`control_flow`."""
+    pred: List[List[int]] = [[] for _ in succ]
     for u, vs in enumerate(succ):
         for v in vs:
             pred[v].append(u)
+    return pred
+
+
+def _dominators(n: int, succ: List[List[int]]) -> List[set]:
+    pred = _predecessors(succ)
     reach, stack = {0}, [0]
     while stack:
         u = stack.pop()
@@ -599,10 +605,7 @@ def divergence_fallbacks(instrs: List[Instr], labels: Dict[str, int]) -> set:
     collectives converged and never takes these blocks: the counts of what a warp runs leave them out."""
     blocks, succ = control_flow(instrs, labels)
     n = len(blocks)
-    pred = [[] for _ in range(n)]
-    for u, vs in enumerate(succ):
-        for v in vs:
-            pred[v].append(u)
+    pred = _predecessors(succ)
     dom = _dominators(n, succ)
     out: set = set()
     for u, (_s, e) in enumerate(blocks):
@@ -638,10 +641,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     blocks, succ = control_flow(instrs, labels)
     n = len(blocks)
     dom = _dominators(n, succ)
-    pred = [[] for _ in range(n)]
-    for u, vs in enumerate(succ):
-        for v in vs:
-            pred[v].append(u)
+    pred = _predecessors(succ)
+    never = fallback or set()
     bodies: Dict[int, set] = {}
     for u in range(n):
         for h in succ[u]:
@@ -680,7 +681,7 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     def off_path(body: set, path: List[int]) -> Dict[str, Any]:
         # what an iteration on the shortest path skips: its instructions, op classes and source lines
         skipped = [instrs[i] for b in sorted(body - set(path)) for i in range(blocks[b][0], blocks[b][1] + 1)
-                   if i not in (fallback or ())]
+                   if i not in never]
         ops: Dict[str, int] = {}
         for ins in skipped:
             ops[_base(ins.op)] = ops.get(_base(ins.op), 0) + 1
@@ -695,7 +696,6 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
         idx = sorted(i for b in lp["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1))
         nested = {i for c in children for b in c["blocks"] for i in range(blocks[b][0], blocks[b][1] + 1)}
         body = [instrs[i] for i in idx]
-        never = fallback or set()
         body_x = [instrs[i] for i in idx if i not in nested and i not in never]
         ops = [_base(i.op) for i in body]
         ops_x = [_base(i.op) for i in body_x]
