@@ -1002,7 +1002,8 @@ def test_rescore_prunes():
         plane = ws.cpu().view(WS_PLANES.value, NGR)[1]
         ref = max(s1, xmax / T + float(h[gX]))
         floor = ref - 1e-4 * (1 + abs(xmax / T) + abs(ref))
-        cand = M >= xmax + T * math.log(mp) - 1e-3 * (1 + 2 * abs(xmax))          # _minp_bound
+        lm = xmax + T * math.log(mp)
+        cand = M >= lm - 1e-3 * (1 + abs(xmax) + abs(lm))                        # _minp_bound's margin
         judged = (u - floor).abs() > 1e-3
         zero = (plane == 0.0) & cand
         assert torch.equal(zero[judged], (cand & (u < floor))[judged]), r
