@@ -97,8 +97,9 @@ def multinomial_sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
 # ----------------------------------------------------------------------------
 # tts_kernels backends
 # ----------------------------------------------------------------------------
-def make_tts(backend: str, budget_factory=None):
-    """``make(cfg) -> fn(logits)`` calling tts_kernels.sample with ``backend``.
+def make_tts(backend: str, budget_factory=None, return_logprobs=True):
+    """``make(cfg) -> fn(logits)`` calling tts_kernels.sample with ``backend`` (``return_logprobs=False``: the
+    tokens only, as the PyTorch baselines return them).
 
     The per-row parameters (temperature, top_k, top_p, min_p, seed, offset) are
     made once as ``[B]`` tensors on the logits' device, the way a serving engine
@@ -125,7 +126,8 @@ def make_tts(backend: str, budget_factory=None):
                     budget=budget_factory(B, V, dev) if budget_factory else None)
                 cache.clear()
                 cache[key] = args
-            return tk.sample(logits, **cache[key], check_nan=False, validate=False, backend=backend)
+            return tk.sample(logits, **cache[key], check_nan=False, validate=False, backend=backend,
+                             return_logprobs=return_logprobs)
         return fn
     return make
 
@@ -189,6 +191,11 @@ def default_registry(include_auto: bool = True) -> Registry:
                       "C++ CPU kernel"))
     reg.register(Impl("tts_kernels.triton", "tts_kernels", make_tts("triton"), _check_triton,
                       "Triton kernel"))
+    # the same kernels returning the tokens only (return_logprobs=False), as the PyTorch baselines do
+    reg.register(Impl("tts_kernels.cpp-tokens", "tts_kernels", make_tts("cpp", return_logprobs=False), _check_cpp,
+                      "C++ CPU kernel, tokens only (return_logprobs=False)"))
+    reg.register(Impl("tts_kernels.triton-tokens", "tts_kernels", make_tts("triton", return_logprobs=False),
+                      _check_triton, "Triton kernel, tokens only (return_logprobs=False)"))
     if include_auto:
         reg.register(Impl("tts_kernels.auto", "tts_kernels", make_tts("auto"), _check_auto,
                           "registered op torch.ops.tts_kernels.sample"))
@@ -207,6 +214,8 @@ def default_registry(include_auto: bool = True) -> Registry:
 SPEEDUP_BASELINES = ("torch.sort", "torch.multinomial", "tts_kernels.reference")
 #: tts_kernels backends whose speedups are reported
 KERNELS = ("tts_kernels.cpp", "tts_kernels.triton", "tts_kernels.auto")
+#: the kernels called with ``return_logprobs=False``: speedups reported too (not in the budget-overhead runs)
+TOKENS_ONLY = ("tts_kernels.cpp-tokens", "tts_kernels.triton-tokens")
 
 
 def sort_path_sorts(cfg: dict) -> bool:

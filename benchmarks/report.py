@@ -15,14 +15,15 @@ A results file (``benchmarks/results/sampling_{cpu,gpu}.json``) is::
 from __future__ import annotations
 
 from common import CONFIGS, fmt_time
-from baselines import KERNELS, SPEEDUP_BASELINES, sort_path_sorts
+from baselines import KERNELS, SPEEDUP_BASELINES, TOKENS_ONLY, sort_path_sorts
 
 CPU_TARGET = dict(impl="tts_kernels.cpp", vs="tts_kernels.reference", B=64, V=151936, min_speedup=5.0)
 GPU_SORT_TARGET = dict(impl="tts_kernels.triton", vs="torch.sort", min_B=32, min_speedup=10.0)
 GPU_BW_TARGET = dict(impl="tts_kernels.triton", min_B=256, min_frac=0.5)
 
 SHORT = {"torch.sort": "sort", "torch.multinomial": "multinomial", "tts_kernels.reference": "reference",
-         "tts_kernels.cpp": "cpp", "tts_kernels.triton": "triton", "tts_kernels.auto": "auto"}
+         "tts_kernels.cpp": "cpp", "tts_kernels.triton": "triton", "tts_kernels.auto": "auto",
+         "tts_kernels.cpp-tokens": "cpp (tokens only)", "tts_kernels.triton-tokens": "triton (tokens only)"}
 
 
 def t_of(r, stat="median"):
@@ -47,7 +48,7 @@ def index(records, suite="sweep", budget=False):
 def speedups(records, stat="median"):
     rows = []
     for key, by_impl in sorted(index(records).items(), key=lambda kv: _sort_key(kv[0])):
-        for k in KERNELS:
+        for k in KERNELS + TOKENS_ONLY:
             if k not in by_impl:
                 continue
             t = t_of(by_impl[k], stat)
@@ -165,7 +166,7 @@ def markdown(payload, stat=None) -> str:
     lines.append(f"Times are the {stat} over rounds; GB/s = (logits read once + outputs) / time.")
     lines.append("")
     idx = index(records)
-    present_kernels = [k for k in KERNELS if any(k in by for by in idx.values())]
+    present_kernels = [k for k in KERNELS + TOKENS_ONLY if any(k in by for by in idx.values())]
     base_cols = [b for b in SPEEDUP_BASELINES if any(b in by for by in idx.values())]
     show_frac = any(r.get("frac_copy_bw") is not None for r in records) and meta.get("device_type") == "cuda"
     head = ["config", "B", "V", "dtype"] + [SHORT[b] for b in base_cols]

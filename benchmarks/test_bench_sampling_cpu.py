@@ -26,7 +26,8 @@ import time
 import pytest
 import torch
 
-from baselines import default_registry, multinomial_sample, sort_based_sample, steady_thinking_budget, make_tts
+from baselines import (TOKENS_ONLY, default_registry, multinomial_sample, sort_based_sample, steady_thinking_budget,
+                       make_tts)
 from common import CONFIGS, FULL_BATCHES, FULL_VOCABS, ANCHOR, copy_bytes, gbps, sampler_bytes, sweep
 
 SWEEPS = {
@@ -72,7 +73,7 @@ def pytest_generate_tests(metafunc):
     if "budget_case" in metafunc.fixturenames:
         cases = [(B, V, cfg, impl.name)
                  for (B, V) in BUDGET_SHAPES[sweep_name] for cfg in BUDGET_CONFIGS
-                 for impl in impls if impl.name.startswith("tts_kernels.")]
+                 for impl in impls if impl.name.startswith("tts_kernels.") and impl.name not in TOKENS_ONLY]
         metafunc.parametrize("budget_case", cases or [None],
                              ids=[f"{c}-B{B}-V{V}-{i}" for B, V, c, i in cases] or ["disabled"])
 

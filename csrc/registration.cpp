@@ -11,8 +11,8 @@
 TORCH_LIBRARY(tts_kernels_C, m) {
   m.def(
       "sample_cpu(Tensor logits, Tensor temperature, Tensor top_k, Tensor top_p, Tensor min_p, "
-      "Tensor seed, Tensor offset, Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end) "
-      "-> (Tensor, Tensor)");
+      "Tensor seed, Tensor offset, Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end, "
+      "bool return_logprobs=True) -> (Tensor, Tensor)");
   // The instruction set the CPU kernels use now (the CPU's, capped by TTS_KERNELS_CPU_ISA): "avx512"
   // (tree attention's products at D % 16 == 0; the rest AVX2), "avx2" or "generic".
   m.def("cpu_isa() -> str", []() -> std::string {

@@ -10,25 +10,30 @@ import torch
 from torch import Tensor
 
 from .sampling import impls as _sampling
-from .sampling.params import SAMPLE_SCHEMA
+from .sampling.params import BUDGET_ARGS, OUTPUT_ARGS, SAMPLE_SCHEMA, SamplingParams
 
 
 # ---------------------------------------------------------------------------
-# tts_kernels::sample: (logits, *SamplingParams, budget, forced_ids, num_wait, num_end), schema from
-# tts_kernels/sampling/params.py
+# tts_kernels::sample: (logits, *SamplingParams, budget, forced_ids, num_wait, num_end, return_logprobs), schema
+# from tts_kernels/sampling/params.py
 # ---------------------------------------------------------------------------
 def _sample(logits: Tensor, *args) -> tuple[Tensor, Tensor]:
     """Fused budget forcing + temperature/top-k/top-p/min-p sampling (see tts_kernels.sample)."""
     return _sampling.default_for(logits.device)(logits, *args)
 
 
+#: the op's arguments after ``logits``
+_NUM_SAMPLE_ARGS = len(SamplingParams._fields) + len(BUDGET_ARGS) + len(OUTPUT_ARGS)
 sample = torch.library.custom_op("tts_kernels::sample", _sample, mutates_args=("budget",), schema=SAMPLE_SCHEMA)
 
 
 @sample.register_fake
-def _sample_fake(logits, *args):
+def _sample_fake(logits, *args, **kwargs):
     b = logits.shape[0]
-    return logits.new_empty((b,), dtype=torch.int64), logits.new_empty((b,), dtype=torch.float32)
+    # return_logprobs (OUTPUT_ARGS, last): positional, a keyword, or left out for its default (True)
+    return_logprobs = args[_NUM_SAMPLE_ARGS - 1] if len(args) >= _NUM_SAMPLE_ARGS else kwargs.get(OUTPUT_ARGS[0], True)
+    return (logits.new_empty((b,), dtype=torch.int64),
+            logits.new_empty((b if return_logprobs else 0,), dtype=torch.float32))
 
 
 # ---------------------------------------------------------------------------

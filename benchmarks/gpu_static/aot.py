@@ -626,7 +626,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
     instructions: every path of the body, each once), ``instructions_excl`` (without the loops
     nested in it and without ``fallback``, the indices of :func:`divergence_fallbacks`: every path a
     converged warp can take; ``fallback_instructions``: the body's in ``fallback``, its nested loops' included),
-    ``instructions_min_path`` (innermost loops: the fewest instructions an iteration can execute, the shortest path from the head to a back edge; a typical iteration only where the
+    ``instructions_min_path`` and ``mufu_min_path`` (innermost loops: the fewest instructions an iteration can
+    execute, the shortest path from the head to a back edge, and its MUFU operations; a typical iteration only where the
     blocks off that path are rare, such as a partial tile's mask or a lazy rescale: an if/else on a
     common path takes its shorter arm), ``off_min_path`` (innermost loops: what that iteration skips,
     its instruction count, op classes and source lines), ``depth``, ``innermost``, local-memory ops
@@ -716,6 +717,10 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),
             "ldg": ops_x.count("LDG"), "ldg_ops": sorted({i.op for i in body_x if _base(i.op) == "LDG"}),
             "mufu": ops_x.count("MUFU"),
+            # (innermost loops) the MUFU operations of the shortest iteration (``instructions_min_path``'s)
+            "mufu_min_path": None if path is None else sum(
+                _base(instrs[i].op) == "MUFU" for b in path for i in range(blocks[b][0], blocks[b][1] + 1)
+                if i not in never),
             "mma": sum(o in ("HMMA", "IMMA", "HGMMA", "WGMMA", "DMMA") for o in ops_x),
             "ffma": sum(o in ("FFMA", "FMUL", "FADD") for o in ops_x),
             "bar": ops_x.count("BAR"), "shfl": ops_x.count("SHFL"),
@@ -913,6 +918,8 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps
         lp["thread_instr_per_token"] = (round(lp["instructions_excl"] * 32 * num_warps / step, 2)
                                         if step else None)
+        lp["thread_instr_per_token_min_path"] = (round(lp["instructions_min_path"] * 32 * num_warps / step, 2)
+                                                 if step and lp.get("instructions_min_path") is not None else None)
     ops = [_base(i.op) for i in instrs]
     inline = any(len(i.chain) > 1 for i in instrs)   # Triton 3.5.1's cubins: the innermost line only (infer_chains)
     vec_loads = sorted({i.op for i in instrs if _base(i.op) == "LDG"})

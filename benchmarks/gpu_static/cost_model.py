@@ -485,11 +485,24 @@ def _step_code(step: Dict[str, Any], values: Dict[str, Any]) -> float:
     return max(0.0, n)
 
 
-def _mufu_per_token(lp: Optional[Dict[str, Any]], compiled: Dict[str, Any]) -> float:
-    """MUFU operations per token of a token loop (0 without one)."""
-    if not lp or lp.get("mufu") is None or not lp.get("tokens_per_iter"):
+def _mufu_per_token(lp: Optional[Dict[str, Any]], compiled: Dict[str, Any], key: str = "mufu") -> float:
+    """MUFU operations per token of a token loop (0 without one); ``key`` ``mufu_min_path``: of its shortest
+    iteration (``mufu`` where the results have no such count)."""
+    if not lp:
         return 0.0
-    return round(lp["mufu"] * 32 * compiled["num_warps"] / lp["tokens_per_iter"], 3)
+    n = lp.get("mufu") if lp.get(key) is None else lp[key]
+    if n is None or not lp.get("tokens_per_iter"):
+        return 0.0
+    return round(n * 32 * compiled["num_warps"] / lp["tokens_per_iter"], 3)
+
+
+def without_logprobs(instr: Dict[str, Any]) -> Dict[str, Any]:
+    """The instruction counts of a call with ``return_logprobs=False``: pass 1's loop on its shortest iteration
+    (``pass1_lean``, ``pass1_lean_mufu``). That loop has one branch, the raw sums of the logprobs' logsumexp (an
+    exp2 per token and their reductions), which such a call skips; the partial last tile's straight-line code
+    keeps counting it (a few hundred instructions at most, once per row)."""
+    return dict(instr, pass1=instr.get("pass1_lean", instr.get("pass1", 0.0)),
+                pass1_mufu=instr.get("pass1_lean_mufu", instr.get("pass1_mufu", 0.0)))
 
 
 #: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
@@ -560,6 +573,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             # the draw's list scores the groups it lists (the noise, a logarithm): the costliest list loop
             "draw_list": max(lp["thread_instr_per_token"] for lp in listing) if listing else 0.0,
             "pass1_mufu": _mufu_per_token(p1[0] if p1 else None, compiled),
+            # a call without logprobs: pass 1's shortest iteration (:func:`without_logprobs`)
+            "pass1_lean": ((p1[0].get("thread_instr_per_token_min_path") or p1[0]["thread_instr_per_token"])
+                           if p1 else 0.0),
+            "pass1_lean_mufu": _mufu_per_token(p1[0] if p1 else None, compiled, "mufu_min_path"),
             "draw_mufu": _mufu_per_token(draw, compiled),
             "cta_warp": straight_line_warp_instr(compiled),
             "pass1_block": p1[0]["tokens_per_iter"] if p1 else None,
@@ -899,6 +916,11 @@ def _lookup(by_id, launch, arch, results=()):
     return sid, None, None
 
 
+def _sides(rec: Dict[str, Any]) -> Dict[str, Any]:
+    """A record's two bounds (``low``, ``high``), e.g. of the call without logprobs beside the default's."""
+    return {side: rec[side] for side in ("low", "high")}
+
+
 def _arg(launch, name):
     return dict(zip(launch.kernel.arg_names, launch.args), **launch.kwargs)[name]
 
@@ -954,8 +976,12 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  draw_mufu_per_token=instr["draw_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
-                    recs = [sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu)
+                    recs = [dict(sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu),
+                                 no_logprobs=_sides(sampler_bound(B, V, itemsize, cfg, without_logprobs(instr),
+                                                                  comp["ctas_per_sm"], gpu=gpu)))
                             for cfg in shapes["configs"]]
+                    extra.update(pass1_no_logprobs=instr["pass1_lean"],
+                                 pass1_mufu_per_token_no_logprobs=instr["pass1_lean_mufu"])
                     loops = {"row": instr["loops"]}
                 else:
                     lp_, lm = (next(lc for lc in launches if lc.name == n)
@@ -975,8 +1001,12 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
-                    recs = [split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu)
+                    recs = [dict(split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu),
+                                 no_logprobs=_sides(split_row_bound(B, V, itemsize, cfg, S, chunk, without_logprobs(ip),
+                                                                    im, c1["ctas_per_sm"], gpu=gpu)))
                             for cfg in shapes["configs"]]
+                    extra.update(pass1_no_logprobs=ip["pass1_lean"],
+                                 pass1_mufu_per_token_no_logprobs=ip["pass1_lean_mufu"])
                     loops = {"partial": ip["loops"], "merge": im["loops"]}
                 for rec in recs:
                     rec.update(dtype=dname, **extra)

@@ -28,7 +28,7 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
                                               const at::Tensor& min_p, const at::Tensor& seed,
                                               const at::Tensor& offset, const std::optional<at::Tensor>& budget,
                                               const std::optional<at::Tensor>& forced_ids, int64_t num_wait,
-                                              int64_t num_end) {
+                                              int64_t num_end, bool return_logprobs) {
   TORCH_CHECK(logits.device().is_cpu(), "sample_cpu: logits must be a CPU tensor");
   TORCH_CHECK(logits.dim() == 2, "sample_cpu: logits must be [B, V], got ", logits.sizes());
   const auto dt = logits.scalar_type();
@@ -88,9 +88,9 @@ std::tuple<at::Tensor, at::Tensor> sample_cpu(const at::Tensor& logits, const at
   }
 
   at::Tensor tok = at::empty({B}, logits.options().dtype(at::kLong));
-  at::Tensor lp = at::empty({B}, logits.options().dtype(at::kFloat));
+  at::Tensor lp = at::empty({return_logprobs ? B : 0}, logits.options().dtype(at::kFloat));
   c.out_tok = tok.data_ptr<int64_t>();
-  c.out_lp = lp.data_ptr<float>();
+  c.out_lp = return_logprobs ? lp.data_ptr<float>() : nullptr;
   sample_rows(c);
   return {tok, lp};
 }

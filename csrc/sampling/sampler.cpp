@@ -6,6 +6,7 @@
 // Per row (x = float32 logits, z = x / T):
 //   1. one stats pass: max, NaN/+inf detection, maxima of 64-token blocks and
 //      the sum of exp(x - max) (running max, rescaled when it grows) for the logprob
+//      (only when the call returns logprobs: out_lp not null)
 //   2. budget rules 1-2 (forced tokens) and rule 3's masking of end[0]
 //   3. draw:
 //      - greedy: first index of the maximum
@@ -110,9 +111,9 @@ static float logit_at(const Ctx& c, int64_t r, int64_t i) {
   }
 }
 
-// max, NaN flag, sum of exp(x - max) and block maxima of x (into s.bmax).
+// max, NaN flag, block maxima of x (into s.bmax) and, with with_sum, the sum of exp(x - max) (else 0).
 static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch, float& mx, bool& nan,
-                      double& sum) {
+                      double& sum, bool with_sum) {
   const int64_t nblocks = (c.V + kBlock - 1) / kBlock;
   s.bmax.resize(nblocks);
   std::vector<float> pm(ch.count);
@@ -121,7 +122,7 @@ static void row_stats(const Ctx& c, Scratch& s, const float* x, const Chunks& ch
   float* bm = s.bmax.data();
   ch.run([&](int64_t k, int64_t b, int64_t e) {
     bool n = false;
-    c.ops.stats(x, b, e, bm, pm[k], n, ps[k]);
+    c.ops.stats(x, b, e, bm, pm[k], n, ps[k], with_sum);
     pn[k] = n;
   });
   mx = -kInf;
@@ -430,12 +431,12 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   float xmax;
   bool nan;
   double se;
-  row_stats(c, s, x, ch, xmax, nan, se);
+  row_stats(c, s, x, ch, xmax, nan, se, c.out_lp != nullptr);
   const float T = c.temperature[r];
   bool valid = !nan && xmax > -kInf && xmax < kInf && !std::isnan(T);
   if (!valid) {
     c.out_tok[r] = -1;
-    c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
+    if (c.out_lp != nullptr) c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
     return;
   }
   const float lse = xmax + static_cast<float>(std::log(se));
@@ -459,10 +460,10 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
       xd = s.xf.data();
       bool n2;
       double se2;
-      row_stats(c, s, xd, ch, dmax, n2, se2);
+      row_stats(c, s, xd, ch, dmax, n2, se2, false);
       if (!(dmax > -kInf)) {  // nothing finite left: invalid row, budget untouched
         c.out_tok[r] = -1;
-        c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
+        if (c.out_lp != nullptr) c.out_lp[r] = std::numeric_limits<float>::quiet_NaN();
         return;
       }
     }
@@ -477,7 +478,7 @@ static void process_row(const Ctx& c, int64_t r, bool par) {
   if (st != nullptr) tok = budget::advance(st, bp, fids, tok);
 
   c.out_tok[r] = tok;
-  c.out_lp[r] = logit_at(c, r, tok) - lse;
+  if (c.out_lp != nullptr) c.out_lp[r] = logit_at(c, r, tok) - lse;
 }
 
 

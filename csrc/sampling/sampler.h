@@ -25,7 +25,7 @@ struct SamplerParams {
   const int32_t* forced;  // forced_ids [L], every id in [0, V) (with budget)
   int64_t L, num_wait, num_end;
   int64_t* out_tok;  // [B] token, -1 for an invalid row
-  float* out_lp;     // [B] logprob, NaN for an invalid row
+  float* out_lp;     // [B] logprob, NaN for an invalid row; nullptr: no logprobs (the stats pass skips its exp)
 };
 
 // Samples every row (in parallel, common/parallel.h). The caller has checked

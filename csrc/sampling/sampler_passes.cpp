@@ -22,8 +22,9 @@ static inline void raise_max(float& M, double& sum, float bm) {
 }
 
 // One block x[s, t) (s a multiple of 64, t - s <= 64) of the stats pass: its
-// maximum into bmax, NaN flag, running max M and sum of exp(x - M).
-static inline void stats_block(const float* x, int64_t s, int64_t t, float* bmax, float& M, double& acc, bool& n) {
+// maximum into bmax, NaN flag, running max M and (with_sum) sum of exp(x - M).
+static inline void stats_block(const float* x, int64_t s, int64_t t, float* bmax, float& M, double& acc, bool& n,
+                               bool with_sum) {
   float bm = -kInf;
   for (int64_t i = s; i < t; ++i) {
     const float v = x[i];
@@ -32,17 +33,18 @@ static inline void stats_block(const float* x, int64_t s, int64_t t, float* bmax
   }
   bmax[s / kBlock] = bm;
   raise_max(M, acc, bm);
-  if (M > -kInf && M < kInf)
+  if (with_sum && M > -kInf && M < kInf)
     for (int64_t i = s; i < t; ++i) acc += static_cast<double>(std::exp(x[i] - M));
 }
 
 // max, NaN flag, sum of exp(x - max) and the maxima of 64-token blocks of
 // x[b, e) (b a multiple of 64).
-static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) {
+static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum,
+                          bool with_sum) {
   float M = -kInf;
   double acc = 0.0;
   bool n = false;
-  for (int64_t s = b; s < e; s += kBlock) stats_block(x, s, std::min(e, s + kBlock), bmax, M, acc, n);
+  for (int64_t s = b; s < e; s += kBlock) stats_block(x, s, std::min(e, s + kBlock), bmax, M, acc, n, with_sum);
   mx = M;
   nan = n;
   sum = acc;
@@ -138,7 +140,7 @@ static void collect_ge_generic(const float* x, int64_t V, float lo, std::vector<
 // AVX2 passes
 // ---------------------------------------------------------------------------
 TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan,
-                                double& sum) {
+                                double& sum, bool with_sum) {
   __m256 vnan = _mm256_setzero_ps();
   __m256d acc = _mm256_setzero_pd();
   float M = -kInf;
@@ -159,7 +161,7 @@ TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bma
                       : _mm256_setzero_pd();
       M = bm;
     }
-    if (M > -kInf && M < kInf) {
+    if (with_sum && M > -kInf && M < kInf) {
       const __m256 vm = _mm256_set1_ps(M);
       __m256 t[8];
       for (int j = 0; j < 8; ++j) t[j] = exp_avx2(_mm256_sub_ps(a[j], vm));
@@ -171,7 +173,7 @@ TTS_AVX2 static void stats_avx2(const float* x, int64_t b, int64_t e, float* bma
   }
   double total = hsum4d(acc);
   bool n = _mm256_movemask_ps(vnan) != 0;
-  if (s < e) stats_block(x, s, e, bmax, M, total, n);
+  if (s < e) stats_block(x, s, e, bmax, M, total, n, with_sum);
   mx = M;
   nan = n;
   sum = total;
@@ -396,8 +398,10 @@ TTS_AVX2 static void f16_to_f32_avx2(const uint16_t* src, float* dst, int64_t b,
 // ---------------------------------------------------------------------------
 // Dispatch (common/cpu_features.h)
 // ---------------------------------------------------------------------------
-void Ops::stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const {
-  TTS_DISPATCH(avx2, stats_avx2(x, b, e, bmax, mx, nan, sum), stats_generic(x, b, e, bmax, mx, nan, sum));
+void Ops::stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum,
+                bool with_sum) const {
+  TTS_DISPATCH(avx2, stats_avx2(x, b, e, bmax, mx, nan, sum, with_sum),
+               stats_generic(x, b, e, bmax, mx, nan, sum, with_sum));
 }
 
 void Ops::hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const {

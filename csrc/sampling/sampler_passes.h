@@ -56,7 +56,9 @@ struct Cand {
 // The passes, dispatched to AVX2 or portable code.
 struct Ops {
   bool avx2;
-  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum) const;
+  // with_sum false: sum is left 0 (no exp per token; the logprobs' logsumexp only needs it)
+  void stats(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum,
+             bool with_sum) const;
   void hist(const float* x, int64_t b, int64_t e, float T, float zmax, float tk, double* h) const;
   void collect_bin(const float* x, int64_t V, float T, float zmax, float tk, int bsel, std::vector<Cand>& out) const;
   bool collect_kept(const float* x, int64_t V, float T, float thr, std::vector<int32_t>& out, size_t cap) const;

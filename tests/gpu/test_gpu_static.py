@@ -611,10 +611,14 @@ def test_attention_bound_matches_the_kernels_accounting(dtype_name, wide):
 # ------------------------------------------------------------------------------------------------
 # --from: the cost model recomputed from a results JSON (no compiling), on a synthetic one
 # ------------------------------------------------------------------------------------------------
-def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8, mufu=0):
-    return {"source": {"function": fn, "line": line, "file": "x.py", "header": "", "step": ""}, "innermost": innermost,
-            "depth": depth, "tokens_per_iter": tokens, "instructions": instr, "instructions_excl": instr,
-            "thread_instr_per_token": instr * 32 * warps / tokens, "ldg_ops": ["LDG.E.128"], "mufu": mufu}
+def _loop(fn, line, tokens, instr, innermost=True, depth=0, warps=8, mufu=0, min_path=None, mufu_min_path=None):
+    lp = {"source": {"function": fn, "line": line, "file": "x.py", "header": "", "step": ""}, "innermost": innermost,
+          "depth": depth, "tokens_per_iter": tokens, "instructions": instr, "instructions_excl": instr,
+          "thread_instr_per_token": instr * 32 * warps / tokens, "ldg_ops": ["LDG.E.128"], "mufu": mufu}
+    if min_path is not None:   # a loop with a branch: its shortest iteration
+        lp.update(instructions_min_path=min_path, thread_instr_per_token_min_path=min_path * 32 * warps / tokens,
+                  mufu_min_path=mufu_min_path)
+    return lp
 
 
 def _synthetic_compiled(kernel):
@@ -622,8 +626,10 @@ def _synthetic_compiled(kernel):
     compaction 40, the draw 80 thread-instructions per token, the scan over the group stats 25 per group, the
     draw's scores 10 per group, the candidate lists 12 (the compaction's) and 40 (the draw's, which scores them) per
     group; 100 straight-line instructions (800 warp-instructions at 8 warps) outside the
-    loops; MUFU operations per token: pass 1 2, the draw 1 (8 and 4 per thread and iteration of 1024 tokens)."""
-    p1, draw = _loop("_pass1", 1, 1024, 400, mufu=8), _loop("_filtered_groups", 4, 1024, 320, mufu=4)
+    loops; MUFU operations per token: pass 1 2, the draw 1 (8 and 4 per thread and iteration of 1024 tokens). Pass
+    1's shortest iteration (a call without logprobs): 68 per token, 1 MUFU (272 and 4 per thread and iteration)."""
+    p1 = _loop("_pass1", 1, 1024, 400, mufu=8, min_path=272, mufu_min_path=4)
+    draw = _loop("_filtered_groups", 4, 1024, 320, mufu=4)
     loops = {"_sample_kernel": [p1, _loop("_scan_groups", 2, 1024, 100),
                                 _loop("_buffer_scan", 3, 512, 400), _loop("_row_hist", 6, 512, 900), _loop("_compact_candidates", 5, 1024, 160),
                                 draw, _loop("_score_groups", 7, 1024, 40), _loop("_list_contenders", 8, 1024, 48),
@@ -686,6 +692,14 @@ def test_cost_model_from_results_json(tmp_path):
     assert (b256["path"], b256["rows_on_busiest_sm"]) == ("row", 2)
     # pass 1's loop: the 31 whole tiles of 1024 (the partial one is straight-line code, none in this SASS)
     assert b256["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 100 / 32 + scan + 800) / RATE, rel=1e-3)
+    # without logprobs: pass 1's shortest iteration, its instructions and its MUFU operations
+    for r in (b1, b256):
+        assert (r["pass1_no_logprobs"], r["pass1_mufu_per_token_no_logprobs"]) == (68.0, 1.0), r["B"]
+    lean = b256["no_logprobs"]
+    for side in ("low", "high"):
+        assert lean[side]["t_mufu_s"] == pytest.approx(b256[side]["t_mufu_s"] / 2, rel=1e-3)
+    assert lean["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 68 / 32 + scan + 800) / RATE, rel=1e-3)
+    assert b1["no_logprobs"]["low"]["t_issue_s"] == pytest.approx(b1["low"]["t_issue_s"], rel=1e-3)  # no loop run
 
 
 def test_sibling_stats_only_for_loop_neutral_differences():
@@ -934,6 +948,7 @@ def test_sass_loop_shortest_iteration():
     assert dia["instructions_excl"] == 9 and dia["instructions_min_path"] == 5
     assert dia["off_min_path"] == {"instructions": 4, "ops": {"BRA": 1, "FMUL": 2, "MUFU": 1}, "lines": []}
     assert dia["off_min_path"]["instructions"] == dia["instructions_excl"] - dia["instructions_min_path"]
+    assert dia["mufu"] == 1 and dia["mufu_min_path"] == 0   # the MUFU of the longer arm: not on the shortest path
     # an outer loop has no shortest iteration (its nested loop runs a data-dependent number of times)
     instrs, labels = _sass([
         (".L_x_0", "IADD3 R0, R0, 0x1, RZ"),

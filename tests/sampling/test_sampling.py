@@ -10,6 +10,8 @@ import torch
 from scipy import stats
 
 import tts_kernels as tk
+from tts_kernels.sampling import impls
+from tts_kernels.sampling.params import SamplingParams
 from tts_kernels.sampling.reference import filter_mask
 
 from helpers.sampling import call, decisive_rows, is_small, mixed_params, random_logits, reference_keep
@@ -43,6 +45,26 @@ def test_matches_reference(backend, dtype, shape):
     rows = torch.arange(b)
     assert keep[rows[~greedy], out.token_ids[~greedy]].all()
     torch.testing.assert_close(out.logprobs[decisive], ref.logprobs[decisive], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: str(d).replace("torch.", ""))
+def test_without_logprobs_same_tokens(backend, dtype):
+    """``return_logprobs=False``: logprobs None (the op's second output empty), and the same tokens as with them,
+    on mixed rows (every filter, greedy, -inf entries), a NaN row and a row of no finite logit (-1 both ways)."""
+    b, v = (12, 300) if is_small(backend) else (37, 4099)
+    gen = torch.Generator().manual_seed(b * 31 + v)
+    logits = random_logits(b, v, gen=gen, dtype=dtype)
+    logits[1, v // 2] = float("nan")
+    logits[2] = float("-inf")
+    params = mixed_params(b, v, gen=gen)
+    with_lp = call(backend, logits, **params, check_nan=False)
+    without = call(backend, logits, **params, check_nan=False, return_logprobs=False)
+    assert without.logprobs is None
+    assert torch.equal(without.token_ids, with_lp.token_ids)
+    assert with_lp.token_ids[1] == -1 and with_lp.token_ids[2] == -1 and (with_lp.token_ids[3:] >= 0).all()
+    rows = [params[n] for n in SamplingParams._fields]
+    tok, lp = impls.get(backend)(logits, *rows, None, None, 0, 0, False)   # the implementation itself
+    assert torch.equal(tok, with_lp.token_ids) and lp.shape == (0,) and lp.dtype == torch.float32
 
 
 def test_reference_logprob_is_log_softmax_of_unmodified_logits():
@@ -334,7 +356,8 @@ END, WAIT, ANSWER = [5, 6], [7, 8, 9], [10, 11, 12]
 V_BF = 48
 
 
-def run_budget(backend, min_tokens, max_tokens, min_waits, end_bias, steps, *, forcing=None, seed=0):
+def run_budget(backend, min_tokens, max_tokens, min_waits, end_bias, steps, *, forcing=None, seed=0,
+               return_logprobs=True):
     """Decode ``steps`` tokens from a scripted model; returns (tokens [B, steps], state)."""
     b = len(min_tokens)
     forcing = forcing or tk.BudgetForcing(end_think_ids=END, wait_ids=WAIT, answer_prefix_ids=ANSWER)
@@ -349,7 +372,9 @@ def run_budget(backend, min_tokens, max_tokens, min_waits, end_bias, steps, *, f
         for t in set(forcing.forced_ids):  # the model never produces forced tokens itself...
             if t != forcing.end_think_ids[0]:
                 logits[:, t] = float("-inf")
-        out = call(backend, logits, temperature=1.0, top_p=0.95, seed=seeds, offset=step, budget=state)
+        out = call(backend, logits, temperature=1.0, top_p=0.95, seed=seeds, offset=step, budget=state,
+                   return_logprobs=return_logprobs)
+        assert (out.logprobs is None) == (not return_logprobs)
         tokens.append(out.token_ids)
     return torch.stack(tokens, 1), state
 
@@ -397,6 +422,18 @@ def test_budget_rows_without_budget_are_untouched(backend):
     without, state = run_budget(backend, [0] * len(BF_MIN), none, [0] * len(BF_MIN), BF_BIAS, steps=25)
     assert torch.equal(with_budget[-1], without[-1])
     assert (state.num_thinking == 0).all() and (state.phase == 2).all()
+
+
+@pytest.mark.parametrize("waits", [True, False], ids=["wait", "no-wait"])
+def test_budget_without_logprobs(backend, waits):
+    """Budget forcing without logprobs: the same tokens and states as with them (without Wait ids the early end
+    is masked: the C++ kernel's second stats pass)."""
+    forcing = tk.BudgetForcing(end_think_ids=END, wait_ids=WAIT if waits else [], answer_prefix_ids=ANSWER)
+    a, s1 = run_budget(backend, BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=20, seed=5, forcing=forcing)
+    b, s2 = run_budget(backend, BF_MIN, BF_MAX, BF_WAITS, BF_BIAS, steps=20, seed=5, forcing=forcing,
+                       return_logprobs=False)
+    assert torch.equal(a, b)
+    assert torch.equal(s1.data, s2.data)
 
 
 def test_budget_matches_reference(backend):

@@ -53,6 +53,7 @@ BAD_CALLS = [
     ("top_k beyond int32", logits, dict(top_k=2 ** 40), ValueError, "top_k"),
     ("seed beyond int64", logits, dict(seed=2 ** 70), ValueError, "seed"),
     ("check_nan not bool", logits, dict(check_nan="yes"), TypeError, "check_nan"),
+    ("return_logprobs not bool", logits, dict(return_logprobs=1), TypeError, "return_logprobs"),
     ("unknown backend", logits, dict(backend="cuda-magic"), ValueError, "backend"),
 ]
 
@@ -110,7 +111,7 @@ def test_no_budget_row_with_min_above_negative_max_is_allowed():
 # ---------------------------------------------------------------------------
 # Registered op
 # ---------------------------------------------------------------------------
-def _op_args(with_budget: bool):
+def _op_args(with_budget: bool, return_logprobs: bool = True):
     lg = torch.randn(B, V)
     t = torch.tensor([1.0, 0.0, 0.7, 1.2])
     k = torch.tensor([0, 0, 5, 3], dtype=torch.int32)
@@ -119,15 +120,22 @@ def _op_args(with_budget: bool):
     seed = torch.arange(B, dtype=torch.int64)
     off = torch.full((B,), 3, dtype=torch.int64)
     if not with_budget:
-        return (lg, t, k, p, mp, seed, off, None, None, 0, 0)
+        return (lg, t, k, p, mp, seed, off, None, None, 0, 0, return_logprobs)
     st = tk.BudgetForcing(end_think_ids=[1, 2], wait_ids=[3], answer_prefix_ids=[4]).init_state(
         B, min_tokens=torch.tensor([0, 2, 1, 0]), max_tokens=torch.tensor([0, 5, 3, -1]))
-    return (lg, t, k, p, mp, seed, off, st.data, st.forced_ids_tensor(), 1, 2)
+    return (lg, t, k, p, mp, seed, off, st.data, st.forced_ids_tensor(), 1, 2, return_logprobs)
 
 
+@pytest.mark.parametrize("return_logprobs", [True, False], ids=["logprobs", "no-logprobs"])
 @pytest.mark.parametrize("with_budget", [False, True])
-def test_opcheck(with_budget):
-    torch.library.opcheck(torch.ops.tts_kernels.sample.default, _op_args(with_budget))
+def test_opcheck(with_budget, return_logprobs):
+    torch.library.opcheck(torch.ops.tts_kernels.sample.default, _op_args(with_budget, return_logprobs))
+
+
+def test_op_default_returns_logprobs():
+    """The schema's default (``return_logprobs=True``) serves callers that pass the arguments before it only."""
+    tok, lp = torch.ops.tts_kernels.sample(*_op_args(False)[:-1])
+    assert tok.shape == (B,) and lp.shape == (B,) and torch.isfinite(lp).all()
 
 
 def test_torch_compile_fullgraph_matches_eager():
@@ -139,6 +147,15 @@ def test_torch_compile_fullgraph_matches_eager():
         return out.token_ids, out.logprobs
 
     compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+
+    def step_tokens(lg, seeds, offset, state):   # without logprobs: the fake's empty second output
+        out = tk.sample(lg, temperature=0.8, top_p=0.9, min_p=0.01, seed=seeds, offset=offset, budget=state,
+                        check_nan=False, return_logprobs=False)
+        assert out.logprobs is None
+        return out.token_ids
+
+    compiled_tokens = torch.compile(step_tokens, fullgraph=True, backend="aot_eager")
+    s_tokens = bf.init_state(B, min_tokens=1, max_tokens=4)
     s_eager = bf.init_state(B, min_tokens=1, max_tokens=4)
     s_comp = bf.init_state(B, min_tokens=1, max_tokens=4)
     seeds = torch.arange(B)
@@ -148,6 +165,8 @@ def test_torch_compile_fullgraph_matches_eager():
         b = compiled(lg, seeds, i, s_comp)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
         assert torch.equal(s_eager.data, s_comp.data)
+        assert torch.equal(compiled_tokens(lg, seeds, i, s_tokens), a[0])
+        assert torch.equal(s_tokens.data, s_eager.data)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16], ids=["fp32", "bf16", "fp16"])

@@ -15,7 +15,7 @@ def _positional_names(fn):
 
 
 def test_implementations_take_the_record_in_order():
-    order = ["logits", *params.SamplingParams._fields, *params.BUDGET_ARGS]
+    order = ["logits", *params.SamplingParams._fields, *params.BUDGET_ARGS, *params.OUTPUT_ARGS]
     assert _positional_names(sample_reference) == order
     pytest.importorskip("triton")
     from tts_kernels.sampling.triton_kernel import sample_triton
@@ -23,8 +23,15 @@ def test_implementations_take_the_record_in_order():
 
 
 def test_registered_op_schema_follows_the_record():
+    names = ["logits", *params.SamplingParams._fields, *params.BUDGET_ARGS, *params.OUTPUT_ARGS]
     schema = torch.ops.tts_kernels.sample.default._schema
-    assert [a.name for a in schema.arguments] == ["logits", *params.SamplingParams._fields, *params.BUDGET_ARGS]
+    assert [a.name for a in schema.arguments] == names
+    assert [a.default_value for a in schema.arguments[-len(params.OUTPUT_ARGS):]] == [True] * len(params.OUTPUT_ARGS)
+    if tk.extension_available():   # the C++ op spells its schema by hand (csrc/registration.cpp): the same list
+        cpp = torch.ops.tts_kernels_C.sample_cpu.default._schema
+        assert [a.name for a in cpp.arguments] == names
+        assert [str(a.type) for a in cpp.arguments] == [str(a.type) for a in schema.arguments]
+        assert [a.default_value for a in cpp.arguments] == [a.default_value for a in schema.arguments]
 
 
 def test_in_use_needs_no_sync():

@@ -255,16 +255,18 @@ def test_split_rows_group_slices(monkeypatch, dtype, pad):
     assert used == [(20, (2048, 256))] * 2
 
 
+@pytest.mark.parametrize("want_lp", [1, 0], ids=["logprobs", "no-logprobs"])
 @pytest.mark.parametrize("other_axis", [False, True], ids=["axis", "other-axis"])
 @pytest.mark.parametrize("block", [2048, 8192])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-pairs"])
-def test_partial_slices_write_own_groups(dtype, block, other_axis, monkeypatch):
+def test_partial_slices_write_own_groups(dtype, block, other_axis, want_lp, monkeypatch):
     """A slice's program writes the stats of its own groups only, each exactly: slices 0..j of a row cut in
     one-group slices (each one masked tile of ``block`` tokens: H = 1-8 loads per thread), launched alone into a
     workspace filled with a sentinel, leave every later group's stats as they were, and write each of theirs:
     the maximum exactly, the two sums (T = 1) to float32 rounding; in both tile axis orders
     (``_triton_layout.REGISTER_AXIS``). In a whole launch the interpreter runs programs in grid order, so a
-    later slice would hide an earlier one's stray stores into its groups."""
+    later slice would hide an earlier one's stray stores into its groups. Without logprobs (``want_lp`` 0) the
+    raw sums' plane is left as it was (pass 1 skips their exponentials) and the other two are the same."""
     if other_axis:
         monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
     from tts_kernels.sampling.triton_kernel import _bf16_pairs
@@ -281,14 +283,16 @@ def test_partial_slices_write_own_groups(dtype, block, other_axis, monkeypatch):
     sums = torch.exp(xf.double() - mx.double()[:, None]).sum(1).float()
     for j in (0, 6, ngr - 1):
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
-        _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, BLOCK=block,
+        _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, want_lp, BLOCK=block,
                                         H=_tk._loads_per_thread(block, x.element_size(), warps), PAIRS=pairs,
                                         FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
         assert torch.equal(stats[0, :j + 1], mx[:j + 1]), j   # each written group's maximum
-        for plane in (1, 2):                                   # its raw and draw sums (T = 1: the same)
+        for plane in (1, 2) if want_lp else (2,):              # its raw and draw sums (T = 1: the same)
             torch.testing.assert_close(stats[plane, :j + 1], sums[:j + 1], rtol=2e-6, atol=0, msg=str((j, plane)))
+        if not want_lp:
+            assert (stats[1] == 12345.0).all(), j
 
 
 @pytest.mark.parametrize("slices", [1, 2, 3])

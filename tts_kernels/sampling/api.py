@@ -1,7 +1,7 @@
 """Public sampling API: :func:`sample`."""
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 
@@ -16,12 +16,13 @@ class SampleOutput(NamedTuple):
 
     token_ids: torch.Tensor
     """int64 [B]: the emitted token of each row (-1 for an invalid row when check_nan=False)."""
-    logprobs: torch.Tensor
-    """float32 [B]: ``log_softmax(logits.float())[b, token]`` of the unmodified logits."""
+    logprobs: Optional[torch.Tensor]
+    """float32 [B]: ``log_softmax(logits.float())[b, token]`` of the unmodified logits; None when called with
+    ``return_logprobs=False``."""
 
 
 def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, offset=None,
-           budget=None, check_nan=True, *, validate=True, backend="auto") -> SampleOutput:
+           budget=None, check_nan=True, *, return_logprobs=True, validate=True, backend="auto") -> SampleOutput:
     """Draw one token per row with budget forcing and temperature/top-k/top-p/min-p, in one op.
 
     Parameters
@@ -62,6 +63,11 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         ``validate=False``; a row below its thinking minimum, no Wait ids, and the
         end token its only finite logit) also raise with ``check_nan=True``, after
         the other rows' budget states have advanced.
+    return_logprobs : bool, keyword-only
+        Also return each token's logprob (default). ``False`` returns ``logprobs=None`` and saves the
+        work of the raw logits' logsumexp: on a GPU one of pass 1's two exponentials per token (the
+        special-function units' share of a bf16 row halves), on the CPU the stats pass's exponentials.
+        The tokens are the same either way.
     validate : bool, keyword-only
         Check the values of tensor-valued parameters (a host sync on CUDA).
         Python scalars are always checked. Every check is skipped while
@@ -73,7 +79,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
     Returns
     -------
     SampleOutput
-        ``token_ids`` int64 [B] and ``logprobs`` float32 [B].
+        ``token_ids`` int64 [B] and ``logprobs`` float32 [B] (None with ``return_logprobs=False``).
 
     Examples
     --------
@@ -88,8 +94,9 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         _checks.check_tensor("logits", logits, dim=2, dtypes=_checks.FLOAT_DTYPES)
         if logits.shape[1] == 0:
             raise ValueError("logits must have at least one column (vocabulary size V >= 1)")
-        if not isinstance(check_nan, bool):
-            raise TypeError(f"check_nan must be a bool, got {check_nan!r}")
+        for name, flag in (("check_nan", check_nan), ("return_logprobs", return_logprobs)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{name} must be a bool, got {flag!r}")
         params.check_scalars(values, validate=validate)
     B, V = logits.shape
     dev = logits.device
@@ -120,7 +127,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
     else:
         impls.require(backend, needs)
         fn = impls.get(backend)
-    token_ids, logprobs = fn(logits, *rows, state, forced, num_wait, num_end)
+    token_ids, logprobs = fn(logits, *rows, state, forced, num_wait, num_end, bool(return_logprobs))
     if checking and check_nan and B > 0 and bool((token_ids < 0).any()):
         # passed the NaN check: a NaN temperature (validate=False), or the row's only finite logit was an end
         # token masked by budget rule 3
@@ -130,7 +137,7 @@ def sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0, seed=None, of
         raise ValueError(f"logits row {i}: no token can be drawn: its only finite logit is the end-of-thinking "
                          f"token, masked because the row is below its thinking minimum and "
                          f"budget.forcing.wait_ids is empty")
-    return SampleOutput(token_ids, logprobs)
+    return SampleOutput(token_ids, logprobs if return_logprobs else None)
 
 
 def _check_budget(budget, batch_size, vocab_size, device):

@@ -27,7 +27,7 @@ def sample_triton(*args):
     return impl(*args)
 
 
-# every implementation takes (logits, *SamplingParams, budget, forced_ids, num_wait, num_end)
+# every implementation takes (logits, *SamplingParams, budget, forced_ids, num_wait, num_end, return_logprobs)
 _backends = Backends(reference=sample_reference, cpp=sample_cpp, triton=sample_triton,
                      cpp_op="tts_kernels_C::sample_cpu",
                      supports={"cpp": FILTER_NAMES, "triton": FILTER_NAMES})  # the filters each kernel implements

@@ -57,6 +57,9 @@ FILTERS = (
 STREAM = ("seed", "offset")
 #: the budget-forcing arguments that follow (state tensor, forced ids, run lengths)
 BUDGET_ARGS = ("budget", "forced_ids", "num_wait", "num_end")
+#: last, what the call returns: ``return_logprobs`` (default True; False: the second output is empty and the
+#: kernels skip the raw logsumexp, one exp per token of pass 1)
+OUTPUT_ARGS = ("return_logprobs",)
 
 FILTER_NAMES = tuple(p.name for p in FILTERS)
 #: the per-row tensors of one call, in order: ``(temperature, top_k, top_p, min_p, seed, offset)``
@@ -65,7 +68,8 @@ SamplingParams.__doc__ = "Per-row sampler tensors [B] (see :data:`FILTERS` and :
 
 #: the registered op's schema, generated from the records above
 SAMPLE_SCHEMA = ("(Tensor logits, " + ", ".join(f"Tensor {n}" for n in SamplingParams._fields)
-                 + ", Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end) -> (Tensor, Tensor)")
+                 + ", Tensor(a!)? budget, Tensor? forced_ids, int num_wait, int num_end, "
+                 + ", ".join(f"bool {n}=True" for n in OUTPUT_ARGS) + ") -> (Tensor, Tensor)")
 
 _INT64_MIN, _INT64_MAX = -(2 ** 63), 2 ** 63 - 1
 

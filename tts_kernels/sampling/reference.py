@@ -97,12 +97,11 @@ def draw(z: torch.Tensor, keep: torch.Tensor, seed: torch.Tensor, offset: torch.
 
 
 def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
-                     budget=None, forced_ids=None, num_wait=0, num_end=0):
+                     budget=None, forced_ids=None, num_wait=0, num_end=0, return_logprobs=True):
     B, V = logits.shape
     dev = logits.device
     x = logits.float()
     valid = row_validity(x) & ~torch.isnan(temperature)
-    lse = torch.logsumexp(x, dim=1)
 
     # ---- budget rules 1 and 2: forced tokens; rule 3's end masking (budget_rules.py) ----
     forced_tok = torch.full((B,), -1, dtype=torch.int64, device=dev)
@@ -132,6 +131,9 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
         budget.copy_(advance(state, tok, replace, table, valid=valid).to(budget.dtype))
 
     tok = torch.where(valid, tok, torch.full_like(tok, -1))
+    if not return_logprobs:
+        return tok, torch.empty(0, dtype=torch.float32, device=dev)
+    lse = torch.logsumexp(logits.float(), dim=1)
     logp = logits.float().gather(1, tok.clamp(min=0).view(-1, 1)).squeeze(1) - lse
     logp = torch.where(valid, logp, torch.full_like(logp, float("nan")))
     return tok, logp

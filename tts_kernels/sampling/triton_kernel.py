@@ -841,23 +841,29 @@ def _max_nan(a, b):
 @triton.jit
 def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """Float32 tiles of groups (:func:`_group_tile`; and ``b`` when PAIRS) -> per group (max, sum
-    exp2((x - max) * log2e), sum exp2((x - max) * kz)), ``kz = log2e / T``; the max propagates NaN; a group
-    of -inf has max -inf and sums 0. Elementwise first, then the H axis's reductions in a thread; only the
-    last axis crosses lanes."""
+    exp2((x - max) * kz)), ``kz = log2e / T``, and the max broadcast over the tile (for :func:`_group_raw`); the
+    max propagates NaN; a group of -inf has max -inf and sum 0. Elementwise first, then the H axis's reductions
+    in a thread; only the last axis crosses lanes."""
     if PAIRS:
         mx = _max_nan(a, b)
     else:
         mx = a
     m = tl.reduce(tl.reduce(mx, H_AXIS, _max_nan), 1, _max_nan)
     ms = _per_group(tl.where(m > float("-inf"), m, 0.0), H_AXIS)
-    da = a - ms
-    er = _exp2(da * 1.4426950408889634, FAST_LOG)
-    ez = _exp2(da * kz, FAST_LOG)
+    ez = _exp2((a - ms) * kz, FAST_LOG)
     if PAIRS:
-        db = b - ms
-        er += _exp2(db * 1.4426950408889634, FAST_LOG)
-        ez += _exp2(db * kz, FAST_LOG)
-    return m, tl.sum(tl.sum(er, H_AXIS), 1), tl.sum(tl.sum(ez, H_AXIS), 1)
+        ez += _exp2((b - ms) * kz, FAST_LOG)
+    return m, tl.sum(tl.sum(ez, H_AXIS), 1), ms
+
+
+@triton.jit
+def _group_raw(a, b, ms, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
+    """Per group the raw sum exp2((x - max) * log2e) of a tile (``ms``: :func:`_group_stats`'s broadcast max):
+    the logprobs' logsumexp, one more exp2 per token, computed only when the call returns logprobs."""
+    er = _exp2((a - ms) * 1.4426950408889634, FAST_LOG)
+    if PAIRS:
+        er += _exp2((b - ms) * 1.4426950408889634, FAST_LOG)
+    return tl.sum(tl.sum(er, H_AXIS), 1)
 
 
 @triton.jit
@@ -905,21 +911,24 @@ def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
 
 
 @triton.jit
-def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK: tl.constexpr, FULL: tl.constexpr,
+def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, want_lp, BLOCK: tl.constexpr, FULL: tl.constexpr,
                 PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """The group stats of one tile (``_tile``, ``_group_stats``) into the row's workspace planes
-    ``ws_row[p * NGR + g]`` (p = max, raw sum, draw sum); only groups that start before ``hi``."""
+    ``ws_row[p * NGR + g]`` (p = max, raw sum, draw sum); only groups that start before ``hi``. The raw sum
+    (``_group_raw``) only when ``want_lp`` (a runtime flag, uniform: a branch, not a specialisation); the raw
+    plane is otherwise left unwritten, and so is the logsumexp the finish computes from it unused."""
     a, b = _tile(row_ptr, start, hi, idx, FULL, PAIRS)
-    m, sr, sz = _group_stats(a, b, kz, PAIRS, FAST_LOG, H_AXIS)
+    m, sz, ms = _group_stats(a, b, kz, PAIRS, FAST_LOG, H_AXIS)
     g = start // GROUP + tl.arange(0, BLOCK // GROUP)
     gm = g * GROUP < hi
     tl.store(ws_row + g, m, mask=gm)
-    tl.store(ws_row + NGR + g, sr, mask=gm)
     tl.store(ws_row + 2 * NGR + g, sz, mask=gm)
+    if want_lp:
+        tl.store(ws_row + NGR + g, _group_raw(a, b, ms, PAIRS, FAST_LOG, H_AXIS), mask=gm)
 
 
 @triton.jit
-def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
+def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, want_lp, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
            FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of GROUP): the whole tiles unmasked in
     the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
@@ -928,15 +937,16 @@ def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, BLOCK: tl.constexpr, H: tl.constexp
     Tiles of BLOCK tokens, ``BLOCK / GROUP`` groups of U units (tokens, or with PAIRS ``GROUP / 2``
     bfloat16 pairs) as H runs of ``U / H`` (:func:`_group_tile`): a thread's H vector loads all fall in
     one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the per-row kernel's
-    8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits)."""
+    8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits).
+    ``want_lp``: also the raw sums (:func:`_pass1_tile`)."""
     GT: tl.constexpr = BLOCK // GROUP
     U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
     idx = _group_tile(tl.arange(0, GT) * U, H, U // H, H_AXIS)
     full_end = lo + (hi - lo) // BLOCK * BLOCK
     for start in range(lo, full_end, BLOCK):
-        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
+        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, want_lp, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
     if full_end < hi:
-        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
+        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, want_lp, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
 
 
 @triton.jit
@@ -1031,10 +1041,10 @@ def _argmax_first(v, idx):
 
 
 @triton.jit
-def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr):
+def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, c1, c2, k0, k1, FB: tl.constexpr):
     """One pass over a row's group stats. Group ``ge`` (the end token's, -1 if none is masked) takes
     the masked stats ``(Me, SZe)`` for the draw and the greedy maximum. Returns (bad, any finite,
-    logsumexp of the raw logits, greedy maximum X, its first group, best draw score, its group,
+    logsumexp of the raw logits (only with ``want_lp``, 0 or 1: otherwise pass 1 wrote no raw sums), greedy maximum X, its first group, best draw score, its group,
     the runner-up draw score, the draw mass ``sum(exp(z - X / T))`` of the row)."""
     R: tl.constexpr = FB // 4
     r4 = tl.arange(0, R)
@@ -1053,7 +1063,7 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
         g = g0 + fb
         gm = g < NGR
         M = tl.load(ws_row + g, mask=gm, other=float("-inf"))
-        SR = tl.load(ws_row + NGR + g, mask=gm, other=0.0)
+        SR = tl.load(ws_row + NGR + g, mask=g < NGR * want_lp, other=0.0)
         SZ = tl.load(ws_row + 2 * NGR + g, mask=gm, other=0.0)
         bad = bad | tl.max(((M != M) | (M == float("inf"))).to(tl.int32))
         # logsumexp of the raw logits, merged over the groups
@@ -1083,7 +1093,7 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB: tl.constexpr)
         b2 = tl.where(win, tl.maximum(b1, t2), tl.maximum(b2, t1))
         g1 = tl.where(win, ti, g1)
         b1 = tl.maximum(b1, t1)
-    lse = m_run + tl.log(s_run)
+    lse = m_run + tl.log(tl.where(s_run > 0.0, s_run, 1.0))   # (-inf + 0 for a row of no finite logit)
     return bad, fin, lse, X, gX, b1, g1, b2, zs_run
 
 
@@ -1333,11 +1343,12 @@ def _filtered_redraw(s_tok, sc1, h1, b2, gX, row_ptr, ws_row, NGR, Ls, xmax, V, 
 
 @triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
-            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP,
+            budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP, want_lp,
             HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
             FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
-    min-p), the draw, budget rule 3, the state update and the outputs."""
+    min-p), the draw, budget rule 3, the state update and the outputs (the logprob only when ``want_lp``, 0 or
+    1)."""
     end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
                                                     num_wait, num_forced, HAS_BUDGET)
     k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
@@ -1350,7 +1361,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         offs = ge * GROUP + tl.arange(0, GROUP)
         xe, _ze = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
         Me, SZe = _max_mass(xe, kz, 0)
-    bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, c1, c2, k0, k1, FB)
+    bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, c1, c2, k0, k1,
+                                                              FB)
     temp = tl.load(temp_ptr + row)
     valid = (bad == 0) & (fin > 0) & (temp == temp)
 
@@ -1432,7 +1444,7 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     logp = tl.where(valid, x_tok - lse, float("nan"))
     tok = tl.where(valid, tok, -1)
     tl.store(tok_ptr + row, tok.to(tl.int64))
-    tl.store(logp_ptr + row, logp)
+    tl.store(logp_ptr + row, logp, mask=want_lp != 0)
 
 
 @triton.jit
@@ -1446,7 +1458,7 @@ def _row_kz(temp_ptr, row):
 #: compile per tokenizer's budget strings, 2x the static check's variants, for nothing). The candidate
 #: buffer's capacity ``CAP`` is specialised: always a multiple of 16 (:func:`_buffer_capacity`), one
 #: variant, whose buffer reads the compiler then knows aligned (8-byte loads of the masses, not 4)
-_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced"]
+_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "want_lp"]
 
 
 def _buffer_capacity(V: int, hblock: int) -> int:
@@ -1473,7 +1485,7 @@ def _buffer_masses(buf_ptr, CAP):
 def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
         DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr,
         H_AXIS: tl.constexpr, FAST_LOG: tl.constexpr):
@@ -1481,15 +1493,15 @@ def _sample_kernel(
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
-    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
+    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), want_lp != 0, BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
+            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
-@triton.jit
-def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
+@triton.jit(do_not_specialize=["want_lp"])
+def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK, want_lp,
                     BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr,
                     H_AXIS: tl.constexpr):
     """Split-row pass 1: program (row, j) writes the group stats of ``[j * CHUNK, (j + 1) * CHUNK)``."""
@@ -1498,15 +1510,15 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK,
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     lo = j * CHUNK
-    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), BLOCK, H, PAIRS, FAST_LOG,
-           H_AXIS)
+    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), want_lp != 0, BLOCK, H,
+           PAIRS, FAST_LOG, H_AXIS)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
 def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced, CAP,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp,
         HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
         PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
@@ -1515,7 +1527,7 @@ def _merge_kernel(
     ws_row = _ws_row(ws_ptr, row, NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
+            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
 def _fast_log(t):
@@ -1643,12 +1655,12 @@ def _num_slices(B, V, device):
 
 
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
-                  budget=None, forced_ids=None, num_wait=0, num_end=0):
+                  budget=None, forced_ids=None, num_wait=0, num_end=0, return_logprobs=True):
     """Triton implementation of the fused sampler (same contract as ``sample_reference``)."""
     B, V = logits.shape
     dev = logits.device
     tok = torch.empty(B, dtype=torch.int64, device=dev)
-    logp = torch.empty(B, dtype=torch.float32, device=dev)
+    logp = torch.empty(B if return_logprobs else 0, dtype=torch.float32, device=dev)
     if B == 0:
         return tok, logp
     if logits.stride(1) != 1:
@@ -1678,12 +1690,14 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     tiles = _finish_tiles(V, es, warps)
     cap = _buffer_capacity(V, tiles["HBLOCK"])
     cand = torch.empty(B * 2 * cap, dtype=torch.float32, device=dev)  # the selects' candidates and masses
+    want_lp = int(bool(return_logprobs))
+    lp_out = logp if want_lp else ws   # without logprobs a dummy pointer of the same type, never stored to
     if S <= 1:
         block = _tile_tokens(_PASS1_TOKENS, V)
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
-            budget, forced, tok, logp, ws, cand,
-            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
+            budget, forced, tok, lp_out, ws, cand,
+            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
             FAST_LOG=fast, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
         return tok, logp
@@ -1692,12 +1706,12 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     pblock, chunk = _slice_tiles(V, S)
     S = triton.cdiv(V, chunk)
     _partial_kernel[(B, S)](
-        logits, temperature, ws, V, logits.stride(0), ngr, chunk,
+        logits, temperature, ws, V, logits.stride(0), ngr, chunk, want_lp,
         BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast,
         H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
-        budget, forced, tok, logp, ws, cand,
-        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap,
+        budget, forced, tok, lp_out, ws, cand,
+        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp,
         HAS_BUDGET=has_budget, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
