@@ -25,6 +25,9 @@ tensors made once):
 ``tts_kernels.cpp``        the C++ CPU kernel (``backend="cpp"``)
 ``tts_kernels.triton``     the Triton kernel (``backend="triton"``, CUDA)
 ``tts_kernels.auto``       the registered op (C++ on CPU, Triton on CUDA)
+``tts_kernels.cpp-tokens`` / ``tts_kernels.triton-tokens``  the C++ / Triton kernel with ``return_logprobs=False``
+                           (the tokens only): reported against the same kernel with logprobs, not against
+                           the baselines above, which return logprobs
 """
 from __future__ import annotations
 
@@ -99,7 +102,7 @@ def multinomial_sample(logits, temperature=1.0, top_k=0, top_p=1.0, min_p=0.0):
 # ----------------------------------------------------------------------------
 def make_tts(backend: str, budget_factory=None, return_logprobs=True):
     """``make(cfg) -> fn(logits)`` calling tts_kernels.sample with ``backend`` (``return_logprobs=False``: the
-    tokens only, as the PyTorch baselines return them).
+    tokens only).
 
     The per-row parameters (temperature, top_k, top_p, min_p, seed, offset) are
     made once as ``[B]`` tensors on the logits' device, the way a serving engine
@@ -191,7 +194,7 @@ def default_registry(include_auto: bool = True) -> Registry:
                       "C++ CPU kernel"))
     reg.register(Impl("tts_kernels.triton", "tts_kernels", make_tts("triton"), _check_triton,
                       "Triton kernel"))
-    # the same kernels returning the tokens only (return_logprobs=False), as the PyTorch baselines do
+    # the same kernels returning the tokens only (return_logprobs=False)
     reg.register(Impl("tts_kernels.cpp-tokens", "tts_kernels", make_tts("cpp", return_logprobs=False), _check_cpp,
                       "C++ CPU kernel, tokens only (return_logprobs=False)"))
     reg.register(Impl("tts_kernels.triton-tokens", "tts_kernels", make_tts("triton", return_logprobs=False),
@@ -214,8 +217,9 @@ def default_registry(include_auto: bool = True) -> Registry:
 SPEEDUP_BASELINES = ("torch.sort", "torch.multinomial", "tts_kernels.reference")
 #: tts_kernels backends whose speedups are reported
 KERNELS = ("tts_kernels.cpp", "tts_kernels.triton", "tts_kernels.auto")
-#: the kernels called with ``return_logprobs=False``: speedups reported too (not in the budget-overhead runs)
-TOKENS_ONLY = ("tts_kernels.cpp-tokens", "tts_kernels.triton-tokens")
+#: the kernels called with ``return_logprobs=False``, each reported against the same kernel with logprobs
+#: (``report.tokens_only``; the baselines compute logprobs), not in the budget-overhead runs
+TOKENS_ONLY = {"tts_kernels.cpp-tokens": "tts_kernels.cpp", "tts_kernels.triton-tokens": "tts_kernels.triton"}
 
 
 def sort_path_sorts(cfg: dict) -> bool:

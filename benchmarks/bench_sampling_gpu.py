@@ -274,7 +274,7 @@ def main(argv=None):
 
     git_at_start = git_commit()
     from baselines import KERNELS, default_registry
-    from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets
+    from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets, tokens_only
 
     dtypes = [d.strip() for d in (args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32"))
               .split(",") if d.strip()]
@@ -321,6 +321,7 @@ def main(argv=None):
     }
     payload["speedups"] = speedups(records, "median")
     payload["budget_overhead"] = budget_overhead(records, "median")
+    payload["tokens_only"] = tokens_only(records, "median")
     payload["targets"] = gpu_targets(records, "median")
     print()
     print(markdown(payload))

@@ -68,7 +68,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if not records:
         return
     extra = config.stash.get(EXTRA_KEY, {})
-    from report import budget_overhead, cpu_targets, markdown, speedups, summarize_targets
+    from report import budget_overhead, cpu_targets, markdown, speedups, summarize_targets, tokens_only
     from common import env_metadata, save_results
 
     sweep = config.getoption("--bench-sweep")
@@ -89,6 +89,7 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
     }
     payload["speedups"] = speedups(records, stat)
     payload["budget_overhead"] = budget_overhead(records, stat)
+    payload["tokens_only"] = tokens_only(records, stat)
     payload["targets"] = cpu_targets(records, stat)
     tr = terminalreporter
     tr.section("tts_kernels sampler benchmark (CPU)")

@@ -48,12 +48,24 @@ def index(records, suite="sweep", budget=False):
 def speedups(records, stat="median"):
     rows = []
     for key, by_impl in sorted(index(records).items(), key=lambda kv: _sort_key(kv[0])):
-        for k in KERNELS + TOKENS_ONLY:
+        for k in KERNELS:
             if k not in by_impl:
                 continue
             t = t_of(by_impl[k], stat)
             vs = {b: t_of(by_impl[b], stat) / t for b in SPEEDUP_BASELINES if b in by_impl}
             rows.append(dict(impl=k, config=key[0], B=key[1], V=key[2], dtype=key[3], stat=stat, vs=vs))
+    return rows
+
+
+def tokens_only(records, stat="median"):
+    """Each tokens-only kernel (``return_logprobs=False``) against the same kernel with logprobs, per case."""
+    rows = []
+    for key, by in sorted(index(records).items(), key=lambda kv: _sort_key(kv[0])):
+        for k, with_lp in TOKENS_ONLY.items():
+            if k in by and with_lp in by:
+                a, b = t_of(by[with_lp], stat), t_of(by[k], stat)
+                rows.append(dict(impl=with_lp, config=key[0], B=key[1], V=key[2], dtype=key[3], stat=stat,
+                                 with_s=a, tokens_s=b, speedup=a / b))
     return rows
 
 
@@ -166,7 +178,7 @@ def markdown(payload, stat=None) -> str:
     lines.append(f"Times are the {stat} over rounds; GB/s = (logits read once + outputs) / time.")
     lines.append("")
     idx = index(records)
-    present_kernels = [k for k in KERNELS + TOKENS_ONLY if any(k in by for by in idx.values())]
+    present_kernels = [k for k in KERNELS if any(k in by for by in idx.values())]
     base_cols = [b for b in SPEEDUP_BASELINES if any(b in by for by in idx.values())]
     show_frac = any(r.get("frac_copy_bw") is not None for r in records) and meta.get("device_type") == "cuda"
     head = ["config", "B", "V", "dtype"] + [SHORT[b] for b in base_cols]
@@ -193,6 +205,14 @@ def markdown(payload, stat=None) -> str:
                 row.append("—" if r.get("frac_copy_bw") is None else f"{r['frac_copy_bw']:.0%}")
             row += [_fmt_x(t_of(by[b], stat) / t_of(r, stat)) if b in by else "—" for b in base_cols]
             lines.append("| " + " | ".join(row) + " |")
+    tok = tokens_only(records, stat)
+    if tok:
+        lines += ["", "Without logprobs (`return_logprobs=False`, the tokens only) against the same kernel with them, "
+                  "same run:", "", "| kernel | config | B | V | dtype | with logprobs | tokens only | speedup |",
+                  "|---|---|---:|---:|---|---:|---:|---:|"]
+        for r in tok:
+            lines.append(f"| {SHORT.get(r['impl'], r['impl'])} | {r['config']} | {r['B']} | {r['V']} | {r['dtype']} | "
+                         f"{fmt_time(r['with_s'])} | {fmt_time(r['tokens_s'])} | {_fmt_x(r['speedup'])} |")
     bo = budget_overhead(records, stat)
     if bo:
         lines += ["", "Budget forcing overhead (same config, with vs without a BudgetState):", "",

@@ -31,7 +31,8 @@ sample = torch.library.custom_op("tts_kernels::sample", _sample, mutates_args=("
 def _sample_fake(logits, *args, **kwargs):
     b = logits.shape[0]
     # return_logprobs (OUTPUT_ARGS, last): positional, a keyword, or left out for its default (True)
-    return_logprobs = args[_NUM_SAMPLE_ARGS - 1] if len(args) >= _NUM_SAMPLE_ARGS else kwargs.get(OUTPUT_ARGS[0], True)
+    i = _NUM_SAMPLE_ARGS - len(OUTPUT_ARGS) + OUTPUT_ARGS.index("return_logprobs")
+    return_logprobs = args[i] if len(args) > i else kwargs.get("return_logprobs", True)
     return (logits.new_empty((b,), dtype=torch.int64),
             logits.new_empty((b if return_logprobs else 0,), dtype=torch.float32))
 

@@ -668,8 +668,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             d, b = heapq.heappop(todo)
             if d > best[b]:
                 continue
-            for v in succ[b]:
-                if v in body and v != h and d + size[v] < best.get(v, 1 << 30):
+            for v in succ[b]:   # (not through a divergence fallback: a converged warp never runs one)
+                if v in body and v != h and blocks[v][0] not in never and d + size[v] < best.get(v, 1 << 30):
                     best[v], via[v] = d + size[v], b
                     heapq.heappush(todo, (best[v], v))
         b = min((b for b in body if h in succ[b] and b in best), key=lambda b: (best[b], b))

@@ -332,10 +332,10 @@ def sampler_bound(B: int, V: int, itemsize: int, config: str, instr: Dict[str, f
            for side, k in (("low", 0), ("high", 1))}
     out["cta_warp_this_config"] = [cta["low"], cta["high"]]
     # pass 1's loop runs the whole tiles; the partial last one is straight-line code (in the count once),
-    # none when V is a multiple of the tile
+    # none when V is a multiple of the tile (a call without logprobs: the partial tile without its raw sums)
     block = instr.get("pass1_block") or 0
     loop_tokens = V // block * block if block else V
-    tail = instr.get("tail_warp", 0) if loop_tokens == V else 0
+    tail = instr.get("tail_warp", 0) if loop_tokens == V else instr.get("skipped_tail_warp", 0)
     out["pass1_loop_tokens"] = loop_tokens
     for side, k in (("low", 0), ("high", 1)):
         thr_per_token = _thread_instr(passes, k, instr)
@@ -383,7 +383,8 @@ def split_row_bound(B: int, V: int, itemsize: int, config: str, S: int, chunk: i
     block = partial_instr.get("pass1_block") or chunk
     loop_tokens = chunk // block * block
     warp_slice = (loop_tokens * partial_instr["pass1"] / 32 + partial_instr.get("cta_warp", 0)
-                  - (partial_instr.get("tail_warp", 0) if loop_tokens == chunk else 0))
+                  - (partial_instr.get("tail_warp", 0) if loop_tokens == chunk
+                     else partial_instr.get("skipped_tail_warp", 0)))
     mufu_tokens = chunk if loop_tokens == chunk else loop_tokens + block     # a masked tile computes all its lanes
     t_partial = out["slices_on_busiest_sm"] * max(warp_slice / rate,
                                                   _mufu_s(mufu_tokens, partial_instr.get("pass1_mufu", 0.0), gpu))
@@ -498,11 +499,13 @@ def _mufu_per_token(lp: Optional[Dict[str, Any]], compiled: Dict[str, Any], key:
 
 def without_logprobs(instr: Dict[str, Any]) -> Dict[str, Any]:
     """The instruction counts of a call with ``return_logprobs=False``: pass 1's loop on its shortest iteration
-    (``pass1_lean``, ``pass1_lean_mufu``). That loop has one branch, the raw sums of the logprobs' logsumexp (an
-    exp2 per token and their reductions), which such a call skips; the partial last tile's straight-line code
-    keeps counting it (a few hundred instructions at most, once per row)."""
+    (``pass1_lean``, ``pass1_lean_mufu``), and the partial last tile without its raw sums (``skipped_tail_warp``:
+    the straight-line code of the module's ``raw`` role). That loop has one branch, the raw sums of the logprobs'
+    logsumexp (an exp2 per token and their reductions), which such a call skips (tests/gpu: exactly one MUFU
+    operation per token fewer on the shortest iteration)."""
     return dict(instr, pass1=instr.get("pass1_lean", instr.get("pass1", 0.0)),
-                pass1_mufu=instr.get("pass1_lean_mufu", instr.get("pass1_mufu", 0.0)))
+                pass1_mufu=instr.get("pass1_lean_mufu", instr.get("pass1_mufu", 0.0)),
+                skipped_tail_warp=instr.get("raw_tail_warp", 0))
 
 
 #: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
@@ -583,6 +586,9 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             # the partial last tile of pass 1: the pass-1 tile function's straight-line instructions
             "tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("tile"), 0)
                           * compiled["num_warps"] if p1 else 0),
+            # of it, the raw sums (a call without logprobs skips them, :func:`without_logprobs`)
+            "raw_tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("raw"), 0)
+                              * compiled["num_warps"] if p1 else 0),
             "cta_warp_paths": {_paths_key(rs): straight_line_warp_instr(compiled, [roles[r] for r in rs])
                                for rs in sorted({skipped_roles(c, r, s) for c in SAMPLER_CONFIGS for r in (False, True)
                                                  for s in (None, False, True)})

@@ -37,8 +37,8 @@ static inline void stats_block(const float* x, int64_t s, int64_t t, float* bmax
     for (int64_t i = s; i < t; ++i) acc += static_cast<double>(std::exp(x[i] - M));
 }
 
-// max, NaN flag, sum of exp(x - max) and the maxima of 64-token blocks of
-// x[b, e) (b a multiple of 64).
+// max, NaN flag, the maxima of 64-token blocks of x[b, e) (b a multiple of 64)
+// and, with with_sum, the sum of exp(x - max) (else 0).
 static void stats_generic(const float* x, int64_t b, int64_t e, float* bmax, float& mx, bool& nan, double& sum,
                           bool with_sum) {
   float M = -kInf;

@@ -640,7 +640,9 @@ def _synthetic_compiled(kernel):
                                _loop("_score_groups", 7, 1024, 40), _loop("_list_contenders", 8, 1024, 160),
                                _loop("_list_contenders", 8, 1024, 48)]}[kernel]
     return {"ok": True, "registers": 64, "ctas_per_sm": 2, "num_warps": 8, "spill_store_bytes": 0,
-            "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100}
+            "spill_load_bytes": 0, "loops": loops, "sass_instructions": sum(lp["instructions"] for lp in loops) + 100,
+            # of the 100 straight-line instructions, 30 the partial pass-1 tile's, 10 of them its raw sums
+            "straight_line_by_function": {"_pass1_tile": 30, "_group_raw": 10} if kernel != "_merge_kernel" else {}}
 
 
 def _run_cost_model(*args):
@@ -698,8 +700,10 @@ def test_cost_model_from_results_json(tmp_path):
     lean = b256["no_logprobs"]
     for side in ("low", "high"):
         assert lean[side]["t_mufu_s"] == pytest.approx(b256[side]["t_mufu_s"] / 2, rel=1e-3)
-    assert lean["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 68 / 32 + scan + 800) / RATE, rel=1e-3)
-    assert b1["no_logprobs"]["low"]["t_issue_s"] == pytest.approx(b1["low"]["t_issue_s"], rel=1e-3)  # no loop run
+    # ... and the partial tile's raw sums (10 instructions x 8 warps) left out: B=256's last tile of 256 tokens,
+    # B=1's slices (each one masked tile, no loop)
+    assert lean["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 68 / 32 + scan + 800 - 80) / RATE, rel=1e-3)
+    assert b1["no_logprobs"]["low"]["t_issue_s"] == pytest.approx((800 - 80 + scan + 800) / RATE, rel=1e-3)
 
 
 def test_sibling_stats_only_for_loop_neutral_differences():
@@ -1092,6 +1096,13 @@ def test_quick_set_compiles(tmp_path):
             assert loops and all(2 < lp["thread_instr_per_token"] < 2000 for lp in loops)
             pass1 = [lp["thread_instr_per_token"] for lp in loops if lp["source"]["function"] == "_pass1"]
             assert pass1 and all(x > 5 for x in pass1)
+    # a call without logprobs (pass 1's shortest iteration): exactly the raw sums' exp2 fewer per token, fewer
+    # instructions, and the partial tile's raw-sum code (``_group_raw``, straight-line) left out
+    for x in d["cost_model"]["sampler"]:
+        assert x["pass1_mufu_per_token_no_logprobs"] == x["pass1_mufu_per_token"] - 1 == 1.0, x["spec"]
+        assert 0 < x["pass1_no_logprobs"] < x["instr_per_token"]["pass1"], x["spec"]
+        for side in ("low", "high"):
+            assert x["no_logprobs"][side]["t_bound_s"] <= x[side]["t_bound_s"]
     s = d["cost_model"]["sampler"]
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
     b1 = next(x for x in s if x["B"] == 1)

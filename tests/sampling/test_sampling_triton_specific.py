@@ -387,6 +387,45 @@ def _budget_case(forcing, rows, V, device=DEV):
     return data, torch.tensor(forcing.forced_ids, dtype=torch.int32, device=device)
 
 
+@pytest.mark.parametrize("slices", [1, 3])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_without_logprobs_ignores_a_stale_workspace(monkeypatch, dtype, slices):
+    """A call without logprobs leaves the workspace's raw-sum plane unwritten (pass 1 skips it): with every float32
+    buffer the wrapper allocates full of NaN, as a reused allocation may be, it draws the same tokens and budget
+    states as a call with logprobs on fresh buffers; per-row and split rows (``_scan_groups`` masks that plane's
+    load; the filtered draw writes the plane before its scores read it). Rows: every filter, min-p on flat rows
+    (the filtered draw rescores), greedy, a NaN row, an end token masked by budget rule 3 (no Wait ids)."""
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    gen = torch.Generator().manual_seed(71)
+    B, V = 8, 1100
+    x = torch.randn(B, V, generator=gen) * 2
+    x[2:4] = torch.randn(2, V, generator=gen) * 0.3          # flat rows: min-p's chosen group may not stand
+    x[5, 17] = float("nan")
+    x[6, 7] = 30.0                                            # the end token dominates, masked below its minimum
+    logits = x.to(dtype).to(DEV)
+    params = _params(B, [0.9, 1.0, 1.5, 1.2, 0.7, 1.0, 1.0, 0.0], [0, 20, 0, 0, 5, 0, 0, 0],
+                     [1.0, 0.9, 1.0, 1.0, 0.8, 1.0, 1.0, 1.0], [0.0, 0.05, 0.3, 0.2, 0.0, 0.0, 0.0, 0.0])
+    f = BudgetForcing(end_think_ids=[7, 8], wait_ids=[], answer_prefix_ids=[3])
+    budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2, V)
+    b_lp, b_tok = budget.clone(), budget.clone()
+    tok_lp, lp = sample_triton(logits, *params, b_lp, forced, 0, 2)
+    empty = torch.empty
+
+    def stale(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty", stale)
+        tok, none = sample_triton(logits, *params, b_tok, forced, 0, 2, False)
+    assert none.shape == (0,) and lp.shape == (B,)
+    assert tok[5] == -1 and (tok[torch.arange(B) != 5] >= 0).all() and tok[6] != 7
+    assert torch.equal(tok, tok_lp) and torch.equal(b_tok, b_lp)
+    ref, _ = sample_reference(logits.cpu(), *(t.cpu() for t in params), budget.cpu(), forced.cpu(), 0, 2)
+    decisive = decisive_rows(drawn_logits(logits.cpu(), budget.cpu(), forced.cpu(), 0, 2), *(t.cpu() for t in params))
+    assert torch.equal(tok.cpu()[decisive], ref[decisive])
+
+
 @pytest.mark.parametrize("with_wait", [True, False])
 def test_budget_mid_sequence(with_wait):
     torch.manual_seed(5)

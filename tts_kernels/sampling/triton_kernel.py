@@ -109,7 +109,7 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
 #: candidate groups (``list``, per group: the compaction's the cheapest of its loops, the draw's, which scores the
 #: groups, the costliest), the compaction of the selects' candidates; the pass-1 tile (outside the
-#: loop: a row's partial last tile); and the code only some rows run: ``filtered`` (the bounds of rows with a
+#: loop: a row's partial last tile) and its raw sums (``raw``: a call without logprobs skips them); and the code only some rows run: ``filtered`` (the bounds of rows with a
 #: filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group
 #: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
 #: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer)
@@ -117,7 +117,7 @@ COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buff
                     "draw": "_filtered_groups", "draw_groups": "_score_groups",
                     "groups": "_scan_groups", "list": "_list_contenders", "compact": "_compact_candidates",
                     "overflow": "_compact_overflow",
-                    "tile": "_pass1_tile",
+                    "tile": "_pass1_tile", "raw": "_group_raw",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
                     "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
 #: a row's group stats (pass 1's planes of its workspace): maximum, raw sum, draw sum
@@ -1175,8 +1175,8 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
     underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
     in [-2.9, 16.7]). One read of the listed groups (their list; no other group's tokens)
-    writes each listed group's ``S`` over its raw sum in the workspace (plane 1, which only
-    ``_scan_groups`` reads, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
+    writes each listed group's ``S`` into the workspace's plane 1 (pass 1's raw sums, or nothing in a call
+    without logprobs: only ``_scan_groups`` reads them, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
     thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
