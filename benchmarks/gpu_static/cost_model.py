@@ -1104,6 +1104,10 @@ _BENCH_CONFIGS = {"temp": "temp", "topk_topp_minp": "topk_topp_minp", "topp": "t
                   "min_p": "min_p"}
 
 
+#: the Triton sampler's benchmark entries (``benchmarks/baselines.py``) -> whether they return logprobs
+_TRITON_IMPLS = {"tts_kernels.triton": True, "tts_kernels.triton-tokens": False}
+
+
 def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = None,
                         gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
     """The model's bound beside each measurement of ``benchmarks/gpu_suite.py`` (its ``results``:
@@ -1115,7 +1119,8 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
     ``gpu`` (an H100 unless told): on another GPU compare ratios, not absolute times. Returns
     ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
     ``measured_s``, ``predicted_s`` (a range for the sampler: the select reads assumed, ``SELECT_PASSES``) and
-    ``measured_over_predicted``."""
+    ``measured_over_predicted``; the tokens-only kernel (``tts_kernels.triton-tokens``: ``return_logprobs=False``)
+    against a record's ``no_logprobs`` bounds, ``logprobs`` False."""
     path = Path(static_path or STATIC_RESULTS)
     if not path.exists():
         return {"error": f"no static-check results at {path}"}
@@ -1127,8 +1132,9 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
            "sampler": [], "tree_attention": [], "not_modelled": []}
     by_cfg = {(r["B"], r["V"], r["dtype"], r["config"]): r for r in cm.get("sampler", [])}
     for m in (results.get("sampler") or {}).get("records", []):
-        if m.get("suite") != "sweep" or m.get("impl") != "tts_kernels.triton":
+        if m.get("suite") != "sweep" or m.get("impl") not in _TRITON_IMPLS:
             continue
+        with_lp = _TRITON_IMPLS[m["impl"]]
         dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
         cfg = _BENCH_CONFIGS.get(m["config"], m["config"])
         r = by_cfg.get((m["B"], m["V"], dn, cfg))
@@ -1136,9 +1142,14 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
         if r is None:
             out["not_modelled"].append(name)
             continue
+        if not with_lp:
+            if "no_logprobs" not in r:   # (a results JSON before 2d1c260)
+                out["not_modelled"].append(name + " (tokens only)")
+                continue
+            r = dict(r, **r["no_logprobs"])
         pred = [r["low"]["t_bound_s"], r["high"]["t_bound_s"]]
         out["sampler"].append(dict(
-            B=m["B"], V=m["V"], dtype=dn, config=cfg, measured_s=m["median_s"], predicted_s=pred,
+            B=m["B"], V=m["V"], dtype=dn, config=cfg, logprobs=with_lp, measured_s=m["median_s"], predicted_s=pred,
             bound=[r["low"]["bound"], r["high"]["bound"]],
             measured_over_predicted=[_t(m["median_s"] / x) if x else None for x in pred],
             measured_frac_copy_bw=m.get("frac_copy_bw"),

@@ -1121,6 +1121,8 @@ def test_quick_set_compiles(tmp_path):
             dict(suite="sweep", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
                  median_s=1e-4, frac_copy_bw=0.5),
             dict(suite="sweep", impl="tts_kernels.triton", B=3, V=77, dtype="float32", config="temp", median_s=1e-5),
+            dict(suite="sweep", impl="tts_kernels.triton-tokens", B=256, V=32000, dtype="float32", config="temp",
+                 median_s=8e-5),
             dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3)]},
         "tree_attention": {"records": [
             dict(N=4, prefix=1024, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
@@ -1134,9 +1136,11 @@ def test_quick_set_compiles(tmp_path):
     assert p.returncode == 0, p.stderr[-4000:]
     pred = json.loads(p.stdout.strip().splitlines()[-1])
     assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32"]
-    (sp,) = pred["sampler"]
+    sp, tokens = pred["sampler"]
     model = next(x for x in s if x["B"] == 256)
-    assert sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
+    assert sp["logprobs"] and sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
+    lean = model["no_logprobs"]      # the tokens-only kernel against the bounds without logprobs
+    assert not tokens["logprobs"] and tokens["predicted_s"] == [lean["low"]["t_bound_s"], lean["high"]["t_bound_s"]]
     assert sp["measured_over_predicted"][0] == pytest.approx(1e-4 / model["low"]["t_bound_s"], rel=1e-3)
     assert [t["impl"] for t in pred["tree_attention"]] == ["tree", "tree_wide", "tree_balanced"]
     tree, _, bal = pred["tree_attention"]
