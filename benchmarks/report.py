@@ -22,8 +22,7 @@ GPU_SORT_TARGET = dict(impl="tts_kernels.triton", vs="torch.sort", min_B=32, min
 GPU_BW_TARGET = dict(impl="tts_kernels.triton", min_B=256, min_frac=0.5)
 
 SHORT = {"torch.sort": "sort", "torch.multinomial": "multinomial", "tts_kernels.reference": "reference",
-         "tts_kernels.cpp": "cpp", "tts_kernels.triton": "triton", "tts_kernels.auto": "auto",
-         "tts_kernels.cpp-tokens": "cpp (tokens only)", "tts_kernels.triton-tokens": "triton (tokens only)"}
+         "tts_kernels.cpp": "cpp", "tts_kernels.triton": "triton", "tts_kernels.auto": "auto"}
 
 
 def t_of(r, stat="median"):

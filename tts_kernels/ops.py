@@ -22,16 +22,16 @@ def _sample(logits: Tensor, *args) -> tuple[Tensor, Tensor]:
     return _sampling.default_for(logits.device)(logits, *args)
 
 
-#: the op's arguments after ``logits``
-_NUM_SAMPLE_ARGS = len(SamplingParams._fields) + len(BUDGET_ARGS) + len(OUTPUT_ARGS)
+#: where ``return_logprobs`` is among the op's arguments after ``logits``
+_RETURN_LOGPROBS_AT = len(SamplingParams._fields) + len(BUDGET_ARGS) + OUTPUT_ARGS.index("return_logprobs")
 sample = torch.library.custom_op("tts_kernels::sample", _sample, mutates_args=("budget",), schema=SAMPLE_SCHEMA)
 
 
 @sample.register_fake
 def _sample_fake(logits, *args, **kwargs):
     b = logits.shape[0]
-    # return_logprobs (OUTPUT_ARGS, last): positional, a keyword, or left out for its default (True)
-    i = _NUM_SAMPLE_ARGS - len(OUTPUT_ARGS) + OUTPUT_ARGS.index("return_logprobs")
+    # return_logprobs: positional, a keyword, or left out for its default (True; the dispatcher drops defaults)
+    i = _RETURN_LOGPROBS_AT
     return_logprobs = args[i] if len(args) > i else kwargs.get("return_logprobs", True)
     return (logits.new_empty((b,), dtype=torch.int64),
             logits.new_empty((b if return_logprobs else 0,), dtype=torch.float32))

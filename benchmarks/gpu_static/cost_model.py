@@ -503,9 +503,8 @@ def without_logprobs(instr: Dict[str, Any]) -> Dict[str, Any]:
     the straight-line code of the module's ``raw`` role). That loop has one branch, the raw sums of the logprobs'
     logsumexp (an exp2 per token and their reductions), which such a call skips (tests/gpu: exactly one MUFU
     operation per token fewer on the shortest iteration)."""
-    return dict(instr, pass1=instr.get("pass1_lean", instr.get("pass1", 0.0)),
-                pass1_mufu=instr.get("pass1_lean_mufu", instr.get("pass1_mufu", 0.0)),
-                skipped_tail_warp=instr.get("raw_tail_warp", 0))
+    return dict(instr, pass1=instr["pass1_lean"], pass1_mufu=instr["pass1_lean_mufu"],
+                skipped_tail_warp=instr["raw_tail_warp"])
 
 
 #: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
@@ -922,11 +921,6 @@ def _lookup(by_id, launch, arch, results=()):
     return sid, None, None
 
 
-def _sides(rec: Dict[str, Any]) -> Dict[str, Any]:
-    """A record's two bounds (``low``, ``high``), e.g. of the call without logprobs beside the default's."""
-    return {side: rec[side] for side in ("low", "high")}
-
-
 def _arg(launch, name):
     return dict(zip(launch.kernel.arg_names, launch.args), **launch.kwargs)[name]
 
@@ -982,12 +976,10 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  draw_mufu_per_token=instr["draw_mufu"],
                                  cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
                                  stats_from=prov and prov["stats_from"])
-                    recs = [dict(sampler_bound(B, V, itemsize, cfg, instr, comp["ctas_per_sm"], gpu=gpu),
-                                 no_logprobs=_sides(sampler_bound(B, V, itemsize, cfg, without_logprobs(instr),
-                                                                  comp["ctas_per_sm"], gpu=gpu)))
-                            for cfg in shapes["configs"]]
-                    extra.update(pass1_no_logprobs=instr["pass1_lean"],
-                                 pass1_mufu_per_token_no_logprobs=instr["pass1_lean_mufu"])
+                    p1_instr = instr
+
+                    def bound(cfg, p1, comp=comp):
+                        return sampler_bound(B, V, itemsize, cfg, p1, comp["ctas_per_sm"], gpu=gpu)
                     loops = {"row": instr["loops"]}
                 else:
                     lp_, lm = (next(lc for lc in launches if lc.name == n)
@@ -1007,15 +999,18 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
                                  cta_warp_paths=im["cta_warp_paths"],
                                  stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
-                    recs = [dict(split_row_bound(B, V, itemsize, cfg, S, chunk, ip, im, c1["ctas_per_sm"], gpu=gpu),
-                                 no_logprobs=_sides(split_row_bound(B, V, itemsize, cfg, S, chunk, without_logprobs(ip),
-                                                                    im, c1["ctas_per_sm"], gpu=gpu)))
-                            for cfg in shapes["configs"]]
-                    extra.update(pass1_no_logprobs=ip["pass1_lean"],
-                                 pass1_mufu_per_token_no_logprobs=ip["pass1_lean_mufu"])
+                    p1_instr = ip
+
+                    def bound(cfg, p1, S=S, chunk=chunk, im=im, c1=c1):
+                        return split_row_bound(B, V, itemsize, cfg, S, chunk, p1, im, c1["ctas_per_sm"], gpu=gpu)
                     loops = {"partial": ip["loops"], "merge": im["loops"]}
-                for rec in recs:
-                    rec.update(dtype=dname, **extra)
+                # every config with the default call's pass 1 and without logprobs' (p1_instr: pass 1's counts)
+                extra.update(pass1_no_logprobs=p1_instr["pass1_lean"],
+                             pass1_mufu_per_token_no_logprobs=p1_instr["pass1_lean_mufu"])
+                lean = without_logprobs(p1_instr)
+                for cfg in shapes["configs"]:
+                    rec, without = bound(cfg, p1_instr), bound(cfg, lean)
+                    rec.update(no_logprobs={side: without[side] for side in ("low", "high")}, dtype=dname, **extra)
                     out["sampler"].append(rec)
                 for path, lps in loops.items():
                     out.setdefault("sampler_loops", {}).setdefault(f"{dname} V={V} {path}", lps)

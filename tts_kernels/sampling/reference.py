@@ -100,7 +100,8 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
                      budget=None, forced_ids=None, num_wait=0, num_end=0, return_logprobs=True):
     B, V = logits.shape
     dev = logits.device
-    x = logits.float()
+    raw = logits.float()   # the unmodified logits (the logprobs'); x: as the draw sees them
+    x = raw
     valid = row_validity(x) & ~torch.isnan(temperature)
 
     # ---- budget rules 1 and 2: forced tokens; rule 3's end masking (budget_rules.py) ----
@@ -133,7 +134,6 @@ def sample_reference(logits, temperature, top_k, top_p, min_p, seed, offset,
     tok = torch.where(valid, tok, torch.full_like(tok, -1))
     if not return_logprobs:
         return tok, torch.empty(0, dtype=torch.float32, device=dev)
-    lse = torch.logsumexp(logits.float(), dim=1)
-    logp = logits.float().gather(1, tok.clamp(min=0).view(-1, 1)).squeeze(1) - lse
+    logp = raw.gather(1, tok.clamp(min=0).view(-1, 1)).squeeze(1) - torch.logsumexp(raw, dim=1)
     logp = torch.where(valid, logp, torch.full_like(logp, float("nan")))
     return tok, logp
