@@ -930,6 +930,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
     """Cost model for the benchmark shapes, from ``check.py``'s compiled results (sm_90 stats)."""
     import torch
     import tts_kernels as tk
+    from tts_kernels.sampling import triton_kernel as tkm
     from . import spaces
 
     arch = int(gpu["arch"].split("_")[1])
@@ -1009,7 +1010,10 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                              pass1_mufu_per_token_no_logprobs=p1_instr["pass1_lean_mufu"])
                 lean = without_logprobs(p1_instr)
                 for cfg in shapes["configs"]:
-                    rec, without = bound(cfg, p1_instr), bound(cfg, lean)
+                    # greedy and T = 1 rows take the logprobs from the draw sums: pass 1 as without logprobs
+                    shared = tkm.shares_draw_sums(spaces.FILTERS[cfg]["temperature"])
+                    rec, without = bound(cfg, lean if shared else p1_instr), bound(cfg, lean)
+                    rec["logprobs_from_draw_sums"] = shared
                     rec.update(no_logprobs={side: without[side] for side in ("low", "high")}, dtype=dname, **extra)
                     out["sampler"].append(rec)
                 for path, lps in loops.items():

@@ -255,18 +255,20 @@ def test_split_rows_group_slices(monkeypatch, dtype, pad):
     assert used == [(20, (2048, 256))] * 2
 
 
+@pytest.mark.parametrize("T", [1.0, 0.5])
 @pytest.mark.parametrize("want_lp", [1, 0], ids=["logprobs", "no-logprobs"])
 @pytest.mark.parametrize("other_axis", [False, True], ids=["axis", "other-axis"])
 @pytest.mark.parametrize("block", [2048, 8192])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16-pairs"])
-def test_partial_slices_write_own_groups(dtype, block, other_axis, want_lp, monkeypatch):
+def test_partial_slices_write_own_groups(dtype, block, other_axis, want_lp, T, monkeypatch):
     """A slice's program writes the stats of its own groups only, each exactly: slices 0..j of a row cut in
     one-group slices (each one masked tile of ``block`` tokens: H = 1-8 loads per thread), launched alone into a
     workspace filled with a sentinel, leave every later group's stats as they were, and write each of theirs:
-    the maximum exactly, the two sums (T = 1) to float32 rounding; in both tile axis orders
+    the maximum exactly, the sums to float32 rounding; in both tile axis orders
     (``_triton_layout.REGISTER_AXIS``). In a whole launch the interpreter runs programs in grid order, so a
-    later slice would hide an earlier one's stray stores into its groups. Without logprobs (``want_lp`` 0) the
-    raw sums' plane is left as it was (pass 1 skips their exponentials) and the other two are the same."""
+    later slice would hide an earlier one's stray stores into its groups. The raw sums' plane is written only
+    with logprobs (``want_lp`` 1) at T != 1; without logprobs, or at T = 1, where the draw sums are the raw sums
+    (``_own_raw_sums``), it is left as it was (pass 1 skips their exponentials) and the other two are the same."""
     if other_axis:
         monkeypatch.setattr(_triton_layout, "REGISTER_AXIS", 1 - _triton_layout.REGISTER_AXIS)
     from tts_kernels.sampling.triton_kernel import _bf16_pairs
@@ -280,18 +282,22 @@ def test_partial_slices_write_own_groups(dtype, block, other_axis, want_lp, monk
     warps = _tk._SPLIT_WARPS
     xf = torch.nn.functional.pad(x.float().cpu(), (0, ngr * G - V), value=float("-inf")).view(ngr, G)
     mx = xf.max(1).values
-    sums = torch.exp(xf.double() - mx.double()[:, None]).sum(1).float()
+    raw = torch.exp(xf.double() - mx.double()[:, None]).sum(1).float()
+    drawn = torch.exp((xf.double() - mx.double()[:, None]) / T).sum(1).float()
+    own_raw = bool(want_lp) and T != 1.0
     for j in (0, 6, ngr - 1):
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
-        _tk._partial_kernel[(1, j + 1)](x, torch.ones(1, device=DEV), ws, V, x.stride(0), ngr, G, want_lp, BLOCK=block,
-                                        H=_tk._loads_per_thread(block, x.element_size(), warps), PAIRS=pairs,
-                                        FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
+        _tk._partial_kernel[(1, j + 1)](x, torch.full((1,), T, device=DEV), ws, V, x.stride(0), ngr, G, want_lp,
+                                        BLOCK=block, H=_tk._loads_per_thread(block, x.element_size(), warps),
+                                        PAIRS=pairs, FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS,
+                                        num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
         assert torch.equal(stats[0, :j + 1], mx[:j + 1]), j   # each written group's maximum
-        for plane in (1, 2) if want_lp else (2,):              # its raw and draw sums (T = 1: the same)
-            torch.testing.assert_close(stats[plane, :j + 1], sums[:j + 1], rtol=2e-6, atol=0, msg=str((j, plane)))
-        if not want_lp:
+        torch.testing.assert_close(stats[2, :j + 1], drawn[:j + 1], rtol=2e-6, atol=0, msg=str(j))
+        if own_raw:
+            torch.testing.assert_close(stats[1, :j + 1], raw[:j + 1], rtol=2e-6, atol=0, msg=str(j))
+        else:
             assert (stats[1] == 12345.0).all(), j
 
 
@@ -424,6 +430,49 @@ def test_without_logprobs_ignores_a_stale_workspace(monkeypatch, dtype, slices):
     ref, _ = sample_reference(logits.cpu(), *(t.cpu() for t in params), budget.cpu(), forced.cpu(), 0, 2)
     decisive = decisive_rows(drawn_logits(logits.cpu(), budget.cpu(), forced.cpu(), 0, 2), *(t.cpu() for t in params))
     assert torch.equal(tok.cpu()[decisive], ref[decisive])
+
+
+@pytest.mark.parametrize("slices", [1, 3])
+def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices):
+    """With logprobs, a row whose draw sums' scale is log2(e) (T = 1, and every greedy row: T = 0, a NaN-free
+    subnormal T) takes its logsumexp from the draw sums, which are then the raw sums (``_own_raw_sums``): pass 1
+    writes no raw sum for it. Every float32 buffer the wrapper allocates starts NaN (a reused allocation): the
+    raw-sum plane of those rows stays NaN, that of the others (T = 0.8, 1.5) is written, and every row's
+    logprob is the float64 log-softmax's, per-row and split. Rows: plain, filters (min-p on a flat row: the
+    filtered draw rewrites the plane after the scan), greedy, an end token masked by budget rule 3."""
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    gen = torch.Generator().manual_seed(73)
+    B, V = 8, 1100
+    x = torch.randn(B, V, generator=gen) * 2
+    x[3] = torch.randn(V, generator=gen) * 0.3               # flat: min-p's chosen group may not stand
+    x[6, 7] = 30.0                                            # the end token dominates, masked below its minimum
+    temps = [1.0, 0.8, 0.0, 1.0, 1.5, 2.0 ** -127, 1.0, 1.0]
+    params = _params(B, temps, [0, 0, 0, 0, 20, 0, 0, 30], [1.0, 1.0, 1.0, 1.0, 0.9, 1.0, 1.0, 0.9],
+                     [0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.05])
+    f = BudgetForcing(end_think_ids=[7, 8], wait_ids=[], answer_prefix_ids=[3])
+    budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2, V)
+    logits = x.to(DEV)
+    empty, made = torch.empty, []
+
+    def stale(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        made.append(t)
+        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty", stale)
+        tok, lp = sample_triton(logits, *params, budget.clone(), forced, 0, 2)
+    ngr = philox.num_groups(V)
+    ws = [t for t in made if t.numel() == B * _tk.WS_PLANES.value * ngr]
+    assert len(ws) == 1
+    raw_plane = ws[0].cpu().view(B, _tk.WS_PLANES.value, ngr)[:, 1]
+    unit = torch.tensor([t == 1.0 or t < 2.0 ** -126 for t in temps])
+    filtered = torch.tensor([False, False, False, True, True, False, False, True])
+    assert raw_plane[unit & ~filtered].isnan().all()          # never written: pass 1 skipped those raw sums
+    assert raw_plane[~unit].isfinite().all()                  # written by pass 1
+    assert (tok[6:] != 7).all()
+    want = torch.log_softmax(logits.double().cpu(), 1).float()[torch.arange(B), tok.cpu()]
+    torch.testing.assert_close(lp.cpu(), want, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("with_wait", [True, False])

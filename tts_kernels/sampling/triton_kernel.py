@@ -9,7 +9,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maximum of the raw logits (NaN-propagating: validity), ``sum(exp(x - max))`` (logsumexp) and
   ``sum(exp((x - max) / T))`` (the group's mass for the draw), written to a workspace of
   3 float32 words per group (12 B per 256 tokens). Per token: a load, a max, two ex2 and two
-  adds; no random numbers. A thread's loads of a tile all fall in one group (4 lanes per group
+  adds (one of each without logprobs, and for rows whose draw sums are the raw sums: T = 1 and greedy
+  rows, ``_own_raw_sums``); no random numbers. A thread's loads of a tile all fall in one group (4 lanes per group
   in the per-row kernel's tiles of 8192 tokens over 4 warps: 2 shuffle levels per reduction instead of 5);
   bfloat16 rows are read as 32-bit pairs and widened by a shift or a mask when every word lies
   in the tensor's storage (``_bf16_pairs``: 4-byte aligned rows); the loop runs the whole tiles
@@ -859,7 +860,8 @@ def _group_stats(a, b, kz, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: 
 @triton.jit
 def _group_raw(a, b, ms, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """Per group the raw sum exp2((x - max) * log2e) of a tile (``ms``: :func:`_group_stats`'s broadcast max):
-    the logprobs' logsumexp, one more exp2 per token, computed only when the call returns logprobs."""
+    the logprobs' logsumexp, one more exp2 per token, computed only when the call returns logprobs and the row's
+    draw sums are not the raw sums (:func:`_own_raw_sums`)."""
     er = _exp2((a - ms) * 1.4426950408889634, FAST_LOG)
     if PAIRS:
         er += _exp2((b - ms) * 1.4426950408889634, FAST_LOG)
@@ -911,24 +913,25 @@ def _tile(row_ptr, start, hi, idx, FULL: tl.constexpr, PAIRS: tl.constexpr):
 
 
 @triton.jit
-def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, want_lp, BLOCK: tl.constexpr, FULL: tl.constexpr,
+def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK: tl.constexpr, FULL: tl.constexpr,
                 PAIRS: tl.constexpr, FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """The group stats of one tile (``_tile``, ``_group_stats``) into the row's workspace planes
     ``ws_row[p * NGR + g]`` (p = max, raw sum, draw sum); only groups that start before ``hi``. The raw sum
-    (``_group_raw``) only when ``want_lp`` (a runtime flag, uniform: a branch, not a specialisation); the raw
-    plane is otherwise left unwritten, and so is the logsumexp the finish computes from it unused."""
+    (``_group_raw``) only when ``own_raw`` (a runtime flag, uniform: a branch, not a specialisation;
+    :func:`_own_raw_sums`); the raw plane is otherwise left unwritten: the call returns no logprobs, or the draw
+    sums are the raw sums (:func:`_raw_plane`)."""
     a, b = _tile(row_ptr, start, hi, idx, FULL, PAIRS)
     m, sz, ms = _group_stats(a, b, kz, PAIRS, FAST_LOG, H_AXIS)
     g = start // GROUP + tl.arange(0, BLOCK // GROUP)
     gm = g * GROUP < hi
     tl.store(ws_row + g, m, mask=gm)
     tl.store(ws_row + 2 * NGR + g, sz, mask=gm)
-    if want_lp:
+    if own_raw:
         tl.store(ws_row + NGR + g, _group_raw(a, b, ms, PAIRS, FAST_LOG, H_AXIS), mask=gm)
 
 
 @triton.jit
-def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, want_lp, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
+def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, own_raw, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
            FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
     """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of GROUP): the whole tiles unmasked in
     the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
@@ -938,15 +941,15 @@ def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, want_lp, BLOCK: tl.constexpr, H: tl
     bfloat16 pairs) as H runs of ``U / H`` (:func:`_group_tile`): a thread's H vector loads all fall in
     one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the per-row kernel's
     8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits).
-    ``want_lp``: also the raw sums (:func:`_pass1_tile`)."""
+    ``own_raw``: also the raw sums (:func:`_pass1_tile`)."""
     GT: tl.constexpr = BLOCK // GROUP
     U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
     idx = _group_tile(tl.arange(0, GT) * U, H, U // H, H_AXIS)
     full_end = lo + (hi - lo) // BLOCK * BLOCK
     for start in range(lo, full_end, BLOCK):
-        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, want_lp, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
+        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
     if full_end < hi:
-        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, want_lp, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
+        _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, own_raw, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
 
 
 @triton.jit
@@ -1041,10 +1044,11 @@ def _argmax_first(v, idx):
 
 
 @triton.jit
-def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, c1, c2, k0, k1, FB: tl.constexpr):
+def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, raw_at, c1, c2, k0, k1, FB: tl.constexpr):
     """One pass over a row's group stats. Group ``ge`` (the end token's, -1 if none is masked) takes
     the masked stats ``(Me, SZe)`` for the draw and the greedy maximum. Returns (bad, any finite,
-    logsumexp of the raw logits (only with ``want_lp``, 0 or 1: otherwise pass 1 wrote no raw sums), greedy maximum X, its first group, best draw score, its group,
+    logsumexp of the raw logits (only with ``want_lp``, 0 or 1: otherwise pass 1 wrote no raw sums; from the plane at
+    ``raw_at``, :func:`_raw_plane`), greedy maximum X, its first group, best draw score, its group,
     the runner-up draw score, the draw mass ``sum(exp(z - X / T))`` of the row)."""
     R: tl.constexpr = FB // 4
     r4 = tl.arange(0, R)
@@ -1063,7 +1067,7 @@ def _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, c1, c2, k0, k1, FB: tl.c
         g = g0 + fb
         gm = g < NGR
         M = tl.load(ws_row + g, mask=gm, other=float("-inf"))
-        SR = tl.load(ws_row + NGR + g, mask=g < NGR * want_lp, other=0.0)
+        SR = tl.load(ws_row + raw_at + g, mask=g < NGR * want_lp, other=0.0)
         SZ = tl.load(ws_row + 2 * NGR + g, mask=gm, other=0.0)
         bad = bad | tl.max(((M != M) | (M == float("inf"))).to(tl.int32))
         # logsumexp of the raw logits, merged over the groups
@@ -1361,8 +1365,8 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
         offs = ge * GROUP + tl.arange(0, GROUP)
         xe, _ze = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
         Me, SZe = _max_mass(xe, kz, 0)
-    bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp, c1, c2, k0, k1,
-                                                              FB)
+    bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp,
+                                                              _raw_plane(want_lp, kz, NGR), c1, c2, k0, k1, FB)
     temp = tl.load(temp_ptr + row)
     valid = (bad == 0) & (fin > 0) & (temp == temp)
 
@@ -1454,11 +1458,37 @@ def _row_kz(temp_ptr, row):
     return 1.4426950408889634 / Tz
 
 
+@triton.jit
+def _own_raw_sums(want_lp, kz):
+    """Whether pass 1 writes a row's raw sums (plane 1): only for a call with logprobs (``want_lp``) and a row whose
+    draw sums' scale ``kz`` (:func:`_row_kz`) is not log2(e). At ``kz`` = log2(e) (T = 1, and every greedy row,
+    whose draw sums take T = 1) the draw sums are the raw sums, the same float32 operations bit for bit, so plane 2
+    serves both (:func:`_raw_plane`) and pass 1 spends one exp2 per token instead of two."""
+    return (want_lp != 0) & (kz != 1.4426950408889634)
+
+
+@triton.jit
+def _raw_plane(want_lp, kz, NGR):
+    """The offset of the plane that holds a row's raw sums for the logsumexp (:func:`_own_raw_sums`): 1 x NGR when
+    pass 1 wrote them, else 2 x NGR (the draw sums)."""
+    return (2 - _own_raw_sums(want_lp, kz).to(tl.int32)) * NGR
+
+
 #: scalar offsets Triton would otherwise specialise on (== 1, % 16 == 0): the budget-forcing token counts (a
 #: compile per tokenizer's budget strings, 2x the static check's variants, for nothing). The candidate
 #: buffer's capacity ``CAP`` is specialised: always a multiple of 16 (:func:`_buffer_capacity`), one
 #: variant, whose buffer reads the compiler then knows aligned (8-byte loads of the masses, not 4)
 _NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "want_lp"]
+
+
+def shares_draw_sums(temperature: float) -> bool:
+    """Whether a row at ``temperature`` takes its logprobs' logsumexp from its draw sums (host side, for the
+    static cost model): the kernels' :func:`_own_raw_sums` test, ``log2(e) / T == log2(e)`` in float32 with
+    ``T = 1`` for a greedy row (:func:`_sampled_temperature`). True at T = 1 and for every greedy temperature."""
+    t = torch.tensor(float(temperature), dtype=torch.float32)
+    tz = torch.where(t >= _params.MIN_SAMPLING_TEMPERATURE, t, torch.ones_like(t))
+    log2e = torch.tensor(1.4426950408889634, dtype=torch.float32)
+    return bool(log2e / tz == log2e)
 
 
 def _buffer_capacity(V: int, hblock: int) -> int:
@@ -1493,7 +1523,8 @@ def _sample_kernel(
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
-    _pass1(row_ptr, ws_row, NGR, 0, V, _row_kz(temp_ptr, row), want_lp != 0, BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
+    kz = _row_kz(temp_ptr, row)
+    _pass1(row_ptr, ws_row, NGR, 0, V, kz, _own_raw_sums(want_lp, kz), BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
@@ -1510,7 +1541,8 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK, wan
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     lo = j * CHUNK
-    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), _row_kz(temp_ptr, row), want_lp != 0, BLOCK, H,
+    kz = _row_kz(temp_ptr, row)
+    _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), kz, _own_raw_sums(want_lp, kz), BLOCK, H,
            PAIRS, FAST_LOG, H_AXIS)
 
 
