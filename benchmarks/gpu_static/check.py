@@ -64,11 +64,13 @@ def _compile_task(i: int, arch: int):
 
 def discover(level: str, archs=None, log=print):
     """Record every launch of the wrappers over the space, once per target arch (the wrappers pick
-    tiles by the GPU's compute capability); deduplicate by specialization. Returns specs as
+    tiles by the GPU's compute capability) and with the sampler's GPU math (``cost_model.gpu_math``: the
+    ``FAST_LOG`` variants a GPU launches); deduplicate by specialization. Returns specs as
     ``key -> (Launch, Bound, archs it was launched for)``."""
     from tts_kernels.attention import triton_kernel as tak
 
     from . import aot, spaces
+    from .cost_model import gpu_math
     archs = archs or aot.ARCHS
     ref = [""]
     launches = []
@@ -76,7 +78,7 @@ def discover(level: str, archs=None, log=print):
     try:
         for arch in archs:
             tak._arch = lambda device, arch=arch: arch
-            with aot.recording(ref) as got:
+            with gpu_math(), aot.recording(ref) as got:
                 ncases = 0
                 for name, case in spaces.all_cases(level):
                     ref[0] = name

@@ -844,9 +844,23 @@ def _record(fn):
 
 
 @contextlib.contextmanager
+def gpu_math():
+    """The sampler's math as a GPU runs it: ``_fast_log`` True (the hardware ex2 of pass 1, ``FAST_LOG``, a
+    constexpr), as on a CUDA tensor outside the interpreter; the static check records on CPU tensors, where the
+    wrapper picks the exact function. Both recordings (:func:`as_gpu`, ``check.discover``) use it."""
+    from tts_kernels.sampling import triton_kernel as tkm
+    saved = tkm._fast_log
+    tkm._fast_log = lambda t: True
+    try:
+        yield
+    finally:
+        tkm._fast_log = saved
+
+
+@contextlib.contextmanager
 def as_gpu(gpu=H100):
-    """The wrappers' device queries answered for ``gpu`` (not the CPU): the sampler's slice count, the
-    tree-attention SM count (persistent grid, parallelism) and arch (tiles)."""
+    """The wrappers' device queries answered for ``gpu`` (not the CPU): the sampler's slice count and math
+    (:func:`gpu_math`), the tree-attention SM count (persistent grid, parallelism) and arch (tiles)."""
     from tts_kernels.attention import triton_kernel as tak
     from tts_kernels.sampling import triton_kernel as tkm
     saved, saved_sms, saved_arch = tkm._num_slices, tak._num_sms, tak._arch
@@ -854,7 +868,8 @@ def as_gpu(gpu=H100):
     tak._num_sms = lambda device: gpu["sms"]
     tak._arch = lambda device: int(gpu["arch"].split("_")[1])
     try:
-        yield
+        with gpu_math():
+            yield
     finally:
         tkm._num_slices, tak._num_sms, tak._arch = saved, saved_sms, saved_arch
 
