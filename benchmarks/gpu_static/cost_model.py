@@ -833,7 +833,7 @@ ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
 #: (:data:`GPU_PARALLELISM` resolved per shape by :func:`plan_kwargs_for`)
 ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS},
                    "balanced": {"parallelism": GPU_PARALLELISM}}
-QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp",))
+QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp", "greedy"))
 
 
 def _record(fn):

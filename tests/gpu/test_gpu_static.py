@@ -704,6 +704,14 @@ def test_cost_model_from_results_json(tmp_path):
     # B=1's slices (each one masked tile, no loop)
     assert lean["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 68 / 32 + scan + 800 - 80) / RATE, rel=1e-3)
     assert b1["no_logprobs"]["low"]["t_issue_s"] == pytest.approx((800 - 80 + scan + 800) / RATE, rel=1e-3)
+    # greedy rows (T = 0) take their logprobs from the draw sums (the kernels' _own_raw_sums): with logprobs they
+    # get the counts without, where a temperature row (T = 0.8) keeps both sums
+    for B, r in ((1, b1), (256, b256)):
+        g = next(x for x in c["sampler"] if x["B"] == B and x["config"] == "greedy")
+        assert g["logprobs_from_draw_sums"] and not r["logprobs_from_draw_sums"]
+        for side in ("low", "high"):
+            assert g[side] == g["no_logprobs"][side], (B, side)
+            assert g[side]["t_issue_s"] < r[side]["t_issue_s"], (B, side)
 
 
 def test_sibling_stats_only_for_loop_neutral_differences():
@@ -1105,6 +1113,7 @@ def test_quick_set_compiles(tmp_path):
             assert x["no_logprobs"][side]["t_bound_s"] <= x[side]["t_bound_s"]
     s = d["cost_model"]["sampler"]
     assert {(x["B"], x["V"]) for x in s} == {(1, 32000), (256, 32000)}
+    assert {x["config"] for x in s} == {"temp", "greedy"}
     b1 = next(x for x in s if x["B"] == 1)
     assert b1["low"]["bound"] == "issue" and math.isfinite(b1["low"]["gbps_bound"])
     # B=1 is modelled as an H100 launches it: split rows (125 slices of one group), the quick set's own partial

@@ -432,26 +432,30 @@ def test_without_logprobs_ignores_a_stale_workspace(monkeypatch, dtype, slices):
     assert torch.equal(tok.cpu()[decisive], ref[decisive])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("slices", [1, 3])
-def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices):
-    """With logprobs, a row whose draw sums' scale is log2(e) (T = 1, and every greedy row: T = 0, a NaN-free
-    subnormal T) takes its logsumexp from the draw sums, which are then the raw sums (``_own_raw_sums``): pass 1
-    writes no raw sum for it. Every float32 buffer the wrapper allocates starts NaN (a reused allocation): the
-    raw-sum plane of those rows stays NaN, that of the others (T = 0.8, 1.5) is written, and every row's
-    logprob is the float64 log-softmax's, per-row and split. Rows: plain, filters (min-p on a flat row: the
-    filtered draw rewrites the plane after the scan), greedy, an end token masked by budget rule 3."""
+def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices, dtype):
+    """With logprobs, a row whose draw sums' scale is log2(e) (T = 1, and the rows greedy by the temperature rule:
+    T = 0, a subnormal T) takes its logsumexp from the draw sums, which are then the raw sums (``_own_raw_sums``):
+    pass 1 writes no raw sum for it. Every float32 buffer the wrapper allocates starts NaN (a reused allocation):
+    the raw-sum plane of those rows stays NaN, that of the others is written (T = 0.8, 1.5, and a row greedy
+    because its max(x) / T overflows, which keeps its T = 0.5), and every row's logprob is the float64
+    log-softmax's, per-row and split. Rows: plain, filters (min-p on a flat row: the filtered draw rewrites the
+    plane after the scan), greedy, an end token masked by budget rule 3."""
     monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
     gen = torch.Generator().manual_seed(73)
-    B, V = 8, 1100
+    B, V = 9, 1100
     x = torch.randn(B, V, generator=gen) * 2
     x[3] = torch.randn(V, generator=gen) * 0.3               # flat: min-p's chosen group may not stand
     x[6, 7] = 30.0                                            # the end token dominates, masked below its minimum
-    temps = [1.0, 0.8, 0.0, 1.0, 1.5, 2.0 ** -127, 1.0, 1.0]
-    params = _params(B, temps, [0, 0, 0, 0, 20, 0, 0, 30], [1.0, 1.0, 1.0, 1.0, 0.9, 1.0, 1.0, 0.9],
-                     [0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.05])
+    x[8, 300] = 3e38                                          # max(x) / T overflows at T = 0.5: greedy, T kept
+    temps = [1.0, 0.8, 0.0, 1.0, 1.5, 2.0 ** -127, 1.0, 1.0, 0.5]
+    params = _params(B, temps, [0, 0, 0, 0, 20, 0, 0, 30, 0], [1.0, 1.0, 1.0, 1.0, 0.9, 1.0, 1.0, 0.9, 1.0],
+                     [0.0, 0.0, 0.0, 0.3, 0.0, 0.0, 0.0, 0.05, 0.0])
     f = BudgetForcing(end_think_ids=[7, 8], wait_ids=[], answer_prefix_ids=[3])
-    budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2, V)
-    logits = x.to(DEV)
+    budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2
+                                  + [(0, -1, 0, 0, 0, DONE, 0, 0)], V)
+    logits = x.to(dtype).to(DEV)
     empty, made = torch.empty, []
 
     def stale(*args, **kwargs):
@@ -466,13 +470,24 @@ def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices):
     ws = [t for t in made if t.numel() == B * _tk.WS_PLANES.value * ngr]
     assert len(ws) == 1
     raw_plane = ws[0].cpu().view(B, _tk.WS_PLANES.value, ngr)[:, 1]
-    unit = torch.tensor([t == 1.0 or t < 2.0 ** -126 for t in temps])
-    filtered = torch.tensor([False, False, False, True, True, False, False, True])
+    unit = torch.tensor([_tk.shares_draw_sums(t) for t in temps])
+    assert unit.tolist() == [True, False, True, True, False, True, True, True, False]
+    filtered = torch.tensor([False, False, False, True, True, False, False, True, False])
     assert raw_plane[unit & ~filtered].isnan().all()          # never written: pass 1 skipped those raw sums
     assert raw_plane[~unit].isfinite().all()                  # written by pass 1
-    assert (tok[6:] != 7).all()
+    assert (tok[6:8] != 7).all() and tok[8] == 300
     want = torch.log_softmax(logits.double().cpu(), 1).float()[torch.arange(B), tok.cpu()]
     torch.testing.assert_close(lp.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+def test_shares_draw_sums_is_the_kernels_rule():
+    """The host mirror of ``_own_raw_sums`` (the static cost model's): T = 1 and the greedy rule's temperatures
+    (below 2**-126, NaN's invalid rows aside) share the draw sums; any other T, the smallest normal included,
+    does not."""
+    shared = [1.0, 0.0, 2.0 ** -127, 1e-45, -1.0]
+    own = [0.8, 1.5, 2.0 ** -126, 1.0 + 2.0 ** -23, 1.0 - 2.0 ** -24, 1e30]
+    assert all(_tk.shares_draw_sums(t) for t in shared)
+    assert not any(_tk.shares_draw_sums(t) for t in own)
 
 
 @pytest.mark.parametrize("with_wait", [True, False])

@@ -9,8 +9,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   maximum of the raw logits (NaN-propagating: validity), ``sum(exp(x - max))`` (logsumexp) and
   ``sum(exp((x - max) / T))`` (the group's mass for the draw), written to a workspace of
   3 float32 words per group (12 B per 256 tokens). Per token: a load, a max, two ex2 and two
-  adds (one of each without logprobs, and for rows whose draw sums are the raw sums: T = 1 and greedy
-  rows, ``_own_raw_sums``); no random numbers. A thread's loads of a tile all fall in one group (4 lanes per group
+  adds (one of each without logprobs, and for rows whose draw sums are the raw sums: T = 1 and rows
+  greedy by the temperature rule, ``_own_raw_sums``); no random numbers. A thread's loads of a tile all fall in one group (4 lanes per group
   in the per-row kernel's tiles of 8192 tokens over 4 warps: 2 shuffle levels per reduction instead of 5);
   bfloat16 rows are read as 32-bit pairs and widened by a shift or a mask when every word lies
   in the tensor's storage (``_bf16_pairs``: 4-byte aligned rows); the loop runs the whole tiles
@@ -1179,8 +1179,9 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     (the sum of ``_rel_mass`` over the tokens :func:`_keep` keeps; -inf when it is 0: a group whose kept mass
     underflows float32 scores about 65 or more below the group of the row's maximum, which no noise bridges: it lies
     in [-2.9, 16.7]). One read of the listed groups (their list; no other group's tokens)
-    writes each listed group's ``S`` into the workspace's plane 1 (pass 1's raw sums, or nothing in a call
-    without logprobs: only ``_scan_groups`` reads them, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
+    writes each listed group's ``S`` into the workspace's plane 1 (pass 1's raw sums, or nothing for a call
+    without logprobs or a row whose draw sums serve as its raw sums, :func:`_own_raw_sums`: only ``_scan_groups``
+    reads them, before); then :func:`_score_groups` scores them. Per token: a compare against the raw
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
     thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
@@ -1461,9 +1462,10 @@ def _row_kz(temp_ptr, row):
 @triton.jit
 def _own_raw_sums(want_lp, kz):
     """Whether pass 1 writes a row's raw sums (plane 1): only for a call with logprobs (``want_lp``) and a row whose
-    draw sums' scale ``kz`` (:func:`_row_kz`) is not log2(e). At ``kz`` = log2(e) (T = 1, and every greedy row,
-    whose draw sums take T = 1) the draw sums are the raw sums, the same float32 operations bit for bit, so plane 2
-    serves both (:func:`_raw_plane`) and pass 1 spends one exp2 per token instead of two."""
+    draw sums' scale ``kz`` (:func:`_row_kz`) is not log2(e). At ``kz`` = log2(e) (T = 1, and the rows greedy by
+    the temperature rule, T below ``MIN_TEMPERATURE``, whose draw sums take T = 1; a row greedy because its
+    ``max(x) / T`` overflows keeps its T) the draw sums are the raw sums, the same float32 operations bit for bit,
+    so plane 2 serves both (:func:`_raw_plane`) and pass 1 spends one exp2 per token instead of two."""
     return (want_lp != 0) & (kz != 1.4426950408889634)
 
 
@@ -1484,7 +1486,9 @@ _NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "want_lp"]
 def shares_draw_sums(temperature: float) -> bool:
     """Whether a row at ``temperature`` takes its logprobs' logsumexp from its draw sums (host side, for the
     static cost model): the kernels' :func:`_own_raw_sums` test, ``log2(e) / T == log2(e)`` in float32 with
-    ``T = 1`` for a greedy row (:func:`_sampled_temperature`). True at T = 1 and for every greedy temperature."""
+    ``T = 1`` below the greedy rule's temperature (:func:`_sampled_temperature`). True at T = 1 and below
+    ``MIN_SAMPLING_TEMPERATURE`` (IEEE division here; a GPU's approximate one could differ only for a T within
+    an ulp or so of 1, which would then compute both sums)."""
     t = torch.tensor(float(temperature), dtype=torch.float32)
     tz = torch.where(t >= _params.MIN_SAMPLING_TEMPERATURE, t, torch.ones_like(t))
     log2e = torch.tensor(1.4426950408889634, dtype=torch.float32)
