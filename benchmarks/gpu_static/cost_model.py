@@ -253,6 +253,24 @@ def _thread_instr(passes: Dict[str, Any], k: int, instr: Dict[str, float],
 BUFFER_VALUE_BYTES = {"count": 4, "weigh": 8, "keys": 4}
 
 
+#: loaded HBM latency (seconds) for :func:`loads_in_flight`'s Little's-law figure: published estimates for an H100,
+#: 400-800 ns; an assumption, not a measurement, and not part of any bound
+HBM_LATENCY_S = (4e-7, 8e-7)
+
+
+def loads_in_flight(rec: Dict[str, Any], block: int, gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+    """Pass 1's loads in flight on the busiest SM of a sampler record, at most: each program resident there (its
+    rows or slices, up to the kernel's CTAs per SM) with one tile's loads outstanding (``block`` tokens, a slice's
+    if shorter; a thread issues its tile's loads at once), against what Little's law asks of an SM's share of HBM
+    at :data:`HBM_LATENCY_S`. Not a bound: the model assumes perfect issue and enough loads in flight; a program
+    that computes on its tile has none in flight meanwhile, so a GPU run can compare its shortfall with these."""
+    split = rec["path"] != "row"
+    progs = min(rec["slices_on_busiest_sm"] if split else rec["rows_on_busiest_sm"], rec["ctas_per_sm"])
+    tokens = min(block, rec["chunk"]) if split else block
+    return {"bytes_per_sm": progs * tokens * rec["itemsize"], "programs_per_sm": progs,
+            "little_law_bytes_per_sm": [round(gpu["hbm_bytes_per_s"] / gpu["sms"] * t) for t in HBM_LATENCY_S]}
+
+
 def _sampler_common(B, V, itemsize, config, passes, rows_in_flight, gpu):
     floor = B * V * itemsize + 12 * B
     buf = {side: (passes["select_count"][k] * BUFFER_VALUE_BYTES["count"]
@@ -994,6 +1012,8 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                  stats_from=prov and prov["stats_from"])
                     p1_instr = instr
 
+                    block = int(_arg(launches[0], "BLOCK"))
+
                     def bound(cfg, p1, comp=comp):
                         return sampler_bound(B, V, itemsize, cfg, p1, comp["ctas_per_sm"], gpu=gpu)
                     loops = {"row": instr["loops"]}
@@ -1002,7 +1022,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                                for n in ("_partial_kernel", "_merge_kernel"))
                     (s1, c1, p1), (s2, c2, p2) = (looked[launches.index(lc)] for lc in (lp_, lm))
                     ip, im = sampler_instr(c1, lp_.name), sampler_instr(c2, lm.name)
-                    S, chunk = lp_.grid[1], int(_arg(lp_, "CHUNK"))
+                    S, chunk, block = lp_.grid[1], int(_arg(lp_, "CHUNK")), int(_arg(lp_, "BLOCK"))
                     extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
                                  merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
                                  select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
@@ -1030,6 +1050,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
                     rec, without = bound(cfg, lean if shared else p1_instr), bound(cfg, lean)
                     rec["logprobs_from_draw_sums"] = shared
                     rec.update(no_logprobs={side: without[side] for side in ("low", "high")}, dtype=dname, **extra)
+                    rec["pass1_loads_in_flight"] = loads_in_flight(rec, block, gpu)
                     out["sampler"].append(rec)
                 for path, lps in loops.items():
                     out.setdefault("sampler_loops", {}).setdefault(f"{dname} V={V} {path}", lps)

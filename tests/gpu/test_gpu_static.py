@@ -704,6 +704,11 @@ def test_cost_model_from_results_json(tmp_path):
     # B=1's slices (each one masked tile, no loop)
     assert lean["low"]["t_issue_s"] == pytest.approx(2 * (31744 * 68 / 32 + scan + 800 - 80) / RATE, rel=1e-3)
     assert b1["no_logprobs"]["low"]["t_issue_s"] == pytest.approx((800 - 80 + scan + 800) / RATE, rel=1e-3)
+    # pass 1's loads in flight on the busiest SM, at most (not a bound): B=256's two resident rows with a tile of
+    # 8192 fp32 tokens each; B=1's one slice of a group; against Little's law at 400-800 ns
+    assert b256["pass1_loads_in_flight"] == {"bytes_per_sm": 2 * 8192 * 4, "programs_per_sm": 2,
+                                             "little_law_bytes_per_sm": [10152, 20303]}
+    assert b1["pass1_loads_in_flight"]["bytes_per_sm"] == 256 * 4
     # greedy rows (T = 0) take their logprobs from the draw sums (the kernels' _own_raw_sums): with logprobs they
     # get the counts without, where a temperature row (T = 0.8) keeps both sums
     for B, r in ((1, b1), (256, b256)):
