@@ -1154,7 +1154,8 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
     ``gpu`` (an H100 unless told): on another GPU compare ratios, not absolute times. Returns
     ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
     ``measured_s``, ``predicted_s`` (a range for the sampler: the select reads assumed, ``SELECT_PASSES``) and
-    ``measured_over_predicted``; the tokens-only kernel (``tts_kernels.triton-tokens``: ``return_logprobs=False``)
+    ``measured_over_predicted`` (and, for the sampler, the record's ``pass1_loads_in_flight``, which no bound
+    counts: :func:`loads_in_flight`); the tokens-only kernel (``tts_kernels.triton-tokens``: ``return_logprobs=False``)
     against a record's ``no_logprobs`` bounds, ``logprobs`` False."""
     path = Path(static_path or STATIC_RESULTS)
     if not path.exists():
@@ -1188,7 +1189,8 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
             bound=[r["low"]["bound"], r["high"]["bound"]],
             measured_over_predicted=[_t(m["median_s"] / x) if x else None for x in pred],
             measured_frac_copy_bw=m.get("frac_copy_bw"),
-            predicted_frac_hbm=[r["low"]["frac_hbm_bw"], r["high"]["frac_hbm_bw"]]))
+            predicted_frac_hbm=[r["low"]["frac_hbm_bw"], r["high"]["frac_hbm_bw"]],
+            pass1_loads_in_flight=r.get("pass1_loads_in_flight")))   # (not in results JSONs before 52fb69a)
     measured = (results.get("tree_attention") or {}).get("records", [])
     if measured:
         from tts_kernels.attention.plan import Parallelism

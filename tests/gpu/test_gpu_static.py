@@ -1156,6 +1156,8 @@ def test_quick_set_compiles(tmp_path):
     lean = model["no_logprobs"]      # the tokens-only kernel against the bounds without logprobs
     assert not tokens["logprobs"] and tokens["predicted_s"] == [lean["low"]["t_bound_s"], lean["high"]["t_bound_s"]]
     assert sp["measured_over_predicted"][0] == pytest.approx(1e-4 / model["low"]["t_bound_s"], rel=1e-3)
+    # beside each prediction, the loads in flight the model does not bound (a shortfall to hold against them)
+    assert sp["pass1_loads_in_flight"] == model["pass1_loads_in_flight"] and sp["pass1_loads_in_flight"]["bytes_per_sm"]
     assert [t["impl"] for t in pred["tree_attention"]] == ["tree", "tree_wide", "tree_balanced"]
     tree, _, bal = pred["tree_attention"]
     assert bal["partial_over_kv"] < tree["partial_over_kv"]  # 4 + 4 pairs instead of 8 + 4
