@@ -4,6 +4,7 @@ Runs on CUDA when present, else on CPU tensors through the Triton interpreter
 (``TRITON_INTERPRET=1``, set by conftest). Shapes are small because the
 interpreter is slow.
 """
+import contextlib
 import math
 
 import pytest
@@ -393,6 +394,22 @@ def _budget_case(forcing, rows, V, device=DEV):
     return data, torch.tensor(forcing.forced_ids, dtype=torch.int32, device=device)
 
 
+@contextlib.contextmanager
+def _stale_allocations(monkeypatch):
+    """Every float32 buffer ``torch.empty`` makes inside the block starts NaN, as a reused allocation may; yields
+    the list of the tensors it made (the wrapper's workspace among them)."""
+    empty, made = torch.empty, []
+
+    def stale(*args, **kwargs):
+        t = empty(*args, **kwargs)
+        made.append(t)
+        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
+
+    with monkeypatch.context() as m:
+        m.setattr(torch, "empty", stale)
+        yield made
+
+
 @pytest.mark.parametrize("slices", [1, 3])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_without_logprobs_ignores_a_stale_workspace(monkeypatch, dtype, slices):
@@ -415,14 +432,7 @@ def test_without_logprobs_ignores_a_stale_workspace(monkeypatch, dtype, slices):
     budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2, V)
     b_lp, b_tok = budget.clone(), budget.clone()
     tok_lp, lp = sample_triton(logits, *params, b_lp, forced, 0, 2)
-    empty = torch.empty
-
-    def stale(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
-
-    with monkeypatch.context() as m:
-        m.setattr(torch, "empty", stale)
+    with _stale_allocations(monkeypatch):
         tok, none = sample_triton(logits, *params, b_tok, forced, 0, 2, False)
     assert none.shape == (0,) and lp.shape == (B,)
     assert tok[5] == -1 and (tok[torch.arange(B) != 5] >= 0).all() and tok[6] != 7
@@ -456,15 +466,7 @@ def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices, dtype):
     budget, forced = _budget_case(f, [(0, -1, 0, 0, 0, DONE, 0, 0)] * 6 + [(4, 16, 0, 2, 0, THINKING, 0, 0)] * 2
                                   + [(0, -1, 0, 0, 0, DONE, 0, 0)], V)
     logits = x.to(dtype).to(DEV)
-    empty, made = torch.empty, []
-
-    def stale(*args, **kwargs):
-        t = empty(*args, **kwargs)
-        made.append(t)
-        return t.fill_(float("nan")) if t.dtype == torch.float32 else t
-
-    with monkeypatch.context() as m:
-        m.setattr(torch, "empty", stale)
+    with _stale_allocations(monkeypatch) as made:
         tok, lp = sample_triton(logits, *params, budget.clone(), forced, 0, 2)
     ngr = philox.num_groups(V)
     ws = [t for t in made if t.numel() == B * _tk.WS_PLANES.value * ngr]
