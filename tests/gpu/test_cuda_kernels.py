@@ -31,6 +31,26 @@ def test_sampler_matches_reference(b, v, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("b", [32, 256])
+def test_sampler_pipelined_pass1_same_outputs(monkeypatch, b, dtype):
+    """Pass 1's pipelined loop (``PASS1_STAGES``' 3, compiled: the next tiles copied into shared memory) gives the
+    plain loop's tokens and logprobs bit for bit, on split rows (B = 32: 4 slices of 5 tiles) and the per-row kernel
+    (B = 256), the benchmark's pipeline suite's shapes."""
+    from tts_kernels.sampling import triton_kernel as tkm
+
+    v = 151936
+    gen = torch.Generator().manual_seed(b + 5)
+    logits = random_logits(b, v, gen=gen, dtype=dtype, device=DEV)
+    params = mixed_params(b, v, gen=gen, device=DEV)
+    outs = []
+    for stages in tkm.PASS1_STAGES:
+        monkeypatch.setattr(tkm, "_pass1_stages", lambda device, s=stages: s)
+        outs.append(tk.sample(logits, **params, backend="triton"))
+    assert torch.equal(outs[0].token_ids, outs[1].token_ids)
+    assert torch.equal(outs[0].logprobs, outs[1].logprobs)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_sampler_budget_forcing_matches_reference(dtype):
     b, v = 64, 32000
     gen = torch.Generator().manual_seed(3)

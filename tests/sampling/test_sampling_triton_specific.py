@@ -290,7 +290,7 @@ def test_partial_slices_write_own_groups(dtype, block, other_axis, want_lp, T, m
         ws = torch.full((_tk.WS_PLANES.value * ngr,), 12345.0, device=DEV)
         _tk._partial_kernel[(1, j + 1)](x, torch.full((1,), T, device=DEV), ws, V, x.stride(0), ngr, G, want_lp,
                                         BLOCK=block, H=_tk._loads_per_thread(block, x.element_size(), warps),
-                                        PAIRS=pairs, FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS,
+                                        PAIRS=pairs, FAST_LOG=False, H_AXIS=_triton_layout.REGISTER_AXIS, STAGES=0,
                                         num_warps=warps)
         stats = ws.cpu().view(_tk.WS_PLANES.value, ngr)[:_tk.STAT_PLANES.value]
         assert (stats[:, j + 1:] == 12345.0).all(), (j, (stats[:, j + 1:] != 12345.0).nonzero()[:4])
@@ -480,6 +480,30 @@ def test_unit_temperature_rows_read_their_draw_sums(monkeypatch, slices, dtype):
     assert (tok[6:8] != 7).all() and tok[8] == 300
     want = torch.log_softmax(logits.double().cpu(), 1).float()[torch.arange(B), tok.cpu()]
     torch.testing.assert_close(lp.cpu(), want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("slices", [1, 2])
+def test_pipelined_pass1_gives_the_same_outputs(monkeypatch, slices, dtype):
+    """Pass 1's pipelined loop (``STAGES`` 3, ``tl.range(num_stages=3)``; :data:`PASS1_STAGES`) walks the same whole
+    tiles as the plain one: the same tokens and logprobs bit for bit, per-row (two whole 8192-token tiles and a
+    partial one) and split (slices of several whole tiles), with mixed rows (T = 1, greedy, filters, a -inf
+    token). The interpreter runs both as Python loops; ``tests/gpu`` compares the compiled ones."""
+    assert _tk.PASS1_STAGES[0] == _tk._pass1_stages(torch.device("cpu")) == 0
+    monkeypatch.setattr(_tk, "_num_slices", lambda B, V, device: slices)
+    gen = torch.Generator().manual_seed(91)
+    B, V = 4, 2 * 8192 + 1000
+    x = torch.randn(B, V, generator=gen) * 2
+    x[1, 5] = float("-inf")
+    params = _params(B, [1.0, 0.7, 0.0, 1.3], [0, 40, 0, 0], [1.0, 0.9, 1.0, 1.0], [0.0, 0.0, 0.0, 0.1])
+    logits = x.to(dtype).to(DEV)
+    outs = {}
+    for stages in _tk.PASS1_STAGES:
+        monkeypatch.setattr(_tk, "_pass1_stages", lambda device, s=stages: s)
+        outs[stages] = [t.cpu() for t in sample_triton(logits, *params)]
+    (tok0, lp0), (tok3, lp3) = outs.values()
+    assert torch.equal(tok3, tok0) and torch.equal(lp3, lp0)
+    _check(logits, params)
 
 
 def test_shares_draw_sums_is_the_kernels_rule():

@@ -133,6 +133,14 @@ WS_PLANES = tl.constexpr(STAT_PLANES + 1)
 #: went from 16.4 to 10.9 thread-instructions per bf16 token and from 24.75 to 9.9 per fp32 token at 8 warps
 #: (static check, Triton 3.9 and 3.8, sm_90; the tiles alone took bf16 to 12.8), and to 10.2 and 9.1 at 4
 _PASS1_TOKENS = 8192
+#: software-pipelining depths of pass 1's loop that the wrappers can launch (``STAGES``; :func:`_pass1_stages`): 0 is
+#: the plain loop, whose loads go straight to registers; 3 is ``tl.range(num_stages=3)``, Triton's pipeliner copying
+#: the next two tiles into shared memory (``LDGSTS``) while the program reduces the current one, so a program keeps
+#: loads in flight while it computes (bf16 V=151936 on sm_90, Triton 3.9: 689 SASS instructions per iteration
+#: instead of 636, 33.9 KB of shared memory per program instead of 17.4; fp32 66.7 KB instead of 9.2). 0 by
+#: default: a GPU run has to show the prefetch pays for its instructions (``bench_sampling_gpu.py``'s pipeline
+#: suite times both on the same inputs)
+PASS1_STAGES = (0, 3)
 #: bytes of logits per thread in a tile of the passes over the candidate groups (the compaction,
 #: ``_compact_candidates``, and the filtered draw's, ``_filtered_groups``; ``DBLOCK``, :func:`_finish_tiles`):
 #: 8 fp32 or 16 16-bit tokens (with 8 warps and twice that, the pass-1 tile of 8192 bf16 tokens, a budget
@@ -932,7 +940,7 @@ def _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK: tl.con
 
 @triton.jit
 def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, own_raw, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr,
-           FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr):
+           FAST_LOG: tl.constexpr, H_AXIS: tl.constexpr, STAGES: tl.constexpr):
     """Pass 1 over the tokens ``[lo, hi)`` (``lo`` a multiple of GROUP): the whole tiles unmasked in
     the loop (16-byte vector loads whenever the row start is aligned: row stride a multiple of 16
     elements, padded rows of an odd vocabulary included), then the last, partial one masked (a slice of
@@ -941,13 +949,18 @@ def _pass1(row_ptr, ws_row, NGR, lo, hi, kz, own_raw, BLOCK: tl.constexpr, H: tl
     bfloat16 pairs) as H runs of ``U / H`` (:func:`_group_tile`): a thread's H vector loads all fall in
     one group, so a group's reductions cross ``U / (H x vector)`` lanes (4 in the per-row kernel's
     8192-token tiles over 4 warps; 32 in the split rows' 2048-token tiles of 16-bit logits).
-    ``own_raw``: also the raw sums (:func:`_pass1_tile`)."""
+    ``own_raw``: also the raw sums (:func:`_pass1_tile`). ``STAGES``: the loop's software-pipelining depth
+    (:data:`PASS1_STAGES`)."""
     GT: tl.constexpr = BLOCK // GROUP
     U: tl.constexpr = GROUP // 2 if PAIRS else GROUP
     idx = _group_tile(tl.arange(0, GT) * U, H, U // H, H_AXIS)
     full_end = lo + (hi - lo) // BLOCK * BLOCK
-    for start in range(lo, full_end, BLOCK):
-        _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
+    if STAGES > 1:   # pipelined (:data:`PASS1_STAGES`); the interpreter runs it as the plain loop
+        for start in tl.range(lo, full_end, BLOCK, num_stages=STAGES):
+            _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
+    else:
+        for start in range(lo, full_end, BLOCK):
+            _pass1_tile(row_ptr, ws_row, NGR, start, hi, idx, kz, own_raw, BLOCK, True, PAIRS, FAST_LOG, H_AXIS)
     if full_end < hi:
         _pass1_tile(row_ptr, ws_row, NGR, full_end, hi, idx, kz, own_raw, BLOCK, False, PAIRS, FAST_LOG, H_AXIS)
 
@@ -1522,13 +1535,13 @@ def _sample_kernel(
         V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp,
         HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
         DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr,
-        H_AXIS: tl.constexpr, FAST_LOG: tl.constexpr):
+        H_AXIS: tl.constexpr, FAST_LOG: tl.constexpr, STAGES: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
     row = tl.program_id(0)
     row_ptr = logits_ptr + row.to(tl.int64) * stride_row
     ws_row = _ws_row(ws_ptr, row, NGR)
     kz = _row_kz(temp_ptr, row)
-    _pass1(row_ptr, ws_row, NGR, 0, V, kz, _own_raw_sums(want_lp, kz), BLOCK, H, PAIRS, FAST_LOG, H_AXIS)
+    _pass1(row_ptr, ws_row, NGR, 0, V, kz, _own_raw_sums(want_lp, kz), BLOCK, H, PAIRS, FAST_LOG, H_AXIS, STAGES)
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
@@ -1538,7 +1551,7 @@ def _sample_kernel(
 @triton.jit(do_not_specialize=["want_lp"])
 def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK, want_lp,
                     BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, FAST_LOG: tl.constexpr,
-                    H_AXIS: tl.constexpr):
+                    H_AXIS: tl.constexpr, STAGES: tl.constexpr):
     """Split-row pass 1: program (row, j) writes the group stats of ``[j * CHUNK, (j + 1) * CHUNK)``."""
     row = tl.program_id(0)
     j = tl.program_id(1)
@@ -1547,7 +1560,7 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK, wan
     lo = j * CHUNK
     kz = _row_kz(temp_ptr, row)
     _pass1(row_ptr, ws_row, NGR, lo, tl.minimum(lo + CHUNK, V), kz, _own_raw_sums(want_lp, kz), BLOCK, H,
-           PAIRS, FAST_LOG, H_AXIS)
+           PAIRS, FAST_LOG, H_AXIS, STAGES)
 
 
 @triton.jit(do_not_specialize=_NO_SPECIALIZE)
@@ -1690,6 +1703,12 @@ def _num_slices(B, V, device):
     return slices_for(B, V, _platform.num_sms(device))
 
 
+def _pass1_stages(device) -> int:
+    """Pass 1's pipelining depth (:data:`PASS1_STAGES`): 0, the plain loop, on every device until a GPU run shows
+    the prefetch pays (the GPU benchmark's pipeline suite and the static check swap this function)."""
+    return PASS1_STAGES[0]
+
+
 def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
                   budget=None, forced_ids=None, num_wait=0, num_end=0, return_logprobs=True):
     """Triton implementation of the fused sampler (same contract as ``sample_reference``)."""
@@ -1722,6 +1741,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     fast = _fast_log(logits)
     pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
+    stages = _pass1_stages(dev)
     warps = _ROW_WARPS if S <= 1 else _SPLIT_WARPS
     tiles = _finish_tiles(V, es, warps)
     cap = _buffer_capacity(V, tiles["HBLOCK"])
@@ -1735,7 +1755,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, lp_out, ws, cand,
             V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp,
             HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
-            FAST_LOG=fast, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
+            FAST_LOG=fast, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, STAGES=stages, num_warps=warps,
+            **_REGISTER_CAP)
         return tok, logp
     # split rows: slices of whole pass-1 tiles (of 2048 tokens at B=1, so that a vocabulary of 151936
     # still makes 75 slices; larger where the slices allow), or of whole groups where those make too few
@@ -1744,7 +1765,7 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     _partial_kernel[(B, S)](
         logits, temperature, ws, V, logits.stride(0), ngr, chunk, want_lp,
         BLOCK=pblock, H=_loads_per_thread(pblock, es, warps), PAIRS=pairs, FAST_LOG=fast,
-        H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
+        H_AXIS=_triton_layout.REGISTER_AXIS, STAGES=stages, num_warps=warps)
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, lp_out, ws, cand,
