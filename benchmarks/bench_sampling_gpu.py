@@ -15,7 +15,9 @@ device-to-device copy, bytes read + written). It reports time, GB/s of the
 bytes that must move (logits read once + outputs), the fraction of the
 measured copy bandwidth, speedups, the budget-forcing overhead, and checks the
 targets (Triton >= 10x the sort path at B >= 32; >= 50% of copy bandwidth at
-B >= 256), printing PASS/FAIL. Results go to ``benchmarks/results/sampling_gpu.json``.
+B >= 256), printing PASS/FAIL. Two variant suites time the Triton sampler two ways on the same
+inputs (``run_variants``): split rows against one program per row at small B, and pass 1's loop
+pipelined (``tl.range(num_stages=3)``, ``triton_kernel.PASS1_STAGES``) against the plain default. Results go to ``benchmarks/results/sampling_gpu.json``.
 
 Exits with a message (status 1) when no CUDA device is present, unless ``--device cpu``.
 """
@@ -50,6 +52,11 @@ SPLIT_SHAPES = {"full": [(1, 32000), (1, 128256), (1, 151936), (8, 151936), (32,
                          (1, 32001)],
                 "quick": [(1, 151936), (32, 151936)], "cpu-quick": [(1, 32000)]}
 SPLIT_CONFIGS = ("temp", "greedy", "topk_topp_minp")
+# pipeline suite: pass 1's loop plain against pipelined (tl.range(num_stages=3)), where the static model leaves the
+# question open: B=32's one slice per SM and B=256's rows (README, "Not in the model: memory latency")
+PIPELINE_SHAPES = {"full": [(32, 151936), (256, 151936), (1024, 151936)], "quick": [(32, 151936), (256, 151936)],
+                   "cpu-quick": [(8, 32000)]}
+PIPELINE_CONFIGS = ("temp",)
 
 
 # ----------------------------------------------------------------------------
@@ -171,39 +178,65 @@ def run_budget(impls, shapes, device, timer, log=print):
     return records
 
 
-def run_split(shapes, dtypes, device, timer, copy_gbps, log=print):
-    """Triton sampler, split-row path (auto slices) vs one program per row, same inputs."""
+def run_variants(suite, shapes, configs, variants, dtypes, device, timer, copy_gbps, log=print):
+    """The Triton sampler under each of ``variants`` on the same inputs, one after the other.
+
+    ``variants``: mode name -> ``(patch, extra)``: ``patch`` maps attributes of
+    ``tts_kernels.sampling.triton_kernel`` to the functions they are swapped for while the mode is timed (restored
+    after it), ``extra(B, V)`` gives the record's extra fields."""
     from baselines import make_tts
     from tts_kernels.sampling import triton_kernel as tkm
 
-    auto = tkm._num_slices
     records = []
     for dtype_name in dtypes:
         for (B, V) in shapes:
             logits = make_logits(B, V, DTYPES[dtype_name], device)
             nbytes = sampler_bytes(B, V, logits.element_size())
-            for cfg_name in SPLIT_CONFIGS:
-                for mode in ("slices=1", "slices=auto"):
-                    tkm._num_slices = auto if mode == "slices=auto" else (lambda B, V, dev: 1)
+            for cfg_name in configs:
+                for mode, (patch, extra) in variants.items():
+                    saved = {name: getattr(tkm, name) for name in patch}
                     try:
-                        fn = make_tts("triton")(CONFIGS[cfg_name])
-                        med, lo, hi = timer(lambda: fn(logits))
+                        for name, fn in patch.items():
+                            setattr(tkm, name, fn)
+                        sampler = make_tts("triton")(CONFIGS[cfg_name])
+                        med, lo, hi = timer(lambda: sampler(logits))
                     except Exception as exc:
-                        log(f"[bench] ERROR split {mode} {cfg_name} B={B} V={V} {dtype_name}: "
+                        log(f"[bench] ERROR {suite} {mode} {cfg_name} B={B} V={V} {dtype_name}: "
                             f"{type(exc).__name__}: {exc}")
                         continue
                     finally:
-                        tkm._num_slices = auto
-                    slices = auto(B, V, device) if mode == "slices=auto" else 1
-                    r = dict(suite="split", impl="tts_kernels.triton", kind="tts_kernels", B=B, V=V, dtype=dtype_name,
-                             config=cfg_name, budget=False, mode=mode, slices=slices, median_s=med, min_s=lo,
+                        for name, fn in saved.items():
+                            setattr(tkm, name, fn)
+                    r = dict(suite=suite, impl="tts_kernels.triton", kind="tts_kernels", B=B, V=V, dtype=dtype_name,
+                             config=cfg_name, budget=False, mode=mode, **extra(B, V), median_s=med, min_s=lo,
                              max_s=hi, bytes=nbytes, gbps=gbps(nbytes, med),
                              frac_copy_bw=(gbps(nbytes, med) / copy_gbps) if copy_gbps else None)
                     records.append(r)
-                    log(f"split {mode:<11} (S={slices:<3}) {cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} "
+                    log(f"{suite} {mode:<11} {cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} "
                         f"{fmt_time(med):>10}  {r['gbps']:8.1f} GB/s")
             del logits
     return records
+
+
+def run_split(shapes, dtypes, device, timer, copy_gbps, log=print):
+    """Triton sampler, split-row path (auto slices) vs one program per row, same inputs."""
+    from tts_kernels.sampling import triton_kernel as tkm
+
+    auto = tkm._num_slices
+    variants = {"slices=1": ({"_num_slices": lambda B, V, dev: 1}, lambda B, V: {"slices": 1}),
+                "slices=auto": ({}, lambda B, V: {"slices": auto(B, V, device)})}
+    return run_variants("split", shapes, SPLIT_CONFIGS, variants, dtypes, device, timer, copy_gbps, log)
+
+
+def run_pipeline(shapes, dtypes, device, timer, copy_gbps, log=print):
+    """Triton sampler with pass 1's loop plain (``stages=0``, the default) and pipelined (``stages=3``:
+    ``tl.range(num_stages=3)``, the next tiles prefetched into shared memory), same inputs
+    (``triton_kernel.PASS1_STAGES``)."""
+    from tts_kernels.sampling import triton_kernel as tkm
+
+    variants = {f"stages={s}": ({"_pass1_stages": lambda dev, s=s: s}, lambda B, V, s=s: {"stages": s})
+                for s in tkm.PASS1_STAGES}
+    return run_variants("pipeline", shapes, PIPELINE_CONFIGS, variants, dtypes, device, timer, copy_gbps, log)
 
 
 # ----------------------------------------------------------------------------
@@ -251,6 +284,7 @@ def parse_args(argv=None):
     p.add_argument("--copy-mib", type=int, default=None, help="copy-bandwidth buffer size (default 1024 on cuda)")
     p.add_argument("--no-budget", action="store_true", help="skip the budget-forcing overhead cases")
     p.add_argument("--no-split", action="store_true", help="skip the split-row (small B) cases")
+    p.add_argument("--no-pipeline", action="store_true", help="skip pass 1's plain-vs-pipelined cases")
     p.add_argument("--plots", default=None, metavar="DIR", help="also write Triton perf_report plots to DIR")
     p.add_argument("--out", default=None,
                    help="results JSON (default benchmarks/results/sampling_gpu.json on cuda, none on cpu)")
@@ -274,7 +308,7 @@ def main(argv=None):
 
     git_at_start = git_commit()
     from baselines import KERNELS, default_registry
-    from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets, tokens_only
+    from report import budget_overhead, gpu_targets, markdown, speedups, summarize_targets, tokens_only, variants
 
     dtypes = [d.strip() for d in (args.dtypes or ("float32,bfloat16" if device.type == "cuda" else "float32"))
               .split(",") if d.strip()]
@@ -306,6 +340,8 @@ def main(argv=None):
         records += run_budget(kimpls, BUDGET_SHAPES[sweep_name], device, timer)
     if not args.no_split and any(i.name == "tts_kernels.triton" for i in impls):
         records += run_split(SPLIT_SHAPES[sweep_name], dtypes, device, timer, cb["gbps"])
+    if not args.no_pipeline and any(i.name == "tts_kernels.triton" for i in impls):
+        records += run_pipeline(PIPELINE_SHAPES[sweep_name], dtypes, device, timer, cb["gbps"])
 
     meta = env_metadata(device)
     meta.update(git_at_start)  # the code measured is the code at the start
@@ -322,6 +358,7 @@ def main(argv=None):
     payload["speedups"] = speedups(records, "median")
     payload["budget_overhead"] = budget_overhead(records, "median")
     payload["tokens_only"] = tokens_only(records, "median")
+    payload["variants"] = variants(records, "median")
     payload["targets"] = gpu_targets(records, "median")
     print()
     print(markdown(payload))

@@ -10,7 +10,9 @@ recorded, the next one still runs):
    reference) and the engine's CUDA-graph test;
 2. the sampler sweep (``bench_sampling_gpu.py``: B in {1, 32, 256, 1024} x V in {32000, 128256,
    151936}, fp32 and bf16, against the sort-based PyTorch path and torch.multinomial, as a share
-   of the device's measured copy bandwidth);
+   of the device's measured copy bandwidth; then the Triton sampler's variants on the same inputs:
+   split rows against one program per row at small B, and pass 1's loop pipelined,
+   ``tl.range(num_stages=3)``, against the plain default at B = 32, 256, 1024);
 3. the tree-attention sweep (``bench_tree_attention.py --device cuda``: against sharing disabled,
    SDPA over gathered KV and, when installed, flash-attn / FlashInfer);
 4. the decode engine (``bench_decode.py --device cuda``: tree vs sharing disabled, CUDA graphs).
@@ -57,8 +59,8 @@ def stages(out: Path, dry_run: bool):
     return [
         ("cuda_tests", [py, "-m", "pytest", "tests/gpu",
                         "tests/decode/test_decode_step.py::test_cuda_graph_engine_matches_eager_on_gpu",
-                        "-q", "-p", "no:cacheprovider", "-rs"], 150, None),
-        ("sampler", [py, str(BENCH / "bench_sampling_gpu.py"), "--out", str(out / "sampling_gpu.json")], 180,
+                        "-q", "-p", "no:cacheprovider", "-rs"], 180, None),
+        ("sampler", [py, str(BENCH / "bench_sampling_gpu.py"), "--out", str(out / "sampling_gpu.json")], 210,
          out / "sampling_gpu.json"),
         ("tree_attention", [py, str(BENCH / "bench_tree_attention.py"), "--device", "cuda",
                             "--out", str(out / "tree_attention_gpu.json")], 120, out / "tree_attention_gpu.json"),

@@ -79,6 +79,27 @@ def budget_overhead(records, stat="median"):
     return rows
 
 
+#: the variant suites of the GPU benchmark (``bench_sampling_gpu.run_variants``): suite -> (baseline mode, other mode)
+VARIANT_SUITES = {"split": ("slices=1", "slices=auto"), "pipeline": ("stages=0", "stages=3")}
+
+
+def variants(records, stat="median"):
+    """Each variant suite's two modes timed on the same inputs, per case: ``speedup`` is the baseline mode's time
+    over the other's (above 1: the other mode is faster)."""
+    rows = []
+    for suite, (base, other) in VARIANT_SUITES.items():
+        by = {}
+        for r in records:
+            if r.get("suite") == suite:
+                by.setdefault((r["config"], r["B"], r["V"], r["dtype"]), {})[r["mode"]] = r
+        for key in sorted(by, key=_sort_key):
+            if base in by[key] and other in by[key]:
+                a, b = t_of(by[key][base], stat), t_of(by[key][other], stat)
+                rows.append(dict(suite=suite, config=key[0], B=key[1], V=key[2], dtype=key[3], stat=stat,
+                                 modes=[base, other], times_s=[a, b], speedup=a / b))
+    return rows
+
+
 def _sort_key(key):
     config, B, V, dtype = key
     order = list(CONFIGS)
@@ -212,6 +233,16 @@ def markdown(payload, stat=None) -> str:
         for r in tok:
             lines.append(f"| {SHORT.get(r['impl'], r['impl'])} | {r['config']} | {r['B']} | {r['V']} | {r['dtype']} | "
                          f"{fmt_time(r['with_s'])} | {fmt_time(r['tokens_s'])} | {_fmt_x(r['speedup'])} |")
+    va = variants(records, stat)
+    if va:
+        lines += ["", "Triton sampler variants, same inputs, same run (split: one program per row against split rows; "
+                  "pipeline: pass 1's loop plain against `tl.range(num_stages=3)`):", "",
+                  "| suite | config | B | V | dtype | modes | times | speedup of the second |",
+                  "|---|---|---:|---:|---|---|---:|---:|"]
+        for r in va:
+            lines.append(f"| {r['suite']} | {r['config']} | {r['B']} | {r['V']} | {r['dtype']} | "
+                         f"{' / '.join(r['modes'])} | {' / '.join(fmt_time(t) for t in r['times_s'])} | "
+                         f"{_fmt_x(r['speedup'])} |")
     bo = budget_overhead(records, stat)
     if bo:
         lines += ["", "Budget forcing overhead (same config, with vs without a BudgetState):", "",

@@ -47,3 +47,34 @@ def test_registry_tokens_only_entries_skip_logprobs():
     full = avail["tts_kernels.cpp"].make(cfg)(logits)
     assert tokens.logprobs is None and full.logprobs.shape == (3,)
     assert torch.equal(tokens.token_ids, full.token_ids)
+
+
+def test_variant_suites_time_each_mode_with_its_kernel_swapped(monkeypatch):
+    """``bench_sampling_gpu.run_pipeline``: each mode is timed with ``_pass1_stages`` swapped for that mode's depth
+    (what the sampler sees while the timer runs), restored after it, also after a failing mode; the report pairs the
+    two modes of a case."""
+    import bench_sampling_gpu as bsg
+    from tts_kernels.sampling import triton_kernel as tkm
+
+    default = tkm._pass1_stages
+    seen = []
+
+    def timer(fn):
+        seen.append(tkm._pass1_stages(None))
+        if len(seen) == 3:
+            raise RuntimeError("a failing case")
+        return 2e-3 if seen[-1] == 0 else 1e-3, 1e-3, 3e-3
+
+    monkeypatch.setattr(bsg, "make_logits", lambda B, V, dtype, device: torch.zeros(B, V, dtype=dtype))
+    monkeypatch.setattr("baselines.make_tts", lambda backend: lambda cfg: lambda logits: None)
+    log = []
+    recs = bsg.run_pipeline([(2, 300), (3, 300)], ["float32"], torch.device("cpu"), timer, None, log=log.append)
+    assert seen == [0, 3, 0, 3] and tkm._pass1_stages is default
+    assert [(r["B"], r["mode"], r["stages"]) for r in recs] == [(2, "stages=0", 0), (2, "stages=3", 3),
+                                                                 (3, "stages=3", 3)]
+    assert any("ERROR pipeline stages=0" in line for line in log)
+    rows = report.variants(recs)
+    assert [(r["suite"], r["B"], r["modes"]) for r in rows] == [("pipeline", 2, ["stages=0", "stages=3"])]
+    assert rows[0]["speedup"] == pytest.approx(2.0)
+    md = report.markdown({"meta": {}, "settings": {"stat": "median"}, "records": recs})
+    assert "| pipeline | temp | 2 | 300 | float32 | stages=0 / stages=3 |" in md
