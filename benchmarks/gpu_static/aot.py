@@ -715,7 +715,8 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "depth": len(parents), "innermost": not children,
             "stl": ops.count("STL"), "ldl": ops.count("LDL"),
             "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),
-            "ldg": ops_x.count("LDG"), "ldg_ops": sorted({i.op for i in body_x if _base(i.op) == "LDG"}),
+            # the global loads' forms: into registers (LDG) or, in a pipelined loop, into shared memory (LDGSTS)
+            "ldg": ops_x.count("LDG"), "ldg_ops": sorted({i.op for i in body_x if _base(i.op) in ("LDG", "LDGSTS")}),
             "mufu": ops_x.count("MUFU"),
             # (innermost loops) the MUFU operations of the shortest iteration (``instructions_min_path``'s)
             "mufu_min_path": None if path is None else sum(

@@ -312,7 +312,8 @@ def _aligned_row_stream(r) -> bool:
 
 def vector_load_failures(results):
     """Specializations with aligned logits rows whose pass-1 loop does not load 16 bytes per thread
-    (``LDG.E.128``) on some arch. Rows with an odd stride cannot be vector-loaded and are not judged."""
+    (``LDG.E.128``; pipelined, ``STAGES`` 3, into shared memory: ``LDGSTS.E.BYPASS.128``) on some arch. Rows with
+    an odd stride cannot be vector-loaded and are not judged."""
     from .cost_model import _sampler_roles
 
     pass1 = _sampler_roles().get("pass1")

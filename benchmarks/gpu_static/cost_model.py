@@ -65,6 +65,12 @@ on a stream add up (no overlap between them).
   row; this design adds the group-stats workspace (12 B per 256 tokens, written and read).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
   (``l2_working_set_fits``), which the bounds assume.
+* Sampler, pass 1 pipelined (``sampler_pipelined``, the shapes of :data:`PIPELINED_SAMPLER`: the GPU
+  benchmark's pipeline suite): the same bounds from the specializations with ``STAGES`` 3
+  (``tl.range(num_stages=3)``: more instructions per tile, shared memory for the prefetched tiles, so
+  possibly fewer CTAs per SM), and their :func:`loads_in_flight` with the tiles kept in flight while a
+  program computes. Perfect issue hides latency in both, so the bound can only show the prefetch's cost;
+  what it buys (latency hidden) is for a GPU run to measure.
 * Tree attention: from the real plan (:data:`ATTENTION_PLANS`: the default chunks, the
   ``wide_chunk_rows`` variant and the load-balanced chunks the engine and ``tree_attention``
   plan on CUDA, ``parallelism`` of the modelled GPU). Stage 1 is one launch, or two one after
@@ -258,16 +264,23 @@ BUFFER_VALUE_BYTES = {"count": 4, "weigh": 8, "keys": 4}
 HBM_LATENCY_S = (4e-7, 8e-7)
 
 
-def loads_in_flight(rec: Dict[str, Any], block: int, gpu: Dict[str, Any] = H100) -> Dict[str, Any]:
+def loads_in_flight(rec: Dict[str, Any], block: int, gpu: Dict[str, Any] = H100, stages: int = 0) -> Dict[str, Any]:
     """Pass 1's loads in flight on the busiest SM of a sampler record, at most: each program resident there (its
     rows or slices, up to the kernel's CTAs per SM) with one tile's loads outstanding (``block`` tokens, a slice's
     if shorter; a thread issues its tile's loads at once), against what Little's law asks of an SM's share of HBM
     at :data:`HBM_LATENCY_S`. Not a bound: the model assumes perfect issue and enough loads in flight; a program
-    that computes on its tile has none in flight meanwhile, so a GPU run can compare its shortfall with these."""
+    of the plain loop (``stages`` 0) that computes on its tile has none in flight meanwhile, so a GPU run can
+    compare its shortfall with these. Pipelined (``stages`` > 1: ``tl.range(num_stages=stages)``) a program keeps
+    the next ``stages - 1`` tiles in flight while it computes (``while_computing``), as many as its slice has."""
     split = rec["path"] != "row"
     progs = min(rec["slices_on_busiest_sm"] if split else rec["rows_on_busiest_sm"], rec["ctas_per_sm"])
     tokens = min(block, rec["chunk"]) if split else block
-    return {"bytes_per_sm": progs * tokens * rec["itemsize"], "programs_per_sm": progs,
+    ahead = 0
+    if stages > 1:
+        tiles = rec["chunk"] // block if split else rec["V"] // block
+        ahead = min(stages - 1, max(tiles - 1, 0))
+    return {"bytes_per_sm": progs * tokens * rec["itemsize"] * max(ahead, 1), "programs_per_sm": progs,
+            "while_computing": bool(ahead),
             "little_law_bytes_per_sm": [round(gpu["hbm_bytes_per_s"] / gpu["sms"] * t) for t in HBM_LATENCY_S]}
 
 
@@ -852,6 +865,9 @@ ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
 ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS},
                    "balanced": {"parallelism": GPU_PARALLELISM}}
 QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp", "greedy"))
+#: shapes of the sampler modelled with pass 1 pipelined too (``sampler_pipelined``: the depth of
+#: ``triton_kernel.PASS1_STAGES``' last, ``tl.range(num_stages=3)``), as the GPU benchmark's pipeline suite times them
+PIPELINED_SAMPLER = dict(B=(32, 256), V=(151936,), dtypes=("fp32", "bf16"), configs=("temp",))
 
 
 def _record(fn):
@@ -892,9 +908,22 @@ def as_gpu(gpu=H100):
         tkm._num_slices, tak._num_sms, tak._arch = saved, saved_sms, saved_arch
 
 
-def _record_h100(fn, gpu=H100):
-    """Record ``fn``'s launches as ``gpu`` would launch them (:func:`as_gpu`)."""
-    with as_gpu(gpu):
+@contextlib.contextmanager
+def pass1_stages(stages: int):
+    """The sampler wrapper's pass-1 pipelining depth (``triton_kernel._pass1_stages``) set to ``stages``."""
+    from tts_kernels.sampling import triton_kernel as tkm
+    saved = tkm._pass1_stages
+    tkm._pass1_stages = lambda device: stages
+    try:
+        yield
+    finally:
+        tkm._pass1_stages = saved
+
+
+def _record_h100(fn, gpu=H100, stages: int = 0):
+    """Record ``fn``'s launches as ``gpu`` would launch them (:func:`as_gpu`), pass 1 at pipelining depth
+    ``stages`` (:func:`pass1_stages`)."""
+    with as_gpu(gpu), pass1_stages(stages):
         return _record(fn)
 
 
@@ -984,76 +1013,81 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
             out["stats_from_sibling"].append(dict(spec=sid, **prov))
         return sid, comp, prov
 
-    shapes = QUICK_SAMPLER if quick else SAMPLER_SHAPES
-    for dname in shapes["dtypes"]:
-        for V in shapes["V"]:
-            for B in shapes["B"]:
-                def call(B=B, V=V, dname=dname):
-                    tk.sample(torch.empty(B, V, dtype=spaces.DTYPES[dname]), temperature=0.8, seed=1, offset=0,
-                              check_nan=False, validate=False, backend="triton")
-                launches = _record_h100(call, gpu)
-                itemsize = spaces.DTYPES[dname].itemsize
-                looked = [look(lc) for lc in launches]
-                if any(c is None for _, c, _ in looked):
-                    continue
-                names = [lc.name for lc in launches]
-                if names == ["_sample_kernel"]:
-                    (sid, comp, prov), = looked
-                    instr = sampler_instr(comp, launches[0].name)
-                    extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
-                                 select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
-                                 instr_per_token={k: instr[k] for k in _SAMPLER_RATES},
-                                 select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
-                                 draw_instr_per_group=instr["draw_groups"],
-                                 list_instr_per_group=[instr["list"], instr["draw_list"]],
-                                 pass1_mufu_per_token=instr["pass1_mufu"],
-                                 draw_mufu_per_token=instr["draw_mufu"],
-                                 cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
-                                 stats_from=prov and prov["stats_from"])
-                    p1_instr = instr
+    variants = [(0, QUICK_SAMPLER if quick else SAMPLER_SHAPES, "sampler")]
+    if not quick:
+        from tts_kernels.sampling.triton_kernel import PASS1_STAGES
+        variants.append((PASS1_STAGES[-1], PIPELINED_SAMPLER, "sampler_pipelined"))
+    for stages, shapes, key in variants:
+        out.setdefault(key, [])
+        for dname, V, B in ((d, v, b) for d in shapes["dtypes"] for v in shapes["V"] for b in shapes["B"]):
+            def call(B=B, V=V, dname=dname):
+                tk.sample(torch.empty(B, V, dtype=spaces.DTYPES[dname]), temperature=0.8, seed=1, offset=0,
+                          check_nan=False, validate=False, backend="triton")
+            launches = _record_h100(call, gpu, stages)
+            itemsize = spaces.DTYPES[dname].itemsize
+            looked = [look(lc) for lc in launches]
+            if any(c is None for _, c, _ in looked):
+                continue
+            names = [lc.name for lc in launches]
+            if names == ["_sample_kernel"]:
+                (sid, comp, prov), = looked
+                instr = sampler_instr(comp, launches[0].name)
+                extra = dict(spec=sid, registers=comp["registers"], ctas_per_sm=comp["ctas_per_sm"],
+                             select_found=instr["select_found"], pass1_ldg=instr["pass1_ldg"],
+                             instr_per_token={k: instr[k] for k in _SAMPLER_RATES},
+                             select_step_warp_instr=instr["select_step"], instr_per_group=instr["groups"],
+                             draw_instr_per_group=instr["draw_groups"],
+                             list_instr_per_group=[instr["list"], instr["draw_list"]],
+                             pass1_mufu_per_token=instr["pass1_mufu"],
+                             draw_mufu_per_token=instr["draw_mufu"],
+                             cta_warp_instr=instr["cta_warp"], cta_warp_paths=instr["cta_warp_paths"],
+                             stats_from=prov and prov["stats_from"])
+                p1_instr = instr
 
-                    block = int(_arg(launches[0], "BLOCK"))
+                block = int(_arg(launches[0], "BLOCK"))
 
-                    def bound(cfg, p1, comp=comp):
-                        return sampler_bound(B, V, itemsize, cfg, p1, comp["ctas_per_sm"], gpu=gpu)
-                    loops = {"row": instr["loops"]}
-                else:
-                    lp_, lm = (next(lc for lc in launches if lc.name == n)
-                               for n in ("_partial_kernel", "_merge_kernel"))
-                    (s1, c1, p1), (s2, c2, p2) = (looked[launches.index(lc)] for lc in (lp_, lm))
-                    ip, im = sampler_instr(c1, lp_.name), sampler_instr(c2, lm.name)
-                    S, chunk, block = lp_.grid[1], int(_arg(lp_, "CHUNK")), int(_arg(lp_, "BLOCK"))
-                    extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
-                                 merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
-                                 select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
-                                 instr_per_token=dict({k: im[k] for k in _SAMPLER_RATES}, pass1=ip["pass1"]),
-                                 select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
-                                 draw_instr_per_group=im["draw_groups"],
-                                 list_instr_per_group=[im["list"], im["draw_list"]],
-                                 pass1_mufu_per_token=ip["pass1_mufu"],
-                                 draw_mufu_per_token=im["draw_mufu"],
-                                 cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
-                                 cta_warp_paths=im["cta_warp_paths"],
-                                 stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
-                    p1_instr = ip
+                def bound(cfg, p1, comp=comp):
+                    return sampler_bound(B, V, itemsize, cfg, p1, comp["ctas_per_sm"], gpu=gpu)
+                loops = {"row": instr["loops"]}
+            else:
+                lp_, lm = (next(lc for lc in launches if lc.name == n)
+                           for n in ("_partial_kernel", "_merge_kernel"))
+                (s1, c1, p1), (s2, c2, p2) = (looked[launches.index(lc)] for lc in (lp_, lm))
+                ip, im = sampler_instr(c1, lp_.name), sampler_instr(c2, lm.name)
+                S, chunk, block = lp_.grid[1], int(_arg(lp_, "CHUNK")), int(_arg(lp_, "BLOCK"))
+                extra = dict(spec=s1, merge_spec=s2, registers=c1["registers"], ctas_per_sm=c1["ctas_per_sm"],
+                             merge_registers=c2["registers"], merge_ctas_per_sm=c2["ctas_per_sm"],
+                             select_found=im["select_found"], pass1_ldg=ip["pass1_ldg"],
+                             instr_per_token=dict({k: im[k] for k in _SAMPLER_RATES}, pass1=ip["pass1"]),
+                             select_step_warp_instr=im["select_step"], instr_per_group=im["groups"],
+                             draw_instr_per_group=im["draw_groups"],
+                             list_instr_per_group=[im["list"], im["draw_list"]],
+                             pass1_mufu_per_token=ip["pass1_mufu"],
+                             draw_mufu_per_token=im["draw_mufu"],
+                             cta_warp_instr={"partial": ip["cta_warp"], "merge": im["cta_warp"]},
+                             cta_warp_paths=im["cta_warp_paths"],
+                             stats_from=p1 and p1["stats_from"], merge_stats_from=p2 and p2["stats_from"])
+                p1_instr = ip
 
-                    def bound(cfg, p1, S=S, chunk=chunk, im=im, c1=c1):
-                        return split_row_bound(B, V, itemsize, cfg, S, chunk, p1, im, c1["ctas_per_sm"], gpu=gpu)
-                    loops = {"partial": ip["loops"], "merge": im["loops"]}
-                # every config with the default call's pass 1 and without logprobs' (p1_instr: pass 1's counts)
-                extra.update(pass1_no_logprobs=p1_instr["pass1_lean"],
-                             pass1_mufu_per_token_no_logprobs=p1_instr["pass1_lean_mufu"])
-                lean = without_logprobs(p1_instr)
-                for cfg in shapes["configs"]:
-                    # greedy and T = 1 rows take the logprobs from the draw sums: pass 1 as without logprobs
-                    shared = tkm.shares_draw_sums(spaces.FILTERS[cfg]["temperature"])
-                    rec, without = bound(cfg, lean if shared else p1_instr), bound(cfg, lean)
-                    rec["logprobs_from_draw_sums"] = shared
-                    rec.update(no_logprobs={side: without[side] for side in ("low", "high")}, dtype=dname, **extra)
-                    rec["pass1_loads_in_flight"] = loads_in_flight(rec, block, gpu)
-                    out["sampler"].append(rec)
-                for path, lps in loops.items():
-                    out.setdefault("sampler_loops", {}).setdefault(f"{dname} V={V} {path}", lps)
+                def bound(cfg, p1, S=S, chunk=chunk, im=im, c1=c1):
+                    return split_row_bound(B, V, itemsize, cfg, S, chunk, p1, im, c1["ctas_per_sm"], gpu=gpu)
+                loops = {"partial": ip["loops"], "merge": im["loops"]}
+            # every config with the default call's pass 1 and without logprobs' (p1_instr: pass 1's counts)
+            extra.update(pass1_no_logprobs=p1_instr["pass1_lean"],
+                         pass1_mufu_per_token_no_logprobs=p1_instr["pass1_lean_mufu"])
+            lean = without_logprobs(p1_instr)
+            for cfg in shapes["configs"]:
+                # greedy and T = 1 rows take the logprobs from the draw sums: pass 1 as without logprobs
+                shared = tkm.shares_draw_sums(spaces.FILTERS[cfg]["temperature"])
+                rec, without = bound(cfg, lean if shared else p1_instr), bound(cfg, lean)
+                rec["logprobs_from_draw_sums"] = shared
+                rec.update(no_logprobs={side: without[side] for side in ("low", "high")}, dtype=dname, **extra)
+                rec["pass1_stages"] = stages
+                rec["pass1_loads_in_flight"] = loads_in_flight(rec, block, gpu, stages)
+                out[key].append(rec)
+            for path, lps in loops.items():
+                out.setdefault("sampler_loops", {}).setdefault(
+                    f"{dname} V={V} {path}" + (f" stages={stages}" if stages else ""), lps)
     for (N, prefix, suffix, heads, dname) in ([] if quick else ATTENTION_SHAPES):
         hq, hkv, D = spaces.HEADS[heads]
         for pname, pkw in ATTENTION_PLANS.items():
@@ -1155,7 +1189,8 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
     ``{"sampler": [...], "tree_attention": [...], "not_modelled": [...]}`` with, per measurement,
     ``measured_s``, ``predicted_s`` (a range for the sampler: the select reads assumed, ``SELECT_PASSES``) and
     ``measured_over_predicted`` (and, for the sampler, the record's ``pass1_loads_in_flight``, which no bound
-    counts: :func:`loads_in_flight`); the tokens-only kernel (``tts_kernels.triton-tokens``: ``return_logprobs=False``)
+    counts: :func:`loads_in_flight`); the sweep's records and the pipeline suite's, each mode against its own
+    pass 1 (``sampler_pipelined`` for ``stages`` 3); the tokens-only kernel (``tts_kernels.triton-tokens``: ``return_logprobs=False``)
     against a record's ``no_logprobs`` bounds, ``logprobs`` False."""
     path = Path(static_path or STATIC_RESULTS)
     if not path.exists():
@@ -1166,15 +1201,19 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
            "gpu_assumed": gpu["name"], "static_results": str(path),
            "static_commit": (d.get("environment") or {}).get("commit"),
            "sampler": [], "tree_attention": [], "not_modelled": []}
-    by_cfg = {(r["B"], r["V"], r["dtype"], r["config"]): r for r in cm.get("sampler", [])}
+    by_cfg = {(r["B"], r["V"], r["dtype"], r["config"], r.get("pass1_stages", 0)): r
+              for key in ("sampler", "sampler_pipelined") for r in cm.get(key, [])}
     for m in (results.get("sampler") or {}).get("records", []):
-        if m.get("suite") != "sweep" or m.get("impl") not in _TRITON_IMPLS:
+        # the sweep, and the pipeline suite's modes (pass 1 plain, the sweep's kernel, or pipelined)
+        if m.get("suite") not in ("sweep", "pipeline") or m.get("impl") not in _TRITON_IMPLS:
             continue
         with_lp = _TRITON_IMPLS[m["impl"]]
         dn = _BENCH_DTYPES.get(m["dtype"], m["dtype"])
         cfg = _BENCH_CONFIGS.get(m["config"], m["config"])
-        r = by_cfg.get((m["B"], m["V"], dn, cfg))
-        name = f"sampler {cfg} B={m['B']} V={m['V']} {dn}"
+        stages = m.get("stages", 0)
+        r = by_cfg.get((m["B"], m["V"], dn, cfg, stages))
+        name = f"sampler {cfg} B={m['B']} V={m['V']} {dn}" + (f" ({m['suite']} stages={stages})"
+                                                              if m["suite"] != "sweep" else "")
         if r is None:
             out["not_modelled"].append(name)
             continue
@@ -1185,7 +1224,8 @@ def predict_for_results(results: Dict[str, Any], static_path: Optional[str] = No
             r = dict(r, **r["no_logprobs"])
         pred = [r["low"]["t_bound_s"], r["high"]["t_bound_s"]]
         out["sampler"].append(dict(
-            B=m["B"], V=m["V"], dtype=dn, config=cfg, logprobs=with_lp, measured_s=m["median_s"], predicted_s=pred,
+            B=m["B"], V=m["V"], dtype=dn, config=cfg, logprobs=with_lp, suite=m["suite"], pass1_stages=stages,
+            measured_s=m["median_s"], predicted_s=pred,
             bound=[r["low"]["bound"], r["high"]["bound"]],
             measured_over_predicted=[_t(m["median_s"] / x) if x else None for x in pred],
             measured_frac_copy_bw=m.get("frac_copy_bw"),

@@ -200,19 +200,21 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     from tts_kernels.sampling import triton_kernel as tkm
     from . import cost_model as cm
 
-    shapes = cm.QUICK_SAMPLER if level == "quick" else cm.SAMPLER_SHAPES
-    for dname in shapes["dtypes"]:
-        for V in shapes["V"]:
-            for B in shapes["B"]:
-                def case(B=B, V=V, dname=dname):
-                    saved = tkm._num_slices
-                    tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, cm.H100["sms"])
-                    try:
+    variants = [(0, cm.QUICK_SAMPLER if level == "quick" else cm.SAMPLER_SHAPES)]
+    if level != "quick":   # pass 1 pipelined: the GPU benchmark's pipeline suite (cm.PIPELINED_SAMPLER)
+        variants.append((tkm.PASS1_STAGES[-1], cm.PIPELINED_SAMPLER))
+    for stages, shapes in variants:
+        for dname, V, B in ((d, v, b) for d in shapes["dtypes"] for v in shapes["V"] for b in shapes["B"]):
+            def case(B=B, V=V, dname=dname, stages=stages):
+                saved = tkm._num_slices
+                tkm._num_slices = lambda b, v, device: tkm.slices_for(b, v, cm.H100["sms"])
+                try:
+                    with cm.pass1_stages(stages):
                         tk.sample(torch.empty(B, V, dtype=DTYPES[dname]), temperature=0.8, seed=1, offset=0,
                                   check_nan=False, validate=False, backend="triton")
-                    finally:
-                        tkm._num_slices = saved
-                yield f"benchmark sample {dname} B={B} V={V}", case
+                finally:
+                    tkm._num_slices = saved
+            yield f"benchmark sample {dname} B={B} V={V}" + (f" stages={stages}" if stages else ""), case
     for (N, prefix, suffix, heads, dname) in ([] if level == "quick" else cm.ATTENTION_SHAPES):
         for pname, pkw in cm.ATTENTION_PLANS.items():
             def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname, pkw=pkw):

@@ -707,7 +707,7 @@ def test_cost_model_from_results_json(tmp_path):
     # pass 1's loads in flight on the busiest SM, at most (not a bound): B=256's two resident rows with a tile of
     # 8192 fp32 tokens each; B=1's one slice of a group; against Little's law at 400-800 ns
     assert b256["pass1_loads_in_flight"] == {"bytes_per_sm": 2 * 8192 * 4, "programs_per_sm": 2,
-                                             "little_law_bytes_per_sm": [10152, 20303]}
+                                             "while_computing": False, "little_law_bytes_per_sm": [10152, 20303]}
     assert b1["pass1_loads_in_flight"]["bytes_per_sm"] == 256 * 4
     # greedy rows (T = 0) take their logprobs from the draw sums (the kernels' _own_raw_sums): with logprobs they
     # get the counts without, where a temperature row (T = 0.8) keeps both sums
@@ -1137,7 +1137,13 @@ def test_quick_set_compiles(tmp_path):
             dict(suite="sweep", impl="tts_kernels.triton", B=3, V=77, dtype="float32", config="temp", median_s=1e-5),
             dict(suite="sweep", impl="tts_kernels.triton-tokens", B=256, V=32000, dtype="float32", config="temp",
                  median_s=8e-5),
-            dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3)]},
+            dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3),
+            # the pipeline suite's modes: the plain loop against the sweep's record; the quick set models no
+            # pipelined pass 1 (the full set's ``sampler_pipelined``)
+            dict(suite="pipeline", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
+                 mode="stages=0", stages=0, median_s=2e-4),
+            dict(suite="pipeline", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
+                 mode="stages=3", stages=3, median_s=1.5e-4)]},
         "tree_attention": {"records": [
             dict(N=4, prefix=1024, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
                  parallelism=dict(rows_per_item=64, kv_heads=2, programs=1, narrow_rows=8, programs_narrow=1),
@@ -1149,8 +1155,10 @@ def test_quick_set_compiles(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     pred = json.loads(p.stdout.strip().splitlines()[-1])
-    assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32"]
-    sp, tokens = pred["sampler"]
+    assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32", "sampler temp B=256 V=32000 fp32 (pipeline stages=3)"]
+    sp, tokens, plain = pred["sampler"]
+    assert (plain["suite"], plain["pass1_stages"], plain["measured_s"]) == ("pipeline", 0, 2e-4)
+    assert plain["predicted_s"] == sp["predicted_s"] and sp["pass1_stages"] == 0
     model = next(x for x in s if x["B"] == 256)
     assert sp["logprobs"] and sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
     lean = model["no_logprobs"]      # the tokens-only kernel against the bounds without logprobs
@@ -1331,7 +1339,25 @@ def test_vector_load_rule_judges_aligned_rows_only():
         return {"kernel": "_sample_kernel", "spec": name, "params": {"logits_ptr": "*bf16/16", "stride_row": stride},
                 "compiled": {"sm_90": {"ok": True, "loops": [loop]}}}
     results = [spec("aligned-vec", "i32/16", ["LDG.E.128"]),
+               spec("aligned-pipelined", "i32/16", ["LDGSTS.E.BYPASS.128"]),   # STAGES 3: 16 B into shared memory
                spec("aligned-scalar", "i32/16", ["LDG.E.U16"]),     # aligned rows without 16-byte loads: a failure
+               spec("aligned-pipelined-scalar", "i32/16", ["LDGSTS.E"]),
                spec("odd-scalar", "i32", ["LDG.E.U16"])]            # misaligned rows cannot vector-load: not judged
     failures = vector_load_failures(results)
-    assert len(failures) == 1 and "aligned-scalar" in failures[0] and "sm_90" in failures[0]
+    assert len(failures) == 2 and all("sm_90" in f for f in failures)
+    assert "aligned-scalar" in failures[0] and "aligned-pipelined-scalar" in failures[1]
+
+
+def test_loads_in_flight_of_the_pipelined_loop():
+    """Pipelined (``stages`` 3) a program keeps the next two tiles in flight while it computes, as many as its row or
+    slice has after the current one; the plain loop one tile, only while it waits."""
+    row = dict(path="row", rows_on_busiest_sm=2, ctas_per_sm=4, itemsize=2, V=151936)
+    split = dict(path="split", slices_on_busiest_sm=1, ctas_per_sm=4, itemsize=2, V=151936, chunk=40960)
+    f = cm.loads_in_flight
+    assert f(row, 8192)["bytes_per_sm"] == 2 * 8192 * 2 and not f(row, 8192)["while_computing"]
+    assert f(row, 8192, stages=3)["bytes_per_sm"] == 2 * 2 * 8192 * 2 and f(row, 8192, stages=3)["while_computing"]
+    assert f(dict(row, ctas_per_sm=1), 8192, stages=3)["bytes_per_sm"] == 2 * 8192 * 2   # one resident program
+    assert f(split, 8192, stages=3)["bytes_per_sm"] == 2 * 8192 * 2                      # 5 tiles per slice
+    assert f(dict(split, chunk=16384), 8192, stages=3)["bytes_per_sm"] == 8192 * 2        # 2 tiles: one ahead
+    one = f(dict(split, chunk=2048), 2048, stages=3)                                         # 1 tile: nothing ahead
+    assert one["bytes_per_sm"] == 2048 * 2 and not one["while_computing"]
