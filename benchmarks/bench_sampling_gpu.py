@@ -53,7 +53,7 @@ SPLIT_SHAPES = {"full": [(1, 32000), (1, 128256), (1, 151936), (8, 151936), (32,
                 "quick": [(1, 151936), (32, 151936)], "cpu-quick": [(1, 32000)]}
 SPLIT_CONFIGS = ("temp", "greedy", "topk_topp_minp")
 # pipeline suite: pass 1's loop plain against pipelined (tl.range(num_stages=3)), where the static model leaves the
-# question open: B=32's one slice per SM and B=256's rows (README, "Not in the model: memory latency")
+# question open: B=32's one slice per SM, B=256's one or two rows per SM, B=1024's four (README, "Pass 1 pipelined")
 PIPELINE_SHAPES = {"full": [(32, 151936), (256, 151936), (1024, 151936)], "quick": [(32, 151936), (256, 151936)],
                    "cpu-quick": [(8, 32000)]}
 PIPELINE_CONFIGS = ("temp",)
@@ -123,6 +123,11 @@ def copy_bandwidth(device, timer, nbytes):
     return dict(bytes=moved, median_s=med, min_s=lo, max_s=hi, gbps=gbps(moved, med), gbps_max=gbps(moved, lo))
 
 
+def _pass1_stages(device):
+    from tts_kernels.sampling import triton_kernel as tkm
+    return tkm._pass1_stages(device)
+
+
 def run_sweep(reg, impls, shapes, dtypes, device, timer, copy_gbps, log=print):
     records = []
     for dtype_name in dtypes:
@@ -142,6 +147,8 @@ def run_sweep(reg, impls, shapes, dtypes, device, timer, copy_gbps, log=print):
                              config=cfg_name, budget=False, median_s=med, min_s=lo, max_s=hi,
                              bytes=nbytes, gbps=gbps(nbytes, med),
                              frac_copy_bw=(gbps(nbytes, med) / copy_gbps) if copy_gbps else None)
+                    if impl.name.startswith("tts_kernels.triton"):   # the pass-1 depth the wrapper launched
+                        r["stages"] = _pass1_stages(device)
                     records.append(r)
                     frac = f"  {r['frac_copy_bw']:5.0%} of copy BW" if r["frac_copy_bw"] is not None else ""
                     log(f"{cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} {impl.name:<22} "
@@ -212,8 +219,8 @@ def run_variants(suite, shapes, configs, variants, dtypes, device, timer, copy_g
                              max_s=hi, bytes=nbytes, gbps=gbps(nbytes, med),
                              frac_copy_bw=(gbps(nbytes, med) / copy_gbps) if copy_gbps else None)
                     records.append(r)
-                    log(f"{suite} {mode:<11} {cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} "
-                        f"{fmt_time(med):>10}  {r['gbps']:8.1f} GB/s")
+                    log(f"{suite} {mode:<11} ({', '.join(f'{k}={v}' for k, v in extra(B, V).items())}) "
+                        f"{cfg_name:>15} B={B:<5} V={V:<7} {dtype_name:<9} {fmt_time(med):>10}  {r['gbps']:8.1f} GB/s")
             del logits
     return records
 

@@ -715,8 +715,10 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "depth": len(parents), "innermost": not children,
             "stl": ops.count("STL"), "ldl": ops.count("LDL"),
             "stl_excl": ops_x.count("STL"), "ldl_excl": ops_x.count("LDL"),
-            # the global loads' forms: into registers (LDG) or, in a pipelined loop, into shared memory (LDGSTS)
-            "ldg": ops_x.count("LDG"), "ldg_ops": sorted({i.op for i in body_x if _base(i.op) in ("LDG", "LDGSTS")}),
+            # global loads into registers (``ldg``), into shared memory (``ldgsts``: a pipelined loop's copies), and
+            # the forms of both (``ldg_ops``)
+            "ldg": ops_x.count("LDG"), "ldgsts": ops_x.count("LDGSTS"),
+            "ldg_ops": sorted({i.op for i in body_x if _base(i.op) in ("LDG", "LDGSTS")}),
             "mufu": ops_x.count("MUFU"),
             # (innermost loops) the MUFU operations of the shortest iteration (``instructions_min_path``'s)
             "mufu_min_path": None if path is None else sum(
@@ -822,7 +824,9 @@ def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int], loa
 def loop_unroll(lp: Dict[str, Any], step: Optional[int]) -> int:
     """:func:`unroll_factor` of a SASS loop (``induction_adds``, ``ldg``) whose source loop steps by
     ``step``; 1 for a loop that holds another: LLVM unrolls innermost loops, and a loop around one holds
-    the unrolled loop's remainder, whose copies' adds would read as an unrolled body."""
+    the unrolled loop's remainder, whose copies' adds would read as an unrolled body. The loads it checks the
+    factor against are the register loads (``ldg``); a pipelined loop's copies into shared memory (``ldgsts``) are
+    not counted, so there the induction adds alone decide."""
     if not lp.get("innermost"):
         return 1
     return unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"))

@@ -312,8 +312,10 @@ def _aligned_row_stream(r) -> bool:
 
 def vector_load_failures(results):
     """Specializations with aligned logits rows whose pass-1 loop does not load 16 bytes per thread
-    (``LDG.E.128``; pipelined, ``STAGES`` 3, into shared memory: ``LDGSTS.E.BYPASS.128``) on some arch. Rows with
-    an odd stride cannot be vector-loaded and are not judged."""
+    (``LDG.E.128``; pipelined, ``STAGES`` 3, into shared memory: ``LDGSTS.E.BYPASS.128``) on some arch, and pipelined
+    ones (``STAGES`` > 1) whose pass-1 loop copies nothing into shared memory (no ``LDGSTS``: Triton did not pipeline
+    it, so a benchmark of the two depths would time the same loop twice). Rows with an odd stride cannot be
+    vector-loaded and are not judged."""
     from .cost_model import _sampler_roles
 
     pass1 = _sampler_roles().get("pass1")
@@ -329,6 +331,10 @@ def vector_load_failures(results):
             if not loops or not any(op.endswith(".128") for op in loops[0]["ldg_ops"]):
                 got = loops[0]["ldg_ops"] if loops else "no pass-1 loop found"
                 failures.append(f"pass 1 without 16-byte loads on aligned rows: {r['spec']} on {arch} ({got})")
+            elif int(r.get("params", {}).get("STAGES", 0)) > 1 and not any(
+                    op.startswith("LDGSTS") for op in loops[0]["ldg_ops"]):
+                failures.append(f"pass 1 not pipelined at STAGES > 1 (no LDGSTS): {r['spec']} on {arch} "
+                                f"({loops[0]['ldg_ops']})")
     return failures
 
 

@@ -66,7 +66,7 @@ on a stream add up (no overlap between them).
   Select and draw passes re-read the row from L2 when the rows in flight fit in it
   (``l2_working_set_fits``), which the bounds assume.
 * Sampler, pass 1 pipelined (``sampler_pipelined``, the shapes of :data:`PIPELINED_SAMPLER`: the GPU
-  benchmark's pipeline suite): the same bounds from the specializations with ``STAGES`` 3
+  benchmark's pipeline suite; :func:`sampler_variants`): the same bounds from the specializations with ``STAGES`` 3
   (``tl.range(num_stages=3)``: more instructions per tile, shared memory for the prefetched tiles, so
   possibly fewer CTAs per SM), and their :func:`loads_in_flight` with the tiles kept in flight while a
   program computes. Perfect issue hides latency in both, so the bound can only show the prefetch's cost;
@@ -865,9 +865,24 @@ ATTENTION_SHAPES = [  # (N, prefix, suffix, heads name, dtype)
 ATTENTION_PLANS = {"default": {}, "wide": {"wide_chunk_rows": WIDE_CHUNK_ROWS},
                    "balanced": {"parallelism": GPU_PARALLELISM}}
 QUICK_SAMPLER = dict(B=(1, 256), V=(32000,), dtypes=("fp32",), configs=("temp", "greedy"))
-#: shapes of the sampler modelled with pass 1 pipelined too (``sampler_pipelined``: the depth of
-#: ``triton_kernel.PASS1_STAGES``' last, ``tl.range(num_stages=3)``), as the GPU benchmark's pipeline suite times them
-PIPELINED_SAMPLER = dict(B=(32, 256), V=(151936,), dtypes=("fp32", "bf16"), configs=("temp",))
+#: shapes of the sampler modelled with pass 1 at its other depth too (``sampler_pipelined``: the
+#: ``triton_kernel.PASS1_STAGES`` entry the wrapper does not pick, ``tl.range(num_stages=3)``), the GPU benchmark's
+#: pipeline suite's (B=1024 launches B=256's specialization); the quick set's one, compiled under every Triton CI runs
+PIPELINED_SAMPLER = dict(B=(32, 256, 1024), V=(151936,), dtypes=("fp32", "bf16"), configs=("temp",))
+QUICK_PIPELINED = dict(B=(256,), V=(32000,), dtypes=("fp32",), configs=("temp",))
+
+
+def sampler_variants(quick: bool):
+    """``(pass-1 depth, shapes, cost-model key)`` of the sampler's modelled launches: the depth the wrapper picks
+    (``triton_kernel._pass1_stages``) at :data:`SAMPLER_SHAPES` (:data:`QUICK_SAMPLER`), then the other depth of
+    ``PASS1_STAGES`` at :data:`PIPELINED_SAMPLER` (:data:`QUICK_PIPELINED`). ``spaces.benchmark_cases`` compiles
+    what this lists; :func:`report` models it."""
+    import torch
+    from tts_kernels.sampling import triton_kernel as tkm
+    default = tkm._pass1_stages(torch.device("cuda"))      # a device object only: nothing touches CUDA
+    other = [s for s in tkm.PASS1_STAGES if s != default]
+    return ([(default, QUICK_SAMPLER if quick else SAMPLER_SHAPES, "sampler")]
+            + [(s, QUICK_PIPELINED if quick else PIPELINED_SAMPLER, "sampler_pipelined") for s in other])
 
 
 def _record(fn):
@@ -1013,11 +1028,7 @@ def report(results: List[Dict[str, Any]], quick: bool = False, gpu: Dict[str, An
             out["stats_from_sibling"].append(dict(spec=sid, **prov))
         return sid, comp, prov
 
-    variants = [(0, QUICK_SAMPLER if quick else SAMPLER_SHAPES, "sampler")]
-    if not quick:
-        from tts_kernels.sampling.triton_kernel import PASS1_STAGES
-        variants.append((PASS1_STAGES[-1], PIPELINED_SAMPLER, "sampler_pipelined"))
-    for stages, shapes, key in variants:
+    for stages, shapes, key in sampler_variants(quick):
         out.setdefault(key, [])
         for dname, V, B in ((d, v, b) for d in shapes["dtypes"] for v in shapes["V"] for b in shapes["B"]):
             def call(B=B, V=V, dname=dname):

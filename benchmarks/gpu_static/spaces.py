@@ -200,10 +200,7 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
     from tts_kernels.sampling import triton_kernel as tkm
     from . import cost_model as cm
 
-    variants = [(0, cm.QUICK_SAMPLER if level == "quick" else cm.SAMPLER_SHAPES)]
-    if level != "quick":   # pass 1 pipelined: the GPU benchmark's pipeline suite (cm.PIPELINED_SAMPLER)
-        variants.append((tkm.PASS1_STAGES[-1], cm.PIPELINED_SAMPLER))
-    for stages, shapes in variants:
+    for stages, shapes, _ in cm.sampler_variants(level == "quick"):   # pass 1 as launched, and at the other depth
         for dname, V, B in ((d, v, b) for d in shapes["dtypes"] for v in shapes["V"] for b in shapes["B"]):
             def case(B=B, V=V, dname=dname, stages=stages):
                 saved = tkm._num_slices
@@ -214,7 +211,7 @@ def benchmark_cases(level: str) -> Iterator[Tuple[str, Callable[[], None]]]:
                                   check_nan=False, validate=False, backend="triton")
                 finally:
                     tkm._num_slices = saved
-            yield f"benchmark sample {dname} B={B} V={V}" + (f" stages={stages}" if stages else ""), case
+            yield f"benchmark sample {dname} B={B} V={V} stages={stages}", case
     for (N, prefix, suffix, heads, dname) in ([] if level == "quick" else cm.ATTENTION_SHAPES):
         for pname, pkw in cm.ATTENTION_PLANS.items():
             def case(N=N, prefix=prefix, suffix=suffix, heads=heads, dname=dname, pkw=pkw):

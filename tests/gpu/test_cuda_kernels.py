@@ -31,14 +31,15 @@ def test_sampler_matches_reference(b, v, dtype):
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-@pytest.mark.parametrize("b", [32, 256])
-def test_sampler_pipelined_pass1_same_outputs(monkeypatch, b, dtype):
+@pytest.mark.parametrize("b,v", [(32, 151936), (256, 151936), (1, 151936), (4, 5000), (133, 9000)])
+def test_sampler_pipelined_pass1_same_outputs(monkeypatch, b, v, dtype):
     """Pass 1's pipelined loop (``PASS1_STAGES``' 3, compiled: the next tiles copied into shared memory) gives the
-    plain loop's tokens and logprobs bit for bit, on split rows (B = 32: 4 slices of 5 tiles) and the per-row kernel
-    (B = 256), the benchmark's pipeline suite's shapes."""
+    plain loop's tokens and logprobs bit for bit: on split rows of 5 tiles a slice (B = 32) and of one (B = 1), on
+    slices without a whole tile (B = 4, V = 5000), and in the per-row kernel over 18 tiles (B = 256, the benchmark's
+    pipeline suite's shapes) and over one and a partial one (B = 133, V = 9000): the pipeliner's prologue and
+    epilogue with fewer tiles than stages."""
     from tts_kernels.sampling import triton_kernel as tkm
 
-    v = 151936
     gen = torch.Generator().manual_seed(b + 5)
     logits = random_logits(b, v, gen=gen, dtype=dtype, device=DEV)
     params = mixed_params(b, v, gen=gen, device=DEV)

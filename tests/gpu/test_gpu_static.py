@@ -659,8 +659,11 @@ def test_cost_model_from_results_json(tmp_path):
     if not aot.triton_support()[0]:
         pytest.skip(aot.triton_support()[1])
     specs = json.loads(_run_cost_model("--list-specs", "--set", "quick"))
-    # quick shapes: fp32 V=32000 at B=1 (split rows on an H100: partial + merge) and B=256 (one program per row)
-    assert sorted(s["kernel"] for s in specs) == ["_merge_kernel", "_partial_kernel", "_sample_kernel"]
+    # quick shapes: fp32 V=32000 at B=1 (split rows on an H100: partial + merge) and B=256 (one program per row,
+    # with pass 1 plain and pipelined)
+    assert sorted(s["kernel"] for s in specs) == ["_merge_kernel", "_partial_kernel", "_sample_kernel",
+                                                  "_sample_kernel"]
+    assert sorted(s["params"]["STAGES"] for s in specs if s["kernel"] != "_merge_kernel") == ["0", "0", "3"]
     src = tmp_path / "results.json"
     src.write_text(json.dumps({"set": "quick", "specs": [
         {"kernel": s["kernel"], "spec": s["spec"], "params": s["params"],
@@ -1083,13 +1086,13 @@ def test_quick_set_compiles(tmp_path):
     # the quick set: two one-program-per-row sampler variants, one split-row launch (partial + merge), one
     # tree attention call (stage 1 wide and narrow, stage 2); its bf16 stage-1 launches, wide and narrow,
     # take different KV tiles on sm_90 (wgmma: 64 tokens) and sm_80 (mma.sync: 32): one specialization per
-    # arch, each compiled for its arch only
-    assert d["specializations"] == 9 and d["compiles"] == 14 and not d["failures"]
+    # arch, each compiled for its arch only; and the per-row sampler with pass 1 pipelined (cost_model.QUICK_PIPELINED)
+    assert d["specializations"] == 10 and d["compiles"] == 16 and not d["failures"]
     assert d["kernels_launched_in_source"] == ["_merge_kernel", "_partial_kernel", "_sample_kernel",
                                                "_tree_attn_stage1", "_tree_attn_stage2"]
     assert d["kernels_not_reached"] == []
     kernels = sorted(r["kernel"] for r in d["specs"])
-    assert kernels == ["_merge_kernel", "_partial_kernel", "_sample_kernel", "_sample_kernel",
+    assert kernels == ["_merge_kernel", "_partial_kernel", "_sample_kernel", "_sample_kernel", "_sample_kernel",
                        "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1", "_tree_attn_stage1",
                        "_tree_attn_stage2"]
     for r in d["specs"]:
@@ -1138,12 +1141,14 @@ def test_quick_set_compiles(tmp_path):
             dict(suite="sweep", impl="tts_kernels.triton-tokens", B=256, V=32000, dtype="float32", config="temp",
                  median_s=8e-5),
             dict(suite="sweep", impl="torch.sort", B=256, V=32000, dtype="float32", config="temp", median_s=1e-3),
-            # the pipeline suite's modes: the plain loop against the sweep's record; the quick set models no
-            # pipelined pass 1 (the full set's ``sampler_pipelined``)
+            # the pipeline suite's modes: the plain loop against the sweep's record, the pipelined one against
+            # ``sampler_pipelined``'s (the quick set's B=256 only)
             dict(suite="pipeline", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
                  mode="stages=0", stages=0, median_s=2e-4),
             dict(suite="pipeline", impl="tts_kernels.triton", B=256, V=32000, dtype="float32", config="temp",
-                 mode="stages=3", stages=3, median_s=1.5e-4)]},
+                 mode="stages=3", stages=3, median_s=1.5e-4),
+            dict(suite="pipeline", impl="tts_kernels.triton", B=1, V=32000, dtype="float32", config="temp",
+                 mode="stages=3", stages=3, median_s=1.5e-5)]},
         "tree_attention": {"records": [
             dict(N=4, prefix=1024, suffix=16, Hq=4, Hkv=2, D=32, dtype="bfloat16", block_size=16, wide_chunk_rows=2,
                  parallelism=dict(rows_per_item=64, kv_heads=2, programs=1, narrow_rows=8, programs_narrow=1),
@@ -1155,10 +1160,14 @@ def test_quick_set_compiles(tmp_path):
                        capture_output=True, text=True, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     pred = json.loads(p.stdout.strip().splitlines()[-1])
-    assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32", "sampler temp B=256 V=32000 fp32 (pipeline stages=3)"]
-    sp, tokens, plain = pred["sampler"]
+    assert pred["not_modelled"] == ["sampler temp B=3 V=77 fp32", "sampler temp B=1 V=32000 fp32 (pipeline stages=3)"]
+    sp, tokens, plain, piped = pred["sampler"]
     assert (plain["suite"], plain["pass1_stages"], plain["measured_s"]) == ("pipeline", 0, 2e-4)
     assert plain["predicted_s"] == sp["predicted_s"] and sp["pass1_stages"] == 0
+    model3 = next(x for x in d["cost_model"]["sampler_pipelined"] if x["B"] == 256)
+    assert (model3["pass1_stages"], piped["pass1_stages"], piped["measured_s"]) == (3, 3, 1.5e-4)
+    assert piped["predicted_s"] == [model3["low"]["t_bound_s"], model3["high"]["t_bound_s"]]
+    assert piped["pass1_loads_in_flight"] == model3["pass1_loads_in_flight"]
     model = next(x for x in s if x["B"] == 256)
     assert sp["logprobs"] and sp["predicted_s"] == [model["low"]["t_bound_s"], model["high"]["t_bound_s"]]
     lean = model["no_logprobs"]      # the tokens-only kernel against the bounds without logprobs
@@ -1210,6 +1219,49 @@ def test_budget_strings_do_not_recompile():
     ids = specializations(_SPECS_OF_BUDGET_STRINGS)
     assert set(ids) == {"_sample_kernel", "_partial_kernel", "_merge_kernel"}, ids
     assert all(len(v) == 1 for v in ids.values()), ids
+
+
+_SPECS_OF_PASS1_DEPTHS = r"""
+import json, torch
+import tts_kernels as tk
+from benchmarks.gpu_static import aot, cost_model as cm
+from tts_kernels.sampling import triton_kernel as tkm
+ok, why = aot.triton_support()
+if not ok:
+    print("SKIP " + why)
+    raise SystemExit(0)
+ids = {}
+# per-row (B = 256) and split rows (B = 32) as an H100 launches them: by default and at each depth of PASS1_STAGES
+for depth in ["default"] + list(tkm.PASS1_STAGES):
+    for B in (256, 32):
+        with cm.as_gpu(), aot.recording() as launches:
+            if depth == "default":
+                tk.sample(torch.empty(B, 151936, dtype=torch.bfloat16), temperature=0.8, seed=1, offset=0,
+                          check_nan=False, validate=False, backend="triton")
+            else:
+                with cm.pass1_stages(depth):
+                    tk.sample(torch.empty(B, 151936, dtype=torch.bfloat16), temperature=0.8, seed=1, offset=0,
+                              check_nan=False, validate=False, backend="triton")
+        for lc in launches:
+            ids.setdefault(f"{depth} {lc.name}", []).append(aot.spec_parts(lc, aot.bind(lc, 90)).get("STAGES"))
+print(json.dumps(ids))
+"""
+
+
+def test_the_wrappers_launch_the_pass1_depth_they_are_given():
+    """The pass-1 kernels (not the merge) are launched at the depth ``_pass1_stages`` gives, per-row and split: 0 by
+    default (the plain loop), and each depth of ``PASS1_STAGES`` when the benchmark or the static check swap it in
+    (``cost_model.pass1_stages``); the cost model's variants list the default depth first."""
+    from helpers.specializations import specializations
+
+    from tts_kernels.sampling import triton_kernel as tkm
+    ids = specializations(_SPECS_OF_PASS1_DEPTHS)
+    assert tkm.PASS1_STAGES == (0, 3)
+    assert ids["default _sample_kernel"] == ["0"] and ids["default _partial_kernel"] == ["0"]
+    for depth in tkm.PASS1_STAGES:
+        assert ids[f"{depth} _sample_kernel"] == [str(depth)] and ids[f"{depth} _partial_kernel"] == [str(depth)]
+        assert ids[f"{depth} _merge_kernel"] == [None]
+    assert [(d, key) for d, _, key in cm.sampler_variants(False)] == [(0, "sampler"), (3, "sampler_pipelined")]
 
 
 def test_other_triton_version_is_a_skip(monkeypatch):
@@ -1334,18 +1386,20 @@ def test_tile_order_rule():
 def test_vector_load_rule_judges_aligned_rows_only():
     from benchmarks.gpu_static.check import vector_load_failures
 
-    def spec(name, stride, ldg):
+    def spec(name, stride, ldg, stages="0"):
         loop = {"source": {"function": "_pass1", "line": 1}, "ldg_ops": ldg}
-        return {"kernel": "_sample_kernel", "spec": name, "params": {"logits_ptr": "*bf16/16", "stride_row": stride},
-                "compiled": {"sm_90": {"ok": True, "loops": [loop]}}}
+        return {"kernel": "_sample_kernel", "spec": name, "compiled": {"sm_90": {"ok": True, "loops": [loop]}},
+                "params": {"logits_ptr": "*bf16/16", "stride_row": stride, "STAGES": stages}}
     results = [spec("aligned-vec", "i32/16", ["LDG.E.128"]),
-               spec("aligned-pipelined", "i32/16", ["LDGSTS.E.BYPASS.128"]),   # STAGES 3: 16 B into shared memory
+               spec("aligned-pipelined", "i32/16", ["LDGSTS.E.BYPASS.128"], "3"),   # 16 B into shared memory
                spec("aligned-scalar", "i32/16", ["LDG.E.U16"]),     # aligned rows without 16-byte loads: a failure
-               spec("aligned-pipelined-scalar", "i32/16", ["LDGSTS.E"]),
+               spec("aligned-pipelined-scalar", "i32/16", ["LDGSTS.E"], "3"),
+               spec("aligned-not-pipelined", "i32/16", ["LDG.E.128"], "3"),  # STAGES 3 that Triton did not pipeline
                spec("odd-scalar", "i32", ["LDG.E.U16"])]            # misaligned rows cannot vector-load: not judged
     failures = vector_load_failures(results)
-    assert len(failures) == 2 and all("sm_90" in f for f in failures)
+    assert len(failures) == 3 and all("sm_90" in f for f in failures)
     assert "aligned-scalar" in failures[0] and "aligned-pipelined-scalar" in failures[1]
+    assert "not pipelined" in failures[2] and "aligned-not-pipelined" in failures[2]
 
 
 def test_loads_in_flight_of_the_pipelined_loop():
