@@ -1184,14 +1184,19 @@ def test_quick_set_compiles(tmp_path):
         assert t["measured_over_predicted"] == pytest.approx(secs / t["predicted_s"], rel=1e-3)
 
 
-_SPECS_OF_BUDGET_STRINGS = r"""
+#: the head of the scripts ``helpers.specializations`` runs: a skip on a Triton whose binder the check does not know
+_BINDER_SCRIPT_HEAD = r"""
 import json, torch
-from benchmarks.gpu_static import aot, spaces
+from benchmarks.gpu_static import aot
 from tts_kernels.sampling import triton_kernel as tkm
 ok, why = aot.triton_support()
 if not ok:
     print("SKIP " + why)
     raise SystemExit(0)
+"""
+
+_SPECS_OF_BUDGET_STRINGS = _BINDER_SCRIPT_HEAD + r"""
+from benchmarks.gpu_static import spaces
 ids = {}
 # every budget variant (wait, end and answer-prefix strings of 0-4 tokens), one program per row and
 # split rows (B = 4 and B = 32 on an H100's 132 SMs)
@@ -1221,27 +1226,18 @@ def test_budget_strings_do_not_recompile():
     assert all(len(v) == 1 for v in ids.values()), ids
 
 
-_SPECS_OF_PASS1_DEPTHS = r"""
-import json, torch
+_SPECS_OF_PASS1_DEPTHS = _BINDER_SCRIPT_HEAD + r"""
+import contextlib
 import tts_kernels as tk
-from benchmarks.gpu_static import aot, cost_model as cm
-from tts_kernels.sampling import triton_kernel as tkm
-ok, why = aot.triton_support()
-if not ok:
-    print("SKIP " + why)
-    raise SystemExit(0)
+from benchmarks.gpu_static import cost_model as cm
 ids = {}
 # per-row (B = 256) and split rows (B = 32) as an H100 launches them: by default and at each depth of PASS1_STAGES
 for depth in ["default"] + list(tkm.PASS1_STAGES):
     for B in (256, 32):
-        with cm.as_gpu(), aot.recording() as launches:
-            if depth == "default":
-                tk.sample(torch.empty(B, 151936, dtype=torch.bfloat16), temperature=0.8, seed=1, offset=0,
-                          check_nan=False, validate=False, backend="triton")
-            else:
-                with cm.pass1_stages(depth):
-                    tk.sample(torch.empty(B, 151936, dtype=torch.bfloat16), temperature=0.8, seed=1, offset=0,
-                              check_nan=False, validate=False, backend="triton")
+        depth_set = contextlib.nullcontext() if depth == "default" else cm.pass1_stages(depth)
+        with cm.as_gpu(), depth_set, aot.recording() as launches:
+            tk.sample(torch.empty(B, 151936, dtype=torch.bfloat16), temperature=0.8, seed=1, offset=0,
+                      check_nan=False, validate=False, backend="triton")
         for lc in launches:
             ids.setdefault(f"{depth} {lc.name}", []).append(aot.spec_parts(lc, aot.bind(lc, 90)).get("STAGES"))
 print(json.dumps(ids))
