@@ -17,7 +17,8 @@ measured copy bandwidth, speedups, the budget-forcing overhead, and checks the
 targets (Triton >= 10x the sort path at B >= 32; >= 50% of copy bandwidth at
 B >= 256), printing PASS/FAIL. Two variant suites time the Triton sampler two ways on the same
 inputs (``run_variants``): split rows against one program per row at small B, and pass 1's loop
-pipelined (``tl.range(num_stages=3)``, ``triton_kernel.PASS1_STAGES``) against the plain default. Results go to ``benchmarks/results/sampling_gpu.json``.
+pipelined (``tl.range(num_stages=3)``, ``triton_kernel.PASS1_STAGES``) against the plain default.
+Results go to ``benchmarks/results/sampling_gpu.json``.
 
 Exits with a message (status 1) when no CUDA device is present, unless ``--device cpu``.
 """
