@@ -365,6 +365,7 @@ def _source_references(path: str) -> Tuple[Tuple[str, Tuple[str, ...]], ...]:
     return tuple(out)
 
 
+@functools.lru_cache(maxsize=None)
 def _innermost_function(f: str, ln: int) -> Optional[str]:
     """The innermost function of source file ``f`` that holds line ``ln`` (None: none does)."""
     best = None
@@ -374,20 +375,13 @@ def _innermost_function(f: str, ln: int) -> Optional[str]:
     return best[2] if best else None
 
 
-def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Instr]:
-    """Inlining chains completed where the SASS's are cut short: every chain of Triton 3.5.1's cubins (their
-    line info names the innermost line only), and under later ones a few instructions whose debug locations LLVM
-    merged (code of two inlined call sites: the common scope, not the path). A chain is complete when its
-    outermost frame lies in the kernel function ``entry``; the others keep their frames and get the path from
-    ``entry`` to their outermost function, from the call graph of the source files the line info names. A
-    function that every path from ``entry`` reaches through the same functions (every function that reaches it
-    lies on each of those paths) gets them, as ``nvdisasm -gi`` would name them; a shared one (``tl.sum``, a
-    function several callers share: the path is ambiguous) takes the path that the nearest instructions within
-    ``window`` before and after it show (a complete chain's functions that reach it, or the dominators of a
-    function that is not shared and reaches it; inlined code sits in its caller's blocks), only the functions
-    both show where both sides show one; with none, its dominators only. Returns new instructions (complete
-    chains unchanged)."""
-    files = sorted({f for ins in instrs for f, _ln in ins.chain if f})
+@functools.lru_cache(maxsize=None)
+def _call_graph(files: Tuple[str, ...], entry: str):
+    """The call graph :func:`infer_chains` walks, from the source files the line info names (one per kernel and
+    set of files: the same for every specialization of a kernel): ``(defs, live, below, doms, shared)``, the
+    definitions (name -> (file, first line)), the functions ``entry`` reaches, each one's descendants (itself
+    included), its dominators (the functions every path from ``entry`` to it passes, itself included) and the
+    shared ones (reached from outside their dominators). None where ``entry`` is not among them."""
     defs: Dict[str, Tuple[str, int]] = {}
     refs: Dict[str, set] = {}
     for f in files:
@@ -408,11 +402,33 @@ def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Inst
         return seen
 
     if entry not in graph:
-        return list(instrs)
+        return None
     live = reach(entry)
     below = {g: reach(g) for g in live}                                   # descendants, g included
-    doms = {g: {d for d in live if d == g or g not in reach(entry, without=d)} for g in live}
+    cut = {d: reach(entry, without=d) for d in live}                      # what entry reaches without d
+    doms = {g: {d for d in live if d == g or g not in cut[d]} for g in live}
     shared = {g for g in live if any(g in below[a] for a in live - doms[g])}
+    return defs, live, below, doms, shared
+
+
+def infer_chains(instrs: List[Instr], entry: str, window: int = 64) -> List[Instr]:
+    """Inlining chains completed where the SASS's are cut short: every chain of Triton 3.5.1's cubins (their
+    line info names the innermost line only), and under later ones a few instructions whose debug locations LLVM
+    merged (code of two inlined call sites: the common scope, not the path). A chain is complete when its
+    outermost frame lies in the kernel function ``entry``; the others keep their frames and get the path from
+    ``entry`` to their outermost function, from the call graph of the source files the line info names. A
+    function that every path from ``entry`` reaches through the same functions (every function that reaches it
+    lies on each of those paths) gets them, as ``nvdisasm -gi`` would name them; a shared one (``tl.sum``, a
+    function several callers share: the path is ambiguous) takes the path that the nearest instructions within
+    ``window`` before and after it show (a complete chain's functions that reach it, or the dominators of a
+    function that is not shared and reaches it; inlined code sits in its caller's blocks), only the functions
+    both show where both sides show one; with none, its dominators only. Returns new instructions (complete
+    chains unchanged)."""
+    files = tuple(sorted({f for ins in instrs for f, _ln in ins.chain if f}))
+    graph = _call_graph(files, entry)
+    if graph is None:
+        return list(instrs)
+    defs, live, below, doms, shared = graph
 
     def frames(names) -> Tuple[Tuple[str, int], ...]:
         return tuple(defs[n] for n in sorted(names, key=lambda n: len(doms.get(n, ())), reverse=True))
