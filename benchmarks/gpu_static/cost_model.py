@@ -557,6 +557,18 @@ _LEGACY_LIST = "_list_groups"
 _LEGACY_DRAW = "_filtered_groups"
 
 
+def _unmasked_copies(loops) -> List[Dict[str, Any]]:
+    """Of the copies of a loop that the kernels compile from one call in two branches, by the row's end mask (the
+    filtered draw's and the compaction's: same source line, same global loads), the shorter, which the model's rows
+    (no budget, nothing masked) run; other loops as they are."""
+    best: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
+    for lp in loops:
+        key = (lp["source"]["function"], lp["source"]["line"], lp.get("ldg"), lp.get("tokens_per_iter"))
+        if key not in best or lp["instructions_excl"] < best[key]["instructions_excl"]:
+            best[key] = lp
+    return list(best.values())
+
+
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     """Thread-instructions per token of pass 1, a select pass and the filtered draw from the SASS
     loops: the row loops of the kernel function in source order (first = pass 1, last = the
@@ -575,7 +587,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw"), _LEGACY_DRAW if roles else None} - {None}
     # the compaction's loop: the first compaction's, not the rare second one's (its own smaller tiles, inlined with
     # the same source step: its tokens per iteration would read 8 times too many)
-    compact = sorted((lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
+    compact = sorted(_unmasked_copies(lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
                      key=lambda lp: -lp["instructions_excl"])
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
@@ -599,7 +611,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     # rows (no budget) run the shorter; before, one (the last row loop, :data:`_LEGACY_DRAW`'s)
     draws = [lp for lp in rest if lp["source"]["function"] in (roles.get("draw"), _LEGACY_DRAW)] if roles else []
     if roles:
-        draw = min(draws, key=lambda lp: lp["instructions_excl"]) if draws else None
+        draw = min(_unmasked_copies(draws), key=lambda lp: lp["instructions_excl"]) if draws else None
     else:
         draw = rest[-1] if rest else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw

@@ -752,8 +752,13 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, L, zmax, total, top_k, k_on,
     xL = _raw_below(L, Lz, Tz)
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
-    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, mask_end, Tz, CAP, zero,
-                                     0, 0, DBLOCK, False)
+    # the tiles' loop in two copies by the row's end mask (as the filtered draw's, :func:`_filtered_groups`)
+    if mask_end:
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, True, Tz, CAP, zero,
+                                         0, 0, DBLOCK, False)
+    else:
+        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, False, Tz, CAP, zero,
+                                         0, 0, DBLOCK, False)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
     above_cnt = nbuf * 0
@@ -1221,7 +1226,8 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     Lz = L / Tz
     nlist = _list_contenders(ws_row, NGR, V, Tz, Lz, floor, c1, c2, k0, k1, FB, True)
     # two copies of the tokens' loop, one per value of the row's end mask: a compare and select per token only in
-    # the rows that mask (behind one uniform branch; inside the loop ptxas predicates the select instead)
+    # the rows that mask (behind one uniform branch; a branch inside the loop, ptxas predicates the select instead:
+    # 13.5 against 10.6 thread-instructions per bf16 token, sm_90, Triton 3.9)
     if mask_end:
         _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, True, DBLOCK, DH, H_AXIS)
     else:
