@@ -465,24 +465,13 @@ def skipped_roles(config: str, rescored: bool, sorted_buffer: Optional[bool] = N
     with top-k / top-p whose candidates take the sort (``sorted_buffer`` True) the bisection's, or the
     bisection (False) the sort's (None: both counted); and a row with top-k / top-p the overflow path's
     (``overflow``: candidates beyond the buffer, which no side of the model has, :data:`BUFFER_ENTRIES`; its loops
-    are not counted either). A call without a budget also skips :data:`BUDGET_ROLES` (:func:`model_skips`)."""
+    are not counted either)."""
     if config in ("temp", "greedy"):
         return ("filtered", "redraw")
     if config == "min_p":
         return ("thresholds",) + (() if rescored else ("rescore",))
     which = () if sorted_buffer is None else (("bisect",) if sorted_buffer else ("sort",))
     return tuple(sorted(which + ("overflow",) + (() if rescored else ("rescore",))))
-
-
-#: the roles of the budget rules' code (``COST_MODEL_ROLES``): a call with a budget runs them once per row, behind
-#: a uniform branch (one specialization serves calls with and without one), and the end group's masked stats where
-#: a row masks the end token; the model's calls have no budget
-BUDGET_ROLES = ("budget_plan", "budget_update", "end_mask")
-
-
-def model_skips(config: str, rescored: bool, sorted_buffer: Optional[bool] = None) -> Tuple[str, ...]:
-    """What a row of the model's calls (no budget) skips: :func:`skipped_roles` and :data:`BUDGET_ROLES`."""
-    return skipped_roles(config, rescored, sorted_buffer) + BUDGET_ROLES
 
 
 def _paths_key(roles: Sequence[str]) -> str:
@@ -496,12 +485,10 @@ def _cta_warp(instr: Dict[str, Any], config: str, rescored: bool = True, sorted_
     paths = instr.get("cta_warp_paths") or {}
     for roles in (skipped_roles(config, rescored, sorted_buffer), skipped_roles(config, rescored)):
         for rs in (roles, tuple(r for r in roles if r != "overflow")):   # (a results JSON before the overflow role)
-            # with the budget rules' code left out; without (a kernel that compiled them out: budget a constexpr)
-            for skip in (rs + BUDGET_ROLES, rs):
-                if not skip:
-                    return instr.get("cta_warp", 0)
-                if _paths_key(skip) in paths:
-                    return paths[_paths_key(skip)]
+            if not rs:
+                return instr.get("cta_warp", 0)
+            if _paths_key(rs) in paths:
+                return paths[_paths_key(rs)]
     return instr.get("cta_warp", 0)
 
 
@@ -553,20 +540,6 @@ def without_logprobs(instr: Dict[str, Any]) -> Dict[str, Any]:
 
 #: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
 _LEGACY_LIST = "_list_groups"
-#: the device function the filtered draw's tokens' loop was attributed to before ``_kept_masses``
-_LEGACY_DRAW = "_filtered_groups"
-
-
-def _unmasked_copies(loops) -> List[Dict[str, Any]]:
-    """Of the copies of a loop that the kernels compile from one call in two branches, by the row's end mask (the
-    filtered draw's and the compaction's: same source line, same global loads), the shorter, which the model's rows
-    (no budget, nothing masked) run; other loops as they are."""
-    best: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
-    for lp in loops:
-        key = (lp["source"]["function"], lp["source"]["line"], lp.get("ldg"), lp.get("tokens_per_iter"))
-        if key not in best or lp["instructions_excl"] < best[key]["instructions_excl"]:
-            best[key] = lp
-    return list(best.values())
 
 
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
@@ -584,10 +557,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
     roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
-    row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw"), _LEGACY_DRAW if roles else None} - {None}
+    row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
     # the compaction's loop: the first compaction's, not the rare second one's (its own smaller tiles, inlined with
     # the same source step: its tokens per iteration would read 8 times too many)
-    compact = sorted(_unmasked_copies(lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
+    compact = sorted((lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
                      key=lambda lp: -lp["instructions_excl"])
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
@@ -607,16 +580,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
     p1 = p1[:1]
     rest = [lp for lp in own if lp not in p1]
-    # the draw's loops: since its end mask left the loop, two copies (with the mask and without), of which the model's
-    # rows (no budget) run the shorter; before, one (the last row loop, :data:`_LEGACY_DRAW`'s)
-    draws = [lp for lp in rest if lp["source"]["function"] in (roles.get("draw"), _LEGACY_DRAW)] if roles else []
-    if roles:
-        draw = min(_unmasked_copies(draws), key=lambda lp: lp["instructions_excl"]) if draws else None
-    else:
-        draw = rest[-1] if rest else None
+    draw = rest[-1] if rest and (not roles or rest[-1]["source"]["function"] == roles.get("draw")) else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
     candidates = ([lp for lp in helpers if lp not in counting]
-                  + [lp for lp in rest if lp is not draw and lp not in draws and lp["innermost"]])
+                  + [lp for lp in rest if lp is not draw and lp["innermost"]])
     def largest(lps, default=None):   # the loop of the most instructions per value
         return max(lps, key=lambda lp: lp["thread_instr_per_token"]) if lps else default
     sel = largest(candidates)
@@ -653,7 +620,7 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
             "raw_tail_warp": ((compiled.get("straight_line_by_function") or {}).get(roles.get("raw"), 0)
                               * compiled["num_warps"] if p1 else 0),
             "cta_warp_paths": {_paths_key(rs): straight_line_warp_instr(compiled, [roles[r] for r in rs])
-                               for rs in sorted({model_skips(c, r, s) for c in SAMPLER_CONFIGS for r in (False, True)
+                               for rs in sorted({skipped_roles(c, r, s) for c in SAMPLER_CONFIGS for r in (False, True)
                                                  for s in (None, False, True)})
                                if rs and all(roles.get(r) for r in rs)},
             "pass1_ldg": p1[0]["ldg_ops"] if p1 else [],

@@ -15,9 +15,9 @@ these for the inputs a user can give:
 * sampler: logits dtype fp32/bf16/fp16; vocabularies 32000 (Llama-2, divisible by 16), 50257
   (GPT-2, odd; also in rows padded to 50272, which align the row starts), 29 (the embedded tiny model: a small tile), and in ``full`` 151936/128256
   (Qwen/Llama-3: same class as 32000, deduplicated); budget off, end-only (one end id), wait +
-  end, end + answer prefix, and multi-token wait/end/answer (one specialization with and without
-  a budget: whether a call has one and its token counts are runtime arguments, not specialised on;
-  kept as cases so that a kernel change that specialises again is compiled and seen); the filter mix (greedy, plain,
+  end, end + answer prefix, and multi-token wait/end/answer (one specialization with a budget
+  since the token counts are not specialised on; kept as cases so that a kernel change that
+  specialises again is compiled and seen); the filter mix (greedy, plain,
   top-k, top-p, min-p) is runtime data, one call each for good measure.
 * tree attention: q/KV dtype fp32/bf16/fp16; (Hq, Hkv, D) of Llama-3-8B (32, 8, 128),
   Qwen2.5-0.5B (14, 2, 64), a GQA-8 (8, 1, 128), MHA (8, 8, 64), D=256 (8, 4, 256) and the

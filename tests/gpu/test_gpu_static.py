@@ -84,7 +84,7 @@ def test_sampler_passes():
         return seen
     roles = triton_kernel.COST_MODEL_ROLES
     assert "_select_thresholds" in calls(roles["filtered"]) and "_rescore" in calls(roles["redraw"])
-    for rs in {cm.model_skips(c, r, b) for c in cm.SAMPLER_CONFIGS for r in (False, True)
+    for rs in {cm.skipped_roles(c, r, b) for c in cm.SAMPLER_CONFIGS for r in (False, True)
                for b in (None, False, True)}:
         for a in rs:
             for b in rs:
@@ -92,7 +92,7 @@ def test_sampler_passes():
     # ... and each is called from one place only (a second call site on a row's path would be skipped too)
     module_src = inspect.getsource(triton_kernel)
     for role in {r for c in cm.SAMPLER_CONFIGS for x in (False, True) for b in (None, False, True)
-                 for r in cm.model_skips(c, x, b)}:
+                 for r in cm.skipped_roles(c, x, b)}:
         assert len(re.findall(rf"\b{roles[role]}\(", module_src)) == 2, role   # its def and one call
 
 
@@ -235,14 +235,6 @@ def test_sampler_bound_straight_line_per_config():
     for config in ("top_k", "top_p", "topk_topp_minp"):
         assert cm.sampler_bound(264, 1000, 2, config, over)["cta_warp_this_config"] == [6100, 7300], config
     assert cm.sampler_bound(264, 1000, 2, "temp", over)["cta_warp_this_config"] == [3000, 3000]
-    # with the budget rules' own counts (a kernel whose budget is a runtime flag), every row of the model, which has
-    # no budget, leaves them out too
-    budget = dict(over, cta_warp_paths=dict(over["cta_warp_paths"], **{
-        "budget_plan+budget_update+end_mask+filtered+redraw": 2800,
-        "budget_plan+budget_update+end_mask+overflow+sort": 7100}))
-    assert cm.sampler_bound(264, 1000, 2, "temp", budget)["cta_warp_this_config"] == [2800, 2800]
-    assert cm.sampler_bound(264, 1000, 2, "top_k", budget)["cta_warp_this_config"] == [6100, 7100]
-    assert cm.model_skips("temp", True) == ("filtered", "redraw", "budget_plan", "budget_update", "end_mask")
 
 
 def test_sampler_instr_paths_from_the_inlining_counts():
@@ -893,21 +885,6 @@ def test_select_step_code_counts_per_step():
     assert cm.sampler_passes("topk_topp_minp", (3, 8), 151936)["select_steps"] == (0, 12)   # 2 x (8 - 2)
     assert b["low"]["t_issue_s"] == a["low"]["t_issue_s"]                  # 50 values: the sort
     assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 12 * 1280 / RATE, rel=1e-3)
-
-
-def test_sampler_instr_takes_the_draw_copy_without_the_end_mask():
-    # the filtered draw's tokens' loop comes in two copies (``_kept_masses``: with the end mask, for the rows of a
-    # budget call that mask, and without); the model's rows (no budget) run the shorter, and neither is a select pass
-    p1 = _loop("_pass1", 1, 1024, 400)
-    masked, plain = _loop("_kept_masses", 9, 1024, 360, mufu=4), _loop("_kept_masses", 9, 1024, 320, mufu=4)
-    sel = _loop("_buffer_scan", 3, 512, 100)
-    for loops in ([p1, sel, masked, plain], [p1, sel, plain, masked]):
-        instr = cm.sampler_instr({"loops": loops, "num_warps": 8, "sass_instructions": 2000}, "_sample_kernel")
-        assert instr["draw"] == 320 * 32 * 8 / 1024 and instr["select"] == 100 * 32 * 8 / 512, instr
-    # a results JSON of the kernels before (one copy, attributed to ``_filtered_groups``)
-    old = cm.sampler_instr({"loops": [p1, sel, _loop("_filtered_groups", 9, 1024, 360)], "num_warps": 8,
-                            "sass_instructions": 2000}, "_sample_kernel")
-    assert old["draw"] == 360 * 32 * 8 / 1024
 
 
 def test_divergence_fallbacks_left_out():

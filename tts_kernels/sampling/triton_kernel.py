@@ -107,23 +107,20 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py): pass 1, a
 #: select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting them,
 #: top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass (its tokens' read,
-#: two copies of one loop, with the end mask and without, and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
+#: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
 #: candidate groups (``list``, per group: the compaction's the cheapest of its loops, the draw's, which scores the
 #: groups, the costliest), the compaction of the selects' candidates; the pass-1 tile (outside the
 #: loop: a row's partial last tile) and its raw sums (``raw``: a call without logprobs skips them); and the code only some rows run: ``filtered`` (the bounds of rows with a
 #: filter), ``thresholds`` (rows with top-k or top-p), ``redraw`` (rows with a filter: whether the chosen group
 #: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
-#: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer), ``budget_plan`` and
-#: ``budget_update`` (the budget rules of a call with a budget, before and after the draw) and ``end_mask`` (the
-#: end token's group's stats, of a row that masks it)
+#: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
-                    "draw": "_kept_masses", "draw_groups": "_score_groups",
+                    "draw": "_filtered_groups", "draw_groups": "_score_groups",
                     "groups": "_scan_groups", "list": "_list_contenders", "compact": "_compact_candidates",
                     "overflow": "_compact_overflow",
                     "tile": "_pass1_tile", "raw": "_group_raw",
                     "filtered": "_filter_bounds", "redraw": "_filtered_redraw", "rescore": "_rescore",
-                    "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds",
-                    "budget_plan": "_budget_plan", "budget_update": "_budget_update", "end_mask": "_end_group_stats"}
+                    "thresholds": "_select_thresholds", "sort": "_sorted_thresholds", "bisect": "_buffer_thresholds"}
 #: a row's group stats (pass 1's planes of its workspace): maximum, raw sum, draw sum
 STAT_PLANES = tl.constexpr(3)
 #: float32 words per group in a row's workspace (``_ws_row``): the group stats, then the candidate groups' list
@@ -226,20 +223,10 @@ def _to_z(x, Tz):
 
 @triton.jit
 def _masked(row_ptr, offs, inb, end0, mask_end, Tz):
-    """(x, z): the end-masked logits in float32 (:func:`_mask_end`) and ``z = x / T`` (-0 -> +0); out-of-row
-    entries -inf."""
-    x = _mask_end(tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32), offs, end0, mask_end)
+    """(x, z): the end-masked logits in float32 and ``z = x / T`` (-0 -> +0); out-of-row entries -inf."""
+    x = tl.load(row_ptr + offs, mask=inb, other=float("-inf")).to(tl.float32)
+    x = tl.where(mask_end & (offs == end0), float("-inf"), x)
     return x, _to_z(x, Tz)
-
-
-@triton.jit
-def _mask_end(x, offs, end0, mask_end):
-    """``x`` with the end token's entry (``offs == end0``) -inf where the row masks it (``mask_end``: budget rule 3),
-    behind a branch on the row's flag (uniform over the program), so that a row that masks nothing, every row of a
-    call without a budget among them, runs no compare and select per token."""
-    if mask_end:
-        x = tl.where(offs == end0, float("-inf"), x)
-    return x
 
 
 @triton.jit
@@ -752,13 +739,8 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, L, zmax, total, top_k, k_on,
     xL = _raw_below(L, Lz, Tz)
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
-    # the tiles' loop in two copies by the row's end mask (as the filtered draw's, :func:`_filtered_groups`)
-    if mask_end:
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, True, Tz, CAP, zero,
-                                         0, 0, DBLOCK, False)
-    else:
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, False, Tz, CAP, zero,
-                                         0, 0, DBLOCK, False)
+    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, mask_end, Tz, CAP, zero,
+                                     0, 0, DBLOCK, False)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
     above_cnt = nbuf * 0
@@ -827,30 +809,23 @@ def _sampled_temperature(temp):
 
 
 @triton.jit
-def _budget_plan(budget_ptr, forced_ptr, row, num_wait, num_forced):
-    """Budget rules 1 and 2 (forced tokens) and rule 3's end masking of a row with a budget: (end0, mask_end,
-    forced_tok); read only."""
-    bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
-    end0 = tl.load(forced_ptr + num_wait)
-    mask_end = need & (num_wait == 0)
-    safe_pos = tl.minimum(tl.maximum(pos, 0), num_forced - 1)
-    pend_tok = tl.load(forced_ptr + safe_pos)
-    forced_tok = tl.where(force_end, end0, tl.where(pending, pend_tok, -1))
-    return end0, mask_end, forced_tok
-
-
-@triton.jit
-def _plan(row, temp_ptr, budget_ptr, forced_ptr, num_wait, num_forced, has_budget):
-    """:func:`_budget_plan` where the call has a budget (``has_budget``, 0 or 1: a runtime flag, uniform over the
-    launch, so one specialization serves calls with and without a budget), for one row: read only.
+def _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr, num_wait, num_forced, HAS_BUDGET: tl.constexpr):
+    """Budget rules 1 and 2 (forced tokens) and rule 3's end masking, for one row: read only.
     Returns (end0, mask_end, forced_tok, do_draw, Tz); ``do_draw`` before the greedy rule's overflow
     test, which needs the row maximum (``_finish``)."""
     temp = tl.load(temp_ptr + row)
-    end0 = tl.full([], -1, tl.int32)
-    mask_end = tl.full([], 0, tl.int1)
-    forced_tok = tl.full([], -1, tl.int32)
-    if has_budget != 0:
-        end0, mask_end, forced_tok = _budget_plan(budget_ptr, forced_ptr, row, num_wait, num_forced)
+    if HAS_BUDGET:
+        bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
+        end0 = tl.load(forced_ptr + num_wait)
+        mask_end = need & (num_wait == 0)
+        safe_pos = tl.minimum(tl.maximum(pos, 0), num_forced - 1)
+        pend_tok = tl.load(forced_ptr + safe_pos)
+        forced_tok = tl.where(force_end, end0, tl.where(pending, pend_tok, -1))
+    else:
+        top_k = tl.load(topk_ptr + row)
+        end0 = -1
+        mask_end = top_k != top_k  # False
+        forced_tok = -1
     sampled, Tz = _sampled_temperature(temp)
     do_draw = sampled & (forced_tok < 0)
     return end0, mask_end, forced_tok, do_draw, Tz
@@ -1223,33 +1198,19 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
     thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
+    GT: tl.constexpr = DBLOCK // GROUP
+    end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
     nlist = _list_contenders(ws_row, NGR, V, Tz, Lz, floor, c1, c2, k0, k1, FB, True)
-    # two copies of the tokens' loop, one per value of the row's end mask: a compare and select per token only in
-    # the rows that mask (behind one uniform branch; a branch inside the loop, ptxas predicates the select instead:
-    # 13.5 against 10.6 thread-instructions per bf16 token, sm_90, Triton 3.9)
-    if mask_end:
-        _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, True, DBLOCK, DH, H_AXIS)
-    else:
-        _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, False, DBLOCK, DH, H_AXIS)
-    tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
-    return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
-
-
-@triton.jit
-def _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, MASK_END: tl.constexpr, DBLOCK: tl.constexpr,
-                 DH: tl.constexpr, H_AXIS: tl.constexpr):
-    """The filtered draw's read of the ``nlist`` listed groups (:func:`_filtered_groups`): each one's kept mass
-    ``S`` into plane 1 of the workspace; the end token ``end0`` masked when ``MASK_END``."""
-    GT: tl.constexpr = DBLOCK // GROUP
     for t0 in range(0, nlist * GROUP, DBLOCK):
         g, on = _listed(ws_row, NGR, nlist, t0, GT)
         offs = _group_tile(g * GROUP, DH, GROUP // DH, H_AXIS)
         x = tl.load(row_ptr + offs, mask=(offs < V) & _per_group(on, H_AXIS), other=float("-inf")).to(tl.float32)
-        if MASK_END:
-            x = tl.where(offs == end0, float("-inf"), x)
+        x = tl.where(offs == end_at, float("-inf"), x)
         e = _rel_mass(x, xmax, kz)
         tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, xt), e, 0.0), H_AXIS), 1), mask=on)
+    tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
+    return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
 
 
 @triton.jit
@@ -1399,55 +1360,15 @@ def _filtered_redraw(s_tok, sc1, h1, b2, gX, row_ptr, ws_row, NGR, Ls, xmax, V, 
 
 
 @triton.jit
-def _end_group_stats(row_ptr, ge, end0, V, Tz, kz):
-    """The stats (maximum, draw sum) of the end token's group ``ge`` with the end token masked (budget rule 3), which
-    the scan over the group stats takes for that group; only a row that masks runs it."""
-    offs = ge * GROUP + tl.arange(0, GROUP)
-    xe, _ze = _masked(row_ptr, offs, offs < V, end0, True, Tz)
-    return _max_mass(xe, kz, 0)
-
-
-@triton.jit
-def _budget_update(budget_ptr, forced_ptr, row, tok, end0, valid, num_wait, num_end, num_forced):
-    """Budget rule 3 (an end of thinking before the minimum becomes the Wait sequence) and the row's state
-    update, for a row with a budget; returns the token."""
-    bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
-    freev = free & valid
-    needv = need & valid
-    is_end = freev & (tok == end0)
-    replace = is_end & needv
-    natural_end = is_end & (needv == 0)
-    wait0 = tl.load(forced_ptr)  # only used when num_wait > 0
-    tok = tl.where(replace & (num_wait > 0), wait0, tok)
-    fpw = pending & (ph == THINKING)
-    nt2 = nt + (freev & (natural_end == 0)).to(tl.int32) + fpw.to(tl.int32)
-    wu2 = wu + replace.to(tl.int32)
-    new_pos = tl.where(pending, pos + 1, pos)
-    new_pos = tl.where(force_end | natural_end, num_wait + 1, new_pos)
-    new_stop = tl.where(force_end, num_forced, stop)
-    new_stop = tl.where(natural_end, num_wait + num_end, new_stop)
-    new_pos = tl.where(replace, 1, new_pos)
-    new_stop = tl.where(replace, num_wait, new_stop)
-    ph2 = tl.where(force_end | natural_end, ENDING, ph)
-    ph2 = tl.where((ph2 == ENDING) & (new_pos >= new_stop), DONE, ph2)
-    tl.store(bp + NUM_THINKING, nt2, mask=valid)
-    tl.store(bp + WAITS_USED, wu2, mask=valid)
-    tl.store(bp + PHASE, ph2, mask=valid)
-    tl.store(bp + POS, new_pos, mask=valid)
-    tl.store(bp + STOP, new_stop, mask=valid)
-    return tok
-
-
-@triton.jit
 def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced, buf_ptr, CAP, want_lp,
-            has_budget, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
+            HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr,
             FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Everything after pass 1 for one row: the scan over its group stats, filters (top-k / top-p /
     min-p), the draw, budget rule 3, the state update and the outputs (the logprob only when ``want_lp``, 0 or
     1)."""
-    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, budget_ptr, forced_ptr, num_wait, num_forced,
-                                                    has_budget)
+    end0, mask_end, forced_tok, do_draw, Tz = _plan(row, temp_ptr, topk_ptr, budget_ptr, forced_ptr,
+                                                    num_wait, num_forced, HAS_BUDGET)
     k0, k1, c1, c2 = _philox_key(seed_ptr, offset_ptr, row)
     kz = 1.4426950408889634 / Tz
     # the end token's group, with the end token masked (budget rule 3 without a Wait sequence)
@@ -1455,7 +1376,9 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     Me = tl.full([], float("-inf"), tl.float32)
     SZe = tl.full([], 0.0, tl.float32)
     if mask_end:
-        Me, SZe = _end_group_stats(row_ptr, ge, end0, V, Tz, kz)
+        offs = ge * GROUP + tl.arange(0, GROUP)
+        xe, _ze = _masked(row_ptr, offs, offs < V, end0, mask_end, Tz)
+        Me, SZe = _max_mass(xe, kz, 0)
     bad, fin, lse, xmax, gX, b1, g1, b2, total = _scan_groups(ws_row, NGR, ge, Me, SZe, Tz, want_lp,
                                                               _raw_plane(want_lp, kz, NGR), c1, c2, k0, k1, FB)
     temp = tl.load(temp_ptr + row)
@@ -1508,8 +1431,31 @@ def _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, s
     tok = tl.where(forced_tok >= 0, forced_tok, drawn)
 
     # ---- budget rule 3 and the state update ----------------------------------------------
-    if has_budget != 0:
-        tok = _budget_update(budget_ptr, forced_ptr, row, tok, end0, valid, num_wait, num_end, num_forced)
+    if HAS_BUDGET:
+        bp, nt, wu, ph, pos, stop, force_end, pending, free, need = _budget_rules(budget_ptr, row)
+        freev = free & valid
+        needv = need & valid
+        is_end = freev & (tok == end0)
+        replace = is_end & needv
+        natural_end = is_end & (needv == 0)
+        wait0 = tl.load(forced_ptr)  # only used when num_wait > 0
+        tok = tl.where(replace & (num_wait > 0), wait0, tok)
+        fpw = pending & (ph == THINKING)
+        nt2 = nt + (freev & (natural_end == 0)).to(tl.int32) + fpw.to(tl.int32)
+        wu2 = wu + replace.to(tl.int32)
+        new_pos = tl.where(pending, pos + 1, pos)
+        new_pos = tl.where(force_end | natural_end, num_wait + 1, new_pos)
+        new_stop = tl.where(force_end, num_forced, stop)
+        new_stop = tl.where(natural_end, num_wait + num_end, new_stop)
+        new_pos = tl.where(replace, 1, new_pos)
+        new_stop = tl.where(replace, num_wait, new_stop)
+        ph2 = tl.where(force_end | natural_end, ENDING, ph)
+        ph2 = tl.where((ph2 == ENDING) & (new_pos >= new_stop), DONE, ph2)
+        tl.store(bp + NUM_THINKING, nt2, mask=valid)
+        tl.store(bp + WAITS_USED, wu2, mask=valid)
+        tl.store(bp + PHASE, ph2, mask=valid)
+        tl.store(bp + POS, new_pos, mask=valid)
+        tl.store(bp + STOP, new_stop, mask=valid)
 
     tok_safe = tl.minimum(tl.maximum(tok, 0), V - 1)
     x_tok = tl.load(row_ptr + tok_safe).to(tl.float32)
@@ -1547,7 +1493,7 @@ def _raw_plane(want_lp, kz, NGR):
 #: compile per tokenizer's budget strings, 2x the static check's variants, for nothing). The candidate
 #: buffer's capacity ``CAP`` is specialised: always a multiple of 16 (:func:`_buffer_capacity`), one
 #: variant, whose buffer reads the compiler then knows aligned (8-byte loads of the masses, not 4)
-_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "want_lp", "has_budget"]
+_NO_SPECIALIZE = ["num_wait", "num_end", "num_forced", "want_lp"]
 
 
 def shares_draw_sums(temperature: float) -> bool:
@@ -1586,8 +1532,8 @@ def _buffer_masses(buf_ptr, CAP):
 def _sample_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp, has_budget,
-        BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp,
+        HAS_BUDGET: tl.constexpr, BLOCK: tl.constexpr, H: tl.constexpr, PAIRS: tl.constexpr, DBLOCK: tl.constexpr,
         DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr, PW: tl.constexpr, NB: tl.constexpr,
         H_AXIS: tl.constexpr, FAST_LOG: tl.constexpr, STAGES: tl.constexpr):
     """One program per row: pass 1 over the whole row, then ``_finish``."""
@@ -1599,7 +1545,7 @@ def _sample_kernel(
     tl.debug_barrier()  # the group stats written by every warp, visible to the finish
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, has_budget, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
+            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
 @triton.jit(do_not_specialize=["want_lp"])
@@ -1621,8 +1567,8 @@ def _partial_kernel(logits_ptr, temp_ptr, ws_ptr, V, stride_row, NGR, CHUNK, wan
 def _merge_kernel(
         logits_ptr, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
         budget_ptr, forced_ptr, tok_ptr, logp_ptr, ws_ptr, cand_ptr,
-        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp, has_budget,
-        DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
+        V, stride_row, NGR, num_wait, num_end, num_forced, CAP, want_lp,
+        HAS_BUDGET: tl.constexpr, DBLOCK: tl.constexpr, DH: tl.constexpr, HBLOCK: tl.constexpr, FB: tl.constexpr,
         PW: tl.constexpr, NB: tl.constexpr, H_AXIS: tl.constexpr):
     """Split-row finish: ``_finish`` on the group stats the partial programs wrote."""
     row = tl.program_id(0)
@@ -1630,7 +1576,7 @@ def _merge_kernel(
     ws_row = _ws_row(ws_ptr, row, NGR)
     _finish(row, row_ptr, ws_row, NGR, temp_ptr, topk_ptr, topp_ptr, minp_ptr, seed_ptr, offset_ptr,
             budget_ptr, forced_ptr, tok_ptr, logp_ptr, V, num_wait, num_end, num_forced,
-            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, has_budget, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
+            _buffer_row(cand_ptr, row, CAP), CAP, want_lp, HAS_BUDGET, DBLOCK, DH, HBLOCK, FB, PW, NB, H_AXIS)
 
 
 def _fast_log(t):
@@ -1780,19 +1726,18 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     min_p = min_p.to(torch.float32).contiguous()
     seed = seed.to(torch.int64).contiguous()
     offset = offset.to(torch.int64).contiguous()
-    es = logits.element_size()
-    ngr = _philox.num_groups(V)
-    ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats, the candidate list
-    has_budget = int(budget is not None)   # a runtime flag: one specialization with and without a budget
+    has_budget = budget is not None
     if has_budget:
         assert budget.dtype == torch.int32 and budget.is_contiguous() and budget.shape == (B, _budget.STATE_COLUMNS)
         forced = forced_ids.to(torch.int32).contiguous()
         num_forced = forced.numel()
     else:
-        # dummy int32 pointers of a fresh (aligned) allocation, as a budget's state and forced ids are: the same
-        # specialization; never dereferenced
-        budget = forced = ws.view(torch.int32)
+        budget = tok  # dummy pointers, never dereferenced
+        forced = tok
         num_forced = 1
+    es = logits.element_size()
+    ngr = _philox.num_groups(V)
+    ws = torch.empty(B * WS_PLANES.value * ngr, dtype=torch.float32, device=dev)   # group stats, the candidate list
     fast = _fast_log(logits)
     pairs = _bf16_pairs(logits)
     S = _num_slices(B, V, dev)
@@ -1808,8 +1753,8 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
         _sample_kernel[(B,)](
             logits, temperature, top_k, top_p, min_p, seed, offset,
             budget, forced, tok, lp_out, ws, cand,
-            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp, has_budget,
-            BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
+            V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp,
+            HAS_BUDGET=has_budget, BLOCK=block, H=_loads_per_thread(block, es, warps), PAIRS=pairs,
             FAST_LOG=fast, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, STAGES=stages, num_warps=warps,
             **_REGISTER_CAP)
         return tok, logp
@@ -1824,6 +1769,6 @@ def sample_triton(logits, temperature, top_k, top_p, min_p, seed, offset,
     _merge_kernel[(B,)](
         logits, temperature, top_k, top_p, min_p, seed, offset,
         budget, forced, tok, lp_out, ws, cand,
-        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp, has_budget,
-        **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
+        V, logits.stride(0), ngr, int(num_wait), int(num_end), num_forced, cap, want_lp,
+        HAS_BUDGET=has_budget, **tiles, H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps, **_REGISTER_CAP)
     return tok, logp
