@@ -5,6 +5,7 @@ Runs on CUDA when present, else on CPU tensors through the Triton interpreter
 interpreter is slow.
 """
 import contextlib
+import itertools
 import math
 
 import pytest
@@ -1027,12 +1028,12 @@ def test_list_contenders(FB):
 
 
 @triton.jit
-def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, Tz, xmax, min_p, xt, end0,
+def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, Tz, xmax, min_p, xt, end0, mask,
                             DBLOCK: tl.constexpr, DH: tl.constexpr, FB: tl.constexpr, H_AXIS: tl.constexpr):
     k0, k1, c1, c2 = _philox_key(seed_ptr, off_ptr, 0)
     kz = 1.4426950408889634 / Tz
     xt = tl.maximum(xt, _minp_raw(xmax, Tz, min_p))     # as _filter_bounds joins min-p's threshold to the others
-    g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, end0 >= 0, Tz, kz, xmax, xt, float("-inf"), c1, c2, k0, k1,
+    g = _filtered_groups(x_ptr, ws_ptr, NGR, L, V, end0, mask != 0, Tz, kz, xmax, xt, float("-inf"), c1, c2, k0, k1,
                          DBLOCK, DH, FB, H_AXIS)
     tl.store(g_ptr, g)
 
@@ -1043,7 +1044,8 @@ def _filtered_groups_kernel(x_ptr, ws_ptr, seed_ptr, off_ptr, g_ptr, V, NGR, L, 
 def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
     """The filtered draw's pass (``_filtered_groups``) on its own: each candidate group's kept mass ``S`` (written
     over its raw sum, workspace plane 1) equals the sum of ``exp((x - xmax) / T)`` over the group's tokens that the
-    filters keep (``x >= xt`` and that mass ``>= min_p``; the end token masked), to float32 rounding, and no other
+    filters keep (``x >= xt`` and that mass ``>= min_p``; the end token masked in a row that masks it, and kept in one
+    that does not: the two copies of the tokens' loop, ``_kept_masses``), to float32 rounding, and no other
     group's is written; tiles of DH loads per thread (the per-row kernel's 4 warps, the split rows' 8) in both axis
     orders (``_triton_layout.REGISTER_AXIS``), over several tiles of listed groups and a partial last group.
     Compared mass by mass: the tokens a draw returns would not show one token missing from a group of 256."""
@@ -1057,14 +1059,17 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
     x = (torch.randn(V, generator=gen) * 1.5).to(dtype).float()
     x[G * 3 + 5] = 6.0                                          # the row's maximum
     end0 = G * 5 + 17
+    x[end0] = 5.0                                               # the end token: a large mass when it is kept
     xf = torch.nn.functional.pad(x, (0, NGR * G - V), value=float("-inf")).view(NGR, G)
     mid = float(xf.max(1).values.median())                      # candidate groups by L: about half of them
     cases = [(1.0, 0.0, float("-inf"), float("-inf")),          # every group, every token kept
              (0.7, 0.02, float("-inf"), mid),                   # min-p
              (1.3, 0.0, 1.0, mid)]                              # a raw threshold
-    for T, min_p, xt, L in cases:
+    # the end token masked (a budget row under rule 3: the loop's copy with the mask) and not (the other copy)
+    for (T, min_p, xt, L), mask in itertools.product(cases, (1, 0)):
         xm = x.clone()
-        xm[end0] = float("-inf")
+        if mask:
+            xm[end0] = float("-inf")
         xmax = float(xm.max())
         mass = torch.exp((xm.double() - xmax) / T)
         keep = (xm >= xt) & (mass >= min_p)
@@ -1076,12 +1081,13 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
         g = torch.zeros(1, dtype=torch.int32, device=DEV)
         one = torch.ones(1, dtype=torch.int64, device=DEV)
         ws = ws.flatten().to(DEV)
-        _filtered_groups_kernel[(1,)](x.to(dtype).to(DEV), ws, one, one, g, V, NGR, L, T, xmax, min_p, xt, end0,
+        _filtered_groups_kernel[(1,)](x.to(dtype).to(DEV), ws, one, one, g, V, NGR, L, T, xmax, min_p, xt, end0, mask,
                                       DBLOCK=tiles["DBLOCK"], DH=tiles["DH"], FB=max(16, triton.next_power_of_2(NGR)),
                                       H_AXIS=_triton_layout.REGISTER_AXIS, num_warps=warps)
         S = ws.cpu().view(WS_PLANES.value, NGR)[1]
         assert (S[~cand] == 12345.0).all(), (T, (S[~cand] != 12345.0).nonzero()[:4])
-        torch.testing.assert_close(S[cand].double(), want[cand], rtol=2e-6, atol=1e-30, msg=str((T, min_p, xt, L)))
+        torch.testing.assert_close(S[cand].double(), want[cand], rtol=2e-6, atol=1e-30,
+                                   msg=str((T, min_p, xt, L, mask)))
         assert bool(cand[int(g)]), int(g)
 
 
