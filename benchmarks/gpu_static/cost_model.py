@@ -540,20 +540,6 @@ def without_logprobs(instr: Dict[str, Any]) -> Dict[str, Any]:
 
 #: the device function the candidate-group lists' loops were attributed to before ``_list_contenders``
 _LEGACY_LIST = "_list_groups"
-#: the device function the filtered draw's tokens' loop was attributed to before ``_kept_masses``
-_LEGACY_DRAW = "_filtered_groups"
-
-
-def _unmasked_copies(loops) -> List[Dict[str, Any]]:
-    """Of the copies of a loop that a budget variant compiles from one call in two branches, by the row's end mask
-    (the filtered draw's and the compaction's: same source line, loads and tile), the shorter, which a row that
-    masks nothing runs (a call without a budget compiles one); other loops as they are."""
-    best: Dict[Tuple[Any, ...], Dict[str, Any]] = {}
-    for lp in loops:
-        key = (lp["source"]["function"], lp["source"]["line"], lp.get("ldg"), lp.get("tokens_per_iter"))
-        if key not in best or lp["instructions_excl"] < best[key]["instructions_excl"]:
-            best[key] = lp
-    return list(best.values())
 
 
 def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
@@ -571,10 +557,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     straight-line warp-instructions of one program."""
     loops = [lp for lp in compiled["loops"] if lp.get("thread_instr_per_token") and lp["source"]]
     roles = _sampler_roles()  # the kernel module names the device functions of its passes, if it splits them out
-    row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw"), _LEGACY_DRAW if roles else None} - {None}
+    row_fns = {kernel_fn, roles.get("pass1"), roles.get("draw")} - {None}
     # the compaction's loop: the first compaction's, not the rare second one's (its own smaller tiles, inlined with
     # the same source step: its tokens per iteration would read 8 times too many)
-    compact = sorted(_unmasked_copies(lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
+    compact = sorted((lp for lp in loops if lp["source"]["function"] == roles.get("compact")),
                      key=lambda lp: -lp["instructions_excl"])
     own = sorted((lp for lp in loops if lp["source"]["function"] in row_fns),
                  key=lambda lp: (lp["source"]["function"] != roles.get("pass1", kernel_fn),
@@ -594,16 +580,10 @@ def sampler_instr(compiled: Dict[str, Any], kernel_fn: str) -> Dict[str, Any]:
     p1 = [lp for lp in own if "pass1" in roles and lp["source"]["function"] == roles["pass1"]] if roles else own[:1]
     p1 = p1[:1]
     rest = [lp for lp in own if lp not in p1]
-    # the draw's loop; in a budget variant two copies (with the end mask and without: :func:`_unmasked_copies`); in
-    # results of the kernels before ``_kept_masses``, the last row loop, :data:`_LEGACY_DRAW`'s
-    draws = [lp for lp in rest if lp["source"]["function"] in (roles.get("draw"), _LEGACY_DRAW)] if roles else []
-    if roles:
-        draw = min(_unmasked_copies(draws), key=lambda lp: lp["instructions_excl"]) if draws else None
-    else:
-        draw = rest[-1] if rest else None
+    draw = rest[-1] if rest and (not roles or rest[-1]["source"]["function"] == roles.get("draw")) else None
     # select passes: loops in helpers, or row loops of the kernel between pass 1 and the draw
     candidates = ([lp for lp in helpers if lp not in counting]
-                  + [lp for lp in rest if lp is not draw and lp not in draws and lp["innermost"]])
+                  + [lp for lp in rest if lp is not draw and lp["innermost"]])
     def largest(lps, default=None):   # the loop of the most instructions per value
         return max(lps, key=lambda lp: lp["thread_instr_per_token"]) if lps else default
     sel = largest(candidates)

@@ -887,27 +887,6 @@ def test_select_step_code_counts_per_step():
     assert b["high"]["t_issue_s"] == pytest.approx(a["high"]["t_issue_s"] + 12 * 1280 / RATE, rel=1e-3)
 
 
-def test_sampler_instr_takes_the_draw_copy_without_the_end_mask():
-    # a budget variant's filtered draw loop comes in two copies (``_kept_masses``: with the end mask, for a row that
-    # masks, and without); a row that masks nothing runs the shorter, and neither is a select pass
-    p1 = _loop("_pass1", 1, 1024, 400)
-    masked, plain = _loop("_kept_masses", 9, 1024, 360, mufu=4), _loop("_kept_masses", 9, 1024, 320, mufu=4)
-    sel = _loop("_buffer_scan", 3, 512, 100)
-    for loops in ([p1, sel, masked, plain], [p1, sel, plain, masked]):
-        instr = cm.sampler_instr({"loops": loops, "num_warps": 8, "sass_instructions": 2000}, "_sample_kernel")
-        assert instr["draw"] == 320 * 32 * 8 / 1024 and instr["select"] == 100 * 32 * 8 / 512, instr
-    # so does the compaction's (the largest of its loops otherwise: the second, rarer one has its own tiles)
-    comp = [_loop("_compact_candidates", 5, 1024, 300), _loop("_compact_candidates", 5, 1024, 280),
-            dict(_loop("_compact_candidates", 5, 1024, 100), ldg=2)]
-    instr = cm.sampler_instr({"loops": [p1, sel, plain] + comp, "num_warps": 8, "sass_instructions": 2000},
-                             "_sample_kernel")
-    assert instr["compact"] == 280 * 32 * 8 / 1024, instr
-    # a results JSON of the kernels before (one copy, attributed to ``_filtered_groups``)
-    old = cm.sampler_instr({"loops": [p1, sel, _loop("_filtered_groups", 9, 1024, 360)], "num_warps": 8,
-                            "sass_instructions": 2000}, "_sample_kernel")
-    assert old["draw"] == 360 * 32 * 8 / 1024
-
-
 def test_divergence_fallbacks_left_out():
     # ptxas's BRA.DIV before a shuffle: the target redoes the shuffle for a diverged warp and jumps back; a
     # converged warp (every Triton program's) never takes it, in a loop or outside one

@@ -1045,7 +1045,7 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
     """The filtered draw's pass (``_filtered_groups``) on its own: each candidate group's kept mass ``S`` (written
     over its raw sum, workspace plane 1) equals the sum of ``exp((x - xmax) / T)`` over the group's tokens that the
     filters keep (``x >= xt`` and that mass ``>= min_p``; the end token masked in a row that masks it, and kept in one
-    that does not: the two copies of the tokens' loop, ``_kept_masses``), to float32 rounding, and no other
+    that does not), to float32 rounding, and no other
     group's is written; tiles of DH loads per thread (the per-row kernel's 4 warps, the split rows' 8) in both axis
     orders (``_triton_layout.REGISTER_AXIS``), over several tiles of listed groups and a partial last group.
     Compared mass by mass: the tokens a draw returns would not show one token missing from a group of 256."""
@@ -1065,7 +1065,7 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
     cases = [(1.0, 0.0, float("-inf"), float("-inf")),          # every group, every token kept
              (0.7, 0.02, float("-inf"), mid),                   # min-p
              (1.3, 0.0, 1.0, mid)]                              # a raw threshold
-    # the end token masked (a budget row under rule 3: the loop's copy with the mask) and not (the other copy)
+    # the end token masked (a budget row under rule 3) and, the same token, not (a row that masks nothing)
     for (T, min_p, xt, L), mask in itertools.product(cases, (1, 0)):
         xm = x.clone()
         if mask:

@@ -54,7 +54,7 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   group's unfiltered score, it still wins (filtering only removes mass); otherwise one filtered
   pass over the candidate groups that can still win (``_rescore``: those whose unfiltered score reaches the best
   filtered score known, the chosen group's or a bound of the row maximum's group's; ``_list_contenders``) recomputes their
-  kept masses (``_filtered_groups``, its tokens' loop ``_kept_masses``: per token one
+  kept masses (``_filtered_groups``: per token one
   compare with the filters' threshold on the raw logits, ``_keep``: the larger of top-k / top-p's,
   ``_raw_threshold``, and min-p's, ``_minp_raw``: ``xmax + T ln(min_p)``; then the token's exp2 and a
   sum), and one pass over the group stats scores them (``_score_groups``).
@@ -107,8 +107,7 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: the device functions of the passes, for the static cost model (benchmarks/gpu_static/cost_model.py): pass 1, a
 #: select step's read of the candidate buffer (a bisection step weighing masses; ``count``: one counting them,
 #: top-k's; ``keys``: the read that writes the buffer's keys and masses), the filtered draw pass (its tokens' read,
-#: in a budget call two copies of one loop, with the end mask and without, and ``draw_groups``: its scores' pass
-#: over the groups), the scan over the group stats, the list of a pass's
+#: and ``draw_groups``: its scores' pass over the groups), the scan over the group stats, the list of a pass's
 #: candidate groups (``list``, per group: the compaction's the cheapest of its loops, the draw's, which scores the
 #: groups, the costliest), the compaction of the selects' candidates; the pass-1 tile (outside the
 #: loop: a row's partial last tile) and its raw sums (``raw``: a call without logprobs skips them); and the code only some rows run: ``filtered`` (the bounds of rows with a
@@ -116,7 +115,7 @@ MIN_TEMPERATURE = tl.constexpr(_params.MIN_SAMPLING_TEMPERATURE)
 #: stands), ``rescore`` (rows whose chosen group does not), ``sort`` / ``bisect`` (the thresholds of candidates
 #: that fit one sort / of more), ``overflow`` (rows whose candidates overflow the buffer)
 COST_MODEL_ROLES = {"pass1": "_pass1", "select": "_buffer_scan", "count": "_buffer_count", "keys": "_buffer_keys",
-                    "draw": "_kept_masses", "draw_groups": "_score_groups",
+                    "draw": "_filtered_groups", "draw_groups": "_score_groups",
                     "groups": "_scan_groups", "list": "_list_contenders", "compact": "_compact_candidates",
                     "overflow": "_compact_overflow",
                     "tile": "_pass1_tile", "raw": "_group_raw",
@@ -143,7 +142,7 @@ _PASS1_TOKENS = 8192
 #: suite times both on the same inputs)
 PASS1_STAGES = (0, 3)
 #: bytes of logits per thread in a tile of the passes over the candidate groups (the compaction,
-#: ``_compact_candidates``, and the filtered draw's, ``_kept_masses``; ``DBLOCK``, :func:`_finish_tiles`):
+#: ``_compact_candidates``, and the filtered draw's, ``_filtered_groups``; ``DBLOCK``, :func:`_finish_tiles`):
 #: 8 fp32 or 16 16-bit tokens (with 8 warps and twice that, the pass-1 tile of 8192 bf16 tokens, a budget
 #: variant with an odd row stride spilled 232 B in that loop on sm_80 at 128 registers, Triton 3.9; with 4
 #: warps and twice that, the bf16 V=32000 ``_sample_kernel`` spilled 164 B in a loop on sm_90)
@@ -740,13 +739,8 @@ def _compact_bounded(row_ptr, ws_row, NGR, buf_ptr, L, zmax, total, top_k, k_on,
     xL = _raw_below(L, Lz, Tz)
     nlist = _list_groups(ws_row, NGR, V, Tz, Lz, FB)
     zero = tl.full([], 0.0, tl.float32)   # (not Lz * 0: NaN for a bound of -inf)
-    # the tiles' loop in two copies by the row's end mask, as the filtered draw's (:func:`_filtered_groups`)
-    if mask_end:
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, True, Tz, CAP, zero,
-                                         0, 0, DBLOCK, False)
-    else:
-        nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, False, Tz, CAP, zero,
-                                         0, 0, DBLOCK, False)
+    nbuf, stop = _compact_candidates(row_ptr, ws_row, NGR, nlist, buf_ptr, Lz, xL, V, end0, mask_end, Tz, CAP, zero,
+                                     0, 0, DBLOCK, False)
     tl.debug_barrier()  # the values written by every warp, visible to the reads
     Lb = Lz
     above_cnt = nbuf * 0
@@ -1204,33 +1198,19 @@ def _filtered_groups(row_ptr, ws_row, NGR, L, V, end0, mask_end, Tz, kz, xmax, x
     threshold, an exp2 and a sum (no division, no per-group maximum, no Philox or logarithm in the tokens' loop).
     Tiles of ``DBLOCK`` tokens as DH runs of ``GROUP / DH`` per group, as pass 1's (:func:`_group_tile`: a
     thread's DH vector loads fall in one group, so a group's sum crosses fewer lanes)."""
+    GT: tl.constexpr = DBLOCK // GROUP
+    end_at = tl.where(mask_end, end0, -1)
     Lz = L / Tz
     nlist = _list_contenders(ws_row, NGR, V, Tz, Lz, floor, c1, c2, k0, k1, FB, True)
-    # the tokens' loop in two copies, one per value of the row's end mask, behind one uniform branch: a compare and
-    # select per token only in a row that masks (a branch inside the loop, ptxas predicates instead); a call without
-    # a budget compiles one (its mask folds to False)
-    if mask_end:
-        _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, True, DBLOCK, DH, H_AXIS)
-    else:
-        _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, False, DBLOCK, DH, H_AXIS)
-    tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
-    return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
-
-
-@triton.jit
-def _kept_masses(row_ptr, ws_row, NGR, nlist, V, end0, xmax, kz, xt, MASK_END: tl.constexpr, DBLOCK: tl.constexpr,
-                 DH: tl.constexpr, H_AXIS: tl.constexpr):
-    """The filtered draw's read of the ``nlist`` listed groups (:func:`_filtered_groups`): each one's kept mass
-    ``S`` into plane 1 of the workspace; the end token ``end0`` masked when ``MASK_END``."""
-    GT: tl.constexpr = DBLOCK // GROUP
     for t0 in range(0, nlist * GROUP, DBLOCK):
         g, on = _listed(ws_row, NGR, nlist, t0, GT)
         offs = _group_tile(g * GROUP, DH, GROUP // DH, H_AXIS)
         x = tl.load(row_ptr + offs, mask=(offs < V) & _per_group(on, H_AXIS), other=float("-inf")).to(tl.float32)
-        if MASK_END:
-            x = tl.where(offs == end0, float("-inf"), x)
+        x = tl.where(offs == end_at, float("-inf"), x)
         e = _rel_mass(x, xmax, kz)
         tl.store(ws_row + NGR + g, tl.sum(tl.sum(tl.where(_keep(x, xt), e, 0.0), H_AXIS), 1), mask=on)
+    tl.debug_barrier()  # the masses written by every warp, visible to the scores' pass
+    return _score_groups(ws_row, NGR, Lz, V, Tz, xmax / Tz, c1, c2, k0, k1, FB)
 
 
 @triton.jit
