@@ -381,7 +381,8 @@ def _call_graph(files: Tuple[str, ...], entry: str):
     set of files: the same for every specialization of a kernel): ``(defs, live, below, doms, shared)``, the
     definitions (name -> (file, first line)), the functions ``entry`` reaches, each one's descendants (itself
     included), its dominators (the functions every path from ``entry`` to it passes, itself included) and the
-    shared ones (reached from outside their dominators). None where ``entry`` is not among them."""
+    shared ones (reached from outside their dominators). None where ``entry`` is not among them. Cached and shared by
+    every caller: read them, never change them."""
     defs: Dict[str, Tuple[str, int]] = {}
     refs: Dict[str, set] = {}
     for f in files:

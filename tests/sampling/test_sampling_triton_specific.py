@@ -1076,6 +1076,7 @@ def test_filtered_groups_masses(dtype, warps, other_axis, monkeypatch):
         want = torch.nn.functional.pad(torch.where(keep, mass, 0.0), (0, NGR * G - V)).view(NGR, G).sum(1)
         cand = xf.max(1).values / T >= L / T
         assert 0 < int(cand.sum()) and (L == float("-inf")) == bool(cand.all())
+        assert bool(cand[end0 // G])                            # the end token's group is read: the mask matters
         ws = torch.full((WS_PLANES.value, NGR), 12345.0)
         ws[0] = xf.max(1).values
         g = torch.zeros(1, dtype=torch.int32, device=DEV)
