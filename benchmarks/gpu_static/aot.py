@@ -37,8 +37,8 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 #: Triton versions whose private binder API this module is written against: the releases that the
-#: supported CUDA torch wheels pin (torch 2.9: 3.5.1; 2.10, 2.11: 3.6.0; 2.12: 3.7.0; 2.14: 3.8.0)
-#: and the newest (3.9); create_function_from_signature / _pack_args are the same in all of them
+#: supported CUDA torch wheels pin (torch 2.9: 3.5.1; 2.10, 2.11: 3.6.0; 2.12: 3.7.0; 2.14: 3.8.0;
+#: 2.15: 3.9.0, the newest); create_function_from_signature / _pack_args are the same in all of them
 SUPPORTED_TRITON = ("3.5", "3.6", "3.7", "3.8", "3.9")
 ARCHS = (90, 80)
 
