@@ -6,8 +6,8 @@ No imports here: setup.py executes this file before torch is known to be install
 
 #: the oldest torch the package is built and tested against (``install_requires`` floor)
 TORCH_MIN = "2.9.1"
-#: the newest torch built and tested: the newest release on PyPI (2.15.0, 2026-10-28; the project's machines
-#: cap pip at the 2.14.1 on their disk, which CI's stages lift for this release: ``PIP_CONSTRAINT=/dev/null``)
+#: the newest torch built and tested: the newest release on 2026-12-07 (2.15.0, on PyPI since 2026-10-28; the
+#: project's machines cap pip at the 2.14.1 on their disk, which CI's stages lift: ``PIP_CONSTRAINT=/dev/null``)
 TORCH_NEWEST_TESTED = "2.15.0"
 #: the torch the main CI suite pins (CPU build)
 TORCH_PINNED = "2.13.0"

@@ -232,9 +232,12 @@ def parse_ptxas_log(log: str) -> Dict[str, int]:
     return out
 
 
-def ptxas_stats(ptx: str, arch: int, sm_name: str, enable_fp_fusion: bool, workdir: str) -> Dict[str, Any]:
+def ptxas_stats(ptx: str, arch: int, sm_name: str, enable_fp_fusion: bool, workdir: str,
+                expect_cubin: Optional[bytes] = None) -> Dict[str, Any]:
     """``ptxas -v`` on Triton's PTX with the flags Triton 3.9's make_cubin passes (a cache hit only:
-    a fresh compile reads Triton's own ``ptxas -v`` log, whatever the release)."""
+    a fresh compile reads Triton's own ``ptxas -v`` log, whatever the release). With ``expect_cubin``
+    (Triton's cubin of that PTX), a different cubin raises: the flags were not the ones Triton used (another
+    release's), so the log's registers and spills would not be those of Triton's binary."""
     src = os.path.join(workdir, "k.ptx")
     with open(src, "w") as f:
         f.write(ptx)
@@ -243,6 +246,11 @@ def ptxas_stats(ptx: str, arch: int, sm_name: str, enable_fp_fusion: bool, workd
     p = subprocess.run(cmd, capture_output=True, text=True)
     if p.returncode != 0:
         raise RuntimeError(f"ptxas -v failed ({p.returncode}): {p.stderr[-2000:]}")
+    if expect_cubin is not None:
+        with open(os.path.join(workdir, "v.cubin"), "rb") as f:
+            if f.read() != expect_cubin:
+                raise RuntimeError("ptxas -v with Triton 3.9's flags gives another cubin than Triton's own for this "
+                                   "PTX (a cache hit of another release?): run the check without --keep-cache")
     stats = parse_ptxas_log(p.stderr)
     stats["log"] = p.stderr.strip()
     return stats
@@ -914,9 +922,9 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         if "Used" in log and "registers" in log:  # compiled now: Triton's own ptxas -v log
             px = parse_ptxas_log(log)
             px["log"] = log.strip()
-        else:  # a cache hit: run ptxas -v on the same PTX with Triton's flags
+        else:  # a cache hit: run ptxas -v on the same PTX with Triton's flags (checked: the same cubin)
             px = ptxas_stats(ck.asm["ptx"], arch, sm_name, bool(getattr(b.options, "enable_fp_fusion", True)),
-                             workdir)
+                             workdir, expect_cubin=ck.asm["cubin"])
         ru = resource_usage(cubin)
         instrs, labels = disassemble(cubin)
         in_loops: set = set()

@@ -1063,9 +1063,27 @@ def test_allowlist_file():
 # end to end: the quick set, compiled (a subprocess: the tool needs real JITFunctions, not the
 # interpreter the test suite runs under)
 # ------------------------------------------------------------------------------------------------
+def test_ptxas_stats_checks_the_cubin(tmp_path):
+    """A cache hit's ``ptxas -v`` (:func:`aot.ptxas_stats`, Triton 3.9's flags) must rebuild Triton's own cubin:
+    the same bytes pass, others raise (the registers and spills read would not be those of Triton's binary)."""
+    ok, why = aot.triton_support()
+    if not ok:
+        pytest.skip(why)
+    ptx = "\n".join([".version 8.0", ".target sm_90a", ".address_size 64",
+                     ".visible .entry k(.param .u64 p)", "{", ".reg .b64 %rd<2>;", ".reg .b32 %r<2>;",
+                     "ld.param.u64 %rd1, [p];", "mov.u32 %r1, 7;", "st.global.u32 [%rd1], %r1;", "ret;", "}", ""])
+    st = aot.ptxas_stats(ptx, 90, "sm_90a", True, str(tmp_path))
+    assert st["registers"] > 0 and st["spill_store_bytes"] == 0
+    cubin = (tmp_path / "v.cubin").read_bytes()
+    assert aot.ptxas_stats(ptx, 90, "sm_90a", True, str(tmp_path), expect_cubin=cubin)["registers"] == st["registers"]
+    with pytest.raises(RuntimeError, match="another cubin"):
+        aot.ptxas_stats(ptx, 90, "sm_90a", True, str(tmp_path), expect_cubin=cubin + b"\0")
+
+
 def test_quick_set_compiles(tmp_path):
     """The quick set, compiled by ``check.py --set quick`` with this venv's Triton: here, or, in CI, by
-    the static stage just before (``TTS_GPU_STATIC_QUICK_JSON``: the same command and Triton; this
+    the static stage just before (``TTS_GPU_STATIC_QUICK_JSON``: the same command and Triton, its compiles
+    cache hits of the full set's where that set's Triton is the same release; this
     test checks its JSON instead of compiling the same kernels again). Without that JSON (run alone,
     or a Triton the check skips, which writes none) the test compiles the quick set itself."""
     env = dict(os.environ)
