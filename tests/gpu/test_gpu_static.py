@@ -1082,8 +1082,8 @@ def test_ptxas_stats_checks_the_cubin(tmp_path):
 
 def test_quick_set_compiles(tmp_path):
     """The quick set, compiled by ``check.py --set quick`` with this venv's Triton: here, or, in CI, by
-    the static stage just before (``TTS_GPU_STATIC_QUICK_JSON``: the same command and Triton, its compiles
-    cache hits of the full set's where that set's Triton is the same release; this
+    the static stage just before (``TTS_GPU_STATIC_QUICK_JSON``: the same command and Triton release, from the
+    venv or a ``pip --target`` copy of it, its compiles cache hits where the full set's release is the same; this
     test checks its JSON instead of compiling the same kernels again). Without that JSON (run alone,
     or a Triton the check skips, which writes none) the test compiles the quick set itself."""
     env = dict(os.environ)
