@@ -755,6 +755,7 @@ def sass_loops(instrs: List[Instr], labels: Dict[str, int],
             "source": None if src is None else {"file": os.path.basename(src[0]), "line": src[1],
                                                  "function": src[2], "header": src[3], "step": src[4]},
             "induction_adds": None if src is None else induction_adds(body_x, src[1]),
+            "address_offsets": address_offsets(body_x),
         })
     return out
 
@@ -813,6 +814,45 @@ def induction_adds(body: List[Instr], line: int) -> Dict[str, List[int]]:
     return {"self": sorted(set(self_regs.values())), "offset": offsets}
 
 
+_ADDRESS_RE = re.compile(r"\[(R\d+)(?:\.64)?(?:\+(-?0x[0-9a-fA-F]+))?\]")
+
+
+_WIDTH = {"U8": 1, "S8": 1, "U16": 2, "S16": 2, "64": 8, "128": 16}
+
+
+def address_offsets(body: List[Instr]) -> Dict[str, List[List[int]]]:
+    """The global loads and stores of a loop body per address register, as ``[byte offset, bytes per thread]``
+    (``LDG.E.64 R38, desc[UR14][R28.64+0x400]``: ``R28``, ``[1024, 8]``; no offset: 0; a plain ``LDG.E``: 4
+    bytes). A loop that steps pointers instead of an index (the loads' pointers loop-carried, ``p += STEP``)
+    addresses the copies of an unrolled body this way, one register and ``j x step x element size`` bytes from it
+    (:func:`unroll_factor`)."""
+    out: Dict[str, List[List[int]]] = {}
+    for ins in body:
+        if _base(ins.op) not in ("LDG", "STG"):
+            continue
+        m = _ADDRESS_RE.search(ins.text)
+        if m:
+            width = next((_WIDTH[p] for p in ins.op.split(".")[1:] if p in _WIDTH), 4)
+            out.setdefault(m.group(1), []).append([_s32(int(m.group(2), 0)) if m.group(2) else 0, width])
+    return {r: sorted(v) for r, v in sorted(out.items())}
+
+
+def _pointer_copies(accesses: List[List[int]], u: int, step: int, threads: int) -> bool:
+    """Whether one register's accesses (:func:`address_offsets`) can be ``u`` copies of one tile of ``step``
+    elements: for an element size ``e`` of 1, 2, 4 or 8, copy ``j`` holds the accesses at ``[j K, (j + 1) K)``, ``K =
+    step x e`` bytes, all the same offsets from ``j K`` and widths, and one copy moves a thread's share of the tile,
+    ``step x e / threads`` bytes. Necessary, not sufficient: one tile of ``v`` vectors per thread has the offsets and
+    the shares of ``v`` copies of a tile of ``e / v``-byte elements, so the header's index add (``u x step``,
+    :func:`unroll_factor`) decides, as for an index-stepped loop; the addresses only show that its copies exist."""
+    for e in (1, 2, 4, 8):
+        k = step * e
+        copies = [sorted([o - j * k, w] for o, w in accesses if j * k <= o < (j + 1) * k) for j in range(u)]
+        if (sum(map(len, copies)) == len(accesses) and copies[0] and all(c == copies[0] for c in copies)
+                and sum(w for _o, w in copies[0]) * threads == k):
+            return True
+    return False
+
+
 def _operands(ins: Instr) -> Optional[List[str]]:
     """An unpredicated instruction's operands, destination first (``.reuse`` flags dropped); None for a
     predicated one or one without operands."""
@@ -828,33 +868,41 @@ def _s32(v: int) -> int:
     return v - (1 << 32) if v >= 1 << 31 else v
 
 
-def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int], loads: Optional[int] = None) -> int:
+def unroll_factor(adds: Optional[Dict[str, List[int]]], step: Optional[int], loads: Optional[int] = None,
+                  addresses: Optional[Dict[str, List[List[int]]]] = None, threads: Optional[int] = None) -> int:
     """How many source iterations one SASS iteration of a loop runs (LLVM unrolls small loops with a
     runtime trip count, 4x for the candidate buffer's scans): the largest ``u`` such that the header
-    line adds ``u x step`` to a register, the body adds ``step, 2 step, ..., (u - 1) step`` to it (the
-    copies' offsets) and, when given, the body's global ``loads`` split into u equal copies; 1
-    otherwise. A 64-bit pointer stepped in bytes carries into its high half and is not counted
-    (:func:`induction_adds`)."""
+    line adds ``u x step`` to a register, the copies of the body sit at ``step, 2 step, ..., (u - 1) step``
+    from it and, when given, the body's global ``loads`` split into u equal copies; 1 otherwise. The
+    copies: the body adds those offsets to that register (an index-stepped loop), or (``addresses``,
+    :func:`address_offsets`, and the program's ``threads``) one register addresses u equal copies of a tile at
+    ``j x step x e`` bytes (a pointer-stepped loop, :func:`_pointer_copies`). A 64-bit pointer stepped in bytes
+    carries into its high half and is not counted as the step (:func:`induction_adds`)."""
     if not adds or not step:
         return 1
     best = 1
     for imm in adds["self"]:
         u = imm // step
-        if (imm % step == 0 and u > 1 and all(j * step in adds["offset"] for j in range(1, u))
-                and (loads is None or loads % u == 0)):
+        if imm % step or u < 2 or (loads is not None and loads % u):
+            continue
+        copies = all(j * step in adds["offset"] for j in range(1, u))
+        copies = copies or bool(threads and any(_pointer_copies(acc, u, step, threads)
+                                                for acc in (addresses or {}).values()))
+        if copies:
             best = max(best, u)
     return best
 
 
-def loop_unroll(lp: Dict[str, Any], step: Optional[int]) -> int:
-    """:func:`unroll_factor` of a SASS loop (``induction_adds``, ``ldg``) whose source loop steps by
-    ``step``; 1 for a loop that holds another: LLVM unrolls innermost loops, and a loop around one holds
-    the unrolled loop's remainder, whose copies' adds would read as an unrolled body. The loads it checks the
+def loop_unroll(lp: Dict[str, Any], step: Optional[int], threads: Optional[int] = None) -> int:
+    """:func:`unroll_factor` of a SASS loop (``induction_adds``, ``ldg``, ``address_offsets``) whose source loop
+    steps by ``step``, in a program of ``threads`` threads; 1 for a loop that holds another: LLVM unrolls
+    innermost loops, and a loop around one holds the unrolled loop's remainder, whose copies' adds would read as
+    an unrolled body. The loads it checks the
     factor against are the register loads (``ldg``); a pipelined loop's copies into shared memory (``ldgsts``) are
     not counted, so there the induction adds alone decide."""
     if not lp.get("innermost"):
         return 1
-    return unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"))
+    return unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"), lp.get("address_offsets"), threads)
 
 
 def _eval_step(step: str, consts: Dict[str, Any]) -> Optional[int]:
@@ -942,7 +990,7 @@ def compile_spec(launch: Launch, arch: int, workdir: Optional[str] = None) -> Di
         # tokens per iteration: a loop stepping by a tile size (not a literal: stage 2 walks pairs)
         src_step = lp["source"]["step"] if lp["source"] else ""
         step = None if src_step.strip().isdigit() else _eval_step(src_step, consts)
-        lp["unroll"] = loop_unroll(lp, step)
+        lp["unroll"] = loop_unroll(lp, step, 32 * num_warps)
         step = step * lp["unroll"] if step else step
         lp["tokens_per_iter"] = step
         lp["warp_instr_per_iter"] = lp["instructions_excl"] * num_warps

@@ -843,6 +843,52 @@ def test_unroll_factor_from_the_induction_adds():
     assert aot.loop_unroll(lp, None) == 1
 
 
+def test_unroll_factor_of_a_pointer_stepped_loop():
+    """A loop whose loads take loop-carried pointers (``kp += HBLOCK``, the buffer's bisection reads) and that
+    LLVM unrolled 4x addresses its copies from one register, ``j x HBLOCK x 4`` bytes on (uint32 keys), while
+    the index it compares against the trip count steps by 4 x HBLOCK: 4 x HBLOCK values per SASS iteration (the
+    SASS of ``_buffer_count``, bf16 ``_sample_kernel``, sm_90, Triton 3.9). Accesses that move more or less than a
+    thread's share of a tile per copy, a missing copy, copies under two registers and unequal copies do not count."""
+    def body(lines):
+        return [aot.Instr(16 * i, t.split()[1 if t.startswith("@") else 0], t, "k.py", 315)
+                for i, t in enumerate(lines)]
+
+    sass = ["IMAD.MOV.U32 R28, RZ, RZ, R46", "IADD3 R46, P2, R28, 0x1000, RZ", "LDG.E.64 R42, desc[UR14][R28.64]",
+            "IMAD.X R47, RZ, RZ, R29, P2", "LDG.E.64 R44, desc[UR14][R28.64+0xc00]",
+            "LDG.E.64 R38, desc[UR14][R28.64+0x400]", "LDG.E.64 R38, desc[UR14][R28.64+0x800]",
+            "VIADD R41, R41, 0x400", "ISETP.GE.AND P2, PT, R41, R48, PT"]
+    unrolled = body(sass)
+    adds, offs = aot.induction_adds(unrolled, 315), aot.address_offsets(unrolled)
+    assert adds == {"self": [0x400], "offset": []}
+    assert offs == {"R28": [[0, 8], [0x400, 8], [0x800, 8], [0xc00, 8]]}
+    assert aot.unroll_factor(adds, 256) == 1                        # the index adds alone: no copies
+    assert aot.unroll_factor(adds, 256, loads=4, addresses=offs, threads=128) == 4   # 2 keys per thread per copy
+    assert aot.unroll_factor(adds, 256, loads=4, addresses=offs) == 1   # no thread count: no share to check
+    assert aot.unroll_factor(adds, 256, loads=3, addresses=offs, threads=128) == 1   # the loads do not split in 4
+    # 8 bytes per thread and copy at 256 threads: two shares of a 1024-byte tile, not one
+    assert aot.unroll_factor(adds, 256, loads=4, addresses=offs, threads=256) == 1
+    lp = {"innermost": True, "induction_adds": adds, "ldg": 4, "address_offsets": offs}
+    assert aot.loop_unroll(lp, 256, 128) == 4 and aot.loop_unroll(lp, 256) == 1
+    # the same offsets with 16-byte accesses: 2048 bytes per copy at 128 threads, not a tile of 256 values of 1-8 bytes
+    wide = aot.address_offsets(body([t.replace("LDG.E.64", "LDG.E.128") for t in sass]))
+    assert aot.unroll_factor(adds, 256, loads=4, addresses=wide, threads=128) == 1
+    missing = aot.address_offsets(body([t for t in sass if "0x800]" not in t]))
+    assert aot.unroll_factor(adds, 256, addresses=missing, threads=128) == 1
+    split = aot.address_offsets(body(["LDG.E.64 R42, desc[UR14][R28.64]",
+                                      "LDG.E.64 R44, desc[UR14][R28.64+0x400]",
+                                      "LDG.E.64 R42, desc[UR14][R30.64+0x800]",
+                                      "LDG.E.64 R44, desc[UR14][R30.64+0xc00]"]))
+    assert sorted(split) == ["R28", "R30"] and aot.unroll_factor(adds, 256, addresses=split, threads=128) == 1
+    unequal = aot.address_offsets(body(["LDG.E.64 R2, desc[UR4][R28.64]", "LDG.E.64 R4, desc[UR4][R28.64+0x400]",
+                                        "LDG.E.64 R6, desc[UR4][R28.64+0x800]", "LDG.E R8, desc[UR4][R28.64+0xc00]"]))
+    assert aot.unroll_factor(adds, 256, addresses=unequal, threads=128) == 1   # the last copy is 4 bytes, not 8
+    # stores count too (the keys' rewrite), their widths read as loads'; other memory ops (shared, local) do not
+    stores = aot.address_offsets(body(["STG.E.64 desc[UR14][R28.64], R2", "STG.E.U16 desc[UR14][R28.64+0x400], R2",
+                                       "LDS.64 R2, [R28+0x800]", "STL.64 [R28+0xc00], R2",
+                                       "LDG.E.128 R4, desc[UR4][R6.64]"]))
+    assert stores == {"R28": [[0, 8], [0x400, 2]], "R6": [[0, 16]]}
+
+
 def test_select_step_code_counts_per_step():
     """The selects' step code (the loop around the values' loop: the bisection's step) counts once per
     select step: ``selects x levels`` warp-instructions of it on the high side, none on the sort."""

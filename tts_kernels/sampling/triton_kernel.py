@@ -38,8 +38,9 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   stages) and a running sum (``_sorted_thresholds``), more by a bisection over their order-preserving uint32
   keys, one read of the buffer per bit with an early exit (``_buffer_thresholds``, ``_buffer_bisect``; one read
   first rewrites the values as their keys and writes their masses beside them, padded to whole tiles,
-  ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 5.25 SASS thread-instructions
-  per value and step counting, 9.12 weighing masses, instead of 12.75 and 22.5 when each read recomputed key and
+  ``_buffer_keys``, so that the bisection's reads are unmasked loads and a compare: 4.38 SASS thread-instructions
+  per value and step counting, 8.12 weighing masses (5.25 and 9.12 before their pointers were loop-carried), instead
+  of 12.75 and 22.5 when each read recomputed key and
   mass, and 287 per value and level for the radix levels of 4-bit digits before them; 33 reads per select at worst;
   bf16, sm_90, Triton 3.9). A row with more candidates than the buffer holds bins them (``_compact_bounded``: the
   compaction stops at the tile that would overflow the buffer, one read of the rest bins every candidate by value
@@ -62,6 +63,16 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   (compaction) + at most that share again (the draw); with an overflow whose threshold bin fits the buffer,
   + the share of the groups that reach that bin (the second compaction).
 * Budget rules 1-3 and the state update are scalar code per row (``_plan``, ``_finish``).
+* **Loop-carried pointers.** The reads and writes of the candidate buffer (``_buffer_keys``, ``_buffer_count``,
+  ``_buffer_scan``, ``_buffer_hist``) carry each load's and store's pointer tensor from one iteration to the next
+  (``p += HBLOCK``): LLVM then unrolls the bisection's reads with the copies' offsets in the loads' addresses
+  (4.38 and 8.12 SASS thread-instructions per value instead of 5.25 and 9.12, above), and each such op saves a
+  compile some time: for every tensor load and store whose pointer an op defines, Triton's ``TritonGPUCoalesce``
+  pass (3.5 to 3.9) takes the op's multi-root slice (nearly the whole fused kernel), and it skips that for a
+  pointer that is a block argument (11 of ``_sample_kernel``'s 54 tensor memory ops). The other loops keep index
+  addressing: carried pointers there too (pass 1, the group-stat scans, the list walks) saved 10% of the static
+  check's compile time under Triton 3.8 but cost registers at the 128-register cap (spills, one inside a loop) and
+  pass 1 a 64-bit add per vector address (``benchmarks/gpu_static/CHANGES.md``, "Loop-carried pointers").
 
 The token equals the reference's except at float near-ties of either level (two group scores,
 or two token scores in the chosen group, within ~1e-5 relative: ex2/lg2 approximations and a
@@ -271,10 +282,10 @@ def _z_bin(z, Lz, scale):
 
 
 @triton.jit
-def _buffer_z(buf_ptr, offs, inb, Tz):
-    """The ``z = x / T`` (-0 -> +0) of buffered logits (:func:`_compact_candidates` buffers the raw ``x``, end token
-    masked): exactly the value the compaction tested; -inf where not ``inb``."""
-    return _to_z(tl.load(buf_ptr + offs, mask=inb, other=float("-inf")), Tz)
+def _buffer_z(bp, inb, Tz):
+    """The ``z = x / T`` (-0 -> +0) of buffered logits at the pointers ``bp`` (:func:`_compact_candidates` buffers
+    the raw ``x``, end token masked): exactly the value the compaction tested; -inf where not ``inb``."""
+    return _to_z(tl.load(bp, mask=inb, other=float("-inf")), Tz)
 
 
 @triton.jit
@@ -285,19 +296,23 @@ def _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, Tz, HBLOCK: tl.constexpr):
     need no mask and compute neither (they cost 22.5 SASS thread-instructions per value weighing and
     12.75 counting when each read recomputed both; bf16, sm_90, Triton 3.9). Returns the smallest and
     the largest key."""
-    kbuf = buf_ptr.to(tl.pointer_type(tl.uint32))
     offs0 = tl.arange(0, HBLOCK)
     kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
     kmax = tl.zeros([HBLOCK], tl.uint32)
+    bp = buf_ptr + offs0                         # loop-carried pointers (module docstring)
+    kp = buf_ptr.to(tl.pointer_type(tl.uint32)) + offs0
+    wp = w_ptr + offs0
     for start in range(0, nbuf, HBLOCK):      # whole tiles: the last one's tail is the padding
-        offs = start + offs0
-        inb = offs < nbuf
-        z = _buffer_z(buf_ptr, offs, inb, Tz)
+        inb = start + offs0 < nbuf
+        z = _buffer_z(bp, inb, Tz)
         key = tl.where(inb, _order_key(z), 0)
-        tl.store(kbuf + offs, key)
-        tl.store(w_ptr + offs, tl.where(inb, tl.exp(z - zmax), 0.0))
+        tl.store(kp, key)
+        tl.store(wp, tl.where(inb, tl.exp(z - zmax), 0.0))
         kmin = tl.minimum(kmin, tl.where(inb, key, 0xFFFFFFFF))
         kmax = tl.maximum(kmax, key)
+        bp += HBLOCK
+        kp += HBLOCK
+        wp += HBLOCK
     return tl.min(kmin, 0), tl.max(kmax, 0)
 
 
@@ -305,10 +320,11 @@ def _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, Tz, HBLOCK: tl.constexpr):
 def _buffer_count(kbuf, nbuf, t, HBLOCK: tl.constexpr):
     """One counting read of the buffered keys (top-k's steps): how many are ``>= t`` (``t >= 1``),
     unmasked over whole ``HBLOCK`` tiles (:func:`_buffer_keys` padded them with key 0)."""
-    offs0 = tl.arange(0, HBLOCK)
     cnt = tl.zeros([HBLOCK], tl.int32)
-    for start in range(0, nbuf, HBLOCK):
-        cnt += (tl.load(kbuf + start + offs0) >= t).to(tl.int32)
+    kp = kbuf + tl.arange(0, HBLOCK)             # loop-carried pointers (module docstring)
+    for _start in range(0, nbuf, HBLOCK):
+        cnt += (tl.load(kp) >= t).to(tl.int32)
+        kp += HBLOCK
     return tl.sum(cnt, 0)
 
 
@@ -322,14 +338,17 @@ def _buffer_scan(kbuf, w_ptr, nbuf, t, HBLOCK: tl.constexpr):
     cnt = tl.zeros([HBLOCK], tl.int32)
     mass = tl.zeros([HBLOCK], tl.float32)
     kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
-    for start in range(0, nbuf, HBLOCK):
-        offs = start + offs0
-        key = tl.load(kbuf + offs)
+    kp = kbuf + offs0                            # loop-carried pointers (module docstring)
+    wp = w_ptr + offs0
+    for _start in range(0, nbuf, HBLOCK):
+        key = tl.load(kp)
         hit = key >= t
         cnt += hit.to(tl.int32)
-        w = tl.load(w_ptr + offs)
+        w = tl.load(wp)
         mass += tl.where(key < t, 0.0, w)      # not where(hit, load): Triton folds that into a masked (scalar) load
         kmin = tl.minimum(kmin, tl.where(hit, key, 0xFFFFFFFF))
+        kp += HBLOCK
+        wp += HBLOCK
     return tl.sum(cnt, 0), tl.sum(mass, 0), tl.min(kmin, 0)
 
 
@@ -431,10 +450,11 @@ def _buffer_hist(buf_ptr, nbuf, Lz, scale, zmax, Tz, need_mass, HBLOCK: tl.const
     offs0 = tl.arange(0, HBLOCK)
     cnt = tl.zeros([16], tl.int32)
     mass = tl.zeros([16], tl.float32)
+    bp = buf_ptr + offs0                         # loop-carried pointers (module docstring)
     for start in range(0, nbuf, HBLOCK):
-        offs = start + offs0
-        inb = offs < nbuf
-        z = _buffer_z(buf_ptr, offs, inb, Tz)
+        inb = start + offs0 < nbuf
+        z = _buffer_z(bp, inb, Tz)
+        bp += HBLOCK
         c, m = _bin_hist(_z_bin(z, Lz, scale), inb, z, zmax, bins, need_mass)
         cnt += c
         mass += m
