@@ -897,9 +897,8 @@ def loop_unroll(lp: Dict[str, Any], step: Optional[int], threads: Optional[int] 
     """:func:`unroll_factor` of a SASS loop (``induction_adds``, ``ldg``, ``address_offsets``) whose source loop
     steps by ``step``, in a program of ``threads`` threads; 1 for a loop that holds another: LLVM unrolls
     innermost loops, and a loop around one holds the unrolled loop's remainder, whose copies' adds would read as
-    an unrolled body. The loads it checks the
-    factor against are the register loads (``ldg``); a pipelined loop's copies into shared memory (``ldgsts``) are
-    not counted, so there the induction adds alone decide."""
+    an unrolled body. The loads it checks the factor against are the register loads (``ldg``); a pipelined loop's
+    copies into shared memory (``ldgsts``) are not counted, so there the induction adds alone decide."""
     if not lp.get("innermost"):
         return 1
     return unroll_factor(lp.get("induction_adds"), step, lp.get("ldg"), lp.get("address_offsets"), threads)
