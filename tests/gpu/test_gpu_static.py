@@ -867,6 +867,8 @@ def test_unroll_factor_of_a_pointer_stepped_loop():
     assert aot.unroll_factor(adds, 256, loads=3, addresses=offs, threads=128) == 1   # the loads do not split in 4
     # 8 bytes per thread and copy at 256 threads: two shares of a 1024-byte tile, not one
     assert aot.unroll_factor(adds, 256, loads=4, addresses=offs, threads=256) == 1
+    # and at 64 threads: half a share (16 bytes per thread and copy)
+    assert aot.unroll_factor(adds, 256, loads=4, addresses=offs, threads=64) == 1
     lp = {"innermost": True, "induction_adds": adds, "ldg": 4, "address_offsets": offs}
     assert aot.loop_unroll(lp, 256, 128) == 4 and aot.loop_unroll(lp, 256) == 1
     # the same offsets with 16-byte accesses: 2048 bytes per copy at 128 threads, not a tile of 256 values of 1-8 bytes

@@ -68,8 +68,8 @@ Design (no host sync, no data-dependent allocation or grid: CUDA-graph capturabl
   (``p += HBLOCK``): LLVM then unrolls the bisection's reads with the copies' offsets in the loads' addresses
   (4.38 and 8.12 SASS thread-instructions per value instead of 5.25 and 9.12, above), and each such op saves a
   compile some time: for every tensor load and store whose pointer an op defines, Triton's ``TritonGPUCoalesce``
-  pass (3.5 to 3.9) takes the op's multi-root slice (nearly the whole fused kernel), and it skips that for a
-  pointer that is a block argument (11 of ``_sample_kernel``'s 54 tensor memory ops). The other loops keep index
+  pass (3.8 and 3.9 measured here) takes the op's multi-root slice (nearly the whole fused kernel), and skips it for
+  a pointer that is a block argument (11 of ``_sample_kernel``'s 54 tensor memory ops). The other loops keep index
   addressing: carried pointers there too (pass 1, the group-stat scans, the list walks) saved 10% of the static
   check's compile time under Triton 3.8 but cost registers at the 128-register cap (spills, one inside a loop) and
   pass 1 a 64-bit add per vector address (``benchmarks/gpu_static/CHANGES.md``, "Loop-carried pointers").
@@ -300,7 +300,7 @@ def _buffer_keys(buf_ptr, w_ptr, nbuf, zmax, Tz, HBLOCK: tl.constexpr):
     kmin = tl.full([HBLOCK], 0xFFFFFFFF, tl.uint32)
     kmax = tl.zeros([HBLOCK], tl.uint32)
     bp = buf_ptr + offs0                         # loop-carried pointers (module docstring)
-    kp = buf_ptr.to(tl.pointer_type(tl.uint32)) + offs0
+    kp = buf_ptr.to(tl.pointer_type(tl.uint32)) + offs0   # bp's places as keys, carried too (a cast is an op)
     wp = w_ptr + offs0
     for start in range(0, nbuf, HBLOCK):      # whole tiles: the last one's tail is the padding
         inb = start + offs0 < nbuf
